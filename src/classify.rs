@@ -1,0 +1,424 @@
+//! CRM classification of a customer: lifecycle stage, RFM value segment, risk level.
+//!
+//! Pure functions of the customer's RFM facts, the churn probability and configured bounds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::Rfm;
+use crate::time::{self, UnixSeconds};
+
+/// Where a customer is in their life with the business, by days since the last purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleStage {
+    /// Seen (visits, complaints) but has not bought yet.
+    Potential,
+    /// In the first weeks after the first purchase.
+    New,
+    Active,
+    Silent,
+    Sleeping,
+    Lost,
+    Churned,
+}
+
+impl LifecycleStage {
+    pub const ALL: [Self; 7] = [
+        Self::Potential,
+        Self::New,
+        Self::Active,
+        Self::Silent,
+        Self::Sleeping,
+        Self::Lost,
+        Self::Churned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Potential => "potential",
+            Self::New => "new",
+            Self::Active => "active",
+            Self::Silent => "silent",
+            Self::Sleeping => "sleeping",
+            Self::Lost => "lost",
+            Self::Churned => "churned",
+        }
+    }
+}
+
+/// Stage boundaries in days (see `[stages]` in config/default.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageBounds {
+    pub new_days: u32,
+    pub active_days: u32,
+    pub silent_days: u32,
+    pub sleeping_days: u32,
+    pub lost_days: u32,
+}
+
+impl Default for StageBounds {
+    fn default() -> Self {
+        Self {
+            new_days: 30,
+            active_days: 90,
+            silent_days: 180,
+            sleeping_days: 270,
+            lost_days: 365,
+        }
+    }
+}
+
+impl StageBounds {
+    pub fn stage(
+        &self,
+        purchases: Option<(UnixSeconds, UnixSeconds)>,
+        now: UnixSeconds,
+    ) -> LifecycleStage {
+        let Some((first, last)) = purchases else {
+            return LifecycleStage::Potential;
+        };
+        let since_last = now.saturating_sub(last);
+        if now.saturating_sub(first) < time::days(self.new_days) {
+            LifecycleStage::New
+        } else if since_last < time::days(self.active_days) {
+            LifecycleStage::Active
+        } else if since_last < time::days(self.silent_days) {
+            LifecycleStage::Silent
+        } else if since_last < time::days(self.sleeping_days) {
+            LifecycleStage::Sleeping
+        } else if since_last < time::days(self.lost_days) {
+            LifecycleStage::Lost
+        } else {
+            LifecycleStage::Churned
+        }
+    }
+
+    /// The first moment after `now` at which the stage changes without any event.
+    pub fn next_change(
+        &self,
+        purchases: Option<(UnixSeconds, UnixSeconds)>,
+        now: UnixSeconds,
+    ) -> Option<UnixSeconds> {
+        let (first, last) = purchases?;
+        let add = |t: UnixSeconds, d: u32| t.saturating_add(time::days(d));
+        [
+            add(first, self.new_days),
+            add(last, self.active_days),
+            add(last, self.silent_days),
+            add(last, self.sleeping_days),
+            add(last, self.lost_days),
+        ]
+        .into_iter()
+        .filter(|&t| t > now)
+        .min()
+    }
+
+    /// Problems with these bounds, each naming its key under `prefix`.
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let order = [
+            ("active_days", self.active_days),
+            ("silent_days", self.silent_days),
+            ("sleeping_days", self.sleeping_days),
+            ("lost_days", self.lost_days),
+        ];
+        let mut problems: Vec<String> = order
+            .windows(2)
+            .filter(|w| w[0].1 >= w[1].1)
+            .map(|w| {
+                format!(
+                    "{prefix}.{} ({}) must be greater than {prefix}.{} ({})",
+                    w[1].0, w[1].1, w[0].0, w[0].1
+                )
+            })
+            .collect();
+        if self.active_days == 0 {
+            problems.push(format!("{prefix}.active_days must be at least 1"));
+        }
+        problems
+    }
+}
+
+/// The eight classic RFM value segments: recency, frequency and monetary each rated high or
+/// low against a threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    /// R high, F high, M high.
+    ImportantValue,
+    /// R high, F low, M high.
+    ImportantDevelopment,
+    /// R low, F high, M high.
+    ImportantRetention,
+    /// R low, F low, M high.
+    ImportantWinback,
+    /// R high, F high, M low.
+    GeneralValue,
+    /// R high, F low, M low.
+    GeneralDevelopment,
+    /// R low, F high, M low.
+    GeneralRetention,
+    /// R low, F low, M low.
+    GeneralWinback,
+}
+
+impl Segment {
+    pub const ALL: [Self; 8] = [
+        Self::ImportantValue,
+        Self::ImportantDevelopment,
+        Self::ImportantRetention,
+        Self::ImportantWinback,
+        Self::GeneralValue,
+        Self::GeneralDevelopment,
+        Self::GeneralRetention,
+        Self::GeneralWinback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ImportantValue => "important_value",
+            Self::ImportantDevelopment => "important_development",
+            Self::ImportantRetention => "important_retention",
+            Self::ImportantWinback => "important_winback",
+            Self::GeneralValue => "general_value",
+            Self::GeneralDevelopment => "general_development",
+            Self::GeneralRetention => "general_retention",
+            Self::GeneralWinback => "general_winback",
+        }
+    }
+
+    fn from_ratings(recent: bool, frequent: bool, valuable: bool) -> Self {
+        match (valuable, recent, frequent) {
+            (true, true, true) => Self::ImportantValue,
+            (true, true, false) => Self::ImportantDevelopment,
+            (true, false, true) => Self::ImportantRetention,
+            (true, false, false) => Self::ImportantWinback,
+            (false, true, true) => Self::GeneralValue,
+            (false, true, false) => Self::GeneralDevelopment,
+            (false, false, true) => Self::GeneralRetention,
+            (false, false, false) => Self::GeneralWinback,
+        }
+    }
+}
+
+/// What "high" means for R, F and M.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RfmThresholds {
+    /// R is high when the last purchase is at most this many days ago.
+    pub recency_days: f64,
+    /// F is high when the purchase count decayed with a 365-day half-life reaches this.
+    pub frequency: f64,
+    /// M is high when spend decayed with a 365-day half-life reaches this.
+    pub monetary: f64,
+}
+
+impl RfmThresholds {
+    pub fn segment(&self, rfm: &Rfm) -> Segment {
+        Segment::from_ratings(
+            rfm.recency_days <= self.recency_days,
+            rfm.frequency_365d >= self.frequency,
+            rfm.monetary_365d >= self.monetary,
+        )
+    }
+
+    /// Thresholds at the medians of a population sample. Customers at the median rate high,
+    /// so a population where most bought once still splits on frequency.
+    pub fn medians(sample: &mut [Rfm]) -> Option<Self> {
+        fn median(values: &mut [f64]) -> f64 {
+            let mid = values.len() / 2;
+            *values.select_nth_unstable_by(mid, f64::total_cmp).1
+        }
+        if sample.is_empty() {
+            return None;
+        }
+        let column = |f: fn(&Rfm) -> f64| median(&mut sample.iter().map(f).collect::<Vec<_>>());
+        Some(Self {
+            recency_days: column(|r| r.recency_days),
+            frequency: column(|r| r.frequency_365d),
+            monetary: column(|r| r.monetary_365d),
+        })
+    }
+}
+
+/// Churn risk level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+}
+
+impl Risk {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+}
+
+/// Probability bounds of the risk levels.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskBands {
+    pub medium: f64,
+    pub high: f64,
+}
+
+impl Default for RiskBands {
+    fn default() -> Self {
+        Self {
+            medium: 0.4,
+            high: 0.7,
+        }
+    }
+}
+
+impl RiskBands {
+    pub fn risk(&self, probability: f64) -> Risk {
+        if probability >= self.high {
+            Risk::High
+        } else if probability >= self.medium {
+            Risk::Medium
+        } else {
+            Risk::Low
+        }
+    }
+
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if !(0.0 < self.medium && self.medium < self.high && self.high <= 1.0) {
+            problems.push(format!(
+                "{prefix}.medium ({}) and {prefix}.high ({}) must satisfy 0 < medium < high <= 1",
+                self.medium, self.high
+            ));
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u32 = 86_400;
+    const T0: u32 = 852_076_800;
+
+    #[test]
+    fn stages_follow_days_since_last_purchase() {
+        let b = StageBounds::default();
+        let stage = |first_day: u32, last_day: u32, now_day: u32| {
+            b.stage(
+                Some((T0 + first_day * DAY, T0 + last_day * DAY)),
+                T0 + now_day * DAY,
+            )
+        };
+        assert_eq!(b.stage(None, T0), LifecycleStage::Potential);
+        assert_eq!(stage(0, 0, 10), LifecycleStage::New);
+        assert_eq!(stage(0, 0, 30), LifecycleStage::Active);
+        assert_eq!(stage(0, 0, 89), LifecycleStage::Active);
+        assert_eq!(stage(0, 0, 90), LifecycleStage::Silent);
+        assert_eq!(stage(0, 0, 180), LifecycleStage::Sleeping);
+        assert_eq!(stage(0, 0, 270), LifecycleStage::Lost);
+        assert_eq!(stage(0, 0, 364), LifecycleStage::Lost);
+        assert_eq!(stage(0, 0, 365), LifecycleStage::Churned);
+        assert_eq!(stage(0, 100, 150), LifecycleStage::Active);
+    }
+
+    #[test]
+    fn the_next_stage_change_is_the_nearest_boundary() {
+        let b = StageBounds::default();
+        let p = Some((T0, T0 + 40 * DAY));
+        assert_eq!(b.next_change(p, T0 + 10 * DAY), Some(T0 + 30 * DAY));
+        assert_eq!(b.next_change(p, T0 + 30 * DAY), Some(T0 + 130 * DAY));
+        assert_eq!(b.next_change(p, T0 + 500 * DAY), None);
+        assert_eq!(b.next_change(None, T0), None);
+    }
+
+    #[test]
+    fn bounds_out_of_order_are_reported_by_key() {
+        let b = StageBounds {
+            silent_days: 80,
+            ..StageBounds::default()
+        };
+        let problems = b.problems("stages");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("stages.silent_days"));
+    }
+
+    #[test]
+    fn segments_follow_the_three_ratings() {
+        let t = RfmThresholds {
+            recency_days: 90.0,
+            frequency: 2.0,
+            monetary: 100.0,
+        };
+        let rfm = |recency_days, frequency_365d, monetary_365d| Rfm {
+            recency_days,
+            tenure_days: 400.0,
+            purchases: 3,
+            frequency_365d,
+            monetary_365d,
+            total_spend: monetary_365d,
+        };
+        assert_eq!(t.segment(&rfm(10.0, 3.0, 200.0)), Segment::ImportantValue);
+        assert_eq!(
+            t.segment(&rfm(10.0, 1.0, 200.0)),
+            Segment::ImportantDevelopment
+        );
+        assert_eq!(
+            t.segment(&rfm(200.0, 3.0, 200.0)),
+            Segment::ImportantRetention
+        );
+        assert_eq!(
+            t.segment(&rfm(200.0, 1.0, 200.0)),
+            Segment::ImportantWinback
+        );
+        assert_eq!(t.segment(&rfm(10.0, 3.0, 20.0)), Segment::GeneralValue);
+        assert_eq!(
+            t.segment(&rfm(10.0, 1.0, 20.0)),
+            Segment::GeneralDevelopment
+        );
+        assert_eq!(t.segment(&rfm(200.0, 3.0, 20.0)), Segment::GeneralRetention);
+        assert_eq!(t.segment(&rfm(200.0, 1.0, 20.0)), Segment::GeneralWinback);
+    }
+
+    #[test]
+    fn population_thresholds_are_medians() {
+        let mut sample: Vec<Rfm> = (1..=5)
+            .map(|i| Rfm {
+                recency_days: f64::from(i) * 10.0,
+                tenure_days: 100.0,
+                purchases: i,
+                frequency_365d: f64::from(i),
+                monetary_365d: f64::from(i) * 100.0,
+                total_spend: 0.0,
+            })
+            .collect();
+        let t = RfmThresholds::medians(&mut sample).unwrap();
+        assert_eq!(
+            (t.recency_days, t.frequency, t.monetary),
+            (30.0, 3.0, 300.0)
+        );
+        assert_eq!(RfmThresholds::medians(&mut []), None);
+    }
+
+    #[test]
+    fn risk_levels_follow_the_bands() {
+        let bands = RiskBands::default();
+        assert_eq!(bands.risk(0.1), Risk::Low);
+        assert_eq!(bands.risk(0.4), Risk::Medium);
+        assert_eq!(bands.risk(0.95), Risk::High);
+        assert!(
+            RiskBands {
+                medium: 0.8,
+                high: 0.7
+            }
+            .problems("risk")
+            .len()
+                == 1
+        );
+    }
+}

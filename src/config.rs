@@ -1,0 +1,567 @@
+//! Layered settings: built-in defaults, then `config/default.toml` (if present in the working
+//! directory), then the file given with `--config`, then `CHURND__SECTION__KEY` environment
+//! variables. The result is validated as a whole and every problem is reported by key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use config::{Config, Environment, File};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::classify::{RfmThresholds, RiskBands, StageBounds};
+use crate::winback::WinbackSettings;
+
+/// The shipped, documented defaults file, read from the working directory when present.
+pub const DEFAULT_FILE: &str = "config/default.toml";
+pub const ENV_PREFIX: &str = "CHURND";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub redis: RedisSettings,
+    pub source: SourceSettings,
+    pub events: EventSettings,
+    pub dead_letter: DeadLetterSettings,
+    pub clock: ClockSettings,
+    pub model: ModelSettings,
+    pub scoring: ScoringSettings,
+    pub stages: StageBounds,
+    pub segments: SegmentSettings,
+    pub risk: RiskBands,
+    pub winback: WinbackSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    pub url: String,
+    /// Overrides the URL's password (e.g. from a Kubernetes Secret); never printed.
+    pub password: Option<String>,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            password: None,
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 5_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartFrom {
+    /// A new consumer group reads the stream's whole retained history.
+    Beginning,
+    /// A new consumer group reads only entries added after it is created.
+    End,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceSettings {
+    /// Input streams; from the environment as a comma-separated list.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub streams: Vec<String>,
+    pub group: String,
+    /// Consumer name; empty means the host name (the pod name in Kubernetes), which keeps
+    /// a restarted replica's pending entries its own.
+    pub consumer: String,
+    /// Entries per XREADGROUP (COUNT).
+    pub batch_size: usize,
+    /// How long a read waits for new entries (BLOCK).
+    pub block_ms: u64,
+    pub start_from: StartFrom,
+    /// Batches buffered between reading and processing: the backpressure bound.
+    pub queue_batches: usize,
+    /// How often consumer-group lag and pending counts are polled for metrics.
+    pub lag_poll_ms: u64,
+}
+
+impl Default for SourceSettings {
+    fn default() -> Self {
+        Self {
+            streams: vec!["churn:events".into()],
+            group: "churnd".into(),
+            consumer: String::new(),
+            batch_size: 1_000,
+            block_ms: 1_000,
+            start_from: StartFrom::Beginning,
+            queue_batches: 4,
+            lag_poll_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// How far an event's `ts` may lie ahead of its stream entry's time.
+    pub max_future_skew_ms: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            max_future_skew_ms: 86_400_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterSettings {
+    pub stream: String,
+    pub max_len: u64,
+}
+
+impl Default for DeadLetterSettings {
+    fn default() -> Self {
+        Self {
+            stream: "churn:events:dlq".into(),
+            max_len: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    /// "Now" is the wall clock: live traffic.
+    Wall,
+    /// "Now" is the largest event time seen: replays give the results of living it.
+    Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockSettings {
+    pub mode: ClockMode,
+    /// How often silent customers are checked under the wall clock.
+    pub tick_ms: u64,
+}
+
+impl Default for ClockSettings {
+    fn default() -> Self {
+        Self {
+            mode: ClockMode::Wall,
+            tick_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    pub path: PathBuf,
+    /// How often the file is checked for changes; 0 turns watching off (SIGHUP still reloads).
+    pub watch_interval_ms: u64,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            path: "models/cdnow.json".into(),
+            watch_interval_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringSettings {
+    /// A silent customer is re-scored at least this often (and at every stage boundary).
+    pub rescore_interval_secs: u32,
+}
+
+impl Default for ScoringSettings {
+    fn default() -> Self {
+        Self {
+            rescore_interval_secs: 86_400,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentMode {
+    /// R, F and M thresholds are the live population's medians.
+    Population,
+    /// R, F and M thresholds are the configured values.
+    Fixed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SegmentSettings {
+    pub mode: SegmentMode,
+    /// Thresholds for `fixed`, and for `population` until enough customers are known.
+    pub recency_days: f64,
+    pub frequency: f64,
+    pub monetary: f64,
+    /// How often (clock time) population thresholds are recomputed.
+    pub refresh_secs: u32,
+    /// Customers sampled for the population medians.
+    pub sample_size: usize,
+}
+
+impl Default for SegmentSettings {
+    fn default() -> Self {
+        Self {
+            mode: SegmentMode::Population,
+            recency_days: 90.0,
+            frequency: 1.5,
+            monetary: 100.0,
+            refresh_secs: 86_400,
+            sample_size: 10_000,
+        }
+    }
+}
+
+impl SegmentSettings {
+    pub fn fixed(&self) -> RfmThresholds {
+        RfmThresholds {
+            recency_days: self.recency_days,
+            frequency: self.frequency,
+            monetary: self.monetary,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub addr: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:9898".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `churnd=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// After SIGTERM, how long in-flight batches may take to finish and be acknowledged.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        String(String),
+    }
+    Ok(match ListOrString::deserialize(d)? {
+        ListOrString::List(v) => v,
+        ListOrString::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}
+
+impl Settings {
+    /// Loads all layers and validates the result. `defaults_file` is normally
+    /// [`DEFAULT_FILE`]; it is skipped when missing.
+    pub fn load(defaults_file: &Path, config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = Config::builder()
+            .add_source(Config::try_from(&Settings::default())?)
+            .add_source(File::from(defaults_file).required(false));
+        if let Some(path) = config_file {
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                Environment::with_prefix(ENV_PREFIX)
+                    .separator("__")
+                    .ignore_empty(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validated()
+    }
+
+    /// Fills derived defaults and checks every key, reporting all problems at once.
+    pub fn validated(mut self) -> Result<Self, ConfigError> {
+        if self.source.consumer.is_empty() {
+            self.source.consumer = host_name();
+        }
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
+            p.push(format!(
+                "redis.url {:?} is not a Redis URL: {e}",
+                redact_url(&self.redis.url)
+            ));
+        }
+        for (key, v) in [
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("redis.response_timeout_ms", self.redis.response_timeout_ms),
+            ("redis.backoff_initial_ms", self.redis.backoff_initial_ms),
+            ("source.block_ms", self.source.block_ms),
+            ("source.lag_poll_ms", self.source.lag_poll_ms),
+            ("clock.tick_ms", self.clock.tick_ms),
+        ] {
+            if v == 0 {
+                p.push(format!("{key} must be at least 1"));
+            }
+        }
+        if self.redis.backoff_max_ms < self.redis.backoff_initial_ms {
+            p.push("redis.backoff_max_ms must be at least redis.backoff_initial_ms".into());
+        }
+
+        let s = &self.source;
+        if s.streams.is_empty() {
+            p.push("source.streams must name at least one stream".into());
+        }
+        let mut seen = HashSet::new();
+        for stream in &s.streams {
+            if stream.is_empty() {
+                p.push("source.streams contains an empty name".into());
+            } else if !seen.insert(stream) {
+                p.push(format!("source.streams lists {stream:?} twice"));
+            }
+        }
+        if s.streams.len() > usize::from(u16::MAX) {
+            p.push("source.streams has too many streams".into());
+        }
+        if s.group.is_empty() {
+            p.push("source.group must not be empty".into());
+        }
+        if !(1..=100_000).contains(&s.batch_size) {
+            p.push(format!(
+                "source.batch_size ({}) must be between 1 and 100000",
+                s.batch_size
+            ));
+        }
+        if s.queue_batches == 0 {
+            p.push("source.queue_batches must be at least 1".into());
+        }
+
+        let outputs = [
+            ("dead_letter.stream", &self.dead_letter.stream),
+            ("winback.stream", &self.winback.stream),
+            ("winback.control_stream", &self.winback.control_stream),
+        ];
+        for (key, name) in outputs {
+            if name.is_empty() {
+                p.push(format!("{key} must not be empty"));
+            } else if s.streams.contains(name) {
+                p.push(format!(
+                    "{key} ({name:?}) must not also be an input in source.streams"
+                ));
+            }
+        }
+        if self.dead_letter.stream == self.winback.stream
+            || self.dead_letter.stream == self.winback.control_stream
+        {
+            p.push("dead_letter.stream must differ from the win-back streams".into());
+        }
+        if self.dead_letter.max_len == 0 || self.winback.max_len == 0 {
+            p.push("dead_letter.max_len and winback.max_len must be at least 1".into());
+        }
+        if self.model.path.as_os_str().is_empty() {
+            p.push("model.path must not be empty".into());
+        }
+        if self.scoring.rescore_interval_secs == 0 {
+            p.push("scoring.rescore_interval_secs must be at least 1".into());
+        }
+        let seg = &self.segments;
+        if !(seg.recency_days >= 0.0 && seg.frequency >= 0.0 && seg.monetary >= 0.0) {
+            p.push("segments.recency_days, segments.frequency and segments.monetary must be non-negative numbers".into());
+        }
+        if seg.refresh_secs == 0 || seg.sample_size == 0 {
+            p.push("segments.refresh_secs and segments.sample_size must be at least 1".into());
+        }
+        p.extend(self.stages.problems("stages"));
+        p.extend(self.risk.problems("risk"));
+        p.extend(self.winback.problems("winback"));
+        if self.http.addr.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "http.addr {:?} is not an address such as 0.0.0.0:9898",
+                self.http.addr
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            p.push(format!(
+                "log.level {:?} is not a tracing filter such as info",
+                self.log.level
+            ));
+        }
+        p
+    }
+
+    /// The effective settings as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.redis.url = redact_url(&shown.redis.url);
+        if shown.redis.password.is_some() {
+            shown.redis.password = Some("***".into());
+        }
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+
+    /// A Redis client for the configured server, with the password override applied.
+    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        use redis::IntoConnectionInfo;
+        let mut info = self.redis.url.as_str().into_connection_info()?;
+        if let Some(password) = &self.redis.password {
+            let redis_info = info.redis_settings().clone().set_password(password.clone());
+            info = info.set_redis_settings(redis_info);
+        }
+        redis::Client::open(info)
+    }
+}
+
+fn host_name() -> String {
+    if let Ok(name) = std::env::var("HOSTNAME") {
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..len]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "churnd".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::default().validated().unwrap();
+        assert!(!s.source.consumer.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let mut s = Settings::default();
+        s.source.batch_size = 0;
+        s.http.addr = "nowhere".into();
+        s.risk.high = 2.0;
+        s.dead_letter.stream = "churn:events".into();
+        let err = s.validated().unwrap_err().to_string();
+        for key in [
+            "source.batch_size",
+            "http.addr",
+            "risk.high",
+            "dead_letter.stream",
+        ] {
+            assert!(err.contains(key), "{key} not named in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://:secret@host:6379/0"),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(redact_url("redis://user:pw@host"), "redis://user:***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        let mut s = Settings::default();
+        s.redis.url = "redis://:hunter2@h:1".into();
+        s.redis.password = Some("hunter3".into());
+        let shown = s.to_redacted_toml();
+        assert!(!shown.contains("hunter"), "{shown}");
+    }
+}

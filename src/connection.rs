@@ -1,0 +1,186 @@
+//! Connections to Redis that outlive Redis: connect with capped exponential backoff and
+//! jitter, tell a dead connection from a failed command, and report both.
+//!
+//! Each task (source, sink, monitor) owns its connection: a blocking XREADGROUP must not
+//! hold up the sink's writes, and each task knows best when to give up and reconnect.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RedisSettings;
+use crate::metrics::Metrics;
+
+/// Capped exponential backoff with jitter: each delay is drawn from the upper half of the
+/// current step, so reconnecting replicas spread out.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            step: initial,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (self.step * 2).min(self.max);
+        step / 2 + step.mul_f64(rand::random::<f64>() / 2.0)
+    }
+
+    pub fn reset(&mut self) {
+        self.step = self.initial;
+    }
+}
+
+pub struct Connector {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    backoff: Backoff,
+    role: &'static str,
+    metrics: Metrics,
+}
+
+impl Connector {
+    /// `response_timeout` bounds every command on the connection; a blocking read needs one
+    /// longer than its BLOCK.
+    pub fn new(
+        client: redis::Client,
+        settings: &RedisSettings,
+        response_timeout: Duration,
+        role: &'static str,
+        metrics: Metrics,
+    ) -> Self {
+        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        metrics.redis_connected.with_label_values(&[role]).set(0);
+        Self {
+            client,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout)),
+            connect_timeout,
+            backoff: Backoff::new(
+                Duration::from_millis(settings.backoff_initial_ms),
+                Duration::from_millis(settings.backoff_max_ms),
+            ),
+            role,
+            metrics,
+        }
+    }
+
+    /// Connects, retrying until it succeeds; `None` if shutdown comes first.
+    pub async fn connect(&mut self, shutdown: &CancellationToken) -> Option<MultiplexedConnection> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = tokio::select! {
+                r = tokio::time::timeout(
+                    self.connect_timeout * 2,
+                    self.client.get_multiplexed_async_connection_with_config(&self.config),
+                ) => r,
+                _ = shutdown.cancelled() => return None,
+            };
+            let error = match result {
+                Ok(Ok(conn)) => {
+                    if attempt > 1 {
+                        tracing::info!(role = self.role, attempt, "connected to Redis");
+                    }
+                    self.metrics
+                        .redis_connected
+                        .with_label_values(&[self.role])
+                        .set(1);
+                    self.backoff.reset();
+                    return Some(conn);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {:?}", self.connect_timeout * 2),
+            };
+            self.metrics
+                .redis_errors
+                .with_label_values(&[self.role])
+                .inc();
+            if !self.pause(shutdown).await {
+                return None;
+            }
+            tracing::warn!(
+                role = self.role,
+                attempt,
+                error,
+                "cannot connect to Redis; retrying"
+            );
+        }
+    }
+
+    /// Records a failed operation. Returns whether the connection must be dropped and made
+    /// anew (otherwise the caller retries on the same connection after [`Self::pause`]).
+    pub fn failed(&self, error: &RedisError) -> bool {
+        self.metrics
+            .redis_errors
+            .with_label_values(&[self.role])
+            .inc();
+        let reconnect = needs_reconnect(error);
+        if reconnect {
+            self.metrics
+                .redis_connected
+                .with_label_values(&[self.role])
+                .set(0);
+            tracing::warn!(role = self.role, %error, "lost the Redis connection; reconnecting");
+        } else {
+            tracing::warn!(role = self.role, %error, "Redis operation failed; retrying");
+        }
+        reconnect
+    }
+
+    /// Sleeps for the next backoff delay; `false` if shutdown came first.
+    pub async fn pause(&mut self, shutdown: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(self.backoff.next_delay()) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+
+    pub fn succeeded(&mut self) {
+        self.backoff.reset();
+    }
+
+    pub fn role(&self) -> &'static str {
+        self.role
+    }
+}
+
+/// Whether the connection itself is unusable: I/O failure, timeout, or a server that can no
+/// longer take writes (a demoted primary after failover).
+pub fn needs_reconnect(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+        || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(50) && delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(1000)));
+        assert!(delays[7] >= Duration::from_millis(500));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

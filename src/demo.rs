@@ -1,0 +1,405 @@
+//! `churnd demo`: the whole product on real data in one command.
+//!
+//! Uses the configured Redis, or starts a private `redis-server` when none answers; replays
+//! the bundled CDNOW purchases (plus three deliberately malformed entries) into demo-only
+//! streams under the event-time clock; runs the daemon until every entry is processed and
+//! acknowledged; prints what happened.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ClockMode, Settings};
+use crate::daemon::{self, DaemonError};
+use crate::source::lag::group_info;
+use crate::transactions::{Transactions, TransactionsError};
+
+/// Every key the demo writes starts with this, so it never touches a deployment's streams.
+pub const KEY_PREFIX: &str = "churnd-demo:";
+/// The bundled sample.
+pub const DEFAULT_TRANSACTIONS: &str = "data/cdnow/transactions_1997-01_to_1997-09.csv";
+const PROCESSING_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Transactions(#[from] TransactionsError),
+    #[error("no Redis answers at {url} and redis-server is not on PATH: install Redis (e.g. apt-get install redis-server) or point CHURND__REDIS__URL at one")]
+    NoRedis { url: String },
+    #[error("could not start a private redis-server: {0}")]
+    StartRedis(String),
+    #[error("Redis failed during the demo: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the daemon failed: {0}")]
+    Daemon(#[from] DaemonError),
+    #[error("cannot bind the demo's HTTP port: {0}")]
+    Bind(std::io::Error),
+    #[error("the daemon did not process all {expected} entries within {PROCESSING_TIMEOUT:?}")]
+    Timeout { expected: usize },
+    #[error("the daemon's HTTP API did not answer: {0}")]
+    Http(String),
+}
+
+/// A `redis-server` child process, killed on drop.
+pub struct PrivateRedis {
+    child: tokio::process::Child,
+    pub url: String,
+}
+
+impl PrivateRedis {
+    /// Starts one on a free loopback port, without persistence, and waits until it answers.
+    pub async fn start() -> Result<Self, DemoError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| DemoError::StartRedis(e.to_string()))?
+            .port();
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| DemoError::StartRedis(e.to_string()))?;
+        let redis = Self {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ping(&redis.url).await {
+                return Ok(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(DemoError::StartRedis(format!(
+            "it did not answer on port {port}"
+        )))
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+async fn ping(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let attempt = async {
+        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("PING").query_async::<String>(&mut c).await.ok()
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), attempt).await,
+        Ok(Some(_))
+    )
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// The demo's settings: demo-only keys, event-time clock, an ephemeral HTTP port.
+fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings {
+    if let Some(url) = redis_url {
+        settings.redis.url = url;
+        settings.redis.password = None;
+    }
+    settings.source.streams = vec![format!("{KEY_PREFIX}events")];
+    settings.source.group = "churnd-demo".into();
+    settings.source.consumer = "demo".into();
+    settings.dead_letter.stream = format!("{KEY_PREFIX}events:dlq");
+    settings.winback.stream = format!("{KEY_PREFIX}winback");
+    settings.winback.control_stream = format!("{KEY_PREFIX}winback:control");
+    settings.clock.mode = ClockMode::Event;
+    settings.http.addr = "127.0.0.1:0".into();
+    settings
+}
+
+/// Entries that break the event rules, to show dead-lettering.
+const BAD_ENTRIES: [&[(&str, &str)]; 3] = [
+    &[("customer_id", "00001"), ("type", "refund")],
+    &[("customer_id", "00002"), ("type", "gift"), ("amount", "5")],
+    &[
+        ("customer_id", "00003"),
+        ("type", "purchase"),
+        ("amount", "-12.50"),
+    ],
+];
+
+pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoError> {
+    let started = Instant::now();
+    let data = Transactions::read(transactions)?;
+    println!(
+        "churnd demo: {} purchases of {} from {}",
+        data.rows.len(),
+        customers(&data),
+        transactions.display()
+    );
+    if !data.bad_rows.is_empty() {
+        println!("  ({} unreadable rows skipped)", data.bad_rows.len());
+    }
+
+    let (_private, url) = if ping(&settings.redis.url).await {
+        println!(
+            "Redis: using {}",
+            crate::config::redact_url(&settings.redis.url)
+        );
+        (None, None)
+    } else if on_path("redis-server") {
+        let private = PrivateRedis::start().await?;
+        println!(
+            "Redis: none answers at {}; started a private redis-server at {}",
+            crate::config::redact_url(&settings.redis.url),
+            private.url
+        );
+        let url = private.url.clone();
+        (Some(private), Some(url))
+    } else {
+        return Err(DemoError::NoRedis {
+            url: crate::config::redact_url(&settings.redis.url),
+        });
+    };
+    let settings = demo_settings(settings, url);
+    let client = settings.redis_client()?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    clear_demo_keys(&mut conn).await?;
+
+    let stream = settings.source.streams[0].clone();
+    let loaded = load_events(&mut conn, &stream, &data).await?;
+    println!(
+        "Loaded {loaded} entries into {stream} ({} of them deliberately malformed)",
+        BAD_ENTRIES.len()
+    );
+
+    let listener = daemon::bind(&settings).await.map_err(DemoError::Bind)?;
+    let api = listener.local_addr().map_err(DemoError::Bind)?;
+    let shutdown = CancellationToken::new();
+    let daemon = tokio::spawn(daemon::run(settings.clone(), listener, shutdown.clone()));
+    let processing = Instant::now();
+    wait_until_processed(&mut conn, &stream, &settings.source.group, loaded, &daemon).await?;
+    let elapsed = processing.elapsed();
+    println!(
+        "Processed and acknowledged all {loaded} entries in {:.2} s ({:.0} entries/s, event-time clock)\n",
+        elapsed.as_secs_f64(),
+        loaded as f64 / elapsed.as_secs_f64()
+    );
+
+    report(&mut conn, &settings, api).await?;
+    shutdown.cancel();
+    match daemon.await {
+        Ok(result) => result?,
+        Err(e) => return Err(DemoError::Http(e.to_string())),
+    }
+    println!("\nDone in {:.1} s. The demo's keys stay in Redis under {KEY_PREFIX}* until the next demo run.", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn customers(data: &Transactions) -> usize {
+    let mut ids: Vec<&str> = data.rows.iter().map(|t| &*t.customer_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len()
+}
+
+async fn clear_demo_keys(conn: &mut MultiplexedConnection) -> Result<(), redis::RedisError> {
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{KEY_PREFIX}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("DEL").arg(keys).query_async::<()>(conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+async fn load_events(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    data: &Transactions,
+) -> Result<usize, redis::RedisError> {
+    for chunk in data.rows.chunks(2_000) {
+        let mut pipe = redis::pipe();
+        for t in chunk {
+            pipe.cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("customer_id")
+                .arg(&*t.customer_id)
+                .arg("type")
+                .arg(t.kind.as_str())
+                .arg("amount")
+                .arg(format!("{:.2}", t.amount))
+                .arg("ts")
+                .arg(u64::from(t.time) * 1000)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    let mut pipe = redis::pipe();
+    for fields in BAD_ENTRIES {
+        pipe.cmd("XADD").arg(stream).arg("*").arg(fields).ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(data.rows.len() + BAD_ENTRIES.len())
+}
+
+async fn wait_until_processed(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    expected: usize,
+    daemon: &tokio::task::JoinHandle<Result<(), DaemonError>>,
+) -> Result<(), DemoError> {
+    let deadline = Instant::now() + PROCESSING_TIMEOUT;
+    while Instant::now() < deadline {
+        if daemon.is_finished() {
+            return Err(DemoError::Http("the daemon stopped early".into()));
+        }
+        let reply: Result<Value, _> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(conn)
+            .await;
+        if let Some(info) = reply.ok().and_then(|r| group_info(&r, group)) {
+            if info.lag == Some(0) && info.pending == 0 {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(DemoError::Timeout { expected })
+}
+
+/// A GET against the daemon's API, parsed as JSON.
+async fn get_json(api: std::net::SocketAddr, path: &str) -> Result<serde_json::Value, DemoError> {
+    let http = |e: std::io::Error| DemoError::Http(e.to_string());
+    let mut stream = tokio::net::TcpStream::connect(api).await.map_err(http)?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .map_err(http)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(http)?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    serde_json::from_str(body).map_err(|e| DemoError::Http(format!("{path}: {e}")))
+}
+
+async fn report(
+    conn: &mut MultiplexedConnection,
+    settings: &Settings,
+    api: std::net::SocketAddr,
+) -> Result<(), DemoError> {
+    let summary = get_json(api, "/v1/summary").await?;
+    println!(
+        "As of {} (the last event time):",
+        summary["now"].as_str().unwrap_or("?")
+    );
+    println!("  customers tracked: {}", summary["customers"]);
+    println!("  by lifecycle stage:");
+    print_counts(&summary["by_stage"]);
+    println!("  by RFM segment (thresholds: {}):", summary["thresholds"]);
+    print_counts(&summary["by_segment"]);
+    println!("  by churn probability (no purchase in the model's horizon):");
+    print_counts(&summary["by_churn_probability"]);
+
+    let dlq = &settings.dead_letter.stream;
+    let dead: Vec<(String, Vec<(String, String)>)> = xrange(conn, dlq, 10).await?;
+    println!("\nDead-lettered entries ({dlq}): {}", dead.len());
+    for (_, fields) in &dead {
+        let reason = field(fields, "dlq_reason");
+        let detail = field(fields, "dlq_detail");
+        println!("  {reason}: {detail}");
+    }
+
+    let treatment: usize = redis::cmd("XLEN")
+        .arg(&settings.winback.stream)
+        .query_async(conn)
+        .await?;
+    let control: usize = redis::cmd("XLEN")
+        .arg(&settings.winback.control_stream)
+        .query_async(conn)
+        .await?;
+    println!(
+        "\nWin-back tasks: {treatment} in {} for marketing, {control} in {} for the control group",
+        settings.winback.stream, settings.winback.control_stream
+    );
+    let examples = xrange(conn, &settings.winback.stream, 3).await?;
+    for (id, fields) in &examples {
+        println!("  task {id}:");
+        for (k, v) in fields {
+            println!("    {k:<17} {v}");
+        }
+    }
+    if let Some((_, fields)) = examples.first() {
+        let customer = field(fields, "customer_id");
+        let view = get_json(api, &format!("/v1/customers/{customer}")).await?;
+        println!(
+            "\nGET /v1/customers/{customer} →\n{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn print_counts(counts: &serde_json::Value) {
+    if let Some(map) = counts.as_object() {
+        for (name, n) in map {
+            println!("    {name:<22} {n}");
+        }
+    }
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+async fn xrange(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    count: usize,
+) -> Result<Vec<(String, Vec<(String, String)>)>, redis::RedisError> {
+    redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await
+}
+
+/// The bundled sample's path.
+pub fn default_transactions() -> PathBuf {
+    PathBuf::from(DEFAULT_TRANSACTIONS)
+}

@@ -1,0 +1,709 @@
+//! The engine: owns every customer's state and turns batches of entries (and the passing of
+//! time) into state changes and effects. No I/O: the daemon feeds it and writes its
+//! [`Effects`], tests drive it directly.
+//!
+//! Per event: parse, update the customer's features, score, classify, ask the win-back
+//! policy, and schedule the customer's next check. Per tick (or, under the event-time clock,
+//! whenever the watermark advances): re-score the customers whose check is due, so silence is
+//! noticed without scanning everyone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::classify::{LifecycleStage, RfmThresholds, RiskBands, Segment, StageBounds};
+use crate::config::{ClockMode, SegmentMode, SegmentSettings, Settings};
+use crate::event::{parse_event, EntryId, Event, EventKind, EventLimits, Reason};
+use crate::features::store::{CustomerIdx, CustomerStore};
+use crate::features::timers::{Timer, TimerQueue, TimerSlots};
+use crate::features::{CustomerFeatures, Rfm, FEATURE_NAMES};
+use crate::metrics::{Metrics, PROBABILITY_BUCKETS};
+use crate::model::Model;
+use crate::source::batch::{Batch, StreamIdx};
+use crate::time::{self, UnixSeconds};
+use crate::winback::{Candidate, Group, Policy, Task, WinbackSettings, WinbackState};
+
+/// Population thresholds need at least this many buyers to mean something.
+const MIN_POPULATION_SAMPLE: usize = 30;
+/// One scoring in this many is timed for the scoring histogram.
+const SCORING_SAMPLE_EVERY: u64 = 64;
+
+/// The engine's slice of the settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub clock: ClockMode,
+    pub limits: EventLimits,
+    pub stages: StageBounds,
+    pub risk: RiskBands,
+    pub segments: SegmentSettings,
+    pub rescore_interval_secs: u32,
+    pub winback: WinbackSettings,
+}
+
+impl From<&Settings> for EngineSettings {
+    fn from(s: &Settings) -> Self {
+        Self {
+            clock: s.clock.mode,
+            limits: EventLimits {
+                max_future_skew_ms: s.events.max_future_skew_ms,
+            },
+            stages: s.stages,
+            risk: s.risk,
+            segments: s.segments.clone(),
+            rescore_interval_secs: s.scoring.rescore_interval_secs,
+            winback: s.winback.clone(),
+        }
+    }
+}
+
+/// What the daemon must write to Redis for a batch or a tick.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub tasks: Vec<Task>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Entries to acknowledge once the tasks and dead letters are written.
+    pub acks: Vec<(StreamIdx, EntryId)>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.dead_letters.is_empty() && self.acks.is_empty()
+    }
+}
+
+/// A rejected entry with its original fields.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub stream: StreamIdx,
+    pub id: EntryId,
+    pub values: Vec<redis::Value>,
+    pub reason: Reason,
+    pub detail: String,
+}
+
+/// A customer's record: 76 bytes.
+#[derive(Debug, Default)]
+struct Customer {
+    features: CustomerFeatures,
+    timer: Timer,
+    winback: WinbackState,
+    /// Classification at the last scoring, as counted in the population gauges.
+    stage: Option<LifecycleStage>,
+    segment: Option<Segment>,
+    bucket: Option<u8>,
+}
+
+impl TimerSlots for CustomerStore<Customer> {
+    fn timer_mut(&mut self, idx: CustomerIdx) -> &mut Timer {
+        &mut self.get_mut(idx).timer
+    }
+}
+
+/// Customers by stage, segment and probability tenth, kept incrementally.
+#[derive(Debug, Default, Clone)]
+struct Population {
+    stage: [i64; LifecycleStage::ALL.len()],
+    segment: [i64; Segment::ALL.len()],
+    bucket: [i64; PROBABILITY_BUCKETS.len()],
+}
+
+/// A customer as the API shows them, computed at the engine's "now".
+#[derive(Debug, Clone, Serialize)]
+pub struct CustomerView {
+    pub customer_id: String,
+    pub as_of: String,
+    pub lifecycle_stage: LifecycleStage,
+    pub segment: Option<Segment>,
+    pub churn_probability: Option<f64>,
+    pub risk: Option<crate::classify::Risk>,
+    pub reasons: Vec<String>,
+    pub rfm: Option<Rfm>,
+    pub features: BTreeMap<&'static str, f64>,
+    pub first_purchase: Option<String>,
+    pub last_purchase: Option<String>,
+    pub last_event: String,
+    pub group: Group,
+    pub winback_tasks_in_episode: u8,
+    pub last_winback_task_at: Option<String>,
+    pub model_version: String,
+}
+
+/// Totals for people (the demo) and tests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub now: String,
+    pub customers: usize,
+    pub by_stage: BTreeMap<&'static str, i64>,
+    pub by_segment: BTreeMap<&'static str, i64>,
+    pub by_churn_probability: BTreeMap<&'static str, i64>,
+    pub thresholds: RfmThresholds,
+}
+
+pub struct Engine {
+    settings: EngineSettings,
+    policy: Policy,
+    model: Arc<Model>,
+    model_version: Arc<str>,
+    store: CustomerStore<Customer>,
+    timers: TimerQueue,
+    thresholds: RfmThresholds,
+    next_threshold_refresh: UnixSeconds,
+    /// Largest event time seen.
+    watermark: UnixSeconds,
+    /// Wall clock at the start of the current batch or tick.
+    wall: UnixSeconds,
+    population: Population,
+    scorings: u64,
+    metrics: Metrics,
+}
+
+fn position<T: PartialEq>(all: &[T], x: T) -> usize {
+    all.iter().position(|y| *y == x).unwrap_or(0)
+}
+
+impl Engine {
+    pub fn new(settings: EngineSettings, model: Arc<Model>, metrics: Metrics) -> Self {
+        metrics.set_model(model.version());
+        Self {
+            policy: Policy::new(&settings.winback),
+            model_version: model.version().into(),
+            model,
+            thresholds: settings.segments.fixed(),
+            settings,
+            store: CustomerStore::new(),
+            timers: TimerQueue::default(),
+            next_threshold_refresh: 0,
+            watermark: 0,
+            wall: 0,
+            population: Population::default(),
+            scorings: 0,
+            metrics,
+        }
+    }
+
+    /// Serves a new model from the next score on.
+    pub fn set_model(&mut self, model: Arc<Model>) {
+        self.metrics.set_model(model.version());
+        self.model_version = model.version().into();
+        self.model = model;
+    }
+
+    pub fn model_version(&self) -> &str {
+        &self.model_version
+    }
+
+    /// "Now" by the configured clock.
+    pub fn now(&self) -> UnixSeconds {
+        match self.settings.clock {
+            ClockMode::Wall => self.wall,
+            ClockMode::Event => self.watermark,
+        }
+    }
+
+    /// Applies a batch read at wall-clock time `wall_ms`. Every entry is acknowledged in the
+    /// effects: good ones once applied, bad ones once dead-lettered.
+    pub fn apply_batch(&mut self, batch: Batch, wall_ms: u64) -> Effects {
+        let started = Instant::now();
+        self.wall = time::from_millis(wall_ms);
+        self.metrics
+            .batch_entries
+            .observe(batch.entries.len() as f64);
+        let mut fx = Effects {
+            acks: Vec::with_capacity(batch.entries.len()),
+            ..Effects::default()
+        };
+        let mut per_kind = [0u64; EventKind::ALL.len()];
+        for entry in batch.entries {
+            fx.acks.push((entry.stream, entry.id));
+            self.metrics
+                .event_latency_seconds
+                .observe(wall_ms.saturating_sub(entry.id.ms) as f64 / 1000.0);
+            let parsed = if entry.values.is_some() {
+                parse_event(entry.fields(), entry.id.ms, &self.settings.limits)
+            } else {
+                Err(crate::event::Rejection {
+                    reason: Reason::EntryDeleted,
+                    detail: "the entry was deleted from the stream before it was processed".into(),
+                })
+            };
+            match parsed {
+                Ok(event) => {
+                    per_kind[position(&EventKind::ALL, event.kind)] += 1;
+                    self.apply_event(&event, &mut fx);
+                }
+                Err(rejection) => fx.dead_letters.push(DeadLetter {
+                    stream: entry.stream,
+                    id: entry.id,
+                    values: entry.values.unwrap_or_default(),
+                    reason: rejection.reason,
+                    detail: rejection.detail,
+                }),
+            }
+        }
+        for (kind, n) in EventKind::ALL.iter().zip(per_kind) {
+            if n > 0 {
+                self.metrics
+                    .events
+                    .with_label_values(&[kind.as_str()])
+                    .inc_by(n);
+            }
+        }
+        if self.settings.clock == ClockMode::Wall {
+            self.sweep(self.wall, &mut fx);
+        }
+        self.publish();
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+        fx
+    }
+
+    /// The passing of wall-clock time: re-scores customers whose check is due. Under the
+    /// event-time clock time moves only with events, so a tick does nothing.
+    pub fn tick(&mut self, wall_ms: u64) -> Effects {
+        let mut fx = Effects::default();
+        self.wall = time::from_millis(wall_ms);
+        if self.settings.clock == ClockMode::Wall {
+            self.sweep(self.wall, &mut fx);
+            self.publish();
+        }
+        fx
+    }
+
+    fn apply_event(&mut self, event: &Event<'_>, fx: &mut Effects) {
+        if self.settings.clock == ClockMode::Event && event.time > self.watermark {
+            self.advance_watermark(event.time, fx);
+        }
+        let now = self.now();
+        let (idx, _) = self.store.find_or_insert(event.customer_id);
+        let customer = self.store.get_mut(idx);
+        let previous_purchase = customer.features.last_purchase();
+        customer.features.apply(event);
+        if event.kind == EventKind::Purchase && previous_purchase.is_some_and(|p| event.time > p) {
+            if let Some(group) =
+                self.policy
+                    .on_new_purchase(&mut customer.winback, event.customer_id, event.time)
+            {
+                self.metrics
+                    .recoveries
+                    .with_label_values(&[group.as_str()])
+                    .inc();
+            }
+        }
+        self.evaluate(idx, now, fx);
+    }
+
+    /// Moves event time forward to `to`, first re-scoring every customer whose check fell
+    /// due on the way, each at the moment it was due: a replay sees what living it would.
+    fn advance_watermark(&mut self, to: UnixSeconds, fx: &mut Effects) {
+        while let Some((idx, due)) = self.timers.pop_due(to, &mut self.store) {
+            self.metrics.rescores.inc();
+            self.evaluate(idx, due, fx);
+        }
+        self.watermark = to;
+        self.refresh_thresholds(to);
+    }
+
+    fn sweep(&mut self, now: UnixSeconds, fx: &mut Effects) {
+        while let Some((idx, _)) = self.timers.pop_due(now, &mut self.store) {
+            self.metrics.rescores.inc();
+            self.evaluate(idx, now, fx);
+        }
+        self.refresh_thresholds(now);
+    }
+
+    /// Scores and classifies one customer at `now`, raises a task if the policy says so, and
+    /// schedules the next check.
+    fn evaluate(&mut self, idx: CustomerIdx, now: UnixSeconds, fx: &mut Effects) {
+        let customer = self.store.get(idx);
+        let purchases = customer
+            .features
+            .first_purchase()
+            .zip(customer.features.last_purchase());
+        let stage = self.settings.stages.stage(purchases, now);
+        let (Some(x), Some(rfm)) = (customer.features.vector(now), customer.features.rfm(now))
+        else {
+            self.reclassify(idx, stage, None, None);
+            self.timers
+                .schedule(idx, &mut self.store.get_mut(idx).timer, None);
+            return;
+        };
+        self.scorings += 1;
+        let timer = (self.scorings % SCORING_SAMPLE_EVERY == 0).then(Instant::now);
+        let score = self.model.score(&x);
+        let p = score.probability;
+        let segment = self.thresholds.segment(&rfm);
+        let risk = self.settings.risk.risk(p);
+        if let Some(t) = timer {
+            self.metrics
+                .scoring_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
+        let bucket = ((p * 10.0) as u8).min(9);
+        self.reclassify(idx, stage, Some(segment), Some(bucket));
+
+        let mut winback = self.store.get(idx).winback;
+        let candidate = Candidate {
+            customer_id: self.store.id(idx),
+            churn_probability: p,
+            risk,
+            segment,
+            lifecycle_stage: stage,
+            monetary_365d: rfm.monetary_365d,
+            last_purchase: purchases.map_or(0, |(_, last)| last),
+            score: &score,
+        };
+        if let Some(task) = self
+            .policy
+            .decide(&mut winback, candidate, &self.model_version, now)
+        {
+            fx.tasks.push(task);
+        }
+        let next = now.saturating_add(self.settings.rescore_interval_secs).min(
+            self.settings
+                .stages
+                .next_change(purchases, now)
+                .unwrap_or(u32::MAX),
+        );
+        let customer = self.store.get_mut(idx);
+        customer.winback = winback;
+        self.timers.schedule(idx, &mut customer.timer, Some(next));
+    }
+
+    /// Moves the customer between population counts if their classification changed.
+    fn reclassify(
+        &mut self,
+        idx: CustomerIdx,
+        stage: LifecycleStage,
+        segment: Option<Segment>,
+        bucket: Option<u8>,
+    ) {
+        let c = self.store.get_mut(idx);
+        let pop = &mut self.population;
+        if c.stage != Some(stage) {
+            if let Some(old) = c.stage {
+                pop.stage[position(&LifecycleStage::ALL, old)] -= 1;
+            }
+            pop.stage[position(&LifecycleStage::ALL, stage)] += 1;
+            c.stage = Some(stage);
+        }
+        if c.segment != segment {
+            if let Some(old) = c.segment {
+                pop.segment[position(&Segment::ALL, old)] -= 1;
+            }
+            if let Some(new) = segment {
+                pop.segment[position(&Segment::ALL, new)] += 1;
+            }
+            c.segment = segment;
+        }
+        if c.bucket != bucket {
+            if let Some(old) = c.bucket {
+                pop.bucket[usize::from(old)] -= 1;
+            }
+            if let Some(new) = bucket {
+                pop.bucket[usize::from(new)] += 1;
+            }
+            c.bucket = bucket;
+        }
+    }
+
+    /// Under `segments.mode = population`, recomputes R/F/M thresholds as the medians of a
+    /// sample of buyers, once per `segments.refresh_secs` of clock time.
+    fn refresh_thresholds(&mut self, now: UnixSeconds) {
+        let seg = &self.settings.segments;
+        if seg.mode != SegmentMode::Population || now < self.next_threshold_refresh {
+            return;
+        }
+        self.next_threshold_refresh = now.saturating_add(seg.refresh_secs);
+        let step = (self.store.len() / seg.sample_size).max(1);
+        let mut sample: Vec<Rfm> = (0..self.store.len())
+            .step_by(step)
+            .filter_map(|i| self.store.get(i as CustomerIdx).features.rfm(now))
+            .collect();
+        if sample.len() >= MIN_POPULATION_SAMPLE {
+            if let Some(t) = RfmThresholds::medians(&mut sample) {
+                self.thresholds = t;
+            }
+        }
+    }
+
+    /// Copies population counts to the gauges (once per batch or tick).
+    fn publish(&self) {
+        let m = &self.metrics;
+        m.customers.set(self.store.len() as i64);
+        m.clock_seconds.set(i64::from(self.now()));
+        m.store_bytes
+            .set((self.store.heap_bytes() + self.timers.len() * 8) as i64);
+        for (stage, n) in LifecycleStage::ALL.iter().zip(self.population.stage) {
+            m.customers_by_stage
+                .with_label_values(&[stage.as_str()])
+                .set(n);
+        }
+        for (segment, n) in Segment::ALL.iter().zip(self.population.segment) {
+            m.customers_by_segment
+                .with_label_values(&[segment.as_str()])
+                .set(n);
+        }
+        for (range, n) in PROBABILITY_BUCKETS.iter().zip(self.population.bucket) {
+            m.customers_by_probability
+                .with_label_values(&[range])
+                .set(n);
+        }
+    }
+
+    /// One customer, scored now.
+    pub fn customer(&self, customer_id: &str) -> Option<CustomerView> {
+        let idx = self.store.find(customer_id)?;
+        let c = self.store.get(idx);
+        let now = self.now();
+        let f = &c.features;
+        let purchases = f.first_purchase().zip(f.last_purchase());
+        let vector = f.vector(now);
+        let score = vector.map(|x| self.model.score(&x));
+        let rfm = f.rfm(now);
+        Some(CustomerView {
+            customer_id: customer_id.to_string(),
+            as_of: time::rfc3339(now),
+            lifecycle_stage: self.settings.stages.stage(purchases, now),
+            segment: rfm.map(|r| self.thresholds.segment(&r)),
+            churn_probability: score.map(|s| s.probability),
+            risk: score.map(|s| self.settings.risk.risk(s.probability)),
+            reasons: score
+                .map(|s| {
+                    s.reasons(self.policy.reasons)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            rfm,
+            features: vector
+                .map(|x| FEATURE_NAMES.iter().copied().zip(x).collect())
+                .unwrap_or_default(),
+            first_purchase: f.first_purchase().map(time::rfc3339),
+            last_purchase: f.last_purchase().map(time::rfc3339),
+            last_event: time::rfc3339(f.last_event()),
+            group: self.policy.group(customer_id),
+            winback_tasks_in_episode: c.winback.episode_tasks,
+            last_winback_task_at: (c.winback.last_task_at != 0)
+                .then(|| time::rfc3339(c.winback.last_task_at)),
+            model_version: self.model_version.to_string(),
+        })
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            now: time::rfc3339(self.now()),
+            customers: self.store.len(),
+            by_stage: LifecycleStage::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .zip(self.population.stage)
+                .collect(),
+            by_segment: Segment::ALL
+                .iter()
+                .map(|s| s.as_str())
+                .zip(self.population.segment)
+                .collect(),
+            by_churn_probability: PROBABILITY_BUCKETS
+                .into_iter()
+                .zip(self.population.bucket)
+                .collect(),
+            thresholds: self.thresholds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::batch::Entry;
+    use redis::Value;
+
+    const DAY: u32 = 86_400;
+    const T0: u32 = 852_076_800;
+
+    fn settings(clock: ClockMode) -> EngineSettings {
+        let mut s = Settings::default();
+        s.clock.mode = clock;
+        s.segments.mode = SegmentMode::Fixed;
+        EngineSettings::from(&s)
+    }
+
+    fn engine(clock: ClockMode) -> Engine {
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        Engine::new(settings(clock), Arc::new(model), Metrics::new())
+    }
+
+    fn entry(seq: u64, fields: &[(&str, String)]) -> Entry {
+        Entry {
+            stream: 0,
+            // Stream time well after every event time used, as when history is replayed.
+            id: EntryId {
+                ms: u64::from(T0 + 1000 * DAY) * 1000 + seq,
+                seq,
+            },
+            values: Some(
+                fields
+                    .iter()
+                    .flat_map(|(k, v)| {
+                        [
+                            Value::BulkString(k.as_bytes().to_vec()),
+                            Value::BulkString(v.as_bytes().to_vec()),
+                        ]
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn purchase(seq: u64, customer: &str, day: u32) -> Entry {
+        entry(
+            seq,
+            &[
+                ("customer_id", customer.into()),
+                ("type", "purchase".into()),
+                ("amount", "20".into()),
+                ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+            ],
+        )
+    }
+
+    fn batch(entries: Vec<Entry>) -> Batch {
+        Batch { entries }
+    }
+
+    #[test]
+    fn bad_entries_are_dead_lettered_and_everything_is_acknowledged() {
+        let mut e = engine(ClockMode::Event);
+        let fx = e.apply_batch(
+            batch(vec![
+                purchase(1, "a", 0),
+                entry(2, &[("customer_id", "b".into()), ("type", "gift".into())]),
+                Entry {
+                    stream: 0,
+                    id: EntryId { ms: 3, seq: 0 },
+                    values: None,
+                },
+            ]),
+            0,
+        );
+        assert_eq!(fx.acks.len(), 3);
+        let reasons: Vec<Reason> = fx.dead_letters.iter().map(|d| d.reason).collect();
+        assert_eq!(reasons, vec![Reason::UnknownType, Reason::EntryDeleted]);
+        assert_eq!(
+            fx.dead_letters[0].values.len(),
+            4,
+            "original fields are kept"
+        );
+        assert_eq!(e.summary().customers, 1);
+    }
+
+    #[test]
+    fn a_silent_customer_gets_a_task_as_event_time_moves_on() {
+        let mut e = engine(ClockMode::Event);
+        // The test model's probability passes 0.7 once ln(1 + recency) >= 3 + 0.5 * (1 + ln(7/3)),
+        // i.e. after about 50 days of silence.
+        let fx = e.apply_batch(
+            batch(vec![purchase(1, "quiet", 0), purchase(2, "busy", 0)]),
+            0,
+        );
+        assert!(fx.tasks.is_empty());
+        let mut tasks = Vec::new();
+        for (i, day) in (10..=200).step_by(10).enumerate() {
+            let fx = e.apply_batch(batch(vec![purchase(10 + i as u64, "busy", day)]), 0);
+            tasks.extend(fx.tasks);
+        }
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        let task = &tasks[0];
+        assert_eq!(task.customer_id, "quiet");
+        assert!(task.churn_probability >= 0.7);
+        // Re-scored daily while silent: the task comes on the first day past the threshold.
+        let threshold_logit = (0.7f64 / 0.3).ln();
+        let days_needed = ((3.0 + 0.5 * (1.0 + threshold_logit)).exp() - 1.0).ceil() as u32;
+        assert_eq!(task.as_of, T0 + days_needed * DAY);
+        assert_eq!(task.episode_start, T0);
+        assert_eq!(e.customer("quiet").unwrap().winback_tasks_in_episode, 1);
+    }
+
+    #[test]
+    fn the_same_history_in_other_batches_gives_the_same_tasks() {
+        let history: Vec<(String, u32)> = (0..60)
+            .map(|i| (format!("c{}", i % 12), (i * 7) as u32))
+            .collect();
+        let run = |batch_size: usize| {
+            let mut e = engine(ClockMode::Event);
+            let mut tasks = Vec::new();
+            let entries: Vec<Entry> = history
+                .iter()
+                .enumerate()
+                .map(|(i, (c, d))| purchase(i as u64, c, *d))
+                .collect();
+            let mut it = entries.into_iter().peekable();
+            while it.peek().is_some() {
+                let chunk: Vec<Entry> = it.by_ref().take(batch_size).collect();
+                tasks.extend(e.apply_batch(batch(chunk), 0).tasks);
+            }
+            tasks.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+            tasks
+        };
+        let one = run(1);
+        assert!(!one.is_empty());
+        assert_eq!(one, run(7));
+        assert_eq!(one, run(1000));
+    }
+
+    #[test]
+    fn a_purchase_after_a_task_counts_a_recovery() {
+        let mut e = engine(ClockMode::Event);
+        e.apply_batch(batch(vec![purchase(1, "c", 0)]), 0);
+        let fx = e.apply_batch(batch(vec![purchase(2, "other", 150)]), 0);
+        assert_eq!(fx.tasks.len(), 1);
+        let group = fx.tasks[0].group;
+        e.apply_batch(batch(vec![purchase(3, "c", 151)]), 0);
+        let recovered = e
+            .metrics
+            .recoveries
+            .with_label_values(&[group.as_str()])
+            .get();
+        assert_eq!(recovered, 1);
+        assert_eq!(e.customer("c").unwrap().winback_tasks_in_episode, 0);
+    }
+
+    #[test]
+    fn population_counts_follow_customers_between_stages() {
+        let mut e = engine(ClockMode::Event);
+        e.apply_batch(batch(vec![purchase(1, "a", 0), purchase(2, "b", 0)]), 0);
+        assert_eq!(e.summary().by_stage["new"], 2);
+        e.apply_batch(batch(vec![purchase(3, "b", 100)]), 0);
+        let s = e.summary();
+        assert_eq!(s.by_stage["silent"], 1, "{s:?}");
+        assert_eq!(s.by_stage["active"], 1, "{s:?}");
+        assert_eq!(s.by_stage.values().sum::<i64>(), 2);
+        assert_eq!(s.by_segment.values().sum::<i64>(), 2);
+    }
+
+    #[test]
+    fn the_wall_clock_scores_silence_on_ticks() {
+        let mut e = engine(ClockMode::Wall);
+        let wall = |day: u32| u64::from(T0 + day * DAY) * 1000;
+        e.apply_batch(batch(vec![purchase(1, "a", 0)]), wall(0));
+        assert!(e.tick(wall(40)).tasks.is_empty());
+        assert_eq!(e.tick(wall(120)).tasks.len(), 1);
+        assert!(e.tick(wall(200)).tasks.is_empty());
+    }
+
+    #[test]
+    fn the_customer_view_explains_the_score() {
+        let mut e = engine(ClockMode::Event);
+        e.apply_batch(batch(vec![purchase(1, "a", 0), purchase(2, "b", 120)]), 0);
+        let view = e.customer("a").unwrap();
+        assert_eq!(view.lifecycle_stage, LifecycleStage::Silent);
+        assert!(view.churn_probability.unwrap() > 0.5);
+        assert_eq!(view.reasons, vec!["log_recency_days:high".to_string()]);
+        assert_eq!(view.features.len(), FEATURE_NAMES.len());
+        assert!(e.customer("nobody").is_none());
+    }
+}

@@ -1,0 +1,322 @@
+//! Per-customer rolling RFM state and the model's feature vector.
+//!
+//! [`CustomerFeatures`] keeps constant space per customer: exponentially decayed counts and
+//! spend at several half-lives, anchored at the latest event time applied. Decay is exact in
+//! event time: a late event is decayed back to the anchor instead of forward, so the state
+//! does not depend on arrival order. [`FEATURE_NAMES`] and [`CustomerFeatures::vector`] are
+//! the one definition of the model's inputs, shared by streaming scoring, batch scoring and
+//! training.
+
+pub mod store;
+pub mod timers;
+
+use crate::event::{Event, EventKind};
+use crate::time::{self, UnixSeconds, SECONDS_PER_DAY};
+
+/// Half-lives of the decayed purchase counts and spend, in days.
+pub const HALF_LIVES_DAYS: [f64; 3] = [30.0, 90.0, 365.0];
+/// Half-life of the refund and complaint signals, in days.
+const DISSATISFACTION_HALF_LIFE_DAYS: f64 = 90.0;
+/// Half-life of the visit (engagement) signal, in days.
+const VISIT_HALF_LIFE_DAYS: f64 = 30.0;
+/// `overdue_ratio` is capped so one customer's long silence cannot dominate a fit.
+const MAX_OVERDUE_RATIO: f64 = 10.0;
+
+/// Names of the model's inputs, in the order of [`FeatureVector`]. A model file must name
+/// exactly these.
+pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
+    "log_recency_days",
+    "log_tenure_days",
+    "log_purchases",
+    "repeat_buyer",
+    "log_interpurchase_days",
+    "overdue_ratio",
+    "log_frequency_30d",
+    "log_frequency_90d",
+    "log_frequency_365d",
+    "log_monetary_30d",
+    "log_monetary_90d",
+    "log_monetary_365d",
+    "log_avg_order_value",
+    "refunds_90d",
+    "complaints_90d",
+    "visits_30d",
+    "log_inactivity_days",
+];
+pub const FEATURE_COUNT: usize = 17;
+
+/// One customer's model inputs at one moment.
+pub type FeatureVector = [f64; FEATURE_COUNT];
+
+/// Rolling state of one customer: 56 bytes, whatever the number of events.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CustomerFeatures {
+    first_purchase: UnixSeconds,
+    last_purchase: UnixSeconds,
+    /// Latest event time of any kind: the anchor of every decayed sum below.
+    last_event: UnixSeconds,
+    purchases: u32,
+    /// Lifetime spend, net of refunds.
+    total_spend: f32,
+    /// Purchase counts decayed with [`HALF_LIVES_DAYS`], as of `last_event`.
+    frequency: [f32; 3],
+    /// Spend net of refunds decayed with [`HALF_LIVES_DAYS`], as of `last_event`.
+    monetary: [f32; 3],
+    refunds: f32,
+    complaints: f32,
+    visits: f32,
+}
+
+/// Raw RFM facts for people (the API and tasks), as opposed to the model's transformed inputs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Rfm {
+    pub recency_days: f64,
+    pub tenure_days: f64,
+    pub purchases: u32,
+    pub frequency_365d: f64,
+    pub monetary_365d: f64,
+    pub total_spend: f64,
+}
+
+/// `2^(-elapsed / half_life)`.
+fn decay(elapsed_secs: u32, half_life_days: f64) -> f64 {
+    (-(elapsed_secs as f64) / (half_life_days * SECONDS_PER_DAY)).exp2()
+}
+
+impl CustomerFeatures {
+    /// Applies one event. O(1), no allocation.
+    pub fn apply(&mut self, event: &Event<'_>) {
+        let t = event.time;
+        // Weight of the new event at the anchor: 1 if it moves the anchor forward (after
+        // decaying everything to it), less than 1 if it is late.
+        let behind = if t >= self.last_event || self.last_event == 0 {
+            self.decay_to(t);
+            0
+        } else {
+            self.last_event - t
+        };
+        let weights = HALF_LIVES_DAYS.map(|h| decay(behind, h));
+        match event.kind {
+            EventKind::Purchase => {
+                if self.purchases == 0 || t < self.first_purchase {
+                    self.first_purchase = t;
+                }
+                self.last_purchase = self.last_purchase.max(t);
+                self.purchases = self.purchases.saturating_add(1);
+                self.total_spend += event.amount as f32;
+                for ((f, m), w) in self.frequency.iter_mut().zip(&mut self.monetary).zip(weights) {
+                    *f += w as f32;
+                    *m += (event.amount * w) as f32;
+                }
+            }
+            EventKind::Refund => {
+                self.refunds += decay(behind, DISSATISFACTION_HALF_LIFE_DAYS) as f32;
+                self.total_spend -= event.amount as f32;
+                for (m, w) in self.monetary.iter_mut().zip(weights) {
+                    *m -= (event.amount * w) as f32;
+                }
+            }
+            EventKind::Complaint => {
+                self.complaints += decay(behind, DISSATISFACTION_HALF_LIFE_DAYS) as f32;
+            }
+            EventKind::Visit => {
+                self.visits += decay(behind, VISIT_HALF_LIFE_DAYS) as f32;
+            }
+        }
+    }
+
+    fn decay_to(&mut self, t: UnixSeconds) {
+        if self.last_event != 0 && t > self.last_event {
+            let dt = t - self.last_event;
+            for (i, h) in HALF_LIVES_DAYS.iter().enumerate() {
+                let f = decay(dt, *h) as f32;
+                self.frequency[i] *= f;
+                self.monetary[i] *= f;
+            }
+            let f = decay(dt, DISSATISFACTION_HALF_LIFE_DAYS) as f32;
+            self.refunds *= f;
+            self.complaints *= f;
+            self.visits *= decay(dt, VISIT_HALF_LIFE_DAYS) as f32;
+        }
+        self.last_event = self.last_event.max(t);
+    }
+
+    pub fn has_purchased(&self) -> bool {
+        self.purchases > 0
+    }
+
+    pub fn first_purchase(&self) -> Option<UnixSeconds> {
+        self.has_purchased().then_some(self.first_purchase)
+    }
+
+    pub fn last_purchase(&self) -> Option<UnixSeconds> {
+        self.has_purchased().then_some(self.last_purchase)
+    }
+
+    pub fn last_event(&self) -> UnixSeconds {
+        self.last_event
+    }
+
+    pub fn purchases(&self) -> u32 {
+        self.purchases
+    }
+
+    /// A decayed sum read at `now`.
+    fn at(&self, value: f32, now: UnixSeconds, half_life_days: f64) -> f64 {
+        value as f64 * decay(now.saturating_sub(self.last_event), half_life_days)
+    }
+
+    /// Raw RFM facts at `now`; `None` before the first purchase.
+    pub fn rfm(&self, now: UnixSeconds) -> Option<Rfm> {
+        if !self.has_purchased() {
+            return None;
+        }
+        Some(Rfm {
+            recency_days: time::days_between(self.last_purchase, now),
+            tenure_days: time::days_between(self.first_purchase, now),
+            purchases: self.purchases,
+            frequency_365d: self.at(self.frequency[2], now, HALF_LIVES_DAYS[2]),
+            monetary_365d: self.at(self.monetary[2], now, HALF_LIVES_DAYS[2]).max(0.0),
+            total_spend: (self.total_spend as f64).max(0.0),
+        })
+    }
+
+    /// The model's inputs at `now`, in [`FEATURE_NAMES`] order; `None` before the first
+    /// purchase (churn is defined for buyers).
+    pub fn vector(&self, now: UnixSeconds) -> Option<FeatureVector> {
+        if !self.has_purchased() {
+            return None;
+        }
+        let recency = time::days_between(self.last_purchase, now);
+        let tenure = time::days_between(self.first_purchase, now);
+        let repeat = self.purchases >= 2;
+        let interpurchase = if repeat {
+            time::days_between(self.first_purchase, self.last_purchase)
+                / f64::from(self.purchases - 1)
+        } else {
+            0.0
+        };
+        let overdue = if repeat {
+            (recency / interpurchase.max(1.0)).min(MAX_OVERDUE_RATIO)
+        } else {
+            0.0
+        };
+        let freq = |i: usize| self.at(self.frequency[i], now, HALF_LIVES_DAYS[i]);
+        let money = |i: usize| self.at(self.monetary[i], now, HALF_LIVES_DAYS[i]).max(0.0);
+        let avg_order = (self.total_spend as f64).max(0.0) / f64::from(self.purchases);
+        Some([
+            recency.ln_1p(),
+            tenure.ln_1p(),
+            f64::from(self.purchases).ln_1p(),
+            f64::from(u8::from(repeat)),
+            interpurchase.ln_1p(),
+            overdue,
+            freq(0).ln_1p(),
+            freq(1).ln_1p(),
+            freq(2).ln_1p(),
+            money(0).ln_1p(),
+            money(1).ln_1p(),
+            money(2).ln_1p(),
+            avg_order.ln_1p(),
+            self.at(self.refunds, now, DISSATISFACTION_HALF_LIFE_DAYS),
+            self.at(self.complaints, now, DISSATISFACTION_HALF_LIFE_DAYS),
+            self.at(self.visits, now, VISIT_HALF_LIFE_DAYS),
+            time::days_between(self.last_event, now).ln_1p(),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u32 = 86_400;
+    const T0: u32 = 852_076_800; // 1997-01-01
+
+    fn ev(kind: EventKind, amount: f64, day: u32) -> Event<'static> {
+        Event {
+            customer_id: "c",
+            kind,
+            amount,
+            time: T0 + day * DAY,
+        }
+    }
+
+    fn feature(v: &FeatureVector, name: &str) -> f64 {
+        v[FEATURE_NAMES.iter().position(|n| *n == name).unwrap()]
+    }
+
+    #[test]
+    fn decayed_sums_halve_every_half_life() {
+        let mut f = CustomerFeatures::default();
+        f.apply(&ev(EventKind::Purchase, 10.0, 0));
+        f.apply(&ev(EventKind::Purchase, 20.0, 30));
+        let v = f.vector(T0 + 60 * DAY).unwrap();
+        // 30-day half-life at day 60: 1·2^-2 + 1·2^-1 counts, 10·2^-2 + 20·2^-1 spend.
+        assert!((feature(&v, "log_frequency_30d") - 0.75f64.ln_1p()).abs() < 1e-6);
+        assert!((feature(&v, "log_monetary_30d") - 12.5f64.ln_1p()).abs() < 1e-5);
+        assert!((feature(&v, "log_recency_days") - 30f64.ln_1p()).abs() < 1e-12);
+        assert!((feature(&v, "log_tenure_days") - 60f64.ln_1p()).abs() < 1e-12);
+        assert_eq!(feature(&v, "repeat_buyer"), 1.0);
+        assert!((feature(&v, "log_interpurchase_days") - 30f64.ln_1p()).abs() < 1e-12);
+        assert!((feature(&v, "overdue_ratio") - 1.0).abs() < 1e-12);
+        assert!((feature(&v, "log_avg_order_value") - 15f64.ln_1p()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn arrival_order_does_not_change_the_state() {
+        let events = [
+            ev(EventKind::Purchase, 10.0, 0),
+            ev(EventKind::Visit, 0.0, 5),
+            ev(EventKind::Purchase, 35.0, 40),
+            ev(EventKind::Refund, 5.0, 45),
+            ev(EventKind::Complaint, 0.0, 50),
+        ];
+        let mut in_order = CustomerFeatures::default();
+        events.iter().for_each(|e| in_order.apply(e));
+        let mut shuffled = CustomerFeatures::default();
+        for i in [3, 0, 4, 2, 1] {
+            shuffled.apply(&events[i]);
+        }
+        let now = T0 + 100 * DAY;
+        let (a, b) = (in_order.vector(now).unwrap(), shuffled.vector(now).unwrap());
+        for (i, name) in FEATURE_NAMES.iter().enumerate() {
+            assert!((a[i] - b[i]).abs() < 1e-5, "{name}: {} vs {}", a[i], b[i]);
+        }
+    }
+
+    #[test]
+    fn refunds_reduce_spend_and_count_as_dissatisfaction() {
+        let mut f = CustomerFeatures::default();
+        f.apply(&ev(EventKind::Purchase, 100.0, 0));
+        f.apply(&ev(EventKind::Refund, 40.0, 0));
+        let rfm = f.rfm(T0).unwrap();
+        assert_eq!(rfm.total_spend, 60.0);
+        assert!((rfm.monetary_365d - 60.0).abs() < 1e-4);
+        let v = f.vector(T0 + 90 * DAY).unwrap();
+        assert!((feature(&v, "refunds_90d") - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn visits_alone_do_not_make_a_buyer() {
+        let mut f = CustomerFeatures::default();
+        f.apply(&ev(EventKind::Visit, 0.0, 3));
+        assert!(f.vector(T0 + 4 * DAY).is_none());
+        assert_eq!(f.last_event(), T0 + 3 * DAY);
+    }
+
+    #[test]
+    fn one_time_buyers_have_no_rhythm() {
+        let mut f = CustomerFeatures::default();
+        f.apply(&ev(EventKind::Purchase, 10.0, 0));
+        let v = f.vector(T0 + 200 * DAY).unwrap();
+        assert_eq!(feature(&v, "repeat_buyer"), 0.0);
+        assert_eq!(feature(&v, "overdue_ratio"), 0.0);
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn the_state_stays_small() {
+        assert!(std::mem::size_of::<CustomerFeatures>() <= 56);
+    }
+}

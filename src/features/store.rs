@@ -1,0 +1,152 @@
+//! The in-memory customer table: customer ID → dense index → record.
+//!
+//! Built for millions of customers in little memory: IDs live back to back in one byte arena
+//! (no allocation per customer), the hash index stores only 4-byte indices (hashbrown's
+//! `HashTable`, hashing the ID from the arena), and records sit in one `Vec`. A dense `u32`
+//! index is also what timers and other side tables refer to.
+
+use hashbrown::HashTable;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+/// Index of a customer in the store, stable for the store's lifetime.
+pub type CustomerIdx = u32;
+
+pub struct CustomerStore<T> {
+    index: HashTable<CustomerIdx>,
+    /// Seed of the index hash, random per process so crafted IDs cannot force collisions.
+    seed: u64,
+    /// All IDs concatenated.
+    id_bytes: Vec<u8>,
+    /// Per customer: start of its ID in `id_bytes` (high 56 bits) and its length (low 8 bits).
+    id_spans: Vec<u64>,
+    records: Vec<T>,
+}
+
+impl<T: Default> Default for CustomerStore<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Default> CustomerStore<T> {
+    pub fn new() -> Self {
+        Self {
+            index: HashTable::new(),
+            seed: rand::random(),
+            id_bytes: Vec::new(),
+            id_spans: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn hash(&self, id: &str) -> u64 {
+        xxh3_64_with_seed(id.as_bytes(), self.seed)
+    }
+
+    /// The customer's ID. Panics only on an index this store never handed out.
+    pub fn id(&self, idx: CustomerIdx) -> &str {
+        let span = self.id_spans[idx as usize];
+        let (start, len) = ((span >> 8) as usize, (span & 0xff) as usize);
+        // IDs enter only as `&str` (see `insert`), so every span holds valid UTF-8.
+        std::str::from_utf8(&self.id_bytes[start..start + len]).unwrap_or_default()
+    }
+
+    pub fn find(&self, id: &str) -> Option<CustomerIdx> {
+        let hash = self.hash(id);
+        self.index.find(hash, |&idx| self.id(idx) == id).copied()
+    }
+
+    /// The customer's index, adding a default record for a new ID. The flag says whether the
+    /// customer is new. IDs are at most 255 bytes (the event parser allows 128).
+    pub fn find_or_insert(&mut self, id: &str) -> (CustomerIdx, bool) {
+        debug_assert!(id.len() <= 255, "customer IDs are validated to 128 bytes");
+        let hash = self.hash(id);
+        if let Some(&idx) = self.index.find(hash, |&idx| self.id(idx) == id) {
+            return (idx, false);
+        }
+        let idx = CustomerIdx::try_from(self.records.len())
+            .expect("more than 4 billion customers in one store");
+        let span = ((self.id_bytes.len() as u64) << 8) | id.len().min(255) as u64;
+        self.id_bytes.extend_from_slice(id.as_bytes());
+        self.id_spans.push(span);
+        self.records.push(T::default());
+        let (seed, id_bytes, id_spans) = (self.seed, &self.id_bytes, &self.id_spans);
+        self.index.insert_unique(hash, idx, |&i| {
+            let span = id_spans[i as usize];
+            let (start, len) = ((span >> 8) as usize, (span & 0xff) as usize);
+            xxh3_64_with_seed(&id_bytes[start..start + len], seed)
+        });
+        (idx, true)
+    }
+
+    pub fn get(&self, idx: CustomerIdx) -> &T {
+        &self.records[idx as usize]
+    }
+
+    pub fn get_mut(&mut self, idx: CustomerIdx) -> &mut T {
+        &mut self.records[idx as usize]
+    }
+
+    /// Every customer with its index, in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (CustomerIdx, &T)> {
+        self.records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as CustomerIdx, r))
+    }
+
+    /// Bytes held by the table itself (IDs, index, records), for the memory gauge.
+    pub fn heap_bytes(&self) -> usize {
+        self.id_bytes.capacity()
+            + self.id_spans.capacity() * std::mem::size_of::<u64>()
+            + self.records.capacity() * std::mem::size_of::<T>()
+            + self.index.capacity() * (std::mem::size_of::<CustomerIdx>() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_map_to_stable_indices() {
+        let mut store: CustomerStore<u32> = CustomerStore::new();
+        let (a, new_a) = store.find_or_insert("alice");
+        let (b, new_b) = store.find_or_insert("bob");
+        let (a2, new_a2) = store.find_or_insert("alice");
+        assert!(new_a && new_b && !new_a2);
+        assert_eq!(a, a2);
+        assert_ne!(a, b);
+        assert_eq!(store.id(b), "bob");
+        assert_eq!(store.find("bob"), Some(b));
+        assert_eq!(store.find("carol"), None);
+        *store.get_mut(a) += 5;
+        assert_eq!(*store.get(a), 5);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn survives_growth_with_many_ids() {
+        let mut store: CustomerStore<u8> = CustomerStore::new();
+        for i in 0..50_000 {
+            store.find_or_insert(&format!("customer-{i:08}"));
+        }
+        for i in (0..50_000).step_by(997) {
+            let id = format!("customer-{i:08}");
+            let idx = store.find(&id).unwrap();
+            assert_eq!(store.id(idx), id);
+        }
+        assert_eq!(store.len(), 50_000);
+        let unicode = "клиент-№1";
+        let (idx, _) = store.find_or_insert(unicode);
+        assert_eq!(store.id(idx), unicode);
+    }
+}

@@ -1,0 +1,84 @@
+//! Readiness: connected to Redis for reading and writing, with a model loaded.
+//!
+//! Each part reports its own state; `/readyz` and the `churnd_ready` gauge read the whole.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::metrics::Metrics;
+
+pub struct Health {
+    source: AtomicBool,
+    sink: AtomicBool,
+    model: AtomicBool,
+    metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The consumer can read the input streams.
+    Source,
+    /// The sink can write tasks, dead letters and acknowledgements.
+    Sink,
+    /// A valid model is loaded.
+    Model,
+}
+
+impl Health {
+    pub fn new(metrics: Metrics) -> Self {
+        metrics.ready.set(0);
+        Self {
+            source: AtomicBool::new(false),
+            sink: AtomicBool::new(false),
+            model: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    fn flag(&self, part: Part) -> &AtomicBool {
+        match part {
+            Part::Source => &self.source,
+            Part::Sink => &self.sink,
+            Part::Model => &self.model,
+        }
+    }
+
+    pub fn set(&self, part: Part, up: bool) {
+        self.flag(part).store(up, Ordering::Relaxed);
+        self.metrics.ready.set(i64::from(self.is_ready()));
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.not_ready().is_empty()
+    }
+
+    /// What keeps the daemon from being ready, for people.
+    pub fn not_ready(&self) -> Vec<&'static str> {
+        [
+            (Part::Source, "not connected to Redis for reading"),
+            (Part::Sink, "not connected to Redis for writing"),
+            (Part::Model, "no model loaded"),
+        ]
+        .into_iter()
+        .filter(|(part, _)| !self.flag(*part).load(Ordering::Relaxed))
+        .map(|(_, why)| why)
+        .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_part_is_up() {
+        let h = Health::new(Metrics::new());
+        assert_eq!(h.not_ready().len(), 3);
+        h.set(Part::Source, true);
+        h.set(Part::Sink, true);
+        assert!(!h.is_ready());
+        h.set(Part::Model, true);
+        assert!(h.is_ready());
+        h.set(Part::Sink, false);
+        assert_eq!(h.not_ready(), vec!["not connected to Redis for writing"]);
+    }
+}

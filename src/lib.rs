@@ -1,0 +1,35 @@
+//! churnd: a streaming churn-scoring daemon.
+//!
+//! Customer activity flows through the modules in this order:
+//!
+//! - [`source`]: reads the input streams with a Redis consumer group, in batches;
+//! - [`event`]: turns a stream entry into a validated event or a dead-letter reason;
+//! - [`features`]: keeps each customer's rolling RFM state in constant space, and the
+//!   timers that notice silence;
+//! - [`model`]: scores churn probability with a logistic model (and trains one);
+//! - [`classify`]: lifecycle stage, RFM segment and risk level;
+//! - [`winback`]: decides when a customer gets a win-back task;
+//! - [`sink`]: writes tasks and dead letters and acknowledges entries, atomically.
+//!
+//! [`engine`] ties the pure steps together (no I/O); [`daemon`] runs it between source and
+//! sink with bounded channels. Beside the flow: [`config`], [`metrics`], [`health`],
+//! [`http`], [`connection`] (Redis connections that survive Redis), [`transactions`] (CSV
+//! input of the batch commands), [`demo`].
+
+pub mod classify;
+pub mod config;
+pub mod connection;
+pub mod daemon;
+pub mod demo;
+pub mod engine;
+pub mod event;
+pub mod features;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod sink;
+pub mod source;
+pub mod time;
+pub mod transactions;
+pub mod winback;

@@ -1,0 +1,291 @@
+//! Every Prometheus metric churnd exports, defined in one place.
+//!
+//! Names follow Prometheus conventions: `churnd_` prefix, base units, `_total` on counters.
+//! Labels take values from small fixed sets (event types, reasons, stages, segments,
+//! configured actions, stream names); never a customer ID. Each daemon owns its registry,
+//! so several can run in one process (tests).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::classify::{LifecycleStage, Segment};
+use crate::event::{EventKind, Reason};
+use crate::winback::Group;
+
+/// Labels of the churn-probability distribution gauge, one per tenth.
+pub const PROBABILITY_BUCKETS: [&str; 10] = [
+    "0.0-0.1", "0.1-0.2", "0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-0.6", "0.6-0.7", "0.7-0.8",
+    "0.8-0.9", "0.9-1.0",
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub entries_acked: IntCounter,
+    pub batch_entries: Histogram,
+    pub batch_seconds: Histogram,
+    pub scoring_seconds: Histogram,
+    pub event_latency_seconds: Histogram,
+    pub sink_seconds: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub consumer_pending: IntGaugeVec,
+    pub customers: IntGauge,
+    pub customers_by_stage: IntGaugeVec,
+    pub customers_by_segment: IntGaugeVec,
+    pub customers_by_probability: IntGaugeVec,
+    pub store_bytes: IntGauge,
+    pub rescores: IntCounter,
+    pub tasks: IntCounterVec,
+    pub tasks_duplicate: IntCounter,
+    pub recoveries: IntCounterVec,
+    pub model_info: IntGaugeVec,
+    pub model_reloads: IntCounterVec,
+    pub redis_connected: IntGaugeVec,
+    pub redis_errors: IntCounterVec,
+    pub ready: IntGauge,
+    pub clock_seconds: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let counter = |name: &str, help: &str| {
+            let m = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let gauge = |name: &str, help: &str| {
+            let m = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+
+        let build = gauge_vec(
+            "churnd_build_info",
+            "Build version (value 1).",
+            &["version"],
+        );
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::new(
+                    std::process::id() as i32,
+                    "churnd",
+                ),
+            ))
+            .expect("unique metric");
+
+        let m = Self {
+            events: counter_vec(
+                "churnd_events_processed_total",
+                "Events applied to customer state, by type.",
+                &["type"],
+            ),
+            dead_lettered: counter_vec(
+                "churnd_events_dead_lettered_total",
+                "Entries rejected and written to the dead-letter stream, by reason.",
+                &["reason"],
+            ),
+            entries_acked: counter(
+                "churnd_entries_acknowledged_total",
+                "Stream entries acknowledged after their effects were written.",
+            ),
+            batch_entries: histogram(
+                "churnd_batch_entries",
+                "Entries per batch read from Redis.",
+                vec![1.0, 10.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0],
+            ),
+            batch_seconds: histogram(
+                "churnd_batch_processing_duration_seconds",
+                "Time to apply one batch to customer state (parse, update, score, classify).",
+                prometheus::exponential_buckets(1e-5, 2.5, 12).expect("valid buckets"),
+            ),
+            scoring_seconds: histogram(
+                "churnd_scoring_duration_seconds",
+                "Time to compute features, score and classify one customer (1 in 64 sampled).",
+                prometheus::exponential_buckets(5e-8, 2.5, 12).expect("valid buckets"),
+            ),
+            event_latency_seconds: histogram(
+                "churnd_event_latency_seconds",
+                "From an entry's stream ID time (XADD) to its processing.",
+                prometheus::exponential_buckets(1e-4, 2.5, 16).expect("valid buckets"),
+            ),
+            sink_seconds: histogram(
+                "churnd_sink_write_duration_seconds",
+                "Time to write one batch's tasks, dead letters and acknowledgements to Redis.",
+                prometheus::exponential_buckets(5e-5, 2.5, 14).expect("valid buckets"),
+            ),
+            consumer_lag: gauge_vec(
+                "churnd_consumer_group_lag",
+                "Entries in the stream not yet delivered to the consumer group (XINFO GROUPS lag).",
+                &["stream"],
+            ),
+            consumer_pending: gauge_vec(
+                "churnd_consumer_group_pending",
+                "Entries delivered to the consumer group but not acknowledged (XINFO GROUPS pending).",
+                &["stream"],
+            ),
+            customers: gauge("churnd_customers_tracked", "Customers held in memory."),
+            customers_by_stage: gauge_vec(
+                "churnd_customers_by_stage",
+                "Customers by lifecycle stage, as of their last scoring.",
+                &["stage"],
+            ),
+            customers_by_segment: gauge_vec(
+                "churnd_customers_by_segment",
+                "Buyers by RFM value segment, as of their last scoring.",
+                &["segment"],
+            ),
+            customers_by_probability: gauge_vec(
+                "churnd_customers_by_churn_probability",
+                "Buyers by churn probability (tenths), as of their last scoring.",
+                &["range"],
+            ),
+            store_bytes: gauge(
+                "churnd_customer_store_bytes",
+                "Heap bytes held by the customer table and its timers.",
+            ),
+            rescores: counter(
+                "churnd_silence_rescores_total",
+                "Customers re-scored because time passed without events.",
+            ),
+            tasks: counter_vec(
+                "churnd_winback_tasks_total",
+                "Win-back tasks written, by action and group (control-group tasks go to the control stream).",
+                &["action", "group"],
+            ),
+            tasks_duplicate: counter(
+                "churnd_winback_tasks_duplicate_total",
+                "Win-back tasks not written because their ID had been written before (replays).",
+            ),
+            recoveries: counter_vec(
+                "churnd_winback_recoveries_total",
+                "Customers who bought again after a win-back task, by group.",
+                &["group"],
+            ),
+            model_info: gauge_vec(
+                "churnd_model_info",
+                "The model version serving (value 1).",
+                &["version"],
+            ),
+            model_reloads: counter_vec(
+                "churnd_model_reloads_total",
+                "Model reload attempts, by outcome (success, failure).",
+                &["outcome"],
+            ),
+            redis_connected: gauge_vec(
+                "churnd_redis_connected",
+                "Whether the connection for each role (source, sink, monitor) is up.",
+                &["role"],
+            ),
+            redis_errors: counter_vec(
+                "churnd_redis_errors_total",
+                "Failed Redis operations, by role.",
+                &["role"],
+            ),
+            ready: gauge("churnd_ready", "1 when connected to Redis with a model loaded."),
+            clock_seconds: gauge(
+                "churnd_clock_seconds",
+                "The daemon's \"now\" as Unix seconds (the event-time watermark under clock.mode=event).",
+            ),
+            registry,
+        };
+        m.initialise_label_sets();
+        m
+    }
+
+    /// Creates every series of the fixed label sets, so dashboards see zeros, not gaps.
+    fn initialise_label_sets(&self) {
+        for kind in EventKind::ALL {
+            self.events.with_label_values(&[kind.as_str()]);
+        }
+        for reason in Reason::ALL {
+            self.dead_lettered.with_label_values(&[reason.as_str()]);
+        }
+        for stage in LifecycleStage::ALL {
+            self.customers_by_stage.with_label_values(&[stage.as_str()]);
+        }
+        for segment in Segment::ALL {
+            self.customers_by_segment
+                .with_label_values(&[segment.as_str()]);
+        }
+        for range in PROBABILITY_BUCKETS {
+            self.customers_by_probability.with_label_values(&[range]);
+        }
+        for group in Group::ALL {
+            self.recoveries.with_label_values(&[group.as_str()]);
+        }
+        for outcome in ["success", "failure"] {
+            self.model_reloads.with_label_values(&[outcome]);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn set_model(&self, version: &str) {
+        self.model_info.reset();
+        self.model_info.with_label_values(&[version]).set(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics_with_fixed_label_sets() {
+        let m = Metrics::new();
+        m.set_model("v1");
+        let text = m.render();
+        assert!(text.contains("churnd_events_processed_total{type=\"purchase\"} 0"));
+        assert!(text.contains("churnd_customers_by_stage{stage=\"churned\"} 0"));
+        assert!(text.contains("churnd_model_info{version=\"v1\"} 1"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("churnd_"), "unprefixed metric: {line}");
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The churn model: its file format, validation on load, and scoring with reasons.
+//!
+//! A model file is JSON written by `churnd train` (see [`train`]): feature names with their
+//! standardisation and coefficients, an intercept, the horizon it predicts, a version, and a
+//! report of how it was trained. Loading checks it against [`FEATURE_NAMES`] and refuses
+//! anything that could not score correctly; scoring is a dot product and a sigmoid with
+//! per-feature contributions, so every probability can say why.
+
+pub mod metrics;
+pub mod train;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::{FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
+
+/// The `format` tag of model files this build reads.
+pub const MODEL_FORMAT: &str = "churnd-logistic/1";
+
+/// A model file as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub format: String,
+    pub version: String,
+    /// The model predicts "no purchase within this many days".
+    pub horizon_days: u32,
+    pub features: Vec<FeatureParams>,
+    pub intercept: f64,
+    /// How the model was trained: data summary, settings, validation metrics. Free-form for
+    /// the scorer; written by `churnd train`.
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureParams {
+    pub name: String,
+    pub mean: f64,
+    pub scale: f64,
+    pub coefficient: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model file {path} is not valid model JSON: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("model file {path} is invalid: {}", problems.join("; "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// A validated model, ready to score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    version: String,
+    horizon_days: u32,
+    mean: FeatureVector,
+    /// 1 / scale, so scoring multiplies.
+    inv_scale: FeatureVector,
+    coefficient: FeatureVector,
+    intercept: f64,
+}
+
+/// A probability and what produced it.
+#[derive(Debug, Clone, Copy)]
+pub struct Score {
+    pub probability: f64,
+    /// Per feature: coefficient × standardised value (the log-odds it adds).
+    pub contributions: FeatureVector,
+    /// Per feature: whether the customer's value is above the training mean.
+    above_mean: [bool; FEATURE_COUNT],
+}
+
+/// One feature pushing the churn probability up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreReason {
+    pub feature: &'static str,
+    /// The customer's value is above the training population's mean.
+    pub high: bool,
+}
+
+impl fmt::Display for ScoreReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = if self.high { "high" } else { "low" };
+        write!(f, "{}:{level}", self.feature)
+    }
+}
+
+impl Score {
+    /// The features that raise the probability most, strongest first, at most `limit`.
+    pub fn reasons(&self, limit: usize) -> Vec<ScoreReason> {
+        let mut order: Vec<usize> = (0..FEATURE_COUNT)
+            .filter(|&i| self.contributions[i] > 0.0)
+            .collect();
+        order.sort_by(|&a, &b| self.contributions[b].total_cmp(&self.contributions[a]));
+        order
+            .into_iter()
+            .take(limit)
+            .map(|i| ScoreReason {
+                feature: FEATURE_NAMES[i],
+                high: self.above_mean[i],
+            })
+            .collect()
+    }
+}
+
+impl Model {
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and validates model JSON; `path` only names the source in errors.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, ModelError> {
+        let file: ModelFile = serde_json::from_str(text).map_err(|source| ModelError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_file(&file).map_err(|problems| ModelError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// Validates a model file: every problem is reported, not just the first.
+    pub fn from_file(file: &ModelFile) -> Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        if file.format != MODEL_FORMAT {
+            problems.push(format!(
+                "format is {:?}, this build reads {MODEL_FORMAT:?}",
+                file.format
+            ));
+        }
+        if file.version.trim().is_empty() {
+            problems.push("version is empty".into());
+        }
+        if file.horizon_days == 0 {
+            problems.push("horizon_days must be at least 1".into());
+        }
+        if !file.intercept.is_finite() {
+            problems.push("intercept is not a finite number".into());
+        }
+        let mut model = Model {
+            version: file.version.clone(),
+            horizon_days: file.horizon_days,
+            mean: [0.0; FEATURE_COUNT],
+            inv_scale: [1.0; FEATURE_COUNT],
+            coefficient: [0.0; FEATURE_COUNT],
+            intercept: file.intercept,
+        };
+        let mut seen = [false; FEATURE_COUNT];
+        for p in &file.features {
+            let Some(i) = FEATURE_NAMES.iter().position(|n| *n == p.name) else {
+                problems.push(format!("unknown feature {:?}", p.name));
+                continue;
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                problems.push(format!("feature {:?} is listed twice", p.name));
+            }
+            if !(p.mean.is_finite() && p.coefficient.is_finite()) {
+                problems.push(format!(
+                    "feature {:?} has a non-finite mean or coefficient",
+                    p.name
+                ));
+            }
+            if !(p.scale.is_finite() && p.scale > 0.0) {
+                problems.push(format!(
+                    "feature {:?} has scale {}, must be positive",
+                    p.name, p.scale
+                ));
+            }
+            model.mean[i] = p.mean;
+            model.inv_scale[i] = 1.0 / p.scale;
+            model.coefficient[i] = p.coefficient;
+        }
+        for (i, name) in FEATURE_NAMES.iter().enumerate() {
+            if !seen[i] {
+                problems.push(format!("feature {name:?} is missing"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(model)
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn horizon_days(&self) -> u32 {
+        self.horizon_days
+    }
+
+    /// Churn probability of one feature vector, with per-feature contributions.
+    pub fn score(&self, x: &FeatureVector) -> Score {
+        let mut contributions = [0.0; FEATURE_COUNT];
+        let mut above_mean = [false; FEATURE_COUNT];
+        let mut logit = self.intercept;
+        for i in 0..FEATURE_COUNT {
+            let centred = x[i] - self.mean[i];
+            let c = self.coefficient[i] * centred * self.inv_scale[i];
+            contributions[i] = c;
+            above_mean[i] = centred > 0.0;
+            logit += c;
+        }
+        Score {
+            probability: sigmoid(logit),
+            contributions,
+            above_mean,
+        }
+    }
+
+    /// Churn probability alone (the same arithmetic, in the same order, as [`Self::score`]).
+    pub fn probability(&self, x: &FeatureVector) -> f64 {
+        let logit = x
+            .iter()
+            .zip(&self.mean)
+            .zip(&self.coefficient)
+            .zip(&self.inv_scale)
+            .fold(self.intercept, |logit, (((x, mean), c), inv_scale)| {
+                logit + c * (x - mean) * inv_scale
+            });
+        sigmoid(logit)
+    }
+}
+
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A valid model file: coefficient 1 on `log_recency_days`, 0 elsewhere.
+    pub(crate) fn recency_only_model_file() -> ModelFile {
+        ModelFile {
+            format: MODEL_FORMAT.into(),
+            version: "test-1".into(),
+            horizon_days: 90,
+            features: FEATURE_NAMES
+                .iter()
+                .map(|&name| FeatureParams {
+                    name: name.into(),
+                    mean: if name == "log_recency_days" { 3.0 } else { 0.0 },
+                    scale: if name == "log_recency_days" { 0.5 } else { 1.0 },
+                    coefficient: if name == "log_recency_days" { 1.0 } else { 0.0 },
+                })
+                .collect(),
+            intercept: -1.0,
+            training: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn scores_match_a_hand_computed_logit() {
+        let model = Model::from_file(&recency_only_model_file()).unwrap();
+        let mut x = [0.0; FEATURE_COUNT];
+        x[0] = 4.0; // (4 - 3) / 0.5 = 2 standard deviations above the mean
+        let score = model.score(&x);
+        let expected = 1.0 / (1.0 + (-(2.0 - 1.0f64)).exp());
+        assert!((score.probability - expected).abs() < 1e-15);
+        assert_eq!(model.probability(&x), score.probability);
+        assert_eq!(
+            score.reasons(3),
+            vec![ScoreReason {
+                feature: "log_recency_days",
+                high: true
+            }]
+        );
+        assert_eq!(score.reasons(3)[0].to_string(), "log_recency_days:high");
+    }
+
+    #[test]
+    fn every_problem_of_a_bad_file_is_reported() {
+        let mut file = recency_only_model_file();
+        file.format = "other/9".into();
+        file.features[1].scale = 0.0;
+        file.features[2].coefficient = f64::NAN;
+        file.features[3].name = "shoe_size".into();
+        file.features.pop();
+        let problems = Model::from_file(&file).unwrap_err();
+        let text = problems.join("\n");
+        for needle in [
+            "format",
+            "scale 0",
+            "non-finite",
+            "unknown feature \"shoe_size\"",
+            "is missing",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn broken_json_names_the_file() {
+        let err = Model::from_json("{not json", Path::new("models/x.json")).unwrap_err();
+        assert!(err.to_string().contains("models/x.json"), "{err}");
+    }
+}

@@ -1,0 +1,524 @@
+//! Training a churn model with linfa-logistic on the same feature code the daemon serves.
+//!
+//! Examples are built the way a deployed model meets customers: at each cutoff date, the
+//! features of every customer who has bought are computed only from events before the cutoff,
+//! and the label is "no purchase within the horizon after it". Several cutoffs are stacked
+//! (rolling origin). The latest cutoff is held out for validation, with a training set whose
+//! labels were all known by then; the shipped model is then refitted on every cutoff.
+
+use linfa::prelude::*;
+use linfa_logistic::LogisticRegression;
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{evaluate, Evaluation};
+use super::{FeatureParams, Model, ModelFile, MODEL_FORMAT};
+use crate::event::EventKind;
+use crate::features::store::CustomerStore;
+use crate::features::{CustomerFeatures, FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
+use crate::time::{self, UnixSeconds};
+use crate::transactions::Transactions;
+
+/// Fewest examples a fit is attempted on.
+pub const MIN_EXAMPLES: usize = 200;
+/// Default spacing of rolling-origin cutoffs.
+const CUTOFF_STEP_DAYS: u32 = 30;
+/// History a cutoff needs before it, so that features describe some behaviour.
+const MIN_HISTORY_DAYS: u32 = 30;
+
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub horizon_days: u32,
+    /// Explicit cutoffs; default: every 30 days back from the latest that fits the data.
+    pub cutoffs: Option<Vec<UnixSeconds>>,
+    /// L2 regularisation per example: the fit minimises the mean log loss plus
+    /// `l2 / 2 · |w|²` over standardised features (linfa's `alpha` is `l2 × examples`).
+    pub l2: f64,
+    pub max_iterations: u64,
+    /// Model version; default: derived from the name and the fitted coefficients.
+    pub version: Option<String>,
+    /// Names the data in the report, e.g. the file name.
+    pub source: String,
+    /// Used for the default version, e.g. the output file's stem.
+    pub name: String,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            horizon_days: 90,
+            cutoffs: None,
+            l2: 0.02,
+            max_iterations: 500,
+            version: None,
+            source: String::new(),
+            name: "churn".into(),
+        }
+    }
+}
+
+/// What training saw and how the model did on the held-out cutoff; stored in the model file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainingReport {
+    pub source: String,
+    pub rows: usize,
+    pub bad_rows: usize,
+    pub customers: usize,
+    pub first_event: String,
+    pub last_event: String,
+    pub horizon_days: u32,
+    pub l2: f64,
+    pub cutoffs: Vec<String>,
+    /// Examples of the refit on all cutoffs, and their churn rate.
+    pub examples: usize,
+    pub churn_rate: f64,
+    pub validation: ValidationReport,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidationReport {
+    /// The held-out cutoff.
+    pub cutoff: String,
+    /// Cutoffs trained on: those whose horizon ends by the held-out cutoff.
+    pub trained_on: Vec<String>,
+    pub training_examples: usize,
+    pub metrics: Evaluation,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("the transactions hold no purchases")]
+    NoPurchases,
+    #[error("a horizon of {horizon_days} days does not fit the data ({first} to {last}): no cutoff has {MIN_HISTORY_DAYS} days of history before it and a full horizon after it; use a shorter --horizon-days or more data")]
+    HorizonDoesNotFit {
+        horizon_days: u32,
+        first: String,
+        last: String,
+    },
+    #[error("cutoff {cutoff} does not fit the data ({first} to {last}) with a horizon of {horizon_days} days: it needs history before it and a full horizon after it")]
+    CutoffOutOfRange {
+        cutoff: String,
+        horizon_days: u32,
+        first: String,
+        last: String,
+    },
+    #[error("{0} cutoffs fit the data; at least 2 are needed (one to hold out for validation)")]
+    TooFewCutoffs(usize),
+    #[error(
+        "{stage} has {found} examples, at least {MIN_EXAMPLES} are needed; add data or cutoffs"
+    )]
+    TooFewExamples { stage: &'static str, found: usize },
+    #[error("{stage} examples are all of one class ({churn_rate:.0}% churned); the model cannot learn from them")]
+    OneClass {
+        stage: &'static str,
+        churn_rate: f64,
+    },
+    #[error("fitting the logistic regression failed: {0}")]
+    Fit(String),
+}
+
+/// One labelled example.
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    pub cutoff: UnixSeconds,
+    pub features: FeatureVector,
+    pub churned: bool,
+}
+
+#[derive(Default)]
+struct History {
+    features: CustomerFeatures,
+    /// Purchase times, sorted, for labels.
+    purchases: Vec<UnixSeconds>,
+}
+
+/// Features of every buyer as of each cutoff (from events strictly before it), labelled by
+/// whether they bought within `horizon_days` from it.
+pub fn build_examples(
+    transactions: &Transactions,
+    cutoffs: &[UnixSeconds],
+    horizon_days: u32,
+) -> Vec<Example> {
+    let mut store: CustomerStore<History> = CustomerStore::new();
+    for t in transactions
+        .rows
+        .iter()
+        .filter(|t| t.kind == EventKind::Purchase)
+    {
+        let (idx, _) = store.find_or_insert(&t.customer_id);
+        store.get_mut(idx).purchases.push(t.time);
+    }
+    let horizon = time::days(horizon_days);
+    let mut cutoffs = cutoffs.to_vec();
+    cutoffs.sort_unstable();
+    let mut examples = Vec::new();
+    let mut rows = transactions.rows.iter().peekable();
+    for cutoff in cutoffs {
+        while let Some(t) = rows.next_if(|t| t.time < cutoff) {
+            let (idx, _) = store.find_or_insert(&t.customer_id);
+            store.get_mut(idx).features.apply(&t.as_event());
+        }
+        for (_, h) in store.iter() {
+            let Some(features) = h.features.vector(cutoff) else {
+                continue;
+            };
+            let next = h.purchases.partition_point(|&p| p < cutoff);
+            let bought = h
+                .purchases
+                .get(next)
+                .is_some_and(|&p| p < cutoff.saturating_add(horizon));
+            examples.push(Example {
+                cutoff,
+                features,
+                churned: !bought,
+            });
+        }
+    }
+    examples
+}
+
+/// The data's time span: first event, and the end of the last event's day.
+fn data_span(transactions: &Transactions) -> Option<(UnixSeconds, UnixSeconds)> {
+    let first = transactions.rows.first()?.time;
+    let last = transactions.rows.last()?.time;
+    let day = time::days(1);
+    Some((first, (last / day + 1) * day))
+}
+
+/// Cutoffs every 30 days back from the latest one that leaves a full horizon of data.
+pub fn default_cutoffs(
+    first: UnixSeconds,
+    end: UnixSeconds,
+    horizon_days: u32,
+) -> Vec<UnixSeconds> {
+    let earliest = first.saturating_add(time::days(MIN_HISTORY_DAYS));
+    let Some(latest) = end.checked_sub(time::days(horizon_days)) else {
+        return Vec::new();
+    };
+    let day = time::days(1);
+    let latest = latest / day * day;
+    (0..)
+        .map(|k: u32| latest.checked_sub(k * time::days(CUTOFF_STEP_DAYS)))
+        .take_while(|c| c.is_some_and(|c| c >= earliest))
+        .flatten()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}
+
+/// Trains a model: validation on the latest cutoff, then the refit that is shipped.
+pub fn train(transactions: &Transactions, options: &TrainOptions) -> Result<ModelFile, TrainError> {
+    if !transactions
+        .rows
+        .iter()
+        .any(|t| t.kind == EventKind::Purchase)
+    {
+        return Err(TrainError::NoPurchases);
+    }
+    let (first, end) = data_span(transactions).ok_or(TrainError::NoPurchases)?;
+    let (first_s, last_s) = (time::rfc3339(first), time::rfc3339(end));
+    let cutoffs = match &options.cutoffs {
+        Some(explicit) => {
+            for &c in explicit {
+                if c <= first || c.saturating_add(time::days(options.horizon_days)) > end {
+                    return Err(TrainError::CutoffOutOfRange {
+                        cutoff: time::rfc3339(c),
+                        horizon_days: options.horizon_days,
+                        first: first_s,
+                        last: last_s,
+                    });
+                }
+            }
+            let mut c = explicit.clone();
+            c.sort_unstable();
+            c.dedup();
+            c
+        }
+        None => default_cutoffs(first, end, options.horizon_days),
+    };
+    if cutoffs.is_empty() {
+        return Err(TrainError::HorizonDoesNotFit {
+            horizon_days: options.horizon_days,
+            first: first_s,
+            last: last_s,
+        });
+    }
+    if cutoffs.len() < 2 {
+        return Err(TrainError::TooFewCutoffs(cutoffs.len()));
+    }
+
+    let examples = build_examples(transactions, &cutoffs, options.horizon_days);
+    let holdout = *cutoffs.last().expect("at least two cutoffs");
+    let horizon = time::days(options.horizon_days);
+    let known_by_holdout = |c: UnixSeconds| c.saturating_add(horizon) <= holdout;
+    let train_rows: Vec<&Example> = examples
+        .iter()
+        .filter(|e| known_by_holdout(e.cutoff))
+        .collect();
+    let holdout_rows: Vec<&Example> = examples.iter().filter(|e| e.cutoff == holdout).collect();
+    let trained_on: Vec<String> = cutoffs
+        .iter()
+        .copied()
+        .filter(|&c| known_by_holdout(c))
+        .map(time::rfc3339)
+        .collect();
+
+    let validation_fit = fit(&train_rows, options, "the validation training set")?;
+    let validation_model = Model::from_file(&model_file(&validation_fit, options, "validation"))
+        .map_err(|p| TrainError::Fit(p.join("; ")))?;
+    let probabilities: Vec<f64> = holdout_rows
+        .iter()
+        .map(|e| validation_model.probability(&e.features))
+        .collect();
+    let labels: Vec<bool> = holdout_rows.iter().map(|e| e.churned).collect();
+    let metrics = evaluate(&probabilities, &labels).ok_or(TrainError::OneClass {
+        stage: "the held-out cutoff",
+        churn_rate: 100.0 * labels.iter().filter(|&&c| c).count() as f64
+            / labels.len().max(1) as f64,
+    })?;
+
+    let all_rows: Vec<&Example> = examples.iter().collect();
+    let final_fit = fit(&all_rows, options, "the full training set")?;
+    let version = options.version.clone().unwrap_or_else(|| {
+        let digest = final_fit
+            .coefficients
+            .iter()
+            .chain([&final_fit.intercept])
+            .fold(0u64, |h, c| h.rotate_left(5) ^ c.to_bits());
+        format!(
+            "{}-h{}-{:08x}",
+            options.name, options.horizon_days, digest as u32
+        )
+    });
+    let mut file = model_file(&final_fit, options, &version);
+    let customers = {
+        let mut ids: Vec<&str> = transactions.rows.iter().map(|t| &*t.customer_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    };
+    let report = TrainingReport {
+        source: options.source.clone(),
+        rows: transactions.rows.len(),
+        bad_rows: transactions.bad_rows.len(),
+        customers,
+        first_event: time::rfc3339(first),
+        last_event: transactions
+            .rows
+            .last()
+            .map(|t| time::rfc3339(t.time))
+            .unwrap_or_default(),
+        horizon_days: options.horizon_days,
+        l2: options.l2,
+        cutoffs: cutoffs.iter().copied().map(time::rfc3339).collect(),
+        examples: all_rows.len(),
+        churn_rate: all_rows.iter().filter(|e| e.churned).count() as f64 / all_rows.len() as f64,
+        validation: ValidationReport {
+            cutoff: time::rfc3339(holdout),
+            trained_on,
+            training_examples: train_rows.len(),
+            metrics,
+        },
+    };
+    file.training = serde_json::to_value(report).map_err(|e| TrainError::Fit(e.to_string()))?;
+    Ok(file)
+}
+
+/// Standardisation and fitted coefficients, in [`FEATURE_NAMES`] order.
+struct Fitted {
+    mean: FeatureVector,
+    scale: FeatureVector,
+    coefficients: FeatureVector,
+    intercept: f64,
+}
+
+fn model_file(f: &Fitted, options: &TrainOptions, version: &str) -> ModelFile {
+    ModelFile {
+        format: MODEL_FORMAT.into(),
+        version: version.into(),
+        horizon_days: options.horizon_days,
+        features: (0..FEATURE_COUNT)
+            .map(|i| FeatureParams {
+                name: FEATURE_NAMES[i].into(),
+                mean: f.mean[i],
+                scale: f.scale[i],
+                coefficient: f.coefficients[i],
+            })
+            .collect(),
+        intercept: f.intercept,
+        training: serde_json::Value::Null,
+    }
+}
+
+fn fit(
+    rows: &[&Example],
+    options: &TrainOptions,
+    stage: &'static str,
+) -> Result<Fitted, TrainError> {
+    if rows.len() < MIN_EXAMPLES {
+        return Err(TrainError::TooFewExamples {
+            stage,
+            found: rows.len(),
+        });
+    }
+    let churned = rows.iter().filter(|e| e.churned).count();
+    if churned == 0 || churned == rows.len() {
+        return Err(TrainError::OneClass {
+            stage,
+            churn_rate: 100.0 * churned as f64 / rows.len() as f64,
+        });
+    }
+    let n = rows.len() as f64;
+    let mut mean = [0.0; FEATURE_COUNT];
+    for e in rows {
+        for (m, x) in mean.iter_mut().zip(&e.features) {
+            *m += x / n;
+        }
+    }
+    let mut scale = [0.0; FEATURE_COUNT];
+    for e in rows {
+        for ((v, x), m) in scale.iter_mut().zip(&e.features).zip(&mean) {
+            *v += (x - m).powi(2) / n;
+        }
+    }
+    // A constant feature (e.g. complaints in purchase-only data) keeps scale 1: it
+    // standardises to 0 and its coefficient stays at 0 under regularisation.
+    let scale = scale.map(|v| if v > 1e-24 { v.sqrt() } else { 1.0 });
+
+    let x = Array2::from_shape_fn((rows.len(), FEATURE_COUNT), |(r, i)| {
+        (rows[r].features[i] - mean[i]) / scale[i]
+    });
+    let y: Array1<bool> = rows.iter().map(|e| e.churned).collect();
+    let fitted = LogisticRegression::default()
+        .alpha(options.l2 * rows.len() as f64)
+        .max_iterations(options.max_iterations)
+        .fit(&Dataset::new(x, y))
+        .map_err(|e| TrainError::Fit(e.to_string()))?;
+    // linfa's "positive" class is whichever label it met first, not `true`: orient the
+    // coefficients so that the model gives P(churned).
+    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
+    let mut coefficients = [0.0; FEATURE_COUNT];
+    for (c, p) in coefficients.iter_mut().zip(fitted.params()) {
+        *c = sign * p;
+    }
+    Ok(Fitted {
+        mean,
+        scale,
+        coefficients,
+        intercept: sign * fitted.intercept(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transactions::Transaction;
+
+    const DAY: u32 = 86_400;
+    const T0: u32 = 852_076_800;
+
+    fn purchase(id: &str, day: u32) -> Transaction {
+        Transaction {
+            customer_id: id.into(),
+            kind: EventKind::Purchase,
+            amount: 10.0,
+            time: T0 + day * DAY,
+        }
+    }
+
+    #[test]
+    fn examples_use_only_the_past_and_label_the_horizon() {
+        let tx = Transactions {
+            rows: vec![
+                purchase("a", 0),
+                purchase("b", 5),
+                purchase("a", 50),
+                purchase("b", 200),
+            ],
+            bad_rows: vec![],
+        };
+        let ex = build_examples(&tx, &[T0 + 10 * DAY], 90);
+        assert_eq!(ex.len(), 2);
+        // a bought on day 50 (inside the horizon), b only on day 200.
+        let mut labels: Vec<bool> = ex.iter().map(|e| e.churned).collect();
+        labels.sort();
+        assert_eq!(labels, vec![false, true]);
+        // Features at day 10 know only the first purchase of each.
+        assert!(
+            ex.iter().all(|e| e.features[3] == 0.0),
+            "nobody is a repeat buyer yet"
+        );
+    }
+
+    #[test]
+    fn default_cutoffs_leave_history_and_a_full_horizon() {
+        let cutoffs = default_cutoffs(T0, T0 + 273 * DAY, 90);
+        assert_eq!(cutoffs.last(), Some(&(T0 + 183 * DAY)));
+        assert!(cutoffs.first().unwrap() >= &(T0 + 30 * DAY));
+        assert!(cutoffs.windows(2).all(|w| w[1] - w[0] == 30 * DAY));
+        assert!(default_cutoffs(T0, T0 + 60 * DAY, 90).is_empty());
+    }
+
+    #[test]
+    fn a_horizon_longer_than_the_data_is_refused() {
+        let tx = Transactions {
+            rows: vec![purchase("a", 0), purchase("a", 20)],
+            bad_rows: vec![],
+        };
+        let options = TrainOptions {
+            horizon_days: 365,
+            ..TrainOptions::default()
+        };
+        let err = train(&tx, &options).unwrap_err();
+        assert!(matches!(err, TrainError::HorizonDoesNotFit { .. }), "{err}");
+    }
+
+    #[test]
+    fn learns_that_long_silence_means_churn() {
+        // Synthetic: half the customers buy every 20 days throughout, half stop after day 40.
+        let mut rows = Vec::new();
+        for c in 0..400 {
+            let id = format!("c{c}");
+            let stops = c % 2 == 0;
+            let last = if stops { 40 } else { 360 };
+            let mut day = c % 20;
+            while day <= last {
+                rows.push(purchase(&id, day));
+                day += 20;
+            }
+        }
+        rows.sort_by_key(|t| t.time);
+        let tx = Transactions {
+            rows,
+            bad_rows: vec![],
+        };
+        let options = TrainOptions {
+            source: "synthetic".into(),
+            ..TrainOptions::default()
+        };
+        let file = train(&tx, &options).unwrap();
+        let model = Model::from_file(&file).unwrap();
+        let report: TrainingReport = serde_json::from_value(file.training.clone()).unwrap();
+        assert!(
+            report.validation.metrics.roc_auc > 0.9,
+            "{:?}",
+            report.validation.metrics
+        );
+        // Same rhythm, one silent for 160 days: the silent one must score higher.
+        let features_at = |last_day: u32| {
+            let mut f = CustomerFeatures::default();
+            for day in (0..=last_day).step_by(20) {
+                f.apply(&purchase("x", day).as_event());
+            }
+            f.vector(T0 + 200 * DAY).unwrap()
+        };
+        let silent = model.probability(&features_at(40));
+        let regular = model.probability(&features_at(200));
+        assert!(
+            silent > 0.8 && regular < 0.2,
+            "silent {silent}, regular {regular}"
+        );
+        assert!(model.version().starts_with("churn-h90-"));
+    }
+}

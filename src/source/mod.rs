@@ -1,0 +1,224 @@
+//! The Redis stream source: reads the input streams with a consumer group and hands batches
+//! to the engine over a bounded channel (a full channel slows reading: backpressure).
+//!
+//! On start, and after every reconnect, the consumer first re-reads its own pending entries
+//! past the last one it received: on start that recovers what a previous run read but never
+//! acknowledged; after a reconnect, entries whose delivery was lost in transit. Entries already
+//! in the pipeline are never read twice. A missing group (deleted, or Redis restarted without
+//! its data) is recreated at the last entry received, so nothing is skipped or replayed.
+
+pub mod batch;
+pub mod lag;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{SourceSettings, StartFrom};
+use crate::connection::Connector;
+use crate::event::EntryId;
+use crate::health::{Health, Part};
+use batch::{parse_reply, Batch};
+
+pub struct Source {
+    settings: SourceSettings,
+    connector: Connector,
+    health: Arc<Health>,
+    tx: mpsc::Sender<Batch>,
+}
+
+/// Where the next read of one stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// Re-reading this consumer's own pending entries after this ID.
+    Pending(EntryId),
+    /// Reading new entries (`>`).
+    Live,
+}
+
+impl Source {
+    pub fn new(
+        settings: SourceSettings,
+        connector: Connector,
+        health: Arc<Health>,
+        tx: mpsc::Sender<Batch>,
+    ) -> Self {
+        Self {
+            settings,
+            connector,
+            health,
+            tx,
+        }
+    }
+
+    /// Reads until shutdown. An in-flight read is not abandoned (it ends within `block_ms`),
+    /// so every entry delivered reaches the engine.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let streams = self.settings.streams.clone();
+        let mut received: Vec<Option<EntryId>> = vec![None; streams.len()];
+        let mut cursors = vec![Cursor::Live; streams.len()];
+        let mut conn: Option<MultiplexedConnection> = None;
+        while !shutdown.is_cancelled() {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => {
+                    let Some(mut c) = self.connector.connect(&shutdown).await else {
+                        break;
+                    };
+                    if let Err(e) = self.create_groups(&mut c, &received).await {
+                        self.connector.failed(&e);
+                        if !self.connector.pause(&shutdown).await {
+                            break;
+                        }
+                        continue;
+                    }
+                    cursors = received
+                        .iter()
+                        .map(|r| Cursor::Pending(r.unwrap_or_default()))
+                        .collect();
+                    self.health.set(Part::Source, true);
+                    conn.insert(c)
+                }
+            };
+            match self.read(c, &cursors).await {
+                Ok(reply) => {
+                    self.connector.succeeded();
+                    let entries = match parse_reply(reply, &streams) {
+                        Ok(entries) => entries,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot understand a read reply; retrying");
+                            if !self.connector.pause(&shutdown).await {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    for (i, cursor) in cursors.iter_mut().enumerate() {
+                        if let Cursor::Pending(after) = cursor {
+                            match entries.iter().rev().find(|e| usize::from(e.stream) == i) {
+                                Some(last) => *after = last.id,
+                                None => *cursor = Cursor::Live,
+                            }
+                        }
+                    }
+                    for e in &entries {
+                        let r = &mut received[usize::from(e.stream)];
+                        *r = (*r).max(Some(e.id));
+                    }
+                    if !entries.is_empty() && self.tx.send(Batch { entries }).await.is_err() {
+                        break; // the engine is gone: shutting down
+                    }
+                }
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    tracing::warn!(
+                        group = %self.settings.group,
+                        "consumer group missing (stream or group deleted, or Redis restarted without its data); recreating it at the last entry received"
+                    );
+                    if let Err(e) = self.create_groups(c, &received).await {
+                        if self.connector.failed(&e) {
+                            conn = None;
+                            self.health.set(Part::Source, false);
+                        }
+                        if !self.connector.pause(&shutdown).await {
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    if self.connector.failed(&e) {
+                        conn = None;
+                        self.health.set(Part::Source, false);
+                    }
+                    if !self.connector.pause(&shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.health.set(Part::Source, false);
+        tracing::info!("source stopped reading");
+    }
+
+    /// One XREADGROUP: own pending entries of the streams that have some left to re-read
+    /// (no blocking), otherwise new entries of every stream (blocking up to `block_ms`).
+    async fn read(
+        &self,
+        c: &mut MultiplexedConnection,
+        cursors: &[Cursor],
+    ) -> Result<Value, RedisError> {
+        let s = &self.settings;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&s.group)
+            .arg(&s.consumer)
+            .arg("COUNT")
+            .arg(s.batch_size);
+        let pending: Vec<(usize, EntryId)> = cursors
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                Cursor::Pending(after) => Some((i, *after)),
+                Cursor::Live => None,
+            })
+            .collect();
+        if pending.is_empty() {
+            cmd.arg("BLOCK")
+                .arg(s.block_ms)
+                .arg("STREAMS")
+                .arg(&s.streams);
+            for _ in &s.streams {
+                cmd.arg(">");
+            }
+        } else {
+            cmd.arg("STREAMS");
+            for (i, _) in &pending {
+                cmd.arg(&s.streams[*i]);
+            }
+            for (_, after) in &pending {
+                cmd.arg(after.to_string());
+            }
+        }
+        cmd.query_async(c).await
+    }
+
+    /// Creates the consumer group on every stream that lacks it (and the stream itself),
+    /// starting after the last entry received or, for a new deployment, at `start_from`.
+    async fn create_groups(
+        &self,
+        c: &mut MultiplexedConnection,
+        received: &[Option<EntryId>],
+    ) -> Result<(), RedisError> {
+        for (stream, last) in self.settings.streams.iter().zip(received) {
+            let start = match (last, self.settings.start_from) {
+                (Some(id), _) => id.to_string(),
+                (None, StartFrom::Beginning) => "0".to_string(),
+                (None, StartFrom::End) => "$".to_string(),
+            };
+            let created: Result<(), RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(stream)
+                .arg(&self.settings.group)
+                .arg(&start)
+                .arg("MKSTREAM")
+                .query_async(c)
+                .await;
+            match created {
+                Ok(()) => {
+                    tracing::info!(stream, group = %self.settings.group, start, "created consumer group")
+                }
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Response timeout of the reading connection: a blocked read must not time out.
+pub fn read_timeout(settings: &SourceSettings, response_timeout_ms: u64) -> Duration {
+    Duration::from_millis(settings.block_ms + response_timeout_ms)
+}

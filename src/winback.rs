@@ -1,0 +1,558 @@
+//! Win-back policy: when a customer's churn probability warrants a task, which action, and
+//! the bookkeeping that keeps tasks unique (episodes, cooldown, deterministic IDs) and
+//! measurable (a stable control group).
+//!
+//! An *episode* is a stretch of silence that began with the customer's last purchase. Each
+//! task belongs to one episode and carries an attempt number; its ID is a hash of customer,
+//! episode start and attempt, so replaying history produces the same ID and the sink's
+//! guard in Redis drops the copy. A purchase after a task closes the episode and counts as a
+//! recovery, in the treatment or the control group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
+
+use crate::classify::{LifecycleStage, Risk, Segment};
+use crate::model::{Score, ScoreReason};
+use crate::time::{self, UnixSeconds};
+
+/// Seed of the control-group hash. Changing it reshuffles the groups and invalidates uplift
+/// measurement in flight: never change it.
+const CONTROL_GROUP_SEED: u64 = 0x6368_7572_6e64_6367; // "churndcg"
+
+/// `[winback]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WinbackSettings {
+    pub enabled: bool,
+    /// Stream that marketing automation consumes.
+    pub stream: String,
+    /// Stream for the control group's would-be tasks (nobody acts on them).
+    pub control_stream: String,
+    /// Approximate cap of each task stream (XADD MAXLEN ~).
+    pub max_len: u64,
+    /// Churn probability at or above which a task is raised.
+    pub threshold: f64,
+    /// Per-segment overrides of `threshold`.
+    pub segment_thresholds: HashMap<Segment, f64>,
+    /// Playbook: the action for each segment.
+    pub actions: HashMap<Segment, String>,
+    /// No task while the last purchase is more recent than this: a fresh buyer is not
+    /// drifting away yet, whatever their base churn rate.
+    pub min_silence_days: u32,
+    /// Least time between two tasks for one customer.
+    pub cooldown_days: u32,
+    /// Tasks per episode of silence (1 = one task until the customer buys again).
+    pub max_tasks_per_episode: u8,
+    /// Share of customers held out as control group, by a stable hash of their ID.
+    pub control_share: f64,
+    /// How long Redis remembers a task ID to drop duplicates.
+    pub dedup_ttl_days: u32,
+    /// Reasons listed on a task.
+    pub reasons: usize,
+}
+
+impl Default for WinbackSettings {
+    fn default() -> Self {
+        use Segment::*;
+        let actions = [
+            (ImportantValue, "personal_call"),
+            (ImportantDevelopment, "personal_call"),
+            (ImportantRetention, "personal_call"),
+            (ImportantWinback, "personal_call"),
+            (GeneralValue, "loyalty_offer"),
+            (GeneralDevelopment, "email_reminder"),
+            (GeneralRetention, "coupon"),
+            (GeneralWinback, "coupon"),
+        ];
+        Self {
+            enabled: true,
+            stream: "churn:winback".into(),
+            control_stream: "churn:winback:control".into(),
+            max_len: 1_000_000,
+            threshold: 0.7,
+            segment_thresholds: HashMap::new(),
+            actions: actions
+                .into_iter()
+                .map(|(s, a)| (s, a.to_string()))
+                .collect(),
+            min_silence_days: 30,
+            cooldown_days: 30,
+            max_tasks_per_episode: 1,
+            control_share: 0.1,
+            dedup_ttl_days: 400,
+            reasons: 3,
+        }
+    }
+}
+
+impl WinbackSettings {
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let probability = |key: &str, v: f64, problems: &mut Vec<String>| {
+            if !(0.0..=1.0).contains(&v) {
+                problems.push(format!("{prefix}.{key} ({v}) must be between 0 and 1"));
+            }
+        };
+        probability("threshold", self.threshold, &mut problems);
+        probability("control_share", self.control_share, &mut problems);
+        for (segment, &v) in &self.segment_thresholds {
+            probability(
+                &format!("segment_thresholds.{}", segment.as_str()),
+                v,
+                &mut problems,
+            );
+        }
+        for segment in Segment::ALL {
+            match self.actions.get(&segment) {
+                Some(a) if !a.trim().is_empty() => {}
+                _ => problems.push(format!(
+                    "{prefix}.actions.{} is missing: every segment needs an action",
+                    segment.as_str()
+                )),
+            }
+        }
+        for (key, value) in [
+            ("stream", &self.stream),
+            ("control_stream", &self.control_stream),
+        ] {
+            if value.is_empty() {
+                problems.push(format!("{prefix}.{key} must not be empty"));
+            }
+        }
+        if self.stream == self.control_stream {
+            problems.push(format!(
+                "{prefix}.control_stream must differ from {prefix}.stream"
+            ));
+        }
+        if self.max_tasks_per_episode == 0 {
+            problems.push(format!("{prefix}.max_tasks_per_episode must be at least 1"));
+        }
+        if self.dedup_ttl_days == 0 {
+            problems.push(format!("{prefix}.dedup_ttl_days must be at least 1"));
+        }
+        problems
+    }
+}
+
+/// Treatment (marketing acts) or control (held out to measure uplift).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    Treatment,
+    Control,
+}
+
+impl Group {
+    pub const ALL: [Group; 2] = [Group::Treatment, Group::Control];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Treatment => "treatment",
+            Self::Control => "control",
+        }
+    }
+}
+
+/// Per-customer win-back bookkeeping, 8 bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WinbackState {
+    /// When the last task was raised; 0 = never.
+    pub last_task_at: UnixSeconds,
+    /// Tasks raised in the current episode; 0 = no open episode.
+    pub episode_tasks: u8,
+}
+
+/// A task for marketing automation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub task_id: String,
+    pub customer_id: String,
+    pub churn_probability: f64,
+    pub risk: Risk,
+    pub segment: Segment,
+    pub lifecycle_stage: LifecycleStage,
+    pub action: Arc<str>,
+    /// Value at risk: churn probability × spend over the last year (365-day decay).
+    pub priority: f64,
+    pub reasons: Vec<ScoreReason>,
+    pub model_version: Arc<str>,
+    pub as_of: UnixSeconds,
+    pub group: Group,
+    /// The last purchase, which began this episode of silence.
+    pub episode_start: UnixSeconds,
+    pub attempt: u8,
+}
+
+impl Task {
+    /// Stream fields, in a stable order.
+    pub fn fields(&self) -> [(&'static str, String); 15] {
+        let reasons: Vec<String> = self.reasons.iter().map(ToString::to_string).collect();
+        [
+            ("task_id", self.task_id.clone()),
+            ("kind", "winback".into()),
+            ("customer_id", self.customer_id.clone()),
+            (
+                "churn_probability",
+                format!("{:.6}", self.churn_probability),
+            ),
+            ("risk", self.risk.as_str().into()),
+            ("segment", self.segment.as_str().into()),
+            ("lifecycle_stage", self.lifecycle_stage.as_str().into()),
+            ("action", self.action.to_string()),
+            ("priority", format!("{:.2}", self.priority)),
+            ("reasons", reasons.join(",")),
+            ("model_version", self.model_version.to_string()),
+            ("as_of", time::rfc3339(self.as_of)),
+            ("group", self.group.as_str().into()),
+            ("episode_start", time::rfc3339(self.episode_start)),
+            ("attempt", self.attempt.to_string()),
+        ]
+    }
+}
+
+/// What a task needs to know about the customer at decision time.
+pub struct Candidate<'a> {
+    pub customer_id: &'a str,
+    pub churn_probability: f64,
+    pub risk: Risk,
+    pub segment: Segment,
+    pub lifecycle_stage: LifecycleStage,
+    pub monetary_365d: f64,
+    pub last_purchase: UnixSeconds,
+    /// Reasons are read from the score only when a task is raised.
+    pub score: &'a Score,
+}
+
+/// The configured policy, resolved for fast decisions.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    enabled: bool,
+    thresholds: [f64; 8],
+    actions: [Arc<str>; 8],
+    min_silence: u32,
+    cooldown: u32,
+    max_tasks_per_episode: u8,
+    /// Customers whose hash falls below this are in the control group.
+    control_cut: u64,
+    pub reasons: usize,
+}
+
+fn segment_index(s: Segment) -> usize {
+    Segment::ALL.iter().position(|&x| x == s).unwrap_or(0)
+}
+
+impl Policy {
+    pub fn new(settings: &WinbackSettings) -> Self {
+        let threshold = |s: Segment| {
+            *settings
+                .segment_thresholds
+                .get(&s)
+                .unwrap_or(&settings.threshold)
+        };
+        let action = |s: Segment| -> Arc<str> {
+            settings
+                .actions
+                .get(&s)
+                .map_or_else(|| "review".into(), |a| a.as_str().into())
+        };
+        Self {
+            enabled: settings.enabled,
+            thresholds: Segment::ALL.map(threshold),
+            actions: Segment::ALL.map(action),
+            min_silence: time::days(settings.min_silence_days),
+            cooldown: time::days(settings.cooldown_days),
+            max_tasks_per_episode: settings.max_tasks_per_episode,
+            control_cut: (settings.control_share.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
+            reasons: settings.reasons,
+        }
+    }
+
+    /// The customer's group: a stable function of the ID alone.
+    pub fn group(&self, customer_id: &str) -> Group {
+        if xxh3_64_with_seed(customer_id.as_bytes(), CONTROL_GROUP_SEED) < self.control_cut {
+            Group::Control
+        } else {
+            Group::Treatment
+        }
+    }
+
+    /// A task for this candidate now, if the policy calls for one; updates `state`.
+    pub fn decide(
+        &self,
+        state: &mut WinbackState,
+        candidate: Candidate<'_>,
+        model_version: &Arc<str>,
+        now: UnixSeconds,
+    ) -> Option<Task> {
+        let s = segment_index(candidate.segment);
+        if !self.enabled
+            || candidate.churn_probability < self.thresholds[s]
+            || now < candidate.last_purchase.saturating_add(self.min_silence)
+            || state.episode_tasks >= self.max_tasks_per_episode
+            || (state.last_task_at != 0 && now < state.last_task_at.saturating_add(self.cooldown))
+        {
+            return None;
+        }
+        state.episode_tasks += 1;
+        state.last_task_at = now.max(1);
+        let attempt = state.episode_tasks;
+        Some(Task {
+            task_id: task_id(candidate.customer_id, candidate.last_purchase, attempt),
+            customer_id: candidate.customer_id.to_owned(),
+            churn_probability: candidate.churn_probability,
+            risk: candidate.risk,
+            segment: candidate.segment,
+            lifecycle_stage: candidate.lifecycle_stage,
+            action: self.actions[s].clone(),
+            priority: candidate.churn_probability * candidate.monetary_365d,
+            reasons: candidate.score.reasons(self.reasons),
+            model_version: model_version.clone(),
+            as_of: now,
+            group: self.group(candidate.customer_id),
+            episode_start: candidate.last_purchase,
+            attempt,
+        })
+    }
+
+    /// A purchase at `time`, after the customer's previous last purchase: closes an open
+    /// episode. Returns the group to credit with a recovery, if a task was out.
+    pub fn on_new_purchase(
+        &self,
+        state: &mut WinbackState,
+        customer_id: &str,
+        time: UnixSeconds,
+    ) -> Option<Group> {
+        if state.episode_tasks == 0 || time < state.last_task_at {
+            return None;
+        }
+        state.episode_tasks = 0;
+        Some(self.group(customer_id))
+    }
+}
+
+/// Deterministic task ID: 128 bits of xxh3 over kind, customer, episode start and attempt.
+pub fn task_id(customer_id: &str, episode_start: UnixSeconds, attempt: u8) -> String {
+    let mut key = Vec::with_capacity(customer_id.len() + 16);
+    key.extend_from_slice(b"winback\0");
+    key.extend_from_slice(customer_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&episode_start.to_le_bytes());
+    key.push(attempt);
+    format!("{:032x}", xxh3_128(&key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u32 = 86_400;
+    const T0: u32 = 852_076_800;
+
+    static SCORE: std::sync::LazyLock<Score> = std::sync::LazyLock::new(|| {
+        let model = crate::model::Model::from_file(&crate::model::tests::recency_only_model_file())
+            .expect("valid test model");
+        model.score(&[0.0; crate::features::FEATURE_COUNT])
+    });
+
+    fn candidate(p: f64, segment: Segment) -> Candidate<'static> {
+        Candidate {
+            customer_id: "c-1",
+            churn_probability: p,
+            risk: Risk::High,
+            segment,
+            lifecycle_stage: LifecycleStage::Silent,
+            monetary_365d: 200.0,
+            last_purchase: T0,
+            score: &SCORE,
+        }
+    }
+
+    fn version() -> Arc<str> {
+        "m1".into()
+    }
+
+    #[test]
+    fn a_task_is_raised_once_per_episode_at_the_threshold() {
+        let policy = Policy::new(&WinbackSettings::default());
+        let mut st = WinbackState::default();
+        let now = T0 + 100 * DAY;
+        assert!(policy
+            .decide(
+                &mut st,
+                candidate(0.69, Segment::GeneralWinback),
+                &version(),
+                now
+            )
+            .is_none());
+        let task = policy
+            .decide(
+                &mut st,
+                candidate(0.7, Segment::GeneralWinback),
+                &version(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(&*task.action, "coupon");
+        assert_eq!(task.attempt, 1);
+        assert!((task.priority - 140.0).abs() < 1e-9);
+        assert!(policy
+            .decide(
+                &mut st,
+                candidate(0.9, Segment::GeneralWinback),
+                &version(),
+                now + 60 * DAY
+            )
+            .is_none());
+    }
+
+    #[test]
+    fn segment_thresholds_and_actions_override_the_default() {
+        let mut settings = WinbackSettings::default();
+        settings
+            .segment_thresholds
+            .insert(Segment::ImportantValue, 0.5);
+        let policy = Policy::new(&settings);
+        let mut st = WinbackState::default();
+        let now = T0 + 40 * DAY;
+        let task = policy
+            .decide(
+                &mut st,
+                candidate(0.55, Segment::ImportantValue),
+                &version(),
+                now,
+            )
+            .unwrap();
+        assert_eq!(&*task.action, "personal_call");
+    }
+
+    #[test]
+    fn a_recent_buyer_gets_no_task_however_likely_to_churn() {
+        let policy = Policy::new(&WinbackSettings::default());
+        let mut st = WinbackState::default();
+        let fresh = T0 + 29 * DAY;
+        assert!(policy
+            .decide(
+                &mut st,
+                candidate(0.99, Segment::GeneralWinback),
+                &version(),
+                fresh
+            )
+            .is_none());
+        assert!(policy
+            .decide(
+                &mut st,
+                candidate(0.99, Segment::GeneralWinback),
+                &version(),
+                T0 + 30 * DAY
+            )
+            .is_some());
+    }
+
+    #[test]
+    fn the_cooldown_holds_even_across_episodes() {
+        let settings = WinbackSettings {
+            max_tasks_per_episode: 3,
+            ..WinbackSettings::default()
+        };
+        let policy = Policy::new(&settings);
+        let mut st = WinbackState::default();
+        let now = T0 + 100 * DAY;
+        let first = policy
+            .decide(
+                &mut st,
+                candidate(0.9, Segment::GeneralWinback),
+                &version(),
+                now,
+            )
+            .unwrap();
+        assert!(policy
+            .decide(
+                &mut st,
+                candidate(0.9, Segment::GeneralWinback),
+                &version(),
+                now + 29 * DAY
+            )
+            .is_none());
+        let second = policy
+            .decide(
+                &mut st,
+                candidate(0.9, Segment::GeneralWinback),
+                &version(),
+                now + 30 * DAY,
+            )
+            .unwrap();
+        assert_eq!(second.attempt, 2);
+        assert_ne!(first.task_id, second.task_id);
+        // The customer buys: the episode closes, yet the cooldown still applies.
+        assert!(policy
+            .on_new_purchase(&mut st, "c-1", now + 31 * DAY)
+            .is_some());
+        assert!(policy
+            .decide(
+                &mut st,
+                candidate(0.9, Segment::GeneralWinback),
+                &version(),
+                now + 40 * DAY
+            )
+            .is_none());
+    }
+
+    #[test]
+    fn a_purchase_only_closes_an_open_episode() {
+        let policy = Policy::new(&WinbackSettings::default());
+        let mut st = WinbackState::default();
+        assert_eq!(policy.on_new_purchase(&mut st, "c-1", T0), None);
+        policy.decide(
+            &mut st,
+            candidate(0.9, Segment::GeneralWinback),
+            &version(),
+            T0 + 100 * DAY,
+        );
+        // A late purchase from before the task is not a recovery.
+        assert_eq!(policy.on_new_purchase(&mut st, "c-1", T0 + 50 * DAY), None);
+        assert!(policy
+            .on_new_purchase(&mut st, "c-1", T0 + 101 * DAY)
+            .is_some());
+        assert_eq!(st.episode_tasks, 0);
+    }
+
+    #[test]
+    fn task_ids_are_deterministic_and_distinct() {
+        assert_eq!(task_id("a", T0, 1), task_id("a", T0, 1));
+        assert_ne!(task_id("a", T0, 1), task_id("a", T0, 2));
+        assert_ne!(task_id("a", T0, 1), task_id("a", T0 + 1, 1));
+        assert_ne!(task_id("a", T0, 1), task_id("b", T0, 1));
+        assert_eq!(task_id("a", T0, 1).len(), 32);
+    }
+
+    #[test]
+    fn the_control_group_is_stable_and_near_its_share() {
+        let policy = Policy::new(&WinbackSettings::default());
+        let control = (0..100_000)
+            .filter(|i| policy.group(&format!("customer-{i}")) == Group::Control)
+            .count();
+        assert!((9_000..11_000).contains(&control), "{control}");
+        assert_eq!(policy.group("customer-7"), policy.group("customer-7"));
+        let nobody = Policy::new(&WinbackSettings {
+            control_share: 0.0,
+            ..WinbackSettings::default()
+        });
+        assert_eq!(nobody.group("customer-7"), Group::Treatment);
+    }
+
+    #[test]
+    fn a_missing_action_is_reported_by_key() {
+        let mut settings = WinbackSettings::default();
+        settings.actions.remove(&Segment::GeneralValue);
+        settings.threshold = 1.5;
+        let problems = settings.problems("winback").join("\n");
+        assert!(
+            problems.contains("winback.actions.general_value"),
+            "{problems}"
+        );
+        assert!(problems.contains("winback.threshold"), "{problems}");
+    }
+}
