@@ -180,12 +180,18 @@ impl Sink {
     /// drain timeout); entries whose effects were not written stay pending and are
     /// redelivered to this consumer on its next start.
     pub async fn run(mut self, abort: CancellationToken) {
-        let mut conn: Option<MultiplexedConnection> = None;
-        while let Some(fx) = self.rx.recv().await {
-            if fx.is_empty() {
-                continue;
+        let mut conn = None;
+        // Connect before the first write (readiness includes being able to write), unless
+        // effects or the end of the input come first.
+        let mut next = tokio::select! {
+            c = connect(&mut self.connector, &self.settings, &self.health, &abort) => {
+                conn = c;
+                self.rx.recv().await
             }
-            if !self.write(&fx, &mut conn, &abort).await {
+            fx = self.rx.recv() => fx,
+        };
+        while let Some(fx) = next {
+            if !fx.is_empty() && !self.write(&fx, &mut conn, &abort).await {
                 tracing::error!(
                     tasks = fx.tasks.len(),
                     dead_letters = fx.dead_letters.len(),
@@ -194,6 +200,7 @@ impl Sink {
                 );
                 break;
             }
+            next = self.rx.recv().await;
         }
         self.health.set(Part::Sink, false);
     }
@@ -209,10 +216,12 @@ impl Sink {
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => match self.connect(abort).await {
-                    Some(c) => conn.insert(c),
-                    None => return false,
-                },
+                None => {
+                    match connect(&mut self.connector, &self.settings, &self.health, abort).await {
+                        Some(c) => conn.insert(c),
+                        None => return false,
+                    }
+                }
             };
             let started = Instant::now();
             match pipeline.query_async::<Vec<Value>>(c).await {
@@ -237,29 +246,6 @@ impl Sink {
         }
     }
 
-    /// Connects and checks the output keys; `None` if aborted first.
-    async fn connect(&mut self, abort: &CancellationToken) -> Option<MultiplexedConnection> {
-        loop {
-            let mut c = self.connector.connect(abort).await?;
-            match self.settings.misplaced_keys(&mut c).await {
-                Ok(bad) if bad.is_empty() => {
-                    self.health.set(Part::Sink, true);
-                    return Some(c);
-                }
-                Ok(bad) => tracing::error!(
-                    keys = %bad.join(", "),
-                    "output keys hold the wrong type; delete or rename them, or configure other streams"
-                ),
-                Err(e) => {
-                    self.connector.failed(&e);
-                }
-            }
-            if !self.connector.pause(abort).await {
-                return None;
-            }
-        }
-    }
-
     fn record(&self, fx: &Effects, replies: &[Value]) {
         for (task, reply) in fx.tasks.iter().zip(replies) {
             if matches!(reply, Value::Nil) {
@@ -279,6 +265,34 @@ impl Sink {
             tracing::debug!(id = %dl.id, reason = dl.reason.as_str(), detail = %dl.detail, "dead-lettered an entry");
         }
         self.metrics.entries_acked.inc_by(fx.acks.len() as u64);
+    }
+}
+
+/// Connects and checks the output keys; `None` if aborted first.
+async fn connect(
+    connector: &mut Connector,
+    settings: &SinkSettings,
+    health: &Health,
+    abort: &CancellationToken,
+) -> Option<MultiplexedConnection> {
+    loop {
+        let mut c = connector.connect(abort).await?;
+        match settings.misplaced_keys(&mut c).await {
+            Ok(bad) if bad.is_empty() => {
+                health.set(Part::Sink, true);
+                return Some(c);
+            }
+            Ok(bad) => tracing::error!(
+                keys = %bad.join(", "),
+                "output keys hold the wrong type; delete or rename them, or configure other streams"
+            ),
+            Err(e) => {
+                connector.failed(&e);
+            }
+        }
+        if !connector.pause(abort).await {
+            return None;
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -11,8 +11,12 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::model::Model;
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// A digest of the file's bytes: a change of content, however quick, however written
+/// (in place or by rename), is a change.
+fn fingerprint(path: &Path) -> Option<u64> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
 }
 
 fn reload(path: &Path, why: &str, models: &watch::Sender<Arc<Model>>, metrics: &Metrics) {
@@ -50,16 +54,16 @@ pub async fn run(
     } else {
         Duration::from_secs(3600)
     });
-    let mut last = modified(&path);
+    let mut last = fingerprint(&path);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                last = modified(&path);
+                last = fingerprint(&path);
                 reload(&path, "SIGHUP", &models, &metrics);
             }
             _ = ticker.tick(), if watching => {
-                let now = modified(&path);
+                let now = fingerprint(&path);
                 if now.is_some() && now != last {
                     last = now;
                     reload(&path, "file changed", &models, &metrics);

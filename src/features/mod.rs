@@ -104,7 +104,12 @@ impl CustomerFeatures {
                 self.last_purchase = self.last_purchase.max(t);
                 self.purchases = self.purchases.saturating_add(1);
                 self.total_spend += event.amount as f32;
-                for ((f, m), w) in self.frequency.iter_mut().zip(&mut self.monetary).zip(weights) {
+                for ((f, m), w) in self
+                    .frequency
+                    .iter_mut()
+                    .zip(&mut self.monetary)
+                    .zip(weights)
+                {
                     *f += w as f32;
                     *m += (event.amount * w) as f32;
                 }

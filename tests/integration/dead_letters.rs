@@ -1,0 +1,164 @@
+//! Every kind of bad input is dead-lettered with a reason, counted and acknowledged; good
+//! input beside it is not lost.
+
+use crate::helpers::*;
+
+const EVENTS: &str = "churn:events";
+const DLQ: &str = "churn:events:dlq";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let mut c = redis.conn().await;
+
+    // An entry read by this consumer in an earlier life, then deleted before processing.
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(EVENTS)
+        .arg("churnd")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let deleted = xadd(&mut c, EVENTS, &purchase("ghost", 1.0, T0_MS)).await;
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("churnd")
+        .arg("test-consumer")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(EVENTS)
+        .arg(">")
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .unwrap();
+    redis::cmd("XDEL")
+        .arg(EVENTS)
+        .arg(&deleted)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+
+    let s = |v: &str| v.to_string();
+    let long_id = "x".repeat(129);
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (vec![("type", s("visit"))], "missing_customer_id"),
+        (
+            vec![("customer_id", long_id), ("type", s("visit"))],
+            "invalid_customer_id",
+        ),
+        (vec![("customer_id", s("c"))], "missing_type"),
+        (
+            vec![("customer_id", s("c")), ("type", s("gift"))],
+            "unknown_type",
+        ),
+        (
+            vec![("customer_id", s("c")), ("type", s("refund"))],
+            "missing_amount",
+        ),
+        (
+            vec![
+                ("customer_id", s("c")),
+                ("type", s("purchase")),
+                ("amount", s("-1")),
+            ],
+            "invalid_amount",
+        ),
+        (
+            vec![
+                ("customer_id", s("c")),
+                ("type", s("purchase")),
+                ("amount", s("NaN")),
+            ],
+            "invalid_amount",
+        ),
+        (
+            vec![
+                ("customer_id", s("c")),
+                ("type", s("purchase")),
+                ("amount", s("12,50")),
+            ],
+            "invalid_amount",
+        ),
+        (
+            vec![
+                ("customer_id", s("c")),
+                ("type", s("visit")),
+                ("ts", s("yesterday")),
+            ],
+            "invalid_timestamp",
+        ),
+        (
+            vec![
+                ("customer_id", s("c")),
+                ("type", s("visit")),
+                ("ts", s("99999999999999")),
+            ],
+            "invalid_timestamp",
+        ),
+        (
+            vec![
+                ("customer_id", s("c")),
+                ("customer_id", s("d")),
+                ("type", s("visit")),
+            ],
+            "duplicate_field",
+        ),
+    ];
+    let mut expected = vec![(deleted.clone(), "entry_deleted".to_string())];
+    for (fields, reason) in &cases {
+        expected.push((xadd(&mut c, EVENTS, fields).await, reason.to_string()));
+    }
+    // Invalid UTF-8 in the customer ID.
+    let raw: String = redis::cmd("XADD")
+        .arg(EVENTS)
+        .arg("*")
+        .arg("customer_id")
+        .arg(&[0xffu8, 0xfe][..])
+        .arg("type")
+        .arg("visit")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    expected.push((raw, "invalid_customer_id".into()));
+    xadd(&mut c, EVENTS, &purchase("good", 5.0, T0_MS)).await;
+
+    let app = App::spawn(settings).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+
+    let dead = read_stream(&mut c, DLQ).await;
+    assert_eq!(dead.len(), expected.len(), "{dead:#?}");
+    for ((source_id, reason), (_, entry)) in expected.iter().zip(&dead) {
+        assert_eq!(&entry["dlq_source_id"], source_id);
+        assert_eq!(&entry["dlq_reason"], reason, "{entry:?}");
+        assert_eq!(entry["dlq_source_stream"], EVENTS);
+        assert!(!entry["dlq_detail"].is_empty());
+    }
+    // The original fields travel with the reason.
+    assert_eq!(dead[4].1["type"], "gift");
+    assert_eq!(dead[6].1["amount"], "-1");
+    assert_eq!(
+        dead[0].1.len(),
+        4,
+        "a deleted entry has only the dead-letter fields left"
+    );
+
+    let metric = |reason: &str| format!("churnd_events_dead_lettered_total{{reason=\"{reason}\"}}");
+    let text = app.metrics().await;
+    assert_eq!(parse_metric(&text, &metric("invalid_amount")), Some(3.0));
+    assert_eq!(
+        parse_metric(&text, &metric("invalid_customer_id")),
+        Some(2.0)
+    );
+    assert_eq!(parse_metric(&text, &metric("entry_deleted")), Some(1.0));
+    assert_eq!(
+        parse_metric(&text, "churnd_events_processed_total{type=\"purchase\"}"),
+        Some(1.0)
+    );
+    assert_eq!(app.get("/v1/customers/good").await.status(), 200);
+    app.stop().await;
+}

@@ -1,0 +1,152 @@
+//! The HTTP API: metrics, health, readiness and the customer endpoint.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const EVENTS: &str = "churn:events";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exposed_in_prometheus_format() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    let mut c = redis.conn().await;
+    for i in 0..5 {
+        xadd(
+            &mut c,
+            EVENTS,
+            &purchase(&format!("c{i}"), 10.0, T0_MS + i * DAY_MS),
+        )
+        .await;
+    }
+    xadd(
+        &mut c,
+        EVENTS,
+        &[
+            ("customer_id", "c0".into()),
+            ("type", "visit".into()),
+            ("ts", T0_MS.to_string()),
+        ],
+    )
+    .await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    wait_for(
+        "the lag gauge to report the drained group",
+        Duration::from_secs(5),
+        || {
+            let app = &app;
+            async move {
+                app.metric("churnd_consumer_group_lag{stream=\"churn:events\"}")
+                    .await
+                    == Some(0.0)
+                    && app
+                        .metric("churnd_consumer_group_pending{stream=\"churn:events\"}")
+                        .await
+                        == Some(0.0)
+            }
+        },
+    )
+    .await;
+
+    let response = app.get("/metrics").await;
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    let expect = [
+        ("churnd_events_processed_total{type=\"purchase\"}", 5.0),
+        ("churnd_events_processed_total{type=\"visit\"}", 1.0),
+        ("churnd_entries_acknowledged_total", 6.0),
+        ("churnd_customers_tracked", 5.0),
+        ("churnd_model_info{version=\"recency-1\"}", 1.0),
+        ("churnd_ready", 1.0),
+        ("churnd_redis_connected{role=\"source\"}", 1.0),
+        ("churnd_redis_connected{role=\"sink\"}", 1.0),
+        ("churnd_customers_by_stage{stage=\"new\"}", 5.0),
+    ];
+    for (series, value) in expect {
+        assert_eq!(parse_metric(&text, series), Some(value), "{series}");
+    }
+    for family in [
+        "churnd_batch_processing_duration_seconds_count",
+        "churnd_event_latency_seconds_count",
+        "churnd_sink_write_duration_seconds_count",
+        "churnd_process_resident_memory_bytes",
+        "churnd_customers_by_churn_probability{range=\"0.0-0.1\"}",
+        "churnd_customers_by_segment{segment=\"general_development\"}",
+    ] {
+        assert!(parse_metric(&text, family).is_some(), "{family} missing");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customer_endpoint_returns_json_or_404() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("known/with spaces", 10.0, T0_MS)).await;
+    xadd(
+        &mut c,
+        EVENTS,
+        &[
+            ("customer_id", "window-shopper".into()),
+            ("type", "visit".into()),
+            ("ts", T0_MS.to_string()),
+        ],
+    )
+    .await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+
+    let known = app.get_json("/v1/customers/known%2Fwith%20spaces").await;
+    assert_eq!(known["customer_id"], "known/with spaces");
+    assert_eq!(known["lifecycle_stage"], "new");
+    assert!(known["churn_probability"].as_f64().is_some());
+    assert!(known["segment"].is_string());
+
+    let visitor = app.get_json("/v1/customers/window-shopper").await;
+    assert_eq!(visitor["lifecycle_stage"], "potential");
+    assert!(
+        visitor["churn_probability"].is_null(),
+        "no score before a first purchase"
+    );
+
+    let missing = app.get("/v1/customers/nobody").await;
+    assert_eq!(missing.status(), 404);
+    let body: serde_json::Value = missing.json().await.unwrap();
+    assert!(body["error"].is_string());
+
+    let summary = app.get_json("/v1/summary").await;
+    assert_eq!(summary["customers"], 2);
+    assert_eq!(summary["by_stage"]["potential"], 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_while_health_stays_up() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    redis.stop();
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let not_ready = app.get("/readyz").await;
+    assert_eq!(not_ready.status(), 503);
+    let body: serde_json::Value = not_ready.json().await.unwrap();
+    assert!(body["reasons"].to_string().contains("Redis"), "{body}");
+
+    redis.restart();
+    wait_for(
+        "readiness once Redis is up",
+        Duration::from_secs(10),
+        || {
+            let app = &app;
+            async move { app.get("/readyz").await.status() == 200 }
+        },
+    )
+    .await;
+    assert_eq!(app.metric("churnd_ready").await, Some(1.0));
+    app.stop().await;
+}

@@ -1,0 +1,214 @@
+//! The built binary: signals, configuration errors, model files.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+const EVENTS: &str = "churn:events";
+
+fn churnd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_churnd"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+fn output(cmd: &mut Command) -> (Output, String) {
+    let out = cmd.output().expect("churnd runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr)
+}
+
+#[test]
+fn invalid_configuration_fails_at_start_naming_the_key() {
+    let (out, stderr) = output(
+        churnd()
+            .arg("check-config")
+            .env("CHURND__SOURCE__BATCH_SIZE", "0"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("source.batch_size"), "{stderr}");
+
+    let (out, stderr) = output(
+        churnd()
+            .arg("check-config")
+            .env("CHURND__CLOCK__MODE", "sundial"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("clock.mode"), "{stderr}");
+
+    let (out, stderr) = output(
+        churnd()
+            .arg("check-config")
+            .env("CHURND__REDIS__URLL", "redis://x"),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("urll"), "{stderr}");
+}
+
+#[test]
+fn check_config_prints_the_effective_settings_without_secrets() {
+    let (out, stderr) = output(
+        churnd()
+            .arg("check-config")
+            .env(
+                "CHURND__REDIS__URL",
+                "redis://:s3cret@redis.internal:6380/2",
+            )
+            .env("CHURND__SOURCE__STREAMS", "events:eu, events:us")
+            .env("CHURND__HTTP__ADDR", "127.0.0.1:9999"),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("redis.internal:6380"), "{shown}");
+    let parsed: toml::Value = toml::from_str(&shown).unwrap();
+    assert_eq!(parsed["source"]["streams"].as_array().unwrap().len(), 2);
+    assert_eq!(parsed["http"]["addr"].as_str(), Some("127.0.0.1:9999"));
+}
+
+#[test]
+fn a_bad_model_file_stops_the_start_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"format": "churnd-logistic/1", "version": "x"}"#).unwrap();
+    let (out, stderr) = output(
+        churnd()
+            .arg("run")
+            .env("CHURND__MODEL__PATH", &bad)
+            .env("CHURND__HTTP__ADDR", "127.0.0.1:0"),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad.json"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_acknowledges_and_exits_zero() {
+    let redis = RedisServer::start();
+    let mut c = redis.conn().await;
+    for chunk in 0..20 {
+        let mut pipe = redis::pipe();
+        for i in 0..1_000u64 {
+            let n = chunk * 1_000 + i;
+            pipe.cmd("XADD")
+                .arg(EVENTS)
+                .arg("*")
+                .arg("customer_id")
+                .arg(format!("c{}", n % 5_000))
+                .arg("type")
+                .arg("purchase")
+                .arg("amount")
+                .arg("9.99")
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut c).await.unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = churnd()
+        .arg("run")
+        .env("CHURND__REDIS__URL", redis.url())
+        .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .env("CHURND__SOURCE__CONSUMER", "sigterm-test")
+        .env("CHURND__SOURCE__BATCH_SIZE", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    wait_for("processing to start", Duration::from_secs(15), || {
+        let url = metrics.clone();
+        async move {
+            match reqwest::get(&url).await {
+                Ok(r) => parse_metric(
+                    &r.text().await.unwrap_or_default(),
+                    "churnd_events_processed_total{type=\"purchase\"}",
+                )
+                .is_some_and(|n| n > 0.0),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+
+    // SAFETY: plain kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "churnd did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("drained"), "{stderr}");
+    let (_, pending) = group_state(&mut c, EVENTS, "churnd").await.unwrap();
+    assert_eq!(
+        pending, 0,
+        "every entry read before SIGTERM was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let path = settings.model.path.clone();
+    let app = App::spawn(settings).await;
+    let replace = |text: String| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+
+    let mut broken = recency_model("recency-broken");
+    broken.features.pop();
+    replace(serde_json::to_string(&broken).unwrap());
+    wait_for(
+        "the bad model to be refused",
+        Duration::from_secs(10),
+        || {
+            let app = &app;
+            async move {
+                app.metric("churnd_model_reloads_total{outcome=\"failure\"}")
+                    .await
+                    == Some(1.0)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        app.metric("churnd_model_info{version=\"recency-1\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
+
+    replace(serde_json::to_string(&recency_model("recency-2")).unwrap());
+    wait_for("the new model to serve", Duration::from_secs(10), || {
+        let app = &app;
+        async move { app.metric("churnd_model_info{version=\"recency-2\"}").await == Some(1.0) }
+    })
+    .await;
+    assert_eq!(
+        app.metric("churnd_model_info{version=\"recency-1\"}").await,
+        None
+    );
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("scored", 1.0, T0_MS)).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    assert_eq!(
+        app.get_json("/v1/customers/scored").await["model_version"],
+        "recency-2"
+    );
+    app.stop().await;
+}
