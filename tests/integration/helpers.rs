@@ -306,7 +306,8 @@ pub type StreamEntry = (String, HashMap<String, String>);
 
 /// Every entry of a stream, oldest first.
 pub async fn read_stream(conn: &mut MultiplexedConnection, stream: &str) -> Vec<StreamEntry> {
-    let raw: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+    type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
+    let raw: Vec<RawEntry> = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
         .arg("+")
