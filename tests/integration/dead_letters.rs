@@ -14,28 +14,9 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     let mut c = redis.conn().await;
 
     // An entry read by this consumer in an earlier life, then deleted before processing.
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(EVENTS)
-        .arg("churnd")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap();
+    create_group(&mut c, EVENTS).await;
     let deleted = xadd(&mut c, EVENTS, &purchase("ghost", 1.0, T0_MS)).await;
-    redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("churnd")
-        .arg("test-consumer")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(EVENTS)
-        .arg(">")
-        .query_async::<redis::Value>(&mut c)
-        .await
-        .unwrap();
+    leave_pending(&mut c, EVENTS).await;
     redis::cmd("XDEL")
         .arg(EVENTS)
         .arg(&deleted)

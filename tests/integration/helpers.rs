@@ -365,3 +365,31 @@ pub async fn wait_drained(conn: &mut MultiplexedConnection, stream: &str, group:
         group_state(conn, stream, group).await
     );
 }
+
+/// Creates the daemon's consumer group on `stream` at its beginning, as a previous run would.
+pub async fn create_group(conn: &mut MultiplexedConnection, stream: &str) {
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("churnd")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async::<()>(conn)
+        .await
+        .unwrap();
+}
+
+/// Reads every new entry as the test daemon's consumer without acknowledging: what a run
+/// that died mid-batch leaves pending.
+pub async fn leave_pending(conn: &mut MultiplexedConnection, stream: &str) {
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("churnd")
+        .arg("test-consumer")
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async::<redis::Value>(conn)
+        .await
+        .unwrap();
+}

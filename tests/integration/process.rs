@@ -21,29 +21,18 @@ fn output(cmd: &mut Command) -> (Output, String) {
 
 #[test]
 fn invalid_configuration_fails_at_start_naming_the_key() {
-    let (out, stderr) = output(
-        churnd()
-            .arg("check-config")
-            .env("CHURND__SOURCE__BATCH_SIZE", "0"),
-    );
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("source.batch_size"), "{stderr}");
-
-    let (out, stderr) = output(
-        churnd()
-            .arg("check-config")
-            .env("CHURND__CLOCK__MODE", "sundial"),
-    );
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("clock.mode"), "{stderr}");
-
-    let (out, stderr) = output(
-        churnd()
-            .arg("check-config")
-            .env("CHURND__REDIS__URLL", "redis://x"),
-    );
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("urll"), "{stderr}");
+    for (variable, value, named) in [
+        ("CHURND__SOURCE__BATCH_SIZE", "0", "source.batch_size"),
+        ("CHURND__CLOCK__MODE", "sundial", "clock.mode"),
+        ("CHURND__REDIS__URLL", "redis://x", "urll"),
+    ] {
+        let (out, stderr) = output(churnd().arg("check-config").env(variable, value));
+        assert_eq!(out.status.code(), Some(2), "{variable}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{variable} should name {named}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -211,4 +200,72 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
         "recency-2"
     );
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_model() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_recency_model(dir.path(), "served");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = churnd()
+        .arg("run")
+        .env("CHURND__REDIS__URL", redis.url())
+        .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .env("CHURND__MODEL__PATH", &path)
+        .env("CHURND__MODEL__WATCH_INTERVAL_MS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let version_served = |version: &'static str| {
+        let url = metrics.clone();
+        move || {
+            let url = url.clone();
+            async move {
+                let text = match reqwest::get(&url).await {
+                    Ok(r) => r.text().await.unwrap_or_default(),
+                    Err(_) => return false,
+                };
+                parse_metric(
+                    &text,
+                    &format!("churnd_model_info{{version=\"{version}\"}}"),
+                ) == Some(1.0)
+            }
+        }
+    };
+    wait_for(
+        "the first model",
+        Duration::from_secs(15),
+        version_served("served"),
+    )
+    .await;
+
+    std::fs::write(
+        &path,
+        serde_json::to_string(&recency_model("after-hup")).unwrap(),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        version_served("served")().await,
+        "watching is off: no reload without SIGHUP"
+    );
+    // SAFETY: plain kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    wait_for(
+        "the model reloaded on SIGHUP",
+        Duration::from_secs(10),
+        version_served("after-hup"),
+    )
+    .await;
+
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

@@ -17,29 +17,12 @@ async fn own_pending_entries_are_processed_first_on_start() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut c = redis.conn().await;
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(EVENTS)
-        .arg("churnd")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap();
+    create_group(&mut c, EVENTS).await;
     for i in 0..3 {
         xadd(&mut c, EVENTS, &purchase(&format!("early-{i}"), 1.0, T0_MS)).await;
     }
     // A previous run of this consumer read them and died before acknowledging.
-    redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("churnd")
-        .arg("test-consumer")
-        .arg("STREAMS")
-        .arg(EVENTS)
-        .arg(">")
-        .query_async::<redis::Value>(&mut c)
-        .await
-        .unwrap();
+    leave_pending(&mut c, EVENTS).await;
     assert_eq!(
         group_state(&mut c, EVENTS, "churnd").await,
         Some((Some(0), 3))
