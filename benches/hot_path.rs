@@ -50,6 +50,7 @@ const NOW: u32 = (START_MS / 1000) as u32;
 const DAY: u32 = 86_400;
 const LIMITS: EventLimits = EventLimits {
     max_future_skew_ms: 86_400_000,
+    min_ts_ms: 100_000_000_000,
 };
 
 /// The `i`th customer ID: `cust-` and a zero-padded number, 12 to 24 bytes.

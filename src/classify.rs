@@ -33,6 +33,11 @@ impl LifecycleStage {
         Self::Churned,
     ];
 
+    /// Position in `ALL` (declaration order), for arrays indexed by stage.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Potential => "potential",
@@ -173,6 +178,11 @@ impl Segment {
         Self::GeneralRetention,
         Self::GeneralWinback,
     ];
+
+    /// Position in `ALL` (declaration order), for arrays indexed by segment.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -135,12 +135,16 @@ impl Default for SourceSettings {
 pub struct EventSettings {
     /// How far an event's `ts` may lie ahead of its stream entry's time.
     pub max_future_skew_ms: u64,
+    /// The earliest `ts` accepted (milliseconds since the Unix epoch).
+    pub min_ts_ms: u64,
 }
 
 impl Default for EventSettings {
     fn default() -> Self {
         Self {
             max_future_skew_ms: 86_400_000,
+            // 1973-03-03: every `ts` in seconds (up to the year 5138) lies below it.
+            min_ts_ms: 100_000_000_000,
         }
     }
 }
@@ -150,6 +154,9 @@ impl Default for EventSettings {
 pub struct DeadLetterSettings {
     pub stream: String,
     pub max_len: u64,
+    /// How long Redis remembers that an entry was dead-lettered, so a redelivery of the
+    /// entry does not write it twice.
+    pub dedup_ttl_secs: u64,
 }
 
 impl Default for DeadLetterSettings {
@@ -157,6 +164,7 @@ impl Default for DeadLetterSettings {
         Self {
             stream: "churn:events:dlq".into(),
             max_len: 1_000_000,
+            dedup_ttl_secs: 604_800,
         }
     }
 }
@@ -451,6 +459,9 @@ impl Settings {
         }
         if self.dead_letter.max_len == 0 || self.winback.max_len == 0 {
             p.push("dead_letter.max_len and winback.max_len must be at least 1".into());
+        }
+        if self.dead_letter.dedup_ttl_secs == 0 {
+            p.push("dead_letter.dedup_ttl_secs must be at least 1".into());
         }
         if self.model.path.as_os_str().is_empty() {
             p.push("model.path must not be empty".into());

@@ -152,10 +152,6 @@ impl Connector {
     pub fn succeeded(&mut self) {
         self.backoff.reset();
     }
-
-    pub fn role(&self) -> &'static str {
-        self.role
-    }
 }
 
 /// Whether the connection itself is unusable: I/O failure, timeout, or a server that can no

@@ -5,7 +5,7 @@
 //! streams under the event-time clock; runs the daemon until every entry is processed and
 //! acknowledged; prints what happened.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ pub enum DemoError {
     Timeout { expected: usize },
     #[error("the daemon's HTTP API did not answer: {0}")]
     Http(String),
+    #[error("the daemon stopped before the demo ended ({0}); its log above says why")]
+    DaemonStopped(String),
 }
 
 /// A `redis-server` child process, killed on drop.
@@ -206,7 +208,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
     shutdown.cancel();
     match daemon.await {
         Ok(result) => result?,
-        Err(e) => return Err(DemoError::Http(e.to_string())),
+        Err(e) => return Err(DemoError::DaemonStopped(e.to_string())),
     }
     println!("\nDone in {:.1} s. The demo's keys stay in Redis under {KEY_PREFIX}* until the next demo run.", started.elapsed().as_secs_f64());
     Ok(())
@@ -281,7 +283,9 @@ async fn wait_until_processed(
     let deadline = Instant::now() + PROCESSING_TIMEOUT;
     while Instant::now() < deadline {
         if daemon.is_finished() {
-            return Err(DemoError::Http("the daemon stopped early".into()));
+            return Err(DemoError::DaemonStopped(
+                "while processing the sample".into(),
+            ));
         }
         let reply: Result<Value, _> = redis::cmd("XINFO")
             .arg("GROUPS")
@@ -397,9 +401,4 @@ async fn xrange(
         .arg(count)
         .query_async(conn)
         .await
-}
-
-/// The bundled sample's path.
-pub fn default_transactions() -> PathBuf {
-    PathBuf::from(DEFAULT_TRANSACTIONS)
 }

@@ -15,11 +15,13 @@ use serde::Serialize;
 
 use crate::classify::{LifecycleStage, RfmThresholds, RiskBands, Segment, StageBounds};
 use crate::config::{ClockMode, SegmentMode, SegmentSettings, Settings};
-use crate::event::{parse_event, EntryId, Event, EventKind, EventLimits, Reason};
+use crate::event::{
+    event_kind, parse_event, EntryId, Event, EventKind, EventLimits, Reason, Rejection,
+};
 use crate::features::store::{CustomerIdx, CustomerStore};
 use crate::features::timers::{Timer, TimerQueue, TimerSlots};
 use crate::features::{CustomerFeatures, Rfm, FEATURE_NAMES};
-use crate::metrics::{Metrics, PROBABILITY_BUCKETS};
+use crate::metrics::{Metrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
 use crate::model::Model;
 use crate::source::batch::{Batch, StreamIdx};
 use crate::time::{self, UnixSeconds};
@@ -48,6 +50,7 @@ impl From<&Settings> for EngineSettings {
             clock: s.clock.mode,
             limits: EventLimits {
                 max_future_skew_ms: s.events.max_future_skew_ms,
+                min_ts_ms: s.events.min_ts_ms,
             },
             stages: s.stages,
             risk: s.risk,
@@ -156,11 +159,11 @@ pub struct Engine {
     wall: UnixSeconds,
     population: Population,
     scorings: u64,
+    /// Per input stream, the last entry applied. Stream IDs only grow, so an entry at or
+    /// below it was applied before: a Redis restored from an older snapshot redelivers
+    /// entries as new, and applying them again would count purchases twice.
+    applied: Vec<EntryId>,
     metrics: Metrics,
-}
-
-fn position<T: PartialEq>(all: &[T], x: T) -> usize {
-    all.iter().position(|y| *y == x).unwrap_or(0)
 }
 
 impl Engine {
@@ -179,6 +182,7 @@ impl Engine {
             wall: 0,
             population: Population::default(),
             scorings: 0,
+            applied: Vec::new(),
             metrics,
         }
     }
@@ -188,10 +192,6 @@ impl Engine {
         self.metrics.set_model(model.version());
         self.model_version = model.version().into();
         self.model = model;
-    }
-
-    pub fn model_version(&self) -> &str {
-        &self.model_version
     }
 
     /// "Now" by the configured clock.
@@ -214,42 +214,42 @@ impl Engine {
             acks: Vec::with_capacity(batch.entries.len()),
             ..Effects::default()
         };
-        let mut per_kind = [0u64; EventKind::ALL.len()];
+        let mut outcomes = OutcomeCounts::default();
         for entry in batch.entries {
             fx.acks.push((entry.stream, entry.id));
             self.metrics
                 .event_latency_seconds
                 .observe(wall_ms.saturating_sub(entry.id.ms) as f64 / 1000.0);
+            if !self.mark_applied(entry.stream, entry.id) {
+                outcomes.add(event_kind(entry.fields()), Outcome::AlreadyApplied);
+                continue;
+            }
             let parsed = if entry.values.is_some() {
                 parse_event(entry.fields(), entry.id.ms, &self.settings.limits)
             } else {
-                Err(crate::event::Rejection {
-                    reason: Reason::EntryDeleted,
-                    detail: "the entry was deleted from the stream before it was processed".into(),
-                })
+                Err(Rejection::new(
+                    Reason::EntryDeleted,
+                    "the entry was deleted from the stream before it was processed",
+                ))
             };
             match parsed {
                 Ok(event) => {
-                    per_kind[position(&EventKind::ALL, event.kind)] += 1;
+                    outcomes.add(Some(event.kind), Outcome::Applied);
                     self.apply_event(&event, &mut fx);
                 }
-                Err(rejection) => fx.dead_letters.push(DeadLetter {
-                    stream: entry.stream,
-                    id: entry.id,
-                    values: entry.values.unwrap_or_default(),
-                    reason: rejection.reason,
-                    detail: rejection.detail,
-                }),
+                Err(rejection) => {
+                    outcomes.add(event_kind(entry.fields()), Outcome::DeadLettered);
+                    fx.dead_letters.push(DeadLetter {
+                        stream: entry.stream,
+                        id: entry.id,
+                        values: entry.values.unwrap_or_default(),
+                        reason: rejection.reason,
+                        detail: rejection.detail,
+                    });
+                }
             }
         }
-        for (kind, n) in EventKind::ALL.iter().zip(per_kind) {
-            if n > 0 {
-                self.metrics
-                    .events
-                    .with_label_values(&[kind.as_str()])
-                    .inc_by(n);
-            }
-        }
+        outcomes.publish(&self.metrics);
         if self.settings.clock == ClockMode::Wall {
             self.sweep(self.wall, &mut fx);
         }
@@ -258,6 +258,20 @@ impl Engine {
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
         fx
+    }
+
+    /// Records `id` as the last entry applied from `stream`; `false` if it was applied before.
+    fn mark_applied(&mut self, stream: StreamIdx, id: EntryId) -> bool {
+        let i = usize::from(stream);
+        if self.applied.len() <= i {
+            self.applied.resize(i + 1, EntryId::default());
+        }
+        // 0-0 is never a real entry ID, so the default means "nothing applied yet".
+        if id <= self.applied[i] {
+            return false;
+        }
+        self.applied[i] = id;
+        true
     }
 
     /// The passing of wall-clock time: re-scores customers whose check is due. Under the
@@ -384,17 +398,17 @@ impl Engine {
         let pop = &mut self.population;
         if c.stage != Some(stage) {
             if let Some(old) = c.stage {
-                pop.stage[position(&LifecycleStage::ALL, old)] -= 1;
+                pop.stage[old.index()] -= 1;
             }
-            pop.stage[position(&LifecycleStage::ALL, stage)] += 1;
+            pop.stage[stage.index()] += 1;
             c.stage = Some(stage);
         }
         if c.segment != segment {
             if let Some(old) = c.segment {
-                pop.segment[position(&Segment::ALL, old)] -= 1;
+                pop.segment[old.index()] -= 1;
             }
             if let Some(new) = segment {
-                pop.segment[position(&Segment::ALL, new)] += 1;
+                pop.segment[new.index()] += 1;
             }
             c.segment = segment;
         }
@@ -583,9 +597,8 @@ mod tests {
                 purchase(1, "a", 0),
                 entry(2, &[("customer_id", "b".into()), ("type", "gift".into())]),
                 Entry {
-                    stream: 0,
-                    id: EntryId { ms: 3, seq: 0 },
                     values: None,
+                    ..entry(3, &[])
                 },
             ]),
             0,
@@ -599,6 +612,29 @@ mod tests {
             "original fields are kept"
         );
         assert_eq!(e.summary().customers, 1);
+    }
+
+    #[test]
+    fn entries_redelivered_after_a_rewind_are_acknowledged_not_applied_again() {
+        let mut e = engine(ClockMode::Event);
+        e.apply_batch(batch(vec![purchase(1, "a", 0), purchase(2, "a", 5)]), 0);
+        let before = e.customer("a").unwrap().features["log_purchases"];
+        // Redis restored from an older snapshot hands out entry 2 again, then a new one.
+        let fx = e.apply_batch(batch(vec![purchase(2, "a", 5), purchase(3, "b", 6)]), 0);
+        assert_eq!(fx.acks.len(), 2, "every entry is acknowledged");
+        assert!(fx.dead_letters.is_empty());
+        assert_eq!(e.customer("a").unwrap().features["log_purchases"], before);
+        assert!(
+            e.customer("b").is_some(),
+            "entries past the last applied one are applied"
+        );
+        // Stream positions are per stream: the same ID on another stream is new.
+        let other = Entry {
+            stream: 1,
+            ..purchase(2, "c", 6)
+        };
+        e.apply_batch(batch(vec![other]), 0);
+        assert!(e.customer("c").is_some());
     }
 
     #[test]

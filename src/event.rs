@@ -28,6 +28,11 @@ pub enum EventKind {
 impl EventKind {
     pub const ALL: [EventKind; 4] = [Self::Purchase, Self::Refund, Self::Visit, Self::Complaint];
 
+    /// Position in `ALL` (declaration order), for arrays indexed by kind.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Purchase => "purchase",
@@ -146,7 +151,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),
@@ -165,6 +170,18 @@ impl fmt::Display for Rejection {
 pub struct EventLimits {
     /// How far `ts` may lie ahead of the entry ID's time (the Redis server's clock at XADD).
     pub max_future_skew_ms: u64,
+    /// The earliest `ts` accepted: catches producers that send seconds (or 0) instead of
+    /// milliseconds, which would otherwise date an event to 1970.
+    pub min_ts_ms: u64,
+}
+
+/// The event type named by an entry's `type` field, if it names a known one (for metrics
+/// of entries that are not applied).
+pub fn event_kind<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Option<EventKind> {
+    fields
+        .into_iter()
+        .find(|(name, _)| *name == b"type")
+        .and_then(|(_, value)| EventKind::from_bytes(value))
 }
 
 /// Validates one entry's fields. `entry_ms` is the time part of its stream ID, the default
@@ -306,6 +323,12 @@ fn parse_timestamp(bytes: &[u8], entry_ms: u64, limits: &EventLimits) -> Result<
             limits.max_future_skew_ms
         )));
     }
+    if ms < limits.min_ts_ms {
+        return Err(invalid(format!(
+            "lies before {} (events.min_ts_ms); ts is in milliseconds, not seconds",
+            limits.min_ts_ms
+        )));
+    }
     if ms > time::MAX_MILLIS {
         return Err(invalid("is beyond the year 2106".into()));
     }
@@ -329,6 +352,7 @@ mod tests {
 
     const LIMITS: EventLimits = EventLimits {
         max_future_skew_ms: 86_400_000,
+        min_ts_ms: 100_000_000_000,
     };
     const ENTRY_MS: u64 = 1_700_000_000_000;
 
@@ -401,6 +425,9 @@ mod tests {
             "soon",
             "99999999999999999999999",
             "1800000000000",
+            // Seconds instead of milliseconds, and zero: both would date the event to 1970.
+            "1700000000",
+            "0",
         ] {
             assert_eq!(
                 reason(&[("customer_id", "c"), ("type", "visit"), ("ts", bad)]),

@@ -20,6 +20,65 @@ pub const PROBABILITY_BUCKETS: [&str; 10] = [
     "0.8-0.9", "0.9-1.0",
 ];
 
+/// What became of a stream entry, the `outcome` label of `churnd_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied to the customer's state.
+    Applied,
+    /// Rejected and written to the dead-letter stream.
+    DeadLettered,
+    /// Applied before (redelivered after Redis lost acknowledgements); only acknowledged.
+    AlreadyApplied,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [Self::Applied, Self::DeadLettered, Self::AlreadyApplied];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::DeadLettered => "dead_lettered",
+            Self::AlreadyApplied => "already_applied",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The `type` label of entries whose type field is missing or unknown.
+const UNKNOWN_TYPE: &str = "unknown";
+
+/// Entries by type and outcome, counted locally over a batch and published once.
+#[derive(Debug, Default)]
+pub struct OutcomeCounts {
+    /// Indexed by event kind (the last slot: unknown) and outcome.
+    counts: [[u64; Outcome::ALL.len()]; EventKind::ALL.len() + 1],
+}
+
+impl OutcomeCounts {
+    pub fn add(&mut self, kind: Option<EventKind>, outcome: Outcome) {
+        let k = kind.map_or(EventKind::ALL.len(), EventKind::index);
+        self.counts[k][outcome.index()] += 1;
+    }
+
+    pub fn publish(&self, metrics: &Metrics) {
+        let types = EventKind::ALL.map(EventKind::as_str);
+        let types = types.iter().chain([&UNKNOWN_TYPE]);
+        for (ty, row) in types.zip(&self.counts) {
+            for (outcome, &n) in Outcome::ALL.iter().zip(row) {
+                if n > 0 {
+                    metrics
+                        .events
+                        .with_label_values(&[ty, outcome.as_str()])
+                        .inc_by(n);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Registry,
@@ -108,9 +167,9 @@ impl Metrics {
 
         let m = Self {
             events: counter_vec(
-                "churnd_events_processed_total",
-                "Events applied to customer state, by type.",
-                &["type"],
+                "churnd_events_total",
+                "Stream entries consumed, by event type and outcome (applied, dead_lettered, already_applied).",
+                &["type", "outcome"],
             ),
             dead_lettered: counter_vec(
                 "churnd_events_dead_lettered_total",
@@ -228,7 +287,10 @@ impl Metrics {
     /// Creates every series of the fixed label sets, so dashboards see zeros, not gaps.
     fn initialise_label_sets(&self) {
         for kind in EventKind::ALL {
-            self.events.with_label_values(&[kind.as_str()]);
+            for outcome in Outcome::ALL {
+                self.events
+                    .with_label_values(&[kind.as_str(), outcome.as_str()]);
+            }
         }
         for reason in Reason::ALL {
             self.dead_lettered.with_label_values(&[reason.as_str()]);
@@ -281,7 +343,7 @@ mod tests {
         let m = Metrics::new();
         m.set_model("v1");
         let text = m.render();
-        assert!(text.contains("churnd_events_processed_total{type=\"purchase\"} 0"));
+        assert!(text.contains("churnd_events_total{outcome=\"applied\",type=\"purchase\"} 0"));
         assert!(text.contains("churnd_customers_by_stage{stage=\"churned\"} 0"));
         assert!(text.contains("churnd_model_info{version=\"v1\"} 1"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

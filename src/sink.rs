@@ -1,29 +1,32 @@
-//! The Redis sink: writes each batch's effects (win-back tasks, dead letters) and then
-//! acknowledges its entries, all in one MULTI/EXEC, so an entry is acknowledged only together
-//! with its effects. A write that fails is retried until it succeeds: the engine waits (the
-//! bounded channel fills, the source stops reading) rather than lose or skip anything.
+//! The Redis sink: writes each batch's effects (win-back tasks, dead letters), and only once
+//! they are written acknowledges the batch's entries. A write that fails is retried until it
+//! succeeds: the engine waits (the bounded channel fills, the source stops reading) rather
+//! than lose or skip anything.
 //!
-//! Tasks go through a small Lua script that writes a task only if its deterministic ID has
-//! not been written before (a guard key with an expiry), so replays and retries never
-//! produce a second task for the same episode.
+//! Effects and acknowledgements are two round trips on purpose: MULTI/EXEC does not roll
+//! back, so a write failing inside a transaction (a key of the wrong type) would not stop an
+//! XACK queued beside it. Every effect is written through a small Lua script that writes it
+//! only if its deterministic ID has not been written before (a guard key with an expiry), so
+//! retries, redeliveries and replays never produce a second task for the same episode or a
+//! second dead letter for the same entry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{RedisError, Value};
+use redis::{FromRedisValue, RedisError, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::connection::Connector;
-use crate::engine::Effects;
+use crate::engine::{DeadLetter, Effects};
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
 use crate::winback::Group;
 
-/// KEYS: guard key, task stream. ARGV: guard TTL (s), stream MAXLEN, then field/value pairs.
-/// Returns the new entry ID, or nil when the task was written before.
+/// KEYS: guard key, stream. ARGV: guard TTL (s), stream MAXLEN, then field/value pairs.
+/// Returns the new entry ID, or false (nil in RESP2) when the entry was written before.
 const GUARDED_XADD: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return false
@@ -33,6 +36,10 @@ redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
 return id
 "#;
 
+/// A rejected entry's fields beyond this many are not copied to the dead-letter stream (and
+/// `dlq_detail` says so): Lua's `unpack` takes at most about 8,000 values.
+const MAX_DEAD_LETTER_VALUES: usize = 4_000;
+
 /// Where effects go, resolved from the settings.
 #[derive(Debug, Clone)]
 pub struct SinkSettings {
@@ -40,6 +47,7 @@ pub struct SinkSettings {
     pub group: String,
     pub dead_letter_stream: String,
     pub dead_letter_max_len: u64,
+    pub dead_letter_dedup_ttl_secs: u64,
     pub task_stream: String,
     pub control_stream: String,
     pub task_max_len: u64,
@@ -53,6 +61,7 @@ impl From<&Settings> for SinkSettings {
             group: s.source.group.clone(),
             dead_letter_stream: s.dead_letter.stream.clone(),
             dead_letter_max_len: s.dead_letter.max_len,
+            dead_letter_dedup_ttl_secs: s.dead_letter.dedup_ttl_secs,
             task_stream: s.winback.stream.clone(),
             control_stream: s.winback.control_stream.clone(),
             task_max_len: s.winback.max_len,
@@ -69,53 +78,82 @@ impl SinkSettings {
         }
     }
 
-    /// The commands that write `fx`, as one transaction. Only the task scripts' replies are
-    /// kept, in task order.
-    pub fn pipeline(&self, fx: &Effects) -> redis::Pipeline {
+    /// The writes of `fx`'s tasks and dead letters as one transaction (replies: tasks, then
+    /// dead letters, in order); `None` when there are none. Safe to repeat: every write is
+    /// guarded by its ID.
+    pub fn effects(&self, fx: &Effects) -> Option<redis::Pipeline> {
+        if fx.tasks.is_empty() && fx.dead_letters.is_empty() {
+            return None;
+        }
         let mut p = redis::pipe();
         p.atomic();
         for task in &fx.tasks {
             let stream = self.task_stream(task.group);
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(GUARDED_XADD)
-                .arg(2)
-                .arg(format!("{stream}:dedup:{}", task.task_id))
-                .arg(stream)
-                .arg(self.dedup_ttl_secs)
-                .arg(self.task_max_len);
+            let mut cmd = guarded_xadd(
+                format!("{stream}:dedup:{}", task.task_id),
+                stream,
+                self.dedup_ttl_secs,
+                self.task_max_len,
+            );
             for (name, value) in task.fields() {
                 cmd.arg(name).arg(value);
             }
             p.add_command(cmd);
         }
         for dl in &fx.dead_letters {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(&self.dead_letter_stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.dead_letter_max_len)
-                .arg("*");
-            for v in &dl.values {
-                match v {
-                    Value::BulkString(b) => cmd.arg(b.as_slice()),
-                    Value::SimpleString(s) => cmd.arg(s.as_str()),
-                    other => cmd.arg(format!("{other:?}")),
-                };
-            }
-            cmd.arg("dlq_reason")
-                .arg(dl.reason.as_str())
-                .arg("dlq_detail")
-                .arg(&dl.detail)
-                .arg("dlq_source_stream")
-                .arg(
-                    self.input_streams
-                        .get(usize::from(dl.stream))
-                        .map_or("", String::as_str),
-                )
-                .arg("dlq_source_id")
-                .arg(dl.id.to_string());
-            p.add_command(cmd).ignore();
+            p.add_command(self.dead_letter(dl));
         }
+        Some(p)
+    }
+
+    /// The original fields of a rejected entry plus why and where from.
+    fn dead_letter(&self, dl: &DeadLetter) -> redis::Cmd {
+        let source_stream = self
+            .input_streams
+            .get(usize::from(dl.stream))
+            .map_or("", String::as_str);
+        let source_id = dl.id.to_string();
+        let mut cmd = guarded_xadd(
+            format!(
+                "{}:dedup:{source_stream}:{source_id}",
+                self.dead_letter_stream
+            ),
+            &self.dead_letter_stream,
+            self.dead_letter_dedup_ttl_secs,
+            self.dead_letter_max_len,
+        );
+        let copied = dl.values.len().min(MAX_DEAD_LETTER_VALUES) & !1;
+        for v in &dl.values[..copied] {
+            match v {
+                Value::BulkString(b) => cmd.arg(b.as_slice()),
+                Value::SimpleString(s) => cmd.arg(s.as_str()),
+                other => cmd.arg(format!("{other:?}")),
+            };
+        }
+        let mut detail = dl.detail.clone();
+        if copied < dl.values.len() {
+            detail.push_str(&format!(
+                " ({} more fields not copied)",
+                (dl.values.len() - copied) / 2
+            ));
+        }
+        cmd.arg("dlq_reason")
+            .arg(dl.reason.as_str())
+            .arg("dlq_detail")
+            .arg(detail)
+            .arg("dlq_source_stream")
+            .arg(source_stream)
+            .arg("dlq_source_id")
+            .arg(source_id);
+        cmd
+    }
+
+    /// The acknowledgements of `fx`'s entries, one XACK per stream; `None` when there are none.
+    pub fn acks(&self, fx: &Effects) -> Option<redis::Pipeline> {
+        if fx.acks.is_empty() {
+            return None;
+        }
+        let mut p = redis::pipe();
         for (i, stream) in self.input_streams.iter().enumerate() {
             let ids: Vec<String> = fx
                 .acks
@@ -127,11 +165,11 @@ impl SinkSettings {
                 p.cmd("XACK").arg(stream).arg(&self.group).arg(ids).ignore();
             }
         }
-        p
+        Some(p)
     }
 
-    /// Output keys that exist but are not streams: writes to them would fail inside the
-    /// transaction after the acknowledgements, so the sink refuses to write until fixed.
+    /// Output keys that exist but are not streams: writes to them would fail, so the sink
+    /// does not report ready until they are fixed.
     async fn misplaced_keys(
         &self,
         c: &mut MultiplexedConnection,
@@ -205,50 +243,80 @@ impl Sink {
         self.health.set(Part::Sink, false);
     }
 
-    /// Writes one batch's effects, retrying until done; `false` if aborted first.
+    /// Writes one batch's effects, then acknowledges its entries, retrying each until done;
+    /// `false` if aborted first.
     async fn write(
         &mut self,
         fx: &Effects,
         conn: &mut Option<MultiplexedConnection>,
         abort: &CancellationToken,
     ) -> bool {
-        let pipeline = self.settings.pipeline(fx);
+        let started = Instant::now();
+        if let Some(effects) = self.settings.effects(fx) {
+            let Some(replies) = self.execute::<Vec<Value>>(&effects, conn, abort).await else {
+                return false;
+            };
+            self.record(fx, &replies);
+        }
+        if let Some(acks) = self.settings.acks(fx) {
+            if self.execute::<()>(&acks, conn, abort).await.is_none() {
+                return false;
+            }
+            self.metrics.entries_acked.inc_by(fx.acks.len() as u64);
+        }
+        self.metrics
+            .sink_seconds
+            .observe(started.elapsed().as_secs_f64());
+        true
+    }
+
+    /// Runs `pipeline` until it succeeds, reconnecting as needed; `None` if aborted first.
+    /// The sink is not ready while its writes fail.
+    async fn execute<T: FromRedisValue>(
+        &mut self,
+        pipeline: &redis::Pipeline,
+        conn: &mut Option<MultiplexedConnection>,
+        abort: &CancellationToken,
+    ) -> Option<T> {
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => {
-                    match connect(&mut self.connector, &self.settings, &self.health, abort).await {
-                        Some(c) => conn.insert(c),
-                        None => return false,
-                    }
-                }
+                None => conn.insert(
+                    connect(&mut self.connector, &self.settings, &self.health, abort).await?,
+                ),
             };
-            let started = Instant::now();
-            match pipeline.query_async::<Vec<Value>>(c).await {
-                Ok(replies) => {
-                    self.metrics
-                        .sink_seconds
-                        .observe(started.elapsed().as_secs_f64());
+            match pipeline.query_async::<T>(c).await {
+                Ok(reply) => {
                     self.connector.succeeded();
-                    self.record(fx, &replies);
-                    return true;
+                    self.health.set(Part::Sink, true);
+                    return Some(reply);
                 }
                 Err(e) => {
+                    if e.code() == Some("WRONGTYPE") {
+                        tracing::error!(
+                            error = %e,
+                            "an output stream's key holds another type; delete or rename it, or configure other streams"
+                        );
+                    }
                     if self.connector.failed(&e) {
                         *conn = None;
-                        self.health.set(Part::Sink, false);
                     }
+                    self.health.set(Part::Sink, false);
                     if !self.connector.pause(abort).await {
-                        return false;
+                        return None;
                     }
                 }
             }
         }
     }
 
+    /// Counts what the effects transaction wrote; `replies` are in [`SinkSettings::effects`]
+    /// order.
     fn record(&self, fx: &Effects, replies: &[Value]) {
-        for (task, reply) in fx.tasks.iter().zip(replies) {
-            if matches!(reply, Value::Nil) {
+        let (task_replies, dead_letter_replies) =
+            replies.split_at(fx.tasks.len().min(replies.len()));
+        for (task, reply) in fx.tasks.iter().zip(task_replies) {
+            if written_before(reply) {
                 self.metrics.tasks_duplicate.inc();
             } else {
                 self.metrics
@@ -257,15 +325,36 @@ impl Sink {
                     .inc();
             }
         }
-        for dl in &fx.dead_letters {
+        for (dl, reply) in fx.dead_letters.iter().zip(dead_letter_replies) {
+            if written_before(reply) {
+                tracing::debug!(id = %dl.id, "entry was dead-lettered before; not written again");
+                continue;
+            }
             self.metrics
                 .dead_lettered
                 .with_label_values(&[dl.reason.as_str()])
                 .inc();
             tracing::debug!(id = %dl.id, reason = dl.reason.as_str(), detail = %dl.detail, "dead-lettered an entry");
         }
-        self.metrics.entries_acked.inc_by(fx.acks.len() as u64);
     }
+}
+
+/// An EVAL of [`GUARDED_XADD`]; the caller appends the field/value pairs.
+fn guarded_xadd(guard: String, stream: &str, ttl_secs: u64, max_len: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(GUARDED_XADD)
+        .arg(2)
+        .arg(guard)
+        .arg(stream)
+        .arg(ttl_secs)
+        .arg(max_len);
+    cmd
+}
+
+/// The guarded write's "already written" reply: Lua's false is nil in RESP2 and a boolean
+/// in RESP3.
+fn written_before(reply: &Value) -> bool {
+    matches!(reply, Value::Nil | Value::Boolean(false))
 }
 
 /// Connects and checks the output keys; `None` if aborted first.

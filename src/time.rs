@@ -15,13 +15,11 @@ pub const SECONDS_PER_DAY: f64 = 86_400.0;
 /// Largest event time churnd accepts, in milliseconds (the last second a `u32` can hold).
 pub const MAX_MILLIS: u64 = u32::MAX as u64 * 1000;
 
-/// The current wall-clock time.
-pub fn wall_now() -> UnixSeconds {
-    let secs = SystemTime::now()
+/// The current wall-clock time in milliseconds since the Unix epoch.
+pub fn wall_millis() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    secs.min(u32::MAX as u64) as UnixSeconds
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Milliseconds to churnd seconds, saturating (callers validate the range first).

@@ -163,6 +163,9 @@ pub struct WinbackState {
     pub last_task_at: UnixSeconds,
     /// Tasks raised in the current episode; 0 = no open episode.
     pub episode_tasks: u8,
+    /// A task is out and no purchase has followed it yet: the next purchase after
+    /// `last_task_at` is a recovery.
+    pub awaiting_recovery: bool,
 }
 
 /// A task for marketing automation.
@@ -240,10 +243,6 @@ pub struct Policy {
     pub reasons: usize,
 }
 
-fn segment_index(s: Segment) -> usize {
-    Segment::ALL.iter().position(|&x| x == s).unwrap_or(0)
-}
-
 impl Policy {
     pub fn new(settings: &WinbackSettings) -> Self {
         let threshold = |s: Segment| {
@@ -287,9 +286,11 @@ impl Policy {
         model_version: &Arc<str>,
         now: UnixSeconds,
     ) -> Option<Task> {
-        let s = segment_index(candidate.segment);
+        let s = candidate.segment.index();
+        let below_threshold = candidate.churn_probability.is_nan()
+            || candidate.churn_probability < self.thresholds[s];
         if !self.enabled
-            || candidate.churn_probability < self.thresholds[s]
+            || below_threshold
             || now < candidate.last_purchase.saturating_add(self.min_silence)
             || state.episode_tasks >= self.max_tasks_per_episode
             || (state.last_task_at != 0 && now < state.last_task_at.saturating_add(self.cooldown))
@@ -298,6 +299,7 @@ impl Policy {
         }
         state.episode_tasks += 1;
         state.last_task_at = now.max(1);
+        state.awaiting_recovery = true;
         let attempt = state.episode_tasks;
         Some(Task {
             task_id: task_id(candidate.customer_id, candidate.last_purchase, attempt),
@@ -317,18 +319,20 @@ impl Policy {
         })
     }
 
-    /// A purchase at `time`, after the customer's previous last purchase: closes an open
-    /// episode. Returns the group to credit with a recovery, if a task was out.
+    /// A purchase at `time`, after the customer's previous last purchase: it starts a new
+    /// episode (even when it arrives late, dated before the last task) and, if it follows an
+    /// outstanding task, is a recovery. Returns the group to credit with the recovery.
     pub fn on_new_purchase(
         &self,
         state: &mut WinbackState,
         customer_id: &str,
         time: UnixSeconds,
     ) -> Option<Group> {
-        if state.episode_tasks == 0 || time < state.last_task_at {
+        state.episode_tasks = 0;
+        if !state.awaiting_recovery || time < state.last_task_at {
             return None;
         }
-        state.episode_tasks = 0;
+        state.awaiting_recovery = false;
         Some(self.group(customer_id))
     }
 }
@@ -511,12 +515,28 @@ mod tests {
             &version(),
             T0 + 100 * DAY,
         );
-        // A late purchase from before the task is not a recovery.
+        // A late purchase from before the task is not a recovery, but it does start a new
+        // episode: the customer can get a task for the silence after it.
         assert_eq!(policy.on_new_purchase(&mut st, "c-1", T0 + 50 * DAY), None);
+        assert_eq!(st.episode_tasks, 0);
         assert!(policy
             .on_new_purchase(&mut st, "c-1", T0 + 101 * DAY)
             .is_some());
-        assert_eq!(st.episode_tasks, 0);
+        // Only the first purchase after a task is a recovery.
+        assert_eq!(policy.on_new_purchase(&mut st, "c-1", T0 + 102 * DAY), None);
+    }
+
+    #[test]
+    fn a_nan_probability_raises_no_task() {
+        let policy = Policy::new(&WinbackSettings::default());
+        let mut st = WinbackState::default();
+        let task = policy.decide(
+            &mut st,
+            candidate(f64::NAN, Segment::GeneralWinback),
+            &version(),
+            T0 + 100 * DAY,
+        );
+        assert_eq!(task, None);
     }
 
     #[test]

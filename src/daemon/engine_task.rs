@@ -2,7 +2,7 @@
 //! answers queries, forwarding effects to the sink. One owner, no locks on the hot path.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
@@ -10,12 +10,7 @@ use crate::engine::{Effects, Engine};
 use crate::http::Query;
 use crate::model::Model;
 use crate::source::batch::Batch;
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::time::wall_millis;
 
 fn answer(engine: &Engine, query: Query) {
     // A dropped receiver means the HTTP request gave up; nothing to do.
@@ -72,13 +67,13 @@ pub async fn run(
             }
             batch = batches.recv() => {
                 let Some(batch) = batch else { break };
-                let fx = engine.apply_batch(batch, wall_ms());
+                let fx = engine.apply_batch(batch, wall_millis());
                 if !forward(&engine, fx, &effects, &mut queries).await {
                     break;
                 }
             }
             _ = ticker.tick() => {
-                let fx = engine.tick(wall_ms());
+                let fx = engine.tick(wall_millis());
                 if !forward(&engine, fx, &effects, &mut queries).await {
                     break;
                 }

@@ -162,10 +162,6 @@ impl CustomerFeatures {
         self.last_event
     }
 
-    pub fn purchases(&self) -> u32 {
-        self.purchases
-    }
-
     /// A decayed sum read at `now`.
     fn at(&self, value: f32, now: UnixSeconds, half_life_days: f64) -> f64 {
         value as f64 * decay(now.saturating_sub(self.last_event), half_life_days)

@@ -180,9 +180,10 @@ impl Model {
                     p.name
                 ));
             }
-            if !(p.scale.is_finite() && p.scale > 0.0) {
+            // 1/scale must be finite too: a subnormal scale would make scores infinite.
+            if !(p.scale.is_finite() && p.scale > 0.0 && (1.0 / p.scale).is_finite()) {
                 problems.push(format!(
-                    "feature {:?} has scale {}, must be positive",
+                    "feature {:?} has scale {}, must be a positive normal number",
                     p.name, p.scale
                 ));
             }
@@ -204,10 +205,6 @@ impl Model {
 
     pub fn version(&self) -> &str {
         &self.version
-    }
-
-    pub fn horizon_days(&self) -> u32 {
-        self.horizon_days
     }
 
     /// Churn probability of one feature vector, with per-feature contributions.
@@ -295,6 +292,7 @@ pub(crate) mod tests {
         let mut file = recency_only_model_file();
         file.format = "other/9".into();
         file.features[1].scale = 0.0;
+        file.features[4].scale = 1e-310;
         file.features[2].coefficient = f64::NAN;
         file.features[3].name = "shoe_size".into();
         file.features.pop();
@@ -302,7 +300,8 @@ pub(crate) mod tests {
         let text = problems.join("\n");
         for needle in [
             "format",
-            "scale 0",
+            "scale 0,",
+            "scale 0.000",
             "non-finite",
             "unknown feature \"shoe_size\"",
             "is missing",

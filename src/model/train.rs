@@ -182,7 +182,7 @@ fn data_span(transactions: &Transactions) -> Option<(UnixSeconds, UnixSeconds)> 
     let first = transactions.rows.first()?.time;
     let last = transactions.rows.last()?.time;
     let day = time::days(1);
-    Some((first, (last / day + 1) * day))
+    Some((first, (last / day).saturating_add(1).saturating_mul(day)))
 }
 
 /// Cutoffs every 30 days back from the latest one that leaves a full horizon of data.

@@ -1,5 +1,6 @@
-//! Consumer-group lag and pending counts, polled from `XINFO GROUPS` into gauges: what
-//! operators and alerts watch to know whether churnd keeps up.
+//! Consumer-group introspection: lag and pending counts, polled from `XINFO GROUPS` into
+//! gauges (what operators and alerts watch to know whether churnd keeps up), and the other
+//! consumers of the group (`XINFO CONSUMERS`).
 
 use std::time::Duration;
 
@@ -19,41 +20,82 @@ pub struct GroupInfo {
     pub pending: i64,
 }
 
+/// Another consumer of the group, from `XINFO CONSUMERS`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: i64,
+    pub idle_ms: i64,
+}
+
+/// One row of an `XINFO` reply: a flat name/value array (RESP2) or a map (RESP3).
+struct Row<'a>(Vec<(&'a Value, &'a Value)>);
+
+impl<'a> Row<'a> {
+    fn new(v: &'a Value) -> Option<Self> {
+        match v {
+            Value::Array(flat) => {
+                Some(Self(flat.chunks_exact(2).map(|p| (&p[0], &p[1])).collect()))
+            }
+            Value::Map(pairs) => Some(Self(pairs.iter().map(|(k, v)| (k, v)).collect())),
+            _ => None,
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.0.iter().find_map(|(k, v)| match k {
+            Value::BulkString(b) if b == name.as_bytes() => Some(*v),
+            Value::SimpleString(s) if s == name => Some(*v),
+            _ => None,
+        })
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        match self.get(name)? {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
+    fn int(&self, name: &str) -> Option<i64> {
+        match self.get(name)? {
+            Value::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+}
+
+fn rows(reply: &Value) -> impl Iterator<Item = Row<'_>> {
+    let rows = match reply {
+        Value::Array(rows) => rows.as_slice(),
+        _ => &[],
+    };
+    rows.iter().filter_map(Row::new)
+}
+
 /// Reads the group's row from an `XINFO GROUPS` reply.
 pub fn group_info(reply: &Value, group: &str) -> Option<GroupInfo> {
-    let Value::Array(groups) = reply else {
-        return None;
-    };
-    groups.iter().find_map(|g| {
-        let fields: Vec<(&Value, &Value)> = match g {
-            Value::Array(flat) => flat.chunks_exact(2).map(|p| (&p[0], &p[1])).collect(),
-            Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
-            _ => return None,
-        };
-        let get = |name: &str| {
-            fields.iter().find_map(|(k, v)| match k {
-                Value::BulkString(b) if b == name.as_bytes() => Some(*v),
-                Value::SimpleString(s) if s == name => Some(*v),
-                _ => None,
-            })
-        };
-        let is_ours = match get("name")? {
-            Value::BulkString(b) => b == group.as_bytes(),
-            Value::SimpleString(s) => s == group,
-            _ => false,
-        };
-        if !is_ours {
-            return None;
-        }
-        let int = |v: Option<&Value>| match v {
-            Some(Value::Int(i)) => Some(*i),
-            _ => None,
-        };
-        Some(GroupInfo {
-            lag: int(get("lag")),
-            pending: int(get("pending")).unwrap_or(0),
+    rows(reply)
+        .find(|row| row.text("name").as_deref() == Some(group))
+        .map(|row| GroupInfo {
+            lag: row.int("lag"),
+            pending: row.int("pending").unwrap_or(0),
         })
-    })
+}
+
+/// The consumers other than `me` in an `XINFO CONSUMERS` reply.
+pub fn other_consumers(reply: &Value, me: &str) -> Vec<ConsumerInfo> {
+    rows(reply)
+        .filter_map(|row| {
+            let name = row.text("name")?;
+            (name != me).then(|| ConsumerInfo {
+                name,
+                pending: row.int("pending").unwrap_or(0),
+                idle_ms: row.int("idle").unwrap_or(0),
+            })
+        })
+        .collect()
 }
 
 /// Polls every `lag_poll_ms` until shutdown.
@@ -142,6 +184,26 @@ mod tests {
             })
         );
         assert_eq!(group_info(&reply, "nope"), None);
+    }
+
+    #[test]
+    fn lists_the_other_consumers() {
+        let consumer = |name: &str, pending: i64| {
+            Value::Map(vec![
+                (bulk("name"), bulk(name)),
+                (bulk("pending"), Value::Int(pending)),
+                (bulk("idle"), Value::Int(1500)),
+            ])
+        };
+        let reply = Value::Array(vec![consumer("me", 1), consumer("old-pod", 7)]);
+        assert_eq!(
+            other_consumers(&reply, "me"),
+            vec![ConsumerInfo {
+                name: "old-pod".into(),
+                pending: 7,
+                idle_ms: 1500
+            }]
+        );
     }
 
     #[test]

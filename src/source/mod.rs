@@ -76,10 +76,8 @@ impl Source {
                         }
                         continue;
                     }
-                    cursors = received
-                        .iter()
-                        .map(|r| Cursor::Pending(r.unwrap_or_default()))
-                        .collect();
+                    cursors = pending_after(&received);
+                    self.warn_about_other_consumers(&mut c).await;
                     self.health.set(Part::Source, true);
                     conn.insert(c)
                 }
@@ -90,7 +88,10 @@ impl Source {
                     let entries = match parse_reply(reply, &streams) {
                         Ok(entries) => entries,
                         Err(e) => {
-                            tracing::error!(error = %e, "cannot understand a read reply; retrying");
+                            // The entries in it were delivered all the same: read them again
+                            // from this consumer's pending list.
+                            tracing::error!(error = %e, "cannot understand a read reply; reading its entries again");
+                            cursors = pending_after(&received);
                             if !self.connector.pause(&shutdown).await {
                                 break;
                             }
@@ -185,6 +186,31 @@ impl Source {
         cmd.query_async(c).await
     }
 
+    /// Customer state lives in this process, so each group must have one consumer: a second
+    /// one would see only part of each customer's events, and entries pending on a consumer
+    /// that is gone are not processed until it comes back under the same name.
+    async fn warn_about_other_consumers(&self, c: &mut MultiplexedConnection) {
+        for stream in &self.settings.streams {
+            let reply: Result<Value, RedisError> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(stream)
+                .arg(&self.settings.group)
+                .query_async(c)
+                .await;
+            let Ok(reply) = reply else { continue };
+            for other in lag::other_consumers(&reply, &self.settings.consumer) {
+                tracing::warn!(
+                    stream,
+                    group = %self.settings.group,
+                    consumer = %other.name,
+                    pending = other.pending,
+                    idle_ms = other.idle_ms,
+                    "another consumer is in churnd's group: run one churnd per group (state is per process); if it is a former name of this replica, give the replica a stable source.consumer and delete the old one with XGROUP DELCONSUMER once its pending entries are handled"
+                );
+            }
+        }
+    }
+
     /// Creates the consumer group on every stream that lacks it (and the stream itself),
     /// starting after the last entry received or, for a new deployment, at `start_from`.
     async fn create_groups(
@@ -216,6 +242,14 @@ impl Source {
         }
         Ok(())
     }
+}
+
+/// Cursors that re-read every stream's pending entries after the last one received.
+fn pending_after(received: &[Option<EntryId>]) -> Vec<Cursor> {
+    received
+        .iter()
+        .map(|r| Cursor::Pending(r.unwrap_or_default()))
+        .collect()
 }
 
 /// Response timeout of the reading connection: a blocked read must not time out.

@@ -1,6 +1,8 @@
 //! Every kind of bad input is dead-lettered with a reason, counted and acknowledged; good
 //! input beside it is not lost.
 
+use std::time::Duration;
+
 use crate::helpers::*;
 
 const EVENTS: &str = "churn:events";
@@ -137,9 +139,99 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
     );
     assert_eq!(parse_metric(&text, &metric("entry_deleted")), Some(1.0));
     assert_eq!(
-        parse_metric(&text, "churnd_events_processed_total{type=\"purchase\"}"),
+        parse_metric(
+            &text,
+            "churnd_events_total{outcome=\"applied\",type=\"purchase\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(app.get("/v1/customers/good").await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_key_of_the_wrong_type_holds_back_acknowledgements_until_fixed() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    let mut c = redis.conn().await;
+    wait_for("ready", Duration::from_secs(10), || async {
+        app.get("/readyz").await.status() == 200
+    })
+    .await;
+
+    // Someone overwrites the dead-letter stream with a string while the daemon runs.
+    redis::cmd("SET")
+        .arg(DLQ)
+        .arg("oops")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let bad = vec![("customer_id", "c".to_string()), ("type", "gift".into())];
+    xadd(&mut c, EVENTS, &bad).await;
+    xadd(&mut c, EVENTS, &purchase("good", 5.0, T0_MS)).await;
+
+    wait_for("not ready", Duration::from_secs(10), || async {
+        app.get("/readyz").await.status() == 503
+    })
+    .await;
+    // Nothing was acknowledged: the batch waits for its dead letter to be written.
+    assert_eq!(
+        group_state(&mut c, EVENTS, "churnd").await,
+        Some((Some(0), 2))
+    );
+
+    redis::cmd("DEL")
+        .arg(DLQ)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    let dead = read_stream(&mut c, DLQ).await;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0].1["dlq_reason"], "unknown_type");
+    wait_for("ready again", Duration::from_secs(10), || async {
+        app.get("/readyz").await.status() == 200
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_delivered_again_is_dead_lettered_once() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    let bad = vec![("customer_id", "c".to_string()), ("type", "gift".into())];
+    let id = xadd(&mut c, EVENTS, &bad).await;
+
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    app.stop().await;
+    assert_eq!(xlen(&mut c, DLQ).await, 1);
+
+    // The acknowledgement is lost (a crash between the write and the XACK looks the same):
+    // the entry is pending on the consumer again and the next run processes it again.
+    redis::cmd("XCLAIM")
+        .arg(EVENTS)
+        .arg("churnd")
+        .arg("test-consumer")
+        .arg(0)
+        .arg(&id)
+        .arg("FORCE")
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        group_state(&mut c, EVENTS, "churnd").await,
+        Some((Some(0), 1))
+    );
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    assert_eq!(
+        xlen(&mut c, DLQ).await,
+        1,
+        "the dead letter is not written twice"
+    );
     app.stop().await;
 }

@@ -239,7 +239,7 @@ impl App {
         self.get("/metrics").await.text().await.unwrap()
     }
 
-    /// The value of one series in /metrics, e.g. `churnd_events_processed_total{type="purchase"}`.
+    /// The value of one series in /metrics, e.g. `churnd_events_total{outcome="applied",type="purchase"}`.
     pub async fn metric(&self, series: &str) -> Option<f64> {
         parse_metric(&self.metrics().await, series)
     }

@@ -56,8 +56,14 @@ async fn metrics_are_exposed_in_prometheus_format() {
         .starts_with("text/plain"));
     let text = response.text().await.unwrap();
     let expect = [
-        ("churnd_events_processed_total{type=\"purchase\"}", 5.0),
-        ("churnd_events_processed_total{type=\"visit\"}", 1.0),
+        (
+            "churnd_events_total{outcome=\"applied\",type=\"purchase\"}",
+            5.0,
+        ),
+        (
+            "churnd_events_total{outcome=\"applied\",type=\"visit\"}",
+            1.0,
+        ),
         ("churnd_entries_acknowledged_total", 6.0),
         ("churnd_customers_tracked", 5.0),
         ("churnd_model_info{version=\"recency-1\"}", 1.0),

@@ -114,7 +114,7 @@ async fn sigterm_drains_acknowledges_and_exits_zero() {
             match reqwest::get(&url).await {
                 Ok(r) => parse_metric(
                     &r.text().await.unwrap_or_default(),
-                    "churnd_events_processed_total{type=\"purchase\"}",
+                    "churnd_events_total{outcome=\"applied\",type=\"purchase\"}",
                 )
                 .is_some_and(|n| n > 0.0),
                 Err(_) => false,
