@@ -14,8 +14,9 @@
 //! [`engine`] ties the pure steps together (no I/O); [`daemon`] runs it between source and
 //! sink with bounded channels. Beside the flow: [`config`], [`metrics`], [`health`],
 //! [`http`], [`connection`] (Redis connections that survive Redis), [`transactions`] (CSV
-//! input of the batch commands), [`demo`].
+//! input of the batch commands), [`batch`] (scoring a whole file as of a date), [`demo`].
 
+pub mod batch;
 pub mod classify;
 pub mod config;
 pub mod connection;

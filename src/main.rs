@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
+use churnd::batch::{self, Classification};
 use churnd::config::{self, LogFormat, Settings};
 use churnd::model::train::{self, TrainOptions};
+use churnd::model::{evaluate, Model};
 use churnd::transactions::Transactions;
 use churnd::{daemon, demo, time};
 
@@ -36,26 +38,89 @@ enum Command {
         transactions: PathBuf,
     },
     /// Train a churn model from a transactions CSV.
-    Train {
-        /// CSV with customer_id,date,amount (optional type, quantity).
-        #[arg(long)]
-        transactions: PathBuf,
-        /// Where to write the model JSON.
-        #[arg(long)]
-        out: PathBuf,
-        /// The model predicts "no purchase within this many days".
-        #[arg(long, default_value_t = 90)]
-        horizon_days: u32,
-        /// Cutoff dates (YYYY-MM-DD, comma-separated); default: every 30 days back from the latest that fits.
-        #[arg(long, value_delimiter = ',')]
-        cutoffs: Option<Vec<String>>,
-        /// L2 regularisation per example (on standardised features).
-        #[arg(long, default_value_t = TrainOptions::default().l2)]
-        l2: f64,
-        /// Model version; default: derived from the output name and the coefficients.
-        #[arg(long)]
-        version: Option<String>,
-    },
+    Train(TrainArgs),
+    /// Score every customer of a transactions CSV as of a date, with the daemon's model and
+    /// classification (backfills, audits, CRM imports).
+    Score(ScoreArgs),
+    /// Measure a model on labelled history: features before a date, churn = no purchase
+    /// within the horizon after it.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// CSV with customer_id,date,amount (optional type, quantity).
+    #[arg(long)]
+    transactions: PathBuf,
+    /// Where to write the model JSON.
+    #[arg(long)]
+    out: PathBuf,
+    /// The model predicts "no purchase within this many days".
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..))]
+    horizon_days: u32,
+    /// Cutoff dates (YYYY-MM-DD, comma-separated); default: every 30 days back from the latest that fits.
+    #[arg(long, value_delimiter = ',')]
+    cutoffs: Option<Vec<String>>,
+    /// L2 regularisation per example (on standardised features).
+    #[arg(long, default_value_t = TrainOptions::default().l2)]
+    l2: f64,
+    /// Model version; default: derived from the output name and the coefficients.
+    #[arg(long)]
+    version: Option<String>,
+    /// Use only the transactions before this date (YYYY-MM-DD), as if it were today: for
+    /// out-of-time comparisons with `churnd evaluate --as-of` the same date.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    /// CSV with customer_id,date,amount (optional type, quantity).
+    #[arg(long)]
+    transactions: PathBuf,
+    /// Date (YYYY-MM-DD, midnight UTC) or RFC 3339 time: events before it count.
+    #[arg(long)]
+    as_of: String,
+    /// Model file; default: model.path of the configuration.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Where to write the scores CSV; `-` for standard output.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvaluateArgs {
+    /// CSV with customer_id,date,amount (optional type, quantity).
+    #[arg(long)]
+    transactions: PathBuf,
+    /// Model file; default: model.path of the configuration.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Date (YYYY-MM-DD, midnight UTC) or RFC 3339 time to evaluate at.
+    #[arg(long)]
+    as_of: String,
+    /// Days after the date in which a purchase means "not churned"; default: the model's horizon.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    horizon_days: Option<u32>,
+    /// Also fit the BG/NBD baseline on the same customers and compare.
+    #[arg(long)]
+    baseline: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The error and its causes, skipping causes whose text a message already includes.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text = format!("{text}: {cause}");
+        }
+    }
+    text
 }
 
 /// Exit code for unusable configuration or arguments.
@@ -64,14 +129,7 @@ const USAGE_ERROR: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train {
-            transactions,
-            out,
-            horizon_days,
-            cutoffs,
-            l2,
-            version,
-        } => train_model(&transactions, &out, horizon_days, cutoffs, l2, version),
+        Command::Train(args) => train_model(args),
         command => {
             let settings =
                 match Settings::load(Path::new(config::DEFAULT_FILE), cli.config.as_deref()) {
@@ -82,20 +140,19 @@ fn main() -> ExitCode {
                     }
                 };
             match command {
-                Command::CheckConfig => {
-                    print!("{}", settings.to_redacted_toml());
-                    Ok(())
-                }
+                Command::CheckConfig => print_out(&settings.to_redacted_toml()),
                 Command::Run => serve(settings),
                 Command::Demo { transactions } => run_demo(settings, &transactions),
-                Command::Train { .. } => unreachable!("handled above"),
+                Command::Score(args) => score(&settings, args),
+                Command::Evaluate(args) => evaluate(&settings, args),
+                Command::Train(_) => unreachable!("handled above"),
             }
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("churnd: {e:#}");
+            eprintln!("churnd: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -158,39 +215,28 @@ fn run_demo(mut settings: Settings, transactions: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn train_model(
-    transactions: &Path,
-    out: &Path,
-    horizon_days: u32,
-    cutoffs: Option<Vec<String>>,
-    l2: f64,
-    version: Option<String>,
-) -> anyhow::Result<()> {
+fn train_model(args: TrainArgs) -> anyhow::Result<()> {
+    let TrainArgs {
+        transactions,
+        out,
+        horizon_days,
+        cutoffs,
+        l2,
+        version,
+        until,
+    } = args;
+    let (transactions, out) = (transactions.as_path(), out.as_path());
+    let until = until.map(|d| parse_date("--until", &d)).transpose()?;
     let cutoffs = cutoffs
         .map(|list| {
             list.iter()
-                .map(|d| {
-                    time::parse_date_or_datetime(d)
-                        .with_context(|| format!("--cutoffs: {d:?} is not a date (YYYY-MM-DD)"))
-                })
+                .map(|d| parse_date("--cutoffs", d))
                 .collect::<anyhow::Result<Vec<_>>>()
         })
         .transpose()?;
-    let data = Transactions::read(transactions)?;
-    for bad in data.bad_rows.iter().take(10) {
-        eprintln!(
-            "{}:{}: skipped: {}",
-            transactions.display(),
-            bad.line,
-            bad.reason
-        );
-    }
-    if !data.bad_rows.is_empty() {
-        eprintln!(
-            "{} bad rows skipped, {} rows read",
-            data.bad_rows.len(),
-            data.rows.len()
-        );
+    let mut data = read_transactions(transactions)?;
+    if let Some(until) = until {
+        data.truncate_at(until);
     }
     let name = out
         .file_stem()
@@ -212,15 +258,14 @@ fn train_model(
         serde_json::from_value(model.training.clone()).context("training report is malformed")?;
     let json = serde_json::to_string_pretty(&model)? + "\n";
     std::fs::write(out, json).with_context(|| format!("failed to write {}", out.display()))?;
-    let m = &report.validation.metrics;
-    println!(
-        "model {} written to {} in {:.1} s",
+    let mut text = format!(
+        "model {} written to {} in {:.1} s\n",
         model.version,
         out.display(),
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "  data: {} rows, {} customers, {} to {}; {} examples over {} cutoffs, churn rate {:.3}",
+    text += &format!(
+        "  data: {} rows, {} customers, {} to {}; {} examples over {} cutoffs, churn rate {:.3}\n",
         report.rows,
         report.customers,
         report.first_event,
@@ -229,16 +274,107 @@ fn train_model(
         report.cutoffs.len(),
         report.churn_rate
     );
-    println!(
-        "  validation at {} (trained on {} examples from {}): ROC AUC {:.4}, average precision {:.4}, log loss {:.4}, Brier {:.4}, top-decile lift {:.2}",
-        report.validation.cutoff,
-        report.validation.training_examples,
-        report.validation.trained_on.join(", "),
-        m.roc_auc,
-        m.average_precision,
-        m.log_loss,
-        m.brier_score,
-        m.top_decile_lift
+    match &report.validation {
+        None => text += "  no validation: no cutoff has its horizon's labels known by the latest cutoff (too little data, or cutoffs closer together than the horizon); measure the model with `churnd evaluate` on later data\n",
+        Some(v) => {
+            text += &format!(
+                "  validation at {} (trained on {} examples from {}):\n    model:  {}\n",
+                v.cutoff,
+                v.training_examples,
+                v.trained_on.join(", "),
+                metrics_line(&v.metrics)
+            );
+            if let Some(b) = &v.baseline {
+                text += &format!(
+                    "    BG/NBD: {} (the baseline, on the same customers)\n",
+                    metrics_line(&b.metrics)
+                );
+            }
+        }
+    }
+    print_out(&text)
+}
+
+/// Writes a command's report to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("failed to write to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn metrics_line(m: &churnd::model::metrics::Evaluation) -> String {
+    format!(
+        "ROC AUC {:.4}, average precision {:.4}, log loss {:.4}, Brier {:.4}, top-decile lift {:.2}",
+        m.roc_auc, m.average_precision, m.log_loss, m.brier_score, m.top_decile_lift
+    )
+}
+
+/// Reads a transactions file, reporting the first bad rows and their count on stderr.
+fn read_transactions(path: &Path) -> anyhow::Result<Transactions> {
+    let data = Transactions::read(path)?;
+    for bad in data.bad_rows.iter().take(10) {
+        eprintln!("{}:{}: skipped: {}", path.display(), bad.line, bad.reason);
+    }
+    if !data.bad_rows.is_empty() {
+        eprintln!(
+            "{} bad rows skipped, {} rows read",
+            data.bad_rows.len(),
+            data.rows.len()
+        );
+    }
+    Ok(data)
+}
+
+fn parse_date(flag: &str, value: &str) -> anyhow::Result<time::UnixSeconds> {
+    time::parse_date_or_datetime(value).with_context(|| {
+        format!("{flag}: {value:?} is not a date (YYYY-MM-DD) or RFC 3339 time after 1970")
+    })
+}
+
+fn load_model(settings: &Settings, model: Option<PathBuf>) -> anyhow::Result<Model> {
+    let path = model.unwrap_or_else(|| settings.model.path.clone());
+    Ok(Model::load(&path)?)
+}
+
+fn score(settings: &Settings, args: ScoreArgs) -> anyhow::Result<()> {
+    let as_of = parse_date("--as-of", &args.as_of)?;
+    let model = load_model(settings, args.model)?;
+    let data = read_transactions(&args.transactions)?;
+    let out = args.out.as_path();
+    let started = std::time::Instant::now();
+    let scores = batch::score(&data, as_of, &model, &Classification::from(settings));
+    let elapsed = started.elapsed();
+    if out == Path::new("-") {
+        batch::write_csv(std::io::stdout().lock(), &scores)?;
+    } else {
+        let file = std::fs::File::create(out)
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        batch::write_csv(std::io::BufWriter::new(file), &scores)
+            .with_context(|| format!("cannot write {}", out.display()))?;
+    }
+    eprintln!(
+        "scored {} customers as of {} with model {} in {:.2} s",
+        scores.len(),
+        time::rfc3339(as_of),
+        model.version(),
+        elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+fn evaluate(settings: &Settings, args: EvaluateArgs) -> anyhow::Result<()> {
+    let as_of = parse_date("--as-of", &args.as_of)?;
+    let model = load_model(settings, args.model)?;
+    let data = read_transactions(&args.transactions)?;
+    let horizon_days = args.horizon_days.unwrap_or(model.horizon_days());
+    let report = evaluate::evaluate_model(&data, &model, as_of, horizon_days, args.baseline)?;
+    if args.json {
+        print_out(&(serde_json::to_string_pretty(&report)? + "\n"))
+    } else {
+        print_out(&evaluate::render_text(&report))
+    }
 }

@@ -65,6 +65,13 @@ struct Columns {
 }
 
 impl Transactions {
+    /// Drops every row at or after `t`: the data as it was known just before `t`, for
+    /// out-of-time experiments.
+    pub fn truncate_at(&mut self, t: UnixSeconds) {
+        let keep = self.rows.partition_point(|r| r.time < t);
+        self.rows.truncate(keep);
+    }
+
     pub fn read(path: &Path) -> Result<Self, TransactionsError> {
         let read_err = |source| TransactionsError::Read {
             path: path.to_owned(),
@@ -197,6 +204,20 @@ mod tests {
         assert_eq!(lines, vec![3, 4, 6]);
         assert!(t.bad_rows[0].reason.contains("1997-13-01"));
         assert!(t.bad_rows[2].reason.contains("gift"));
+    }
+
+    #[test]
+    fn truncating_keeps_only_the_earlier_rows() {
+        let mut t = read(
+            "customer_id,date,amount\n\
+             a,1997-01-01,1\n\
+             b,1997-02-01,1\n\
+             c,1997-03-01,1\n",
+        )
+        .unwrap();
+        t.truncate_at(time::parse_date_or_datetime("1997-02-01").unwrap());
+        let ids: Vec<&str> = t.rows.iter().map(|r| &*r.customer_id).collect();
+        assert_eq!(ids, ["a"]);
     }
 
     #[test]

@@ -21,6 +21,12 @@ const DISSATISFACTION_HALF_LIFE_DAYS: f64 = 90.0;
 const VISIT_HALF_LIFE_DAYS: f64 = 30.0;
 /// `overdue_ratio` is capped so one customer's long silence cannot dominate a fit.
 const MAX_OVERDUE_RATIO: f64 = 10.0;
+/// Prior of the buy-till-you-die features, as in a BG/NBD model: a purchase rate of
+/// `PRIOR_PURCHASES` per `PRIOR_DAYS` before any evidence. Fixed constants (fitted BG/NBD
+/// values on CDNOW are near r = 0.25, α = 30 days) so that the features need no per-model
+/// state; the logistic coefficients do the weighting.
+const PRIOR_PURCHASES: f64 = 0.25;
+const PRIOR_DAYS: f64 = 30.0;
 
 /// Names of the model's inputs, in the order of [`FeatureVector`]. A model file must name
 /// exactly these.
@@ -42,8 +48,10 @@ pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
     "complaints_90d",
     "visits_30d",
     "log_inactivity_days",
+    "log_purchase_rate",
+    "silence_evidence",
 ];
-pub const FEATURE_COUNT: usize = 17;
+pub const FEATURE_COUNT: usize = 19;
 
 /// One customer's model inputs at one moment.
 pub type FeatureVector = [f64; FEATURE_COUNT];
@@ -205,6 +213,7 @@ impl CustomerFeatures {
         let freq = |i: usize| self.at(self.frequency[i], now, HALF_LIVES_DAYS[i]);
         let money = |i: usize| self.at(self.monetary[i], now, HALF_LIVES_DAYS[i]).max(0.0);
         let avg_order = (self.total_spend as f64).max(0.0) / f64::from(self.purchases);
+        let repeats = f64::from(self.purchases - 1);
         Some([
             recency.ln_1p(),
             tenure.ln_1p(),
@@ -223,6 +232,12 @@ impl CustomerFeatures {
             self.at(self.complaints, now, DISSATISFACTION_HALF_LIFE_DAYS),
             self.at(self.visits, now, VISIT_HALF_LIFE_DAYS),
             time::days_between(self.last_event, now).ln_1p(),
+            // The customer's purchase rate per day, shrunk towards the prior.
+            (repeats + PRIOR_PURCHASES).ln() - (PRIOR_DAYS + tenure).ln(),
+            // How unlikely the current silence is for a customer still buying at their
+            // rate: BG/NBD's log-odds against being alive, up to constants.
+            (repeats + PRIOR_PURCHASES)
+                * ((PRIOR_DAYS + tenure).ln() - (PRIOR_DAYS + tenure - recency).ln()),
         ])
     }
 }

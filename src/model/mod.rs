@@ -6,6 +6,8 @@
 //! anything that could not score correctly; scoring is a dot product and a sigmoid with
 //! per-feature contributions, so every probability can say why.
 
+pub mod bgnbd;
+pub mod evaluate;
 pub mod metrics;
 pub mod train;
 
@@ -205,6 +207,11 @@ impl Model {
 
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The model predicts "no purchase within this many days".
+    pub fn horizon_days(&self) -> u32 {
+        self.horizon_days
     }
 
     /// Churn probability of one feature vector, with per-feature contributions.

@@ -4,13 +4,16 @@
 //! features of every customer who has bought are computed only from events before the cutoff,
 //! and the label is "no purchase within the horizon after it". Several cutoffs are stacked
 //! (rolling origin). The latest cutoff is held out for validation, with a training set whose
-//! labels were all known by then; the shipped model is then refitted on every cutoff.
+//! labels were all known by then (when the data is long enough), beside the BG/NBD baseline
+//! on the same customers; the shipped model is then refitted on every cutoff.
 
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
+use super::bgnbd::RepeatSummary;
+use super::evaluate::{bgnbd_baseline, BaselineReport};
 use super::metrics::{evaluate, Evaluation};
 use super::{FeatureParams, Model, ModelFile, MODEL_FORMAT};
 use crate::event::EventKind;
@@ -72,7 +75,8 @@ pub struct TrainingReport {
     /// Examples of the refit on all cutoffs, and their churn rate.
     pub examples: usize,
     pub churn_rate: f64,
-    pub validation: ValidationReport,
+    /// `None` when the data is too short to hold a cutoff out.
+    pub validation: Option<ValidationReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,27 +87,29 @@ pub struct ValidationReport {
     pub trained_on: Vec<String>,
     pub training_examples: usize,
     pub metrics: Evaluation,
+    /// BG/NBD fitted on the held-out customers' histories before the cutoff, on the same
+    /// labels: the baseline the model has to beat.
+    #[serde(default)]
+    pub baseline: Option<BaselineReport>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("the transactions hold no purchases")]
     NoPurchases,
-    #[error("a horizon of {horizon_days} days does not fit the data ({first} to {last}): no cutoff has {MIN_HISTORY_DAYS} days of history before it and a full horizon after it; use a shorter --horizon-days or more data")]
+    #[error("a horizon of {horizon_days} days does not fit the data (from {first} to just before {last}): no cutoff has {MIN_HISTORY_DAYS} days of history before it and a full horizon after it; use a shorter --horizon-days or more data")]
     HorizonDoesNotFit {
         horizon_days: u32,
         first: String,
         last: String,
     },
-    #[error("cutoff {cutoff} does not fit the data ({first} to {last}) with a horizon of {horizon_days} days: it needs history before it and a full horizon after it")]
+    #[error("cutoff {cutoff} does not fit the data (from {first} to just before {last}) with a horizon of {horizon_days} days: it needs history before it and a full horizon after it")]
     CutoffOutOfRange {
         cutoff: String,
         horizon_days: u32,
         first: String,
         last: String,
     },
-    #[error("{0} cutoffs fit the data; at least 2 are needed (one to hold out for validation)")]
-    TooFewCutoffs(usize),
     #[error(
         "{stage} has {found} examples, at least {MIN_EXAMPLES} are needed; add data or cutoffs"
     )]
@@ -122,6 +128,8 @@ pub enum TrainError {
 pub struct Example {
     pub cutoff: UnixSeconds,
     pub features: FeatureVector,
+    /// The purchase history as BG/NBD sees it, for the baseline.
+    pub history: RepeatSummary,
     pub churned: bool,
 }
 
@@ -163,6 +171,9 @@ pub fn build_examples(
                 continue;
             };
             let next = h.purchases.partition_point(|&p| p < cutoff);
+            let Some(history) = repeat_summary(&h.purchases[..next], cutoff) else {
+                continue;
+            };
             let bought = h
                 .purchases
                 .get(next)
@@ -170,6 +181,7 @@ pub fn build_examples(
             examples.push(Example {
                 cutoff,
                 features,
+                history,
                 churned: !bought,
             });
         }
@@ -177,8 +189,26 @@ pub fn build_examples(
     examples
 }
 
+/// BG/NBD's summary of sorted purchase times before `cutoff`, counted in whole days as
+/// BG/NBD is usually fitted: repeat purchase days, first to last purchase day, first
+/// purchase day to the cutoff. `None` without purchases.
+fn repeat_summary(purchases: &[UnixSeconds], cutoff: UnixSeconds) -> Option<RepeatSummary> {
+    let day = |t: UnixSeconds| t / time::days(1);
+    let first = day(*purchases.first()?);
+    let last = day(*purchases.last()?);
+    let repeat_days = purchases
+        .windows(2)
+        .filter(|w| day(w[0]) != day(w[1]))
+        .count();
+    Some(RepeatSummary {
+        x: repeat_days as f64,
+        t_x: f64::from(last - first),
+        t: f64::from(cutoff) / time::SECONDS_PER_DAY - f64::from(first),
+    })
+}
+
 /// The data's time span: first event, and the end of the last event's day.
-fn data_span(transactions: &Transactions) -> Option<(UnixSeconds, UnixSeconds)> {
+pub(crate) fn data_span(transactions: &Transactions) -> Option<(UnixSeconds, UnixSeconds)> {
     let first = transactions.rows.first()?.time;
     let last = transactions.rows.last()?.time;
     let day = time::days(1);
@@ -244,39 +274,13 @@ pub fn train(transactions: &Transactions, options: &TrainOptions) -> Result<Mode
             last: last_s,
         });
     }
-    if cutoffs.len() < 2 {
-        return Err(TrainError::TooFewCutoffs(cutoffs.len()));
-    }
-
     let examples = build_examples(transactions, &cutoffs, options.horizon_days);
-    let holdout = *cutoffs.last().expect("at least two cutoffs");
-    let horizon = time::days(options.horizon_days);
-    let known_by_holdout = |c: UnixSeconds| c.saturating_add(horizon) <= holdout;
-    let train_rows: Vec<&Example> = examples
-        .iter()
-        .filter(|e| known_by_holdout(e.cutoff))
-        .collect();
-    let holdout_rows: Vec<&Example> = examples.iter().filter(|e| e.cutoff == holdout).collect();
-    let trained_on: Vec<String> = cutoffs
-        .iter()
-        .copied()
-        .filter(|&c| known_by_holdout(c))
-        .map(time::rfc3339)
-        .collect();
-
-    let validation_fit = fit(&train_rows, options, "the validation training set")?;
-    let validation_model = Model::from_file(&model_file(&validation_fit, options, "validation"))
-        .map_err(|p| TrainError::Fit(p.join("; ")))?;
-    let probabilities: Vec<f64> = holdout_rows
-        .iter()
-        .map(|e| validation_model.probability(&e.features))
-        .collect();
-    let labels: Vec<bool> = holdout_rows.iter().map(|e| e.churned).collect();
-    let metrics = evaluate(&probabilities, &labels).ok_or(TrainError::OneClass {
-        stage: "the held-out cutoff",
-        churn_rate: 100.0 * labels.iter().filter(|&&c| c).count() as f64
-            / labels.len().max(1) as f64,
-    })?;
+    let validation = validate(&examples, &cutoffs, options)?;
+    if validation.is_none() {
+        tracing::warn!(
+            "no cutoff's labels are known by the latest cutoff, so nothing is held out: validate the model with `churnd evaluate` on later data"
+        );
+    }
 
     let all_rows: Vec<&Example> = examples.iter().collect();
     let final_fit = fit(&all_rows, options, "the full training set")?;
@@ -314,15 +318,66 @@ pub fn train(transactions: &Transactions, options: &TrainOptions) -> Result<Mode
         cutoffs: cutoffs.iter().copied().map(time::rfc3339).collect(),
         examples: all_rows.len(),
         churn_rate: all_rows.iter().filter(|e| e.churned).count() as f64 / all_rows.len() as f64,
-        validation: ValidationReport {
-            cutoff: time::rfc3339(holdout),
-            trained_on,
-            training_examples: train_rows.len(),
-            metrics,
-        },
+        validation,
     };
     file.training = serde_json::to_value(report).map_err(|e| TrainError::Fit(e.to_string()))?;
     Ok(file)
+}
+
+/// Fits on the cutoffs whose labels were known by the latest one and measures the fit there,
+/// beside the BG/NBD baseline. `None` when no cutoff's horizon ends by the latest one.
+fn validate(
+    examples: &[Example],
+    cutoffs: &[UnixSeconds],
+    options: &TrainOptions,
+) -> Result<Option<ValidationReport>, TrainError> {
+    let Some(&holdout) = cutoffs.last() else {
+        return Ok(None);
+    };
+    let horizon = time::days(options.horizon_days);
+    let known_by_holdout = |c: UnixSeconds| c.saturating_add(horizon) <= holdout;
+    let train_rows: Vec<&Example> = examples
+        .iter()
+        .filter(|e| known_by_holdout(e.cutoff))
+        .collect();
+    if train_rows.is_empty() {
+        return Ok(None);
+    }
+    let holdout_rows: Vec<&Example> = examples.iter().filter(|e| e.cutoff == holdout).collect();
+    let trained_on: Vec<String> = cutoffs
+        .iter()
+        .copied()
+        .filter(|&c| known_by_holdout(c))
+        .map(time::rfc3339)
+        .collect();
+
+    let fitted = fit(&train_rows, options, "the validation training set")?;
+    let model = Model::from_file(&model_file(&fitted, options, "validation"))
+        .map_err(|p| TrainError::Fit(p.join("; ")))?;
+    let probabilities: Vec<f64> = holdout_rows
+        .iter()
+        .map(|e| model.probability(&e.features))
+        .collect();
+    let labels: Vec<bool> = holdout_rows.iter().map(|e| e.churned).collect();
+    let metrics = evaluate(&probabilities, &labels).ok_or(TrainError::OneClass {
+        stage: "the held-out cutoff",
+        churn_rate: 100.0 * labels.iter().filter(|&&c| c).count() as f64
+            / labels.len().max(1) as f64,
+    })?;
+    let baseline = match bgnbd_baseline(&holdout_rows, options.horizon_days) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "no BG/NBD baseline for the held-out cutoff");
+            None
+        }
+    };
+    Ok(Some(ValidationReport {
+        cutoff: time::rfc3339(holdout),
+        trained_on,
+        training_examples: train_rows.len(),
+        metrics,
+        baseline,
+    }))
 }
 
 /// Standardisation and fitted coefficients, in [`FEATURE_NAMES`] order.
@@ -501,9 +556,9 @@ mod tests {
         let model = Model::from_file(&file).unwrap();
         let report: TrainingReport = serde_json::from_value(file.training.clone()).unwrap();
         assert!(
-            report.validation.metrics.roc_auc > 0.9,
+            report.validation.as_ref().unwrap().metrics.roc_auc > 0.9,
             "{:?}",
-            report.validation.metrics
+            report.validation
         );
         // Same rhythm, one silent for 160 days: the silent one must score higher.
         let features_at = |last_day: u32| {

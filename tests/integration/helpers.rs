@@ -27,7 +27,7 @@ pub struct RedisServer {
     persistent: bool,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -158,6 +158,13 @@ pub fn recency_model(version: &str) -> ModelFile {
 pub fn recency_model_probability(days: f64) -> f64 {
     let logit = (days.ln_1p() - 3.0) / 0.5 - 1.0;
     1.0 / (1.0 + (-logit).exp())
+}
+
+/// The built binary, run from the crate root (where config/ and models/ are).
+pub fn churnd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_churnd"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
 }
 
 /// Settings for a test: this redis, the recency model, fixed segments, event clock, no

@@ -1,9 +1,11 @@
 //! Integration tests: churnd against real redis-server processes (one per test, on a free
 //! port), the daemon running in-process or as the built binary.
 
+mod batch_scoring;
 mod dead_letters;
 mod helpers;
 mod http_api;
+mod model_cli;
 mod pipeline;
 mod process;
 mod resilience;

@@ -7,12 +7,6 @@ use crate::helpers::*;
 
 const EVENTS: &str = "churn:events";
 
-fn churnd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_churnd"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
 fn output(cmd: &mut Command) -> (Output, String) {
     let out = cmd.output().expect("churnd runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -92,11 +86,7 @@ async fn sigterm_drains_acknowledges_and_exits_zero() {
         }
         pipe.query_async::<()>(&mut c).await.unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = churnd()
         .arg("run")
         .env("CHURND__REDIS__URL", redis.url())
@@ -207,11 +197,7 @@ async fn sighup_reloads_the_model() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let path = write_recency_model(dir.path(), "served");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = churnd()
         .arg("run")
         .env("CHURND__REDIS__URL", redis.url())
