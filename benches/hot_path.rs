@@ -226,9 +226,7 @@ impl Stream<'_> {
     }
 
     fn batch(&mut self) -> Batch {
-        Batch {
-            entries: (0..BATCH).map(|_| self.next_entry()).collect(),
-        }
+        Batch::new((0..BATCH).map(|_| self.next_entry()).collect())
     }
 }
 
@@ -244,12 +242,7 @@ fn engine_with(ids: &[String], rng: &mut StdRng) -> Engine {
     );
     // One event at the start first, so the history below does not move the watermark.
     let start = entry(START_MS, &[("customer_id", "x"), ("type", "visit")]);
-    engine.apply_batch(
-        Batch {
-            entries: vec![start],
-        },
-        START_MS,
-    );
+    engine.apply_batch(Batch::new(vec![start]), START_MS);
     for chunk in ids.chunks(BATCH) {
         let entries = chunk
             .iter()
@@ -267,7 +260,7 @@ fn engine_with(ids: &[String], rng: &mut StdRng) -> Engine {
                 )
             })
             .collect();
-        engine.apply_batch(Batch { entries }, START_MS);
+        engine.apply_batch(Batch::new(entries), START_MS);
     }
     engine
 }

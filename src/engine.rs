@@ -87,15 +87,30 @@ pub struct DeadLetter {
 }
 
 /// A customer's record: 76 bytes.
-#[derive(Debug, Default)]
-struct Customer {
-    features: CustomerFeatures,
-    timer: Timer,
-    winback: WinbackState,
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Customer {
+    pub features: CustomerFeatures,
+    pub timer: Timer,
+    pub winback: WinbackState,
     /// Classification at the last scoring, as counted in the population gauges.
-    stage: Option<LifecycleStage>,
-    segment: Option<Segment>,
-    bucket: Option<u8>,
+    pub stage: Option<LifecycleStage>,
+    pub segment: Option<Segment>,
+    pub bucket: Option<u8>,
+}
+
+/// Everything the engine needs to continue where it stopped: what a snapshot holds. Settings
+/// and the model come from the new process.
+#[derive(Clone)]
+pub struct EngineState {
+    pub customers: CustomerStore<Customer>,
+    pub watermark: UnixSeconds,
+    pub thresholds: RfmThresholds,
+    pub next_threshold_refresh: UnixSeconds,
+    pub scorings: u64,
+    /// Per input stream (by position in `source.streams`), the last entry applied.
+    pub applied: Vec<EntryId>,
+    /// The model that scored the customers, for the log of a restore.
+    pub model_version: String,
 }
 
 impl TimerSlots for CustomerStore<Customer> {
@@ -187,6 +202,69 @@ impl Engine {
         }
     }
 
+    /// Continues from a snapshot's state: same customers, timers, clock and stream positions.
+    pub fn restore(
+        settings: EngineSettings,
+        model: Arc<Model>,
+        metrics: Metrics,
+        state: EngineState,
+    ) -> Self {
+        let mut engine = Self::new(settings, model, metrics);
+        let EngineState {
+            mut customers,
+            watermark,
+            thresholds,
+            next_threshold_refresh,
+            scorings,
+            applied,
+            model_version: _,
+        } = state;
+        let mut population = Population::default();
+        for idx in 0..customers.len() as CustomerIdx {
+            let c = customers.get_mut(idx);
+            let due = c.timer.due();
+            c.timer = Timer::default();
+            engine.timers.schedule(idx, &mut c.timer, due);
+            if let Some(stage) = c.stage {
+                population.stage[stage.index()] += 1;
+            }
+            if let Some(segment) = c.segment {
+                population.segment[segment.index()] += 1;
+            }
+            if let Some(bucket) = c.bucket {
+                population.bucket[usize::from(bucket)] += 1;
+            }
+        }
+        engine.store = customers;
+        engine.population = population;
+        engine.watermark = watermark;
+        engine.thresholds = thresholds;
+        engine.next_threshold_refresh = next_threshold_refresh;
+        engine.scorings = scorings;
+        engine.applied = applied;
+        engine.publish();
+        engine
+    }
+
+    /// A copy of the state for a snapshot. A copy (not an encoding) so that the engine
+    /// pauses only for a memory copy; encoding and writing happen elsewhere.
+    pub fn snapshot(&self) -> EngineState {
+        EngineState {
+            customers: self.store.clone(),
+            watermark: self.watermark,
+            thresholds: self.thresholds,
+            next_threshold_refresh: self.next_threshold_refresh,
+            scorings: self.scorings,
+            applied: self.applied.clone(),
+            model_version: self.model_version.to_string(),
+        }
+    }
+
+    /// Customers tracked.
+    pub fn customers(&self) -> usize {
+        self.store.len()
+    }
+
     /// Serves a new model from the next score on.
     pub fn set_model(&mut self, model: Arc<Model>) {
         self.metrics.set_model(model.version());
@@ -216,7 +294,9 @@ impl Engine {
         };
         let mut outcomes = OutcomeCounts::default();
         for entry in batch.entries {
-            fx.acks.push((entry.stream, entry.id));
+            if !batch.replayed {
+                fx.acks.push((entry.stream, entry.id));
+            }
             self.metrics
                 .event_latency_seconds
                 .observe(wall_ms.saturating_sub(entry.id.ms) as f64 / 1000.0);
@@ -531,7 +611,7 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::source::batch::Entry;
     use redis::Value;
@@ -586,7 +666,91 @@ mod tests {
     }
 
     fn batch(entries: Vec<Entry>) -> Batch {
-        Batch { entries }
+        Batch::new(entries)
+    }
+
+    /// The state of an engine that has seen nothing.
+    pub(crate) fn empty_state() -> EngineState {
+        engine(ClockMode::Event).snapshot()
+    }
+
+    #[test]
+    fn a_restored_engine_continues_exactly_as_one_that_never_stopped() {
+        let streams = vec!["churn:events".to_string()];
+        let entries = |range: std::ops::Range<u64>| -> Vec<Entry> {
+            range
+                .map(|i| {
+                    let customer = format!("c{}", i % 17);
+                    let day = (i * 3) as u32;
+                    if i % 5 == 0 {
+                        entry(
+                            i,
+                            &[
+                                ("customer_id", customer),
+                                ("type", "visit".into()),
+                                ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+                            ],
+                        )
+                    } else {
+                        purchase(i, &customer, day)
+                    }
+                })
+                .collect()
+        };
+        let mut whole = engine(ClockMode::Event);
+        let mut expected = Vec::new();
+        for chunk in [0..60, 60..130, 130..200] {
+            expected.extend(whole.apply_batch(batch(entries(chunk)), 0).tasks);
+        }
+
+        let mut first = engine(ClockMode::Event);
+        let mut got = first.apply_batch(batch(entries(0..60)), 0).tasks;
+        let bytes = crate::state::codec::encode(&first.snapshot(), &streams, 0);
+        drop(first);
+        let decoded = crate::state::codec::decode(&bytes, &streams).unwrap();
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut restored = Engine::restore(
+            settings(ClockMode::Event),
+            Arc::new(model),
+            Metrics::new(),
+            decoded.state,
+        );
+        // Entries up to the recorded position are acknowledged, not applied again.
+        let fx = restored.apply_batch(batch(entries(50..60)), 0);
+        assert_eq!(fx.acks.len(), 10);
+        assert!(fx.tasks.is_empty());
+        for chunk in [60..130, 130..200] {
+            got.extend(restored.apply_batch(batch(entries(chunk)), 0).tasks);
+        }
+
+        assert!(!expected.is_empty(), "the history raises tasks");
+        assert_eq!(got, expected);
+        assert_eq!(
+            serde_json::to_value(restored.summary()).unwrap(),
+            serde_json::to_value(whole.summary()).unwrap()
+        );
+        for i in 0..17 {
+            let id = format!("c{i}");
+            assert_eq!(
+                serde_json::to_value(restored.customer(&id)).unwrap(),
+                serde_json::to_value(whole.customer(&id)).unwrap(),
+                "{id}"
+            );
+        }
+    }
+
+    #[test]
+    fn replayed_entries_are_applied_but_not_acknowledged() {
+        let mut e = engine(ClockMode::Event);
+        let fx = e.apply_batch(
+            Batch {
+                replayed: true,
+                ..batch(vec![purchase(1, "a", 0)])
+            },
+            0,
+        );
+        assert!(fx.acks.is_empty());
+        assert!(e.customer("a").is_some());
     }
 
     #[test]

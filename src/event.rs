@@ -484,4 +484,403 @@ mod tests {
         assert_eq!(id.to_string(), "1700000000000-7");
         assert_eq!(EntryId::parse(b"17"), None);
     }
+
+    // Property test: random field maps, near-valid and arbitrary, against an oracle written
+    // from the documented input format (README "Input events") and this module's docs.
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+    /// The last second a `u32` can hold, in milliseconds (spelt out, not `time::MAX_MILLIS`).
+    const ORACLE_MAX_MS: u64 = 4_294_967_295_000;
+    const KINDS: [&str; 4] = ["purchase", "refund", "visit", "complaint"];
+
+    /// An accepted entry as the oracle sees it.
+    #[derive(Debug, PartialEq)]
+    struct Expected {
+        customer_id: String,
+        kind: EventKind,
+        amount: f64,
+        time: UnixSeconds,
+    }
+
+    /// The documented rules, in the parser's order of checks: a repeated known field, then
+    /// `customer_id`, `type`, `amount`, `ts`. Unknown fields are ignored.
+    fn oracle(fields: &Fields, entry_ms: u64, limits: &EventLimits) -> Result<Expected, Reason> {
+        let values = |name: &str| -> Vec<&[u8]> {
+            fields
+                .iter()
+                .filter(|(n, _)| n.as_slice() == name.as_bytes())
+                .map(|(_, v)| v.as_slice())
+                .collect()
+        };
+        let [cid, ty, amount, ts] = ["customer_id", "type", "amount", "ts"].map(values);
+        if [&cid, &ty, &amount, &ts].iter().any(|v| v.len() > 1) {
+            return Err(Reason::DuplicateField);
+        }
+        let customer_id = match cid.first() {
+            None => return Err(Reason::MissingCustomerId),
+            Some(b) if b.is_empty() || b.len() > 128 => return Err(Reason::InvalidCustomerId),
+            Some(b) => String::from_utf8(b.to_vec()).map_err(|_| Reason::InvalidCustomerId)?,
+        };
+        let kind = match ty.first().copied() {
+            None => return Err(Reason::MissingType),
+            Some(b"purchase") => EventKind::Purchase,
+            Some(b"refund") => EventKind::Refund,
+            Some(b"visit") => EventKind::Visit,
+            Some(b"complaint") => EventKind::Complaint,
+            Some(_) => return Err(Reason::UnknownType),
+        };
+        let amount = match amount.first() {
+            // The parser checks an amount on every kind, not only where it is required.
+            Some(b) => oracle_amount(b).ok_or(Reason::InvalidAmount)?,
+            None if matches!(kind, EventKind::Purchase | EventKind::Refund) => {
+                return Err(Reason::MissingAmount)
+            }
+            None => 0.0,
+        };
+        let ms = match ts.first() {
+            Some(b) => oracle_ts(b, entry_ms, limits).ok_or(Reason::InvalidTimestamp)?,
+            // The entry ID's time, unchecked (see the report on `entry_ms` limits).
+            None => entry_ms,
+        };
+        Ok(Expected {
+            customer_id,
+            kind,
+            amount,
+            time: u32::try_from(ms / 1000).expect("generated entry times fit"),
+        })
+    }
+
+    /// A decimal: optional sign, digits with an optional fraction (at least one digit),
+    /// optional exponent; surrounding whitespace is trimmed. Then 0 <= value <= 1e9, finite.
+    fn oracle_amount(b: &[u8]) -> Option<f64> {
+        let s = std::str::from_utf8(b)
+            .ok()?
+            .trim_matches(char::is_whitespace);
+        let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
+        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+            Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
+            None => (unsigned, None),
+        };
+        let digits = |d: &str| d.bytes().all(|c| c.is_ascii_digit());
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.len() + frac.len() == 0 || !digits(int) || !digits(frac) {
+            return None;
+        }
+        if let Some(e) = exponent {
+            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if e.is_empty() || !digits(e) {
+                return None;
+            }
+        }
+        // The grammar decides the syntax; the standard library only rounds the value.
+        let value: f64 = s.parse().expect("every decimal of the grammar parses");
+        (value.is_finite() && (0.0..=1e9).contains(&value)).then_some(value)
+    }
+
+    /// Whole milliseconds, ASCII digits only (at most 20 of them: the parser's cap, which
+    /// also refuses long zero-padded values), within [min_ts_ms, entry + skew] and <= 2106.
+    fn oracle_ts(b: &[u8], entry_ms: u64, limits: &EventLimits) -> Option<u64> {
+        if b.is_empty() || b.len() > 20 || !b.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let ms = b.iter().fold(0u128, |n, d| n * 10 + u128::from(d - b'0'));
+        let latest = u128::from(entry_ms) + u128::from(limits.max_future_skew_ms);
+        let ok =
+            ms >= u128::from(limits.min_ts_ms) && ms <= latest && ms <= u128::from(ORACLE_MAX_MS);
+        ok.then_some(ms as u64)
+    }
+
+    fn bytes(max: usize) -> BoxedStrategy<Vec<u8>> {
+        vec(any::<u8>(), 0..=max).boxed()
+    }
+
+    fn strs(values: &'static [&'static str]) -> BoxedStrategy<Vec<u8>> {
+        select(values).prop_map(|s| s.as_bytes().to_vec()).boxed()
+    }
+
+    /// Bytes that are usually not UTF-8: random bytes around a broken sequence.
+    fn invalid_utf8() -> BoxedStrategy<Vec<u8>> {
+        const BROKEN: &[&[u8]] = &[
+            b"\xff",
+            b"\x80",
+            b"\xc0\x80",
+            b"\xed\xa0\x80",
+            b"\xf4\x90\x80\x80",
+            b"\xe2\x82",
+            b"\xf0\x9f\x98",
+        ];
+        (bytes(6), select(BROKEN), bytes(6))
+            .prop_map(|(a, broken, c)| [a.as_slice(), broken, c.as_slice()].concat())
+            .boxed()
+    }
+
+    /// A 64 KiB value of one byte.
+    fn huge() -> BoxedStrategy<Vec<u8>> {
+        select(&b"x9 \xff"[..])
+            .prop_map(|b| vec![b; 65_536])
+            .boxed()
+    }
+
+    fn customer_id_value() -> BoxedStrategy<Vec<u8>> {
+        prop_oneof![
+            30 => "[a-z0-9-]{1,16}".prop_map(String::into_bytes),
+            2 => (0usize..300).prop_map(|n| vec![b'c'; n]),
+            2 => (126usize..=130).prop_map(|n| vec![b'c'; n]),
+            // Multi-byte characters around the 128-byte limit, whole or cut mid-character.
+            2 => (60usize..68).prop_map(|n| "é".repeat(n).into_bytes()),
+            2 => (1usize..=135).prop_map(|n| "€".repeat(45).as_bytes()[..n].to_vec()),
+            2 => any::<String>().prop_map(String::into_bytes),
+            2 => invalid_utf8(),
+            1 => bytes(300),
+            1 => huge(),
+        ]
+        .boxed()
+    }
+
+    fn type_value() -> BoxedStrategy<Vec<u8>> {
+        prop_oneof![
+            30 => strs(&KINDS),
+            2 => strs(&[
+                "", "PURCHASE", "Visit", "purchase ", " refund", "gift", "visit\0",
+                "complaints", "purchas", "ｖisit",
+            ]),
+            1 => bytes(12),
+            1 => invalid_utf8(),
+            1 => huge(),
+        ]
+        .boxed()
+    }
+
+    fn amount_value() -> BoxedStrategy<Vec<u8>> {
+        const AMOUNTS: &[&str] = &[
+            "0",
+            "0.0",
+            "-0",
+            "+0",
+            "12.5",
+            "12.50",
+            "+12.5",
+            ".5",
+            "5.",
+            "0012",
+            "1e3",
+            "1E3",
+            "1e+3",
+            "1e-3",
+            "1e-400",
+            "1e9",
+            "1000000000",
+            "1000000000.0000000001",
+            "1000000000.01",
+            "1e10",
+            "1e400",
+            "-1e400",
+            "-1",
+            "-0.01",
+            "inf",
+            "-inf",
+            "+inf",
+            "infinity",
+            "Infinity",
+            "NaN",
+            "nan",
+            "-NaN",
+            "0x10",
+            "",
+            " ",
+            " 12.5",
+            "12.5 ",
+            "\t7\n",
+            "\u{a0}7",
+            "7\u{3000}",
+            "\u{200b}7",
+            "12,50",
+            "1 000",
+            "1_000",
+            "١٢",
+            "e5",
+            ".",
+            "-",
+            "+",
+            "1e",
+            "1e+",
+            "--1",
+            "+-1",
+            "1.2.3",
+            "12.5abc",
+            ".e1",
+            "1.e1",
+        ];
+        prop_oneof![
+            6 => strs(AMOUNTS),
+            8 => (0u64..2_000_000_000).prop_map(|n| format!("{}.{:02}", n / 100, n % 100).into_bytes()),
+            2 => any::<f64>().prop_map(|x| x.to_string().into_bytes()),
+            1 => any::<f64>().prop_map(|x| format!("{x:e}").into_bytes()),
+            1 => (1e9 - 1.0..1e9 + 1.0).prop_map(|x: f64| x.to_string().into_bytes()),
+            1 => any::<i64>().prop_map(|x| x.to_string().into_bytes()),
+            1 => (1usize..400).prop_map(|n| vec![b'9'; n]),
+            1 => vec(b'0'..=b'9', 1..40),
+            1 => bytes(16),
+            1 => invalid_utf8(),
+            1 => huge(),
+        ]
+        .boxed()
+    }
+
+    fn ts_value(entry_ms: u64, limits: EventLimits) -> BoxedStrategy<Vec<u8>> {
+        let latest = entry_ms.saturating_add(limits.max_future_skew_ms);
+        let edges = vec![
+            0,
+            1,
+            1_700_000_000, // seconds, not milliseconds
+            limits.min_ts_ms.saturating_sub(1),
+            limits.min_ts_ms,
+            limits.min_ts_ms.saturating_add(1),
+            entry_ms,
+            latest.saturating_sub(1),
+            latest,
+            latest.saturating_add(1),
+            ORACLE_MAX_MS - 1,
+            ORACLE_MAX_MS,
+            ORACLE_MAX_MS + 1,
+            u64::MAX,
+        ];
+        let lo = limits.min_ts_ms;
+        let hi = latest.min(ORACLE_MAX_MS).max(lo);
+        prop_oneof![
+            4 => select(edges).prop_map(|n| n.to_string().into_bytes()),
+            12 => (lo..=hi).prop_map(|n| n.to_string().into_bytes()),
+            1 => (lo..=hi, 1usize..10).prop_map(|(n, z)| format!("{}{n}", "0".repeat(z)).into_bytes()),
+            1 => any::<u64>().prop_map(|n| n.to_string().into_bytes()),
+            2 => strs(&[
+                "", "-5", "-1700000000000", "+1700000000000", "1.5", "1700000000000.0", "soon",
+                " 1700000000000", "1700000000000 ", "1e12", "99999999999999999999",
+                "18446744073709551615", "18446744073709551616", "000000000000000000001",
+                "123456789012345678901234567890",
+            ]),
+            1 => vec(b'0'..=b'9', 1..=25),
+            1 => bytes(24),
+            1 => invalid_utf8(),
+            1 => huge(),
+        ]
+        .boxed()
+    }
+
+    /// A field the parser should ignore: near-misses of the known names, or anything.
+    fn extra_field() -> BoxedStrategy<(Vec<u8>, Vec<u8>)> {
+        let name = prop_oneof![
+            2 => strs(&[
+                "Customer_id", "customer_id ", "customerid", "TYPE", "type\0", "amount\u{0}",
+                "ts ", "", "channel", "dlq_reason",
+            ]),
+            1 => bytes(12),
+            1 => invalid_utf8(),
+        ];
+        let value = prop_oneof![8 => bytes(32), 1 => invalid_utf8(), 1 => huge()];
+        (name, value).boxed()
+    }
+
+    /// Each known field absent, once (most often) or twice, plus ignored ones, in any order.
+    fn near_valid_fields(entry_ms: u64, limits: EventLimits) -> BoxedStrategy<Fields> {
+        fn field(name: &'static str, value: BoxedStrategy<Vec<u8>>) -> BoxedStrategy<Fields> {
+            prop_oneof![1 => Just(0usize), 24 => Just(1), 1 => Just(2)]
+                .prop_flat_map(move |n| vec(value.clone(), n..=n))
+                .prop_map(move |values| {
+                    values
+                        .into_iter()
+                        .map(|v| (name.as_bytes().to_vec(), v))
+                        .collect()
+                })
+                .boxed()
+        }
+        (
+            field("customer_id", customer_id_value()),
+            field("type", type_value()),
+            field("amount", amount_value()),
+            field("ts", ts_value(entry_ms, limits)),
+            vec(extra_field(), 0..4),
+        )
+            .prop_map(|(a, b, c, d, e)| [a, b, c, d, e].concat())
+            .prop_shuffle()
+            .boxed()
+    }
+
+    /// Arbitrary names (sometimes a known one) and values.
+    fn arbitrary_fields() -> BoxedStrategy<Fields> {
+        let name = prop_oneof![
+            1 => strs(&["customer_id", "type", "amount", "ts"]),
+            3 => bytes(12),
+        ];
+        vec((name, bytes(24)), 0..8).boxed()
+    }
+
+    /// An entry's fields, its ID's time and the configured limits.
+    fn case() -> impl Strategy<Value = (Fields, u64, EventLimits)> {
+        let entry_ms = prop_oneof![
+            2 => Just(ENTRY_MS),
+            2 => 100_000_000_000u64..=ORACLE_MAX_MS,
+            1 => ORACLE_MAX_MS - 2 * 86_400_000..=ORACLE_MAX_MS,
+            1 => 0u64..100_000_000_000,
+        ];
+        let limits = (
+            select(&[0, 1, 86_400_000, u64::MAX][..]),
+            select(&[0, 1, 100_000_000_000, ENTRY_MS][..]),
+        )
+            .prop_map(|(max_future_skew_ms, min_ts_ms)| EventLimits {
+                max_future_skew_ms,
+                min_ts_ms,
+            });
+        (entry_ms, limits).prop_flat_map(|(ms, limits)| {
+            let fields = prop_oneof![
+                1 => arbitrary_fields(),
+                5 => near_valid_fields(ms, limits),
+            ];
+            (fields, Just(ms), Just(limits))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 20_000,
+            // Failures are reported, not saved next to the source.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn the_parser_agrees_with_the_documented_rules((fields, entry_ms, limits) in case()) {
+            let parsed = parse_event(
+                fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+                entry_ms,
+                &limits,
+            );
+            let expected = oracle(&fields, entry_ms, &limits);
+            match (parsed, expected) {
+                (Ok(ev), Ok(exp)) => {
+                    prop_assert_eq!(ev.customer_id, exp.customer_id.as_str());
+                    prop_assert_eq!(ev.kind, exp.kind);
+                    prop_assert_eq!(ev.amount, exp.amount);
+                    prop_assert_eq!(ev.time, exp.time);
+                    let kind = event_kind(fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+                    prop_assert_eq!(kind, Some(ev.kind));
+                }
+                (Err(rejection), Err(reason)) => {
+                    prop_assert_eq!(rejection.reason, reason, "{}", rejection);
+                    prop_assert!(!rejection.detail.is_empty());
+                    prop_assert!(rejection.detail.len() < 512, "{} bytes", rejection.detail.len());
+                }
+                (parsed, expected) => prop_assert!(
+                    false,
+                    "parser {:?}, oracle {:?}",
+                    parsed.map(|e| format!("{e:?}")).map_err(|r| r.to_string()),
+                    expected
+                ),
+            }
+        }
+    }
 }

@@ -11,6 +11,9 @@
 //! - [`winback`]: decides when a customer gets a win-back task;
 //! - [`sink`]: writes tasks and dead letters and acknowledges entries, atomically.
 //!
+//! [`state`] writes and loads snapshots of every customer's state with the stream positions
+//! they reflect, so a restart continues where the last snapshot left off.
+//!
 //! [`engine`] ties the pure steps together (no I/O); [`daemon`] runs it between source and
 //! sink with bounded channels. Beside the flow: [`config`], [`metrics`], [`health`],
 //! [`http`], [`connection`] (Redis connections that survive Redis), [`transactions`] (CSV
@@ -31,6 +34,7 @@ pub mod metrics;
 pub mod model;
 pub mod sink;
 pub mod source;
+pub mod state;
 pub mod time;
 pub mod transactions;
 pub mod winback;

@@ -154,6 +154,56 @@ impl CustomerFeatures {
         self.last_event = self.last_event.max(t);
     }
 
+    /// Size of [`Self::to_bytes`].
+    pub const ENCODED_LEN: usize = 56;
+
+    /// The exact state, little-endian, for snapshots: a restored customer continues
+    /// bit-for-bit where it stopped.
+    pub fn to_bytes(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut out = [0u8; Self::ENCODED_LEN];
+        let words = [
+            self.first_purchase,
+            self.last_purchase,
+            self.last_event,
+            self.purchases,
+            self.total_spend.to_bits(),
+            self.frequency[0].to_bits(),
+            self.frequency[1].to_bits(),
+            self.frequency[2].to_bits(),
+            self.monetary[0].to_bits(),
+            self.monetary[1].to_bits(),
+            self.monetary[2].to_bits(),
+            self.refunds.to_bits(),
+            self.complaints.to_bits(),
+            self.visits.to_bits(),
+        ];
+        for (chunk, w) in out.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+        out
+    }
+
+    /// The inverse of [`Self::to_bytes`].
+    pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> Self {
+        let mut w = [0u32; Self::ENCODED_LEN / 4];
+        for (word, chunk) in w.iter_mut().zip(bytes.chunks_exact(4)) {
+            *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        let f = f32::from_bits;
+        Self {
+            first_purchase: w[0],
+            last_purchase: w[1],
+            last_event: w[2],
+            purchases: w[3],
+            total_spend: f(w[4]),
+            frequency: [f(w[5]), f(w[6]), f(w[7])],
+            monetary: [f(w[8]), f(w[9]), f(w[10])],
+            refunds: f(w[11]),
+            complaints: f(w[12]),
+            visits: f(w[13]),
+        }
+    }
+
     pub fn has_purchased(&self) -> bool {
         self.purchases > 0
     }
@@ -245,6 +295,26 @@ impl CustomerFeatures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_round_trip_exactly() {
+        let mut f = CustomerFeatures::default();
+        for (day, kind, amount) in [
+            (0, EventKind::Purchase, 19.99),
+            (3, EventKind::Visit, 0.0),
+            (40, EventKind::Purchase, 5.5),
+            (41, EventKind::Refund, 2.25),
+            (50, EventKind::Complaint, 0.0),
+        ] {
+            f.apply(&Event {
+                customer_id: "c",
+                kind,
+                amount,
+                time: 1_000_000_000 + day * 86_400,
+            });
+        }
+        assert_eq!(CustomerFeatures::from_bytes(&f.to_bytes()), f);
+    }
 
     const DAY: u32 = 86_400;
     const T0: u32 = 852_076_800; // 1997-01-01

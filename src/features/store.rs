@@ -11,6 +11,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Index of a customer in the store, stable for the store's lifetime.
 pub type CustomerIdx = u32;
 
+#[derive(Clone)]
 pub struct CustomerStore<T> {
     index: HashTable<CustomerIdx>,
     /// Seed of the index hash, random per process so crafted IDs cannot force collisions.
@@ -20,6 +21,17 @@ pub struct CustomerStore<T> {
     /// Per customer: start of its ID in `id_bytes` (high 56 bits) and its length (low 8 bits).
     id_spans: Vec<u64>,
     records: Vec<T>,
+}
+
+/// The bytes of the ID a span points at.
+fn id_slice(id_bytes: &[u8], span: u64) -> &[u8] {
+    let (start, len) = ((span >> 8) as usize, (span & 0xff) as usize);
+    &id_bytes[start..start + len]
+}
+
+/// The index hash of customer `idx`, for moving index entries when the table grows.
+fn rehash(id_bytes: &[u8], id_spans: &[u64], seed: u64, idx: CustomerIdx) -> u64 {
+    xxh3_64_with_seed(id_slice(id_bytes, id_spans[idx as usize]), seed)
 }
 
 impl<T: Default> Default for CustomerStore<T> {
@@ -39,6 +51,16 @@ impl<T: Default> CustomerStore<T> {
         }
     }
 
+    /// Room for `customers` more customers with `id_bytes` bytes of IDs in all.
+    pub fn reserve(&mut self, customers: usize, id_bytes: usize) {
+        self.id_bytes.reserve(id_bytes);
+        self.id_spans.reserve(customers);
+        self.records.reserve(customers);
+        let (seed, ids, spans) = (self.seed, &self.id_bytes, &self.id_spans);
+        self.index
+            .reserve(customers, |&i| rehash(ids, spans, seed, i));
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }
@@ -53,10 +75,9 @@ impl<T: Default> CustomerStore<T> {
 
     /// The customer's ID. Panics only on an index this store never handed out.
     pub fn id(&self, idx: CustomerIdx) -> &str {
-        let span = self.id_spans[idx as usize];
-        let (start, len) = ((span >> 8) as usize, (span & 0xff) as usize);
         // IDs enter only as `&str` (see `insert`), so every span holds valid UTF-8.
-        std::str::from_utf8(&self.id_bytes[start..start + len]).unwrap_or_default()
+        std::str::from_utf8(id_slice(&self.id_bytes, self.id_spans[idx as usize]))
+            .unwrap_or_default()
     }
 
     pub fn find(&self, id: &str) -> Option<CustomerIdx> {
@@ -78,12 +99,9 @@ impl<T: Default> CustomerStore<T> {
         self.id_bytes.extend_from_slice(id.as_bytes());
         self.id_spans.push(span);
         self.records.push(T::default());
-        let (seed, id_bytes, id_spans) = (self.seed, &self.id_bytes, &self.id_spans);
-        self.index.insert_unique(hash, idx, |&i| {
-            let span = id_spans[i as usize];
-            let (start, len) = ((span >> 8) as usize, (span & 0xff) as usize);
-            xxh3_64_with_seed(&id_bytes[start..start + len], seed)
-        });
+        let (seed, ids, spans) = (self.seed, &self.id_bytes, &self.id_spans);
+        self.index
+            .insert_unique(hash, idx, |&i| rehash(ids, spans, seed, i));
         (idx, true)
     }
 

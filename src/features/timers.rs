@@ -23,6 +23,14 @@ pub struct Timer {
 }
 
 impl Timer {
+    /// A timer due at `due` that sits in no queue (restored from a snapshot): schedule it.
+    pub fn unqueued(due: Option<UnixSeconds>) -> Self {
+        Self {
+            due: due.map_or(0, |t| t.max(1)),
+            queued: 0,
+        }
+    }
+
     pub fn due(&self) -> Option<UnixSeconds> {
         (self.due != 0).then_some(self.due)
     }

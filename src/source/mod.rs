@@ -110,7 +110,7 @@ impl Source {
                         let r = &mut received[usize::from(e.stream)];
                         *r = (*r).max(Some(e.id));
                     }
-                    if !entries.is_empty() && self.tx.send(Batch { entries }).await.is_err() {
+                    if !entries.is_empty() && self.tx.send(Batch::new(entries)).await.is_err() {
                         break; // the engine is gone: shutting down
                     }
                 }

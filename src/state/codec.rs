@@ -1,0 +1,475 @@
+//! The snapshot file format: a compact, versioned, checksummed encoding of [`EngineState`].
+//!
+//! ```text
+//! magic "CHURNDSN" | format version u32 | body length u64 | body | xxh3-64 of all before
+//! ```
+//!
+//! All integers little-endian. The body holds the creation time, the model version, the
+//! engine's clock and thresholds, the last entry applied per input stream (by name, so the
+//! stream list may change between runs), then every customer in store order: ID, features
+//! (bit-exact), next check, win-back state and last classification. Store order is kept so a
+//! restored engine assigns the same indices and makes the same decisions.
+
+use crate::classify::{LifecycleStage, RfmThresholds, Segment};
+use crate::engine::{Customer, EngineState};
+use crate::event::EntryId;
+use crate::features::store::CustomerStore;
+use crate::features::timers::Timer;
+use crate::features::CustomerFeatures;
+use crate::metrics::PROBABILITY_BUCKETS;
+use crate::winback::WinbackState;
+use xxhash_rust::xxh3::xxh3_64;
+
+const MAGIC: &[u8; 8] = b"CHURNDSN";
+/// Bumped on any change of the body's layout; older versions are refused, not guessed at.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = 8 + 4 + 8;
+const CHECKSUM_LEN: usize = 8;
+/// "No classification" in the one-byte stage, segment and bucket fields.
+const NONE: u8 = u8::MAX;
+/// Fixed bytes per customer besides the ID: length byte, features, timer, win-back state,
+/// stage, segment, bucket.
+const CUSTOMER_FIXED_LEN: usize = 1 + CustomerFeatures::ENCODED_LEN + 4 + 4 + 1 + 1 + 3;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("not a churnd snapshot (bad magic bytes)")]
+    Magic,
+    #[error(
+        "snapshot format version {0} is not supported (this churnd reads version {FORMAT_VERSION})"
+    )]
+    Version(u32),
+    #[error("truncated: {expected} bytes expected, {actual} present")]
+    Truncated { expected: u64, actual: u64 },
+    #[error("checksum mismatch: the file is corrupt")]
+    Checksum,
+    #[error("malformed body: {0}")]
+    Malformed(String),
+}
+
+/// A decoded snapshot.
+pub struct Decoded {
+    pub state: EngineState,
+    /// When the snapshot was taken (wall clock, ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Streams the snapshot has a position for but the configuration no longer reads.
+    pub dropped_streams: Vec<String>,
+}
+
+/// Encodes `state`; `streams` names the positions of `state.applied`.
+pub fn encode(state: &EngineState, streams: &[String], created_ms: u64) -> Vec<u8> {
+    let customers = &state.customers;
+    let mut out = Vec::with_capacity(
+        HEADER_LEN + 256 + customers.len() * (CUSTOMER_FIXED_LEN + 24) + CHECKSUM_LEN,
+    );
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u64.to_le_bytes()); // body length, filled in below
+
+    out.extend_from_slice(&created_ms.to_le_bytes());
+    put_str(&mut out, &state.model_version);
+    out.extend_from_slice(&state.watermark.to_le_bytes());
+    out.extend_from_slice(&state.next_threshold_refresh.to_le_bytes());
+    out.extend_from_slice(&state.scorings.to_le_bytes());
+    for t in [
+        state.thresholds.recency_days,
+        state.thresholds.frequency,
+        state.thresholds.monetary,
+    ] {
+        out.extend_from_slice(&t.to_bits().to_le_bytes());
+    }
+    let positions: Vec<(&String, EntryId)> = streams
+        .iter()
+        .zip(&state.applied)
+        .filter(|(_, id)| **id != EntryId::default())
+        .map(|(name, id)| (name, *id))
+        .collect();
+    out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+    for (name, id) in positions {
+        put_str(&mut out, name);
+        out.extend_from_slice(&id.ms.to_le_bytes());
+        out.extend_from_slice(&id.seq.to_le_bytes());
+    }
+    let id_bytes: usize = customers.iter().map(|(i, _)| customers.id(i).len()).sum();
+    out.extend_from_slice(&(customers.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(id_bytes as u64).to_le_bytes());
+    for (idx, c) in customers.iter() {
+        let id = customers.id(idx);
+        out.push(id.len() as u8);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(&c.features.to_bytes());
+        out.extend_from_slice(&c.timer.due().unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&c.winback.last_task_at.to_le_bytes());
+        out.push(c.winback.episode_tasks);
+        out.push(u8::from(c.winback.awaiting_recovery));
+        out.push(c.stage.map_or(NONE, |s| s.index() as u8));
+        out.push(c.segment.map_or(NONE, |s| s.index() as u8));
+        out.push(c.bucket.unwrap_or(NONE));
+    }
+
+    let body_len = (out.len() - HEADER_LEN) as u64;
+    out[12..20].copy_from_slice(&body_len.to_le_bytes());
+    let checksum = xxh3_64(&out);
+    out.extend_from_slice(&checksum.to_le_bytes());
+    out
+}
+
+/// Decodes a snapshot, checking every byte; positions are mapped onto `streams` by name.
+pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(truncated(HEADER_LEN, bytes.len()));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(CodecError::Magic);
+    }
+    let mut header = Reader::new(&bytes[8..HEADER_LEN]);
+    let version = header.u32()?;
+    if version != FORMAT_VERSION {
+        return Err(CodecError::Version(version));
+    }
+    let body_len = header.u64()?;
+    let expected = (HEADER_LEN as u64)
+        .saturating_add(body_len)
+        .saturating_add(CHECKSUM_LEN as u64);
+    if bytes.len() as u64 != expected {
+        return Err(CodecError::Truncated {
+            expected,
+            actual: bytes.len() as u64,
+        });
+    }
+    let (content, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+    if xxh3_64(content).to_le_bytes() != checksum {
+        return Err(CodecError::Checksum);
+    }
+
+    let mut r = Reader::new(&content[HEADER_LEN..]);
+    let created_ms = r.u64()?;
+    let model_version = r.str()?.to_string();
+    let watermark = r.u32()?;
+    let next_threshold_refresh = r.u32()?;
+    let scorings = r.u64()?;
+    let thresholds = RfmThresholds {
+        recency_days: f64::from_bits(r.u64()?),
+        frequency: f64::from_bits(r.u64()?),
+        monetary: f64::from_bits(r.u64()?),
+    };
+    let mut applied = vec![EntryId::default(); streams.len()];
+    let mut dropped_streams = Vec::new();
+    for _ in 0..r.u32()? {
+        let name = r.str()?;
+        let id = EntryId {
+            ms: r.u64()?,
+            seq: r.u64()?,
+        };
+        match streams.iter().position(|s| s == name) {
+            Some(i) => applied[i] = id,
+            None => dropped_streams.push(name.to_string()),
+        }
+    }
+    let count = r.u64()?;
+    let id_bytes = r.u64()?;
+    // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
+    // not drive an allocation.
+    if count.saturating_mul(CUSTOMER_FIXED_LEN as u64) > r.remaining() as u64
+        || id_bytes > r.remaining() as u64
+    {
+        return Err(malformed(format!(
+            "{count} customers do not fit in {} bytes",
+            r.remaining()
+        )));
+    }
+    let mut customers: CustomerStore<Customer> = CustomerStore::new();
+    customers.reserve(count as usize, id_bytes as usize);
+    for n in 0..count {
+        let len = usize::from(r.u8()?);
+        let id = std::str::from_utf8(r.take(len)?)
+            .map_err(|_| malformed(format!("customer {n}: the ID is not UTF-8")))?;
+        if id.is_empty() {
+            return Err(malformed(format!("customer {n}: empty ID")));
+        }
+        let (idx, new) = customers.find_or_insert(id);
+        if !new {
+            return Err(malformed(format!("customer {id:?} appears twice")));
+        }
+        *customers.get_mut(idx) = read_customer(&mut r, id)?;
+        debug_assert_eq!(u64::from(idx), n);
+    }
+    if r.remaining() != 0 {
+        return Err(malformed(format!(
+            "{} bytes after the last customer",
+            r.remaining()
+        )));
+    }
+    Ok(Decoded {
+        state: EngineState {
+            customers,
+            watermark,
+            thresholds,
+            next_threshold_refresh,
+            scorings,
+            applied,
+            model_version,
+        },
+        created_ms,
+        dropped_streams,
+    })
+}
+
+fn read_customer(r: &mut Reader<'_>, id: &str) -> Result<Customer, CodecError> {
+    let features_bytes: &[u8; CustomerFeatures::ENCODED_LEN] = r
+        .take(CustomerFeatures::ENCODED_LEN)?
+        .try_into()
+        .map_err(|_| malformed("features".into()))?;
+    let due = r.u32()?;
+    let last_task_at = r.u32()?;
+    let episode_tasks = r.u8()?;
+    let awaiting_recovery = match r.u8()? {
+        0 => false,
+        1 => true,
+        other => return Err(malformed(format!("{id:?}: awaiting_recovery {other}"))),
+    };
+    let stage = optional(r.u8()?, |i| LifecycleStage::ALL.get(i).copied())
+        .map_err(|v| malformed(format!("{id:?}: stage {v}")))?;
+    let segment = optional(r.u8()?, |i| Segment::ALL.get(i).copied())
+        .map_err(|v| malformed(format!("{id:?}: segment {v}")))?;
+    let bucket = optional(r.u8()?, |i| {
+        (i < PROBABILITY_BUCKETS.len()).then_some(i as u8)
+    })
+    .map_err(|v| malformed(format!("{id:?}: probability bucket {v}")))?;
+    Ok(Customer {
+        features: CustomerFeatures::from_bytes(features_bytes),
+        timer: Timer::unqueued((due != 0).then_some(due)),
+        winback: WinbackState {
+            last_task_at,
+            episode_tasks,
+            awaiting_recovery,
+        },
+        stage,
+        segment,
+        bucket,
+    })
+}
+
+/// A one-byte optional index: [`NONE`] or a valid index; the byte itself when invalid.
+fn optional<T>(byte: u8, from_index: impl Fn(usize) -> Option<T>) -> Result<Option<T>, u8> {
+    if byte == NONE {
+        return Ok(None);
+    }
+    from_index(usize::from(byte)).map(Some).ok_or(byte)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let bytes = &s.as_bytes()[..s.len().min(usize::from(u16::MAX))];
+    out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn truncated(expected: usize, actual: usize) -> CodecError {
+    CodecError::Truncated {
+        expected: expected as u64,
+        actual: actual as u64,
+    }
+}
+
+fn malformed(what: String) -> CodecError {
+    CodecError::Malformed(what)
+}
+
+/// Reads the body front to back; running out of bytes is an error, never a panic.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        if n > self.bytes.len() {
+            return Err(malformed(format!(
+                "{n} bytes needed, {} left",
+                self.bytes.len()
+            )));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, CodecError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn str(&mut self) -> Result<&'a str, CodecError> {
+        let len = u16::from_le_bytes(self.array()?);
+        std::str::from_utf8(self.take(usize::from(len))?)
+            .map_err(|_| malformed("a name is not UTF-8".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventKind};
+
+    fn streams() -> Vec<String> {
+        vec!["churn:events".into(), "other".into()]
+    }
+
+    fn state(customers: usize) -> EngineState {
+        let mut store: CustomerStore<Customer> = CustomerStore::new();
+        for i in 0..customers {
+            let id = format!("customer-{i}");
+            let (idx, _) = store.find_or_insert(&id);
+            let c = store.get_mut(idx);
+            c.features.apply(&Event {
+                customer_id: &id,
+                kind: EventKind::Purchase,
+                amount: 10.0 + i as f64,
+                time: 1_000_000 + i as u32,
+            });
+            c.timer = Timer::unqueued(Some(2_000_000 + i as u32));
+            c.winback = WinbackState {
+                last_task_at: i as u32,
+                episode_tasks: (i % 3) as u8,
+                awaiting_recovery: i % 2 == 0,
+            };
+            c.stage = LifecycleStage::ALL.get(i % 7).copied();
+            c.segment = (i % 4 != 0).then(|| Segment::ALL[i % 8]);
+            c.bucket = Some((i % 10) as u8);
+        }
+        EngineState {
+            customers: store,
+            watermark: 1_500_000,
+            thresholds: RfmThresholds {
+                recency_days: 90.0,
+                frequency: 1.5,
+                monetary: 100.25,
+            },
+            next_threshold_refresh: 1_600_000,
+            scorings: 42,
+            applied: vec![EntryId { ms: 5, seq: 1 }, EntryId::default()],
+            model_version: "m-1".into(),
+        }
+    }
+
+    fn same(a: &EngineState, b: &EngineState) {
+        assert_eq!(a.customers.len(), b.customers.len());
+        for (idx, c) in a.customers.iter() {
+            assert_eq!(a.customers.id(idx), b.customers.id(idx));
+            let d = b.customers.get(idx);
+            assert_eq!(c.features, d.features);
+            assert_eq!(c.timer.due(), d.timer.due());
+            assert_eq!(
+                (c.winback, c.stage, c.segment, c.bucket),
+                (d.winback, d.stage, d.segment, d.bucket)
+            );
+        }
+        assert_eq!(a.watermark, b.watermark);
+        assert_eq!(a.thresholds, b.thresholds);
+        assert_eq!(a.next_threshold_refresh, b.next_threshold_refresh);
+        assert_eq!(a.scorings, b.scorings);
+        assert_eq!(a.applied, b.applied);
+        assert_eq!(a.model_version, b.model_version);
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let s = state(50);
+        let bytes = encode(&s, &streams(), 1234);
+        let d = decode(&bytes, &streams()).unwrap();
+        same(&s, &d.state);
+        assert_eq!(d.created_ms, 1234);
+        assert!(d.dropped_streams.is_empty());
+        assert_eq!(
+            d.state.customers.find("customer-7"),
+            s.customers.find("customer-7")
+        );
+    }
+
+    #[test]
+    fn maps_positions_by_stream_name() {
+        let s = state(1);
+        let bytes = encode(&s, &streams(), 0);
+        let d = decode(&bytes, &["new".into(), "churn:events".into()]).unwrap();
+        assert_eq!(
+            d.state.applied,
+            vec![EntryId::default(), EntryId { ms: 5, seq: 1 }]
+        );
+        let d = decode(&bytes, &["new".into()]).unwrap();
+        assert_eq!(d.dropped_streams, vec!["churn:events".to_string()]);
+    }
+
+    #[test]
+    fn detects_truncation_at_every_length() {
+        let bytes = encode(&state(3), &streams(), 0);
+        for len in 0..bytes.len() {
+            let err = decode(&bytes[..len], &streams()).err();
+            assert!(
+                matches!(err, Some(CodecError::Truncated { .. })),
+                "{len}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn detects_every_flipped_byte() {
+        let bytes = encode(&state(3), &streams(), 0);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                decode(&bad, &streams()).is_err(),
+                "flip at {i} went unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_other_formats() {
+        let mut bytes = encode(&state(1), &streams(), 0);
+        bytes[8] = 9;
+        assert_eq!(
+            decode(&bytes, &streams()).err(),
+            Some(CodecError::Version(9))
+        );
+        assert_eq!(
+            decode(b"not a snapshot at all", &streams()).err(),
+            Some(CodecError::Magic)
+        );
+    }
+
+    #[test]
+    fn a_checksummed_but_inconsistent_body_is_malformed_not_a_panic() {
+        let mut bytes = encode(&state(2), &streams(), 0);
+        // Claim a million customers, then fix the checksum: decoding must refuse it.
+        let count_at = bytes.len() - CHECKSUM_LEN - 2 * (CUSTOMER_FIXED_LEN + 10) - 16;
+        bytes[count_at..count_at + 8].copy_from_slice(&1_000_000u64.to_le_bytes());
+        let end = bytes.len() - CHECKSUM_LEN;
+        let sum = xxh3_64(&bytes[..end]);
+        bytes[end..].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(
+            decode(&bytes, &streams()),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+}
