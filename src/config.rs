@@ -33,6 +33,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
+    pub state: StateSettings,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -326,6 +327,35 @@ impl Default for ShutdownSettings {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateSettings {
+    /// Where snapshots of customer state go (a container volume); empty turns them off, and
+    /// a restart then forgets every customer.
+    pub dir: PathBuf,
+    /// How often a snapshot is written (and once more at shutdown).
+    pub snapshot_interval_ms: u64,
+    /// Snapshots kept: the newest is used, older ones stand in if it is damaged.
+    pub keep: usize,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            dir: "state".into(),
+            snapshot_interval_ms: 10_000,
+            keep: 3,
+        }
+    }
+}
+
+impl StateSettings {
+    /// The snapshot directory, unless snapshots are off.
+    pub fn snapshot_dir(&self) -> Option<&Path> {
+        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration could not be read: {0}")]
@@ -401,6 +431,10 @@ impl Settings {
             ("source.block_ms", self.source.block_ms),
             ("source.lag_poll_ms", self.source.lag_poll_ms),
             ("clock.tick_ms", self.clock.tick_ms),
+            (
+                "state.snapshot_interval_ms",
+                self.state.snapshot_interval_ms,
+            ),
         ] {
             if v == 0 {
                 p.push(format!("{key} must be at least 1"));
@@ -479,6 +513,9 @@ impl Settings {
         p.extend(self.stages.problems("stages"));
         p.extend(self.risk.problems("risk"));
         p.extend(self.winback.problems("winback"));
+        if self.state.keep == 0 {
+            p.push("state.keep must be at least 1".into());
+        }
         if self.http.addr.parse::<SocketAddr>().is_err() {
             p.push(format!(
                 "http.addr {:?} is not an address such as 0.0.0.0:9898",
@@ -541,6 +578,18 @@ mod tests {
     fn defaults_are_valid() {
         let s = Settings::default().validated().unwrap();
         assert!(!s.source.consumer.is_empty());
+    }
+
+    #[test]
+    fn the_shipped_defaults_file_equals_the_built_in_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE);
+        let from_file: Settings = Config::builder()
+            .add_source(File::from(file))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        assert_eq!(from_file, Settings::default());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! streams under the event-time clock; runs the daemon until every entry is processed and
 //! acknowledged; prints what happened.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -132,6 +132,8 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
     settings.winback.control_stream = format!("{KEY_PREFIX}winback:control");
     settings.clock.mode = ClockMode::Event;
     settings.http.addr = "127.0.0.1:0".into();
+    // Each demo replays the history from scratch: nothing to carry over between runs.
+    settings.state.dir = PathBuf::new();
     settings
 }
 

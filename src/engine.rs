@@ -294,9 +294,7 @@ impl Engine {
         };
         let mut outcomes = OutcomeCounts::default();
         for entry in batch.entries {
-            if !batch.replayed {
-                fx.acks.push((entry.stream, entry.id));
-            }
+            fx.acks.push((entry.stream, entry.id));
             self.metrics
                 .event_latency_seconds
                 .observe(wall_ms.saturating_sub(entry.id.ms) as f64 / 1000.0);
@@ -737,20 +735,6 @@ pub(crate) mod tests {
                 "{id}"
             );
         }
-    }
-
-    #[test]
-    fn replayed_entries_are_applied_but_not_acknowledged() {
-        let mut e = engine(ClockMode::Event);
-        let fx = e.apply_batch(
-            Batch {
-                replayed: true,
-                ..batch(vec![purchase(1, "a", 0)])
-            },
-            0,
-        );
-        assert!(fx.acks.is_empty());
-        assert!(e.customer("a").is_some());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Readiness: connected to Redis for reading and writing, with a model loaded.
+//! Readiness: connected to Redis for reading and writing, with a model loaded and customer
+//! state recovered (snapshot loaded, input streams read up to their end once).
 //!
 //! Each part reports its own state; `/readyz` and the `churnd_ready` gauge read the whole.
 
@@ -10,6 +11,7 @@ pub struct Health {
     source: AtomicBool,
     sink: AtomicBool,
     model: AtomicBool,
+    state: AtomicBool,
     metrics: Metrics,
 }
 
@@ -21,6 +23,9 @@ pub enum Part {
     Sink,
     /// A valid model is loaded.
     Model,
+    /// Customer state has caught up with the input streams since start: until then the
+    /// API would answer from a partial state.
+    State,
 }
 
 impl Health {
@@ -30,6 +35,7 @@ impl Health {
             source: AtomicBool::new(false),
             sink: AtomicBool::new(false),
             model: AtomicBool::new(false),
+            state: AtomicBool::new(false),
             metrics,
         }
     }
@@ -39,6 +45,7 @@ impl Health {
             Part::Source => &self.source,
             Part::Sink => &self.sink,
             Part::Model => &self.model,
+            Part::State => &self.state,
         }
     }
 
@@ -57,6 +64,10 @@ impl Health {
             (Part::Source, "not connected to Redis for reading"),
             (Part::Sink, "not connected to Redis for writing"),
             (Part::Model, "no model loaded"),
+            (
+                Part::State,
+                "recovering customer state (replaying the input streams)",
+            ),
         ]
         .into_iter()
         .filter(|(part, _)| !self.flag(*part).load(Ordering::Relaxed))
@@ -72,11 +83,12 @@ mod tests {
     #[test]
     fn ready_only_when_every_part_is_up() {
         let h = Health::new(Metrics::new());
-        assert_eq!(h.not_ready().len(), 3);
+        assert_eq!(h.not_ready().len(), 4);
         h.set(Part::Source, true);
         h.set(Part::Sink, true);
-        assert!(!h.is_ready());
         h.set(Part::Model, true);
+        assert!(!h.is_ready());
+        h.set(Part::State, true);
         assert!(h.is_ready());
         h.set(Part::Sink, false);
         assert_eq!(h.not_ready(), vec!["not connected to Redis for writing"]);

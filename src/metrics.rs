@@ -6,8 +6,8 @@
 //! so several can run in one process (tests).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::classify::{LifecycleStage, Segment};
@@ -107,7 +107,17 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub ready: IntGauge,
     pub clock_seconds: IntGauge,
+    pub snapshots: IntCounterVec,
+    pub snapshot_pause_seconds: Histogram,
+    pub snapshot_write_seconds: Histogram,
+    pub snapshot_bytes: IntGauge,
+    pub snapshot_last_success: IntGauge,
+    pub snapshots_rejected: IntCounter,
+    pub recovery_seconds: Gauge,
 }
+
+/// Outcomes of a snapshot, the `outcome` label of `churnd_snapshots_total`.
+pub const SNAPSHOT_OUTCOMES: [&str; 3] = ["written", "failed", "abandoned"];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -135,6 +145,13 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let m = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(m.clone()))
+                .expect("unique metric");
+            m
+        };
+        let float_gauge = |name: &str, help: &str| {
+            let m = Gauge::new(name, help).expect("valid metric");
             registry
                 .register(Box::new(m.clone()))
                 .expect("unique metric");
@@ -273,10 +290,44 @@ impl Metrics {
                 "Failed Redis operations, by role.",
                 &["role"],
             ),
-            ready: gauge("churnd_ready", "1 when connected to Redis with a model loaded."),
+            ready: gauge(
+                "churnd_ready",
+                "1 when connected to Redis with a model loaded and customer state recovered.",
+            ),
             clock_seconds: gauge(
                 "churnd_clock_seconds",
                 "The daemon's \"now\" as Unix seconds (the event-time watermark under clock.mode=event).",
+            ),
+            snapshots: counter_vec(
+                "churnd_snapshots_total",
+                "State snapshots, by outcome (written; failed: encoding or the disk failed; abandoned: shutdown came before the effects they cover were written).",
+                &["outcome"],
+            ),
+            snapshot_pause_seconds: histogram(
+                "churnd_snapshot_pause_seconds",
+                "Time event processing stops to copy the state for a snapshot.",
+                prometheus::exponential_buckets(1e-4, 2.5, 12).expect("valid buckets"),
+            ),
+            snapshot_write_seconds: histogram(
+                "churnd_snapshot_write_duration_seconds",
+                "Time to encode a snapshot and write it durably (off the processing path).",
+                prometheus::exponential_buckets(1e-3, 2.5, 12).expect("valid buckets"),
+            ),
+            snapshot_bytes: gauge(
+                "churnd_snapshot_bytes",
+                "Size of the last snapshot written.",
+            ),
+            snapshot_last_success: gauge(
+                "churnd_snapshot_last_success_timestamp_seconds",
+                "Unix time of the last snapshot written; alert when it falls far behind.",
+            ),
+            snapshots_rejected: counter(
+                "churnd_snapshots_rejected_total",
+                "Snapshots found damaged at start (truncated, corrupt, another format), set aside for an older one.",
+            ),
+            recovery_seconds: float_gauge(
+                "churnd_recovery_duration_seconds",
+                "From start to state recovered: snapshot loaded and the input streams replayed to their end.",
             ),
             registry,
         };
@@ -310,6 +361,9 @@ impl Metrics {
         }
         for outcome in ["success", "failure"] {
             self.model_reloads.with_label_values(&[outcome]);
+        }
+        for outcome in SNAPSHOT_OUTCOMES {
+            self.snapshots.with_label_values(&[outcome]);
         }
     }
 

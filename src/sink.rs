@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
@@ -195,6 +195,8 @@ pub struct Sink {
     health: Arc<Health>,
     metrics: Metrics,
     rx: mpsc::Receiver<Effects>,
+    /// How many effects (as received) are written: snapshots wait for it.
+    written: watch::Sender<u64>,
 }
 
 impl Sink {
@@ -204,6 +206,7 @@ impl Sink {
         health: Arc<Health>,
         metrics: Metrics,
         rx: mpsc::Receiver<Effects>,
+        written: watch::Sender<u64>,
     ) -> Self {
         Self {
             settings,
@@ -211,6 +214,7 @@ impl Sink {
             health,
             metrics,
             rx,
+            written,
         }
     }
 
@@ -238,6 +242,7 @@ impl Sink {
                 );
                 break;
             }
+            self.written.send_modify(|n| *n += 1);
             next = self.rx.recv().await;
         }
         self.health.set(Part::Sink, false);

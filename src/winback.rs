@@ -73,7 +73,8 @@ impl Default for WinbackSettings {
             control_stream: "churn:winback:control".into(),
             max_len: 1_000_000,
             threshold: 0.7,
-            segment_thresholds: HashMap::new(),
+            // Act earlier on the most valuable customers.
+            segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
             actions: actions
                 .into_iter()
                 .map(|(s, a)| (s, a.to_string()))

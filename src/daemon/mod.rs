@@ -1,16 +1,19 @@
 //! The running daemon: wires source → engine → sink with bounded channels, plus the HTTP
 //! server, the lag monitor and the model watcher, and shuts them down in order.
 //!
-//! Shutdown: stop reading, let the engine finish the batches already read, let the sink write
-//! and acknowledge them (within `shutdown.drain_timeout_ms`), then stop serving HTTP.
+//! Start: load the model and the newest good snapshot, then read the input streams from the
+//! snapshot's positions (recovery). Shutdown: stop reading, let the engine finish the batches
+//! already read, let the sink write and acknowledge them, write a final snapshot (all within
+//! `shutdown.drain_timeout_ms`), then stop serving HTTP.
 
 mod engine_task;
 mod model_watch;
+mod snapshots;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -25,6 +28,9 @@ use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
 use crate::sink::{self, Sink, SinkSettings};
 use crate::source::{self, lag, Source};
+use crate::state::{SnapshotDir, StateError};
+use crate::time::wall_millis;
+use engine_task::{Channels, Durability};
 
 /// Effects buffered between engine and sink.
 const EFFECT_QUEUE: usize = 2;
@@ -39,6 +45,8 @@ pub enum DaemonError {
     Redis(#[from] redis::RedisError),
     #[error("cannot serve HTTP: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 /// Binds the configured HTTP address.
@@ -57,11 +65,25 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    let started = Instant::now();
     let metrics = Metrics::new();
     let health = Arc::new(Health::new(metrics.clone()));
     let model = Model::load(&settings.model.path)?;
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
+    let snapshot_dir = match settings.state.snapshot_dir() {
+        Some(dir) => Some(SnapshotDir::open(dir, settings.state.keep)?),
+        None => {
+            tracing::warn!(
+                "state.dir is empty: snapshots are off, and a restart forgets every customer"
+            );
+            None
+        }
+    };
+    let restored = match &snapshot_dir {
+        Some(dir) => load_snapshot(dir, &settings, &metrics)?,
+        None => None,
+    };
     let client = settings.redis_client()?;
     let connector = |role, response_timeout| {
         Connector::new(
@@ -78,7 +100,18 @@ pub async fn run(
     let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
     let (model_tx, model_rx) = watch::channel(Arc::new(model));
+    let (written_tx, written_rx) = watch::channel(0u64);
 
+    let engine_settings = EngineSettings::from(&settings);
+    let model = model_rx.borrow().clone();
+    let (engine, positions) = match restored {
+        Some(state) => {
+            let positions = state.applied.clone();
+            let engine = Engine::restore(engine_settings, model, metrics.clone(), state);
+            (engine, Some(positions))
+        }
+        None => (Engine::new(engine_settings, model, metrics.clone()), None),
+    };
     let source = Source::new(
         settings.source.clone(),
         connector(
@@ -87,11 +120,7 @@ pub async fn run(
         ),
         health.clone(),
         batch_tx,
-    );
-    let engine = Engine::new(
-        EngineSettings::from(&settings),
-        model_rx.borrow().clone(),
-        metrics.clone(),
+        positions,
     );
     let sink = Sink::new(
         SinkSettings::from(&settings),
@@ -99,15 +128,38 @@ pub async fn run(
         health.clone(),
         metrics.clone(),
         effect_rx,
+        written_tx,
     );
     let abort = CancellationToken::new();
+    let (snapshotter, snapshot_task) = match snapshot_dir {
+        Some(dir) => {
+            let (handle, task) = snapshots::spawn(
+                dir,
+                settings.source.streams.clone(),
+                written_rx,
+                metrics.clone(),
+                abort.clone(),
+            );
+            let interval = Duration::from_millis(settings.state.snapshot_interval_ms);
+            (Some((handle, interval)), Some(task))
+        }
+        None => (None, None),
+    };
     let source_task = tokio::spawn(source.run(shutdown.clone()));
     let engine_task = tokio::spawn(engine_task::run(
         engine,
-        batch_rx,
-        effect_tx,
-        query_rx,
-        model_rx,
+        Channels {
+            batches: batch_rx,
+            effects: effect_tx,
+            queries: query_rx,
+            models: model_rx,
+        },
+        Durability {
+            snapshots: snapshotter,
+            health: health.clone(),
+            metrics: metrics.clone(),
+            started,
+        },
         Duration::from_millis(settings.clock.tick_ms),
     ));
     let sink_task = tokio::spawn(sink.run(abort.clone()));
@@ -151,11 +203,14 @@ pub async fn run(
         let _ = source_task.await;
         let _ = engine_task.await;
         let _ = sink_task.await;
+        if let Some(task) = snapshot_task {
+            let _ = task.await;
+        }
     };
     tokio::pin!(drain);
     let timeout = sink::drain_timeout(&settings);
     if tokio::time::timeout(timeout, &mut drain).await.is_ok() {
-        tracing::info!("drained: every entry read was processed and acknowledged");
+        tracing::info!("drained: every entry read was processed and acknowledged, state saved");
     } else {
         tracing::warn!(
             ?timeout,
@@ -171,4 +226,51 @@ pub async fn run(
         Ok(Err(e)) => Err(DaemonError::Http(e)),
         _ => Ok(()),
     }
+}
+
+/// The newest good snapshot's state, reporting the damaged ones it skipped.
+fn load_snapshot(
+    dir: &SnapshotDir,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Result<Option<crate::engine::EngineState>, StateError> {
+    let started = Instant::now();
+    let (loaded, rejected) = dir.load_newest(&settings.source.streams)?;
+    for r in &rejected {
+        metrics.snapshots_rejected.inc();
+        tracing::error!(
+            path = %r.path.display(),
+            error = %r.error,
+            "damaged snapshot set aside (renamed *.corrupt); trying the previous one"
+        );
+    }
+    let Some(loaded) = loaded else {
+        tracing::info!(dir = %dir.dir().display(), "no snapshot: starting with no customers");
+        return Ok(None);
+    };
+    let snapshot = loaded.snapshot;
+    if !snapshot.dropped_streams.is_empty() {
+        tracing::warn!(
+            streams = ?snapshot.dropped_streams,
+            "the snapshot has positions in streams source.streams no longer lists; their customers are kept"
+        );
+    }
+    let positions: Vec<String> = settings
+        .source
+        .streams
+        .iter()
+        .zip(&snapshot.state.applied)
+        .map(|(s, id)| format!("{s}@{id}"))
+        .collect();
+    tracing::info!(
+        path = %loaded.path.display(),
+        bytes = loaded.bytes,
+        customers = snapshot.state.customers.len(),
+        age_secs = wall_millis().saturating_sub(snapshot.created_ms) / 1000,
+        model_version = %snapshot.state.model_version,
+        ?positions,
+        elapsed = ?started.elapsed(),
+        "snapshot loaded"
+    );
+    Ok(Some(snapshot.state))
 }

@@ -42,16 +42,12 @@ fn bytes(v: &Value) -> &[u8] {
 #[derive(Debug, Default)]
 pub struct Batch {
     pub entries: Vec<Entry>,
-    /// Read with XRANGE to rebuild state after a restore, not delivered by the group: not to
-    /// be acknowledged (they were, or are pending and come again from the group).
-    pub replayed: bool,
-    /// The first batch after the consumer caught up with what it owed at start (the replay
-    /// and its own pending entries): recovery is complete once it is applied.
+    /// The first read since start that reached the end of every stream: recovery (replay
+    /// and own pending entries) is complete once this batch is applied.
     pub caught_up: bool,
 }
 
 impl Batch {
-    /// Entries delivered by the group.
     pub fn new(entries: Vec<Entry>) -> Self {
         Self {
             entries,
@@ -105,17 +101,6 @@ pub fn parse_reply(reply: Value, streams: &[String]) -> Result<Vec<Entry>, Reply
         }
     }
     Ok(out)
-}
-
-/// Walks an XRANGE reply (an array of entries) of stream `stream`.
-pub fn parse_range(reply: Value, stream: StreamIdx) -> Result<Vec<Entry>, ReplyError> {
-    match reply {
-        Value::Array(entries) => entries
-            .into_iter()
-            .map(|e| parse_entry(e, stream))
-            .collect(),
-        other => Err(ReplyError(format!("XRANGE reply {other:?}"))),
-    }
 }
 
 fn parse_entry(entry: Value, stream: StreamIdx) -> Result<Entry, ReplyError> {

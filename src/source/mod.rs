@@ -6,6 +6,12 @@
 //! acknowledged; after a reconnect, entries whose delivery was lost in transit. Entries already
 //! in the pipeline are never read twice. A missing group (deleted, or Redis restarted without
 //! its data) is recreated at the last entry received, so nothing is skipped or replayed.
+//!
+//! After a restore from a snapshot, the group is first moved back (XGROUP SETID) to the last
+//! entry the snapshot had applied, so the entries applied after it, lost with the process,
+//! are delivered again; the engine's recorded positions keep anything from being applied
+//! twice. Once a read finds every stream's end, the batch is marked `caught_up`: recovery is
+//! complete.
 
 pub mod batch;
 pub mod lag;
@@ -24,11 +30,16 @@ use crate::event::EntryId;
 use crate::health::{Health, Part};
 use batch::{parse_reply, Batch};
 
+/// Pending entries acknowledged per round trip when rewinding to a snapshot.
+const REWIND_ACK_CHUNK: usize = 1_000;
+
 pub struct Source {
     settings: SourceSettings,
     connector: Connector,
     health: Arc<Health>,
     tx: mpsc::Sender<Batch>,
+    /// Per stream, the last entry applied in the snapshot the engine was restored from.
+    restored: Option<Vec<EntryId>>,
 }
 
 /// Where the next read of one stream starts.
@@ -46,12 +57,14 @@ impl Source {
         connector: Connector,
         health: Arc<Health>,
         tx: mpsc::Sender<Batch>,
+        restored: Option<Vec<EntryId>>,
     ) -> Self {
         Self {
             settings,
             connector,
             health,
             tx,
+            restored,
         }
     }
 
@@ -59,7 +72,16 @@ impl Source {
     /// so every entry delivered reaches the engine.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let streams = self.settings.streams.clone();
-        let mut received: Vec<Option<EntryId>> = vec![None; streams.len()];
+        let mut received: Vec<Option<EntryId>> = match self.restored.take() {
+            Some(applied) => applied
+                .into_iter()
+                .map(|id| (id != EntryId::default()).then_some(id))
+                .collect(),
+            None => vec![None; streams.len()],
+        };
+        // Before the first connect: move groups back to the snapshot, read all own pending.
+        let mut starting = true;
+        let mut recovering = true;
         let mut cursors = vec![Cursor::Live; streams.len()];
         let mut conn: Option<MultiplexedConnection> = None;
         while !shutdown.is_cancelled() {
@@ -69,20 +91,30 @@ impl Source {
                     let Some(mut c) = self.connector.connect(&shutdown).await else {
                         break;
                     };
-                    if let Err(e) = self.create_groups(&mut c, &received).await {
-                        self.connector.failed(&e);
-                        if !self.connector.pause(&shutdown).await {
-                            break;
+                    let prepared = match self.create_groups(&mut c, &received).await {
+                        Ok(()) if starting => self.rewind_groups(&mut c, &received).await,
+                        Ok(()) => Ok(pending_after(&received)),
+                        Err(e) => Err(e),
+                    };
+                    match prepared {
+                        Ok(start) => cursors = start,
+                        Err(e) => {
+                            self.connector.failed(&e);
+                            if !self.connector.pause(&shutdown).await {
+                                break;
+                            }
+                            continue;
                         }
-                        continue;
                     }
-                    cursors = pending_after(&received);
+                    starting = false;
                     self.warn_about_other_consumers(&mut c).await;
                     self.health.set(Part::Source, true);
                     conn.insert(c)
                 }
             };
-            match self.read(c, &cursors).await {
+            // While recovering, reads do not wait: an empty reply means every stream's end.
+            let live_read = cursors.iter().all(|c| *c == Cursor::Live);
+            match self.read(c, &cursors, !recovering).await {
                 Ok(reply) => {
                     self.connector.succeeded();
                     let entries = match parse_reply(reply, &streams) {
@@ -106,11 +138,22 @@ impl Source {
                             }
                         }
                     }
+                    let mut per_stream = vec![0usize; streams.len()];
                     for e in &entries {
-                        let r = &mut received[usize::from(e.stream)];
-                        *r = (*r).max(Some(e.id));
+                        let i = usize::from(e.stream);
+                        received[i] = received[i].max(Some(e.id));
+                        per_stream[i] += 1;
                     }
-                    if !entries.is_empty() && self.tx.send(Batch::new(entries)).await.is_err() {
+                    let mut batch = Batch::new(entries);
+                    if recovering
+                        && live_read
+                        && per_stream.iter().all(|&n| n < self.settings.batch_size)
+                    {
+                        recovering = false;
+                        batch.caught_up = true;
+                    }
+                    let worth_sending = !batch.entries.is_empty() || batch.caught_up;
+                    if worth_sending && self.tx.send(batch).await.is_err() {
                         break; // the engine is gone: shutting down
                     }
                 }
@@ -145,11 +188,13 @@ impl Source {
     }
 
     /// One XREADGROUP: own pending entries of the streams that have some left to re-read
-    /// (no blocking), otherwise new entries of every stream (blocking up to `block_ms`).
+    /// (no blocking), otherwise new entries of every stream (blocking up to `block_ms` if
+    /// `block`).
     async fn read(
         &self,
         c: &mut MultiplexedConnection,
         cursors: &[Cursor],
+        block: bool,
     ) -> Result<Value, RedisError> {
         let s = &self.settings;
         let mut cmd = redis::cmd("XREADGROUP");
@@ -167,10 +212,10 @@ impl Source {
             })
             .collect();
         if pending.is_empty() {
-            cmd.arg("BLOCK")
-                .arg(s.block_ms)
-                .arg("STREAMS")
-                .arg(&s.streams);
+            if block {
+                cmd.arg("BLOCK").arg(s.block_ms);
+            }
+            cmd.arg("STREAMS").arg(&s.streams);
             for _ in &s.streams {
                 cmd.arg(">");
             }
@@ -241,6 +286,59 @@ impl Source {
             }
         }
         Ok(())
+    }
+
+    /// Prepares the first reads. A stream the restored snapshot has a position for: the
+    /// group moves back to it (forward, if Redis came back from older data), so what followed
+    /// is delivered again, in order; entries up to it that are still pending (on any
+    /// consumer) were applied and their effects written before the snapshot, so they are
+    /// acknowledged. Other streams start with this consumer's own pending entries.
+    async fn rewind_groups(
+        &self,
+        c: &mut MultiplexedConnection,
+        applied: &[Option<EntryId>],
+    ) -> Result<Vec<Cursor>, RedisError> {
+        let group = &self.settings.group;
+        let mut cursors = Vec::with_capacity(applied.len());
+        for (stream, position) in self.settings.streams.iter().zip(applied) {
+            let Some(position) = position else {
+                cursors.push(Cursor::Pending(EntryId::default()));
+                continue;
+            };
+            let position = position.to_string();
+            redis::cmd("XGROUP")
+                .arg("SETID")
+                .arg(stream)
+                .arg(group)
+                .arg(&position)
+                .query_async::<()>(c)
+                .await?;
+            let mut acknowledged = 0;
+            loop {
+                let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(group)
+                    .arg("-")
+                    .arg(&position)
+                    .arg(REWIND_ACK_CHUNK)
+                    .query_async(c)
+                    .await?;
+                if pending.is_empty() {
+                    break;
+                }
+                let ids: Vec<&str> = pending.iter().map(|(id, ..)| id.as_str()).collect();
+                redis::cmd("XACK")
+                    .arg(stream)
+                    .arg(group)
+                    .arg(&ids)
+                    .query_async::<()>(c)
+                    .await?;
+                acknowledged += ids.len();
+            }
+            tracing::info!(stream, %group, %position, acknowledged, "replaying from the snapshot's position");
+            cursors.push(Cursor::Live);
+        }
+        Ok(cursors)
     }
 }
 

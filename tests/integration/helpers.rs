@@ -108,10 +108,14 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// A connection with a generous response timeout: tests read large streams on a
+    /// machine busy with other tests.
     pub async fn conn(&self) -> MultiplexedConnection {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
         redis::Client::open(self.url())
             .unwrap()
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("a connection to the test redis")
     }
@@ -187,6 +191,8 @@ pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
     s.winback.control_share = 0.0;
     s.http.addr = "127.0.0.1:0".into();
     s.shutdown.drain_timeout_ms = 5_000;
+    s.state.dir = model_dir.join("state");
+    s.state.snapshot_interval_ms = 200;
     s
 }
 

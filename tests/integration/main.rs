@@ -2,7 +2,9 @@
 //! port), the daemon running in-process or as the built binary.
 
 mod batch_scoring;
+mod crash;
 mod dead_letters;
+mod fuzz_input;
 mod helpers;
 mod http_api;
 mod model_cli;

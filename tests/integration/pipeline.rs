@@ -177,6 +177,7 @@ async fn replaying_the_same_events_yields_no_duplicate_task() {
     // A fresh daemon (empty memory) replaying the whole stream under a new group.
     let mut replay = settings;
     replay.source.group = "replay".into();
+    replay.state.dir = dir.path().join("replay-state");
     let app = App::spawn(replay).await;
     wait_drained(&mut c, EVENTS, "replay").await;
     wait_for(

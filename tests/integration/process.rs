@@ -87,8 +87,10 @@ async fn sigterm_drains_acknowledges_and_exits_zero() {
         pipe.query_async::<()>(&mut c).await.unwrap();
     }
     let port = free_port();
+    let state = tempfile::tempdir().unwrap();
     let mut child = churnd()
         .arg("run")
+        .env("CHURND__STATE__DIR", state.path())
         .env("CHURND__REDIS__URL", redis.url())
         .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{port}"))
         .env("CHURND__SOURCE__CONSUMER", "sigterm-test")
@@ -130,6 +132,10 @@ async fn sigterm_drains_acknowledges_and_exits_zero() {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("drained"), "{stderr}");
+    assert!(
+        std::fs::read_dir(state.path()).unwrap().count() >= 1,
+        "a final snapshot was written: {stderr}"
+    );
     let (_, pending) = group_state(&mut c, EVENTS, "churnd").await.unwrap();
     assert_eq!(
         pending, 0,
@@ -198,8 +204,10 @@ async fn sighup_reloads_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_recency_model(dir.path(), "served");
     let port = free_port();
+    let state = tempfile::tempdir().unwrap();
     let mut child = churnd()
         .arg("run")
+        .env("CHURND__STATE__DIR", state.path())
         .env("CHURND__REDIS__URL", redis.url())
         .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{port}"))
         .env("CHURND__MODEL__PATH", &path)

@@ -1,0 +1,416 @@
+//! Crash safety, end to end: the built binary killed with SIGKILL at random points while
+//! events stream in, Redis killed mid-stream, damaged snapshots. Each run is compared with
+//! an uninterrupted run over the same events: every customer's final state must be equal,
+//! every entry acknowledged, and no task or dead letter written twice.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use churnd::config::Settings;
+use churnd::engine::Customer;
+use churnd::state::SnapshotDir;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::aio::MultiplexedConnection;
+
+use crate::helpers::*;
+
+const EVENTS: &str = "churn:events";
+const WINBACK: &str = "churn:winback";
+const DLQ: &str = "churn:events:dlq";
+const GROUP: &str = "churnd";
+
+/// The workload: `n` events over two years of event time. Customers come and go (a window
+/// of 500 active customers slides over 5,000), so many fall silent and get a task; every
+/// 997th entry is invalid and must be dead-lettered exactly once.
+fn workload(n: usize) -> Vec<Vec<(&'static str, String)>> {
+    const CUSTOMERS: usize = 5_000;
+    const WINDOW: usize = 500;
+    let span_ms = 730 * DAY_MS;
+    let mut rng = StdRng::seed_from_u64(7);
+    (0..n)
+        .map(|i| {
+            if i % 997 == 996 {
+                return vec![
+                    ("customer_id", format!("c{}", i % CUSTOMERS)),
+                    ("type", "gift".into()),
+                ];
+            }
+            let ts = T0_MS + (i as u64 * span_ms) / n as u64;
+            let base = i * (CUSTOMERS - WINDOW) / n;
+            let customer = format!("c{}", base + rng.random_range(0..WINDOW));
+            let (kind, amount) = match rng.random_range(0..20) {
+                0..=13 => ("purchase", Some(rng.random_range(1..20_000) as f64 / 100.0)),
+                14 => ("refund", Some(5.0)),
+                15 => ("complaint", None),
+                _ => ("visit", None),
+            };
+            let mut fields = vec![
+                ("customer_id", customer),
+                ("type", kind.to_string()),
+                ("ts", ts.to_string()),
+            ];
+            if let Some(a) = amount {
+                fields.push(("amount", format!("{a}")));
+            }
+            fields
+        })
+        .collect()
+}
+
+/// Appends `events` in pipelined chunks, pausing `pause` between chunks.
+async fn produce(
+    conn: &mut MultiplexedConnection,
+    events: &[Vec<(&'static str, String)>],
+    pause: Duration,
+) {
+    for chunk in events.chunks(500) {
+        let mut pipe = redis::pipe();
+        for fields in chunk {
+            let cmd = pipe.cmd("XADD").arg(EVENTS).arg("*");
+            for (k, v) in fields {
+                cmd.arg(*k).arg(v);
+            }
+            cmd.ignore();
+        }
+        pipe.query_async::<()>(conn).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Settings for the binary, as a config file in `dir`.
+fn config_file(settings: &Settings, dir: &Path) -> PathBuf {
+    let path = dir.join("churnd.toml");
+    std::fs::write(&path, toml::to_string(settings).unwrap()).unwrap();
+    path
+}
+
+/// Runs the binary with its log in `log`.
+fn spawn_binary(config: &Path, log: &Path) -> Child {
+    churnd()
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("churnd starts")
+}
+
+fn kill9(child: &mut Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+async fn sigterm(mut child: Child) {
+    // SAFETY: plain kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "churnd exited with {status}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "churnd did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (up to two minutes) until the group has read and acknowledged every entry.
+async fn drained(conn: &mut MultiplexedConnection) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while group_state(conn, EVENTS, GROUP).await != Some((Some(0), 0)) {
+        assert!(
+            Instant::now() < deadline,
+            "not drained: {:?}",
+            group_state(conn, EVENTS, GROUP).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every customer's record in the newest snapshot of `dir`, by ID.
+fn customers_in_snapshot(dir: &Path) -> BTreeMap<String, Customer> {
+    let (loaded, rejected) = SnapshotDir::open(dir, 3)
+        .unwrap()
+        .load_newest(&[EVENTS.to_string()])
+        .unwrap();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let store = loaded.expect("a snapshot").snapshot.state.customers;
+    (0..store.len() as u32)
+        .map(|i| (store.id(i).to_string(), *store.get(i)))
+        .collect()
+}
+
+/// What a run leaves behind, for comparison with the uninterrupted run.
+struct Outcome {
+    customers: BTreeMap<String, Customer>,
+    task_ids: Vec<String>,
+    dead_lettered: Vec<String>,
+}
+
+async fn outcome(conn: &mut MultiplexedConnection, state_dir: &Path) -> Outcome {
+    let tasks = read_stream(conn, WINBACK).await;
+    let dead = read_stream(conn, DLQ).await;
+    Outcome {
+        customers: customers_in_snapshot(state_dir),
+        task_ids: tasks.iter().map(|(_, f)| f["task_id"].clone()).collect(),
+        dead_lettered: dead
+            .iter()
+            .map(|(_, f)| f["dlq_source_id"].clone())
+            .collect(),
+    }
+}
+
+/// The uninterrupted run: every event loaded first, one daemon reads them all.
+async fn uninterrupted(events: &[Vec<(&'static str, String)>]) -> Outcome {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let state_dir = settings.state.dir.clone();
+    let mut c = redis.conn().await;
+    produce(&mut c, events, Duration::ZERO).await;
+    let app = App::spawn(settings).await;
+    drained(&mut c).await;
+    app.stop().await;
+    outcome(&mut c, &state_dir).await
+}
+
+fn assert_same(run: &Outcome, reference: &Outcome, what: &str) {
+    let unique: HashSet<&String> = run.task_ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        run.task_ids.len(),
+        "{what}: duplicate task IDs"
+    );
+    let unique: HashSet<&String> = run.dead_lettered.iter().collect();
+    assert_eq!(
+        unique.len(),
+        run.dead_lettered.len(),
+        "{what}: an entry dead-lettered twice"
+    );
+    assert_eq!(
+        run.dead_lettered.len(),
+        reference.dead_lettered.len(),
+        "{what}: dead letters"
+    );
+    assert_eq!(
+        run.customers.len(),
+        reference.customers.len(),
+        "{what}: customers"
+    );
+    for (id, expected) in &reference.customers {
+        assert_eq!(
+            run.customers.get(id),
+            Some(expected),
+            "{what}: customer {id}"
+        );
+    }
+    let tasks: HashSet<&String> = run.task_ids.iter().collect();
+    let expected: HashSet<&String> = reference.task_ids.iter().collect();
+    let missing: Vec<_> = expected.difference(&tasks).take(5).collect();
+    let extra: Vec<_> = tasks.difference(&expected).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{what}: the win-back tasks differ: {} written, {} expected; missing e.g. {missing:?}, unexpected e.g. {extra:?}",
+        tasks.len(),
+        expected.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_three_times_changes_nothing() {
+    let events = workload(200_000);
+    let reference = uninterrupted(&events).await;
+    assert!(
+        reference.task_ids.len() > 1_000,
+        "the workload raises tasks: {}",
+        reference.task_ids.len()
+    );
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    settings.http.addr = format!("127.0.0.1:{}", free_port());
+    let state_dir = settings.state.dir.clone();
+    let config = config_file(&settings, dir.path());
+    let mut c = redis.conn().await;
+    let producer = {
+        let mut c = c.clone();
+        let events = events.clone();
+        tokio::spawn(async move { produce(&mut c, &events, Duration::from_millis(15)).await })
+    };
+
+    let seed: u64 = rand::random();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let log = |run: usize| dir.path().join(format!("run-{run}.log"));
+    let mut daemon = spawn_binary(&config, &log(0));
+    for kill in 1..=3 {
+        let after = Duration::from_millis(rng.random_range(500..2_500));
+        tokio::time::sleep(after).await;
+        kill9(&mut daemon);
+        eprintln!("seed {seed}: kill {kill} after {after:?}");
+        daemon = spawn_binary(&config, &log(kill));
+    }
+    assert!(
+        !producer.is_finished(),
+        "the kills came while events were still streaming in"
+    );
+    producer.await.unwrap();
+    drained(&mut c).await;
+    sigterm(daemon).await;
+    for run in 1..=3 {
+        let text = std::fs::read_to_string(log(run)).unwrap();
+        for step in ["snapshot loaded", "replaying from the snapshot's position"] {
+            assert!(
+                text.contains(step),
+                "seed {seed}: run {run} logged no {step:?}:\n{text}"
+            );
+        }
+    }
+
+    let run = outcome(&mut c, &state_dir).await;
+    assert_same(&run, &reference, &format!("seed {seed}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_stream_changes_nothing() {
+    let events = workload(40_000);
+    let reference = uninterrupted(&events).await;
+
+    let mut redis = RedisServer::start_persistent();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let state_dir = settings.state.dir.clone();
+    let app = App::spawn(settings).await;
+    let (first, second) = events.split_at(events.len() / 2);
+    let mut c = redis.conn().await;
+    produce(&mut c, first, Duration::from_millis(5)).await;
+    redis.restart(); // SIGKILL; the append-only file keeps every write
+    let mut c = redis.conn().await;
+    produce(&mut c, second, Duration::from_millis(5)).await;
+    drained(&mut c).await;
+    assert!(
+        app.metric("churnd_redis_errors_total{role=\"source\"}")
+            .await
+            .unwrap()
+            >= 1.0,
+        "the daemon saw Redis go away"
+    );
+    app.stop().await;
+    let run = outcome(&mut c, &state_dir).await;
+    assert_same(&run, &reference, "Redis restart");
+}
+
+/// Flips one byte in the middle of a file.
+fn flip_a_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn truncate(path: &Path) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..bytes.len() * 2 / 3]).unwrap();
+}
+
+fn newest_snapshot(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
+    files.sort();
+    files.pop().expect("a snapshot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_set_aside_and_the_previous_one_used() {
+    for damage in [flip_a_byte as fn(&Path), truncate] {
+        let events = workload(6_000);
+        let reference = uninterrupted(&events).await;
+        let redis = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = test_settings(&redis, dir.path());
+        let state_dir = settings.state.dir.clone();
+        let mut c = redis.conn().await;
+        let (first, second) = events.split_at(events.len() / 2);
+
+        // Two runs, each ending with a snapshot: the second is the newest, then damaged.
+        produce(&mut c, first, Duration::ZERO).await;
+        let app = App::spawn(settings.clone()).await;
+        drained(&mut c).await;
+        app.stop().await;
+        produce(&mut c, second, Duration::ZERO).await;
+        let app = App::spawn(settings.clone()).await;
+        drained(&mut c).await;
+        app.stop().await;
+        let newest = newest_snapshot(&state_dir);
+        damage(&newest);
+
+        // The third run sets it aside, starts from the older one and replays the rest.
+        let app = App::spawn(settings).await;
+        wait_for("recovery", Duration::from_secs(20), || {
+            let app = &app;
+            async move { app.get("/readyz").await.status() == 200 }
+        })
+        .await;
+        assert_eq!(
+            app.metric("churnd_snapshots_rejected_total").await,
+            Some(1.0)
+        );
+        assert!(newest.with_extension("bin.corrupt").exists());
+        drained(&mut c).await;
+        app.stop().await;
+        let run = outcome(&mut c, &state_dir).await;
+        assert_same(&run, &reference, "damaged snapshot");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_survive_a_restart_after_their_events_are_trimmed_away() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let mut c = redis.conn().await;
+    let app = App::spawn(settings.clone()).await;
+    xadd(&mut c, EVENTS, &purchase("loyal", 42.0, T0_MS)).await;
+    drained(&mut c).await;
+    app.stop().await;
+
+    // The history is gone from Redis: only the snapshot knows the customer.
+    redis::cmd("XTRIM")
+        .arg(EVENTS)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let app = App::spawn(settings).await;
+    wait_for("recovery", Duration::from_secs(10), || {
+        let app = &app;
+        async move { app.get("/readyz").await.status() == 200 }
+    })
+    .await;
+    let loyal = app.get_json("/v1/customers/loyal").await;
+    assert!(
+        loyal["first_purchase"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("1997-01-01")),
+        "{loyal}"
+    );
+    assert!(
+        app.metric("churnd_recovery_duration_seconds")
+            .await
+            .unwrap()
+            > 0.0
+    );
+    app.stop().await;
+}
