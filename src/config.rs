@@ -114,6 +114,9 @@ pub struct SourceSettings {
     pub queue_batches: usize,
     /// How often consumer-group lag and pending counts are polled for metrics.
     pub lag_poll_ms: u64,
+    /// Entries pending this long on another consumer of the group (one that is gone) are
+    /// claimed by this one; 0 turns claiming off.
+    pub claim_idle_ms: u64,
 }
 
 impl Default for SourceSettings {
@@ -127,6 +130,7 @@ impl Default for SourceSettings {
             start_from: StartFrom::Beginning,
             queue_batches: 4,
             lag_poll_ms: 5_000,
+            claim_idle_ms: 60_000,
         }
     }
 }

@@ -298,7 +298,7 @@ impl Engine {
             self.metrics
                 .event_latency_seconds
                 .observe(wall_ms.saturating_sub(entry.id.ms) as f64 / 1000.0);
-            if !self.mark_applied(entry.stream, entry.id) {
+            if !self.mark_applied(entry.stream, entry.id) && !batch.claimed {
                 outcomes.add(event_kind(entry.fields()), Outcome::AlreadyApplied);
                 continue;
             }

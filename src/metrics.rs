@@ -85,6 +85,7 @@ pub struct Metrics {
     pub events: IntCounterVec,
     pub dead_lettered: IntCounterVec,
     pub entries_acked: IntCounter,
+    pub entries_claimed: IntCounter,
     pub batch_entries: Histogram,
     pub batch_seconds: Histogram,
     pub scoring_seconds: Histogram,
@@ -196,6 +197,10 @@ impl Metrics {
             entries_acked: counter(
                 "churnd_entries_acknowledged_total",
                 "Stream entries acknowledged after their effects were written.",
+            ),
+            entries_claimed: counter(
+                "churnd_entries_claimed_total",
+                "Entries taken over from other consumers of the group after source.claim_idle_ms (a replica that is gone).",
             ),
             batch_entries: histogram(
                 "churnd_batch_entries",

@@ -119,6 +119,7 @@ pub async fn run(
             source::read_timeout(&settings.source, settings.redis.response_timeout_ms),
         ),
         health.clone(),
+        metrics.clone(),
         batch_tx,
         positions,
     );

@@ -45,6 +45,9 @@ pub struct Batch {
     /// The first read since start that reached the end of every stream: recovery (replay
     /// and own pending entries) is complete once this batch is applied.
     pub caught_up: bool,
+    /// Taken over from consumers that are gone: never delivered to this one, so applied even
+    /// if older than entries applied before (see `source::claim`).
+    pub claimed: bool,
 }
 
 impl Batch {
@@ -101,6 +104,17 @@ pub fn parse_reply(reply: Value, streams: &[String]) -> Result<Vec<Entry>, Reply
         }
     }
     Ok(out)
+}
+
+/// Walks a reply that is a plain array of entries of stream `stream` (XCLAIM, XRANGE).
+pub fn parse_entries(reply: Value, stream: StreamIdx) -> Result<Vec<Entry>, ReplyError> {
+    match reply {
+        Value::Array(entries) => entries
+            .into_iter()
+            .map(|e| parse_entry(e, stream))
+            .collect(),
+        other => Err(ReplyError(format!("entries {other:?}"))),
+    }
 }
 
 fn parse_entry(entry: Value, stream: StreamIdx) -> Result<Entry, ReplyError> {

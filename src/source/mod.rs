@@ -14,6 +14,7 @@
 //! complete.
 
 pub mod batch;
+pub mod claim;
 pub mod lag;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::config::{SourceSettings, StartFrom};
 use crate::connection::Connector;
 use crate::event::EntryId;
 use crate::health::{Health, Part};
+use crate::metrics::Metrics;
 use batch::{parse_reply, Batch};
 
 /// Pending entries acknowledged per round trip when rewinding to a snapshot.
@@ -37,6 +39,7 @@ pub struct Source {
     settings: SourceSettings,
     connector: Connector,
     health: Arc<Health>,
+    metrics: Metrics,
     tx: mpsc::Sender<Batch>,
     /// Per stream, the last entry applied in the snapshot the engine was restored from.
     restored: Option<Vec<EntryId>>,
@@ -56,6 +59,7 @@ impl Source {
         settings: SourceSettings,
         connector: Connector,
         health: Arc<Health>,
+        metrics: Metrics,
         tx: mpsc::Sender<Batch>,
         restored: Option<Vec<EntryId>>,
     ) -> Self {
@@ -63,6 +67,7 @@ impl Source {
             settings,
             connector,
             health,
+            metrics,
             tx,
             restored,
         }
@@ -84,6 +89,8 @@ impl Source {
         let mut recovering = true;
         let mut cursors = vec![Cursor::Live; streams.len()];
         let mut conn: Option<MultiplexedConnection> = None;
+        let claim_every = Duration::from_millis((self.settings.claim_idle_ms / 2).max(1_000));
+        let mut next_claim = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -114,6 +121,33 @@ impl Source {
             };
             // While recovering, reads do not wait: an empty reply means every stream's end.
             let live_read = cursors.iter().all(|c| *c == Cursor::Live);
+            // Not while recovering: a claimed entry must not move the engine's position past
+            // entries the replay has yet to deliver.
+            if live_read
+                && !recovering
+                && self.settings.claim_idle_ms > 0
+                && tokio::time::Instant::now() >= next_claim
+            {
+                next_claim = tokio::time::Instant::now() + claim_every;
+                match self.claim(c).await {
+                    Ok(Some(batch)) => {
+                        if self.tx.send(batch).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if self.connector.failed(&e) {
+                            conn = None;
+                            self.health.set(Part::Source, false);
+                        }
+                        if !self.connector.pause(&shutdown).await {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
             match self.read(c, &cursors, !recovering).await {
                 Ok(reply) => {
                     self.connector.succeeded();
@@ -232,8 +266,8 @@ impl Source {
     }
 
     /// Customer state lives in this process, so each group must have one consumer: a second
-    /// one would see only part of each customer's events, and entries pending on a consumer
-    /// that is gone are not processed until it comes back under the same name.
+    /// one would see only part of each customer's events. A former name of this replica is
+    /// harmless: its idle pending entries are claimed and the consumer removed.
     async fn warn_about_other_consumers(&self, c: &mut MultiplexedConnection) {
         for stream in &self.settings.streams {
             let reply: Result<Value, RedisError> = redis::cmd("XINFO")
@@ -250,7 +284,7 @@ impl Source {
                     consumer = %other.name,
                     pending = other.pending,
                     idle_ms = other.idle_ms,
-                    "another consumer is in churnd's group: run one churnd per group (state is per process); if it is a former name of this replica, give the replica a stable source.consumer and delete the old one with XGROUP DELCONSUMER once its pending entries are handled"
+                    "another consumer is in churnd's group: run one churnd per group (state is per process); a former name of this replica is claimed from and removed after source.claim_idle_ms"
                 );
             }
         }
@@ -286,6 +320,27 @@ impl Source {
             }
         }
         Ok(())
+    }
+
+    /// Claims the entries stranded on consumers that are gone, as a batch.
+    async fn claim(&self, c: &mut MultiplexedConnection) -> Result<Option<Batch>, RedisError> {
+        let (entries, reports) =
+            claim::claim_stranded(c, &self.settings, self.settings.claim_idle_ms).await?;
+        for r in &reports {
+            if r.entries > 0 {
+                tracing::warn!(stream = %r.stream, consumer = %r.consumer, entries = r.entries, "claimed entries left pending by a consumer that is gone");
+            }
+            if r.removed {
+                tracing::info!(stream = %r.stream, consumer = %r.consumer, "removed an idle consumer with nothing pending from the group");
+            }
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        self.metrics.entries_claimed.inc_by(entries.len() as u64);
+        let mut batch = Batch::new(entries);
+        batch.claimed = true;
+        Ok(Some(batch))
     }
 
     /// Prepares the first reads. A stream the restored snapshot has a position for: the

@@ -98,3 +98,82 @@ async fn a_redis_that_lost_its_data_gets_the_group_back() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_stranded_on_a_consumer_that_is_gone_are_claimed() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    create_group(&mut c, EVENTS).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            xadd(
+                &mut c,
+                EVENTS,
+                &purchase(&format!("stranded-{i}"), 1.0, T0_MS + i),
+            )
+            .await,
+        );
+    }
+    // A replica that died under another name: it read the entries and never acknowledged.
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("churnd")
+        .arg("dead-replica")
+        .arg("STREAMS")
+        .arg(EVENTS)
+        .arg(">")
+        .query_async::<redis::Value>(&mut c)
+        .await
+        .unwrap();
+    // One of them was deleted from the stream meanwhile.
+    redis::cmd("XDEL")
+        .arg(EVENTS)
+        .arg(&ids[4])
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+
+    let mut settings = test_settings(&redis, dir.path());
+    settings.source.claim_idle_ms = 300;
+    let app = App::spawn(settings).await;
+    wait_for(
+        "the stranded entries to be claimed",
+        Duration::from_secs(10),
+        || {
+            let app = &app;
+            async move { app.metric("churnd_entries_claimed_total").await == Some(5.0) }
+        },
+    )
+    .await;
+    wait_for("the group to be drained", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { group_state(&mut c, EVENTS, "churnd").await.map(|g| g.1) == Some(0) }
+    })
+    .await;
+    assert_eq!(customer_count(&app).await, 4);
+    let dead = read_stream(&mut c, "churn:events:dlq").await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1["dlq_reason"], "entry_deleted");
+    assert_eq!(dead[0].1["dlq_source_id"], ids[4]);
+    wait_for(
+        "the gone consumer to be removed",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            async move {
+                let reply: redis::Value = redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(EVENTS)
+                    .arg("churnd")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                churnd::source::lag::other_consumers(&reply, "test-consumer").is_empty()
+            }
+        },
+    )
+    .await;
+    app.stop().await;
+}

@@ -1,0 +1,134 @@
+//! Entries stranded on consumers that are gone (a replica renamed by a reschedule, a crashed
+//! process under another name) are claimed by this consumer once idle for
+//! `source.claim_idle_ms`, and the emptied consumers are removed from the group.
+//!
+//! Only other consumers' entries are claimed (never this consumer's own, which may still be
+//! in the pipeline): they were never delivered here, so the engine applies them even when
+//! they are older than what it has applied (features do not depend on arrival order).
+
+use std::collections::HashSet;
+
+use redis::aio::MultiplexedConnection;
+use redis::{RedisError, Value};
+
+use super::batch::{parse_entries, Entry, StreamIdx};
+use super::lag::other_consumers;
+use crate::config::SourceSettings;
+use crate::event::EntryId;
+
+/// What one round claimed from one consumer, for the log.
+#[derive(Debug)]
+pub struct ClaimReport {
+    pub stream: String,
+    pub consumer: String,
+    pub entries: usize,
+    pub removed: bool,
+}
+
+/// One round over every stream, claiming up to `batch_size` entries per consumer.
+pub async fn claim_stranded(
+    c: &mut MultiplexedConnection,
+    settings: &SourceSettings,
+    min_idle_ms: u64,
+) -> Result<(Vec<Entry>, Vec<ClaimReport>), RedisError> {
+    let mut claimed = Vec::new();
+    let mut reports = Vec::new();
+    for (i, stream) in settings.streams.iter().enumerate() {
+        let consumers: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(stream)
+            .arg(&settings.group)
+            .query_async(c)
+            .await?;
+        for other in other_consumers(&consumers, &settings.consumer) {
+            if u64::try_from(other.idle_ms).unwrap_or(0) < min_idle_ms {
+                continue;
+            }
+            let entries = if other.pending > 0 {
+                claim_from(c, settings, i as StreamIdx, &other.name, min_idle_ms).await?
+            } else {
+                Vec::new()
+            };
+            // A consumer idle this long with nothing pending is gone (a later round removes
+            // one emptied by this round: DELCONSUMER discards whatever is still pending).
+            let removed = other.pending == 0 && {
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(stream)
+                    .arg(&settings.group)
+                    .arg(&other.name)
+                    .query_async::<i64>(c)
+                    .await?;
+                true
+            };
+            reports.push(ClaimReport {
+                stream: stream.clone(),
+                consumer: other.name,
+                entries: entries.len(),
+                removed,
+            });
+            claimed.extend(entries);
+        }
+    }
+    Ok((claimed, reports))
+}
+
+/// Claims `consumer`'s entries idle for `min_idle_ms`, oldest first. Entries deleted from the
+/// stream meanwhile come back as entries without fields, to be dead-lettered.
+async fn claim_from(
+    c: &mut MultiplexedConnection,
+    settings: &SourceSettings,
+    stream: StreamIdx,
+    consumer: &str,
+    min_idle_ms: u64,
+) -> Result<Vec<Entry>, RedisError> {
+    let name = &settings.streams[usize::from(stream)];
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(name)
+        .arg(&settings.group)
+        .arg("IDLE")
+        .arg(min_idle_ms)
+        .arg("-")
+        .arg("+")
+        .arg(settings.batch_size)
+        .arg(consumer)
+        .query_async(c)
+        .await?;
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = pending.iter().map(|(id, ..)| id.as_str()).collect();
+    let reply: Value = redis::cmd("XCLAIM")
+        .arg(name)
+        .arg(&settings.group)
+        .arg(&settings.consumer)
+        .arg(min_idle_ms)
+        .arg(&ids)
+        .query_async(c)
+        .await?;
+    let mut entries = parse_entries(reply, stream)
+        .map_err(|e| RedisError::from((redis::ErrorKind::Parse, "XCLAIM reply", e.to_string())))?;
+    // Redis leaves deleted entries out of the reply (and drops them from the pending list);
+    // keep a trace of them. One that still exists was not claimed: its consumer is alive.
+    let returned: HashSet<EntryId> = entries.iter().map(|e| e.id).collect();
+    for id in ids.iter().filter_map(|id| EntryId::parse(id.as_bytes())) {
+        if returned.contains(&id) {
+            continue;
+        }
+        let exists: Vec<Value> = redis::cmd("XRANGE")
+            .arg(name)
+            .arg(id.to_string())
+            .arg(id.to_string())
+            .query_async(c)
+            .await?;
+        if exists.is_empty() {
+            entries.push(Entry {
+                stream,
+                id,
+                values: None,
+            });
+        }
+    }
+    entries.sort_by_key(|e| e.id);
+    Ok(entries)
+}
