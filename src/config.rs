@@ -341,6 +341,9 @@ pub struct StateSettings {
     pub snapshot_interval_ms: u64,
     /// Snapshots kept: the newest is used, older ones stand in if it is damaged.
     pub keep: usize,
+    /// Customers tracked at most: the memory bound. When a new customer would exceed it,
+    /// the least recently active 1 % are forgotten.
+    pub max_customers: usize,
 }
 
 impl Default for StateSettings {
@@ -349,6 +352,7 @@ impl Default for StateSettings {
             dir: "state".into(),
             snapshot_interval_ms: 10_000,
             keep: 3,
+            max_customers: 10_000_000,
         }
     }
 }
@@ -519,6 +523,13 @@ impl Settings {
         p.extend(self.winback.problems("winback"));
         if self.state.keep == 0 {
             p.push("state.keep must be at least 1".into());
+        }
+        if !(1..=u32::MAX as usize).contains(&self.state.max_customers) {
+            p.push(format!(
+                "state.max_customers ({}) must be between 1 and {}",
+                self.state.max_customers,
+                u32::MAX
+            ));
         }
         if self.http.addr.parse::<SocketAddr>().is_err() {
             p.push(format!(

@@ -31,6 +31,9 @@ use crate::winback::{Candidate, Group, Policy, Task, WinbackSettings, WinbackSta
 const MIN_POPULATION_SAMPLE: usize = 30;
 /// One scoring in this many is timed for the scoring histogram.
 const SCORING_SAMPLE_EVERY: u64 = 64;
+/// Customers forgotten at once when the table is full, in percent: evicting in bulk keeps
+/// the O(customers) cost of choosing them rare.
+const EVICTION_PERCENT: usize = 1;
 
 /// The engine's slice of the settings.
 #[derive(Debug, Clone)]
@@ -42,6 +45,7 @@ pub struct EngineSettings {
     pub segments: SegmentSettings,
     pub rescore_interval_secs: u32,
     pub winback: WinbackSettings,
+    pub max_customers: usize,
 }
 
 impl From<&Settings> for EngineSettings {
@@ -57,6 +61,7 @@ impl From<&Settings> for EngineSettings {
             segments: s.segments.clone(),
             rescore_interval_secs: s.scoring.rescore_interval_secs,
             winback: s.winback.clone(),
+            max_customers: s.state.max_customers,
         }
     }
 }
@@ -125,6 +130,21 @@ struct Population {
     stage: [i64; LifecycleStage::ALL.len()],
     segment: [i64; Segment::ALL.len()],
     bucket: [i64; PROBABILITY_BUCKETS.len()],
+}
+
+impl Population {
+    /// Adds (`+1`) or removes (`-1`) a customer's last classification.
+    fn count(&mut self, c: &Customer, delta: i64) {
+        if let Some(stage) = c.stage {
+            self.stage[stage.index()] += delta;
+        }
+        if let Some(segment) = c.segment {
+            self.segment[segment.index()] += delta;
+        }
+        if let Some(bucket) = c.bucket {
+            self.bucket[usize::from(bucket)] += delta;
+        }
+    }
 }
 
 /// A customer as the API shows them, computed at the engine's "now".
@@ -211,7 +231,7 @@ impl Engine {
     ) -> Self {
         let mut engine = Self::new(settings, model, metrics);
         let EngineState {
-            mut customers,
+            customers,
             watermark,
             thresholds,
             next_threshold_refresh,
@@ -220,23 +240,12 @@ impl Engine {
             model_version: _,
         } = state;
         let mut population = Population::default();
-        for idx in 0..customers.len() as CustomerIdx {
-            let c = customers.get_mut(idx);
-            let due = c.timer.due();
-            c.timer = Timer::default();
-            engine.timers.schedule(idx, &mut c.timer, due);
-            if let Some(stage) = c.stage {
-                population.stage[stage.index()] += 1;
-            }
-            if let Some(segment) = c.segment {
-                population.segment[segment.index()] += 1;
-            }
-            if let Some(bucket) = c.bucket {
-                population.bucket[usize::from(bucket)] += 1;
-            }
+        for (_, c) in customers.iter() {
+            population.count(c, 1);
         }
         engine.store = customers;
         engine.population = population;
+        engine.rebuild_timers();
         engine.watermark = watermark;
         engine.thresholds = thresholds;
         engine.next_threshold_refresh = next_threshold_refresh;
@@ -258,6 +267,53 @@ impl Engine {
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
         }
+    }
+
+    /// Queues every customer's timer afresh, after indices changed.
+    fn rebuild_timers(&mut self) {
+        self.timers = TimerQueue::default();
+        for idx in 0..self.store.len() as CustomerIdx {
+            let c = self.store.get_mut(idx);
+            let due = c.timer.due();
+            c.timer = Timer::default();
+            self.timers.schedule(idx, &mut c.timer, due);
+        }
+    }
+
+    /// Makes room under `max_customers`: forgets the least recently active customers (those
+    /// churned longest ago), [`EVICTION_PERCENT`] of the table at once.
+    fn evict(&mut self) {
+        let n = self.store.len();
+        let target = (n * EVICTION_PERCENT / 100).max(1);
+        let mut last: Vec<UnixSeconds> = self
+            .store
+            .iter()
+            .map(|(_, c)| c.features.last_event())
+            .collect();
+        let cutoff = *last.select_nth_unstable(target - 1).1;
+        // Everyone before the cutoff goes, and as many at it as make up the target.
+        let mut at_cutoff = target - last.iter().filter(|&&t| t < cutoff).count();
+        let population = &mut self.population;
+        let evicted = self.store.retain(|c| {
+            let t = c.features.last_event();
+            let go = t < cutoff || (t == cutoff && at_cutoff > 0);
+            if t == cutoff && go {
+                at_cutoff -= 1;
+            }
+            if go {
+                population.count(c, -1);
+            }
+            !go
+        });
+        self.rebuild_timers();
+        self.metrics.customers_evicted.inc_by(evicted as u64);
+        tracing::info!(
+            evicted,
+            before = n,
+            max_customers = self.settings.max_customers,
+            last_active_before = %time::rfc3339(cutoff),
+            "customer table full: forgot the least recently active"
+        );
     }
 
     /// Customers tracked.
@@ -369,6 +425,11 @@ impl Engine {
             self.advance_watermark(event.time, fx);
         }
         let now = self.now();
+        if self.store.len() >= self.settings.max_customers
+            && self.store.find(event.customer_id).is_none()
+        {
+            self.evict();
+        }
         let (idx, _) = self.store.find_or_insert(event.customer_id);
         let customer = self.store.get_mut(idx);
         let previous_purchase = customer.features.last_purchase();
@@ -670,6 +731,38 @@ pub(crate) mod tests {
     /// The state of an engine that has seen nothing.
     pub(crate) fn empty_state() -> EngineState {
         engine(ClockMode::Event).snapshot()
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_least_recently_active() {
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut s = settings(ClockMode::Event);
+        s.max_customers = 200;
+        let metrics = Metrics::new();
+        let mut e = Engine::new(s, Arc::new(model), metrics.clone());
+        // c0 is active last of all; c1..c199 in order of their last purchase.
+        let mut entries: Vec<Entry> = (1..200u32)
+            .map(|i| purchase(u64::from(i), &format!("c{i}"), i))
+            .collect();
+        entries.push(purchase(200, "c0", 300));
+        e.apply_batch(batch(entries), 0);
+        assert_eq!(e.customers(), 200);
+
+        // A new customer: 1 % (2 customers) must go, the two least recently active.
+        e.apply_batch(batch(vec![purchase(201, "newcomer", 301)]), 0);
+        assert_eq!(e.customers(), 199);
+        assert_eq!(metrics.customers_evicted.get(), 2);
+        for gone in ["c1", "c2"] {
+            assert!(e.customer(gone).is_none(), "{gone} kept");
+        }
+        for kept in ["c0", "c3", "c199", "newcomer"] {
+            assert!(e.customer(kept).is_some(), "{kept} evicted");
+        }
+        let by_stage: i64 = e.summary().by_stage.values().sum();
+        assert_eq!(by_stage, 199, "population counts follow evictions");
+        // Timers were rebuilt: time passing re-scores the kept customers only.
+        e.apply_batch(batch(vec![purchase(202, "newcomer", 700)]), 0);
+        assert_eq!(e.customers(), 199);
     }
 
     #[test]

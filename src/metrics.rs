@@ -94,6 +94,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub consumer_pending: IntGaugeVec,
     pub customers: IntGauge,
+    pub customers_evicted: IntCounter,
     pub customers_by_stage: IntGaugeVec,
     pub customers_by_segment: IntGaugeVec,
     pub customers_by_probability: IntGaugeVec,
@@ -238,6 +239,10 @@ impl Metrics {
                 &["stream"],
             ),
             customers: gauge("churnd_customers_tracked", "Customers held in memory."),
+            customers_evicted: counter(
+                "churnd_customers_evicted_total",
+                "Customers forgotten to stay within state.max_customers (the least recently active).",
+            ),
             customers_by_stage: gauge_vec(
                 "churnd_customers_by_stage",
                 "Customers by lifecycle stage, as of their last scoring.",

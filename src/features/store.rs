@@ -113,6 +113,37 @@ impl<T: Default> CustomerStore<T> {
         &mut self.records[idx as usize]
     }
 
+    /// Keeps only the customers `keep` accepts, in their order, compacting in place (no
+    /// second copy of the table). Indices change: whatever refers to them must be rebuilt.
+    /// Returns how many were removed. O(customers).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        let before = self.records.len();
+        let (mut write, mut byte_write) = (0usize, 0usize);
+        for read in 0..before {
+            if !keep(&self.records[read]) {
+                continue;
+            }
+            let span = self.id_spans[read];
+            let (start, len) = ((span >> 8) as usize, (span & 0xff) as usize);
+            self.id_bytes.copy_within(start..start + len, byte_write);
+            self.id_spans[write] = ((byte_write as u64) << 8) | len as u64;
+            self.records.swap(write, read);
+            write += 1;
+            byte_write += len;
+        }
+        self.records.truncate(write);
+        self.id_spans.truncate(write);
+        self.id_bytes.truncate(byte_write);
+        self.index.clear();
+        let (seed, ids, spans) = (self.seed, &self.id_bytes, &self.id_spans);
+        for idx in 0..write as CustomerIdx {
+            let hash = rehash(ids, spans, seed, idx);
+            self.index
+                .insert_unique(hash, idx, |&i| rehash(ids, spans, seed, i));
+        }
+        before - write
+    }
+
     /// Every customer with its index, in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (CustomerIdx, &T)> {
         self.records
@@ -149,6 +180,32 @@ mod tests {
         *store.get_mut(a) += 5;
         assert_eq!(*store.get(a), 5);
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn retain_compacts_and_keeps_lookups_right() {
+        let mut store: CustomerStore<u32> = CustomerStore::new();
+        for i in 0..1_000u32 {
+            let (idx, _) = store.find_or_insert(&format!("c-{i}{}", "x".repeat(i as usize % 7)));
+            *store.get_mut(idx) = i;
+        }
+        let removed = store.retain(|&v| v % 3 != 0);
+        assert_eq!(removed, 334);
+        assert_eq!(store.len(), 666);
+        for i in 0..1_000u32 {
+            let id = format!("c-{i}{}", "x".repeat(i as usize % 7));
+            match store.find(&id) {
+                Some(idx) => {
+                    assert_ne!(i % 3, 0);
+                    assert_eq!(*store.get(idx), i);
+                    assert_eq!(store.id(idx), id);
+                }
+                None => assert_eq!(i % 3, 0, "{id} lost"),
+            }
+        }
+        let (_, new) = store.find_or_insert("after");
+        assert!(new);
+        assert_eq!(store.len(), 667);
     }
 
     #[test]
