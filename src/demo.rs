@@ -5,7 +5,7 @@
 //! streams under the event-time clock; runs the daemon until every entry is processed and
 //! acknowledged; prints what happened.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -132,8 +132,9 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
     settings.winback.control_stream = format!("{KEY_PREFIX}winback:control");
     settings.clock.mode = ClockMode::Event;
     settings.http.addr = "127.0.0.1:0".into();
-    // Each demo replays the history from scratch: nothing to carry over between runs.
-    settings.state.dir = PathBuf::new();
+    // Each demo replays the history from scratch: its snapshots go to a directory of its own,
+    // removed at the end.
+    settings.state.dir = std::env::temp_dir().join(format!("churnd-demo-{}", std::process::id()));
     settings
 }
 
@@ -208,10 +209,18 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
 
     report(&mut conn, &settings, api).await?;
     shutdown.cancel();
-    match daemon.await {
+    let stopped = daemon.await;
+    let snapshots = std::fs::read_dir(&settings.state.dir).map_or(0, |d| d.count());
+    // Best effort: the directory is in the system's temporary space anyway.
+    let _ = std::fs::remove_dir_all(&settings.state.dir);
+    match stopped {
         Ok(result) => result?,
         Err(e) => return Err(DemoError::DaemonStopped(e.to_string())),
     }
+    println!(
+        "The daemon stopped after writing a final snapshot of every customer ({snapshots} snapshot file(s) in {}, now removed).",
+        settings.state.dir.display()
+    );
     println!("\nDone in {:.1} s. The demo's keys stay in Redis under {KEY_PREFIX}* until the next demo run.", started.elapsed().as_secs_f64());
     Ok(())
 }
