@@ -1,0 +1,307 @@
+//! End-to-end benchmarks against a real redis-server that the program starts itself.
+//!
+//! `churnd-bench throughput`: pre-loads a stream, then measures how fast a bare consumer that
+//! only reads and acknowledges drains it (the Redis limit on this machine) and how fast the
+//! daemon does the whole job on the same stream, and prints both with their ratio.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
+
+use churnd::config::{ClockMode, Settings};
+use churnd::daemon;
+use churnd::source::lag::group_info;
+
+#[derive(Parser)]
+#[command(
+    name = "churnd-bench",
+    about = "End-to-end benchmarks of churnd against a real Redis"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Events per second: the daemon against a bare read-and-acknowledge consumer.
+    Throughput {
+        /// Events pre-loaded into the stream.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: usize,
+        /// Distinct customers among them.
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+        /// Entries per read (XREADGROUP COUNT), for both consumers.
+        #[arg(long, default_value_t = 1_000)]
+        batch_size: usize,
+        /// The redis-server binary to start.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: PathBuf,
+    },
+}
+
+const STREAM: &str = "bench:events";
+
+/// A private redis-server, killed on drop.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: tempfile_dir::TempDir,
+}
+
+/// A temporary directory without a dev-dependency: created under the system's temporary
+/// space, removed on drop.
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(label: &str) -> std::io::Result<Self> {
+            let path = std::env::temp_dir().join(format!(
+                "churnd-bench-{label}-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(&path)?;
+            Ok(Self(path))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl RedisServer {
+    fn start(binary: &PathBuf) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = tempfile_dir::TempDir::new("redis")?;
+        let child = Command::new(binary)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {} (install redis-server)", binary.display()))?;
+        let server = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let ping = redis::Client::open(server.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server did not start on port {port}")
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self) -> Result<MultiplexedConnection> {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        Ok(redis::Client::open(self.url())?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Appends `events` entries over `customers` customers: 70 % purchases, 20 % visits, 5 %
+/// refunds, 5 % complaints, IDs of 12 to 24 bytes, event times over the year before now.
+async fn preload(conn: &mut MultiplexedConnection, events: usize, customers: usize) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let now_ms = churnd::time::wall_millis();
+    let year_ms = 365 * 86_400_000u64;
+    let id = |n: usize| {
+        // 12 to 24 bytes, stable per customer.
+        let pad = 12 + (n * 7919) % 13;
+        format!("{n:0>pad$}")
+    };
+    for start in (0..events).step_by(10_000) {
+        let mut pipe = redis::pipe();
+        for i in start..(start + 10_000).min(events) {
+            let ts = now_ms - year_ms + (i as u64 * year_ms) / events as u64;
+            let customer = id(rng.random_range(0..customers));
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(STREAM)
+                .arg("*")
+                .arg("customer_id")
+                .arg(customer)
+                .arg("ts")
+                .arg(ts);
+            match rng.random_range(0..20) {
+                0..=13 => cmd
+                    .arg("type")
+                    .arg("purchase")
+                    .arg("amount")
+                    .arg(format!("{:.2}", rng.random_range(1.0..200.0))),
+                14..=17 => cmd.arg("type").arg("visit"),
+                18 => cmd.arg("type").arg("refund").arg("amount").arg("9.99"),
+                _ => cmd.arg("type").arg("complaint"),
+            };
+            cmd.ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// Reads the whole stream with its own group, acknowledging each batch after reading it, as
+/// the daemon does, and doing nothing else. Returns the time it took.
+async fn bare_consumer(
+    conn: &mut MultiplexedConnection,
+    events: usize,
+    batch: usize,
+) -> Result<Duration> {
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg("bare")
+        .arg("0")
+        .query_async::<()>(conn)
+        .await?;
+    let started = Instant::now();
+    let mut read = 0;
+    while read < events {
+        let reply: redis::Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("bare")
+            .arg("bare")
+            .arg("COUNT")
+            .arg(batch)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        let entries = churnd::source::batch::parse_reply(reply, &[STREAM.to_string()])?;
+        if entries.is_empty() {
+            bail!("the stream ended after {read} of {events} entries");
+        }
+        read += entries.len();
+        let ids: Vec<String> = entries.iter().map(|e| e.id.to_string()).collect();
+        redis::cmd("XACK")
+            .arg(STREAM)
+            .arg("bare")
+            .arg(ids)
+            .query_async::<()>(conn)
+            .await?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the daemon until its group has read and acknowledged every entry.
+async fn daemon_run(
+    redis: &RedisServer,
+    conn: &mut MultiplexedConnection,
+    batch: usize,
+) -> Result<Duration> {
+    let state = tempfile_dir::TempDir::new("state")?;
+    let mut settings = Settings::default();
+    settings.redis.url = redis.url();
+    settings.source.streams = vec![STREAM.into()];
+    settings.source.group = "churnd".into();
+    settings.source.consumer = "bench".into();
+    settings.source.batch_size = batch;
+    settings.clock.mode = ClockMode::Event;
+    settings.http.addr = "127.0.0.1:0".into();
+    settings.state.dir = state.path().to_path_buf();
+    settings.model.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json");
+    let settings = settings.validated()?;
+    let listener = daemon::bind(&settings).await?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(daemon::run(settings, listener, shutdown.clone()));
+    loop {
+        if handle.is_finished() {
+            bail!("the daemon stopped early: {:?}", handle.await);
+        }
+        let reply: Option<redis::Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(STREAM)
+            .query_async(conn)
+            .await
+            .ok();
+        let info = reply.as_ref().and_then(|r| group_info(r, "churnd"));
+        if info.is_some_and(|g| g.lag == Some(0) && g.pending == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    handle.await??;
+    Ok(elapsed)
+}
+
+async fn throughput(events: usize, customers: usize, batch: usize, binary: &PathBuf) -> Result<()> {
+    let redis = RedisServer::start(binary)?;
+    let mut conn = redis.conn().await?;
+    let loading = Instant::now();
+    preload(&mut conn, events, customers).await?;
+    println!(
+        "pre-loaded {events} events over {customers} customers in {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
+    let bare = bare_consumer(&mut conn, events, batch).await?;
+    let bare_rate = events as f64 / bare.as_secs_f64();
+    println!(
+        "bare consumer (XREADGROUP COUNT {batch} + XACK per batch): {:.2} s, {bare_rate:.0} events/s",
+        bare.as_secs_f64()
+    );
+    let churnd = daemon_run(&redis, &mut conn, batch).await?;
+    let churnd_rate = events as f64 / churnd.as_secs_f64();
+    println!(
+        "churnd (start to every entry processed and acknowledged): {:.2} s, {churnd_rate:.0} events/s",
+        churnd.as_secs_f64()
+    );
+    println!("churnd / bare consumer: {:.2}", churnd_rate / bare_rate);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    match Cli::parse().command {
+        Bench::Throughput {
+            events,
+            customers,
+            batch_size,
+            redis_server,
+        } => throughput(events, customers, batch_size, &redis_server).await,
+    }
+}
