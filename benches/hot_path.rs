@@ -243,13 +243,14 @@ fn engine_with(ids: &[String], rng: &mut StdRng) -> Engine {
     // One event at the start first, so the history below does not move the watermark.
     let start = entry(START_MS, &[("customer_id", "x"), ("type", "visit")]);
     engine.apply_batch(Batch::new(vec![start]), START_MS);
+    let mut seq = 0;
     for chunk in ids.chunks(BATCH) {
         let entries = chunk
             .iter()
             .map(|id| {
                 let ts = (START_MS - rng.random_range(1..365 * 86_400_000)).to_string();
                 let amount = format!("{:.2}", rng.random_range(5.0..200.0));
-                entry(
+                let mut e = entry(
                     START_MS,
                     &[
                         ("customer_id", id),
@@ -257,7 +258,11 @@ fn engine_with(ids: &[String], rng: &mut StdRng) -> Engine {
                         ("amount", &amount),
                         ("ts", &ts),
                     ],
-                )
+                );
+                // Distinct IDs: the engine skips an entry at or below the last one applied.
+                seq += 1;
+                e.id.seq = seq;
+                e
             })
             .collect();
         engine.apply_batch(Batch::new(entries), START_MS);
