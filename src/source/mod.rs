@@ -137,11 +137,7 @@ impl Source {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        if self.connector.failed(&e) {
-                            conn = None;
-                            self.health.set(Part::Source, false);
-                        }
-                        if !self.connector.pause(&shutdown).await {
+                        if !self.back_off(&e, &mut conn, &shutdown).await {
                             break;
                         }
                     }
@@ -197,21 +193,13 @@ impl Source {
                         "consumer group missing (stream or group deleted, or Redis restarted without its data); recreating it at the last entry received"
                     );
                     if let Err(e) = self.create_groups(c, &received).await {
-                        if self.connector.failed(&e) {
-                            conn = None;
-                            self.health.set(Part::Source, false);
-                        }
-                        if !self.connector.pause(&shutdown).await {
+                        if !self.back_off(&e, &mut conn, &shutdown).await {
                             break;
                         }
                     }
                 }
                 Err(e) => {
-                    if self.connector.failed(&e) {
-                        conn = None;
-                        self.health.set(Part::Source, false);
-                    }
-                    if !self.connector.pause(&shutdown).await {
+                    if !self.back_off(&e, &mut conn, &shutdown).await {
                         break;
                     }
                 }
@@ -320,6 +308,21 @@ impl Source {
             }
         }
         Ok(())
+    }
+
+    /// Records a failed operation (dropping the connection if it is unusable) and waits
+    /// before the next try; `false` if shutdown came first.
+    async fn back_off(
+        &mut self,
+        e: &RedisError,
+        conn: &mut Option<MultiplexedConnection>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if self.connector.failed(e) {
+            *conn = None;
+            self.health.set(Part::Source, false);
+        }
+        self.connector.pause(shutdown).await
     }
 
     /// Claims the entries stranded on consumers that are gone, as a batch.
