@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{redact_url, SettingError, Settings};
 use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
 use crate::health::{Health, Part};
@@ -41,8 +41,8 @@ const QUERY_QUEUE: usize = 64;
 pub enum DaemonError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("invalid Redis settings: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error("invalid settings: {0}")]
+    Setting(#[from] SettingError),
     #[error("cannot serve HTTP: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
@@ -66,6 +66,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
+    // Settings that name files (certificates) are read now, before anything runs.
+    let client = settings.redis_client()?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::new(metrics.clone()));
     let model = Model::load(&settings.model.path)?;
@@ -84,7 +86,6 @@ pub async fn run(
         Some(dir) => load_snapshot(dir, &settings, &metrics)?,
         None => None,
     };
-    let client = settings.redis_client()?;
     let connector = |role, response_timeout| {
         Connector::new(
             client.clone(),
@@ -190,6 +191,8 @@ pub async fn run(
     );
     tracing::info!(
         http = %http_addr,
+        redis = %redact_url(&settings.redis.url),
+        tls = settings.redis.uses_tls(),
         streams = ?settings.source.streams,
         group = %settings.source.group,
         consumer = %settings.source.consumer,
