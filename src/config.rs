@@ -375,14 +375,60 @@ impl SegmentSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
+    /// 127.0.0.1:9898 keeps the API to the host (or pod); 0.0.0.0 serves every interface.
     pub addr: String,
+    /// When set, `/v1/customers/{id}` and `/v1/summary` require `Authorization: Bearer
+    /// <token>`: they show per-customer data. Probes and scraping stay open.
+    pub customer_token: Option<Secret>,
+    /// A file holding the token (a mounted Kubernetes Secret), read at start; surrounding
+    /// whitespace, such as a final newline, is ignored. Instead of `customer_token`.
+    pub customer_token_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:9898".into(),
+            customer_token: None,
+            customer_token_file: None,
         }
+    }
+}
+
+impl HttpSettings {
+    /// The token the customer endpoints require, if any, from `customer_token` or read from
+    /// `customer_token_file`. Errors name the key and never show the token.
+    pub fn customer_token(&self) -> Result<Option<Secret>, SettingError> {
+        let (key, token) = match (&self.customer_token, &self.customer_token_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(SettingError(
+                    "http.customer_token and http.customer_token_file are both set: set one".into(),
+                ))
+            }
+            (Some(token), None) => ("http.customer_token", token.expose().to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    SettingError(format!(
+                        "http.customer_token_file {} cannot be read: {e}",
+                        path.display()
+                    ))
+                })?;
+                ("http.customer_token_file", text.trim().to_string())
+            }
+        };
+        if token.is_empty() {
+            return Err(SettingError(format!(
+                "{key} gives an empty token; unset it to serve the customer endpoints without one"
+            )));
+        }
+        // RFC 6750: a bearer token is visible ASCII; anything else cannot be sent in a header.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SettingError(format!(
+                "{key} must be visible ASCII characters without spaces (for example from `openssl rand -hex 32`)"
+            )));
+        }
+        Ok(Some(Secret(token)))
     }
 }
 
@@ -524,6 +570,9 @@ impl Settings {
         if let Err(e) = self.redis_client() {
             p.push(e.0);
         }
+        if let Err(e) = self.http.customer_token() {
+            p.push(e.0);
+        }
         for (key, v) in [
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.response_timeout_ms", self.redis.response_timeout_ms),
@@ -637,6 +686,9 @@ impl Settings {
         shown.redis.url = redact_url(&shown.redis.url);
         if shown.redis.password.is_some() {
             shown.redis.password = Some(REDACTED.into());
+        }
+        if shown.http.customer_token.is_some() {
+            shown.http.customer_token = Some(REDACTED.into());
         }
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
@@ -856,10 +908,13 @@ mod tests {
         let mut s = Settings::default();
         s.redis.url = "rediss://churnd:hunter2@h:6380/0".into();
         s.redis.password = Some("hunter3".into());
+        s.http.customer_token = Some("hunter4".into());
         for shown in [format!("{s:?}"), format!("{s:#?}"), s.to_redacted_toml()] {
             assert!(!shown.contains("hunter"), "{shown}");
             assert!(shown.contains("churnd:***@h:6380"), "{shown}");
         }
+        let parsed: toml::Value = toml::from_str(&s.to_redacted_toml()).unwrap();
+        assert_eq!(parsed["http"]["customer_token"].as_str(), Some("***"));
     }
 
     fn problems_with(change: impl FnOnce(&mut Settings)) -> String {
@@ -869,6 +924,51 @@ mod tests {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn the_customer_token_is_checked_by_key_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  from-a-secret\n").unwrap();
+        let mut http = HttpSettings {
+            customer_token_file: Some(file.clone()),
+            ..HttpSettings::default()
+        };
+        assert_eq!(
+            http.customer_token().unwrap().unwrap().expose(),
+            "from-a-secret"
+        );
+        http.customer_token = Some("direct".into());
+        let err = http.customer_token().unwrap_err().to_string();
+        assert!(err.contains("both set"), "{err}");
+
+        let err = problems_with(|s| s.http.customer_token = Some("".into()));
+        assert!(
+            err.contains("http.customer_token gives an empty token"),
+            "{err}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let err = problems_with(|s| s.http.customer_token_file = Some(file.clone()));
+        assert!(
+            err.contains("http.customer_token_file gives an empty token"),
+            "{err}"
+        );
+        let err = problems_with(|s| s.http.customer_token = Some("sp ace-secret".into()));
+        assert!(
+            err.contains("http.customer_token must be visible ASCII"),
+            "{err}"
+        );
+        assert!(!err.contains("ace-secret"), "{err}");
+        let err = problems_with(|s| s.http.customer_token_file = Some(dir.path().join("none")));
+        assert!(
+            err.contains("http.customer_token_file") && err.contains("cannot be read"),
+            "{err}"
+        );
+        assert_eq!(
+            problems_with(|s| s.http.customer_token = Some("ok".into())),
+            ""
+        );
     }
 
     #[test]

@@ -129,6 +129,9 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
         settings.redis.tls_cert_file = None;
         settings.redis.tls_key_file = None;
     }
+    // The demo's API listens on an ephemeral loopback port and only the demo asks it.
+    settings.http.customer_token = None;
+    settings.http.customer_token_file = None;
     settings.source.streams = vec![format!("{KEY_PREFIX}events")];
     settings.source.group = "churnd-demo".into();
     settings.source.consumer = "demo".into();

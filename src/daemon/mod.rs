@@ -66,8 +66,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
-    // Settings that name files (certificates) are read now, before anything runs.
+    // Settings that name files (certificates, the token) are read now, before anything runs.
     let client = settings.redis_client()?;
+    let customer_token = settings.http.customer_token()?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::new(metrics.clone()));
     let model = Model::load(&settings.model.path)?;
@@ -178,10 +179,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     let http_stop = CancellationToken::new();
+    let app_token_required = customer_token.is_some();
     let app = http::router(AppState {
         metrics: metrics.clone(),
         health: health.clone(),
         queries: query_tx,
+        customer_token: customer_token.map(Arc::new),
     });
     let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
     let http_task = tokio::spawn(
@@ -191,6 +194,7 @@ pub async fn run(
     );
     tracing::info!(
         http = %http_addr,
+        customer_token = if app_token_required { "required" } else { "off" },
         redis = %redact_url(&settings.redis.url),
         tls = settings.redis.uses_tls(),
         streams = ?settings.source.streams,

@@ -1,6 +1,6 @@
-//! Credentials never show: the Redis password (in the URL or given separately) stays out of
-//! the log (even at debug level), `/metrics`, `/readyz` and `churnd check-config`; a wrong
-//! password is reported as such.
+//! Credentials never show: the Redis password (in the URL or given separately) and the API
+//! token stay out of the log (even at debug level), `/metrics`, `/readyz` and
+//! `churnd check-config`; a wrong password is reported as such.
 
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ const EVENTS: &str = "churn:events";
 /// Has a character that must be percent-encoded in the URL, to check both spellings.
 const PASSWORD: &str = "Pa55/w0rd-xyzzy";
 const PASSWORD_IN_URL: &str = "Pa55%2Fw0rd-xyzzy";
+const TOKEN: &str = "tok-9f8e7d6c5b4a";
 
 fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
     for secret in secrets {
@@ -18,16 +19,25 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_password_never_appears_in_logs_metrics_or_check_config() {
+async fn the_password_and_token_never_appear_in_logs_metrics_or_check_config() {
     let redis = RedisServer::start_with(ServerOptions {
         password: Some(PASSWORD.into()),
         ..ServerOptions::default()
     });
-    let env = [(
-        "CHURND__REDIS__URL",
-        redis.url_with_password(Some(PASSWORD_IN_URL)),
-    )];
-    let all_secrets = [PASSWORD, PASSWORD_IN_URL];
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("customer-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let env = [
+        (
+            "CHURND__REDIS__URL",
+            redis.url_with_password(Some(PASSWORD_IN_URL)),
+        ),
+        (
+            "CHURND__HTTP__CUSTOMER_TOKEN_FILE",
+            token_file.display().to_string(),
+        ),
+    ];
+    let all_secrets = [PASSWORD, PASSWORD_IN_URL, TOKEN];
 
     let out = churnd()
         .arg("check-config")
@@ -42,6 +52,7 @@ async fn the_password_never_appears_in_logs_metrics_or_check_config() {
     );
     assert_no_secret("check-config", &shown, &all_secrets);
     assert!(shown.contains(":***@127.0.0.1"), "{shown}");
+    assert!(shown.contains("customer_token_file"), "{shown}");
 
     let mut daemon_env = env.to_vec();
     daemon_env.push(("RUST_LOG", "debug".into()));
@@ -62,10 +73,25 @@ async fn the_password_never_appears_in_logs_metrics_or_check_config() {
     })
     .await;
 
-    let summary = daemon.get_text("/v1/summary").await.unwrap();
-    assert_no_secret("/v1/summary", &summary, &all_secrets);
+    let http = reqwest::Client::new();
+    let summary = |token: Option<&str>| {
+        let mut request = http.get(daemon.url("/v1/summary"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    assert_eq!(summary(None).await.unwrap().status(), 401);
+    assert_eq!(summary(Some("not-the-token")).await.unwrap().status(), 401);
+    let ok = summary(Some(TOKEN)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_no_secret("/v1/summary", &ok.text().await.unwrap(), &all_secrets);
 
     let metrics = daemon.get_text("/metrics").await.unwrap();
+    assert_eq!(
+        parse_metric(&metrics, "churnd_http_unauthorized_total"),
+        Some(2.0)
+    );
     assert_eq!(
         parse_metric(
             &metrics,
@@ -78,6 +104,10 @@ async fn the_password_never_appears_in_logs_metrics_or_check_config() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("DEBUG"), "debug logging was on: {log}");
     assert!(log.contains(":***@127.0.0.1"), "{log}");
+    assert!(
+        log.contains("required"),
+        "the log says a token is required: {log}"
+    );
     assert_no_secret("the log", &log, &all_secrets);
 }
 
