@@ -1,12 +1,17 @@
 # churnd production image.
 #
 #   docker build -t churnd .
-#   docker run --rm -p 9898:9898 -e CHURND__REDIS__URL=redis://redis.internal:6379/0 churnd
+#   docker run --rm --read-only -v churnd-state:/var/lib/churnd -p 9898:9898 \
+#     -e CHURND__REDIS__URL=rediss://redis.internal:6380/0 churnd
 #
 # Configuration: the image ships config/default.toml (the documented defaults) in /app;
 # everything deployment-specific comes from CHURND__SECTION__KEY environment variables (or a
 # file passed with `--config`). Nothing secret is baked in: give the Redis password as
-# CHURND__REDIS__PASSWORD from a secret store at run time.
+# CHURND__REDIS__PASSWORD and the API token as a mounted file (CHURND__HTTP__CUSTOMER_TOKEN_FILE)
+# from a secret store at run time.
+#
+# The root filesystem can be read-only (`docker run --read-only`, Kubernetes
+# readOnlyRootFilesystem): churnd writes only its snapshots, under /var/lib/churnd.
 
 ############################################################################################
 # Builder
@@ -17,16 +22,20 @@ WORKDIR /build
 
 # Dependency layer: build every dependency against the real Cargo.toml/Cargo.lock with stub
 # sources, so the layer is only rebuilt when the manifest or the lock file changes.
-# Cargo.toml declares a library (src/lib.rs), the binary (src/main.rs) and a `[[bench]]`
-# named hot_path: Cargo refuses to load the manifest if benches/hot_path.rs is missing, even
-# though `cargo build` never compiles benches. Test targets are auto-discovered, so tests/
-# is not needed.
+# Cargo.toml declares a library (src/lib.rs), the binary (src/main.rs) and the `[[bench]]`
+# targets hot_path, model and snapshot: Cargo refuses to load the manifest if a declared bench's file is
+# missing, even though `cargo build` never compiles benches (keep this list in step with
+# Cargo.toml). Test targets are auto-discovered, so tests/ is not needed.
+# TLS is rustls with the ring provider: ring's C and assembly build with the gcc the rust
+# image has; no OpenSSL headers, cmake or perl are needed.
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && : > src/lib.rs \
     && echo 'fn main() {}' > benches/hot_path.rs \
-    && cargo build --release --locked \
+    && echo 'fn main() {}' > benches/model.rs \
+    && echo 'fn main() {}' > benches/snapshot.rs \
+    && cargo build --release --locked --bin churnd \
     && rm -rf src benches
 
 # The real sources. COPY keeps the files' modification times from the build context, which
@@ -35,7 +44,7 @@ RUN mkdir -p src benches \
 COPY src ./src
 COPY benches ./benches
 RUN touch src/lib.rs src/main.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --bin churnd \
     && ./target/release/churnd --version
 
 ############################################################################################
@@ -54,9 +63,12 @@ LABEL org.opencontainers.image.title="churnd" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 
 # No packages are installed. The binary links only glibc, libm and libgcc_s (all in the base
-# image), and the redis client is built without TLS, so ca-certificates would be unused.
+# image). TLS to Redis (rediss://) is rustls, statically linked, and trusts the web PKI roots
+# compiled into the binary (webpki-roots), so no system CA store and no ca-certificates
+# package is needed. For a private CA, mount its PEM file and set CHURND__REDIS__TLS_CA_FILE.
 #
-# A fixed, unprivileged user; the state directory (snapshots, in a later release) is its own.
+# A fixed, unprivileged user; the state directory (snapshots) is its own and the only path
+# churnd writes to.
 RUN groupadd --gid 10001 churnd \
     && useradd --uid 10001 --gid 10001 --no-log-init --no-create-home \
        --home-dir /var/lib/churnd --shell /usr/sbin/nologin churnd \
@@ -73,10 +85,15 @@ WORKDIR /app
 COPY config/default.toml ./config/default.toml
 COPY models ./models
 
+# Snapshots of customer state go to the volume (state.dir defaults to "state" under the
+# working directory, which is read-only here). churnd creates the directory.
+ENV CHURND__STATE__DIR=/var/lib/churnd/state
+
 USER 10001:10001
 VOLUME ["/var/lib/churnd"]
 
-# http.addr defaults to 0.0.0.0:9898: /metrics, /healthz (liveness), /readyz (readiness).
+# http.addr defaults to 0.0.0.0:9898: /metrics, /healthz (liveness), /readyz (readiness), and
+# the customer endpoints under /v1/ (guard them with CHURND__HTTP__CUSTOMER_TOKEN_FILE).
 EXPOSE 9898
 
 # Liveness only: /healthz answers 200 whenever the HTTP server runs, independent of Redis

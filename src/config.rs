@@ -36,12 +36,58 @@ pub struct Settings {
     pub state: StateSettings,
 }
 
+/// A setting that must never be printed: its `Debug` shows `***`, and `check-config`
+/// replaces it. Only [`Secret::expose`] gives the value, at the one place that uses it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self::new(value)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// What [`Settings::to_redacted_toml`] shows instead of a secret.
+const REDACTED: &str = "***";
+
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
+    /// `redis://` or, for TLS, `rediss://`; may carry the password (redacted wherever shown).
     pub url: String,
     /// Overrides the URL's password (e.g. from a Kubernetes Secret); never printed.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
+    /// PEM file with the CA certificate(s) that sign the server's certificate: a private CA.
+    /// It replaces the built-in web PKI roots, which serve when it is unset.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for servers that require client certificates (mTLS);
+    /// goes with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     pub connect_timeout_ms: u64,
     pub response_timeout_ms: u64,
     pub backoff_initial_ms: u64,
@@ -53,6 +99,9 @@ impl Default for RedisSettings {
         Self {
             url: "redis://127.0.0.1:6379/0".into(),
             password: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             connect_timeout_ms: 2_000,
             response_timeout_ms: 5_000,
             backoff_initial_ms: 100,
@@ -65,24 +114,73 @@ impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &redact_url(&self.url))
-            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password", &self.password)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("response_timeout_ms", &self.response_timeout_ms)
-            .finish_non_exhaustive()
+            .field("backoff_initial_ms", &self.backoff_initial_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .finish()
     }
 }
 
-/// The URL with any password replaced by `***`.
+impl RedisSettings {
+    /// Whether the URL asks for TLS (`rediss://`, or Valkey's `valkeys://`).
+    pub fn uses_tls(&self) -> bool {
+        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    }
+}
+
+/// The URL with its secrets replaced by `***`: the password of the user information
+/// (`redis://user:***@host`, `redis://:***@host`; a user information without `:` is
+/// redacted whole, since some clients read it as the password) and the `pass`/`password`
+/// query parameters of socket URLs (`redis+unix:///run/redis.sock?pass=***`).
+///
+/// Works on the text, not a parsed URL, so that a URL too broken to parse is redacted too.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
     };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
+    // The last `@` ends the user information even when the password holds an unescaped `@`.
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}@{host}"),
+            None => format!("{REDACTED}@{host}"),
+        },
+        None => rest.to_string(),
+    };
+    let rest = match rest.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((q, f)) => (q, Some(f)),
+                None => (query, None),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _))
+                        if k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password") =>
+                    {
+                        format!("{k}={REDACTED}")
+                    }
+                    _ => pair.to_string(),
+                })
+                .collect();
+            let mut shown = format!("{path}?{}", query.join("&"));
+            if let Some(f) = fragment {
+                shown = format!("{shown}#{f}");
+            }
+            shown
         }
-        None => url.to_string(),
+        None => rest,
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest,
     }
 }
 
@@ -281,14 +379,60 @@ impl SegmentSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
+    /// 127.0.0.1:9898 keeps the API to the host (or pod); 0.0.0.0 serves every interface.
     pub addr: String,
+    /// When set, `/v1/customers/{id}` and `/v1/summary` require `Authorization: Bearer
+    /// <token>`: they show per-customer data. Probes and scraping stay open.
+    pub customer_token: Option<Secret>,
+    /// A file holding the token (a mounted Kubernetes Secret), read at start; surrounding
+    /// whitespace, such as a final newline, is ignored. Instead of `customer_token`.
+    pub customer_token_file: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:9898".into(),
+            customer_token: None,
+            customer_token_file: None,
         }
+    }
+}
+
+impl HttpSettings {
+    /// The token the customer endpoints require, if any, from `customer_token` or read from
+    /// `customer_token_file`. Errors name the key and never show the token.
+    pub fn customer_token(&self) -> Result<Option<Secret>, SettingError> {
+        let (key, token) = match (&self.customer_token, &self.customer_token_file) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err(SettingError(
+                    "http.customer_token and http.customer_token_file are both set: set one".into(),
+                ))
+            }
+            (Some(token), None) => ("http.customer_token", token.expose().to_string()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    SettingError(format!(
+                        "http.customer_token_file {} cannot be read: {e}",
+                        path.display()
+                    ))
+                })?;
+                ("http.customer_token_file", text.trim().to_string())
+            }
+        };
+        if token.is_empty() {
+            return Err(SettingError(format!(
+                "{key} gives an empty token; unset it to serve the customer endpoints without one"
+            )));
+        }
+        // RFC 6750: a bearer token is visible ASCII; anything else cannot be sent in a header.
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SettingError(format!(
+                "{key} must be visible ASCII characters without spaces (for example from `openssl rand -hex 32`)"
+            )));
+        }
+        Ok(Some(Secret(token)))
     }
 }
 
@@ -364,6 +508,11 @@ impl StateSettings {
     }
 }
 
+/// A setting that cannot be used, in a message that names its key (and no secret).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(pub String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration could not be read: {0}")]
@@ -426,11 +575,11 @@ impl Settings {
 
     fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
-            p.push(format!(
-                "redis.url {:?} is not a Redis URL: {e}",
-                redact_url(&self.redis.url)
-            ));
+        if let Err(e) = self.redis_client() {
+            p.push(e.0);
+        }
+        if let Err(e) = self.http.customer_token() {
+            p.push(e.0);
         }
         for (key, v) in [
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
@@ -551,22 +700,130 @@ impl Settings {
         let mut shown = self.clone();
         shown.redis.url = redact_url(&shown.redis.url);
         if shown.redis.password.is_some() {
-            shown.redis.password = Some("***".into());
+            shown.redis.password = Some(REDACTED.into());
+        }
+        if shown.http.customer_token.is_some() {
+            shown.http.customer_token = Some(REDACTED.into());
         }
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 
-    /// A Redis client for the configured server, with the password override applied.
-    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
-        use redis::IntoConnectionInfo;
-        let mut info = self.redis.url.as_str().into_connection_info()?;
-        if let Some(password) = &self.redis.password {
-            let redis_info = info.redis_settings().clone().set_password(password.clone());
+    /// A Redis client for the configured server: the password override applied and, for
+    /// `rediss://`, the configured CA and client certificate. Reads and checks the
+    /// certificate files, so a bad one is reported at start by its key.
+    pub fn redis_client(&self) -> Result<redis::Client, SettingError> {
+        use redis::{ConnectionAddr, IntoConnectionInfo};
+        let r = &self.redis;
+        let mut info = r.url.as_str().into_connection_info().map_err(|e| {
+            SettingError(format!(
+                "redis.url {:?} is not a Redis URL: {e}",
+                redact_url(&r.url)
+            ))
+        })?;
+        if let Some(password) = &r.password {
+            let redis_info = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
             info = info.set_redis_settings(redis_info);
         }
-        redis::Client::open(info)
+        let files = [
+            ("redis.tls_ca_file", &r.tls_ca_file),
+            ("redis.tls_cert_file", &r.tls_cert_file),
+            ("redis.tls_key_file", &r.tls_key_file),
+        ];
+        match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(SettingError(INSECURE_REFUSED.into()));
+            }
+            ConnectionAddr::TcpTls { .. } => {}
+            _ => {
+                if let Some((key, _)) = files.iter().find(|(_, f)| f.is_some()) {
+                    return Err(SettingError(format!(
+                        "{key} is set but redis.url is not a rediss:// (TLS) URL"
+                    )));
+                }
+                return redis::Client::open(info)
+                    .map_err(|e| SettingError(format!("redis.url: {e}")));
+            }
+        }
+        install_crypto_provider();
+        let root_cert = match &r.tls_ca_file {
+            Some(path) => Some(read_certificates("redis.tls_ca_file", path)?),
+            None => None,
+        };
+        let client_tls = match (&r.tls_cert_file, &r.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_certificates("redis.tls_cert_file", cert)?,
+                client_key: read_private_key("redis.tls_key_file", key)?,
+            }),
+            _ => return Err(SettingError(CERT_WITHOUT_KEY.into())),
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        redis::Client::build_with_tls(info, certificates)
+            .map_err(|e| SettingError(format!("redis TLS settings cannot be used: {e}")))
     }
+}
+
+const CERT_WITHOUT_KEY: &str =
+    "redis.tls_cert_file and redis.tls_key_file go together: set both or neither";
+const INSECURE_REFUSED: &str = "redis.url: #insecure (TLS without certificate verification) \
+    is not supported; give the server's CA in redis.tls_ca_file";
+
+/// rustls needs a process-wide crypto provider. Only ring is compiled in, which rustls would
+/// pick by itself; installing it explicitly keeps TLS working should another dependency
+/// ever enable a second provider (rustls then refuses to guess and panics).
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
+    std::fs::read(path)
+        .map_err(|e| SettingError(format!("{key} {} cannot be read: {e}", path.display())))
+}
+
+/// A PEM file's bytes, checked to hold at least one well-formed certificate.
+fn read_certificates(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = read_file(key, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            SettingError(format!(
+                "{key} {} is not a PEM certificate file: {e}",
+                path.display()
+            ))
+        })?;
+    if certificates.is_empty() {
+        return Err(SettingError(format!(
+            "{key} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
+/// A PEM file's bytes, checked to hold a private key (PKCS#8, PKCS#1 or SEC1).
+fn read_private_key(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let pem = read_file(key, path)?;
+    // The parse error is about the file's structure; it never quotes the key.
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        SettingError(format!(
+            "{key} {} holds no usable PEM private key: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(pem)
 }
 
 fn host_name() -> String {
@@ -638,5 +895,142 @@ mod tests {
         s.redis.password = Some("hunter3".into());
         let shown = s.to_redacted_toml();
         assert!(!shown.contains("hunter"), "{shown}");
+    }
+
+    #[test]
+    fn every_form_of_url_secret_is_redacted() {
+        for (url, shown) in [
+            ("rediss://:pw@h:6380/1", "rediss://:***@h:6380/1"),
+            ("redis://pw@h", "redis://***@h"),
+            ("redis://u:p@ss@h", "redis://u:***@h"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=pw",
+                "redis+unix:///run/r.sock?db=1&pass=***",
+            ),
+            (
+                "unix:///r.sock?user=u&PASSWORD=pw#x",
+                "unix:///r.sock?user=u&PASSWORD=***#x",
+            ),
+            ("u:pw@h:6379", "u:***@h:6379"),
+            ("rediss://h:6380/0", "rediss://h:6380/0"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut s = Settings::default();
+        s.redis.url = "rediss://churnd:hunter2@h:6380/0".into();
+        s.redis.password = Some("hunter3".into());
+        s.http.customer_token = Some("hunter4".into());
+        for shown in [format!("{s:?}"), format!("{s:#?}"), s.to_redacted_toml()] {
+            assert!(!shown.contains("hunter"), "{shown}");
+            assert!(shown.contains("churnd:***@h:6380"), "{shown}");
+        }
+        let parsed: toml::Value = toml::from_str(&s.to_redacted_toml()).unwrap();
+        assert_eq!(parsed["http"]["customer_token"].as_str(), Some("***"));
+    }
+
+    fn problems_with(change: impl FnOnce(&mut Settings)) -> String {
+        let mut s = Settings::default();
+        change(&mut s);
+        match s.validated() {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_customer_token_is_checked_by_key_without_showing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  from-a-secret\n").unwrap();
+        let mut http = HttpSettings {
+            customer_token_file: Some(file.clone()),
+            ..HttpSettings::default()
+        };
+        assert_eq!(
+            http.customer_token().unwrap().unwrap().expose(),
+            "from-a-secret"
+        );
+        http.customer_token = Some("direct".into());
+        let err = http.customer_token().unwrap_err().to_string();
+        assert!(err.contains("both set"), "{err}");
+
+        let err = problems_with(|s| s.http.customer_token = Some("".into()));
+        assert!(
+            err.contains("http.customer_token gives an empty token"),
+            "{err}"
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let err = problems_with(|s| s.http.customer_token_file = Some(file.clone()));
+        assert!(
+            err.contains("http.customer_token_file gives an empty token"),
+            "{err}"
+        );
+        let err = problems_with(|s| s.http.customer_token = Some("sp ace-secret".into()));
+        assert!(
+            err.contains("http.customer_token must be visible ASCII"),
+            "{err}"
+        );
+        assert!(!err.contains("ace-secret"), "{err}");
+        let err = problems_with(|s| s.http.customer_token_file = Some(dir.path().join("none")));
+        assert!(
+            err.contains("http.customer_token_file") && err.contains("cannot be read"),
+            "{err}"
+        );
+        assert_eq!(
+            problems_with(|s| s.http.customer_token = Some("ok".into())),
+            ""
+        );
+    }
+
+    #[test]
+    fn tls_settings_are_checked_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for (change, named) in [
+            (
+                Box::new(|s: &mut Settings| s.redis.tls_ca_file = Some("ca.pem".into()))
+                    as Box<dyn FnOnce(&mut Settings)>,
+                "redis.tls_ca_file is set but redis.url is not a rediss://",
+            ),
+            (
+                Box::new(|s: &mut Settings| s.redis.url = "rediss://:pw@h:6380/#insecure".into()),
+                "#insecure",
+            ),
+            (
+                Box::new(|s: &mut Settings| {
+                    s.redis.url = "rediss://h:6380".into();
+                    s.redis.tls_cert_file = Some("client.pem".into());
+                }),
+                "redis.tls_cert_file and redis.tls_key_file go together",
+            ),
+            (
+                Box::new(|s: &mut Settings| {
+                    s.redis.url = "rediss://h:6380".into();
+                    s.redis.tls_ca_file = Some("/nonexistent/ca.pem".into());
+                }),
+                "redis.tls_ca_file /nonexistent/ca.pem cannot be read",
+            ),
+            (
+                Box::new(move |s: &mut Settings| {
+                    s.redis.url = "rediss://h:6380".into();
+                    s.redis.tls_ca_file = Some(empty);
+                }),
+                "holds no PEM certificate",
+            ),
+        ] {
+            let err = problems_with(change);
+            assert!(err.contains(named), "expected {named:?} in:\n{err}");
+            assert!(!err.contains("pw@"), "{err}");
+        }
+        // Web PKI roots by default: a rediss:// URL alone is valid.
+        assert_eq!(
+            problems_with(|s| s.redis.url = "rediss://:pw@h:6380/0".into()),
+            ""
+        );
     }
 }

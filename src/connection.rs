@@ -3,6 +3,10 @@
 //!
 //! Each task (source, sink, monitor) owns its connection: a blocking XREADGROUP must not
 //! hold up the sink's writes, and each task knows best when to give up and reconnect.
+//!
+//! Errors are logged through [`Connector::describe`]: failures only the configuration can
+//! fix (a wrong password, an untrusted certificate) say which setting to check, and the
+//! password never appears, even should a server or library echo it.
 
 use std::time::Duration;
 
@@ -44,6 +48,8 @@ impl Backoff {
 
 pub struct Connector {
     client: redis::Client,
+    /// The password the client sends, kept only to scrub it from error messages.
+    password: Option<String>,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
     backoff: Backoff,
@@ -63,8 +69,15 @@ impl Connector {
     ) -> Self {
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
         metrics.redis_connected.with_label_values(&[role]).set(0);
+        let password = client
+            .get_connection_info()
+            .redis_settings()
+            .password()
+            .filter(|p| !p.is_empty())
+            .map(String::from);
         Self {
             client,
+            password,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout)),
@@ -102,7 +115,7 @@ impl Connector {
                     self.backoff.reset();
                     return Some(conn);
                 }
-                Ok(Err(e)) => e.to_string(),
+                Ok(Err(e)) => self.describe(&e),
                 Err(_) => format!("no answer within {:?}", self.connect_timeout * 2),
             };
             self.metrics
@@ -129,6 +142,7 @@ impl Connector {
             .with_label_values(&[self.role])
             .inc();
         let reconnect = needs_reconnect(error);
+        let error = self.describe(error);
         if reconnect {
             self.metrics
                 .redis_connected
@@ -152,6 +166,42 @@ impl Connector {
     pub fn succeeded(&mut self) {
         self.backoff.reset();
     }
+
+    /// The error for the log: with a hint when only the configuration can fix it, and with
+    /// the password, should it appear, replaced by `***`.
+    pub fn describe(&self, error: &RedisError) -> String {
+        let text = describe(error);
+        match &self.password {
+            Some(password) => text.replace(password.as_str(), "***"),
+            None => text,
+        }
+    }
+}
+
+/// The error's text, plus what to check when a setting is the likely cause.
+pub fn describe(error: &RedisError) -> String {
+    let text = error.to_string();
+    let code = error.code().unwrap_or_default();
+    let hint = if error.kind() == ErrorKind::AuthenticationFailed || code == "WRONGPASS" {
+        "authentication failed: check the password in redis.url or redis.password"
+    } else if code == "NOAUTH" {
+        "authentication required: the server has a password; give it in redis.url or \
+         redis.password"
+    } else if is_certificate_error(&text) {
+        "TLS: the server's certificate is not trusted or does not match its host name; a \
+         private CA goes in redis.tls_ca_file"
+    } else if text.contains("CertificateRequired") {
+        "TLS: the server requires a client certificate: set redis.tls_cert_file and \
+         redis.tls_key_file"
+    } else {
+        return text;
+    };
+    format!("{text} ({hint})")
+}
+
+/// rustls reports verification failures as "invalid peer certificate: <reason>".
+fn is_certificate_error(text: &str) -> bool {
+    text.contains("invalid peer certificate") || text.contains("UnknownIssuer")
 }
 
 /// Whether the connection itself is unusable: I/O failure, timeout, or a server that can no

@@ -14,7 +14,7 @@ use redis::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClockMode, Settings};
+use crate::config::{redact_url, ClockMode, SettingError, Settings};
 use crate::daemon::{self, DaemonError};
 use crate::source::lag::group_info;
 use crate::transactions::{Transactions, TransactionsError};
@@ -33,6 +33,8 @@ pub enum DemoError {
     NoRedis { url: String },
     #[error("could not start a private redis-server: {0}")]
     StartRedis(String),
+    #[error(transparent)]
+    Setting(#[from] SettingError),
     #[error("Redis failed during the demo: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("the daemon failed: {0}")]
@@ -80,9 +82,11 @@ impl PrivateRedis {
             child,
             url: format!("redis://127.0.0.1:{port}/0"),
         };
+        let client = redis::Client::open(redis.url.as_str())
+            .map_err(|e| DemoError::StartRedis(e.to_string()))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if ping(&redis.url).await {
+            if ping(&client).await {
                 return Ok(redis);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -99,10 +103,7 @@ impl Drop for PrivateRedis {
     }
 }
 
-async fn ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
-        return false;
-    };
+async fn ping(client: &redis::Client) -> bool {
     let attempt = async {
         let mut c = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd("PING").query_async::<String>(&mut c).await.ok()
@@ -121,9 +122,16 @@ fn on_path(program: &str) -> bool {
 /// The demo's settings: demo-only keys, event-time clock, an ephemeral HTTP port.
 fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings {
     if let Some(url) = redis_url {
+        // The private redis-server: plain TCP on loopback, no password.
         settings.redis.url = url;
         settings.redis.password = None;
+        settings.redis.tls_ca_file = None;
+        settings.redis.tls_cert_file = None;
+        settings.redis.tls_key_file = None;
     }
+    // The demo's API listens on an ephemeral loopback port and only the demo asks it.
+    settings.http.customer_token = None;
+    settings.http.customer_token_file = None;
     settings.source.streams = vec![format!("{KEY_PREFIX}events")];
     settings.source.group = "churnd-demo".into();
     settings.source.consumer = "demo".into();
@@ -162,24 +170,24 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
         println!("  ({} unreadable rows skipped)", data.bad_rows.len());
     }
 
-    let (_private, url) = if ping(&settings.redis.url).await {
-        println!(
-            "Redis: using {}",
-            crate::config::redact_url(&settings.redis.url)
-        );
+    // With the configured password and TLS settings, so the demo finds the Redis the daemon
+    // would use.
+    let configured = settings.redis_client()?;
+    let (_private, url) = if ping(&configured).await {
+        println!("Redis: using {}", redact_url(&settings.redis.url));
         (None, None)
     } else if on_path("redis-server") {
         let private = PrivateRedis::start().await?;
         println!(
             "Redis: none answers at {}; started a private redis-server at {}",
-            crate::config::redact_url(&settings.redis.url),
+            redact_url(&settings.redis.url),
             private.url
         );
         let url = private.url.clone();
         (Some(private), Some(url))
     } else {
         return Err(DemoError::NoRedis {
-            url: crate::config::redact_url(&settings.redis.url),
+            url: redact_url(&settings.redis.url),
         });
     };
     let settings = demo_settings(settings, url);

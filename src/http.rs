@@ -2,18 +2,24 @@
 //!
 //! Health and metrics never wait on the engine, so they answer even when it is saturated;
 //! customer queries go to the engine over a channel and are answered between batches.
+//!
+//! With `http.customer_token` set, the `/v1/` endpoints (per-customer data) require
+//! `Authorization: Bearer <token>`; `/metrics`, `/healthz` and `/readyz` stay open so probes
+//! and scrapers need no secret.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::config::Secret;
 use crate::engine::{CustomerView, Summary};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -32,16 +38,80 @@ pub struct AppState {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub queries: mpsc::Sender<Query>,
+    /// The bearer token the customer endpoints require; `None` leaves them open.
+    pub customer_token: Option<Arc<Secret>>,
 }
 
 pub fn router(state: AppState) -> Router {
+    let mut customers = Router::new()
+        .route("/v1/customers/{id}", get(customer))
+        .route("/v1/summary", get(summary));
+    if state.customer_token.is_some() {
+        // route_layer: only matched routes are guarded, so an unknown path stays a 404.
+        customers = customers.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_bearer_token,
+        ));
+    }
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/v1/customers/{id}", get(customer))
-        .route("/v1/summary", get(summary))
+        .merge(customers)
         .with_state(state)
+}
+
+/// Lets the request through only with `Authorization: Bearer <customer_token>`; otherwise
+/// answers 401 with a JSON error and a `WWW-Authenticate` challenge (RFC 6750). The token
+/// sent is never logged.
+async fn require_bearer_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &state.customer_token else {
+        return next.run(request).await;
+    };
+    let (challenge, message) = match bearer_token(request.headers()) {
+        Some(given) if token_matches(given, expected.expose()) => return next.run(request).await,
+        Some(_) => (
+            r#"Bearer realm="churnd", error="invalid_token""#,
+            "the bearer token is not valid",
+        ),
+        None => (
+            r#"Bearer realm="churnd""#,
+            "this endpoint requires an Authorization: Bearer token",
+        ),
+    };
+    state.metrics.http_unauthorized.inc();
+    // Neither the token sent nor the path (it holds a customer ID, chosen by the caller).
+    tracing::debug!("refused a customer-endpoint request without a valid bearer token");
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    response
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
+fn bearer_token(headers: &HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, token) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = token.trim_ascii();
+    (!token.is_empty()).then_some(token)
+}
+
+/// Compares in time independent of where the bytes differ, so response times do not give
+/// the token away byte by byte. A different length is answered at once: the length is not
+/// the secret.
+fn token_matches(given: &[u8], expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.ct_eq(expected.as_bytes()).into()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -105,5 +175,34 @@ async fn summary(State(state): State<AppState>) -> Response {
     match ask(&state, Query::Summary).await {
         Ok(summary) => Json(summary).into_response(),
         Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, authorization.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn the_bearer_token_is_read_from_the_authorization_header() {
+        assert_eq!(bearer_token(&headers("Bearer abc")), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(&headers("bearer  abc ")), Some(&b"abc"[..]));
+        assert_eq!(bearer_token(&headers("Basic YWJjOmRlZg==")), None);
+        assert_eq!(bearer_token(&headers("Bearer ")), None);
+        assert_eq!(bearer_token(&headers("Bearer")), None);
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn tokens_match_only_exactly() {
+        assert!(token_matches(b"s3cret-token", "s3cret-token"));
+        assert!(!token_matches(b"s3cret-tokem", "s3cret-token"));
+        assert!(!token_matches(b"s3cret-token-and-more", "s3cret-token"));
+        assert!(!token_matches(b"", "s3cret-token"));
     }
 }

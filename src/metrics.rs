@@ -107,6 +107,7 @@ pub struct Metrics {
     pub model_reloads: IntCounterVec,
     pub redis_connected: IntGaugeVec,
     pub redis_errors: IntCounterVec,
+    pub http_unauthorized: IntCounter,
     pub ready: IntGauge,
     pub clock_seconds: IntGauge,
     pub snapshots: IntCounterVec,
@@ -299,6 +300,10 @@ impl Metrics {
                 "churnd_redis_errors_total",
                 "Failed Redis operations, by role.",
                 &["role"],
+            ),
+            http_unauthorized: counter(
+                "churnd_http_unauthorized_total",
+                "Requests to the customer endpoints refused for a missing or wrong bearer token.",
             ),
             ready: gauge(
                 "churnd_ready",

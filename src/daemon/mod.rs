@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{redact_url, SettingError, Settings};
 use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
 use crate::health::{Health, Part};
@@ -41,8 +41,8 @@ const QUERY_QUEUE: usize = 64;
 pub enum DaemonError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("invalid Redis settings: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error("invalid settings: {0}")]
+    Setting(#[from] SettingError),
     #[error("cannot serve HTTP: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
@@ -66,6 +66,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
+    // Settings that name files (certificates, the token) are read now, before anything runs.
+    let client = settings.redis_client()?;
+    let customer_token = settings.http.customer_token()?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::new(metrics.clone()));
     let model = Model::load(&settings.model.path)?;
@@ -84,7 +87,6 @@ pub async fn run(
         Some(dir) => load_snapshot(dir, &settings, &metrics)?,
         None => None,
     };
-    let client = settings.redis_client()?;
     let connector = |role, response_timeout| {
         Connector::new(
             client.clone(),
@@ -178,10 +180,12 @@ pub async fn run(
         shutdown.clone(),
     ));
     let http_stop = CancellationToken::new();
+    let app_token_required = customer_token.is_some();
     let app = http::router(AppState {
         metrics: metrics.clone(),
         health: health.clone(),
         queries: query_tx,
+        customer_token: customer_token.map(Arc::new),
     });
     let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
     let http_task = tokio::spawn(
@@ -191,6 +195,9 @@ pub async fn run(
     );
     tracing::info!(
         http = %http_addr,
+        customer_token = if app_token_required { "required" } else { "off" },
+        redis = %redact_url(&settings.redis.url),
+        tls = settings.redis.uses_tls(),
         streams = ?settings.source.streams,
         group = %settings.source.group,
         consumer = %settings.source.consumer,

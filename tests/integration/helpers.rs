@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use churnd::config::{ClockMode, SegmentMode, Settings};
@@ -25,6 +26,95 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     persistent: bool,
+    options: ServerOptions,
+}
+
+/// How a test's redis-server guards itself.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// `requirepass`: clients must AUTH with it.
+    pub password: Option<String>,
+    /// Serve TLS only (no plain port), with the server certificate of these.
+    pub tls: Option<TestPki>,
+    /// `tls-auth-clients yes`: clients need a certificate signed by the test CA.
+    pub require_client_cert: bool,
+}
+
+/// Certificates made for one test (no fixed files that expire): a CA, a server certificate
+/// for 127.0.0.1 and localhost, a client certificate, all signed by the CA, and an
+/// unrelated CA that trusts none of them. PEM files in a temp dir.
+#[derive(Clone)]
+pub struct TestPki {
+    _dir: Arc<tempfile::TempDir>,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+impl TestPki {
+    pub fn generate() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let write = |name: &str, pem: String| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (ca_pem, issuer) = ca("churnd test CA");
+        let (other_ca_pem, _) = ca("some other CA");
+        let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+            let mut params = CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "churnd test");
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(vec!["churnd".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        Self {
+            ca: write("ca.pem", ca_pem),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            other_ca: write("other-ca.pem", other_ca_pem),
+            _dir: Arc::new(dir),
+        }
+    }
+}
+
+/// Percent-encodes all but RFC 3986's unreserved characters, for a password in a URL.
+pub fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 pub fn free_port() -> u16 {
@@ -45,12 +135,22 @@ impl RedisServer {
         Self::launch(true)
     }
 
+    /// With a password, TLS or both.
+    pub fn start_with(options: ServerOptions) -> Self {
+        Self::launch_with(false, options)
+    }
+
     fn launch(persistent: bool) -> Self {
+        Self::launch_with(persistent, ServerOptions::default())
+    }
+
+    fn launch_with(persistent: bool, options: ServerOptions) -> Self {
         let mut server = Self {
             child: None,
             port: free_port(),
             dir: tempfile::tempdir().expect("a temp dir"),
             persistent,
+            options,
         };
         server.spawn();
         server
@@ -58,9 +158,31 @@ impl RedisServer {
 
     fn spawn(&mut self) {
         let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
+        match &self.options.tls {
+            Some(pki) => {
+                cmd.args(["--port", "0", "--tls-port"])
+                    .arg(self.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&pki.server_cert)
+                    .arg("--tls-key-file")
+                    .arg(&pki.server_key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&pki.ca)
+                    .arg("--tls-auth-clients")
+                    .arg(if self.options.require_client_cert {
+                        "yes"
+                    } else {
+                        "no"
+                    });
+            }
+            None => {
+                cmd.arg("--port").arg(self.port.to_string());
+            }
+        }
+        if let Some(password) = &self.options.password {
+            cmd.arg("--requirepass").arg(password);
+        }
+        cmd.arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
             .arg(self.dir.path())
@@ -79,8 +201,9 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if redis::Client::open(self.url())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+            if self
+                .client()
+                .get_connection_with_timeout(Duration::from_millis(200))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
                 .is_ok()
             {
@@ -91,8 +214,45 @@ impl RedisServer {
         panic!("redis-server did not start on port {}", self.port);
     }
 
+    /// The URL a client needs: `rediss://` under TLS, with the password if there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let password = self.options.password.as_deref().map(percent_encode);
+        self.url_with_password(password.as_deref())
+    }
+
+    /// The URL with this password (or none; percent-encoded already) instead of the server's.
+    pub fn url_with_password(&self, password: Option<&str>) -> String {
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let auth = password.map_or(String::new(), |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}/0", self.port)
+    }
+
+    /// The test CA and, when the server requires one, the client certificate.
+    pub fn tls(&self) -> Option<&TestPki> {
+        self.options.tls.as_ref()
+    }
+
+    /// A client for the harness itself, trusting the test CA under TLS.
+    pub fn client(&self) -> redis::Client {
+        let Some(pki) = &self.options.tls else {
+            return redis::Client::open(self.url()).unwrap();
+        };
+        let client_tls = self
+            .options
+            .require_client_cert
+            .then(|| redis::ClientTlsConfig {
+                client_cert: std::fs::read(&pki.client_cert).unwrap(),
+                client_key: std::fs::read(&pki.client_key).unwrap(),
+            });
+        let certificates = redis::TlsCertificates {
+            client_tls,
+            root_cert: Some(std::fs::read(&pki.ca).unwrap()),
+        };
+        redis::Client::build_with_tls(self.url(), certificates).unwrap()
     }
 
     pub fn stop(&mut self) {
@@ -113,8 +273,7 @@ impl RedisServer {
     pub async fn conn(&self) -> MultiplexedConnection {
         let config =
             redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
-        redis::Client::open(self.url())
-            .unwrap()
+        self.client()
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .expect("a connection to the test redis")
@@ -176,6 +335,13 @@ pub fn churnd() -> Command {
 pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
     let mut s = Settings::default();
     s.redis.url = redis.url();
+    if let Some(pki) = redis.tls() {
+        s.redis.tls_ca_file = Some(pki.ca.clone());
+        if redis.options.require_client_cert {
+            s.redis.tls_cert_file = Some(pki.client_cert.clone());
+            s.redis.tls_key_file = Some(pki.client_key.clone());
+        }
+    }
     s.redis.backoff_initial_ms = 20;
     s.redis.backoff_max_ms = 200;
     s.redis.connect_timeout_ms = 500;
@@ -405,4 +571,82 @@ pub async fn leave_pending(conn: &mut MultiplexedConnection, stream: &str) {
         .query_async::<redis::Value>(conn)
         .await
         .unwrap();
+}
+
+/// `churnd run` as a child process on a free port, its stderr collected by a thread (so a
+/// chatty log never fills the pipe and blocks the daemon).
+pub struct DaemonProcess {
+    child: Child,
+    pub port: u16,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    _state: tempfile::TempDir,
+}
+
+impl DaemonProcess {
+    /// Runs with these environment variables on top of a private state directory and port.
+    pub fn spawn(env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let state = tempfile::tempdir().expect("a temp dir");
+        let mut cmd = churnd();
+        cmd.arg("run")
+            .env("CHURND__STATE__DIR", state.path())
+            .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("CHURND__REDIS__BACKOFF_INITIAL_MS", "20")
+            .env("CHURND__REDIS__BACKOFF_MAX_MS", "200")
+            .env("CHURND__SOURCE__BLOCK_MS", "100")
+            .env("CHURND__SOURCE__LAG_POLL_MS", "100")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("churnd runs");
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            text
+        });
+        Self {
+            child,
+            port,
+            stderr: Some(stderr),
+            _state: state,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The body of a GET, or `None` while the daemon does not answer.
+    pub async fn get_text(&self, path: &str) -> Option<String> {
+        reqwest::get(self.url(path)).await.ok()?.text().await.ok()
+    }
+
+    /// Sends SIGTERM and returns the exit code and everything logged.
+    pub fn stop(mut self) -> (Option<i32>, String) {
+        // SAFETY: plain kill(2) on our own child's PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = self.stderr.take().unwrap().join().unwrap_or_default();
+        (status.code(), stderr)
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -156,3 +156,72 @@ async fn readiness_follows_redis_while_health_stays_up() {
     assert_eq!(app.metric("churnd_ready").await, Some(1.0));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_customer_endpoints_require_the_bearer_token_when_one_is_set() {
+    const TOKEN: &str = "3f9a1c-customer-token";
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    settings.http.customer_token = Some(TOKEN.into());
+    let app = App::spawn(settings).await;
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("guarded", 10.0, T0_MS)).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+
+    let http = reqwest::Client::new();
+    let get = |path: &str, authorization: Option<&str>| {
+        let mut request = http.get(app.url(path));
+        if let Some(value) = authorization {
+            request = request.header("Authorization", value);
+        }
+        request.send()
+    };
+    for (authorization, challenge) in [
+        (None, r#"Bearer realm="churnd""#),
+        (
+            Some("Bearer wrong-token"),
+            r#"Bearer realm="churnd", error="invalid_token""#,
+        ),
+        (Some(&*format!("Bearer {TOKEN}x")), "invalid_token"),
+        (Some(&*format!("Basic {TOKEN}")), r#"Bearer realm="churnd""#),
+    ] {
+        for path in ["/v1/customers/guarded", "/v1/summary"] {
+            let response = get(path, authorization).await.unwrap();
+            assert_eq!(response.status(), 401, "{path} with {authorization:?}");
+            let www = response.headers()["www-authenticate"].to_str().unwrap();
+            assert!(www.contains(challenge), "{www}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert!(body["error"].is_string(), "{body}");
+            assert!(!body.to_string().contains(TOKEN), "{body}");
+        }
+    }
+    assert_eq!(
+        app.metric("churnd_http_unauthorized_total").await,
+        Some(8.0)
+    );
+
+    let bearer = format!("Bearer {TOKEN}");
+    let customer = get("/v1/customers/guarded", Some(&bearer)).await.unwrap();
+    assert_eq!(customer.status(), 200);
+    let customer: serde_json::Value = customer.json().await.unwrap();
+    assert_eq!(customer["customer_id"], "guarded");
+    let lower = format!("bearer {TOKEN}");
+    assert_eq!(
+        get("/v1/summary", Some(&lower)).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        get("/v1/customers/nobody", Some(&bearer))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    // Probes and scraping need no token; unknown paths stay unknown.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(get(path, None).await.unwrap().status(), 200, "{path}");
+    }
+    assert_eq!(get("/v1/nothing", None).await.unwrap().status(), 404);
+    app.stop().await;
+}

@@ -11,3 +11,5 @@ mod model_cli;
 mod pipeline;
 mod process;
 mod resilience;
+mod secrets;
+mod tls;
