@@ -3,6 +3,8 @@
 //! `churnd-bench throughput`: pre-loads a stream, then measures how fast a bare consumer that
 //! only reads and acknowledges drains it (the Redis limit on this machine) and how fast the
 //! daemon does the whole job on the same stream, and prints both with their ratio.
+//!
+//! `churnd-bench memory`: resident memory per tracked customer.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,6 +33,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Resident memory per tracked customer: the growth of the process's RSS while the
+    /// engine learns `customers` customers (one purchase each, IDs of 12 to 24 bytes).
+    Memory {
+        #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+    },
     /// Events per second: the daemon against a bare read-and-acknowledge consumer.
     Throughput {
         /// Events pre-loaded into the stream.
@@ -294,9 +302,80 @@ async fn throughput(events: usize, customers: usize, batch: usize, binary: &Path
     Ok(())
 }
 
+/// The process's resident set size, from /proc (Linux).
+fn resident_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("unexpected /proc/self/statm")?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Ok(pages * u64::try_from(page).context("page size")?)
+}
+
+fn memory(customers: usize) -> Result<()> {
+    use churnd::engine::{Engine, EngineSettings};
+    use churnd::event::EntryId;
+    use churnd::source::batch::{Batch, Entry};
+    use redis::Value;
+
+    let mut settings = Settings::default();
+    settings.clock.mode = ClockMode::Event;
+    settings.state.max_customers = customers.max(1);
+    let model = churnd::model::Model::load(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json"),
+    )?;
+    let mut engine = Engine::new(
+        EngineSettings::from(&settings),
+        std::sync::Arc::new(model),
+        churnd::metrics::Metrics::new(),
+    );
+    let now_ms = churnd::time::wall_millis();
+    let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+    let before = resident_bytes()?;
+    let mut rng = StdRng::seed_from_u64(7);
+    for start in (0..customers).step_by(1_000) {
+        let entries = (start..(start + 1_000).min(customers))
+            .map(|n| {
+                let pad = 12 + (n * 7919) % 13;
+                let ts = now_ms - rng.random_range(0..365 * 86_400_000u64);
+                Entry {
+                    stream: 0,
+                    id: EntryId {
+                        ms: now_ms,
+                        seq: n as u64 + 1,
+                    },
+                    values: Some(vec![
+                        bulk("customer_id"),
+                        bulk(&format!("{n:0>pad$}")),
+                        bulk("type"),
+                        bulk("purchase"),
+                        bulk("amount"),
+                        bulk("19.90"),
+                        bulk("ts"),
+                        bulk(&ts.to_string()),
+                    ]),
+                }
+            })
+            .collect();
+        engine.apply_batch(Batch::new(entries), now_ms);
+    }
+    let grown = resident_bytes()?.saturating_sub(before);
+    println!(
+        "{} customers tracked: resident memory grew by {:.1} MiB, {:.1} bytes per customer (table, IDs, index, timers and allocator slack included)",
+        engine.customers(),
+        grown as f64 / (1024.0 * 1024.0),
+        grown as f64 / engine.customers().max(1) as f64
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
+        Bench::Memory { customers } => memory(customers),
         Bench::Throughput {
             events,
             customers,
