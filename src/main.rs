@@ -348,6 +348,17 @@ fn score(settings: &Settings, args: ScoreArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let scores = batch::score(&data, as_of, &model, &Classification::from(settings));
     let elapsed = started.elapsed();
+    if scores.is_empty() {
+        let first = data
+            .rows
+            .first()
+            .map_or("none".to_string(), |t| time::rfc3339(t.time));
+        anyhow::bail!(
+            "no transaction in {} is before --as-of {} (the first is at {first}): nothing to score; pick a later date",
+            args.transactions.display(),
+            time::rfc3339(as_of)
+        );
+    }
     if out == Path::new("-") {
         batch::write_csv(std::io::stdout().lock(), &scores)?;
     } else {

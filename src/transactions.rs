@@ -141,7 +141,13 @@ fn parse_row(record: &csv::StringRecord, columns: &Columns) -> Result<Transactio
         Some(k) => k.parse()?,
     };
     let amount_text = field(columns.amount);
-    let amount = if amount_text.is_empty() && !kind.requires_amount() {
+    let amount = if amount_text.is_empty() {
+        if kind.requires_amount() {
+            return Err(format!(
+                "amount is missing (required for {})",
+                kind.as_str()
+            ));
+        }
         0.0
     } else {
         let amount: f64 = amount_text

@@ -158,13 +158,13 @@ pub fn render_text(r: &EvaluationReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<10} {:>8} {:>10} {:>9} {:>8} {:>10}",
+        "\n{:<10} {:>8} {:>10} {:>9} {:>8} {:>12}",
         "", "ROC AUC", "avg prec", "log loss", "Brier", "top-10% lift"
     );
     let mut row = |name: &str, e: &Evaluation| {
         let _ = writeln!(
             s,
-            "{:<10} {:>8.4} {:>10.4} {:>9.4} {:>8.4} {:>10.2}",
+            "{:<10} {:>8.4} {:>10.4} {:>9.4} {:>8.4} {:>12.2}",
             name, e.roc_auc, e.average_precision, e.log_loss, e.brier_score, e.top_decile_lift
         );
     };
@@ -585,7 +585,7 @@ mod tests {
         for column in ["avg prec", "log loss", "Brier", "top-10% lift"] {
             assert!(header.contains(column), "{column:?} missing in {header:?}");
         }
-        let model_line = "model        0.7500     0.5000    0.6250   0.1250       2.50";
+        let model_line = "model        0.7500     0.5000    0.6250   0.1250         2.50";
         assert!(lines.contains(&model_line), "no model line in\n{text}");
         assert!(
             !text.contains("BG/NBD"),
@@ -621,7 +621,7 @@ mod tests {
         let model_at = lines.iter().position(|l| *l == model_line).unwrap();
         assert_eq!(
             lines[model_at + 1],
-            "BG/NBD       0.6125     0.5000    0.6250   0.1250       2.50",
+            "BG/NBD       0.6125     0.5000    0.6250   0.1250         2.50",
             "the baseline follows the model\n{text}"
         );
         assert!(

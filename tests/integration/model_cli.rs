@@ -389,7 +389,7 @@ fn train_skips_bad_rows_naming_their_lines_and_count() {
     for needle in [
         format!("{shown}:6: skipped: date \"1997-02-30\""),
         format!("{shown}:7: skipped: amount \"-5\" must be between 0 and"),
-        format!("{shown}:8: skipped: amount \"\" is not a decimal number"),
+        format!("{shown}:8: skipped: amount is missing (required for purchase)"),
         format!("3 bad rows skipped, {} rows read", f.rows.len()),
     ] {
         assert!(
@@ -880,4 +880,11 @@ fn score_names_the_flag_of_a_bad_date_and_an_unwritable_output() {
         Path::new("-"),
     ))
     .assert_fails_with(&["cannot read model file", &missing.display().to_string()]);
+    run(&mut score(
+        &f.transactions,
+        &model,
+        "1990-01-01",
+        Path::new("-"),
+    ))
+    .assert_fails_with(&["is before --as-of 1990-01-01", "nothing to score"]);
 }
