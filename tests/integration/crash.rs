@@ -383,6 +383,19 @@ async fn customers_survive_a_restart_after_their_events_are_trimmed_away() {
     let app = App::spawn(settings.clone()).await;
     xadd(&mut c, EVENTS, &purchase("loyal", 42.0, T0_MS)).await;
     drained(&mut c).await;
+    wait_for("a periodic snapshot", Duration::from_secs(10), || {
+        let app = &app;
+        async move {
+            app.metric("churnd_snapshots_total{outcome=\"written\"}")
+                .await
+                .is_some_and(|n| n >= 1.0)
+        }
+    })
+    .await;
+    assert!(
+        app.metric("churnd_snapshot_bytes").await.unwrap() > 0.0,
+        "the snapshot's size is exported"
+    );
     app.stop().await;
 
     // The history is gone from Redis: only the snapshot knows the customer.
