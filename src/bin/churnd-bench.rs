@@ -148,22 +148,23 @@ impl Drop for RedisServer {
     }
 }
 
+/// The `n`th customer's ID: 12 to 24 bytes, stable per customer.
+fn customer_id(n: usize) -> String {
+    let pad = 12 + (n * 7919) % 13;
+    format!("{n:0>pad$}")
+}
+
 /// Appends `events` entries over `customers` customers: 70 % purchases, 20 % visits, 5 %
 /// refunds, 5 % complaints, IDs of 12 to 24 bytes, event times over the year before now.
 async fn preload(conn: &mut MultiplexedConnection, events: usize, customers: usize) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(42);
     let now_ms = churnd::time::wall_millis();
     let year_ms = 365 * 86_400_000u64;
-    let id = |n: usize| {
-        // 12 to 24 bytes, stable per customer.
-        let pad = 12 + (n * 7919) % 13;
-        format!("{n:0>pad$}")
-    };
     for start in (0..events).step_by(10_000) {
         let mut pipe = redis::pipe();
         for i in start..(start + 10_000).min(events) {
             let ts = now_ms - year_ms + (i as u64 * year_ms) / events as u64;
-            let customer = id(rng.random_range(0..customers));
+            let customer = customer_id(rng.random_range(0..customers));
             let cmd = pipe
                 .cmd("XADD")
                 .arg(STREAM)
@@ -339,7 +340,6 @@ fn memory(customers: usize) -> Result<()> {
     for start in (0..customers).step_by(1_000) {
         let entries = (start..(start + 1_000).min(customers))
             .map(|n| {
-                let pad = 12 + (n * 7919) % 13;
                 let ts = now_ms - rng.random_range(0..365 * 86_400_000u64);
                 Entry {
                     stream: 0,
@@ -349,7 +349,7 @@ fn memory(customers: usize) -> Result<()> {
                     },
                     values: Some(vec![
                         bulk("customer_id"),
-                        bulk(&format!("{n:0>pad$}")),
+                        bulk(&customer_id(n)),
                         bulk("type"),
                         bulk("purchase"),
                         bulk("amount"),

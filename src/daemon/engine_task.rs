@@ -64,6 +64,12 @@ async fn forward(engine: &Engine, fx: Effects, ch: &mut Channels, forwarded: &mu
     }
 }
 
+/// The next tick of an interval that may be off (`None`: never ticks).
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) -> Option<()> {
+    ticker.as_mut()?.tick().await;
+    Some(())
+}
+
 /// Runs until the source closes the batch channel (shutdown) or the sink goes away, then
 /// takes the final snapshot.
 pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick: Duration) {
@@ -75,12 +81,15 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
     } = durability;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let (snapshotter, snapshot_interval) = snapshots.unzip();
-    let mut snapshot_ticker =
-        tokio::time::interval(snapshot_interval.unwrap_or(Duration::from_secs(3600)));
-    snapshot_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate: nothing to save yet.
-    snapshot_ticker.reset();
+    let (snapshotter, mut snapshot_ticker) = snapshots
+        .map(|(s, every)| {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is immediate: nothing to save yet.
+            ticker.reset();
+            (s, ticker)
+        })
+        .unzip();
     let mut forwarded = 0u64;
     loop {
         tokio::select! {
@@ -115,7 +124,7 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
                     break;
                 }
             }
-            _ = snapshot_ticker.tick(), if snapshotter.is_some() => {
+            Some(()) = next_tick(&mut snapshot_ticker) => {
                 if let Some(s) = &snapshotter {
                     s.take(&engine, forwarded);
                 }

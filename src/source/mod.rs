@@ -82,8 +82,10 @@ impl Source {
                 .into_iter()
                 .map(|id| (id != EntryId::default()).then_some(id))
                 .collect(),
-            None => vec![None; streams.len()],
+            None => Vec::new(),
         };
+        // One position per configured stream, whatever the restored state held.
+        received.resize(streams.len(), None);
         // Before the first connect: move groups back to the snapshot, read all own pending.
         let mut starting = true;
         let mut recovering = true;
@@ -106,8 +108,7 @@ impl Source {
                     match prepared {
                         Ok(start) => cursors = start,
                         Err(e) => {
-                            self.connector.failed(&e);
-                            if !self.connector.pause(&shutdown).await {
+                            if !self.back_off(&e, &mut conn, &shutdown).await {
                                 break;
                             }
                             continue;
