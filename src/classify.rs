@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::features::Rfm;
+use crate::features::{Rfm, HALF_LIVES_DAYS};
 use crate::time::{self, UnixSeconds};
 
 /// Where a customer is in their life with the business, by days since the last purchase.
@@ -231,6 +231,28 @@ impl RfmThresholds {
         )
     }
 
+    /// The first moment after `now` at which silence alone changes the segment of a customer
+    /// whose facts at `now` are `rfm`: recency passing its threshold, or the decayed purchase
+    /// count or spend falling below theirs. `None` when silence changes nothing more.
+    pub fn next_change(&self, rfm: &Rfm, now: UnixSeconds) -> Option<UnixSeconds> {
+        // Both decayed sums use the 365-day half-life: v·2^(-d/h) falls below `t` after
+        // h·log2(v/t) days.
+        let half_life = HALF_LIVES_DAYS[2];
+        let falls_below = |value: f64, threshold: f64| {
+            (threshold > 0.0 && value >= threshold).then(|| half_life * (value / threshold).log2())
+        };
+        [
+            (rfm.recency_days <= self.recency_days).then_some(self.recency_days - rfm.recency_days),
+            falls_below(rfm.frequency_365d, self.frequency),
+            falls_below(rfm.monetary_365d, self.monetary),
+        ]
+        .into_iter()
+        .flatten()
+        // One second past the moment the comparison turns, which is when it has turned.
+        .map(|days| now.saturating_add((days * time::SECONDS_PER_DAY).ceil() as u32 + 1))
+        .min()
+    }
+
     /// Thresholds at the medians of a population sample. Customers at the median rate high,
     /// so a population where most bought once still splits on frequency.
     pub fn medians(sample: &mut [Rfm]) -> Option<Self> {
@@ -356,6 +378,45 @@ mod tests {
         let problems = b.problems("stages");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("stages.silent_days"));
+    }
+
+    #[test]
+    fn silence_flips_the_segment_at_computed_moments() {
+        let t = RfmThresholds {
+            recency_days: 90.0,
+            frequency: 1.0,
+            monetary: 50.0,
+        };
+        let rfm = |recency_days: f64, frequency_365d: f64, monetary_365d: f64| Rfm {
+            recency_days,
+            tenure_days: 400.0,
+            purchases: 3,
+            frequency_365d,
+            monetary_365d,
+            total_spend: 300.0,
+        };
+        // R turns low 30 days on, F (2 → 1 at a 365-day half-life) a year on, M (400 → 50)
+        // three half-lives on: the nearest first, one second after the comparison turns.
+        assert_eq!(
+            t.next_change(&rfm(60.0, 2.0, 400.0), T0),
+            Some(T0 + 30 * DAY + 1)
+        );
+        let later = t.next_change(&rfm(100.0, 2.0, 400.0), T0).unwrap();
+        assert!(later.abs_diff(T0 + 365 * DAY) <= 2, "{later}");
+        // Everything already low: silence changes nothing more.
+        assert_eq!(t.next_change(&rfm(100.0, 0.5, 10.0), T0), None);
+        // The moment found is when the segment has changed.
+        let f = rfm(100.0, 2.0, 10.0);
+        let at = t.next_change(&f, T0).unwrap();
+        let decayed = |secs: u32| {
+            rfm(
+                100.0,
+                2.0 * (-(f64::from(secs) / 86_400.0) / 365.0).exp2(),
+                10.0,
+            )
+        };
+        assert_ne!(t.segment(&decayed(at - T0)), t.segment(&f));
+        assert_eq!(t.segment(&decayed(at - T0 - 2)), t.segment(&f));
     }
 
     #[test]

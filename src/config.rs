@@ -318,14 +318,19 @@ impl Default for ModelSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScoringSettings {
-    /// A silent customer is re-scored at least this often (and at every stage boundary).
+    /// Silent customers are re-scored when their classification could next change (see
+    /// `features::recheck`), but never more often than this: a churn probability crossing a
+    /// boundary is noticed at most this late.
     pub rescore_interval_secs: u32,
+    /// ... and never less often than this.
+    pub max_rescore_interval_secs: u32,
 }
 
 impl Default for ScoringSettings {
     fn default() -> Self {
         Self {
             rescore_interval_secs: 86_400,
+            max_rescore_interval_secs: 2_592_000,
         }
     }
 }
@@ -659,6 +664,12 @@ impl Settings {
         }
         if self.scoring.rescore_interval_secs == 0 {
             p.push("scoring.rescore_interval_secs must be at least 1".into());
+        }
+        if self.scoring.max_rescore_interval_secs < self.scoring.rescore_interval_secs {
+            p.push(
+                "scoring.max_rescore_interval_secs must be at least scoring.rescore_interval_secs"
+                    .into(),
+            );
         }
         let seg = &self.segments;
         if !(seg.recency_days >= 0.0 && seg.frequency >= 0.0 && seg.monetary >= 0.0) {

@@ -18,6 +18,7 @@ use crate::config::{ClockMode, SegmentMode, SegmentSettings, Settings};
 use crate::event::{
     event_kind, parse_event, EntryId, Event, EventKind, EventLimits, Reason, Rejection,
 };
+use crate::features::recheck::Recheck;
 use crate::features::store::{CustomerIdx, CustomerStore};
 use crate::features::timers::{Timer, TimerQueue, TimerSlots};
 use crate::features::{CustomerFeatures, Rfm, FEATURE_NAMES};
@@ -44,6 +45,7 @@ pub struct EngineSettings {
     pub risk: RiskBands,
     pub segments: SegmentSettings,
     pub rescore_interval_secs: u32,
+    pub max_rescore_interval_secs: u32,
     pub winback: WinbackSettings,
     pub max_customers: usize,
 }
@@ -60,6 +62,7 @@ impl From<&Settings> for EngineSettings {
             risk: s.risk,
             segments: s.segments.clone(),
             rescore_interval_secs: s.scoring.rescore_interval_secs,
+            max_rescore_interval_secs: s.scoring.max_rescore_interval_secs,
             winback: s.winback.clone(),
             max_customers: s.state.max_customers,
         }
@@ -186,6 +189,7 @@ pub struct Engine {
     model_version: Arc<str>,
     store: CustomerStore<Customer>,
     timers: TimerQueue,
+    recheck: Recheck,
     thresholds: RfmThresholds,
     next_threshold_refresh: UnixSeconds,
     /// Largest event time seen.
@@ -204,8 +208,19 @@ pub struct Engine {
 impl Engine {
     pub fn new(settings: EngineSettings, model: Arc<Model>, metrics: Metrics) -> Self {
         metrics.set_model(model.version());
+        let policy = Policy::new(&settings.winback);
+        // Where the probability tenth (a population gauge) or the task decision changes.
+        // Risk bands need no check of their own: nothing counts customers by risk.
+        let boundaries = (1..PROBABILITY_BUCKETS.len())
+            .map(|tenth| tenth as f64 / PROBABILITY_BUCKETS.len() as f64)
+            .chain(policy.thresholds().iter().copied());
         Self {
-            policy: Policy::new(&settings.winback),
+            recheck: Recheck::new(
+                boundaries,
+                settings.rescore_interval_secs,
+                settings.max_rescore_interval_secs,
+            ),
+            policy,
             model_version: model.version().into(),
             model,
             thresholds: settings.segments.fixed(),
@@ -237,7 +252,7 @@ impl Engine {
             next_threshold_refresh,
             scorings,
             applied,
-            model_version: _,
+            model_version,
         } = state;
         let mut population = Population::default();
         for (_, c) in customers.iter() {
@@ -251,6 +266,14 @@ impl Engine {
         engine.next_threshold_refresh = next_threshold_refresh;
         engine.scorings = scorings;
         engine.applied = applied;
+        if model_version != *engine.model_version {
+            tracing::info!(
+                snapshot_model = %model_version,
+                model = %engine.model_version,
+                "the model changed since the snapshot: every customer is re-scored within scoring.rescore_interval_secs"
+            );
+            engine.recheck_everyone();
+        }
         engine.publish();
         engine
     }
@@ -326,6 +349,25 @@ impl Engine {
         self.metrics.set_model(model.version());
         self.model_version = model.version().into();
         self.model = model;
+        self.recheck_everyone();
+    }
+
+    /// Brings every silent customer's next check forward to within one
+    /// `rescore_interval_secs`: each was computed with the previous model, which may move
+    /// towards a boundary more slowly than the new one. The checks are spread over the
+    /// interval so that they do not all land in one sweep.
+    fn recheck_everyone(&mut self) {
+        let now = self.now();
+        let spread = u64::from(self.settings.rescore_interval_secs);
+        for idx in 0..self.store.len() as CustomerIdx {
+            let timer = &mut self.store.get_mut(idx).timer;
+            if let Some(due) = timer.due() {
+                // A multiplicative hash of the index: stable, and even over the interval.
+                let offset = (u64::from(idx).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % spread;
+                *timer = Timer::unqueued(Some(due.min(now.saturating_add(1 + offset as u32))));
+            }
+        }
+        self.rebuild_timers();
     }
 
     /// "Now" by the configured clock.
@@ -514,11 +556,20 @@ impl Engine {
         {
             fx.tasks.push(task);
         }
-        let next = now.saturating_add(self.settings.rescore_interval_secs).min(
-            self.settings
-                .stages
-                .next_change(purchases, now)
-                .unwrap_or(u32::MAX),
+        let features = self.store.get(idx).features;
+        let next = self.recheck.next(
+            now,
+            score.logit,
+            |secs| {
+                features
+                    .vector(now.saturating_add(secs))
+                    .map_or((0.0, 0.0), |later| self.model.logit_reach(&x, &later))
+            },
+            [
+                self.settings.stages.next_change(purchases, now),
+                self.thresholds.next_change(&rfm, now),
+                purchases.and_then(|(_, last)| self.policy.next_eligible(&winback, last, now)),
+            ],
         );
         let customer = self.store.get_mut(idx);
         customer.winback = winback;
@@ -897,12 +948,150 @@ pub(crate) mod tests {
         let task = &tasks[0];
         assert_eq!(task.customer_id, "quiet");
         assert!(task.churn_probability >= 0.7);
-        // Re-scored daily while silent: the task comes on the first day past the threshold.
+        // The crossing is noticed within one rescore interval (a day).
         let threshold_logit = (0.7f64 / 0.3).ln();
-        let days_needed = ((3.0 + 0.5 * (1.0 + threshold_logit)).exp() - 1.0).ceil() as u32;
-        assert_eq!(task.as_of, T0 + days_needed * DAY);
+        let crossing = T0 + (((3.0 + 0.5 * (1.0 + threshold_logit)).exp() - 1.0) * 86_400.0) as u32;
+        assert!(
+            (crossing..=crossing + DAY).contains(&task.as_of),
+            "task at {}, crossing at {crossing}",
+            task.as_of
+        );
         assert_eq!(task.episode_start, T0);
         assert_eq!(e.customer("quiet").unwrap().winback_tasks_in_episode, 1);
+    }
+
+    #[test]
+    fn silent_customers_are_rescored_only_near_a_change() {
+        let mut e = engine(ClockMode::Event);
+        e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), 0);
+        // A year of event time passes, one day at a time, through another customer.
+        for day in 1..=365 {
+            e.apply_batch(batch(vec![purchase(1 + u64::from(day), "busy", day)]), 0);
+        }
+        let rescores = e.metrics.rescores.get();
+        // A fixed daily interval would re-score both customers on every one of those days.
+        assert!(
+            rescores < 100,
+            "{rescores} silence checks in a year (57 when written)"
+        );
+        assert_eq!(
+            e.customer("quiet").unwrap().lifecycle_stage,
+            LifecycleStage::Churned
+        );
+        assert_eq!(e.summary().by_stage["churned"], 1);
+    }
+
+    /// The scheduler skips checks, never tasks: against checking every customer every day
+    /// (the behaviour it replaced), on random histories scored by the shipped model, the
+    /// same customers get the same tasks, each at most a day apart.
+    #[test]
+    fn sparse_checks_raise_the_same_tasks_as_daily_checks() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut entries = Vec::new();
+        for c in 0..400 {
+            let mut day = rng.random_range(0..200);
+            for _ in 0..rng.random_range(1..6) {
+                entries.push((day, format!("c{c}"), rng.random_range(5..200)));
+                day += rng.random_range(1..120);
+            }
+        }
+        // A heartbeat moves event time on through two years.
+        entries.extend((0..730).map(|day| (day, "heartbeat".to_string(), 10)));
+        entries.sort();
+        let model = Arc::new(
+            Model::load(
+                &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json"),
+            )
+            .unwrap(),
+        );
+        let run = |max_interval: u32| {
+            let mut s = settings(ClockMode::Event);
+            s.max_rescore_interval_secs = max_interval;
+            let mut e = Engine::new(s, model.clone(), Metrics::new());
+            let mut tasks = BTreeMap::new();
+            for (seq, (day, customer, amount)) in entries.iter().enumerate() {
+                let fx = e.apply_batch(
+                    batch(vec![entry(
+                        seq as u64 + 1,
+                        &[
+                            ("customer_id", customer.clone()),
+                            ("type", "purchase".into()),
+                            ("amount", amount.to_string()),
+                            ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+                        ],
+                    )]),
+                    0,
+                );
+                for t in fx.tasks {
+                    tasks.insert((t.customer_id, t.attempt, t.episode_start), t.as_of);
+                }
+            }
+            (tasks, e.metrics.rescores.get())
+        };
+        let (daily, daily_checks) = run(DAY);
+        let (sparse, sparse_checks) = run(settings(ClockMode::Event).max_rescore_interval_secs);
+        eprintln!(
+            "TMP {sparse_checks} {daily_checks} {} {}",
+            daily.len(),
+            sparse.len()
+        );
+        assert!(
+            daily.len() > 50,
+            "the histories raise tasks: {}",
+            daily.len()
+        );
+        // A task one run raised and the other did not is only allowed where the crossing
+        // came less than a day before the customer bought again: one run noticed it in
+        // time, the other (as allowed) up to a day late, after the purchase ended the
+        // episode.
+        let bought_within_a_day = |customer: &str, at: u32| {
+            entries
+                .iter()
+                .any(|(day, c, _)| c == customer && (at..=at + DAY).contains(&(T0 + day * DAY)))
+        };
+        for (one, other) in [(&daily, &sparse), (&sparse, &daily)] {
+            for (key, at) in one.iter().filter(|(k, _)| !other.contains_key(*k)) {
+                assert!(bought_within_a_day(&key.0, *at), "{key:?} at {at}");
+            }
+        }
+        assert!(daily.keys().filter(|k| !sparse.contains_key(*k)).count() < 5);
+        for (key, at) in daily.iter().filter(|(k, _)| sparse.contains_key(*k)) {
+            assert!(
+                sparse[key].abs_diff(*at) <= DAY,
+                "{key:?}: {} vs {at}",
+                sparse[key]
+            );
+        }
+        assert!(
+            sparse_checks * 5 < daily_checks,
+            "{sparse_checks} checks against {daily_checks} daily"
+        );
+    }
+
+    #[test]
+    fn a_new_model_brings_every_silent_customer_s_check_forward() {
+        let mut s = settings(ClockMode::Event);
+        s.max_rescore_interval_secs = 400 * DAY;
+        // A model that never moves: after day 30 (the stage and win-back waiting time
+        // boundaries), the customer is not looked at again before day 90.
+        let mut flat = crate::model::tests::recency_only_model_file();
+        flat.version = "flat".into();
+        flat.features.iter_mut().for_each(|f| f.coefficient = 0.0);
+        let flat = Model::from_file(&flat).unwrap();
+        let mut e = Engine::new(s, Arc::new(flat), Metrics::new());
+        e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), 0);
+        e.apply_batch(batch(vec![purchase(2, "busy", 35)]), 0);
+        let recency = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        e.set_model(Arc::new(recency));
+        let mut tasks = Vec::new();
+        for day in 36..=120 {
+            let fx = e.apply_batch(batch(vec![purchase(u64::from(day), "busy", day)]), 0);
+            tasks.extend(fx.tasks);
+        }
+        // The new model crosses 0.7 after about 50 days of silence (see the test above).
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        assert!(tasks[0].as_of <= T0 + 52 * DAY, "{}", tasks[0].as_of);
     }
 
     #[test]

@@ -279,6 +279,40 @@ impl Policy {
         }
     }
 
+    /// The churn probabilities at which a task can be raised (for the scheduler of silence
+    /// checks, which must not sleep through a crossing); none when tasks are off.
+    pub fn thresholds(&self) -> &[f64] {
+        if self.enabled {
+            &self.thresholds
+        } else {
+            &[]
+        }
+    }
+
+    /// The first moment after `now` at which a waiting time of the policy ends (the silence
+    /// required after the last purchase, the cooldown after the last task), so that a
+    /// customer already over the threshold gets their task then.
+    pub fn next_eligible(
+        &self,
+        state: &WinbackState,
+        last_purchase: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Option<UnixSeconds> {
+        if !self.enabled || state.episode_tasks >= self.max_tasks_per_episode {
+            return None;
+        }
+        let cooldown_end =
+            (state.last_task_at != 0).then(|| state.last_task_at.saturating_add(self.cooldown));
+        [
+            Some(last_purchase.saturating_add(self.min_silence)),
+            cooldown_end,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|&t| t > now)
+        .min()
+    }
+
     /// A task for this candidate now, if the policy calls for one; updates `state`.
     pub fn decide(
         &self,
@@ -377,6 +411,30 @@ mod tests {
 
     fn version() -> Arc<str> {
         "m1".into()
+    }
+
+    #[test]
+    fn waiting_times_end_at_the_next_eligible_moment() {
+        let policy = Policy::new(&WinbackSettings::default());
+        let mut st = WinbackState::default();
+        // The silence required after the last purchase (30 days by default).
+        assert_eq!(policy.next_eligible(&st, T0, T0), Some(T0 + 30 * DAY));
+        assert_eq!(policy.next_eligible(&st, T0, T0 + 31 * DAY), None);
+        // A task's cooldown (30 days) ends later; once the episode's tasks are used up,
+        // nothing more until the next purchase.
+        st.last_task_at = T0 + 40 * DAY;
+        assert_eq!(
+            policy.next_eligible(&st, T0, T0 + 41 * DAY),
+            Some(T0 + 70 * DAY)
+        );
+        st.episode_tasks = 1;
+        assert_eq!(policy.next_eligible(&st, T0, T0 + 41 * DAY), None);
+        let off = Policy::new(&WinbackSettings {
+            enabled: false,
+            ..WinbackSettings::default()
+        });
+        assert_eq!(off.next_eligible(&WinbackState::default(), T0, T0), None);
+        assert!(off.thresholds().is_empty());
     }
 
     #[test]

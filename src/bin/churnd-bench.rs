@@ -50,10 +50,36 @@ enum Bench {
         /// Entries per read (XREADGROUP COUNT), for both consumers.
         #[arg(long, default_value_t = 1_000)]
         batch_size: usize,
+        /// Event times are spread over this many days before now. 0 (the default): live
+        /// traffic, every event happens now. 365: a backfill of a year of history, in which
+        /// most customers lapse, so many win-back tasks are written (and under
+        /// `--clock event` every silence check of the year is made).
+        #[arg(long, default_value_t = 0)]
+        history_days: u64,
+        /// The daemon's clock: `wall` (the default, live traffic: silence is checked as
+        /// real time passes, so not during the run) or `event` (a replay: the year of event
+        /// time the stream covers passes during the run, with every silence check it implies).
+        #[arg(long, default_value = "wall")]
+        clock: ClockArg,
         /// The redis-server binary to start.
         #[arg(long, default_value = "redis-server")]
         redis_server: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ClockArg {
+    Wall,
+    Event,
+}
+
+impl From<ClockArg> for ClockMode {
+    fn from(clock: ClockArg) -> Self {
+        match clock {
+            ClockArg::Wall => ClockMode::Wall,
+            ClockArg::Event => ClockMode::Event,
+        }
+    }
 }
 
 const STREAM: &str = "bench:events";
@@ -155,15 +181,21 @@ fn customer_id(n: usize) -> String {
 }
 
 /// Appends `events` entries over `customers` customers: 70 % purchases, 20 % visits, 5 %
-/// refunds, 5 % complaints, IDs of 12 to 24 bytes, event times over the year before now.
-async fn preload(conn: &mut MultiplexedConnection, events: usize, customers: usize) -> Result<()> {
+/// refunds, 5 % complaints, IDs of 12 to 24 bytes, event times spread evenly over the
+/// `history_days` before now, in stream order (all now when 0).
+async fn preload(
+    conn: &mut MultiplexedConnection,
+    events: usize,
+    customers: usize,
+    history_days: u64,
+) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(42);
     let now_ms = churnd::time::wall_millis();
-    let year_ms = 365 * 86_400_000u64;
+    let history_ms = history_days * 86_400_000;
     for start in (0..events).step_by(10_000) {
         let mut pipe = redis::pipe();
         for i in start..(start + 10_000).min(events) {
-            let ts = now_ms - year_ms + (i as u64 * year_ms) / events as u64;
+            let ts = now_ms - history_ms + (i as u64 * history_ms) / events as u64;
             let customer = customer_id(rng.random_range(0..customers));
             let cmd = pipe
                 .cmd("XADD")
@@ -190,8 +222,9 @@ async fn preload(conn: &mut MultiplexedConnection, events: usize, customers: usi
     Ok(())
 }
 
-/// Reads the whole stream with its own group, acknowledging each batch after reading it, as
-/// the daemon does, and doing nothing else. Returns the time it took.
+/// Reads the whole stream with its own group, acknowledging every entry after reading it
+/// (one XACK per batch, as the daemon does), and doing nothing else. Returns the time it
+/// took.
 async fn bare_consumer(
     conn: &mut MultiplexedConnection,
     events: usize,
@@ -206,8 +239,19 @@ async fn bare_consumer(
         .await?;
     let started = Instant::now();
     let mut read = 0;
+    let mut unacked: Vec<String> = Vec::new();
+    // One round trip per batch: the acknowledgement of the last batch rides with the read of
+    // the next, so Redis, not the network, sets the pace.
     while read < events {
-        let reply: redis::Value = redis::cmd("XREADGROUP")
+        let mut pipe = redis::pipe();
+        if !unacked.is_empty() {
+            pipe.cmd("XACK")
+                .arg(STREAM)
+                .arg("bare")
+                .arg(&unacked)
+                .ignore();
+        }
+        pipe.cmd("XREADGROUP")
             .arg("GROUP")
             .arg("bare")
             .arg("bare")
@@ -215,22 +259,21 @@ async fn bare_consumer(
             .arg(batch)
             .arg("STREAMS")
             .arg(STREAM)
-            .arg(">")
-            .query_async(conn)
-            .await?;
+            .arg(">");
+        let (reply,): (redis::Value,) = pipe.query_async(conn).await?;
         let entries = churnd::source::batch::parse_reply(reply, &[STREAM.to_string()])?;
         if entries.is_empty() {
             bail!("the stream ended after {read} of {events} entries");
         }
         read += entries.len();
-        let ids: Vec<String> = entries.iter().map(|e| e.id.to_string()).collect();
-        redis::cmd("XACK")
-            .arg(STREAM)
-            .arg("bare")
-            .arg(ids)
-            .query_async::<()>(conn)
-            .await?;
+        unacked = entries.iter().map(|e| e.id.to_string()).collect();
     }
+    redis::cmd("XACK")
+        .arg(STREAM)
+        .arg("bare")
+        .arg(&unacked)
+        .query_async::<()>(conn)
+        .await?;
     Ok(started.elapsed())
 }
 
@@ -239,6 +282,7 @@ async fn daemon_run(
     redis: &RedisServer,
     conn: &mut MultiplexedConnection,
     batch: usize,
+    clock: ClockMode,
 ) -> Result<Duration> {
     let state = tempfile_dir::TempDir::new("state")?;
     let mut settings = Settings::default();
@@ -247,7 +291,7 @@ async fn daemon_run(
     settings.source.group = "churnd".into();
     settings.source.consumer = "bench".into();
     settings.source.batch_size = batch;
-    settings.clock.mode = ClockMode::Event;
+    settings.clock.mode = clock;
     settings.http.addr = "127.0.0.1:0".into();
     settings.state.dir = state.path().to_path_buf();
     settings.model.path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json");
@@ -275,14 +319,32 @@ async fn daemon_run(
     let elapsed = started.elapsed();
     shutdown.cancel();
     handle.await??;
+    let defaults = Settings::default();
+    let mut written = Vec::new();
+    for stream in [
+        &defaults.winback.stream,
+        &defaults.winback.control_stream,
+        &defaults.dead_letter.stream,
+    ] {
+        let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
+        written.push(format!("{len} in {stream}"));
+    }
+    println!("churnd wrote {}", written.join(", "));
     Ok(elapsed)
 }
 
-async fn throughput(events: usize, customers: usize, batch: usize, binary: &PathBuf) -> Result<()> {
+async fn throughput(
+    events: usize,
+    customers: usize,
+    batch: usize,
+    history_days: u64,
+    clock: ClockMode,
+    binary: &PathBuf,
+) -> Result<()> {
     let redis = RedisServer::start(binary)?;
     let mut conn = redis.conn().await?;
     let loading = Instant::now();
-    preload(&mut conn, events, customers).await?;
+    preload(&mut conn, events, customers, history_days).await?;
     println!(
         "pre-loaded {events} events over {customers} customers in {:.1} s",
         loading.elapsed().as_secs_f64()
@@ -290,10 +352,10 @@ async fn throughput(events: usize, customers: usize, batch: usize, binary: &Path
     let bare = bare_consumer(&mut conn, events, batch).await?;
     let bare_rate = events as f64 / bare.as_secs_f64();
     println!(
-        "bare consumer (XREADGROUP COUNT {batch} + XACK per batch): {:.2} s, {bare_rate:.0} events/s",
+        "bare consumer (XREADGROUP COUNT {batch}, XACK of each batch pipelined with the next read): {:.2} s, {bare_rate:.0} events/s",
         bare.as_secs_f64()
     );
-    let churnd = daemon_run(&redis, &mut conn, batch).await?;
+    let churnd = daemon_run(&redis, &mut conn, batch, clock).await?;
     let churnd_rate = events as f64 / churnd.as_secs_f64();
     println!(
         "churnd (start to every entry processed and acknowledged): {:.2} s, {churnd_rate:.0} events/s",
@@ -380,7 +442,19 @@ async fn main() -> Result<()> {
             events,
             customers,
             batch_size,
+            history_days,
+            clock,
             redis_server,
-        } => throughput(events, customers, batch_size, &redis_server).await,
+        } => {
+            throughput(
+                events,
+                customers,
+                batch_size,
+                history_days,
+                clock.into(),
+                &redis_server,
+            )
+            .await
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! the one definition of the model's inputs, shared by streaming scoring, batch scoring and
 //! training.
 
+pub mod recheck;
 pub mod store;
 pub mod timers;
 
@@ -399,6 +400,39 @@ mod tests {
         assert_eq!(feature(&v, "repeat_buyer"), 0.0);
         assert_eq!(feature(&v, "overdue_ratio"), 0.0);
         assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    proptest::proptest! {
+        /// During silence every input moves in one direction only: the scheduler of silence
+        /// checks bounds a score's movement from that (see `recheck`).
+        #[test]
+        fn every_input_is_monotone_during_silence(
+            history in proptest::collection::vec(
+                (0u32..4, 0.0f64..500.0, 0u32..400 * DAY), 1..8),
+            since_last in 0u32..200 * DAY,
+            mut silences in proptest::collection::vec(1u32..800 * DAY, 2..8),
+        ) {
+            let mut f = CustomerFeatures::default();
+            f.apply(&ev(EventKind::Purchase, 20.0, 0));
+            for (kind, amount, at) in &history {
+                let kind = [EventKind::Purchase, EventKind::Refund, EventKind::Visit,
+                    EventKind::Complaint][*kind as usize];
+                f.apply(&Event { customer_id: "c", kind, amount: *amount, time: T0 + at });
+            }
+            let now = f.last_event() + since_last;
+            silences.sort_unstable();
+            let path: Vec<FeatureVector> = std::iter::once(0)
+                .chain(silences)
+                .map(|s| f.vector(now + s).unwrap())
+                .collect();
+            for i in 0..FEATURE_COUNT {
+                let steps: Vec<f64> = path.windows(2).map(|w| w[1][i] - w[0][i]).collect();
+                proptest::prop_assert!(
+                    steps.iter().all(|d| *d >= 0.0) || steps.iter().all(|d| *d <= 0.0),
+                    "{} goes both ways: {steps:?}", FEATURE_NAMES[i]
+                );
+            }
+        }
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct Model {
 #[derive(Debug, Clone, Copy)]
 pub struct Score {
     pub probability: f64,
+    /// The log-odds behind `probability`.
+    pub logit: f64,
     /// Per feature: coefficient × standardised value (the log-odds it adds).
     pub contributions: FeatureVector,
     /// Per feature: whether the customer's value is above the training mean.
@@ -228,6 +230,7 @@ impl Model {
         }
         Score {
             probability: sigmoid(logit),
+            logit,
             contributions,
             above_mean,
         }
@@ -244,6 +247,17 @@ impl Model {
                 logit + c * (x - mean) * inv_scale
             });
         sigmoid(logit)
+    }
+
+    /// How far up and how far down the log-odds could have moved at most, anywhere between
+    /// inputs `from` and `to`, when each input moves monotonically from one to the other:
+    /// the sums of the contributions that rise and of those that fall.
+    pub fn logit_reach(&self, from: &FeatureVector, to: &FeatureVector) -> (f64, f64) {
+        (0..FEATURE_COUNT)
+            .map(|i| self.coefficient[i] * self.inv_scale[i] * (to[i] - from[i]))
+            .fold((0.0, 0.0), |(up, down), c| {
+                (up + c.max(0.0), down + (-c).max(0.0))
+            })
     }
 }
 
