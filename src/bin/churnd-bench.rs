@@ -5,6 +5,8 @@
 //! daemon does the whole job on the same stream, and prints both with their ratio.
 //!
 //! `churnd-bench memory`: resident memory per tracked customer.
+//!
+//! `churnd-bench sweep`: the CPU cost of re-scoring the silent customers that fall due.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,7 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use churnd::config::{ClockMode, Settings};
 use churnd::daemon;
+use churnd::engine::{Engine, EngineSettings};
+use churnd::event::EntryId;
+use churnd::metrics::Metrics;
+use churnd::source::batch::{Batch, Entry};
 use churnd::source::lag::group_info;
+use redis::Value;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +44,12 @@ enum Bench {
     /// engine learns `customers` customers (one purchase each, IDs of 12 to 24 bytes).
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
+        customers: usize,
+    },
+    /// CPU cost of re-scoring silent customers: the wall clock moves on in steps over a
+    /// table of `customers`, and each step's tick re-scores those whose check fell due.
+    Sweep {
+        #[arg(long, default_value_t = 10_000_000)]
         customers: usize,
     },
     /// Events per second: the daemon against a bare read-and-acknowledge consumer.
@@ -378,26 +391,27 @@ fn resident_bytes() -> Result<u64> {
     Ok(pages * u64::try_from(page).context("page size")?)
 }
 
-fn memory(customers: usize) -> Result<()> {
-    use churnd::engine::{Engine, EngineSettings};
-    use churnd::event::EntryId;
-    use churnd::source::batch::{Batch, Entry};
-    use redis::Value;
-
+/// An engine with default settings, the shipped model and room for `customers`.
+fn bench_engine(clock: ClockMode, customers: usize) -> Result<(Engine, Metrics)> {
     let mut settings = Settings::default();
-    settings.clock.mode = ClockMode::Event;
+    settings.clock.mode = clock;
     settings.state.max_customers = customers.max(1);
     let model = churnd::model::Model::load(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json"),
     )?;
-    let mut engine = Engine::new(
+    let metrics = Metrics::new();
+    let engine = Engine::new(
         EngineSettings::from(&settings),
         std::sync::Arc::new(model),
-        churnd::metrics::Metrics::new(),
+        metrics.clone(),
     );
-    let now_ms = churnd::time::wall_millis();
+    Ok((engine, metrics))
+}
+
+/// Feeds the engine one purchase per customer (IDs of 12 to 24 bytes, event times over the
+/// year before `now_ms`), in batches of 1,000 read at `now_ms`.
+fn learn_customers(engine: &mut Engine, customers: usize, now_ms: u64) {
     let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-    let before = resident_bytes()?;
     let mut rng = StdRng::seed_from_u64(7);
     for start in (0..customers).step_by(1_000) {
         let entries = (start..(start + 1_000).min(customers))
@@ -424,6 +438,12 @@ fn memory(customers: usize) -> Result<()> {
             .collect();
         engine.apply_batch(Batch::new(entries), now_ms);
     }
+}
+
+fn memory(customers: usize) -> Result<()> {
+    let (mut engine, _) = bench_engine(ClockMode::Event, customers)?;
+    let before = resident_bytes()?;
+    learn_customers(&mut engine, customers, churnd::time::wall_millis());
     let grown = resident_bytes()?.saturating_sub(before);
     println!(
         "{} customers tracked: resident memory grew by {:.1} MiB, {:.1} bytes per customer (table, IDs, index, timers and allocator slack included)",
@@ -434,10 +454,64 @@ fn memory(customers: usize) -> Result<()> {
     Ok(())
 }
 
+/// CPU time consumed by the calling thread: the sweep's own cost, whatever else the machine
+/// is doing.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The wall clock moves on in steps; each tick re-scores the customers whose check fell due.
+/// Prints, per step, how many were due and the CPU time the tick took, and the cost of a
+/// tick with nobody due.
+fn sweep(customers: usize) -> Result<()> {
+    let (mut engine, metrics) = bench_engine(ClockMode::Wall, customers)?;
+    let now_ms = churnd::time::wall_millis();
+    let learning = Instant::now();
+    learn_customers(&mut engine, customers, now_ms);
+    println!(
+        "{} customers tracked (one purchase each over the past year) in {:.1} s",
+        engine.customers(),
+        learning.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:>18} {:>10} {:>12} {:>16} {:>14}",
+        "clock moved to", "due", "tick CPU", "per due", "idle tick CPU"
+    );
+    const HOUR_MS: u64 = 3_600_000;
+    let mut tasks = 0;
+    for hours in [1, 2, 4, 8, 16, 24, 48, 96, 192, 384, 720] {
+        let at = now_ms + hours * HOUR_MS;
+        let rescores = metrics.rescores.get();
+        let cpu = thread_cpu_time();
+        tasks += engine.tick(at).tasks.len();
+        let spent = thread_cpu_time() - cpu;
+        let due = metrics.rescores.get() - rescores;
+        let cpu = thread_cpu_time();
+        engine.tick(at);
+        let idle = thread_cpu_time() - cpu;
+        println!(
+            "{:>18} {due:>10} {:>9.3} ms {:>13.0} ns {:>11.1} µs",
+            format!("+{hours} h"),
+            spent.as_secs_f64() * 1e3,
+            spent.as_nanos() as f64 / due.max(1) as f64,
+            idle.as_secs_f64() * 1e6,
+        );
+    }
+    println!("{tasks} win-back tasks raised by the sweeps");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
         Bench::Memory { customers } => memory(customers),
+        Bench::Sweep { customers } => sweep(customers),
         Bench::Throughput {
             events,
             customers,

@@ -71,10 +71,10 @@ impl Recheck {
             .min()
             .unwrap_or(UnixSeconds::MAX);
         // No need to look past the first exact moment: the customer is checked then anyway.
-        let limit = self
-            .max_secs
-            .min(exact.saturating_sub(now))
-            .max(self.min_secs);
+        let limit = self.max_secs.min(exact.saturating_sub(now));
+        if limit <= self.min_secs {
+            return now.saturating_add(self.min_secs).min(exact);
+        }
         now.saturating_add(self.longest_safe_wait(limit, safe))
             .min(exact)
     }
