@@ -718,6 +718,9 @@ async fn watch_applied(
     let mut seen = Vec::new();
     loop {
         tokio::select! {
+            // A publication already made is recorded before `stop` is: the last batches
+            // applied before the load generator stops waiting must not be lost.
+            biased;
             changed = applied.changed() => {
                 if changed.is_err() {
                     break;
