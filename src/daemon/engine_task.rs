@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::snapshots::Snapshotter;
+use super::Applied;
 use crate::engine::{Effects, Engine};
+use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::http::Query;
 use crate::metrics::Metrics;
@@ -22,6 +24,8 @@ pub struct Channels {
     pub effects: mpsc::Sender<Effects>,
     pub queries: mpsc::Receiver<Query>,
     pub models: watch::Receiver<Arc<Model>>,
+    /// Where the positions applied are published, if anyone asked (see `Observers`).
+    pub applied: Option<watch::Sender<Applied>>,
 }
 
 /// Snapshots on an interval, and how recovery is reported.
@@ -64,6 +68,42 @@ async fn forward(engine: &Engine, fx: Effects, ch: &mut Channels, forwarded: &mu
     }
 }
 
+/// The last entry ID per stream in `batch` (indexed by stream; 0-0 for a stream it does
+/// not touch).
+fn last_ids(batch: &Batch) -> Vec<EntryId> {
+    let mut last = Vec::new();
+    for e in &batch.entries {
+        let i = usize::from(e.stream);
+        if last.len() <= i {
+            last.resize(i + 1, EntryId::default());
+        }
+        last[i] = last[i].max(e.id);
+    }
+    last
+}
+
+/// Moves the published positions up to `last`, stamped `at`; receivers are woken only if
+/// one moved. The engine keeps the same maximum for itself (entries at or below it are not
+/// applied again), so what is published matches the engine's own record without reading it.
+fn publish_applied(tx: &watch::Sender<Applied>, last: &[EntryId], at: Instant) {
+    tx.send_if_modified(|applied| {
+        if applied.positions.len() < last.len() {
+            applied.positions.resize(last.len(), EntryId::default());
+        }
+        let mut moved = false;
+        for (position, id) in applied.positions.iter_mut().zip(last) {
+            if id > position {
+                *position = *id;
+                moved = true;
+            }
+        }
+        if moved {
+            applied.at = Some(at);
+        }
+        moved
+    });
+}
+
 /// The next tick of an interval that may be off (`None`: never ticks).
 async fn next_tick(ticker: &mut Option<tokio::time::Interval>) -> Option<()> {
     ticker.as_mut()?.tick().await;
@@ -103,7 +143,11 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
             batch = ch.batches.recv() => {
                 let Some(batch) = batch else { break };
                 let caught_up = batch.caught_up;
+                let last = ch.applied.as_ref().map(|_| last_ids(&batch));
                 let fx = engine.apply_batch(batch, wall_millis());
+                if let (Some(tx), Some(last)) = (&ch.applied, last) {
+                    publish_applied(tx, &last, Instant::now());
+                }
                 if !forward(&engine, fx, &mut ch, &mut forwarded).await {
                     break;
                 }
@@ -134,5 +178,57 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
     tracing::info!("engine stopped");
     if let Some(s) = snapshotter {
         s.take_final(&engine, forwarded).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::batch::Entry;
+
+    fn entry(stream: u16, ms: u64, seq: u64) -> Entry {
+        Entry {
+            stream,
+            id: EntryId { ms, seq },
+            values: None,
+        }
+    }
+
+    #[test]
+    fn published_positions_only_move_forward_and_wake_receivers_only_when_they_do() {
+        let (tx, mut rx) = watch::channel(Applied {
+            positions: vec![EntryId { ms: 5, seq: 0 }, EntryId::default()],
+            at: None,
+        });
+        rx.mark_unchanged();
+        let batch = Batch::new(vec![entry(1, 3, 0), entry(1, 4, 2), entry(0, 2, 0)]);
+        let last = last_ids(&batch);
+        assert_eq!(
+            last,
+            vec![EntryId { ms: 2, seq: 0 }, EntryId { ms: 4, seq: 2 }]
+        );
+        let at = Instant::now();
+        publish_applied(&tx, &last, at);
+        assert!(rx.has_changed().unwrap());
+        let seen = rx.borrow_and_update().clone();
+        assert_eq!(
+            seen.positions[0],
+            EntryId { ms: 5, seq: 0 },
+            "never moves back"
+        );
+        assert_eq!(seen.positions[1], EntryId { ms: 4, seq: 2 });
+        assert_eq!(seen.at, Some(at));
+        assert!(seen.covers(1, EntryId { ms: 4, seq: 1 }));
+        assert!(!seen.covers(1, EntryId { ms: 4, seq: 3 }));
+        assert!(!seen.covers(2, EntryId { ms: 1, seq: 0 }), "unknown stream");
+
+        // A batch of older entries (claimed ones) moves nothing: no wake-up, time kept.
+        publish_applied(
+            &tx,
+            &last_ids(&Batch::new(vec![entry(0, 1, 0)])),
+            Instant::now(),
+        );
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(rx.borrow().at, Some(at));
     }
 }

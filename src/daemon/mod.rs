@@ -5,6 +5,9 @@
 //! snapshot's positions (recovery). Shutdown: stop reading, let the engine finish the batches
 //! already read, let the sink write and acknowledge them, write a final snapshot (all within
 //! `shutdown.drain_timeout_ms`), then stop serving HTTP.
+//!
+//! A program that embeds the daemon can follow its progress through [`Observers`] given to
+//! [`run_observed`] (the end-to-end latency benchmark does).
 
 mod engine_task;
 mod model_watch;
@@ -22,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{redact_url, SettingError, Settings};
 use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
+use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -59,11 +63,63 @@ pub async fn bind(settings: &Settings) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// How far the engine has applied the input streams: customer state reflects every entry
+/// up to `positions`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Per input stream, in the order of `source.streams`, the last entry the engine has
+    /// applied (dead-lettered entries count: they are done with). 0-0: nothing yet.
+    pub positions: Vec<EntryId>,
+    /// When the engine finished the batch that last moved a position, before its tasks
+    /// reach the sink. `None` until a batch moves one (positions restored from a snapshot
+    /// have no time in this process).
+    pub at: Option<Instant>,
+}
+
+impl Applied {
+    /// Whether entry `id` of the `stream`th input stream is reflected in customer state.
+    pub fn covers(&self, stream: usize, id: EntryId) -> bool {
+        self.positions.get(stream).is_some_and(|p| *p >= id)
+    }
+}
+
+/// What a running daemon reports to a program that embeds it, beyond HTTP and metrics.
+/// Nothing by default: [`run`] runs with no observers. Built with the `with_*` methods, so
+/// that observers added later change no caller.
+#[derive(Debug, Default)]
+pub struct Observers {
+    applied: Option<watch::Sender<Applied>>,
+}
+
+impl Observers {
+    /// Publishes to `tx` how far the engine has applied the input streams: once at start
+    /// with the positions restored from the snapshot, then after every batch that moves a
+    /// position. For a program that must know when an entry it wrote has reached customer
+    /// state (the end-to-end latency benchmark; an application waiting for its own writes)
+    /// without polling Redis or the HTTP API. The engine only stores into the channel: a
+    /// slow or absent receiver never holds it up, it just sees the latest positions (they
+    /// only grow, so nothing is lost).
+    pub fn with_applied(mut self, tx: watch::Sender<Applied>) -> Self {
+        self.applied = Some(tx);
+        self
+    }
+}
+
 /// Runs until `shutdown` is cancelled, then drains. Fails at start on a bad model file.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    run_observed(settings, listener, shutdown, Observers::default()).await
+}
+
+/// [`run`], reporting to `observers` as it goes.
+pub async fn run_observed(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    observers: Observers,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
     // Settings that name files (certificates, the token) are read now, before anything runs.
@@ -114,6 +170,14 @@ pub async fn run(
         }
         None => (Engine::new(engine_settings, model, metrics.clone()), None),
     };
+    if let Some(applied) = &observers.applied {
+        let mut start = positions.clone().unwrap_or_default();
+        start.resize(settings.source.streams.len(), EntryId::default());
+        applied.send_replace(Applied {
+            positions: start,
+            at: None,
+        });
+    }
     let source = Source::new(
         settings.source.clone(),
         connector(
@@ -156,6 +220,7 @@ pub async fn run(
             effects: effect_tx,
             queries: query_rx,
             models: model_rx,
+            applied: observers.applied,
         },
         Durability {
             snapshots: snapshotter,

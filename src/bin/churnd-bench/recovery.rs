@@ -1,0 +1,127 @@
+//! `churnd-bench recovery`: the time from start to ready with a snapshot of many customers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use churnd::daemon;
+use churnd::engine::{Engine, EngineSettings};
+use churnd::metrics::Metrics;
+use churnd::model::Model;
+use churnd::state::{codec, SnapshotDir};
+
+use crate::http_probe::wait_ready;
+use crate::machine::load_average;
+use crate::redis_server::{tempfile_dir, RedisServer};
+use crate::workload::{customer_id, daemon_settings, learn_customers, model_path};
+
+pub async fn recovery(customers: usize, binary: &PathBuf) -> Result<()> {
+    let redis = RedisServer::start(binary)?;
+    let state = tempfile_dir::TempDir::new("state")?;
+    let mut settings = daemon_settings(&redis, state.path());
+    settings.state.max_customers = settings.state.max_customers.max(customers);
+    let settings = settings.validated()?;
+    let streams = settings.source.streams.clone();
+    let model = Arc::new(Model::load(&model_path())?);
+    let secs = |d: Duration| d.as_secs_f64();
+
+    let now_ms = churnd::time::wall_millis();
+    let t = Instant::now();
+    let (engine, _) = learn_customers(&settings, model.clone(), customers, now_ms);
+    println!(
+        "built an engine of {} customers in {:.1} s (wall clock, one purchase each)",
+        engine.customers(),
+        secs(t.elapsed())
+    );
+    let t = Instant::now();
+    let snapshot = engine.snapshot();
+    let pause = t.elapsed();
+    drop(engine);
+    let position = snapshot.applied.first().copied().unwrap_or_default();
+    let created_ms = churnd::time::wall_millis();
+    let t = Instant::now();
+    let bytes = codec::encode(&snapshot, &streams, created_ms);
+    let encode = t.elapsed();
+    drop(snapshot);
+    let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep)?;
+    let t = Instant::now();
+    let path = dir.write(&bytes, created_ms)?;
+    let write = t.elapsed();
+    let size = bytes.len();
+    drop(bytes);
+    println!(
+        "snapshot written: {size} bytes ({:.1} bytes per customer), clone {:.3} s, encode {:.3} s, write with fsync {:.3} s; the file was just written, so it is in the page cache",
+        size as f64 / customers.max(1) as f64,
+        secs(pause),
+        secs(encode),
+        secs(write)
+    );
+
+    // Redis as the snapshot left it: the stream up to the snapshot's last entry, the group
+    // having delivered it. Nothing newer: what is timed is recovery alone, no replay.
+    let mut conn = redis.conn().await?;
+    redis::cmd("XADD")
+        .arg(&streams[0])
+        .arg(position.to_string())
+        .arg("customer_id")
+        .arg(customer_id(customers.saturating_sub(1)))
+        .arg("type")
+        .arg("visit")
+        .arg("ts")
+        .arg(now_ms)
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&streams[0])
+        .arg(&settings.source.group)
+        .arg(position.to_string())
+        .query_async::<()>(&mut conn)
+        .await?;
+
+    println!(
+        "starting the daemon (its log follows); load average {}",
+        load_average()
+    );
+    let listener = daemon::bind(&settings).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let daemon = tokio::spawn(daemon::run(settings.clone(), listener, shutdown.clone()));
+    let ready = wait_ready(addr, &daemon, started, Duration::from_secs(600)).await?;
+    println!(
+        "start to ready (GET /readyz 200, polled every 10 ms): {:.3} s with {customers} customers, {size}-byte snapshot; load average {}",
+        secs(ready),
+        load_average()
+    );
+    shutdown.cancel();
+    daemon.await??;
+
+    // The same steps, one at a time, on the snapshot written above (still in the page cache).
+    let t = Instant::now();
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let read = t.elapsed();
+    let t = Instant::now();
+    let decoded = codec::decode(&bytes, &streams)?;
+    let decode = t.elapsed();
+    drop(bytes);
+    let t = Instant::now();
+    let engine = Engine::restore(
+        EngineSettings::from(&settings),
+        model,
+        Metrics::new(),
+        decoded.state,
+    );
+    let restore = t.elapsed();
+    println!(
+        "the same steps timed alone: read {:.3} s, decode {:.3} s, restore {:.3} s ({} customers)",
+        secs(read),
+        secs(decode),
+        secs(restore),
+        engine.customers()
+    );
+    Ok(())
+}

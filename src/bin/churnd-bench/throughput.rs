@@ -1,0 +1,155 @@
+//! `churnd-bench throughput`: events per second of the daemon against a bare consumer that
+//! only reads and acknowledges the same stream (the Redis limit on this machine).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use redis::aio::MultiplexedConnection;
+use tokio_util::sync::CancellationToken;
+
+use churnd::config::{ClockMode, Settings};
+use churnd::daemon;
+use churnd::source::lag::group_info;
+
+use crate::redis_server::{tempfile_dir, RedisServer};
+use crate::workload::{daemon_settings, preload, STREAM};
+
+/// Reads the whole stream with its own group, acknowledging every entry after reading it
+/// (one XACK per batch, as the daemon does), and doing nothing else. Returns the time it
+/// took.
+async fn bare_consumer(
+    conn: &mut MultiplexedConnection,
+    events: usize,
+    batch: usize,
+) -> Result<Duration> {
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg("bare")
+        .arg("0")
+        .query_async::<()>(conn)
+        .await?;
+    let started = Instant::now();
+    let mut read = 0;
+    let mut unacked: Vec<String> = Vec::new();
+    // One round trip per batch: the acknowledgement of the last batch rides with the read of
+    // the next, so Redis, not the network, sets the pace.
+    while read < events {
+        let mut pipe = redis::pipe();
+        if !unacked.is_empty() {
+            pipe.cmd("XACK")
+                .arg(STREAM)
+                .arg("bare")
+                .arg(&unacked)
+                .ignore();
+        }
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("bare")
+            .arg("bare")
+            .arg("COUNT")
+            .arg(batch)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(">");
+        let (reply,): (redis::Value,) = pipe.query_async(conn).await?;
+        let entries = churnd::source::batch::parse_reply(reply, &[STREAM.to_string()])?;
+        if entries.is_empty() {
+            bail!("the stream ended after {read} of {events} entries");
+        }
+        read += entries.len();
+        unacked = entries.iter().map(|e| e.id.to_string()).collect();
+    }
+    redis::cmd("XACK")
+        .arg(STREAM)
+        .arg("bare")
+        .arg(&unacked)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(started.elapsed())
+}
+
+/// Runs the daemon until its group has read and acknowledged every entry.
+async fn daemon_run(
+    redis: &RedisServer,
+    conn: &mut MultiplexedConnection,
+    batch: usize,
+    clock: ClockMode,
+) -> Result<Duration> {
+    let state = tempfile_dir::TempDir::new("state")?;
+    let mut settings = daemon_settings(redis, state.path());
+    settings.source.streams = vec![STREAM.into()];
+    settings.source.group = "churnd".into();
+    settings.source.consumer = "bench".into();
+    settings.source.batch_size = batch;
+    settings.clock.mode = clock;
+    let settings = settings.validated()?;
+    let listener = daemon::bind(&settings).await?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let handle = tokio::spawn(daemon::run(settings, listener, shutdown.clone()));
+    loop {
+        if handle.is_finished() {
+            bail!("the daemon stopped early: {:?}", handle.await);
+        }
+        let reply: Option<redis::Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(STREAM)
+            .query_async(conn)
+            .await
+            .ok();
+        let info = reply.as_ref().and_then(|r| group_info(r, "churnd"));
+        if info.is_some_and(|g| g.lag == Some(0) && g.pending == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    shutdown.cancel();
+    handle.await??;
+    let defaults = Settings::default();
+    let mut written = Vec::new();
+    for stream in [
+        &defaults.winback.stream,
+        &defaults.winback.control_stream,
+        &defaults.dead_letter.stream,
+    ] {
+        let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
+        written.push(format!("{len} in {stream}"));
+    }
+    println!("churnd wrote {}", written.join(", "));
+    Ok(elapsed)
+}
+
+pub async fn throughput(
+    events: usize,
+    customers: usize,
+    batch: usize,
+    history_days: u64,
+    clock: ClockMode,
+    binary: &PathBuf,
+) -> Result<()> {
+    let redis = RedisServer::start(binary)?;
+    let mut conn = redis.conn().await?;
+    let loading = Instant::now();
+    preload(&mut conn, events, customers, history_days).await?;
+    println!(
+        "pre-loaded {events} events over {customers} customers in {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
+    let bare = bare_consumer(&mut conn, events, batch).await?;
+    let bare_rate = events as f64 / bare.as_secs_f64();
+    println!(
+        "bare consumer (XREADGROUP COUNT {batch}, XACK of each batch pipelined with the next read): {:.2} s, {bare_rate:.0} events/s",
+        bare.as_secs_f64()
+    );
+    let churnd = daemon_run(&redis, &mut conn, batch, clock).await?;
+    let churnd_rate = events as f64 / churnd.as_secs_f64();
+    println!(
+        "churnd (start to every entry processed and acknowledged): {:.2} s, {churnd_rate:.0} events/s",
+        churnd.as_secs_f64()
+    );
+    println!("churnd / bare consumer: {:.2}", churnd_rate / bare_rate);
+    Ok(())
+}

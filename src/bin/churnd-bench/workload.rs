@@ -1,0 +1,142 @@
+//! What the benchmarks feed churnd: the stream, customer IDs, the event mix, engines that
+//! have learnt many customers, and the daemon's settings.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::aio::MultiplexedConnection;
+
+use churnd::config::Settings;
+use churnd::engine::{Engine, EngineSettings};
+use churnd::event::EntryId;
+use churnd::metrics::Metrics;
+use churnd::model::Model;
+use churnd::source::batch::{Batch, Entry};
+
+use crate::redis_server::RedisServer;
+
+pub const STREAM: &str = "bench:events";
+
+/// The `n`th customer's ID: 12 to 24 bytes, stable per customer.
+pub fn customer_id(n: usize) -> String {
+    let pad = 12 + (n * 7919) % 13;
+    format!("{n:0>pad$}")
+}
+
+/// Appends to `pipe` one XADD to `stream` of the realistic mix for `customer` at event time
+/// `ts_ms`: 70 % purchases (1 to 200), 20 % visits, 5 % refunds, 5 % complaints.
+pub fn push_mixed_event<'p>(
+    pipe: &'p mut redis::Pipeline,
+    stream: &str,
+    rng: &mut StdRng,
+    customer: &str,
+    ts_ms: u64,
+) -> &'p mut redis::Pipeline {
+    let cmd = pipe
+        .cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("customer_id")
+        .arg(customer)
+        .arg("ts")
+        .arg(ts_ms);
+    match rng.random_range(0..20) {
+        0..=13 => cmd
+            .arg("type")
+            .arg("purchase")
+            .arg("amount")
+            .arg(format!("{:.2}", rng.random_range(1.0..200.0))),
+        14..=17 => cmd.arg("type").arg("visit"),
+        18 => cmd.arg("type").arg("refund").arg("amount").arg("9.99"),
+        _ => cmd.arg("type").arg("complaint"),
+    }
+}
+
+/// Appends `events` entries over `customers` customers: the mix of [`push_mixed_event`],
+/// IDs of 12 to 24 bytes, event times spread evenly over the `history_days` before now, in
+/// stream order (all now when 0).
+pub async fn preload(
+    conn: &mut MultiplexedConnection,
+    events: usize,
+    customers: usize,
+    history_days: u64,
+) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(42);
+    let now_ms = churnd::time::wall_millis();
+    let history_ms = history_days * 86_400_000;
+    for start in (0..events).step_by(10_000) {
+        let mut pipe = redis::pipe();
+        for i in start..(start + 10_000).min(events) {
+            let ts = now_ms - history_ms + (i as u64 * history_ms) / events as u64;
+            let customer = customer_id(rng.random_range(0..customers));
+            push_mixed_event(&mut pipe, STREAM, &mut rng, &customer, ts).ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// The shipped model.
+pub fn model_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json")
+}
+
+/// The daemon's settings in these benchmarks: the defaults (wall clock among them), except
+/// our own Redis, a private `state.dir`, the shipped model and HTTP on a free port.
+pub fn daemon_settings(redis: &RedisServer, state_dir: &Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.redis.url = redis.url();
+    settings.http.addr = "127.0.0.1:0".into();
+    settings.state.dir = state_dir.to_path_buf();
+    settings.model.path = model_path();
+    settings
+}
+
+/// A purchase entry as the source hands it to the engine: entry ID `now_ms`-`seq` of
+/// stream 0, event time `ts_ms`.
+pub fn purchase_entry(now_ms: u64, seq: u64, customer: &str, amount: &str, ts_ms: u64) -> Entry {
+    let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+    Entry {
+        stream: 0,
+        id: EntryId { ms: now_ms, seq },
+        values: Some(vec![
+            bulk("customer_id"),
+            bulk(customer),
+            bulk("type"),
+            bulk("purchase"),
+            bulk("amount"),
+            bulk(amount),
+            bulk("ts"),
+            bulk(&ts_ms.to_string()),
+        ]),
+    }
+}
+
+/// An engine with `settings` that has learnt `customers` customers through
+/// `Engine::apply_batch`, in batches of 1,000: one purchase each (IDs of 12 to 24 bytes,
+/// event times over the year before `now_ms`), as entries `now_ms`-1, `now_ms`-2, … of
+/// stream 0. Effects (tasks for the old buyers, under the wall clock) are dropped. Returns
+/// the engine and its metrics.
+pub fn learn_customers(
+    settings: &Settings,
+    model: Arc<Model>,
+    customers: usize,
+    now_ms: u64,
+) -> (Engine, Metrics) {
+    let metrics = Metrics::new();
+    let mut engine = Engine::new(EngineSettings::from(settings), model, metrics.clone());
+    let mut rng = StdRng::seed_from_u64(7);
+    for start in (0..customers).step_by(1_000) {
+        let entries = (start..(start + 1_000).min(customers))
+            .map(|n| {
+                let ts = now_ms - rng.random_range(0..365 * 86_400_000u64);
+                purchase_entry(now_ms, n as u64 + 1, &customer_id(n), "19.90", ts)
+            })
+            .collect();
+        engine.apply_batch(Batch::new(entries), now_ms);
+    }
+    (engine, metrics)
+}
