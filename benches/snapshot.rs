@@ -2,6 +2,8 @@
 //!
 //! - `snapshot/pause_clone`: `Engine::snapshot()`, the copy of the state that the engine's
 //!   task takes between batches: the only time event processing stops for a snapshot.
+//! - `snapshot/pause_copy_into`: `Engine::snapshot_into` an earlier copy, as the daemon takes
+//!   every snapshot after its first (the writer hands its copy back once written).
 //! - `snapshot/encode`: `state::codec::encode` of that copy (on the writer's thread).
 //! - `snapshot/write_fsync`: `SnapshotDir::write` of the encoded bytes (temporary file,
 //!   fsync, rename, directory fsync, pruning to the newest three) into a temporary directory.
@@ -167,6 +169,12 @@ fn snapshot(c: &mut Criterion) {
     group.bench_function("pause_clone", |b| {
         b.iter_with_large_drop(|| black_box(&engine).snapshot())
     });
+    // What the daemon does from the second snapshot on: copy into the previous copy.
+    let mut spare = engine.snapshot();
+    group.bench_function("pause_copy_into", |b| {
+        b.iter(|| black_box(&engine).snapshot_into(&mut spare))
+    });
+    drop(spare);
     group.bench_function("encode", |b| {
         b.iter_with_large_drop(|| codec::encode(black_box(&state), &streams, START_MS))
     });

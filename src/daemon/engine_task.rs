@@ -121,7 +121,7 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
     } = durability;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let (snapshotter, mut snapshot_ticker) = snapshots
+    let (mut snapshotter, mut snapshot_ticker) = snapshots
         .map(|(s, every)| {
             let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -169,7 +169,7 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
                 }
             }
             Some(()) = next_tick(&mut snapshot_ticker) => {
-                if let Some(s) = &snapshotter {
+                if let Some(s) = &mut snapshotter {
                     s.take(&engine, forwarded);
                 }
             }

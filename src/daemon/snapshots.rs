@@ -32,34 +32,43 @@ struct Job {
 pub struct Snapshotter {
     idle: Arc<Semaphore>,
     jobs: mpsc::Sender<Job>,
+    /// Copies the writer is done with, to copy the next snapshot into.
+    spares: mpsc::Receiver<EngineState>,
     metrics: Metrics,
 }
 
 impl Snapshotter {
     /// Copies the engine's state for the writer, unless the previous copy is still being
     /// written (then this turn is skipped: the next interval takes it).
-    pub fn take(&self, engine: &Engine, effects_before: u64) {
+    pub fn take(&mut self, engine: &Engine, effects_before: u64) {
         if let Ok(permit) = self.idle.clone().try_acquire_owned() {
             self.send(engine, effects_before, permit, false);
         }
     }
 
     /// The snapshot at shutdown: waits for the writer to be idle, so it is never skipped.
-    pub async fn take_final(self, engine: &Engine, effects_before: u64) {
+    pub async fn take_final(mut self, engine: &Engine, effects_before: u64) {
         if let Ok(permit) = self.idle.clone().acquire_owned().await {
             self.send(engine, effects_before, permit, true);
         }
     }
 
     fn send(
-        &self,
+        &mut self,
         engine: &Engine,
         effects_before: u64,
         permit: OwnedSemaphorePermit,
         at_shutdown: bool,
     ) {
         let started = Instant::now();
-        let state = engine.snapshot();
+        // The writer returns its copy before it releases the permit we hold now.
+        let state = match self.spares.try_recv() {
+            Ok(mut spare) => {
+                engine.snapshot_into(&mut spare);
+                spare
+            }
+            Err(_) => engine.snapshot(),
+        };
         self.metrics
             .snapshot_pause_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -84,15 +93,18 @@ pub fn spawn(
     abort: CancellationToken,
 ) -> (Snapshotter, tokio::task::JoinHandle<()>) {
     let (jobs_tx, jobs_rx) = mpsc::channel(1);
+    let (spares_tx, spares_rx) = mpsc::channel(1);
     let handle = Snapshotter {
         idle: Arc::new(Semaphore::new(1)),
         jobs: jobs_tx,
+        spares: spares_rx,
         metrics: metrics.clone(),
     };
     let task = tokio::spawn(run(
         Arc::new(dir),
         Arc::from(streams),
         jobs_rx,
+        spares_tx,
         written,
         metrics,
         abort,
@@ -104,6 +116,7 @@ async fn run(
     dir: Arc<SnapshotDir>,
     streams: Arc<[String]>,
     mut jobs: mpsc::Receiver<Job>,
+    spares: mpsc::Sender<EngineState>,
     mut written: watch::Receiver<u64>,
     metrics: Metrics,
     abort: CancellationToken,
@@ -120,6 +133,8 @@ async fn run(
             _ = abort.cancelled() => false,
         };
         if !effects_written {
+            let _ = spares.try_send(state);
+            drop(permit);
             metrics.snapshots.with_label_values(&["abandoned"]).inc();
             tracing::warn!(
                 "snapshot abandoned: the effects it covers were not all written; the previous snapshot stays the newest"
@@ -132,11 +147,15 @@ async fn run(
         let (dir, streams) = (dir.clone(), streams.clone());
         let result = tokio::task::spawn_blocking(move || {
             let bytes = codec::encode(&state, &streams, created_ms);
-            drop(state);
             let len = bytes.len();
-            dir.write(&bytes, created_ms).map(|path| (path, len))
+            (dir.write(&bytes, created_ms).map(|path| (path, len)), state)
         })
-        .await;
+        .await
+        .map(|(written, state)| {
+            // Kept for the next copy: the process holds it anyway at every snapshot.
+            let _ = spares.try_send(state);
+            written
+        });
         drop(permit);
         match result {
             Ok(Ok((path, bytes))) => {

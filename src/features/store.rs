@@ -11,7 +11,6 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Index of a customer in the store, stable for the store's lifetime.
 pub type CustomerIdx = u32;
 
-#[derive(Clone)]
 pub struct CustomerStore<T> {
     index: HashTable<CustomerIdx>,
     /// Seed of the index hash, random per process so crafted IDs cannot force collisions.
@@ -21,6 +20,29 @@ pub struct CustomerStore<T> {
     /// Per customer: start of its ID in `id_bytes` (high 56 bits) and its length (low 8 bits).
     id_spans: Vec<u64>,
     records: Vec<T>,
+}
+
+impl<T: Clone> Clone for CustomerStore<T> {
+    fn clone(&self) -> Self {
+        Self {
+            index: self.index.clone(),
+            seed: self.seed,
+            id_bytes: self.id_bytes.clone(),
+            id_spans: self.id_spans.clone(),
+            records: self.records.clone(),
+        }
+    }
+
+    /// Copies into the allocations `self` already has: a snapshot copy taken into the
+    /// previous snapshot's memory is a `memcpy`, not page faults of fresh memory.
+    fn clone_from(&mut self, source: &Self) {
+        // hashbrown's table has no `clone_from`; the index is the small part.
+        self.index = source.index.clone();
+        self.seed = source.seed;
+        self.id_bytes.clone_from(&source.id_bytes);
+        self.id_spans.clone_from(&source.id_spans);
+        self.records.clone_from(&source.records);
+    }
 }
 
 /// The bytes of the ID a span points at.
