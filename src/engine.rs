@@ -982,11 +982,10 @@ pub(crate) mod tests {
             e.apply_batch(batch(vec![purchase(1 + u64::from(day), "busy", day)]), 0);
         }
         let rescores = e.metrics.rescores.get();
-        // A fixed daily interval would re-score both customers on every one of those days.
-        assert!(
-            rescores < 100,
-            "{rescores} silence checks in a year (57 when written)"
-        );
+        // A fixed daily interval would re-score the quiet customer on each of those 365 days
+        // (the busy one is scored by its purchases). 33 when written, with the test model's
+        // steep recency coefficient crossing many probability tenths.
+        assert!(rescores < 60, "{rescores} silence checks in a year");
         assert_eq!(
             e.customer("quiet").unwrap().lifecycle_stage,
             LifecycleStage::Churned
