@@ -249,7 +249,9 @@ impl RfmThresholds {
         .into_iter()
         .flatten()
         // One second past the moment the comparison turns, which is when it has turned.
-        .map(|days| now.saturating_add((days * time::SECONDS_PER_DAY).ceil() as u32 + 1))
+        .map(|days| {
+            now.saturating_add(((days * time::SECONDS_PER_DAY).ceil() as u32).saturating_add(1))
+        })
         .min()
     }
 

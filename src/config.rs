@@ -322,7 +322,8 @@ pub struct ScoringSettings {
     /// `features::recheck`), but never more often than this: a churn probability crossing a
     /// boundary is noticed at most this late.
     pub rescore_interval_secs: u32,
-    /// ... and never less often than this.
+    /// Silent customers are re-scored at least this often, so that refreshed population
+    /// segment thresholds reach everyone.
     pub max_rescore_interval_secs: u32,
 }
 

@@ -50,6 +50,27 @@ pub struct EngineSettings {
     pub max_customers: usize,
 }
 
+impl EngineSettings {
+    /// A hash of every setting that decides when a silent customer is checked next. A
+    /// restart under other settings (or another model) must re-check everyone: checks
+    /// scheduled under the old ones may come too late under the new.
+    pub fn schedule_fingerprint(&self) -> u64 {
+        let w = &self.winback;
+        // Per-segment thresholds in a fixed order (a HashMap's order is random per process).
+        let task_thresholds = Segment::ALL.map(|s| w.segment_thresholds.get(&s).copied());
+        let scheduling = format!(
+            "{:?}",
+            (
+                (&self.stages, &self.risk, &self.segments),
+                (self.rescore_interval_secs, self.max_rescore_interval_secs),
+                (w.enabled, w.threshold, task_thresholds),
+                (w.min_silence_days, w.cooldown_days, w.max_tasks_per_episode),
+            )
+        );
+        xxhash_rust::xxh3::xxh3_64(scheduling.as_bytes()).max(1)
+    }
+}
+
 impl From<&Settings> for EngineSettings {
     fn from(s: &Settings) -> Self {
         Self {
@@ -115,6 +136,9 @@ pub struct EngineState {
     pub thresholds: RfmThresholds,
     pub next_threshold_refresh: UnixSeconds,
     pub scorings: u64,
+    /// Fingerprint of the settings the customers' next checks were scheduled under (see
+    /// [`EngineSettings::schedule_fingerprint`]); 0 = unknown.
+    pub schedule_settings: u64,
     /// Per input stream (by position in `source.streams`), the last entry applied.
     pub applied: Vec<EntryId>,
     /// The model that scored the customers, for the log of a restore.
@@ -202,6 +226,9 @@ pub struct Engine {
     /// below it was applied before: a Redis restored from an older snapshot redelivers
     /// entries as new, and applying them again would count purchases twice.
     applied: Vec<EntryId>,
+    /// Every customer's next check is to be brought forward once the clock is known (after
+    /// a restore: the checks were scheduled under the previous process's settings and model).
+    recheck_pending: bool,
     metrics: Metrics,
 }
 
@@ -233,6 +260,7 @@ impl Engine {
             population: Population::default(),
             scorings: 0,
             applied: Vec::new(),
+            recheck_pending: false,
             metrics,
         }
     }
@@ -251,6 +279,7 @@ impl Engine {
             thresholds,
             next_threshold_refresh,
             scorings,
+            schedule_settings,
             applied,
             model_version,
         } = state;
@@ -266,13 +295,18 @@ impl Engine {
         engine.next_threshold_refresh = next_threshold_refresh;
         engine.scorings = scorings;
         engine.applied = applied;
-        if model_version != *engine.model_version {
+        let settings_changed = schedule_settings != engine.settings.schedule_fingerprint();
+        if settings_changed || model_version != *engine.model_version {
+            // The snapshot's checks were scheduled under other settings or another model,
+            // which may have moved boundaries closer: everyone is re-checked within one
+            // rescore_interval_secs of the first batch or tick (when the clock is known).
             tracing::info!(
                 snapshot_model = %model_version,
                 model = %engine.model_version,
-                "the model changed since the snapshot: every customer is re-scored within scoring.rescore_interval_secs"
+                settings_changed,
+                "model or scheduling settings changed since the snapshot: every customer is re-checked within scoring.rescore_interval_secs"
             );
-            engine.recheck_everyone();
+            engine.recheck_pending = true;
         }
         engine.publish();
         engine
@@ -287,6 +321,7 @@ impl Engine {
             thresholds: self.thresholds,
             next_threshold_refresh: self.next_threshold_refresh,
             scorings: self.scorings,
+            schedule_settings: self.settings.schedule_fingerprint(),
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
         }
@@ -295,14 +330,26 @@ impl Engine {
     /// [`Self::snapshot`] into an earlier copy, reusing its memory: the pause is then a copy
     /// into memory already mapped, several times shorter for a large table.
     pub fn snapshot_into(&self, copy: &mut EngineState) {
-        copy.customers.clone_from(&self.store);
-        copy.watermark = self.watermark;
-        copy.thresholds = self.thresholds;
-        copy.next_threshold_refresh = self.next_threshold_refresh;
-        copy.scorings = self.scorings;
-        copy.applied.clone_from(&self.applied);
-        copy.model_version.clear();
-        copy.model_version.push_str(&self.model_version);
+        // Every field named, so that a new one cannot be left stale.
+        let EngineState {
+            customers,
+            watermark,
+            thresholds,
+            next_threshold_refresh,
+            scorings,
+            schedule_settings,
+            applied,
+            model_version,
+        } = copy;
+        customers.clone_from(&self.store);
+        *watermark = self.watermark;
+        *thresholds = self.thresholds;
+        *next_threshold_refresh = self.next_threshold_refresh;
+        *scorings = self.scorings;
+        *schedule_settings = self.settings.schedule_fingerprint();
+        applied.clone_from(&self.applied);
+        model_version.clear();
+        model_version.push_str(&self.model_version);
     }
 
     /// Queues every customer's timer afresh, after indices changed.
@@ -396,6 +443,9 @@ impl Engine {
     pub fn apply_batch(&mut self, batch: Batch, wall_ms: u64) -> Effects {
         let started = Instant::now();
         self.wall = time::from_millis(wall_ms);
+        if std::mem::take(&mut self.recheck_pending) {
+            self.recheck_everyone();
+        }
         self.metrics
             .batch_entries
             .observe(batch.entries.len() as f64);
@@ -468,6 +518,9 @@ impl Engine {
     pub fn tick(&mut self, wall_ms: u64) -> Effects {
         let mut fx = Effects::default();
         self.wall = time::from_millis(wall_ms);
+        if std::mem::take(&mut self.recheck_pending) {
+            self.recheck_everyone();
+        }
         if self.settings.clock == ClockMode::Wall {
             self.sweep(self.wall, &mut fx);
             self.publish();
@@ -582,11 +635,28 @@ impl Engine {
                 self.settings.stages.next_change(purchases, now),
                 self.thresholds.next_change(&rfm, now),
                 purchases.and_then(|(_, last)| self.policy.next_eligible(&winback, last, now)),
+                self.segment_may_decide(&winback, p)
+                    .then(|| now.saturating_add(self.settings.rescore_interval_secs)),
             ],
         );
         let customer = self.store.get_mut(idx);
         customer.winback = winback;
         self.timers.schedule(idx, &mut customer.timer, Some(next));
+    }
+
+    /// Whether a segment change alone could raise this customer's task: their probability
+    /// lies between the lowest and the highest per-segment threshold, and segment
+    /// thresholds are refreshed from the population, which can move them into a segment
+    /// with a lower threshold at any refresh. Such customers are checked at every
+    /// `rescore_interval_secs`, as before the scheduler; under fixed thresholds segment
+    /// changes are exact moments instead.
+    fn segment_may_decide(&self, winback: &WinbackState, p: f64) -> bool {
+        self.settings.segments.mode == SegmentMode::Population
+            && self.policy.may_raise(winback)
+            && self
+                .policy
+                .thresholds_span()
+                .is_some_and(|(low, high)| (low..high).contains(&p))
     }
 
     /// Moves the customer between population counts if their classification changed.
@@ -1043,11 +1113,6 @@ pub(crate) mod tests {
         };
         let (daily, daily_checks) = run(DAY);
         let (sparse, sparse_checks) = run(settings(ClockMode::Event).max_rescore_interval_secs);
-        eprintln!(
-            "TMP {sparse_checks} {daily_checks} {} {}",
-            daily.len(),
-            sparse.len()
-        );
         assert!(
             daily.len() > 50,
             "the histories raise tasks: {}",
@@ -1079,6 +1144,77 @@ pub(crate) mod tests {
             sparse_checks * 5 < daily_checks,
             "{sparse_checks} checks against {daily_checks} daily"
         );
+    }
+
+    #[test]
+    fn a_restore_under_other_settings_rechecks_everyone_once_the_clock_is_known() {
+        // A model that never moves: the only checks are the exact moments (day 30).
+        let mut flat = crate::model::tests::recency_only_model_file();
+        flat.features.iter_mut().for_each(|f| f.coefficient = 0.0);
+        let model = Arc::new(Model::from_file(&flat).unwrap());
+        let mut e = Engine::new(settings(ClockMode::Wall), model.clone(), Metrics::new());
+        e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), u64::from(T0) * 1000);
+        let due = |e: &Engine| e.store.get(e.store.find("quiet").unwrap()).timer.due();
+        assert_eq!(due(&e), Some(T0 + 30 * DAY));
+
+        // Same settings and model: the schedule is kept as it was.
+        let same = Engine::restore(
+            settings(ClockMode::Wall),
+            model.clone(),
+            Metrics::new(),
+            e.snapshot(),
+        );
+        assert_eq!(due(&same), due(&e));
+
+        // A lower task threshold: re-checked within a day of the first tick, not at the
+        // epoch (the wall clock is unknown until then).
+        let mut lower = settings(ClockMode::Wall);
+        lower.winback.threshold = 0.2;
+        let mut restored = Engine::restore(lower, model, Metrics::new(), e.snapshot());
+        assert_eq!(
+            due(&restored),
+            due(&e),
+            "nothing moves before the clock is known"
+        );
+        let now = T0 + 2 * DAY;
+        restored.tick(u64::from(now) * 1000);
+        let next = due(&restored).unwrap();
+        assert!((now..=now + DAY).contains(&next), "{next} vs {now}");
+    }
+
+    #[test]
+    fn population_segments_keep_customers_between_task_thresholds_on_daily_checks() {
+        // The test model puts a one-time buyer at p ≈ 0.65 after 45 days: above the 0.6 of
+        // the important segments, below the 0.7 of theirs (general_development).
+        let next_check = |mode: SegmentMode| {
+            let mut s = settings(ClockMode::Event);
+            s.segments.mode = mode;
+            let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+            let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+            e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), 0);
+            let visit = entry(
+                3,
+                &[
+                    ("customer_id", "quiet".into()),
+                    ("type", "visit".into()),
+                    ("ts", (u64::from(T0 + 45 * DAY) * 1000).to_string()),
+                ],
+            );
+            e.apply_batch(batch(vec![purchase(2, "busy", 45), visit]), 0);
+            let view = e.customer("quiet").unwrap();
+            assert!((0.6..0.7).contains(&view.churn_probability.unwrap()));
+            let due = e
+                .store
+                .get(e.store.find("quiet").unwrap())
+                .timer
+                .due()
+                .unwrap();
+            due - (T0 + 45 * DAY)
+        };
+        // A refresh of population thresholds could move them into an important segment at
+        // any day: checked daily. Under fixed thresholds the segment flips at known moments.
+        assert!(next_check(SegmentMode::Population) <= DAY);
+        assert!(next_check(SegmentMode::Fixed) > DAY);
     }
 
     #[test]

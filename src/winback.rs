@@ -289,6 +289,26 @@ impl Policy {
         }
     }
 
+    /// The lowest and the highest task threshold when they differ by segment.
+    pub fn thresholds_span(&self) -> Option<(f64, f64)> {
+        let low = self
+            .thresholds()
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let high = self
+            .thresholds()
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max);
+        (low < high).then_some((low, high))
+    }
+
+    /// Whether this episode can still raise a task.
+    pub fn may_raise(&self, state: &WinbackState) -> bool {
+        self.enabled && state.episode_tasks < self.max_tasks_per_episode
+    }
+
     /// The first moment after `now` at which a waiting time of the policy ends (the silence
     /// required after the last purchase, the cooldown after the last task), so that a
     /// customer already over the threshold gets their task then.
@@ -298,7 +318,7 @@ impl Policy {
         last_purchase: UnixSeconds,
         now: UnixSeconds,
     ) -> Option<UnixSeconds> {
-        if !self.enabled || state.episode_tasks >= self.max_tasks_per_episode {
+        if !self.may_raise(state) {
             return None;
         }
         let cooldown_end =

@@ -63,8 +63,9 @@ pub async fn bind(settings: &Settings) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// How far the engine has applied the input streams: customer state reflects every entry
-/// up to `positions`.
+/// How far the engine has applied the input streams: the highest entry applied per stream.
+/// Every entry read since the start up to it is applied; entries left pending by another
+/// consumer are applied when claimed, which can be later.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     /// Per input stream, in the order of `source.streams`, the last entry the engine has

@@ -21,8 +21,10 @@ use crate::winback::WinbackState;
 use xxhash_rust::xxh3::xxh3_64;
 
 const MAGIC: &[u8; 8] = b"CHURNDSN";
-/// Bumped on any change of the body's layout; older versions are refused, not guessed at.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any change of the body's layout. Version 1 (without the fingerprint of the
+/// scheduling settings) is still read, as "settings unknown"; other versions are refused,
+/// not guessed at.
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 /// "No classification" in the one-byte stage, segment and bucket fields.
@@ -71,6 +73,7 @@ pub fn encode(state: &EngineState, streams: &[String], created_ms: u64) -> Vec<u
     out.extend_from_slice(&state.watermark.to_le_bytes());
     out.extend_from_slice(&state.next_threshold_refresh.to_le_bytes());
     out.extend_from_slice(&state.scorings.to_le_bytes());
+    out.extend_from_slice(&state.schedule_settings.to_le_bytes());
     for t in [
         state.thresholds.recency_days,
         state.thresholds.frequency,
@@ -124,7 +127,7 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     }
     let mut header = Reader::new(&bytes[8..HEADER_LEN]);
     let version = header.u32()?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != 1 {
         return Err(CodecError::Version(version));
     }
     let body_len = header.u64()?;
@@ -148,6 +151,7 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     let watermark = r.u32()?;
     let next_threshold_refresh = r.u32()?;
     let scorings = r.u64()?;
+    let schedule_settings = if version >= 2 { r.u64()? } else { 0 };
     let thresholds = RfmThresholds {
         recency_days: f64::from_bits(r.u64()?),
         frequency: f64::from_bits(r.u64()?),
@@ -207,6 +211,7 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
             thresholds,
             next_threshold_refresh,
             scorings,
+            schedule_settings,
             applied,
             model_version,
         },
@@ -367,6 +372,7 @@ mod tests {
             },
             next_threshold_refresh: 1_600_000,
             scorings: 42,
+            schedule_settings: 0xfeed,
             applied: vec![EntryId { ms: 5, seq: 1 }, EntryId::default()],
             model_version: "m-1".into(),
         }
@@ -388,6 +394,7 @@ mod tests {
         assert_eq!(a.thresholds, b.thresholds);
         assert_eq!(a.next_threshold_refresh, b.next_threshold_refresh);
         assert_eq!(a.scorings, b.scorings);
+        assert_eq!(a.schedule_settings, b.schedule_settings);
         assert_eq!(a.applied, b.applied);
         assert_eq!(a.model_version, b.model_version);
     }

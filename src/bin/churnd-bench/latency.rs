@@ -27,6 +27,33 @@ use crate::machine::load_average;
 use crate::redis_server::{connect, tempfile_dir, RedisServer};
 use crate::workload::{customer_id, daemon_settings, model_path, purchase_entry, push_mixed_event};
 
+/// `churnd-bench latency` options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Events offered per second.
+    #[arg(long, default_value_t = 50_000)]
+    rate: u64,
+    /// Seconds of measurement, after the warm-up.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Seconds of load before measuring (not counted).
+    #[arg(long, default_value_t = 3)]
+    warmup_seconds: u64,
+    /// Distinct customers in the ordinary traffic.
+    #[arg(long, default_value_t = 100_000)]
+    customers: usize,
+    /// One event in this many is a probe.
+    #[arg(long, default_value_t = 500)]
+    probe_every: u64,
+    /// How long ago a probe's purchase lies, in days: old enough for the shipped model
+    /// to score a one-time buyer at or above the win-back threshold (checked at start).
+    #[arg(long, default_value_t = 300)]
+    probe_age_days: u64,
+    /// The redis-server binary to start.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+}
+
 /// Nearest-rank percentile of sorted samples.
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
@@ -284,19 +311,20 @@ async fn generate(load: Load, applied: watch::Receiver<daemon::Applied>) -> Resu
     Ok(report)
 }
 
-pub async fn latency(
-    rate: u64,
-    seconds: u64,
-    warmup_seconds: u64,
-    customers: usize,
-    probe_every: u64,
-    probe_age_days: u64,
-    binary: &PathBuf,
-) -> Result<()> {
+pub async fn latency(args: Args) -> Result<()> {
+    let Args {
+        rate,
+        seconds,
+        warmup_seconds,
+        customers,
+        probe_every,
+        probe_age_days,
+        redis_server: binary,
+    } = args;
     if rate == 0 || seconds == 0 || probe_every == 0 || customers == 0 {
         bail!("--rate, --seconds, --probe-every and --customers must be positive");
     }
-    let redis = RedisServer::start(binary)?;
+    let redis = RedisServer::start(&binary)?;
     let state = tempfile_dir::TempDir::new("state")?;
     let settings = daemon_settings(&redis, state.path()).validated()?;
     let (probability, raises_task) = probe_score(

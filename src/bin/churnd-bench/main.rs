@@ -27,8 +27,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use churnd::config::ClockMode;
-
 #[derive(Parser)]
 #[command(
     name = "churnd-bench",
@@ -48,31 +46,7 @@ enum Bench {
         customers: usize,
     },
     /// Events per second: the daemon against a bare read-and-acknowledge consumer.
-    Throughput {
-        /// Events pre-loaded into the stream.
-        #[arg(long, default_value_t = 2_000_000)]
-        events: usize,
-        /// Distinct customers among them.
-        #[arg(long, default_value_t = 1_000_000)]
-        customers: usize,
-        /// Entries per read (XREADGROUP COUNT), for both consumers.
-        #[arg(long, default_value_t = 1_000)]
-        batch_size: usize,
-        /// Event times are spread over this many days before now. 0 (the default): live
-        /// traffic, every event happens now. 365: a backfill of a year of history, in which
-        /// most customers lapse, so many win-back tasks are written (and under
-        /// `--clock event` every silence check of the year is made).
-        #[arg(long, default_value_t = 0)]
-        history_days: u64,
-        /// The daemon's clock: `wall` (the default, as in production: silence is checked as
-        /// real time passes, so hardly during the run) or `event` (a replay: the event time
-        /// the stream covers passes during the run, with every silence check it implies).
-        #[arg(long, value_enum, default_value = "wall")]
-        clock: ClockArg,
-        /// The redis-server binary to start.
-        #[arg(long, default_value = "redis-server")]
-        redis_server: PathBuf,
-    },
+    Throughput(throughput::Args),
     /// CPU cost of re-scoring silent customers: the wall clock moves on in steps over a
     /// table of `customers`, and each step's tick re-scores those whose check fell due.
     Sweep {
@@ -81,30 +55,7 @@ enum Bench {
     },
     /// Latency at a steady offered load: XADD to state updated, and XADD of a probe (a new
     /// customer's single purchase long ago) to its win-back task.
-    Latency {
-        /// Events offered per second.
-        #[arg(long, default_value_t = 50_000)]
-        rate: u64,
-        /// Seconds of measurement, after the warm-up.
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Seconds of load before measuring (not counted).
-        #[arg(long, default_value_t = 3)]
-        warmup_seconds: u64,
-        /// Distinct customers in the ordinary traffic.
-        #[arg(long, default_value_t = 100_000)]
-        customers: usize,
-        /// One event in this many is a probe.
-        #[arg(long, default_value_t = 500)]
-        probe_every: u64,
-        /// How long ago a probe's purchase lies, in days: old enough for the shipped model
-        /// to score a one-time buyer at or above the win-back threshold (checked at start).
-        #[arg(long, default_value_t = 300)]
-        probe_age_days: u64,
-        /// The redis-server binary to start.
-        #[arg(long, default_value = "redis-server")]
-        redis_server: PathBuf,
-    },
+    Latency(latency::Args),
     /// Start-to-ready time of the daemon with a snapshot of `customers` customers.
     Recovery {
         #[arg(long, default_value_t = 10_000_000)]
@@ -120,44 +71,8 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Bench::Memory { customers } => engine::memory(customers),
         Bench::Sweep { customers } => engine::sweep(customers),
-        Bench::Throughput {
-            events,
-            customers,
-            batch_size,
-            history_days,
-            clock,
-            redis_server,
-        } => {
-            throughput::throughput(
-                events,
-                customers,
-                batch_size,
-                history_days,
-                clock.into(),
-                &redis_server,
-            )
-            .await
-        }
-        Bench::Latency {
-            rate,
-            seconds,
-            warmup_seconds,
-            customers,
-            probe_every,
-            probe_age_days,
-            redis_server,
-        } => {
-            latency::latency(
-                rate,
-                seconds,
-                warmup_seconds,
-                customers,
-                probe_every,
-                probe_age_days,
-                &redis_server,
-            )
-            .await
-        }
+        Bench::Throughput(args) => throughput::throughput(args).await,
+        Bench::Latency(args) => latency::latency(args).await,
         Bench::Recovery {
             customers,
             redis_server,
@@ -171,21 +86,6 @@ async fn main() -> Result<()> {
                 )
                 .init();
             recovery::recovery(customers, &redis_server).await
-        }
-    }
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ClockArg {
-    Wall,
-    Event,
-}
-
-impl From<ClockArg> for ClockMode {
-    fn from(clock: ClockArg) -> Self {
-        match clock {
-            ClockArg::Wall => ClockMode::Wall,
-            ClockArg::Event => ClockMode::Event,
         }
     }
 }

@@ -15,6 +15,49 @@ use churnd::source::lag::group_info;
 use crate::redis_server::{tempfile_dir, RedisServer};
 use crate::workload::{daemon_settings, preload, STREAM};
 
+/// `churnd-bench throughput` options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Events pre-loaded into the stream.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: usize,
+    /// Distinct customers among them.
+    #[arg(long, default_value_t = 1_000_000)]
+    customers: usize,
+    /// Entries per read (XREADGROUP COUNT), for both consumers.
+    #[arg(long, default_value_t = 1_000)]
+    batch_size: usize,
+    /// Event times are spread over this many days before now. 0 (the default): live
+    /// traffic, every event happens now. 365: a backfill of a year of history, in which
+    /// most customers lapse, so many win-back tasks are written (and under
+    /// `--clock event` every silence check of the year is made).
+    #[arg(long, default_value_t = 0)]
+    history_days: u64,
+    /// The daemon's clock: `wall` (the default, as in production: silence is checked as
+    /// real time passes, so hardly during the run) or `event` (a replay: the event time
+    /// the stream covers passes during the run, with every silence check it implies).
+    #[arg(long, value_enum, default_value = "wall")]
+    clock: ClockArg,
+    /// The redis-server binary to start.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum ClockArg {
+    Wall,
+    Event,
+}
+
+impl From<ClockArg> for ClockMode {
+    fn from(clock: ClockArg) -> Self {
+        match clock {
+            ClockArg::Wall => ClockMode::Wall,
+            ClockArg::Event => ClockMode::Event,
+        }
+    }
+}
+
 /// Reads the whole stream with its own group, acknowledging every entry after reading it
 /// (one XACK per batch, as the daemon does), and doing nothing else. Returns the time it
 /// took.
@@ -122,15 +165,17 @@ async fn daemon_run(
     Ok(elapsed)
 }
 
-pub async fn throughput(
-    events: usize,
-    customers: usize,
-    batch: usize,
-    history_days: u64,
-    clock: ClockMode,
-    binary: &PathBuf,
-) -> Result<()> {
-    let redis = RedisServer::start(binary)?;
+pub async fn throughput(args: Args) -> Result<()> {
+    let Args {
+        events,
+        customers,
+        batch_size: batch,
+        history_days,
+        clock,
+        redis_server: binary,
+    } = args;
+    let clock = ClockMode::from(clock);
+    let redis = RedisServer::start(&binary)?;
     let mut conn = redis.conn().await?;
     let loading = Instant::now();
     preload(&mut conn, events, customers, history_days).await?;
