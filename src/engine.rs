@@ -214,6 +214,8 @@ pub struct Engine {
     store: CustomerStore<Customer>,
     timers: TimerQueue,
     recheck: Recheck,
+    /// [`EngineSettings::schedule_fingerprint`] of `settings`, recorded in snapshots.
+    schedule_fingerprint: u64,
     thresholds: RfmThresholds,
     next_threshold_refresh: UnixSeconds,
     /// Largest event time seen.
@@ -248,6 +250,7 @@ impl Engine {
                 settings.max_rescore_interval_secs,
             ),
             policy,
+            schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),
             model,
             thresholds: settings.segments.fixed(),
@@ -295,7 +298,7 @@ impl Engine {
         engine.next_threshold_refresh = next_threshold_refresh;
         engine.scorings = scorings;
         engine.applied = applied;
-        let settings_changed = schedule_settings != engine.settings.schedule_fingerprint();
+        let settings_changed = schedule_settings != engine.schedule_fingerprint;
         if settings_changed || model_version != *engine.model_version {
             // The snapshot's checks were scheduled under other settings or another model,
             // which may have moved boundaries closer: everyone is re-checked within one
@@ -321,7 +324,7 @@ impl Engine {
             thresholds: self.thresholds,
             next_threshold_refresh: self.next_threshold_refresh,
             scorings: self.scorings,
-            schedule_settings: self.settings.schedule_fingerprint(),
+            schedule_settings: self.schedule_fingerprint,
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
         }
@@ -346,7 +349,7 @@ impl Engine {
         *thresholds = self.thresholds;
         *next_threshold_refresh = self.next_threshold_refresh;
         *scorings = self.scorings;
-        *schedule_settings = self.settings.schedule_fingerprint();
+        *schedule_settings = self.schedule_fingerprint;
         applied.clone_from(&self.applied);
         model_version.clear();
         model_version.push_str(&self.model_version);
