@@ -214,6 +214,9 @@ pub struct Engine {
     store: CustomerStore<Customer>,
     timers: TimerQueue,
     recheck: Recheck,
+    /// Under population segment thresholds, the lowest and highest per-segment task
+    /// threshold (see `segment_may_decide`); `None` otherwise or when they are all equal.
+    population_task_band: Option<(f64, f64)>,
     /// [`EngineSettings::schedule_fingerprint`] of `settings`, recorded in snapshots.
     schedule_fingerprint: u64,
     thresholds: RfmThresholds,
@@ -249,6 +252,9 @@ impl Engine {
                 settings.rescore_interval_secs,
                 settings.max_rescore_interval_secs,
             ),
+            population_task_band: (settings.segments.mode == SegmentMode::Population)
+                .then(|| policy.thresholds_span())
+                .flatten(),
             policy,
             schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),
@@ -654,12 +660,9 @@ impl Engine {
     /// `rescore_interval_secs`, as before the scheduler; under fixed thresholds segment
     /// changes are exact moments instead.
     fn segment_may_decide(&self, winback: &WinbackState, p: f64) -> bool {
-        self.settings.segments.mode == SegmentMode::Population
+        self.population_task_band
+            .is_some_and(|(low, high)| (low..high).contains(&p))
             && self.policy.may_raise(winback)
-            && self
-                .policy
-                .thresholds_span()
-                .is_some_and(|(low, high)| (low..high).contains(&p))
     }
 
     /// Moves the customer between population counts if their classification changed.
@@ -820,6 +823,14 @@ pub(crate) mod tests {
         s.clock.mode = clock;
         s.segments.mode = SegmentMode::Fixed;
         EngineSettings::from(&s)
+    }
+
+    /// A model whose score never moves (every coefficient 0), version "flat".
+    fn flat_model() -> Model {
+        let mut flat = crate::model::tests::recency_only_model_file();
+        flat.version = "flat".into();
+        flat.features.iter_mut().for_each(|f| f.coefficient = 0.0);
+        Model::from_file(&flat).unwrap()
     }
 
     fn engine(clock: ClockMode) -> Engine {
@@ -1152,9 +1163,7 @@ pub(crate) mod tests {
     #[test]
     fn a_restore_under_other_settings_rechecks_everyone_once_the_clock_is_known() {
         // A model that never moves: the only checks are the exact moments (day 30).
-        let mut flat = crate::model::tests::recency_only_model_file();
-        flat.features.iter_mut().for_each(|f| f.coefficient = 0.0);
-        let model = Arc::new(Model::from_file(&flat).unwrap());
+        let model = Arc::new(flat_model());
         let mut e = Engine::new(settings(ClockMode::Wall), model.clone(), Metrics::new());
         e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), u64::from(T0) * 1000);
         let due = |e: &Engine| e.store.get(e.store.find("quiet").unwrap()).timer.due();
@@ -1226,11 +1235,7 @@ pub(crate) mod tests {
         s.max_rescore_interval_secs = 400 * DAY;
         // A model that never moves: after day 30 (the stage and win-back waiting time
         // boundaries), the customer is not looked at again before day 90.
-        let mut flat = crate::model::tests::recency_only_model_file();
-        flat.version = "flat".into();
-        flat.features.iter_mut().for_each(|f| f.coefficient = 0.0);
-        let flat = Model::from_file(&flat).unwrap();
-        let mut e = Engine::new(s, Arc::new(flat), Metrics::new());
+        let mut e = Engine::new(s, Arc::new(flat_model()), Metrics::new());
         e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), 0);
         e.apply_batch(batch(vec![purchase(2, "busy", 35)]), 0);
         let recency = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
