@@ -1,5 +1,6 @@
 //! `churnd-bench latency`: at a steady offered load, the time from an XADD to the engine
-//! having applied the entry, and from a probe event to its win-back task in Redis.
+//! having applied the entry, and from a probe event to its win-back task in Redis; first the
+//! same for a bare consumer (the Redis floor).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::streams::StreamReadReply;
+use redis::AsyncCommands;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +99,7 @@ fn probe_score(settings: &Settings, model: Arc<Model>, age_days: u64) -> Result<
 }
 
 /// Load generator settings for [`latency`].
+#[derive(Clone)]
 struct Load {
     url: String,
     stream: String,
@@ -107,6 +110,9 @@ struct Load {
     customers: usize,
     probe_every: u64,
     probe_age_days: u64,
+    /// Whether a consumer writes win-back tasks for the probes (the bare one does not):
+    /// after the load, wait for them.
+    expect_tasks: bool,
 }
 
 /// What the load generator saw.
@@ -299,7 +305,9 @@ async fn generate(load: Load, applied: watch::Receiver<daemon::Applied>) -> Resu
             Ok(Ok(_))
         );
         let deadline = Instant::now() + Duration::from_secs(5);
-        while probe_tasks.load(Ordering::Relaxed) < report.total_probes && Instant::now() < deadline
+        while load.expect_tasks
+            && probe_tasks.load(Ordering::Relaxed) < report.total_probes
+            && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -309,6 +317,137 @@ async fn generate(load: Load, applied: watch::Receiver<daemon::Applied>) -> Resu
     report.tasks = reader.await??;
     produced?;
     Ok(report)
+}
+
+/// Runs [`generate`] on its own thread and single-threaded runtime.
+async fn run_load(load: Load, applied: watch::Receiver<daemon::Applied>) -> Result<LoadReport> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("load".into())
+        .spawn(move || {
+            let report = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("load generator runtime")
+                .and_then(|rt| tokio::task::LocalSet::new().block_on(&rt, generate(load, applied)));
+            let _ = done_tx.send(report);
+        })?;
+    done_rx.await.context("the load generator panicked")?
+}
+
+/// For every entry sent during the measurement, the time from its XADD to the first
+/// published position that covers it; says how many were never covered.
+fn read_latencies(report: &LoadReport) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(report.sent.len());
+    for (id, sent) in &report.sent {
+        let i = report
+            .applied
+            .partition_point(|(position, _)| position < id);
+        if let Some((_, at)) = report.applied.get(i) {
+            latencies.push(at.saturating_duration_since(*sent));
+        }
+    }
+    let unmatched = report.sent.len() - latencies.len();
+    if unmatched > 0 {
+        println!("  {unmatched} entries sent were never seen read");
+    }
+    latencies
+}
+
+/// The Redis floor: a consumer that only reads (XREADGROUP BLOCK, `batch` entries at most)
+/// and acknowledges (riding with the next read, one round trip per batch), publishing each
+/// reply's last ID the moment it arrives, as the daemon publishes what it applied. What
+/// XADD→read costs on this machine before churnd does anything.
+async fn bare_reader(
+    url: String,
+    stream: String,
+    batch: usize,
+    block_ms: u64,
+    published: watch::Sender<daemon::Applied>,
+    stop: CancellationToken,
+) -> Result<()> {
+    let mut conn = connect(&url).await?;
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("bare")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let streams = [stream.clone()];
+    let mut unacked: Vec<String> = Vec::new();
+    while !stop.is_cancelled() {
+        let mut pipe = redis::pipe();
+        if !unacked.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&stream)
+                .arg("bare")
+                .arg(&unacked)
+                .ignore();
+        }
+        pipe.cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("bare")
+            .arg("bare")
+            .arg("COUNT")
+            .arg(batch)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">");
+        let (reply,): (redis::Value,) = pipe.query_async(&mut conn).await?;
+        let entries = churnd::source::batch::parse_reply(reply, &streams)?;
+        let at = Instant::now();
+        if let Some(last) = entries.last() {
+            published.send_replace(daemon::Applied {
+                positions: vec![last.id],
+                at: Some(at),
+            });
+        }
+        unacked = entries.iter().map(|e| e.id.to_string()).collect();
+    }
+    Ok(())
+}
+
+/// Offers `load` to [`bare_reader`] on a stream of its own and prints XADD→read.
+async fn measure_floor(load: &Load, batch: usize, block_ms: u64) -> Result<()> {
+    let load = Load {
+        stream: format!("{}:floor", load.stream),
+        expect_tasks: false,
+        ..load.clone()
+    };
+    let (tx, rx) = watch::channel(daemon::Applied::default());
+    let stop = CancellationToken::new();
+    let reader = tokio::spawn(bare_reader(
+        load.url.clone(),
+        load.stream.clone(),
+        batch,
+        block_ms,
+        tx,
+        stop.clone(),
+    ));
+    // The group exists before the first XADD, or the reader would miss entries.
+    let mut conn = connect(&load.url).await?;
+    while !conn.exists::<_, bool>(&load.stream).await? {
+        if reader.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stream = load.stream.clone();
+    let report = run_load(load, rx).await;
+    stop.cancel();
+    reader.await??;
+    let report = report?;
+    print_latency(
+        "Redis floor, XADD -> read by a bare consumer",
+        &mut read_latencies(&report),
+    );
+    // Its entries would only take Redis memory from the daemon's run.
+    conn.del::<_, ()>(&stream).await?;
+    Ok(())
 }
 
 pub async fn latency(args: Args) -> Result<()> {
@@ -352,7 +491,12 @@ pub async fn latency(args: Args) -> Result<()> {
         customers,
         probe_every,
         probe_age_days,
+        expect_tasks: true,
     };
+    println!(
+        "Redis floor: offering {rate} events/s to a bare consumer for {warmup_seconds} s of warm-up + {seconds} s"
+    );
+    measure_floor(&load, settings.source.batch_size, settings.source.block_ms).await?;
     let (applied_tx, applied_rx) = watch::channel(daemon::Applied::default());
     let listener = daemon::bind(&settings).await?;
     let addr = listener.local_addr()?;
@@ -371,20 +515,7 @@ pub async fn latency(args: Args) -> Result<()> {
         load_average()
     );
 
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("load".into())
-        .spawn(move || {
-            let report = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("load generator runtime")
-                .and_then(|rt| {
-                    tokio::task::LocalSet::new().block_on(&rt, generate(load, applied_rx))
-                });
-            let _ = done_tx.send(report);
-        })?;
-    let report = done_rx.await.context("the load generator panicked")??;
+    let report = run_load(load, applied_rx).await?;
     let load_after = load_average();
     let (_, metrics) = http_get(addr, "/metrics").await?;
     shutdown.cancel();
@@ -400,20 +531,7 @@ pub async fn latency(args: Args) -> Result<()> {
     if !report.caught_up {
         println!("the daemon had NOT applied the last entry 30 s after the load stopped");
     }
-    let mut state_latency = Vec::with_capacity(report.sent.len());
-    for (id, sent) in &report.sent {
-        let i = report
-            .applied
-            .partition_point(|(position, _)| position < id);
-        if let Some((_, at)) = report.applied.get(i) {
-            state_latency.push(at.saturating_duration_since(*sent));
-        }
-    }
-    let unmatched = report.sent.len() - state_latency.len();
-    print_latency("XADD -> state updated", &mut state_latency);
-    if unmatched > 0 {
-        println!("  {unmatched} entries sent were never seen applied");
-    }
+    print_latency("XADD -> state updated", &mut read_latencies(&report));
     let mut task_latency = Vec::with_capacity(report.probes.len());
     for (customer, arrived) in &report.tasks {
         if let Some(sent) = report.probes.get(customer) {

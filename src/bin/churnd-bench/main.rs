@@ -7,7 +7,8 @@
 //! `churnd-bench memory`: resident memory per tracked customer.
 //!
 //! `churnd-bench latency`: at a steady offered load, the time from an XADD to the engine
-//! having applied the entry, and from a probe event to its win-back task in Redis.
+//! having applied the entry, and from a probe event to its win-back task in Redis; first the
+//! same for a bare consumer (the Redis floor).
 //!
 //! `churnd-bench recovery`: the time from start to ready with a snapshot of many customers.
 //!
