@@ -17,7 +17,8 @@
 //! [`engine`] ties the pure steps together (no I/O); [`daemon`] runs it between source and
 //! sink with bounded channels. Beside the flow: [`config`], [`metrics`], [`health`],
 //! [`http`], [`connection`] (Redis connections that survive Redis), [`transactions`] (CSV
-//! input of the batch commands), [`batch`] (scoring a whole file as of a date), [`demo`].
+//! input of the batch commands), [`batch`] (scoring a whole file as of a date), [`demo`],
+//! [`simulate`] (synthetic customers for demos and load tests).
 
 pub mod batch;
 pub mod classify;
@@ -32,6 +33,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod state;

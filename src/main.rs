@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -10,8 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use churnd::batch::{self, Classification};
 use churnd::config::{self, LogFormat, Settings};
+use churnd::connection::Connector;
+use churnd::metrics::Metrics;
 use churnd::model::train::{self, TrainOptions};
 use churnd::model::{evaluate, Model};
+use churnd::simulate::{self, SimulateOptions};
 use churnd::transactions::Transactions;
 use churnd::{daemon, demo, time};
 
@@ -45,6 +49,43 @@ enum Command {
     /// Measure a model on labelled history: features before a date, churn = no purchase
     /// within the horizon after it.
     Evaluate(EvaluateArgs),
+    /// Write synthetic customer activity (buy-till-you-die customers) to the input stream, for
+    /// demos and load tests: first a history, then live traffic.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Customers arriving over the history (over a year when --history-days is 0); new ones
+    /// keep arriving at that pace.
+    #[arg(long, default_value_t = 10_000)]
+    customers: u64,
+    /// Days of past activity written first, with their own event times.
+    #[arg(long, default_value_t = 365)]
+    history_days: u32,
+    /// At most this many events per second.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// After the history, simulated time runs this many times as fast as the wall clock (1:
+    /// the customers' natural pace; 0: as fast as --rate allows).
+    #[arg(long, default_value_t = 1.0)]
+    speedup: f64,
+    /// Random seed: the same seed writes the same customers and events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many events (0: run until SIGTERM or SIGINT).
+    #[arg(long, default_value_t = 0)]
+    events: u64,
+    /// Events in a thousand written malformed, for the dead-letter path.
+    #[arg(long, default_value_t = 1)]
+    invalid_per_mille: u32,
+    /// The stream to write; default: the first of source.streams.
+    #[arg(long)]
+    stream: Option<String>,
+    /// Trim the stream to about this many entries (0: never). Entries churnd has not read
+    /// yet are lost when it falls this far behind.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_len: u64,
 }
 
 #[derive(Args)]
@@ -145,6 +186,7 @@ fn main() -> ExitCode {
                 Command::Demo { transactions } => run_demo(settings, &transactions),
                 Command::Score(args) => score(&settings, args),
                 Command::Evaluate(args) => evaluate(&settings, args),
+                Command::Simulate(args) => simulate(settings, args),
                 Command::Train(_) => unreachable!("handled above"),
             }
         }
@@ -203,6 +245,48 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         daemon::run(settings, listener, shutdown).await?;
         Ok(())
     })
+}
+
+fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
+    init_tracing(&settings);
+    let options = SimulateOptions {
+        stream: args
+            .stream
+            .unwrap_or_else(|| settings.source.streams[0].clone()),
+        customers: args.customers,
+        history_days: args.history_days,
+        rate: args.rate,
+        speedup: args.speedup,
+        seed: args.seed,
+        events: args.events,
+        invalid_per_mille: args.invalid_per_mille,
+        max_len: args.max_len,
+    };
+    let connector = Connector::new(
+        settings.redis_client()?,
+        &settings.redis,
+        Duration::from_millis(settings.redis.response_timeout_ms),
+        "simulate",
+        Metrics::new(),
+    );
+    let report = runtime()?.block_on(async {
+        let shutdown = CancellationToken::new();
+        cancel_on_signal(shutdown.clone())?;
+        anyhow::Ok(simulate::run(options, connector, shutdown).await?)
+    })?;
+    print_out(&format!(
+        "wrote {} events ({} of history, {} live): {} purchases, {} refunds, {} visits, {} complaints, {} malformed; {} customers arrived, {} still active\n",
+        report.written(),
+        report.history,
+        report.live,
+        report.purchases,
+        report.refunds,
+        report.visits,
+        report.complaints,
+        report.invalid,
+        report.customers_arrived,
+        report.customers_active,
+    ))
 }
 
 fn run_demo(mut settings: Settings, transactions: &Path) -> anyhow::Result<()> {

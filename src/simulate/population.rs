@@ -1,0 +1,451 @@
+//! A synthetic customer base that behaves like the buy-till-you-die models say real ones do,
+//! for demos and load tests: pure and seeded, so a run can be repeated event for event.
+//!
+//! Each customer, from their first purchase on:
+//! - buys as a Poisson process with a rate drawn from a gamma distribution (BG/NBD), and visits
+//!   at a multiple of that rate;
+//! - after every purchase, drops out for good with a probability drawn from a beta
+//!   distribution (BG/NBD), so some customers go silent early and others stay for years;
+//! - spends per purchase from a gamma distribution around a mean that is itself drawn per
+//!   customer (the gamma-gamma spend model): heavy-tailed across customers;
+//! - now and then follows a purchase with a refund of it, or with a complaint.
+//!
+//! New customers arrive as a Poisson process, spread evenly over time. Events come out in
+//! time order across the whole population from a heap holding one pending event per live
+//! customer: memory stays constant per customer however long the simulation runs.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Beta, Distribution, Exp, Exp1, Gamma};
+
+const DAY_MS: f64 = 86_400_000.0;
+
+/// Population parameters. The defaults are the published fits to the CDNOW customers (Fader,
+/// Hardie and Lee 2005: BG/NBD r = 0.243, α = 4.414 weeks, a = 0.793, b = 2.426; gamma-gamma
+/// p = 6.25, q = 3.74, γ = 15.44), the data churnd's model is trained on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    /// Shape of the gamma distribution of purchase rates.
+    pub rate_shape: f64,
+    /// Its scale, in purchases per day.
+    pub rate_scale_per_day: f64,
+    /// Beta distribution of the drop-out probability after a purchase.
+    pub dropout_a: f64,
+    pub dropout_b: f64,
+    /// Gamma-gamma spend: per-purchase shape, and the shape and scale of the per-customer
+    /// distribution of its rate parameter.
+    pub spend_shape: f64,
+    pub spend_mix_shape: f64,
+    pub spend_mix_scale: f64,
+    /// Visits per purchase, on average, while a customer is active.
+    pub visits_per_purchase: f64,
+    /// Chance that a purchase is followed by its refund, or by a complaint.
+    pub refund_probability: f64,
+    pub complaint_probability: f64,
+    /// Mean days from a purchase to its refund or complaint.
+    pub follow_up_days: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            rate_shape: 0.243,
+            rate_scale_per_day: 1.0 / (4.414 * 7.0),
+            dropout_a: 0.793,
+            dropout_b: 2.426,
+            spend_shape: 6.25,
+            spend_mix_shape: 3.74,
+            spend_mix_scale: 1.0 / 15.44,
+            visits_per_purchase: 2.0,
+            refund_probability: 0.03,
+            complaint_probability: 0.02,
+            follow_up_days: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid population parameter {name}: {reason}")]
+pub struct ParamsError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+/// What a simulated customer did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activity {
+    Purchase { cents: u64 },
+    Refund { cents: u64 },
+    Visit,
+    Complaint,
+}
+
+impl Activity {
+    /// The event type churnd reads.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Purchase { .. } => "purchase",
+            Self::Refund { .. } => "refund",
+            Self::Visit => "visit",
+            Self::Complaint => "complaint",
+        }
+    }
+}
+
+/// One event of the simulation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimEvent {
+    /// The customer's number: 0 for the first to arrive, and so on.
+    pub customer: u32,
+    pub ts_ms: u64,
+    pub activity: Activity,
+}
+
+/// What a customer does next, beyond their own purchase and visit process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum FollowUp {
+    None,
+    Refund { cents: u64 },
+    Complaint,
+}
+
+/// One customer's drawn traits and their one pending event.
+#[derive(Debug, Clone)]
+struct Customer {
+    /// Purchases and visits per day, together.
+    activity_per_day: f64,
+    dropout: f64,
+    /// Rate parameter of the customer's spend per purchase (gamma-gamma).
+    spend_rate: f64,
+    /// Set when the customer has dropped out: the pending event is their last.
+    leaving: bool,
+    follow_up: FollowUp,
+    /// Whether the pending event is the first purchase (arrival).
+    first: bool,
+}
+
+/// The simulated customer base.
+pub struct Population {
+    params: Params,
+    rng: StdRng,
+    rate: Gamma<f64>,
+    dropout: Beta<f64>,
+    spend_mix: Gamma<f64>,
+    spend: Gamma<f64>,
+    customers: Vec<Customer>,
+    /// The next event of every customer still active: (time, customer).
+    pending: BinaryHeap<Reverse<(u64, u32)>>,
+    /// When the next new customer arrives, and the mean time between arrivals.
+    next_arrival_ms: u64,
+    arrival_gap: Exp<f64>,
+}
+
+impl Population {
+    /// A population whose customers arrive from `start_ms` on at `arrivals_per_day`.
+    pub fn new(
+        params: Params,
+        seed: u64,
+        start_ms: u64,
+        arrivals_per_day: f64,
+    ) -> Result<Self, ParamsError> {
+        let invalid = |name, reason: &dyn std::fmt::Display| ParamsError {
+            name,
+            reason: reason.to_string(),
+        };
+        let positive = |name, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err(invalid(name, &format!("{value} must be a positive number")))
+            }
+        };
+        let probability = |name, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(name, &format!("{value} must be between 0 and 1")))
+            }
+        };
+        positive("arrivals_per_day", arrivals_per_day)?;
+        positive("follow_up_days", params.follow_up_days)?;
+        if !(params.visits_per_purchase >= 0.0 && params.visits_per_purchase.is_finite()) {
+            return Err(invalid("visits_per_purchase", &"must be 0 or more"));
+        }
+        probability("refund_probability", params.refund_probability)?;
+        probability("complaint_probability", params.complaint_probability)?;
+        if params.refund_probability + params.complaint_probability > 1.0 {
+            return Err(invalid(
+                "refund_probability + complaint_probability",
+                &"must not exceed 1",
+            ));
+        }
+        let rate = Gamma::new(params.rate_shape, params.rate_scale_per_day)
+            .map_err(|e| invalid("rate_shape/rate_scale_per_day", &e))?;
+        let dropout = Beta::new(params.dropout_a, params.dropout_b)
+            .map_err(|e| invalid("dropout_a/dropout_b", &e))?;
+        let spend_mix = Gamma::new(params.spend_mix_shape, params.spend_mix_scale)
+            .map_err(|e| invalid("spend_mix_shape/spend_mix_scale", &e))?;
+        // Per purchase: Gamma(shape, 1) divided by the customer's rate parameter.
+        let spend = Gamma::new(params.spend_shape, 1.0).map_err(|e| invalid("spend_shape", &e))?;
+        let arrival_gap =
+            Exp::new(arrivals_per_day / DAY_MS).map_err(|e| invalid("arrivals_per_day", &e))?;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let next_arrival_ms = start_ms + arrival_gap.sample(&mut rng) as u64;
+        Ok(Self {
+            params,
+            rng,
+            rate,
+            dropout,
+            spend_mix,
+            spend,
+            customers: Vec::new(),
+            pending: BinaryHeap::new(),
+            next_arrival_ms,
+            arrival_gap,
+        })
+    }
+
+    /// Customers who have arrived so far.
+    pub fn arrived(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// Customers who have not dropped out yet.
+    pub fn active(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The time of the next event.
+    pub fn peek_ms(&self) -> u64 {
+        match self.pending.peek() {
+            Some(Reverse((ts, _))) => (*ts).min(self.next_arrival_ms),
+            None => self.next_arrival_ms,
+        }
+    }
+
+    /// The next event in time order (ties in customer order). Never ends: customers keep
+    /// arriving.
+    pub fn next_event(&mut self) -> SimEvent {
+        let due = self.pending.peek().map(|Reverse(p)| *p);
+        match due {
+            Some((ts, customer)) if ts <= self.next_arrival_ms => {
+                self.pending.pop();
+                self.act(customer, ts)
+            }
+            _ => {
+                let ts = self.next_arrival_ms;
+                self.next_arrival_ms = ts + self.arrival_gap.sample(&mut self.rng) as u64;
+                let customer = self.arrive();
+                self.act(customer, ts)
+            }
+        }
+    }
+
+    /// Draws a new customer's traits; their first event is a purchase.
+    fn arrive(&mut self) -> u32 {
+        let purchases_per_day = self.rate.sample(&mut self.rng);
+        let activity_per_day = purchases_per_day * (1.0 + self.params.visits_per_purchase);
+        let customer = Customer {
+            activity_per_day,
+            dropout: self.dropout.sample(&mut self.rng),
+            spend_rate: self.spend_mix.sample(&mut self.rng),
+            leaving: false,
+            follow_up: FollowUp::None,
+            first: true,
+        };
+        let number = u32::try_from(self.customers.len()).unwrap_or(u32::MAX);
+        self.customers.push(customer);
+        number
+    }
+
+    /// The customer's pending event at `ts`, and the scheduling of the one after it.
+    fn act(&mut self, number: u32, ts: u64) -> SimEvent {
+        let params = &self.params;
+        let rng = &mut self.rng;
+        let c = &mut self.customers[number as usize];
+        let purchase_share = 1.0 / (1.0 + params.visits_per_purchase);
+        let activity = match std::mem::replace(&mut c.follow_up, FollowUp::None) {
+            FollowUp::Refund { cents } => Activity::Refund { cents },
+            FollowUp::Complaint => Activity::Complaint,
+            FollowUp::None if c.first || rng.random_bool(purchase_share) => {
+                let amount = self.spend.sample(rng) / c.spend_rate;
+                Activity::Purchase {
+                    cents: ((amount * 100.0).round() as u64).max(1),
+                }
+            }
+            FollowUp::None => Activity::Visit,
+        };
+        c.first = false;
+        if let Activity::Purchase { cents } = activity {
+            let draw: f64 = rng.random();
+            c.follow_up = if draw < params.refund_probability {
+                FollowUp::Refund { cents }
+            } else if draw < params.refund_probability + params.complaint_probability {
+                FollowUp::Complaint
+            } else {
+                FollowUp::None
+            };
+            // BG/NBD: the drop-out comes after a purchase; a pending follow-up still happens.
+            c.leaving = rng.random_bool(c.dropout);
+        }
+        let next = match c.follow_up {
+            FollowUp::None if c.leaving || c.activity_per_day <= 0.0 => None,
+            FollowUp::None => Some(rng.sample::<f64, _>(Exp1) / c.activity_per_day),
+            _ => Some(rng.sample::<f64, _>(Exp1) * params.follow_up_days),
+        };
+        if let Some(days) = next.filter(|d| d.is_finite()) {
+            let at = ts.saturating_add((days * DAY_MS) as u64).max(ts + 1);
+            self.pending.push(Reverse((at, number)));
+        }
+        SimEvent {
+            customer: number,
+            ts_ms: ts,
+            activity,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: u64 = 1_700_000_000_000;
+
+    fn run(seed: u64, days: f64) -> Vec<SimEvent> {
+        let mut p = Population::new(Params::default(), seed, START, 100.0).unwrap();
+        let end = START + (days * DAY_MS) as u64;
+        let mut out = Vec::new();
+        while p.peek_ms() < end {
+            out.push(p.next_event());
+        }
+        out
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_events_and_another_seed_others() {
+        assert_eq!(run(7, 60.0), run(7, 60.0));
+        assert_ne!(run(7, 60.0), run(8, 60.0));
+    }
+
+    #[test]
+    fn events_come_in_time_order_and_every_customer_starts_with_a_purchase() {
+        let events = run(1, 365.0);
+        assert!(events.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+        let mut seen = std::collections::HashSet::new();
+        for e in &events {
+            if seen.insert(e.customer) {
+                assert!(
+                    matches!(e.activity, Activity::Purchase { .. }),
+                    "first event of {} is {:?}",
+                    e.customer,
+                    e.activity
+                );
+            }
+        }
+        // 100 arrivals a day for a year.
+        assert!((30_000..43_000).contains(&seen.len()), "{}", seen.len());
+    }
+
+    #[test]
+    fn behaviour_matches_the_buy_till_you_die_parameters() {
+        let events = run(3, 365.0);
+        let count = |kind: &str| {
+            events
+                .iter()
+                .filter(|e| e.activity.event_type() == kind)
+                .count() as f64
+        };
+        let (purchases, visits) = (count("purchase"), count("visit"));
+        let (refunds, complaints) = (count("refund"), count("complaint"));
+        // Visits: two per repeat activity, none with the first purchase.
+        let customers = events.iter().map(|e| e.customer).max().unwrap() as f64 + 1.0;
+        let repeats = purchases - customers;
+        assert!(
+            (visits / repeats - 2.0).abs() < 0.2,
+            "visits per repeat purchase {}",
+            visits / repeats
+        );
+        assert!((refunds / purchases - 0.03).abs() < 0.005);
+        assert!((complaints / purchases - 0.02).abs() < 0.005);
+        // Heavy-tailed spend with the gamma-gamma mean p·γ/(q−1) ≈ 35.2.
+        let mut amounts: Vec<f64> = events
+            .iter()
+            .filter_map(|e| match e.activity {
+                Activity::Purchase { cents } => Some(cents as f64 / 100.0),
+                _ => None,
+            })
+            .collect();
+        amounts.sort_by(f64::total_cmp);
+        let mean = amounts.iter().sum::<f64>() / amounts.len() as f64;
+        let median = amounts[amounts.len() / 2];
+        assert!((28.0..45.0).contains(&mean), "mean spend {mean}");
+        assert!(mean > median, "right-skewed: mean {mean}, median {median}");
+        // Most customers buy once and drop out or never come back within the year, a few
+        // buy often: the CDNOW picture.
+        let mut per_customer = vec![0u32; customers as usize];
+        for e in &events {
+            if matches!(e.activity, Activity::Purchase { .. }) {
+                per_customer[e.customer as usize] += 1;
+            }
+        }
+        let once = per_customer.iter().filter(|&&n| n == 1).count() as f64 / customers;
+        let ten_or_more = per_customer.iter().filter(|&&n| n >= 10).count() as f64 / customers;
+        assert!((0.5..0.9).contains(&once), "share buying once {once}");
+        assert!(
+            ten_or_more > 0.001,
+            "share buying ten times or more {ten_or_more}"
+        );
+    }
+
+    #[test]
+    fn customers_drop_out_so_the_active_base_is_smaller_than_the_arrivals() {
+        let mut p = Population::new(Params::default(), 5, START, 50.0).unwrap();
+        while p.peek_ms() < START + 2 * 365 * DAY_MS as u64 {
+            p.next_event();
+        }
+        // Drop-outs happen only after purchases, and most customers buy rarely (gamma shape
+        // 0.243): after two years about 60 % are still "alive", many of them quiet.
+        assert!(
+            p.active() * 4 < p.arrived() * 3,
+            "{} of {}",
+            p.active(),
+            p.arrived()
+        );
+        assert!(p.active() > 0);
+    }
+
+    #[test]
+    fn invalid_parameters_are_refused_by_name() {
+        let err = Population::new(
+            Params {
+                refund_probability: 1.5,
+                ..Params::default()
+            },
+            1,
+            START,
+            1.0,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.name, "refund_probability");
+        let err = Population::new(Params::default(), 1, START, 0.0)
+            .err()
+            .unwrap();
+        assert_eq!(err.name, "arrivals_per_day");
+        let err = Population::new(
+            Params {
+                dropout_a: -1.0,
+                ..Params::default()
+            },
+            1,
+            START,
+            1.0,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.name, "dropout_a/dropout_b");
+    }
+}
