@@ -330,6 +330,30 @@ pub fn churnd() -> Command {
     cmd
 }
 
+/// An operations tool (a linter, a validator, `promtool`, `prometheus`): from `PATH`, else
+/// from the virtualenv that `.ci/install-tools` fills. Panics, naming that script, when
+/// neither has it: a missing tool fails its test rather than skipping the check.
+pub fn ops_tool(name: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([venv.clone()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is neither on PATH nor in {}: run .ci/install-tools",
+                venv.display()
+            )
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Settings for a test: this redis, the recency model, fixed segments, event clock, no
 /// control group, fast polling.
 pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {

@@ -1,0 +1,154 @@
+//! The deployment files checked by the tools their formats have: hadolint for the Dockerfile,
+//! kubernetes-validate (strict: no unknown fields) for the Kubernetes manifests and what
+//! `kubectl kustomize` builds from them, the compose-spec schema for the compose file,
+//! `promtool check config` for Prometheus, and churnd itself for the settings file the
+//! Kubernetes pod runs with. The tools come from `.ci/install-tools`; one that is missing
+//! fails its test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::helpers::{churnd, ops_tool};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the tool from the repository root (so its messages name files as the repository
+/// does), panicking with everything it printed when it fails.
+fn check_with(tool: &str, args: &[&str]) -> Output {
+    let output = Command::new(ops_tool(tool))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} could not be started: {e}"));
+    assert_success(&format!("{tool} {}", args.join(" ")), &output);
+    output
+}
+
+fn assert_success(what: &str, output: &Output) {
+    assert!(
+        output.status.success(),
+        "`{what}` failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The Kubernetes manifests: every YAML file in deploy/k8s but the kustomization, which is
+/// kustomize's input rather than a Kubernetes object.
+fn kubernetes_manifests() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("deploy/k8s"))
+        .expect("deploy/k8s is readable")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter(|path| path.file_stem().is_some_and(|s| s != "kustomization"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    check_with("hadolint", &["Dockerfile"]);
+}
+
+#[test]
+fn every_kubernetes_manifest_passes_strict_validation() {
+    let manifests = kubernetes_manifests();
+    assert!(
+        manifests.len() >= 5,
+        "expected the Secret, StatefulSet, two Services and PodDisruptionBudget in deploy/k8s, found {manifests:?}"
+    );
+    let relative: Vec<&str> = manifests
+        .iter()
+        .map(|path| {
+            path.strip_prefix(repo())
+                .unwrap()
+                .to_str()
+                .expect("UTF-8 file names")
+        })
+        .collect();
+    let mut args = vec!["--strict"];
+    args.extend(&relative);
+    check_with("kubernetes-validate", &args);
+}
+
+#[test]
+fn the_kustomization_builds_into_valid_manifests() {
+    // What `kubectl apply -k deploy/k8s` applies, including the generated ConfigMap.
+    let built = check_with("kubectl", &["kustomize", "deploy/k8s"]);
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let rendered = dir.path().join("churnd.yaml");
+    std::fs::write(&rendered, &built.stdout).expect("the build is written");
+    let validated = check_with(
+        "kubernetes-validate",
+        &["--strict", rendered.to_str().expect("a UTF-8 temp path")],
+    );
+    let report = String::from_utf8_lossy(&validated.stdout).into_owned()
+        + &String::from_utf8_lossy(&validated.stderr);
+    for object in [
+        "configmap/churnd-config-",
+        "secret/churnd ",
+        "statefulset/churnd ",
+        "service/churnd ",
+        "service/churnd-headless ",
+        "poddisruptionbudget/churnd ",
+    ] {
+        assert!(
+            report.contains(object),
+            "{object} is missing from the build:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn the_kubernetes_settings_file_is_accepted_by_churnd() {
+    // The pod's environment: the image's state directory, the Secret's password and token
+    // file, and the variables Kubernetes adds for the Services named churnd and
+    // churnd-headless, which share the CHURND prefix (but not the double underscore).
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let token = dir.path().join("customer-token");
+    std::fs::write(&token, "REPLACE-ME-customer-token\n").expect("the token file is written");
+    let output = churnd()
+        .args(["--config", "deploy/k8s/churnd.toml", "check-config"])
+        .env("CHURND__STATE__DIR", "/var/lib/churnd/state")
+        .env("CHURND__REDIS__PASSWORD", "REPLACE-ME-redis-password")
+        .env("CHURND__HTTP__CUSTOMER_TOKEN_FILE", &token)
+        .env("CHURND_PORT", "tcp://127.0.0.1:9898")
+        .env("CHURND_SERVICE_HOST", "127.0.0.1")
+        .env("CHURND_HEADLESS_SERVICE_PORT_HTTP", "9898")
+        .output()
+        .expect("churnd runs");
+    assert_success(
+        "churnd --config deploy/k8s/churnd.toml check-config",
+        &output,
+    );
+    let shown = String::from_utf8_lossy(&output.stdout);
+    // The file's own values are in effect, not the defaults it overrides.
+    for line in ["format = \"json\"", "max_customers = 2500000"] {
+        assert!(shown.contains(line), "`{line}` not in effect:\n{shown}");
+    }
+}
+
+#[test]
+fn the_compose_file_matches_the_compose_spec() {
+    check_with(
+        "check-jsonschema",
+        &[
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "deploy/docker-compose.yml",
+        ],
+    );
+}
+
+#[test]
+fn the_prometheus_config_passes_promtool() {
+    // promtool also checks the rule files it names (deploy/prometheus/alerts.yml).
+    check_with(
+        "promtool",
+        &["check", "config", "deploy/prometheus/prometheus.yml"],
+    );
+}
