@@ -69,6 +69,8 @@ impl Connector {
     ) -> Self {
         let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
         metrics.redis_connected.with_label_values(&[role]).set(0);
+        // The role's error count exists from the start: dashboards see zero, not a gap.
+        metrics.redis_errors.with_label_values(&[role]);
         let password = client
             .get_connection_info()
             .redis_settings()

@@ -240,6 +240,9 @@ pub struct Engine {
 impl Engine {
     pub fn new(settings: EngineSettings, model: Arc<Model>, metrics: Metrics) -> Self {
         metrics.set_model(model.version());
+        metrics
+            .customers_max
+            .set(i64::try_from(settings.max_customers).unwrap_or(i64::MAX));
         let policy = Policy::new(&settings.winback);
         // Where the probability tenth (a population gauge) or the task decision changes.
         // Risk bands need no check of their own: nothing counts customers by risk.

@@ -94,6 +94,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub consumer_pending: IntGaugeVec,
     pub customers: IntGauge,
+    pub customers_max: IntGauge,
     pub customers_evicted: IntCounter,
     pub customers_by_stage: IntGaugeVec,
     pub customers_by_segment: IntGaugeVec,
@@ -240,6 +241,10 @@ impl Metrics {
                 &["stream"],
             ),
             customers: gauge("churnd_customers_tracked", "Customers held in memory."),
+            customers_max: gauge(
+                "churnd_customers_max",
+                "The most customers held (state.max_customers); beyond it the least recently active are forgotten.",
+            ),
             customers_evicted: counter(
                 "churnd_customers_evicted_total",
                 "Customers forgotten to stay within state.max_customers (the least recently active).",

@@ -152,3 +152,38 @@ fn the_prometheus_config_passes_promtool() {
         &["check", "config", "deploy/prometheus/prometheus.yml"],
     );
 }
+
+#[test]
+fn the_alert_rules_pass_promtool_and_their_unit_tests() {
+    check_with(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/alerts.yml"],
+    );
+    check_with(
+        "promtool",
+        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
+    );
+}
+
+#[test]
+fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
+    let path = repo().join("deploy/grafana/dashboards/churnd.json");
+    let text = std::fs::read_to_string(&path).expect("the dashboard is readable");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(dashboard["uid"], "churnd", "the provisioned uid");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let mut ids = std::collections::HashSet::new();
+    for panel in panels {
+        assert!(ids.insert(panel["id"].as_u64()), "duplicate id: {panel}");
+        if panel["type"] == "row" {
+            continue;
+        }
+        let targets = panel["targets"].as_array().map_or(0, |t| t.len());
+        assert!(targets > 0, "panel without a query: {}", panel["title"]);
+        assert_eq!(
+            panel["datasource"]["uid"], "prometheus",
+            "panel {} must use the provisioned data source",
+            panel["title"]
+        );
+    }
+}

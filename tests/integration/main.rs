@@ -9,6 +9,7 @@ mod fuzz_input;
 mod helpers;
 mod http_api;
 mod model_cli;
+mod observability;
 mod pipeline;
 mod process;
 mod resilience;

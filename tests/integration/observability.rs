@@ -1,0 +1,218 @@
+//! The Grafana dashboard and the alert rules against a live Prometheus (Debian's package, from
+//! `.ci/install-tools`) scraping a running churnd that `churnd simulate` feeds: every PromQL
+//! expression must parse and evaluate, and every dashboard query must return data.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{free_port, ops_tool, DaemonProcess, RedisServer};
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `expr` of every target of every panel, with the panel's title.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/dashboards/churnd.json"))
+        .expect("the dashboard is readable");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            let title = panel["title"].as_str().unwrap_or_default();
+            queries.push((title.to_string(), expr.to_string()));
+        }
+    }
+    queries
+}
+
+/// Runs an instant query; the error text if Prometheus refuses it, else its result vector.
+async fn query(prometheus: &str, expr: &str) -> Result<Vec<serde_json::Value>, String> {
+    let response = reqwest::Client::new()
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .map_err(|e| format!("Prometheus did not answer: {e}"))?;
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .map_err(|e| format!("not JSON: {e}"))?;
+    if body["status"] != "success" {
+        return Err(format!("{}: {}", body["errorType"], body["error"]));
+    }
+    Ok(body["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+/// Waits until `expr` returns a series whose value satisfies `ok`, or panics after `within`.
+async fn wait_for(prometheus: &str, expr: &str, ok: impl Fn(f64) -> bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(result) = query(prometheus, expr).await {
+            let value = result
+                .first()
+                .and_then(|s| s["value"][1].as_str()?.parse().ok());
+            if value.is_some_and(&ok) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{expr}` not satisfied within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd() {
+    let redis = RedisServer::start();
+    let stream = "shop:events";
+    let churnd = DaemonProcess::spawn(&[
+        ("CHURND__REDIS__URL", redis.url()),
+        ("CHURND__SOURCE__STREAMS", stream.into()),
+        // Under the event clock the simulated year passes as it is written, so customers go
+        // silent, get tasks and some come back: the win-back panels have data.
+        ("CHURND__CLOCK__MODE", "event".into()),
+        ("CHURND__STATE__SNAPSHOT_INTERVAL_MS", "1000".into()),
+    ]);
+    let simulate = KillOnDrop(
+        crate::helpers::churnd()
+            .args([
+                "simulate",
+                "--customers",
+                "3000",
+                "--history-days",
+                "365",
+                "--rate",
+                "2000",
+                "--speedup",
+                "0",
+                "--invalid-per-mille",
+                "20",
+                "--stream",
+                stream,
+            ])
+            .env("CHURND__REDIS__URL", redis.url())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("churnd simulate runs"),
+    );
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {rules}\n\
+             scrape_configs:\n  - job_name: churnd\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            rules = repo().join("deploy/prometheus/alerts.yml").display(),
+            port = churnd.port,
+        ),
+    )
+    .expect("the config is written");
+    let prometheus_port = free_port();
+    let _prometheus = KillOnDrop(
+        Command::new(ops_tool("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus runs"),
+    );
+    let prometheus = format!("http://127.0.0.1:{prometheus_port}");
+
+    // Enough scrapes for rate() over the dashboard's shortest window, of a churnd that has
+    // written tasks and snapshots.
+    let within = Duration::from_secs(90);
+    wait_for(&prometheus, r#"up{job="churnd"}"#, |v| v == 1.0, within).await;
+    wait_for(
+        &prometheus,
+        "sum(churnd_winback_tasks_total)",
+        |v| v > 0.0,
+        within,
+    )
+    .await;
+    wait_for(
+        &prometheus,
+        "sum(churnd_snapshots_total{outcome=\"written\"})",
+        |v| v > 0.0,
+        within,
+    )
+    .await;
+    wait_for(
+        &prometheus,
+        r#"count_over_time(churnd_ready{job="churnd"}[1m])"#,
+        |v| v >= 20.0,
+        within,
+    )
+    .await;
+    drop(simulate);
+
+    let mut failures = Vec::new();
+    let queries = dashboard_queries();
+    assert!(
+        queries.len() > 20,
+        "only {} dashboard queries",
+        queries.len()
+    );
+    for (panel, expr) in &queries {
+        match query(&prometheus, expr).await {
+            Ok(result) if result.is_empty() => {
+                failures.push(format!("panel \"{panel}\": no data from `{expr}`"))
+            }
+            Ok(_) => {}
+            Err(e) => failures.push(format!("panel \"{panel}\": `{expr}` refused: {e}")),
+        }
+    }
+    // Prometheus loaded every rule of the file and has evaluated them all along: each query
+    // must run, and no evaluation may have failed.
+    let file = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml"))
+        .expect("the alert rules are readable");
+    let in_file = file.matches("- alert: ").count();
+    let response: serde_json::Value = reqwest::get(format!("{prometheus}/api/v1/rules"))
+        .await
+        .expect("rules answer")
+        .json()
+        .await
+        .expect("rules JSON");
+    let loaded = response["data"]["groups"][0]["rules"]
+        .as_array()
+        .expect("the alert rules are loaded");
+    assert_eq!(loaded.len(), in_file, "rules loaded vs in alerts.yml");
+    for rule in loaded {
+        let (name, expr) = (&rule["name"], rule["query"].as_str().unwrap_or_default());
+        if let Err(e) = query(&prometheus, expr).await {
+            failures.push(format!("alert {name}: `{expr}` refused: {e}"));
+        }
+        if rule["health"] != "ok" {
+            failures.push(format!(
+                "alert {name} evaluates with health {}: {}",
+                rule["health"], rule["lastError"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
