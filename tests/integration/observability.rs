@@ -1,7 +1,9 @@
 //! The Grafana dashboard and the alert rules against a live Prometheus (Debian's package, from
 //! `.ci/install-tools`) scraping a running churnd that `churnd simulate` feeds: every PromQL
-//! expression must parse and evaluate, and every dashboard query must return data.
+//! expression must parse and evaluate, and every dashboard query must return data. churnd's
+//! exposition must also pass `promtool check metrics` (Prometheus's naming conventions).
 
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -170,6 +172,31 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
     )
     .await;
     drop(simulate);
+
+    // Names, types, units and help texts as Prometheus's own linter wants them.
+    let exposition = churnd
+        .get_text("/metrics")
+        .await
+        .expect("churnd serves /metrics");
+    let mut lint = Command::new(ops_tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    lint.stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(exposition.as_bytes())
+        .expect("the metrics reach promtool");
+    let lint = lint.wait_with_output().expect("promtool finishes");
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     let mut failures = Vec::new();
     let queries = dashboard_queries();
