@@ -24,6 +24,7 @@ use churnd::metrics::Metrics;
 use churnd::model::Model;
 use churnd::source::batch::Batch;
 
+use crate::bare::BareConsumer;
 use crate::http_probe::{http_get, sample, wait_ready};
 use crate::machine::load_average;
 use crate::redis_server::{connect, tempfile_dir, RedisServer};
@@ -367,38 +368,9 @@ async fn bare_reader(
     stop: CancellationToken,
 ) -> Result<()> {
     let mut conn = connect(&url).await?;
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg("bare")
-        .arg("$")
-        .arg("MKSTREAM")
-        .query_async::<()>(&mut conn)
-        .await?;
-    let streams = [stream.clone()];
-    let mut unacked: Vec<String> = Vec::new();
+    let mut consumer = BareConsumer::create(&mut conn, &stream, "$", batch, Some(block_ms)).await?;
     while !stop.is_cancelled() {
-        let mut pipe = redis::pipe();
-        if !unacked.is_empty() {
-            pipe.cmd("XACK")
-                .arg(&stream)
-                .arg("bare")
-                .arg(&unacked)
-                .ignore();
-        }
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("bare")
-            .arg("bare")
-            .arg("COUNT")
-            .arg(batch)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(&stream)
-            .arg(">");
-        let (reply,): (redis::Value,) = pipe.query_async(&mut conn).await?;
-        let entries = churnd::source::batch::parse_reply(reply, &streams)?;
+        let entries = consumer.next(&mut conn).await?;
         let at = Instant::now();
         if let Some(last) = entries.last() {
             published.send_replace(daemon::Applied {
@@ -406,7 +378,6 @@ async fn bare_reader(
                 at: Some(at),
             });
         }
-        unacked = entries.iter().map(|e| e.id.to_string()).collect();
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 //!
 //! `churnd-bench sweep`: the CPU cost of re-scoring the silent customers that fall due.
 
+mod bare;
 mod engine;
 mod http_probe;
 mod latency;

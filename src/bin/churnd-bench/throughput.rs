@@ -12,6 +12,7 @@ use churnd::config::{ClockMode, Settings};
 use churnd::daemon;
 use churnd::source::lag::group_info;
 
+use crate::bare::BareConsumer;
 use crate::redis_server::{tempfile_dir, RedisServer};
 use crate::workload::{daemon_settings, preload, STREAM};
 
@@ -66,50 +67,17 @@ async fn bare_consumer(
     events: usize,
     batch: usize,
 ) -> Result<Duration> {
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(STREAM)
-        .arg("bare")
-        .arg("0")
-        .query_async::<()>(conn)
-        .await?;
+    let mut consumer = BareConsumer::create(conn, STREAM, "0", batch, None).await?;
     let started = Instant::now();
     let mut read = 0;
-    let mut unacked: Vec<String> = Vec::new();
-    // One round trip per batch: the acknowledgement of the last batch rides with the read of
-    // the next, so Redis, not the network, sets the pace.
     while read < events {
-        let mut pipe = redis::pipe();
-        if !unacked.is_empty() {
-            pipe.cmd("XACK")
-                .arg(STREAM)
-                .arg("bare")
-                .arg(&unacked)
-                .ignore();
-        }
-        pipe.cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("bare")
-            .arg("bare")
-            .arg("COUNT")
-            .arg(batch)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(">");
-        let (reply,): (redis::Value,) = pipe.query_async(conn).await?;
-        let entries = churnd::source::batch::parse_reply(reply, &[STREAM.to_string()])?;
+        let entries = consumer.next(conn).await?;
         if entries.is_empty() {
             bail!("the stream ended after {read} of {events} entries");
         }
         read += entries.len();
-        unacked = entries.iter().map(|e| e.id.to_string()).collect();
     }
-    redis::cmd("XACK")
-        .arg(STREAM)
-        .arg("bare")
-        .arg(&unacked)
-        .query_async::<()>(conn)
-        .await?;
+    consumer.finish(conn).await?;
     Ok(started.elapsed())
 }
 
