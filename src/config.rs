@@ -10,6 +10,7 @@ use config::{Config, Environment, File};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::classify::{RfmThresholds, RiskBands, StageBounds};
+use crate::tasks::{TaskKind, TasksSettings};
 use crate::winback::WinbackSettings;
 
 /// The shipped, documented defaults file, read from the working directory when present.
@@ -30,6 +31,7 @@ pub struct Settings {
     pub segments: SegmentSettings,
     pub risk: RiskBands,
     pub winback: WinbackSettings,
+    pub tasks: TasksSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
@@ -639,8 +641,14 @@ impl Settings {
             ("dead_letter.stream", &self.dead_letter.stream),
             ("winback.stream", &self.winback.stream),
             ("winback.control_stream", &self.winback.control_stream),
+            ("tasks.stream", &self.tasks.stream),
+            ("tasks.convert.stream", &self.tasks.convert.stream),
+            ("tasks.welcome.stream", &self.tasks.welcome.stream),
         ];
         for (key, name) in outputs {
+            if name.is_empty() && key.starts_with("tasks.") && key != "tasks.stream" {
+                continue; // a kind without its own stream uses tasks.stream
+            }
             if name.is_empty() {
                 p.push(format!("{key} must not be empty"));
             } else if s.streams.contains(name) {
@@ -654,8 +662,19 @@ impl Settings {
         {
             p.push("dead_letter.stream must differ from the win-back streams".into());
         }
-        if self.dead_letter.max_len == 0 || self.winback.max_len == 0 {
-            p.push("dead_letter.max_len and winback.max_len must be at least 1".into());
+        for kind in [TaskKind::Convert, TaskKind::Welcome] {
+            let stream = self.tasks.stream(kind);
+            if stream == self.dead_letter.stream || stream == self.winback.control_stream {
+                p.push(format!(
+                    "the {} tasks' stream ({stream:?}) must differ from dead_letter.stream and winback.control_stream",
+                    kind.as_str()
+                ));
+            }
+        }
+        if self.dead_letter.max_len == 0 || self.winback.max_len == 0 || self.tasks.max_len == 0 {
+            p.push(
+                "dead_letter.max_len, winback.max_len and tasks.max_len must be at least 1".into(),
+            );
         }
         if self.dead_letter.dedup_ttl_secs == 0 {
             p.push("dead_letter.dedup_ttl_secs must be at least 1".into());
@@ -682,6 +701,7 @@ impl Settings {
         p.extend(self.stages.problems("stages"));
         p.extend(self.risk.problems("risk"));
         p.extend(self.winback.problems("winback"));
+        p.extend(self.tasks.problems("tasks"));
         if self.state.keep == 0 {
             p.push("state.keep must be at least 1".into());
         }

@@ -25,6 +25,7 @@ use crate::features::{CustomerFeatures, Rfm, FEATURE_NAMES};
 use crate::metrics::{Metrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
 use crate::model::Model;
 use crate::source::batch::{Batch, StreamIdx};
+use crate::tasks::{CareCandidate, CarePolicy, CareTask, Contact, TasksSettings};
 use crate::time::{self, UnixSeconds};
 use crate::winback::{Candidate, Group, Policy, Task, WinbackSettings, WinbackState};
 
@@ -47,6 +48,7 @@ pub struct EngineSettings {
     pub rescore_interval_secs: u32,
     pub max_rescore_interval_secs: u32,
     pub winback: WinbackSettings,
+    pub tasks: TasksSettings,
     pub max_customers: usize,
 }
 
@@ -65,6 +67,11 @@ impl EngineSettings {
                 (self.rescore_interval_secs, self.max_rescore_interval_secs),
                 (w.enabled, w.threshold, task_thresholds),
                 (w.min_silence_days, w.cooldown_days, w.max_tasks_per_episode),
+                (
+                    self.tasks.contact_cap_days,
+                    self.tasks.welcome.enabled,
+                    self.tasks.welcome.after_days,
+                ),
             )
         );
         xxhash_rust::xxh3::xxh3_64(scheduling.as_bytes()).max(1)
@@ -85,6 +92,7 @@ impl From<&Settings> for EngineSettings {
             rescore_interval_secs: s.scoring.rescore_interval_secs,
             max_rescore_interval_secs: s.scoring.max_rescore_interval_secs,
             winback: s.winback.clone(),
+            tasks: s.tasks.clone(),
             max_customers: s.state.max_customers,
         }
     }
@@ -94,6 +102,8 @@ impl From<&Settings> for EngineSettings {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub tasks: Vec<Task>,
+    /// Tasks of the other kinds (welcome, convert, ...).
+    pub care_tasks: Vec<CareTask>,
     pub dead_letters: Vec<DeadLetter>,
     /// Entries to acknowledge once the tasks and dead letters are written.
     pub acks: Vec<(StreamIdx, EntryId)>,
@@ -101,7 +111,10 @@ pub struct Effects {
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.dead_letters.is_empty() && self.acks.is_empty()
+        self.tasks.is_empty()
+            && self.care_tasks.is_empty()
+            && self.dead_letters.is_empty()
+            && self.acks.is_empty()
     }
 }
 
@@ -115,12 +128,13 @@ pub struct DeadLetter {
     pub detail: String,
 }
 
-/// A customer's record: 76 bytes.
+/// A customer's record: 80 bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Customer {
     pub features: CustomerFeatures,
     pub timer: Timer,
     pub winback: WinbackState,
+    pub contact: Contact,
     /// Classification at the last scoring, as counted in the population gauges.
     pub stage: Option<LifecycleStage>,
     pub segment: Option<Segment>,
@@ -209,6 +223,8 @@ pub struct Summary {
 pub struct Engine {
     settings: EngineSettings,
     policy: Policy,
+    /// The other task kinds and the contact cap they share with win-back.
+    care: CarePolicy,
     model: Arc<Model>,
     model_version: Arc<str>,
     store: CustomerStore<Customer>,
@@ -259,6 +275,7 @@ impl Engine {
                 .then(|| policy.thresholds_span())
                 .flatten(),
             policy,
+            care: CarePolicy::new(&settings.tasks),
             schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),
             model,
@@ -554,6 +571,9 @@ impl Engine {
         let customer = self.store.get_mut(idx);
         let previous_purchase = customer.features.last_purchase();
         customer.features.apply(event);
+        if event.kind == EventKind::Visit && customer.features.last_purchase().is_none() {
+            self.care.on_prospect_visit(&mut customer.contact);
+        }
         if event.kind == EventKind::Purchase && previous_purchase.is_some_and(|p| event.time > p) {
             if let Some(group) =
                 self.policy
@@ -598,9 +618,11 @@ impl Engine {
         let stage = self.settings.stages.stage(purchases, now);
         let (Some(x), Some(rfm)) = (customer.features.vector(now), customer.features.rfm(now))
         else {
+            // A prospect: no score, but maybe an offer.
             self.reclassify(idx, stage, None, None);
+            let next = self.care_moment(idx, stage, None, now, fx);
             self.timers
-                .schedule(idx, &mut self.store.get_mut(idx).timer, None);
+                .schedule(idx, &mut self.store.get_mut(idx).timer, next);
             return;
         };
         self.scorings += 1;
@@ -617,7 +639,10 @@ impl Engine {
         let bucket = ((p * 10.0) as u8).min(9);
         self.reclassify(idx, stage, Some(segment), Some(bucket));
 
-        let mut winback = self.store.get(idx).winback;
+        let customer = self.store.get(idx);
+        let (mut winback, mut contact) = (customer.winback, customer.contact);
+        // Win-back first; every kind waits for the contact cap.
+        let capped_until = self.care.contact_allowed_from(&contact, now);
         let candidate = Candidate {
             customer_id: self.store.id(idx),
             churn_probability: p,
@@ -628,12 +653,19 @@ impl Engine {
             last_purchase: purchases.map_or(0, |(_, last)| last),
             score: &score,
         };
-        if let Some(task) = self
-            .policy
-            .decide(&mut winback, candidate, &self.model_version, now)
-        {
-            fx.tasks.push(task);
+        if capped_until.is_none() {
+            if let Some(task) =
+                self.policy
+                    .decide(&mut winback, candidate, &self.model_version, now)
+            {
+                contact.record(now);
+                fx.tasks.push(task);
+            }
         }
+        let customer = self.store.get_mut(idx);
+        customer.winback = winback;
+        customer.contact = contact;
+        let care_next = self.care_moment(idx, stage, Some(segment), now, fx);
         let features = self.store.get(idx).features;
         let next = self.recheck.next(
             now,
@@ -649,11 +681,41 @@ impl Engine {
                 purchases.and_then(|(_, last)| self.policy.next_eligible(&winback, last, now)),
                 self.segment_may_decide(&winback, p)
                     .then(|| now.saturating_add(self.settings.rescore_interval_secs)),
+                care_next,
+                // A crossing while capped is acted on when the cap ends.
+                capped_until.filter(|_| self.policy.may_raise(&winback)),
             ],
         );
-        let customer = self.store.get_mut(idx);
-        customer.winback = winback;
-        self.timers.schedule(idx, &mut customer.timer, Some(next));
+        self.timers
+            .schedule(idx, &mut self.store.get_mut(idx).timer, Some(next));
+    }
+
+    /// Raises the care task due for the customer now, if any, and returns the next moment a
+    /// care task can fall due without an event.
+    fn care_moment(
+        &mut self,
+        idx: CustomerIdx,
+        stage: LifecycleStage,
+        segment: Option<Segment>,
+        now: UnixSeconds,
+        fx: &mut Effects,
+    ) -> Option<UnixSeconds> {
+        let customer = self.store.get(idx);
+        let features = customer.features;
+        let mut contact = customer.contact;
+        let candidate = CareCandidate {
+            customer_id: self.store.id(idx),
+            lifecycle_stage: stage,
+            segment,
+            purchases: features.purchases(),
+            first_purchase: features.first_purchase(),
+        };
+        if let Some(task) = self.care.decide(&mut contact, &candidate, now) {
+            fx.care_tasks.push(task);
+        }
+        let next = self.care.next_moment(&contact, &candidate, now);
+        self.store.get_mut(idx).contact = contact;
+        next
     }
 
     /// Whether a segment change alone could raise this customer's task: their probability
@@ -816,6 +878,7 @@ impl Engine {
 pub(crate) mod tests {
     use super::*;
     use crate::source::batch::Entry;
+    use crate::tasks::TaskKind;
     use redis::Value;
 
     const DAY: u32 = 86_400;
@@ -826,6 +889,14 @@ pub(crate) mod tests {
         s.clock.mode = clock;
         s.segments.mode = SegmentMode::Fixed;
         EngineSettings::from(&s)
+    }
+
+    /// [`settings`] with win-back the only task kind.
+    fn winback_only(clock: ClockMode) -> EngineSettings {
+        let mut s = settings(clock);
+        s.tasks.welcome.enabled = false;
+        s.tasks.convert.enabled = false;
+        s
     }
 
     /// A model whose score never moves (every coefficient 0), version "flat".
@@ -882,6 +953,85 @@ pub(crate) mod tests {
     /// The state of an engine that has seen nothing.
     pub(crate) fn empty_state() -> EngineState {
         engine(ClockMode::Event).snapshot()
+    }
+
+    fn visit(seq: u64, customer: &str, day: u32) -> Entry {
+        entry(
+            seq,
+            &[
+                ("customer_id", customer.into()),
+                ("type", "visit".into()),
+                ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+            ],
+        )
+    }
+
+    #[test]
+    fn prospects_get_an_offer_at_the_third_visit_and_new_buyers_a_welcome_on_time() {
+        let mut e = engine(ClockMode::Event);
+        let fx = e.apply_batch(
+            batch(vec![
+                visit(1, "browser", 0),
+                visit(2, "browser", 1),
+                purchase(3, "buyer", 2),
+                visit(4, "browser", 3),
+                visit(5, "browser", 4),
+            ]),
+            0,
+        );
+        let kinds: Vec<_> = fx
+            .care_tasks
+            .iter()
+            .map(|t| (t.kind, t.customer_id.as_str(), t.as_of))
+            .collect();
+        assert_eq!(kinds, [(TaskKind::Convert, "browser", T0 + 3 * DAY)]);
+        // The welcome falls due 14 days after the first purchase, under the event clock as
+        // soon as event time passes it.
+        let fx = e.apply_batch(batch(vec![visit(6, "someone", 17)]), 0);
+        let welcome: Vec<_> = fx
+            .care_tasks
+            .iter()
+            .map(|t| (t.kind, t.customer_id.as_str(), t.as_of, t.reference))
+            .collect();
+        assert_eq!(
+            welcome,
+            [(TaskKind::Welcome, "buyer", T0 + 16 * DAY, T0 + 2 * DAY)]
+        );
+        let buyer = e.store.get(e.store.find("buyer").unwrap());
+        assert_eq!(
+            buyer.contact.last_day,
+            u16::try_from((T0 + 16 * DAY) / DAY).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_win_back_waits_for_the_contact_cap_after_another_task() {
+        // Welcome at day 14, and a cap of 30 days: the win-back due from day 30 (minimum
+        // silence) waits for day 44.
+        let mut s = settings(ClockMode::Event);
+        s.tasks.contact_cap_days = 30;
+        s.winback.control_share = 0.0;
+        // Over the threshold well before the minimum silence of 30 days ends.
+        s.winback.threshold = 0.3;
+        s.winback.segment_thresholds.clear();
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+        e.apply_batch(batch(vec![purchase(1, "once", 0)]), 0);
+        let mut seen = Vec::new();
+        for (seq, day) in (2..).zip(1..120) {
+            let fx = e.apply_batch(batch(vec![visit(seq, "clock", day)]), 0);
+            seen.extend(fx.care_tasks.iter().map(|t| (t.kind, t.as_of)));
+            seen.extend(fx.tasks.iter().map(|t| (TaskKind::Winback, t.as_of)));
+        }
+        let once: Vec<_> = seen
+            .iter()
+            .filter(|(k, _)| *k != TaskKind::Convert)
+            .collect();
+        assert_eq!(once.len(), 2, "{seen:?}");
+        assert_eq!(once[0], &(TaskKind::Welcome, T0 + 14 * DAY));
+        assert_eq!(once[1].0, TaskKind::Winback);
+        assert!(once[1].1 >= T0 + 44 * DAY, "{once:?}");
+        assert!(once[1].1 <= T0 + 45 * DAY, "{once:?}");
     }
 
     #[test]
@@ -1165,16 +1315,17 @@ pub(crate) mod tests {
 
     #[test]
     fn a_restore_under_other_settings_rechecks_everyone_once_the_clock_is_known() {
-        // A model that never moves: the only checks are the exact moments (day 30).
+        // A model that never moves, and no welcome: the only checks are the exact moments
+        // (day 30).
         let model = Arc::new(flat_model());
-        let mut e = Engine::new(settings(ClockMode::Wall), model.clone(), Metrics::new());
+        let mut e = Engine::new(winback_only(ClockMode::Wall), model.clone(), Metrics::new());
         e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), u64::from(T0) * 1000);
         let due = |e: &Engine| e.store.get(e.store.find("quiet").unwrap()).timer.due();
         assert_eq!(due(&e), Some(T0 + 30 * DAY));
 
         // Same settings and model: the schedule is kept as it was.
         let same = Engine::restore(
-            settings(ClockMode::Wall),
+            winback_only(ClockMode::Wall),
             model.clone(),
             Metrics::new(),
             e.snapshot(),
@@ -1183,7 +1334,7 @@ pub(crate) mod tests {
 
         // A lower task threshold: re-checked within a day of the first tick, not at the
         // epoch (the wall clock is unknown until then).
-        let mut lower = settings(ClockMode::Wall);
+        let mut lower = winback_only(ClockMode::Wall);
         lower.winback.threshold = 0.2;
         let mut restored = Engine::restore(lower, model, Metrics::new(), e.snapshot());
         assert_eq!(

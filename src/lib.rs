@@ -8,7 +8,8 @@
 //!   timers that notice silence;
 //! - [`model`]: scores churn probability with a logistic model (and trains one);
 //! - [`classify`]: lifecycle stage, RFM segment and risk level;
-//! - [`winback`]: decides when a customer gets a win-back task;
+//! - [`winback`]: decides when a customer gets a win-back task; [`tasks`]: the other task
+//!   kinds (welcome, convert) and the contact cap they all share;
 //! - [`sink`]: writes tasks and dead letters and acknowledges entries, atomically.
 //!
 //! [`state`] writes and loads snapshots of every customer's state with the stream positions
@@ -37,6 +38,7 @@ pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod tasks;
 pub mod time;
 pub mod transactions;
 pub mod winback;

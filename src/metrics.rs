@@ -12,6 +12,7 @@ use prometheus::{
 
 use crate::classify::{LifecycleStage, Segment};
 use crate::event::{EventKind, Reason};
+use crate::tasks::TaskKind;
 use crate::winback::Group;
 
 /// Labels of the churn-probability distribution gauge, one per tenth.
@@ -102,6 +103,7 @@ pub struct Metrics {
     pub store_bytes: IntGauge,
     pub rescores: IntCounter,
     pub tasks: IntCounterVec,
+    pub tasks_by_kind: IntCounterVec,
     pub tasks_duplicate: IntCounter,
     pub recoveries: IntCounterVec,
     pub model_info: IntGaugeVec,
@@ -277,6 +279,11 @@ impl Metrics {
                 "Win-back tasks written, by action and group (control-group tasks go to the control stream).",
                 &["action", "group"],
             ),
+            tasks_by_kind: counter_vec(
+                "churnd_tasks_total",
+                "Tasks written, by kind (winback in either group, convert, welcome).",
+                &["kind"],
+            ),
             tasks_duplicate: counter(
                 "churnd_winback_tasks_duplicate_total",
                 "Win-back tasks not written because their ID had been written before (replays).",
@@ -378,6 +385,9 @@ impl Metrics {
         }
         for group in Group::ALL {
             self.recoveries.with_label_values(&[group.as_str()]);
+        }
+        for kind in TaskKind::ALL {
+            self.tasks_by_kind.with_label_values(&[kind.as_str()]);
         }
         for outcome in ["success", "failure"] {
             self.model_reloads.with_label_values(&[outcome]);

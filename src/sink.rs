@@ -23,6 +23,7 @@ use crate::connection::Connector;
 use crate::engine::{DeadLetter, Effects};
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
+use crate::tasks::{TaskKind, TasksSettings};
 use crate::winback::Group;
 
 /// KEYS: guard key, stream. ARGV: guard TTL (s), stream MAXLEN, then field/value pairs.
@@ -52,6 +53,8 @@ pub struct SinkSettings {
     pub control_stream: String,
     pub task_max_len: u64,
     pub dedup_ttl_secs: u64,
+    /// The other kinds' streams and length cap.
+    pub tasks: TasksSettings,
 }
 
 impl From<&Settings> for SinkSettings {
@@ -66,6 +69,7 @@ impl From<&Settings> for SinkSettings {
             control_stream: s.winback.control_stream.clone(),
             task_max_len: s.winback.max_len,
             dedup_ttl_secs: u64::from(s.winback.dedup_ttl_days) * 86_400,
+            tasks: s.tasks.clone(),
         }
     }
 }
@@ -82,7 +86,7 @@ impl SinkSettings {
     /// dead letters, in order); `None` when there are none. Safe to repeat: every write is
     /// guarded by its ID.
     pub fn effects(&self, fx: &Effects) -> Option<redis::Pipeline> {
-        if fx.tasks.is_empty() && fx.dead_letters.is_empty() {
+        if fx.tasks.is_empty() && fx.care_tasks.is_empty() && fx.dead_letters.is_empty() {
             return None;
         }
         let mut p = redis::pipe();
@@ -94,6 +98,19 @@ impl SinkSettings {
                 stream,
                 self.dedup_ttl_secs,
                 self.task_max_len,
+            );
+            for (name, value) in task.fields() {
+                cmd.arg(name).arg(value);
+            }
+            p.add_command(cmd);
+        }
+        for task in &fx.care_tasks {
+            let stream = self.tasks.stream(task.kind);
+            let mut cmd = guarded_xadd(
+                format!("{stream}:dedup:{}", task.task_id),
+                stream,
+                self.dedup_ttl_secs,
+                self.tasks.max_len,
             );
             for (name, value) in task.fields() {
                 cmd.arg(name).arg(value);
@@ -318,8 +335,9 @@ impl Sink {
     /// Counts what the effects transaction wrote; `replies` are in [`SinkSettings::effects`]
     /// order.
     fn record(&self, fx: &Effects, replies: &[Value]) {
-        let (task_replies, dead_letter_replies) =
-            replies.split_at(fx.tasks.len().min(replies.len()));
+        let (task_replies, rest) = replies.split_at(fx.tasks.len().min(replies.len()));
+        let (care_replies, dead_letter_replies) =
+            rest.split_at(fx.care_tasks.len().min(rest.len()));
         for (task, reply) in fx.tasks.iter().zip(task_replies) {
             if written_before(reply) {
                 self.metrics.tasks_duplicate.inc();
@@ -327,6 +345,20 @@ impl Sink {
                 self.metrics
                     .tasks
                     .with_label_values(&[&task.action, task.group.as_str()])
+                    .inc();
+                self.metrics
+                    .tasks_by_kind
+                    .with_label_values(&[TaskKind::Winback.as_str()])
+                    .inc();
+            }
+        }
+        for (task, reply) in fx.care_tasks.iter().zip(care_replies) {
+            if written_before(reply) {
+                tracing::debug!(task_id = %task.task_id, kind = task.kind.as_str(), "task was written before; not written again");
+            } else {
+                self.metrics
+                    .tasks_by_kind
+                    .with_label_values(&[task.kind.as_str()])
                     .inc();
             }
         }

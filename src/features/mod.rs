@@ -209,6 +209,10 @@ impl CustomerFeatures {
         self.purchases > 0
     }
 
+    pub fn purchases(&self) -> u32 {
+        self.purchases
+    }
+
     pub fn first_purchase(&self) -> Option<UnixSeconds> {
         self.has_purchased().then_some(self.first_purchase)
     }

@@ -7,7 +7,7 @@
 //! All integers little-endian. The body holds the creation time, the model version, the
 //! engine's clock and thresholds, the last entry applied per input stream (by name, so the
 //! stream list may change between runs), then every customer in store order: ID, features
-//! (bit-exact), next check, win-back state and last classification. Store order is kept so a
+//! (bit-exact), next check, win-back state, last classification and contact bookkeeping. Store order is kept so a
 //! restored engine assigns the same indices and makes the same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
@@ -17,21 +17,25 @@ use crate::features::store::CustomerStore;
 use crate::features::timers::Timer;
 use crate::features::CustomerFeatures;
 use crate::metrics::PROBABILITY_BUCKETS;
+use crate::tasks::Contact;
 use crate::winback::WinbackState;
 use xxhash_rust::xxh3::xxh3_64;
 
 const MAGIC: &[u8; 8] = b"CHURNDSN";
-/// Bumped on any change of the body's layout. Version 1 (without the fingerprint of the
-/// scheduling settings) is still read, as "settings unknown"; other versions are refused,
-/// not guessed at.
-pub const FORMAT_VERSION: u32 = 2;
+/// Bumped on any change of the body's layout. Versions 1 (without the fingerprint of the
+/// scheduling settings, read as "settings unknown") and 2 (without the customers' contact
+/// bookkeeping, read as "never contacted") are still read; other versions are refused, not
+/// guessed at.
+pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 /// "No classification" in the one-byte stage, segment and bucket fields.
 const NONE: u8 = u8::MAX;
 /// Fixed bytes per customer besides the ID: length byte, features, timer, win-back state,
 /// stage, segment, bucket.
-const CUSTOMER_FIXED_LEN: usize = 1 + CustomerFeatures::ENCODED_LEN + 4 + 4 + 1 + 1 + 3;
+const CUSTOMER_FIXED_LEN: usize = 1 + CustomerFeatures::ENCODED_LEN + 4 + 4 + 1 + 1 + 3 + 3;
+/// What versions 1 and 2 lack per customer: the contact bookkeeping.
+const CONTACT_LEN: usize = 3;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -108,6 +112,8 @@ pub fn encode(state: &EngineState, streams: &[String], created_ms: u64) -> Vec<u
         out.push(c.stage.map_or(NONE, |s| s.index() as u8));
         out.push(c.segment.map_or(NONE, |s| s.index() as u8));
         out.push(c.bucket.unwrap_or(NONE));
+        out.extend_from_slice(&c.contact.last_day.to_le_bytes());
+        out.push(c.contact.prospect_visits);
     }
 
     let body_len = (out.len() - HEADER_LEN) as u64;
@@ -127,7 +133,7 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     }
     let mut header = Reader::new(&bytes[8..HEADER_LEN]);
     let version = header.u32()?;
-    if version != FORMAT_VERSION && version != 1 {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(CodecError::Version(version));
     }
     let body_len = header.u64()?;
@@ -174,7 +180,12 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
     // not drive an allocation.
-    if count.saturating_mul(CUSTOMER_FIXED_LEN as u64) > r.remaining() as u64
+    let fixed_len = if version >= 3 {
+        CUSTOMER_FIXED_LEN
+    } else {
+        CUSTOMER_FIXED_LEN - CONTACT_LEN
+    };
+    if count.saturating_mul(fixed_len as u64) > r.remaining() as u64
         || id_bytes > r.remaining() as u64
     {
         return Err(malformed(format!(
@@ -195,7 +206,7 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
         if !new {
             return Err(malformed(format!("customer {id:?} appears twice")));
         }
-        *customers.get_mut(idx) = read_customer(&mut r, id)?;
+        *customers.get_mut(idx) = read_customer(&mut r, id, version)?;
         debug_assert_eq!(u64::from(idx), n);
     }
     if r.remaining() != 0 {
@@ -220,7 +231,7 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     })
 }
 
-fn read_customer(r: &mut Reader<'_>, id: &str) -> Result<Customer, CodecError> {
+fn read_customer(r: &mut Reader<'_>, id: &str, version: u32) -> Result<Customer, CodecError> {
     let features_bytes: &[u8; CustomerFeatures::ENCODED_LEN] = r
         .take(CustomerFeatures::ENCODED_LEN)?
         .try_into()
@@ -241,6 +252,14 @@ fn read_customer(r: &mut Reader<'_>, id: &str) -> Result<Customer, CodecError> {
         (i < PROBABILITY_BUCKETS.len()).then_some(i as u8)
     })
     .map_err(|v| malformed(format!("{id:?}: probability bucket {v}")))?;
+    let contact = if version >= 3 {
+        Contact {
+            last_day: u16::from_le_bytes([r.u8()?, r.u8()?]),
+            prospect_visits: r.u8()?,
+        }
+    } else {
+        Contact::default()
+    };
     Ok(Customer {
         features: CustomerFeatures::from_bytes(features_bytes),
         timer: Timer::unqueued((due != 0).then_some(due)),
@@ -249,6 +268,7 @@ fn read_customer(r: &mut Reader<'_>, id: &str) -> Result<Customer, CodecError> {
             episode_tasks,
             awaiting_recovery,
         },
+        contact,
         stage,
         segment,
         bucket,
@@ -361,6 +381,10 @@ mod tests {
             c.stage = LifecycleStage::ALL.get(i % 7).copied();
             c.segment = (i % 4 != 0).then(|| Segment::ALL[i % 8]);
             c.bucket = Some((i % 10) as u8);
+            c.contact = Contact {
+                last_day: 10_000 + i as u16,
+                prospect_visits: (i % 5) as u8,
+            };
         }
         EngineState {
             customers: store,
@@ -386,8 +410,8 @@ mod tests {
             assert_eq!(c.features, d.features);
             assert_eq!(c.timer.due(), d.timer.due());
             assert_eq!(
-                (c.winback, c.stage, c.segment, c.bucket),
-                (d.winback, d.stage, d.segment, d.bucket)
+                (c.winback, c.stage, c.segment, c.bucket, c.contact),
+                (d.winback, d.stage, d.segment, d.bucket, d.contact)
             );
         }
         assert_eq!(a.watermark, b.watermark);
@@ -411,6 +435,39 @@ mod tests {
             d.state.customers.find("customer-7"),
             s.customers.find("customer-7")
         );
+    }
+
+    #[test]
+    fn reads_version_2_as_never_contacted() {
+        let s = state(4);
+        let v3 = encode(&s, &streams(), 0);
+        // Version 2 is version 3 without each customer's last 3 bytes: the customers come
+        // last in the body, so they can be found from its end.
+        let body_end = v3.len() - CHECKSUM_LEN;
+        let records: usize = s
+            .customers
+            .iter()
+            .map(|(i, _)| CUSTOMER_FIXED_LEN + s.customers.id(i).len())
+            .sum();
+        let mut v2 = v3[..body_end - records].to_vec();
+        let mut at = body_end - records;
+        for (i, _) in s.customers.iter() {
+            let len = CUSTOMER_FIXED_LEN + s.customers.id(i).len();
+            v2.extend_from_slice(&v3[at..at + len - CONTACT_LEN]);
+            at += len;
+        }
+        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let body_len = (v2.len() - HEADER_LEN) as u64;
+        v2[12..20].copy_from_slice(&body_len.to_le_bytes());
+        let sum = xxh3_64(&v2);
+        v2.extend_from_slice(&sum.to_le_bytes());
+
+        let d = decode(&v2, &streams()).unwrap();
+        let mut expected = s.clone();
+        for (i, _) in s.customers.iter() {
+            expected.customers.get_mut(i).contact = Contact::default();
+        }
+        same(&expected, &d.state);
     }
 
     #[test]

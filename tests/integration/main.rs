@@ -14,4 +14,5 @@ mod pipeline;
 mod process;
 mod resilience;
 mod secrets;
+mod task_kinds;
 mod tls;

@@ -1,0 +1,121 @@
+//! Task kinds beyond win-back through real Redis: prospects' offers, welcomes, the contact cap
+//! shared with win-back, per-kind switches and streams, and no duplicates on a replay.
+
+use crate::helpers::*;
+
+const EVENTS: &str = "churn:events";
+const WINBACK: &str = "churn:winback";
+const TASKS: &str = "crm:tasks";
+
+fn visit(customer: &str, ts_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("customer_id", customer.to_string()),
+        ("type", "visit".into()),
+        ("ts", ts_ms.to_string()),
+    ]
+}
+
+/// Tasks of `stream` as (kind, customer) pairs, oldest first.
+async fn kinds(c: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<(String, String)> {
+    read_stream(c, stream)
+        .await
+        .into_iter()
+        .map(|(_, f)| (f["kind"].clone(), f["customer_id"].clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prospects_get_an_offer_and_new_buyers_a_welcome_once_even_on_replay() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let app = App::spawn(settings.clone()).await;
+    let mut c = redis.conn().await;
+    for day in 0..4 {
+        xadd(&mut c, EVENTS, &visit("browser", T0_MS + day * DAY_MS)).await;
+    }
+    xadd(&mut c, EVENTS, &purchase("newbie", 30.0, T0_MS)).await;
+    xadd(&mut c, EVENTS, &purchase("regular", 30.0, T0_MS)).await;
+    xadd(
+        &mut c,
+        EVENTS,
+        &purchase("regular", 30.0, T0_MS + 5 * DAY_MS),
+    )
+    .await;
+    // Event time passes the welcome day (14 days after the first purchase).
+    xadd(&mut c, EVENTS, &visit("browser", T0_MS + 20 * DAY_MS)).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    app.stop().await;
+
+    let tasks = read_stream(&mut c, TASKS).await;
+    assert_eq!(
+        kinds(&mut c, TASKS).await,
+        [
+            ("convert".to_string(), "browser".to_string()),
+            ("welcome".to_string(), "newbie".to_string())
+        ],
+        "{tasks:?}"
+    );
+    let (offer, welcome) = (&tasks[0].1, &tasks[1].1);
+    assert_eq!(offer["action"], "first_purchase_offer");
+    assert_eq!(offer["visits"], "3");
+    assert_eq!(offer["lifecycle_stage"], "potential");
+    assert_eq!(offer["as_of"], "1997-01-03T00:00:00Z");
+    assert_eq!(welcome["action"], "welcome_follow_up");
+    assert_eq!(welcome["first_purchase"], "1997-01-01T00:00:00Z");
+    assert_eq!(welcome["as_of"], "1997-01-15T00:00:00Z");
+    assert_eq!(welcome["task_id"].len(), 32);
+    assert!(read_stream(&mut c, WINBACK).await.is_empty());
+
+    // The whole stream again from its start, with no state: the same tasks, not written twice.
+    redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(EVENTS)
+        .arg("churnd")
+        .arg("0")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&settings.state.dir).unwrap();
+    let app = App::spawn(settings).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    assert_eq!(read_stream(&mut c, TASKS).await, tasks);
+    assert_eq!(
+        app.metric("churnd_tasks_total{kind=\"welcome\"}").await,
+        Some(0.0),
+        "the replay's welcome was a duplicate"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn win_back_goes_first_and_the_contact_cap_holds_the_other_kinds() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    // The welcome falls due on the day the win-back can go out at the earliest (the minimum
+    // silence), when the test model already scores the customer over the threshold.
+    settings.winback.threshold = 0.3;
+    settings.winback.segment_thresholds.clear();
+    settings.tasks.welcome.after_days = 30;
+    settings.tasks.welcome.stream = "crm:welcome".into();
+    settings.tasks.convert.enabled = false;
+    let app = App::spawn(settings).await;
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("both", 30.0, T0_MS)).await;
+    for day in [0, 1, 2, 3, 4] {
+        xadd(&mut c, EVENTS, &visit("prospect", T0_MS + day * DAY_MS)).await;
+    }
+    xadd(&mut c, EVENTS, &visit("prospect", T0_MS + 60 * DAY_MS)).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    app.stop().await;
+
+    assert_eq!(
+        kinds(&mut c, WINBACK).await,
+        [("winback".to_string(), "both".to_string())]
+    );
+    // The welcome was due the same day: the win-back was the contact, no welcome follows.
+    assert!(read_stream(&mut c, "crm:welcome").await.is_empty());
+    // Convert is switched off: the prospect gets nothing.
+    assert!(read_stream(&mut c, TASKS).await.is_empty());
+}
