@@ -10,6 +10,9 @@
 //!   customer (the gamma-gamma spend model): heavy-tailed across customers;
 //! - now and then follows a purchase with a refund of it, or with a complaint.
 //!
+//! Some arrivals are prospects: they visit (every `prospect_visit_days` on average) and after
+//! each visit either buy for the first time, give up for good, or come back.
+//!
 //! New customers arrive as a Poisson process, spread evenly over time. Events come out in
 //! time order across the whole population from a heap holding one pending event per live
 //! customer: memory stays constant per customer however long the simulation runs.
@@ -47,6 +50,13 @@ pub struct Params {
     pub complaint_probability: f64,
     /// Mean days from a purchase to its refund or complaint.
     pub follow_up_days: f64,
+    /// Share of arrivals who visit before they buy, if ever.
+    pub prospect_share: f64,
+    /// Mean days between a prospect's visits.
+    pub prospect_visit_days: f64,
+    /// After each visit, the chance that a prospect buys next, and that they give up.
+    pub prospect_conversion: f64,
+    pub prospect_give_up: f64,
 }
 
 impl Default for Params {
@@ -63,6 +73,10 @@ impl Default for Params {
             refund_probability: 0.03,
             complaint_probability: 0.02,
             follow_up_days: 5.0,
+            prospect_share: 0.3,
+            prospect_visit_days: 7.0,
+            prospect_conversion: 0.2,
+            prospect_give_up: 0.15,
         }
     }
 }
@@ -123,8 +137,10 @@ struct Customer {
     /// Set when the customer has dropped out: the pending event is their last.
     leaving: bool,
     follow_up: FollowUp,
-    /// Whether the pending event is the first purchase (arrival).
+    /// Whether the pending event is the first purchase.
     first: bool,
+    /// Visiting, not bought yet: the pending event is a visit.
+    prospect: bool,
 }
 
 /// The simulated customer base.
@@ -171,6 +187,16 @@ impl Population {
         };
         positive("arrivals_per_day", arrivals_per_day)?;
         positive("follow_up_days", params.follow_up_days)?;
+        positive("prospect_visit_days", params.prospect_visit_days)?;
+        probability("prospect_share", params.prospect_share)?;
+        probability("prospect_conversion", params.prospect_conversion)?;
+        probability("prospect_give_up", params.prospect_give_up)?;
+        if params.prospect_conversion + params.prospect_give_up > 1.0 {
+            return Err(invalid(
+                "prospect_conversion + prospect_give_up",
+                &"must not exceed 1",
+            ));
+        }
         if !(params.visits_per_purchase >= 0.0 && params.visits_per_purchase.is_finite()) {
             return Err(invalid("visits_per_purchase", &"must be 0 or more"));
         }
@@ -244,8 +270,9 @@ impl Population {
         }
     }
 
-    /// Draws a new customer's traits; their first event is a purchase.
+    /// Draws a new customer's traits; their first event is a purchase, or a prospect's visit.
     fn arrive(&mut self) -> u32 {
+        let prospect = self.rng.random_bool(self.params.prospect_share);
         let purchases_per_day = self.rate.sample(&mut self.rng);
         let activity_per_day = purchases_per_day * (1.0 + self.params.visits_per_purchase);
         let customer = Customer {
@@ -254,7 +281,8 @@ impl Population {
             spend_rate: self.spend_mix.sample(&mut self.rng),
             leaving: false,
             follow_up: FollowUp::None,
-            first: true,
+            first: !prospect,
+            prospect,
         };
         let number = u32::try_from(self.customers.len()).unwrap_or(u32::MAX);
         self.customers.push(customer);
@@ -266,6 +294,25 @@ impl Population {
         let params = &self.params;
         let rng = &mut self.rng;
         let c = &mut self.customers[number as usize];
+        if c.prospect {
+            // Visit, then buy next, give up, or come back.
+            let draw: f64 = rng.random();
+            let gap = rng.sample::<f64, _>(Exp1) * params.prospect_visit_days;
+            if draw < params.prospect_conversion {
+                (c.prospect, c.first) = (false, true);
+            } else if draw < params.prospect_conversion + params.prospect_give_up {
+                c.leaving = true;
+            }
+            if !c.leaving {
+                let at = ts.saturating_add((gap * DAY_MS) as u64).max(ts + 1);
+                self.pending.push(Reverse((at, number)));
+            }
+            return SimEvent {
+                customer: number,
+                ts_ms: ts,
+                activity: Activity::Visit,
+            };
+        }
         let purchase_share = 1.0 / (1.0 + params.visits_per_purchase);
         let activity = match std::mem::replace(&mut c.follow_up, FollowUp::None) {
             FollowUp::Refund { cents } => Activity::Refund { cents },
@@ -331,22 +378,36 @@ mod tests {
     }
 
     #[test]
-    fn events_come_in_time_order_and_every_customer_starts_with_a_purchase() {
+    fn events_come_in_time_order_and_customers_start_with_a_purchase_or_as_prospects() {
         let events = run(1, 365.0);
         assert!(events.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
-        let mut seen = std::collections::HashSet::new();
+        let mut first = std::collections::HashMap::new();
         for e in &events {
-            if seen.insert(e.customer) {
-                assert!(
-                    matches!(e.activity, Activity::Purchase { .. }),
-                    "first event of {} is {:?}",
-                    e.customer,
-                    e.activity
-                );
-            }
+            first.entry(e.customer).or_insert(e.activity);
         }
-        // 100 arrivals a day for a year.
-        assert!((30_000..43_000).contains(&seen.len()), "{}", seen.len());
+        // 100 arrivals a day for a year, 30 % of them prospects who visit first.
+        assert!((30_000..43_000).contains(&first.len()), "{}", first.len());
+        let visiting = first.values().filter(|a| **a == Activity::Visit).count() as f64;
+        let share = visiting / first.len() as f64;
+        assert!((0.27..0.33).contains(&share), "prospects {share}");
+        assert!(first
+            .values()
+            .all(|a| matches!(a, Activity::Visit | Activity::Purchase { .. })));
+        // About half of the prospects buy at some point: 0.2 / (0.2 + 0.15) of those who stop.
+        let buyers: std::collections::HashSet<u32> = events
+            .iter()
+            .filter(|e| matches!(e.activity, Activity::Purchase { .. }))
+            .map(|e| e.customer)
+            .collect();
+        let converted = first
+            .iter()
+            .filter(|(c, a)| **a == Activity::Visit && buyers.contains(c))
+            .count() as f64;
+        assert!(
+            (0.45..0.62).contains(&(converted / visiting)),
+            "{}",
+            converted / visiting
+        );
     }
 
     #[test]
@@ -360,13 +421,26 @@ mod tests {
         };
         let (purchases, visits) = (count("purchase"), count("visit"));
         let (refunds, complaints) = (count("refund"), count("complaint"));
-        // Visits: two per repeat activity, none with the first purchase.
+        // Buyers' visits: two per repeat activity, none with the first purchase.
         let customers = events.iter().map(|e| e.customer).max().unwrap() as f64 + 1.0;
-        let repeats = purchases - customers;
+        let mut first_seen = std::collections::HashSet::new();
+        let mut buyer = vec![false; customers as usize];
+        let mut prospect_visits = 0.0;
+        for e in &events {
+            let new = first_seen.insert(e.customer);
+            match e.activity {
+                Activity::Purchase { .. } => buyer[e.customer as usize] = true,
+                Activity::Visit if new || !buyer[e.customer as usize] => prospect_visits += 1.0,
+                _ => {}
+            }
+        }
+        let buyers = buyer.iter().filter(|&&b| b).count() as f64;
+        let repeats = purchases - buyers;
+        let buyer_visits = visits - prospect_visits;
         assert!(
-            (visits / repeats - 2.0).abs() < 0.2,
+            (buyer_visits / repeats - 2.0).abs() < 0.2,
             "visits per repeat purchase {}",
-            visits / repeats
+            buyer_visits / repeats
         );
         assert!((refunds / purchases - 0.03).abs() < 0.005);
         assert!((complaints / purchases - 0.02).abs() < 0.005);
@@ -391,8 +465,8 @@ mod tests {
                 per_customer[e.customer as usize] += 1;
             }
         }
-        let once = per_customer.iter().filter(|&&n| n == 1).count() as f64 / customers;
-        let ten_or_more = per_customer.iter().filter(|&&n| n >= 10).count() as f64 / customers;
+        let once = per_customer.iter().filter(|&&n| n == 1).count() as f64 / buyers;
+        let ten_or_more = per_customer.iter().filter(|&&n| n >= 10).count() as f64 / buyers;
         assert!((0.5..0.9).contains(&once), "share buying once {once}");
         assert!(
             ten_or_more > 0.001,
