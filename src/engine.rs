@@ -67,11 +67,8 @@ impl EngineSettings {
                 (self.rescore_interval_secs, self.max_rescore_interval_secs),
                 (w.enabled, w.threshold, task_thresholds),
                 (w.min_silence_days, w.cooldown_days, w.max_tasks_per_episode),
-                (
-                    self.tasks.contact_cap_days,
-                    self.tasks.welcome.enabled,
-                    self.tasks.welcome.after_days,
-                ),
+                // Every kind's timing (actions and streams too: a harmless excess).
+                &self.tasks,
             )
         );
         xxhash_rust::xxh3::xxh3_64(scheduling.as_bytes()).max(1)
@@ -102,7 +99,7 @@ impl From<&Settings> for EngineSettings {
 #[derive(Debug, Default)]
 pub struct Effects {
     pub tasks: Vec<Task>,
-    /// Tasks of the other kinds (welcome, convert, ...).
+    /// Tasks of the other kinds (convert, welcome, anniversary, revisit).
     pub care_tasks: Vec<CareTask>,
     pub dead_letters: Vec<DeadLetter>,
     /// Entries to acknowledge once the tasks and dead letters are written.
@@ -709,6 +706,7 @@ impl Engine {
             segment,
             purchases: features.purchases(),
             first_purchase: features.first_purchase(),
+            last_purchase: features.last_purchase(),
         };
         if let Some(task) = self.care.decide(&mut contact, &candidate, now) {
             fx.care_tasks.push(task);

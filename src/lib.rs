@@ -9,7 +9,7 @@
 //! - [`model`]: scores churn probability with a logistic model (and trains one);
 //! - [`classify`]: lifecycle stage, RFM segment and risk level;
 //! - [`winback`]: decides when a customer gets a win-back task; [`tasks`]: the other task
-//!   kinds (welcome, convert) and the contact cap they all share;
+//!   kinds (convert, welcome, anniversary, revisit) and the contact cap they all share;
 //! - [`sink`]: writes tasks and dead letters and acknowledges entries, atomically.
 //!
 //! [`state`] writes and loads snapshots of every customer's state with the stream positions

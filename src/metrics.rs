@@ -281,7 +281,7 @@ impl Metrics {
             ),
             tasks_by_kind: counter_vec(
                 "churnd_tasks_total",
-                "Tasks written, by kind (winback in either group, convert, welcome).",
+                "Tasks written, by kind (winback in either group, convert, welcome, anniversary, revisit).",
                 &["kind"],
             ),
             tasks_duplicate: counter(

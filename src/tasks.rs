@@ -10,12 +10,17 @@
 //!   first-purchase offer, once per prospect.
 //! - `welcome`: `after_days` after a customer's first purchase, if they have not bought again:
 //!   a follow-up, once per first purchase.
+//! - `anniversary`: `days_before` the yearly anniversary of a customer's first purchase, once
+//!   a year.
+//! - `revisit`: valuable customers (configured segments) get a call from their account
+//!   manager every `every_days` since their last contact or purchase.
 //!
 //! The contact cap: at most one task of any kind per customer in `contact_cap_days`. When
 //! several kinds are due at once, win-back goes first (the engine asks it first).
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -29,16 +34,26 @@ pub enum TaskKind {
     Winback,
     Convert,
     Welcome,
+    Anniversary,
+    Revisit,
 }
 
 impl TaskKind {
-    pub const ALL: [Self; 3] = [Self::Winback, Self::Convert, Self::Welcome];
+    pub const ALL: [Self; 5] = [
+        Self::Winback,
+        Self::Convert,
+        Self::Welcome,
+        Self::Anniversary,
+        Self::Revisit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Winback => "winback",
             Self::Convert => "convert",
             Self::Welcome => "welcome",
+            Self::Anniversary => "anniversary",
+            Self::Revisit => "revisit",
         }
     }
 }
@@ -56,6 +71,8 @@ pub struct TasksSettings {
     pub contact_cap_days: u32,
     pub convert: ConvertSettings,
     pub welcome: WelcomeSettings,
+    pub anniversary: AnniversarySettings,
+    pub revisit: RevisitSettings,
 }
 
 impl Default for TasksSettings {
@@ -66,6 +83,8 @@ impl Default for TasksSettings {
             contact_cap_days: 7,
             convert: ConvertSettings::default(),
             welcome: WelcomeSettings::default(),
+            anniversary: AnniversarySettings::default(),
+            revisit: RevisitSettings::default(),
         }
     }
 }
@@ -120,6 +139,55 @@ impl Default for WelcomeSettings {
     }
 }
 
+/// `[tasks.anniversary]`: the yearly anniversary of the first purchase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnniversarySettings {
+    pub enabled: bool,
+    /// Days before the anniversary; not sent after it.
+    pub days_before: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for AnniversarySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            days_before: 3,
+            action: "anniversary_greeting".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.revisit]`: regular follow-ups of valuable customers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevisitSettings {
+    pub enabled: bool,
+    /// The segments whose customers get them.
+    pub segments: Vec<Segment>,
+    /// Days since the last contact or purchase, whichever is later.
+    pub every_days: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for RevisitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            segments: vec![Segment::ImportantValue, Segment::ImportantDevelopment],
+            every_days: 90,
+            action: "account_manager_call".into(),
+            stream: String::new(),
+        }
+    }
+}
+
 impl TasksSettings {
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut problems = Vec::new();
@@ -132,9 +200,19 @@ impl TasksSettings {
         if self.welcome.after_days == 0 {
             problems.push(format!("{prefix}.welcome.after_days must be at least 1"));
         }
+        if self.anniversary.days_before > 300 {
+            problems.push(format!(
+                "{prefix}.anniversary.days_before must be at most 300"
+            ));
+        }
+        if self.revisit.every_days == 0 {
+            problems.push(format!("{prefix}.revisit.every_days must be at least 1"));
+        }
         for (kind, action) in [
             ("convert", &self.convert.action),
             ("welcome", &self.welcome.action),
+            ("anniversary", &self.anniversary.action),
+            ("revisit", &self.revisit.action),
         ] {
             if action.trim().is_empty() {
                 problems.push(format!("{prefix}.{kind}.action must not be empty"));
@@ -149,6 +227,8 @@ impl TasksSettings {
             TaskKind::Winback => "",
             TaskKind::Convert => &self.convert.stream,
             TaskKind::Welcome => &self.welcome.stream,
+            TaskKind::Anniversary => &self.anniversary.stream,
+            TaskKind::Revisit => &self.revisit.stream,
         };
         if own.is_empty() {
             &self.stream
@@ -188,7 +268,8 @@ pub struct CareTask {
     pub lifecycle_stage: LifecycleStage,
     pub segment: Option<Segment>,
     pub as_of: UnixSeconds,
-    /// The moment the task is about: the first purchase it welcomes; 0 for a prospect.
+    /// The occasion: the first purchase a welcome follows, the anniversary, the day a revisit
+    /// fell due; 0 for a prospect.
     pub reference: UnixSeconds,
     pub visits: u8,
 }
@@ -210,6 +291,8 @@ impl CareTask {
         match self.kind {
             TaskKind::Convert => fields.push(("visits", self.visits.to_string())),
             TaskKind::Welcome => fields.push(("first_purchase", time::rfc3339(self.reference))),
+            TaskKind::Anniversary => fields.push(("anniversary", time::rfc3339(self.reference))),
+            TaskKind::Revisit => fields.push(("due", time::rfc3339(self.reference))),
             TaskKind::Winback => {}
         }
         fields
@@ -224,6 +307,26 @@ pub struct CareCandidate<'a> {
     pub purchases: u32,
     /// First and last purchase, when there is one.
     pub first_purchase: Option<UnixSeconds>,
+    pub last_purchase: Option<UnixSeconds>,
+}
+
+/// When one kind's task for one customer is due: from `from` to `until` (inclusive), about
+/// `reference` (which makes its ID).
+#[derive(Debug, Clone, PartialEq)]
+struct Occasion {
+    kind: TaskKind,
+    action: Arc<str>,
+    from: UnixSeconds,
+    until: UnixSeconds,
+    reference: UnixSeconds,
+}
+
+impl Occasion {
+    /// Whether a contact on record falls in or after the occasion: it was served (by this
+    /// kind or another; either way the customer heard from the business then).
+    fn served(&self, contact: &Contact) -> bool {
+        contact.last_day != 0 && u32::from(contact.last_day) >= self.from / 86_400
+    }
 }
 
 /// The configured care kinds and the contact cap, resolved for fast decisions.
@@ -233,10 +336,15 @@ pub struct CarePolicy {
     convert: Option<(u8, Arc<str>)>,
     /// Seconds after the first purchase, seconds it may be late, action.
     welcome: Option<(u32, u32, Arc<str>)>,
+    /// Seconds before the anniversary, action.
+    anniversary: Option<(u32, Arc<str>)>,
+    /// Segments, seconds between contacts, action.
+    revisit: Option<([bool; 8], u32, Arc<str>)>,
 }
 
 impl CarePolicy {
     pub fn new(settings: &TasksSettings) -> Self {
+        let revisit = &settings.revisit;
         Self {
             contact_cap: time::days(settings.contact_cap_days),
             convert: settings.convert.enabled.then(|| {
@@ -250,6 +358,19 @@ impl CarePolicy {
                     time::days(settings.welcome.after_days),
                     time::days(settings.welcome.max_late_days),
                     settings.welcome.action.as_str().into(),
+                )
+            }),
+            anniversary: settings.anniversary.enabled.then(|| {
+                (
+                    time::days(settings.anniversary.days_before),
+                    settings.anniversary.action.as_str().into(),
+                )
+            }),
+            revisit: revisit.enabled.then(|| {
+                (
+                    Segment::ALL.map(|s| revisit.segments.contains(&s)),
+                    time::days(revisit.every_days),
+                    revisit.action.as_str().into(),
                 )
             }),
         }
@@ -281,67 +402,143 @@ impl CarePolicy {
         if self.contact_allowed_from(contact, now).is_some() {
             return None;
         }
-        let (kind, action, reference) = self.due(contact, candidate, now)?;
+        let occasion = self
+            .occasions(contact, candidate, now)
+            .find(|o| (o.from..=o.until).contains(&now))?;
         contact.record(now);
         Some(CareTask {
-            kind,
-            task_id: task_id(kind, candidate.customer_id, reference),
+            kind: occasion.kind,
+            task_id: task_id(occasion.kind, candidate.customer_id, occasion.reference),
             customer_id: candidate.customer_id.to_owned(),
-            action,
+            action: occasion.action,
             lifecycle_stage: candidate.lifecycle_stage,
             segment: candidate.segment,
             as_of: now,
-            reference,
+            reference: occasion.reference,
             visits: contact.prospect_visits,
         })
     }
 
-    /// The kind due now, ignoring the cap: its action and reference moment.
-    fn due(
-        &self,
-        contact: &Contact,
-        candidate: &CareCandidate<'_>,
-        now: UnixSeconds,
-    ) -> Option<(TaskKind, Arc<str>, UnixSeconds)> {
-        if let Some((min_visits, action)) = &self.convert {
-            // A prospect's only possible task is this one: any contact on record is it.
-            if candidate.purchases == 0
-                && contact.prospect_visits >= *min_visits
-                && contact.last_day == 0
-            {
-                return Some((TaskKind::Convert, action.clone(), 0));
-            }
-        }
-        if let (Some((after, max_late, action)), Some(first)) =
-            (&self.welcome, candidate.first_purchase)
-        {
-            let due = first.saturating_add(*after);
-            // Once per first purchase: not if they bought again, not if any task went out
-            // since it was due (that contact was the follow-up), not too late.
-            if candidate.purchases == 1
-                && (due..=due.saturating_add(*max_late)).contains(&now)
-                && u32::from(contact.last_day) < due / 86_400
-            {
-                return Some((TaskKind::Welcome, action.clone(), first));
-            }
-        }
-        None
-    }
-
     /// The next moment after `now` at which a care task can fall due without an event: the
-    /// welcome's day, or the end of the cap holding a due task back.
+    /// start of the next occasion, or the end of the cap holding a due one back.
     pub fn next_moment(
         &self,
         contact: &Contact,
         candidate: &CareCandidate<'_>,
         now: UnixSeconds,
     ) -> Option<UnixSeconds> {
-        if self.due(contact, candidate, now).is_some() {
-            return self.contact_allowed_from(contact, now);
+        self.occasions(contact, candidate, now)
+            .filter_map(|o| {
+                if o.from > now {
+                    Some(o.from)
+                } else if now <= o.until {
+                    self.contact_allowed_from(contact, now)
+                        .filter(|&end| end <= o.until)
+                } else {
+                    None
+                }
+            })
+            .min()
+    }
+
+    /// Each enabled kind's current or next occasion not yet served, in priority order
+    /// (after win-back, which the engine asks first).
+    fn occasions<'a>(
+        &'a self,
+        contact: &'a Contact,
+        candidate: &'a CareCandidate<'_>,
+        now: UnixSeconds,
+    ) -> impl Iterator<Item = Occasion> + 'a {
+        let convert = self.convert.as_ref().and_then(|(min_visits, action)| {
+            // Once per prospect: a prospect's only task is this one.
+            (candidate.purchases == 0 && contact.prospect_visits >= *min_visits).then(|| Occasion {
+                kind: TaskKind::Convert,
+                action: action.clone(),
+                from: 0,
+                until: UnixSeconds::MAX,
+                reference: 0,
+            })
+        });
+        let welcome = self
+            .welcome
+            .as_ref()
+            .zip(candidate.first_purchase)
+            .filter(|_| candidate.purchases == 1)
+            .map(|((after, max_late, action), first)| {
+                let from = first.saturating_add(*after);
+                Occasion {
+                    kind: TaskKind::Welcome,
+                    action: action.clone(),
+                    from,
+                    until: from.saturating_add(*max_late),
+                    reference: first,
+                }
+            });
+        let anniversary = self
+            .anniversary
+            .as_ref()
+            .zip(candidate.first_purchase)
+            .and_then(|((before, action), first)| {
+                // This year's, or next year's once this one is served or past.
+                let mut after = now;
+                for _ in 0..2 {
+                    let date = anniversary_after(first, after)?;
+                    let occasion = Occasion {
+                        kind: TaskKind::Anniversary,
+                        action: action.clone(),
+                        from: date.saturating_sub(*before),
+                        until: date,
+                        reference: date,
+                    };
+                    if !occasion.served(contact) {
+                        return Some(occasion);
+                    }
+                    after = date.saturating_add(1);
+                }
+                None
+            });
+        let revisit = self
+            .revisit
+            .as_ref()
+            .zip(candidate.segment)
+            .filter(|((segments, _, _), segment)| segments[segment.index()])
+            .zip(candidate.last_purchase)
+            .map(|(((_, every, action), _), last_purchase)| {
+                let last_contact = u32::from(contact.last_day).saturating_mul(86_400);
+                let from = last_purchase.max(last_contact).saturating_add(*every);
+                Occasion {
+                    kind: TaskKind::Revisit,
+                    action: action.clone(),
+                    from,
+                    until: UnixSeconds::MAX,
+                    reference: from,
+                }
+            });
+        [convert, welcome, anniversary, revisit]
+            .into_iter()
+            .flatten()
+            .filter(|o| !o.served(contact))
+    }
+}
+
+/// The first anniversary (one year or more after `first`, on its calendar day; 28 February
+/// for a 29 February in other years) at or after `after`, at midnight UTC.
+fn anniversary_after(first: UnixSeconds, after: UnixSeconds) -> Option<UnixSeconds> {
+    let first = DateTime::from_timestamp(i64::from(first), 0)?.date_naive();
+    let after_date = DateTime::from_timestamp(i64::from(after), 0)?.date_naive();
+    let on = |year: i32| {
+        first
+            .with_year(year)
+            .or_else(|| NaiveDate::from_ymd_opt(year, 2, 28))
+    };
+    let mut year = after_date.year().max(first.year() + 1);
+    loop {
+        let date = on(year)?;
+        let midnight = u32::try_from(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp()).ok()?;
+        if midnight >= after {
+            return Some(midnight);
         }
-        let (after, _, _) = self.welcome.as_ref()?;
-        let due = candidate.first_purchase?.saturating_add(*after);
-        (candidate.purchases == 1 && due > now).then_some(due)
+        year += 1;
     }
 }
 
@@ -363,8 +560,23 @@ mod tests {
     const DAY: u32 = 86_400;
     const T0: u32 = 852_076_800; // 1997-01-01
 
+    /// Convert and welcome only.
     fn policy() -> CarePolicy {
-        CarePolicy::new(&TasksSettings::default())
+        let mut settings = TasksSettings::default();
+        settings.anniversary.enabled = false;
+        settings.revisit.enabled = false;
+        CarePolicy::new(&settings)
+    }
+
+    fn valued(segment: Segment, first: UnixSeconds, last: UnixSeconds) -> CareCandidate<'static> {
+        CareCandidate {
+            customer_id: "v1",
+            lifecycle_stage: LifecycleStage::Active,
+            segment: Some(segment),
+            purchases: 5,
+            first_purchase: Some(first),
+            last_purchase: Some(last),
+        }
     }
 
     fn prospect() -> CareCandidate<'static> {
@@ -374,6 +586,7 @@ mod tests {
             segment: None,
             purchases: 0,
             first_purchase: None,
+            last_purchase: None,
         }
     }
 
@@ -384,6 +597,7 @@ mod tests {
             segment: None,
             purchases,
             first_purchase: Some(first),
+            last_purchase: Some(first),
         }
     }
 
@@ -506,6 +720,76 @@ mod tests {
                 "{key}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_anniversary_comes_days_before_once_a_year_and_not_after_the_day() {
+        let mut settings = TasksSettings::default();
+        settings.revisit.enabled = false;
+        let p = CarePolicy::new(&settings);
+        let first = T0 + 40 * DAY; // 1997-02-10
+        let buyer = valued(Segment::GeneralValue, first, first + 100 * DAY);
+        let mut contact = Contact::default();
+        let day_1998 = 887_068_800; // 1998-02-10
+        assert_eq!(
+            p.next_moment(&contact, &buyer, first + 200 * DAY),
+            Some(day_1998 - 3 * DAY)
+        );
+        let task = p
+            .decide(&mut contact, &buyer, day_1998 - 3 * DAY)
+            .expect("due");
+        assert_eq!(
+            (task.kind, task.reference),
+            (TaskKind::Anniversary, day_1998)
+        );
+        assert!(task
+            .fields()
+            .contains(&("anniversary", "1998-02-10T00:00:00Z".into())));
+        // Once: the next is a year later.
+        assert!(p.decide(&mut contact, &buyer, day_1998).is_none());
+        assert_eq!(
+            p.next_moment(&contact, &buyer, day_1998),
+            Some(day_1998 + 365 * DAY - 3 * DAY)
+        );
+        // Held back past the day by other contacts: skipped that year.
+        let mut busy = Contact::default();
+        busy.record(day_1998 - 5 * DAY);
+        assert!(p.decide(&mut busy, &buyer, day_1998 + DAY).is_none());
+    }
+
+    #[test]
+    fn a_29_february_is_celebrated_on_the_28th_in_other_years() {
+        let leap = 951_782_400; // 2000-02-29
+        assert_eq!(anniversary_after(leap, leap + DAY), Some(983_318_400)); // 2001-02-28
+        assert_eq!(anniversary_after(leap, 1_009_843_200), Some(1_014_854_400)); // 2002-02-28
+        assert_eq!(anniversary_after(leap, 1_046_476_800), Some(1_078_012_800));
+        // 2004-02-29
+    }
+
+    #[test]
+    fn valuable_customers_are_revisited_every_so_many_days_since_the_last_contact() {
+        let mut settings = TasksSettings::default();
+        settings.anniversary.enabled = false;
+        settings.welcome.enabled = false;
+        let p = CarePolicy::new(&settings);
+        let last = T0 + 10 * DAY;
+        let vip = valued(Segment::ImportantValue, T0, last);
+        let mut contact = Contact::default();
+        assert_eq!(p.next_moment(&contact, &vip, last), Some(last + 90 * DAY));
+        let task = p.decide(&mut contact, &vip, last + 90 * DAY).expect("due");
+        assert_eq!(task.kind, TaskKind::Revisit);
+        assert_eq!(&*task.action, "account_manager_call");
+        // The next counts from this contact.
+        assert_eq!(
+            p.next_moment(&contact, &vip, last + 91 * DAY),
+            Some(last + 180 * DAY)
+        );
+        // Other segments are not revisited.
+        let general = valued(Segment::GeneralRetention, T0, last);
+        assert!(p
+            .decide(&mut Contact::default(), &general, last + 200 * DAY)
+            .is_none());
+        assert_eq!(p.next_moment(&Contact::default(), &general, last), None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Task kinds beyond win-back through real Redis: prospects' offers, welcomes, the contact cap
-//! shared with win-back, per-kind switches and streams, and no duplicates on a replay.
+//! Task kinds beyond win-back through real Redis: prospects' offers, welcomes, anniversaries,
+//! revisits, the contact cap shared with win-back, per-kind switches and streams, and no
+//! duplicates on a replay.
 
 use crate::helpers::*;
 
@@ -118,4 +119,57 @@ async fn win_back_goes_first_and_the_contact_cap_holds_the_other_kinds() {
     assert!(read_stream(&mut c, "crm:welcome").await.is_empty());
     // Convert is switched off: the prospect gets nothing.
     assert!(read_stream(&mut c, TASKS).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anniversaries_and_revisits_follow_the_calendar_under_the_event_clock() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    // Revisit every customer who has bought, whatever their segment, every 60 days.
+    settings.tasks.revisit.segments = churnd::classify::Segment::ALL.to_vec();
+    settings.tasks.revisit.every_days = 60;
+    settings.tasks.welcome.enabled = false;
+    settings.winback.enabled = false;
+    let app = App::spawn(settings).await;
+    let mut c = redis.conn().await;
+    // A weekly buyer for the first 10 weeks of 1997, then silence; a year and a half of
+    // someone else's activity moves event time on.
+    for week in 0..10 {
+        xadd(
+            &mut c,
+            EVENTS,
+            &purchase("loyal", 25.0, T0_MS + week * 7 * DAY_MS),
+        )
+        .await;
+    }
+    for day in (70..=560).step_by(7) {
+        xadd(&mut c, EVENTS, &visit("clock", T0_MS + day * DAY_MS)).await;
+    }
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    app.stop().await;
+
+    let loyal: Vec<(String, String)> = read_stream(&mut c, TASKS)
+        .await
+        .into_iter()
+        .filter(|(_, f)| f["customer_id"] == "loyal")
+        .map(|(_, f)| (f["kind"].clone(), f["as_of"].clone()))
+        .collect();
+    let at = |kind: &str, as_of: &str| (kind.to_string(), as_of.to_string());
+    // Last purchase 1997-03-05 (day 63): revisits every 60 days from it, the anniversary
+    // three days before 1 January; the revisit that would have fallen due on 1997-12-30
+    // counts from the anniversary's contact instead.
+    assert_eq!(
+        loyal,
+        [
+            at("revisit", "1997-05-04T00:00:00Z"),
+            at("revisit", "1997-07-03T00:00:00Z"),
+            at("revisit", "1997-09-01T00:00:00Z"),
+            at("revisit", "1997-10-31T00:00:00Z"),
+            at("anniversary", "1997-12-29T00:00:00Z"),
+            at("revisit", "1998-02-27T00:00:00Z"),
+            at("revisit", "1998-04-28T00:00:00Z"),
+            at("revisit", "1998-06-27T00:00:00Z")
+        ]
+    );
 }
