@@ -644,6 +644,8 @@ impl Settings {
             ("tasks.stream", &self.tasks.stream),
             ("tasks.convert.stream", &self.tasks.convert.stream),
             ("tasks.welcome.stream", &self.tasks.welcome.stream),
+            ("tasks.anniversary.stream", &self.tasks.anniversary.stream),
+            ("tasks.revisit.stream", &self.tasks.revisit.stream),
         ];
         for (key, name) in outputs {
             if name.is_empty() && key.starts_with("tasks.") && key != "tasks.stream" {
@@ -662,7 +664,10 @@ impl Settings {
         {
             p.push("dead_letter.stream must differ from the win-back streams".into());
         }
-        for kind in [TaskKind::Convert, TaskKind::Welcome] {
+        for kind in TaskKind::ALL
+            .into_iter()
+            .filter(|&k| k != TaskKind::Winback)
+        {
             let stream = self.tasks.stream(kind);
             if stream == self.dead_letter.stream || stream == self.winback.control_stream {
                 p.push(format!(

@@ -138,6 +138,15 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
     settings.dead_letter.stream = format!("{KEY_PREFIX}events:dlq");
     settings.winback.stream = format!("{KEY_PREFIX}winback");
     settings.winback.control_stream = format!("{KEY_PREFIX}winback:control");
+    settings.tasks.stream = format!("{KEY_PREFIX}tasks");
+    for stream in [
+        &mut settings.tasks.convert.stream,
+        &mut settings.tasks.welcome.stream,
+        &mut settings.tasks.anniversary.stream,
+        &mut settings.tasks.revisit.stream,
+    ] {
+        stream.clear();
+    }
     settings.clock.mode = ClockMode::Event;
     settings.http.addr = "127.0.0.1:0".into();
     // Each demo replays the history from scratch: its snapshots go to a directory of its own,

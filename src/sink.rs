@@ -1,4 +1,4 @@
-//! The Redis sink: writes each batch's effects (win-back tasks, dead letters), and only once
+//! The Redis sink: writes each batch's effects (tasks of every kind, dead letters), and only once
 //! they are written acknowledges the batch's entries. A write that fails is retried until it
 //! succeeds: the engine waits (the bounded channel fills, the source stops reading) rather
 //! than lose or skip anything.
@@ -82,9 +82,9 @@ impl SinkSettings {
         }
     }
 
-    /// The writes of `fx`'s tasks and dead letters as one transaction (replies: tasks, then
-    /// dead letters, in order); `None` when there are none. Safe to repeat: every write is
-    /// guarded by its ID.
+    /// The writes of `fx`'s tasks and dead letters as one transaction (replies: win-back tasks,
+    /// the other tasks, then dead letters, in order); `None` when there are none. Safe to
+    /// repeat: every write is guarded by its ID.
     pub fn effects(&self, fx: &Effects) -> Option<redis::Pipeline> {
         if fx.tasks.is_empty() && fx.care_tasks.is_empty() && fx.dead_letters.is_empty() {
             return None;
@@ -192,11 +192,21 @@ impl SinkSettings {
         c: &mut MultiplexedConnection,
     ) -> Result<Vec<String>, RedisError> {
         let mut bad = Vec::new();
-        for key in [
-            &self.dead_letter_stream,
+        let care = TaskKind::ALL
+            .into_iter()
+            .filter(|&kind| kind != TaskKind::Winback)
+            .map(|kind| self.tasks.stream(kind));
+        let mut keys: Vec<&str> = [
+            self.dead_letter_stream.as_str(),
             &self.task_stream,
             &self.control_stream,
-        ] {
+        ]
+        .into_iter()
+        .chain(care)
+        .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
             let kind: String = redis::cmd("TYPE").arg(key).query_async(c).await?;
             if kind != "stream" && kind != "none" {
                 bad.push(format!("{key} is a {kind}"));

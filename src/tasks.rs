@@ -315,7 +315,6 @@ pub struct CareCandidate<'a> {
 #[derive(Debug, Clone, PartialEq)]
 struct Occasion {
     kind: TaskKind,
-    action: Arc<str>,
     from: UnixSeconds,
     until: UnixSeconds,
     reference: UnixSeconds,
@@ -381,10 +380,23 @@ impl CarePolicy {
         if contact.last_day == 0 || self.contact_cap == 0 {
             return None;
         }
-        let from = u32::from(contact.last_day)
+        // From the end of the contact's day: at least `contact_cap_days` whole days apart.
+        let from = (u32::from(contact.last_day) + 1)
             .saturating_mul(86_400)
             .saturating_add(self.contact_cap);
         (from > now).then_some(from)
+    }
+
+    /// The action of an enabled kind's tasks.
+    fn action(&self, kind: TaskKind) -> Arc<str> {
+        let action = match kind {
+            TaskKind::Convert => self.convert.as_ref().map(|c| &c.1),
+            TaskKind::Welcome => self.welcome.as_ref().map(|w| &w.2),
+            TaskKind::Anniversary => self.anniversary.as_ref().map(|a| &a.1),
+            TaskKind::Revisit => self.revisit.as_ref().map(|r| &r.2),
+            TaskKind::Winback => None,
+        };
+        action.cloned().unwrap_or_else(|| "review".into())
     }
 
     /// Counts a visit of a customer who has not bought yet.
@@ -410,7 +422,7 @@ impl CarePolicy {
             kind: occasion.kind,
             task_id: task_id(occasion.kind, candidate.customer_id, occasion.reference),
             customer_id: candidate.customer_id.to_owned(),
-            action: occasion.action,
+            action: self.action(occasion.kind),
             lifecycle_stage: candidate.lifecycle_stage,
             segment: candidate.segment,
             as_of: now,
@@ -449,28 +461,29 @@ impl CarePolicy {
         candidate: &'a CareCandidate<'_>,
         now: UnixSeconds,
     ) -> impl Iterator<Item = Occasion> + 'a {
-        let convert = self.convert.as_ref().and_then(|(min_visits, action)| {
+        let convert = self.convert.as_ref().and_then(|(min_visits, _)| {
             // Once per prospect: a prospect's only task is this one.
-            (candidate.purchases == 0 && contact.prospect_visits >= *min_visits).then(|| Occasion {
-                kind: TaskKind::Convert,
-                action: action.clone(),
-                from: 0,
-                until: UnixSeconds::MAX,
-                reference: 0,
-            })
+            (candidate.purchases == 0 && contact.prospect_visits >= *min_visits).then_some(
+                Occasion {
+                    kind: TaskKind::Convert,
+                    from: 0,
+                    until: UnixSeconds::MAX,
+                    reference: 0,
+                },
+            )
         });
         let welcome = self
             .welcome
             .as_ref()
             .zip(candidate.first_purchase)
             .filter(|_| candidate.purchases == 1)
-            .map(|((after, max_late, action), first)| {
+            .map(|((after, max_late, _), first)| {
                 let from = first.saturating_add(*after);
                 Occasion {
                     kind: TaskKind::Welcome,
-                    action: action.clone(),
                     from,
-                    until: from.saturating_add(*max_late),
+                    // Late by whole days: 0 is "on the day".
+                    until: from.saturating_add(*max_late).saturating_add(86_399),
                     reference: first,
                 }
             });
@@ -478,14 +491,13 @@ impl CarePolicy {
             .anniversary
             .as_ref()
             .zip(candidate.first_purchase)
-            .and_then(|((before, action), first)| {
+            .and_then(|((before, _), first)| {
                 // This year's, or next year's once this one is served or past.
                 let mut after = now;
                 for _ in 0..2 {
                     let date = anniversary_after(first, after)?;
                     let occasion = Occasion {
                         kind: TaskKind::Anniversary,
-                        action: action.clone(),
                         from: date.saturating_sub(*before),
                         until: date,
                         reference: date,
@@ -503,12 +515,11 @@ impl CarePolicy {
             .zip(candidate.segment)
             .filter(|((segments, _, _), segment)| segments[segment.index()])
             .zip(candidate.last_purchase)
-            .map(|(((_, every, action), _), last_purchase)| {
+            .map(|(((_, every, _), _), last_purchase)| {
                 let last_contact = u32::from(contact.last_day).saturating_mul(86_400);
                 let from = last_purchase.max(last_contact).saturating_add(*every);
                 Occasion {
                     kind: TaskKind::Revisit,
-                    action: action.clone(),
                     from,
                     until: UnixSeconds::MAX,
                     reference: from,
@@ -673,15 +684,32 @@ mod tests {
             None,
             "a contact on or after the due day counts as the follow-up"
         );
-        // A contact before the due day only delays it.
+        // A contact before the due day only delays it: 7 whole days after the contact's day,
+        // however late in that day it came.
         let mut early = Contact::default();
-        early.record(T0 + 10 * DAY);
+        early.record(T0 + 10 * DAY + 23 * 3600);
         assert!(p.decide(&mut early, &buyer, T0 + 14 * DAY).is_none());
         assert_eq!(
             p.next_moment(&early, &buyer, T0 + 14 * DAY),
-            Some(T0 + 17 * DAY)
+            Some(T0 + 18 * DAY)
         );
-        assert!(p.decide(&mut early, &buyer, T0 + 17 * DAY).is_some());
+        assert!(p.decide(&mut early, &buyer, T0 + 18 * DAY - 1).is_none());
+        assert!(p.decide(&mut early, &buyer, T0 + 18 * DAY).is_some());
+    }
+
+    #[test]
+    fn a_welcome_with_no_lateness_allowed_is_still_sent_on_its_day() {
+        let mut settings = TasksSettings::default();
+        settings.welcome.max_late_days = 0;
+        let p = CarePolicy::new(&settings);
+        // A wall-clock sweep comes a little after the due second.
+        let late = T0 + 14 * DAY + 7;
+        assert!(p
+            .decide(&mut Contact::default(), &new_buyer(T0, 1), late)
+            .is_some());
+        assert!(p
+            .decide(&mut Contact::default(), &new_buyer(T0, 1), T0 + 15 * DAY)
+            .is_none());
     }
 
     #[test]

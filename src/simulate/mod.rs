@@ -11,6 +11,10 @@
 //!
 //! A share of events (`invalid_per_mille`) is deliberately malformed, in rotating ways, so that
 //! the dead-letter path and its dashboards have something to show.
+//!
+//! Started again on a stream that already has entries (a restarted compose stack), it does not
+//! write the history a second time: it makes the same customers live through it unwritten and
+//! continues live.
 
 pub mod population;
 
@@ -18,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connector;
@@ -201,7 +204,31 @@ pub async fn run(
     let mut next_progress = started + PROGRESS_EVERY;
     let mut step = tokio::time::interval(STEP);
     step.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut conn: Option<MultiplexedConnection> = None;
+    let Some(mut first) = connector.connect(&shutdown).await else {
+        return Ok(report);
+    };
+    let resuming = options.history_days > 0
+        && redis::cmd("XLEN")
+            .arg(&options.stream)
+            .query_async::<u64>(&mut first)
+            .await?
+            > 0;
+    if resuming {
+        // A restart (the compose stack's `up` again): the same customers, but their history
+        // is in the stream already; live from here.
+        let now_ms = wall_millis();
+        let mut skipped = 0u64;
+        while population.peek_ms() <= now_ms {
+            population.next_event();
+            skipped += 1;
+        }
+        tracing::info!(
+            stream = %options.stream,
+            skipped,
+            "the stream has entries: not writing the history again, continuing live"
+        );
+    }
+    let mut conn = Some(first);
     tracing::info!(
         stream = %options.stream,
         customers = options.customers,
@@ -211,15 +238,19 @@ pub async fn run(
         seed = options.seed,
         "simulating customers"
     );
-    // At most a tenth of a second's worth per step, so that a stall is not followed by a burst.
-    let max_per_step = (options.rate / 10).max(1);
+    // A token bucket holding at most two steps' worth: a stall (a slow Redis, a reconnect) is
+    // not made up for by a burst afterwards.
+    let burst = (options.rate as f64 * 2.0 * STEP.as_secs_f64()).max(1.0);
+    let (mut tokens, mut refilled) = (0.0f64, Instant::now());
     'steps: while options.events == 0 || report.written() < options.events {
         tokio::select! {
             _ = step.tick() => {}
             _ = shutdown.cancelled() => break,
         }
-        let allowed = (options.rate as f64 * started.elapsed().as_secs_f64()) as u64;
-        let mut budget = allowed.saturating_sub(report.written()).min(max_per_step);
+        let now = Instant::now();
+        tokens = (tokens + options.rate as f64 * (now - refilled).as_secs_f64()).min(burst);
+        refilled = now;
+        let mut budget = tokens as u64;
         if options.events > 0 {
             budget = budget.min(options.events - report.written());
         }
@@ -292,6 +323,7 @@ pub async fn run(
             report.invalid += batch.invalid;
             report.history += batch.history;
             report.live += batch.live;
+            tokens -= batch.written() as f64;
         }
         if Instant::now() >= next_progress {
             next_progress += PROGRESS_EVERY;

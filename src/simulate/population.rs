@@ -4,7 +4,7 @@
 //! Each customer, from their first purchase on:
 //! - buys as a Poisson process with a rate drawn from a gamma distribution (BG/NBD), and visits
 //!   at a multiple of that rate;
-//! - after every purchase, drops out for good with a probability drawn from a beta
+//! - after every repeat purchase, drops out for good with a probability drawn from a beta
 //!   distribution (BG/NBD), so some customers go silent early and others stay for years;
 //! - spends per purchase from a gamma distribution around a mean that is itself drawn per
 //!   customer (the gamma-gamma spend model): heavy-tailed across customers;
@@ -325,7 +325,7 @@ impl Population {
             }
             FollowUp::None => Activity::Visit,
         };
-        c.first = false;
+        let first_purchase = std::mem::take(&mut c.first);
         if let Activity::Purchase { cents } = activity {
             let draw: f64 = rng.random();
             c.follow_up = if draw < params.refund_probability {
@@ -335,8 +335,9 @@ impl Population {
             } else {
                 FollowUp::None
             };
-            // BG/NBD: the drop-out comes after a purchase; a pending follow-up still happens.
-            c.leaving = rng.random_bool(c.dropout);
+            // BG/NBD: the drop-out comes after a repeat purchase (never right after the
+            // first); a pending follow-up still happens.
+            c.leaving = !first_purchase && rng.random_bool(c.dropout);
         }
         let next = match c.follow_up {
             FollowUp::None if c.leaving || c.activity_per_day <= 0.0 => None,

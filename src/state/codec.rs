@@ -24,8 +24,8 @@ use xxhash_rust::xxh3::xxh3_64;
 const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// Bumped on any change of the body's layout. Versions 1 (without the fingerprint of the
 /// scheduling settings, read as "settings unknown") and 2 (without the customers' contact
-/// bookkeeping, read as "never contacted") are still read; other versions are refused, not
-/// guessed at.
+/// bookkeeping: the last win-back task is taken as the last contact) are still read; other
+/// versions are refused, not guessed at.
 pub const FORMAT_VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
@@ -42,7 +42,7 @@ pub enum CodecError {
     #[error("not a churnd snapshot (bad magic bytes)")]
     Magic,
     #[error(
-        "snapshot format version {0} is not supported (this churnd reads version {FORMAT_VERSION})"
+        "snapshot format version {0} is not supported (this churnd reads versions 1 to {FORMAT_VERSION})"
     )]
     Version(u32),
     #[error("truncated: {expected} bytes expected, {actual} present")]
@@ -258,7 +258,11 @@ fn read_customer(r: &mut Reader<'_>, id: &str, version: u32) -> Result<Customer,
             prospect_visits: r.u8()?,
         }
     } else {
-        Contact::default()
+        // Before contacts were kept, the last win-back task was the last contact.
+        Contact {
+            last_day: u16::try_from(last_task_at / 86_400).unwrap_or(u16::MAX),
+            prospect_visits: 0,
+        }
     };
     Ok(Customer {
         features: CustomerFeatures::from_bytes(features_bytes),
@@ -438,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_version_2_as_never_contacted() {
+    fn reads_version_2_with_the_last_win_back_as_the_last_contact() {
         let s = state(4);
         let v3 = encode(&s, &streams(), 0);
         // Version 2 is version 3 without each customer's last 3 bytes: the customers come
@@ -464,8 +468,11 @@ mod tests {
 
         let d = decode(&v2, &streams()).unwrap();
         let mut expected = s.clone();
-        for (i, _) in s.customers.iter() {
-            expected.customers.get_mut(i).contact = Contact::default();
+        for (i, c) in s.customers.iter() {
+            expected.customers.get_mut(i).contact = Contact {
+                last_day: (c.winback.last_task_at / 86_400) as u16,
+                prospect_visits: 0,
+            };
         }
         same(&expected, &d.state);
     }

@@ -90,20 +90,22 @@ async fn prospects_get_an_offer_and_new_buyers_a_welcome_once_even_on_replay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn win_back_goes_first_and_the_contact_cap_holds_the_other_kinds() {
+async fn the_contact_cap_holds_a_welcome_after_a_win_back_and_releases_it_to_its_stream() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    // The welcome falls due on the day the win-back can go out at the earliest (the minimum
-    // silence), when the test model already scores the customer over the threshold.
+    // The win-back goes out on day 30 (the minimum silence; the test model scores the
+    // customer over 0.3 from day 21), three days before the welcome falls due; the cap of 7
+    // whole days after the win-back's day holds the welcome until day 38.
     settings.winback.threshold = 0.3;
     settings.winback.segment_thresholds.clear();
-    settings.tasks.welcome.after_days = 30;
+    settings.tasks.welcome.after_days = 33;
+    settings.tasks.welcome.max_late_days = 14;
     settings.tasks.welcome.stream = "crm:welcome".into();
     settings.tasks.convert.enabled = false;
     let app = App::spawn(settings).await;
     let mut c = redis.conn().await;
-    xadd(&mut c, EVENTS, &purchase("both", 30.0, T0_MS)).await;
+    xadd(&mut c, EVENTS, &purchase("held", 30.0, T0_MS)).await;
     for day in [0, 1, 2, 3, 4] {
         xadd(&mut c, EVENTS, &visit("prospect", T0_MS + day * DAY_MS)).await;
     }
@@ -111,13 +113,17 @@ async fn win_back_goes_first_and_the_contact_cap_holds_the_other_kinds() {
     wait_drained(&mut c, EVENTS, "churnd").await;
     app.stop().await;
 
-    assert_eq!(
-        kinds(&mut c, WINBACK).await,
-        [("winback".to_string(), "both".to_string())]
-    );
-    // The welcome was due the same day: the win-back was the contact, no welcome follows.
-    assert!(read_stream(&mut c, "crm:welcome").await.is_empty());
-    // Convert is switched off: the prospect gets nothing.
+    let winback = read_stream(&mut c, WINBACK).await;
+    assert_eq!(winback.len(), 1, "{winback:?}");
+    assert_eq!(winback[0].1["customer_id"], "held");
+    assert_eq!(winback[0].1["as_of"], "1997-01-31T00:00:00Z");
+    let welcome = read_stream(&mut c, "crm:welcome").await;
+    assert_eq!(welcome.len(), 1, "{welcome:?}");
+    assert_eq!(welcome[0].1["kind"], "welcome");
+    assert_eq!(welcome[0].1["customer_id"], "held");
+    assert_eq!(welcome[0].1["as_of"], "1997-02-08T00:00:00Z");
+    // Convert is switched off: the prospect gets nothing, and nothing went to the shared
+    // stream.
     assert!(read_stream(&mut c, TASKS).await.is_empty());
 }
 
