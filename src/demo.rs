@@ -390,6 +390,30 @@ async fn report(
             println!("    {k:<17} {v}");
         }
     }
+    // The other kinds share one stream in the demo: count them by kind.
+    let others: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&settings.tasks.stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await?;
+    let mut by_kind = std::collections::BTreeMap::new();
+    for (_, fields) in &others {
+        *by_kind
+            .entry(field(fields, "kind").to_string())
+            .or_insert(0usize) += 1;
+    }
+    let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!(
+        "\nOther tasks: {} in {} ({})",
+        others.len(),
+        settings.tasks.stream,
+        if kinds.is_empty() {
+            "none".into()
+        } else {
+            kinds.join(", ")
+        }
+    );
     if let Some((_, fields)) = examples.first() {
         let customer = field(fields, "customer_id");
         let view = get_json(api, &format!("/v1/customers/{customer}")).await?;
