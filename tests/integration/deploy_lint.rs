@@ -171,9 +171,13 @@ fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
     let text = std::fs::read_to_string(&path).expect("the dashboard is readable");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(dashboard["uid"], "churnd", "the provisioned uid");
-    let panels = dashboard["panels"].as_array().expect("panels");
+    let top = dashboard["panels"].as_array().expect("panels");
+    // A collapsed row holds its panels inside it.
+    let nested = top
+        .iter()
+        .flat_map(|p| p["panels"].as_array().into_iter().flatten());
     let mut ids = std::collections::HashSet::new();
-    for panel in panels {
+    for panel in top.iter().chain(nested) {
         assert!(ids.insert(panel["id"].as_u64()), "duplicate id: {panel}");
         if panel["type"] == "row" {
             continue;

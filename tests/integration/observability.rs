@@ -30,7 +30,12 @@ fn dashboard_queries() -> Vec<(String, String)> {
         .expect("the dashboard is readable");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let mut queries = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
+    // A collapsed row holds its panels inside it.
+    let top = dashboard["panels"].as_array().expect("panels");
+    let nested = top
+        .iter()
+        .flat_map(|p| p["panels"].as_array().into_iter().flatten());
+    for panel in top.iter().chain(nested) {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().expect("a PromQL expr");
             let title = panel["title"].as_str().unwrap_or_default();
