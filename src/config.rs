@@ -641,16 +641,8 @@ impl Settings {
             ("dead_letter.stream", &self.dead_letter.stream),
             ("winback.stream", &self.winback.stream),
             ("winback.control_stream", &self.winback.control_stream),
-            ("tasks.stream", &self.tasks.stream),
-            ("tasks.convert.stream", &self.tasks.convert.stream),
-            ("tasks.welcome.stream", &self.tasks.welcome.stream),
-            ("tasks.anniversary.stream", &self.tasks.anniversary.stream),
-            ("tasks.revisit.stream", &self.tasks.revisit.stream),
         ];
         for (key, name) in outputs {
-            if name.is_empty() && key.starts_with("tasks.") && key != "tasks.stream" {
-                continue; // a kind without its own stream uses tasks.stream
-            }
             if name.is_empty() {
                 p.push(format!("{key} must not be empty"));
             } else if s.streams.contains(name) {
@@ -664,15 +656,22 @@ impl Settings {
         {
             p.push("dead_letter.stream must differ from the win-back streams".into());
         }
-        for kind in TaskKind::ALL
-            .into_iter()
-            .filter(|&k| k != TaskKind::Winback)
-        {
-            let stream = self.tasks.stream(kind);
-            if stream == self.dead_letter.stream || stream == self.winback.control_stream {
+        // The streams the other kinds resolve to, each named once by the key that sets it
+        // (`tasks.problems` reports an empty tasks.stream).
+        let mut care: Vec<_> = TaskKind::CARE
+            .map(|kind| self.tasks.stream_setting(kind))
+            .to_vec();
+        care.sort_unstable();
+        care.dedup();
+        for (key, name) in care {
+            if s.streams.iter().any(|input| input == name) {
                 p.push(format!(
-                    "the {} tasks' stream ({stream:?}) must differ from dead_letter.stream and winback.control_stream",
-                    kind.as_str()
+                    "{key} ({name:?}) must not also be an input in source.streams"
+                ));
+            }
+            if name == self.dead_letter.stream || name == self.winback.control_stream {
+                p.push(format!(
+                    "{key} ({name:?}) must differ from dead_letter.stream and winback.control_stream"
                 ));
             }
         }

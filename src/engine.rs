@@ -569,7 +569,7 @@ impl Engine {
         let previous_purchase = customer.features.last_purchase();
         customer.features.apply(event);
         if event.kind == EventKind::Visit && customer.features.last_purchase().is_none() {
-            self.care.on_prospect_visit(&mut customer.contact);
+            customer.contact.count_prospect_visit();
         }
         if event.kind == EventKind::Purchase && previous_purchase.is_some_and(|p| event.time > p) {
             if let Some(group) =
@@ -708,10 +708,8 @@ impl Engine {
             first_purchase: features.first_purchase(),
             last_purchase: features.last_purchase(),
         };
-        if let Some(task) = self.care.decide(&mut contact, &candidate, now) {
-            fx.care_tasks.push(task);
-        }
-        let next = self.care.next_moment(&contact, &candidate, now);
+        let (task, next) = self.care.evaluate(&mut contact, &candidate, now);
+        fx.care_tasks.extend(task);
         self.store.get_mut(idx).contact = contact;
         next
     }

@@ -93,34 +93,37 @@ impl SinkSettings {
         p.atomic();
         for task in &fx.tasks {
             let stream = self.task_stream(task.group);
-            let mut cmd = guarded_xadd(
-                format!("{stream}:dedup:{}", task.task_id),
-                stream,
-                self.dedup_ttl_secs,
-                self.task_max_len,
-            );
-            for (name, value) in task.fields() {
-                cmd.arg(name).arg(value);
-            }
-            p.add_command(cmd);
+            p.add_command(self.task(stream, self.task_max_len, &task.task_id, task.fields()));
         }
         for task in &fx.care_tasks {
             let stream = self.tasks.stream(task.kind);
-            let mut cmd = guarded_xadd(
-                format!("{stream}:dedup:{}", task.task_id),
-                stream,
-                self.dedup_ttl_secs,
-                self.tasks.max_len,
-            );
-            for (name, value) in task.fields() {
-                cmd.arg(name).arg(value);
-            }
-            p.add_command(cmd);
+            p.add_command(self.task(stream, self.tasks.max_len, &task.task_id, task.fields()));
         }
         for dl in &fx.dead_letters {
             p.add_command(self.dead_letter(dl));
         }
         Some(p)
+    }
+
+    /// The guarded write of a task of any kind: its ID is remembered beside its stream for
+    /// `dedup_ttl_secs`.
+    fn task(
+        &self,
+        stream: &str,
+        max_len: u64,
+        task_id: &str,
+        fields: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> redis::Cmd {
+        let mut cmd = guarded_xadd(
+            format!("{stream}:dedup:{task_id}"),
+            stream,
+            self.dedup_ttl_secs,
+            max_len,
+        );
+        for (name, value) in fields {
+            cmd.arg(name).arg(value);
+        }
+        cmd
     }
 
     /// The original fields of a rejected entry plus why and where from.
@@ -192,10 +195,7 @@ impl SinkSettings {
         c: &mut MultiplexedConnection,
     ) -> Result<Vec<String>, RedisError> {
         let mut bad = Vec::new();
-        let care = TaskKind::ALL
-            .into_iter()
-            .filter(|&kind| kind != TaskKind::Winback)
-            .map(|kind| self.tasks.stream(kind));
+        let care = TaskKind::CARE.map(|kind| self.tasks.stream(kind));
         let mut keys: Vec<&str> = [
             self.dead_letter_stream.as_str(),
             &self.task_stream,

@@ -47,6 +47,14 @@ impl TaskKind {
         Self::Revisit,
     ];
 
+    /// The kinds of `[tasks]`: every one but win-back.
+    pub const CARE: [Self; 4] = [
+        Self::Convert,
+        Self::Welcome,
+        Self::Anniversary,
+        Self::Revisit,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Winback => "winback",
@@ -223,15 +231,21 @@ impl TasksSettings {
 
     /// The stream each kind's tasks go to (win-back's come from `[winback]`).
     pub fn stream(&self, kind: TaskKind) -> &str {
+        self.stream_setting(kind).1
+    }
+
+    /// The stream a kind's tasks go to, with the key that set it (its own `stream`, or
+    /// `tasks.stream` when that is empty), for messages naming the key.
+    pub fn stream_setting(&self, kind: TaskKind) -> (&'static str, &str) {
         let own = match kind {
-            TaskKind::Winback => "",
-            TaskKind::Convert => &self.convert.stream,
-            TaskKind::Welcome => &self.welcome.stream,
-            TaskKind::Anniversary => &self.anniversary.stream,
-            TaskKind::Revisit => &self.revisit.stream,
+            TaskKind::Winback => ("", ""),
+            TaskKind::Convert => ("tasks.convert.stream", self.convert.stream.as_str()),
+            TaskKind::Welcome => ("tasks.welcome.stream", self.welcome.stream.as_str()),
+            TaskKind::Anniversary => ("tasks.anniversary.stream", self.anniversary.stream.as_str()),
+            TaskKind::Revisit => ("tasks.revisit.stream", self.revisit.stream.as_str()),
         };
-        if own.is_empty() {
-            &self.stream
+        if own.1.is_empty() {
+            ("tasks.stream", &self.stream)
         } else {
             own
         }
@@ -251,6 +265,11 @@ pub struct Contact {
 impl Contact {
     pub fn record(&mut self, now: UnixSeconds) {
         self.last_day = day(now).max(1);
+    }
+
+    /// Counts a visit of a customer who has not bought yet.
+    pub fn count_prospect_visit(&mut self) {
+        self.prospect_visits = self.prospect_visits.saturating_add(1);
     }
 }
 
@@ -326,6 +345,26 @@ impl Occasion {
     fn served(&self, contact: &Contact) -> bool {
         contact.last_day != 0 && u32::from(contact.last_day) >= self.from / 86_400
     }
+
+    fn covers(&self, now: UnixSeconds) -> bool {
+        (self.from..=self.until).contains(&now)
+    }
+
+    /// When, after `now`, this occasion can be acted on: its start, or the end of the cap
+    /// holding it back (`capped_until`) if that comes before the occasion is over.
+    fn next_moment(
+        &self,
+        capped_until: Option<UnixSeconds>,
+        now: UnixSeconds,
+    ) -> Option<UnixSeconds> {
+        if self.from > now {
+            Some(self.from)
+        } else if now <= self.until {
+            capped_until.filter(|&end| end <= self.until)
+        } else {
+            None
+        }
+    }
 }
 
 /// The configured care kinds and the contact cap, resolved for fast decisions.
@@ -399,26 +438,30 @@ impl CarePolicy {
         action.cloned().unwrap_or_else(|| "review".into())
     }
 
-    /// Counts a visit of a customer who has not bought yet.
-    pub fn on_prospect_visit(&self, contact: &mut Contact) {
-        contact.prospect_visits = contact.prospect_visits.saturating_add(1);
-    }
-
-    /// The care task due for this customer now, if any; records the contact.
-    pub fn decide(
+    /// The care task due for this customer now, if any (recording the contact), and the next
+    /// moment after `now` at which one can fall due without an event. The occasions are
+    /// worked out once, unless a task changes them.
+    pub fn evaluate(
         &self,
         contact: &mut Contact,
         candidate: &CareCandidate<'_>,
         now: UnixSeconds,
-    ) -> Option<CareTask> {
-        if self.contact_allowed_from(contact, now).is_some() {
-            return None;
+    ) -> (Option<CareTask>, Option<UnixSeconds>) {
+        let capped_until = self.contact_allowed_from(contact, now);
+        let mut due = None;
+        let mut next: Option<UnixSeconds> = None;
+        for occasion in self.occasions(contact, candidate, now) {
+            if due.is_none() && capped_until.is_none() && occasion.covers(now) {
+                due = Some(occasion);
+            } else if let Some(moment) = occasion.next_moment(capped_until, now) {
+                next = Some(next.map_or(moment, |n| n.min(moment)));
+            }
         }
-        let occasion = self
-            .occasions(contact, candidate, now)
-            .find(|o| (o.from..=o.until).contains(&now))?;
+        let Some(occasion) = due else {
+            return (None, next);
+        };
         contact.record(now);
-        Some(CareTask {
+        let task = CareTask {
             kind: occasion.kind,
             task_id: task_id(occasion.kind, candidate.customer_id, occasion.reference),
             customer_id: candidate.customer_id.to_owned(),
@@ -428,7 +471,18 @@ impl CarePolicy {
             as_of: now,
             reference: occasion.reference,
             visits: contact.prospect_visits,
-        })
+        };
+        (Some(task), self.next_moment(contact, candidate, now))
+    }
+
+    /// [`Self::evaluate`]'s task alone.
+    pub fn decide(
+        &self,
+        contact: &mut Contact,
+        candidate: &CareCandidate<'_>,
+        now: UnixSeconds,
+    ) -> Option<CareTask> {
+        self.evaluate(contact, candidate, now).0
     }
 
     /// The next moment after `now` at which a care task can fall due without an event: the
@@ -439,17 +493,9 @@ impl CarePolicy {
         candidate: &CareCandidate<'_>,
         now: UnixSeconds,
     ) -> Option<UnixSeconds> {
+        let capped_until = self.contact_allowed_from(contact, now);
         self.occasions(contact, candidate, now)
-            .filter_map(|o| {
-                if o.from > now {
-                    Some(o.from)
-                } else if now <= o.until {
-                    self.contact_allowed_from(contact, now)
-                        .filter(|&end| end <= o.until)
-                } else {
-                    None
-                }
-            })
+            .filter_map(|o| o.next_moment(capped_until, now))
             .min()
     }
 
@@ -617,7 +663,7 @@ mod tests {
         let p = policy();
         let mut contact = Contact::default();
         for visit in 1..=5u32 {
-            p.on_prospect_visit(&mut contact);
+            contact.count_prospect_visit();
             let task = p.decide(&mut contact, &prospect(), T0 + visit * DAY * 10);
             match visit {
                 3 => {
