@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connector;
@@ -86,6 +87,16 @@ pub struct SimulateReport {
 impl SimulateReport {
     pub fn written(&self) -> u64 {
         self.history + self.live
+    }
+
+    fn add(&mut self, batch: &Self) {
+        self.purchases += batch.purchases;
+        self.refunds += batch.refunds;
+        self.visits += batch.visits;
+        self.complaints += batch.complaints;
+        self.invalid += batch.invalid;
+        self.history += batch.history;
+        self.live += batch.live;
     }
 
     fn count(&mut self, activity: &Activity) {
@@ -172,6 +183,41 @@ fn push_event(
     };
 }
 
+/// Writes `pipe`, reconnecting whenever Redis goes away and retrying with the daemon's
+/// back-off until it is written; `false` if shutdown came first.
+async fn write(
+    pipe: &redis::Pipeline,
+    conn: &mut Option<MultiplexedConnection>,
+    connector: &mut Connector,
+    shutdown: &CancellationToken,
+) -> Result<bool, SimulateError> {
+    loop {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connector.connect(shutdown).await {
+                Some(c) => conn.insert(c),
+                None => return Ok(false),
+            },
+        };
+        match pipe.query_async::<()>(c).await {
+            Ok(()) => {
+                connector.succeeded();
+                return Ok(true);
+            }
+            // The stream key holds something else: retrying would not help.
+            Err(e) if e.code() == Some("WRONGTYPE") => return Err(e.into()),
+            Err(e) => {
+                if connector.failed(&e) {
+                    *conn = None;
+                }
+                if !connector.pause(shutdown).await {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+}
+
 /// Writes simulated events until `options.events` are written or `shutdown`. Reconnects
 /// (with the daemon's back-off) whenever Redis goes away; a pipeline that failed is written
 /// again, so an event may be written twice then, never lost.
@@ -242,7 +288,7 @@ pub async fn run(
     // not made up for by a burst afterwards.
     let burst = (options.rate as f64 * 2.0 * STEP.as_secs_f64()).max(1.0);
     let (mut tokens, mut refilled) = (0.0f64, Instant::now());
-    'steps: while options.events == 0 || report.written() < options.events {
+    while options.events == 0 || report.written() < options.events {
         tokio::select! {
             _ = step.tick() => {}
             _ = shutdown.cancelled() => break,
@@ -291,38 +337,10 @@ pub async fn run(
             budget -= 1;
         }
         if batch.written() > 0 {
-            loop {
-                let c = match conn.as_mut() {
-                    Some(c) => c,
-                    None => match connector.connect(&shutdown).await {
-                        Some(c) => conn.insert(c),
-                        None => break 'steps,
-                    },
-                };
-                match pipe.query_async::<()>(c).await {
-                    Ok(()) => {
-                        connector.succeeded();
-                        break;
-                    }
-                    // The stream key holds something else: retrying would not help.
-                    Err(e) if e.code() == Some("WRONGTYPE") => return Err(e.into()),
-                    Err(e) => {
-                        if connector.failed(&e) {
-                            conn = None;
-                        }
-                        if !connector.pause(&shutdown).await {
-                            break 'steps;
-                        }
-                    }
-                }
+            if !write(&pipe, &mut conn, &mut connector, &shutdown).await? {
+                break;
             }
-            report.purchases += batch.purchases;
-            report.refunds += batch.refunds;
-            report.visits += batch.visits;
-            report.complaints += batch.complaints;
-            report.invalid += batch.invalid;
-            report.history += batch.history;
-            report.live += batch.live;
+            report.add(&batch);
             tokens -= batch.written() as f64;
         }
         if Instant::now() >= next_progress {
