@@ -5,14 +5,10 @@
 //! Kubernetes pod runs with. The tools come from `.ci/install-tools`; one that is missing
 //! fails its test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use crate::helpers::{churnd, ops_tool};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::helpers::{churnd, dashboard, ops_tool, repo};
 
 /// Runs the tool from the repository root (so its messages name files as the repository
 /// does), panicking with everything it printed when it fails.
@@ -167,17 +163,10 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
 
 #[test]
 fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
-    let path = repo().join("deploy/grafana/dashboards/churnd.json");
-    let text = std::fs::read_to_string(&path).expect("the dashboard is readable");
-    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let (dashboard, panels) = dashboard();
     assert_eq!(dashboard["uid"], "churnd", "the provisioned uid");
-    let top = dashboard["panels"].as_array().expect("panels");
-    // A collapsed row holds its panels inside it.
-    let nested = top
-        .iter()
-        .flat_map(|p| p["panels"].as_array().into_iter().flatten());
     let mut ids = std::collections::HashSet::new();
-    for panel in top.iter().chain(nested) {
+    for panel in &panels {
         assert!(ids.insert(panel["id"].as_u64()), "duplicate id: {panel}");
         if panel["type"] == "row" {
             continue;

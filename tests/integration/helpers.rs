@@ -323,18 +323,37 @@ pub fn recency_model_probability(days: f64) -> f64 {
     1.0 / (1.0 + (-logit).exp())
 }
 
+/// The repository's root (where config/, models/ and deploy/ are).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 /// The built binary, run from the crate root (where config/ and models/ are).
 pub fn churnd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_churnd"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.current_dir(repo());
     cmd
+}
+
+/// The Grafana dashboard (`deploy/grafana/dashboards/churnd.json`) and every panel in it,
+/// rows included: those of a collapsed row, which holds its panels inside it, too.
+pub fn dashboard() -> (serde_json::Value, Vec<serde_json::Value>) {
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/dashboards/churnd.json"))
+        .expect("the dashboard is readable");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+    let top = dashboard["panels"].as_array().expect("panels");
+    let nested = top
+        .iter()
+        .flat_map(|p| p["panels"].as_array().into_iter().flatten());
+    let panels = top.iter().chain(nested).cloned().collect();
+    (dashboard, panels)
 }
 
 /// An operations tool (a linter, a validator, `promtool`, `prometheus`): from `PATH`, else
 /// from the virtualenv that `.ci/install-tools` fills. Panics, naming that script, when
 /// neither has it: a missing tool fails its test rather than skipping the check.
 pub fn ops_tool(name: &str) -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin");
+    let venv = repo().join(".tools/venv/bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([venv.clone()])

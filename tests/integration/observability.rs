@@ -4,11 +4,10 @@
 //! exposition must also pass `promtool check metrics` (Prometheus's naming conventions).
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{free_port, ops_tool, DaemonProcess, RedisServer};
+use crate::helpers::{dashboard, free_port, ops_tool, repo, DaemonProcess, RedisServer};
 
 /// A child process killed when the test ends, however it ends.
 struct KillOnDrop(Child);
@@ -20,22 +19,10 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The `expr` of every target of every panel, with the panel's title.
 fn dashboard_queries() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(repo().join("deploy/grafana/dashboards/churnd.json"))
-        .expect("the dashboard is readable");
-    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let mut queries = Vec::new();
-    // A collapsed row holds its panels inside it.
-    let top = dashboard["panels"].as_array().expect("panels");
-    let nested = top
-        .iter()
-        .flat_map(|p| p["panels"].as_array().into_iter().flatten());
-    for panel in top.iter().chain(nested) {
+    for panel in dashboard().1 {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().expect("a PromQL expr");
             let title = panel["title"].as_str().unwrap_or_default();
