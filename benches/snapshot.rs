@@ -1,16 +1,20 @@
 //! Benchmarks of a snapshot's life cycle with 1,000,000 customers, step by step:
 //!
-//! - `snapshot/pause_clone`: `Engine::snapshot()`, the copy of the state that the engine's
-//!   task takes between batches: the only time event processing stops for a snapshot.
-//! - `snapshot/pause_copy_into`: `Engine::snapshot_into` an earlier copy, as the daemon takes
-//!   every snapshot after its first (the writer hands its copy back once written).
-//! - `snapshot/encode`: `state::codec::encode` of that copy (on the writer's thread).
+//! - `snapshot/pause_slice`: `Engine::snapshot_slice`, one step of a snapshot in progress as
+//!   the engine's task takes it between batches (`state::SLICE_CUSTOMERS` customers copied
+//!   out): the only time event processing stops for a snapshot.
+//! - `snapshot/capture_whole`: every step of one snapshot, `Engine::begin_snapshot` to the
+//!   last slice: the CPU a snapshot costs the engine's task, spread over its steps.
+//! - `snapshot/encode`: `state::codec::encode` of the whole state at once (the daemon's
+//!   writer encodes the same bytes slice by slice, on its own thread).
 //! - `snapshot/write_fsync`: `SnapshotDir::write` of the encoded bytes (temporary file,
 //!   fsync, rename, directory fsync, pruning to the newest three) into a temporary directory.
 //! - `snapshot/decode`: `state::codec::decode` of the bytes, as on start (checksum, every
 //!   field checked, the customer index rebuilt).
 //! - `snapshot/restore`: `Engine::restore` from a decoded state (timers re-queued,
 //!   population counts rebuilt).
+//! - `snapshot/write_snapshot`: `state::write_snapshot`, the whole life of a snapshot on one
+//!   thread: capture, encoding slice by slice and writing with fsync.
 //!
 //! The engine is built outside the timing, through `Engine::apply_batch` as in the daemon:
 //! 1,000,000 customers with IDs of 12 to 24 bytes, each with one to four events (2.5 on
@@ -36,7 +40,7 @@ use churnd::event::EntryId;
 use churnd::metrics::Metrics;
 use churnd::model::Model;
 use churnd::source::batch::{Batch, Entry};
-use churnd::state::{codec, SnapshotDir};
+use churnd::state::{self, codec, SnapshotDir, SLICE_CUSTOMERS};
 
 const CUSTOMERS: usize = 1_000_000;
 /// Customers whose history goes into one batch.
@@ -144,14 +148,14 @@ fn engine() -> Engine {
 }
 
 fn snapshot(c: &mut Criterion) {
-    let engine = engine();
+    let mut engine = engine();
     let streams = streams();
     let state = engine.snapshot();
     let bytes = codec::encode(&state, &streams, START_MS);
     let customers = state.customers.len();
     eprintln!(
         "snapshot bench: snapshot of {customers} customers: {} bytes, {:.1} bytes per customer; \
-         the store the clone copies holds {} bytes (IDs, spans, records, index)",
+         the store holds {} bytes (IDs, spans, records, index)",
         bytes.len(),
         bytes.len() as f64 / customers as f64,
         state.customers.heap_bytes(),
@@ -165,16 +169,29 @@ fn snapshot(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(5));
 
-    // Dropping the copy happens on the writer's thread, so it is left out of the pause.
-    group.bench_function("pause_clone", |b| {
-        b.iter_with_large_drop(|| black_box(&engine).snapshot())
+    // A slice is dropped on the writer's thread, so dropping is left out of the pause.
+    group.bench_function("pause_slice", |b| {
+        b.iter_with_large_drop(|| match engine.snapshot_slice(SLICE_CUSTOMERS) {
+            Some(slice) => slice,
+            None => {
+                engine.begin_snapshot();
+                engine
+                    .snapshot_slice(SLICE_CUSTOMERS)
+                    .expect("a new capture has customers")
+            }
+        })
     });
-    // What the daemon does from the second snapshot on: copy into the previous copy.
-    let mut spare = engine.snapshot();
-    group.bench_function("pause_copy_into", |b| {
-        b.iter(|| black_box(&engine).snapshot_into(&mut spare))
+    engine.abort_snapshot();
+    group.bench_function("capture_whole", |b| {
+        b.iter(|| {
+            black_box(engine.begin_snapshot());
+            let mut customers = 0;
+            while let Some(slice) = engine.snapshot_slice(SLICE_CUSTOMERS) {
+                customers += slice.len();
+            }
+            customers
+        })
     });
-    drop(spare);
     group.bench_function("encode", |b| {
         b.iter_with_large_drop(|| codec::encode(black_box(&state), &streams, START_MS))
     });
@@ -203,6 +220,13 @@ fn snapshot(c: &mut Criterion) {
             |(settings, metrics, state)| Engine::restore(settings, model.clone(), metrics, state),
             BatchSize::PerIteration,
         )
+    });
+    group.bench_function("write_snapshot", |b| {
+        b.iter(|| {
+            created_ms += 1;
+            state::write_snapshot(&mut engine, &snapshots, &streams, created_ms)
+                .expect("the snapshot is written")
+        })
     });
     group.finish();
 }

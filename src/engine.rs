@@ -19,7 +19,7 @@ use crate::event::{
     event_kind, parse_event, EntryId, Event, EventKind, EventLimits, Reason, Rejection,
 };
 use crate::features::recheck::Recheck;
-use crate::features::store::{CustomerIdx, CustomerStore};
+use crate::features::store::{CaptureSize, Captured, CustomerIdx, CustomerStore};
 use crate::features::timers::{Timer, TimerQueue, TimerSlots};
 use crate::features::{CustomerFeatures, Rfm, FEATURE_NAMES};
 use crate::metrics::{Metrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
@@ -143,6 +143,12 @@ pub struct Customer {
 #[derive(Clone)]
 pub struct EngineState {
     pub customers: CustomerStore<Customer>,
+    pub header: StateHeader,
+}
+
+/// What a snapshot holds besides the customers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateHeader {
     pub watermark: UnixSeconds,
     pub thresholds: RfmThresholds,
     pub next_threshold_refresh: UnixSeconds,
@@ -299,8 +305,8 @@ impl Engine {
         state: EngineState,
     ) -> Self {
         let mut engine = Self::new(settings, model, metrics);
-        let EngineState {
-            customers,
+        let EngineState { customers, header } = state;
+        let StateHeader {
             watermark,
             thresholds,
             next_threshold_refresh,
@@ -308,7 +314,7 @@ impl Engine {
             schedule_settings,
             applied,
             model_version,
-        } = state;
+        } = header;
         let mut population = Population::default();
         for (_, c) in customers.iter() {
             population.count(c, 1);
@@ -343,6 +349,30 @@ impl Engine {
     pub fn snapshot(&self) -> EngineState {
         EngineState {
             customers: self.store.clone(),
+            header: self.state_header(),
+        }
+    }
+
+    /// Begins a snapshot taken while the engine keeps running: the header now, the customers
+    /// as they are now, handed out by [`Self::snapshot_slice`] between batches. Replaces a
+    /// snapshot in progress.
+    pub fn begin_snapshot(&mut self) -> (StateHeader, CaptureSize) {
+        (self.state_header(), self.store.begin_capture())
+    }
+
+    /// The next `max` customers of the snapshot in progress, as they were when it began;
+    /// `None` once all were handed out (or when none is in progress).
+    pub fn snapshot_slice(&mut self, max: usize) -> Option<Captured<Customer>> {
+        self.store.capture_next(max)
+    }
+
+    /// Drops the snapshot in progress, if any.
+    pub fn abort_snapshot(&mut self) {
+        self.store.abort_capture();
+    }
+
+    fn state_header(&self) -> StateHeader {
+        StateHeader {
             watermark: self.watermark,
             thresholds: self.thresholds,
             next_threshold_refresh: self.next_threshold_refresh,
@@ -353,36 +383,10 @@ impl Engine {
         }
     }
 
-    /// [`Self::snapshot`] into an earlier copy, reusing its memory: the pause is then a copy
-    /// into memory already mapped, several times shorter for a large table.
-    pub fn snapshot_into(&self, copy: &mut EngineState) {
-        // Every field named, so that a new one cannot be left stale.
-        let EngineState {
-            customers,
-            watermark,
-            thresholds,
-            next_threshold_refresh,
-            scorings,
-            schedule_settings,
-            applied,
-            model_version,
-        } = copy;
-        customers.clone_from(&self.store);
-        *watermark = self.watermark;
-        *thresholds = self.thresholds;
-        *next_threshold_refresh = self.next_threshold_refresh;
-        *scorings = self.scorings;
-        *schedule_settings = self.schedule_fingerprint;
-        applied.clone_from(&self.applied);
-        model_version.clear();
-        model_version.push_str(&self.model_version);
-    }
-
     /// Queues every customer's timer afresh, after indices changed.
     fn rebuild_timers(&mut self) {
         self.timers = TimerQueue::default();
-        for idx in 0..self.store.len() as CustomerIdx {
-            let c = self.store.get_mut(idx);
+        for (idx, c) in self.store.iter_mut() {
             let due = c.timer.due();
             c.timer = Timer::default();
             self.timers.schedule(idx, &mut c.timer, due);
@@ -425,6 +429,11 @@ impl Engine {
         );
     }
 
+    /// Per input stream, the last entry applied.
+    pub fn positions(&self) -> &[EntryId] {
+        &self.applied
+    }
+
     /// Customers tracked.
     pub fn customers(&self) -> usize {
         self.store.len()
@@ -445,8 +454,8 @@ impl Engine {
     fn recheck_everyone(&mut self) {
         let now = self.now();
         let spread = u64::from(self.settings.rescore_interval_secs);
-        for idx in 0..self.store.len() as CustomerIdx {
-            let timer = &mut self.store.get_mut(idx).timer;
+        for (idx, c) in self.store.iter_mut() {
+            let timer = &mut c.timer;
             if let Some(due) = timer.due() {
                 // A multiplicative hash of the index: stable, and even over the interval.
                 let offset = (u64::from(idx).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % spread;
@@ -1125,6 +1134,53 @@ pub(crate) mod tests {
                 "{id}"
             );
         }
+    }
+
+    #[test]
+    fn a_snapshot_copied_out_between_batches_is_the_state_when_it_began() {
+        use crate::state::codec::{self, Encoder};
+        let streams = vec!["s".to_string()];
+        let mut e = engine(ClockMode::Event);
+        let mut seq = 0;
+        let mut next_batch = |first: u32, customers: u32, day: u32| {
+            let entries = (first..first + customers)
+                .map(|i| {
+                    seq += 1;
+                    if i % 3 == 0 {
+                        visit(seq, &format!("c{i}"), day)
+                    } else {
+                        purchase(seq, &format!("c{i}"), day)
+                    }
+                })
+                .collect();
+            batch(entries)
+        };
+        for day in 0..5 {
+            e.apply_batch(next_batch(day * 40, 60, day), 0);
+        }
+        let before = codec::encode(&e.snapshot(), &streams, 7);
+
+        let (header, size) = e.begin_snapshot();
+        let mut bytes = Vec::new();
+        let mut encoder = Encoder::start(&header, size, &streams, 7, &mut bytes);
+        for round in 0u32.. {
+            // Old customers buy again, new ones arrive, event time moves on (silence checks
+            // fire), and once the model changes (every timer at once).
+            e.apply_batch(next_batch(round * 17 % 300, 25, 10 + round * 20), 0);
+            if round == 20 {
+                e.set_model(Arc::new(flat_model()));
+            }
+            let Some(slice) = e.snapshot_slice(7) else {
+                break;
+            };
+            encoder.customers(slice.iter(), &mut bytes);
+        }
+        encoder.finish(&mut bytes).unwrap();
+        assert!(
+            e.customers() > size.customers as usize,
+            "customers came meanwhile"
+        );
+        assert_eq!(bytes, before);
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub struct Health {
     sink: AtomicBool,
     model: AtomicBool,
     state: AtomicBool,
+    /// The snapshot is being read: there is no engine to ask yet.
+    loading: AtomicBool,
     metrics: Metrics,
 }
 
@@ -36,8 +38,19 @@ impl Health {
             sink: AtomicBool::new(false),
             model: AtomicBool::new(false),
             state: AtomicBool::new(false),
+            loading: AtomicBool::new(false),
             metrics,
         }
+    }
+
+    /// Marks the snapshot as being read (or done being read).
+    pub fn set_loading(&self, loading: bool) {
+        self.loading.store(loading, Ordering::Relaxed);
+    }
+
+    /// Whether the snapshot is being read: customer queries cannot be answered at all yet.
+    pub fn is_loading(&self) -> bool {
+        self.loading.load(Ordering::Relaxed)
     }
 
     fn flag(&self, part: Part) -> &AtomicBool {
@@ -60,14 +73,16 @@ impl Health {
 
     /// What keeps the daemon from being ready, for people.
     pub fn not_ready(&self) -> Vec<&'static str> {
+        let recovering = if self.is_loading() {
+            "recovering customer state (loading the snapshot)"
+        } else {
+            "recovering customer state (replaying the input streams)"
+        };
         [
             (Part::Source, "not connected to Redis for reading"),
             (Part::Sink, "not connected to Redis for writing"),
             (Part::Model, "no model loaded"),
-            (
-                Part::State,
-                "recovering customer state (replaying the input streams)",
-            ),
+            (Part::State, recovering),
         ]
         .into_iter()
         .filter(|(part, _)| !self.flag(*part).load(Ordering::Relaxed))
@@ -92,5 +107,19 @@ mod tests {
         assert!(h.is_ready());
         h.set(Part::Sink, false);
         assert_eq!(h.not_ready(), vec!["not connected to Redis for writing"]);
+    }
+
+    #[test]
+    fn says_whether_state_is_loading_or_replaying() {
+        let h = Health::new(Metrics::new());
+        h.set_loading(true);
+        assert!(h.is_loading());
+        assert!(h
+            .not_ready()
+            .contains(&"recovering customer state (loading the snapshot)"));
+        h.set_loading(false);
+        assert!(h
+            .not_ready()
+            .contains(&"recovering customer state (replaying the input streams)"));
     }
 }

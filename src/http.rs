@@ -146,6 +146,17 @@ async fn ask<T>(
     state: &AppState,
     query: impl FnOnce(oneshot::Sender<T>) -> Query,
 ) -> Result<T, Response> {
+    if state.health.is_loading() {
+        // No engine yet: answer at once rather than queue until the query times out.
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "customer state is loading from the snapshot; try again shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Err(response);
+    }
     let (tx, rx) = oneshot::channel();
     let unavailable = || {
         error(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::snapshots::Snapshotter;
+use super::snapshots::{Room, Snapshotter};
 use super::Applied;
 use crate::engine::{Effects, Engine};
 use crate::event::EntryId;
@@ -110,6 +110,11 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) -> Option<()> {
     Some(())
 }
 
+/// Room for the next slice of a snapshot being copied; `None` at once when there is none.
+async fn snapshot_room(snapshotter: &Option<Snapshotter>) -> Option<Room> {
+    snapshotter.as_ref()?.room().await
+}
+
 /// Runs until the source closes the batch channel (shutdown) or the sink goes away, then
 /// takes the final snapshot.
 pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick: Duration) {
@@ -151,6 +156,9 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
                 if !forward(&engine, fx, &mut ch, &mut forwarded).await {
                     break;
                 }
+                if let Some(s) = &mut snapshotter {
+                    s.step(&mut engine);
+                }
                 if caught_up {
                     let elapsed = started.elapsed();
                     metrics.recovery_seconds.set(elapsed.as_secs_f64());
@@ -167,17 +175,27 @@ pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, t
                 if !forward(&engine, fx, &mut ch, &mut forwarded).await {
                     break;
                 }
+                if let Some(s) = &mut snapshotter {
+                    s.step(&mut engine);
+                }
             }
             Some(()) = next_tick(&mut snapshot_ticker) => {
                 if let Some(s) = &mut snapshotter {
-                    s.take(&engine, forwarded);
+                    s.begin(&mut engine, forwarded);
+                    s.step(&mut engine);
+                }
+            }
+            // No batch came: the snapshot being copied goes on at the writer's pace.
+            Some(room) = snapshot_room(&snapshotter) => {
+                if let Some(s) = &mut snapshotter {
+                    s.copy(&mut engine, room);
                 }
             }
         }
     }
     tracing::info!("engine stopped");
     if let Some(s) = snapshotter {
-        s.take_final(&engine, forwarded).await;
+        s.finish(&mut engine, forwarded).await;
     }
 }
 

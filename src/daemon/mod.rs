@@ -51,6 +51,8 @@ pub enum DaemonError {
     Http(std::io::Error),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("loading the snapshot failed: {0}")]
+    Load(String),
 }
 
 /// Binds the configured HTTP address.
@@ -140,8 +142,32 @@ pub async fn run_observed(
             None
         }
     };
+    // HTTP first: probes and scrapers get answers (503 not ready, with the reason) while a
+    // large snapshot loads, instead of connections waiting in the listen backlog.
+    let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
+    let app_token_required = customer_token.is_some();
+    let app = http::router(AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        queries: query_tx,
+        customer_token: customer_token.map(Arc::new),
+    });
+    let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
+            .into_future(),
+    );
     let restored = match &snapshot_dir {
-        Some(dir) => load_snapshot(dir, &settings, &metrics)?,
+        Some(dir) => match load_while_serving(dir, &settings, &metrics, &health, &shutdown).await {
+            Ok(Startup::Restore(state)) => state,
+            outcome => {
+                http_stop.cancel();
+                let _ = http_task.await;
+                return outcome.map(|_| ());
+            }
+        },
         None => None,
     };
     let connector = |role, response_timeout| {
@@ -157,7 +183,6 @@ pub async fn run_observed(
 
     let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches);
     let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-    let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
     let (model_tx, model_rx) = watch::channel(Arc::new(model));
     let (written_tx, written_rx) = watch::channel(0u64);
 
@@ -165,8 +190,8 @@ pub async fn run_observed(
     let model = model_rx.borrow().clone();
     let (engine, positions) = match restored {
         Some(state) => {
-            let positions = state.applied.clone();
-            let engine = Engine::restore(engine_settings, model, metrics.clone(), state);
+            let positions = state.header.applied.clone();
+            let engine = Engine::restore(engine_settings, model, metrics.clone(), *state);
             (engine, Some(positions))
         }
         None => (Engine::new(engine_settings, model, metrics.clone()), None),
@@ -245,20 +270,6 @@ pub async fn run_observed(
         metrics.clone(),
         shutdown.clone(),
     ));
-    let http_stop = CancellationToken::new();
-    let app_token_required = customer_token.is_some();
-    let app = http::router(AppState {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        queries: query_tx,
-        customer_token: customer_token.map(Arc::new),
-    });
-    let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
-    let http_task = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
     tracing::info!(
         http = %http_addr,
         customer_token = if app_token_required { "required" } else { "off" },
@@ -302,14 +313,52 @@ pub async fn run_observed(
     }
 }
 
-/// The newest good snapshot's state, reporting the damaged ones it skipped.
-fn load_snapshot(
+/// How a start that loads a snapshot goes on.
+enum Startup {
+    /// With the snapshot's state, or none (a first start).
+    Restore(Option<Box<crate::engine::EngineState>>),
+    /// Shutdown was requested while the snapshot loaded.
+    Stop,
+}
+
+/// Loads the newest good snapshot on a blocking thread, so that HTTP answers meanwhile
+/// (`/readyz` says the snapshot is loading).
+async fn load_while_serving(
     dir: &SnapshotDir,
     settings: &Settings,
     metrics: &Metrics,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Startup, DaemonError> {
+    health.set_loading(true);
+    let (dir, streams, metrics) = (
+        dir.clone(),
+        settings.source.streams.clone(),
+        metrics.clone(),
+    );
+    let load = tokio::task::spawn_blocking(move || load_snapshot(&dir, &streams, &metrics));
+    let loaded = tokio::select! {
+        loaded = load => loaded,
+        _ = shutdown.cancelled() => {
+            tracing::info!("shutdown requested while the snapshot loads");
+            return Ok(Startup::Stop);
+        }
+    };
+    health.set_loading(false);
+    match loaded {
+        Ok(state) => Ok(Startup::Restore(state?.map(Box::new))),
+        Err(e) => Err(DaemonError::Load(e.to_string())),
+    }
+}
+
+/// The newest good snapshot's state, reporting the damaged ones it skipped.
+fn load_snapshot(
+    dir: &SnapshotDir,
+    streams: &[String],
+    metrics: &Metrics,
 ) -> Result<Option<crate::engine::EngineState>, StateError> {
     let started = Instant::now();
-    let (loaded, rejected) = dir.load_newest(&settings.source.streams)?;
+    let (loaded, rejected) = dir.load_newest(streams)?;
     for r in &rejected {
         metrics.snapshots_rejected.inc();
         tracing::error!(
@@ -329,11 +378,9 @@ fn load_snapshot(
             "the snapshot has positions in streams source.streams no longer lists; their customers are kept"
         );
     }
-    let positions: Vec<String> = settings
-        .source
-        .streams
+    let positions: Vec<String> = streams
         .iter()
-        .zip(&snapshot.state.applied)
+        .zip(&snapshot.state.header.applied)
         .map(|(s, id)| format!("{s}@{id}"))
         .collect();
     tracing::info!(
@@ -341,7 +388,7 @@ fn load_snapshot(
         bytes = loaded.bytes,
         customers = snapshot.state.customers.len(),
         age_secs = wall_millis().saturating_sub(snapshot.created_ms) / 1000,
-        model_version = %snapshot.state.model_version,
+        model_version = %snapshot.state.header.model_version,
         ?positions,
         elapsed = ?started.elapsed(),
         "snapshot loaded"

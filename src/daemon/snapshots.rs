@@ -1,85 +1,164 @@
-//! Snapshots on the daemon's clock: the engine's task copies its state (a short pause), and
-//! the writer task here encodes and writes the copy off the processing path.
+//! Snapshots on the daemon's clock, taken while events keep flowing. The engine's task begins
+//! a capture of its state (no copy: the store keeps each customer as it was until it is
+//! copied out) and hands the customers to the writer here a slice at a time, between batches;
+//! the writer encodes each slice and writes it as it comes, off the processing path. Event
+//! processing never stops for longer than one slice's copy, and no second copy of the table
+//! is ever held.
 //!
 //! A snapshot records "every entry up to here is applied", so it may only become durable
 //! once the sink has written every task and dead letter those entries produced: otherwise a
 //! crash right after it would lose them (recovery replays only what follows the snapshot).
 //! The engine's task numbers the effects it forwards; the writer waits until the sink
-//! reports that many written.
+//! reports that many written before it commits the file.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc::{self, OwnedPermit};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, EngineState};
+use crate::engine::{Customer, Engine, StateHeader};
+use crate::features::store::{CaptureSize, Captured};
 use crate::metrics::Metrics;
-use crate::state::{codec, SnapshotDir};
+use crate::state::{SnapshotDir, SnapshotWriter, SLICE_CUSTOMERS};
 use crate::time::wall_millis;
 
-/// One state copy to write.
-struct Job {
-    state: EngineState,
-    /// Effects forwarded to the sink before the copy was taken.
-    effects_before: u64,
-    /// Held until the write ends: at most one copy exists at a time.
-    permit: OwnedSemaphorePermit,
-    at_shutdown: bool,
+/// Slices waiting for the writer; when they are full the engine goes on without copying.
+const QUEUE: usize = 2;
+
+/// What the engine's task sends the writer, in order: a `Begin`, the customers in slices,
+/// then `End` (or `Abort`).
+enum Job {
+    Begin {
+        header: StateHeader,
+        size: CaptureSize,
+        /// Effects forwarded to the sink before the capture began.
+        effects_before: u64,
+        at_shutdown: bool,
+        /// Held until the snapshot is written or dropped: one at a time.
+        permit: OwnedSemaphorePermit,
+    },
+    Customers(Captured<Customer>),
+    End,
+    Abort,
 }
+
+/// Room in the writer's queue for the next step of a snapshot.
+pub struct Room(OwnedPermit<Job>);
 
 /// The engine task's handle on the writer.
 pub struct Snapshotter {
     idle: Arc<Semaphore>,
     jobs: mpsc::Sender<Job>,
-    /// Copies the writer is done with, to copy the next snapshot into.
-    spares: mpsc::Receiver<EngineState>,
+    /// A snapshot has begun and not all of it was handed to the writer yet.
+    copying: bool,
     metrics: Metrics,
 }
 
 impl Snapshotter {
-    /// Copies the engine's state for the writer, unless the previous copy is still being
-    /// written (then this turn is skipped: the next interval takes it).
-    pub fn take(&mut self, engine: &Engine, effects_before: u64) {
+    /// Begins a snapshot, unless the previous one is still being written (then this turn is
+    /// skipped: the next interval takes it).
+    pub fn begin(&mut self, engine: &mut Engine, effects_before: u64) {
+        if self.copying {
+            return;
+        }
         if let Ok(permit) = self.idle.clone().try_acquire_owned() {
-            self.send(engine, effects_before, permit, false);
+            self.start(engine, effects_before, permit, false);
         }
     }
 
-    /// The snapshot at shutdown: waits for the writer to be idle, so it is never skipped.
-    pub async fn take_final(mut self, engine: &Engine, effects_before: u64) {
-        if let Ok(permit) = self.idle.clone().acquire_owned().await {
-            self.send(engine, effects_before, permit, true);
-        }
-    }
-
-    fn send(
+    fn start(
         &mut self,
-        engine: &Engine,
+        engine: &mut Engine,
         effects_before: u64,
         permit: OwnedSemaphorePermit,
         at_shutdown: bool,
     ) {
         let started = Instant::now();
-        // The writer returns its copy before it releases the permit we hold now.
-        let state = match self.spares.try_recv() {
-            Ok(mut spare) => {
-                engine.snapshot_into(&mut spare);
-                spare
-            }
-            Err(_) => engine.snapshot(),
+        let (header, size) = engine.begin_snapshot();
+        let begin = Job::Begin {
+            header,
+            size,
+            effects_before,
+            at_shutdown,
+            permit,
         };
+        // The writer is idle (we hold its permit), so its queue is empty; a full or closed
+        // queue means it is gone (shutdown).
+        match self.jobs.try_send(begin) {
+            Ok(()) => self.copying = true,
+            Err(_) => engine.abort_snapshot(),
+        }
+        self.observe_pause(started);
+    }
+
+    /// Hands the writer the next slice if it has room: called after every batch and tick, so
+    /// that a snapshot progresses however busy the engine is.
+    pub fn step(&mut self, engine: &mut Engine) {
+        if !self.copying {
+            return;
+        }
+        if let Ok(permit) = self.jobs.clone().try_reserve_owned() {
+            self.copy(engine, Room(permit));
+        }
+    }
+
+    /// Resolves with room for the next slice while a snapshot is being copied (the engine
+    /// task waits on it when no batch comes); `None` at once otherwise.
+    pub fn room(&self) -> impl Future<Output = Option<Room>> + 'static {
+        let jobs = self.copying.then(|| self.jobs.clone());
+        async move { jobs?.reserve_owned().await.ok().map(Room) }
+    }
+
+    /// Copies the next slice into `room`, or ends the snapshot when none is left.
+    pub fn copy(&mut self, engine: &mut Engine, room: Room) {
+        if !self.copying {
+            return;
+        }
+        let started = Instant::now();
+        match engine.snapshot_slice(SLICE_CUSTOMERS) {
+            Some(slice) => {
+                room.0.send(Job::Customers(slice));
+            }
+            None => {
+                room.0.send(Job::End);
+                self.copying = false;
+            }
+        }
+        self.observe_pause(started);
+    }
+
+    fn observe_pause(&self, started: Instant) {
         self.metrics
             .snapshot_pause_seconds
             .observe(started.elapsed().as_secs_f64());
-        let job = Job {
-            state,
-            effects_before,
-            permit,
-            at_shutdown,
+    }
+
+    /// The snapshot at shutdown, of the final state: a snapshot still being copied is
+    /// dropped, then a new one is copied whole, waiting for the writer (never skipped).
+    pub async fn finish(mut self, engine: &mut Engine, effects_before: u64) {
+        if self.copying {
+            engine.abort_snapshot();
+            self.copying = false;
+            if self.jobs.send(Job::Abort).await.is_err() {
+                return;
+            }
+        }
+        let Ok(permit) = self.idle.clone().acquire_owned().await else {
+            return;
         };
-        // The permit guarantees room; a closed channel means the writer is gone (shutdown).
-        let _ = self.jobs.try_send(job);
+        self.start(engine, effects_before, permit, true);
+        while self.copying {
+            match self.room().await {
+                Some(room) => self.copy(engine, room),
+                None => {
+                    engine.abort_snapshot();
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -92,96 +171,161 @@ pub fn spawn(
     metrics: Metrics,
     abort: CancellationToken,
 ) -> (Snapshotter, tokio::task::JoinHandle<()>) {
-    let (jobs_tx, jobs_rx) = mpsc::channel(1);
-    let (spares_tx, spares_rx) = mpsc::channel(1);
+    let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
     let handle = Snapshotter {
         idle: Arc::new(Semaphore::new(1)),
         jobs: jobs_tx,
-        spares: spares_rx,
+        copying: false,
         metrics: metrics.clone(),
     };
-    let task = tokio::spawn(run(
-        Arc::new(dir),
-        Arc::from(streams),
-        jobs_rx,
-        spares_tx,
+    let writer = Writer {
+        dir,
+        streams: Arc::from(streams),
         written,
         metrics,
         abort,
-    ));
-    (handle, task)
+    };
+    (handle, tokio::spawn(writer.run(jobs_rx)))
 }
 
-async fn run(
-    dir: Arc<SnapshotDir>,
+struct Writer {
+    dir: SnapshotDir,
     streams: Arc<[String]>,
-    mut jobs: mpsc::Receiver<Job>,
-    spares: mpsc::Sender<EngineState>,
-    mut written: watch::Receiver<u64>,
+    written: watch::Receiver<u64>,
     metrics: Metrics,
     abort: CancellationToken,
-) {
-    while let Some(job) = jobs.recv().await {
-        let Job {
-            state,
-            effects_before,
-            permit,
-            at_shutdown,
-        } = job;
+}
+
+/// A snapshot the writer is writing.
+struct InProgress {
+    /// The file so far, or why it cannot be written (the rest of the snapshot is then only
+    /// received, to be reported failed at its end).
+    writer: Result<SnapshotWriter, String>,
+    effects_before: u64,
+    at_shutdown: bool,
+    customers: u64,
+    created_ms: u64,
+    started: Instant,
+    /// Released when this snapshot is written or dropped.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InProgress {
+    /// Encodes and writes the next customers (blocking I/O).
+    fn append(mut self, slice: &Captured<Customer>) -> Self {
+        if let Ok(writer) = &mut self.writer {
+            if let Err(e) = writer.append(slice) {
+                self.writer = Err(e.to_string());
+            }
+        }
+        self
+    }
+}
+
+impl Writer {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        let mut current: Option<InProgress> = None;
+        while let Some(job) = jobs.recv().await {
+            match job {
+                Job::Begin {
+                    header,
+                    size,
+                    effects_before,
+                    at_shutdown,
+                    permit,
+                } => {
+                    let created_ms = wall_millis();
+                    let (dir, streams) = (self.dir.clone(), self.streams.clone());
+                    let writer = tokio::task::spawn_blocking(move || {
+                        SnapshotWriter::start(&dir, &header, size, &streams, created_ms)
+                    })
+                    .await;
+                    let writer = match writer {
+                        Ok(Ok(writer)) => Ok(writer),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    current = Some(InProgress {
+                        writer,
+                        effects_before,
+                        at_shutdown,
+                        customers: size.customers,
+                        created_ms,
+                        started: Instant::now(),
+                        _permit: permit,
+                    });
+                }
+                Job::Customers(slice) => {
+                    if let Some(snapshot) = current.take() {
+                        let appended =
+                            tokio::task::spawn_blocking(move || snapshot.append(&slice)).await;
+                        match appended {
+                            Ok(snapshot) => current = Some(snapshot),
+                            Err(e) => self.failed(&e.to_string()),
+                        }
+                    }
+                }
+                Job::End => {
+                    if let Some(snapshot) = current.take() {
+                        self.end(snapshot).await;
+                    }
+                }
+                Job::Abort => {
+                    // Dropping it removes its temporary file.
+                    current = None;
+                    tracing::debug!("snapshot in progress dropped for the final one");
+                }
+            }
+        }
+    }
+
+    /// Commits a snapshot whose customers are all written, once the effects it covers are.
+    async fn end(&mut self, snapshot: InProgress) {
+        let effects_before = snapshot.effects_before;
         let effects_written = tokio::select! {
-            w = written.wait_for(|&n| n >= effects_before) => w.is_ok(),
-            _ = abort.cancelled() => false,
+            w = self.written.wait_for(|&n| n >= effects_before) => w.is_ok(),
+            _ = self.abort.cancelled() => false,
         };
         if !effects_written {
-            let _ = spares.try_send(state);
-            drop(permit);
-            metrics.snapshots.with_label_values(&["abandoned"]).inc();
+            self.metrics
+                .snapshots
+                .with_label_values(&["abandoned"])
+                .inc();
             tracing::warn!(
                 "snapshot abandoned: the effects it covers were not all written; the previous snapshot stays the newest"
             );
-            continue;
+            return;
         }
-        let started = Instant::now();
-        let created_ms = wall_millis();
-        let customers = state.customers.len();
-        let (dir, streams) = (dir.clone(), streams.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            let bytes = codec::encode(&state, &streams, created_ms);
-            let len = bytes.len();
-            (dir.write(&bytes, created_ms).map(|path| (path, len)), state)
+        let (started, created_ms) = (snapshot.started, snapshot.created_ms);
+        let (customers, at_shutdown) = (snapshot.customers, snapshot.at_shutdown);
+        let committed = tokio::task::spawn_blocking(move || {
+            snapshot
+                .writer
+                .and_then(|writer| writer.commit().map_err(|e| e.to_string()))
         })
-        .await
-        .map(|(written, state)| {
-            // Kept for the next copy: the process holds it anyway at every snapshot.
-            let _ = spares.try_send(state);
-            written
-        });
-        drop(permit);
-        match result {
+        .await;
+        match committed {
             Ok(Ok((path, bytes))) => {
-                metrics.snapshots.with_label_values(&["written"]).inc();
-                metrics
-                    .snapshot_write_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                metrics.snapshot_bytes.set(bytes as i64);
-                metrics
-                    .snapshot_last_success
-                    .set((created_ms / 1000) as i64);
                 let elapsed = started.elapsed();
+                let m = &self.metrics;
+                m.snapshots.with_label_values(&["written"]).inc();
+                m.snapshot_write_seconds.observe(elapsed.as_secs_f64());
+                m.snapshot_bytes
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                m.snapshot_last_success.set((created_ms / 1000) as i64);
                 if at_shutdown {
                     tracing::info!(path = %path.display(), customers, bytes, ?elapsed, "final snapshot written");
                 } else {
                     tracing::debug!(path = %path.display(), customers, bytes, ?elapsed, "snapshot written");
                 }
             }
-            Ok(Err(e)) => {
-                metrics.snapshots.with_label_values(&["failed"]).inc();
-                tracing::error!(error = %e, "snapshot failed; the previous one stays the newest");
-            }
-            Err(e) => {
-                metrics.snapshots.with_label_values(&["failed"]).inc();
-                tracing::error!(error = %e, "snapshot task failed");
-            }
+            Ok(Err(e)) => self.failed(&e),
+            Err(e) => self.failed(&e.to_string()),
         }
+    }
+
+    fn failed(&self, error: &str) {
+        self.metrics.snapshots.with_label_values(&["failed"]).inc();
+        tracing::error!(error, "snapshot failed; the previous one stays the newest");
     }
 }

@@ -133,7 +133,7 @@ pub struct Example {
     pub churned: bool,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct History {
     features: CustomerFeatures,
     /// Purchase times, sorted, for labels.

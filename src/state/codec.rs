@@ -11,15 +11,15 @@
 //! restored engine assigns the same indices and makes the same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
-use crate::engine::{Customer, EngineState};
+use crate::engine::{Customer, EngineState, StateHeader};
 use crate::event::EntryId;
-use crate::features::store::CustomerStore;
+use crate::features::store::{CaptureSize, CustomerStore};
 use crate::features::timers::Timer;
 use crate::features::CustomerFeatures;
 use crate::metrics::PROBABILITY_BUCKETS;
 use crate::tasks::Contact;
 use crate::winback::WinbackState;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// Bumped on any change of the body's layout. Versions 1 (without the fingerprint of the
@@ -51,6 +51,8 @@ pub enum CodecError {
     Checksum,
     #[error("malformed body: {0}")]
     Malformed(String),
+    #[error("the customers encoded differ from the count the snapshot announced")]
+    Incomplete,
 }
 
 /// A decoded snapshot.
@@ -62,65 +64,130 @@ pub struct Decoded {
     pub dropped_streams: Vec<String>,
 }
 
-/// Encodes `state`; `streams` names the positions of `state.applied`.
+/// Encodes `state` at once; `streams` names the positions of `state.header.applied`.
 pub fn encode(state: &EngineState, streams: &[String], created_ms: u64) -> Vec<u8> {
     let customers = &state.customers;
+    let size = CaptureSize {
+        customers: customers.len() as u64,
+        id_bytes: customers
+            .iter()
+            .map(|(i, _)| customers.id(i).len() as u64)
+            .sum(),
+    };
     let mut out = Vec::with_capacity(
         HEADER_LEN + 256 + customers.len() * (CUSTOMER_FIXED_LEN + 24) + CHECKSUM_LEN,
     );
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u64.to_le_bytes()); // body length, filled in below
-
-    out.extend_from_slice(&created_ms.to_le_bytes());
-    put_str(&mut out, &state.model_version);
-    out.extend_from_slice(&state.watermark.to_le_bytes());
-    out.extend_from_slice(&state.next_threshold_refresh.to_le_bytes());
-    out.extend_from_slice(&state.scorings.to_le_bytes());
-    out.extend_from_slice(&state.schedule_settings.to_le_bytes());
-    for t in [
-        state.thresholds.recency_days,
-        state.thresholds.frequency,
-        state.thresholds.monetary,
-    ] {
-        out.extend_from_slice(&t.to_bits().to_le_bytes());
-    }
-    let positions: Vec<(&String, EntryId)> = streams
-        .iter()
-        .zip(&state.applied)
-        .filter(|(_, id)| **id != EntryId::default())
-        .map(|(name, id)| (name, *id))
-        .collect();
-    out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
-    for (name, id) in positions {
-        put_str(&mut out, name);
-        out.extend_from_slice(&id.ms.to_le_bytes());
-        out.extend_from_slice(&id.seq.to_le_bytes());
-    }
-    let id_bytes: usize = customers.iter().map(|(i, _)| customers.id(i).len()).sum();
-    out.extend_from_slice(&(customers.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(id_bytes as u64).to_le_bytes());
-    for (idx, c) in customers.iter() {
-        let id = customers.id(idx);
-        out.push(id.len() as u8);
-        out.extend_from_slice(id.as_bytes());
-        out.extend_from_slice(&c.features.to_bytes());
-        out.extend_from_slice(&c.timer.due().unwrap_or(0).to_le_bytes());
-        out.extend_from_slice(&c.winback.last_task_at.to_le_bytes());
-        out.push(c.winback.episode_tasks);
-        out.push(u8::from(c.winback.awaiting_recovery));
-        out.push(c.stage.map_or(NONE, |s| s.index() as u8));
-        out.push(c.segment.map_or(NONE, |s| s.index() as u8));
-        out.push(c.bucket.unwrap_or(NONE));
-        out.extend_from_slice(&c.contact.last_day.to_le_bytes());
-        out.push(c.contact.prospect_visits);
-    }
-
-    let body_len = (out.len() - HEADER_LEN) as u64;
-    out[12..20].copy_from_slice(&body_len.to_le_bytes());
-    let checksum = xxh3_64(&out);
-    out.extend_from_slice(&checksum.to_le_bytes());
+    let mut encoder = Encoder::start(&state.header, size, streams, created_ms, &mut out);
+    encoder.customers(
+        customers.iter().map(|(i, c)| (customers.id(i), c)),
+        &mut out,
+    );
+    encoder
+        .finish(&mut out)
+        .expect("the size was counted from the same customers");
     out
+}
+
+/// Encodes a snapshot piece by piece, for a state copied out a slice at a time: the header
+/// first (the size of what follows is known from the capture's start), then the customers in
+/// store order in as many pieces as they come, then the checksum. Each call appends to the
+/// buffer it is given, so the bytes can go to disk as they are made.
+pub struct Encoder {
+    hasher: Xxh3,
+    customers_left: u64,
+    id_bytes_left: u64,
+}
+
+impl Encoder {
+    /// Appends everything before the customers to `out`; `size` is what the customers will
+    /// take, `streams` names the positions of `header.applied`.
+    pub fn start(
+        header: &StateHeader,
+        size: CaptureSize,
+        streams: &[String],
+        created_ms: u64,
+        out: &mut Vec<u8>,
+    ) -> Self {
+        let mut fields = Vec::with_capacity(256);
+        fields.extend_from_slice(&created_ms.to_le_bytes());
+        put_str(&mut fields, &header.model_version);
+        fields.extend_from_slice(&header.watermark.to_le_bytes());
+        fields.extend_from_slice(&header.next_threshold_refresh.to_le_bytes());
+        fields.extend_from_slice(&header.scorings.to_le_bytes());
+        fields.extend_from_slice(&header.schedule_settings.to_le_bytes());
+        for t in [
+            header.thresholds.recency_days,
+            header.thresholds.frequency,
+            header.thresholds.monetary,
+        ] {
+            fields.extend_from_slice(&t.to_bits().to_le_bytes());
+        }
+        let positions: Vec<(&String, EntryId)> = streams
+            .iter()
+            .zip(&header.applied)
+            .filter(|(_, id)| **id != EntryId::default())
+            .map(|(name, id)| (name, *id))
+            .collect();
+        fields.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+        for (name, id) in positions {
+            put_str(&mut fields, name);
+            fields.extend_from_slice(&id.ms.to_le_bytes());
+            fields.extend_from_slice(&id.seq.to_le_bytes());
+        }
+        fields.extend_from_slice(&size.customers.to_le_bytes());
+        fields.extend_from_slice(&size.id_bytes.to_le_bytes());
+        let body_len =
+            fields.len() as u64 + size.customers * CUSTOMER_FIXED_LEN as u64 + size.id_bytes;
+
+        let from = out.len();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&body_len.to_le_bytes());
+        out.extend_from_slice(&fields);
+        let mut hasher = Xxh3::new();
+        hasher.update(&out[from..]);
+        Self {
+            hasher,
+            customers_left: size.customers,
+            id_bytes_left: size.id_bytes,
+        }
+    }
+
+    /// Appends the next customers, in store order.
+    pub fn customers<'a>(
+        &mut self,
+        customers: impl IntoIterator<Item = (&'a str, &'a Customer)>,
+        out: &mut Vec<u8>,
+    ) {
+        let from = out.len();
+        for (id, c) in customers {
+            self.customers_left = self.customers_left.wrapping_sub(1);
+            self.id_bytes_left = self.id_bytes_left.wrapping_sub(id.len() as u64);
+            out.push(id.len() as u8);
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(&c.features.to_bytes());
+            out.extend_from_slice(&c.timer.due().unwrap_or(0).to_le_bytes());
+            out.extend_from_slice(&c.winback.last_task_at.to_le_bytes());
+            out.push(c.winback.episode_tasks);
+            out.push(u8::from(c.winback.awaiting_recovery));
+            out.push(c.stage.map_or(NONE, |s| s.index() as u8));
+            out.push(c.segment.map_or(NONE, |s| s.index() as u8));
+            out.push(c.bucket.unwrap_or(NONE));
+            out.extend_from_slice(&c.contact.last_day.to_le_bytes());
+            out.push(c.contact.prospect_visits);
+        }
+        self.hasher.update(&out[from..]);
+    }
+
+    /// Appends the checksum. Fails if the customers given differ from the size announced
+    /// at the start (the file would not decode).
+    pub fn finish(self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        if self.customers_left != 0 || self.id_bytes_left != 0 {
+            return Err(CodecError::Incomplete);
+        }
+        out.extend_from_slice(&self.hasher.digest().to_le_bytes());
+        Ok(())
+    }
 }
 
 /// Decodes a snapshot, checking every byte; positions are mapped onto `streams` by name.
@@ -218,13 +285,15 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     Ok(Decoded {
         state: EngineState {
             customers,
-            watermark,
-            thresholds,
-            next_threshold_refresh,
-            scorings,
-            schedule_settings,
-            applied,
-            model_version,
+            header: StateHeader {
+                watermark,
+                thresholds,
+                next_threshold_refresh,
+                scorings,
+                schedule_settings,
+                applied,
+                model_version,
+            },
         },
         created_ms,
         dropped_streams,
@@ -392,17 +461,19 @@ mod tests {
         }
         EngineState {
             customers: store,
-            watermark: 1_500_000,
-            thresholds: RfmThresholds {
-                recency_days: 90.0,
-                frequency: 1.5,
-                monetary: 100.25,
+            header: StateHeader {
+                watermark: 1_500_000,
+                thresholds: RfmThresholds {
+                    recency_days: 90.0,
+                    frequency: 1.5,
+                    monetary: 100.25,
+                },
+                next_threshold_refresh: 1_600_000,
+                scorings: 42,
+                schedule_settings: 0xfeed,
+                applied: vec![EntryId { ms: 5, seq: 1 }, EntryId::default()],
+                model_version: "m-1".into(),
             },
-            next_threshold_refresh: 1_600_000,
-            scorings: 42,
-            schedule_settings: 0xfeed,
-            applied: vec![EntryId { ms: 5, seq: 1 }, EntryId::default()],
-            model_version: "m-1".into(),
         }
     }
 
@@ -418,13 +489,7 @@ mod tests {
                 (d.winback, d.stage, d.segment, d.bucket, d.contact)
             );
         }
-        assert_eq!(a.watermark, b.watermark);
-        assert_eq!(a.thresholds, b.thresholds);
-        assert_eq!(a.next_threshold_refresh, b.next_threshold_refresh);
-        assert_eq!(a.scorings, b.scorings);
-        assert_eq!(a.schedule_settings, b.schedule_settings);
-        assert_eq!(a.applied, b.applied);
-        assert_eq!(a.model_version, b.model_version);
+        assert_eq!(a.header, b.header);
     }
 
     #[test]
@@ -439,6 +504,24 @@ mod tests {
             d.state.customers.find("customer-7"),
             s.customers.find("customer-7")
         );
+    }
+
+    #[test]
+    fn pieces_encode_as_the_whole_and_a_short_count_is_refused() {
+        let s = state(50);
+        let mut store = s.customers.clone();
+        let size = store.begin_capture();
+        let mut bytes = Vec::new();
+        let mut encoder = Encoder::start(&s.header, size, &streams(), 9, &mut bytes);
+        while let Some(slice) = store.capture_next(8) {
+            encoder.customers(slice.iter(), &mut bytes);
+        }
+        encoder.finish(&mut bytes).unwrap();
+        assert_eq!(bytes, encode(&s, &streams(), 9));
+
+        let mut short = Vec::new();
+        let encoder = Encoder::start(&s.header, size, &streams(), 9, &mut short);
+        assert_eq!(encoder.finish(&mut short), Err(CodecError::Incomplete));
     }
 
     #[test]
@@ -483,7 +566,7 @@ mod tests {
         let bytes = encode(&s, &streams(), 0);
         let d = decode(&bytes, &["new".into(), "churn:events".into()]).unwrap();
         assert_eq!(
-            d.state.applied,
+            d.state.header.applied,
             vec![EntryId::default(), EntryId { ms: 5, seq: 1 }]
         );
         let d = decode(&bytes, &["new".into()]).unwrap();

@@ -225,3 +225,52 @@ async fn the_customer_endpoints_require_the_bearer_token_when_one_is_set() {
     assert_eq!(get("/v1/nothing", None).await.unwrap().status(), 404);
     app.stop().await;
 }
+
+/// A large snapshot takes seconds to load; meanwhile probes and scrapers get answers. The
+/// snapshot here is a named pipe, so the test decides when loading ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_answers_while_the_snapshot_loads() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let app = App::spawn(settings.clone()).await;
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("kept", 25.0, T0_MS)).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    app.stop().await;
+
+    // The final snapshot's bytes, served later through a pipe of the same name.
+    let snapshot = std::fs::read_dir(&settings.state.dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .max()
+        .expect("the final snapshot");
+    let bytes = std::fs::read(&snapshot).unwrap();
+    std::fs::remove_file(&snapshot).unwrap();
+    let path = std::ffi::CString::new(snapshot.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+
+    let app = App::spawn(settings).await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let reasons = ready.json::<serde_json::Value>().await.unwrap()["reasons"].to_string();
+    assert!(reasons.contains("loading the snapshot"), "{reasons}");
+    let customer = app.get("/v1/customers/kept").await;
+    assert_eq!(customer.status(), 503);
+    assert_eq!(customer.headers()["retry-after"], "1");
+    assert!(app.metrics().await.contains("churnd_ready 0"));
+
+    let writer = std::thread::spawn(move || std::fs::write(&snapshot, bytes));
+    wait_for("the daemon to be ready", Duration::from_secs(10), || {
+        let app = &app;
+        async move { app.get("/readyz").await.status() == 200 }
+    })
+    .await;
+    writer.join().unwrap().unwrap();
+    let view = app.get_json("/v1/customers/kept").await;
+    assert_eq!(view["rfm"]["purchases"], 1);
+    app.stop().await;
+}

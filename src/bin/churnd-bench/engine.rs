@@ -9,9 +9,14 @@ use anyhow::Result;
 use churnd::config::{ClockMode, Settings};
 use churnd::model::Model;
 
-use crate::machine::{resident_bytes, thread_cpu_time};
+use churnd::state::{self, SnapshotDir, SLICE_CUSTOMERS};
+
+use crate::machine::{peak_resident_bytes, reset_peak_resident, resident_bytes, thread_cpu_time};
+use crate::redis_server::tempfile_dir;
 use crate::workload::{learn_customers, model_path};
 
+/// Resident memory per customer at rest, then the peak while a snapshot of them is written
+/// the way the daemon writes it (a slice at a time through the capture).
 pub fn memory(customers: usize) -> Result<()> {
     let mut settings = Settings::default();
     settings.clock.mode = ClockMode::Event;
@@ -19,13 +24,27 @@ pub fn memory(customers: usize) -> Result<()> {
     let model = Arc::new(Model::load(&model_path())?);
     let now_ms = churnd::time::wall_millis();
     let before = resident_bytes()?;
-    let (engine, _) = learn_customers(&settings, model, customers, now_ms);
-    let grown = resident_bytes()?.saturating_sub(before);
+    let (mut engine, _) = learn_customers(&settings, model, customers, now_ms);
+    let resting = resident_bytes()?;
+    let grown = resting.saturating_sub(before);
+    let tracked = engine.customers().max(1) as f64;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     println!(
         "{} customers tracked: resident memory grew by {:.1} MiB, {:.1} bytes per customer (table, IDs, index, timers and allocator slack included)",
         engine.customers(),
-        grown as f64 / (1024.0 * 1024.0),
-        grown as f64 / engine.customers().max(1) as f64
+        mib(grown),
+        grown as f64 / tracked
+    );
+
+    let dir = tempfile_dir::TempDir::new("memory")?;
+    let snapshots = SnapshotDir::open(dir.path(), 1)?;
+    reset_peak_resident()?;
+    let (_, size) = state::write_snapshot(&mut engine, &snapshots, &[], now_ms)?;
+    let peak = peak_resident_bytes()?.saturating_sub(resting);
+    println!(
+        "while a snapshot of them was written ({size} bytes, slices of {SLICE_CUSTOMERS} customers): resident memory peaked {:.1} MiB above that, {:.2} bytes per customer",
+        mib(peak),
+        peak as f64 / tracked
     );
     Ok(())
 }

@@ -17,6 +17,24 @@ pub fn resident_bytes() -> Result<u64> {
     Ok(pages * u64::try_from(page).context("page size")?)
 }
 
+/// The process's peak resident set size since it started or since [`reset_peak_resident`],
+/// from /proc (Linux).
+pub fn peak_resident_bytes() -> Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/self/status")?;
+    Ok(kib * 1024)
+}
+
+/// Resets the peak resident set size to the current one (Linux: `clear_refs` 5).
+pub fn reset_peak_resident() -> Result<()> {
+    std::fs::write("/proc/self/clear_refs", "5").context("writing /proc/self/clear_refs")
+}
+
 /// The machine's load average, to print beside figures measured on a shared machine.
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

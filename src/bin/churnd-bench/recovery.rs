@@ -11,7 +11,7 @@ use churnd::daemon;
 use churnd::engine::{Engine, EngineSettings};
 use churnd::metrics::Metrics;
 use churnd::model::Model;
-use churnd::state::{codec, SnapshotDir};
+use churnd::state::{self, codec, SnapshotDir};
 
 use crate::http_probe::wait_ready;
 use crate::machine::load_average;
@@ -30,33 +30,22 @@ pub async fn recovery(customers: usize, binary: &PathBuf) -> Result<()> {
 
     let now_ms = churnd::time::wall_millis();
     let t = Instant::now();
-    let (engine, _) = learn_customers(&settings, model.clone(), customers, now_ms);
+    let (mut engine, _) = learn_customers(&settings, model.clone(), customers, now_ms);
     println!(
         "built an engine of {} customers in {:.1} s (wall clock, one purchase each)",
         engine.customers(),
         secs(t.elapsed())
     );
-    let t = Instant::now();
-    let snapshot = engine.snapshot();
-    let pause = t.elapsed();
-    drop(engine);
-    let position = snapshot.applied.first().copied().unwrap_or_default();
+    let position = engine.positions().first().copied().unwrap_or_default();
     let created_ms = churnd::time::wall_millis();
-    let t = Instant::now();
-    let bytes = codec::encode(&snapshot, &streams, created_ms);
-    let encode = t.elapsed();
-    drop(snapshot);
     let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep)?;
     let t = Instant::now();
-    let path = dir.write(&bytes, created_ms)?;
+    let (path, size) = state::write_snapshot(&mut engine, &dir, &streams, created_ms)?;
     let write = t.elapsed();
-    let size = bytes.len();
-    drop(bytes);
+    drop(engine);
     println!(
-        "snapshot written: {size} bytes ({:.1} bytes per customer), clone {:.3} s, encode {:.3} s, write with fsync {:.3} s; the file was just written, so it is in the page cache",
+        "snapshot written: {size} bytes ({:.1} bytes per customer), copied out, encoded and written with fsync in {:.3} s; the file was just written, so it is in the page cache",
         size as f64 / customers.max(1) as f64,
-        secs(pause),
-        secs(encode),
         secs(write)
     );
 

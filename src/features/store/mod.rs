@@ -4,9 +4,18 @@
 //! (no allocation per customer), the hash index stores only 4-byte indices (hashbrown's
 //! `HashTable`, hashing the ID from the arena), and records sit in one `Vec`. A dense `u32`
 //! index is also what timers and other side tables refer to.
+//!
+//! A snapshot copies the table out a slice at a time while it keeps changing ([`capture`]):
+//! every change goes through [`CustomerStore::get_mut`] or the few wholesale operations,
+//! which keep the capture's picture of the table as it was.
+
+mod capture;
 
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+use capture::Capture;
+pub use capture::{CaptureSize, Captured};
 
 /// Index of a customer in the store, stable for the store's lifetime.
 pub type CustomerIdx = u32;
@@ -20,8 +29,11 @@ pub struct CustomerStore<T> {
     /// Per customer: start of its ID in `id_bytes` (high 56 bits) and its length (low 8 bits).
     id_spans: Vec<u64>,
     records: Vec<T>,
+    /// The snapshot being copied out, if any.
+    capture: Option<Capture<T>>,
 }
 
+/// A copy of the table as it is now (a capture in progress is not copied).
 impl<T: Clone> Clone for CustomerStore<T> {
     fn clone(&self) -> Self {
         Self {
@@ -30,18 +42,8 @@ impl<T: Clone> Clone for CustomerStore<T> {
             id_bytes: self.id_bytes.clone(),
             id_spans: self.id_spans.clone(),
             records: self.records.clone(),
+            capture: None,
         }
-    }
-
-    /// Copies into the allocations `self` already has: a snapshot copy taken into the
-    /// previous snapshot's memory is a `memcpy`, not page faults of fresh memory.
-    fn clone_from(&mut self, source: &Self) {
-        // hashbrown's table has no `clone_from`; the index is the small part.
-        self.index = source.index.clone();
-        self.seed = source.seed;
-        self.id_bytes.clone_from(&source.id_bytes);
-        self.id_spans.clone_from(&source.id_spans);
-        self.records.clone_from(&source.records);
     }
 }
 
@@ -56,13 +58,13 @@ fn rehash(id_bytes: &[u8], id_spans: &[u64], seed: u64, idx: CustomerIdx) -> u64
     xxh3_64_with_seed(id_slice(id_bytes, id_spans[idx as usize]), seed)
 }
 
-impl<T: Default> Default for CustomerStore<T> {
+impl<T: Default + Clone> Default for CustomerStore<T> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Default> CustomerStore<T> {
+impl<T: Default + Clone> CustomerStore<T> {
     pub fn new() -> Self {
         Self {
             index: HashTable::new(),
@@ -70,6 +72,7 @@ impl<T: Default> CustomerStore<T> {
             id_bytes: Vec::new(),
             id_spans: Vec::new(),
             records: Vec::new(),
+            capture: None,
         }
     }
 
@@ -131,14 +134,73 @@ impl<T: Default> CustomerStore<T> {
         &self.records[idx as usize]
     }
 
+    /// The customer's record, to change. A capture in progress keeps the record as it was.
     pub fn get_mut(&mut self, idx: CustomerIdx) -> &mut T {
+        if let Some(capture) = &mut self.capture {
+            if capture.preserve(idx, &self.records) {
+                capture.copy_rest(&self.id_bytes, &self.id_spans, &self.records);
+            }
+        }
         &mut self.records[idx as usize]
+    }
+
+    /// Every record with its index, to change; a capture in progress copies what it still
+    /// needs first (the rare wholesale changes: a new model, a restore).
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (CustomerIdx, &mut T)> {
+        self.settle_capture();
+        self.records
+            .iter_mut()
+            .enumerate()
+            .map(|(i, r)| (i as CustomerIdx, r))
+    }
+
+    /// Starts a capture of every customer in the table now, replacing any capture in
+    /// progress. The table keeps changing; [`Self::capture_next`] hands out the customers as
+    /// they are at this moment.
+    pub fn begin_capture(&mut self) -> CaptureSize {
+        let customers = CustomerIdx::try_from(self.records.len())
+            .expect("customer indices are u32 (see find_or_insert)");
+        self.capture = Some(Capture::new(customers));
+        CaptureSize {
+            customers: u64::from(customers),
+            id_bytes: self.id_bytes.len() as u64,
+        }
+    }
+
+    /// The next `max` customers of the capture in progress, as they were when it began;
+    /// `None` once they were all handed out, which ends the capture.
+    pub fn capture_next(&mut self, max: usize) -> Option<Captured<T>> {
+        let capture = self.capture.as_mut()?;
+        let slice = capture.copy_out(Some(max), &self.id_bytes, &self.id_spans, &self.records);
+        if slice.is_none() {
+            self.capture = None;
+        }
+        slice
+    }
+
+    /// Whether a capture is in progress (begun and not yet handed out to its end).
+    pub fn is_capturing(&self) -> bool {
+        self.capture.is_some()
+    }
+
+    /// Drops the capture in progress, if any.
+    pub fn abort_capture(&mut self) {
+        self.capture = None;
+    }
+
+    /// Before a wholesale change: a capture in progress copies everything it has not handed
+    /// out yet, and no longer follows the table.
+    fn settle_capture(&mut self) {
+        if let Some(capture) = &mut self.capture {
+            capture.copy_rest(&self.id_bytes, &self.id_spans, &self.records);
+        }
     }
 
     /// Keeps only the customers `keep` accepts, in their order, compacting in place (no
     /// second copy of the table). Indices change: whatever refers to them must be rebuilt.
     /// Returns how many were removed. O(customers).
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        self.settle_capture();
         let before = self.records.len();
         let (mut write, mut byte_write) = (0usize, 0usize);
         for read in 0..before {
@@ -245,5 +307,103 @@ mod tests {
         let unicode = "клиент-№1";
         let (idx, _) = store.find_or_insert(unicode);
         assert_eq!(store.id(idx), unicode);
+    }
+
+    /// Every customer of a finished capture, as (ID, record).
+    fn drain(store: &mut CustomerStore<u32>, max: usize) -> Vec<(String, u32)> {
+        std::iter::from_fn(|| store.capture_next(max))
+            .flat_map(|slice| {
+                slice
+                    .iter()
+                    .map(|(id, &r)| (id.to_string(), r))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn contents(store: &CustomerStore<u32>) -> Vec<(String, u32)> {
+        store
+            .iter()
+            .map(|(idx, &r)| (store.id(idx).to_string(), r))
+            .collect()
+    }
+
+    #[test]
+    fn a_capture_shows_the_table_as_it_was_while_it_changes() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut store: CustomerStore<u32> = CustomerStore::new();
+        for i in 0..5_000u32 {
+            let (idx, _) = store.find_or_insert(&format!("c-{i}{}", "y".repeat(i as usize % 11)));
+            *store.get_mut(idx) = i;
+        }
+        for round in 0..20 {
+            let before = contents(&store);
+            let size = store.begin_capture();
+            assert_eq!(size.customers, before.len() as u64);
+            assert_eq!(
+                size.id_bytes,
+                before.iter().map(|(id, _)| id.len() as u64).sum::<u64>()
+            );
+            let mut seen = Vec::new();
+            loop {
+                // Changes and new customers between slices, as batches come between them.
+                for _ in 0..rng.random_range(0..400) {
+                    let n = store.len() as u32;
+                    if rng.random_bool(0.1) {
+                        store.find_or_insert(&format!("new-{round}-{}", rng.random::<u32>()));
+                    } else {
+                        *store.get_mut(rng.random_range(0..n)) += 1;
+                    }
+                }
+                let Some(slice) = store.capture_next(rng.random_range(1..700)) else {
+                    break;
+                };
+                seen.extend(slice.iter().map(|(id, &r)| (id.to_string(), r)));
+            }
+            assert!(!store.is_capturing());
+            assert_eq!(seen, before, "round {round}");
+        }
+    }
+
+    #[test]
+    fn wholesale_changes_during_a_capture_leave_it_intact() {
+        let mut store: CustomerStore<u32> = CustomerStore::new();
+        for i in 0..10_000u32 {
+            let (idx, _) = store.find_or_insert(&format!("customer-{i}"));
+            *store.get_mut(idx) = i;
+        }
+        let before = contents(&store);
+
+        store.begin_capture();
+        let mut seen: Vec<(String, u32)> = store
+            .capture_next(1_000)
+            .unwrap()
+            .iter()
+            .map(|(id, &r)| (id.to_string(), r))
+            .collect();
+        assert_eq!(store.retain(|&r| r % 2 == 0), 5_000);
+        for (_, r) in store.iter_mut() {
+            *r += 1;
+        }
+        seen.extend(drain(&mut store, 1_000));
+        assert_eq!(seen, before, "compaction after the first slice");
+
+        // So many changes that saving them would cost more than copying the rest.
+        let before = contents(&store);
+        store.begin_capture();
+        for idx in 0..store.len() as CustomerIdx {
+            *store.get_mut(idx) = 0;
+        }
+        assert_eq!(drain(&mut store, 100), before, "every record changed");
+
+        // An empty table and an aborted capture.
+        let mut empty: CustomerStore<u32> = CustomerStore::new();
+        assert_eq!(empty.begin_capture().customers, 0);
+        assert!(empty.capture_next(10).is_none());
+        assert!(!empty.is_capturing());
+        store.begin_capture();
+        store.abort_capture();
+        assert!(store.capture_next(10).is_none());
     }
 }
