@@ -53,6 +53,8 @@ pub enum DaemonError {
     State(#[from] StateError),
     #[error("loading the snapshot failed: {0}")]
     Load(String),
+    #[error("cannot start the snapshot writer's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// Binds the configured HTTP address.
@@ -142,6 +144,25 @@ pub async fn run_observed(
             None
         }
     };
+    // The snapshot writer's thread before anything else runs: it is the one part that can
+    // fail to start.
+    let (written_tx, written_rx) = watch::channel(0u64);
+    let abort = CancellationToken::new();
+    let (snapshotter, snapshot_task) = match &snapshot_dir {
+        Some(dir) => {
+            let (handle, task) = snapshots::spawn(
+                dir.clone(),
+                settings.source.streams.clone(),
+                written_rx,
+                metrics.clone(),
+                abort.clone(),
+            )
+            .map_err(DaemonError::Thread)?;
+            let interval = Duration::from_millis(settings.state.snapshot_interval_ms);
+            (Some((handle, interval)), Some(task))
+        }
+        None => (None, None),
+    };
     // HTTP first: probes and scrapers get answers (503 not ready, with the reason) while a
     // large snapshot loads, instead of connections waiting in the listen backlog.
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
@@ -184,7 +205,6 @@ pub async fn run_observed(
     let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches);
     let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
     let (model_tx, model_rx) = watch::channel(Arc::new(model));
-    let (written_tx, written_rx) = watch::channel(0u64);
 
     let engine_settings = EngineSettings::from(&settings);
     let model = model_rx.borrow().clone();
@@ -223,21 +243,6 @@ pub async fn run_observed(
         effect_rx,
         written_tx,
     );
-    let abort = CancellationToken::new();
-    let (snapshotter, snapshot_task) = match snapshot_dir {
-        Some(dir) => {
-            let (handle, task) = snapshots::spawn(
-                dir,
-                settings.source.streams.clone(),
-                written_rx,
-                metrics.clone(),
-                abort.clone(),
-            );
-            let interval = Duration::from_millis(settings.state.snapshot_interval_ms);
-            (Some((handle, interval)), Some(task))
-        }
-        None => (None, None),
-    };
     let source_task = tokio::spawn(source.run(shutdown.clone()));
     let engine_task = tokio::spawn(engine_task::run(
         engine,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::{self, OwnedPermit};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Customer, Engine, StateHeader};
@@ -162,15 +162,22 @@ impl Snapshotter {
     }
 }
 
-/// Starts the writer; it ends once the returned handle is dropped and its last job is done.
-/// `written` counts the effects the sink has written; `abort` gives up waiting for them.
+/// How much lower than the daemon's the writer thread's scheduling priority is (a nice
+/// value): encoding and writing a large snapshot takes seconds of CPU, which on a small
+/// machine would otherwise be taken from Redis and the engine, showing as latency. The
+/// writer uses what they leave idle.
+const WRITER_NICENESS: libc::c_int = 10;
+
+/// Starts the writer on a thread of its own; it ends once the returned handle is dropped and
+/// its last job is done (the receiver then resolves). `written` counts the effects the sink
+/// has written; `abort` gives up waiting for them.
 pub fn spawn(
     dir: SnapshotDir,
     streams: Vec<String>,
     written: watch::Receiver<u64>,
     metrics: Metrics,
     abort: CancellationToken,
-) -> (Snapshotter, tokio::task::JoinHandle<()>) {
+) -> std::io::Result<(Snapshotter, oneshot::Receiver<()>)> {
     let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
     let handle = Snapshotter {
         idle: Arc::new(Semaphore::new(1)),
@@ -180,20 +187,50 @@ pub fn spawn(
     };
     let writer = Writer {
         dir,
-        streams: Arc::from(streams),
+        streams,
         written,
         metrics,
         abort,
+        runtime: tokio::runtime::Handle::current(),
     };
-    (handle, tokio::spawn(writer.run(jobs_rx)))
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("churnd-snapshots".into())
+        .spawn(move || {
+            lower_priority();
+            writer.run(jobs_rx);
+            let _ = done_tx.send(());
+        })?;
+    Ok((handle, done_rx))
+}
+
+/// Lowers the calling thread's scheduling priority by [`WRITER_NICENESS`].
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority and gettid have no memory-safety preconditions; on Linux a
+        // thread ID names one thread, so only this one is affected.
+        let rc = unsafe {
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                libc::gettid() as libc::id_t,
+                WRITER_NICENESS,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the snapshot writer's priority");
+        }
+    }
 }
 
 struct Writer {
     dir: SnapshotDir,
-    streams: Arc<[String]>,
+    streams: Vec<String>,
     written: watch::Receiver<u64>,
     metrics: Metrics,
     abort: CancellationToken,
+    /// To wait for the sink from this thread.
+    runtime: tokio::runtime::Handle,
 }
 
 /// A snapshot the writer is writing.
@@ -211,21 +248,20 @@ struct InProgress {
 }
 
 impl InProgress {
-    /// Encodes and writes the next customers (blocking I/O).
-    fn append(mut self, slice: &Captured<Customer>) -> Self {
+    /// Encodes and writes the next customers.
+    fn append(&mut self, slice: &Captured<Customer>) {
         if let Ok(writer) = &mut self.writer {
             if let Err(e) = writer.append(slice) {
                 self.writer = Err(e.to_string());
             }
         }
-        self
     }
 }
 
 impl Writer {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+    fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut current: Option<InProgress> = None;
-        while let Some(job) = jobs.recv().await {
+        while let Some(job) = jobs.blocking_recv() {
             match job {
                 Job::Begin {
                     header,
@@ -235,16 +271,9 @@ impl Writer {
                     permit,
                 } => {
                     let created_ms = wall_millis();
-                    let (dir, streams) = (self.dir.clone(), self.streams.clone());
-                    let writer = tokio::task::spawn_blocking(move || {
-                        SnapshotWriter::start(&dir, &header, size, &streams, created_ms)
-                    })
-                    .await;
-                    let writer = match writer {
-                        Ok(Ok(writer)) => Ok(writer),
-                        Ok(Err(e)) => Err(e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
+                    let writer =
+                        SnapshotWriter::start(&self.dir, &header, size, &self.streams, created_ms)
+                            .map_err(|e| e.to_string());
                     current = Some(InProgress {
                         writer,
                         effects_before,
@@ -256,18 +285,13 @@ impl Writer {
                     });
                 }
                 Job::Customers(slice) => {
-                    if let Some(snapshot) = current.take() {
-                        let appended =
-                            tokio::task::spawn_blocking(move || snapshot.append(&slice)).await;
-                        match appended {
-                            Ok(snapshot) => current = Some(snapshot),
-                            Err(e) => self.failed(&e.to_string()),
-                        }
+                    if let Some(snapshot) = &mut current {
+                        snapshot.append(&slice);
                     }
                 }
                 Job::End => {
                     if let Some(snapshot) = current.take() {
-                        self.end(snapshot).await;
+                        self.end(snapshot);
                     }
                 }
                 Job::Abort => {
@@ -280,12 +304,15 @@ impl Writer {
     }
 
     /// Commits a snapshot whose customers are all written, once the effects it covers are.
-    async fn end(&mut self, snapshot: InProgress) {
+    fn end(&mut self, snapshot: InProgress) {
         let effects_before = snapshot.effects_before;
-        let effects_written = tokio::select! {
-            w = self.written.wait_for(|&n| n >= effects_before) => w.is_ok(),
-            _ = self.abort.cancelled() => false,
-        };
+        let (written, abort) = (&mut self.written, &self.abort);
+        let effects_written = self.runtime.block_on(async {
+            tokio::select! {
+                w = written.wait_for(|&n| n >= effects_before) => w.is_ok(),
+                _ = abort.cancelled() => false,
+            }
+        });
         if !effects_written {
             self.metrics
                 .snapshots
@@ -298,14 +325,11 @@ impl Writer {
         }
         let (started, created_ms) = (snapshot.started, snapshot.created_ms);
         let (customers, at_shutdown) = (snapshot.customers, snapshot.at_shutdown);
-        let committed = tokio::task::spawn_blocking(move || {
-            snapshot
-                .writer
-                .and_then(|writer| writer.commit().map_err(|e| e.to_string()))
-        })
-        .await;
-        match committed {
-            Ok(Ok((path, bytes))) => {
+        match snapshot
+            .writer
+            .and_then(|writer| writer.commit().map_err(|e| e.to_string()))
+        {
+            Ok((path, bytes)) => {
                 let elapsed = started.elapsed();
                 let m = &self.metrics;
                 m.snapshots.with_label_values(&["written"]).inc();
@@ -319,13 +343,10 @@ impl Writer {
                     tracing::debug!(path = %path.display(), customers, bytes, ?elapsed, "snapshot written");
                 }
             }
-            Ok(Err(e)) => self.failed(&e),
-            Err(e) => self.failed(&e.to_string()),
+            Err(e) => {
+                self.metrics.snapshots.with_label_values(&["failed"]).inc();
+                tracing::error!(error = %e, "snapshot failed; the previous one stays the newest");
+            }
         }
-    }
-
-    fn failed(&self, error: &str) {
-        self.metrics.snapshots.with_label_values(&["failed"]).inc();
-        tracing::error!(error, "snapshot failed; the previous one stays the newest");
     }
 }

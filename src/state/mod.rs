@@ -27,6 +27,29 @@ const CORRUPT_SUFFIX: &str = ".corrupt";
 pub const SLICE_CUSTOMERS: usize = 16_384;
 /// Pieces of a snapshot reach the disk in writes of this size.
 const WRITE_BUFFER: usize = 1 << 20;
+/// Writeback of a snapshot is started every this many bytes, so that the disk takes it as
+/// it comes rather than in one burst at the final fsync (a burst of a gigabyte stalls every
+/// process on a VM whose disk the host serves, Redis and the engine included).
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Starts writing the file's dirty pages to disk without waiting for them (Linux; a no-op
+/// elsewhere: the final fsync writes everything either way).
+fn start_writeback(file: &File) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid open descriptor; offset 0 and length 0 mean the whole file, and
+        // SYNC_FILE_RANGE_WRITE only starts writeback of pages not yet under it.
+        let rc =
+            unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -75,15 +98,21 @@ pub struct SnapshotFile {
     /// `None` once committed.
     file: Option<BufWriter<File>>,
     written: u64,
+    /// Bytes handed to the kernel with writeback started.
+    flushed: u64,
 }
 
 impl SnapshotFile {
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StateError> {
-        let result = match &mut self.file {
-            Some(file) => file.write_all(bytes),
-            None => Ok(()),
+        let Some(file) = &mut self.file else {
+            return Ok(());
         };
+        let mut result = file.write_all(bytes);
         self.written += bytes.len() as u64;
+        if result.is_ok() && self.written - self.flushed >= WRITEBACK_EVERY {
+            result = file.flush().and_then(|()| start_writeback(file.get_ref()));
+            self.flushed = self.written;
+        }
         result.map_err(|e| self.error(e))
     }
 
@@ -233,6 +262,7 @@ impl SnapshotDir {
                 temp,
                 file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
                 written: 0,
+                flushed: 0,
             }),
             Err(source) => Err(StateError::Write { path, source }),
         }

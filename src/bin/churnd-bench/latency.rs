@@ -28,7 +28,10 @@ use crate::bare::BareConsumer;
 use crate::http_probe::{http_get, sample, wait_ready};
 use crate::machine::load_average;
 use crate::redis_server::{connect, tempfile_dir, RedisServer};
-use crate::workload::{customer_id, daemon_settings, model_path, purchase_entry, push_mixed_event};
+use crate::workload::{
+    customer_id, daemon_settings, model_path, purchase_entry, push_mixed_event,
+    restart_with_snapshot,
+};
 
 /// `churnd-bench latency` options.
 #[derive(clap::Args)]
@@ -45,6 +48,16 @@ pub struct Args {
     /// Distinct customers in the ordinary traffic.
     #[arg(long, default_value_t = 100_000)]
     customers: usize,
+    /// Customers the daemon already tracks when the load starts, restored from a snapshot
+    /// (one purchase each over the past year; the ordinary traffic's customers are the
+    /// first of them): latency at scale, with every snapshot of the run copying them all.
+    /// 0 (the default): the daemon starts empty.
+    #[arg(long, default_value_t = 0)]
+    tracked: usize,
+    /// The daemon's `state.snapshot_interval_ms` (default: the shipped 10 s); a value longer
+    /// than the run leaves only the final snapshot, to see what snapshots cost.
+    #[arg(long)]
+    snapshot_interval_ms: Option<u64>,
     /// One event in this many is a probe.
     #[arg(long, default_value_t = 500)]
     probe_every: u64,
@@ -109,6 +122,8 @@ struct Load {
     warmup: Duration,
     measure: Duration,
     customers: usize,
+    /// Probe customers are numbered from here on: new to the daemon.
+    first_probe: usize,
     probe_every: u64,
     probe_age_days: u64,
     /// Whether a consumer writes win-back tasks for the probes (the bare one does not):
@@ -167,7 +182,7 @@ async fn produce(load: &Load, report: &mut LoadReport) -> Result<EntryId> {
         probes.clear();
         for k in report.total_events..report.total_events + n {
             if k % load.probe_every == 0 {
-                let customer = customer_id(load.customers + report.total_probes as usize);
+                let customer = customer_id(load.first_probe + report.total_probes as usize);
                 report.total_probes += 1;
                 pipe.cmd("XADD")
                     .arg(&load.stream)
@@ -289,7 +304,7 @@ async fn generate(load: Load, applied: watch::Receiver<daemon::Applied>) -> Resu
         let (url, streams, first_probe, probe_tasks, stop) = (
             load.url.clone(),
             load.task_streams.clone(),
-            load.customers,
+            load.first_probe,
             probe_tasks.clone(),
             stop.clone(),
         );
@@ -427,6 +442,8 @@ pub async fn latency(args: Args) -> Result<()> {
         seconds,
         warmup_seconds,
         customers,
+        tracked,
+        snapshot_interval_ms,
         probe_every,
         probe_age_days,
         redis_server: binary,
@@ -436,7 +453,12 @@ pub async fn latency(args: Args) -> Result<()> {
     }
     let redis = RedisServer::start(&binary)?;
     let state = tempfile_dir::TempDir::new("state")?;
-    let settings = daemon_settings(&redis, state.path()).validated()?;
+    let mut settings = daemon_settings(&redis, state.path());
+    settings.state.max_customers = settings.state.max_customers.max(tracked + customers);
+    if let Some(interval) = snapshot_interval_ms {
+        settings.state.snapshot_interval_ms = interval;
+    }
+    let settings = settings.validated()?;
     let (probability, raises_task) = probe_score(
         &settings,
         Arc::new(Model::load(&model_path())?),
@@ -460,6 +482,7 @@ pub async fn latency(args: Args) -> Result<()> {
         warmup: Duration::from_secs(warmup_seconds),
         measure: Duration::from_secs(seconds),
         customers,
+        first_probe: customers.max(tracked),
         probe_every,
         probe_age_days,
         expect_tasks: true,
@@ -468,6 +491,16 @@ pub async fn latency(args: Args) -> Result<()> {
         "Redis floor: offering {rate} events/s to a bare consumer for {warmup_seconds} s of warm-up + {seconds} s"
     );
     measure_floor(&load, settings.source.batch_size, settings.source.block_ms).await?;
+    if tracked > 0 {
+        let model = Arc::new(Model::load(&model_path())?);
+        let restart = restart_with_snapshot(&redis, &settings, model, tracked).await?;
+        println!(
+            "the daemon restores {tracked} customers from a {}-byte snapshot (built in {:.1} s, written in {:.1} s)",
+            restart.bytes,
+            restart.build.as_secs_f64(),
+            restart.write.as_secs_f64()
+        );
+    }
     let (applied_tx, applied_rx) = watch::channel(daemon::Applied::default());
     let listener = daemon::bind(&settings).await?;
     let addr = listener.local_addr()?;
@@ -480,7 +513,7 @@ pub async fn latency(args: Args) -> Result<()> {
         shutdown.clone(),
         observers,
     ));
-    wait_ready(addr, &daemon, started, Duration::from_secs(30)).await?;
+    wait_ready(addr, &daemon, started, Duration::from_secs(120)).await?;
     println!(
         "daemon ready; offering {rate} events/s over {customers} customers for {warmup_seconds} s of warm-up + {seconds} s (load average before: {})",
         load_average()
@@ -535,9 +568,11 @@ pub async fn latency(args: Args) -> Result<()> {
             seconds * 1e3
         );
     }
-    if let Some((snapshots, pause)) = mean("churnd_snapshot_pause_seconds") {
+    if let Some((steps, pause)) = mean("churnd_snapshot_pause_seconds") {
+        let written =
+            sample(&metrics, "churnd_snapshots_total{outcome=\"written\"}").unwrap_or(0.0);
         println!(
-            "daemon: {snapshots:.0} snapshots, {:.2} ms pause each on average",
+            "daemon: {written:.0} snapshots written; {steps:.0} steps copying them out (begin and slices), {:.3} ms pause each on average",
             pause * 1e3
         );
     }

@@ -11,12 +11,12 @@ use churnd::daemon;
 use churnd::engine::{Engine, EngineSettings};
 use churnd::metrics::Metrics;
 use churnd::model::Model;
-use churnd::state::{self, codec, SnapshotDir};
+use churnd::state::codec;
 
 use crate::http_probe::wait_ready;
 use crate::machine::load_average;
 use crate::redis_server::{tempfile_dir, RedisServer};
-use crate::workload::{customer_id, daemon_settings, learn_customers, model_path};
+use crate::workload::{daemon_settings, model_path, restart_with_snapshot};
 
 pub async fn recovery(customers: usize, binary: &PathBuf) -> Result<()> {
     let redis = RedisServer::start(binary)?;
@@ -28,48 +28,17 @@ pub async fn recovery(customers: usize, binary: &PathBuf) -> Result<()> {
     let model = Arc::new(Model::load(&model_path())?);
     let secs = |d: Duration| d.as_secs_f64();
 
-    let now_ms = churnd::time::wall_millis();
-    let t = Instant::now();
-    let (mut engine, _) = learn_customers(&settings, model.clone(), customers, now_ms);
+    let restart = restart_with_snapshot(&redis, &settings, model.clone(), customers).await?;
+    let (path, size) = (restart.path, restart.bytes);
     println!(
-        "built an engine of {} customers in {:.1} s (wall clock, one purchase each)",
-        engine.customers(),
-        secs(t.elapsed())
+        "built an engine of {customers} customers in {:.1} s (wall clock, one purchase each)",
+        secs(restart.build)
     );
-    let position = engine.positions().first().copied().unwrap_or_default();
-    let created_ms = churnd::time::wall_millis();
-    let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep)?;
-    let t = Instant::now();
-    let (path, size) = state::write_snapshot(&mut engine, &dir, &streams, created_ms)?;
-    let write = t.elapsed();
-    drop(engine);
     println!(
         "snapshot written: {size} bytes ({:.1} bytes per customer), copied out, encoded and written with fsync in {:.3} s; the file was just written, so it is in the page cache",
         size as f64 / customers.max(1) as f64,
-        secs(write)
+        secs(restart.write)
     );
-
-    // Redis as the snapshot left it: the stream up to the snapshot's last entry, the group
-    // having delivered it. Nothing newer: what is timed is recovery alone, no replay.
-    let mut conn = redis.conn().await?;
-    redis::cmd("XADD")
-        .arg(&streams[0])
-        .arg(position.to_string())
-        .arg("customer_id")
-        .arg(customer_id(customers.saturating_sub(1)))
-        .arg("type")
-        .arg("visit")
-        .arg("ts")
-        .arg(now_ms)
-        .query_async::<()>(&mut conn)
-        .await?;
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&streams[0])
-        .arg(&settings.source.group)
-        .arg(position.to_string())
-        .query_async::<()>(&mut conn)
-        .await?;
 
     println!(
         "starting the daemon (its log follows); load average {}",

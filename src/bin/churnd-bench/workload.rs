@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use rand::rngs::StdRng;
@@ -15,6 +16,7 @@ use churnd::event::EntryId;
 use churnd::metrics::Metrics;
 use churnd::model::Model;
 use churnd::source::batch::{Batch, Entry};
+use churnd::state::{self, SnapshotDir};
 
 use crate::redis_server::RedisServer;
 
@@ -139,4 +141,65 @@ pub fn learn_customers(
         engine.apply_batch(Batch::new(entries), now_ms);
     }
     (engine, metrics)
+}
+
+/// What [`restart_with_snapshot`] made.
+pub struct Restart {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Learning the customers through the engine.
+    pub build: Duration,
+    /// Writing the snapshot: capture, encoding, write with fsync.
+    pub write: Duration,
+}
+
+/// Prepares a restart with `customers` tracked: their snapshot in `settings.state.dir`
+/// (one purchase each over the past year, wall clock, as [`learn_customers`]), written the
+/// daemon's way, and Redis as that snapshot left it: the input stream up to the snapshot's
+/// last entry, delivered to the group. A daemon started on them restores every customer and
+/// has nothing to replay. The file was just written, so it is in the page cache.
+pub async fn restart_with_snapshot(
+    redis: &RedisServer,
+    settings: &Settings,
+    model: Arc<Model>,
+    customers: usize,
+) -> Result<Restart> {
+    let now_ms = churnd::time::wall_millis();
+    let started = Instant::now();
+    let (mut engine, _) = learn_customers(settings, model, customers, now_ms);
+    let build = started.elapsed();
+    let position = engine.positions().first().copied().unwrap_or_default();
+    let streams = &settings.source.streams;
+    let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep)?;
+    let started = Instant::now();
+    let (path, bytes) =
+        state::write_snapshot(&mut engine, &dir, streams, churnd::time::wall_millis())?;
+    let write = started.elapsed();
+    drop(engine);
+
+    let mut conn = redis.conn().await?;
+    redis::cmd("XADD")
+        .arg(&streams[0])
+        .arg(position.to_string())
+        .arg("customer_id")
+        .arg(customer_id(customers.saturating_sub(1)))
+        .arg("type")
+        .arg("visit")
+        .arg("ts")
+        .arg(now_ms)
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&streams[0])
+        .arg(&settings.source.group)
+        .arg(position.to_string())
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(Restart {
+        path,
+        bytes,
+        build,
+        write,
+    })
 }
