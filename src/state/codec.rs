@@ -19,7 +19,9 @@ use crate::features::CustomerFeatures;
 use crate::metrics::PROBABILITY_BUCKETS;
 use crate::tasks::Contact;
 use crate::winback::WinbackState;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use std::io::Read;
+
+use xxhash_rust::xxh3::Xxh3;
 
 const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// Bumped on any change of the body's layout. Versions 1 (without the fingerprint of the
@@ -53,6 +55,8 @@ pub enum CodecError {
     Malformed(String),
     #[error("the customers encoded differ from the count the snapshot announced")]
     Incomplete,
+    #[error("cannot read: {0}")]
+    Read(String),
 }
 
 /// A decoded snapshot.
@@ -190,35 +194,37 @@ impl Encoder {
     }
 }
 
-/// Decodes a snapshot, checking every byte; positions are mapped onto `streams` by name.
+/// Decodes a snapshot held in memory; see [`decode_from`].
 pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
-    if bytes.len() < HEADER_LEN {
-        return Err(truncated(HEADER_LEN, bytes.len()));
-    }
-    if &bytes[..8] != MAGIC {
-        return Err(CodecError::Magic);
-    }
-    let mut header = Reader::new(&bytes[8..HEADER_LEN]);
-    let version = header.u32()?;
-    if !(1..=FORMAT_VERSION).contains(&version) {
-        return Err(CodecError::Version(version));
-    }
-    let body_len = header.u64()?;
-    let expected = (HEADER_LEN as u64)
-        .saturating_add(body_len)
-        .saturating_add(CHECKSUM_LEN as u64);
-    if bytes.len() as u64 != expected {
-        return Err(CodecError::Truncated {
-            expected,
-            actual: bytes.len() as u64,
-        });
-    }
-    let (content, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
-    if xxh3_64(content).to_le_bytes() != checksum {
-        return Err(CodecError::Checksum);
-    }
+    decode_from(bytes, bytes.len() as u64, streams)
+}
 
-    let mut r = Reader::new(&content[HEADER_LEN..]);
+/// Decodes a snapshot of `len` bytes read from `input` (a file), checking every byte;
+/// positions are mapped onto `streams` by name. The input is read through a buffer of a
+/// megabyte, never held whole: loading ten million customers takes their table, not also
+/// the 900 MB of the file. A damaged file is reported as such (checksum mismatch) even when
+/// the damage first shows as a malformed field.
+pub fn decode_from(input: impl Read, len: u64, streams: &[String]) -> Result<Decoded, CodecError> {
+    let mut r = Reader::new(input, len);
+    let version = r.header()?;
+    match decode_body(&mut r, version, streams) {
+        Ok(decoded) => {
+            r.verify()?;
+            Ok(decoded)
+        }
+        Err(e @ CodecError::Read(_)) => Err(e),
+        Err(e) => {
+            r.verify()?;
+            Err(e)
+        }
+    }
+}
+
+fn decode_body<R: Read>(
+    r: &mut Reader<R>,
+    version: u32,
+    streams: &[String],
+) -> Result<Decoded, CodecError> {
     let created_ms = r.u64()?;
     let model_version = r.str()?.to_string();
     let watermark = r.u32()?;
@@ -233,14 +239,14 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     let mut applied = vec![EntryId::default(); streams.len()];
     let mut dropped_streams = Vec::new();
     for _ in 0..r.u32()? {
-        let name = r.str()?;
+        let name = r.str()?.to_string();
         let id = EntryId {
             ms: r.u64()?,
             seq: r.u64()?,
         };
-        match streams.iter().position(|s| s == name) {
+        match streams.iter().position(|s| *s == name) {
             Some(i) => applied[i] = id,
-            None => dropped_streams.push(name.to_string()),
+            None => dropped_streams.push(name),
         }
     }
     let count = r.u64()?;
@@ -252,9 +258,7 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     } else {
         CUSTOMER_FIXED_LEN - CONTACT_LEN
     };
-    if count.saturating_mul(fixed_len as u64) > r.remaining() as u64
-        || id_bytes > r.remaining() as u64
-    {
+    if count.saturating_mul(fixed_len as u64) > r.remaining() || id_bytes > r.remaining() {
         return Err(malformed(format!(
             "{count} customers do not fit in {} bytes",
             r.remaining()
@@ -262,18 +266,22 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     }
     let mut customers: CustomerStore<Customer> = CustomerStore::new();
     customers.reserve(count as usize, id_bytes as usize);
+    let mut id = String::with_capacity(usize::from(u8::MAX));
     for n in 0..count {
         let len = usize::from(r.u8()?);
-        let id = std::str::from_utf8(r.take(len)?)
-            .map_err(|_| malformed(format!("customer {n}: the ID is not UTF-8")))?;
+        id.clear();
+        id.push_str(
+            std::str::from_utf8(r.take(len)?)
+                .map_err(|_| malformed(format!("customer {n}: the ID is not UTF-8")))?,
+        );
         if id.is_empty() {
             return Err(malformed(format!("customer {n}: empty ID")));
         }
-        let (idx, new) = customers.find_or_insert(id);
+        let (idx, new) = customers.find_or_insert(&id);
         if !new {
             return Err(malformed(format!("customer {id:?} appears twice")));
         }
-        *customers.get_mut(idx) = read_customer(&mut r, id, version)?;
+        *customers.get_mut(idx) = read_customer(r, &id, version)?;
         debug_assert_eq!(u64::from(idx), n);
     }
     if r.remaining() != 0 {
@@ -300,11 +308,13 @@ pub fn decode(bytes: &[u8], streams: &[String]) -> Result<Decoded, CodecError> {
     })
 }
 
-fn read_customer(r: &mut Reader<'_>, id: &str, version: u32) -> Result<Customer, CodecError> {
-    let features_bytes: &[u8; CustomerFeatures::ENCODED_LEN] = r
-        .take(CustomerFeatures::ENCODED_LEN)?
-        .try_into()
-        .map_err(|_| malformed("features".into()))?;
+#[inline]
+fn read_customer<R: Read>(
+    r: &mut Reader<R>,
+    id: &str,
+    version: u32,
+) -> Result<Customer, CodecError> {
+    let features_bytes: [u8; CustomerFeatures::ENCODED_LEN] = r.array()?;
     let due = r.u32()?;
     let last_task_at = r.u32()?;
     let episode_tasks = r.u8()?;
@@ -334,7 +344,7 @@ fn read_customer(r: &mut Reader<'_>, id: &str, version: u32) -> Result<Customer,
         }
     };
     Ok(Customer {
-        features: CustomerFeatures::from_bytes(features_bytes),
+        features: CustomerFeatures::from_bytes(&features_bytes),
         timer: Timer::unqueued((due != 0).then_some(due)),
         winback: WinbackState {
             last_task_at,
@@ -362,72 +372,163 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(bytes);
 }
 
-fn truncated(expected: usize, actual: usize) -> CodecError {
-    CodecError::Truncated {
-        expected: expected as u64,
-        actual: actual as u64,
-    }
+fn truncated(expected: u64, actual: u64) -> CodecError {
+    CodecError::Truncated { expected, actual }
 }
 
 fn malformed(what: String) -> CodecError {
     CodecError::Malformed(what)
 }
 
-/// Reads the body front to back; running out of bytes is an error, never a panic.
-struct Reader<'a> {
-    bytes: &'a [u8],
+/// Reads a snapshot front to back through a bounded buffer, hashing every byte before the
+/// checksum as it arrives; running out of bytes is an error, never a panic.
+struct Reader<R> {
+    input: R,
+    /// `buffer[start..end]` is read but not yet taken.
+    buffer: Box<[u8]>,
+    start: usize,
+    end: usize,
+    /// Bytes of the body not yet read from the input.
+    unread: u64,
+    hasher: Xxh3,
+    len: u64,
 }
 
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Self { bytes }
+/// Bytes read from the input at a time; more than any one field (at most 64 KiB).
+const READ_BUFFER: usize = 1 << 20;
+
+impl<R: Read> Reader<R> {
+    fn new(input: R, len: u64) -> Self {
+        Self {
+            input,
+            buffer: vec![0; READ_BUFFER].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            unread: 0,
+            hasher: Xxh3::new(),
+            len,
+        }
     }
 
-    fn remaining(&self) -> usize {
-        self.bytes.len()
+    /// Reads and checks magic, version and length; returns the version.
+    fn header(&mut self) -> Result<u32, CodecError> {
+        if self.len < HEADER_LEN as u64 {
+            return Err(truncated(HEADER_LEN as u64, self.len));
+        }
+        self.unread = HEADER_LEN as u64;
+        if self.take(8)? != MAGIC {
+            return Err(CodecError::Magic);
+        }
+        let version = self.u32()?;
+        if !(1..=FORMAT_VERSION).contains(&version) {
+            return Err(CodecError::Version(version));
+        }
+        let body_len = self.u64()?;
+        let expected = (HEADER_LEN as u64)
+            .saturating_add(body_len)
+            .saturating_add(CHECKSUM_LEN as u64);
+        if self.len != expected {
+            return Err(truncated(expected, self.len));
+        }
+        self.unread = body_len;
+        Ok(version)
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
-        if n > self.bytes.len() {
+    /// Body bytes not yet taken.
+    fn remaining(&self) -> u64 {
+        (self.end - self.start) as u64 + self.unread
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&[u8], CodecError> {
+        if self.end - self.start < n {
+            self.fill(n)?;
+        }
+        let taken = &self.buffer[self.start..self.start + n];
+        self.start += n;
+        Ok(taken)
+    }
+
+    /// Reads until at least `n` bytes are buffered, keeping those not yet taken. Once per
+    /// megabyte: kept out of line so that [`Self::take`] inlines.
+    #[cold]
+    #[inline(never)]
+    fn fill(&mut self, n: usize) -> Result<(), CodecError> {
+        let kept = self.end - self.start;
+        if (n - kept) as u64 > self.unread {
             return Err(malformed(format!(
                 "{n} bytes needed, {} left",
-                self.bytes.len()
+                self.remaining()
             )));
         }
-        let (head, tail) = self.bytes.split_at(n);
-        self.bytes = tail;
-        Ok(head)
+        self.buffer.copy_within(self.start..self.end, 0);
+        let end = (kept as u64 + self.unread).min(self.buffer.len() as u64) as usize;
+        read_fully(&mut self.input, &mut self.buffer[kept..end])?;
+        self.hasher.update(&self.buffer[kept..end]);
+        self.unread -= (end - kept) as u64;
+        (self.start, self.end) = (0, end);
+        Ok(())
     }
 
+    /// Reads whatever of the body is left, then the checksum, and compares.
+    fn verify(&mut self) -> Result<(), CodecError> {
+        let mut rest = vec![0; READ_BUFFER];
+        while self.unread > 0 {
+            let n = rest.len().min(self.unread as usize);
+            read_fully(&mut self.input, &mut rest[..n])?;
+            self.hasher.update(&rest[..n]);
+            self.unread -= n as u64;
+        }
+        let mut checksum = [0; CHECKSUM_LEN];
+        read_fully(&mut self.input, &mut checksum)?;
+        if self.hasher.digest().to_le_bytes() != checksum {
+            return Err(CodecError::Checksum);
+        }
+        Ok(())
+    }
+
+    #[inline]
     fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
+    #[inline]
     fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
     }
 
+    #[inline]
     fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
+    #[inline]
     fn u64(&mut self) -> Result<u64, CodecError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn str(&mut self) -> Result<&'a str, CodecError> {
+    fn str(&mut self) -> Result<&str, CodecError> {
         let len = u16::from_le_bytes(self.array()?);
         std::str::from_utf8(self.take(usize::from(len))?)
             .map_err(|_| malformed("a name is not UTF-8".into()))
     }
 }
 
+/// Fills `buffer` from `input`; the file ending first (it shrank since its length was
+/// read) or failing is a read error.
+fn read_fully(input: &mut impl Read, buffer: &mut [u8]) -> Result<(), CodecError> {
+    input
+        .read_exact(buffer)
+        .map_err(|e| CodecError::Read(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::{Event, EventKind};
+    use xxhash_rust::xxh3::xxh3_64;
 
     fn streams() -> Vec<String> {
         vec!["churn:events".into(), "other".into()]

@@ -319,11 +319,11 @@ impl SnapshotDir {
         })?;
         let mut rejected = Vec::new();
         for path in self.snapshots().into_iter().rev() {
-            let decoded = fs::read(&path)
+            let decoded = File::open(&path)
+                .and_then(|file| Ok((file.metadata()?.len(), file)))
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| {
-                    let len = bytes.len() as u64;
-                    codec::decode(&bytes, streams)
+                .and_then(|(len, file)| {
+                    codec::decode_from(file, len, streams)
                         .map(|d| (d, len))
                         .map_err(|e: CodecError| e.to_string())
                 });

@@ -123,7 +123,7 @@ fn the_kubernetes_settings_file_is_accepted_by_churnd() {
     );
     let shown = String::from_utf8_lossy(&output.stdout);
     // The file's own values are in effect, not the defaults it overrides.
-    for line in ["format = \"json\"", "max_customers = 2500000"] {
+    for line in ["format = \"json\"", "max_customers = 5000000"] {
         assert!(shown.contains(line), "`{line}` not in effect:\n{shown}");
     }
 }

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use churnd::config::{ClockMode, Settings};
+use churnd::engine::{Engine, EngineSettings};
+use churnd::metrics::Metrics;
 use churnd::model::Model;
 
 use churnd::state::{self, SnapshotDir, SLICE_CUSTOMERS};
@@ -24,7 +26,7 @@ pub fn memory(customers: usize) -> Result<()> {
     let model = Arc::new(Model::load(&model_path())?);
     let now_ms = churnd::time::wall_millis();
     let before = resident_bytes()?;
-    let (mut engine, _) = learn_customers(&settings, model, customers, now_ms);
+    let (mut engine, _) = learn_customers(&settings, model.clone(), customers, now_ms);
     let resting = resident_bytes()?;
     let grown = resting.saturating_sub(before);
     let tracked = engine.customers().max(1) as f64;
@@ -45,6 +47,31 @@ pub fn memory(customers: usize) -> Result<()> {
         "while a snapshot of them was written ({size} bytes, slices of {SLICE_CUSTOMERS} customers): resident memory peaked {:.1} MiB above that, {:.2} bytes per customer",
         mib(peak),
         peak as f64 / tracked
+    );
+
+    // A restart: the engine gone, the snapshot loaded and restored.
+    drop(engine);
+    let empty = resident_bytes()?;
+    reset_peak_resident()?;
+    let (loaded, _) = snapshots.load_newest(&[])?;
+    let state = loaded
+        .context("the snapshot just written loads")?
+        .snapshot
+        .state;
+    let restored = Engine::restore(
+        EngineSettings::from(&settings),
+        model,
+        Metrics::new(),
+        state,
+    );
+    let peak = peak_resident_bytes()?.saturating_sub(empty);
+    let after = resident_bytes()?.saturating_sub(empty);
+    println!(
+        "restoring them from that snapshot: resident memory peaked {:.1} MiB above the process without them ({:.1} bytes per customer) and settled {:.1} MiB above it ({:.1} bytes per customer)",
+        mib(peak),
+        peak as f64 / tracked,
+        mib(after),
+        after as f64 / restored.customers().max(1) as f64
     );
     Ok(())
 }
