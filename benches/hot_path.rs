@@ -51,6 +51,7 @@ const DAY: u32 = 86_400;
 const LIMITS: EventLimits = EventLimits {
     max_future_skew_ms: 86_400_000,
     min_ts_ms: 100_000_000_000,
+    max_profile_value_bytes: 64,
 };
 
 /// The `i`th customer ID: `cust-` and a zero-padded number, 12 to 24 bytes.
@@ -79,12 +80,7 @@ fn entry(ms: u64, fields: &[(&str, &str)]) -> Entry {
 }
 
 fn purchase(customer_id: &str, time: u32, amount: f64) -> Event<'_> {
-    Event {
-        customer_id,
-        kind: EventKind::Purchase,
-        amount,
-        time,
-    }
+    Event::new(customer_id, EventKind::Purchase, amount, time)
 }
 
 /// A repeat buyer: three purchases and a visit over the last 200 days.

@@ -10,6 +10,8 @@ use config::{Config, Environment, File};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::classify::{RfmThresholds, RiskBands, StageBounds};
+use crate::profiles::ProfileSettings;
+use crate::tags::{self, TagRule};
 use crate::tasks::{TaskKind, TasksSettings};
 use crate::winback::WinbackSettings;
 
@@ -32,10 +34,23 @@ pub struct Settings {
     pub risk: RiskBands,
     pub winback: WinbackSettings,
     pub tasks: TasksSettings,
+    pub profiles: ProfileSettings,
+    pub tags: TagSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub state: StateSettings,
+}
+
+/// `[[tags]]`: the tag rules (see [`crate::tags`]); the playbook's examples by default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TagSettings(pub Vec<TagRule>);
+
+impl Default for TagSettings {
+    fn default() -> Self {
+        Self(tags::default_rules())
+    }
 }
 
 /// A setting that must never be printed: its `Debug` shows `***`, and `check-config`
@@ -706,6 +721,8 @@ impl Settings {
         p.extend(self.risk.problems("risk"));
         p.extend(self.winback.problems("winback"));
         p.extend(self.tasks.problems("tasks"));
+        p.extend(self.profiles.problems("profiles"));
+        p.extend(tags::problems(&self.tags.0));
         if self.state.keep == 0 {
             p.push("state.keep must be at least 1".into());
         }
@@ -927,10 +944,10 @@ mod tests {
         assert_eq!(redact_url("redis://user:pw@host"), "redis://user:***@host");
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
         let mut s = Settings::default();
-        s.redis.url = "redis://:hunter2@h:1".into();
-        s.redis.password = Some("hunter3".into());
+        s.redis.url = "redis://:sesame2@h:1".into();
+        s.redis.password = Some("sesame3".into());
         let shown = s.to_redacted_toml();
-        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(!shown.contains("sesame"), "{shown}");
     }
 
     #[test]
@@ -957,11 +974,11 @@ mod tests {
     #[test]
     fn secrets_never_print() {
         let mut s = Settings::default();
-        s.redis.url = "rediss://churnd:hunter2@h:6380/0".into();
-        s.redis.password = Some("hunter3".into());
-        s.http.customer_token = Some("hunter4".into());
+        s.redis.url = "rediss://churnd:sesame2@h:6380/0".into();
+        s.redis.password = Some("sesame3".into());
+        s.http.customer_token = Some("sesame4".into());
         for shown in [format!("{s:?}"), format!("{s:#?}"), s.to_redacted_toml()] {
-            assert!(!shown.contains("hunter"), "{shown}");
+            assert!(!shown.contains("sesame"), "{shown}");
             assert!(shown.contains("churnd:***@h:6380"), "{shown}");
         }
         let parsed: toml::Value = toml::from_str(&s.to_redacted_toml()).unwrap();

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::classify::{LifecycleStage, RfmThresholds, RiskBands, Segment, StageBounds};
+use crate::classify::{LifecycleStage, RfmThresholds, Risk, RiskBands, Segment, StageBounds};
 use crate::config::{ClockMode, SegmentMode, SegmentSettings, Settings};
 use crate::event::{
     event_kind, parse_event, EntryId, Event, EventKind, EventLimits, Reason, Rejection,
@@ -21,13 +21,15 @@ use crate::event::{
 use crate::features::recheck::Recheck;
 use crate::features::store::{CaptureSize, Captured, CustomerIdx, CustomerStore};
 use crate::features::timers::{Timer, TimerQueue, TimerSlots};
-use crate::features::{CustomerFeatures, Rfm, FEATURE_NAMES};
+use crate::features::{CustomerFeatures, Decayed, Feedback, Rfm, FEATURE_NAMES};
 use crate::metrics::{Metrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
 use crate::model::Model;
+use crate::profiles::{Interner, Profile, ProfileSettings, Profiles};
 use crate::source::batch::{Batch, StreamIdx};
-use crate::tasks::{CareCandidate, CarePolicy, CareTask, Contact, TasksSettings};
+use crate::tags::{Facts, TagRule, Tags};
+use crate::tasks::{CareCandidate, CarePolicy, Contact, Task, TasksSettings};
 use crate::time::{self, UnixSeconds};
-use crate::winback::{Candidate, Group, Policy, Task, WinbackSettings, WinbackState};
+use crate::winback::{Candidate, Group, Policy, WinbackSettings, WinbackState};
 
 /// Population thresholds need at least this many buyers to mean something.
 const MIN_POPULATION_SAMPLE: usize = 30;
@@ -49,6 +51,8 @@ pub struct EngineSettings {
     pub max_rescore_interval_secs: u32,
     pub winback: WinbackSettings,
     pub tasks: TasksSettings,
+    pub profiles: ProfileSettings,
+    pub tags: Vec<TagRule>,
     pub max_customers: usize,
 }
 
@@ -82,6 +86,7 @@ impl From<&Settings> for EngineSettings {
             limits: EventLimits {
                 max_future_skew_ms: s.events.max_future_skew_ms,
                 min_ts_ms: s.events.min_ts_ms,
+                max_profile_value_bytes: s.profiles.max_value_bytes,
             },
             stages: s.stages,
             risk: s.risk,
@@ -90,6 +95,8 @@ impl From<&Settings> for EngineSettings {
             max_rescore_interval_secs: s.scoring.max_rescore_interval_secs,
             winback: s.winback.clone(),
             tasks: s.tasks.clone(),
+            profiles: s.profiles.clone(),
+            tags: s.tags.0.clone(),
             max_customers: s.state.max_customers,
         }
     }
@@ -98,9 +105,8 @@ impl From<&Settings> for EngineSettings {
 /// What the daemon must write to Redis for a batch or a tick.
 #[derive(Debug, Default)]
 pub struct Effects {
+    /// Tasks of every kind.
     pub tasks: Vec<Task>,
-    /// Tasks of the other kinds (convert, welcome, anniversary, revisit).
-    pub care_tasks: Vec<CareTask>,
     pub dead_letters: Vec<DeadLetter>,
     /// Entries to acknowledge once the tasks and dead letters are written.
     pub acks: Vec<(StreamIdx, EntryId)>,
@@ -108,10 +114,7 @@ pub struct Effects {
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-            && self.care_tasks.is_empty()
-            && self.dead_letters.is_empty()
-            && self.acks.is_empty()
+        self.tasks.is_empty() && self.dead_letters.is_empty() && self.acks.is_empty()
     }
 }
 
@@ -138,12 +141,32 @@ pub struct Customer {
     pub bucket: Option<u8>,
 }
 
+/// What only some customers have, in the store's sparse column: the others pay nothing.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Extras {
+    pub profile: Option<Arc<Profile>>,
+    pub feedback: Option<Feedback>,
+    /// Purchases with a coupon, decayed.
+    pub coupons: Option<Decayed>,
+}
+
+impl Extras {
+    pub fn is_empty(&self) -> bool {
+        self.profile.is_none() && self.feedback.is_none() && self.coupons.is_none()
+    }
+}
+
+/// The customer table: a record per customer, extras for some.
+pub type Customers = CustomerStore<Customer, Extras>;
+
 /// Everything the engine needs to continue where it stopped: what a snapshot holds. Settings
 /// and the model come from the new process.
 #[derive(Clone)]
 pub struct EngineState {
-    pub customers: CustomerStore<Customer>,
+    pub customers: Customers,
     pub header: StateHeader,
+    /// The profiles the customers hold, each once.
+    pub profiles: Interner,
 }
 
 /// What a snapshot holds besides the customers.
@@ -160,9 +183,11 @@ pub struct StateHeader {
     pub applied: Vec<EntryId>,
     /// The model that scored the customers, for the log of a restore.
     pub model_version: String,
+    /// Free-form profile keys learnt, in order (see [`Profiles`]).
+    pub profile_keys: Vec<String>,
 }
 
-impl TimerSlots for CustomerStore<Customer> {
+impl TimerSlots for Customers {
     fn timer_mut(&mut self, idx: CustomerIdx) -> &mut Timer {
         &mut self.get_mut(idx).timer
     }
@@ -174,6 +199,9 @@ struct Population {
     stage: [i64; LifecycleStage::ALL.len()],
     segment: [i64; Segment::ALL.len()],
     bucket: [i64; PROBABILITY_BUCKETS.len()],
+    /// Customers with a profile by [`Profiles::region`] index (the last, `none`, is derived:
+    /// everyone else).
+    region: Vec<i64>,
 }
 
 impl Population {
@@ -189,6 +217,15 @@ impl Population {
             self.bucket[usize::from(bucket)] += delta;
         }
     }
+}
+
+/// A scored customer's classification, for the tag rules.
+#[derive(Debug, Clone, Copy)]
+struct Scored {
+    segment: Segment,
+    risk: Risk,
+    probability: f64,
+    monetary_365d: f64,
 }
 
 /// A customer as the API shows them, computed at the engine's "now".
@@ -210,6 +247,25 @@ pub struct CustomerView {
     pub winback_tasks_in_episode: u8,
     pub last_winback_task_at: Option<String>,
     pub model_version: String,
+    /// Tags the rules give the customer now.
+    pub tags: Vec<String>,
+    /// Profile attributes.
+    pub profile: BTreeMap<String, String>,
+    pub dissatisfaction: Dissatisfaction,
+    /// Purchases with a coupon, decayed with a 90-day half-life.
+    pub coupons_90d: f64,
+}
+
+/// What a customer's complaints, refunds and feedback say, now.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dissatisfaction {
+    /// Decayed with a 90-day half-life.
+    pub refunds_90d: f64,
+    pub complaints_90d: f64,
+    /// Feedback scores of 1 or 2, decayed.
+    pub low_feedback_90d: f64,
+    pub last_feedback_score: Option<u8>,
+    pub last_feedback_at: Option<String>,
 }
 
 /// Totals for people (the demo) and tests.
@@ -220,6 +276,8 @@ pub struct Summary {
     pub by_stage: BTreeMap<&'static str, i64>,
     pub by_segment: BTreeMap<&'static str, i64>,
     pub by_churn_probability: BTreeMap<&'static str, i64>,
+    /// Customers by the region of their profile (`none`: no region).
+    pub by_region: BTreeMap<String, i64>,
     pub thresholds: RfmThresholds,
 }
 
@@ -230,9 +288,11 @@ pub struct Engine {
     care: CarePolicy,
     model: Arc<Model>,
     model_version: Arc<str>,
-    store: CustomerStore<Customer>,
+    store: Customers,
     timers: TimerQueue,
     recheck: Recheck,
+    profiles: Profiles,
+    tags: Tags,
     /// Under population segment thresholds, the lowest and highest per-segment task
     /// threshold (see `segment_may_decide`); `None` otherwise or when they are all equal.
     population_task_band: Option<(f64, f64)>,
@@ -263,6 +323,10 @@ impl Engine {
             .customers_max
             .set(i64::try_from(settings.max_customers).unwrap_or(i64::MAX));
         let policy = Policy::new(&settings.winback);
+        let population = Population {
+            region: vec![0; settings.profiles.regions.len() + 2],
+            ..Population::default()
+        };
         // Where the probability tenth (a population gauge) or the task decision changes.
         // Risk bands need no check of their own: nothing counts customers by risk.
         let boundaries = (1..PROBABILITY_BUCKETS.len())
@@ -279,17 +343,19 @@ impl Engine {
                 .flatten(),
             policy,
             care: CarePolicy::new(&settings.tasks),
+            profiles: Profiles::new(&settings.profiles, Vec::new(), Interner::default()),
+            tags: Tags::new(&settings.tags),
             schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),
             model,
             thresholds: settings.segments.fixed(),
             settings,
-            store: CustomerStore::new(),
+            store: Customers::new(),
             timers: TimerQueue::default(),
             next_threshold_refresh: 0,
             watermark: 0,
             wall: 0,
-            population: Population::default(),
+            population,
             scorings: 0,
             applied: Vec::new(),
             recheck_pending: false,
@@ -305,7 +371,11 @@ impl Engine {
         state: EngineState,
     ) -> Self {
         let mut engine = Self::new(settings, model, metrics);
-        let EngineState { customers, header } = state;
+        let EngineState {
+            customers,
+            header,
+            profiles,
+        } = state;
         let StateHeader {
             watermark,
             thresholds,
@@ -314,13 +384,14 @@ impl Engine {
             schedule_settings,
             applied,
             model_version,
+            profile_keys,
         } = header;
-        let mut population = Population::default();
         for (_, c) in customers.iter() {
-            population.count(c, 1);
+            engine.population.count(c, 1);
         }
         engine.store = customers;
-        engine.population = population;
+        engine.profiles = Profiles::new(&engine.settings.profiles, profile_keys, profiles);
+        engine.count_regions();
         engine.rebuild_timers();
         engine.watermark = watermark;
         engine.thresholds = thresholds;
@@ -350,6 +421,7 @@ impl Engine {
         EngineState {
             customers: self.store.clone(),
             header: self.state_header(),
+            profiles: Interner::default(),
         }
     }
 
@@ -362,7 +434,7 @@ impl Engine {
 
     /// The next `max` customers of the snapshot in progress, as they were when it began;
     /// `None` once all were handed out (or when none is in progress).
-    pub fn snapshot_slice(&mut self, max: usize) -> Option<Captured<Customer>> {
+    pub fn snapshot_slice(&mut self, max: usize) -> Option<Captured<Customer, Extras>> {
         self.store.capture_next(max)
     }
 
@@ -380,6 +452,17 @@ impl Engine {
             schedule_settings: self.schedule_fingerprint,
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
+            profile_keys: self.profiles.free_keys().to_vec(),
+        }
+    }
+
+    /// Recounts customers with a profile by region (after a restore or an eviction).
+    fn count_regions(&mut self) {
+        self.population.region.iter_mut().for_each(|n| *n = 0);
+        for (_, extras) in self.store.extras() {
+            if let Some(profile) = &extras.profile {
+                self.population.region[self.profiles.region(Some(profile))] += 1;
+            }
         }
     }
 
@@ -419,6 +502,7 @@ impl Engine {
             !go
         });
         self.rebuild_timers();
+        self.count_regions();
         self.metrics.customers_evicted.inc_by(evicted as u64);
         tracing::info!(
             evicted,
@@ -506,11 +590,13 @@ impl Engine {
                     "the entry was deleted from the stream before it was processed",
                 ))
             };
-            match parsed {
-                Ok(event) => {
-                    outcomes.add(Some(event.kind), Outcome::Applied);
-                    self.apply_event(&event, &mut fx);
-                }
+            // Applying can reject too (a profile key beyond the bound).
+            let applied = parsed.and_then(|event| {
+                self.apply_event(&event, &mut fx)?;
+                Ok(event.kind)
+            });
+            match applied {
+                Ok(kind) => outcomes.add(Some(kind), Outcome::Applied),
                 Err(rejection) => {
                     outcomes.add(event_kind(entry.fields()), Outcome::DeadLettered);
                     fx.dead_letters.push(DeadLetter {
@@ -563,7 +649,22 @@ impl Engine {
         fx
     }
 
-    fn apply_event(&mut self, event: &Event<'_>, fx: &mut Effects) {
+    fn apply_event(&mut self, event: &Event<'_>, fx: &mut Effects) -> Result<(), Rejection> {
+        // A profile change is worked out first, so that a rejected one changes nothing.
+        let profile = match event.kind {
+            EventKind::Profile => {
+                let current = self
+                    .store
+                    .find(event.customer_id)
+                    .and_then(|idx| self.store.extra(idx))
+                    .and_then(|x| x.profile.clone());
+                Some(
+                    self.profiles
+                        .update(current.as_deref(), &event.attributes)?,
+                )
+            }
+            _ => None,
+        };
         if self.settings.clock == ClockMode::Event && event.time > self.watermark {
             self.advance_watermark(event.time, fx);
         }
@@ -574,24 +675,66 @@ impl Engine {
             self.evict();
         }
         let (idx, _) = self.store.find_or_insert(event.customer_id);
-        let customer = self.store.get_mut(idx);
-        let previous_purchase = customer.features.last_purchase();
-        customer.features.apply(event);
-        if event.kind == EventKind::Visit && customer.features.last_purchase().is_none() {
-            customer.contact.count_prospect_visit();
+        let mut feedback = None;
+        match event.kind {
+            EventKind::Profile => self.set_profile(idx, profile.flatten()),
+            EventKind::Feedback => {
+                let extras = self.store.extra_mut(idx);
+                extras
+                    .feedback
+                    .get_or_insert_default()
+                    .apply(event.score, event.time);
+                feedback = Some((event.score, event.time));
+            }
+            EventKind::Purchase if event.coupon => {
+                self.store
+                    .extra_mut(idx)
+                    .coupons
+                    .get_or_insert_default()
+                    .add(event.time);
+            }
+            _ => {}
         }
-        if event.kind == EventKind::Purchase && previous_purchase.is_some_and(|p| event.time > p) {
-            if let Some(group) =
-                self.policy
-                    .on_new_purchase(&mut customer.winback, event.customer_id, event.time)
+        if CustomerFeatures::moves_with(event.kind) {
+            let customer = self.store.get_mut(idx);
+            let previous_purchase = customer.features.last_purchase();
+            customer.features.apply(event);
+            if event.kind == EventKind::Visit && customer.features.last_purchase().is_none() {
+                customer.contact.count_prospect_visit();
+            }
+            if event.kind == EventKind::Purchase
+                && previous_purchase.is_some_and(|p| event.time > p)
             {
-                self.metrics
-                    .recoveries
-                    .with_label_values(&[group.as_str()])
-                    .inc();
+                if let Some(group) = self.policy.on_new_purchase(
+                    &mut customer.winback,
+                    event.customer_id,
+                    event.time,
+                ) {
+                    self.metrics
+                        .recoveries
+                        .with_label_values(&[group.as_str()])
+                        .inc();
+                }
             }
         }
-        self.evaluate(idx, now, fx);
+        self.evaluate(idx, now, feedback, fx);
+        Ok(())
+    }
+
+    /// Gives the customer `profile` (or none), keeping the counts by region.
+    fn set_profile(&mut self, idx: CustomerIdx, profile: Option<Arc<Profile>>) {
+        let old = self.store.extra(idx).and_then(|x| x.profile.clone());
+        if let Some(old) = &old {
+            self.population.region[self.profiles.region(Some(old))] -= 1;
+        }
+        if let Some(new) = &profile {
+            self.population.region[self.profiles.region(Some(new))] += 1;
+        }
+        let extras = self.store.extra_mut(idx);
+        extras.profile = profile;
+        if extras.is_empty() {
+            self.store.remove_extra(idx);
+        }
     }
 
     /// Moves event time forward to `to`, first re-scoring every customer whose check fell
@@ -599,7 +742,7 @@ impl Engine {
     fn advance_watermark(&mut self, to: UnixSeconds, fx: &mut Effects) {
         while let Some((idx, due)) = self.timers.pop_due(to, &mut self.store) {
             self.metrics.rescores.inc();
-            self.evaluate(idx, due, fx);
+            self.evaluate(idx, due, None, fx);
         }
         self.watermark = to;
         self.refresh_thresholds(to);
@@ -608,14 +751,24 @@ impl Engine {
     fn sweep(&mut self, now: UnixSeconds, fx: &mut Effects) {
         while let Some((idx, _)) = self.timers.pop_due(now, &mut self.store) {
             self.metrics.rescores.inc();
-            self.evaluate(idx, now, fx);
+            self.evaluate(idx, now, None, fx);
         }
         self.refresh_thresholds(now);
     }
 
     /// Scores and classifies one customer at `now`, raises a task if the policy says so, and
     /// schedules the next check.
-    fn evaluate(&mut self, idx: CustomerIdx, now: UnixSeconds, fx: &mut Effects) {
+    ///
+    /// `feedback` is the score and time of the feedback being applied, if that is what
+    /// brings the customer here: a low one from a valuable customer is answered first.
+    fn evaluate(
+        &mut self,
+        idx: CustomerIdx,
+        now: UnixSeconds,
+        feedback: Option<(u8, UnixSeconds)>,
+        fx: &mut Effects,
+    ) {
+        let first_task = fx.tasks.len();
         let customer = self.store.get(idx);
         let purchases = customer
             .features
@@ -629,6 +782,7 @@ impl Engine {
             let next = self.care_moment(idx, stage, None, now, fx);
             self.timers
                 .schedule(idx, &mut self.store.get_mut(idx).timer, next);
+            self.attach_context(idx, now, stage, None, first_task, fx);
             return;
         };
         self.scorings += 1;
@@ -644,6 +798,9 @@ impl Engine {
         }
         let bucket = ((p * 10.0) as u8).min(9);
         self.reclassify(idx, stage, Some(segment), Some(bucket));
+        if let Some((score, at)) = feedback {
+            self.service_recovery(idx, stage, segment, score, at, now, fx);
+        }
 
         let customer = self.store.get(idx);
         let (mut winback, mut contact) = (customer.winback, customer.contact);
@@ -694,6 +851,13 @@ impl Engine {
         );
         self.timers
             .schedule(idx, &mut self.store.get_mut(idx).timer, Some(next));
+        let scored = Scored {
+            segment,
+            risk,
+            probability: p,
+            monetary_365d: rfm.monetary_365d,
+        };
+        self.attach_context(idx, now, stage, Some(scored), first_task, fx);
     }
 
     /// Raises the care task due for the customer now, if any, and returns the next moment a
@@ -706,21 +870,108 @@ impl Engine {
         now: UnixSeconds,
         fx: &mut Effects,
     ) -> Option<UnixSeconds> {
-        let customer = self.store.get(idx);
-        let features = customer.features;
-        let mut contact = customer.contact;
-        let candidate = CareCandidate {
+        let mut contact = self.store.get(idx).contact;
+        let candidate = self.care_candidate(idx, stage, segment);
+        let (task, next) = self.care.evaluate(&mut contact, &candidate, now);
+        fx.tasks.extend(task);
+        self.store.get_mut(idx).contact = contact;
+        next
+    }
+
+    /// Answers a feedback score with a service-recovery task if the policy calls for one.
+    #[allow(clippy::too_many_arguments)]
+    fn service_recovery(
+        &mut self,
+        idx: CustomerIdx,
+        stage: LifecycleStage,
+        segment: Segment,
+        score: u8,
+        feedback_at: UnixSeconds,
+        now: UnixSeconds,
+        fx: &mut Effects,
+    ) {
+        let mut contact = self.store.get(idx).contact;
+        let candidate = self.care_candidate(idx, stage, Some(segment));
+        let task = self
+            .care
+            .service_recovery(&mut contact, &candidate, score, feedback_at, now);
+        if let Some(task) = task {
+            fx.tasks.push(task);
+            self.store.get_mut(idx).contact = contact;
+        }
+    }
+
+    fn care_candidate(
+        &self,
+        idx: CustomerIdx,
+        stage: LifecycleStage,
+        segment: Option<Segment>,
+    ) -> CareCandidate<'_> {
+        let features = &self.store.get(idx).features;
+        CareCandidate {
             customer_id: self.store.id(idx),
             lifecycle_stage: stage,
             segment,
             purchases: features.purchases(),
             first_purchase: features.first_purchase(),
             last_purchase: features.last_purchase(),
-        };
-        let (task, next) = self.care.evaluate(&mut contact, &candidate, now);
-        fx.care_tasks.extend(task);
-        self.store.get_mut(idx).contact = contact;
-        next
+            birthday: self
+                .store
+                .extra(idx)
+                .and_then(|x| x.profile.as_ref())
+                .and_then(|p| p.birthday()),
+        }
+    }
+
+    /// Gives the tasks raised for the customer since `first_task` their tags and profile.
+    fn attach_context(
+        &self,
+        idx: CustomerIdx,
+        now: UnixSeconds,
+        stage: LifecycleStage,
+        scored: Option<Scored>,
+        first_task: usize,
+        fx: &mut Effects,
+    ) {
+        let raised = &mut fx.tasks[first_task..];
+        if raised.is_empty() {
+            return;
+        }
+        let facts = self.facts(idx, now, stage, scored);
+        let tags = self.tags.of(&facts);
+        let profile = self.store.extra(idx).and_then(|x| x.profile.clone());
+        for task in raised {
+            task.tags.clone_from(&tags);
+            task.profile.clone_from(&profile);
+        }
+    }
+
+    /// What the tag rules look at for a customer at `now`.
+    fn facts(
+        &self,
+        idx: CustomerIdx,
+        now: UnixSeconds,
+        stage: LifecycleStage,
+        scored: Option<Scored>,
+    ) -> Facts<'_> {
+        let features = &self.store.get(idx).features;
+        let extras = self.store.extra(idx);
+        let (refunds_90d, complaints_90d) = features.dissatisfaction(now);
+        let feedback = extras.and_then(|x| x.feedback);
+        Facts {
+            stage,
+            segment: scored.map(|s| s.segment),
+            risk: scored.map(|s| s.risk),
+            churn_probability: scored.map(|s| s.probability),
+            purchases: features.purchases(),
+            monetary_365d: scored.map_or(0.0, |s| s.monetary_365d),
+            refunds_90d,
+            complaints_90d,
+            coupons_90d: extras.and_then(|x| x.coupons).map_or(0.0, |c| c.at(now)),
+            low_feedback_90d: feedback.map_or(0.0, |f| f.low_scores.at(now)),
+            last_feedback_score: feedback.map(|f| f.last_score),
+            profile: extras.and_then(|x| x.profile.as_deref()),
+        }
     }
 
     /// Whether a segment change alone could raise this customer's task: their probability
@@ -814,6 +1065,19 @@ impl Engine {
                 .with_label_values(&[range])
                 .set(n);
         }
+        for (region, n) in self.profiles.region_labels().zip(self.region_counts()) {
+            m.customers_by_region.with_label_values(&[region]).set(n);
+        }
+    }
+
+    /// Customers by region label, `none` counting everyone without a region.
+    fn region_counts(&self) -> impl Iterator<Item = i64> + '_ {
+        let (named, _) = self
+            .population
+            .region
+            .split_at(self.population.region.len() - 1);
+        let without = self.store.len() as i64 - named.iter().sum::<i64>();
+        named.iter().copied().chain([without])
     }
 
     /// One customer, scored now.
@@ -826,10 +1090,19 @@ impl Engine {
         let vector = f.vector(now);
         let score = vector.map(|x| self.model.score(&x));
         let rfm = f.rfm(now);
+        let stage = self.settings.stages.stage(purchases, now);
+        let scored = score.zip(rfm).map(|(s, r)| Scored {
+            segment: self.thresholds.segment(&r),
+            risk: self.settings.risk.risk(s.probability),
+            probability: s.probability,
+            monetary_365d: r.monetary_365d,
+        });
+        let facts = self.facts(idx, now, stage, scored);
+        let feedback = self.store.extra(idx).and_then(|x| x.feedback);
         Some(CustomerView {
             customer_id: customer_id.to_string(),
             as_of: time::rfc3339(now),
-            lifecycle_stage: self.settings.stages.stage(purchases, now),
+            lifecycle_stage: stage,
             segment: rfm.map(|r| self.thresholds.segment(&r)),
             churn_probability: score.map(|s| s.probability),
             risk: score.map(|s| self.settings.risk.risk(s.probability)),
@@ -853,6 +1126,21 @@ impl Engine {
             last_winback_task_at: (c.winback.last_task_at != 0)
                 .then(|| time::rfc3339(c.winback.last_task_at)),
             model_version: self.model_version.to_string(),
+            tags: self.tags.of(&facts).iter().map(|t| t.to_string()).collect(),
+            profile: facts
+                .profile
+                .iter()
+                .flat_map(|p| p.iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            dissatisfaction: Dissatisfaction {
+                refunds_90d: facts.refunds_90d,
+                complaints_90d: facts.complaints_90d,
+                low_feedback_90d: facts.low_feedback_90d,
+                last_feedback_score: facts.last_feedback_score,
+                last_feedback_at: feedback.map(|f| time::rfc3339(f.last_at)),
+            },
+            coupons_90d: facts.coupons_90d,
         })
     }
 
@@ -874,6 +1162,12 @@ impl Engine {
                 .into_iter()
                 .zip(self.population.bucket)
                 .collect(),
+            by_region: self
+                .profiles
+                .region_labels()
+                .map(String::from)
+                .zip(self.region_counts())
+                .collect(),
             thresholds: self.thresholds,
         }
     }
@@ -883,7 +1177,7 @@ impl Engine {
 pub(crate) mod tests {
     use super::*;
     use crate::source::batch::Entry;
-    use crate::tasks::TaskKind;
+    use crate::tasks::{Detail, TaskKind};
     use redis::Value;
 
     const DAY: u32 = 86_400;
@@ -960,6 +1254,28 @@ pub(crate) mod tests {
         engine(ClockMode::Event).snapshot()
     }
 
+    fn profile(seq: u64, customer: &str, day: u32, attributes: &[(&str, &str)]) -> Entry {
+        let mut fields = vec![
+            ("customer_id", customer.to_string()),
+            ("type", "profile".into()),
+            ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+        ];
+        fields.extend(attributes.iter().map(|&(k, v)| (k, v.to_string())));
+        entry(seq, &fields)
+    }
+
+    fn feedback(seq: u64, customer: &str, day: u32, score: u8) -> Entry {
+        entry(
+            seq,
+            &[
+                ("customer_id", customer.into()),
+                ("type", "feedback".into()),
+                ("score", score.to_string()),
+                ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+            ],
+        )
+    }
+
     fn visit(seq: u64, customer: &str, day: u32) -> Entry {
         entry(
             seq,
@@ -985,7 +1301,7 @@ pub(crate) mod tests {
             0,
         );
         let kinds: Vec<_> = fx
-            .care_tasks
+            .tasks
             .iter()
             .map(|t| (t.kind, t.customer_id.as_str(), t.as_of))
             .collect();
@@ -994,13 +1310,20 @@ pub(crate) mod tests {
         // soon as event time passes it.
         let fx = e.apply_batch(batch(vec![visit(6, "someone", 17)]), 0);
         let welcome: Vec<_> = fx
-            .care_tasks
+            .tasks
             .iter()
-            .map(|t| (t.kind, t.customer_id.as_str(), t.as_of, t.reference))
+            .map(|t| (t.kind, t.customer_id.as_str(), t.as_of, &t.detail))
             .collect();
         assert_eq!(
             welcome,
-            [(TaskKind::Welcome, "buyer", T0 + 16 * DAY, T0 + 2 * DAY)]
+            [(
+                TaskKind::Welcome,
+                "buyer",
+                T0 + 16 * DAY,
+                &Detail::Welcome {
+                    first_purchase: T0 + 2 * DAY
+                }
+            )]
         );
         let buyer = e.store.get(e.store.find("buyer").unwrap());
         assert_eq!(
@@ -1025,8 +1348,7 @@ pub(crate) mod tests {
         let mut seen = Vec::new();
         for (seq, day) in (2..).zip(1..120) {
             let fx = e.apply_batch(batch(vec![visit(seq, "clock", day)]), 0);
-            seen.extend(fx.care_tasks.iter().map(|t| (t.kind, t.as_of)));
-            seen.extend(fx.tasks.iter().map(|t| (TaskKind::Winback, t.as_of)));
+            seen.extend(fx.tasks.iter().map(|t| (t.kind, t.as_of)));
         }
         let once: Vec<_> = seen
             .iter()
@@ -1146,10 +1468,19 @@ pub(crate) mod tests {
             let entries = (first..first + customers)
                 .map(|i| {
                     seq += 1;
-                    if i % 3 == 0 {
-                        visit(seq, &format!("c{i}"), day)
-                    } else {
-                        purchase(seq, &format!("c{i}"), day)
+                    let customer = format!("c{i}");
+                    match (i + day) % 5 {
+                        0 => visit(seq, &customer, day),
+                        // Extras change too: profiles set and removed, feedback.
+                        1 => profile(
+                            seq,
+                            &customer,
+                            day,
+                            &[("region", ["eu", "us"][i as usize % 2])],
+                        ),
+                        2 if day % 2 == 0 => profile(seq, &customer, day, &[("region", "")]),
+                        3 => feedback(seq, &customer, day, 1 + (i % 5) as u8),
+                        _ => purchase(seq, &customer, day),
                     }
                 })
                 .collect();
@@ -1158,6 +1489,7 @@ pub(crate) mod tests {
         for day in 0..5 {
             e.apply_batch(next_batch(day * 40, 60, day), 0);
         }
+        assert!(e.store.extras_len() > 20, "customers with extras");
         let before = codec::encode(&e.snapshot(), &streams, 7);
 
         let (header, size) = e.begin_snapshot();
@@ -1181,6 +1513,205 @@ pub(crate) mod tests {
             "customers came meanwhile"
         );
         assert_eq!(bytes, before);
+    }
+
+    /// Three purchases of 50 within ten days: important value under the fixed thresholds.
+    fn valuable(e: &mut Engine, seq: u64, customer: &str, day: u32) {
+        let purchase_of_50 = |seq: u64, day: u32| {
+            entry(
+                seq,
+                &[
+                    ("customer_id", customer.into()),
+                    ("type", "purchase".into()),
+                    ("amount", "50".into()),
+                    ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+                ],
+            )
+        };
+        let entries = (0..3).map(|k| purchase_of_50(seq + k, day + 5 * k as u32));
+        e.apply_batch(batch(entries.collect()), 0);
+        assert_eq!(
+            e.customer(customer).unwrap().segment,
+            Some(Segment::ImportantValue)
+        );
+    }
+
+    #[test]
+    fn profiles_are_stored_shared_counted_by_region_and_shown() {
+        let mut s = settings(ClockMode::Event);
+        s.profiles.regions = vec!["eu".into()];
+        s.profiles.max_free_keys = 1;
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+        let fx = e.apply_batch(
+            batch(vec![
+                profile(1, "ann", 0, &[("region", "eu"), ("age_band", "25-34")]),
+                profile(2, "bob", 0, &[("age_band", "25-34"), ("region", "eu")]),
+                profile(3, "cy", 0, &[("region", "mars"), ("loyalty", "gold")]),
+                purchase(4, "dee", 0),
+                profile(5, "bob", 1, &[("region", "")]),
+                // A second free-form key is beyond the bound: rejected, nothing changes.
+                profile(6, "eve", 2, &[("region", "eu"), ("nickname", "e")]),
+            ]),
+            0,
+        );
+        let reasons: Vec<_> = fx.dead_letters.iter().map(|d| d.reason).collect();
+        assert_eq!(reasons, [Reason::UnknownProfileKey]);
+        assert!(
+            e.customer("eve").is_none(),
+            "a rejected profile creates nobody"
+        );
+        assert_eq!(e.now(), T0 + DAY, "nor moves the clock");
+        let by_region = e.summary().by_region;
+        assert_eq!(
+            by_region,
+            BTreeMap::from([("eu".into(), 1), ("other".into(), 1), ("none".into(), 2)])
+        );
+        let ann = e.customer("ann").unwrap();
+        assert_eq!(ann.lifecycle_stage, LifecycleStage::Potential);
+        assert_eq!(
+            ann.profile,
+            BTreeMap::from([
+                ("age_band".into(), "25-34".into()),
+                ("region".into(), "eu".into())
+            ])
+        );
+        assert_eq!(
+            e.profiles.interned(),
+            3,
+            "ann's profile is shared, bob's first too"
+        );
+        assert_eq!(e.customer("bob").unwrap().profile.len(), 1);
+        // A restore keeps profiles, free keys and counts.
+        let bytes = crate::state::codec::encode(&e.snapshot(), &["s".into()], 0);
+        let state = crate::state::codec::decode(&bytes, &["s".into()])
+            .unwrap()
+            .state;
+        let mut s = settings(ClockMode::Event);
+        s.profiles.regions = vec!["eu".into()];
+        s.profiles.max_free_keys = 1;
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut restored = Engine::restore(s, Arc::new(model), Metrics::new(), state);
+        assert_eq!(restored.summary().by_region, by_region);
+        let fx = restored.apply_batch(batch(vec![profile(7, "eve", 2, &[("nickname", "e")])]), 0);
+        assert_eq!(
+            fx.dead_letters.len(),
+            1,
+            "the free key learnt before is remembered"
+        );
+    }
+
+    #[test]
+    fn a_very_low_score_from_a_valuable_customer_is_answered_at_once_with_tags_and_profile() {
+        let mut e = engine(ClockMode::Event);
+        valuable(&mut e, 1, "vip", 0);
+        valuable(&mut e, 10, "other", 0);
+        e.apply_batch(
+            batch(vec![
+                profile(20, "vip", 11, &[("region", "eu")]),
+                // Only a purchase: general segment.
+                purchase(21, "plain", 11),
+            ]),
+            0,
+        );
+        let fx = e.apply_batch(
+            batch(vec![
+                feedback(22, "vip", 12, 1),
+                feedback(23, "other", 12, 3),
+                feedback(24, "plain", 12, 1),
+            ]),
+            0,
+        );
+        let recovery: Vec<_> = fx
+            .tasks
+            .iter()
+            .filter(|t| t.kind == TaskKind::ServiceRecovery)
+            .collect();
+        assert_eq!(recovery.len(), 1, "{:?}", fx.tasks);
+        let task = recovery[0];
+        assert_eq!(task.customer_id, "vip");
+        assert_eq!(
+            task.detail,
+            Detail::ServiceRecovery {
+                score: 1,
+                feedback_at: T0 + 12 * DAY
+            }
+        );
+        assert_eq!(task.tags, [Arc::<str>::from("vip")]);
+        assert_eq!(task.profile.as_ref().unwrap().get("region"), Some("eu"));
+        let fields = task.fields();
+        assert!(fields
+            .iter()
+            .any(|(k, v)| k == "profile_region" && v == "eu"));
+        assert!(fields.iter().any(|(k, v)| k == "tags" && v == "vip"));
+        // Another low score soon after: answered again (its own ID), whatever the cap.
+        let fx = e.apply_batch(batch(vec![feedback(25, "vip", 13, 1)]), 0);
+        let again: Vec<_> = fx
+            .tasks
+            .iter()
+            .filter(|t| t.kind == TaskKind::ServiceRecovery)
+            .collect();
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].task_id, task.task_id);
+        let view = e.customer("vip").unwrap();
+        assert_eq!(view.dissatisfaction.last_feedback_score, Some(1));
+        assert!(view.dissatisfaction.low_feedback_90d > 1.9);
+        assert_eq!(view.tags, ["vip"]);
+    }
+
+    #[test]
+    fn a_birthday_is_greeted_days_before_once_a_year() {
+        let mut s = winback_only(ClockMode::Event);
+        s.winback.enabled = false;
+        s.tasks.birthday.enabled = true;
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+        // 1997-01-01 plus 40 days: 10 February; the birthday is on 15 March.
+        e.apply_batch(
+            batch(vec![profile(1, "bday", 40, &[("birthday", "1980-03-15")])]),
+            0,
+        );
+        let mut seen = Vec::new();
+        for (seq, day) in (2..).zip(41..500) {
+            let fx = e.apply_batch(batch(vec![visit(seq, "clock", day)]), 0);
+            seen.extend(
+                fx.tasks
+                    .into_iter()
+                    .filter(|t| t.kind == TaskKind::Birthday),
+            );
+        }
+        let days: Vec<_> = seen.iter().map(|t| (t.as_of - T0) / DAY).collect();
+        // 12 March 1997 (day 70) and 12 March 1998 (day 435).
+        assert_eq!(days, [70, 435]);
+        assert_eq!(
+            seen[0].detail,
+            Detail::Birthday {
+                date: T0 + 73 * DAY
+            }
+        );
+    }
+
+    #[test]
+    fn coupon_purchases_make_a_bargain_hunter() {
+        let mut e = engine(ClockMode::Event);
+        let coupon = |seq: u64, day: u32| {
+            entry(
+                seq,
+                &[
+                    ("customer_id", "saver".into()),
+                    ("type", "purchase".into()),
+                    ("amount", "10".into()),
+                    ("coupon", "SPRING10".into()),
+                    ("ts", (u64::from(T0 + day * DAY) * 1000).to_string()),
+                ],
+            )
+        };
+        e.apply_batch(batch(vec![coupon(1, 0)]), 0);
+        assert!(e.customer("saver").unwrap().tags.is_empty());
+        e.apply_batch(batch(vec![coupon(2, 1), coupon(3, 2)]), 0);
+        let view = e.customer("saver").unwrap();
+        assert!(view.coupons_90d > 2.9, "{}", view.coupons_90d);
+        assert_eq!(view.tags, ["bargain_hunter"]);
     }
 
     #[test]
@@ -1244,12 +1775,13 @@ pub(crate) mod tests {
         let mut tasks = Vec::new();
         for (i, day) in (10..=200).step_by(10).enumerate() {
             let fx = e.apply_batch(batch(vec![purchase(10 + i as u64, "busy", day)]), 0);
-            tasks.extend(fx.tasks);
+            tasks.extend(fx.tasks.into_iter().filter(|t| t.kind == TaskKind::Winback));
         }
         assert_eq!(tasks.len(), 1, "{tasks:?}");
         let task = &tasks[0];
         assert_eq!(task.customer_id, "quiet");
-        assert!(task.churn_probability >= 0.7);
+        let winback = task.winback().expect("a win-back task");
+        assert!(winback.churn_probability >= 0.7);
         // The crossing is noticed within one rescore interval (a day).
         let threshold_logit = (0.7f64 / 0.3).ln();
         let crossing = T0 + (((3.0 + 0.5 * (1.0 + threshold_logit)).exp() - 1.0) * 86_400.0) as u32;
@@ -1258,7 +1790,7 @@ pub(crate) mod tests {
             "task at {}, crossing at {crossing}",
             task.as_of
         );
-        assert_eq!(task.episode_start, T0);
+        assert_eq!(winback.episode_start, T0);
         assert_eq!(e.customer("quiet").unwrap().winback_tasks_in_episode, 1);
     }
 
@@ -1325,7 +1857,9 @@ pub(crate) mod tests {
                     0,
                 );
                 for t in fx.tasks {
-                    tasks.insert((t.customer_id, t.attempt, t.episode_start), t.as_of);
+                    if let Some(w) = t.winback() {
+                        tasks.insert((t.customer_id.clone(), w.attempt, w.episode_start), t.as_of);
+                    }
                 }
             }
             (tasks, e.metrics.rescores.get())
@@ -1488,8 +2022,9 @@ pub(crate) mod tests {
         let mut e = engine(ClockMode::Event);
         e.apply_batch(batch(vec![purchase(1, "c", 0)]), 0);
         let fx = e.apply_batch(batch(vec![purchase(2, "other", 150)]), 0);
-        assert_eq!(fx.tasks.len(), 1);
-        let group = fx.tasks[0].group;
+        let winbacks: Vec<_> = fx.tasks.iter().filter_map(Task::winback).collect();
+        assert_eq!(winbacks.len(), 1);
+        let group = winbacks[0].group;
         e.apply_batch(batch(vec![purchase(3, "c", 151)]), 0);
         let recovered = e
             .metrics

@@ -15,18 +15,32 @@ pub const MAX_AMOUNT: f64 = 1e9;
 /// Longest accepted `customer_id`, in bytes.
 pub const MAX_CUSTOMER_ID_BYTES: usize = 128;
 
-/// What a customer did. Adding a kind: a variant here, its name in `ALL`/`as_str`, and its
-/// effect in `features::CustomerFeatures::apply`.
+/// Longest accepted profile attribute name, in bytes.
+pub const MAX_PROFILE_KEY_BYTES: usize = 32;
+
+/// What a customer did, or what is known of them. Adding a kind: a variant here, its name
+/// in `ALL`/`as_str`, its fields in [`parse_event`] and its effect in the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Purchase,
     Refund,
     Visit,
     Complaint,
+    /// A satisfaction score (`score`, 1 to 5), e.g. from a survey.
+    Feedback,
+    /// Customer attributes (region, birthday, …): not activity, it moves no feature.
+    Profile,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [Self::Purchase, Self::Refund, Self::Visit, Self::Complaint];
+    pub const ALL: [EventKind; 6] = [
+        Self::Purchase,
+        Self::Refund,
+        Self::Visit,
+        Self::Complaint,
+        Self::Feedback,
+        Self::Profile,
+    ];
 
     /// Position in `ALL` (declaration order), for arrays indexed by kind.
     pub fn index(self) -> usize {
@@ -39,6 +53,8 @@ impl EventKind {
             Self::Refund => "refund",
             Self::Visit => "visit",
             Self::Complaint => "complaint",
+            Self::Feedback => "feedback",
+            Self::Profile => "profile",
         }
     }
 
@@ -88,8 +104,8 @@ impl EntryId {
     }
 }
 
-/// A validated activity event, borrowing the customer ID from the entry.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A validated event, borrowing the customer ID (and a profile's attributes) from the entry.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Event<'a> {
     pub customer_id: &'a str,
     pub kind: EventKind,
@@ -97,6 +113,27 @@ pub struct Event<'a> {
     pub amount: f64,
     /// Event time.
     pub time: UnixSeconds,
+    /// `feedback`: the satisfaction score, 1 (worst) to 5; 0 for other kinds.
+    pub score: u8,
+    /// `purchase`: paid with a coupon (a non-empty `coupon` field).
+    pub coupon: bool,
+    /// `profile`: the attributes to set, in entry order; an empty value removes one.
+    pub attributes: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Event<'a> {
+    /// An event without a score, coupon or attributes.
+    pub fn new(customer_id: &'a str, kind: EventKind, amount: f64, time: UnixSeconds) -> Self {
+        Self {
+            customer_id,
+            kind,
+            amount,
+            time,
+            score: 0,
+            coupon: false,
+            attributes: Vec::new(),
+        }
+    }
 }
 
 /// Why an entry was rejected: a small fixed set, used as a metric label and in the
@@ -113,10 +150,18 @@ pub enum Reason {
     DuplicateField,
     /// The entry was deleted from the stream while pending: only its ID is left.
     EntryDeleted,
+    MissingScore,
+    InvalidScore,
+    /// A `profile` event without attributes.
+    EmptyProfile,
+    InvalidProfileKey,
+    InvalidProfileValue,
+    /// A profile key neither known nor among the free-form keys the bound allows.
+    UnknownProfileKey,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 15] = [
         Self::MissingCustomerId,
         Self::InvalidCustomerId,
         Self::MissingType,
@@ -126,6 +171,12 @@ impl Reason {
         Self::InvalidTimestamp,
         Self::DuplicateField,
         Self::EntryDeleted,
+        Self::MissingScore,
+        Self::InvalidScore,
+        Self::EmptyProfile,
+        Self::InvalidProfileKey,
+        Self::InvalidProfileValue,
+        Self::UnknownProfileKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +190,12 @@ impl Reason {
             Self::InvalidTimestamp => "invalid_timestamp",
             Self::DuplicateField => "duplicate_field",
             Self::EntryDeleted => "entry_deleted",
+            Self::MissingScore => "missing_score",
+            Self::InvalidScore => "invalid_score",
+            Self::EmptyProfile => "empty_profile",
+            Self::InvalidProfileKey => "invalid_profile_key",
+            Self::InvalidProfileValue => "invalid_profile_value",
+            Self::UnknownProfileKey => "unknown_profile_key",
         }
     }
 }
@@ -173,6 +230,8 @@ pub struct EventLimits {
     /// The earliest `ts` accepted: catches producers that send seconds (or 0) instead of
     /// milliseconds, which would otherwise date an event to 1970.
     pub min_ts_ms: u64,
+    /// Longest profile attribute value, in bytes (`profiles.max_value_bytes`).
+    pub max_profile_value_bytes: usize,
 }
 
 /// The event type named by an entry's `type` field, if it names a known one (for metrics
@@ -185,7 +244,9 @@ pub fn event_kind<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) ->
 }
 
 /// Validates one entry's fields. `entry_ms` is the time part of its stream ID, the default
-/// event time. Unknown fields are ignored so producers can add attributes ahead of churnd.
+/// event time. Unknown fields are ignored so producers can add attributes ahead of churnd,
+/// except on a `profile` event, whose fields other than `customer_id`, `type`, `amount`,
+/// `ts`, `score` and `coupon` are its attributes.
 pub fn parse_event<'a>(
     fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     entry_ms: u64,
@@ -195,19 +256,24 @@ pub fn parse_event<'a>(
     let mut kind = None;
     let mut amount = None;
     let mut ts = None;
+    let mut score = None;
+    let mut coupon = None;
+    let mut others: Vec<(&'a [u8], &'a [u8])> = Vec::new();
     for (name, value) in fields {
         let slot = match name {
             b"customer_id" => &mut customer_id,
             b"type" => &mut kind,
             b"amount" => &mut amount,
             b"ts" => &mut ts,
-            _ => continue,
+            b"score" => &mut score,
+            b"coupon" => &mut coupon,
+            _ => {
+                others.push((name, value));
+                continue;
+            }
         };
         if slot.replace(value).is_some() {
-            return Err(Rejection::new(
-                Reason::DuplicateField,
-                format!("field {:?} appears more than once", lossy(name)),
-            ));
+            return Err(duplicate(name));
         }
     }
 
@@ -244,12 +310,117 @@ pub fn parse_event<'a>(
         Some(b) => parse_timestamp(b, entry_ms, limits)?,
         None => entry_ms,
     };
-    Ok(Event {
-        customer_id,
-        kind,
-        amount,
-        time: time::from_millis(ts_ms),
-    })
+    let mut event = Event::new(customer_id, kind, amount, time::from_millis(ts_ms));
+    match kind {
+        EventKind::Feedback => event.score = parse_score(score)?,
+        EventKind::Purchase => event.coupon = coupon.is_some_and(|c| !c.is_empty()),
+        EventKind::Profile => event.attributes = parse_attributes(&others, limits)?,
+        EventKind::Refund | EventKind::Visit | EventKind::Complaint => {}
+    }
+    Ok(event)
+}
+
+fn duplicate(name: &[u8]) -> Rejection {
+    Rejection::new(
+        Reason::DuplicateField,
+        format!("field {:?} appears more than once", lossy(name)),
+    )
+}
+
+/// A feedback score: one digit, 1 to 5.
+fn parse_score(value: Option<&[u8]>) -> Result<u8, Rejection> {
+    match value {
+        None => Err(Rejection::new(
+            Reason::MissingScore,
+            "field \"score\" is required for type feedback",
+        )),
+        Some(&[digit @ b'1'..=b'5']) => Ok(digit - b'0'),
+        Some(b) => Err(Rejection::new(
+            Reason::InvalidScore,
+            format!("score {:?} is not a whole number from 1 to 5", lossy(b)),
+        )),
+    }
+}
+
+/// A profile's attributes: names of 1 to [`MAX_PROFILE_KEY_BYTES`] lowercase letters,
+/// digits and underscores (a letter first), values of UTF-8 up to the configured length
+/// (empty: remove the attribute); `birthday` is `MM-DD` or `YYYY-MM-DD`.
+fn parse_attributes<'a>(
+    fields: &[(&'a [u8], &'a [u8])],
+    limits: &EventLimits,
+) -> Result<Vec<(&'a str, &'a str)>, Rejection> {
+    if fields.is_empty() {
+        return Err(Rejection::new(
+            Reason::EmptyProfile,
+            "a profile event carries no attribute (fields other than customer_id, type and ts)",
+        ));
+    }
+    let mut attributes: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
+    for &(name, value) in fields {
+        let key = profile_key(name).ok_or_else(|| {
+            Rejection::new(
+                Reason::InvalidProfileKey,
+                format!(
+                    "profile attribute {:?}: names are 1 to {MAX_PROFILE_KEY_BYTES} bytes of a-z, 0-9 and _, starting with a letter",
+                    lossy(name)
+                ),
+            )
+        })?;
+        if attributes.iter().any(|(k, _)| *k == key) {
+            return Err(duplicate(name));
+        }
+        let invalid = |why: String| {
+            Rejection::new(
+                Reason::InvalidProfileValue,
+                format!("profile attribute {key} = {:?} {why}", lossy(value)),
+            )
+        };
+        if value.len() > limits.max_profile_value_bytes {
+            return Err(invalid(format!(
+                "is longer than {} bytes (profiles.max_value_bytes)",
+                limits.max_profile_value_bytes
+            )));
+        }
+        let value = std::str::from_utf8(value).map_err(|_| invalid("is not valid UTF-8".into()))?;
+        if key == "birthday" && !value.is_empty() && birthday(value).is_none() {
+            return Err(invalid("is not a date: MM-DD or YYYY-MM-DD".into()));
+        }
+        attributes.push((key, value));
+    }
+    Ok(attributes)
+}
+
+fn profile_key(name: &[u8]) -> Option<&str> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_PROFILE_KEY_BYTES
+        && name[0].is_ascii_lowercase()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_');
+    valid.then(|| std::str::from_utf8(name).ok()).flatten()
+}
+
+/// Month and day of a `birthday` attribute (`MM-DD` or `YYYY-MM-DD`): a date that exists in
+/// some year, 29 February included.
+pub fn birthday(value: &str) -> Option<(u8, u8)> {
+    let month_day = match value.len() {
+        5 => value,
+        10 if value.as_bytes()[4] == b'-' && value[..4].bytes().all(|b| b.is_ascii_digit()) => {
+            &value[5..]
+        }
+        _ => return None,
+    };
+    let (month, day) = month_day.split_once('-')?;
+    if month.len() != 2 || day.len() != 2 {
+        return None;
+    }
+    let (month, day): (u8, u8) = (month.parse().ok()?, day.parse().ok()?);
+    let days_in_month = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    (1..=12)
+        .contains(&month)
+        .then(|| days_in_month[usize::from(month - 1)])
+        .filter(|&last| (1..=last).contains(&day))
+        .map(|_| (month, day))
 }
 
 fn parse_customer_id(value: Option<&[u8]>) -> Result<&str, Rejection> {
@@ -353,6 +524,7 @@ mod tests {
     const LIMITS: EventLimits = EventLimits {
         max_future_skew_ms: 86_400_000,
         min_ts_ms: 100_000_000_000,
+        max_profile_value_bytes: 64,
     };
     const ENTRY_MS: u64 = 1_700_000_000_000;
 
@@ -382,6 +554,76 @@ mod tests {
         assert_eq!(ev.kind, EventKind::Purchase);
         assert_eq!(ev.amount, 12.5);
         assert_eq!(ev.time, 852_076_800);
+    }
+
+    #[test]
+    fn profiles_carry_their_other_fields_as_attributes() {
+        let ev = parse(&[
+            ("customer_id", "c-1"),
+            ("type", "profile"),
+            ("region", "eu"),
+            ("birthday", "1990-02-29"),
+            ("channel", ""),
+        ])
+        .unwrap();
+        assert_eq!(ev.kind, EventKind::Profile);
+        assert_eq!(
+            ev.attributes,
+            [
+                ("region", "eu"),
+                ("birthday", "1990-02-29"),
+                ("channel", "")
+            ]
+        );
+        assert_eq!(
+            reason(&[("customer_id", "c"), ("type", "profile")]),
+            Reason::EmptyProfile
+        );
+        for (key, value, expected) in [
+            ("Region", "eu", Reason::InvalidProfileKey),
+            ("age-band", "x", Reason::InvalidProfileKey),
+            ("birthday", "02-30", Reason::InvalidProfileValue),
+            ("birthday", "1990-13-01", Reason::InvalidProfileValue),
+            ("region", &"x".repeat(65), Reason::InvalidProfileValue),
+        ] {
+            assert_eq!(
+                reason(&[("customer_id", "c"), ("type", "profile"), (key, value)]),
+                expected,
+                "{key} = {value}"
+            );
+        }
+        assert_eq!(birthday("02-29"), Some((2, 29)));
+        assert_eq!(birthday("1990-12-01"), Some((12, 1)));
+        assert_eq!(birthday("12/01"), None);
+    }
+
+    #[test]
+    fn feedback_needs_a_score_from_1_to_5_and_purchases_note_coupons() {
+        let ev = parse(&[("customer_id", "c"), ("type", "feedback"), ("score", "2")]).unwrap();
+        assert_eq!((ev.kind, ev.score), (EventKind::Feedback, 2));
+        assert_eq!(
+            reason(&[("customer_id", "c"), ("type", "feedback")]),
+            Reason::MissingScore
+        );
+        for bad in ["0", "6", "4.5", " 3", "good"] {
+            assert_eq!(
+                reason(&[("customer_id", "c"), ("type", "feedback"), ("score", bad)]),
+                Reason::InvalidScore,
+                "{bad}"
+            );
+        }
+        let purchase = |coupon| {
+            parse(&[
+                ("customer_id", "c"),
+                ("type", "purchase"),
+                ("amount", "5"),
+                ("coupon", coupon),
+            ])
+            .unwrap()
+            .coupon
+        };
+        assert!(purchase("SPRING10"));
+        assert!(!purchase(""));
     }
 
     #[test]
@@ -496,7 +738,15 @@ mod tests {
 
     /// The last second a `u32` can hold, in milliseconds (spelt out, not `time::MAX_MILLIS`).
     const ORACLE_MAX_MS: u64 = 4_294_967_295_000;
-    const KINDS: [&str; 4] = ["purchase", "refund", "visit", "complaint"];
+    const KINDS: [&str; 6] = [
+        "purchase",
+        "refund",
+        "visit",
+        "complaint",
+        "feedback",
+        "profile",
+    ];
+    const KNOWN: [&str; 6] = ["customer_id", "type", "amount", "ts", "score", "coupon"];
 
     /// An accepted entry as the oracle sees it.
     #[derive(Debug, PartialEq)]
@@ -505,10 +755,14 @@ mod tests {
         kind: EventKind,
         amount: f64,
         time: UnixSeconds,
+        score: u8,
+        coupon: bool,
+        attributes: Vec<(String, String)>,
     }
 
     /// The documented rules, in the parser's order of checks: a repeated known field, then
-    /// `customer_id`, `type`, `amount`, `ts`. Unknown fields are ignored.
+    /// `customer_id`, `type`, `amount`, `ts`, then the kind's own: `score` for feedback, the
+    /// attributes (every other field) for a profile. Unknown fields are ignored otherwise.
     fn oracle(fields: &Fields, entry_ms: u64, limits: &EventLimits) -> Result<Expected, Reason> {
         let values = |name: &str| -> Vec<&[u8]> {
             fields
@@ -517,8 +771,11 @@ mod tests {
                 .map(|(_, v)| v.as_slice())
                 .collect()
         };
-        let [cid, ty, amount, ts] = ["customer_id", "type", "amount", "ts"].map(values);
-        if [&cid, &ty, &amount, &ts].iter().any(|v| v.len() > 1) {
+        let [cid, ty, amount, ts, score, coupon] = KNOWN.map(values);
+        if [&cid, &ty, &amount, &ts, &score, &coupon]
+            .iter()
+            .any(|v| v.len() > 1)
+        {
             return Err(Reason::DuplicateField);
         }
         let customer_id = match cid.first() {
@@ -532,6 +789,8 @@ mod tests {
             Some(b"refund") => EventKind::Refund,
             Some(b"visit") => EventKind::Visit,
             Some(b"complaint") => EventKind::Complaint,
+            Some(b"feedback") => EventKind::Feedback,
+            Some(b"profile") => EventKind::Profile,
             Some(_) => return Err(Reason::UnknownType),
         };
         let amount = match amount.first() {
@@ -547,12 +806,89 @@ mod tests {
             // The entry ID's time, unchecked (see the report on `entry_ms` limits).
             None => entry_ms,
         };
+        let score = match (kind, score.first()) {
+            (EventKind::Feedback, None) => return Err(Reason::MissingScore),
+            (EventKind::Feedback, Some(&[d])) if (b'1'..=b'5').contains(d) => d - b'0',
+            (EventKind::Feedback, Some(_)) => return Err(Reason::InvalidScore),
+            _ => 0,
+        };
+        let attributes = if kind == EventKind::Profile {
+            oracle_attributes(fields, limits)?
+        } else {
+            Vec::new()
+        };
         Ok(Expected {
             customer_id,
             kind,
             amount,
             time: u32::try_from(ms / 1000).expect("generated entry times fit"),
+            score,
+            coupon: kind == EventKind::Purchase && coupon.first().is_some_and(|c| !c.is_empty()),
+            attributes,
         })
+    }
+
+    /// A profile's attributes: every field but the known ones, in order; at least one.
+    /// Names: 1 to 32 of a-z, 0-9, _ with a letter first; values: UTF-8 within the limit,
+    /// `birthday` a real month-day (29 February too) as MM-DD or YYYY-MM-DD, or empty.
+    fn oracle_attributes(
+        fields: &Fields,
+        limits: &EventLimits,
+    ) -> Result<Vec<(String, String)>, Reason> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for (name, value) in fields {
+            if KNOWN.iter().any(|k| k.as_bytes() == name.as_slice()) {
+                continue;
+            }
+            let name_ok = (1..=32).contains(&name.len())
+                && name[0].is_ascii_lowercase()
+                && name
+                    .iter()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+            if !name_ok {
+                return Err(Reason::InvalidProfileKey);
+            }
+            let key = String::from_utf8(name.clone()).expect("ASCII");
+            if out.iter().any(|(k, _)| *k == key) {
+                return Err(Reason::DuplicateField);
+            }
+            if value.len() > limits.max_profile_value_bytes {
+                return Err(Reason::InvalidProfileValue);
+            }
+            let value =
+                String::from_utf8(value.clone()).map_err(|_| Reason::InvalidProfileValue)?;
+            if key == "birthday" && !value.is_empty() && !oracle_birthday(&value) {
+                return Err(Reason::InvalidProfileValue);
+            }
+            out.push((key, value));
+        }
+        if out.is_empty() {
+            return Err(Reason::EmptyProfile);
+        }
+        Ok(out)
+    }
+
+    fn oracle_birthday(value: &str) -> bool {
+        let b = value.as_bytes();
+        let month_day = match b.len() {
+            5 => b,
+            10 if b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' => &b[5..],
+            _ => return false,
+        };
+        let digits = |s: &[u8]| -> Option<u32> {
+            (s.len() == 2 && s.iter().all(u8::is_ascii_digit))
+                .then(|| u32::from(s[0] - b'0') * 10 + u32::from(s[1] - b'0'))
+        };
+        let (Some(month), Some(day)) = (digits(&month_day[..2]), digits(&month_day[3..])) else {
+            return false;
+        };
+        let last = match month {
+            2 => 29,
+            4 | 6 | 9 | 11 => 30,
+            1..=12 => 31,
+            _ => return false,
+        };
+        month_day[2] == b'-' && (1..=last).contains(&day)
     }
 
     /// A decimal: optional sign, digits with an optional fraction (at least one digit),
@@ -644,7 +980,7 @@ mod tests {
 
     fn type_value() -> BoxedStrategy<Vec<u8>> {
         prop_oneof![
-            30 => strs(&KINDS),
+            45 => strs(&KINDS),
             2 => strs(&[
                 "", "PURCHASE", "Visit", "purchase ", " refund", "gift", "visit\0",
                 "complaints", "purchas", "ｖisit",
@@ -771,21 +1107,57 @@ mod tests {
         .boxed()
     }
 
-    /// A field the parser should ignore: near-misses of the known names, or anything.
+    /// A field beyond the known ones: ignored, or a profile's attribute. Near-misses of the
+    /// known names, attribute names good and bad, or anything.
     fn extra_field() -> BoxedStrategy<(Vec<u8>, Vec<u8>)> {
         let name = prop_oneof![
             2 => strs(&[
                 "Customer_id", "customer_id ", "customerid", "TYPE", "type\0", "amount\u{0}",
-                "ts ", "", "channel", "dlq_reason",
+                "ts ", "", "channel", "dlq_reason", "Region", "age-band", "1st", "_x",
+                "abcdefghijklmnopqrstuvwxyz_0123456",
             ]),
+            4 => strs(&["region", "age_band", "birthday", "gender", "loyalty_tier", "a",
+                "abcdefghijklmnopqrstuvwxyz_01234"]),
             1 => bytes(12),
             1 => invalid_utf8(),
         ];
-        let value = prop_oneof![8 => bytes(32), 1 => invalid_utf8(), 1 => huge()];
+        let value = prop_oneof![
+            8 => bytes(32),
+            4 => strs(&["eu", "", "02-29", "02-30", "13-01", "1990-12-01", "1990/12/01",
+                "12-1", "00-10", "2-29", " 02-28", "ünïcödé"]),
+            1 => invalid_utf8(),
+            1 => huge(),
+        ];
         (name, value).boxed()
     }
 
-    /// Each known field absent, once (most often) or twice, plus ignored ones, in any order.
+    fn score_value() -> BoxedStrategy<Vec<u8>> {
+        prop_oneof![
+            8 => strs(&["1", "2", "3", "4", "5"]),
+            2 => strs(&["0", "6", "3.0", " 3", "3 ", "", "five", "١"]),
+            1 => bytes(4),
+        ]
+        .boxed()
+    }
+
+    fn coupon_value() -> BoxedStrategy<Vec<u8>> {
+        prop_oneof![3 => strs(&["SPRING10", "", "x"]), 1 => bytes(8)].boxed()
+    }
+
+    /// A field absent (most often), once or twice.
+    fn field_maybe(name: &'static str, value: BoxedStrategy<Vec<u8>>) -> BoxedStrategy<Fields> {
+        prop_oneof![6 => Just(0usize), 6 => Just(1), 1 => Just(2)]
+            .prop_flat_map(move |n| vec(value.clone(), n..=n))
+            .prop_map(move |values| {
+                values
+                    .into_iter()
+                    .map(|v| (name.as_bytes().to_vec(), v))
+                    .collect()
+            })
+            .boxed()
+    }
+
+    /// Each known field absent, once (most often) or twice, plus others, in any order.
     fn near_valid_fields(entry_ms: u64, limits: EventLimits) -> BoxedStrategy<Fields> {
         fn field(name: &'static str, value: BoxedStrategy<Vec<u8>>) -> BoxedStrategy<Fields> {
             prop_oneof![1 => Just(0usize), 24 => Just(1), 1 => Just(2)]
@@ -803,9 +1175,11 @@ mod tests {
             field("type", type_value()),
             field("amount", amount_value()),
             field("ts", ts_value(entry_ms, limits)),
+            field_maybe("score", score_value()),
+            field_maybe("coupon", coupon_value()),
             vec(extra_field(), 0..4),
         )
-            .prop_map(|(a, b, c, d, e)| [a, b, c, d, e].concat())
+            .prop_map(|(a, b, c, d, e, f, g)| [a, b, c, d, e, f, g].concat())
             .prop_shuffle()
             .boxed()
     }
@@ -834,6 +1208,7 @@ mod tests {
             .prop_map(|(max_future_skew_ms, min_ts_ms)| EventLimits {
                 max_future_skew_ms,
                 min_ts_ms,
+                max_profile_value_bytes: 64,
             });
         (entry_ms, limits).prop_flat_map(|(ms, limits)| {
             let fields = prop_oneof![
@@ -866,6 +1241,14 @@ mod tests {
                     prop_assert_eq!(ev.kind, exp.kind);
                     prop_assert_eq!(ev.amount, exp.amount);
                     prop_assert_eq!(ev.time, exp.time);
+                    prop_assert_eq!(ev.score, exp.score);
+                    prop_assert_eq!(ev.coupon, exp.coupon);
+                    let attributes: Vec<(String, String)> = ev
+                        .attributes
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    prop_assert_eq!(attributes, exp.attributes);
                     let kind = event_kind(fields.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
                     prop_assert_eq!(kind, Some(ev.kind));
                 }

@@ -8,8 +8,10 @@
 //!   timers that notice silence;
 //! - [`model`]: scores churn probability with a logistic model (and trains one);
 //! - [`classify`]: lifecycle stage, RFM segment and risk level;
-//! - [`winback`]: decides when a customer gets a win-back task; [`tasks`]: the other task
-//!   kinds (convert, welcome, anniversary, revisit) and the contact cap they all share;
+//! - [`winback`]: decides when a customer gets a win-back task; [`tasks`]: the task type and
+//!   the other kinds (convert, welcome, birthday, anniversary, revisit, service recovery)
+//!   with the contact cap they all share; [`profiles`] and [`tags`]: what is known of a
+//!   customer beyond activity, and the names rules give them;
 //! - [`sink`]: writes tasks and dead letters and acknowledges entries, atomically.
 //!
 //! [`state`] writes and loads snapshots of every customer's state with the stream positions
@@ -34,10 +36,12 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod profiles;
 pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod tags;
 pub mod tasks;
 pub mod time;
 pub mod transactions;

@@ -100,6 +100,7 @@ pub struct Metrics {
     pub customers_by_stage: IntGaugeVec,
     pub customers_by_segment: IntGaugeVec,
     pub customers_by_probability: IntGaugeVec,
+    pub customers_by_region: IntGaugeVec,
     pub store_bytes: IntGauge,
     pub rescores: IntCounter,
     pub tasks: IntCounterVec,
@@ -265,6 +266,11 @@ impl Metrics {
                 "churnd_customers_by_churn_probability",
                 "Buyers by churn probability (tenths), as of their last scoring.",
                 &["range"],
+            ),
+            customers_by_region: gauge_vec(
+                "churnd_customers_by_region",
+                "Customers by the region of their profile: one of profiles.regions, other, or none (no region).",
+                &["region"],
             ),
             store_bytes: gauge(
                 "churnd_customer_store_bytes",

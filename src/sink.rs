@@ -10,6 +10,7 @@
 //! retries, redeliveries and replays never produce a second task for the same episode or a
 //! second dead letter for the same entry.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use crate::connection::Connector;
 use crate::engine::{DeadLetter, Effects};
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
-use crate::tasks::{TaskKind, TasksSettings};
+use crate::tasks::{Task, TaskKind, TasksSettings};
 use crate::winback::Group;
 
 /// KEYS: guard key, stream. ARGV: guard TTL (s), stream MAXLEN, then field/value pairs.
@@ -82,22 +83,26 @@ impl SinkSettings {
         }
     }
 
-    /// The writes of `fx`'s tasks and dead letters as one transaction (replies: win-back tasks,
-    /// the other tasks, then dead letters, in order); `None` when there are none. Safe to
-    /// repeat: every write is guarded by its ID.
+    /// The stream a task goes to and that stream's length cap.
+    fn stream_of(&self, task: &Task) -> (&str, u64) {
+        match task.winback() {
+            Some(w) => (self.task_stream(w.group), self.task_max_len),
+            None => (self.tasks.stream(task.kind), self.tasks.max_len),
+        }
+    }
+
+    /// The writes of `fx`'s tasks and dead letters as one transaction (replies: tasks, then
+    /// dead letters, in order); `None` when there are none. Safe to repeat: every write is
+    /// guarded by its ID.
     pub fn effects(&self, fx: &Effects) -> Option<redis::Pipeline> {
-        if fx.tasks.is_empty() && fx.care_tasks.is_empty() && fx.dead_letters.is_empty() {
+        if fx.tasks.is_empty() && fx.dead_letters.is_empty() {
             return None;
         }
         let mut p = redis::pipe();
         p.atomic();
         for task in &fx.tasks {
-            let stream = self.task_stream(task.group);
-            p.add_command(self.task(stream, self.task_max_len, &task.task_id, task.fields()));
-        }
-        for task in &fx.care_tasks {
-            let stream = self.tasks.stream(task.kind);
-            p.add_command(self.task(stream, self.tasks.max_len, &task.task_id, task.fields()));
+            let (stream, max_len) = self.stream_of(task);
+            p.add_command(self.task(stream, max_len, &task.task_id, task.fields()));
         }
         for dl in &fx.dead_letters {
             p.add_command(self.dead_letter(dl));
@@ -112,7 +117,7 @@ impl SinkSettings {
         stream: &str,
         max_len: u64,
         task_id: &str,
-        fields: impl IntoIterator<Item = (&'static str, String)>,
+        fields: impl IntoIterator<Item = (Cow<'static, str>, String)>,
     ) -> redis::Cmd {
         let mut cmd = guarded_xadd(
             format!("{stream}:dedup:{task_id}"),
@@ -121,7 +126,7 @@ impl SinkSettings {
             max_len,
         );
         for (name, value) in fields {
-            cmd.arg(name).arg(value);
+            cmd.arg(name.as_ref()).arg(value);
         }
         cmd
     }
@@ -345,32 +350,27 @@ impl Sink {
     /// Counts what the effects transaction wrote; `replies` are in [`SinkSettings::effects`]
     /// order.
     fn record(&self, fx: &Effects, replies: &[Value]) {
-        let (task_replies, rest) = replies.split_at(fx.tasks.len().min(replies.len()));
-        let (care_replies, dead_letter_replies) =
-            rest.split_at(fx.care_tasks.len().min(rest.len()));
+        let (task_replies, dead_letter_replies) =
+            replies.split_at(fx.tasks.len().min(replies.len()));
         for (task, reply) in fx.tasks.iter().zip(task_replies) {
+            let winback = task.winback();
             if written_before(reply) {
-                self.metrics.tasks_duplicate.inc();
-            } else {
+                if winback.is_some() {
+                    self.metrics.tasks_duplicate.inc();
+                }
+                tracing::debug!(task_id = %task.task_id, kind = task.kind.as_str(), "task was written before; not written again");
+                continue;
+            }
+            if let Some(w) = winback {
                 self.metrics
                     .tasks
-                    .with_label_values(&[&task.action, task.group.as_str()])
-                    .inc();
-                self.metrics
-                    .tasks_by_kind
-                    .with_label_values(&[TaskKind::Winback.as_str()])
+                    .with_label_values(&[&task.action, w.group.as_str()])
                     .inc();
             }
-        }
-        for (task, reply) in fx.care_tasks.iter().zip(care_replies) {
-            if written_before(reply) {
-                tracing::debug!(task_id = %task.task_id, kind = task.kind.as_str(), "task was written before; not written again");
-            } else {
-                self.metrics
-                    .tasks_by_kind
-                    .with_label_values(&[task.kind.as_str()])
-                    .inc();
-            }
+            self.metrics
+                .tasks_by_kind
+                .with_label_values(&[task.kind.as_str()])
+                .inc();
         }
         for (dl, reply) in fx.dead_letters.iter().zip(dead_letter_replies) {
             if written_before(reply) {

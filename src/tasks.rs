@@ -10,22 +10,32 @@
 //!   first-purchase offer, once per prospect.
 //! - `welcome`: `after_days` after a customer's first purchase, if they have not bought again:
 //!   a follow-up, once per first purchase.
+//! - `birthday`: `days_before` a customer's birthday (the profile's `birthday`), once a year.
 //! - `anniversary`: `days_before` the yearly anniversary of a customer's first purchase, once
 //!   a year.
 //! - `revisit`: valuable customers (configured segments) get a call from their account
 //!   manager every `every_days` since their last contact or purchase.
+//! - `service_recovery`: a very low feedback score (at most `max_score`) from a valuable
+//!   customer, at once: not an occasion in time but the answer to an event.
+//!
+//! Every kind's task is one [`Task`]: what all kinds share, and a [`Detail`] of its own.
 //!
 //! The contact cap: at most one task of any kind per customer in `contact_cap_days`. When
-//! several kinds are due at once, win-back goes first (the engine asks it first).
+//! several kinds are due at once, win-back goes first (the engine asks it first); a service
+//! recovery goes out whatever the cap (unless configured otherwise) and counts as a contact.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::classify::{LifecycleStage, Segment};
+use crate::classify::{LifecycleStage, Risk, Segment};
+use crate::model::ScoreReason;
+use crate::profiles::Profile;
 use crate::time::{self, UnixSeconds};
+use crate::winback::Group;
 
 /// What a task asks marketing or account managers to do, broadly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -34,25 +44,31 @@ pub enum TaskKind {
     Winback,
     Convert,
     Welcome,
+    Birthday,
     Anniversary,
     Revisit,
+    ServiceRecovery,
 }
 
 impl TaskKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Winback,
         Self::Convert,
         Self::Welcome,
+        Self::Birthday,
         Self::Anniversary,
         Self::Revisit,
+        Self::ServiceRecovery,
     ];
 
     /// The kinds of `[tasks]`: every one but win-back.
-    pub const CARE: [Self; 4] = [
+    pub const CARE: [Self; 6] = [
         Self::Convert,
         Self::Welcome,
+        Self::Birthday,
         Self::Anniversary,
         Self::Revisit,
+        Self::ServiceRecovery,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,8 +76,10 @@ impl TaskKind {
             Self::Winback => "winback",
             Self::Convert => "convert",
             Self::Welcome => "welcome",
+            Self::Birthday => "birthday",
             Self::Anniversary => "anniversary",
             Self::Revisit => "revisit",
+            Self::ServiceRecovery => "service_recovery",
         }
     }
 }
@@ -79,8 +97,10 @@ pub struct TasksSettings {
     pub contact_cap_days: u32,
     pub convert: ConvertSettings,
     pub welcome: WelcomeSettings,
+    pub birthday: BirthdaySettings,
     pub anniversary: AnniversarySettings,
     pub revisit: RevisitSettings,
+    pub service_recovery: ServiceRecoverySettings,
 }
 
 impl Default for TasksSettings {
@@ -91,8 +111,10 @@ impl Default for TasksSettings {
             contact_cap_days: 7,
             convert: ConvertSettings::default(),
             welcome: WelcomeSettings::default(),
+            birthday: BirthdaySettings::default(),
             anniversary: AnniversarySettings::default(),
             revisit: RevisitSettings::default(),
+            service_recovery: ServiceRecoverySettings::default(),
         }
     }
 }
@@ -142,6 +164,64 @@ impl Default for WelcomeSettings {
             after_days: 14,
             max_late_days: 7,
             action: "welcome_follow_up".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.birthday]`: the customer's birthday, from their profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BirthdaySettings {
+    pub enabled: bool,
+    /// Days before the birthday; not sent after it.
+    pub days_before: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for BirthdaySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            days_before: 3,
+            action: "birthday_greeting".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.service_recovery]`: a very low feedback score from a valuable customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceRecoverySettings {
+    pub enabled: bool,
+    /// Scores at or below this raise the task (1 to 5).
+    pub max_score: u8,
+    /// The segments whose customers get it.
+    pub segments: Vec<Segment>,
+    /// Sent even when the contact cap would hold another task back (it still counts as a
+    /// contact): a customer who just reported a bad experience is answered.
+    pub bypass_contact_cap: bool,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for ServiceRecoverySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_score: 1,
+            segments: vec![
+                Segment::ImportantValue,
+                Segment::ImportantDevelopment,
+                Segment::ImportantRetention,
+                Segment::ImportantWinback,
+            ],
+            bypass_contact_cap: true,
+            action: "service_recovery_call".into(),
             stream: String::new(),
         }
     }
@@ -213,14 +293,24 @@ impl TasksSettings {
                 "{prefix}.anniversary.days_before must be at most 300"
             ));
         }
+        if self.birthday.days_before > 300 {
+            problems.push(format!("{prefix}.birthday.days_before must be at most 300"));
+        }
+        if !(1..=5).contains(&self.service_recovery.max_score) {
+            problems.push(format!(
+                "{prefix}.service_recovery.max_score must be between 1 and 5"
+            ));
+        }
         if self.revisit.every_days == 0 {
             problems.push(format!("{prefix}.revisit.every_days must be at least 1"));
         }
         for (kind, action) in [
             ("convert", &self.convert.action),
             ("welcome", &self.welcome.action),
+            ("birthday", &self.birthday.action),
             ("anniversary", &self.anniversary.action),
             ("revisit", &self.revisit.action),
+            ("service_recovery", &self.service_recovery.action),
         ] {
             if action.trim().is_empty() {
                 problems.push(format!("{prefix}.{kind}.action must not be empty"));
@@ -241,8 +331,13 @@ impl TasksSettings {
             TaskKind::Winback => ("", ""),
             TaskKind::Convert => ("tasks.convert.stream", self.convert.stream.as_str()),
             TaskKind::Welcome => ("tasks.welcome.stream", self.welcome.stream.as_str()),
+            TaskKind::Birthday => ("tasks.birthday.stream", self.birthday.stream.as_str()),
             TaskKind::Anniversary => ("tasks.anniversary.stream", self.anniversary.stream.as_str()),
             TaskKind::Revisit => ("tasks.revisit.stream", self.revisit.stream.as_str()),
+            TaskKind::ServiceRecovery => (
+                "tasks.service_recovery.stream",
+                self.service_recovery.stream.as_str(),
+            ),
         };
         if own.1.is_empty() {
             ("tasks.stream", &self.stream)
@@ -277,42 +372,124 @@ fn day(t: UnixSeconds) -> u16 {
     u16::try_from(t / 86_400).unwrap_or(u16::MAX)
 }
 
-/// A task of a kind other than win-back.
+/// A task for marketing automation or account managers, of any kind: what every kind
+/// carries, and a [`Detail`] of its own.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CareTask {
+pub struct Task {
     pub kind: TaskKind,
+    /// 32 hex digits, deterministic: a replay raises the same ID, and the sink writes it once.
     pub task_id: String,
     pub customer_id: String,
     pub action: Arc<str>,
     pub lifecycle_stage: LifecycleStage,
+    /// RFM segment, when the customer has bought.
     pub segment: Option<Segment>,
+    /// When the decision was made (clock time).
     pub as_of: UnixSeconds,
-    /// The occasion: the first purchase a welcome follows, the anniversary, the day a revisit
-    /// fell due; 0 for a prospect.
-    pub reference: UnixSeconds,
-    pub visits: u8,
+    /// The customer's tags at the decision.
+    pub tags: Vec<Arc<str>>,
+    /// The customer's profile, copied onto the task.
+    pub profile: Option<Arc<Profile>>,
+    pub detail: Detail,
 }
 
-impl CareTask {
-    /// Stream fields, in a stable order; the first four are those of every kind.
-    pub fn fields(&self) -> Vec<(&'static str, String)> {
-        let mut fields = vec![
-            ("task_id", self.task_id.clone()),
-            ("kind", self.kind.as_str().into()),
-            ("customer_id", self.customer_id.clone()),
-            ("action", self.action.to_string()),
-            ("lifecycle_stage", self.lifecycle_stage.as_str().into()),
-            ("as_of", time::rfc3339(self.as_of)),
-        ];
-        if let Some(segment) = self.segment {
-            fields.push(("segment", segment.as_str().into()));
+/// What only one kind of task carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Detail {
+    Winback(WinbackDetail),
+    /// Visits counted without a purchase.
+    Convert {
+        visits: u8,
+    },
+    /// The first purchase being followed up.
+    Welcome {
+        first_purchase: UnixSeconds,
+    },
+    /// This year's birthday, midnight UTC.
+    Birthday {
+        date: UnixSeconds,
+    },
+    /// The anniversary of the first purchase, midnight UTC.
+    Anniversary {
+        date: UnixSeconds,
+    },
+    /// When the revisit fell due.
+    Revisit {
+        due: UnixSeconds,
+    },
+    /// The score and when it was given.
+    ServiceRecovery {
+        score: u8,
+        feedback_at: UnixSeconds,
+    },
+}
+
+/// A win-back task's own part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WinbackDetail {
+    pub churn_probability: f64,
+    pub risk: Risk,
+    /// Value at risk: churn probability × spend over the last year (365-day decay).
+    pub priority: f64,
+    pub reasons: Vec<ScoreReason>,
+    pub model_version: Arc<str>,
+    pub group: Group,
+    /// The last purchase, which began this episode of silence.
+    pub episode_start: UnixSeconds,
+    pub attempt: u8,
+}
+
+impl Task {
+    /// The win-back part, for a win-back task.
+    pub fn winback(&self) -> Option<&WinbackDetail> {
+        match &self.detail {
+            Detail::Winback(w) => Some(w),
+            _ => None,
         }
-        match self.kind {
-            TaskKind::Convert => fields.push(("visits", self.visits.to_string())),
-            TaskKind::Welcome => fields.push(("first_purchase", time::rfc3339(self.reference))),
-            TaskKind::Anniversary => fields.push(("anniversary", time::rfc3339(self.reference))),
-            TaskKind::Revisit => fields.push(("due", time::rfc3339(self.reference))),
-            TaskKind::Winback => {}
+    }
+
+    /// Stream fields, in a stable order: those of every kind, the kind's own, then the tags
+    /// and the profile's attributes (`profile_<key>`).
+    pub fn fields(&self) -> Vec<(Cow<'static, str>, String)> {
+        let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(20);
+        let mut push = |name: &'static str, value: String| fields.push((name.into(), value));
+        push("task_id", self.task_id.clone());
+        push("kind", self.kind.as_str().into());
+        push("customer_id", self.customer_id.clone());
+        push("action", self.action.to_string());
+        push("lifecycle_stage", self.lifecycle_stage.as_str().into());
+        if let Some(segment) = self.segment {
+            push("segment", segment.as_str().into());
+        }
+        push("as_of", time::rfc3339(self.as_of));
+        match &self.detail {
+            Detail::Winback(w) => {
+                let reasons: Vec<String> = w.reasons.iter().map(ToString::to_string).collect();
+                push("churn_probability", format!("{:.6}", w.churn_probability));
+                push("risk", w.risk.as_str().into());
+                push("priority", format!("{:.2}", w.priority));
+                push("reasons", reasons.join(","));
+                push("model_version", w.model_version.to_string());
+                push("group", w.group.as_str().into());
+                push("episode_start", time::rfc3339(w.episode_start));
+                push("attempt", w.attempt.to_string());
+            }
+            Detail::Convert { visits } => push("visits", visits.to_string()),
+            Detail::Welcome { first_purchase } => {
+                push("first_purchase", time::rfc3339(*first_purchase));
+            }
+            Detail::Birthday { date } => push("birthday", time::rfc3339(*date)),
+            Detail::Anniversary { date } => push("anniversary", time::rfc3339(*date)),
+            Detail::Revisit { due } => push("due", time::rfc3339(*due)),
+            Detail::ServiceRecovery { score, feedback_at } => {
+                push("score", score.to_string());
+                push("feedback_at", time::rfc3339(*feedback_at));
+            }
+        }
+        let tags: Vec<&str> = self.tags.iter().map(|t| &**t).collect();
+        push("tags", tags.join(","));
+        for (key, value) in self.profile.iter().flat_map(|p| p.iter()) {
+            fields.push((format!("profile_{key}").into(), value.to_string()));
         }
         fields
     }
@@ -327,6 +504,8 @@ pub struct CareCandidate<'a> {
     /// First and last purchase, when there is one.
     pub first_purchase: Option<UnixSeconds>,
     pub last_purchase: Option<UnixSeconds>,
+    /// Month and day, from the profile.
+    pub birthday: Option<(u8, u8)>,
 }
 
 /// When one kind's task for one customer is due: from `from` to `until` (inclusive), about
@@ -374,10 +553,22 @@ pub struct CarePolicy {
     convert: Option<(u8, Arc<str>)>,
     /// Seconds after the first purchase, seconds it may be late, action.
     welcome: Option<(u32, u32, Arc<str>)>,
+    /// Seconds before the birthday, action.
+    birthday: Option<(u32, Arc<str>)>,
     /// Seconds before the anniversary, action.
     anniversary: Option<(u32, Arc<str>)>,
     /// Segments, seconds between contacts, action.
     revisit: Option<([bool; 8], u32, Arc<str>)>,
+    service_recovery: Option<ServiceRecovery>,
+}
+
+/// `[tasks.service_recovery]`, resolved.
+#[derive(Debug, Clone)]
+struct ServiceRecovery {
+    max_score: u8,
+    segments: [bool; 8],
+    bypass_contact_cap: bool,
+    action: Arc<str>,
 }
 
 impl CarePolicy {
@@ -398,6 +589,12 @@ impl CarePolicy {
                     settings.welcome.action.as_str().into(),
                 )
             }),
+            birthday: settings.birthday.enabled.then(|| {
+                (
+                    time::days(settings.birthday.days_before),
+                    settings.birthday.action.as_str().into(),
+                )
+            }),
             anniversary: settings.anniversary.enabled.then(|| {
                 (
                     time::days(settings.anniversary.days_before),
@@ -410,6 +607,15 @@ impl CarePolicy {
                     time::days(revisit.every_days),
                     revisit.action.as_str().into(),
                 )
+            }),
+            service_recovery: settings.service_recovery.enabled.then(|| {
+                let s = &settings.service_recovery;
+                ServiceRecovery {
+                    max_score: s.max_score,
+                    segments: Segment::ALL.map(|segment| s.segments.contains(&segment)),
+                    bypass_contact_cap: s.bypass_contact_cap,
+                    action: s.action.as_str().into(),
+                }
             }),
         }
     }
@@ -431,8 +637,10 @@ impl CarePolicy {
         let action = match kind {
             TaskKind::Convert => self.convert.as_ref().map(|c| &c.1),
             TaskKind::Welcome => self.welcome.as_ref().map(|w| &w.2),
+            TaskKind::Birthday => self.birthday.as_ref().map(|b| &b.1),
             TaskKind::Anniversary => self.anniversary.as_ref().map(|a| &a.1),
             TaskKind::Revisit => self.revisit.as_ref().map(|r| &r.2),
+            TaskKind::ServiceRecovery => self.service_recovery.as_ref().map(|s| &s.action),
             TaskKind::Winback => None,
         };
         action.cloned().unwrap_or_else(|| "review".into())
@@ -446,7 +654,7 @@ impl CarePolicy {
         contact: &mut Contact,
         candidate: &CareCandidate<'_>,
         now: UnixSeconds,
-    ) -> (Option<CareTask>, Option<UnixSeconds>) {
+    ) -> (Option<Task>, Option<UnixSeconds>) {
         let capped_until = self.contact_allowed_from(contact, now);
         let mut due = None;
         let mut next: Option<UnixSeconds> = None;
@@ -461,18 +669,45 @@ impl CarePolicy {
             return (None, next);
         };
         contact.record(now);
-        let task = CareTask {
-            kind: occasion.kind,
-            task_id: task_id(occasion.kind, candidate.customer_id, occasion.reference),
+        let reference = occasion.reference;
+        let detail = match occasion.kind {
+            TaskKind::Convert => Detail::Convert {
+                visits: contact.prospect_visits,
+            },
+            TaskKind::Welcome => Detail::Welcome {
+                first_purchase: reference,
+            },
+            TaskKind::Birthday => Detail::Birthday { date: reference },
+            TaskKind::Anniversary => Detail::Anniversary { date: reference },
+            TaskKind::Revisit => Detail::Revisit { due: reference },
+            TaskKind::Winback | TaskKind::ServiceRecovery => {
+                unreachable!("{:?} is no occasion", occasion.kind)
+            }
+        };
+        let task = self.task(occasion.kind, reference, candidate, now, detail);
+        (Some(task), self.next_moment(contact, candidate, now))
+    }
+
+    fn task(
+        &self,
+        kind: TaskKind,
+        reference: UnixSeconds,
+        candidate: &CareCandidate<'_>,
+        now: UnixSeconds,
+        detail: Detail,
+    ) -> Task {
+        Task {
+            kind,
+            task_id: task_id(kind, candidate.customer_id, reference),
             customer_id: candidate.customer_id.to_owned(),
-            action: self.action(occasion.kind),
+            action: self.action(kind),
             lifecycle_stage: candidate.lifecycle_stage,
             segment: candidate.segment,
             as_of: now,
-            reference: occasion.reference,
-            visits: contact.prospect_visits,
-        };
-        (Some(task), self.next_moment(contact, candidate, now))
+            tags: Vec::new(),
+            profile: None,
+            detail,
+        }
     }
 
     /// [`Self::evaluate`]'s task alone.
@@ -481,8 +716,36 @@ impl CarePolicy {
         contact: &mut Contact,
         candidate: &CareCandidate<'_>,
         now: UnixSeconds,
-    ) -> Option<CareTask> {
+    ) -> Option<Task> {
         self.evaluate(contact, candidate, now).0
+    }
+
+    /// The answer to a feedback `score` given at `feedback_at`: a service-recovery task if
+    /// the score is low enough and the customer valuable (and the cap allows, unless it is
+    /// bypassed), recording the contact. One per feedback: its ID is made from its time.
+    pub fn service_recovery(
+        &self,
+        contact: &mut Contact,
+        candidate: &CareCandidate<'_>,
+        score: u8,
+        feedback_at: UnixSeconds,
+        now: UnixSeconds,
+    ) -> Option<Task> {
+        let s = self.service_recovery.as_ref()?;
+        let valuable = candidate.segment.is_some_and(|seg| s.segments[seg.index()]);
+        let allowed = s.bypass_contact_cap || self.contact_allowed_from(contact, now).is_none();
+        if score > s.max_score || !valuable || !allowed {
+            return None;
+        }
+        contact.record(now);
+        let detail = Detail::ServiceRecovery { score, feedback_at };
+        Some(self.task(
+            TaskKind::ServiceRecovery,
+            feedback_at,
+            candidate,
+            now,
+            detail,
+        ))
     }
 
     /// The next moment after `now` at which a care task can fall due without an event: the
@@ -533,27 +796,21 @@ impl CarePolicy {
                     reference: first,
                 }
             });
+        let birthday = self.birthday.as_ref().zip(candidate.birthday).and_then(
+            |((before, _), (month, day))| {
+                yearly(TaskKind::Birthday, *before, contact, now, |after| {
+                    yearly_after(month, day, 0, after)
+                })
+            },
+        );
         let anniversary = self
             .anniversary
             .as_ref()
             .zip(candidate.first_purchase)
             .and_then(|((before, _), first)| {
-                // This year's, or next year's once this one is served or past.
-                let mut after = now;
-                for _ in 0..2 {
-                    let date = anniversary_after(first, after)?;
-                    let occasion = Occasion {
-                        kind: TaskKind::Anniversary,
-                        from: date.saturating_sub(*before),
-                        until: date,
-                        reference: date,
-                    };
-                    if !occasion.served(contact) {
-                        return Some(occasion);
-                    }
-                    after = date.saturating_add(1);
-                }
-                None
+                yearly(TaskKind::Anniversary, *before, contact, now, |after| {
+                    anniversary_after(first, after)
+                })
             });
         let revisit = self
             .revisit
@@ -571,32 +828,69 @@ impl CarePolicy {
                     reference: from,
                 }
             });
-        [convert, welcome, anniversary, revisit]
+        [convert, welcome, birthday, anniversary, revisit]
             .into_iter()
             .flatten()
             .filter(|o| !o.served(contact))
     }
 }
 
-/// The first anniversary (one year or more after `first`, on its calendar day; 28 February
-/// for a 29 February in other years) at or after `after`, at midnight UTC.
+/// A yearly occasion `before` seconds ahead of its date: this year's, or next year's once
+/// this one is served or past. `after(t)` is the first date at or after `t`.
+fn yearly(
+    kind: TaskKind,
+    before: u32,
+    contact: &Contact,
+    now: UnixSeconds,
+    after: impl Fn(UnixSeconds) -> Option<UnixSeconds>,
+) -> Option<Occasion> {
+    let mut from = now;
+    for _ in 0..2 {
+        let date = after(from)?;
+        let occasion = Occasion {
+            kind,
+            from: date.saturating_sub(before),
+            until: date,
+            reference: date,
+        };
+        if !occasion.served(contact) {
+            return Some(occasion);
+        }
+        from = date.saturating_add(1);
+    }
+    None
+}
+
+/// The first anniversary (one year or more after `first`, on its calendar day) at or after
+/// `after`, at midnight UTC.
 fn anniversary_after(first: UnixSeconds, after: UnixSeconds) -> Option<UnixSeconds> {
     let first = DateTime::from_timestamp(i64::from(first), 0)?.date_naive();
+    yearly_after(
+        first.month() as u8,
+        first.day() as u8,
+        first.year() + 1,
+        after,
+    )
+}
+
+/// The first `month`-`day` of a year from `first_year` on at or after `after`, at midnight
+/// UTC; a 29 February falls on the 28th in other years.
+fn yearly_after(month: u8, day: u8, first_year: i32, after: UnixSeconds) -> Option<UnixSeconds> {
     let after_date = DateTime::from_timestamp(i64::from(after), 0)?.date_naive();
     let on = |year: i32| {
-        first
-            .with_year(year)
-            .or_else(|| NaiveDate::from_ymd_opt(year, 2, 28))
+        NaiveDate::from_ymd_opt(year, month.into(), day.into())
+            .or_else(|| NaiveDate::from_ymd_opt(year, 2, 28).filter(|_| (month, day) == (2, 29)))
     };
-    let mut year = after_date.year().max(first.year() + 1);
-    loop {
+    // Two years always find one: the day exists every year (or is moved to the 28th).
+    let first = after_date.year().max(first_year);
+    for year in first..first + 2 {
         let date = on(year)?;
         let midnight = u32::try_from(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp()).ok()?;
         if midnight >= after {
             return Some(midnight);
         }
-        year += 1;
     }
+    None
 }
 
 /// Deterministic task ID: 128 bits of xxh3 over kind, customer and reference moment.
@@ -633,6 +927,7 @@ mod tests {
             purchases: 5,
             first_purchase: Some(first),
             last_purchase: Some(last),
+            birthday: None,
         }
     }
 
@@ -644,6 +939,7 @@ mod tests {
             purchases: 0,
             first_purchase: None,
             last_purchase: None,
+            birthday: None,
         }
     }
 
@@ -655,7 +951,16 @@ mod tests {
             purchases,
             first_purchase: Some(first),
             last_purchase: Some(first),
+            birthday: None,
         }
+    }
+
+    /// The value of one of the task's stream fields.
+    fn field(task: &Task, name: &str) -> Option<String> {
+        task.fields()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
     }
 
     #[test]
@@ -670,7 +975,7 @@ mod tests {
                     let task = task.expect("the third visit raises the offer");
                     assert_eq!(task.kind, TaskKind::Convert);
                     assert_eq!(&*task.action, "first_purchase_offer");
-                    assert_eq!(task.visits, 3);
+                    assert_eq!(task.detail, Detail::Convert { visits: 3 });
                     assert_eq!(task.task_id, task_id(TaskKind::Convert, "p1", 0));
                 }
                 _ => assert!(task.is_none(), "visit {visit}: {task:?}"),
@@ -690,10 +995,8 @@ mod tests {
         );
         let task = p.decide(&mut contact, &buyer, T0 + 14 * DAY).expect("due");
         assert_eq!(task.kind, TaskKind::Welcome);
-        assert_eq!(task.reference, T0);
-        assert!(task
-            .fields()
-            .contains(&("first_purchase", time::rfc3339(T0))));
+        assert_eq!(task.detail, Detail::Welcome { first_purchase: T0 });
+        assert_eq!(field(&task, "first_purchase"), Some(time::rfc3339(T0)));
         // Once: not again a month later, nor anything scheduled for it.
         assert!(p.decide(&mut contact, &buyer, T0 + 45 * DAY).is_none());
         assert_eq!(p.next_moment(&contact, &buyer, T0 + 45 * DAY), None);
@@ -812,13 +1115,11 @@ mod tests {
         let task = p
             .decide(&mut contact, &buyer, day_1998 - 3 * DAY)
             .expect("due");
+        assert_eq!(task.detail, Detail::Anniversary { date: day_1998 });
         assert_eq!(
-            (task.kind, task.reference),
-            (TaskKind::Anniversary, day_1998)
+            field(&task, "anniversary").as_deref(),
+            Some("1998-02-10T00:00:00Z")
         );
-        assert!(task
-            .fields()
-            .contains(&("anniversary", "1998-02-10T00:00:00Z".into())));
         // Once: the next is a year later.
         assert!(p.decide(&mut contact, &buyer, day_1998).is_none());
         assert_eq!(

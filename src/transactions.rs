@@ -21,12 +21,7 @@ pub struct Transaction {
 
 impl Transaction {
     pub fn as_event(&self) -> Event<'_> {
-        Event {
-            customer_id: &self.customer_id,
-            kind: self.kind,
-            amount: self.amount,
-            time: self.time,
-        }
+        Event::new(&self.customer_id, self.kind, self.amount, self.time)
     }
 }
 
@@ -140,6 +135,13 @@ fn parse_row(record: &csv::StringRecord, columns: &Columns) -> Result<Transactio
         None | Some("") => EventKind::Purchase,
         Some(k) => k.parse()?,
     };
+    if matches!(kind, EventKind::Feedback | EventKind::Profile) {
+        // Training and batch scoring see activity only; these change no feature.
+        return Err(format!(
+            "type {} is not activity: this file takes purchase, refund, visit and complaint",
+            kind.as_str()
+        ));
+    }
     let amount_text = field(columns.amount);
     let amount = if amount_text.is_empty() {
         if kind.requires_amount() {

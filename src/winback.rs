@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
 use crate::classify::{LifecycleStage, Risk, Segment};
-use crate::model::{Score, ScoreReason};
+use crate::model::Score;
+use crate::tasks::{Detail, Task, TaskKind, WinbackDetail};
 use crate::time::{self, UnixSeconds};
 
 /// Seed of the control-group hash. Changing it reshuffles the groups and invalidates uplift
@@ -169,54 +170,6 @@ pub struct WinbackState {
     pub awaiting_recovery: bool,
 }
 
-/// A task for marketing automation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Task {
-    pub task_id: String,
-    pub customer_id: String,
-    pub churn_probability: f64,
-    pub risk: Risk,
-    pub segment: Segment,
-    pub lifecycle_stage: LifecycleStage,
-    pub action: Arc<str>,
-    /// Value at risk: churn probability × spend over the last year (365-day decay).
-    pub priority: f64,
-    pub reasons: Vec<ScoreReason>,
-    pub model_version: Arc<str>,
-    pub as_of: UnixSeconds,
-    pub group: Group,
-    /// The last purchase, which began this episode of silence.
-    pub episode_start: UnixSeconds,
-    pub attempt: u8,
-}
-
-impl Task {
-    /// Stream fields, in a stable order.
-    pub fn fields(&self) -> [(&'static str, String); 15] {
-        let reasons: Vec<String> = self.reasons.iter().map(ToString::to_string).collect();
-        [
-            ("task_id", self.task_id.clone()),
-            ("kind", "winback".into()),
-            ("customer_id", self.customer_id.clone()),
-            (
-                "churn_probability",
-                format!("{:.6}", self.churn_probability),
-            ),
-            ("risk", self.risk.as_str().into()),
-            ("segment", self.segment.as_str().into()),
-            ("lifecycle_stage", self.lifecycle_stage.as_str().into()),
-            ("action", self.action.to_string()),
-            ("priority", format!("{:.2}", self.priority)),
-            ("reasons", reasons.join(",")),
-            ("model_version", self.model_version.to_string()),
-            ("as_of", time::rfc3339(self.as_of)),
-            ("group", self.group.as_str().into()),
-            ("episode_start", time::rfc3339(self.episode_start)),
-            ("attempt", self.attempt.to_string()),
-        ]
-    }
-}
-
 /// What a task needs to know about the customer at decision time.
 pub struct Candidate<'a> {
     pub customer_id: &'a str,
@@ -357,20 +310,25 @@ impl Policy {
         state.awaiting_recovery = true;
         let attempt = state.episode_tasks;
         Some(Task {
+            kind: TaskKind::Winback,
             task_id: task_id(candidate.customer_id, candidate.last_purchase, attempt),
             customer_id: candidate.customer_id.to_owned(),
-            churn_probability: candidate.churn_probability,
-            risk: candidate.risk,
-            segment: candidate.segment,
-            lifecycle_stage: candidate.lifecycle_stage,
             action: self.actions[s].clone(),
-            priority: candidate.churn_probability * candidate.monetary_365d,
-            reasons: candidate.score.reasons(self.reasons),
-            model_version: model_version.clone(),
+            lifecycle_stage: candidate.lifecycle_stage,
+            segment: Some(candidate.segment),
             as_of: now,
-            group: self.group(candidate.customer_id),
-            episode_start: candidate.last_purchase,
-            attempt,
+            tags: Vec::new(),
+            profile: None,
+            detail: Detail::Winback(WinbackDetail {
+                churn_probability: candidate.churn_probability,
+                risk: candidate.risk,
+                priority: candidate.churn_probability * candidate.monetary_365d,
+                reasons: candidate.score.reasons(self.reasons),
+                model_version: model_version.clone(),
+                group: self.group(candidate.customer_id),
+                episode_start: candidate.last_purchase,
+                attempt,
+            }),
         })
     }
 
@@ -479,8 +437,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(&*task.action, "coupon");
-        assert_eq!(task.attempt, 1);
-        assert!((task.priority - 140.0).abs() < 1e-9);
+        assert_eq!(task.winback().unwrap().attempt, 1);
+        assert!((task.winback().unwrap().priority - 140.0).abs() < 1e-9);
         assert!(policy
             .decide(
                 &mut st,
@@ -567,7 +525,7 @@ mod tests {
                 now + 30 * DAY,
             )
             .unwrap();
-        assert_eq!(second.attempt, 2);
+        assert_eq!(second.winback().unwrap().attempt, 2);
         assert_ne!(first.task_id, second.task_id);
         // The customer buys: the episode closes, yet the cooldown still applies.
         assert!(policy

@@ -19,7 +19,7 @@ use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Customer, Engine, StateHeader};
+use crate::engine::{Customer, Engine, Extras, StateHeader};
 use crate::features::store::{CaptureSize, Captured};
 use crate::metrics::Metrics;
 use crate::state::{SnapshotDir, SnapshotWriter, SLICE_CUSTOMERS};
@@ -40,7 +40,7 @@ enum Job {
         /// Held until the snapshot is written or dropped: one at a time.
         permit: OwnedSemaphorePermit,
     },
-    Customers(Captured<Customer>),
+    Customers(Captured<Customer, Extras>),
     End,
     Abort,
 }
@@ -249,7 +249,7 @@ struct InProgress {
 
 impl InProgress {
     /// Encodes and writes the next customers.
-    fn append(&mut self, slice: &Captured<Customer>) {
+    fn append(&mut self, slice: &Captured<Customer, Extras>) {
         if let Ok(writer) = &mut self.writer {
             if let Err(e) = writer.append(slice) {
                 self.writer = Err(e.to_string());

@@ -76,6 +76,69 @@ pub struct CustomerFeatures {
     visits: f32,
 }
 
+/// A count decayed with a 90-day half-life and anchored at its own latest event, exact in
+/// event time like the features (a late event is decayed back to the anchor): for the
+/// signals only some customers have, kept in the store's sparse column. 8 bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Decayed {
+    value: f32,
+    at: UnixSeconds,
+}
+
+impl Decayed {
+    /// Adds one at time `t`.
+    pub fn add(&mut self, t: UnixSeconds) {
+        if t >= self.at {
+            self.value =
+                (f64::from(self.value) * decay(t - self.at, DISSATISFACTION_HALF_LIFE_DAYS)) as f32
+                    + 1.0;
+            self.at = t;
+        } else {
+            self.value += decay(self.at - t, DISSATISFACTION_HALF_LIFE_DAYS) as f32;
+        }
+    }
+
+    /// The count at `now`.
+    pub fn at(&self, now: UnixSeconds) -> f64 {
+        f64::from(self.value) * decay(now.saturating_sub(self.at), DISSATISFACTION_HALF_LIFE_DAYS)
+    }
+
+    /// The exact state, for snapshots.
+    pub fn to_parts(self) -> (f32, UnixSeconds) {
+        (self.value, self.at)
+    }
+
+    pub fn from_parts(value: f32, at: UnixSeconds) -> Self {
+        Self { value, at }
+    }
+}
+
+/// What `feedback` events told of a customer.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Feedback {
+    /// The latest score, 1 to 5.
+    pub last_score: u8,
+    /// When it was given.
+    pub last_at: UnixSeconds,
+    /// Scores of 1 or 2, decayed: dissatisfaction beside complaints.
+    pub low_scores: Decayed,
+}
+
+/// Scores at or below this count as dissatisfied.
+pub const LOW_SCORE: u8 = 2;
+
+impl Feedback {
+    pub fn apply(&mut self, score: u8, t: UnixSeconds) {
+        if t >= self.last_at {
+            self.last_score = score;
+            self.last_at = t;
+        }
+        if score <= LOW_SCORE {
+            self.low_scores.add(t);
+        }
+    }
+}
+
 /// Raw RFM facts for people (the API and tasks), as opposed to the model's transformed inputs.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Rfm {
@@ -136,7 +199,24 @@ impl CustomerFeatures {
             EventKind::Visit => {
                 self.visits += decay(behind, VISIT_HALF_LIFE_DAYS) as f32;
             }
+            // Feedback and coupons live in the sparse column ([`Feedback`], [`Decayed`]);
+            // a profile is no activity.
+            EventKind::Feedback | EventKind::Profile => {}
         }
+    }
+
+    /// Whether an event of this kind changes these features (a profile does not, and the
+    /// anchor of the decayed sums must not move for it).
+    pub fn moves_with(kind: EventKind) -> bool {
+        !matches!(kind, EventKind::Feedback | EventKind::Profile)
+    }
+
+    /// Refunds and complaints, decayed with a 90-day half-life, at `now`.
+    pub fn dissatisfaction(&self, now: UnixSeconds) -> (f64, f64) {
+        (
+            self.at(self.refunds, now, DISSATISFACTION_HALF_LIFE_DAYS),
+            self.at(self.complaints, now, DISSATISFACTION_HALF_LIFE_DAYS),
+        )
     }
 
     fn decay_to(&mut self, t: UnixSeconds) {
@@ -311,12 +391,7 @@ mod tests {
             (41, EventKind::Refund, 2.25),
             (50, EventKind::Complaint, 0.0),
         ] {
-            f.apply(&Event {
-                customer_id: "c",
-                kind,
-                amount,
-                time: 1_000_000_000 + day * 86_400,
-            });
+            f.apply(&Event::new("c", kind, amount, 1_000_000_000 + day * 86_400));
         }
         assert_eq!(CustomerFeatures::from_bytes(&f.to_bytes()), f);
     }
@@ -325,12 +400,7 @@ mod tests {
     const T0: u32 = 852_076_800; // 1997-01-01
 
     fn ev(kind: EventKind, amount: f64, day: u32) -> Event<'static> {
-        Event {
-            customer_id: "c",
-            kind,
-            amount,
-            time: T0 + day * DAY,
-        }
+        Event::new("c", kind, amount, T0 + day * DAY)
     }
 
     fn feature(v: &FeatureVector, name: &str) -> f64 {
@@ -421,7 +491,7 @@ mod tests {
             for (kind, amount, at) in &history {
                 let kind = [EventKind::Purchase, EventKind::Refund, EventKind::Visit,
                     EventKind::Complaint][*kind as usize];
-                f.apply(&Event { customer_id: "c", kind, amount: *amount, time: T0 + at });
+                f.apply(&Event::new("c", kind, *amount, T0 + at));
             }
             let now = f.last_event() + since_last;
             silences.sort_unstable();

@@ -1,22 +1,28 @@
 //! The snapshot file format: a compact, versioned, checksummed encoding of [`EngineState`].
 //!
 //! ```text
-//! magic "CHURNDSN" | format version u32 | body length u64 | body | xxh3-64 of all before
+//! version 4:    magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
+//! versions 1-3: magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
 //! ```
 //!
-//! All integers little-endian. The body holds the creation time, the model version, the
-//! engine's clock and thresholds, the last entry applied per input stream (by name, so the
-//! stream list may change between runs), then every customer in store order: ID, features
-//! (bit-exact), next check, win-back state, last classification and contact bookkeeping. Store order is kept so a
-//! restored engine assigns the same indices and makes the same decisions.
+//! The checksum covers everything before it. Version 4 gives the body's length after the
+//! body, so that a snapshot can be written as its customers are copied out, before their
+//! sizes are known; the end marker tells a truncated file from a damaged one. All integers little-endian. The body holds the creation time, the model
+//! version, the engine's clock and thresholds, the last entry applied per input stream (by
+//! name, so the stream list may change between runs), the free-form profile keys learnt, then
+//! every customer in store order: ID, features (bit-exact), next check, win-back state, last
+//! classification, contact bookkeeping and the sparse extras (profile attributes, feedback,
+//! coupons). Store order is kept so a restored engine assigns the same indices and makes the
+//! same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
-use crate::engine::{Customer, EngineState, StateHeader};
+use crate::engine::{Customer, Customers, EngineState, Extras, StateHeader};
 use crate::event::EntryId;
-use crate::features::store::{CaptureSize, CustomerStore};
+use crate::features::store::CaptureSize;
 use crate::features::timers::Timer;
-use crate::features::CustomerFeatures;
+use crate::features::{CustomerFeatures, Decayed, Feedback};
 use crate::metrics::PROBABILITY_BUCKETS;
+use crate::profiles::Interner;
 use crate::tasks::Contact;
 use crate::winback::WinbackState;
 use std::io::Read;
@@ -24,13 +30,21 @@ use std::io::Read;
 use xxhash_rust::xxh3::Xxh3;
 
 const MAGIC: &[u8; 8] = b"CHURNDSN";
-/// Bumped on any change of the body's layout. Versions 1 (without the fingerprint of the
-/// scheduling settings, read as "settings unknown") and 2 (without the customers' contact
-/// bookkeeping: the last win-back task is taken as the last contact) are still read; other
-/// versions are refused, not guessed at.
-pub const FORMAT_VERSION: u32 = 3;
+/// Bumped on any change of the layout. Versions 1 (without the fingerprint of the scheduling
+/// settings, read as "settings unknown"), 2 (without the customers' contact bookkeeping: the
+/// last win-back task is taken as the last contact) and 3 (the body length in the header,
+/// no profiles, feedback or coupons) are still read; other versions are refused, not guessed
+/// at.
+pub const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
+const END_MAGIC: &[u8; 8] = b"CHURNDND";
+/// Version 4's trailer: the body length, the end marker, then the checksum.
+const TRAILER_LEN: usize = 8 + END_MAGIC.len() + CHECKSUM_LEN;
+/// Which extras a version-4 customer has (the flag byte).
+const HAS_PROFILE: u8 = 1;
+const HAS_FEEDBACK: u8 = 2;
+const HAS_COUPONS: u8 = 4;
 /// "No classification" in the one-byte stage, segment and bucket fields.
 const NONE: u8 = u8::MAX;
 /// Fixed bytes per customer besides the ID: length byte, features, timer, win-back state,
@@ -38,6 +52,16 @@ const NONE: u8 = u8::MAX;
 const CUSTOMER_FIXED_LEN: usize = 1 + CustomerFeatures::ENCODED_LEN + 4 + 4 + 1 + 1 + 3 + 3;
 /// What versions 1 and 2 lack per customer: the contact bookkeeping.
 const CONTACT_LEN: usize = 3;
+
+/// Fixed bytes per customer in a snapshot of `version`: the contact bookkeeping from 3 on,
+/// the extras' flag byte from 4 on.
+fn customer_fixed_len(version: u32) -> usize {
+    match version {
+        ..=2 => CUSTOMER_FIXED_LEN - CONTACT_LEN,
+        3 => CUSTOMER_FIXED_LEN,
+        _ => CUSTOMER_FIXED_LEN + 1,
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
@@ -49,6 +73,8 @@ pub enum CodecError {
     Version(u32),
     #[error("truncated: {expected} bytes expected, {actual} present")]
     Truncated { expected: u64, actual: u64 },
+    #[error("truncated: {actual} bytes present, and they do not end as a snapshot ends")]
+    NoEnd { actual: u64 },
     #[error("checksum mismatch: the file is corrupt")]
     Checksum,
     #[error("malformed body: {0}")]
@@ -79,11 +105,13 @@ pub fn encode(state: &EngineState, streams: &[String], created_ms: u64) -> Vec<u
             .sum(),
     };
     let mut out = Vec::with_capacity(
-        HEADER_LEN + 256 + customers.len() * (CUSTOMER_FIXED_LEN + 24) + CHECKSUM_LEN,
+        HEADER_LEN + 256 + customers.len() * (CUSTOMER_FIXED_LEN + 25) + TRAILER_LEN,
     );
     let mut encoder = Encoder::start(&state.header, size, streams, created_ms, &mut out);
     encoder.customers(
-        customers.iter().map(|(i, c)| (customers.id(i), c)),
+        customers
+            .iter()
+            .map(|(i, c)| (customers.id(i), c, customers.extra(i))),
         &mut out,
     );
     encoder
@@ -93,18 +121,18 @@ pub fn encode(state: &EngineState, streams: &[String], created_ms: u64) -> Vec<u
 }
 
 /// Encodes a snapshot piece by piece, for a state copied out a slice at a time: the header
-/// first (the size of what follows is known from the capture's start), then the customers in
-/// store order in as many pieces as they come, then the checksum. Each call appends to the
-/// buffer it is given, so the bytes can go to disk as they are made.
+/// first, then the customers in store order in as many pieces as they come, then the body's
+/// length and the checksum. Each call appends to the buffer it is given, so the bytes can go
+/// to disk as they are made.
 pub struct Encoder {
     hasher: Xxh3,
+    body_len: u64,
     customers_left: u64,
-    id_bytes_left: u64,
 }
 
 impl Encoder {
-    /// Appends everything before the customers to `out`; `size` is what the customers will
-    /// take, `streams` names the positions of `header.applied`.
+    /// Appends everything before the customers to `out`; `size` counts the customers that
+    /// will follow, `streams` names the positions of `header.applied`.
     pub fn start(
         header: &StateHeader,
         size: CaptureSize,
@@ -112,19 +140,24 @@ impl Encoder {
         created_ms: u64,
         out: &mut Vec<u8>,
     ) -> Self {
-        let mut fields = Vec::with_capacity(256);
-        fields.extend_from_slice(&created_ms.to_le_bytes());
-        put_str(&mut fields, &header.model_version);
-        fields.extend_from_slice(&header.watermark.to_le_bytes());
-        fields.extend_from_slice(&header.next_threshold_refresh.to_le_bytes());
-        fields.extend_from_slice(&header.scorings.to_le_bytes());
-        fields.extend_from_slice(&header.schedule_settings.to_le_bytes());
+        let from = out.len();
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        // Version 4 gives the body's length in the trailer.
+        out.extend_from_slice(&0u64.to_le_bytes());
+        let body = out.len();
+        out.extend_from_slice(&created_ms.to_le_bytes());
+        put_str(out, &header.model_version);
+        out.extend_from_slice(&header.watermark.to_le_bytes());
+        out.extend_from_slice(&header.next_threshold_refresh.to_le_bytes());
+        out.extend_from_slice(&header.scorings.to_le_bytes());
+        out.extend_from_slice(&header.schedule_settings.to_le_bytes());
         for t in [
             header.thresholds.recency_days,
             header.thresholds.frequency,
             header.thresholds.monetary,
         ] {
-            fields.extend_from_slice(&t.to_bits().to_le_bytes());
+            out.extend_from_slice(&t.to_bits().to_le_bytes());
         }
         let positions: Vec<(&String, EntryId)> = streams
             .iter()
@@ -132,41 +165,36 @@ impl Encoder {
             .filter(|(_, id)| **id != EntryId::default())
             .map(|(name, id)| (name, *id))
             .collect();
-        fields.extend_from_slice(&(positions.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
         for (name, id) in positions {
-            put_str(&mut fields, name);
-            fields.extend_from_slice(&id.ms.to_le_bytes());
-            fields.extend_from_slice(&id.seq.to_le_bytes());
+            put_str(out, name);
+            out.extend_from_slice(&id.ms.to_le_bytes());
+            out.extend_from_slice(&id.seq.to_le_bytes());
         }
-        fields.extend_from_slice(&size.customers.to_le_bytes());
-        fields.extend_from_slice(&size.id_bytes.to_le_bytes());
-        let body_len =
-            fields.len() as u64 + size.customers * CUSTOMER_FIXED_LEN as u64 + size.id_bytes;
-
-        let from = out.len();
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&body_len.to_le_bytes());
-        out.extend_from_slice(&fields);
+        out.extend_from_slice(&(header.profile_keys.len() as u16).to_le_bytes());
+        for key in &header.profile_keys {
+            put_str(out, key);
+        }
+        out.extend_from_slice(&size.customers.to_le_bytes());
+        out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
         hasher.update(&out[from..]);
         Self {
             hasher,
+            body_len: (out.len() - body) as u64,
             customers_left: size.customers,
-            id_bytes_left: size.id_bytes,
         }
     }
 
-    /// Appends the next customers, in store order.
+    /// Appends the next customers, in store order, with their extras.
     pub fn customers<'a>(
         &mut self,
-        customers: impl IntoIterator<Item = (&'a str, &'a Customer)>,
+        customers: impl IntoIterator<Item = (&'a str, &'a Customer, Option<&'a Extras>)>,
         out: &mut Vec<u8>,
     ) {
         let from = out.len();
-        for (id, c) in customers {
+        for (id, c, extras) in customers {
             self.customers_left = self.customers_left.wrapping_sub(1);
-            self.id_bytes_left = self.id_bytes_left.wrapping_sub(id.len() as u64);
             out.push(id.len() as u8);
             out.extend_from_slice(id.as_bytes());
             out.extend_from_slice(&c.features.to_bytes());
@@ -179,19 +207,64 @@ impl Encoder {
             out.push(c.bucket.unwrap_or(NONE));
             out.extend_from_slice(&c.contact.last_day.to_le_bytes());
             out.push(c.contact.prospect_visits);
+            put_extras(out, extras);
         }
+        self.body_len += (out.len() - from) as u64;
         self.hasher.update(&out[from..]);
     }
 
-    /// Appends the checksum. Fails if the customers given differ from the size announced
-    /// at the start (the file would not decode).
-    pub fn finish(self, out: &mut Vec<u8>) -> Result<(), CodecError> {
-        if self.customers_left != 0 || self.id_bytes_left != 0 {
+    /// Appends the body's length and the checksum. Fails if the customers given differ in
+    /// number from the size announced at the start (the file would not decode).
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        if self.customers_left != 0 {
             return Err(CodecError::Incomplete);
         }
+        let from = out.len();
+        out.extend_from_slice(&self.body_len.to_le_bytes());
+        out.extend_from_slice(END_MAGIC);
+        self.hasher.update(&out[from..]);
         out.extend_from_slice(&self.hasher.digest().to_le_bytes());
         Ok(())
     }
+}
+
+/// The extras' flag byte and what it announces.
+fn put_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
+    let Some(x) = extras else {
+        out.push(0);
+        return;
+    };
+    let flags = [
+        (x.profile.is_some(), HAS_PROFILE),
+        (x.feedback.is_some(), HAS_FEEDBACK),
+        (x.coupons.is_some(), HAS_COUPONS),
+    ]
+    .iter()
+    .filter(|(has, _)| *has)
+    .fold(0, |flags, (_, bit)| flags | bit);
+    out.push(flags);
+    if let Some(profile) = &x.profile {
+        out.push(profile.len() as u8);
+        for (key, value) in profile.iter() {
+            out.push(key.len() as u8);
+            out.extend_from_slice(key.as_bytes());
+            put_str(out, value);
+        }
+    }
+    if let Some(f) = &x.feedback {
+        out.push(f.last_score);
+        out.extend_from_slice(&f.last_at.to_le_bytes());
+        put_decayed(out, f.low_scores);
+    }
+    if let Some(c) = x.coupons {
+        put_decayed(out, c);
+    }
+}
+
+fn put_decayed(out: &mut Vec<u8>, d: Decayed) {
+    let (value, at) = d.to_parts();
+    out.extend_from_slice(&value.to_bits().to_le_bytes());
+    out.extend_from_slice(&at.to_le_bytes());
 }
 
 /// Decodes a snapshot held in memory; see [`decode_from`].
@@ -249,22 +322,25 @@ fn decode_body<R: Read>(
             None => dropped_streams.push(name),
         }
     }
+    let mut profile_keys = Vec::new();
+    if version >= 4 {
+        for _ in 0..r.u16()? {
+            profile_keys.push(r.str()?.to_string());
+        }
+    }
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
     // not drive an allocation.
-    let fixed_len = if version >= 3 {
-        CUSTOMER_FIXED_LEN
-    } else {
-        CUSTOMER_FIXED_LEN - CONTACT_LEN
-    };
+    let fixed_len = customer_fixed_len(version);
     if count.saturating_mul(fixed_len as u64) > r.remaining() || id_bytes > r.remaining() {
         return Err(malformed(format!(
             "{count} customers do not fit in {} bytes",
             r.remaining()
         )));
     }
-    let mut customers: CustomerStore<Customer> = CustomerStore::new();
+    let mut customers = Customers::new();
+    let mut profiles = Interner::default();
     customers.reserve(count as usize, id_bytes as usize);
     let mut id = String::with_capacity(usize::from(u8::MAX));
     for n in 0..count {
@@ -282,6 +358,11 @@ fn decode_body<R: Read>(
             return Err(malformed(format!("customer {id:?} appears twice")));
         }
         *customers.get_mut(idx) = read_customer(r, &id, version)?;
+        if version >= 4 {
+            if let Some(extras) = read_extras(r, &id, &mut profiles)? {
+                *customers.extra_mut(idx) = extras;
+            }
+        }
         debug_assert_eq!(u64::from(idx), n);
     }
     if r.remaining() != 0 {
@@ -301,7 +382,9 @@ fn decode_body<R: Read>(
                 schedule_settings,
                 applied,
                 model_version,
+                profile_keys,
             },
+            profiles,
         },
         created_ms,
         dropped_streams,
@@ -358,6 +441,61 @@ fn read_customer<R: Read>(
     })
 }
 
+/// A version-4 customer's extras, `None` when they have none.
+fn read_extras<R: Read>(
+    r: &mut Reader<R>,
+    id: &str,
+    profiles: &mut Interner,
+) -> Result<Option<Extras>, CodecError> {
+    let flags = r.u8()?;
+    if flags == 0 {
+        return Ok(None);
+    }
+    if flags & !(HAS_PROFILE | HAS_FEEDBACK | HAS_COUPONS) != 0 {
+        return Err(malformed(format!("{id:?}: extras flags {flags:#x}")));
+    }
+    let mut extras = Extras::default();
+    if flags & HAS_PROFILE != 0 {
+        let mut attributes: Vec<(String, String)> = Vec::new();
+        for _ in 0..r.u8()? {
+            let len = usize::from(r.u8()?);
+            let key = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| malformed(format!("{id:?}: a profile key is not UTF-8")))?
+                .to_string();
+            let value = r.str()?.to_string();
+            if key.is_empty() || value.is_empty() || attributes.iter().any(|(k, _)| *k == key) {
+                return Err(malformed(format!("{id:?}: profile attribute {key:?}")));
+            }
+            attributes.push((key, value));
+        }
+        if attributes.is_empty() {
+            return Err(malformed(format!("{id:?}: an empty profile")));
+        }
+        extras.profile =
+            Some(profiles.profile(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+    }
+    if flags & HAS_FEEDBACK != 0 {
+        let last_score = r.u8()?;
+        if !(1..=5).contains(&last_score) {
+            return Err(malformed(format!("{id:?}: feedback score {last_score}")));
+        }
+        extras.feedback = Some(Feedback {
+            last_score,
+            last_at: r.u32()?,
+            low_scores: read_decayed(r)?,
+        });
+    }
+    if flags & HAS_COUPONS != 0 {
+        extras.coupons = Some(read_decayed(r)?);
+    }
+    Ok(Some(extras))
+}
+
+fn read_decayed<R: Read>(r: &mut Reader<R>) -> Result<Decayed, CodecError> {
+    let value = f32::from_bits(r.u32()?);
+    Ok(Decayed::from_parts(value, r.u32()?))
+}
+
 /// A one-byte optional index: [`NONE`] or a valid index; the byte itself when invalid.
 fn optional<T>(byte: u8, from_index: impl Fn(usize) -> Option<T>) -> Result<Option<T>, u8> {
     if byte == NONE {
@@ -392,6 +530,8 @@ struct Reader<R> {
     unread: u64,
     hasher: Xxh3,
     len: u64,
+    /// The format version, once the header is read.
+    version: u32,
 }
 
 /// Bytes read from the input at a time; more than any one field (at most 64 KiB).
@@ -407,6 +547,7 @@ impl<R: Read> Reader<R> {
             unread: 0,
             hasher: Xxh3::new(),
             len,
+            version: 0,
         }
     }
 
@@ -424,13 +565,22 @@ impl<R: Read> Reader<R> {
             return Err(CodecError::Version(version));
         }
         let body_len = self.u64()?;
-        let expected = (HEADER_LEN as u64)
-            .saturating_add(body_len)
-            .saturating_add(CHECKSUM_LEN as u64);
-        if self.len != expected {
-            return Err(truncated(expected, self.len));
-        }
-        self.unread = body_len;
+        self.unread = if version >= 4 {
+            // The body is whatever lies between header and trailer; the trailer says how
+            // long it should be (checked in `verify`).
+            self.len
+                .checked_sub((HEADER_LEN + TRAILER_LEN) as u64)
+                .ok_or_else(|| truncated((HEADER_LEN + TRAILER_LEN) as u64, self.len))?
+        } else {
+            let expected = (HEADER_LEN as u64)
+                .saturating_add(body_len)
+                .saturating_add(CHECKSUM_LEN as u64);
+            if self.len != expected {
+                return Err(truncated(expected, self.len));
+            }
+            body_len
+        };
+        self.version = version;
         Ok(version)
     }
 
@@ -479,6 +629,21 @@ impl<R: Read> Reader<R> {
             self.hasher.update(&rest[..n]);
             self.unread -= n as u64;
         }
+        if self.version >= 4 {
+            let mut trailer = [0; 8 + END_MAGIC.len()];
+            read_fully(&mut self.input, &mut trailer)?;
+            self.hasher.update(&trailer);
+            let (body_len, end) = trailer.split_at(8);
+            let body_len = u64::from_le_bytes(body_len.try_into().unwrap_or_default());
+            let actual = self.len - (HEADER_LEN + TRAILER_LEN) as u64;
+            if end != END_MAGIC {
+                return Err(CodecError::NoEnd { actual: self.len });
+            }
+            if body_len != actual {
+                let expected = body_len.saturating_add((HEADER_LEN + TRAILER_LEN) as u64);
+                return Err(truncated(expected, self.len));
+            }
+        }
         let mut checksum = [0; CHECKSUM_LEN];
         read_fully(&mut self.input, &mut checksum)?;
         if self.hasher.digest().to_le_bytes() != checksum {
@@ -497,6 +662,11 @@ impl<R: Read> Reader<R> {
     #[inline]
     fn u8(&mut self) -> Result<u8, CodecError> {
         Ok(self.take(1)?[0])
+    }
+
+    #[inline]
+    fn u16(&mut self) -> Result<u16, CodecError> {
+        Ok(u16::from_le_bytes(self.array()?))
     }
 
     #[inline]
@@ -528,24 +698,26 @@ fn read_fully(input: &mut impl Read, buffer: &mut [u8]) -> Result<(), CodecError
 mod tests {
     use super::*;
     use crate::event::{Event, EventKind};
+    use std::sync::Arc;
     use xxhash_rust::xxh3::xxh3_64;
 
     fn streams() -> Vec<String> {
         vec!["churn:events".into(), "other".into()]
     }
 
-    fn state(customers: usize) -> EngineState {
-        let mut store: CustomerStore<Customer> = CustomerStore::new();
+    /// `customers` customers without extras.
+    fn plain(customers: usize) -> (Customers, Interner) {
+        let mut store = Customers::new();
         for i in 0..customers {
             let id = format!("customer-{i}");
             let (idx, _) = store.find_or_insert(&id);
             let c = store.get_mut(idx);
-            c.features.apply(&Event {
-                customer_id: &id,
-                kind: EventKind::Purchase,
-                amount: 10.0 + i as f64,
-                time: 1_000_000 + i as u32,
-            });
+            c.features.apply(&Event::new(
+                &id,
+                EventKind::Purchase,
+                10.0 + i as f64,
+                1_000_000 + i as u32,
+            ));
             c.timer = Timer::unqueued(Some(2_000_000 + i as u32));
             c.winback = WinbackState {
                 last_task_at: i as u32,
@@ -560,8 +732,32 @@ mod tests {
                 prospect_visits: (i % 5) as u8,
             };
         }
+        (store, Interner::default())
+    }
+
+    /// `customers` customers, every third with extras.
+    fn state(customers: usize) -> EngineState {
+        let (mut store, mut profiles) = plain(customers);
+        for i in (0..customers).step_by(3) {
+            let extras = store.extra_mut(i as u32);
+            let region = ["eu", "us"][i % 2];
+            extras.profile = Some(profiles.profile([("region", region), ("tier", "gold")]));
+            if i % 2 == 0 {
+                let mut feedback = Feedback::default();
+                feedback.apply(1 + (i % 5) as u8, 1_200_000 + i as u32);
+                extras.feedback = Some(feedback);
+            }
+            let mut coupons = Decayed::default();
+            coupons.add(1_100_000 + i as u32);
+            extras.coupons = Some(coupons);
+        }
+        with_header(store, profiles)
+    }
+
+    fn with_header(customers: Customers, profiles: Interner) -> EngineState {
         EngineState {
-            customers: store,
+            customers,
+            profiles,
             header: StateHeader {
                 watermark: 1_500_000,
                 thresholds: RfmThresholds {
@@ -574,6 +770,7 @@ mod tests {
                 schedule_settings: 0xfeed,
                 applied: vec![EntryId { ms: 5, seq: 1 }, EntryId::default()],
                 model_version: "m-1".into(),
+                profile_keys: vec!["tier".into()],
             },
         }
     }
@@ -589,8 +786,46 @@ mod tests {
                 (c.winback, c.stage, c.segment, c.bucket, c.contact),
                 (d.winback, d.stage, d.segment, d.bucket, d.contact)
             );
+            assert_eq!(a.customers.extra(idx), b.customers.extra(idx), "{idx}");
         }
+        assert_eq!(a.customers.extras_len(), b.customers.extras_len());
         assert_eq!(a.header, b.header);
+    }
+
+    /// `state` in the layout of version 2 or 3: the body's length in the header, no profile
+    /// keys, no extras (the state must have none), version 2 without the contacts.
+    fn legacy(state: &EngineState, version: u32) -> Vec<u8> {
+        assert_eq!(state.customers.extras_len(), 0);
+        let v4 = encode(state, &streams(), 0);
+        let customers: usize = state
+            .customers
+            .iter()
+            .map(|(i, _)| CUSTOMER_FIXED_LEN + 1 + state.customers.id(i).len())
+            .sum();
+        let body_end = v4.len() - TRAILER_LEN;
+        let customers_at = body_end - customers;
+        // Before the customers: count and ID bytes (16), after the profile keys.
+        let keys: usize = 2 + state
+            .header
+            .profile_keys
+            .iter()
+            .map(|k| 2 + k.len())
+            .sum::<usize>();
+        let mut out = v4[..customers_at - 16 - keys].to_vec();
+        out.extend_from_slice(&v4[customers_at - 16..customers_at]);
+        let mut at = customers_at;
+        for (i, _) in state.customers.iter() {
+            let len = CUSTOMER_FIXED_LEN + state.customers.id(i).len();
+            let kept = if version == 2 { len - CONTACT_LEN } else { len };
+            out.extend_from_slice(&v4[at..at + kept]);
+            at += len + 1;
+        }
+        out[8..12].copy_from_slice(&version.to_le_bytes());
+        let body_len = (out.len() - HEADER_LEN) as u64;
+        out[12..20].copy_from_slice(&body_len.to_le_bytes());
+        let sum = xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
     }
 
     #[test]
@@ -598,6 +833,12 @@ mod tests {
         let s = state(50);
         let bytes = encode(&s, &streams(), 1234);
         let d = decode(&bytes, &streams()).unwrap();
+        let profiled = d.state.customers.extra(0).unwrap().profile.clone().unwrap();
+        let shared = d.state.customers.extra(6).unwrap().profile.clone().unwrap();
+        assert!(
+            Arc::ptr_eq(&profiled, &shared),
+            "equal profiles are shared after a load"
+        );
         same(&s, &d.state);
         assert_eq!(d.created_ms, 1234);
         assert!(d.dropped_streams.is_empty());
@@ -627,30 +868,10 @@ mod tests {
 
     #[test]
     fn reads_version_2_with_the_last_win_back_as_the_last_contact() {
-        let s = state(4);
-        let v3 = encode(&s, &streams(), 0);
-        // Version 2 is version 3 without each customer's last 3 bytes: the customers come
-        // last in the body, so they can be found from its end.
-        let body_end = v3.len() - CHECKSUM_LEN;
-        let records: usize = s
-            .customers
-            .iter()
-            .map(|(i, _)| CUSTOMER_FIXED_LEN + s.customers.id(i).len())
-            .sum();
-        let mut v2 = v3[..body_end - records].to_vec();
-        let mut at = body_end - records;
-        for (i, _) in s.customers.iter() {
-            let len = CUSTOMER_FIXED_LEN + s.customers.id(i).len();
-            v2.extend_from_slice(&v3[at..at + len - CONTACT_LEN]);
-            at += len;
-        }
-        v2[8..12].copy_from_slice(&2u32.to_le_bytes());
-        let body_len = (v2.len() - HEADER_LEN) as u64;
-        v2[12..20].copy_from_slice(&body_len.to_le_bytes());
-        let sum = xxh3_64(&v2);
-        v2.extend_from_slice(&sum.to_le_bytes());
-
-        let d = decode(&v2, &streams()).unwrap();
+        let (store, profiles) = plain(4);
+        let mut s = with_header(store, profiles);
+        s.header.profile_keys.clear();
+        let d = decode(&legacy(&s, 2), &streams()).unwrap();
         let mut expected = s.clone();
         for (i, c) in s.customers.iter() {
             expected.customers.get_mut(i).contact = Contact {
@@ -659,6 +880,15 @@ mod tests {
             };
         }
         same(&expected, &d.state);
+    }
+
+    #[test]
+    fn reads_version_3_without_extras() {
+        let (store, profiles) = plain(5);
+        let mut s = with_header(store, profiles);
+        s.header.profile_keys.clear();
+        let d = decode(&legacy(&s, 3), &streams()).unwrap();
+        same(&s, &d.state);
     }
 
     #[test]
@@ -680,7 +910,10 @@ mod tests {
         for len in 0..bytes.len() {
             let err = decode(&bytes[..len], &streams()).err();
             assert!(
-                matches!(err, Some(CodecError::Truncated { .. })),
+                matches!(
+                    err,
+                    Some(CodecError::Truncated { .. } | CodecError::NoEnd { .. })
+                ),
                 "{len}: {err:?}"
             );
         }
@@ -715,9 +948,10 @@ mod tests {
 
     #[test]
     fn a_checksummed_but_inconsistent_body_is_malformed_not_a_panic() {
-        let mut bytes = encode(&state(2), &streams(), 0);
+        let (store, profiles) = plain(2);
+        let mut bytes = encode(&with_header(store, profiles), &streams(), 0);
         // Claim a million customers, then fix the checksum: decoding must refuse it.
-        let count_at = bytes.len() - CHECKSUM_LEN - 2 * (CUSTOMER_FIXED_LEN + 10) - 16;
+        let count_at = bytes.len() - TRAILER_LEN - 2 * (CUSTOMER_FIXED_LEN + 1 + 10) - 16;
         bytes[count_at..count_at + 8].copy_from_slice(&1_000_000u64.to_le_bytes());
         let end = bytes.len() - CHECKSUM_LEN;
         let sum = xxh3_64(&bytes[..end]);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use codec::{CodecError, Decoded, Encoder};
 
-use crate::engine::{Customer, Engine, StateHeader};
+use crate::engine::{Customer, Engine, Extras, StateHeader};
 use crate::features::store::{CaptureSize, Captured};
 
 const PREFIX: &str = "snapshot-";
@@ -178,7 +178,7 @@ impl SnapshotWriter {
     }
 
     /// Encodes and writes the next customers.
-    pub fn append(&mut self, slice: &Captured<Customer>) -> Result<(), StateError> {
+    pub fn append(&mut self, slice: &Captured<Customer, Extras>) -> Result<(), StateError> {
         self.buffer.clear();
         self.encoder.customers(slice.iter(), &mut self.buffer);
         self.file.write(&self.buffer)

@@ -231,14 +231,13 @@ async fn the_customer_endpoints_require_the_bearer_token_when_one_is_set() {
 /// millisecond from the moment the daemon starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_answers_while_the_snapshot_loads() {
-    use churnd::engine::{Customer, EngineState, StateHeader};
-    use churnd::features::store::CustomerStore;
+    use churnd::engine::{Customers, EngineState, StateHeader};
     use churnd::state::{codec, SnapshotDir};
 
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&redis, dir.path()).validated().unwrap();
-    let mut customers: CustomerStore<Customer> = CustomerStore::new();
+    let mut customers = Customers::new();
     for i in 0..1_000_000 {
         customers.find_or_insert(&format!("customer-{i:08}"));
     }
@@ -252,7 +251,9 @@ async fn http_answers_while_the_snapshot_loads() {
             schedule_settings: 0,
             applied: Vec::new(),
             model_version: "recency-1".into(),
+            profile_keys: Vec::new(),
         },
+        profiles: Default::default(),
     };
     let bytes = codec::encode(&state, &settings.source.streams, 1);
     drop(state);

@@ -3,7 +3,9 @@
 //! Built for millions of customers in little memory: IDs live back to back in one byte arena
 //! (no allocation per customer), the hash index stores only 4-byte indices (hashbrown's
 //! `HashTable`, hashing the ID from the arena), and records sit in one `Vec`. A dense `u32`
-//! index is also what timers and other side tables refer to.
+//! index is also what timers and other side tables refer to. What only some customers have
+//! (a profile, feedback) sits beside the records in a sparse column ([`CustomerStore::extra`]),
+//! so that the others pay nothing for it.
 //!
 //! A snapshot copies the table out a slice at a time while it keeps changing ([`capture`]):
 //! every change goes through [`CustomerStore::get_mut`] or the few wholesale operations,
@@ -11,16 +13,21 @@
 
 mod capture;
 
+use std::collections::BTreeMap;
+
 use hashbrown::HashTable;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use capture::Capture;
 pub use capture::{CaptureSize, Captured};
 
+/// A capture in progress beside the columns it copies from.
+type CaptureAndColumns<'a, T, X> = (&'a mut Capture<T, X>, capture::Columns<'a, T, X>);
+
 /// Index of a customer in the store, stable for the store's lifetime.
 pub type CustomerIdx = u32;
 
-pub struct CustomerStore<T> {
+pub struct CustomerStore<T, X = ()> {
     index: HashTable<CustomerIdx>,
     /// Seed of the index hash, random per process so crafted IDs cannot force collisions.
     seed: u64,
@@ -29,12 +36,14 @@ pub struct CustomerStore<T> {
     /// Per customer: start of its ID in `id_bytes` (high 56 bits) and its length (low 8 bits).
     id_spans: Vec<u64>,
     records: Vec<T>,
+    /// The sparse column: by index, for the customers that have one.
+    extras: BTreeMap<CustomerIdx, X>,
     /// The snapshot being copied out, if any.
-    capture: Option<Capture<T>>,
+    capture: Option<Capture<T, X>>,
 }
 
 /// A copy of the table as it is now (a capture in progress is not copied).
-impl<T: Clone> Clone for CustomerStore<T> {
+impl<T: Clone, X: Clone> Clone for CustomerStore<T, X> {
     fn clone(&self) -> Self {
         Self {
             index: self.index.clone(),
@@ -42,6 +51,7 @@ impl<T: Clone> Clone for CustomerStore<T> {
             id_bytes: self.id_bytes.clone(),
             id_spans: self.id_spans.clone(),
             records: self.records.clone(),
+            extras: self.extras.clone(),
             capture: None,
         }
     }
@@ -58,13 +68,13 @@ fn rehash(id_bytes: &[u8], id_spans: &[u64], seed: u64, idx: CustomerIdx) -> u64
     xxh3_64_with_seed(id_slice(id_bytes, id_spans[idx as usize]), seed)
 }
 
-impl<T: Default + Clone> Default for CustomerStore<T> {
+impl<T: Default + Clone, X: Default + Clone> Default for CustomerStore<T, X> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<T: Default + Clone> CustomerStore<T> {
+impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
     pub fn new() -> Self {
         Self {
             index: HashTable::new(),
@@ -72,6 +82,7 @@ impl<T: Default + Clone> CustomerStore<T> {
             id_bytes: Vec::new(),
             id_spans: Vec::new(),
             records: Vec::new(),
+            extras: BTreeMap::new(),
             capture: None,
         }
     }
@@ -136,12 +147,62 @@ impl<T: Default + Clone> CustomerStore<T> {
 
     /// The customer's record, to change. A capture in progress keeps the record as it was.
     pub fn get_mut(&mut self, idx: CustomerIdx) -> &mut T {
-        if let Some(capture) = &mut self.capture {
-            if capture.preserve(idx, &self.records) {
-                capture.copy_rest(&self.id_bytes, &self.id_spans, &self.records);
+        self.preserve(idx);
+        &mut self.records[idx as usize]
+    }
+
+    /// The customer's entry in the sparse column, if they have one.
+    pub fn extra(&self, idx: CustomerIdx) -> Option<&X> {
+        if self.extras.is_empty() {
+            return None;
+        }
+        self.extras.get(&idx)
+    }
+
+    /// The customer's entry in the sparse column, to change, made (the default) if they had
+    /// none. A capture in progress keeps the entry as it was.
+    pub fn extra_mut(&mut self, idx: CustomerIdx) -> &mut X {
+        self.preserve(idx);
+        self.extras.entry(idx).or_default()
+    }
+
+    /// Drops the customer's entry in the sparse column.
+    pub fn remove_extra(&mut self, idx: CustomerIdx) {
+        if self.extras.contains_key(&idx) {
+            self.preserve(idx);
+            self.extras.remove(&idx);
+        }
+    }
+
+    /// Every entry of the sparse column with its customer's index.
+    pub fn extras(&self) -> impl Iterator<Item = (CustomerIdx, &X)> {
+        self.extras.iter().map(|(&idx, x)| (idx, x))
+    }
+
+    /// Customers with an entry in the sparse column.
+    pub fn extras_len(&self) -> usize {
+        self.extras.len()
+    }
+
+    /// Before customer `idx` changes: a capture in progress keeps what it still needs.
+    fn preserve(&mut self, idx: CustomerIdx) {
+        if let Some((capture, columns)) = self.capture_and_columns() {
+            if capture.preserve(idx, &columns) {
+                capture.copy_rest(&columns);
             }
         }
-        &mut self.records[idx as usize]
+    }
+
+    /// The capture in progress and the columns it copies from.
+    fn capture_and_columns(&mut self) -> Option<CaptureAndColumns<'_, T, X>> {
+        let capture = self.capture.as_mut()?;
+        let columns = capture::Columns {
+            id_bytes: &self.id_bytes,
+            id_spans: &self.id_spans,
+            records: &self.records,
+            extras: &self.extras,
+        };
+        Some((capture, columns))
     }
 
     /// Every record with its index, to change; a capture in progress copies what it still
@@ -169,9 +230,9 @@ impl<T: Default + Clone> CustomerStore<T> {
 
     /// The next `max` customers of the capture in progress, as they were when it began;
     /// `None` once they were all handed out, which ends the capture.
-    pub fn capture_next(&mut self, max: usize) -> Option<Captured<T>> {
-        let capture = self.capture.as_mut()?;
-        let slice = capture.copy_out(Some(max), &self.id_bytes, &self.id_spans, &self.records);
+    pub fn capture_next(&mut self, max: usize) -> Option<Captured<T, X>> {
+        let (capture, columns) = self.capture_and_columns()?;
+        let slice = capture.copy_out(Some(max), &columns);
         if slice.is_none() {
             self.capture = None;
         }
@@ -191,8 +252,8 @@ impl<T: Default + Clone> CustomerStore<T> {
     /// Before a wholesale change: a capture in progress copies everything it has not handed
     /// out yet, and no longer follows the table.
     fn settle_capture(&mut self) {
-        if let Some(capture) = &mut self.capture {
-            capture.copy_rest(&self.id_bytes, &self.id_spans, &self.records);
+        if let Some((capture, columns)) = self.capture_and_columns() {
+            capture.copy_rest(&columns);
         }
     }
 
@@ -203,9 +264,14 @@ impl<T: Default + Clone> CustomerStore<T> {
         self.settle_capture();
         let before = self.records.len();
         let (mut write, mut byte_write) = (0usize, 0usize);
+        let mut extras = std::mem::take(&mut self.extras);
         for read in 0..before {
             if !keep(&self.records[read]) {
+                extras.remove(&(read as CustomerIdx));
                 continue;
+            }
+            if let Some(extra) = extras.remove(&(read as CustomerIdx)) {
+                self.extras.insert(write as CustomerIdx, extra);
             }
             let span = self.id_spans[read];
             let (start, len) = ((span >> 8) as usize, (span & 0xff) as usize);
@@ -315,7 +381,7 @@ mod tests {
             .flat_map(|slice| {
                 slice
                     .iter()
-                    .map(|(id, &r)| (id.to_string(), r))
+                    .map(|(id, &r, _)| (id.to_string(), r))
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -359,7 +425,7 @@ mod tests {
                 let Some(slice) = store.capture_next(rng.random_range(1..700)) else {
                     break;
                 };
-                seen.extend(slice.iter().map(|(id, &r)| (id.to_string(), r)));
+                seen.extend(slice.iter().map(|(id, &r, _)| (id.to_string(), r)));
             }
             assert!(!store.is_capturing());
             assert_eq!(seen, before, "round {round}");
@@ -380,7 +446,7 @@ mod tests {
             .capture_next(1_000)
             .unwrap()
             .iter()
-            .map(|(id, &r)| (id.to_string(), r))
+            .map(|(id, &r, _)| (id.to_string(), r))
             .collect();
         assert_eq!(store.retain(|&r| r % 2 == 0), 5_000);
         for (_, r) in store.iter_mut() {

@@ -1,0 +1,394 @@
+//! Customer profiles: the attributes `profile` events carry (region, age band, birthday, …),
+//! stored compactly.
+//!
+//! Attributes are few and repeat across customers (a million customers share a handful of
+//! regions and age bands), so values and whole profiles are interned: a customer holds one
+//! pointer to a [`Profile`] shared with everyone who has the same attributes. Keys are
+//! bounded: the configured ones, plus at most `profiles.max_free_keys` free-form keys,
+//! learnt first come, first served and remembered in snapshots, so that a producer sending
+//! random keys cannot grow memory or metrics without bound.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{self, Reason, Rejection, MAX_PROFILE_KEY_BYTES};
+
+/// The region label of customers whose region is not one of `profiles.regions`.
+pub const OTHER_REGION: &str = "other";
+/// The region label of customers without a region.
+pub const NO_REGION: &str = "none";
+
+/// `[profiles]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileSettings {
+    /// Attribute keys always accepted.
+    pub keys: Vec<String>,
+    /// Further (free-form) keys accepted, first come, first served. A profile event with
+    /// yet another new key is dead-lettered (`unknown_profile_key`).
+    pub max_free_keys: usize,
+    /// Longest attribute value, in bytes.
+    pub max_value_bytes: usize,
+    /// Regions (values of the `region` attribute) counted by name in
+    /// `churnd_customers_by_region`; other values count as `other`, no region as `none`.
+    pub regions: Vec<String>,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        Self {
+            keys: ["region", "age_band", "gender", "birthday", "channel"]
+                .map(String::from)
+                .to_vec(),
+            max_free_keys: 16,
+            max_value_bytes: 64,
+            regions: Vec::new(),
+        }
+    }
+}
+
+impl ProfileSettings {
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let valid_key = |k: &str| {
+            !k.is_empty()
+                && k.len() <= MAX_PROFILE_KEY_BYTES
+                && k.starts_with(|c: char| c.is_ascii_lowercase())
+                && k.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        for key in &self.keys {
+            if !valid_key(key) {
+                problems.push(format!(
+                    "{prefix}.keys: {key:?} is not a key (1 to {MAX_PROFILE_KEY_BYTES} bytes of a-z, 0-9 and _, a letter first)"
+                ));
+            }
+        }
+        if self.max_free_keys > 64 {
+            problems.push(format!("{prefix}.max_free_keys must be at most 64"));
+        }
+        if !(1..=1024).contains(&self.max_value_bytes) {
+            problems.push(format!(
+                "{prefix}.max_value_bytes must be between 1 and 1024"
+            ));
+        }
+        if self.regions.len() > 64 {
+            problems.push(format!(
+                "{prefix}.regions lists at most 64 regions (each is a metric label)"
+            ));
+        }
+        for region in &self.regions {
+            if region.is_empty() || region == OTHER_REGION || region == NO_REGION {
+                problems.push(format!(
+                    "{prefix}.regions: {region:?} cannot be a region (empty, or a label churnd uses itself)"
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// One customer's attributes, shared by every customer with the same ones.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Profile {
+    /// Sorted by key.
+    attributes: Box<[(Arc<str>, Arc<str>)]>,
+}
+
+impl Profile {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.attributes[i].1)
+    }
+
+    /// Every attribute, by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.attributes.iter().map(|(k, v)| (&**k, &**v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.attributes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attributes.is_empty()
+    }
+
+    /// Month and day of the `birthday` attribute.
+    pub fn birthday(&self) -> Option<(u8, u8)> {
+        self.get("birthday").and_then(event::birthday)
+    }
+}
+
+/// Values and profiles in use, each held once.
+#[derive(Debug, Default, Clone)]
+pub struct Interner {
+    values: HashSet<Arc<str>>,
+    profiles: HashSet<Arc<Profile>>,
+    /// Size of `profiles` at which the unused ones are dropped next.
+    purge_at: usize,
+}
+
+/// Below this many interned profiles, unused ones are not looked for.
+const MIN_PURGE: usize = 1_024;
+
+impl Interner {
+    /// The shared profile with these attributes (any order; keys unique).
+    pub fn profile<'a>(
+        &mut self,
+        attributes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Arc<Profile> {
+        let mut pairs: Vec<(Arc<str>, Arc<str>)> = attributes
+            .into_iter()
+            .map(|(k, v)| (self.value(k), self.value(v)))
+            .collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let profile = Profile {
+            attributes: pairs.into_boxed_slice(),
+        };
+        if let Some(shared) = self.profiles.get(&profile) {
+            return shared.clone();
+        }
+        let shared = Arc::new(profile);
+        self.profiles.insert(shared.clone());
+        if self.profiles.len() >= self.purge_at.max(MIN_PURGE) {
+            self.purge();
+        }
+        shared
+    }
+
+    fn value(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.values.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = text.into();
+        self.values.insert(shared.clone());
+        shared
+    }
+
+    /// Drops the profiles and values no customer holds any more; amortised over the growth
+    /// since the last purge.
+    fn purge(&mut self) {
+        self.profiles.retain(|p| Arc::strong_count(p) > 1);
+        self.values.retain(|v| Arc::strong_count(v) > 1);
+        self.purge_at = self.profiles.len() * 2;
+    }
+
+    /// Distinct profiles held (some perhaps no longer used).
+    pub fn len(&self) -> usize {
+        self.profiles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.profiles.is_empty()
+    }
+}
+
+/// The engine's profiles: the key bound and the interner.
+#[derive(Debug, Clone)]
+pub struct Profiles {
+    known: Vec<String>,
+    /// Free-form keys learnt, in the order they came.
+    free: Vec<String>,
+    max_free: usize,
+    regions: Vec<String>,
+    interner: Interner,
+}
+
+impl Profiles {
+    /// `free` are the free-form keys learnt before (from a snapshot), `interner` the
+    /// profiles its customers hold.
+    pub fn new(settings: &ProfileSettings, free: Vec<String>, interner: Interner) -> Self {
+        Self {
+            known: settings.keys.clone(),
+            free,
+            max_free: settings.max_free_keys,
+            regions: settings.regions.clone(),
+            interner,
+        }
+    }
+
+    /// The free-form keys learnt, for snapshots.
+    pub fn free_keys(&self) -> &[String] {
+        &self.free
+    }
+
+    /// `current` with `changes` applied (an empty value removes the attribute); `None` when
+    /// no attribute is left. A new key beyond the bound rejects the whole change.
+    pub fn update(
+        &mut self,
+        current: Option<&Profile>,
+        changes: &[(&str, &str)],
+    ) -> Result<Option<Arc<Profile>>, Rejection> {
+        let mut new_keys: Vec<&str> = Vec::new();
+        for &(key, value) in changes {
+            let allowed = value.is_empty()
+                || self.known.iter().chain(&self.free).any(|k| k == key)
+                || new_keys.contains(&key);
+            if !allowed {
+                if self.free.len() + new_keys.len() >= self.max_free {
+                    return Err(Rejection::new(
+                        Reason::UnknownProfileKey,
+                        format!(
+                            "profile key {key:?} is not in profiles.keys, and the {} free-form keys profiles.max_free_keys allows are taken ({}); add it to profiles.keys",
+                            self.max_free,
+                            self.free.join(", ")
+                        ),
+                    ));
+                }
+                new_keys.push(key);
+            }
+        }
+        self.free.extend(new_keys.into_iter().map(String::from));
+        let mut attributes: Vec<(&str, &str)> =
+            current.map(|p| p.iter().collect()).unwrap_or_default();
+        for &(key, value) in changes {
+            attributes.retain(|(k, _)| *k != key);
+            if !value.is_empty() {
+                attributes.push((key, value));
+            }
+        }
+        Ok((!attributes.is_empty()).then(|| self.interner.profile(attributes)))
+    }
+
+    /// The region label a profile counts under: one of `profiles.regions`, `other` or
+    /// `none`, by index into [`Self::region_labels`].
+    pub fn region(&self, profile: Option<&Profile>) -> usize {
+        match profile.and_then(|p| p.get("region")) {
+            None => self.regions.len() + 1,
+            Some(region) => self
+                .regions
+                .iter()
+                .position(|r| r == region)
+                .unwrap_or(self.regions.len()),
+        }
+    }
+
+    /// Every region label, in the order of [`Self::region`]'s indices.
+    pub fn region_labels(&self) -> impl Iterator<Item = &str> {
+        self.regions
+            .iter()
+            .map(String::as_str)
+            .chain([OTHER_REGION, NO_REGION])
+    }
+
+    /// Distinct profiles held.
+    pub fn interned(&self) -> usize {
+        self.interner.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profiles(max_free: usize) -> Profiles {
+        let settings = ProfileSettings {
+            max_free_keys: max_free,
+            regions: vec!["eu".into(), "us".into()],
+            ..ProfileSettings::default()
+        };
+        Profiles::new(&settings, Vec::new(), Interner::default())
+    }
+
+    #[test]
+    fn updates_set_and_remove_attributes_and_equal_profiles_are_shared() {
+        let mut p = profiles(2);
+        let a = p
+            .update(None, &[("region", "eu"), ("age_band", "25-34")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.get("region"), Some("eu"));
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [("age_band", "25-34"), ("region", "eu")]
+        );
+        let b = p
+            .update(None, &[("age_band", "25-34"), ("region", "eu")])
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one profile for equal attributes");
+        let c = p
+            .update(Some(&a), &[("region", "us"), ("age_band", "")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.iter().collect::<Vec<_>>(), [("region", "us")]);
+        assert_eq!(p.update(Some(&c), &[("region", "")]).unwrap(), None);
+    }
+
+    #[test]
+    fn free_form_keys_are_learnt_up_to_the_bound() {
+        let mut p = profiles(2);
+        p.update(None, &[("loyalty_tier", "gold"), ("store", "berlin")])
+            .unwrap();
+        assert_eq!(p.free_keys(), ["loyalty_tier", "store"]);
+        // Known keys and learnt ones go on; removing an unknown key is no new key.
+        p.update(
+            None,
+            &[("region", "eu"), ("store", "paris"), ("nickname", "")],
+        )
+        .unwrap();
+        let err = p
+            .update(None, &[("region", "us"), ("nickname", "bo")])
+            .unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownProfileKey);
+        assert!(err.detail.contains("nickname") && err.detail.contains("profiles.keys"));
+        assert_eq!(
+            p.free_keys(),
+            ["loyalty_tier", "store"],
+            "nothing learnt from a rejection"
+        );
+    }
+
+    #[test]
+    fn a_rejected_update_learns_no_key_of_it() {
+        let mut p = profiles(1);
+        let err = p.update(None, &[("a1", "x"), ("a2", "y")]).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownProfileKey);
+        assert!(p.free_keys().is_empty());
+    }
+
+    #[test]
+    fn regions_count_by_name_other_or_none() {
+        let mut p = profiles(0);
+        let labels: Vec<_> = p.region_labels().collect();
+        assert_eq!(labels, ["eu", "us", "other", "none"]);
+        let eu = p.update(None, &[("region", "eu")]).unwrap();
+        let mars = p.update(None, &[("region", "mars")]).unwrap();
+        let none = p.update(None, &[("gender", "f")]).unwrap();
+        assert_eq!(p.region(eu.as_deref()), 0);
+        assert_eq!(p.region(mars.as_deref()), 2);
+        assert_eq!(p.region(none.as_deref()), 3);
+        assert_eq!(p.region(None), 3);
+    }
+
+    #[test]
+    fn unused_profiles_are_dropped_as_the_interner_grows() {
+        let mut interner = Interner::default();
+        let kept = interner.profile([("region", "kept")]);
+        for i in 0..5_000 {
+            let id = i.to_string();
+            drop(interner.profile([("store", id.as_str())]));
+        }
+        assert!(interner.len() < 2 * MIN_PURGE, "{} held", interner.len());
+        assert!(Arc::ptr_eq(&kept, &interner.profile([("region", "kept")])));
+    }
+
+    #[test]
+    fn birthdays_are_read_from_the_attribute() {
+        let mut interner = Interner::default();
+        assert_eq!(
+            interner.profile([("birthday", "02-29")]).birthday(),
+            Some((2, 29))
+        );
+        assert_eq!(
+            interner.profile([("birthday", "1990-12-01")]).birthday(),
+            Some((12, 1))
+        );
+        assert_eq!(interner.profile([("region", "eu")]).birthday(), None);
+    }
+}

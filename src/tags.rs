@@ -1,0 +1,337 @@
+//! Rule-based tags: names for kinds of customers (`vip`, `bargain_hunter`, `at_risk`) that
+//! marketing filters and personalises on, from rules in the configuration.
+//!
+//! A rule is a conjunction of conditions on what churnd knows of a customer at a scoring
+//! (segment, stage, risk, dissatisfaction, spend, profile attributes); a customer has a tag
+//! when every condition of one of its rules holds, so several rules of one name are their
+//! disjunction. Tags are evaluated at every scoring, attached to the tasks raised then and
+//! shown by the customer endpoint; they are a function of the state, so nothing is stored.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{LifecycleStage, Risk, Segment};
+use crate::profiles::Profile;
+
+/// One `[[tags]]` rule. Every condition given must hold; a rule gives at least one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TagRule {
+    /// The tag: 1 to 32 bytes of a-z, 0-9 and _.
+    pub name: String,
+    pub segments: Vec<Segment>,
+    pub stages: Vec<LifecycleStage>,
+    pub risks: Vec<Risk>,
+    pub min_churn_probability: Option<f64>,
+    pub max_churn_probability: Option<f64>,
+    pub min_purchases: Option<u32>,
+    /// Spend over the last year (365-day decay).
+    pub min_monetary_365d: Option<f64>,
+    /// Refunds, complaints, coupon purchases and scores of 1 or 2, each decayed with a 90-day
+    /// half-life.
+    pub min_refunds_90d: Option<f64>,
+    pub min_complaints_90d: Option<f64>,
+    pub min_coupons_90d: Option<f64>,
+    pub min_low_feedback_90d: Option<f64>,
+    /// The latest feedback score at most this (a customer without feedback does not match).
+    pub max_last_feedback_score: Option<u8>,
+    /// Profile attributes and the values that match (any of them).
+    pub profile: BTreeMap<String, Vec<String>>,
+}
+
+/// The default rules: the examples of the CRM playbook.
+pub fn default_rules() -> Vec<TagRule> {
+    vec![
+        TagRule {
+            name: "vip".into(),
+            segments: vec![Segment::ImportantValue],
+            ..TagRule::default()
+        },
+        TagRule {
+            name: "bargain_hunter".into(),
+            min_refunds_90d: Some(2.0),
+            ..TagRule::default()
+        },
+        TagRule {
+            name: "bargain_hunter".into(),
+            min_coupons_90d: Some(2.0),
+            ..TagRule::default()
+        },
+        TagRule {
+            name: "at_risk".into(),
+            risks: vec![Risk::High],
+            ..TagRule::default()
+        },
+    ]
+}
+
+impl TagRule {
+    fn conditions(&self) -> usize {
+        let lists = [
+            self.segments.is_empty(),
+            self.stages.is_empty(),
+            self.risks.is_empty(),
+            self.profile.is_empty(),
+        ];
+        let bounds = [
+            self.min_churn_probability,
+            self.max_churn_probability,
+            self.min_monetary_365d,
+            self.min_refunds_90d,
+            self.min_complaints_90d,
+            self.min_coupons_90d,
+            self.min_low_feedback_90d,
+        ];
+        lists.iter().filter(|empty| !**empty).count()
+            + bounds.iter().flatten().count()
+            + usize::from(self.min_purchases.is_some())
+            + usize::from(self.max_last_feedback_score.is_some())
+    }
+
+    fn matches(&self, f: &Facts<'_>) -> bool {
+        let at_least = |bound: Option<f64>, value: f64| bound.is_none_or(|b| value >= b);
+        within(&self.segments, f.segment)
+            && within(&self.stages, Some(f.stage))
+            && within(&self.risks, f.risk)
+            && self
+                .min_churn_probability
+                .is_none_or(|b| f.churn_probability.is_some_and(|p| p >= b))
+            && self
+                .max_churn_probability
+                .is_none_or(|b| f.churn_probability.is_some_and(|p| p <= b))
+            && self.min_purchases.is_none_or(|b| f.purchases >= b)
+            && at_least(self.min_monetary_365d, f.monetary_365d)
+            && at_least(self.min_refunds_90d, f.refunds_90d)
+            && at_least(self.min_complaints_90d, f.complaints_90d)
+            && at_least(self.min_coupons_90d, f.coupons_90d)
+            && at_least(self.min_low_feedback_90d, f.low_feedback_90d)
+            && self
+                .max_last_feedback_score
+                .is_none_or(|b| f.last_feedback_score.is_some_and(|s| s <= b))
+            && self.profile.iter().all(|(key, values)| {
+                f.profile
+                    .and_then(|p| p.get(key))
+                    .is_some_and(|v| values.iter().any(|accepted| accepted == v))
+            })
+    }
+}
+
+/// Whether `value` is one of `list`, or `list` is empty (no condition).
+fn within<T: PartialEq>(list: &[T], value: Option<T>) -> bool {
+    list.is_empty() || value.is_some_and(|v| list.contains(&v))
+}
+
+/// Problems with `[[tags]]`, by key.
+pub fn problems(rules: &[TagRule]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let key = format!("tags[{i}]");
+        let name_ok = !rule.name.is_empty()
+            && rule.name.len() <= 32
+            && rule
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            problems.push(format!(
+                "{key}.name {:?} must be 1 to 32 bytes of a-z, 0-9 and _",
+                rule.name
+            ));
+        }
+        if rule.conditions() == 0 {
+            problems.push(format!(
+                "{key} ({:?}) has no condition: it would tag everyone",
+                rule.name
+            ));
+        }
+        for (bound, value) in [
+            ("min_churn_probability", rule.min_churn_probability),
+            ("max_churn_probability", rule.max_churn_probability),
+        ] {
+            if value.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                problems.push(format!("{key}.{bound} must be between 0 and 1"));
+            }
+        }
+        if rule
+            .max_last_feedback_score
+            .is_some_and(|s| !(1..=5).contains(&s))
+        {
+            problems.push(format!(
+                "{key}.max_last_feedback_score must be between 1 and 5"
+            ));
+        }
+        for (bound, value) in [
+            ("min_monetary_365d", rule.min_monetary_365d),
+            ("min_refunds_90d", rule.min_refunds_90d),
+            ("min_complaints_90d", rule.min_complaints_90d),
+            ("min_coupons_90d", rule.min_coupons_90d),
+            ("min_low_feedback_90d", rule.min_low_feedback_90d),
+        ] {
+            if value.is_some_and(|v| !v.is_finite()) {
+                problems.push(format!("{key}.{bound} must be a finite number"));
+            }
+        }
+    }
+    let distinct: std::collections::BTreeSet<&str> =
+        rules.iter().map(|r| r.name.as_str()).collect();
+    if distinct.len() > 64 {
+        problems.push("tags: at most 64 distinct tag names".into());
+    }
+    problems
+}
+
+/// What the rules look at, as of one scoring.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    pub stage: LifecycleStage,
+    pub segment: Option<Segment>,
+    pub risk: Option<Risk>,
+    pub churn_probability: Option<f64>,
+    pub purchases: u32,
+    pub monetary_365d: f64,
+    pub refunds_90d: f64,
+    pub complaints_90d: f64,
+    pub coupons_90d: f64,
+    pub low_feedback_90d: f64,
+    pub last_feedback_score: Option<u8>,
+    pub profile: Option<&'a Profile>,
+}
+
+/// The configured rules, grouped by tag in the order tags are first named.
+#[derive(Debug, Clone, Default)]
+pub struct Tags {
+    tags: Vec<(Arc<str>, Vec<TagRule>)>,
+}
+
+impl Tags {
+    pub fn new(rules: &[TagRule]) -> Self {
+        let mut tags: Vec<(Arc<str>, Vec<TagRule>)> = Vec::new();
+        for rule in rules {
+            match tags.iter_mut().find(|(name, _)| **name == *rule.name) {
+                Some((_, group)) => group.push(rule.clone()),
+                None => tags.push((rule.name.as_str().into(), vec![rule.clone()])),
+            }
+        }
+        Self { tags }
+    }
+
+    /// The customer's tags, in configuration order.
+    pub fn of(&self, facts: &Facts<'_>) -> Vec<Arc<str>> {
+        self.tags
+            .iter()
+            .filter(|(_, rules)| rules.iter().any(|r| r.matches(facts)))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profiles::Interner;
+
+    fn facts() -> Facts<'static> {
+        Facts {
+            stage: LifecycleStage::Active,
+            segment: Some(Segment::ImportantValue),
+            risk: Some(Risk::Low),
+            churn_probability: Some(0.2),
+            purchases: 5,
+            monetary_365d: 300.0,
+            refunds_90d: 0.0,
+            complaints_90d: 0.0,
+            coupons_90d: 0.0,
+            low_feedback_90d: 0.0,
+            last_feedback_score: None,
+            profile: None,
+        }
+    }
+
+    #[test]
+    fn the_default_rules_tag_as_documented() {
+        let tags = Tags::new(&default_rules());
+        let names = |f: &Facts<'_>| tags.of(f).iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&facts()), ["vip"]);
+        let hunter = Facts {
+            segment: Some(Segment::GeneralValue),
+            coupons_90d: 2.5,
+            risk: Some(Risk::High),
+            ..facts()
+        };
+        assert_eq!(names(&hunter), ["bargain_hunter", "at_risk"]);
+        let refunder = Facts {
+            segment: None,
+            refunds_90d: 2.0,
+            ..facts()
+        };
+        assert_eq!(names(&refunder), ["bargain_hunter"]);
+        assert!(problems(&default_rules()).is_empty());
+    }
+
+    #[test]
+    fn every_condition_of_a_rule_must_hold() {
+        let mut interner = Interner::default();
+        let eu = interner.profile([("region", "eu"), ("channel", "app")]);
+        let rule = TagRule {
+            name: "unhappy_eu_app".into(),
+            profile: BTreeMap::from([
+                ("region".into(), vec!["eu".into(), "uk".into()]),
+                ("channel".into(), vec!["app".into()]),
+            ]),
+            max_last_feedback_score: Some(2),
+            ..TagRule::default()
+        };
+        let tags = Tags::new(&[rule]);
+        let unhappy = Facts {
+            last_feedback_score: Some(1),
+            profile: Some(&eu),
+            ..facts()
+        };
+        assert_eq!(tags.of(&unhappy).len(), 1);
+        assert!(tags
+            .of(&Facts {
+                last_feedback_score: Some(3),
+                ..unhappy
+            })
+            .is_empty());
+        assert!(tags
+            .of(&Facts {
+                last_feedback_score: None,
+                ..unhappy
+            })
+            .is_empty());
+        assert!(tags
+            .of(&Facts {
+                profile: None,
+                ..unhappy
+            })
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_rules_are_reported_by_key() {
+        let bad = [
+            TagRule {
+                name: "Bad Name".into(),
+                min_purchases: Some(1),
+                ..TagRule::default()
+            },
+            TagRule {
+                name: "everyone".into(),
+                ..TagRule::default()
+            },
+            TagRule {
+                name: "p".into(),
+                min_churn_probability: Some(1.5),
+                ..TagRule::default()
+            },
+        ];
+        let problems = problems(&bad);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("tags[0].name"));
+        assert!(problems[1].contains("no condition"));
+        assert!(problems[2].starts_with("tags[2].min_churn_probability"));
+    }
+}
