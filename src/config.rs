@@ -918,6 +918,35 @@ mod tests {
     }
 
     #[test]
+    fn a_file_s_tags_replace_the_default_ones_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("churnd.toml");
+        std::fs::write(
+            &path,
+            "[[tags]]\nname = \"eu_vip\"\nsegments = [\"important_value\"]\nprofile = { region = [\"eu\"] }\n",
+        )
+        .unwrap();
+        let defaults = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE);
+        let s = Settings::load(&defaults, Some(&path)).unwrap();
+        assert_eq!(s.tags.0.len(), 1, "{:?}", s.tags);
+        assert_eq!(s.tags.0[0].profile["region"], ["eu"]);
+
+        std::fs::write(&path, "[[tags]]\nname = \"everyone\"\n").unwrap();
+        let err = Settings::load(&defaults, Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tags[0]") && err.contains("no condition"),
+            "{err}"
+        );
+        std::fs::write(&path, "[profiles]\nkeys = [\"Bad Key\"]\n").unwrap();
+        let err = Settings::load(&defaults, Some(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("profiles.keys"), "{err}");
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_key() {
         let mut s = Settings::default();
         s.source.batch_size = 0;

@@ -142,8 +142,10 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
     for stream in [
         &mut settings.tasks.convert.stream,
         &mut settings.tasks.welcome.stream,
+        &mut settings.tasks.birthday.stream,
         &mut settings.tasks.anniversary.stream,
         &mut settings.tasks.revisit.stream,
+        &mut settings.tasks.service_recovery.stream,
     ] {
         stream.clear();
     }

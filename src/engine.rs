@@ -142,9 +142,16 @@ pub struct Customer {
 }
 
 /// What only some customers have, in the store's sparse column: the others pay nothing.
+/// 16 bytes: the profile is shared, the rarer signals boxed.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Extras {
     pub profile: Option<Arc<Profile>>,
+    signals: Option<Box<Signals>>,
+}
+
+/// Feedback and coupon use, for the customers who have either.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Signals {
     pub feedback: Option<Feedback>,
     /// Purchases with a coupon, decayed.
     pub coupons: Option<Decayed>,
@@ -152,7 +159,19 @@ pub struct Extras {
 
 impl Extras {
     pub fn is_empty(&self) -> bool {
-        self.profile.is_none() && self.feedback.is_none() && self.coupons.is_none()
+        self.profile.is_none() && self.signals.is_none()
+    }
+
+    pub fn feedback(&self) -> Option<Feedback> {
+        self.signals.as_ref().and_then(|s| s.feedback)
+    }
+
+    pub fn coupons(&self) -> Option<Decayed> {
+        self.signals.as_ref().and_then(|s| s.coupons)
+    }
+
+    pub fn signals_mut(&mut self) -> &mut Signals {
+        self.signals.get_or_insert_default()
     }
 }
 
@@ -681,6 +700,7 @@ impl Engine {
             EventKind::Feedback => {
                 let extras = self.store.extra_mut(idx);
                 extras
+                    .signals_mut()
                     .feedback
                     .get_or_insert_default()
                     .apply(event.score, event.time);
@@ -689,6 +709,7 @@ impl Engine {
             EventKind::Purchase if event.coupon => {
                 self.store
                     .extra_mut(idx)
+                    .signals_mut()
                     .coupons
                     .get_or_insert_default()
                     .add(event.time);
@@ -957,7 +978,7 @@ impl Engine {
         let features = &self.store.get(idx).features;
         let extras = self.store.extra(idx);
         let (refunds_90d, complaints_90d) = features.dissatisfaction(now);
-        let feedback = extras.and_then(|x| x.feedback);
+        let feedback = extras.and_then(Extras::feedback);
         Facts {
             stage,
             segment: scored.map(|s| s.segment),
@@ -967,7 +988,7 @@ impl Engine {
             monetary_365d: scored.map_or(0.0, |s| s.monetary_365d),
             refunds_90d,
             complaints_90d,
-            coupons_90d: extras.and_then(|x| x.coupons).map_or(0.0, |c| c.at(now)),
+            coupons_90d: extras.and_then(Extras::coupons).map_or(0.0, |c| c.at(now)),
             low_feedback_90d: feedback.map_or(0.0, |f| f.low_scores.at(now)),
             last_feedback_score: feedback.map(|f| f.last_score),
             profile: extras.and_then(|x| x.profile.as_deref()),
@@ -1098,7 +1119,7 @@ impl Engine {
             monetary_365d: r.monetary_365d,
         });
         let facts = self.facts(idx, now, stage, scored);
-        let feedback = self.store.extra(idx).and_then(|x| x.feedback);
+        let feedback = self.store.extra(idx).and_then(Extras::feedback);
         Some(CustomerView {
             customer_id: customer_id.to_string(),
             as_of: time::rfc3339(now),

@@ -275,7 +275,7 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         anyhow::Ok(simulate::run(options, connector, shutdown).await?)
     })?;
     print_out(&format!(
-        "wrote {} events ({} of history, {} live): {} purchases, {} refunds, {} visits, {} complaints, {} malformed; {} customers arrived, {} still active\n",
+        "wrote {} events ({} of history, {} live): {} purchases, {} refunds, {} visits, {} complaints, {} feedback, {} profiles, {} malformed; {} customers arrived, {} still active\n",
         report.written(),
         report.history,
         report.live,
@@ -283,6 +283,8 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         report.refunds,
         report.visits,
         report.complaints,
+        report.feedback,
+        report.profiles,
         report.invalid,
         report.customers_arrived,
         report.customers_active,

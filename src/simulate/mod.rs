@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connector;
 use crate::time::{from_millis, rfc3339, wall_millis};
-use population::{Activity, Params, ParamsError, Population, SimEvent};
+use population::{
+    Activity, Params, ParamsError, Population, SimEvent, AGE_BANDS, CHANNELS, GENDERS, REGIONS,
+};
 
 const DAY_MS: u64 = 86_400_000;
 /// Pacing step: each one writes, as one pipeline, the events due by then.
@@ -70,11 +72,13 @@ pub enum SimulateError {
 /// What a run wrote.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SimulateReport {
-    /// Events written, by type: purchase, refund, visit, complaint.
+    /// Events written, by type.
     pub purchases: u64,
     pub refunds: u64,
     pub visits: u64,
     pub complaints: u64,
+    pub feedback: u64,
+    pub profiles: u64,
     /// Malformed events written (churnd dead-letters them).
     pub invalid: u64,
     /// Events written with a time in the past (the history), then live.
@@ -94,6 +98,8 @@ impl SimulateReport {
         self.refunds += batch.refunds;
         self.visits += batch.visits;
         self.complaints += batch.complaints;
+        self.feedback += batch.feedback;
+        self.profiles += batch.profiles;
         self.invalid += batch.invalid;
         self.history += batch.history;
         self.live += batch.live;
@@ -105,6 +111,8 @@ impl SimulateReport {
             Activity::Refund { .. } => self.refunds += 1,
             Activity::Visit => self.visits += 1,
             Activity::Complaint => self.complaints += 1,
+            Activity::Feedback { .. } => self.feedback += 1,
+            Activity::Profile { .. } => self.profiles += 1,
         }
     }
 }
@@ -172,7 +180,30 @@ fn push_event(
     let cents = match event.activity {
         Activity::Purchase { cents } | Activity::Refund { cents } => cents,
         // A malformed amount needs an amount to spoil.
-        Activity::Visit | Activity::Complaint if matches!(malformed, Some(0 | 3)) => 1_000,
+        _ if matches!(malformed, Some(0 | 3)) => 1_000,
+        Activity::Feedback { score } => {
+            cmd.arg("score").arg(score);
+            return;
+        }
+        Activity::Profile {
+            region,
+            age_band,
+            gender,
+            channel,
+            birthday: (month, day),
+        } => {
+            cmd.arg("region")
+                .arg(REGIONS[usize::from(region)])
+                .arg("age_band")
+                .arg(AGE_BANDS[usize::from(age_band)])
+                .arg("gender")
+                .arg(GENDERS[usize::from(gender)])
+                .arg("channel")
+                .arg(CHANNELS[usize::from(channel)])
+                .arg("birthday")
+                .arg(format!("{month:02}-{day:02}"));
+            return;
+        }
         Activity::Visit | Activity::Complaint => return,
     };
     let amount = format!("{}.{:02}", cents / 100, cents % 100);

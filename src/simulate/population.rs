@@ -8,7 +8,10 @@
 //!   distribution (BG/NBD), so some customers go silent early and others stay for years;
 //! - spends per purchase from a gamma distribution around a mean that is itself drawn per
 //!   customer (the gamma-gamma spend model): heavy-tailed across customers;
-//! - now and then follows a purchase with a refund of it, or with a complaint.
+//! - now and then follows a purchase with a refund of it, with a complaint, or with a
+//!   satisfaction score (mostly good, sometimes very bad);
+//! - for most customers, first tells who they are: a profile (region, age band, gender,
+//!   birthday, channel) before their first event.
 //!
 //! Some arrivals are prospects: they visit (every `prospect_visit_days` on average) and after
 //! each visit either buy for the first time, give up for good, or come back.
@@ -45,9 +48,12 @@ pub struct Params {
     pub spend_mix_scale: f64,
     /// Visits per purchase, on average, while a customer is active.
     pub visits_per_purchase: f64,
-    /// Chance that a purchase is followed by its refund, or by a complaint.
+    /// Chance that a purchase is followed by its refund, by a complaint, or by feedback.
     pub refund_probability: f64,
     pub complaint_probability: f64,
+    pub feedback_probability: f64,
+    /// Share of customers who send a profile before their first event.
+    pub profile_share: f64,
     /// Mean days from a purchase to its refund or complaint.
     pub follow_up_days: f64,
     /// Share of arrivals who visit before they buy, if ever.
@@ -72,6 +78,8 @@ impl Default for Params {
             visits_per_purchase: 2.0,
             refund_probability: 0.03,
             complaint_probability: 0.02,
+            feedback_probability: 0.1,
+            profile_share: 0.7,
             follow_up_days: 5.0,
             prospect_share: 0.3,
             prospect_visit_days: 7.0,
@@ -91,11 +99,36 @@ pub struct ParamsError {
 /// What a simulated customer did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activity {
-    Purchase { cents: u64 },
-    Refund { cents: u64 },
+    Purchase {
+        cents: u64,
+    },
+    Refund {
+        cents: u64,
+    },
     Visit,
     Complaint,
+    /// A satisfaction score, 1 to 5.
+    Feedback {
+        score: u8,
+    },
+    /// Attributes, by index into [`REGIONS`], [`AGE_BANDS`], [`GENDERS`], [`CHANNELS`]; a
+    /// birthday as month and day.
+    Profile {
+        region: u8,
+        age_band: u8,
+        gender: u8,
+        channel: u8,
+        birthday: (u8, u8),
+    },
 }
+
+/// The values simulated profiles take.
+pub const REGIONS: [&str; 4] = ["eu", "us", "apac", "latam"];
+pub const AGE_BANDS: [&str; 5] = ["18-24", "25-34", "35-44", "45-54", "55+"];
+pub const GENDERS: [&str; 3] = ["f", "m", "x"];
+pub const CHANNELS: [&str; 3] = ["web", "app", "store"];
+/// Weights of scores 1 to 5: mostly satisfied, a few very unhappy.
+const SCORE_WEIGHTS: [f64; 5] = [0.06, 0.09, 0.2, 0.35, 0.3];
 
 impl Activity {
     /// The event type churnd reads.
@@ -105,6 +138,8 @@ impl Activity {
             Self::Refund { .. } => "refund",
             Self::Visit => "visit",
             Self::Complaint => "complaint",
+            Self::Feedback { .. } => "feedback",
+            Self::Profile { .. } => "profile",
         }
     }
 }
@@ -124,6 +159,7 @@ enum FollowUp {
     None,
     Refund { cents: u64 },
     Complaint,
+    Feedback,
 }
 
 /// One customer's drawn traits and their one pending event.
@@ -141,6 +177,8 @@ struct Customer {
     first: bool,
     /// Visiting, not bought yet: the pending event is a visit.
     prospect: bool,
+    /// The pending event is the customer's profile, their first.
+    profile: bool,
 }
 
 /// The simulated customer base.
@@ -202,9 +240,13 @@ impl Population {
         }
         probability("refund_probability", params.refund_probability)?;
         probability("complaint_probability", params.complaint_probability)?;
-        if params.refund_probability + params.complaint_probability > 1.0 {
+        probability("feedback_probability", params.feedback_probability)?;
+        probability("profile_share", params.profile_share)?;
+        if params.refund_probability + params.complaint_probability + params.feedback_probability
+            > 1.0
+        {
             return Err(invalid(
-                "refund_probability + complaint_probability",
+                "refund_probability + complaint_probability + feedback_probability",
                 &"must not exceed 1",
             ));
         }
@@ -283,6 +325,7 @@ impl Population {
             follow_up: FollowUp::None,
             first: !prospect,
             prospect,
+            profile: self.rng.random_bool(self.params.profile_share),
         };
         let number = u32::try_from(self.customers.len()).unwrap_or(u32::MAX);
         self.customers.push(customer);
@@ -294,6 +337,24 @@ impl Population {
         let params = &self.params;
         let rng = &mut self.rng;
         let c = &mut self.customers[number as usize];
+        if std::mem::take(&mut c.profile) {
+            // Who they are first; what they do comes a moment later.
+            self.pending.push(Reverse((ts + 1, number)));
+            let pick = |rng: &mut StdRng, n: usize| rng.random_range(0..n) as u8;
+            let month = rng.random_range(1..=12u8);
+            let days = [31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][usize::from(month - 1)];
+            return SimEvent {
+                customer: number,
+                ts_ms: ts,
+                activity: Activity::Profile {
+                    region: pick(rng, REGIONS.len()),
+                    age_band: pick(rng, AGE_BANDS.len()),
+                    gender: pick(rng, GENDERS.len()),
+                    channel: pick(rng, CHANNELS.len()),
+                    birthday: (month, rng.random_range(1..=days)),
+                },
+            };
+        }
         if c.prospect {
             // Visit, then buy next, give up, or come back.
             let draw: f64 = rng.random();
@@ -317,6 +378,20 @@ impl Population {
         let activity = match std::mem::replace(&mut c.follow_up, FollowUp::None) {
             FollowUp::Refund { cents } => Activity::Refund { cents },
             FollowUp::Complaint => Activity::Complaint,
+            FollowUp::Feedback => {
+                let draw: f64 = rng.random();
+                let mut cumulative = 0.0;
+                let score = SCORE_WEIGHTS
+                    .iter()
+                    .position(|w| {
+                        cumulative += w;
+                        draw < cumulative
+                    })
+                    .unwrap_or(SCORE_WEIGHTS.len() - 1);
+                Activity::Feedback {
+                    score: score as u8 + 1,
+                }
+            }
             FollowUp::None if c.first || rng.random_bool(purchase_share) => {
                 let amount = self.spend.sample(rng) / c.spend_rate;
                 Activity::Purchase {
@@ -328,10 +403,13 @@ impl Population {
         let first_purchase = std::mem::take(&mut c.first);
         if let Activity::Purchase { cents } = activity {
             let draw: f64 = rng.random();
+            let complaint = params.refund_probability + params.complaint_probability;
             c.follow_up = if draw < params.refund_probability {
                 FollowUp::Refund { cents }
-            } else if draw < params.refund_probability + params.complaint_probability {
+            } else if draw < complaint {
                 FollowUp::Complaint
+            } else if draw < complaint + params.feedback_probability {
+                FollowUp::Feedback
             } else {
                 FollowUp::None
             };
@@ -383,9 +461,20 @@ mod tests {
         let events = run(1, 365.0);
         assert!(events.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
         let mut first = std::collections::HashMap::new();
+        let mut profiled = std::collections::HashSet::new();
         for e in &events {
-            first.entry(e.customer).or_insert(e.activity);
+            match e.activity {
+                // The profile comes before what the customer does, at most once.
+                Activity::Profile { .. } => {
+                    assert!(!first.contains_key(&e.customer) && profiled.insert(e.customer));
+                }
+                _ => {
+                    first.entry(e.customer).or_insert(e.activity);
+                }
+            }
         }
+        let share = profiled.len() as f64 / first.len() as f64;
+        assert!((0.67..0.73).contains(&share), "profiles {share}");
         // 100 arrivals a day for a year, 30 % of them prospects who visit first.
         assert!((30_000..43_000).contains(&first.len()), "{}", first.len());
         let visiting = first.values().filter(|a| **a == Activity::Visit).count() as f64;

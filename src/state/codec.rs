@@ -236,8 +236,8 @@ fn put_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
     };
     let flags = [
         (x.profile.is_some(), HAS_PROFILE),
-        (x.feedback.is_some(), HAS_FEEDBACK),
-        (x.coupons.is_some(), HAS_COUPONS),
+        (x.feedback().is_some(), HAS_FEEDBACK),
+        (x.coupons().is_some(), HAS_COUPONS),
     ]
     .iter()
     .filter(|(has, _)| *has)
@@ -251,12 +251,12 @@ fn put_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
             put_str(out, value);
         }
     }
-    if let Some(f) = &x.feedback {
+    if let Some(f) = &x.feedback() {
         out.push(f.last_score);
         out.extend_from_slice(&f.last_at.to_le_bytes());
         put_decayed(out, f.low_scores);
     }
-    if let Some(c) = x.coupons {
+    if let Some(c) = x.coupons() {
         put_decayed(out, c);
     }
 }
@@ -479,14 +479,14 @@ fn read_extras<R: Read>(
         if !(1..=5).contains(&last_score) {
             return Err(malformed(format!("{id:?}: feedback score {last_score}")));
         }
-        extras.feedback = Some(Feedback {
+        extras.signals_mut().feedback = Some(Feedback {
             last_score,
             last_at: r.u32()?,
             low_scores: read_decayed(r)?,
         });
     }
     if flags & HAS_COUPONS != 0 {
-        extras.coupons = Some(read_decayed(r)?);
+        extras.signals_mut().coupons = Some(read_decayed(r)?);
     }
     Ok(Some(extras))
 }
@@ -745,11 +745,11 @@ mod tests {
             if i % 2 == 0 {
                 let mut feedback = Feedback::default();
                 feedback.apply(1 + (i % 5) as u8, 1_200_000 + i as u32);
-                extras.feedback = Some(feedback);
+                extras.signals_mut().feedback = Some(feedback);
             }
             let mut coupons = Decayed::default();
             coupons.add(1_100_000 + i as u32);
-            extras.coupons = Some(coupons);
+            extras.signals_mut().coupons = Some(coupons);
         }
         with_header(store, profiles)
     }

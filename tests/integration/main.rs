@@ -12,6 +12,7 @@ mod model_cli;
 mod observability;
 mod pipeline;
 mod process;
+mod profiles_feedback;
 mod resilience;
 mod secrets;
 mod task_kinds;

@@ -46,6 +46,10 @@ enum Bench {
     Memory {
         #[arg(long, default_value_t = 1_000_000)]
         customers: usize,
+        /// Then give every customer a profile (region, age band, gender, channel from a few
+        /// values each, and a birthday) and measure again.
+        #[arg(long)]
+        profiles: bool,
     },
     /// Events per second: the daemon against a bare read-and-acknowledge consumer.
     Throughput(throughput::Args),
@@ -71,7 +75,10 @@ enum Bench {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Bench::Memory { customers } => engine::memory(customers),
+        Bench::Memory {
+            customers,
+            profiles,
+        } => engine::memory(customers, profiles),
         Bench::Sweep { customers } => engine::sweep(customers),
         Bench::Throughput(args) => throughput::throughput(args).await,
         Bench::Latency(args) => latency::latency(args).await,
