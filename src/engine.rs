@@ -202,8 +202,6 @@ pub struct StateHeader {
     pub applied: Vec<EntryId>,
     /// The model that scored the customers, for the log of a restore.
     pub model_version: String,
-    /// Free-form profile keys learnt, in order (see [`Profiles`]).
-    pub profile_keys: Vec<String>,
 }
 
 impl TimerSlots for Customers {
@@ -362,7 +360,7 @@ impl Engine {
                 .flatten(),
             policy,
             care: CarePolicy::new(&settings.tasks),
-            profiles: Profiles::new(&settings.profiles, Vec::new(), Interner::default()),
+            profiles: Profiles::new(&settings.profiles, Interner::default()),
             tags: Tags::new(&settings.tags),
             schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),
@@ -403,14 +401,13 @@ impl Engine {
             schedule_settings,
             applied,
             model_version,
-            profile_keys,
         } = header;
         for (_, c) in customers.iter() {
             engine.population.count(c, 1);
         }
         engine.store = customers;
-        engine.profiles = Profiles::new(&engine.settings.profiles, profile_keys, profiles);
-        engine.count_regions();
+        engine.profiles = Profiles::new(&engine.settings.profiles, profiles);
+        engine.count_profiles();
         engine.rebuild_timers();
         engine.watermark = watermark;
         engine.thresholds = thresholds;
@@ -434,8 +431,8 @@ impl Engine {
         engine
     }
 
-    /// A copy of the state for a snapshot. A copy (not an encoding) so that the engine
-    /// pauses only for a memory copy; encoding and writing happen elsewhere.
+    /// A copy of the whole state now (tests, benchmarks): the daemon snapshots through
+    /// [`Self::begin_snapshot`] and [`Self::snapshot_slice`] instead, without a copy.
     pub fn snapshot(&self) -> EngineState {
         EngineState {
             customers: self.store.clone(),
@@ -471,16 +468,18 @@ impl Engine {
             schedule_settings: self.schedule_fingerprint,
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
-            profile_keys: self.profiles.free_keys().to_vec(),
         }
     }
 
-    /// Recounts customers with a profile by region (after a restore or an eviction).
-    fn count_regions(&mut self) {
+    /// Recounts the customers' profiles: by region, and the free-form keys in use (after a
+    /// restore or an eviction).
+    fn count_profiles(&mut self) {
         self.population.region.iter_mut().for_each(|n| *n = 0);
+        self.profiles.forget_counts();
         for (_, extras) in self.store.extras() {
             if let Some(profile) = &extras.profile {
                 self.population.region[self.profiles.region(Some(profile))] += 1;
+                self.profiles.hold(None, Some(profile));
             }
         }
     }
@@ -496,10 +495,12 @@ impl Engine {
     }
 
     /// Makes room under `max_customers`: forgets the least recently active customers (those
-    /// churned longest ago), [`EVICTION_PERCENT`] of the table at once.
+    /// churned longest ago), [`EVICTION_PERCENT`] of the table at once, and those beyond the
+    /// bound (who arrived while a snapshot was copied out).
     fn evict(&mut self) {
         let n = self.store.len();
-        let target = (n * EVICTION_PERCENT / 100).max(1);
+        let target =
+            (n * EVICTION_PERCENT / 100).max(1) + n.saturating_sub(self.settings.max_customers);
         let mut last: Vec<UnixSeconds> = self
             .store
             .iter()
@@ -521,7 +522,7 @@ impl Engine {
             !go
         });
         self.rebuild_timers();
-        self.count_regions();
+        self.count_profiles();
         self.metrics.customers_evicted.inc_by(evicted as u64);
         tracing::info!(
             evicted,
@@ -542,12 +543,23 @@ impl Engine {
         self.store.len()
     }
 
-    /// Serves a new model from the next score on.
+    /// Serves a new model from the next score on; every customer's next check is brought
+    /// forward at the next batch or tick ([`Self::recheck_everyone`]).
     pub fn set_model(&mut self, model: Arc<Model>) {
         self.metrics.set_model(model.version());
         self.model_version = model.version().into();
         self.model = model;
-        self.recheck_everyone();
+        self.recheck_pending = true;
+    }
+
+    /// Runs the re-check of everyone a new model or a restore asked for, unless a snapshot is
+    /// being copied out: it touches every timer, and the capture would have to copy the rest
+    /// of the table at once to keep its picture. It runs once the snapshot is out.
+    fn recheck_if_pending(&mut self) {
+        if self.recheck_pending && !self.store.is_capturing() {
+            self.recheck_pending = false;
+            self.recheck_everyone();
+        }
     }
 
     /// Brings every silent customer's next check forward to within one
@@ -581,9 +593,7 @@ impl Engine {
     pub fn apply_batch(&mut self, batch: Batch, wall_ms: u64) -> Effects {
         let started = Instant::now();
         self.wall = time::from_millis(wall_ms);
-        if std::mem::take(&mut self.recheck_pending) {
-            self.recheck_everyone();
-        }
+        self.recheck_if_pending();
         self.metrics
             .batch_entries
             .observe(batch.entries.len() as f64);
@@ -658,9 +668,7 @@ impl Engine {
     pub fn tick(&mut self, wall_ms: u64) -> Effects {
         let mut fx = Effects::default();
         self.wall = time::from_millis(wall_ms);
-        if std::mem::take(&mut self.recheck_pending) {
-            self.recheck_everyone();
-        }
+        self.recheck_if_pending();
         if self.settings.clock == ClockMode::Wall {
             self.sweep(self.wall, &mut fx);
             self.publish();
@@ -688,7 +696,11 @@ impl Engine {
             self.advance_watermark(event.time, fx);
         }
         let now = self.now();
+        // Not while a snapshot is copied out: compaction moves every customer, and the
+        // capture would have to copy the rest of the table at once. The table may pass its
+        // bound by the customers who arrive meanwhile; the next one after takes it back.
         if self.store.len() >= self.settings.max_customers
+            && !self.store.is_capturing()
             && self.store.find(event.customer_id).is_none()
         {
             self.evict();
@@ -742,7 +754,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Gives the customer `profile` (or none), keeping the counts by region.
+    /// Gives the customer `profile` (or none), keeping the counts by region and of keys.
     fn set_profile(&mut self, idx: CustomerIdx, profile: Option<Arc<Profile>>) {
         let old = self.store.extra(idx).and_then(|x| x.profile.clone());
         if let Some(old) = &old {
@@ -751,6 +763,7 @@ impl Engine {
         if let Some(new) = &profile {
             self.population.region[self.profiles.region(Some(new))] += 1;
         }
+        self.profiles.hold(old.as_deref(), profile.as_deref());
         let extras = self.store.extra_mut(idx);
         extras.profile = profile;
         if extras.is_empty() {
@@ -819,8 +832,8 @@ impl Engine {
         }
         let bucket = ((p * 10.0) as u8).min(9);
         self.reclassify(idx, stage, Some(segment), Some(bucket));
-        if let Some((score, at)) = feedback {
-            self.service_recovery(idx, stage, segment, score, at, now, fx);
+        if let Some(feedback) = feedback {
+            self.service_recovery(idx, stage, segment, feedback, now, fx);
         }
 
         let customer = self.store.get(idx);
@@ -899,15 +912,14 @@ impl Engine {
         next
     }
 
-    /// Answers a feedback score with a service-recovery task if the policy calls for one.
-    #[allow(clippy::too_many_arguments)]
+    /// Answers a feedback (score, time given) with a service-recovery task if the policy
+    /// calls for one.
     fn service_recovery(
         &mut self,
         idx: CustomerIdx,
         stage: LifecycleStage,
         segment: Segment,
-        score: u8,
-        feedback_at: UnixSeconds,
+        (score, feedback_at): (u8, UnixSeconds),
         now: UnixSeconds,
         fx: &mut Effects,
     ) {
@@ -1380,6 +1392,40 @@ pub(crate) mod tests {
         assert_eq!(once[1].0, TaskKind::Winback);
         assert!(once[1].1 >= T0 + 44 * DAY, "{once:?}");
         assert!(once[1].1 <= T0 + 45 * DAY, "{once:?}");
+    }
+
+    #[test]
+    fn evictions_and_new_models_wait_for_the_snapshot_being_copied_out() {
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut s = settings(ClockMode::Event);
+        s.max_customers = 100;
+        let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+        let entries = (0..100u32).map(|i| purchase(u64::from(i) + 1, &format!("c{i}"), i));
+        e.apply_batch(batch(entries.collect()), 0);
+        let (_, size) = e.begin_snapshot();
+        assert_eq!(size.customers, 100);
+        let mut largest = 0;
+        let mut seq = 200;
+        e.set_model(Arc::new(flat_model()));
+        while let Some(slice) = e.snapshot_slice(10) {
+            largest = largest.max(slice.len());
+            // New customers beyond the bound, and batches in which the new model is pending.
+            seq += 1;
+            e.apply_batch(batch(vec![purchase(seq, &format!("new{seq}"), 200)]), 0);
+        }
+        assert_eq!(largest, 10, "no slice became the rest of the table");
+        assert_eq!(
+            e.customers(),
+            110,
+            "no eviction while the snapshot was copied out"
+        );
+        assert!(e.recheck_pending, "the re-check waits too");
+
+        // Once it is out: the next batch re-checks everyone and the next newcomer evicts
+        // back under the bound.
+        e.apply_batch(batch(vec![purchase(seq + 1, "late", 201)]), 0);
+        assert!(!e.recheck_pending);
+        assert!(e.customers() <= 100, "{}", e.customers());
     }
 
     #[test]

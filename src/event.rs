@@ -352,7 +352,7 @@ fn parse_attributes<'a>(
     if fields.is_empty() {
         return Err(Rejection::new(
             Reason::EmptyProfile,
-            "a profile event carries no attribute (fields other than customer_id, type and ts)",
+            "a profile event carries no attribute (fields other than customer_id, type, ts, amount, score and coupon)",
         ));
     }
     let mut attributes: Vec<(&str, &str)> = Vec::with_capacity(fields.len());
@@ -411,7 +411,8 @@ pub fn birthday(value: &str) -> Option<(u8, u8)> {
         _ => return None,
     };
     let (month, day) = month_day.split_once('-')?;
-    if month.len() != 2 || day.len() != 2 {
+    let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !two_digits(month) || !two_digits(day) {
         return None;
     }
     let (month, day): (u8, u8) = (month.parse().ok()?, day.parse().ok()?);
@@ -595,6 +596,8 @@ mod tests {
         assert_eq!(birthday("02-29"), Some((2, 29)));
         assert_eq!(birthday("1990-12-01"), Some((12, 1)));
         assert_eq!(birthday("12/01"), None);
+        assert_eq!(birthday("+1-15"), None);
+        assert_eq!(birthday("1990-+1-15"), None);
     }
 
     #[test]
@@ -1124,7 +1127,7 @@ mod tests {
         let value = prop_oneof![
             8 => bytes(32),
             4 => strs(&["eu", "", "02-29", "02-30", "13-01", "1990-12-01", "1990/12/01",
-                "12-1", "00-10", "2-29", " 02-28", "ünïcödé"]),
+                "12-1", "00-10", "2-29", " 02-28", "ünïcödé", "+1-15", "1990-+1-15", "+2-+9"]),
             1 => invalid_utf8(),
             1 => huge(),
         ];

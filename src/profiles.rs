@@ -4,11 +4,13 @@
 //! Attributes are few and repeat across customers (a million customers share a handful of
 //! regions and age bands), so values and whole profiles are interned: a customer holds one
 //! pointer to a [`Profile`] shared with everyone who has the same attributes. Keys are
-//! bounded: the configured ones, plus at most `profiles.max_free_keys` free-form keys,
-//! learnt first come, first served and remembered in snapshots, so that a producer sending
-//! random keys cannot grow memory or metrics without bound.
+//! bounded: the configured ones, plus at most `profiles.max_free_keys` free-form keys in use
+//! at once (first come, first served; a key is in use while a customer's profile has it), so
+//! that a producer sending random keys cannot grow memory or metrics without bound. Which
+//! keys are in use follows from the customers' profiles alone, so a restored daemon and one
+//! that never stopped agree.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -26,8 +28,9 @@ pub const NO_REGION: &str = "none";
 pub struct ProfileSettings {
     /// Attribute keys always accepted.
     pub keys: Vec<String>,
-    /// Further (free-form) keys accepted, first come, first served. A profile event with
-    /// yet another new key is dead-lettered (`unknown_profile_key`).
+    /// Further (free-form) keys accepted while at most this many are in use, first come,
+    /// first served. A profile event with yet another new key is dead-lettered
+    /// (`unknown_profile_key`); a key is free again once no customer has it.
     pub max_free_keys: usize,
     /// Longest attribute value, in bytes.
     pub max_value_bytes: usize,
@@ -69,6 +72,16 @@ impl ProfileSettings {
         if self.max_free_keys > 64 {
             problems.push(format!("{prefix}.max_free_keys must be at most 64"));
         }
+        if self.keys.len() > 64 {
+            problems.push(format!("{prefix}.keys lists at most 64 keys"));
+        }
+        for reserved in ["customer_id", "type", "amount", "ts", "score", "coupon"] {
+            if self.keys.iter().any(|k| k == reserved) {
+                problems.push(format!(
+                    "{prefix}.keys: {reserved:?} is a field of its own, never a profile attribute"
+                ));
+            }
+        }
         if !(1..=1024).contains(&self.max_value_bytes) {
             problems.push(format!(
                 "{prefix}.max_value_bytes must be between 1 and 1024"
@@ -79,11 +92,13 @@ impl ProfileSettings {
                 "{prefix}.regions lists at most 64 regions (each is a metric label)"
             ));
         }
-        for region in &self.regions {
+        for (i, region) in self.regions.iter().enumerate() {
             if region.is_empty() || region == OTHER_REGION || region == NO_REGION {
                 problems.push(format!(
                     "{prefix}.regions: {region:?} cannot be a region (empty, or a label churnd uses itself)"
                 ));
+            } else if self.regions[..i].contains(region) {
+                problems.push(format!("{prefix}.regions lists {region:?} twice"));
             }
         }
         problems
@@ -192,33 +207,38 @@ impl Interner {
 #[derive(Debug, Clone)]
 pub struct Profiles {
     known: Vec<String>,
-    /// Free-form keys learnt, in the order they came.
-    free: Vec<String>,
+    /// Free-form keys in use, with how many customers' profiles have each.
+    free: BTreeMap<String, u64>,
     max_free: usize,
     regions: Vec<String>,
     interner: Interner,
 }
 
 impl Profiles {
-    /// `free` are the free-form keys learnt before (from a snapshot), `interner` the
-    /// profiles its customers hold.
-    pub fn new(settings: &ProfileSettings, free: Vec<String>, interner: Interner) -> Self {
+    /// `interner` holds the profiles the customers have (from a snapshot); count them in
+    /// with [`Self::hold`].
+    pub fn new(settings: &ProfileSettings, interner: Interner) -> Self {
         Self {
             known: settings.keys.clone(),
-            free,
+            free: BTreeMap::new(),
             max_free: settings.max_free_keys,
             regions: settings.regions.clone(),
             interner,
         }
     }
 
-    /// The free-form keys learnt, for snapshots.
-    pub fn free_keys(&self) -> &[String] {
-        &self.free
+    /// The free-form keys in use.
+    pub fn free_keys(&self) -> impl Iterator<Item = &str> {
+        self.free.keys().map(String::as_str)
+    }
+
+    fn is_known(&self, key: &str) -> bool {
+        self.known.iter().any(|k| k == key)
     }
 
     /// `current` with `changes` applied (an empty value removes the attribute); `None` when
-    /// no attribute is left. A new key beyond the bound rejects the whole change.
+    /// no attribute is left. A new key beyond the bound rejects the whole change. Nothing is
+    /// counted until the customer holds the result ([`Self::hold`]).
     pub fn update(
         &mut self,
         current: Option<&Profile>,
@@ -227,23 +247,24 @@ impl Profiles {
         let mut new_keys: Vec<&str> = Vec::new();
         for &(key, value) in changes {
             let allowed = value.is_empty()
-                || self.known.iter().chain(&self.free).any(|k| k == key)
+                || self.is_known(key)
+                || self.free.contains_key(key)
                 || new_keys.contains(&key);
             if !allowed {
                 if self.free.len() + new_keys.len() >= self.max_free {
+                    let in_use: Vec<&str> = self.free_keys().collect();
                     return Err(Rejection::new(
                         Reason::UnknownProfileKey,
                         format!(
-                            "profile key {key:?} is not in profiles.keys, and the {} free-form keys profiles.max_free_keys allows are taken ({}); add it to profiles.keys",
+                            "profile key {key:?} is not in profiles.keys, and the {} free-form keys profiles.max_free_keys allows are in use ({}); add it to profiles.keys",
                             self.max_free,
-                            self.free.join(", ")
+                            in_use.join(", ")
                         ),
                     ));
                 }
                 new_keys.push(key);
             }
         }
-        self.free.extend(new_keys.into_iter().map(String::from));
         let mut attributes: Vec<(&str, &str)> =
             current.map(|p| p.iter().collect()).unwrap_or_default();
         for &(key, value) in changes {
@@ -253,6 +274,23 @@ impl Profiles {
             }
         }
         Ok((!attributes.is_empty()).then(|| self.interner.profile(attributes)))
+    }
+
+    /// Counts a customer's change of profile from `old` to `new`: the free-form keys in use.
+    pub fn hold(&mut self, old: Option<&Profile>, new: Option<&Profile>) {
+        for (key, _) in old.iter().flat_map(|p| p.iter()) {
+            if let Some(users) = self.free.get_mut(key) {
+                *users -= 1;
+                if *users == 0 {
+                    self.free.remove(key);
+                }
+            }
+        }
+        for (key, _) in new.iter().flat_map(|p| p.iter()) {
+            if !self.is_known(key) {
+                *self.free.entry(key.to_string()).or_default() += 1;
+            }
+        }
     }
 
     /// The region label a profile counts under: one of `profiles.regions`, `other` or
@@ -276,6 +314,11 @@ impl Profiles {
             .chain([OTHER_REGION, NO_REGION])
     }
 
+    /// Forgets which customers hold which keys, to count them afresh with [`Self::hold`].
+    pub fn forget_counts(&mut self) {
+        self.free.clear();
+    }
+
     /// Distinct profiles held.
     pub fn interned(&self) -> usize {
         self.interner.len()
@@ -292,7 +335,7 @@ mod tests {
             regions: vec!["eu".into(), "us".into()],
             ..ProfileSettings::default()
         };
-        Profiles::new(&settings, Vec::new(), Interner::default())
+        Profiles::new(&settings, Interner::default())
     }
 
     #[test]
@@ -320,14 +363,30 @@ mod tests {
         assert_eq!(p.update(Some(&c), &[("region", "")]).unwrap(), None);
     }
 
+    /// Updates a customer holding `current` and counts the result in, as the engine does.
+    fn apply(
+        p: &mut Profiles,
+        current: Option<Arc<Profile>>,
+        changes: &[(&str, &str)],
+    ) -> Result<Option<Arc<Profile>>, Rejection> {
+        let new = p.update(current.as_deref(), changes)?;
+        p.hold(current.as_deref(), new.as_deref());
+        Ok(new)
+    }
+
     #[test]
-    fn free_form_keys_are_learnt_up_to_the_bound() {
+    fn free_form_keys_are_taken_up_to_the_bound_and_freed_when_nobody_has_them() {
         let mut p = profiles(2);
-        p.update(None, &[("loyalty_tier", "gold"), ("store", "berlin")])
-            .unwrap();
-        assert_eq!(p.free_keys(), ["loyalty_tier", "store"]);
-        // Known keys and learnt ones go on; removing an unknown key is no new key.
-        p.update(
+        let a = apply(
+            &mut p,
+            None,
+            &[("loyalty_tier", "gold"), ("store", "berlin")],
+        )
+        .unwrap();
+        assert_eq!(p.free_keys().collect::<Vec<_>>(), ["loyalty_tier", "store"]);
+        // Known keys and keys in use go on; removing an unknown key is no new key.
+        let b = apply(
+            &mut p,
             None,
             &[("region", "eu"), ("store", "paris"), ("nickname", "")],
         )
@@ -337,19 +396,31 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.reason, Reason::UnknownProfileKey);
         assert!(err.detail.contains("nickname") && err.detail.contains("profiles.keys"));
-        assert_eq!(
-            p.free_keys(),
-            ["loyalty_tier", "store"],
-            "nothing learnt from a rejection"
-        );
+        // Once nobody has a key, its place is free.
+        apply(&mut p, a, &[("loyalty_tier", "")]).unwrap();
+        assert_eq!(p.free_keys().collect::<Vec<_>>(), ["store"]);
+        apply(&mut p, b, &[("nickname", "bo")]).unwrap();
+        assert_eq!(p.free_keys().collect::<Vec<_>>(), ["nickname", "store"]);
     }
 
     #[test]
-    fn a_rejected_update_learns_no_key_of_it() {
+    fn a_rejected_update_takes_no_key() {
         let mut p = profiles(1);
         let err = p.update(None, &[("a1", "x"), ("a2", "y")]).unwrap_err();
         assert_eq!(err.reason, Reason::UnknownProfileKey);
-        assert!(p.free_keys().is_empty());
+        assert_eq!(p.free_keys().count(), 0);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let settings = ProfileSettings {
+            keys: vec!["score".into(), "Region".into()],
+            regions: vec!["eu".into(), "eu".into(), "none".into()],
+            ..ProfileSettings::default()
+        };
+        let problems = settings.problems("profiles");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems.iter().all(|p| p.starts_with("profiles.")));
     }
 
     #[test]

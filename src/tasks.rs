@@ -204,6 +204,9 @@ pub struct ServiceRecoverySettings {
     /// Sent even when the contact cap would hold another task back (it still counts as a
     /// contact): a customer who just reported a bad experience is answered.
     pub bypass_contact_cap: bool,
+    /// Not sent for feedback more than this many whole days old when it is applied (a
+    /// backfill of old surveys, a delayed producer): a call "at once" a month later is none.
+    pub max_late_days: u32,
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
@@ -221,6 +224,7 @@ impl Default for ServiceRecoverySettings {
                 Segment::ImportantWinback,
             ],
             bypass_contact_cap: true,
+            max_late_days: 2,
             action: "service_recovery_call".into(),
             stream: String::new(),
         }
@@ -568,6 +572,8 @@ struct ServiceRecovery {
     max_score: u8,
     segments: [bool; 8],
     bypass_contact_cap: bool,
+    /// Seconds a feedback may be old: whole days, and the rest of the day it came.
+    max_late: u32,
     action: Arc<str>,
 }
 
@@ -614,6 +620,7 @@ impl CarePolicy {
                     max_score: s.max_score,
                     segments: Segment::ALL.map(|segment| s.segments.contains(&segment)),
                     bypass_contact_cap: s.bypass_contact_cap,
+                    max_late: time::days(s.max_late_days).saturating_add(86_399),
                     action: s.action.as_str().into(),
                 }
             }),
@@ -721,8 +728,9 @@ impl CarePolicy {
     }
 
     /// The answer to a feedback `score` given at `feedback_at`: a service-recovery task if
-    /// the score is low enough and the customer valuable (and the cap allows, unless it is
-    /// bypassed), recording the contact. One per feedback: its ID is made from its time.
+    /// the score is low enough, the customer valuable, the feedback recent (and the cap
+    /// allows, unless it is bypassed), recording the contact. One per second of feedback: its
+    /// ID is made from its time.
     pub fn service_recovery(
         &self,
         contact: &mut Contact,
@@ -734,7 +742,8 @@ impl CarePolicy {
         let s = self.service_recovery.as_ref()?;
         let valuable = candidate.segment.is_some_and(|seg| s.segments[seg.index()]);
         let allowed = s.bypass_contact_cap || self.contact_allowed_from(contact, now).is_none();
-        if score > s.max_score || !valuable || !allowed {
+        let recent = now.saturating_sub(feedback_at) <= s.max_late;
+        if score > s.max_score || !valuable || !allowed || !recent {
             return None;
         }
         contact.record(now);
@@ -1165,6 +1174,43 @@ mod tests {
             .decide(&mut Contact::default(), &general, last + 200 * DAY)
             .is_none());
         assert_eq!(p.next_moment(&Contact::default(), &general, last), None);
+    }
+
+    #[test]
+    fn service_recovery_answers_recent_low_scores_of_valuable_customers_only() {
+        let p = CarePolicy::new(&TasksSettings::default());
+        let vip = valued(Segment::ImportantValue, T0, T0);
+        let now = T0 + 100 * DAY;
+        let mut contact = Contact::default();
+        // Even under the cap of a contact yesterday.
+        contact.record(now - DAY);
+        let task = p
+            .service_recovery(&mut contact, &vip, 1, now - 3600, now)
+            .expect("a very low score from a valuable customer");
+        assert_eq!(
+            task.detail,
+            Detail::ServiceRecovery {
+                score: 1,
+                feedback_at: now - 3600
+            }
+        );
+        assert_eq!(contact.last_day, (now / DAY) as u16, "counts as a contact");
+        let mut fresh = Contact::default();
+        assert!(
+            p.service_recovery(&mut fresh, &vip, 2, now, now).is_none(),
+            "score 2"
+        );
+        let general = valued(Segment::GeneralValue, T0, T0);
+        assert!(p
+            .service_recovery(&mut fresh, &general, 1, now, now)
+            .is_none());
+        // Two whole days late (and the rest of the feedback's day) at most.
+        assert!(p
+            .service_recovery(&mut fresh, &vip, 1, now - 2 * DAY - 3600, now)
+            .is_some());
+        assert!(p
+            .service_recovery(&mut Contact::default(), &vip, 1, now - 3 * DAY, now)
+            .is_none());
     }
 
     #[test]

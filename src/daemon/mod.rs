@@ -216,6 +216,7 @@ pub async fn run_observed(
         }
         None => (Engine::new(engine_settings, model, metrics.clone()), None),
     };
+    health.set_loading(false);
     if let Some(applied) = &observers.applied {
         let mut start = positions.clone().unwrap_or_default();
         start.resize(settings.source.streams.len(), EntryId::default());
@@ -327,7 +328,7 @@ enum Startup {
 }
 
 /// Loads the newest good snapshot on a blocking thread, so that HTTP answers meanwhile
-/// (`/readyz` says the snapshot is loading).
+/// (`/readyz` says the snapshot is loading, until the engine is restored from it).
 async fn load_while_serving(
     dir: &SnapshotDir,
     settings: &Settings,
@@ -349,7 +350,6 @@ async fn load_while_serving(
             return Ok(Startup::Stop);
         }
     };
-    health.set_loading(false);
     match loaded {
         Ok(state) => Ok(Startup::Restore(state?.map(Box::new))),
         Err(e) => Err(DaemonError::Load(e.to_string())),

@@ -61,7 +61,7 @@ impl Snapshotter {
     /// Begins a snapshot, unless the previous one is still being written (then this turn is
     /// skipped: the next interval takes it).
     pub fn begin(&mut self, engine: &mut Engine, effects_before: u64) {
-        if self.copying {
+        if self.copying || self.jobs.is_closed() {
             return;
         }
         if let Ok(permit) = self.idle.clone().try_acquire_owned() {
@@ -100,9 +100,20 @@ impl Snapshotter {
         if !self.copying {
             return;
         }
-        if let Ok(permit) = self.jobs.clone().try_reserve_owned() {
-            self.copy(engine, Room(permit));
+        match self.jobs.clone().try_reserve_owned() {
+            Ok(permit) => self.copy(engine, Room(permit)),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.writer_gone(engine),
+            Err(mpsc::error::TrySendError::Full(_)) => {}
         }
+    }
+
+    /// The writer's thread ended (it panicked): the snapshot being copied out is dropped, so
+    /// that the store stops keeping records for it, and no other begins.
+    fn writer_gone(&mut self, engine: &mut Engine) {
+        engine.abort_snapshot();
+        self.copying = false;
+        self.metrics.snapshots.with_label_values(&["failed"]).inc();
+        tracing::error!("the snapshot writer is gone: no more snapshots until churnd restarts");
     }
 
     /// Resolves with room for the next slice while a snapshot is being copied (the engine
@@ -162,8 +173,8 @@ impl Snapshotter {
     }
 }
 
-/// How much lower than the daemon's the writer thread's scheduling priority is (a nice
-/// value): encoding and writing a large snapshot takes seconds of CPU, which on a small
+/// How much lower than the daemon's the writer thread's scheduling priority is (added to its
+/// nice value): encoding and writing a large snapshot takes seconds of CPU, which on a small
 /// machine would otherwise be taken from Redis and the engine, showing as latency. The
 /// writer uses what they leave idle.
 const WRITER_NICENESS: libc::c_int = 10;
@@ -204,17 +215,21 @@ pub fn spawn(
     Ok((handle, done_rx))
 }
 
-/// Lowers the calling thread's scheduling priority by [`WRITER_NICENESS`].
+/// Lowers the calling thread's scheduling priority by [`WRITER_NICENESS`] (at most to 19,
+/// the lowest).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: setpriority and gettid have no memory-safety preconditions; on Linux a
-        // thread ID names one thread, so only this one is affected.
+        // SAFETY: getpriority, setpriority and gettid have no memory-safety preconditions;
+        // on Linux a thread ID names one thread, so only this one is affected. A thread
+        // starts with the process's nice value, which getpriority reads.
         let rc = unsafe {
+            let thread = libc::gettid() as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, thread);
             libc::setpriority(
                 libc::PRIO_PROCESS,
-                libc::gettid() as libc::id_t,
-                WRITER_NICENESS,
+                thread,
+                (current + WRITER_NICENESS).min(19),
             )
         };
         if rc != 0 {

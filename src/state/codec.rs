@@ -7,13 +7,13 @@
 //!
 //! The checksum covers everything before it. Version 4 gives the body's length after the
 //! body, so that a snapshot can be written as its customers are copied out, before their
-//! sizes are known; the end marker tells a truncated file from a damaged one. All integers little-endian. The body holds the creation time, the model
-//! version, the engine's clock and thresholds, the last entry applied per input stream (by
-//! name, so the stream list may change between runs), the free-form profile keys learnt, then
-//! every customer in store order: ID, features (bit-exact), next check, win-back state, last
-//! classification, contact bookkeeping and the sparse extras (profile attributes, feedback,
-//! coupons). Store order is kept so a restored engine assigns the same indices and makes the
-//! same decisions.
+//! sizes are known; the end marker tells a truncated file from a damaged one. All integers
+//! are little-endian. The body holds the creation time, the model version, the engine's clock
+//! and thresholds, the last entry applied per input stream (by name, so the stream list may
+//! change between runs), then every customer in store order: ID, features (bit-exact), next
+//! check, win-back state, last classification, contact bookkeeping and the sparse extras
+//! (profile attributes, feedback, coupons). Store order is kept so a restored engine assigns
+//! the same indices and makes the same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
 use crate::engine::{Customer, Customers, EngineState, Extras, StateHeader};
@@ -171,10 +171,6 @@ impl Encoder {
             out.extend_from_slice(&id.ms.to_le_bytes());
             out.extend_from_slice(&id.seq.to_le_bytes());
         }
-        out.extend_from_slice(&(header.profile_keys.len() as u16).to_le_bytes());
-        for key in &header.profile_keys {
-            put_str(out, key);
-        }
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
@@ -322,12 +318,6 @@ fn decode_body<R: Read>(
             None => dropped_streams.push(name),
         }
     }
-    let mut profile_keys = Vec::new();
-    if version >= 4 {
-        for _ in 0..r.u16()? {
-            profile_keys.push(r.str()?.to_string());
-        }
-    }
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
@@ -382,7 +372,6 @@ fn decode_body<R: Read>(
                 schedule_settings,
                 applied,
                 model_version,
-                profile_keys,
             },
             profiles,
         },
@@ -665,11 +654,6 @@ impl<R: Read> Reader<R> {
     }
 
     #[inline]
-    fn u16(&mut self) -> Result<u16, CodecError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    #[inline]
     fn u32(&mut self) -> Result<u32, CodecError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
@@ -770,7 +754,6 @@ mod tests {
                 schedule_settings: 0xfeed,
                 applied: vec![EntryId { ms: 5, seq: 1 }, EntryId::default()],
                 model_version: "m-1".into(),
-                profile_keys: vec!["tier".into()],
             },
         }
     }
@@ -792,8 +775,8 @@ mod tests {
         assert_eq!(a.header, b.header);
     }
 
-    /// `state` in the layout of version 2 or 3: the body's length in the header, no profile
-    /// keys, no extras (the state must have none), version 2 without the contacts.
+    /// `state` in the layout of version 2 or 3: the body's length in the header, no extras
+    /// (the state must have none), version 2 without the contacts.
     fn legacy(state: &EngineState, version: u32) -> Vec<u8> {
         assert_eq!(state.customers.extras_len(), 0);
         let v4 = encode(state, &streams(), 0);
@@ -804,15 +787,7 @@ mod tests {
             .sum();
         let body_end = v4.len() - TRAILER_LEN;
         let customers_at = body_end - customers;
-        // Before the customers: count and ID bytes (16), after the profile keys.
-        let keys: usize = 2 + state
-            .header
-            .profile_keys
-            .iter()
-            .map(|k| 2 + k.len())
-            .sum::<usize>();
-        let mut out = v4[..customers_at - 16 - keys].to_vec();
-        out.extend_from_slice(&v4[customers_at - 16..customers_at]);
+        let mut out = v4[..customers_at].to_vec();
         let mut at = customers_at;
         for (i, _) in state.customers.iter() {
             let len = CUSTOMER_FIXED_LEN + state.customers.id(i).len();
@@ -869,8 +844,7 @@ mod tests {
     #[test]
     fn reads_version_2_with_the_last_win_back_as_the_last_contact() {
         let (store, profiles) = plain(4);
-        let mut s = with_header(store, profiles);
-        s.header.profile_keys.clear();
+        let s = with_header(store, profiles);
         let d = decode(&legacy(&s, 2), &streams()).unwrap();
         let mut expected = s.clone();
         for (i, c) in s.customers.iter() {
@@ -885,8 +859,7 @@ mod tests {
     #[test]
     fn reads_version_3_without_extras() {
         let (store, profiles) = plain(5);
-        let mut s = with_header(store, profiles);
-        s.header.profile_keys.clear();
+        let s = with_header(store, profiles);
         let d = decode(&legacy(&s, 3), &streams()).unwrap();
         same(&s, &d.state);
     }

@@ -100,6 +100,8 @@ pub struct SnapshotFile {
     written: u64,
     /// Bytes handed to the kernel with writeback started.
     flushed: u64,
+    /// The kernel refused to start writeback early (said once).
+    hint_refused: bool,
 }
 
 impl SnapshotFile {
@@ -110,7 +112,15 @@ impl SnapshotFile {
         let mut result = file.write_all(bytes);
         self.written += bytes.len() as u64;
         if result.is_ok() && self.written - self.flushed >= WRITEBACK_EVERY {
-            result = file.flush().and_then(|()| start_writeback(file.get_ref()));
+            result = file.flush();
+            // Only a hint: where it is refused (some sandboxes and FUSE file systems), the
+            // final fsync writes everything all the same.
+            if let Err(e) = start_writeback(file.get_ref()) {
+                if !self.hint_refused {
+                    tracing::debug!(error = %e, "cannot start writeback early; the final fsync will write the snapshot");
+                    self.hint_refused = true;
+                }
+            }
             self.flushed = self.written;
         }
         result.map_err(|e| self.error(e))
@@ -127,6 +137,9 @@ impl SnapshotFile {
         let Some(file) = self.file.take() else {
             return Ok(self.path.clone());
         };
+        // The rename puts the snapshot in place; the directory's fsync makes that durable. If
+        // only the latter fails the snapshot counts as failed (a crash may lose it), though
+        // the file stays: should it survive, it is a good snapshot.
         let result = (|| {
             let file = file.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
@@ -177,11 +190,20 @@ impl SnapshotWriter {
         })
     }
 
-    /// Encodes and writes the next customers.
+    /// Encodes and writes the next customers, [`SLICE_CUSTOMERS`] at a time: a slice that is
+    /// the rest of a table (copied at once, see `features::store::capture`) never becomes one
+    /// buffer.
     pub fn append(&mut self, slice: &Captured<Customer, Extras>) -> Result<(), StateError> {
-        self.buffer.clear();
-        self.encoder.customers(slice.iter(), &mut self.buffer);
-        self.file.write(&self.buffer)
+        let mut customers = slice.iter();
+        loop {
+            self.buffer.clear();
+            self.encoder
+                .customers(customers.by_ref().take(SLICE_CUSTOMERS), &mut self.buffer);
+            if self.buffer.is_empty() {
+                return Ok(());
+            }
+            self.file.write(&self.buffer)?;
+        }
     }
 
     /// Writes the checksum and makes the snapshot durable; returns its path and size.
@@ -263,6 +285,7 @@ impl SnapshotDir {
                 file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
                 written: 0,
                 flushed: 0,
+                hint_refused: false,
             }),
             Err(source) => Err(StateError::Write { path, source }),
         }
