@@ -14,5 +14,6 @@ mod pipeline;
 mod process;
 mod resilience;
 mod secrets;
+mod sink;
 mod task_kinds;
 mod tls;
