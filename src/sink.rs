@@ -8,7 +8,10 @@
 //! replays never produce a second task for the same episode or a second dead letter for the
 //! same entry. One call of the script writes up to [`calls::MAX_ENTRIES_PER_CALL`] entries of
 //! one stream; a batch's calls go in one pipeline (`EVALSHA`: the script is loaded once per
-//! connection, and again when Redis answers that it does not know it).
+//! connection, and again when Redis answers that it does not know it). Batches that queue up
+//! while a write is in flight go together in the next write (all their effects, then all
+//! their acknowledgements): a sink that falls behind makes fewer, fuller calls and round
+//! trips, one that keeps up writes each batch as it comes.
 //!
 //! Effects and acknowledgements are two round trips on purpose: a pipeline (or MULTI/EXEC)
 //! does not stop at a failed command, so a write failing (a key of the wrong type) would not
@@ -142,6 +145,9 @@ impl SinkSettings {
     }
 }
 
+/// At most this many batches waiting for the sink are written together.
+const MAX_MERGED_BATCHES: u64 = 8;
+
 pub struct Sink {
     settings: SinkSettings,
     connector: Connector,
@@ -202,7 +208,17 @@ impl Sink {
             }
             fx = self.rx.recv() => fx,
         };
-        while let Some(fx) = next {
+        while let Some(mut fx) = next {
+            // Batches already waiting behind this one go with it: their effects in the same
+            // calls, their acknowledgements in the same XACKs, all after all the effects.
+            let mut batches = 1;
+            while batches < MAX_MERGED_BATCHES {
+                let Ok(more) = self.rx.try_recv() else {
+                    break;
+                };
+                merge(&mut fx, more);
+                batches += 1;
+            }
             if !fx.is_empty() && !self.write(&fx, &mut conn, &abort).await {
                 tracing::error!(
                     tasks = fx.tasks.len(),
@@ -212,7 +228,7 @@ impl Sink {
                 );
                 break;
             }
-            self.written.send_modify(|n| *n += 1);
+            self.written.send_modify(|n| *n += batches);
             next = self.rx.recv().await;
         }
         mover.abort();
@@ -481,6 +497,20 @@ async fn connect(
             return None;
         }
     }
+}
+
+/// Appends `more`'s effects and acknowledgements to `fx`'s, in order.
+fn merge(fx: &mut Effects, more: Effects) {
+    let Effects {
+        tasks,
+        care_tasks,
+        dead_letters,
+        acks,
+    } = more;
+    fx.tasks.extend(tasks);
+    fx.care_tasks.extend(care_tasks);
+    fx.dead_letters.extend(dead_letters);
+    fx.acks.extend(acks);
 }
 
 /// Loads the effects script; whether the server is a cluster node.

@@ -43,6 +43,11 @@ struct SinkUnderTest {
 
 impl SinkUnderTest {
     fn start(redis: &RedisServer) -> Self {
+        Self::start_after(redis, Vec::new())
+    }
+
+    /// Starts with `queued` batches waiting in the channel already, as when the sink is behind.
+    fn start_after(redis: &RedisServer, queued: Vec<Effects>) -> Self {
         let settings = sink_test_settings(redis);
         let metrics = Metrics::new();
         let health = Arc::new(Health::new(metrics.clone()));
@@ -57,6 +62,10 @@ impl SinkUnderTest {
             metrics.clone(),
         );
         let (tx, rx) = mpsc::channel(4);
+        let sent = queued.len() as u64;
+        for fx in queued {
+            tx.try_send(fx).expect("room in the channel");
+        }
         let (written_tx, written) = watch::channel(0);
         let sink = Sink::new(
             SinkSettings::from(&settings),
@@ -71,7 +80,7 @@ impl SinkUnderTest {
         Self {
             tx,
             written,
-            sent: 0,
+            sent,
             metrics,
             health,
             abort,
@@ -365,6 +374,69 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     assert_eq!(sink.tasks_written(TaskKind::Welcome), 200);
     assert_eq!(sink.dead_lettered(Reason::UnknownType), 700);
     assert_eq!(sink.errors(), 0);
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_waiting_behind_a_write_are_written_together_in_order() {
+    let redis = RedisServer::start();
+    let mut c = redis.conn().await;
+    create_group(&mut c, EVENTS).await;
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        let id = xadd(&mut c, EVENTS, &purchase(&format!("p{i}"), 1.0, T0_MS)).await;
+        let (ms, seq) = id.split_once('-').unwrap();
+        acks.push(vec![(
+            0,
+            EntryId {
+                ms: ms.parse().unwrap(),
+                seq: seq.parse().unwrap(),
+            },
+        )]);
+    }
+    leave_pending(&mut c, EVENTS).await;
+    // Three batches; the third raises the first's task again (a replay).
+    let batches: Vec<Effects> = [vec![0, 1], vec![2], vec![3, 0]]
+        .into_iter()
+        .zip(acks)
+        .map(|(tasks, acks)| Effects {
+            tasks: tasks
+                .into_iter()
+                .map(|n| winback(n, Group::Treatment))
+                .collect(),
+            acks,
+            ..Effects::default()
+        })
+        .collect();
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let mut sink = SinkUnderTest::start_after(&redis, batches);
+    sink.wait_written().await;
+    let ids: Vec<String> = read_stream(&mut c, WINBACK)
+        .await
+        .into_iter()
+        .map(|(_, f)| f["task_id"].clone())
+        .collect();
+    let id = |n: usize| format!("{n:032x}");
+    assert_eq!(ids, [id(0), id(1), id(2), id(3)]);
+    assert_eq!(sink.metrics.tasks_duplicate.get(), 1);
+    assert_eq!(sink.tasks_written(TaskKind::Winback), 4);
+    assert_eq!(
+        group_state(&mut c, EVENTS, "churnd").await,
+        Some((Some(0), 0))
+    );
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        stats.contains("cmdstat_evalsha:calls=1,"),
+        "one script call for the three batches: {stats}"
+    );
     sink.stop().await;
 }
 
