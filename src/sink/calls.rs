@@ -149,8 +149,8 @@ enum Body<'a> {
 }
 
 impl Body<'_> {
-    /// The field names every entry of a call shares, or `None` for a body that brings its
-    /// own (a dead letter).
+    /// A task's field names (the same for every task of its kind: a call sends each such
+    /// list once), or `None` for a body whose names go with its values (a dead letter).
     fn names(&self) -> Option<impl Iterator<Item = &'static str> + '_> {
         match self {
             Body::Task(fields) => Some(fields.iter().map(|(name, _)| *name)),
@@ -187,8 +187,10 @@ struct Group<'a> {
 }
 
 /// The calls that write `fx`'s effects: per output stream, in chunks of at most
-/// [`MAX_ENTRIES_PER_CALL`], each stream's entries in the order of the effects. `check_old_names`: also honour guards under their old
-/// names. The same `fx` always gives the same calls, whatever `check_old_names`.
+/// [`MAX_ENTRIES_PER_CALL`], each stream's entries in the order of the effects.
+/// `check_old_names`: also honour guards under their old names. The same `fx` always gives
+/// the same calls (the sink resends the failed ones by their place), whatever
+/// `check_old_names`.
 pub(super) fn calls(settings: &SinkSettings, fx: &Effects, check_old_names: bool) -> Vec<Call> {
     let mut groups: Vec<Group> = Vec::new();
     for (i, task) in fx.tasks.iter().enumerate() {
@@ -214,14 +216,11 @@ pub(super) fn calls(settings: &SinkSettings, fx: &Effects, check_old_names: bool
     for (i, dl) in fx.dead_letters.iter().enumerate() {
         let entry = dead_letter(settings, i, dl);
         let stream = &settings.dead_letter_stream;
-        let ttl = settings.dead_letter_dedup_ttl_secs;
-        push(
-            &mut groups,
-            stream,
+        let (max_len, ttl) = (
             settings.dead_letter_max_len,
-            ttl,
-            entry,
+            settings.dead_letter_dedup_ttl_secs,
         );
+        push(&mut groups, stream, max_len, ttl, entry);
     }
     let mut calls = Vec::new();
     for group in groups {
