@@ -12,7 +12,8 @@
 //!   the other kinds (convert, welcome, birthday, anniversary, revisit, service recovery)
 //!   with the contact cap they all share; [`profiles`] and [`tags`]: what is known of a
 //!   customer beyond activity, and the names rules give them;
-//! - [`sink`]: writes tasks and dead letters and acknowledges entries, atomically.
+//! - [`sink`]: writes tasks and dead letters, each exactly once (guarded by its ID), then
+//!   acknowledges their entries.
 //!
 //! [`state`] writes and loads snapshots of every customer's state with the stream positions
 //! they reflect, so a restart continues where the last snapshot left off.

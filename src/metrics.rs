@@ -230,7 +230,7 @@ impl Metrics {
             ),
             sink_seconds: histogram(
                 "churnd_sink_write_duration_seconds",
-                "Time to write one batch's tasks, dead letters and acknowledgements to Redis.",
+                "Time to write the tasks, dead letters and acknowledgements of one batch (or of the batches that queued up behind the previous write) to Redis.",
                 prometheus::exponential_buckets(5e-5, 2.5, 14).expect("valid buckets"),
             ),
             consumer_lag: gauge_vec(

@@ -3,44 +3,40 @@
 //! succeeds: the engine waits (the bounded channel fills, the source stops reading) rather
 //! than lose or skip anything.
 //!
-//! Effects and acknowledgements are two round trips on purpose: MULTI/EXEC does not roll
-//! back, so a write failing inside a transaction (a key of the wrong type) would not stop an
-//! XACK queued beside it. Every effect is written through a small Lua script that writes it
-//! only if its deterministic ID has not been written before (a guard key with an expiry), so
-//! retries, redeliveries and replays never produce a second task for the same episode or a
-//! second dead letter for the same entry.
+//! Every effect is written by a Lua script that writes it only if its deterministic ID has not
+//! been written before (a guard key with an expiry, [`guards`]), so retries, redeliveries and
+//! replays never produce a second task for the same episode or a second dead letter for the
+//! same entry. One call of the script writes up to [`calls::MAX_ENTRIES_PER_CALL`] entries of
+//! one stream; a batch's calls go in one pipeline (`EVALSHA`: the script is loaded once per
+//! connection, and again when Redis answers that it does not know it). Batches that queue up
+//! while a write is in flight go together in the next write (all their effects, then all
+//! their acknowledgements): a sink that falls behind makes fewer, fuller calls and round
+//! trips, one that keeps up writes each batch as it comes.
+//!
+//! Effects and acknowledgements are two round trips on purpose: a pipeline (or MULTI/EXEC)
+//! does not stop at a failed command, so a write failing (a key of the wrong type) would not
+//! stop an XACK queued beside it. The calls of a batch are not one transaction: each is
+//! atomic, a call that failed is sent again, and the guards make the order in which they
+//! succeed irrelevant.
 
-use std::borrow::Cow;
+mod calls;
+pub mod guards;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{FromRedisValue, RedisError, Value};
+use redis::{FromRedisValue, RedisError, ServerErrorKind, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::connection::Connector;
-use crate::engine::{DeadLetter, Effects};
+use crate::engine::Effects;
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
 use crate::tasks::{Task, TaskKind, TasksSettings};
 use crate::winback::Group;
-
-/// KEYS: guard key, stream. ARGV: guard TTL (s), stream MAXLEN, then field/value pairs.
-/// Returns the new entry ID, or false (nil in RESP2) when the entry was written before.
-const GUARDED_XADD: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return false
-end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[1], id, 'EX', ARGV[1])
-return id
-"#;
-
-/// A rejected entry's fields beyond this many are not copied to the dead-letter stream (and
-/// `dlq_detail` says so): Lua's `unpack` takes at most about 8,000 values.
-const MAX_DEAD_LETTER_VALUES: usize = 4_000;
 
 /// Where effects go, resolved from the settings.
 #[derive(Debug, Clone)]
@@ -84,93 +80,40 @@ impl SinkSettings {
     }
 
     /// The stream a task goes to and that stream's length cap.
-    fn stream_of(&self, task: &Task) -> (&str, u64) {
+    pub(crate) fn stream_of(&self, task: &Task) -> (&str, u64) {
         match task.winback() {
             Some(w) => (self.task_stream(w.group), self.task_max_len),
             None => (self.tasks.stream(task.kind), self.tasks.max_len),
         }
     }
 
-    /// The writes of `fx`'s tasks and dead letters as one transaction (replies: tasks, then
-    /// dead letters, in order); `None` when there are none. Safe to repeat: every write is
-    /// guarded by its ID.
-    pub fn effects(&self, fx: &Effects) -> Option<redis::Pipeline> {
-        if fx.tasks.is_empty() && fx.dead_letters.is_empty() {
-            return None;
-        }
-        let mut p = redis::pipe();
-        p.atomic();
-        for task in &fx.tasks {
-            let (stream, max_len) = self.stream_of(task);
-            p.add_command(self.task(stream, max_len, &task.task_id, task.fields()));
-        }
-        for dl in &fx.dead_letters {
-            p.add_command(self.dead_letter(dl));
-        }
-        Some(p)
+    /// The script calls that write `fx`'s tasks and dead letters, in the order the sink sends
+    /// them: per output stream, at most [`calls::MAX_ENTRIES_PER_CALL`] entries each, every
+    /// key of a call in its stream's Redis Cluster slot. Each replies with one character per
+    /// entry, `1` written or `0` written before. Safe to repeat: every write is guarded by
+    /// its ID. `check_old_names`: also honour guards under the names used before the hash tag
+    /// (see [`guards`]). The script must be loaded ([`load_effects_script`]).
+    pub fn effect_calls(&self, fx: &Effects, check_old_names: bool) -> Vec<redis::Cmd> {
+        calls::calls(self, fx, check_old_names)
+            .into_iter()
+            .map(|c| c.cmd)
+            .collect()
     }
 
-    /// The guarded write of a task of any kind: its ID is remembered beside its stream for
-    /// `dedup_ttl_secs`.
-    fn task(
-        &self,
-        stream: &str,
-        max_len: u64,
-        task_id: &str,
-        fields: impl IntoIterator<Item = (Cow<'static, str>, String)>,
-    ) -> redis::Cmd {
-        let mut cmd = guarded_xadd(
-            format!("{stream}:dedup:{task_id}"),
-            stream,
-            self.dedup_ttl_secs,
-            max_len,
-        );
-        for (name, value) in fields {
-            cmd.arg(name.as_ref()).arg(value);
-        }
-        cmd
-    }
-
-    /// The original fields of a rejected entry plus why and where from.
-    fn dead_letter(&self, dl: &DeadLetter) -> redis::Cmd {
-        let source_stream = self
-            .input_streams
-            .get(usize::from(dl.stream))
-            .map_or("", String::as_str);
-        let source_id = dl.id.to_string();
-        let mut cmd = guarded_xadd(
-            format!(
-                "{}:dedup:{source_stream}:{source_id}",
-                self.dead_letter_stream
-            ),
-            &self.dead_letter_stream,
-            self.dead_letter_dedup_ttl_secs,
-            self.dead_letter_max_len,
-        );
-        let copied = dl.values.len().min(MAX_DEAD_LETTER_VALUES) & !1;
-        for v in &dl.values[..copied] {
-            match v {
-                Value::BulkString(b) => cmd.arg(b.as_slice()),
-                Value::SimpleString(s) => cmd.arg(s.as_str()),
-                other => cmd.arg(format!("{other:?}")),
-            };
-        }
-        let mut detail = dl.detail.clone();
-        if copied < dl.values.len() {
-            detail.push_str(&format!(
-                " ({} more fields not copied)",
-                (dl.values.len() - copied) / 2
-            ));
-        }
-        cmd.arg("dlq_reason")
-            .arg(dl.reason.as_str())
-            .arg("dlq_detail")
-            .arg(detail)
-            .arg("dlq_source_stream")
-            .arg(source_stream)
-            .arg("dlq_source_id")
-            .arg(source_id);
-        cmd
+    /// Every output stream: the dead-letter stream and each task stream.
+    fn output_streams(&self) -> Vec<&str> {
+        let care = TaskKind::CARE.map(|kind| self.tasks.stream(kind));
+        let mut keys: Vec<&str> = [
+            self.dead_letter_stream.as_str(),
+            &self.task_stream,
+            &self.control_stream,
+        ]
+        .into_iter()
+        .chain(care)
+        .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// The acknowledgements of `fx`'s entries, one XACK per stream; `None` when there are none.
@@ -200,18 +143,7 @@ impl SinkSettings {
         c: &mut MultiplexedConnection,
     ) -> Result<Vec<String>, RedisError> {
         let mut bad = Vec::new();
-        let care = TaskKind::CARE.map(|kind| self.tasks.stream(kind));
-        let mut keys: Vec<&str> = [
-            self.dead_letter_stream.as_str(),
-            &self.task_stream,
-            &self.control_stream,
-        ]
-        .into_iter()
-        .chain(care)
-        .collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for key in keys {
+        for key in self.output_streams() {
             let kind: String = redis::cmd("TYPE").arg(key).query_async(c).await?;
             if kind != "stream" && kind != "none" {
                 bad.push(format!("{key} is a {kind}"));
@@ -221,6 +153,9 @@ impl SinkSettings {
     }
 }
 
+/// At most this many batches waiting for the sink are written together.
+const MAX_MERGED_BATCHES: u64 = 8;
+
 pub struct Sink {
     settings: SinkSettings,
     connector: Connector,
@@ -229,6 +164,10 @@ pub struct Sink {
     rx: mpsc::Receiver<Effects>,
     /// How many effects (as received) are written: snapshots wait for it.
     written: watch::Sender<u64>,
+    /// Whether writes still check guards under their old names (until they are moved).
+    old_names: guards::OldNames,
+    /// The current connection, for the pass that moves old guard names.
+    conns: watch::Sender<Option<MultiplexedConnection>>,
 }
 
 impl Sink {
@@ -247,6 +186,8 @@ impl Sink {
             metrics,
             rx,
             written,
+            old_names: guards::OldNames::pending(),
+            conns: watch::channel(None).0,
         }
     }
 
@@ -254,17 +195,38 @@ impl Sink {
     /// drain timeout); entries whose effects were not written stay pending and are
     /// redelivered to this consumer on its next start.
     pub async fn run(mut self, abort: CancellationToken) {
+        let streams = self
+            .settings
+            .output_streams()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mover = tokio::spawn(guards::move_old_names(
+            streams,
+            self.old_names.clone(),
+            self.conns.subscribe(),
+        ));
         let mut conn = None;
         // Connect before the first write (readiness includes being able to write), unless
         // effects or the end of the input come first.
         let mut next = tokio::select! {
-            c = connect(&mut self.connector, &self.settings, &self.health, &abort) => {
+            c = connect(&mut self.connector, &self.settings, &self.health, (&self.conns, &self.old_names), &abort) => {
                 conn = c;
                 self.rx.recv().await
             }
             fx = self.rx.recv() => fx,
         };
-        while let Some(fx) = next {
+        while let Some(mut fx) = next {
+            // Batches already waiting behind this one go with it: their effects in the same
+            // calls, their acknowledgements in the same XACKs, all after all the effects.
+            let mut batches = 1;
+            while batches < MAX_MERGED_BATCHES {
+                let Ok(more) = self.rx.try_recv() else {
+                    break;
+                };
+                merge(&mut fx, more);
+                batches += 1;
+            }
             if !fx.is_empty() && !self.write(&fx, &mut conn, &abort).await {
                 tracing::error!(
                     tasks = fx.tasks.len(),
@@ -274,9 +236,10 @@ impl Sink {
                 );
                 break;
             }
-            self.written.send_modify(|n| *n += 1);
+            self.written.send_modify(|n| *n += batches);
             next = self.rx.recv().await;
         }
+        mover.abort();
         self.health.set(Part::Sink, false);
     }
 
@@ -289,11 +252,8 @@ impl Sink {
         abort: &CancellationToken,
     ) -> bool {
         let started = Instant::now();
-        if let Some(effects) = self.settings.effects(fx) {
-            let Some(replies) = self.execute::<Vec<Value>>(&effects, conn, abort).await else {
-                return false;
-            };
-            self.record(fx, &replies);
+        if !self.write_effects(fx, conn, abort).await {
+            return false;
         }
         if let Some(acks) = self.settings.acks(fx) {
             if self.execute::<()>(&acks, conn, abort).await.is_none() {
@@ -307,6 +267,115 @@ impl Sink {
         true
     }
 
+    /// Sends the script calls of `fx`'s effects in one pipeline until each has succeeded
+    /// once, counting what each wrote as it succeeds; `false` if aborted first. A call Redis
+    /// does not know the script for (restarted, or `SCRIPT FLUSH`) is sent again at once
+    /// after loading it; other failures wait for the backoff, and only the calls that failed
+    /// are sent again.
+    async fn write_effects(
+        &mut self,
+        fx: &Effects,
+        conn: &mut Option<MultiplexedConnection>,
+        abort: &CancellationToken,
+    ) -> bool {
+        let mut done: Vec<bool> = Vec::new();
+        let mut loaded = false;
+        loop {
+            // Connected first: connecting tells whether old guard names need checking.
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match self.connect(abort).await {
+                    Some(c) => conn.insert(c),
+                    None => return false,
+                },
+            };
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            let mut sent = Vec::new();
+            let calls = calls::calls(&self.settings, fx, self.old_names.pending_check());
+            done.resize(calls.len(), false);
+            for (i, call) in calls.into_iter().enumerate() {
+                if !done[i] {
+                    pipe.add_command(call.cmd);
+                    sent.push((i, call.effects));
+                }
+            }
+            if sent.is_empty() {
+                return true;
+            }
+            // The first failure of this attempt, logged and counted once.
+            let mut failure: Option<RedisError> = None;
+            let mut unknown_script = false;
+            match pipe.query_async::<Vec<Value>>(c).await {
+                Ok(replies) if replies.len() == sent.len() => {
+                    for ((i, effects), reply) in sent.iter().zip(&replies) {
+                        if let Some(written) = calls::outcomes(reply, effects.len()) {
+                            for (effect, written) in effects.iter().zip(written) {
+                                self.record(fx, *effect, written);
+                            }
+                            done[*i] = true;
+                            continue;
+                        }
+                        let e = match reply {
+                            Value::ServerError(e) => RedisError::from(e.clone()),
+                            other => unexpected(other),
+                        };
+                        if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) {
+                            unknown_script = true;
+                        } else {
+                            failure.get_or_insert(e);
+                        }
+                    }
+                }
+                Ok(replies) => failure = Some(unexpected(&Value::Array(replies))),
+                Err(e) => failure = Some(e),
+            }
+            match (failure, unknown_script) {
+                (None, false) => {
+                    self.connector.succeeded();
+                    self.health.set(Part::Sink, true);
+                    return true;
+                }
+                (None, true) if !loaded => {
+                    tracing::info!("Redis does not know the effects script (restarted, or SCRIPT FLUSH): loading it");
+                    loaded = true;
+                    let Some(c) = conn.as_mut() else { continue };
+                    match calls::EFFECTS.load_async(c).await {
+                        Ok(_) => continue,
+                        Err(e) => {
+                            if self.failed(&e) {
+                                *conn = None;
+                            }
+                        }
+                    }
+                }
+                (Some(e), _) => {
+                    if self.failed(&e) {
+                        *conn = None;
+                    }
+                }
+                (None, true) => {}
+            }
+            // Failed, or the script went missing again right after it was loaded: wait.
+            loaded = false;
+            self.health.set(Part::Sink, false);
+            if !self.connector.pause(abort).await {
+                return false;
+            }
+        }
+    }
+
+    /// Records a failed write (logs it, counts it); whether to reconnect.
+    fn failed(&self, e: &RedisError) -> bool {
+        if e.code() == Some("WRONGTYPE") {
+            tracing::error!(
+                error = %e,
+                "an output stream's key holds another type; delete or rename it, or configure other streams"
+            );
+        }
+        self.connector.failed(e)
+    }
+
     /// Runs `pipeline` until it succeeds, reconnecting as needed; `None` if aborted first.
     /// The sink is not ready while its writes fail.
     async fn execute<T: FromRedisValue>(
@@ -318,9 +387,7 @@ impl Sink {
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => conn.insert(
-                    connect(&mut self.connector, &self.settings, &self.health, abort).await?,
-                ),
+                None => conn.insert(self.connect(abort).await?),
             };
             match pipeline.query_async::<T>(c).await {
                 Ok(reply) => {
@@ -329,13 +396,7 @@ impl Sink {
                     return Some(reply);
                 }
                 Err(e) => {
-                    if e.code() == Some("WRONGTYPE") {
-                        tracing::error!(
-                            error = %e,
-                            "an output stream's key holds another type; delete or rename it, or configure other streams"
-                        );
-                    }
-                    if self.connector.failed(&e) {
+                    if self.failed(&e) {
                         *conn = None;
                     }
                     self.health.set(Part::Sink, false);
@@ -347,77 +408,86 @@ impl Sink {
         }
     }
 
-    /// Counts what the effects transaction wrote; `replies` are in [`SinkSettings::effects`]
-    /// order.
-    fn record(&self, fx: &Effects, replies: &[Value]) {
-        let (task_replies, dead_letter_replies) =
-            replies.split_at(fx.tasks.len().min(replies.len()));
-        for (task, reply) in fx.tasks.iter().zip(task_replies) {
-            let winback = task.winback();
-            if written_before(reply) {
-                if winback.is_some() {
-                    self.metrics.tasks_duplicate.inc();
+    /// Counts one effect the script wrote (`written`) or found written before.
+    fn record(&self, fx: &Effects, effect: calls::Effect, written: bool) {
+        match effect {
+            calls::Effect::Task(i) => {
+                let task = &fx.tasks[i];
+                let winback = task.winback();
+                if !written {
+                    if winback.is_some() {
+                        self.metrics.tasks_duplicate.inc();
+                    }
+                    tracing::debug!(task_id = %task.task_id, kind = task.kind.as_str(), "task was written before; not written again");
+                    return;
                 }
-                tracing::debug!(task_id = %task.task_id, kind = task.kind.as_str(), "task was written before; not written again");
-                continue;
-            }
-            if let Some(w) = winback {
+                if let Some(w) = winback {
+                    self.metrics
+                        .tasks
+                        .with_label_values(&[&task.action, w.group.as_str()])
+                        .inc();
+                }
                 self.metrics
-                    .tasks
-                    .with_label_values(&[&task.action, w.group.as_str()])
+                    .tasks_by_kind
+                    .with_label_values(&[task.kind.as_str()])
                     .inc();
             }
-            self.metrics
-                .tasks_by_kind
-                .with_label_values(&[task.kind.as_str()])
-                .inc();
-        }
-        for (dl, reply) in fx.dead_letters.iter().zip(dead_letter_replies) {
-            if written_before(reply) {
-                tracing::debug!(id = %dl.id, "entry was dead-lettered before; not written again");
-                continue;
+            calls::Effect::DeadLetter(i) => {
+                let dl = &fx.dead_letters[i];
+                if written {
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[dl.reason.as_str()])
+                        .inc();
+                    tracing::debug!(id = %dl.id, reason = dl.reason.as_str(), detail = %dl.detail, "dead-lettered an entry");
+                } else {
+                    tracing::debug!(id = %dl.id, "entry was dead-lettered before; not written again");
+                }
             }
-            self.metrics
-                .dead_lettered
-                .with_label_values(&[dl.reason.as_str()])
-                .inc();
-            tracing::debug!(id = %dl.id, reason = dl.reason.as_str(), detail = %dl.detail, "dead-lettered an entry");
         }
+    }
+
+    async fn connect(&mut self, abort: &CancellationToken) -> Option<MultiplexedConnection> {
+        connect(
+            &mut self.connector,
+            &self.settings,
+            &self.health,
+            (&self.conns, &self.old_names),
+            abort,
+        )
+        .await
     }
 }
 
-/// An EVAL of [`GUARDED_XADD`]; the caller appends the field/value pairs.
-fn guarded_xadd(guard: String, stream: &str, ttl_secs: u64, max_len: u64) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(GUARDED_XADD)
-        .arg(2)
-        .arg(guard)
-        .arg(stream)
-        .arg(ttl_secs)
-        .arg(max_len);
-    cmd
-}
-
-/// The guarded write's "already written" reply: Lua's false is nil in RESP2 and a boolean
-/// in RESP3.
-fn written_before(reply: &Value) -> bool {
-    matches!(reply, Value::Nil | Value::Boolean(false))
-}
-
-/// Connects and checks the output keys; `None` if aborted first.
+/// Connects, checks the output keys, loads the effects script and, on a Redis Cluster node,
+/// stops checking old guard names (there are none); then publishes the connection for the
+/// pass that moves old guard names. `None` if aborted first.
 async fn connect(
     connector: &mut Connector,
     settings: &SinkSettings,
     health: &Health,
+    (conns, old_names): (
+        &watch::Sender<Option<MultiplexedConnection>>,
+        &guards::OldNames,
+    ),
     abort: &CancellationToken,
 ) -> Option<MultiplexedConnection> {
     loop {
         let mut c = connector.connect(abort).await?;
         match settings.misplaced_keys(&mut c).await {
-            Ok(bad) if bad.is_empty() => {
-                health.set(Part::Sink, true);
-                return Some(c);
-            }
+            Ok(bad) if bad.is_empty() => match prepare(&mut c).await {
+                Ok(cluster) => {
+                    if cluster {
+                        old_names.settled();
+                    }
+                    health.set(Part::Sink, true);
+                    conns.send_replace(Some(c.clone()));
+                    return Some(c);
+                }
+                Err(e) => {
+                    connector.failed(&e);
+                }
+            },
             Ok(bad) => tracing::error!(
                 keys = %bad.join(", "),
                 "output keys hold the wrong type; delete or rename them, or configure other streams"
@@ -430,6 +500,38 @@ async fn connect(
             return None;
         }
     }
+}
+
+/// Appends `more`'s effects and acknowledgements to `fx`'s, in order.
+fn merge(fx: &mut Effects, more: Effects) {
+    let Effects {
+        tasks,
+        dead_letters,
+        acks,
+    } = more;
+    fx.tasks.extend(tasks);
+    fx.dead_letters.extend(dead_letters);
+    fx.acks.extend(acks);
+}
+
+/// Loads the effects script; whether the server is a cluster node.
+async fn prepare(c: &mut MultiplexedConnection) -> Result<bool, RedisError> {
+    calls::EFFECTS.load_async(c).await?;
+    Ok(guards::is_cluster(c).await)
+}
+
+/// A reply the effects script does not give, as an error.
+fn unexpected(reply: &Value) -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "unexpected reply to the effects script",
+        format!("{reply:?}"),
+    ))
+}
+
+/// Loads the effects script that [`SinkSettings::effect_calls`] call.
+pub async fn load_effects_script(conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    calls::EFFECTS.load_async(conn).await.map(drop)
 }
 
 /// How long the daemon waits for in-flight effects after shutdown begins.

@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub tls: Option<TestPki>,
     /// `tls-auth-clients yes`: clients need a certificate signed by the test CA.
     pub require_client_cert: bool,
+    /// `cluster-enabled yes`: a Redis Cluster node (give it slots with
+    /// [`RedisServer::own_all_slots`]); it refuses a command whose keys span slots.
+    pub cluster: bool,
 }
 
 /// Certificates made for one test (no fixed files that expire): a CA, a server certificate
@@ -182,6 +185,10 @@ impl RedisServer {
         if let Some(password) = &self.options.password {
             cmd.arg("--requirepass").arg(password);
         }
+        if self.options.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.path().join("nodes.conf"));
+        }
         cmd.arg("--bind")
             .arg("127.0.0.1")
             .arg("--dir")
@@ -253,6 +260,31 @@ impl RedisServer {
             root_cert: Some(std::fs::read(&pki.ca).unwrap()),
         };
         redis::Client::build_with_tls(self.url(), certificates).unwrap()
+    }
+
+    /// Makes a cluster node the owner of every slot, a cluster of one, and waits until it
+    /// serves them.
+    pub async fn own_all_slots(&self) {
+        let mut c = self.conn().await;
+        redis::cmd("CLUSTER")
+            .arg("ADDSLOTSRANGE")
+            .arg(0)
+            .arg(16383)
+            .query_async::<()>(&mut c)
+            .await
+            .expect("a cluster-enabled redis-server takes the slots");
+        wait_for("the cluster to be up", Duration::from_secs(10), || {
+            let mut c = c.clone();
+            async move {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            }
+        })
+        .await;
     }
 
     pub fn stop(&mut self) {

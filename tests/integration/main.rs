@@ -15,5 +15,6 @@ mod process;
 mod profiles_feedback;
 mod resilience;
 mod secrets;
+mod sink;
 mod task_kinds;
 mod tls;
