@@ -39,6 +39,11 @@ pub struct Args {
     /// the stream covers passes during the run, with every silence check it implies).
     #[arg(long, value_enum, default_value = "wall")]
     clock: ClockArg,
+    /// Rounds, each on a new redis-server with the stream loaded afresh; the order of the
+    /// two consumers alternates from round to round. The VM's speed moves between runs by
+    /// more than the code does, so the ratio is reported per round and as the median.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// The redis-server binary to start.
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
@@ -61,7 +66,7 @@ impl From<ClockArg> for ClockMode {
 
 /// Reads the whole stream with its own group, acknowledging every entry after reading it
 /// (one XACK per batch, as the daemon does), and doing nothing else. Returns the time it
-/// took.
+/// took (and prints it).
 async fn bare_consumer(
     conn: &mut MultiplexedConnection,
     events: usize,
@@ -78,13 +83,20 @@ async fn bare_consumer(
         read += entries.len();
     }
     consumer.finish(conn).await?;
-    Ok(started.elapsed())
+    let took = started.elapsed();
+    println!(
+        "bare consumer (XREADGROUP COUNT {batch}, XACK of each batch pipelined with the next read): {:.2} s, {:.0} events/s",
+        took.as_secs_f64(),
+        events as f64 / took.as_secs_f64()
+    );
+    Ok(took)
 }
 
 /// Runs the daemon until its group has read and acknowledged every entry.
 async fn daemon_run(
     redis: &RedisServer,
     conn: &mut MultiplexedConnection,
+    events: usize,
     batch: usize,
     clock: ClockMode,
 ) -> Result<Duration> {
@@ -129,21 +141,79 @@ async fn daemon_run(
         let len: u64 = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
         written.push(format!("{len} in {stream}"));
     }
-    println!("churnd wrote {}", written.join(", "));
+    println!(
+        "churnd (start to every entry processed and acknowledged): {:.2} s, {:.0} events/s; it wrote {}",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        written.join(", ")
+    );
     Ok(elapsed)
 }
 
+/// What one round measured.
+struct Round {
+    bare_rate: f64,
+    churnd_rate: f64,
+}
+
+impl Round {
+    fn ratio(&self) -> f64 {
+        self.churnd_rate / self.bare_rate
+    }
+}
+
 pub async fn throughput(args: Args) -> Result<()> {
-    let Args {
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        println!("round {round} of {}", args.rounds);
+        // Alternating the order cancels whatever the first consumer leaves to the second.
+        rounds.push(measure(&args, round % 2 == 0).await?);
+    }
+    if rounds.len() > 1 {
+        let mut ratios: Vec<f64> = rounds.iter().map(Round::ratio).collect();
+        ratios.sort_by(f64::total_cmp);
+        let rates = |rate: fn(&Round) -> f64| {
+            let (lo, hi) = rounds
+                .iter()
+                .map(rate)
+                .fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(r), hi.max(r)));
+            format!("{lo:.0}–{hi:.0} events/s")
+        };
+        println!(
+            "over {} rounds: churnd / bare consumer median {:.2} (min {:.2}, max {:.2}); bare consumer {}, churnd {}",
+            rounds.len(),
+            median(&ratios),
+            ratios[0],
+            ratios[ratios.len() - 1],
+            rates(|r| r.bare_rate),
+            rates(|r| r.churnd_rate),
+        );
+    }
+    Ok(())
+}
+
+/// The median of sorted, non-empty `values`.
+fn median(values: &[f64]) -> f64 {
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// One round: a new redis-server, the stream loaded, both consumers timed over it.
+async fn measure(args: &Args, churnd_first: bool) -> Result<Round> {
+    let &Args {
         events,
         customers,
         batch_size: batch,
         history_days,
         clock,
-        redis_server: binary,
+        ..
     } = args;
     let clock = ClockMode::from(clock);
-    let redis = RedisServer::start(&binary)?;
+    let redis = RedisServer::start(&args.redis_server)?;
     let mut conn = redis.conn().await?;
     let loading = Instant::now();
     preload(&mut conn, events, customers, history_days).await?;
@@ -151,18 +221,20 @@ pub async fn throughput(args: Args) -> Result<()> {
         "pre-loaded {events} events over {customers} customers in {:.1} s",
         loading.elapsed().as_secs_f64()
     );
-    let bare = bare_consumer(&mut conn, events, batch).await?;
-    let bare_rate = events as f64 / bare.as_secs_f64();
-    println!(
-        "bare consumer (XREADGROUP COUNT {batch}, XACK of each batch pipelined with the next read): {:.2} s, {bare_rate:.0} events/s",
-        bare.as_secs_f64()
-    );
-    let churnd = daemon_run(&redis, &mut conn, batch, clock).await?;
-    let churnd_rate = events as f64 / churnd.as_secs_f64();
-    println!(
-        "churnd (start to every entry processed and acknowledged): {:.2} s, {churnd_rate:.0} events/s",
-        churnd.as_secs_f64()
-    );
-    println!("churnd / bare consumer: {:.2}", churnd_rate / bare_rate);
-    Ok(())
+    let (bare, churnd) = if churnd_first {
+        let churnd = daemon_run(&redis, &mut conn, events, batch, clock).await?;
+        (bare_consumer(&mut conn, events, batch).await?, churnd)
+    } else {
+        let bare = bare_consumer(&mut conn, events, batch).await?;
+        (
+            bare,
+            daemon_run(&redis, &mut conn, events, batch, clock).await?,
+        )
+    };
+    let round = Round {
+        bare_rate: events as f64 / bare.as_secs_f64(),
+        churnd_rate: events as f64 / churnd.as_secs_f64(),
+    };
+    println!("churnd / bare consumer: {:.2}", round.ratio());
+    Ok(round)
 }

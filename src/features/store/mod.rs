@@ -116,9 +116,15 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
             .unwrap_or_default()
     }
 
+    /// Whether `idx` holds `id`: the bytes compared as they are (no UTF-8 check of the
+    /// stored ID on the lookup path).
+    fn holds(&self, idx: CustomerIdx, id: &str) -> bool {
+        id_slice(&self.id_bytes, self.id_spans[idx as usize]) == id.as_bytes()
+    }
+
     pub fn find(&self, id: &str) -> Option<CustomerIdx> {
         let hash = self.hash(id);
-        self.index.find(hash, |&idx| self.id(idx) == id).copied()
+        self.index.find(hash, |&idx| self.holds(idx, id)).copied()
     }
 
     /// The customer's index, adding a default record for a new ID. The flag says whether the
@@ -126,7 +132,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
     pub fn find_or_insert(&mut self, id: &str) -> (CustomerIdx, bool) {
         debug_assert!(id.len() <= 255, "customer IDs are validated to 128 bytes");
         let hash = self.hash(id);
-        if let Some(&idx) = self.index.find(hash, |&idx| self.id(idx) == id) {
+        if let Some(&idx) = self.index.find(hash, |&idx| self.holds(idx, id)) {
             return (idx, false);
         }
         let idx = CustomerIdx::try_from(self.records.len())
