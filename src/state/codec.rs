@@ -73,7 +73,11 @@ pub enum CodecError {
     Version(u32),
     #[error("truncated: {expected} bytes expected, {actual} present")]
     Truncated { expected: u64, actual: u64 },
-    #[error("truncated: {actual} bytes present, and they do not end as a snapshot ends")]
+    /// A version-4 file's end marker is not where it belongs: the file was cut short, or
+    /// its last bytes were damaged (the two cannot be told apart without the marker).
+    #[error(
+        "truncated or corrupt: {actual} bytes present, and they do not end as a snapshot ends"
+    )]
     NoEnd { actual: u64 },
     #[error("checksum mismatch: the file is corrupt")]
     Checksum,
@@ -775,8 +779,9 @@ mod tests {
         assert_eq!(a.header, b.header);
     }
 
-    /// `state` in the layout of version 2 or 3: the body's length in the header, no extras
-    /// (the state must have none), version 2 without the contacts.
+    /// `state` in the layout of version 1, 2 or 3: the body's length in the header, no
+    /// extras (the state must have none), versions 1 and 2 without the contacts, version 1
+    /// without the schedule settings.
     fn legacy(state: &EngineState, version: u32) -> Vec<u8> {
         assert_eq!(state.customers.extras_len(), 0);
         let v4 = encode(state, &streams(), 0);
@@ -791,9 +796,14 @@ mod tests {
         let mut at = customers_at;
         for (i, _) in state.customers.iter() {
             let len = CUSTOMER_FIXED_LEN + state.customers.id(i).len();
-            let kept = if version == 2 { len - CONTACT_LEN } else { len };
+            let kept = if version <= 2 { len - CONTACT_LEN } else { len };
             out.extend_from_slice(&v4[at..at + kept]);
             at += len + 1;
+        }
+        if version == 1 {
+            // created_ms, model_version, watermark, next_threshold_refresh, scorings precede it.
+            let settings_at = HEADER_LEN + 8 + 2 + state.header.model_version.len() + 4 + 4 + 8;
+            out.drain(settings_at..settings_at + 8);
         }
         out[8..12].copy_from_slice(&version.to_le_bytes());
         let body_len = (out.len() - HEADER_LEN) as u64;
@@ -841,18 +851,34 @@ mod tests {
         assert_eq!(encoder.finish(&mut short), Err(CodecError::Incomplete));
     }
 
-    #[test]
-    fn reads_version_2_with_the_last_win_back_as_the_last_contact() {
-        let (store, profiles) = plain(4);
-        let s = with_header(store, profiles);
-        let d = decode(&legacy(&s, 2), &streams()).unwrap();
-        let mut expected = s.clone();
-        for (i, c) in s.customers.iter() {
+    /// `state` as read from a format without contacts: the last win-back task stands for
+    /// the last contact.
+    fn contacts_from_last_win_back(state: &EngineState) -> EngineState {
+        let mut expected = state.clone();
+        for (i, c) in state.customers.iter() {
             expected.customers.get_mut(i).contact = Contact {
                 last_day: (c.winback.last_task_at / 86_400) as u16,
                 prospect_visits: 0,
             };
         }
+        expected
+    }
+
+    #[test]
+    fn reads_version_2_with_the_last_win_back_as_the_last_contact() {
+        let (store, profiles) = plain(4);
+        let s = with_header(store, profiles);
+        let d = decode(&legacy(&s, 2), &streams()).unwrap();
+        same(&contacts_from_last_win_back(&s), &d.state);
+    }
+
+    #[test]
+    fn reads_version_1_without_schedule_settings() {
+        let (store, profiles) = plain(3);
+        let s = with_header(store, profiles);
+        let d = decode(&legacy(&s, 1), &streams()).unwrap();
+        let mut expected = contacts_from_last_win_back(&s);
+        expected.header.schedule_settings = 0;
         same(&expected, &d.state);
     }
 

@@ -620,6 +620,28 @@ pub async fn wait_drained(conn: &mut MultiplexedConnection, stream: &str, group:
     );
 }
 
+/// Runs the daemon over the whole of `stream` again with no state (the group moved back to
+/// its start, the state directory removed) and waits until it has drained it: a replay, in
+/// which every task already written must come out as a duplicate.
+pub async fn replay_without_state(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    settings: Settings,
+) -> App {
+    redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(stream)
+        .arg("churnd")
+        .arg("0")
+        .query_async::<()>(conn)
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&settings.state.dir).unwrap();
+    let app = App::spawn(settings).await;
+    wait_drained(conn, stream, "churnd").await;
+    app
+}
+
 /// Creates the daemon's consumer group on `stream` at its beginning, as a previous run would.
 pub async fn create_group(conn: &mut MultiplexedConnection, stream: &str) {
     redis::cmd("XGROUP")

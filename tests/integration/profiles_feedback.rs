@@ -132,17 +132,7 @@ async fn a_profile_and_its_tags_reach_the_api_and_the_tasks_once_even_on_replay(
     assert_eq!(birthday[0]["profile_birthday"], "1970-01-20");
 
     // The whole stream again with no state: the same tasks, none written twice.
-    redis::cmd("XGROUP")
-        .arg("SETID")
-        .arg(EVENTS)
-        .arg("churnd")
-        .arg("0")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap();
-    std::fs::remove_dir_all(&settings.state.dir).unwrap();
-    let app = App::spawn(settings).await;
-    wait_drained(&mut c, EVENTS, "churnd").await;
+    let app = replay_without_state(&mut c, EVENTS, settings).await;
     assert_eq!(read_stream(&mut c, TASKS).await, tasks);
     assert_eq!(
         app.metric("churnd_tasks_total{kind=\"service_recovery\"}")

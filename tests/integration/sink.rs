@@ -175,6 +175,18 @@ fn winback(n: usize, group: Group) -> Task {
     }
 }
 
+/// `count` win-back tasks, every `control_every`-th of the control group.
+fn winbacks(count: usize, control_every: usize) -> impl Iterator<Item = Task> {
+    (0..count).map(move |n| {
+        let group = if n % control_every == 0 {
+            Group::Control
+        } else {
+            Group::Treatment
+        };
+        winback(n, group)
+    })
+}
+
 fn care(n: usize, kind: TaskKind, segment: Option<Segment>) -> Task {
     let detail = match kind {
         TaskKind::Welcome => Detail::Welcome {
@@ -241,6 +253,19 @@ async fn keys(c: &mut MultiplexedConnection, pattern: &str) -> Vec<String> {
     }
 }
 
+/// `n` purchases added to the input stream and read by the daemon's group without being
+/// acknowledged, as the acknowledgements of a batch name them.
+async fn pending_purchases(c: &mut MultiplexedConnection, n: usize) -> Vec<(u16, EntryId)> {
+    create_group(c, EVENTS).await;
+    let mut acks = Vec::new();
+    for i in 0..n {
+        let id = xadd(c, EVENTS, &purchase(&format!("p{i}"), 1.0, T0_MS)).await;
+        acks.push((0, EntryId::parse(id.as_bytes()).unwrap()));
+    }
+    leave_pending(c, EVENTS).await;
+    acks
+}
+
 async fn ttl(c: &mut MultiplexedConnection, key: &str) -> i64 {
     redis::cmd("TTL").arg(key).query_async(c).await.unwrap()
 }
@@ -250,33 +275,10 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     let redis = RedisServer::start();
     let mut c = redis.conn().await;
     // Entries the batch acknowledges once its effects are written.
-    create_group(&mut c, EVENTS).await;
-    let mut acks = Vec::new();
-    for i in 0..5 {
-        let id = xadd(&mut c, EVENTS, &purchase(&format!("p{i}"), 1.0, T0_MS)).await;
-        let (ms, seq) = id.split_once('-').unwrap();
-        acks.push((
-            0,
-            EntryId {
-                ms: ms.parse().unwrap(),
-                seq: seq.parse().unwrap(),
-            },
-        ));
-    }
-    leave_pending(&mut c, EVENTS).await;
+    let acks = pending_purchases(&mut c, 5).await;
 
     let batch = |acks: Vec<_>| Effects {
-        tasks: (0..600)
-            .map(|n| {
-                winback(
-                    n,
-                    if n % 3 == 0 {
-                        Group::Control
-                    } else {
-                        Group::Treatment
-                    },
-                )
-            })
+        tasks: winbacks(600, 3)
             .chain((0..300).map(|n| match n % 3 {
                 0 => care(n, TaskKind::Welcome, None),
                 1 => care(n, TaskKind::Welcome, Some(Segment::GeneralValue)),
@@ -395,20 +397,11 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
 async fn batches_waiting_behind_a_write_are_written_together_in_order() {
     let redis = RedisServer::start();
     let mut c = redis.conn().await;
-    create_group(&mut c, EVENTS).await;
-    let mut acks = Vec::new();
-    for i in 0..3 {
-        let id = xadd(&mut c, EVENTS, &purchase(&format!("p{i}"), 1.0, T0_MS)).await;
-        let (ms, seq) = id.split_once('-').unwrap();
-        acks.push(vec![(
-            0,
-            EntryId {
-                ms: ms.parse().unwrap(),
-                seq: seq.parse().unwrap(),
-            },
-        )]);
-    }
-    leave_pending(&mut c, EVENTS).await;
+    let acks: Vec<_> = pending_purchases(&mut c, 3)
+        .await
+        .into_iter()
+        .map(|ack| vec![ack])
+        .collect();
     // Three batches; the third raises the first's task again (a replay).
     let batches: Vec<Effects> = [vec![0, 1], vec![2], vec![3, 0]]
         .into_iter()
@@ -695,17 +688,7 @@ async fn every_call_keeps_to_one_cluster_slot() {
     assert_eq!(refused.code(), Some("CROSSSLOT"), "{refused}");
     let mut sink = SinkUnderTest::start(&redis);
     sink.write(Effects {
-        tasks: (0..300)
-            .map(|n| {
-                winback(
-                    n,
-                    if n % 2 == 0 {
-                        Group::Control
-                    } else {
-                        Group::Treatment
-                    },
-                )
-            })
+        tasks: winbacks(300, 2)
             .chain((0..10).map(|n| care(n, TaskKind::Revisit, None)))
             .collect(),
         dead_letters: (0..10).map(dead_letter).collect(),

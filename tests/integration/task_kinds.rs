@@ -69,17 +69,7 @@ async fn prospects_get_an_offer_and_new_buyers_a_welcome_once_even_on_replay() {
     assert!(read_stream(&mut c, WINBACK).await.is_empty());
 
     // The whole stream again from its start, with no state: the same tasks, not written twice.
-    redis::cmd("XGROUP")
-        .arg("SETID")
-        .arg(EVENTS)
-        .arg("churnd")
-        .arg("0")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap();
-    std::fs::remove_dir_all(&settings.state.dir).unwrap();
-    let app = App::spawn(settings).await;
-    wait_drained(&mut c, EVENTS, "churnd").await;
+    let app = replay_without_state(&mut c, EVENTS, settings).await;
     assert_eq!(read_stream(&mut c, TASKS).await, tasks);
     assert_eq!(
         app.metric("churnd_tasks_total{kind=\"welcome\"}").await,
