@@ -18,6 +18,10 @@ pub const MAX_CUSTOMER_ID_BYTES: usize = 128;
 /// Longest accepted profile attribute name, in bytes.
 pub const MAX_PROFILE_KEY_BYTES: usize = 32;
 
+/// The fields with a meaning of their own; on a `profile` event every other field is an
+/// attribute.
+pub const EVENT_FIELDS: [&str; 6] = ["customer_id", "type", "amount", "ts", "score", "coupon"];
+
 /// What a customer did, or what is known of them. Adding a kind: a variant here, its name
 /// in `ALL`/`as_str`, its fields in [`parse_event`] and its effect in the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -247,19 +251,27 @@ pub fn event_kind<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) ->
 /// event time. Unknown fields are ignored so producers can add attributes ahead of churnd,
 /// except on a `profile` event, whose fields other than `customer_id`, `type`, `amount`,
 /// `ts`, `score` and `coupon` are its attributes.
-pub fn parse_event<'a>(
-    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+///
+/// The fields are walked a second time for a `profile` event only, so that other events
+/// pay nothing for the fields they do not use.
+pub fn parse_event<'a, F>(
+    fields: F,
     entry_ms: u64,
     limits: &EventLimits,
-) -> Result<Event<'a>, Rejection> {
+) -> Result<Event<'a>, Rejection>
+where
+    F: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    F::IntoIter: Clone,
+{
+    let fields = fields.into_iter();
     let mut customer_id = None;
     let mut kind = None;
     let mut amount = None;
     let mut ts = None;
     let mut score = None;
     let mut coupon = None;
-    let mut others: Vec<(&'a [u8], &'a [u8])> = Vec::new();
-    for (name, value) in fields {
+    for (name, value) in fields.clone() {
+        // The names of `EVENT_FIELDS`.
         let slot = match name {
             b"customer_id" => &mut customer_id,
             b"type" => &mut kind,
@@ -267,10 +279,7 @@ pub fn parse_event<'a>(
             b"ts" => &mut ts,
             b"score" => &mut score,
             b"coupon" => &mut coupon,
-            _ => {
-                others.push((name, value));
-                continue;
-            }
+            _ => continue,
         };
         if slot.replace(value).is_some() {
             return Err(duplicate(name));
@@ -314,7 +323,12 @@ pub fn parse_event<'a>(
     match kind {
         EventKind::Feedback => event.score = parse_score(score)?,
         EventKind::Purchase => event.coupon = coupon.is_some_and(|c| !c.is_empty()),
-        EventKind::Profile => event.attributes = parse_attributes(&others, limits)?,
+        EventKind::Profile => {
+            let others: Vec<_> = fields
+                .filter(|(name, _)| !EVENT_FIELDS.iter().any(|f| f.as_bytes() == *name))
+                .collect();
+            event.attributes = parse_attributes(&others, limits)?;
+        }
         EventKind::Refund | EventKind::Visit | EventKind::Complaint => {}
     }
     Ok(event)
@@ -390,7 +404,8 @@ fn parse_attributes<'a>(
     Ok(attributes)
 }
 
-fn profile_key(name: &[u8]) -> Option<&str> {
+/// `name` as a profile attribute name, if it is one.
+pub(crate) fn profile_key(name: &[u8]) -> Option<&str> {
     let valid = !name.is_empty()
         && name.len() <= MAX_PROFILE_KEY_BYTES
         && name[0].is_ascii_lowercase()

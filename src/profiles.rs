@@ -55,15 +55,8 @@ impl Default for ProfileSettings {
 impl ProfileSettings {
     pub fn problems(&self, prefix: &str) -> Vec<String> {
         let mut problems = Vec::new();
-        let valid_key = |k: &str| {
-            !k.is_empty()
-                && k.len() <= MAX_PROFILE_KEY_BYTES
-                && k.starts_with(|c: char| c.is_ascii_lowercase())
-                && k.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        };
         for key in &self.keys {
-            if !valid_key(key) {
+            if event::profile_key(key.as_bytes()).is_none() {
                 problems.push(format!(
                     "{prefix}.keys: {key:?} is not a key (1 to {MAX_PROFILE_KEY_BYTES} bytes of a-z, 0-9 and _, a letter first)"
                 ));
@@ -75,7 +68,7 @@ impl ProfileSettings {
         if self.keys.len() > 64 {
             problems.push(format!("{prefix}.keys lists at most 64 keys"));
         }
-        for reserved in ["customer_id", "type", "amount", "ts", "score", "coupon"] {
+        for reserved in event::EVENT_FIELDS {
             if self.keys.iter().any(|k| k == reserved) {
                 problems.push(format!(
                     "{prefix}.keys: {reserved:?} is a field of its own, never a profile attribute"
@@ -110,6 +103,8 @@ impl ProfileSettings {
 pub struct Profile {
     /// Sorted by key.
     attributes: Box<[(Arc<str>, Arc<str>)]>,
+    /// Month and day of the `birthday` attribute, read once: every scoring asks for it.
+    birthday: Option<(u8, u8)>,
 }
 
 impl Profile {
@@ -135,7 +130,7 @@ impl Profile {
 
     /// Month and day of the `birthday` attribute.
     pub fn birthday(&self) -> Option<(u8, u8)> {
-        self.get("birthday").and_then(event::birthday)
+        self.birthday
     }
 }
 
@@ -162,8 +157,13 @@ impl Interner {
             .map(|(k, v)| (self.value(k), self.value(v)))
             .collect();
         pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let birthday = pairs
+            .iter()
+            .find(|(k, _)| &**k == "birthday")
+            .and_then(|(_, v)| event::birthday(v));
         let profile = Profile {
             attributes: pairs.into_boxed_slice(),
+            birthday,
         };
         if let Some(shared) = self.profiles.get(&profile) {
             return shared.clone();

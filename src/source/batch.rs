@@ -21,7 +21,7 @@ pub struct Entry {
 
 impl Entry {
     /// `(name, value)` pairs.
-    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
         self.values
             .as_deref()
             .unwrap_or_default()
