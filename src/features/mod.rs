@@ -156,8 +156,12 @@ fn decay(elapsed_secs: u32, half_life_days: f64) -> f64 {
 }
 
 impl CustomerFeatures {
-    /// Applies one event. O(1), no allocation.
+    /// Applies one event. O(1), no allocation. An event of a kind these features do not
+    /// move with ([`Self::moves_with`]) changes nothing, not even the anchor.
     pub fn apply(&mut self, event: &Event<'_>) {
+        if !Self::moves_with(event.kind) {
+            return;
+        }
         let t = event.time;
         // Weight of the new event at the anchor: 1 if it moves the anchor forward (after
         // decaying everything to it), less than 1 if it is late.
@@ -199,8 +203,8 @@ impl CustomerFeatures {
             EventKind::Visit => {
                 self.visits += decay(behind, VISIT_HALF_LIFE_DAYS) as f32;
             }
-            // Feedback and coupons live in the sparse column ([`Feedback`], [`Decayed`]);
-            // a profile is no activity.
+            // Returned above: feedback and coupons live in the sparse column ([`Feedback`],
+            // [`Decayed`]); a profile is no activity.
             EventKind::Feedback | EventKind::Profile => {}
         }
     }
@@ -380,6 +384,17 @@ impl CustomerFeatures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn profiles_and_feedback_leave_the_features_and_their_anchor_alone() {
+        let mut f = CustomerFeatures::default();
+        f.apply(&Event::new("c", EventKind::Purchase, 10.0, 1_000_000_000));
+        let before = f;
+        for kind in [EventKind::Profile, EventKind::Feedback] {
+            f.apply(&Event::new("c", kind, 0.0, 1_000_000_000 + 30 * 86_400));
+        }
+        assert_eq!(f, before);
+    }
 
     #[test]
     fn bytes_round_trip_exactly() {

@@ -159,9 +159,6 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
 
     /// The customer's entry in the sparse column, if they have one.
     pub fn extra(&self, idx: CustomerIdx) -> Option<&X> {
-        if self.extras.is_empty() {
-            return None;
-        }
         self.extras.get(&idx)
     }
 
