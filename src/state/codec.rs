@@ -234,14 +234,17 @@ fn put_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
         out.push(0);
         return;
     };
-    let flags = [
-        (x.profile.is_some(), HAS_PROFILE),
-        (x.feedback().is_some(), HAS_FEEDBACK),
-        (x.coupons().is_some(), HAS_COUPONS),
-    ]
-    .iter()
-    .filter(|(has, _)| *has)
-    .fold(0, |flags, (_, bit)| flags | bit);
+    let (feedback, coupons) = (x.feedback(), x.coupons());
+    let mut flags = 0;
+    if x.profile.is_some() {
+        flags |= HAS_PROFILE;
+    }
+    if feedback.is_some() {
+        flags |= HAS_FEEDBACK;
+    }
+    if coupons.is_some() {
+        flags |= HAS_COUPONS;
+    }
     out.push(flags);
     if let Some(profile) = &x.profile {
         out.push(profile.len() as u8);
@@ -251,12 +254,12 @@ fn put_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
             put_str(out, value);
         }
     }
-    if let Some(f) = &x.feedback() {
+    if let Some(f) = feedback {
         out.push(f.last_score);
         out.extend_from_slice(&f.last_at.to_le_bytes());
         put_decayed(out, f.low_scores);
     }
-    if let Some(c) = x.coupons() {
+    if let Some(c) = coupons {
         put_decayed(out, c);
     }
 }
@@ -337,6 +340,7 @@ fn decode_body<R: Read>(
     let mut profiles = Interner::default();
     customers.reserve(count as usize, id_bytes as usize);
     let mut id = String::with_capacity(usize::from(u8::MAX));
+    let mut attributes = Attributes::default();
     for n in 0..count {
         let len = usize::from(r.u8()?);
         id.clear();
@@ -353,7 +357,7 @@ fn decode_body<R: Read>(
         }
         *customers.get_mut(idx) = read_customer(r, &id, version)?;
         if version >= 4 {
-            if let Some(extras) = read_extras(r, &id, &mut profiles)? {
+            if let Some(extras) = read_extras(r, &id, &mut profiles, &mut attributes)? {
                 *customers.extra_mut(idx) = extras;
             }
         }
@@ -434,11 +438,36 @@ fn read_customer<R: Read>(
     })
 }
 
+/// A profile's attributes as read, back to back in one buffer that serves customer after
+/// customer: no allocation per attribute on the load path.
+#[derive(Default)]
+struct Attributes {
+    text: String,
+    /// Per attribute, where its value starts and where it ends in `text` (its key ends
+    /// where its value starts, and starts where the previous value ends).
+    spans: Vec<(usize, usize)>,
+}
+
+impl Attributes {
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut key_start = 0;
+        self.spans.iter().map(move |&(value_start, end)| {
+            let pair = (
+                &self.text[key_start..value_start],
+                &self.text[value_start..end],
+            );
+            key_start = end;
+            pair
+        })
+    }
+}
+
 /// A version-4 customer's extras, `None` when they have none.
 fn read_extras<R: Read>(
     r: &mut Reader<R>,
     id: &str,
     profiles: &mut Interner,
+    attributes: &mut Attributes,
 ) -> Result<Option<Extras>, CodecError> {
     let flags = r.u8()?;
     if flags == 0 {
@@ -449,23 +478,30 @@ fn read_extras<R: Read>(
     }
     let mut extras = Extras::default();
     if flags & HAS_PROFILE != 0 {
-        let mut attributes: Vec<(String, String)> = Vec::new();
+        attributes.text.clear();
+        attributes.spans.clear();
         for _ in 0..r.u8()? {
             let len = usize::from(r.u8()?);
-            let key = std::str::from_utf8(r.take(len)?)
-                .map_err(|_| malformed(format!("{id:?}: a profile key is not UTF-8")))?
-                .to_string();
-            let value = r.str()?.to_string();
-            if key.is_empty() || value.is_empty() || attributes.iter().any(|(k, _)| *k == key) {
+            let key_start = attributes.text.len();
+            attributes.text.push_str(
+                std::str::from_utf8(r.take(len)?)
+                    .map_err(|_| malformed(format!("{id:?}: a profile key is not UTF-8")))?,
+            );
+            let value_start = attributes.text.len();
+            attributes.text.push_str(r.str()?);
+            let key = &attributes.text[key_start..value_start];
+            if key.is_empty()
+                || value_start == attributes.text.len()
+                || attributes.pairs().any(|(k, _)| k == key)
+            {
                 return Err(malformed(format!("{id:?}: profile attribute {key:?}")));
             }
-            attributes.push((key, value));
+            attributes.spans.push((value_start, attributes.text.len()));
         }
-        if attributes.is_empty() {
+        if attributes.spans.is_empty() {
             return Err(malformed(format!("{id:?}: an empty profile")));
         }
-        extras.profile =
-            Some(profiles.profile(attributes.iter().map(|(k, v)| (k.as_str(), v.as_str()))));
+        extras.profile = Some(profiles.profile(attributes.pairs()));
     }
     if flags & HAS_FEEDBACK != 0 {
         let last_score = r.u8()?;
@@ -615,11 +651,12 @@ impl<R: Read> Reader<R> {
 
     /// Reads whatever of the body is left, then the checksum, and compares.
     fn verify(&mut self) -> Result<(), CodecError> {
-        let mut rest = vec![0; READ_BUFFER];
+        // What the buffer holds was hashed as it was read: it can take the rest.
+        (self.start, self.end) = (0, 0);
         while self.unread > 0 {
-            let n = rest.len().min(self.unread as usize);
-            read_fully(&mut self.input, &mut rest[..n])?;
-            self.hasher.update(&rest[..n]);
+            let n = self.buffer.len().min(self.unread as usize);
+            read_fully(&mut self.input, &mut self.buffer[..n])?;
+            self.hasher.update(&self.buffer[..n]);
             self.unread -= n as u64;
         }
         if self.version >= 4 {
@@ -943,6 +980,27 @@ mod tests {
             decode(b"not a snapshot at all", &streams()).err(),
             Some(CodecError::Magic)
         );
+    }
+
+    #[test]
+    fn a_profile_with_a_key_twice_is_malformed() {
+        let (mut store, mut profiles) = plain(1);
+        store.extra_mut(0).profile = Some(profiles.profile([("region", "eu"), ("season", "x")]));
+        let mut bytes = encode(&with_header(store, profiles), &streams(), 0);
+        let at = bytes
+            .windows(6)
+            .position(|w| w == b"season")
+            .expect("the second key");
+        bytes[at..at + 6].copy_from_slice(b"region");
+        let end = bytes.len() - CHECKSUM_LEN;
+        let sum = xxh3_64(&bytes[..end]);
+        bytes[end..].copy_from_slice(&sum.to_le_bytes());
+        match decode(&bytes, &streams()) {
+            Err(CodecError::Malformed(why)) => {
+                assert!(why.contains("profile attribute \"region\""), "{why}")
+            }
+            other => panic!("{:?}", other.err()),
+        }
     }
 
     #[test]
