@@ -10,12 +10,13 @@ use churnd::config::{ClockMode, Settings};
 use churnd::engine::{Engine, EngineSettings};
 use churnd::metrics::Metrics;
 use churnd::model::Model;
+use churnd::source::batch::Batch;
 
 use churnd::state::{self, SnapshotDir, SLICE_CUSTOMERS};
 
 use crate::machine::{peak_resident_bytes, reset_peak_resident, resident_bytes, thread_cpu_time};
 use crate::redis_server::tempfile_dir;
-use crate::workload::{customer_id, learn_customers, model_path};
+use crate::workload::{customer_id, entry, learn_customers, model_path};
 
 /// Resident memory per customer at rest (with a profile each if `profiles`), then the peak
 /// while a snapshot of them is written the way the daemon writes it (a slice at a time
@@ -91,38 +92,28 @@ pub fn memory(customers: usize, profiles: bool) -> Result<()> {
 }
 
 /// One profile event per customer, through the engine as the daemon applies them.
-fn give_profiles(engine: &mut churnd::engine::Engine, customers: usize, now_ms: u64) {
-    use churnd::source::batch::{Batch, Entry};
-    let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+fn give_profiles(engine: &mut Engine, customers: usize, now_ms: u64) {
     for start in (0..customers).step_by(1_000) {
         let entries = (start..(start + 1_000).min(customers))
             .map(|n| {
+                let id = customer_id(n);
                 let birthday = format!("{:02}-{:02}", 1 + n % 12, 1 + n % 28);
-                let fields = [
-                    ("customer_id", customer_id(n)),
-                    ("type", "profile".into()),
-                    ("region", ["eu", "us", "apac", "latam"][n % 4].into()),
-                    (
-                        "age_band",
-                        ["18-24", "25-34", "35-44", "45-54", "55+"][n % 5].into(),
-                    ),
-                    ("gender", ["f", "m", "x"][n % 3].into()),
-                    ("channel", ["web", "app", "store"][n % 3].into()),
-                    ("birthday", birthday),
-                ];
-                Entry {
-                    stream: 0,
-                    id: churnd::event::EntryId {
-                        ms: now_ms + 1,
-                        seq: n as u64,
-                    },
-                    values: Some(
-                        fields
-                            .iter()
-                            .flat_map(|(k, v)| [bulk(k), bulk(v)])
-                            .collect(),
-                    ),
-                }
+                entry(
+                    now_ms + 1,
+                    n as u64,
+                    &[
+                        ("customer_id", &id),
+                        ("type", "profile"),
+                        ("region", ["eu", "us", "apac", "latam"][n % 4]),
+                        (
+                            "age_band",
+                            ["18-24", "25-34", "35-44", "45-54", "55+"][n % 5],
+                        ),
+                        ("gender", ["f", "m", "x"][n % 3]),
+                        ("channel", ["web", "app", "store"][n % 3]),
+                        ("birthday", &birthday),
+                    ],
+                )
             })
             .collect();
         engine.apply_batch(Batch::new(entries), now_ms + 1);

@@ -97,24 +97,34 @@ pub fn daemon_settings(redis: &RedisServer, state_dir: &Path) -> Settings {
     settings
 }
 
-/// A purchase entry as the source hands it to the engine: entry ID `now_ms`-`seq` of
-/// stream 0, event time `ts_ms`.
-pub fn purchase_entry(now_ms: u64, seq: u64, customer: &str, amount: &str, ts_ms: u64) -> Entry {
+/// An entry as the source hands it to the engine: entry ID `now_ms`-`seq` of stream 0.
+pub fn entry(now_ms: u64, seq: u64, fields: &[(&str, &str)]) -> Entry {
     let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
     Entry {
         stream: 0,
         id: EntryId { ms: now_ms, seq },
-        values: Some(vec![
-            bulk("customer_id"),
-            bulk(customer),
-            bulk("type"),
-            bulk("purchase"),
-            bulk("amount"),
-            bulk(amount),
-            bulk("ts"),
-            bulk(&ts_ms.to_string()),
-        ]),
+        values: Some(
+            fields
+                .iter()
+                .flat_map(|&(k, v)| [bulk(k), bulk(v)])
+                .collect(),
+        ),
     }
+}
+
+/// A purchase [`entry`] with event time `ts_ms`.
+pub fn purchase_entry(now_ms: u64, seq: u64, customer: &str, amount: &str, ts_ms: u64) -> Entry {
+    let ts = ts_ms.to_string();
+    entry(
+        now_ms,
+        seq,
+        &[
+            ("customer_id", customer),
+            ("type", "purchase"),
+            ("amount", amount),
+            ("ts", &ts),
+        ],
+    )
 }
 
 /// An engine with `settings` that has learnt `customers` customers through
