@@ -1136,9 +1136,9 @@ impl Engine {
             customer_id: customer_id.to_string(),
             as_of: time::rfc3339(now),
             lifecycle_stage: stage,
-            segment: rfm.map(|r| self.thresholds.segment(&r)),
-            churn_probability: score.map(|s| s.probability),
-            risk: score.map(|s| self.settings.risk.risk(s.probability)),
+            segment: scored.map(|s| s.segment),
+            churn_probability: scored.map(|s| s.probability),
+            risk: scored.map(|s| s.risk),
             reasons: score
                 .map(|s| {
                     s.reasons(self.policy.reasons)
@@ -1336,7 +1336,7 @@ pub(crate) mod tests {
         let kinds: Vec<_> = fx
             .tasks
             .iter()
-            .map(|t| (t.kind, t.customer_id.as_str(), t.as_of))
+            .map(|t| (t.kind(), t.customer_id.as_str(), t.as_of))
             .collect();
         assert_eq!(kinds, [(TaskKind::Convert, "browser", T0 + 3 * DAY)]);
         // The welcome falls due 14 days after the first purchase, under the event clock as
@@ -1345,7 +1345,7 @@ pub(crate) mod tests {
         let welcome: Vec<_> = fx
             .tasks
             .iter()
-            .map(|t| (t.kind, t.customer_id.as_str(), t.as_of, &t.detail))
+            .map(|t| (t.kind(), t.customer_id.as_str(), t.as_of, &t.detail))
             .collect();
         assert_eq!(
             welcome,
@@ -1381,7 +1381,7 @@ pub(crate) mod tests {
         let mut seen = Vec::new();
         for (seq, day) in (2..).zip(1..120) {
             let fx = e.apply_batch(batch(vec![visit(seq, "clock", day)]), 0);
-            seen.extend(fx.tasks.iter().map(|t| (t.kind, t.as_of)));
+            seen.extend(fx.tasks.iter().map(|t| (t.kind(), t.as_of)));
         }
         let once: Vec<_> = seen
             .iter()
@@ -1692,7 +1692,7 @@ pub(crate) mod tests {
         let recovery: Vec<_> = fx
             .tasks
             .iter()
-            .filter(|t| t.kind == TaskKind::ServiceRecovery)
+            .filter(|t| t.kind() == TaskKind::ServiceRecovery)
             .collect();
         assert_eq!(recovery.len(), 1, "{:?}", fx.tasks);
         let task = recovery[0];
@@ -1716,7 +1716,7 @@ pub(crate) mod tests {
         let again: Vec<_> = fx
             .tasks
             .iter()
-            .filter(|t| t.kind == TaskKind::ServiceRecovery)
+            .filter(|t| t.kind() == TaskKind::ServiceRecovery)
             .collect();
         assert_eq!(again.len(), 1);
         assert_ne!(again[0].task_id, task.task_id);
@@ -1744,7 +1744,7 @@ pub(crate) mod tests {
             seen.extend(
                 fx.tasks
                     .into_iter()
-                    .filter(|t| t.kind == TaskKind::Birthday),
+                    .filter(|t| t.kind() == TaskKind::Birthday),
             );
         }
         let days: Vec<_> = seen.iter().map(|t| (t.as_of - T0) / DAY).collect();
@@ -1842,7 +1842,11 @@ pub(crate) mod tests {
         let mut tasks = Vec::new();
         for (i, day) in (10..=200).step_by(10).enumerate() {
             let fx = e.apply_batch(batch(vec![purchase(10 + i as u64, "busy", day)]), 0);
-            tasks.extend(fx.tasks.into_iter().filter(|t| t.kind == TaskKind::Winback));
+            tasks.extend(
+                fx.tasks
+                    .into_iter()
+                    .filter(|t| t.kind() == TaskKind::Winback),
+            );
         }
         assert_eq!(tasks.len(), 1, "{tasks:?}");
         let task = &tasks[0];

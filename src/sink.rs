@@ -83,7 +83,7 @@ impl SinkSettings {
     pub(crate) fn stream_of(&self, task: &Task) -> (&str, u64) {
         match task.winback() {
             Some(w) => (self.task_stream(w.group), self.task_max_len),
-            None => (self.tasks.stream(task.kind), self.tasks.max_len),
+            None => (self.tasks.stream(task.kind()), self.tasks.max_len),
         }
     }
 
@@ -330,7 +330,7 @@ impl Sink {
                 Ok(replies) => failure = Some(unexpected(&Value::Array(replies))),
                 Err(e) => failure = Some(e),
             }
-            match (failure, unknown_script) {
+            let failure = match (failure, unknown_script) {
                 (None, false) => {
                     self.connector.succeeded();
                     self.health.set(Part::Sink, true);
@@ -339,22 +339,18 @@ impl Sink {
                 (None, true) if !loaded => {
                     tracing::info!("Redis does not know the effects script (restarted, or SCRIPT FLUSH): loading it");
                     loaded = true;
-                    let Some(c) = conn.as_mut() else { continue };
-                    match calls::EFFECTS.load_async(c).await {
-                        Ok(_) => continue,
-                        Err(e) => {
-                            if self.failed(&e) {
-                                *conn = None;
-                            }
-                        }
+                    match load_effects_script(c).await {
+                        Ok(()) => continue,
+                        Err(e) => Some(e),
                     }
                 }
-                (Some(e), _) => {
-                    if self.failed(&e) {
-                        *conn = None;
-                    }
+                (Some(e), _) => Some(e),
+                (None, true) => None,
+            };
+            if let Some(e) = failure {
+                if self.failed(&e) {
+                    *conn = None;
                 }
-                (None, true) => {}
             }
             // Failed, or the script went missing again right after it was loaded: wait.
             loaded = false;
@@ -418,7 +414,7 @@ impl Sink {
                     if winback.is_some() {
                         self.metrics.tasks_duplicate.inc();
                     }
-                    tracing::debug!(task_id = %task.task_id, kind = task.kind.as_str(), "task was written before; not written again");
+                    tracing::debug!(task_id = %task.task_id, kind = task.kind().as_str(), "task was written before; not written again");
                     return;
                 }
                 if let Some(w) = winback {
@@ -429,7 +425,7 @@ impl Sink {
                 }
                 self.metrics
                     .tasks_by_kind
-                    .with_label_values(&[task.kind.as_str()])
+                    .with_label_values(&[task.kind().as_str()])
                     .inc();
             }
             calls::Effect::DeadLetter(i) => {
@@ -516,7 +512,7 @@ fn merge(fx: &mut Effects, more: Effects) {
 
 /// Loads the effects script; whether the server is a cluster node.
 async fn prepare(c: &mut MultiplexedConnection) -> Result<bool, RedisError> {
-    calls::EFFECTS.load_async(c).await?;
+    load_effects_script(c).await?;
     Ok(guards::is_cluster(c).await)
 }
 

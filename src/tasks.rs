@@ -380,7 +380,6 @@ fn day(t: UnixSeconds) -> u16 {
 /// carries, and a [`Detail`] of its own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
-    pub kind: TaskKind,
     /// 32 hex digits, deterministic: a replay raises the same ID, and the sink writes it once.
     pub task_id: String,
     pub customer_id: String,
@@ -443,7 +442,26 @@ pub struct WinbackDetail {
     pub attempt: u8,
 }
 
+impl Detail {
+    /// The kind of task this detail belongs to: each kind has one.
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            Detail::Winback(_) => TaskKind::Winback,
+            Detail::Convert { .. } => TaskKind::Convert,
+            Detail::Welcome { .. } => TaskKind::Welcome,
+            Detail::Birthday { .. } => TaskKind::Birthday,
+            Detail::Anniversary { .. } => TaskKind::Anniversary,
+            Detail::Revisit { .. } => TaskKind::Revisit,
+            Detail::ServiceRecovery { .. } => TaskKind::ServiceRecovery,
+        }
+    }
+}
+
 impl Task {
+    pub fn kind(&self) -> TaskKind {
+        self.detail.kind()
+    }
+
     /// The win-back part, for a win-back task.
     pub fn winback(&self) -> Option<&WinbackDetail> {
         match &self.detail {
@@ -458,7 +476,7 @@ impl Task {
         let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(20);
         let mut push = |name: &'static str, value: String| fields.push((name.into(), value));
         push("task_id", self.task_id.clone());
-        push("kind", self.kind.as_str().into());
+        push("kind", self.kind().as_str().into());
         push("customer_id", self.customer_id.clone());
         push("action", self.action.to_string());
         push("lifecycle_stage", self.lifecycle_stage.as_str().into());
@@ -691,20 +709,19 @@ impl CarePolicy {
                 unreachable!("{:?} is no occasion", occasion.kind)
             }
         };
-        let task = self.task(occasion.kind, reference, candidate, now, detail);
+        let task = self.task(reference, candidate, now, detail);
         (Some(task), self.next_moment(contact, candidate, now))
     }
 
     fn task(
         &self,
-        kind: TaskKind,
         reference: UnixSeconds,
         candidate: &CareCandidate<'_>,
         now: UnixSeconds,
         detail: Detail,
     ) -> Task {
+        let kind = detail.kind();
         Task {
-            kind,
             task_id: task_id(kind, candidate.customer_id, reference),
             customer_id: candidate.customer_id.to_owned(),
             action: self.action(kind),
@@ -748,13 +765,7 @@ impl CarePolicy {
         }
         contact.record(now);
         let detail = Detail::ServiceRecovery { score, feedback_at };
-        Some(self.task(
-            TaskKind::ServiceRecovery,
-            feedback_at,
-            candidate,
-            now,
-            detail,
-        ))
+        Some(self.task(feedback_at, candidate, now, detail))
     }
 
     /// The next moment after `now` at which a care task can fall due without an event: the
@@ -982,7 +993,7 @@ mod tests {
             match visit {
                 3 => {
                     let task = task.expect("the third visit raises the offer");
-                    assert_eq!(task.kind, TaskKind::Convert);
+                    assert_eq!(task.kind(), TaskKind::Convert);
                     assert_eq!(&*task.action, "first_purchase_offer");
                     assert_eq!(task.detail, Detail::Convert { visits: 3 });
                     assert_eq!(task.task_id, task_id(TaskKind::Convert, "p1", 0));
@@ -1003,7 +1014,7 @@ mod tests {
             Some(T0 + 14 * DAY)
         );
         let task = p.decide(&mut contact, &buyer, T0 + 14 * DAY).expect("due");
-        assert_eq!(task.kind, TaskKind::Welcome);
+        assert_eq!(task.kind(), TaskKind::Welcome);
         assert_eq!(task.detail, Detail::Welcome { first_purchase: T0 });
         assert_eq!(field(&task, "first_purchase"), Some(time::rfc3339(T0)));
         // Once: not again a month later, nor anything scheduled for it.
@@ -1161,7 +1172,7 @@ mod tests {
         let mut contact = Contact::default();
         assert_eq!(p.next_moment(&contact, &vip, last), Some(last + 90 * DAY));
         let task = p.decide(&mut contact, &vip, last + 90 * DAY).expect("due");
-        assert_eq!(task.kind, TaskKind::Revisit);
+        assert_eq!(task.kind(), TaskKind::Revisit);
         assert_eq!(&*task.action, "account_manager_call");
         // The next counts from this contact.
         assert_eq!(

@@ -16,7 +16,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
 
 use crate::classify::{LifecycleStage, Risk, Segment};
 use crate::model::Score;
-use crate::tasks::{Detail, Task, TaskKind, WinbackDetail};
+use crate::tasks::{Detail, Task, WinbackDetail};
 use crate::time::{self, UnixSeconds};
 
 /// Seed of the control-group hash. Changing it reshuffles the groups and invalidates uplift
@@ -310,7 +310,6 @@ impl Policy {
         state.awaiting_recovery = true;
         let attempt = state.episode_tasks;
         Some(Task {
-            kind: TaskKind::Winback,
             task_id: task_id(candidate.customer_id, candidate.last_purchase, attempt),
             customer_id: candidate.customer_id.to_owned(),
             action: self.actions[s].clone(),

@@ -152,7 +152,7 @@ enum Body<'a> {
 impl Body<'_> {
     /// A task's field names (the same for most tasks of a kind: a call sends each such list
     /// once), or `None` for a body whose names go with its values (a dead letter).
-    fn names(&self) -> Option<impl Iterator<Item = &str> + '_> {
+    fn names(&self) -> Option<impl Iterator<Item = &str> + Clone + '_> {
         match self {
             Body::Task(fields) => Some(fields.iter().map(|(name, _)| name.as_ref())),
             Body::DeadLetter { .. } => None,
@@ -218,16 +218,20 @@ pub(super) fn calls(settings: &SinkSettings, fx: &Effects, check_old_names: bool
         let old = check_old_names
             .then(|| old_guard_prefix(group.stream))
             .flatten();
-        let mut entries = group.entries.into_iter().peekable();
+        // Each entry with its size, counted once.
+        let mut entries = group
+            .entries
+            .into_iter()
+            .map(|e| (e.body.bytes(), e))
+            .peekable();
         while entries.peek().is_some() {
             let mut chunk = Vec::new();
             let mut bytes = 0;
-            while let Some(entry) = entries.next_if(|e| {
+            while let Some((size, entry)) = entries.next_if(|&(size, _)| {
                 chunk.is_empty()
-                    || (chunk.len() < MAX_ENTRIES_PER_CALL
-                        && bytes + e.body.bytes() <= MAX_BYTES_PER_CALL)
+                    || (chunk.len() < MAX_ENTRIES_PER_CALL && bytes + size <= MAX_BYTES_PER_CALL)
             }) {
-                bytes += entry.body.bytes();
+                bytes += size;
                 chunk.push(entry);
             }
             let target = Target {
@@ -315,11 +319,14 @@ fn call(target: &Target, entries: Vec<Entry>) -> Call {
             let Some(names) = entry.body.names() else {
                 return 0;
             };
-            let names: Vec<&str> = names.collect();
-            match lists.iter().position(|l| *l == names) {
+            // Compared in place: a list is collected only when it is new.
+            match lists
+                .iter()
+                .position(|l| l.iter().copied().eq(names.clone()))
+            {
                 Some(i) => i + 1,
                 None => {
-                    lists.push(names);
+                    lists.push(names.collect());
                     lists.len()
                 }
             }
@@ -384,7 +391,6 @@ mod tests {
 
     fn care(n: usize, kind: TaskKind) -> Task {
         Task {
-            kind,
             task_id: format!("{n:032x}"),
             customer_id: format!("c{n}"),
             action: "act".into(),
@@ -395,7 +401,8 @@ mod tests {
             profile: None,
             detail: match kind {
                 TaskKind::Welcome => Detail::Welcome { first_purchase: 0 },
-                _ => Detail::Convert { visits: 3 },
+                TaskKind::Convert => Detail::Convert { visits: 3 },
+                other => panic!("no test task of kind {other:?}"),
             },
         }
     }

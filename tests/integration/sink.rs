@@ -150,7 +150,6 @@ fn sink_test_settings(redis: &RedisServer) -> Settings {
 
 fn winback(n: usize, group: Group) -> Task {
     Task {
-        kind: TaskKind::Winback,
         task_id: format!("{n:032x}"),
         customer_id: format!("customer-{n}"),
         action: "call".into(),
@@ -193,10 +192,10 @@ fn care(n: usize, kind: TaskKind, segment: Option<Segment>) -> Task {
             first_purchase: 1_699_000_000,
         },
         TaskKind::Revisit => Detail::Revisit { due: 1_699_000_000 },
-        _ => Detail::Convert { visits: 3 },
+        TaskKind::Convert => Detail::Convert { visits: 3 },
+        other => panic!("no test task of kind {other:?}"),
     };
     Task {
-        kind,
         task_id: format!("c{n:031x}"),
         customer_id: format!("customer-{n}"),
         action: "follow_up".into(),
