@@ -198,8 +198,11 @@ pub struct StateHeader {
     /// Fingerprint of the settings the customers' next checks were scheduled under (see
     /// [`EngineSettings::schedule_fingerprint`]); 0 = unknown.
     pub schedule_settings: u64,
-    /// Per input stream (by position in `source.streams`), the last entry applied.
-    pub applied: Vec<EntryId>,
+    /// Per input stream (by position in `source.streams`), the last entry applied, or where
+    /// reading started when nothing was applied since (0-0: from the stream's beginning).
+    /// `None`: no position is known (a stream added since, or a snapshot of an older churnd
+    /// that left out streams it had applied nothing from).
+    pub applied: Vec<Option<EntryId>>,
     /// The model that scored the customers, for the log of a restore.
     pub model_version: String,
 }
@@ -325,8 +328,9 @@ pub struct Engine {
     scorings: u64,
     /// Per input stream, the last entry applied. Stream IDs only grow, so an entry at or
     /// below it was applied before: a Redis restored from an older snapshot redelivers
-    /// entries as new, and applying them again would count purchases twice.
-    applied: Vec<EntryId>,
+    /// entries as new, and applying them again would count purchases twice. `None`: no
+    /// position known yet.
+    applied: Vec<Option<EntryId>>,
     /// Every customer's next check is to be brought forward once the clock is known (after
     /// a restore: the checks were scheduled under the previous process's settings and model).
     recheck_pending: bool,
@@ -533,9 +537,22 @@ impl Engine {
         );
     }
 
-    /// Per input stream, the last entry applied.
-    pub fn positions(&self) -> &[EntryId] {
+    /// Per input stream, the last entry applied (or where reading started); `None` where no
+    /// position is known.
+    pub fn positions(&self) -> &[Option<EntryId>] {
         &self.applied
+    }
+
+    /// Records where reading starts in a stream the engine has no position for: entries up
+    /// to `position` count as applied (before the deployment's start, or never to be read).
+    /// A snapshot then holds a position for the stream before anything is read from it, so
+    /// that a crash can always be recovered by replaying what follows.
+    pub fn start_at(&mut self, stream: StreamIdx, position: EntryId) {
+        let i = usize::from(stream);
+        if self.applied.len() <= i {
+            self.applied.resize(i + 1, None);
+        }
+        self.applied[i].get_or_insert(position);
     }
 
     /// Customers tracked.
@@ -607,7 +624,14 @@ impl Engine {
             self.metrics
                 .event_latency_seconds
                 .observe(wall_ms.saturating_sub(entry.id.ms) as f64 / 1000.0);
-            if !self.mark_applied(entry.stream, entry.id) && !batch.claimed {
+            // An entry deleted from the stream (only its ID is left) changes nothing and does
+            // not move the position: entries before it may still be on their way in a replay.
+            let new = if entry.values.is_some() {
+                self.mark_applied(entry.stream, entry.id)
+            } else {
+                !self.was_applied(entry.stream, entry.id)
+            };
+            if !new && !batch.claimed {
                 outcomes.add(event_kind(entry.fields()), Outcome::AlreadyApplied);
                 continue;
             }
@@ -649,17 +673,22 @@ impl Engine {
         fx
     }
 
+    /// Whether `id` is at or below the last entry applied from `stream`.
+    fn was_applied(&self, stream: StreamIdx, id: EntryId) -> bool {
+        Some(id) <= self.applied.get(usize::from(stream)).copied().flatten()
+    }
+
     /// Records `id` as the last entry applied from `stream`; `false` if it was applied before.
     fn mark_applied(&mut self, stream: StreamIdx, id: EntryId) -> bool {
         let i = usize::from(stream);
         if self.applied.len() <= i {
-            self.applied.resize(i + 1, EntryId::default());
+            self.applied.resize(i + 1, None);
         }
-        // 0-0 is never a real entry ID, so the default means "nothing applied yet".
-        if id <= self.applied[i] {
+        // `None` sorts below every position: nothing applied yet.
+        if Some(id) <= self.applied[i] {
             return false;
         }
-        self.applied[i] = id;
+        self.applied[i] = Some(id);
         true
     }
 
@@ -1827,6 +1856,55 @@ pub(crate) mod tests {
         };
         e.apply_batch(batch(vec![other]), 0);
         assert!(e.customer("c").is_some());
+    }
+
+    #[test]
+    fn a_deleted_entry_is_dead_lettered_without_moving_the_position() {
+        let mut e = engine(ClockMode::Event);
+        let start = purchase(1, "before", 0).id;
+        e.start_at(0, start);
+        let deleted = Entry {
+            values: None,
+            ..purchase(9, "gone", 0)
+        };
+        let fx = e.apply_batch(batch(vec![deleted]), 0);
+        assert_eq!(fx.dead_letters.len(), 1);
+        assert_eq!(fx.dead_letters[0].reason, Reason::EntryDeleted);
+        assert_eq!(e.positions(), &[Some(start)]);
+        // Entries before it, replayed after it, are still applied.
+        e.apply_batch(batch(vec![purchase(2, "a", 0)]), 0);
+        assert!(e.customer("a").is_some());
+        // One at or below the position was seen before: only acknowledged.
+        let again = Entry {
+            values: None,
+            ..purchase(1, "gone", 0)
+        };
+        let fx = e.apply_batch(batch(vec![again]), 0);
+        assert!(fx.dead_letters.is_empty());
+        assert_eq!(fx.acks.len(), 1);
+    }
+
+    #[test]
+    fn a_start_position_counts_as_applied_and_is_kept_once_set() {
+        let mut e = engine(ClockMode::Event);
+        assert!(e.positions().is_empty());
+        let at_start = Entry {
+            stream: 1,
+            ..purchase(5, "old", 0)
+        };
+        e.start_at(1, at_start.id);
+        assert_eq!(e.positions(), &[None, Some(at_start.id)]);
+        e.start_at(1, purchase(9, "x", 0).id);
+        assert_eq!(
+            e.positions()[1],
+            Some(at_start.id),
+            "a known position is never replaced"
+        );
+        e.apply_batch(batch(vec![at_start]), 0);
+        assert!(
+            e.customer("old").is_none(),
+            "entries up to the start are not applied"
+        );
     }
 
     #[test]

@@ -98,6 +98,19 @@ impl fmt::Display for EntryId {
 }
 
 impl EntryId {
+    /// The largest ID below this one (0-0 stays 0-0): a group set to it delivers this entry
+    /// next.
+    pub fn before(self) -> Self {
+        match (self.ms, self.seq) {
+            (0, 0) => self,
+            (ms, 0) => Self {
+                ms: ms - 1,
+                seq: u64::MAX,
+            },
+            (ms, seq) => Self { ms, seq: seq - 1 },
+        }
+    }
+
     pub fn parse(b: &[u8]) -> Option<Self> {
         let s = std::str::from_utf8(b).ok()?;
         let (ms, seq) = s.split_once('-')?;

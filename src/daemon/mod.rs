@@ -12,6 +12,7 @@
 mod engine_task;
 mod model_watch;
 mod snapshots;
+mod start;
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -208,34 +209,11 @@ pub async fn run_observed(
 
     let engine_settings = EngineSettings::from(&settings);
     let model = model_rx.borrow().clone();
-    let (engine, positions) = match restored {
-        Some(state) => {
-            let positions = state.header.applied.clone();
-            let engine = Engine::restore(engine_settings, model, metrics.clone(), *state);
-            (engine, Some(positions))
-        }
-        None => (Engine::new(engine_settings, model, metrics.clone()), None),
+    let engine = match restored {
+        Some(state) => Engine::restore(engine_settings, model, metrics.clone(), *state),
+        None => Engine::new(engine_settings, model, metrics.clone()),
     };
     health.set_loading(false);
-    if let Some(applied) = &observers.applied {
-        let mut start = positions.clone().unwrap_or_default();
-        start.resize(settings.source.streams.len(), EntryId::default());
-        applied.send_replace(Applied {
-            positions: start,
-            at: None,
-        });
-    }
-    let source = Source::new(
-        settings.source.clone(),
-        connector(
-            "source",
-            source::read_timeout(&settings.source, settings.redis.response_timeout_ms),
-        ),
-        health.clone(),
-        metrics.clone(),
-        batch_tx,
-        positions,
-    );
     let sink = Sink::new(
         SinkSettings::from(&settings),
         connector("sink", response_timeout),
@@ -244,24 +222,6 @@ pub async fn run_observed(
         effect_rx,
         written_tx,
     );
-    let source_task = tokio::spawn(source.run(shutdown.clone()));
-    let engine_task = tokio::spawn(engine_task::run(
-        engine,
-        Channels {
-            batches: batch_rx,
-            effects: effect_tx,
-            queries: query_rx,
-            models: model_rx,
-            applied: observers.applied,
-        },
-        Durability {
-            snapshots: snapshotter,
-            health: health.clone(),
-            metrics: metrics.clone(),
-            started,
-        },
-        Duration::from_millis(settings.clock.tick_ms),
-    ));
     let sink_task = tokio::spawn(sink.run(abort.clone()));
     let lag_task = tokio::spawn(lag::monitor(
         settings.source.clone(),
@@ -288,11 +248,86 @@ pub async fn run_observed(
         "churnd running"
     );
 
+    // Reading begins once every stream has a position in a snapshot on disk.
+    let engine = match &snapshot_dir {
+        Some(dir) => {
+            start::make_positions_durable(
+                engine,
+                &settings.source,
+                dir,
+                connector("source", response_timeout),
+                &metrics,
+                &shutdown,
+            )
+            .await
+        }
+        None => Some(engine),
+    };
+    let (source_task, engine_task) = match engine {
+        Some(engine) => {
+            let mut positions = engine.positions().to_vec();
+            positions.resize(settings.source.streams.len(), None);
+            if let Some(applied) = &observers.applied {
+                applied.send_replace(Applied {
+                    positions: positions.iter().map(|p| p.unwrap_or_default()).collect(),
+                    at: None,
+                });
+            }
+            let source = Source::new(
+                settings.source.clone(),
+                connector(
+                    "source",
+                    source::read_timeout(&settings.source, settings.redis.response_timeout_ms),
+                ),
+                health.clone(),
+                metrics.clone(),
+                batch_tx,
+                positions,
+            );
+            let source_task = tokio::spawn(source.run(shutdown.clone()));
+            let engine_task = tokio::spawn(engine_task::run(
+                engine,
+                Channels {
+                    batches: batch_rx,
+                    effects: effect_tx,
+                    queries: query_rx,
+                    models: model_rx,
+                    applied: observers.applied,
+                },
+                Durability {
+                    snapshots: snapshotter,
+                    health: health.clone(),
+                    metrics: metrics.clone(),
+                    started,
+                },
+                Duration::from_millis(settings.clock.tick_ms),
+            ));
+            (Some(source_task), Some(engine_task))
+        }
+        // Shutdown came first: nothing was read. Dropping the engine's ends of the
+        // channels and the snapshot writer's handle lets the sink and the writer end.
+        None => {
+            drop((
+                batch_tx,
+                batch_rx,
+                effect_tx,
+                query_rx,
+                model_rx,
+                snapshotter,
+            ));
+            (None, None)
+        }
+    };
+
     shutdown.cancelled().await;
     tracing::info!("shutdown requested: finishing the batches in flight");
     let drain = async {
-        let _ = source_task.await;
-        let _ = engine_task.await;
+        if let Some(task) = source_task {
+            let _ = task.await;
+        }
+        if let Some(task) = engine_task {
+            let _ = task.await;
+        }
         let _ = sink_task.await;
         if let Some(task) = snapshot_task {
             let _ = task.await;
@@ -386,7 +421,10 @@ fn load_snapshot(
     let positions: Vec<String> = streams
         .iter()
         .zip(&snapshot.state.header.applied)
-        .map(|(s, id)| format!("{s}@{id}"))
+        .map(|(s, id)| match id {
+            Some(id) => format!("{s}@{id}"),
+            None => format!("{s}@none"),
+        })
         .collect();
     tracing::info!(
         path = %loaded.path.display(),

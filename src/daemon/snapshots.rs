@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -171,6 +171,20 @@ impl Snapshotter {
             }
         }
     }
+}
+
+/// Counts a snapshot written: `bytes` long, in `elapsed`, taken at `created_ms`.
+pub(super) fn record_written(metrics: &Metrics, bytes: u64, elapsed: Duration, created_ms: u64) {
+    metrics.snapshots.with_label_values(&["written"]).inc();
+    metrics
+        .snapshot_write_seconds
+        .observe(elapsed.as_secs_f64());
+    metrics
+        .snapshot_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    metrics
+        .snapshot_last_success
+        .set((created_ms / 1000) as i64);
 }
 
 /// How much lower than the daemon's the writer thread's scheduling priority is (added to its
@@ -346,12 +360,7 @@ impl Writer {
         {
             Ok((path, bytes)) => {
                 let elapsed = started.elapsed();
-                let m = &self.metrics;
-                m.snapshots.with_label_values(&["written"]).inc();
-                m.snapshot_write_seconds.observe(elapsed.as_secs_f64());
-                m.snapshot_bytes
-                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-                m.snapshot_last_success.set((created_ms / 1000) as i64);
+                record_written(&self.metrics, bytes, elapsed, created_ms);
                 if at_shutdown {
                     tracing::info!(path = %path.display(), customers, bytes, ?elapsed, "final snapshot written");
                 } else {

@@ -132,3 +132,93 @@ async fn claim_from(
     entries.sort_by_key(|e| e.id);
     Ok(entries)
 }
+
+/// Entries of `stream` pending in the group from `from` on (on any consumer) that were
+/// deleted from the stream: a replay from `from` cannot deliver them again, so they would
+/// stay pending forever. Redis drops them from the pending list as it reports them (XAUTOCLAIM,
+/// Redis 7); the others become this consumer's, as the replay would make them anyway.
+pub async fn deleted_while_pending(
+    c: &mut MultiplexedConnection,
+    settings: &SourceSettings,
+    stream: StreamIdx,
+    from: EntryId,
+) -> Result<Vec<Entry>, RedisError> {
+    let name = &settings.streams[usize::from(stream)];
+    let mut deleted = Vec::new();
+    let mut cursor = from.to_string();
+    loop {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(name)
+            .arg(&settings.group)
+            .arg(&settings.consumer)
+            .arg(0)
+            .arg(&cursor)
+            .arg("COUNT")
+            .arg(1_000)
+            .arg("JUSTID")
+            .query_async(c)
+            .await?;
+        let (next, ids) = autoclaim_deleted(&reply).ok_or_else(|| {
+            RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected XAUTOCLAIM reply",
+                format!("{reply:?}"),
+            ))
+        })?;
+        deleted.extend(ids.into_iter().map(|id| Entry {
+            stream,
+            id,
+            values: None,
+        }));
+        if next == EntryId::default() {
+            return Ok(deleted);
+        }
+        cursor = next.to_string();
+    }
+}
+
+/// The next cursor and the deleted IDs of an XAUTOCLAIM reply (`[cursor, claimed, deleted]`;
+/// Redis before 7 gives no deleted list).
+fn autoclaim_deleted(reply: &Value) -> Option<(EntryId, Vec<EntryId>)> {
+    let id = |v: &Value| match v {
+        Value::BulkString(b) => EntryId::parse(b),
+        Value::SimpleString(s) => EntryId::parse(s.as_bytes()),
+        _ => None,
+    };
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    let next = id(parts.first()?)?;
+    let deleted = match parts.get(2) {
+        Some(Value::Array(ids)) => ids.iter().filter_map(id).collect(),
+        _ => Vec::new(),
+    };
+    Some((next, deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_deleted_ids_of_an_autoclaim_reply() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![
+            bulk("7-0"),
+            Value::Array(vec![bulk("5-0")]),
+            Value::Array(vec![bulk("6-1"), bulk("6-2")]),
+        ]);
+        let (next, deleted) = autoclaim_deleted(&reply).unwrap();
+        assert_eq!(next, EntryId { ms: 7, seq: 0 });
+        assert_eq!(
+            deleted,
+            vec![EntryId { ms: 6, seq: 1 }, EntryId { ms: 6, seq: 2 }]
+        );
+        let older = Value::Array(vec![bulk("0-0"), Value::Array(vec![])]);
+        assert_eq!(
+            autoclaim_deleted(&older),
+            Some((EntryId::default(), vec![]))
+        );
+        assert_eq!(autoclaim_deleted(&Value::Nil), None);
+    }
+}

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceSettings;
 use crate::connection::Connector;
+use crate::event::EntryId;
 use crate::metrics::Metrics;
 
 /// Lag and pending entries of one group on one stream.
@@ -18,6 +19,8 @@ pub struct GroupInfo {
     /// `None` when Redis cannot tell (e.g. after entries were deleted mid-stream).
     pub lag: Option<i64>,
     pub pending: i64,
+    /// The last entry delivered to any consumer of the group.
+    pub last_delivered: Option<EntryId>,
 }
 
 /// Another consumer of the group, from `XINFO CONSUMERS`.
@@ -81,6 +84,9 @@ pub fn group_info(reply: &Value, group: &str) -> Option<GroupInfo> {
         .map(|row| GroupInfo {
             lag: row.int("lag"),
             pending: row.int("pending").unwrap_or(0),
+            last_delivered: row
+                .text("last-delivered-id")
+                .and_then(|id| EntryId::parse(id.as_bytes())),
         })
 }
 
@@ -174,13 +180,19 @@ mod tests {
                 Value::Int(3),
                 bulk("lag"),
                 Value::Int(42),
+                bulk("last-delivered-id"),
+                bulk("1700000000000-7"),
             ]),
         ]);
         assert_eq!(
             group_info(&reply, "churnd"),
             Some(GroupInfo {
                 lag: Some(42),
-                pending: 3
+                pending: 3,
+                last_delivered: Some(EntryId {
+                    ms: 1_700_000_000_000,
+                    seq: 7
+                }),
             })
         );
         assert_eq!(group_info(&reply, "nope"), None);
@@ -220,7 +232,8 @@ mod tests {
             group_info(&reply, "g"),
             Some(GroupInfo {
                 lag: None,
-                pending: 0
+                pending: 0,
+                last_delivered: None,
             })
         );
     }

@@ -1,21 +1,21 @@
 //! The Redis stream source: reads the input streams with a consumer group and hands batches
 //! to the engine over a bounded channel (a full channel slows reading: backpressure).
 //!
-//! On start, and after every reconnect, the consumer first re-reads its own pending entries
-//! past the last one it received: on start that recovers what a previous run read but never
-//! acknowledged; after a reconnect, entries whose delivery was lost in transit. Entries already
-//! in the pipeline are never read twice. A missing group (deleted, or Redis restarted without
-//! its data) is recreated at the last entry received, so nothing is skipped or replayed.
-//!
-//! After a restore from a snapshot, the group is first moved back (XGROUP SETID) to the last
-//! entry the snapshot had applied, so the entries applied after it, lost with the process,
-//! are delivered again; the engine's recorded positions keep anything from being applied
-//! twice. Once a read finds every stream's end, the batch is marked `caught_up`: recovery is
-//! complete.
+//! At start, with state kept in snapshots, the group is first moved back (XGROUP SETID) to
+//! where customer state stands in each stream (the snapshot's position, which every stream
+//! has before its first read: see [`start`]), so the entries applied after it, lost with the
+//! process, are delivered again; the engine's recorded positions keep anything from being
+//! applied twice. Without kept state, the consumer first re-reads its own pending entries.
+//! After every reconnect it re-reads its own pending entries past the last one it received
+//! (entries whose delivery was lost in transit); entries already in the pipeline are never
+//! read twice. A missing group (deleted, or Redis restarted without its data) is recreated at
+//! the last entry received, so nothing is skipped or replayed. Once a read finds every
+//! stream's end, the batch is marked `caught_up`: recovery is complete.
 
 pub mod batch;
 pub mod claim;
 pub mod lag;
+pub mod start;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,7 +30,7 @@ use crate::connection::Connector;
 use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
-use batch::{parse_reply, Batch};
+use batch::{parse_reply, Batch, StreamIdx};
 
 /// Pending entries acknowledged per round trip when rewinding to a snapshot.
 const REWIND_ACK_CHUNK: usize = 1_000;
@@ -41,8 +41,10 @@ pub struct Source {
     health: Arc<Health>,
     metrics: Metrics,
     tx: mpsc::Sender<Batch>,
-    /// Per stream, the last entry applied in the snapshot the engine was restored from.
-    restored: Option<Vec<EntryId>>,
+    /// Per stream, where customer state stands: the group is moved back there at start and
+    /// what follows is read again. `None`: this consumer's own pending entries are read
+    /// again instead (state is not kept: `state.dir` is empty).
+    start: Vec<Option<EntryId>>,
 }
 
 /// Where the next read of one stream starts.
@@ -61,7 +63,7 @@ impl Source {
         health: Arc<Health>,
         metrics: Metrics,
         tx: mpsc::Sender<Batch>,
-        restored: Option<Vec<EntryId>>,
+        start: Vec<Option<EntryId>>,
     ) -> Self {
         Self {
             settings,
@@ -69,7 +71,7 @@ impl Source {
             health,
             metrics,
             tx,
-            restored,
+            start,
         }
     }
 
@@ -77,13 +79,7 @@ impl Source {
     /// so every entry delivered reaches the engine.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let streams = self.settings.streams.clone();
-        let mut received: Vec<Option<EntryId>> = match self.restored.take() {
-            Some(applied) => applied
-                .into_iter()
-                .map(|id| (id != EntryId::default()).then_some(id))
-                .collect(),
-            None => Vec::new(),
-        };
+        let mut received = std::mem::take(&mut self.start);
         // One position per configured stream, whatever the restored state held.
         received.resize(streams.len(), None);
         // Before the first connect: move groups back to the snapshot, read all own pending.
@@ -102,21 +98,29 @@ impl Source {
                     };
                     let prepared = match self.create_groups(&mut c, &received).await {
                         Ok(()) if starting => self.rewind_groups(&mut c, &received).await,
-                        Ok(()) => Ok(pending_after(&received)),
+                        Ok(()) => Ok((pending_after(&received), Vec::new())),
                         Err(e) => Err(e),
                     };
-                    match prepared {
-                        Ok(start) => cursors = start,
+                    let deleted = match prepared {
+                        Ok((start, deleted)) => {
+                            cursors = start;
+                            deleted
+                        }
                         Err(e) => {
                             if !self.back_off(&e, &mut conn, &shutdown).await {
                                 break;
                             }
                             continue;
                         }
-                    }
+                    };
                     starting = false;
                     self.warn_about_other_consumers(&mut c).await;
                     self.health.set(Part::Source, true);
+                    // Entries deleted while pending go first, to be dead-lettered: they
+                    // carry nothing to apply, so their order does not matter.
+                    if !deleted.is_empty() && self.tx.send(Batch::new(deleted)).await.is_err() {
+                        break;
+                    }
                     conn.insert(c)
                 }
             };
@@ -287,26 +291,12 @@ impl Source {
         received: &[Option<EntryId>],
     ) -> Result<(), RedisError> {
         for (stream, last) in self.settings.streams.iter().zip(received) {
-            let start = match (last, self.settings.start_from) {
+            let at = match (last, self.settings.start_from) {
                 (Some(id), _) => id.to_string(),
                 (None, StartFrom::Beginning) => "0".to_string(),
                 (None, StartFrom::End) => "$".to_string(),
             };
-            let created: Result<(), RedisError> = redis::cmd("XGROUP")
-                .arg("CREATE")
-                .arg(stream)
-                .arg(&self.settings.group)
-                .arg(&start)
-                .arg("MKSTREAM")
-                .query_async(c)
-                .await;
-            match created {
-                Ok(()) => {
-                    tracing::info!(stream, group = %self.settings.group, start, "created consumer group")
-                }
-                Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(e),
-            }
+            start::create_group(c, stream, &self.settings.group, &at).await?;
         }
         Ok(())
     }
@@ -347,23 +337,26 @@ impl Source {
         Ok(Some(batch))
     }
 
-    /// Prepares the first reads. A stream the restored snapshot has a position for: the
-    /// group moves back to it (forward, if Redis came back from older data), so what followed
-    /// is delivered again, in order; entries up to it that are still pending (on any
-    /// consumer) were applied and their effects written before the snapshot, so they are
-    /// acknowledged. Other streams start with this consumer's own pending entries.
+    /// Prepares the first reads. A stream customer state has a position for (the
+    /// snapshot's, or where reading started, see [`start`]): the group moves back to it
+    /// (forward, if Redis came back from older data), so what followed is delivered again,
+    /// in order; entries up to it that are still pending (on any consumer) were applied and
+    /// their effects written before the snapshot, so they are acknowledged. Without kept
+    /// state (no positions), streams start with this consumer's own pending entries.
     async fn rewind_groups(
         &self,
         c: &mut MultiplexedConnection,
         applied: &[Option<EntryId>],
-    ) -> Result<Vec<Cursor>, RedisError> {
+    ) -> Result<(Vec<Cursor>, Vec<batch::Entry>), RedisError> {
         let group = &self.settings.group;
         let mut cursors = Vec::with_capacity(applied.len());
-        for (stream, position) in self.settings.streams.iter().zip(applied) {
-            let Some(position) = position else {
+        let mut deleted = Vec::new();
+        for (i, (stream, position)) in self.settings.streams.iter().zip(applied).enumerate() {
+            let Some(position) = *position else {
                 cursors.push(Cursor::Pending(EntryId::default()));
                 continue;
             };
+            let from = position;
             let position = position.to_string();
             redis::cmd("XGROUP")
                 .arg("SETID")
@@ -394,10 +387,16 @@ impl Source {
                     .await?;
                 acknowledged += ids.len();
             }
+            let gone =
+                claim::deleted_while_pending(c, &self.settings, i as StreamIdx, from).await?;
+            if !gone.is_empty() {
+                tracing::warn!(stream, entries = gone.len(), "entries pending since before the restart were deleted from the stream; dead-lettering them as entry_deleted");
+            }
+            deleted.extend(gone);
             tracing::info!(stream, %group, %position, acknowledged, "replaying from the snapshot's position");
             cursors.push(Cursor::Live);
         }
-        Ok(cursors)
+        Ok((cursors, deleted))
     }
 }
 

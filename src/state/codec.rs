@@ -163,11 +163,12 @@ impl Encoder {
         ] {
             out.extend_from_slice(&t.to_bits().to_le_bytes());
         }
+        // Every stream with a known position, 0-0 included (reading started at the stream's
+        // beginning); before this churnd, streams at 0-0 were left out.
         let positions: Vec<(&String, EntryId)> = streams
             .iter()
             .zip(&header.applied)
-            .filter(|(_, id)| **id != EntryId::default())
-            .map(|(name, id)| (name, *id))
+            .filter_map(|(name, id)| Some((name, (*id)?)))
             .collect();
         out.extend_from_slice(&(positions.len() as u32).to_le_bytes());
         for (name, id) in positions {
@@ -312,7 +313,7 @@ fn decode_body<R: Read>(
         frequency: f64::from_bits(r.u64()?),
         monetary: f64::from_bits(r.u64()?),
     };
-    let mut applied = vec![EntryId::default(); streams.len()];
+    let mut applied = vec![None; streams.len()];
     let mut dropped_streams = Vec::new();
     for _ in 0..r.u32()? {
         let name = r.str()?.to_string();
@@ -321,7 +322,7 @@ fn decode_body<R: Read>(
             seq: r.u64()?,
         };
         match streams.iter().position(|s| *s == name) {
-            Some(i) => applied[i] = id,
+            Some(i) => applied[i] = Some(id),
             None => dropped_streams.push(name),
         }
     }
@@ -793,7 +794,7 @@ mod tests {
                 next_threshold_refresh: 1_600_000,
                 scorings: 42,
                 schedule_settings: 0xfeed,
-                applied: vec![EntryId { ms: 5, seq: 1 }, EntryId::default()],
+                applied: vec![Some(EntryId { ms: 5, seq: 1 }), None],
                 model_version: "m-1".into(),
             },
         }
@@ -934,10 +935,18 @@ mod tests {
         let d = decode(&bytes, &["new".into(), "churn:events".into()]).unwrap();
         assert_eq!(
             d.state.header.applied,
-            vec![EntryId::default(), EntryId { ms: 5, seq: 1 }]
+            vec![None, Some(EntryId { ms: 5, seq: 1 })]
         );
         let d = decode(&bytes, &["new".into()]).unwrap();
         assert_eq!(d.dropped_streams, vec!["churn:events".to_string()]);
+    }
+
+    #[test]
+    fn a_position_at_the_beginning_is_kept_apart_from_no_position() {
+        let mut s = state(1);
+        s.header.applied = vec![None, Some(EntryId::default())];
+        let d = decode(&encode(&s, &streams(), 0), &streams()).unwrap();
+        assert_eq!(d.state.header.applied, vec![None, Some(EntryId::default())]);
     }
 
     #[test]

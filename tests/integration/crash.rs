@@ -17,9 +17,13 @@ use redis::aio::MultiplexedConnection;
 
 use crate::helpers::*;
 
+mod early;
+
 const EVENTS: &str = "churn:events";
 const WINBACK: &str = "churn:winback";
 const DLQ: &str = "churn:events:dlq";
+const CONTROL: &str = "churn:winback:control";
+const CARE: &str = "crm:tasks";
 const GROUP: &str = "churnd";
 
 /// The workload: `n` events over two years of event time. Customers come and go (a window
@@ -60,16 +64,26 @@ fn workload(n: usize) -> Vec<Vec<(&'static str, String)>> {
         .collect()
 }
 
-/// Appends `events` in pipelined chunks, pausing `pause` between chunks.
+/// Appends `events` to the input stream in pipelined chunks, pausing `pause` between chunks.
 async fn produce(
     conn: &mut MultiplexedConnection,
+    events: &[Vec<(&'static str, String)>],
+    pause: Duration,
+) {
+    produce_to(conn, EVENTS, events, pause).await
+}
+
+/// [`produce`] to `stream`.
+async fn produce_to(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
     events: &[Vec<(&'static str, String)>],
     pause: Duration,
 ) {
     for chunk in events.chunks(500) {
         let mut pipe = redis::pipe();
         for fields in chunk {
-            let cmd = pipe.cmd("XADD").arg(EVENTS).arg("*");
+            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
             for (k, v) in fields {
                 cmd.arg(*k).arg(v);
             }
@@ -124,22 +138,27 @@ async fn sigterm(mut child: Child) {
 
 /// Waits (up to two minutes) until the group has read and acknowledged every entry.
 async fn drained(conn: &mut MultiplexedConnection) {
+    drained_stream(conn, EVENTS).await
+}
+
+/// [`drained`] for `stream`.
+async fn drained_stream(conn: &mut MultiplexedConnection, stream: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while group_state(conn, EVENTS, GROUP).await != Some((Some(0), 0)) {
+    while group_state(conn, stream, GROUP).await != Some((Some(0), 0)) {
         assert!(
             Instant::now() < deadline,
-            "not drained: {:?}",
-            group_state(conn, EVENTS, GROUP).await
+            "{stream} not drained: {:?}",
+            group_state(conn, stream, GROUP).await
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Every customer's record in the newest snapshot of `dir`, by ID.
-fn customers_in_snapshot(dir: &Path) -> BTreeMap<String, Customer> {
+fn customers_in_snapshot(dir: &Path, streams: &[String]) -> BTreeMap<String, Customer> {
     let (loaded, rejected) = SnapshotDir::open(dir, 3)
         .unwrap()
-        .load_newest(&[EVENTS.to_string()])
+        .load_newest(streams)
         .unwrap();
     assert!(rejected.is_empty(), "{rejected:?}");
     let store = loaded.expect("a snapshot").snapshot.state.customers;
@@ -151,28 +170,68 @@ fn customers_in_snapshot(dir: &Path) -> BTreeMap<String, Customer> {
 /// What a run leaves behind, for comparison with the uninterrupted run.
 struct Outcome {
     customers: BTreeMap<String, Customer>,
+    /// Task IDs of the win-back stream, the control group's stream and the other kinds'
+    /// stream, each in stream order.
     task_ids: Vec<String>,
-    dead_lettered: Vec<String>,
+    control_ids: Vec<String>,
+    care_ids: Vec<String>,
+    /// Per dead letter: its reason, source stream and customer, sorted (entry IDs differ
+    /// from run to run).
+    dead_lettered: Vec<(String, String, String)>,
 }
 
 async fn outcome(conn: &mut MultiplexedConnection, state_dir: &Path) -> Outcome {
-    let tasks = read_stream(conn, WINBACK).await;
-    let dead = read_stream(conn, DLQ).await;
+    outcome_of(conn, state_dir, &[EVENTS.to_string()]).await
+}
+
+/// [`outcome`] of a run reading `streams`.
+async fn outcome_of(
+    conn: &mut MultiplexedConnection,
+    state_dir: &Path,
+    streams: &[String],
+) -> Outcome {
+    let mut ids = Vec::new();
+    for stream in [WINBACK, CONTROL, CARE] {
+        let tasks = read_stream(conn, stream).await;
+        ids.push(tasks.iter().map(|(_, f)| f["task_id"].clone()).collect());
+    }
+    let [task_ids, control_ids, care_ids]: [Vec<String>; 3] = ids.try_into().unwrap();
+    let mut dead_lettered: Vec<(String, String, String)> = read_stream(conn, DLQ)
+        .await
+        .into_iter()
+        .map(|(_, f)| {
+            let field = |k: &str| f.get(k).cloned().unwrap_or_default();
+            (
+                field("dlq_reason"),
+                field("dlq_source_stream"),
+                field("customer_id"),
+            )
+        })
+        .collect();
+    dead_lettered.sort();
     Outcome {
-        customers: customers_in_snapshot(state_dir),
-        task_ids: tasks.iter().map(|(_, f)| f["task_id"].clone()).collect(),
-        dead_lettered: dead
-            .iter()
-            .map(|(_, f)| f["dlq_source_id"].clone())
-            .collect(),
+        customers: customers_in_snapshot(state_dir, streams),
+        task_ids,
+        control_ids,
+        care_ids,
+        dead_lettered,
     }
 }
 
 /// The uninterrupted run: every event loaded first, one daemon reads them all.
 async fn uninterrupted(events: &[Vec<(&'static str, String)>]) -> Outcome {
+    uninterrupted_with(events, |_| {}).await
+}
+
+/// [`uninterrupted`], with settings changed by `adjust`.
+async fn uninterrupted_with(
+    events: &[Vec<(&'static str, String)>],
+    adjust: impl FnOnce(&mut Settings),
+) -> Outcome {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(&redis, dir.path());
+    let mut settings = test_settings(&redis, dir.path());
+    adjust(&mut settings);
     let state_dir = settings.state.dir.clone();
     let mut c = redis.conn().await;
     produce(&mut c, events, Duration::ZERO).await;
@@ -182,23 +241,12 @@ async fn uninterrupted(events: &[Vec<(&'static str, String)>]) -> Outcome {
     outcome(&mut c, &state_dir).await
 }
 
+/// Whether each of `run`'s outputs holds exactly what `reference`'s does, each entry once:
+/// customers, win-back and control tasks, the other kinds' tasks and dead letters.
 fn assert_same(run: &Outcome, reference: &Outcome, what: &str) {
-    let unique: HashSet<&String> = run.task_ids.iter().collect();
     assert_eq!(
-        unique.len(),
-        run.task_ids.len(),
-        "{what}: duplicate task IDs"
-    );
-    let unique: HashSet<&String> = run.dead_lettered.iter().collect();
-    assert_eq!(
-        unique.len(),
-        run.dead_lettered.len(),
-        "{what}: an entry dead-lettered twice"
-    );
-    assert_eq!(
-        run.dead_lettered.len(),
-        reference.dead_lettered.len(),
-        "{what}: dead letters"
+        run.dead_lettered, reference.dead_lettered,
+        "{what}: dead letters (reason, stream, customer)"
     );
     assert_eq!(
         run.customers.len(),
@@ -212,16 +260,27 @@ fn assert_same(run: &Outcome, reference: &Outcome, what: &str) {
             "{what}: customer {id}"
         );
     }
-    let tasks: HashSet<&String> = run.task_ids.iter().collect();
-    let expected: HashSet<&String> = reference.task_ids.iter().collect();
-    let missing: Vec<_> = expected.difference(&tasks).take(5).collect();
-    let extra: Vec<_> = tasks.difference(&expected).take(5).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "{what}: the win-back tasks differ: {} written, {} expected; missing e.g. {missing:?}, unexpected e.g. {extra:?}",
-        tasks.len(),
-        expected.len()
-    );
+    for (stream, ran, expected) in [
+        (WINBACK, &run.task_ids, &reference.task_ids),
+        (CONTROL, &run.control_ids, &reference.control_ids),
+        (CARE, &run.care_ids, &reference.care_ids),
+    ] {
+        let unique: HashSet<&String> = ran.iter().collect();
+        assert_eq!(
+            unique.len(),
+            ran.len(),
+            "{what}: duplicate task IDs in {stream}"
+        );
+        let expected: HashSet<&String> = expected.iter().collect();
+        let missing: Vec<_> = expected.difference(&unique).take(5).collect();
+        let extra: Vec<_> = unique.difference(&expected).take(5).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{what}: the tasks in {stream} differ: {} written, {} expected; missing e.g. {missing:?}, unexpected e.g. {extra:?}",
+            unique.len(),
+            expected.len()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,19 @@ async fn a_redis_that_lost_its_data_gets_the_group_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_stranded_on_a_consumer_that_is_gone_are_claimed() {
+    // Without kept state nothing is replayed: the entries are claimed.
+    stranded_entries_are_applied_once(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_stranded_on_a_consumer_that_is_gone_are_replayed_at_start() {
+    // With kept state, the start moves the group back and delivers them again.
+    stranded_entries_are_applied_once(true).await;
+}
+
+/// Entries a gone replica read and never acknowledged, one deleted since: each is applied
+/// once, the deleted one dead-lettered, the gone consumer removed.
+async fn stranded_entries_are_applied_once(keep_state: bool) {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut c = redis.conn().await;
@@ -137,22 +150,42 @@ async fn entries_stranded_on_a_consumer_that_is_gone_are_claimed() {
 
     let mut settings = test_settings(&redis, dir.path());
     settings.source.claim_idle_ms = 300;
+    if !keep_state {
+        settings.state.dir = Default::default();
+    }
     let app = App::spawn(settings).await;
-    wait_for(
-        "the stranded entries to be claimed",
-        Duration::from_secs(10),
-        || {
-            let app = &app;
-            async move { app.metric("churnd_entries_claimed_total").await == Some(5.0) }
-        },
-    )
-    .await;
+    if !keep_state {
+        wait_for(
+            "the stranded entries to be claimed",
+            Duration::from_secs(10),
+            || {
+                let app = &app;
+                async move { app.metric("churnd_entries_claimed_total").await == Some(5.0) }
+            },
+        )
+        .await;
+    }
     wait_for("the group to be drained", Duration::from_secs(10), || {
         let mut c = c.clone();
         async move { group_state(&mut c, EVENTS, "churnd").await.map(|g| g.1) == Some(0) }
     })
     .await;
-    assert_eq!(customer_count(&app).await, 4);
+    wait_for(
+        "the stranded entries to be applied",
+        Duration::from_secs(10),
+        || {
+            let app = &app;
+            async move { customer_count(app).await == 4 }
+        },
+    )
+    .await;
+    if keep_state {
+        assert_eq!(
+            app.metric("churnd_entries_claimed_total").await,
+            Some(0.0),
+            "replayed, not claimed"
+        );
+    }
     let dead = read_stream(&mut c, "churn:events:dlq").await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].1["dlq_reason"], "entry_deleted");

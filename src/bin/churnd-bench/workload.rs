@@ -178,7 +178,12 @@ pub async fn restart_with_snapshot(
     let started = Instant::now();
     let (mut engine, _) = learn_customers(settings, model, customers, now_ms);
     let build = started.elapsed();
-    let position = engine.positions().first().copied().unwrap_or_default();
+    let position = engine
+        .positions()
+        .first()
+        .copied()
+        .flatten()
+        .unwrap_or_default();
     let streams = &settings.source.streams;
     let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep)?;
     let started = Instant::now();

@@ -1,0 +1,101 @@
+//! Before the first read: every input stream gets a position in a snapshot on disk.
+//!
+//! Entries are acknowledged once their effects are written, and a crash is recovered by
+//! replaying each stream from the newest snapshot's position. A stream without one (a new
+//! deployment, a stream added to `source.streams`, a snapshot of an older churnd) gets its
+//! start resolved ([`crate::source::start`]) and written in a snapshot before any of it is
+//! read, so that no entry is ever acknowledged that a recovery could not replay.
+
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::snapshots;
+use crate::config::SourceSettings;
+use crate::connection::Connector;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::source::start;
+use crate::state::{self, SnapshotDir};
+use crate::time::wall_millis;
+
+/// Gives every stream of `settings` a position in `engine` and, if any had none, writes a
+/// snapshot holding them. Retries until both succeed (Redis unreachable, the state volume
+/// failing: nothing may be read before); `None` if shutdown came first.
+pub async fn make_positions_durable(
+    mut engine: Engine,
+    settings: &SourceSettings,
+    dir: &SnapshotDir,
+    mut connector: Connector,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Option<Engine> {
+    let known = engine.positions().to_vec();
+    let missing = (0..settings.streams.len()).any(|i| known.get(i).copied().flatten().is_none());
+    if !missing {
+        return Some(engine);
+    }
+    let mut conn = None;
+    let starts = loop {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => conn.insert(connector.connect(shutdown).await?),
+        };
+        match start::resolve(c, settings, &known).await {
+            Ok(starts) => break starts,
+            Err(e) => {
+                if connector.failed(&e) {
+                    conn = None;
+                }
+                if !connector.pause(shutdown).await {
+                    return None;
+                }
+            }
+        }
+    };
+    connector.succeeded();
+    for (stream, position) in starts {
+        engine.start_at(stream, position);
+    }
+    loop {
+        let (started, created_ms) = (Instant::now(), wall_millis());
+        let (dir, streams) = (dir.clone(), settings.streams.clone());
+        let written = tokio::task::spawn_blocking(move || {
+            let result = state::write_snapshot(&mut engine, &dir, &streams, created_ms);
+            (engine, result)
+        })
+        .await;
+        let (returned, result) = match written {
+            Ok(done) => done,
+            // The writing thread panicked: the engine went with it.
+            Err(e) => {
+                tracing::error!(error = %e, "writing the first snapshot panicked");
+                return None;
+            }
+        };
+        engine = returned;
+        match result {
+            Ok((path, bytes)) => {
+                snapshots::record_written(metrics, bytes, started.elapsed(), created_ms);
+                tracing::info!(
+                    path = %path.display(),
+                    bytes,
+                    customers = engine.customers(),
+                    elapsed = ?started.elapsed(),
+                    "snapshot with a position for every input stream written before reading them"
+                );
+                return Some(engine);
+            }
+            Err(e) => {
+                metrics.snapshots.with_label_values(&["failed"]).inc();
+                tracing::error!(
+                    error = %e,
+                    "cannot write the snapshot that must hold every input stream's position before it is read; reading waits, retrying"
+                );
+                if !connector.pause(shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
