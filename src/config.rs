@@ -232,6 +232,9 @@ pub struct SourceSettings {
     /// Entries pending this long on another consumer of the group (one that is gone) are
     /// claimed by this one; 0 turns claiming off.
     pub claim_idle_ms: u64,
+    /// Bytes of entries read and not yet applied, at most: reading waits for room, and a
+    /// read asks for fewer entries when they are large (see `source::budget`).
+    pub max_inflight_bytes: u64,
 }
 
 impl Default for SourceSettings {
@@ -246,6 +249,7 @@ impl Default for SourceSettings {
             queue_batches: 4,
             lag_poll_ms: 5_000,
             claim_idle_ms: 60_000,
+            max_inflight_bytes: 64 << 20,
         }
     }
 }
@@ -257,6 +261,9 @@ pub struct EventSettings {
     pub max_future_skew_ms: u64,
     /// The earliest `ts` accepted (milliseconds since the Unix epoch).
     pub min_ts_ms: u64,
+    /// Largest entry processed, in bytes (names and values of its fields); larger ones
+    /// are dead-lettered as `entry_too_large`.
+    pub max_entry_bytes: usize,
 }
 
 impl Default for EventSettings {
@@ -265,6 +272,7 @@ impl Default for EventSettings {
             max_future_skew_ms: 86_400_000,
             // 1973-03-03: every `ts` in seconds (up to the year 5138) lies below it.
             min_ts_ms: 100_000_000_000,
+            max_entry_bytes: 64 << 10,
         }
     }
 }
@@ -277,6 +285,9 @@ pub struct DeadLetterSettings {
     /// How long Redis remembers that an entry was dead-lettered, so a redelivery of the
     /// entry does not write it twice.
     pub dedup_ttl_secs: u64,
+    /// At most this many bytes of a rejected entry's fields are copied to its dead letter;
+    /// the rest is cut (and the dead letter says so).
+    pub max_copy_bytes: usize,
 }
 
 impl Default for DeadLetterSettings {
@@ -285,6 +296,7 @@ impl Default for DeadLetterSettings {
             stream: "churn:events:dlq".into(),
             max_len: 1_000_000,
             dedup_ttl_secs: 604_800,
+            max_copy_bytes: 16 << 10,
         }
     }
 }
@@ -650,6 +662,23 @@ impl Settings {
         }
         if s.queue_batches == 0 {
             p.push("source.queue_batches must be at least 1".into());
+        }
+        for (key, value, least) in [
+            ("source.max_inflight_bytes", s.max_inflight_bytes, 1 << 16),
+            (
+                "events.max_entry_bytes",
+                self.events.max_entry_bytes as u64,
+                1 << 10,
+            ),
+            (
+                "dead_letter.max_copy_bytes",
+                self.dead_letter.max_copy_bytes as u64,
+                1 << 8,
+            ),
+        ] {
+            if value < least {
+                p.push(format!("{key} ({value}) must be at least {least}"));
+            }
         }
 
         let outputs = [

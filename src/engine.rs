@@ -54,6 +54,10 @@ pub struct EngineSettings {
     pub profiles: ProfileSettings,
     pub tags: Vec<TagRule>,
     pub max_customers: usize,
+    /// Largest entry applied (`events.max_entry_bytes`); larger ones are dead-lettered.
+    pub max_entry_bytes: usize,
+    /// Bytes of a rejected entry copied into its dead letter (`dead_letter.max_copy_bytes`).
+    pub max_copy_bytes: usize,
 }
 
 impl EngineSettings {
@@ -97,6 +101,8 @@ impl From<&Settings> for EngineSettings {
             tasks: s.tasks.clone(),
             profiles: s.profiles.clone(),
             tags: s.tags.0.clone(),
+            max_entry_bytes: s.events.max_entry_bytes,
+            max_copy_bytes: s.dead_letter.max_copy_bytes,
             max_customers: s.state.max_customers,
         }
     }
@@ -126,6 +132,52 @@ pub struct DeadLetter {
     pub values: Vec<redis::Value>,
     pub reason: Reason,
     pub detail: String,
+}
+
+/// A rejected entry's fields, as its dead letter copies them: whole if names and values take
+/// at most `max_bytes` (`Ok`), otherwise (`Err`) the fields that fit, the one that does not
+/// fit with its value cut (at a character boundary when it is text), and none after it.
+/// The entry's memory is let go at once, before the dead letter waits for the sink.
+fn cut_copy(
+    mut values: Vec<redis::Value>,
+    max_bytes: usize,
+) -> Result<Vec<redis::Value>, Vec<redis::Value>> {
+    let len = |v: &redis::Value| match v {
+        redis::Value::BulkString(b) => b.len(),
+        redis::Value::SimpleString(s) => s.len(),
+        _ => 0,
+    };
+    let total: usize = values.iter().map(len).sum();
+    if total <= max_bytes {
+        return Ok(values);
+    }
+    let mut room = max_bytes;
+    let mut kept = 0;
+    for pair in values.chunks_exact_mut(2) {
+        let name = len(&pair[0]);
+        if name >= room {
+            break;
+        }
+        room -= name;
+        kept += 2;
+        if len(&pair[1]) > room {
+            if let redis::Value::BulkString(b) = &mut pair[1] {
+                let mut end = room;
+                if std::str::from_utf8(b).is_ok() {
+                    while std::str::from_utf8(&b[..end]).is_err() {
+                        end -= 1;
+                    }
+                }
+                b.truncate(end);
+                b.shrink_to_fit();
+            }
+            break;
+        }
+        room -= len(&pair[1]);
+    }
+    values.truncate(kept);
+    values.shrink_to_fit();
+    Err(values)
 }
 
 /// A customer's record: 80 bytes.
@@ -635,13 +687,22 @@ impl Engine {
                 outcomes.add(event_kind(entry.fields()), Outcome::AlreadyApplied);
                 continue;
             }
-            let parsed = if entry.values.is_some() {
-                parse_event(entry.fields(), entry.id.ms, &self.settings.limits)
-            } else {
+            let size = entry.bytes();
+            let parsed = if entry.values.is_none() {
                 Err(Rejection::new(
                     Reason::EntryDeleted,
                     "the entry was deleted from the stream before it was processed",
                 ))
+            } else if size > self.settings.max_entry_bytes {
+                Err(Rejection::new(
+                    Reason::EntryTooLarge,
+                    format!(
+                        "the entry holds {size} bytes, more than events.max_entry_bytes ({})",
+                        self.settings.max_entry_bytes
+                    ),
+                ))
+            } else {
+                parse_event(entry.fields(), entry.id.ms, &self.settings.limits)
             };
             // Applying can reject too (a profile key beyond the bound).
             let applied = parsed.and_then(|event| {
@@ -652,12 +713,24 @@ impl Engine {
                 Ok(kind) => outcomes.add(Some(kind), Outcome::Applied),
                 Err(rejection) => {
                     outcomes.add(event_kind(entry.fields()), Outcome::DeadLettered);
+                    let mut detail = rejection.detail;
+                    let values = entry.values.unwrap_or_default();
+                    let values = match cut_copy(values, self.settings.max_copy_bytes) {
+                        Ok(values) => values,
+                        Err(cut) => {
+                            detail.push_str(&format!(
+                                " (fields copied cut to dead_letter.max_copy_bytes: {} of {size} bytes)",
+                                self.settings.max_copy_bytes
+                            ));
+                            cut
+                        }
+                    };
                     fx.dead_letters.push(DeadLetter {
                         stream: entry.stream,
                         id: entry.id,
-                        values: entry.values.unwrap_or_default(),
+                        values,
                         reason: rejection.reason,
-                        detail: rejection.detail,
+                        detail,
                     });
                 }
             }
@@ -1882,6 +1955,63 @@ pub(crate) mod tests {
         let fx = e.apply_batch(batch(vec![again]), 0);
         assert!(fx.dead_letters.is_empty());
         assert_eq!(fx.acks.len(), 1);
+    }
+
+    #[test]
+    fn an_entry_over_the_size_limit_is_dead_lettered_with_a_cut_copy() {
+        let mut settings = settings(ClockMode::Event);
+        settings.max_entry_bytes = 1_000;
+        settings.max_copy_bytes = 300;
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let mut e = Engine::new(settings, Arc::new(model), Metrics::new());
+        let mut big = purchase(1, "big", 0);
+        let values = big.values.as_mut().unwrap();
+        values.push(Value::BulkString(b"note".to_vec()));
+        values.push(Value::BulkString("é".repeat(600).into_bytes()));
+        let size = big.bytes();
+        let fx = e.apply_batch(batch(vec![big, purchase(2, "small", 0)]), 0);
+        assert!(e.customer("big").is_none());
+        assert!(e.customer("small").is_some(), "the batch goes on");
+        let dl = &fx.dead_letters[0];
+        assert_eq!(dl.reason, Reason::EntryTooLarge);
+        assert!(
+            dl.detail.contains(&format!("holds {size} bytes"))
+                && dl.detail.contains("events.max_entry_bytes (1000)")
+                && dl.detail.contains("300 of"),
+            "{}",
+            dl.detail
+        );
+        let copied: usize = dl
+            .values
+            .iter()
+            .map(|v| match v {
+                Value::BulkString(b) => b.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(copied <= 300, "{copied}");
+        let Value::BulkString(note) = dl.values.last().unwrap() else {
+            panic!("{:?}", dl.values)
+        };
+        assert!(
+            std::str::from_utf8(note).is_ok(),
+            "text is cut at a character boundary"
+        );
+        assert_eq!(dl.values.len() % 2, 0, "names and values in pairs");
+    }
+
+    #[test]
+    fn a_copy_within_the_limit_is_whole() {
+        let values = vec![
+            Value::BulkString(b"customer_id".to_vec()),
+            Value::BulkString(b"c".to_vec()),
+        ];
+        assert_eq!(cut_copy(values.clone(), 12), Ok(values.clone()));
+        assert_eq!(
+            cut_copy(values.clone(), 11),
+            Err(vec![]),
+            "a name that does not fit ends the copy"
+        );
     }
 
     #[test]

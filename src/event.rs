@@ -175,10 +175,12 @@ pub enum Reason {
     InvalidProfileValue,
     /// A profile key neither known nor among the free-form keys the bound allows.
     UnknownProfileKey,
+    /// Larger than `events.max_entry_bytes`: not processed.
+    EntryTooLarge,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Self::MissingCustomerId,
         Self::InvalidCustomerId,
         Self::MissingType,
@@ -194,6 +196,7 @@ impl Reason {
         Self::InvalidProfileKey,
         Self::InvalidProfileValue,
         Self::UnknownProfileKey,
+        Self::EntryTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -213,6 +216,7 @@ impl Reason {
             Self::InvalidProfileKey => "invalid_profile_key",
             Self::InvalidProfileValue => "invalid_profile_value",
             Self::UnknownProfileKey => "unknown_profile_key",
+            Self::EntryTooLarge => "entry_too_large",
         }
     }
 }

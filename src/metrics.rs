@@ -87,6 +87,7 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub entries_acked: IntCounter,
     pub entries_claimed: IntCounter,
+    pub source_inflight_bytes: IntGauge,
     pub batch_entries: Histogram,
     pub batch_seconds: Histogram,
     pub scoring_seconds: Histogram,
@@ -207,6 +208,10 @@ impl Metrics {
             entries_claimed: counter(
                 "churnd_entries_claimed_total",
                 "Entries taken over from other consumers of the group after source.claim_idle_ms (a replica that is gone).",
+            ),
+            source_inflight_bytes: gauge(
+                "churnd_source_inflight_bytes",
+                "Bytes of entries read and not yet applied (bounded by source.max_inflight_bytes)",
             ),
             batch_entries: histogram(
                 "churnd_batch_entries",

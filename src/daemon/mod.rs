@@ -128,6 +128,7 @@ pub async fn run_observed(
     observers: Observers,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
+    return_large_allocations();
     // Settings that name files (certificates, the token) are read now, before anything runs.
     let client = settings.redis_client()?;
     let customer_token = settings.http.customer_token()?;
@@ -351,6 +352,21 @@ pub async fn run_observed(
     match http_task.await {
         Ok(Err(e)) => Err(DaemonError::Http(e)),
         _ => Ok(()),
+    }
+}
+
+/// Allocations this large or larger get pages of their own, given back to the system when
+/// freed (glibc's default threshold rises after such frees, and oversized entries read once
+/// would then stay in the heap for good: hundreds of MB after a burst of 400 KB entries).
+const MMAP_THRESHOLD: libc::c_int = 128 << 10;
+
+/// Makes memory taken by a burst of large entries go back to the system once they are
+/// applied (glibc: a fixed mmap threshold; elsewhere nothing to do).
+fn return_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; M_MMAP_THRESHOLD takes a size.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

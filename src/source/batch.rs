@@ -20,6 +20,16 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Bytes of its field names and values (what it takes in memory, near enough).
+    pub fn bytes(&self) -> usize {
+        self.values
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|v| bytes(v).len())
+            .sum()
+    }
+
     /// `(name, value)` pairs.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
         self.values
@@ -48,6 +58,8 @@ pub struct Batch {
     /// Taken over from consumers that are gone: never delivered to this one, so applied even
     /// if older than entries applied before (see `source::claim`).
     pub claimed: bool,
+    /// The batch's bytes held from the in-flight budget until it is dropped (applied).
+    pub held: Option<super::budget::Held>,
 }
 
 impl Batch {

@@ -13,6 +13,7 @@
 //! stream's end, the batch is marked `caught_up`: recovery is complete.
 
 pub mod batch;
+pub mod budget;
 pub mod claim;
 pub mod lag;
 pub mod start;
@@ -31,6 +32,7 @@ use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
 use batch::{parse_reply, Batch, StreamIdx};
+use budget::{InFlight, ReadSize};
 
 /// Pending entries acknowledged per round trip when rewinding to a snapshot.
 const REWIND_ACK_CHUNK: usize = 1_000;
@@ -41,6 +43,8 @@ pub struct Source {
     health: Arc<Health>,
     metrics: Metrics,
     tx: mpsc::Sender<Batch>,
+    /// Bytes read and not yet applied.
+    inflight: InFlight,
     /// Per stream, where customer state stands: the group is moved back there at start and
     /// what follows is read again. `None`: this consumer's own pending entries are read
     /// again instead (state is not kept: `state.dir` is empty).
@@ -66,6 +70,10 @@ impl Source {
         start: Vec<Option<EntryId>>,
     ) -> Self {
         Self {
+            inflight: InFlight::new(
+                settings.max_inflight_bytes,
+                metrics.source_inflight_bytes.clone(),
+            ),
             settings,
             connector,
             health,
@@ -89,6 +97,11 @@ impl Source {
         let mut conn: Option<MultiplexedConnection> = None;
         let claim_every = Duration::from_millis((self.settings.claim_idle_ms / 2).max(1_000));
         let mut next_claim = tokio::time::Instant::now();
+        let mut read_size = ReadSize::for_budget(
+            self.settings.batch_size,
+            self.settings.max_inflight_bytes,
+            self.settings.queue_batches,
+        );
         while !shutdown.is_cancelled() {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -118,7 +131,7 @@ impl Source {
                     self.health.set(Part::Source, true);
                     // Entries deleted while pending go first, to be dead-lettered: they
                     // carry nothing to apply, so their order does not matter.
-                    if !deleted.is_empty() && self.tx.send(Batch::new(deleted)).await.is_err() {
+                    if !deleted.is_empty() && !self.send(Batch::new(deleted), 0).await {
                         break;
                     }
                     conn.insert(c)
@@ -136,7 +149,8 @@ impl Source {
                 next_claim = tokio::time::Instant::now() + claim_every;
                 match self.claim(c).await {
                     Ok(Some(batch)) => {
-                        if self.tx.send(batch).await.is_err() {
+                        let bytes = batch.entries.iter().map(|e| e.bytes() as u64).sum();
+                        if !self.send(batch, bytes).await {
                             break;
                         }
                     }
@@ -149,7 +163,8 @@ impl Source {
                 }
                 continue;
             }
-            match self.read(c, &cursors, !recovering).await {
+            let count = read_size.count();
+            match self.read(c, &cursors, count, !recovering).await {
                 Ok(reply) => {
                     self.connector.succeeded();
                     let entries = match parse_reply(reply, &streams) {
@@ -174,21 +189,22 @@ impl Source {
                         }
                     }
                     let mut per_stream = vec![0usize; streams.len()];
+                    let mut bytes = 0;
                     for e in &entries {
                         let i = usize::from(e.stream);
                         received[i] = received[i].max(Some(e.id));
                         per_stream[i] += 1;
+                        bytes += e.bytes() as u64;
                     }
+                    read_size.observe(entries.len(), bytes);
                     let mut batch = Batch::new(entries);
-                    if recovering
-                        && live_read
-                        && per_stream.iter().all(|&n| n < self.settings.batch_size)
-                    {
+                    // Fewer than asked of every stream: its end was reached.
+                    if recovering && live_read && per_stream.iter().all(|&n| n < count) {
                         recovering = false;
                         batch.caught_up = true;
                     }
                     let worth_sending = !batch.entries.is_empty() || batch.caught_up;
-                    if worth_sending && self.tx.send(batch).await.is_err() {
+                    if worth_sending && !self.send(batch, bytes).await {
                         break; // the engine is gone: shutting down
                     }
                 }
@@ -214,13 +230,21 @@ impl Source {
         tracing::info!("source stopped reading");
     }
 
-    /// One XREADGROUP: own pending entries of the streams that have some left to re-read
-    /// (no blocking), otherwise new entries of every stream (blocking up to `block_ms` if
-    /// `block`).
+    /// Hands `batch` (`bytes` of entries) to the engine once its bytes fit the in-flight
+    /// budget; `false` when the engine is gone.
+    async fn send(&self, mut batch: Batch, bytes: u64) -> bool {
+        batch.held = Some(self.inflight.hold(bytes).await);
+        self.tx.send(batch).await.is_ok()
+    }
+
+    /// One XREADGROUP of up to `count` entries per stream: own pending entries of the
+    /// streams that have some left to re-read (no blocking), otherwise new entries of every
+    /// stream (blocking up to `block_ms` if `block`).
     async fn read(
         &self,
         c: &mut MultiplexedConnection,
         cursors: &[Cursor],
+        count: usize,
         block: bool,
     ) -> Result<Value, RedisError> {
         let s = &self.settings;
@@ -229,7 +253,7 @@ impl Source {
             .arg(&s.group)
             .arg(&s.consumer)
             .arg("COUNT")
-            .arg(s.batch_size);
+            .arg(count);
         let pending: Vec<(usize, EntryId)> = cursors
             .iter()
             .enumerate()

@@ -37,8 +37,14 @@ const MUTATED_SHARE: f64 = 0.55;
 /// every field without making the run slow.
 const HUGE_SHARE: f64 = 0.003;
 const HUGE: usize = 64 * 1024;
-/// Labels [`Generator::mutate`] and [`Generator::huge`] can give: each must be produced.
-const MUTATION_KINDS: usize = 33;
+/// The daemon's `events.max_entry_bytes` here: above every huge field, so they are looked
+/// into.
+const MAX_ENTRY_BYTES: usize = 4 * HUGE;
+/// Share of entries that also get a field taking them over [`MAX_ENTRY_BYTES`].
+const OVERSIZED_SHARE: f64 = 0.001;
+/// Labels [`Generator::mutate`], [`Generator::huge`] and `oversized` can give: each must be
+/// produced.
+const MUTATION_KINDS: usize = 34;
 const HOUR_MS: u64 = 3_600_000;
 /// The longest the daemon may take to consume everything (it takes a few seconds).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -51,7 +57,8 @@ const GROUP: &str = "churnd";
 const KINDS: [&str; 4] = ["purchase", "refund", "visit", "complaint"];
 /// The `dlq_reason` values an XADD can produce (`entry_deleted` needs an XDEL while pending;
 /// `dead_letters.rs` covers it).
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 9] = [
+    "entry_too_large",
     "missing_customer_id",
     "invalid_customer_id",
     "missing_type",
@@ -76,10 +83,13 @@ async fn random_field_maps_never_crash_the_daemon_and_every_bad_entry_is_dead_le
     let started = Instant::now();
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(&redis, dir.path());
+    let mut settings = test_settings(&redis, dir.path());
+    settings.events.max_entry_bytes = MAX_ENTRY_BYTES;
     let limits = Limits {
         max_future_skew_ms: settings.events.max_future_skew_ms,
         min_ts_ms: settings.events.min_ts_ms,
+        max_entry_bytes: settings.events.max_entry_bytes,
+        max_copy_bytes: settings.dead_letter.max_copy_bytes,
     };
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -122,7 +132,14 @@ async fn random_field_maps_never_crash_the_daemon_and_every_bad_entry_is_dead_le
 
     // Dead letters: one per bad entry, none for a good one, each with its reason and fields.
     let dead = read_all(&mut c, DLQ).await;
-    check_dead_letters(&dead, &entries, &ids, &verdicts, &ctx);
+    check_dead_letters(
+        &dead,
+        &entries,
+        &ids,
+        &verdicts,
+        limits.max_copy_bytes,
+        &ctx,
+    );
     assert_eq!(dead.len(), bad, "dead letters vs bad entries ({ctx})");
     assert_eq!(
         xlen(&mut c, EVENTS).await,
@@ -225,6 +242,8 @@ async fn random_field_maps_never_crash_the_daemon_and_every_bad_entry_is_dead_le
 struct Limits {
     max_future_skew_ms: u64,
     min_ts_ms: u64,
+    max_entry_bytes: usize,
+    max_copy_bytes: usize,
 }
 
 /// An entry the oracle accepts, as it should reach its customer.
@@ -248,6 +267,10 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
             .map(|(_, v)| v.as_slice())
             .collect()
     };
+    // Entries over the size limit are not looked into.
+    if bytes(fields) > limits.max_entry_bytes {
+        return Err("entry_too_large");
+    }
     let [customer_id, kind, amount, ts] = ["customer_id", "type", "amount", "ts"].map(values);
     if [&customer_id, &kind, &amount, &ts]
         .iter()
@@ -474,6 +497,10 @@ impl Generator<'_> {
         }
         if self.rng.chance(HUGE_SHARE) {
             labels.push(self.huge(&mut fields));
+        }
+        if self.rng.chance(OVERSIZED_SHARE) {
+            fields.push((b"blob".to_vec(), vec![b'x'; MAX_ENTRY_BYTES]));
+            labels.push("oversized");
         }
         if fields.is_empty() {
             // XADD needs at least one field.
@@ -897,7 +924,9 @@ fn assert_generator_covers_everything(
     }
     for reason in REASONS {
         let n = reasons.get(reason).copied().unwrap_or(0);
-        assert!(n >= 500, "only {n} entries with reason {reason} ({ctx})");
+        // Oversized entries are costly to send and need no variety.
+        let least = if reason == "entry_too_large" { 50 } else { 500 };
+        assert!(n >= least, "only {n} entries with reason {reason} ({ctx})");
     }
     let bad: usize = reasons.values().sum();
     assert!(
@@ -1028,13 +1057,51 @@ fn show(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
     pairs.join(" ")
 }
 
+/// Bytes of an entry's field names and values.
+fn bytes(fields: &Fields) -> usize {
+    fields.iter().map(|(n, v)| n.len() + v.len()).sum()
+}
+
+/// The README's rule for what a dead letter copies: every field when names and values take
+/// at most `max` bytes; otherwise the fields that fit, in order, then the next one's name
+/// with its value cut to the room left (at a character boundary if it is UTF-8), if its
+/// name leaves room.
+fn copied(fields: &Fields, max: usize) -> Fields {
+    if bytes(fields) <= max {
+        return fields.clone();
+    }
+    let mut room = max;
+    let mut copy = Vec::new();
+    for (name, value) in fields {
+        if name.len() >= room {
+            break;
+        }
+        room -= name.len();
+        if value.len() > room {
+            let mut end = room;
+            if std::str::from_utf8(value).is_ok() {
+                while std::str::from_utf8(&value[..end]).is_err() {
+                    end -= 1;
+                }
+            }
+            copy.push((name.clone(), value[..end].to_vec()));
+            break;
+        }
+        room -= value.len();
+        copy.push((name.clone(), value.clone()));
+    }
+    copy
+}
+
 /// Each dead letter comes from a bad entry, carries the oracle's reason, the entry's fields
-/// unchanged and in order, a bounded detail, and its source; each bad entry has exactly one.
+/// unchanged and in order (cut to `max_copy_bytes`), a bounded detail, and its source; each
+/// bad entry has exactly one.
 fn check_dead_letters(
     dead: &[RawEntry],
     entries: &[(Fields, Vec<&str>)],
     ids: &[String],
     verdicts: &[Result<Applied, &str>],
+    max_copy_bytes: usize,
     ctx: &str,
 ) {
     let index: HashMap<&str, usize> = ids
@@ -1082,7 +1149,7 @@ fn check_dead_letters(
             )),
             Err(_) => {}
         }
-        if original != input.as_slice() {
+        if original != copied(input, max_copy_bytes).as_slice() {
             problems.push(format!("fields changed to {{{}}}: {what}", show(original)));
         }
         if stream != EVENTS {

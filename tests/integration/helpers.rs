@@ -721,6 +721,18 @@ impl DaemonProcess {
         reqwest::get(self.url(path)).await.ok()?.text().await.ok()
     }
 
+    /// The process's resident memory, in bytes (Linux).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the daemon's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in kB")
+            * 1024
+    }
+
     /// Sends SIGTERM and returns the exit code and everything logged.
     pub fn stop(mut self) -> (Option<i32>, String) {
         // SAFETY: plain kill(2) on our own child's PID.

@@ -10,6 +10,7 @@ mod helpers;
 mod http_api;
 mod model_cli;
 mod observability;
+mod oversized;
 mod pipeline;
 mod process;
 mod profiles_feedback;
