@@ -511,6 +511,9 @@ pub struct StateSettings {
     /// Customers tracked at most: the memory bound. When a new customer would exceed it,
     /// the least recently active 1 % are forgotten.
     pub max_customers: usize,
+    /// Snapshots failing this many times in a row make `/readyz` answer 503 until one is
+    /// written again: a restart would lose everything since the last good one. 0: never.
+    pub max_consecutive_snapshot_failures: u32,
 }
 
 impl Default for StateSettings {
@@ -520,6 +523,7 @@ impl Default for StateSettings {
             snapshot_interval_ms: 10_000,
             keep: 3,
             max_customers: 10_000_000,
+            max_consecutive_snapshot_failures: 3,
         }
     }
 }

@@ -325,7 +325,7 @@ impl Metrics {
             ),
             ready: gauge(
                 "churnd_ready",
-                "1 when connected to Redis with a model loaded and customer state recovered.",
+                "1 when connected to Redis with a model loaded, customer state recovered and snapshots not failing (see /readyz for the reasons when 0).",
             ),
             clock_seconds: gauge(
                 "churnd_clock_seconds",

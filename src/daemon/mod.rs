@@ -131,7 +131,10 @@ pub async fn run_observed(
     let client = settings.redis_client()?;
     let customer_token = settings.http.customer_token()?;
     let metrics = Metrics::new();
-    let health = Arc::new(Health::new(metrics.clone()));
+    let health = Arc::new(
+        Health::new(metrics.clone())
+            .with_snapshot_failure_limit(settings.state.max_consecutive_snapshot_failures),
+    );
     let model = Model::load(&settings.model.path)?;
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
@@ -155,6 +158,7 @@ pub async fn run_observed(
                 settings.source.streams.clone(),
                 written_rx,
                 metrics.clone(),
+                health.clone(),
                 abort.clone(),
             )
             .map_err(DaemonError::Thread)?;

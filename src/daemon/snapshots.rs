@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Customer, Engine, Extras, StateHeader};
 use crate::features::store::{CaptureSize, Captured};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::state::{SnapshotDir, SnapshotWriter, SLICE_CUSTOMERS};
 use crate::time::wall_millis;
@@ -55,6 +56,7 @@ pub struct Snapshotter {
     /// A snapshot has begun and not all of it was handed to the writer yet.
     copying: bool,
     metrics: Metrics,
+    health: Arc<Health>,
 }
 
 impl Snapshotter {
@@ -113,6 +115,8 @@ impl Snapshotter {
         engine.abort_snapshot();
         self.copying = false;
         self.metrics.snapshots.with_label_values(&["failed"]).inc();
+        self.health
+            .snapshots_stopped("the snapshot writer is gone; restart churnd");
         tracing::error!("the snapshot writer is gone: no more snapshots until churnd restarts");
     }
 
@@ -181,12 +185,14 @@ const WRITER_NICENESS: libc::c_int = 10;
 
 /// Starts the writer on a thread of its own; it ends once the returned handle is dropped and
 /// its last job is done (the receiver then resolves). `written` counts the effects the sink
-/// has written; `abort` gives up waiting for them.
+/// has written; `abort` gives up waiting for them. Each snapshot written or failed is told
+/// to `health`.
 pub fn spawn(
     dir: SnapshotDir,
     streams: Vec<String>,
     written: watch::Receiver<u64>,
     metrics: Metrics,
+    health: Arc<Health>,
     abort: CancellationToken,
 ) -> std::io::Result<(Snapshotter, oneshot::Receiver<()>)> {
     let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
@@ -195,12 +201,14 @@ pub fn spawn(
         jobs: jobs_tx,
         copying: false,
         metrics: metrics.clone(),
+        health: health.clone(),
     };
     let writer = Writer {
         dir,
         streams,
         written,
         metrics,
+        health,
         abort,
         runtime: tokio::runtime::Handle::current(),
     };
@@ -243,6 +251,7 @@ struct Writer {
     streams: Vec<String>,
     written: watch::Receiver<u64>,
     metrics: Metrics,
+    health: Arc<Health>,
     abort: CancellationToken,
     /// To wait for the sink from this thread.
     runtime: tokio::runtime::Handle,
@@ -352,6 +361,7 @@ impl Writer {
                 m.snapshot_bytes
                     .set(i64::try_from(bytes).unwrap_or(i64::MAX));
                 m.snapshot_last_success.set((created_ms / 1000) as i64);
+                self.health.snapshot_written();
                 if at_shutdown {
                     tracing::info!(path = %path.display(), customers, bytes, ?elapsed, "final snapshot written");
                 } else {
@@ -360,6 +370,7 @@ impl Writer {
             }
             Err(e) => {
                 self.metrics.snapshots.with_label_values(&["failed"]).inc();
+                self.health.snapshot_failed(&e);
                 tracing::error!(error = %e, "snapshot failed; the previous one stays the newest");
             }
         }
