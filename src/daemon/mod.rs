@@ -13,7 +13,6 @@ mod engine_task;
 mod model_watch;
 mod snapshots;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
+use crate::http::serve::Limits;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
@@ -182,11 +182,13 @@ pub async fn run_observed(
     });
     let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
     let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let http_task = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        Limits::from(&settings.http),
+        metrics.clone(),
+        http_stop.clone(),
+    ));
     let restored = match &snapshot_dir {
         Some(dir) => match load_while_serving(dir, &settings, &metrics, &health, &shutdown).await {
             Ok(Startup::Restore(state)) => state,
@@ -321,10 +323,8 @@ pub async fn run_observed(
     let _ = lag_task.await;
     let _ = model_task.await;
     http_stop.cancel();
-    match http_task.await {
-        Ok(Err(e)) => Err(DaemonError::Http(e)),
-        _ => Ok(()),
-    }
+    let _ = http_task.await;
+    Ok(())
 }
 
 /// How a start that loads a snapshot goes on.
