@@ -422,6 +422,18 @@ pub struct HttpSettings {
     /// A file holding the token (a mounted Kubernetes Secret), read at start; surrounding
     /// whitespace, such as a final newline, is ignored. Instead of `customer_token`.
     pub customer_token_file: Option<PathBuf>,
+    /// Connections served at once: each holds a file descriptor, and without a bound idle
+    /// clients could take every one that snapshots and Redis need. Must leave room under
+    /// the open-file limit (see [`crate::http::serve::descriptor_problem`]).
+    pub max_connections: u32,
+    /// A request's head must be complete this long after its first byte (after the
+    /// connection opened, for its first request): slow or silent clients free their place.
+    pub header_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout_ms: u64,
+    /// From a request's complete head until its response is handed over whole: a stuck
+    /// handler or a client that stops reading gives its place back.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for HttpSettings {
@@ -430,6 +442,10 @@ impl Default for HttpSettings {
             addr: "0.0.0.0:9898".into(),
             customer_token: None,
             customer_token_file: None,
+            max_connections: 256,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -523,6 +539,9 @@ pub struct StateSettings {
     /// Customers tracked at most: the memory bound. When a new customer would exceed it,
     /// the least recently active 1 % are forgotten.
     pub max_customers: usize,
+    /// Snapshots failing this many times in a row make `/readyz` answer 503 until one is
+    /// written again: a restart would lose everything since the last good one. 0: never.
+    pub max_consecutive_snapshot_failures: u32,
 }
 
 impl Default for StateSettings {
@@ -532,6 +551,7 @@ impl Default for StateSettings {
             snapshot_interval_ms: 10_000,
             keep: 3,
             max_customers: 10_000_000,
+            max_consecutive_snapshot_failures: 3,
         }
     }
 }
@@ -627,6 +647,10 @@ impl Settings {
                 "state.snapshot_interval_ms",
                 self.state.snapshot_interval_ms,
             ),
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("http.max_connections", u64::from(self.http.max_connections)),
         ] {
             if v == 0 {
                 p.push(format!("{key} must be at least 1"));
@@ -760,6 +784,11 @@ impl Settings {
                 "state.max_customers ({}) must be between 1 and {}",
                 self.state.max_customers,
                 u32::MAX
+            ));
+        }
+        if self.http.max_connections > 0 {
+            p.extend(crate::http::serve::descriptor_problem(
+                self.http.max_connections,
             ));
         }
         if self.http.addr.parse::<SocketAddr>().is_err() {
@@ -990,6 +1019,33 @@ mod tests {
             "dead_letter.stream",
         ] {
             assert!(err.contains(key), "{key} not named in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn http_limits_are_checked_by_key() {
+        let err = problems_with(|s| {
+            s.http.max_connections = 0;
+            s.http.header_timeout_ms = 0;
+            s.http.idle_timeout_ms = 0;
+            s.http.request_timeout_ms = 0;
+        });
+        for key in [
+            "http.max_connections must be at least 1",
+            "http.header_timeout_ms must be at least 1",
+            "http.idle_timeout_ms must be at least 1",
+            "http.request_timeout_ms must be at least 1",
+        ] {
+            assert!(err.contains(key), "{key} not named in:\n{err}");
+        }
+        // Beyond any open-file limit but "unlimited" (Linux allows about a million at most).
+        if crate::http::serve::open_file_limit().is_some() {
+            let err = problems_with(|s| s.http.max_connections = u32::MAX);
+            assert!(
+                err.contains("http.max_connections (4294967295)")
+                    && err.contains("open-file limit"),
+                "{err}"
+            );
         }
     }
 

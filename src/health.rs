@@ -1,9 +1,11 @@
 //! Readiness: connected to Redis for reading and writing, with a model loaded and customer
-//! state recovered (snapshot loaded, input streams read up to their end once).
+//! state recovered (snapshot loaded, input streams read up to their end once), and snapshots
+//! being written (not too many failed in a row).
 //!
 //! Each part reports its own state; `/readyz` and the `churnd_ready` gauge read the whole.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use crate::metrics::Metrics;
 
@@ -14,7 +16,43 @@ pub struct Health {
     state: AtomicBool,
     /// The snapshot is being read: there is no engine to ask yet.
     loading: AtomicBool,
+    /// Failed snapshots in a row. A std mutex: held only to update or read it, never across
+    /// an await, and taken a few times per snapshot interval and per probe.
+    snapshots: Mutex<SnapshotStreak>,
     metrics: Metrics,
+}
+
+/// Consecutive snapshot failures, and whether they are enough to tell `/readyz`. A daemon
+/// whose snapshots keep failing (a full or read-only volume, a directory gone) would lose
+/// every customer since the last good one at its next restart: that must not stay hidden
+/// behind a counter until then.
+#[derive(Debug, Default)]
+struct SnapshotStreak {
+    /// Failures in a row that make the daemon not ready; 0: snapshots never do.
+    limit: u32,
+    failed: u32,
+    /// What the last failure said.
+    error: String,
+    /// No snapshot will be tried again (the writer is gone), whatever the count says.
+    stopped: bool,
+}
+
+impl SnapshotStreak {
+    /// Why the daemon is not ready because of snapshots, if it is not.
+    fn reason(&self) -> Option<String> {
+        if self.limit == 0 {
+            None
+        } else if self.stopped {
+            Some(format!("snapshots stopped: {}", self.error))
+        } else if self.failed >= self.limit {
+            Some(format!(
+                "the last {} snapshots failed: {}",
+                self.failed, self.error
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +77,51 @@ impl Health {
             model: AtomicBool::new(false),
             state: AtomicBool::new(false),
             loading: AtomicBool::new(false),
+            snapshots: Mutex::new(SnapshotStreak::default()),
             metrics,
         }
+    }
+
+    /// Makes `limit` snapshot failures in a row a reason not to be ready (0: none is; the
+    /// default).
+    pub fn with_snapshot_failure_limit(self, limit: u32) -> Self {
+        self.streak().limit = limit;
+        self
+    }
+
+    fn streak(&self) -> std::sync::MutexGuard<'_, SnapshotStreak> {
+        // A panic elsewhere while it was held leaves plain counters, still usable.
+        self.snapshots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A snapshot was written: the failures before it no longer matter.
+    pub fn snapshot_written(&self) {
+        let mut streak = self.streak();
+        streak.failed = 0;
+        streak.error.clear();
+        drop(streak);
+        self.publish();
+    }
+
+    /// A snapshot failed with `error` (abandoned ones, whose effects were not written at
+    /// shutdown, are not failures).
+    pub fn snapshot_failed(&self, error: &str) {
+        let mut streak = self.streak();
+        streak.failed = streak.failed.saturating_add(1);
+        streak.error = error.to_string();
+        drop(streak);
+        self.publish();
+    }
+
+    /// No snapshot will be written until churnd restarts, for `why`.
+    pub fn snapshots_stopped(&self, why: &str) {
+        let mut streak = self.streak();
+        streak.stopped = true;
+        streak.error = why.to_string();
+        drop(streak);
+        self.publish();
     }
 
     /// Marks the snapshot as being read (or done being read).
@@ -64,6 +145,10 @@ impl Health {
 
     pub fn set(&self, part: Part, up: bool) {
         self.flag(part).store(up, Ordering::Relaxed);
+        self.publish();
+    }
+
+    fn publish(&self) {
         self.metrics.ready.set(i64::from(self.is_ready()));
     }
 
@@ -72,7 +157,7 @@ impl Health {
     }
 
     /// What keeps the daemon from being ready, for people.
-    pub fn not_ready(&self) -> Vec<&'static str> {
+    pub fn not_ready(&self) -> Vec<String> {
         let recovering = if self.is_loading() {
             "recovering customer state (loading the snapshot)"
         } else {
@@ -86,7 +171,8 @@ impl Health {
         ]
         .into_iter()
         .filter(|(part, _)| !self.flag(*part).load(Ordering::Relaxed))
-        .map(|(_, why)| why)
+        .map(|(_, why)| why.to_string())
+        .chain(self.streak().reason())
         .collect()
     }
 }
@@ -114,12 +200,65 @@ mod tests {
         let h = Health::new(Metrics::new());
         h.set_loading(true);
         assert!(h.is_loading());
-        assert!(h
-            .not_ready()
-            .contains(&"recovering customer state (loading the snapshot)"));
+        let says = |h: &Health, reason: &str| h.not_ready().iter().any(|r| r == reason);
+        assert!(says(&h, "recovering customer state (loading the snapshot)"));
         h.set_loading(false);
-        assert!(h
-            .not_ready()
-            .contains(&"recovering customer state (replaying the input streams)"));
+        assert!(says(
+            &h,
+            "recovering customer state (replaying the input streams)"
+        ));
+    }
+
+    fn ready_health(snapshot_failure_limit: u32) -> Health {
+        let h = Health::new(Metrics::new()).with_snapshot_failure_limit(snapshot_failure_limit);
+        for part in [Part::Source, Part::Sink, Part::Model, Part::State] {
+            h.set(part, true);
+        }
+        h
+    }
+
+    #[test]
+    fn not_ready_after_the_configured_snapshot_failures_in_a_row() {
+        let h = ready_health(3);
+        h.snapshot_failed("disk full");
+        h.snapshot_failed("disk full");
+        h.snapshot_written();
+        h.snapshot_failed("disk full");
+        h.snapshot_failed("disk full");
+        assert!(h.is_ready(), "a success in between starts the count again");
+        h.snapshot_failed("No space left on device");
+        assert_eq!(
+            h.not_ready(),
+            vec!["the last 3 snapshots failed: No space left on device"]
+        );
+        assert_eq!(h.metrics.ready.get(), 0);
+        h.snapshot_failed("No space left on device");
+        assert_eq!(
+            h.not_ready(),
+            vec!["the last 4 snapshots failed: No space left on device"]
+        );
+        h.snapshot_written();
+        assert!(h.is_ready());
+        assert_eq!(h.metrics.ready.get(), 1);
+    }
+
+    #[test]
+    fn snapshot_failures_never_matter_with_a_limit_of_0() {
+        let h = ready_health(0);
+        for _ in 0..10 {
+            h.snapshot_failed("disk full");
+        }
+        h.snapshots_stopped("the writer panicked");
+        assert!(h.is_ready());
+    }
+
+    #[test]
+    fn stopped_snapshots_make_it_not_ready_at_once() {
+        let h = ready_health(3);
+        h.snapshots_stopped("the snapshot writer stopped");
+        assert_eq!(
+            h.not_ready(),
+            vec!["snapshots stopped: the snapshot writer stopped"]
+        );
     }
 }

@@ -113,6 +113,11 @@ pub struct Metrics {
     pub redis_connected: IntGaugeVec,
     pub redis_errors: IntCounterVec,
     pub http_unauthorized: IntCounter,
+    pub http_connections: IntGauge,
+    pub http_connections_max: IntGauge,
+    pub http_connections_closed: IntCounterVec,
+    pub http_connections_waited: IntCounter,
+    pub http_accept_errors: IntCounter,
     pub ready: IntGauge,
     pub clock_seconds: IntGauge,
     pub snapshots: IntCounterVec,
@@ -123,6 +128,15 @@ pub struct Metrics {
     pub snapshots_rejected: IntCounter,
     pub recovery_seconds: Gauge,
 }
+
+/// Why churnd closed an HTTP connection, the `reason` label of
+/// `churnd_http_connections_closed_total` (see `http::connection::Close`).
+pub const HTTP_CLOSE_REASONS: [&str; 4] = [
+    "header_timeout",
+    "idle_timeout",
+    "request_timeout",
+    "evicted",
+];
 
 /// Outcomes of a snapshot, the `outcome` label of `churnd_snapshots_total`.
 pub const SNAPSHOT_OUTCOMES: [&str; 3] = ["written", "failed", "abandoned"];
@@ -328,9 +342,30 @@ impl Metrics {
                 "churnd_http_unauthorized_total",
                 "Requests to the customer endpoints refused for a missing or wrong bearer token.",
             ),
+            http_connections: gauge(
+                "churnd_http_connections",
+                "HTTP connections open.",
+            ),
+            http_connections_max: gauge(
+                "churnd_http_connections_max",
+                "The most HTTP connections served at once (http.max_connections).",
+            ),
+            http_connections_closed: counter_vec(
+                "churnd_http_connections_closed_total",
+                "HTTP connections churnd closed itself, by reason: header_timeout (no complete request head within http.header_timeout_ms), idle_timeout (no next request within http.idle_timeout_ms), request_timeout (response not handed over within http.request_timeout_ms), evicted (it waited for a request when a new connection needed its place at http.max_connections).",
+                &["reason"],
+            ),
+            http_connections_waited: counter(
+                "churnd_http_connections_waited_total",
+                "New HTTP connections that had to wait for a place: all http.max_connections were in the middle of a request.",
+            ),
+            http_accept_errors: counter(
+                "churnd_http_accept_errors_total",
+                "Failures to accept an HTTP connection (such as too many open files); the listener pauses briefly after each.",
+            ),
             ready: gauge(
                 "churnd_ready",
-                "1 when connected to Redis with a model loaded and customer state recovered.",
+                "1 when connected to Redis with a model loaded, customer state recovered and snapshots not failing (see /readyz for the reasons when 0).",
             ),
             clock_seconds: gauge(
                 "churnd_clock_seconds",
@@ -405,6 +440,9 @@ impl Metrics {
         }
         for outcome in SNAPSHOT_OUTCOMES {
             self.snapshots.with_label_values(&[outcome]);
+        }
+        for reason in HTTP_CLOSE_REASONS {
+            self.http_connections_closed.with_label_values(&[reason]);
         }
     }
 

@@ -14,7 +14,6 @@ mod model_watch;
 mod snapshots;
 mod start;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +27,7 @@ use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
+use crate::http::serve::Limits;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::model::{Model, ModelError};
@@ -133,7 +133,13 @@ pub async fn run_observed(
     let client = settings.redis_client()?;
     let customer_token = settings.http.customer_token()?;
     let metrics = Metrics::new();
-    let health = Arc::new(Health::new(metrics.clone()));
+    let health = Arc::new(
+        Health::new(metrics.clone())
+            .with_snapshot_failure_limit(settings.state.max_consecutive_snapshot_failures),
+    );
+    // Taken before the load, so that the watcher, which starts later, sees any change made
+    // after it (a file replaced while HTTP already answers would otherwise go unnoticed).
+    let model_fingerprint = model_watch::fingerprint(&settings.model.path);
     let model = Model::load(&settings.model.path)?;
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
@@ -157,6 +163,7 @@ pub async fn run_observed(
                 settings.source.streams.clone(),
                 written_rx,
                 metrics.clone(),
+                health.clone(),
                 abort.clone(),
             )
             .map_err(DaemonError::Thread)?;
@@ -177,11 +184,13 @@ pub async fn run_observed(
     });
     let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
     let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(http_stop.clone().cancelled_owned())
-            .into_future(),
-    );
+    let http_task = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        Limits::from(&settings.http),
+        metrics.clone(),
+        http_stop.clone(),
+    ));
     let restored = match &snapshot_dir {
         Some(dir) => match load_while_serving(dir, &settings, &metrics, &health, &shutdown).await {
             Ok(Startup::Restore(state)) => state,
@@ -232,6 +241,7 @@ pub async fn run_observed(
     ));
     let model_task = tokio::spawn(model_watch::run(
         settings.model.path.clone(),
+        model_fingerprint,
         Duration::from_millis(settings.model.watch_interval_ms),
         model_tx,
         metrics.clone(),
@@ -257,7 +267,7 @@ pub async fn run_observed(
                 &settings.source,
                 dir,
                 connector("source", response_timeout),
-                &metrics,
+                (&metrics, &health),
                 &shutdown,
             )
             .await
@@ -349,10 +359,8 @@ pub async fn run_observed(
     let _ = lag_task.await;
     let _ = model_task.await;
     http_stop.cancel();
-    match http_task.await {
-        Ok(Err(e)) => Err(DaemonError::Http(e)),
-        _ => Ok(()),
-    }
+    let _ = http_task.await;
+    Ok(())
 }
 
 /// Allocations this large or larger get pages of their own, given back to the system when

@@ -13,7 +13,7 @@ use crate::model::Model;
 
 /// A digest of the file's bytes: a change of content, however quick, however written
 /// (in place or by rename), is a change.
-fn fingerprint(path: &Path) -> Option<u64> {
+pub fn fingerprint(path: &Path) -> Option<u64> {
     std::fs::read(path)
         .ok()
         .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
@@ -33,9 +33,11 @@ fn reload(path: &Path, why: &str, models: &watch::Sender<Arc<Model>>, metrics: &
     }
 }
 
-/// Watches until shutdown. `interval` of zero turns file watching off.
+/// Watches until shutdown. `loaded` is the [`fingerprint`] of the file the serving model
+/// came from. `interval` of zero turns file watching off.
 pub async fn run(
     path: PathBuf,
+    loaded: Option<u64>,
     interval: Duration,
     models: watch::Sender<Arc<Model>>,
     metrics: Metrics,
@@ -54,7 +56,7 @@ pub async fn run(
     } else {
         Duration::from_secs(3600)
     });
-    let mut last = fingerprint(&path);
+    let mut last = loaded;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Customer, Engine, Extras, StateHeader};
 use crate::features::store::{CaptureSize, Captured};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::state::{SnapshotDir, SnapshotWriter, SLICE_CUSTOMERS};
 use crate::time::wall_millis;
@@ -55,6 +56,7 @@ pub struct Snapshotter {
     /// A snapshot has begun and not all of it was handed to the writer yet.
     copying: bool,
     metrics: Metrics,
+    health: Arc<Health>,
 }
 
 impl Snapshotter {
@@ -113,6 +115,8 @@ impl Snapshotter {
         engine.abort_snapshot();
         self.copying = false;
         self.metrics.snapshots.with_label_values(&["failed"]).inc();
+        self.health
+            .snapshots_stopped("the snapshot writer is gone; restart churnd");
         tracing::error!("the snapshot writer is gone: no more snapshots until churnd restarts");
     }
 
@@ -195,12 +199,14 @@ const WRITER_NICENESS: libc::c_int = 10;
 
 /// Starts the writer on a thread of its own; it ends once the returned handle is dropped and
 /// its last job is done (the receiver then resolves). `written` counts the effects the sink
-/// has written; `abort` gives up waiting for them.
+/// has written; `abort` gives up waiting for them. Each snapshot written or failed is told
+/// to `health`.
 pub fn spawn(
     dir: SnapshotDir,
     streams: Vec<String>,
     written: watch::Receiver<u64>,
     metrics: Metrics,
+    health: Arc<Health>,
     abort: CancellationToken,
 ) -> std::io::Result<(Snapshotter, oneshot::Receiver<()>)> {
     let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
@@ -209,12 +215,14 @@ pub fn spawn(
         jobs: jobs_tx,
         copying: false,
         metrics: metrics.clone(),
+        health: health.clone(),
     };
     let writer = Writer {
         dir,
         streams,
         written,
         metrics,
+        health,
         abort,
         runtime: tokio::runtime::Handle::current(),
     };
@@ -257,6 +265,7 @@ struct Writer {
     streams: Vec<String>,
     written: watch::Receiver<u64>,
     metrics: Metrics,
+    health: Arc<Health>,
     abort: CancellationToken,
     /// To wait for the sink from this thread.
     runtime: tokio::runtime::Handle,
@@ -361,6 +370,7 @@ impl Writer {
             Ok((path, bytes)) => {
                 let elapsed = started.elapsed();
                 record_written(&self.metrics, bytes, elapsed, created_ms);
+                self.health.snapshot_written();
                 if at_shutdown {
                     tracing::info!(path = %path.display(), customers, bytes, ?elapsed, "final snapshot written");
                 } else {
@@ -369,6 +379,7 @@ impl Writer {
             }
             Err(e) => {
                 self.metrics.snapshots.with_label_values(&["failed"]).inc();
+                self.health.snapshot_failed(&e);
                 tracing::error!(error = %e, "snapshot failed; the previous one stays the newest");
             }
         }

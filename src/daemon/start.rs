@@ -14,6 +14,7 @@ use super::snapshots;
 use crate::config::SourceSettings;
 use crate::connection::Connector;
 use crate::engine::Engine;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::source::start;
 use crate::state::{self, SnapshotDir};
@@ -27,7 +28,7 @@ pub async fn make_positions_durable(
     settings: &SourceSettings,
     dir: &SnapshotDir,
     mut connector: Connector,
-    metrics: &Metrics,
+    (metrics, health): (&Metrics, &Health),
     shutdown: &CancellationToken,
 ) -> Option<Engine> {
     let known = engine.positions().to_vec();
@@ -77,6 +78,7 @@ pub async fn make_positions_durable(
         match result {
             Ok((path, bytes)) => {
                 snapshots::record_written(metrics, bytes, started.elapsed(), created_ms);
+                health.snapshot_written();
                 tracing::info!(
                     path = %path.display(),
                     bytes,
@@ -88,6 +90,7 @@ pub async fn make_positions_durable(
             }
             Err(e) => {
                 metrics.snapshots.with_label_values(&["failed"]).inc();
+                health.snapshot_failed(&e.to_string());
                 tracing::error!(
                     error = %e,
                     "cannot write the snapshot that must hold every input stream's position before it is read; reading waits, retrying"

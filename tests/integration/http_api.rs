@@ -290,7 +290,12 @@ async fn http_answers_while_the_snapshot_loads() {
                 refused_seen = true;
             }
             let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-            assert!(metrics.contains("churnd_ready 0"), "{metrics}");
+            // The load may have ended and the replay caught up since /readyz answered: the
+            // gauge must say not ready only if /readyz still does after it was read.
+            let ready_after = get("/readyz").await.unwrap();
+            if ready_after.status() != 200 {
+                assert!(metrics.contains("churnd_ready 0"), "{metrics}");
+            }
             assert_eq!(get("/healthz").await.unwrap().status(), 200);
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -307,4 +312,76 @@ async fn http_answers_while_the_snapshot_loads() {
     assert_eq!(view.status(), 200);
     shutdown.cancel();
     daemon.await.unwrap().unwrap();
+}
+
+/// Snapshots failing again and again make `/readyz` 503 after
+/// `state.max_consecutive_snapshot_failures` in a row, naming the error, and a snapshot
+/// written again makes the daemon ready. The directory is replaced by a regular file: that
+/// stops root as well, which permissions would not (the tests run as root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_snapshots_keep_failing() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    settings.state.max_consecutive_snapshot_failures = 2;
+    let state_dir = settings.state.dir.clone();
+    let app = App::spawn(settings).await;
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("kept", 10.0, T0_MS)).await;
+    wait_for(
+        "ready, with a snapshot written",
+        Duration::from_secs(20),
+        || {
+            let app = &app;
+            async move {
+                app.get("/readyz").await.status() == 200
+                    && app
+                        .metric("churnd_snapshots_total{outcome=\"written\"}")
+                        .await
+                        .is_some_and(|n| n >= 1.0)
+            }
+        },
+    )
+    .await;
+
+    std::fs::remove_dir_all(&state_dir).unwrap();
+    std::fs::write(&state_dir, "a file where the snapshot directory was\n").unwrap();
+    wait_for(
+        "/readyz to report the failing snapshots",
+        Duration::from_secs(20),
+        || {
+            let app = &app;
+            async move { app.get("/readyz").await.status() == 503 }
+        },
+    )
+    .await;
+    // Nothing else is wrong, and no snapshot can succeed while the file is there.
+    let not_ready = app.get("/readyz").await;
+    assert_eq!(not_ready.status(), 503);
+    let reasons = not_ready.json::<serde_json::Value>().await.unwrap()["reasons"].to_string();
+    assert!(
+        reasons.contains("the last 2 snapshots failed") && reasons.contains("Not a directory"),
+        "{reasons}"
+    );
+    let failed = app
+        .metric("churnd_snapshots_total{outcome=\"failed\"}")
+        .await
+        .unwrap();
+    assert!(failed >= 2.0, "not ready after {failed} failures");
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.metric("churnd_ready").await, Some(0.0));
+
+    std::fs::remove_file(&state_dir).unwrap();
+    std::fs::create_dir(&state_dir).unwrap();
+    wait_for(
+        "ready again once a snapshot is written",
+        Duration::from_secs(20),
+        || {
+            let app = &app;
+            async move { app.get("/readyz").await.status() == 200 }
+        },
+    )
+    .await;
+    assert_eq!(app.metric("churnd_ready").await, Some(1.0));
+    app.stop().await;
 }

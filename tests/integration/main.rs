@@ -8,6 +8,7 @@ mod deploy_lint;
 mod fuzz_input;
 mod helpers;
 mod http_api;
+mod http_limits;
 mod model_cli;
 mod observability;
 mod oversized;

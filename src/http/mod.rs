@@ -6,6 +6,12 @@
 //! With `http.customer_token` set, the `/v1/` endpoints (per-customer data) require
 //! `Authorization: Bearer <token>`; `/metrics`, `/healthz` and `/readyz` stay open so probes
 //! and scrapers need no secret.
+//!
+//! [`serve`] accepts and serves the connections, within `http.max_connections` and the
+//! `http.*_timeout_ms` timeouts.
+
+mod connection;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
