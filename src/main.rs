@@ -201,8 +201,10 @@ fn main() -> ExitCode {
 }
 
 fn init_tracing(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    // An empty RUST_LOG counts as unset: EnvFilter would read it as "errors only".
+    let filter = rust_log()
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&settings.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -210,6 +212,13 @@ fn init_tracing(settings: &Settings) {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// `RUST_LOG`, unless unset or empty.
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -293,7 +302,7 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
 
 fn run_demo(mut settings: Settings, transactions: &Path) -> anyhow::Result<()> {
     // The demo's own output is the report; keep the daemon's logs to warnings.
-    if std::env::var_os("RUST_LOG").is_none() {
+    if rust_log().is_none() {
         settings.log.level = "warn".into();
     }
     init_tracing(&settings);
