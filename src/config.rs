@@ -504,7 +504,8 @@ pub struct StateSettings {
     /// Where snapshots of customer state go (a container volume); empty turns them off, and
     /// a restart then forgets every customer.
     pub dir: PathBuf,
-    /// How often a snapshot is written (and once more at shutdown).
+    /// How often a snapshot is written (and once more at shutdown), unless nothing changed
+    /// since the last one written.
     pub snapshot_interval_ms: u64,
     /// Snapshots kept: the newest is used, older ones stand in if it is damaged.
     pub keep: usize,
