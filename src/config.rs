@@ -227,7 +227,8 @@ pub struct SourceSettings {
     pub start_from: StartFrom,
     /// Batches buffered between reading and processing: the backpressure bound.
     pub queue_batches: usize,
-    /// How often consumer-group lag and pending counts are polled for metrics.
+    /// How often consumer-group lag and pending counts are polled for metrics, and an idle
+    /// sink checks its connection.
     pub lag_poll_ms: u64,
     /// Entries pending this long on another consumer of the group (one that is gone) are
     /// claimed by this one; 0 turns claiming off.
