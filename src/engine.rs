@@ -1102,7 +1102,7 @@ impl Engine {
         m.customers.set(self.store.len() as i64);
         m.clock_seconds.set(i64::from(self.now()));
         m.store_bytes
-            .set((self.store.heap_bytes() + self.timers.len() * 8) as i64);
+            .set((self.store.heap_bytes() + self.timers.heap_bytes()) as i64);
         for (stage, n) in LifecycleStage::ALL.iter().zip(self.population.stage) {
             m.customers_by_stage
                 .with_label_values(&[stage.as_str()])

@@ -274,7 +274,7 @@ impl Metrics {
             ),
             store_bytes: gauge(
                 "churnd_customer_store_bytes",
-                "Heap bytes held by the customer table and its timers.",
+                "Estimated memory the customer table and its timers occupy (entries in use and the index; room reserved for growth is not counted).",
             ),
             rescores: counter(
                 "churnd_silence_rescores_total",

@@ -320,12 +320,19 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
             .map(|(i, r)| (i as CustomerIdx, r))
     }
 
-    /// Bytes held by the table itself (IDs, index, records), for the memory gauge.
+    /// An estimate of the memory the table really occupies, for the memory gauge: the
+    /// records, IDs and ID spans in use (lengths, not capacities: the room a `Vec` reserved
+    /// for growth is untouched and takes no resident memory until customers arrive), the
+    /// hash index's whole allocation (its control bytes are all written, and its slots are
+    /// spread over every page), and the sparse column's keys and values (not the B-tree's
+    /// node overhead, nor the shared profiles and boxed signals they point to). Counting
+    /// capacities made the gauge exceed the whole process's resident memory.
     pub fn heap_bytes(&self) -> usize {
-        self.id_bytes.capacity()
-            + self.id_spans.capacity() * std::mem::size_of::<u64>()
-            + self.records.capacity() * std::mem::size_of::<T>()
-            + self.index.capacity() * (std::mem::size_of::<CustomerIdx>() + 1)
+        self.id_bytes.len()
+            + self.id_spans.len() * std::mem::size_of::<u64>()
+            + self.records.len() * std::mem::size_of::<T>()
+            + self.index.allocation_size()
+            + self.extras.len() * (std::mem::size_of::<CustomerIdx>() + std::mem::size_of::<X>())
     }
 }
 
@@ -378,6 +385,20 @@ mod tests {
         store.begin_capture();
         while store.capture_next(10).is_some() {}
         assert_eq!(store.changes(), last);
+    }
+
+    #[test]
+    fn the_memory_estimate_counts_what_is_in_use_not_room_for_growth() {
+        let mut store: CustomerStore<[u64; 5], u64> = CustomerStore::new();
+        for i in 0..1_000 {
+            store.find_or_insert(&format!("c-{i:05}"));
+        }
+        *store.extra_mut(7) = 1;
+        let in_use = 1_000 * (40 + 8 + 7) + (4 + 8);
+        assert_eq!(store.heap_bytes(), in_use + store.index.allocation_size());
+        // Room for a million more: the records and IDs take nothing until they arrive.
+        store.reserve(1_000_000, 10_000_000);
+        assert_eq!(store.heap_bytes(), in_use + store.index.allocation_size());
     }
 
     #[test]
