@@ -463,6 +463,20 @@ fn parse_customer_id(value: Option<&[u8]>) -> Result<&str, Rejection> {
     })
 }
 
+/// Whether `b` is a plain decimal: ASCII digits, optionally a point and more digits.
+fn is_plain_decimal(b: &[u8]) -> bool {
+    let (int, frac) = match b.iter().position(|&c| c == b'.') {
+        Some(point) => (&b[..point], Some(&b[point + 1..])),
+        None => (b, None),
+    };
+    let digits = |d: &[u8]| !d.is_empty() && d.iter().all(u8::is_ascii_digit);
+    digits(int) && frac.is_none_or(digits)
+}
+
+/// An amount: a plain decimal (`12.50`, `7`, `0.5`), 0 to [`MAX_AMOUNT`]. Nothing else that
+/// a float parser would take: no sign, exponent, surrounding spaces, `.5` or `5.`, NaN or
+/// infinity. Producers write amounts as money is written; anything else is more likely a
+/// bug upstream (a field shifted, a padded column) than an amount.
 fn parse_amount(bytes: &[u8]) -> Result<f64, Rejection> {
     let invalid = |why: &str| {
         Rejection::new(
@@ -471,16 +485,16 @@ fn parse_amount(bytes: &[u8]) -> Result<f64, Rejection> {
         )
     };
     let text = std::str::from_utf8(bytes).map_err(|_| invalid("is not valid UTF-8"))?;
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| invalid("is not a decimal number"))?;
-    if !value.is_finite() {
-        return Err(invalid("is not finite"));
+    if !is_plain_decimal(bytes) {
+        if bytes.first() == Some(&b'-') && is_plain_decimal(&bytes[1..]) {
+            return Err(invalid("is negative (send refunds as type refund)"));
+        }
+        return Err(invalid(
+            "is not a plain decimal such as 12.50 (digits, optionally a point and more digits; no sign, exponent or spaces)",
+        ));
     }
-    if value < 0.0 {
-        return Err(invalid("is negative (send refunds as type refund)"));
-    }
+    // Every plain decimal parses; one with too many digits is infinite, beyond the maximum.
+    let value: f64 = text.parse().map_err(|_| invalid("is not a decimal"))?;
     if value > MAX_AMOUNT {
         return Err(invalid(&format!("exceeds the maximum of {MAX_AMOUNT}")));
     }
@@ -672,7 +686,10 @@ mod tests {
             reason(&[("customer_id", "c"), ("type", "refund")]),
             Reason::MissingAmount
         );
-        for bad in ["abc", "NaN", "inf", "-1", "1e10", ""] {
+        for bad in [
+            "abc", "NaN", "inf", "-1", "1e10", "", " 5", "5 ", "+5", "1e3", ".5", "5.", "-0",
+            "0x10", "1_000", "5.0.0", "\u{a0}5",
+        ] {
             assert_eq!(
                 reason(&[("customer_id", "c"), ("type", "purchase"), ("amount", bad)]),
                 Reason::InvalidAmount,
@@ -909,31 +926,22 @@ mod tests {
         month_day[2] == b'-' && (1..=last).contains(&day)
     }
 
-    /// A decimal: optional sign, digits with an optional fraction (at least one digit),
-    /// optional exponent; surrounding whitespace is trimmed. Then 0 <= value <= 1e9, finite.
+    /// A plain decimal, as README "Input events" documents it: one or more ASCII digits,
+    /// optionally a point and one or more digits; nothing around them (no sign, exponent,
+    /// whitespace). Then value <= 1e9.
     fn oracle_amount(b: &[u8]) -> Option<f64> {
-        let s = std::str::from_utf8(b)
-            .ok()?
-            .trim_matches(char::is_whitespace);
-        let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-            Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
-            None => (unsigned, None),
+        let s = std::str::from_utf8(b).ok()?;
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+        let plain = match s.split_once('.') {
+            Some((int, frac)) => digits(int) && digits(frac),
+            None => digits(s),
         };
-        let digits = |d: &str| d.bytes().all(|c| c.is_ascii_digit());
-        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        if int.len() + frac.len() == 0 || !digits(int) || !digits(frac) {
+        if !plain {
             return None;
-        }
-        if let Some(e) = exponent {
-            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
-            if e.is_empty() || !digits(e) {
-                return None;
-            }
         }
         // The grammar decides the syntax; the standard library only rounds the value.
         let value: f64 = s.parse().expect("every decimal of the grammar parses");
-        (value.is_finite() && (0.0..=1e9).contains(&value)).then_some(value)
+        (value <= 1e9).then_some(value)
     }
 
     /// Whole milliseconds, ASCII digits only (at most 20 of them: the parser's cap, which

@@ -268,7 +268,7 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
             .find(|k| k.as_bytes() == *b)
             .ok_or("unknown_type")?,
     };
-    // A decimal, 0 ≤ amount ≤ 1e9; required for purchases and refunds. An amount sent with
+    // A plain decimal, 0 ≤ amount ≤ 1e9; required for purchases and refunds. An amount sent with
     // another type is still checked (the README does not say it is ignored).
     match amount.first() {
         Some(b) => {
@@ -298,29 +298,18 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
     })
 }
 
-/// A decimal number: optional sign, digits with an optional fraction (at least one digit in
-/// all), optional exponent; surrounding whitespace is trimmed. The grammar decides the
-/// syntax (so `NaN`, `inf`, `0x10`, `1_000` are not numbers); the standard library only
-/// rounds the value (so `1e400` is infinite and out of range).
+/// A plain decimal: ASCII digits, optionally a point and more digits, nothing else (no sign,
+/// exponent or whitespace: so `+5`, `1e3`, ` 5`, `.5`, `NaN`, `inf`, `0x10` are not amounts).
+/// The grammar decides the syntax; the standard library only rounds the value (so 400
+/// nines are infinite and out of range).
 fn decimal(b: &[u8]) -> Option<f64> {
-    let s = std::str::from_utf8(b).ok()?.trim();
-    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-        Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
-        None => (unsigned, None),
+    let s = std::str::from_utf8(b).ok()?;
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+    let plain = match s.split_once('.') {
+        Some((int, frac)) => digits(int) && digits(frac),
+        None => digits(s),
     };
-    let digits = |d: &str| d.bytes().all(|c| c.is_ascii_digit());
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if int.len() + frac.len() == 0 || !digits(int) || !digits(frac) {
-        return None;
-    }
-    if let Some(e) = exponent {
-        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
-        if e.is_empty() || !digits(e) {
-            return None;
-        }
-    }
-    s.parse().ok()
+    plain.then(|| s.parse().ok()).flatten()
 }
 
 /// Whole milliseconds: ASCII digits only. At most 20 of them (enough for any `u64`; the
@@ -691,6 +680,20 @@ impl Generator<'_> {
                     "$5",
                     "5€",
                     "\u{200b}7",
+                    // Numbers to a float parser, not plain decimals.
+                    "+12.5",
+                    "+0",
+                    "-0",
+                    "1e9",
+                    "1E3",
+                    "1e+3",
+                    "1e-3",
+                    "1e-400",
+                    ".5",
+                    "5.",
+                    " 12.5",
+                    "12.5 ",
+                    "\t7\n",
                 ];
                 let amount = match rng.below(3) {
                     0 => rng.bytes(16),
@@ -708,22 +711,14 @@ impl Generator<'_> {
                 const EDGES: &[&str] = &[
                     "0",
                     "0.0",
-                    "-0",
-                    "+0",
-                    "+12.5",
-                    "1e9",
+                    "00",
+                    "0.000000001",
                     "1000000000",
+                    "1000000000.0",
                     "1000000000.0000000001",
-                    "1e-400",
-                    ".5",
-                    "5.",
-                    "1E3",
-                    "1e+3",
-                    "1e-3",
+                    "999999999.99",
                     "0012",
-                    " 12.5",
-                    "12.5 ",
-                    "\t7\n",
+                    "0012.50",
                 ];
                 set(fields, "amount", rng.pick(EDGES));
                 "amount: valid edge"
