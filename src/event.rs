@@ -12,7 +12,8 @@ use crate::time::{self, UnixSeconds};
 /// to the cent for realistic customers.
 pub const MAX_AMOUNT: f64 = 1e9;
 
-/// Longest accepted `customer_id`, in bytes.
+/// Longest accepted `customer_id`, in bytes. It is UTF-8 without control characters
+/// (Unicode category Cc: tab, newline, NUL, DEL and the C1 controls).
 pub const MAX_CUSTOMER_ID_BYTES: usize = 128;
 
 /// Longest accepted profile attribute name, in bytes.
@@ -455,12 +456,25 @@ fn parse_customer_id(value: Option<&[u8]>) -> Result<&str, Rejection> {
             ),
         ));
     }
-    std::str::from_utf8(bytes).map_err(|_| {
+    let id = std::str::from_utf8(bytes).map_err(|_| {
         Rejection::new(
             Reason::InvalidCustomerId,
             format!("customer_id {:?} is not valid UTF-8", lossy(bytes)),
         )
-    })
+    })?;
+    // The ID is copied onto tasks, into logs and into the API's answers, where a newline or
+    // a NUL can forge lines, cut strings or break a consumer's parser.
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(Rejection::new(
+            Reason::InvalidCustomerId,
+            format!(
+                "customer_id {:?} contains the control character U+{:04X}; IDs may not contain control characters (U+0000 to U+001F, U+007F to U+009F)",
+                lossy(bytes),
+                u32::from(c)
+            ),
+        ));
+    }
+    Ok(id)
 }
 
 /// Whether `b` is a plain decimal: ASCII digits, optionally a point and more digits.
@@ -730,6 +744,35 @@ mod tests {
     }
 
     #[test]
+    fn customer_ids_with_control_characters_are_rejected_with_the_character_named() {
+        for (id, named) in [
+            ("c-1\nforged: yes", "U+000A"),
+            ("c\0", "U+0000"),
+            ("\tc", "U+0009"),
+            ("c\u{7f}", "U+007F"),
+            ("c\u{85}", "U+0085"),
+        ] {
+            let err = parse(&[("customer_id", id), ("type", "visit")]).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidCustomerId, "{id:?}");
+            assert!(err.detail.contains(named), "{id:?}: {}", err.detail);
+            assert!(
+                !err.detail.contains('\n'),
+                "the detail escapes it: {}",
+                err.detail
+            );
+        }
+        // Other characters, invisible ones included, are the producer's business.
+        for id in ["客户 1", "c\u{200b}1", "🙂", "c/1?x=%20&\"y\""] {
+            assert_eq!(
+                parse(&[("customer_id", id), ("type", "visit")])
+                    .unwrap()
+                    .customer_id,
+                id
+            );
+        }
+    }
+
+    #[test]
     fn a_timestamp_within_the_allowed_skew_is_accepted() {
         let ts = (ENTRY_MS + 3_600_000).to_string();
         let fields = [("customer_id", "c"), ("type", "visit"), ("ts", ts.as_str())];
@@ -818,6 +861,13 @@ mod tests {
             Some(b) if b.is_empty() || b.len() > 128 => return Err(Reason::InvalidCustomerId),
             Some(b) => String::from_utf8(b.to_vec()).map_err(|_| Reason::InvalidCustomerId)?,
         };
+        // No control characters: C0 (U+0000 to U+001F), DEL and C1 (U+007F to U+009F).
+        if customer_id
+            .chars()
+            .any(|c| matches!(u32::from(c), 0..=0x1f | 0x7f..=0x9f))
+        {
+            return Err(Reason::InvalidCustomerId);
+        }
         let kind = match ty.first().copied() {
             None => return Err(Reason::MissingType),
             Some(b"purchase") => EventKind::Purchase,
@@ -998,6 +1048,9 @@ mod tests {
             2 => (1usize..=135).prop_map(|n| "€".repeat(45).as_bytes()[..n].to_vec()),
             2 => any::<String>().prop_map(String::into_bytes),
             2 => invalid_utf8(),
+            // Control characters (C0, DEL, C1) and invisible ones that are not controls.
+            2 => ("[a-z0-9-]{0,8}", select(&["\n", "\r", "\0", "\t", "\u{1b}", "\u{7f}", "\u{85}", "\u{9f}", "\u{a0}", "\u{200b}", "\u{feff}"][..]), "[a-z0-9-]{0,8}")
+                .prop_map(|(a, c, b)| format!("{a}{c}{b}").into_bytes()),
             1 => bytes(300),
             1 => huge(),
         ]

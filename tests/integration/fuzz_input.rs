@@ -38,7 +38,7 @@ const MUTATED_SHARE: f64 = 0.55;
 const HUGE_SHARE: f64 = 0.003;
 const HUGE: usize = 64 * 1024;
 /// Labels [`Generator::mutate`] and [`Generator::huge`] can give: each must be produced.
-const MUTATION_KINDS: usize = 33;
+const MUTATION_KINDS: usize = 34;
 const HOUR_MS: u64 = 3_600_000;
 /// The longest the daemon may take to consume everything (it takes a few seconds).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -255,12 +255,18 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
     {
         return Err("duplicate_field");
     }
-    // 1–128 bytes of UTF-8.
+    // 1–128 bytes of UTF-8 without control characters (U+0000–U+001F, U+007F–U+009F).
     let customer_id = match customer_id.first() {
         None => return Err("missing_customer_id"),
         Some(b) if b.is_empty() || b.len() > 128 => return Err("invalid_customer_id"),
         Some(b) => String::from_utf8(b.to_vec()).map_err(|_| "invalid_customer_id")?,
     };
+    if customer_id
+        .chars()
+        .any(|c| matches!(u32::from(c), 0..=0x1f | 0x7f..=0x9f))
+    {
+        return Err("invalid_customer_id");
+    }
     let kind = match kind.first() {
         None => return Err("missing_type"),
         Some(b) => KINDS
@@ -418,7 +424,8 @@ fn customer_pool() -> Vec<String> {
                 s
             }
             (_, 5) => format!("C-{i:05}"),
-            (_, 6) => format!("c\t{i}\u{0}"),
+            // Invisible, but no control character: accepted.
+            (_, 6) => format!("c\u{200b}{i}\u{a0}"),
             _ => format!("c-{i:05}"),
         })
         .collect();
@@ -573,10 +580,23 @@ impl Generator<'_> {
                 set(fields, "customer_id", &euros.as_bytes()[..len]);
                 "customer_id: cut mid-character"
             }
-            5 => {
+            5 if rng.chance(0.5) => {
                 let id = rng.invalid_utf8();
                 set(fields, "customer_id", id);
                 "customer_id: invalid UTF-8"
+            }
+            5 => {
+                const CONTROLS: &[&str] =
+                    &["\n", "\r\n", "\0", "\t", "\u{1b}[31m", "\u{7f}", "\u{85}"];
+                let customer = &self.customers[rng.below(self.customers.len() as u64) as usize];
+                let control = rng.pick(CONTROLS);
+                let id = match rng.below(3) {
+                    0 => format!("{control}{customer}"),
+                    1 => format!("{customer}{control}"),
+                    _ => format!("c{control}forged"),
+                };
+                set(fields, "customer_id", id);
+                "customer_id: a control character"
             }
             6 => {
                 remove(fields, "type");
