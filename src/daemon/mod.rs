@@ -132,7 +132,7 @@ pub async fn run_observed(
     let customer_token = settings.http.customer_token()?;
     let metrics = Metrics::new();
     let health = Arc::new(Health::new(metrics.clone()));
-    let model = Model::load(&settings.model.path)?;
+    let (model, model_fingerprint) = Model::load_fingerprinted(&settings.model.path)?;
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
     let snapshot_dir = match settings.state.snapshot_dir() {
@@ -272,6 +272,7 @@ pub async fn run_observed(
     let model_task = tokio::spawn(model_watch::run(
         settings.model.path.clone(),
         Duration::from_millis(settings.model.watch_interval_ms),
+        model_fingerprint,
         model_tx,
         metrics.clone(),
         shutdown.clone(),
