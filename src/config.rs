@@ -227,7 +227,8 @@ pub struct SourceSettings {
     pub start_from: StartFrom,
     /// Batches buffered between reading and processing: the backpressure bound.
     pub queue_batches: usize,
-    /// How often consumer-group lag and pending counts are polled for metrics.
+    /// How often consumer-group lag and pending counts are polled for metrics, and an idle
+    /// sink checks its connection.
     pub lag_poll_ms: u64,
     /// Entries pending this long on another consumer of the group (one that is gone) are
     /// claimed by this one; 0 turns claiming off.
@@ -532,7 +533,8 @@ pub struct StateSettings {
     /// Where snapshots of customer state go (a container volume); empty turns them off, and
     /// a restart then forgets every customer.
     pub dir: PathBuf,
-    /// How often a snapshot is written (and once more at shutdown).
+    /// How often a snapshot is written (and once more at shutdown), unless nothing changed
+    /// since the last one written.
     pub snapshot_interval_ms: u64,
     /// Snapshots kept: the newest is used, older ones stand in if it is damaged.
     pub keep: usize,
@@ -594,33 +596,143 @@ fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String
     })
 }
 
+/// Settings whose empty value would silently mean "off" or "open" (the URL's password or
+/// none, the built-in CA roots, no client certificate, no API token, errors-only logging),
+/// with what to do instead. An empty value of these is refused wherever it comes from (a
+/// file, or an environment variable such as a Kubernetes Secret with an empty value), and the
+/// message names where it came from. Other settings' empty values either have a documented
+/// meaning (`state.dir`: snapshots off; `source.consumer`: the host name; a task kind's
+/// `stream`: `tasks.stream`) or are invalid values of their own.
+const REFUSED_EMPTY: [(&str, &str); 7] = [
+    (
+        "redis.password",
+        "unset it to use the password in redis.url (or none)",
+    ),
+    (
+        "redis.tls_ca_file",
+        "unset it to trust the built-in web PKI roots",
+    ),
+    (
+        "redis.tls_cert_file",
+        "unset it and redis.tls_key_file to connect without a client certificate",
+    ),
+    (
+        "redis.tls_key_file",
+        "unset it and redis.tls_cert_file to connect without a client certificate",
+    ),
+    (
+        "http.customer_token",
+        "unset it to serve the customer endpoints without a token",
+    ),
+    (
+        "http.customer_token_file",
+        "unset it to serve the customer endpoints without a token",
+    ),
+    (
+        "log.level",
+        "it would log errors only; unset it for the default (info)",
+    ),
+];
+
+/// Where the settings of [`REFUSED_EMPTY`] came from, for the messages: `in FILE` or `from
+/// CHURND__… in the environment`. Empty for settings built in code.
+#[derive(Debug, Default)]
+struct Origins(Vec<(&'static str, String)>);
+
+impl Origins {
+    /// `files`: the files read, as given, to name them as the user did (config names a
+    /// file by its path relative to the working directory).
+    fn of(config: &Config, files: &[&Path]) -> Self {
+        let name_of = |origin: &str| {
+            let here = std::fs::canonicalize(origin).ok();
+            files
+                .iter()
+                .find(|file| here.is_some() && std::fs::canonicalize(file).ok() == here)
+                .map_or(origin.to_string(), |file| file.display().to_string())
+        };
+        let origins = REFUSED_EMPTY.iter().filter_map(|&(key, _)| {
+            // Through the table: `get` deserialises a copy of the value, without its origin.
+            let (section, name) = key.split_once('.')?;
+            let table = config.get_table(section).ok()?;
+            let origin = match table.get(name)?.origin()? {
+                // What config 0.15 names every environment variable's origin.
+                "the environment" => format!("from {} in the environment", env_var(key)),
+                file => format!("in {}", name_of(file)),
+            };
+            Some((key, origin))
+        });
+        Self(origins.collect())
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, o)| o.as_str())
+    }
+}
+
+/// The environment variable that sets `key`: `http.customer_token` → `CHURND__HTTP__CUSTOMER_TOKEN`.
+pub fn env_var(key: &str) -> String {
+    format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase())
+}
+
 impl Settings {
-    /// Loads all layers and validates the result. `defaults_file` is normally
-    /// [`DEFAULT_FILE`]; it is skipped when missing.
+    /// Loads all layers, the process's environment last, and validates the result.
+    /// `defaults_file` is normally [`DEFAULT_FILE`]; it is skipped when missing.
     pub fn load(defaults_file: &Path, config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_layers(defaults_file, config_file, None)
+    }
+
+    /// [`Self::load`] with these environment variables instead of the process's (tests).
+    pub fn load_with_env(
+        defaults_file: &Path,
+        config_file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::load_layers(defaults_file, config_file, Some(env.into_iter().collect()))
+    }
+
+    fn load_layers(
+        defaults_file: &Path,
+        config_file: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = Config::builder()
             .add_source(Config::try_from(&Settings::default())?)
             .add_source(File::from(defaults_file).required(false));
         if let Some(path) = config_file {
             builder = builder.add_source(File::from(path).required(true));
         }
-        let settings: Settings = builder
+        // An empty variable is a value, as an empty string in a file is (config's
+        // `ignore_empty` would drop it and leave the file's or default value in force: an
+        // empty token turned authentication off, an empty state.dir left snapshots on).
+        let config = builder
             .add_source(
                 Environment::with_prefix(ENV_PREFIX)
                     .separator("__")
-                    .ignore_empty(true),
+                    .source(env),
             )
-            .build()?
-            .try_deserialize()?;
-        settings.validated()
+            .build()?;
+        let files: Vec<&Path> = [Some(defaults_file), config_file]
+            .into_iter()
+            .flatten()
+            .collect();
+        let origins = Origins::of(&config, &files);
+        let settings: Settings = config.try_deserialize()?;
+        settings.validated_from(&origins)
     }
 
     /// Fills derived defaults and checks every key, reporting all problems at once.
-    pub fn validated(mut self) -> Result<Self, ConfigError> {
+    pub fn validated(self) -> Result<Self, ConfigError> {
+        self.validated_from(&Origins::default())
+    }
+
+    fn validated_from(mut self, origins: &Origins) -> Result<Self, ConfigError> {
         if self.source.consumer.is_empty() {
             self.source.consumer = host_name();
         }
-        let problems = self.problems();
+        let problems = self.problems(origins);
         if problems.is_empty() {
             Ok(self)
         } else {
@@ -628,13 +740,45 @@ impl Settings {
         }
     }
 
-    fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if let Err(e) = self.redis_client() {
-            p.push(e.0);
+    /// Whether `key` (one of [`REFUSED_EMPTY`]) is set to an empty value.
+    fn is_set_empty(&self, key: &str) -> bool {
+        let path = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+        let secret = |s: &Option<Secret>| s.as_ref().is_some_and(|s| s.expose().is_empty());
+        match key {
+            "redis.password" => secret(&self.redis.password),
+            "redis.tls_ca_file" => path(&self.redis.tls_ca_file),
+            "redis.tls_cert_file" => path(&self.redis.tls_cert_file),
+            "redis.tls_key_file" => path(&self.redis.tls_key_file),
+            "http.customer_token" => secret(&self.http.customer_token),
+            "http.customer_token_file" => path(&self.http.customer_token_file),
+            "log.level" => self.log.level.trim().is_empty(),
+            _ => false,
         }
-        if let Err(e) = self.http.customer_token() {
-            p.push(e.0);
+    }
+
+    fn problems(&self, origins: &Origins) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut empty = Vec::new();
+        for (key, instead) in REFUSED_EMPTY {
+            if self.is_set_empty(key) {
+                let from = origins
+                    .get(key)
+                    .map_or(String::new(), |o| format!(" ({o})"));
+                p.push(format!("{key} is set but empty{from}: {instead}"));
+                empty.push(key);
+            }
+        }
+        // The checks that read these settings would only report the same value again.
+        let any_empty = |prefix: &str| empty.iter().any(|key| key.starts_with(prefix));
+        if !any_empty("redis.") {
+            if let Err(e) = self.redis_client() {
+                p.push(e.0);
+            }
+        }
+        if !any_empty("http.") {
+            if let Err(e) = self.http.customer_token() {
+                p.push(e.0);
+            }
         }
         for (key, v) in [
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
@@ -797,7 +941,9 @@ impl Settings {
                 self.http.addr
             ));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        if !empty.contains(&"log.level")
+            && tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err()
+        {
             p.push(format!(
                 "log.level {:?} is not a tracing filter such as info",
                 self.log.level
@@ -1127,7 +1273,7 @@ mod tests {
 
         let err = problems_with(|s| s.http.customer_token = Some("".into()));
         assert!(
-            err.contains("http.customer_token gives an empty token"),
+            err.contains("http.customer_token is set but empty"),
             "{err}"
         );
         std::fs::write(&file, "\n").unwrap();
@@ -1151,6 +1297,77 @@ mod tests {
             problems_with(|s| s.http.customer_token = Some("ok".into())),
             ""
         );
+    }
+
+    fn load_with(file: Option<&str>, env: &[(&str, &str)]) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("churnd.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let defaults = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE);
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load_with_env(&defaults, file.map(|_| path.as_path()), env)
+            .map_err(|e| e.to_string().replace(&path.display().to_string(), "FILE"))
+    }
+
+    #[test]
+    fn an_empty_value_means_the_same_from_the_environment_as_from_a_file() {
+        // Refused, naming the key and where the value came from.
+        for (key, _) in REFUSED_EMPTY {
+            let var = env_var(key);
+            let err = load_with(None, &[(&var, ""), ("UNRELATED", "")]).unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "{key} is set but empty (from {var} in the environment)"
+                )),
+                "{err}"
+            );
+            assert_eq!(err.matches(key).count(), 1, "{key} reported once: {err}");
+            let (section, name) = key.split_once('.').unwrap();
+            let err = load_with(Some(&format!("[{section}]\n{name} = \"\"\n")), &[]).unwrap_err();
+            assert!(
+                err.contains(&format!("{key} is set but empty (in FILE)")),
+                "{err}"
+            );
+        }
+        // The customer API is never open because a variable is empty, whatever the file says.
+        let err = load_with(
+            Some("[http]\ncustomer_token = \"from-the-file\"\n"),
+            &[("CHURND__HTTP__CUSTOMER_TOKEN", "")],
+        )
+        .unwrap_err();
+        assert!(err.contains("CHURND__HTTP__CUSTOMER_TOKEN"), "{err}");
+
+        // An empty state.dir turns snapshots off from either source, as documented.
+        let from_env = load_with(None, &[("CHURND__STATE__DIR", "")]).unwrap();
+        assert_eq!(from_env.state.snapshot_dir(), None);
+        let from_file = load_with(Some("[state]\ndir = \"\"\n"), &[]).unwrap();
+        assert_eq!(from_file.state.snapshot_dir(), None);
+        let overridden = load_with(
+            Some("[state]\ndir = \"/var/lib/churnd\"\n"),
+            &[("CHURND__STATE__DIR", "")],
+        )
+        .unwrap();
+        assert_eq!(overridden.state.snapshot_dir(), None);
+        // An empty consumer is the host name, from either source.
+        let s = load_with(None, &[("CHURND__SOURCE__CONSUMER", "")]).unwrap();
+        assert!(!s.source.consumer.is_empty());
+
+        // Empty numbers, switches and lists are invalid values, named by key.
+        for (var, key) in [
+            ("CHURND__STATE__KEEP", "state.keep"),
+            ("CHURND__WINBACK__ENABLED", "winback.enabled"),
+        ] {
+            let err = load_with(None, &[(var, "")]).unwrap_err();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let err = load_with(None, &[("CHURND__SOURCE__STREAMS", "")]).unwrap_err();
+        assert!(
+            err.contains("source.streams must name at least one stream"),
+            "{err}"
+        );
+        assert!(load_with(None, &[("CHURND__HTTP__CUSTOMER_TOKEN", "t0k")]).is_ok());
     }
 
     #[test]

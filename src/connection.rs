@@ -165,8 +165,13 @@ impl Connector {
         }
     }
 
+    /// Records an operation that succeeded: the connection answers.
     pub fn succeeded(&mut self) {
         self.backoff.reset();
+        self.metrics
+            .redis_connected
+            .with_label_values(&[self.role])
+            .set(1);
     }
 
     /// The error for the log: with a hint when only the configuration can fix it, and with

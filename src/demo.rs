@@ -237,7 +237,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
         Err(e) => return Err(DemoError::DaemonStopped(e.to_string())),
     }
     println!(
-        "The daemon stopped after writing a final snapshot of every customer ({snapshots} snapshot file(s) in {}, now removed).",
+        "The daemon stopped with a snapshot of every customer's final state ({snapshots} snapshot file(s) in {}, now removed).",
         settings.state.dir.display()
     );
     println!("\nDone in {:.1} s. The demo's keys stay in Redis under {KEY_PREFIX}* until the next demo run.", started.elapsed().as_secs_f64());

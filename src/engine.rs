@@ -259,6 +259,18 @@ pub struct StateHeader {
     pub model_version: String,
 }
 
+/// What a snapshot of the state now would record, in a form cheap to compare: equal
+/// versions mean equal snapshots, so one need not be written again. The customer table is
+/// represented by its count of changes (every change to a customer goes through the store,
+/// which counts it); the header (positions, clock, thresholds, scorings, model version) by
+/// itself, so that nothing that moves it is missed: a dead-lettered entry moves a position
+/// without touching a customer, a new model only the version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateVersion {
+    customers: u64,
+    header: StateHeader,
+}
+
 impl TimerSlots for Customers {
     fn timer_mut(&mut self, idx: CustomerIdx) -> &mut Timer {
         &mut self.get_mut(idx).timer
@@ -508,6 +520,14 @@ impl Engine {
     /// `None` once all were handed out (or when none is in progress).
     pub fn snapshot_slice(&mut self, max: usize) -> Option<Captured<Customer, Extras>> {
         self.store.capture_next(max)
+    }
+
+    /// The version of the state a snapshot would record now (see [`StateVersion`]).
+    pub fn state_version(&self) -> StateVersion {
+        StateVersion {
+            customers: self.store.changes(),
+            header: self.state_header(),
+        }
     }
 
     /// Drops the snapshot in progress, if any.
@@ -1184,7 +1204,7 @@ impl Engine {
         m.customers.set(self.store.len() as i64);
         m.clock_seconds.set(i64::from(self.now()));
         m.store_bytes
-            .set((self.store.heap_bytes() + self.timers.len() * 8) as i64);
+            .set((self.store.heap_bytes() + self.timers.heap_bytes()) as i64);
         for (stage, n) in LifecycleStage::ALL.iter().zip(self.population.stage) {
             m.customers_by_stage
                 .with_label_values(&[stage.as_str()])
@@ -2335,6 +2355,38 @@ pub(crate) mod tests {
         assert!(e.tick(wall(40)).tasks.is_empty());
         assert_eq!(e.tick(wall(120)).tasks.len(), 1);
         assert!(e.tick(wall(200)).tasks.is_empty());
+    }
+
+    #[test]
+    fn the_state_version_moves_with_every_change_a_snapshot_records_and_only_then() {
+        let mut e = engine(ClockMode::Wall);
+        let wall = |day: u32| u64::from(T0 + day * DAY) * 1000;
+        let mut last = e.state_version();
+        let mut moved = |e: &Engine, what: &str, expected: bool| {
+            let now = e.state_version();
+            assert_eq!(now != last, expected, "{what}: {last:?} -> {now:?}");
+            last = now;
+        };
+        e.apply_batch(batch(vec![purchase(1, "a", 0)]), wall(0));
+        moved(&e, "a purchase", true);
+        e.tick(wall(1));
+        moved(&e, "a tick with nobody due", false);
+        e.apply_batch(batch(vec![]), wall(1));
+        moved(&e, "an empty batch", false);
+        e.apply_batch(batch(vec![purchase(1, "a", 0)]), wall(1));
+        moved(&e, "an entry applied before", false);
+        let bad = entry(2, &[("customer_id", "b".into()), ("type", "gift".into())]);
+        e.apply_batch(batch(vec![bad]), wall(1));
+        moved(&e, "a dead-lettered entry (its position)", true);
+        e.tick(wall(120));
+        moved(&e, "a tick that re-scores a silent customer", true);
+        e.set_model(Arc::new(flat_model()));
+        moved(&e, "a new model", true);
+        e.tick(wall(121));
+        moved(&e, "the re-check of everyone after a new model", true);
+        e.begin_snapshot();
+        while e.snapshot_slice(10).is_some() {}
+        moved(&e, "a snapshot", false);
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crate::time::{self, UnixSeconds};
 /// to the cent for realistic customers.
 pub const MAX_AMOUNT: f64 = 1e9;
 
-/// Longest accepted `customer_id`, in bytes.
+/// Longest accepted `customer_id`, in bytes. It is UTF-8 without control characters
+/// (Unicode category Cc: tab, newline, NUL, DEL and the C1 controls).
 pub const MAX_CUSTOMER_ID_BYTES: usize = 128;
 
 /// Longest accepted profile attribute name, in bytes.
@@ -472,14 +473,41 @@ fn parse_customer_id(value: Option<&[u8]>) -> Result<&str, Rejection> {
             ),
         ));
     }
-    std::str::from_utf8(bytes).map_err(|_| {
+    let id = std::str::from_utf8(bytes).map_err(|_| {
         Rejection::new(
             Reason::InvalidCustomerId,
             format!("customer_id {:?} is not valid UTF-8", lossy(bytes)),
         )
-    })
+    })?;
+    // The ID is copied onto tasks, into logs and into the API's answers, where a newline or
+    // a NUL can forge lines, cut strings or break a consumer's parser.
+    if let Some(c) = id.chars().find(|c| c.is_control()) {
+        return Err(Rejection::new(
+            Reason::InvalidCustomerId,
+            format!(
+                "customer_id {:?} contains the control character U+{:04X}; IDs may not contain control characters (U+0000 to U+001F, U+007F to U+009F)",
+                lossy(bytes),
+                u32::from(c)
+            ),
+        ));
+    }
+    Ok(id)
 }
 
+/// Whether `b` is a plain decimal: ASCII digits, optionally a point and more digits.
+fn is_plain_decimal(b: &[u8]) -> bool {
+    let (int, frac) = match b.iter().position(|&c| c == b'.') {
+        Some(point) => (&b[..point], Some(&b[point + 1..])),
+        None => (b, None),
+    };
+    let digits = |d: &[u8]| !d.is_empty() && d.iter().all(u8::is_ascii_digit);
+    digits(int) && frac.is_none_or(digits)
+}
+
+/// An amount: a plain decimal (`12.50`, `7`, `0.5`), 0 to [`MAX_AMOUNT`]. Nothing else that
+/// a float parser would take: no sign, exponent, surrounding spaces, `.5` or `5.`, NaN or
+/// infinity. Producers write amounts as money is written; anything else is more likely a
+/// bug upstream (a field shifted, a padded column) than an amount.
 fn parse_amount(bytes: &[u8]) -> Result<f64, Rejection> {
     let invalid = |why: &str| {
         Rejection::new(
@@ -488,16 +516,16 @@ fn parse_amount(bytes: &[u8]) -> Result<f64, Rejection> {
         )
     };
     let text = std::str::from_utf8(bytes).map_err(|_| invalid("is not valid UTF-8"))?;
-    let value: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| invalid("is not a decimal number"))?;
-    if !value.is_finite() {
-        return Err(invalid("is not finite"));
+    if !is_plain_decimal(bytes) {
+        if bytes.first() == Some(&b'-') && is_plain_decimal(&bytes[1..]) {
+            return Err(invalid("is negative (send refunds as type refund)"));
+        }
+        return Err(invalid(
+            "is not a plain decimal such as 12.50 (digits, optionally a point and more digits; no sign, exponent or spaces)",
+        ));
     }
-    if value < 0.0 {
-        return Err(invalid("is negative (send refunds as type refund)"));
-    }
+    // Every plain decimal parses; one with too many digits is infinite, beyond the maximum.
+    let value: f64 = text.parse().map_err(|_| invalid("is not a decimal"))?;
     if value > MAX_AMOUNT {
         return Err(invalid(&format!("exceeds the maximum of {MAX_AMOUNT}")));
     }
@@ -689,7 +717,10 @@ mod tests {
             reason(&[("customer_id", "c"), ("type", "refund")]),
             Reason::MissingAmount
         );
-        for bad in ["abc", "NaN", "inf", "-1", "1e10", ""] {
+        for bad in [
+            "abc", "NaN", "inf", "-1", "1e10", "", " 5", "5 ", "+5", "1e3", ".5", "5.", "-0",
+            "0x10", "1_000", "5.0.0", "\u{a0}5",
+        ] {
             assert_eq!(
                 reason(&[("customer_id", "c"), ("type", "purchase"), ("amount", bad)]),
                 Reason::InvalidAmount,
@@ -727,6 +758,35 @@ mod tests {
         let fields: [(&[u8], &[u8]); 2] = [(b"customer_id", b"\xff\xfe"), (b"type", b"visit")];
         let err = parse_event(fields, ENTRY_MS, &LIMITS).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidCustomerId);
+    }
+
+    #[test]
+    fn customer_ids_with_control_characters_are_rejected_with_the_character_named() {
+        for (id, named) in [
+            ("c-1\nforged: yes", "U+000A"),
+            ("c\0", "U+0000"),
+            ("\tc", "U+0009"),
+            ("c\u{7f}", "U+007F"),
+            ("c\u{85}", "U+0085"),
+        ] {
+            let err = parse(&[("customer_id", id), ("type", "visit")]).unwrap_err();
+            assert_eq!(err.reason, Reason::InvalidCustomerId, "{id:?}");
+            assert!(err.detail.contains(named), "{id:?}: {}", err.detail);
+            assert!(
+                !err.detail.contains('\n'),
+                "the detail escapes it: {}",
+                err.detail
+            );
+        }
+        // Other characters, invisible ones included, are the producer's business.
+        for id in ["客户 1", "c\u{200b}1", "🙂", "c/1?x=%20&\"y\""] {
+            assert_eq!(
+                parse(&[("customer_id", id), ("type", "visit")])
+                    .unwrap()
+                    .customer_id,
+                id
+            );
+        }
     }
 
     #[test]
@@ -818,6 +878,13 @@ mod tests {
             Some(b) if b.is_empty() || b.len() > 128 => return Err(Reason::InvalidCustomerId),
             Some(b) => String::from_utf8(b.to_vec()).map_err(|_| Reason::InvalidCustomerId)?,
         };
+        // No control characters: C0 (U+0000 to U+001F), DEL and C1 (U+007F to U+009F).
+        if customer_id
+            .chars()
+            .any(|c| matches!(u32::from(c), 0..=0x1f | 0x7f..=0x9f))
+        {
+            return Err(Reason::InvalidCustomerId);
+        }
         let kind = match ty.first().copied() {
             None => return Err(Reason::MissingType),
             Some(b"purchase") => EventKind::Purchase,
@@ -926,31 +993,22 @@ mod tests {
         month_day[2] == b'-' && (1..=last).contains(&day)
     }
 
-    /// A decimal: optional sign, digits with an optional fraction (at least one digit),
-    /// optional exponent; surrounding whitespace is trimmed. Then 0 <= value <= 1e9, finite.
+    /// A plain decimal, as README "Input events" documents it: one or more ASCII digits,
+    /// optionally a point and one or more digits; nothing around them (no sign, exponent,
+    /// whitespace). Then value <= 1e9.
     fn oracle_amount(b: &[u8]) -> Option<f64> {
-        let s = std::str::from_utf8(b)
-            .ok()?
-            .trim_matches(char::is_whitespace);
-        let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-            Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
-            None => (unsigned, None),
+        let s = std::str::from_utf8(b).ok()?;
+        let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+        let plain = match s.split_once('.') {
+            Some((int, frac)) => digits(int) && digits(frac),
+            None => digits(s),
         };
-        let digits = |d: &str| d.bytes().all(|c| c.is_ascii_digit());
-        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-        if int.len() + frac.len() == 0 || !digits(int) || !digits(frac) {
+        if !plain {
             return None;
-        }
-        if let Some(e) = exponent {
-            let e = e.strip_prefix(['+', '-']).unwrap_or(e);
-            if e.is_empty() || !digits(e) {
-                return None;
-            }
         }
         // The grammar decides the syntax; the standard library only rounds the value.
         let value: f64 = s.parse().expect("every decimal of the grammar parses");
-        (value.is_finite() && (0.0..=1e9).contains(&value)).then_some(value)
+        (value <= 1e9).then_some(value)
     }
 
     /// Whole milliseconds, ASCII digits only (at most 20 of them: the parser's cap, which
@@ -1007,6 +1065,9 @@ mod tests {
             2 => (1usize..=135).prop_map(|n| "€".repeat(45).as_bytes()[..n].to_vec()),
             2 => any::<String>().prop_map(String::into_bytes),
             2 => invalid_utf8(),
+            // Control characters (C0, DEL, C1) and invisible ones that are not controls.
+            2 => ("[a-z0-9-]{0,8}", select(&["\n", "\r", "\0", "\t", "\u{1b}", "\u{7f}", "\u{85}", "\u{9f}", "\u{a0}", "\u{200b}", "\u{feff}"][..]), "[a-z0-9-]{0,8}")
+                .prop_map(|(a, c, b)| format!("{a}{c}{b}").into_bytes()),
             1 => bytes(300),
             1 => huge(),
         ]

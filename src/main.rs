@@ -176,7 +176,7 @@ fn main() -> ExitCode {
                 match Settings::load(Path::new(config::DEFAULT_FILE), cli.config.as_deref()) {
                     Ok(s) => s,
                     Err(e) => {
-                        eprintln!("churnd: {e}");
+                        print_err(format_args!("churnd: {e}"));
                         return ExitCode::from(USAGE_ERROR);
                     }
                 };
@@ -194,22 +194,59 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("churnd: {}", describe(&e));
+            print_err(format_args!("churnd: {}", describe(&e)));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Standard error for logs and messages, never failing: what cannot be written (the reader
+/// went away, as in `churnd run 2>&1 | head`) is dropped. A failed write must not panic
+/// (`eprintln!` does, and tracing-subscriber reports a failed write with `eprintln!`), which
+/// killed the task that logged (the signal handler, so SIGTERM was ignored; the source, so
+/// work stopped) or the whole process (exit 101).
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // One call per log line: the standard library locks stderr for it, so lines from
+        // several threads do not interleave.
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// `eprintln!` that cannot panic, the line written in one piece.
+fn print_err(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = Stderr.write_all(format!("{text}\n").as_bytes());
+}
+
 fn init_tracing(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    // An empty RUST_LOG counts as unset: EnvFilter would read it as "errors only".
+    let filter = rust_log()
+        .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&settings.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| Stderr)
+        .log_internal_errors(false);
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// `RUST_LOG`, unless unset or empty.
+fn rust_log() -> Option<String> {
+    std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -225,11 +262,13 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
+        let signal = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        // First the shutdown, then the log line: nothing may stand between the two.
         token.cancel();
+        tracing::info!("{signal} received");
     });
     Ok(())
 }
@@ -293,7 +332,7 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
 
 fn run_demo(mut settings: Settings, transactions: &Path) -> anyhow::Result<()> {
     // The demo's own output is the report; keep the daemon's logs to warnings.
-    if std::env::var_os("RUST_LOG").is_none() {
+    if rust_log().is_none() {
         settings.log.level = "warn".into();
     }
     init_tracing(&settings);
@@ -403,14 +442,19 @@ fn metrics_line(m: &churnd::model::metrics::Evaluation) -> String {
 fn read_transactions(path: &Path) -> anyhow::Result<Transactions> {
     let data = Transactions::read(path)?;
     for bad in data.bad_rows.iter().take(10) {
-        eprintln!("{}:{}: skipped: {}", path.display(), bad.line, bad.reason);
+        print_err(format_args!(
+            "{}:{}: skipped: {}",
+            path.display(),
+            bad.line,
+            bad.reason
+        ));
     }
     if !data.bad_rows.is_empty() {
-        eprintln!(
+        print_err(format_args!(
             "{} bad rows skipped, {} rows read",
             data.bad_rows.len(),
             data.rows.len()
-        );
+        ));
     }
     Ok(data)
 }
@@ -453,13 +497,13 @@ fn score(settings: &Settings, args: ScoreArgs) -> anyhow::Result<()> {
         batch::write_csv(std::io::BufWriter::new(file), &scores)
             .with_context(|| format!("cannot write {}", out.display()))?;
     }
-    eprintln!(
+    print_err(format_args!(
         "scored {} customers as of {} with model {} in {:.2} s",
         scores.len(),
         time::rfc3339(as_of),
         model.version(),
         elapsed.as_secs_f64()
-    );
+    ));
     Ok(())
 }
 

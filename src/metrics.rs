@@ -139,7 +139,7 @@ pub const HTTP_CLOSE_REASONS: [&str; 4] = [
 ];
 
 /// Outcomes of a snapshot, the `outcome` label of `churnd_snapshots_total`.
-pub const SNAPSHOT_OUTCOMES: [&str; 3] = ["written", "failed", "abandoned"];
+pub const SNAPSHOT_OUTCOMES: [&str; 4] = ["written", "skipped", "failed", "abandoned"];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -293,7 +293,7 @@ impl Metrics {
             ),
             store_bytes: gauge(
                 "churnd_customer_store_bytes",
-                "Heap bytes held by the customer table and its timers.",
+                "Estimated memory the customer table and its timers occupy (entries in use and the index; room reserved for growth is not counted).",
             ),
             rescores: counter(
                 "churnd_silence_rescores_total",
@@ -373,7 +373,7 @@ impl Metrics {
             ),
             snapshots: counter_vec(
                 "churnd_snapshots_total",
-                "State snapshots, by outcome (written; failed: encoding or the disk failed; abandoned: shutdown came before the effects they cover were written).",
+                "State snapshots, by outcome (written; skipped: nothing changed since the last one written; failed: encoding or the disk failed; abandoned: shutdown came before the effects they cover were written).",
                 &["outcome"],
             ),
             snapshot_pause_seconds: histogram(
@@ -392,7 +392,7 @@ impl Metrics {
             ),
             snapshot_last_success: gauge(
                 "churnd_snapshot_last_success_timestamp_seconds",
-                "Unix time of the last snapshot written; alert when it falls far behind.",
+                "Unix time up to which the state on disk is current: the last snapshot written, or skipped because nothing had changed since; alert when it falls far behind.",
             ),
             snapshots_rejected: counter(
                 "churnd_snapshots_rejected_total",

@@ -203,6 +203,20 @@ impl Interner {
     }
 }
 
+/// The first few of `keys` for a message, in parentheses (` (a, b, c, … and 13 more)`);
+/// nothing when there are none.
+fn named(keys: &[&str]) -> String {
+    const SHOWN: usize = 4;
+    if keys.is_empty() {
+        return String::new();
+    }
+    let more = match keys.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!(", … and {more} more"),
+        _ => String::new(),
+    };
+    format!(" ({}{more})", keys[..keys.len().min(SHOWN)].join(", "))
+}
+
 /// The engine's profiles: the key bound and the interner.
 #[derive(Debug, Clone)]
 pub struct Profiles {
@@ -252,15 +266,7 @@ impl Profiles {
                 || new_keys.contains(&key);
             if !allowed {
                 if self.free.len() + new_keys.len() >= self.max_free {
-                    let in_use: Vec<&str> = self.free_keys().collect();
-                    return Err(Rejection::new(
-                        Reason::UnknownProfileKey,
-                        format!(
-                            "profile key {key:?} is not in profiles.keys, and the {} free-form keys profiles.max_free_keys allows are in use ({}); add it to profiles.keys",
-                            self.max_free,
-                            in_use.join(", ")
-                        ),
-                    ));
+                    return Err(self.beyond_bound(key, &new_keys));
                 }
                 new_keys.push(key);
             }
@@ -274,6 +280,31 @@ impl Profiles {
             }
         }
         Ok((!attributes.is_empty()).then(|| self.interner.profile(attributes)))
+    }
+
+    /// The rejection of free-form key `key`, which would pass the bound: what takes the room
+    /// the bound allows (keys customers have, and those `new_keys` this event brings before
+    /// it), a few by name.
+    fn beyond_bound(&self, key: &str, new_keys: &[&str]) -> Rejection {
+        let taken = if self.max_free == 0 {
+            "profiles.max_free_keys is 0: no free-form keys are accepted".to_string()
+        } else {
+            let in_use: Vec<&str> = self.free_keys().collect();
+            format!(
+                "the {} free-form keys profiles.max_free_keys allows are taken: {} in use by customers{}, {} new in this event{}",
+                self.max_free,
+                in_use.len(),
+                named(&in_use),
+                new_keys.len(),
+                named(new_keys),
+            )
+        };
+        Rejection::new(
+            Reason::UnknownProfileKey,
+            format!(
+                "profile key {key:?} is not in profiles.keys, and {taken}; add it to profiles.keys"
+            ),
+        )
     }
 
     /// Counts a customer's change of profile from `old` to `new`: the free-form keys in use.
@@ -409,6 +440,39 @@ mod tests {
         let err = p.update(None, &[("a1", "x"), ("a2", "y")]).unwrap_err();
         assert_eq!(err.reason, Reason::UnknownProfileKey);
         assert_eq!(p.free_keys().count(), 0);
+    }
+
+    #[test]
+    fn the_rejection_says_what_takes_the_room_readably() {
+        // One event with more new keys than the bound, nobody holding any yet.
+        let mut p = profiles(16);
+        let keys: Vec<String> = (0..20).map(|i| format!("k{i:02}")).collect();
+        let changes: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "x")).collect();
+        let err = p.update(None, &changes).unwrap_err();
+        assert_eq!(
+            err.detail,
+            "profile key \"k16\" is not in profiles.keys, and the 16 free-form keys profiles.max_free_keys allows are taken: 0 in use by customers, 16 new in this event (k00, k01, k02, k03, … and 12 more); add it to profiles.keys"
+        );
+        assert!(!err.detail.contains("()"), "{}", err.detail);
+
+        // Keys held by customers, and one new one in the event.
+        let mut p = profiles(2);
+        apply(&mut p, None, &[("store", "berlin")]).unwrap();
+        let err = p
+            .update(None, &[("tier", "gold"), ("nickname", "bo")])
+            .unwrap_err();
+        assert!(
+            err.detail
+                .contains("1 in use by customers (store), 1 new in this event (tier)"),
+            "{}",
+            err.detail
+        );
+        let err = profiles(0).update(None, &[("tier", "gold")]).unwrap_err();
+        assert!(
+            err.detail.contains("profiles.max_free_keys is 0"),
+            "{}",
+            err.detail
+        );
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct SinkSettings {
     pub dedup_ttl_secs: u64,
     /// The other kinds' streams and length cap.
     pub tasks: TasksSettings,
+    /// With nothing to write for this long, the sink checks its connection (PING), so that
+    /// `churnd_redis_connected{role="sink"}` and readiness tell a Redis that stopped
+    /// answering even when no effects come (`source.lag_poll_ms`).
+    pub probe_interval: Duration,
 }
 
 impl From<&Settings> for SinkSettings {
@@ -67,6 +71,7 @@ impl From<&Settings> for SinkSettings {
             task_max_len: s.winback.max_len,
             dedup_ttl_secs: u64::from(s.winback.dedup_ttl_days) * 86_400,
             tasks: s.tasks.clone(),
+            probe_interval: Duration::from_millis(s.source.lag_poll_ms),
         }
     }
 }
@@ -212,7 +217,7 @@ impl Sink {
         let mut next = tokio::select! {
             c = connect(&mut self.connector, &self.settings, &self.health, (&self.conns, &self.old_names), &abort) => {
                 conn = c;
-                self.rx.recv().await
+                self.next_effects(&mut conn, &abort).await
             }
             fx = self.rx.recv() => fx,
         };
@@ -237,10 +242,37 @@ impl Sink {
                 break;
             }
             self.written.send_modify(|n| *n += batches);
-            next = self.rx.recv().await;
+            next = self.next_effects(&mut conn, &abort).await;
         }
         mover.abort();
         self.health.set(Part::Sink, false);
+    }
+
+    /// The next effects to write; while none come, the connection is checked every
+    /// `probe_interval` (a check in progress gives way to effects that arrive).
+    async fn next_effects(
+        &mut self,
+        conn: &mut Option<MultiplexedConnection>,
+        abort: &CancellationToken,
+    ) -> Option<Effects> {
+        loop {
+            tokio::select! {
+                fx = self.rx.recv() => return fx,
+                () = tokio::time::sleep(self.settings.probe_interval) => {}
+            }
+            let probe = probe(
+                &mut self.connector,
+                &self.settings,
+                &self.health,
+                (&self.conns, &self.old_names),
+                conn,
+                abort,
+            );
+            tokio::select! {
+                fx = self.rx.recv() => return fx,
+                () = probe => {}
+            }
+        }
     }
 
     /// Writes one batch's effects, then acknowledges its entries, retrying each until done;
@@ -494,6 +526,37 @@ async fn connect(
         }
         if !connector.pause(abort).await {
             return None;
+        }
+    }
+}
+
+/// Checks an idle sink's connection with a PING, or connects if it has none: a Redis that
+/// stopped answering shows as disconnected and not ready, as a failed write would show it.
+async fn probe(
+    connector: &mut Connector,
+    settings: &SinkSettings,
+    health: &Health,
+    published: (
+        &watch::Sender<Option<MultiplexedConnection>>,
+        &guards::OldNames,
+    ),
+    conn: &mut Option<MultiplexedConnection>,
+    abort: &CancellationToken,
+) {
+    let Some(c) = conn.as_mut() else {
+        *conn = connect(connector, settings, health, published, abort).await;
+        return;
+    };
+    match redis::cmd("PING").query_async::<()>(c).await {
+        Ok(()) => {
+            connector.succeeded();
+            health.set(Part::Sink, true);
+        }
+        Err(e) => {
+            if connector.failed(&e) {
+                *conn = None;
+            }
+            health.set(Part::Sink, false);
         }
     }
 }

@@ -137,10 +137,7 @@ pub async fn run_observed(
         Health::new(metrics.clone())
             .with_snapshot_failure_limit(settings.state.max_consecutive_snapshot_failures),
     );
-    // Taken before the load, so that the watcher, which starts later, sees any change made
-    // after it (a file replaced while HTTP already answers would otherwise go unnoticed).
-    let model_fingerprint = model_watch::fingerprint(&settings.model.path);
-    let model = Model::load(&settings.model.path)?;
+    let (model, model_fingerprint) = Model::load_fingerprinted(&settings.model.path)?;
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
     let snapshot_dir = match settings.state.snapshot_dir() {
@@ -241,8 +238,8 @@ pub async fn run_observed(
     ));
     let model_task = tokio::spawn(model_watch::run(
         settings.model.path.clone(),
-        model_fingerprint,
         Duration::from_millis(settings.model.watch_interval_ms),
+        model_fingerprint,
         model_tx,
         metrics.clone(),
         shutdown.clone(),

@@ -9,18 +9,23 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::model::Model;
+use crate::model::{fingerprint, Model, ModelError};
 
-/// A digest of the file's bytes: a change of content, however quick, however written
-/// (in place or by rename), is a change.
-pub fn fingerprint(path: &Path) -> Option<u64> {
-    std::fs::read(path)
-        .ok()
-        .map(|bytes| xxhash_rust::xxh3::xxh3_64(&bytes))
-}
-
-fn reload(path: &Path, why: &str, models: &watch::Sender<Arc<Model>>, metrics: &Metrics) {
-    match Model::load(path) {
+/// Serves the model in `bytes`, read from `path`, if it is valid.
+fn reload(
+    path: &Path,
+    bytes: Result<Vec<u8>, std::io::Error>,
+    why: &str,
+    models: &watch::Sender<Arc<Model>>,
+    metrics: &Metrics,
+) {
+    let model = bytes
+        .map_err(|source| ModelError::Read {
+            path: path.to_owned(),
+            source,
+        })
+        .and_then(|bytes| Model::from_slice(&bytes, path));
+    match model {
         Ok(model) => {
             tracing::info!(version = model.version(), path = %path.display(), why, "model reloaded");
             metrics.model_reloads.with_label_values(&["success"]).inc();
@@ -33,12 +38,14 @@ fn reload(path: &Path, why: &str, models: &watch::Sender<Arc<Model>>, metrics: &
     }
 }
 
-/// Watches until shutdown. `loaded` is the [`fingerprint`] of the file the serving model
-/// came from. `interval` of zero turns file watching off.
+/// Watches until shutdown. `interval` of zero turns file watching off. `served` is the
+/// fingerprint of the bytes the serving model was loaded from ([`Model::load_fingerprinted`]):
+/// a file that differs from them is a change, even if it was replaced before this started.
+/// Each check reads the file once and, if it changed, loads the model from those same bytes.
 pub async fn run(
     path: PathBuf,
-    loaded: Option<u64>,
     interval: Duration,
+    served: u64,
     models: watch::Sender<Arc<Model>>,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -56,21 +63,65 @@ pub async fn run(
     } else {
         Duration::from_secs(3600)
     });
-    let mut last = loaded;
+    let mut last = served;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                last = fingerprint(&path);
-                reload(&path, "SIGHUP", &models, &metrics);
+                let bytes = std::fs::read(&path);
+                if let Ok(bytes) = &bytes {
+                    last = fingerprint(bytes);
+                }
+                reload(&path, bytes, "SIGHUP", &models, &metrics);
             }
             _ = ticker.tick(), if watching => {
-                let now = fingerprint(&path);
-                if now.is_some() && now != last {
+                // A file missing for a moment (replaced by delete and create) is no change.
+                let Ok(bytes) = std::fs::read(&path) else { continue };
+                let now = fingerprint(&bytes);
+                if now != last {
                     last = now;
-                    reload(&path, "file changed", &models, &metrics);
+                    reload(&path, Ok(bytes), "file changed", &models, &metrics);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::recency_only_model_file;
+
+    fn write(path: &Path, version: &str) {
+        let mut file = recency_only_model_file();
+        file.version = version.into();
+        std::fs::write(path, serde_json::to_string(&file).unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_replaced_between_the_load_and_the_watch_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.json");
+        write(&path, "loaded");
+        let (model, served) = Model::load_fingerprinted(&path).unwrap();
+        // Replaced before the watcher takes its first look.
+        write(&path, "replaced");
+        let (tx, mut rx) = watch::channel(Arc::new(model));
+        let shutdown = CancellationToken::new();
+        let watcher = tokio::spawn(run(
+            path,
+            Duration::from_millis(10),
+            served,
+            tx,
+            Metrics::new(),
+            shutdown.clone(),
+        ));
+        tokio::time::timeout(Duration::from_secs(30), rx.changed())
+            .await
+            .expect("the replaced file is loaded")
+            .unwrap();
+        assert_eq!(rx.borrow().version(), "replaced");
+        shutdown.cancel();
+        watcher.await.unwrap();
     }
 }

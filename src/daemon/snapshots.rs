@@ -10,16 +10,21 @@
 //! crash right after it would lose them (recovery replays only what follows the snapshot).
 //! The engine's task numbers the effects it forwards; the writer waits until the sink
 //! reports that many written before it commits the file.
+//!
+//! A snapshot of a state that has not changed since the last one written is skipped (counted
+//! as `skipped`): an idle daemon with millions of customers would otherwise rewrite the same
+//! gigabytes every interval. The last one written already holds that state, so a restart
+//! from it loses nothing.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Customer, Engine, Extras, StateHeader};
+use crate::engine::{Customer, Engine, Extras, StateHeader, StateVersion};
 use crate::features::store::{CaptureSize, Captured};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -34,6 +39,8 @@ const QUEUE: usize = 2;
 enum Job {
     Begin {
         header: StateHeader,
+        /// The state it records, to remember once it is written.
+        version: StateVersion,
         size: CaptureSize,
         /// Effects forwarded to the sink before the capture began.
         effects_before: u64,
@@ -49,26 +56,49 @@ enum Job {
 /// Room in the writer's queue for the next step of a snapshot.
 pub struct Room(OwnedPermit<Job>);
 
+/// The state of the last snapshot written, set by the writer once it is durable.
+type Written = Arc<Mutex<Option<StateVersion>>>;
+
 /// The engine task's handle on the writer.
 pub struct Snapshotter {
     idle: Arc<Semaphore>,
     jobs: mpsc::Sender<Job>,
     /// A snapshot has begun and not all of it was handed to the writer yet.
     copying: bool,
+    written: Written,
     metrics: Metrics,
     health: Arc<Health>,
 }
 
 impl Snapshotter {
     /// Begins a snapshot, unless the previous one is still being written (then this turn is
-    /// skipped: the next interval takes it).
+    /// skipped: the next interval takes it) or the state is the one last written.
     pub fn begin(&mut self, engine: &mut Engine, effects_before: u64) {
         if self.copying || self.jobs.is_closed() {
             return;
         }
         if let Ok(permit) = self.idle.clone().try_acquire_owned() {
-            self.start(engine, effects_before, permit, false);
+            if !self.unchanged(engine) {
+                self.start(engine, effects_before, permit, false);
+            }
         }
+    }
+
+    /// Whether the engine's state is the one the last snapshot written holds (checked with
+    /// the writer idle, so that "last written" is final); counts and logs the skip.
+    fn unchanged(&self, engine: &Engine) -> bool {
+        let version = engine.state_version();
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if written.as_ref() != Some(&version) {
+            return false;
+        }
+        self.metrics.snapshots.with_label_values(&["skipped"]).inc();
+        // The state on disk is current as of now: the staleness alert stays quiet while idle.
+        self.metrics
+            .snapshot_last_success
+            .set((wall_millis() / 1000) as i64);
+        tracing::debug!("snapshot skipped: nothing changed since the last one written");
+        true
     }
 
     fn start(
@@ -79,9 +109,11 @@ impl Snapshotter {
         at_shutdown: bool,
     ) {
         let started = Instant::now();
+        let version = engine.state_version();
         let (header, size) = engine.begin_snapshot();
         let begin = Job::Begin {
             header,
+            version,
             size,
             effects_before,
             at_shutdown,
@@ -152,7 +184,8 @@ impl Snapshotter {
     }
 
     /// The snapshot at shutdown, of the final state: a snapshot still being copied is
-    /// dropped, then a new one is copied whole, waiting for the writer (never skipped).
+    /// dropped, then a new one is copied whole, waiting for the writer. Skipped only when the
+    /// last snapshot written holds this very state (a restart from it loses nothing).
     pub async fn finish(mut self, engine: &mut Engine, effects_before: u64) {
         if self.copying {
             engine.abort_snapshot();
@@ -164,6 +197,10 @@ impl Snapshotter {
         let Ok(permit) = self.idle.clone().acquire_owned().await else {
             return;
         };
+        if self.unchanged(engine) {
+            tracing::info!("final snapshot skipped: the last one written holds this state");
+            return;
+        }
         self.start(engine, effects_before, permit, true);
         while self.copying {
             match self.room().await {
@@ -210,10 +247,12 @@ pub fn spawn(
     abort: CancellationToken,
 ) -> std::io::Result<(Snapshotter, oneshot::Receiver<()>)> {
     let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
+    let state_written = Written::default();
     let handle = Snapshotter {
         idle: Arc::new(Semaphore::new(1)),
         jobs: jobs_tx,
         copying: false,
+        written: state_written.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
     };
@@ -221,6 +260,7 @@ pub fn spawn(
         dir,
         streams,
         written,
+        state_written,
         metrics,
         health,
         abort,
@@ -264,6 +304,8 @@ struct Writer {
     dir: SnapshotDir,
     streams: Vec<String>,
     written: watch::Receiver<u64>,
+    /// Where the state of each snapshot committed is recorded.
+    state_written: Written,
     metrics: Metrics,
     health: Arc<Health>,
     abort: CancellationToken,
@@ -276,6 +318,7 @@ struct InProgress {
     /// The file so far, or why it cannot be written (the rest of the snapshot is then only
     /// received, to be reported failed at its end).
     writer: Result<SnapshotWriter, String>,
+    version: StateVersion,
     effects_before: u64,
     at_shutdown: bool,
     customers: u64,
@@ -303,6 +346,7 @@ impl Writer {
             match job {
                 Job::Begin {
                     header,
+                    version,
                     size,
                     effects_before,
                     at_shutdown,
@@ -314,6 +358,7 @@ impl Writer {
                             .map_err(|e| e.to_string());
                     current = Some(InProgress {
                         writer,
+                        version,
                         effects_before,
                         at_shutdown,
                         customers: size.customers,
@@ -368,6 +413,8 @@ impl Writer {
             .and_then(|writer| writer.commit().map_err(|e| e.to_string()))
         {
             Ok((path, bytes)) => {
+                *self.state_written.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(snapshot.version);
                 let elapsed = started.elapsed();
                 record_written(&self.metrics, bytes, elapsed, created_ms);
                 self.health.snapshot_written();

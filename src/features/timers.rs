@@ -94,6 +94,11 @@ impl TimerQueue {
         self.heap.len()
     }
 
+    /// The heap's entries, in bytes (superseded ones included: they stay until popped).
+    pub fn heap_bytes(&self) -> usize {
+        self.heap.len() * std::mem::size_of::<Reverse<(UnixSeconds, CustomerIdx)>>()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

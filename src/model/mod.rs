@@ -122,21 +122,40 @@ impl Score {
     }
 }
 
+/// A digest of a model file's bytes: a change of content, however quick and however written
+/// (in place or by rename), is a change.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
 impl Model {
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+        Self::load_fingerprinted(path).map(|(model, _)| model)
+    }
+
+    /// The model and the [`fingerprint`] of the very bytes it was read from: a watcher that
+    /// starts later compares the file with what is served, so a file replaced in between is
+    /// still seen as a change.
+    pub fn load_fingerprinted(path: &Path) -> Result<(Self, u64), ModelError> {
+        let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_json(&text, path)
+        Ok((Self::from_slice(&bytes, path)?, fingerprint(&bytes)))
     }
 
     /// Parses and validates model JSON; `path` only names the source in errors.
     pub fn from_json(text: &str, path: &Path) -> Result<Self, ModelError> {
-        let file: ModelFile = serde_json::from_str(text).map_err(|source| ModelError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        Self::from_slice(text.as_bytes(), path)
+    }
+
+    /// [`Self::from_json`] from the file's bytes (which must be UTF-8 JSON).
+    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+        let file: ModelFile =
+            serde_json::from_slice(bytes).map_err(|source| ModelError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
         Self::from_file(&file).map_err(|problems| ModelError::Invalid {
             path: path.to_owned(),
             problems,

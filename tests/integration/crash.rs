@@ -486,3 +486,92 @@ async fn customers_survive_a_restart_after_their_events_are_trimmed_away() {
     );
     app.stop().await;
 }
+
+fn snapshot_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bin"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// An idle daemon does not rewrite the same state every interval (at 10 M customers that is
+/// a gigabyte per interval for nothing); new input makes a new snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_state_is_not_written_again() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    // Ticks under the wall clock run the silence checks, which must not count as changes
+    // while nobody is due.
+    settings.clock.mode = churnd::config::ClockMode::Wall;
+    settings.state.keep = 100;
+    let state_dir = settings.state.dir.clone();
+    let mut c = redis.conn().await;
+    let app = App::spawn(settings).await;
+    xadd(&mut c, EVENTS, &purchase("idle-1", 5.0, T0_MS)).await;
+    drained(&mut c).await;
+    let counter = |outcome: &'static str| {
+        let app = &app;
+        async move {
+            app.metric(&format!("churnd_snapshots_total{{outcome=\"{outcome}\"}}"))
+                .await
+                .unwrap_or(0.0)
+        }
+    };
+    // Intervals with no input: skipped, after one snapshot of this state.
+    let skips_after = |n: f64| {
+        let counter = &counter;
+        move || async move { counter("skipped").await >= n }
+    };
+    wait_for(
+        "two skipped snapshots",
+        Duration::from_secs(30),
+        skips_after(2.0),
+    )
+    .await;
+    let written = counter("written").await;
+    let files = snapshot_files(&state_dir);
+    assert_eq!(files.len() as f64, written, "{files:?}");
+    let skipped = counter("skipped").await;
+    wait_for(
+        "two more skipped snapshots",
+        Duration::from_secs(30),
+        skips_after(skipped + 2.0),
+    )
+    .await;
+    assert_eq!(counter("written").await, written, "idle intervals wrote");
+    assert_eq!(snapshot_files(&state_dir), files);
+    assert_eq!(counter("failed").await, 0.0);
+
+    // Input makes a new one (a dead-lettered entry too: it moves the stream position).
+    xadd(
+        &mut c,
+        EVENTS,
+        &[("customer_id", "idle-2".into()), ("type", "gift".into())],
+    )
+    .await;
+    drained(&mut c).await;
+    wait_for(
+        "a snapshot of the new state",
+        Duration::from_secs(30),
+        || async { counter("written").await == written + 1.0 },
+    )
+    .await;
+    let files_after = snapshot_files(&state_dir);
+    assert_eq!(files_after.len(), files.len() + 1, "{files_after:?}");
+    let skipped = counter("skipped").await;
+    wait_for(
+        "the next interval",
+        Duration::from_secs(30),
+        skips_after(skipped + 1.0),
+    )
+    .await;
+    assert_eq!(counter("written").await, written + 1.0);
+
+    // Shutdown: the last one written holds this state, so no final one is written either.
+    app.stop().await;
+    assert_eq!(snapshot_files(&state_dir), files_after);
+}

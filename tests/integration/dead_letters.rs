@@ -235,3 +235,40 @@ async fn an_entry_delivered_again_is_dead_lettered_once() {
     );
     app.stop().await;
 }
+
+/// A customer ID with a control character (a newline forging a line in a consumer's log or
+/// CSV, a NUL cutting a C string) is dead-lettered, not copied onto tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_ids_with_control_characters_are_dead_lettered() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    let ids = ["c-1\nstatus: vip", "c-2\0", "\u{1b}[2Jc-3", "c-4\u{85}"];
+    let mut sent = Vec::new();
+    for id in ids {
+        sent.push(xadd(&mut c, EVENTS, &purchase(id, 5.0, T0_MS)).await);
+    }
+    xadd(&mut c, EVENTS, &purchase("c-5", 5.0, T0_MS)).await;
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+
+    let dead = read_stream(&mut c, DLQ).await;
+    assert_eq!(dead.len(), ids.len(), "{dead:#?}");
+    for ((id, source_id), (_, entry)) in ids.iter().zip(&sent).zip(&dead) {
+        assert_eq!(&entry["dlq_source_id"], source_id);
+        assert_eq!(entry["dlq_reason"], "invalid_customer_id", "{entry:?}");
+        assert!(
+            entry["dlq_detail"].contains("control character"),
+            "{entry:?}"
+        );
+        assert_eq!(
+            &entry["customer_id"], id,
+            "the original field travels with it"
+        );
+    }
+    let metric = "churnd_events_dead_lettered_total{reason=\"invalid_customer_id\"}";
+    assert_eq!(app.metric(metric).await, Some(ids.len() as f64));
+    let summary = app.get_json("/v1/summary").await;
+    assert_eq!(summary["customers"], 1, "only the good one: {summary}");
+    app.stop().await;
+}

@@ -44,7 +44,7 @@ const MAX_ENTRY_BYTES: usize = 4 * HUGE;
 const OVERSIZED_SHARE: f64 = 0.001;
 /// Labels [`Generator::mutate`], [`Generator::huge`] and `oversized` can give: each must be
 /// produced.
-const MUTATION_KINDS: usize = 34;
+const MUTATION_KINDS: usize = 35;
 const HOUR_MS: u64 = 3_600_000;
 /// The longest the daemon may take to consume everything (it takes a few seconds).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -278,12 +278,18 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
     {
         return Err("duplicate_field");
     }
-    // 1–128 bytes of UTF-8.
+    // 1–128 bytes of UTF-8 without control characters (U+0000–U+001F, U+007F–U+009F).
     let customer_id = match customer_id.first() {
         None => return Err("missing_customer_id"),
         Some(b) if b.is_empty() || b.len() > 128 => return Err("invalid_customer_id"),
         Some(b) => String::from_utf8(b.to_vec()).map_err(|_| "invalid_customer_id")?,
     };
+    if customer_id
+        .chars()
+        .any(|c| matches!(u32::from(c), 0..=0x1f | 0x7f..=0x9f))
+    {
+        return Err("invalid_customer_id");
+    }
     let kind = match kind.first() {
         None => return Err("missing_type"),
         Some(b) => KINDS
@@ -291,7 +297,7 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
             .find(|k| k.as_bytes() == *b)
             .ok_or("unknown_type")?,
     };
-    // A decimal, 0 ≤ amount ≤ 1e9; required for purchases and refunds. An amount sent with
+    // A plain decimal, 0 ≤ amount ≤ 1e9; required for purchases and refunds. An amount sent with
     // another type is still checked (the README does not say it is ignored).
     match amount.first() {
         Some(b) => {
@@ -321,29 +327,18 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
     })
 }
 
-/// A decimal number: optional sign, digits with an optional fraction (at least one digit in
-/// all), optional exponent; surrounding whitespace is trimmed. The grammar decides the
-/// syntax (so `NaN`, `inf`, `0x10`, `1_000` are not numbers); the standard library only
-/// rounds the value (so `1e400` is infinite and out of range).
+/// A plain decimal: ASCII digits, optionally a point and more digits, nothing else (no sign,
+/// exponent or whitespace: so `+5`, `1e3`, ` 5`, `.5`, `NaN`, `inf`, `0x10` are not amounts).
+/// The grammar decides the syntax; the standard library only rounds the value (so 400
+/// nines are infinite and out of range).
 fn decimal(b: &[u8]) -> Option<f64> {
-    let s = std::str::from_utf8(b).ok()?.trim();
-    let unsigned = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
-        Some(i) => (&unsigned[..i], Some(&unsigned[i + 1..])),
-        None => (unsigned, None),
+    let s = std::str::from_utf8(b).ok()?;
+    let digits = |d: &str| !d.is_empty() && d.bytes().all(|c| c.is_ascii_digit());
+    let plain = match s.split_once('.') {
+        Some((int, frac)) => digits(int) && digits(frac),
+        None => digits(s),
     };
-    let digits = |d: &str| d.bytes().all(|c| c.is_ascii_digit());
-    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    if int.len() + frac.len() == 0 || !digits(int) || !digits(frac) {
-        return None;
-    }
-    if let Some(e) = exponent {
-        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
-        if e.is_empty() || !digits(e) {
-            return None;
-        }
-    }
-    s.parse().ok()
+    plain.then(|| s.parse().ok()).flatten()
 }
 
 /// Whole milliseconds: ASCII digits only. At most 20 of them (enough for any `u64`; the
@@ -452,7 +447,8 @@ fn customer_pool() -> Vec<String> {
                 s
             }
             (_, 5) => format!("C-{i:05}"),
-            (_, 6) => format!("c\t{i}\u{0}"),
+            // Invisible, but no control character: accepted.
+            (_, 6) => format!("c\u{200b}{i}\u{a0}"),
             _ => format!("c-{i:05}"),
         })
         .collect();
@@ -611,10 +607,23 @@ impl Generator<'_> {
                 set(fields, "customer_id", &euros.as_bytes()[..len]);
                 "customer_id: cut mid-character"
             }
-            5 => {
+            5 if rng.chance(0.5) => {
                 let id = rng.invalid_utf8();
                 set(fields, "customer_id", id);
                 "customer_id: invalid UTF-8"
+            }
+            5 => {
+                const CONTROLS: &[&str] =
+                    &["\n", "\r\n", "\0", "\t", "\u{1b}[31m", "\u{7f}", "\u{85}"];
+                let customer = &self.customers[rng.below(self.customers.len() as u64) as usize];
+                let control = rng.pick(CONTROLS);
+                let id = match rng.below(3) {
+                    0 => format!("{control}{customer}"),
+                    1 => format!("{customer}{control}"),
+                    _ => format!("c{control}forged"),
+                };
+                set(fields, "customer_id", id);
+                "customer_id: a control character"
             }
             6 => {
                 remove(fields, "type");
@@ -718,6 +727,20 @@ impl Generator<'_> {
                     "$5",
                     "5€",
                     "\u{200b}7",
+                    // Numbers to a float parser, not plain decimals.
+                    "+12.5",
+                    "+0",
+                    "-0",
+                    "1e9",
+                    "1E3",
+                    "1e+3",
+                    "1e-3",
+                    "1e-400",
+                    ".5",
+                    "5.",
+                    " 12.5",
+                    "12.5 ",
+                    "\t7\n",
                 ];
                 let amount = match rng.below(3) {
                     0 => rng.bytes(16),
@@ -735,22 +758,14 @@ impl Generator<'_> {
                 const EDGES: &[&str] = &[
                     "0",
                     "0.0",
-                    "-0",
-                    "+0",
-                    "+12.5",
-                    "1e9",
+                    "00",
+                    "0.000000001",
                     "1000000000",
+                    "1000000000.0",
                     "1000000000.0000000001",
-                    "1e-400",
-                    ".5",
-                    "5.",
-                    "1E3",
-                    "1e+3",
-                    "1e-3",
+                    "999999999.99",
                     "0012",
-                    " 12.5",
-                    "12.5 ",
-                    "\t7\n",
+                    "0012.50",
                 ];
                 set(fields, "amount", rng.pick(EDGES));
                 "amount: valid edge"

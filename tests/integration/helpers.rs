@@ -294,6 +294,23 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server's process (SIGSTOP): connections stay open and new ones are even
+    /// accepted by the kernel, but nothing is answered, as with a Redis hung on a slow disk or
+    /// `DEBUG SLEEP`. [`Self::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("the server runs");
+        // SAFETY: plain kill(2) on our own child's PID.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    }
+
     /// Kills the server and starts it again on the same port (same files).
     pub fn restart(&mut self) {
         self.stop();

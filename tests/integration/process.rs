@@ -156,12 +156,15 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
         std::fs::rename(&tmp, &path).unwrap();
     };
 
+    // The watcher compares the file with the bytes the served model came from, so this
+    // replacement counts even if it lands before the watcher's first look (on a busy
+    // machine it can). Deadlines are generous for the same reason.
     let mut broken = recency_model("recency-broken");
     broken.features.pop();
     replace(serde_json::to_string(&broken).unwrap());
     wait_for(
         "the bad model to be refused",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             let app = &app;
             async move {
@@ -179,7 +182,7 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
     assert_eq!(app.get("/readyz").await.status(), 200);
 
     replace(serde_json::to_string(&recency_model("recency-2")).unwrap());
-    wait_for("the new model to serve", Duration::from_secs(10), || {
+    wait_for("the new model to serve", Duration::from_secs(30), || {
         let app = &app;
         async move { app.metric("churnd_model_info{version=\"recency-2\"}").await == Some(1.0) }
     })
@@ -262,4 +265,78 @@ async fn sighup_reloads_the_model() {
     // SAFETY: as above.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
+}
+
+/// `churnd run 2>&1 | head -3`: once the reader of its log goes away, every log line fails
+/// to write. The daemon must go on working, and still drain and exit 0 on SIGTERM (it used
+/// to panic in the logging layer, ignore SIGTERM and need SIGKILL, or exit 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_pipe_neither_stops_the_work_nor_the_clean_shutdown() {
+    use std::io::BufRead;
+    let redis = RedisServer::start();
+    let port = free_port();
+    let state = tempfile::tempdir().unwrap();
+    let mut child = churnd()
+        .arg("run")
+        .env("CHURND__STATE__DIR", state.path())
+        .env("CHURND__REDIS__URL", redis.url())
+        .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .env("CHURND__SOURCE__BLOCK_MS", "100")
+        .env("CHURND__STATE__SNAPSHOT_INTERVAL_MS", "50")
+        // Debug logging: a line at every snapshot, all into the closed pipe.
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    for _ in 0..3 {
+        line.clear();
+        assert!(
+            log.read_line(&mut line).unwrap() > 0,
+            "churnd logs at start"
+        );
+    }
+    drop(log);
+
+    // Work goes on with nobody reading the log.
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("after-the-pipe", 3.0, T0_MS)).await;
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    wait_for("the event to be applied", Duration::from_secs(60), || {
+        let url = metrics.clone();
+        async move {
+            let text = match reqwest::get(&url).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => return false,
+            };
+            parse_metric(
+                &text,
+                "churnd_events_total{outcome=\"applied\",type=\"purchase\"}",
+            ) == Some(1.0)
+                && parse_metric(&text, "churnd_snapshots_total{outcome=\"written\"}")
+                    .is_some_and(|n| n >= 1.0)
+        }
+    })
+    .await;
+
+    // SAFETY: plain kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("churnd ignored SIGTERM after its log pipe closed");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "a clean exit");
+    assert!(
+        std::fs::read_dir(state.path()).unwrap().count() >= 1,
+        "state was saved"
+    );
 }

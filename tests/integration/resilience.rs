@@ -1,6 +1,6 @@
 //! Redis going away and coming back; entries left pending by an earlier run.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 
@@ -208,5 +208,66 @@ async fn stranded_entries_are_applied_once(keep_state: bool) {
         },
     )
     .await;
+    app.stop().await;
+}
+
+/// A Redis that stops answering (SIGSTOP: connections stay open, writes time out) shows as
+/// disconnected for every role, the sink included, and as connected again once it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_shows_as_disconnected_until_it_answers_again() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    let response_timeout = Duration::from_millis(settings.redis.response_timeout_ms);
+    let app = App::spawn(settings).await;
+    let mut c = redis.conn().await;
+    xadd(&mut c, EVENTS, &purchase("before", 1.0, T0_MS)).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    let connected = |role: &'static str| {
+        let app = &app;
+        async move {
+            app.metric(&format!("churnd_redis_connected{{role=\"{role}\"}}"))
+                .await
+        }
+    };
+    wait_for(
+        "the sink to be connected",
+        Duration::from_secs(30),
+        || async { connected("sink").await == Some(1.0) },
+    )
+    .await;
+
+    redis.freeze();
+    wait_for(
+        "every role to show the frozen Redis",
+        Duration::from_secs(60),
+        || async {
+            connected("sink").await == Some(0.0)
+                && connected("source").await == Some(0.0)
+                && connected("monitor").await == Some(0.0)
+        },
+    )
+    .await;
+    // Reconnecting reaches the kernel's listen backlog, not Redis: that is no connection.
+    let until = Instant::now() + 2 * response_timeout;
+    while Instant::now() < until {
+        assert_eq!(connected("sink").await, Some(0.0), "while frozen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    redis.thaw();
+    wait_for(
+        "every role to be connected again",
+        Duration::from_secs(60),
+        || async {
+            connected("sink").await == Some(1.0)
+                && connected("source").await == Some(1.0)
+                && connected("monitor").await == Some(1.0)
+        },
+    )
+    .await;
+    xadd(&mut c, EVENTS, &purchase("after", 1.0, T0_MS + DAY_MS)).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    assert_eq!(customer_count(&app).await, 2);
     app.stop().await;
 }

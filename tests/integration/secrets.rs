@@ -179,3 +179,36 @@ async fn a_wrong_or_missing_password_is_reported_clearly_without_showing_it() {
         }
     }
 }
+
+/// A Kubernetes Secret with an empty value becomes an empty variable: it must not open the
+/// customer API (config's `ignore_empty` used to drop it, leaving no token at all).
+#[test]
+fn an_empty_token_variable_stops_churnd_instead_of_opening_the_api() {
+    let out = churnd()
+        .arg("check-config")
+        .env("CHURND__HTTP__CUSTOMER_TOKEN", "")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "http.customer_token is set but empty (from CHURND__HTTP__CUSTOMER_TOKEN in the environment)"
+        ),
+        "{stderr}"
+    );
+
+    // An empty state.dir turns snapshots off, as the same value in a file does.
+    let out = churnd()
+        .arg("check-config")
+        .env("CHURND__STATE__DIR", "")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(shown["state"]["dir"].as_str(), Some(""));
+}

@@ -28,7 +28,7 @@ pub fn memory(customers: usize, profiles: bool) -> Result<()> {
     let model = Arc::new(Model::load(&model_path())?);
     let now_ms = churnd::time::wall_millis();
     let before = resident_bytes()?;
-    let (mut engine, _) = learn_customers(&settings, model.clone(), customers, now_ms);
+    let (mut engine, metrics) = learn_customers(&settings, model.clone(), customers, now_ms);
     let resting = resident_bytes()?;
     let grown = resting.saturating_sub(before);
     let tracked = engine.customers().max(1) as f64;
@@ -39,14 +39,23 @@ pub fn memory(customers: usize, profiles: bool) -> Result<()> {
         mib(grown),
         grown as f64 / tracked
     );
+    let gauge = u64::try_from(metrics.store_bytes.get()).unwrap_or(0);
+    println!(
+        "churnd_customer_store_bytes says {:.1} MiB ({:.1} bytes per customer); the whole process is resident at {:.1} MiB",
+        mib(gauge),
+        gauge as f64 / tracked,
+        mib(resting)
+    );
     let resting = if profiles {
         give_profiles(&mut engine, customers, now_ms);
         let with = resident_bytes()?;
         let grown = with.saturating_sub(before);
+        let gauge = u64::try_from(metrics.store_bytes.get()).unwrap_or(0);
         println!(
-            "with a profile each (4 attributes of a few values, a birthday): resident memory grew by {:.1} MiB in all, {:.1} bytes per customer",
+            "with a profile each (4 attributes of a few values, a birthday): resident memory grew by {:.1} MiB in all, {:.1} bytes per customer; churnd_customer_store_bytes says {:.1} MiB",
             mib(grown),
-            grown as f64 / tracked
+            grown as f64 / tracked,
+            mib(gauge)
         );
         with
     } else {

@@ -40,6 +40,9 @@ pub struct CustomerStore<T, X = ()> {
     extras: BTreeMap<CustomerIdx, X>,
     /// The snapshot being copied out, if any.
     capture: Option<Capture<T, X>>,
+    /// Counts changes (every mutable access, a new customer, a wholesale change): an equal
+    /// count means an unchanged table, so an unchanged state need not be snapshotted again.
+    changes: u64,
 }
 
 /// A copy of the table as it is now (a capture in progress is not copied).
@@ -53,6 +56,7 @@ impl<T: Clone, X: Clone> Clone for CustomerStore<T, X> {
             records: self.records.clone(),
             extras: self.extras.clone(),
             capture: None,
+            changes: self.changes,
         }
     }
 }
@@ -84,6 +88,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
             records: Vec::new(),
             extras: BTreeMap::new(),
             capture: None,
+            changes: 0,
         }
     }
 
@@ -141,6 +146,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
         self.id_bytes.extend_from_slice(id.as_bytes());
         self.id_spans.push(span);
         self.records.push(T::default());
+        self.changes += 1;
         let (seed, ids, spans) = (self.seed, &self.id_bytes, &self.id_spans);
         self.index
             .insert_unique(hash, idx, |&i| rehash(ids, spans, seed, i));
@@ -187,8 +193,16 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
         self.extras.len()
     }
 
-    /// Before customer `idx` changes: a capture in progress keeps what it still needs.
+    /// How many changes the table has seen: equal counts, equal contents (the count may
+    /// also move when a mutable access changed nothing, never the other way round).
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Before customer `idx` changes: counts the change, and a capture in progress keeps
+    /// what it still needs.
     fn preserve(&mut self, idx: CustomerIdx) {
+        self.changes += 1;
         if let Some((capture, columns)) = self.capture_and_columns() {
             if capture.preserve(idx, &columns) {
                 capture.copy_rest(&columns);
@@ -252,9 +266,10 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
         self.capture = None;
     }
 
-    /// Before a wholesale change: a capture in progress copies everything it has not handed
-    /// out yet, and no longer follows the table.
+    /// Before a wholesale change: counts the change, and a capture in progress copies
+    /// everything it has not handed out yet, and no longer follows the table.
     fn settle_capture(&mut self) {
+        self.changes += 1;
         if let Some((capture, columns)) = self.capture_and_columns() {
             capture.copy_rest(&columns);
         }
@@ -305,12 +320,19 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
             .map(|(i, r)| (i as CustomerIdx, r))
     }
 
-    /// Bytes held by the table itself (IDs, index, records), for the memory gauge.
+    /// An estimate of the memory the table really occupies, for the memory gauge: the
+    /// records, IDs and ID spans in use (lengths, not capacities: the room a `Vec` reserved
+    /// for growth is untouched and takes no resident memory until customers arrive), the
+    /// hash index's whole allocation (its control bytes are all written, and its slots are
+    /// spread over every page), and the sparse column's keys and values (not the B-tree's
+    /// node overhead, nor the shared profiles and boxed signals they point to). Counting
+    /// capacities made the gauge exceed the whole process's resident memory.
     pub fn heap_bytes(&self) -> usize {
-        self.id_bytes.capacity()
-            + self.id_spans.capacity() * std::mem::size_of::<u64>()
-            + self.records.capacity() * std::mem::size_of::<T>()
-            + self.index.capacity() * (std::mem::size_of::<CustomerIdx>() + 1)
+        self.id_bytes.len()
+            + self.id_spans.len() * std::mem::size_of::<u64>()
+            + self.records.len() * std::mem::size_of::<T>()
+            + self.index.allocation_size()
+            + self.extras.len() * (std::mem::size_of::<CustomerIdx>() + std::mem::size_of::<X>())
     }
 }
 
@@ -333,6 +355,50 @@ mod tests {
         *store.get_mut(a) += 5;
         assert_eq!(*store.get(a), 5);
         assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn every_change_is_counted_and_reads_are_not() {
+        let mut store: CustomerStore<u32, u8> = CustomerStore::new();
+        let mut last = store.changes();
+        let mut changed = |store: &CustomerStore<u32, u8>, what: &str| {
+            assert!(store.changes() > last, "{what} is not counted");
+            last = store.changes();
+        };
+        let (a, _) = store.find_or_insert("a");
+        changed(&store, "a new customer");
+        *store.get_mut(a) = 1;
+        changed(&store, "get_mut");
+        *store.extra_mut(a) = 2;
+        changed(&store, "extra_mut");
+        store.remove_extra(a);
+        changed(&store, "remove_extra");
+        store.iter_mut().for_each(|(_, r)| *r += 1);
+        changed(&store, "iter_mut");
+        store.retain(|_| true);
+        changed(&store, "retain");
+        // Reads, lookups of known customers and a snapshot's capture change nothing.
+        store.find_or_insert("a");
+        store.find("a");
+        store.get(a);
+        store.extra(a);
+        store.begin_capture();
+        while store.capture_next(10).is_some() {}
+        assert_eq!(store.changes(), last);
+    }
+
+    #[test]
+    fn the_memory_estimate_counts_what_is_in_use_not_room_for_growth() {
+        let mut store: CustomerStore<[u64; 5], u64> = CustomerStore::new();
+        for i in 0..1_000 {
+            store.find_or_insert(&format!("c-{i:05}"));
+        }
+        *store.extra_mut(7) = 1;
+        let in_use = 1_000 * (40 + 8 + 7) + (4 + 8);
+        assert_eq!(store.heap_bytes(), in_use + store.index.allocation_size());
+        // Room for a million more: the records and IDs take nothing until they arrive.
+        store.reserve(1_000_000, 10_000_000);
+        assert_eq!(store.heap_bytes(), in_use + store.index.allocation_size());
     }
 
     #[test]
