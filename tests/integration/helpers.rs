@@ -155,11 +155,19 @@ impl RedisServer {
             persistent,
             options,
         };
-        server.spawn();
-        server
+        // A port found free can be taken by another test process before redis-server binds
+        // it (the suite runs twice at once in CI): then try another.
+        for _ in 0..5 {
+            if server.spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("redis-server did not start on five free ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on `self.port`; `false` if it could not take the port.
+    fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         match &self.options.tls {
             Some(pki) => {
@@ -205,16 +213,33 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
+        let pid = child.id();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                // It exited: the port was taken.
+                self.child = None;
+                return false;
+            }
+            // The server answering must be this one, not another that holds the port.
+            let info = self
                 .client()
                 .get_connection_with_timeout(Duration::from_millis(200))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok()
-            {
-                return;
+                .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c));
+            if let Ok(info) = info {
+                if !info.contains(&format!("process_id:{pid}\r")) {
+                    self.stop();
+                    return false;
+                }
+                // PING fails while a restarted server loads its data.
+                let loaded = self
+                    .client()
+                    .get_connection_with_timeout(Duration::from_millis(200))
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+                if loaded.is_ok() {
+                    return true;
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -314,7 +339,11 @@ impl RedisServer {
     /// Kills the server and starts it again on the same port (same files).
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "redis-server could not take its port {} again",
+            self.port
+        );
     }
 
     /// A connection with a generous response timeout: tests read large streams on a

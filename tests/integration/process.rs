@@ -179,7 +179,13 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
         app.metric("churnd_model_info{version=\"recency-1\"}").await,
         Some(1.0)
     );
-    assert_eq!(app.get("/readyz").await.status(), 200);
+    // The refused model leaves the daemon ready (once it has recovered, which a busy
+    // machine may not have finished yet).
+    wait_for("the daemon to be ready", Duration::from_secs(30), || {
+        let app = &app;
+        async move { app.get("/readyz").await.status() == 200 }
+    })
+    .await;
 
     replace(serde_json::to_string(&recency_model("recency-2")).unwrap());
     wait_for("the new model to serve", Duration::from_secs(30), || {
