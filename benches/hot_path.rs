@@ -8,7 +8,7 @@
 //! - `model/*`: the shipped model (`models/cdnow.json`) scoring one vector, alone and with
 //!   its top three reasons.
 //! - `classify/*`: lifecycle stage, RFM segment, risk band.
-//! - `winback/*`: the policy's decision for a candidate that gets no task (the common case),
+//! - `decide/*`: the playbook's decision for a customer who gets no task (the common case),
 //!   and the control-group hash.
 //! - `engine/apply_batch`: `Engine::apply_batch` on batches of 1,000 entries for customers
 //!   drawn uniformly from 1,000,000 already known (each bought once in the past year);
@@ -33,6 +33,10 @@ use redis::Value;
 
 use churnd::classify::{RiskBands, StageBounds};
 use churnd::config::{ClockMode, SegmentSettings, Settings};
+use churnd::decide::{
+    default_rules, Assessment, Contact, Playbook, Scored, TasksSettings, WinbackSettings,
+    WinbackState,
+};
 use churnd::engine::{Engine, EngineSettings};
 use churnd::event::{parse_event, EntryId, Event, EventKind, EventLimits};
 use churnd::features::store::CustomerStore;
@@ -40,7 +44,6 @@ use churnd::features::CustomerFeatures;
 use churnd::metrics::Metrics;
 use churnd::model::Model;
 use churnd::source::batch::{Batch, Entry};
-use churnd::winback::{Candidate, Policy, WinbackSettings, WinbackState};
 
 const CUSTOMERS: usize = 1_000_000;
 const BATCH: usize = 1_000;
@@ -165,31 +168,56 @@ fn scoring(c: &mut Criterion) {
     });
     c.bench_function("classify/risk", |b| b.iter(|| bands.risk(black_box(p))));
 
-    // The customer just bought: no task whatever the probability (silence too short).
-    let policy = Policy::new(&WinbackSettings::default());
+    // The customer just bought: no task whatever the probability (silence too short), and
+    // no care occasion due.
+    let playbook = Playbook::new(
+        &WinbackSettings::default(),
+        &TasksSettings::default(),
+        &default_rules(),
+    );
     let version: Arc<str> = model.version().into();
     let score = model.score(&x);
-    let (risk, segment) = (bands.risk(p), thresholds.segment(&rfm));
-    let lifecycle_stage = stages.stage(purchases, NOW);
-    let candidate = |id: &'static str| Candidate {
-        customer_id: id,
-        churn_probability: p,
-        risk,
-        segment,
-        lifecycle_stage,
+    let scored = Scored {
+        probability: p,
+        risk: bands.risk(p),
+        segment: thresholds.segment(&rfm),
         monetary_365d: rfm.monetary_365d,
-        last_purchase: NOW,
         score: &score,
     };
-    let mut state = WinbackState::default();
+    let lifecycle_stage = stages.stage(purchases, NOW);
+    let assessment = |id: &'static str| Assessment {
+        customer_id: id,
+        now: NOW,
+        stage: lifecycle_stage,
+        features: &features,
+        scored: Some(scored),
+        profile: None,
+        feedback: None,
+        coupons: None,
+    };
+    let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
     let id = "cust-00012345";
-    assert!(policy
-        .decide(&mut state, candidate(id), &version, NOW)
-        .is_none());
-    c.bench_function("winback/decide_no_task", |b| {
-        b.iter(|| policy.decide(&mut state, candidate(black_box(id)), &version, NOW))
+    let mut tasks = Vec::new();
+    playbook.decide(
+        &assessment(id),
+        (&mut winback, &mut contact),
+        None,
+        &version,
+        &mut tasks,
+    );
+    assert!(tasks.is_empty(), "{tasks:?}");
+    c.bench_function("decide/playbook_no_task", |b| {
+        b.iter(|| {
+            playbook.decide(
+                &assessment(black_box(id)),
+                (&mut winback, &mut contact),
+                None,
+                &version,
+                &mut tasks,
+            )
+        })
     });
-    c.bench_function("winback/group", |b| b.iter(|| policy.group(black_box(id))));
+    c.bench_function("decide/group", |b| b.iter(|| playbook.group(black_box(id))));
 }
 
 /// Generates the input stream: purchase-heavy events of customers drawn uniformly from `ids`.

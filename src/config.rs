@@ -10,10 +10,10 @@ use config::{Config, Environment, File};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::classify::{RfmThresholds, RiskBands, StageBounds};
+use crate::decide::WinbackSettings;
+use crate::decide::{self, TagRule};
+use crate::decide::{TaskKind, TasksSettings};
 use crate::profiles::ProfileSettings;
-use crate::tags::{self, TagRule};
-use crate::tasks::{TaskKind, TasksSettings};
-use crate::winback::WinbackSettings;
 
 /// The shipped, documented defaults file, read from the working directory when present.
 pub const DEFAULT_FILE: &str = "config/default.toml";
@@ -49,7 +49,7 @@ pub struct TagSettings(pub Vec<TagRule>);
 
 impl Default for TagSettings {
     fn default() -> Self {
-        Self(tags::default_rules())
+        Self(decide::default_rules())
     }
 }
 
@@ -919,7 +919,7 @@ impl Settings {
         p.extend(self.winback.problems("winback"));
         p.extend(self.tasks.problems("tasks"));
         p.extend(self.profiles.problems("profiles"));
-        p.extend(tags::problems(&self.tags.0));
+        p.extend(decide::tag_problems(&self.tags.0));
         if self.state.keep == 0 {
             p.push("state.keep must be at least 1".into());
         }

@@ -8,10 +8,9 @@
 //!   timers that notice silence;
 //! - [`model`]: scores churn probability with a logistic model (and trains one);
 //! - [`classify`]: lifecycle stage, RFM segment and risk level;
-//! - [`winback`]: decides when a customer gets a win-back task; [`tasks`]: the task type and
-//!   the other kinds (convert, welcome, birthday, anniversary, revisit, service recovery)
-//!   with the contact cap they all share; [`profiles`] and [`tags`]: what is known of a
-//!   customer beyond activity, and the names rules give them;
+//! - [`decide`]: the playbook: which tasks a customer gets and when (service recovery,
+//!   win-back, the care kinds, under one contact cap), the task type and the tag rules;
+//!   [`profiles`]: what is known of a customer beyond activity;
 //! - [`sink`]: writes tasks and dead letters, each exactly once (guarded by its ID), then
 //!   acknowledges their entries.
 //!
@@ -29,6 +28,7 @@ pub mod classify;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod decide;
 pub mod demo;
 pub mod engine;
 pub mod event;
@@ -42,8 +42,5 @@ pub mod simulate;
 pub mod sink;
 pub mod source;
 pub mod state;
-pub mod tags;
-pub mod tasks;
 pub mod time;
 pub mod transactions;
-pub mod winback;

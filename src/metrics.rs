@@ -11,9 +11,9 @@ use prometheus::{
 };
 
 use crate::classify::{LifecycleStage, Segment};
+use crate::decide::Group;
+use crate::decide::TaskKind;
 use crate::event::{EventKind, Reason};
-use crate::tasks::TaskKind;
-use crate::winback::Group;
 
 /// Labels of the churn-probability distribution gauge, one per tenth.
 pub const PROBABILITY_BUCKETS: [&str; 10] = [

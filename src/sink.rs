@@ -32,11 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::connection::Connector;
+use crate::decide::Group;
+use crate::decide::{Task, TaskKind, TasksSettings};
 use crate::engine::Effects;
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
-use crate::tasks::{Task, TaskKind, TasksSettings};
-use crate::winback::Group;
 
 /// Where effects go, resolved from the settings.
 #[derive(Debug, Clone)]

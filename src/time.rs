@@ -33,9 +33,56 @@ pub fn days_between(from: UnixSeconds, to: UnixSeconds) -> f64 {
     to.saturating_sub(from) as f64 / SECONDS_PER_DAY
 }
 
+/// Seconds in a day (UTC has no leap seconds in Unix time).
+pub const DAY: u32 = 86_400;
+
 /// A whole number of days as seconds, saturating.
 pub fn days(n: u32) -> u32 {
-    n.saturating_mul(86_400)
+    n.saturating_mul(DAY)
+}
+
+/// A whole number of days and the rest of the last one: `n` days late is anything up to the
+/// end of the `n`th day after.
+pub fn days_and_the_rest(n: u32) -> u32 {
+    days(n).saturating_add(DAY - 1)
+}
+
+/// A UTC day since the Unix epoch, in two bytes (until 2149): per-customer bookkeeping
+/// counted in whole days keeps the record small. Day 0 stands for "never".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Day(u16);
+
+impl Day {
+    pub const NEVER: Day = Day(0);
+
+    /// The day `t` falls on (the last representable day for later times).
+    pub fn of(t: UnixSeconds) -> Self {
+        Day(u16::try_from(t / DAY).unwrap_or(u16::MAX))
+    }
+
+    /// The day numbered `n` since the epoch (as stored).
+    pub fn from_number(n: u16) -> Self {
+        Day(n)
+    }
+
+    /// Its number since the epoch (as stored).
+    pub fn number(self) -> u16 {
+        self.0
+    }
+
+    pub fn is_never(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Its first second.
+    pub fn start(self) -> UnixSeconds {
+        u32::from(self.0).saturating_mul(DAY)
+    }
+
+    /// The first second of the day after.
+    pub fn end(self) -> UnixSeconds {
+        (u32::from(self.0) + 1).saturating_mul(DAY)
+    }
 }
 
 /// RFC 3339 in UTC with second precision, e.g. `1997-09-30T00:00:00Z`.
@@ -79,6 +126,18 @@ mod tests {
             parse_date_or_datetime(&rfc3339(875_577_600)),
             Some(875_577_600)
         );
+    }
+
+    #[test]
+    fn a_day_spans_from_its_first_second_to_the_next_day() {
+        let t = 852_076_800 + 5 * 3600; // 1997-01-01T05:00:00Z
+        let day = Day::of(t);
+        assert_eq!(day.start(), 852_076_800);
+        assert_eq!(day.end(), 852_076_800 + DAY);
+        assert_eq!(Day::of(day.end()), Day::from_number(day.number() + 1));
+        assert!(Day::of(0).is_never() && !day.is_never());
+        assert_eq!(Day::of(u32::MAX).number(), (u32::MAX / DAY) as u16);
+        assert_eq!(days_and_the_rest(2), 3 * DAY - 1);
     }
 
     #[test]

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use crate::classify::{LifecycleStage, Segment};
+use crate::decide::Contact;
+use crate::decide::WinbackState;
 use crate::features::store::{CustomerIdx, CustomerStore};
 use crate::features::timers::{Timer, TimerSlots};
 use crate::features::{CustomerFeatures, Decayed, Feedback};
 use crate::profiles::Profile;
-use crate::tasks::Contact;
-use crate::winback::WinbackState;
 
 /// A customer's record: 80 bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]

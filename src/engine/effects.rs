@@ -1,8 +1,8 @@
 //! What a batch or a tick asks the sink to write: tasks, dead letters, acknowledgements.
 
+use crate::decide::Task;
 use crate::event::{EntryId, Reason};
 use crate::source::batch::StreamIdx;
-use crate::tasks::Task;
 
 /// What the daemon must write to Redis for a batch or a tick.
 #[derive(Debug, Default)]

@@ -28,8 +28,9 @@ pub use view::{CustomerView, Dissatisfaction};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::classify::{LifecycleStage, RfmThresholds, Risk, Segment};
+use crate::classify::{LifecycleStage, RfmThresholds};
 use crate::config::{ClockMode, SegmentMode};
+use crate::decide::{Assessment, Playbook, Scored, WinbackState};
 use crate::event::{event_kind, parse_event, EntryId, Event, EventKind, Reason, Rejection};
 use crate::features::recheck::Recheck;
 use crate::features::store::CustomerIdx;
@@ -39,37 +40,23 @@ use crate::metrics::{Metrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
 use crate::model::Model;
 use crate::profiles::{Interner, Profile, Profiles};
 use crate::source::batch::{Batch, StreamIdx};
-use crate::tags::{Facts, Tags};
-use crate::tasks::{CareCandidate, CarePolicy};
 use crate::time::{self, UnixSeconds};
-use crate::winback::{Candidate, Policy, WinbackState};
 use effects::cut_copy;
 use population::Population;
 
 /// One scoring in this many is timed for the scoring histogram.
 const SCORING_SAMPLE_EVERY: u64 = 64;
 
-/// A scored customer's classification, for the tag rules.
-#[derive(Debug, Clone, Copy)]
-struct Scored {
-    segment: Segment,
-    risk: Risk,
-    probability: f64,
-    monetary_365d: f64,
-}
-
 pub struct Engine {
     settings: EngineSettings,
-    policy: Policy,
-    /// The other task kinds and the contact cap they share with win-back.
-    care: CarePolicy,
+    /// Which tasks a customer gets, and when.
+    playbook: Playbook,
     model: Arc<Model>,
     model_version: Arc<str>,
     store: Customers,
     timers: TimerQueue,
     recheck: Recheck,
     profiles: Profiles,
-    tags: Tags,
     /// Under population segment thresholds, the lowest and highest per-segment task
     /// threshold (see `segment_may_decide`); `None` otherwise or when they are all equal.
     population_task_band: Option<(f64, f64)>,
@@ -100,7 +87,7 @@ impl Engine {
         metrics
             .customers_max
             .set(i64::try_from(settings.max_customers).unwrap_or(i64::MAX));
-        let policy = Policy::new(&settings.winback);
+        let playbook = Playbook::new(&settings.winback, &settings.tasks, &settings.tags);
         let population = Population {
             region: vec![0; settings.profiles.regions.len() + 2],
             ..Population::default()
@@ -109,7 +96,7 @@ impl Engine {
         // Risk bands need no check of their own: nothing counts customers by risk.
         let boundaries = (1..PROBABILITY_BUCKETS.len())
             .map(|tenth| tenth as f64 / PROBABILITY_BUCKETS.len() as f64)
-            .chain(policy.thresholds().iter().copied());
+            .chain(playbook.thresholds().iter().copied());
         Self {
             recheck: Recheck::new(
                 boundaries,
@@ -117,12 +104,10 @@ impl Engine {
                 settings.max_rescore_interval_secs,
             ),
             population_task_band: (settings.segments.mode == SegmentMode::Population)
-                .then(|| policy.thresholds_span())
+                .then(|| playbook.thresholds_span())
                 .flatten(),
-            policy,
-            care: CarePolicy::new(&settings.tasks),
+            playbook,
             profiles: Profiles::new(&settings.profiles, Interner::default()),
-            tags: Tags::new(&settings.tags),
             schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),
             model,
@@ -392,7 +377,7 @@ impl Engine {
             if event.kind == EventKind::Purchase
                 && previous_purchase.is_some_and(|p| event.time > p)
             {
-                if let Some(group) = self.policy.on_new_purchase(
+                if let Some(group) = self.playbook.on_new_purchase(
                     &mut customer.winback,
                     event.customer_id,
                     event.time,
@@ -444,8 +429,8 @@ impl Engine {
         self.refresh_thresholds(now);
     }
 
-    /// Scores and classifies one customer at `now`, raises a task if the policy says so, and
-    /// schedules the next check.
+    /// Scores and classifies one customer at `now`, asks the playbook which tasks are due,
+    /// and schedules the next check.
     ///
     /// `feedback` is the score and time of the feedback being applied, if that is what
     /// brings the customer here: a low one from a valuable customer is answered first.
@@ -456,208 +441,86 @@ impl Engine {
         feedback: Option<(u8, UnixSeconds)>,
         fx: &mut Effects,
     ) {
-        let first_task = fx.tasks.len();
-        let customer = self.store.get(idx);
-        let purchases = customer
-            .features
-            .first_purchase()
-            .zip(customer.features.last_purchase());
+        let customer = *self.store.get(idx);
+        let features = customer.features;
+        let purchases = features.first_purchase().zip(features.last_purchase());
         let stage = self.settings.stages.stage(purchases, now);
-        let (Some(x), Some(rfm)) = (customer.features.vector(now), customer.features.rfm(now))
-        else {
-            // A prospect: no score, but maybe an offer.
-            self.reclassify(idx, stage, None, None);
-            let next = self.care_moment(idx, stage, None, now, fx);
-            self.timers
-                .schedule(idx, &mut self.store.get_mut(idx).timer, next);
-            self.attach_context(idx, now, stage, None, first_task, fx);
-            return;
-        };
-        self.scorings += 1;
-        let timer = (self.scorings % SCORING_SAMPLE_EVERY == 0).then(Instant::now);
-        let score = self.model.score(&x);
-        let p = score.probability;
-        let segment = self.thresholds.segment(&rfm);
-        let risk = self.settings.risk.risk(p);
-        if let Some(t) = timer {
-            self.metrics
-                .scoring_seconds
-                .observe(t.elapsed().as_secs_f64());
-        }
-        let bucket = ((p * 10.0) as u8).min(9);
-        self.reclassify(idx, stage, Some(segment), Some(bucket));
-        if let Some(feedback) = feedback {
-            self.service_recovery(idx, stage, segment, feedback, now, fx);
-        }
-
-        let customer = self.store.get(idx);
-        let (mut winback, mut contact) = (customer.winback, customer.contact);
-        // Win-back first; every kind waits for the contact cap.
-        let capped_until = self.care.contact_allowed_from(&contact, now);
-        let candidate = Candidate {
-            customer_id: self.store.id(idx),
-            churn_probability: p,
-            risk,
-            segment,
-            lifecycle_stage: stage,
-            monetary_365d: rfm.monetary_365d,
-            last_purchase: purchases.map_or(0, |(_, last)| last),
-            score: &score,
-        };
-        if capped_until.is_none() {
-            if let Some(task) =
-                self.policy
-                    .decide(&mut winback, candidate, &self.model_version, now)
-            {
-                contact.record(now);
-                fx.tasks.push(task);
+        let scoring = features.vector(now).zip(features.rfm(now)).map(|(x, rfm)| {
+            self.scorings += 1;
+            let timer = (self.scorings % SCORING_SAMPLE_EVERY == 0).then(Instant::now);
+            let score = self.model.score(&x);
+            if let Some(t) = timer {
+                self.metrics
+                    .scoring_seconds
+                    .observe(t.elapsed().as_secs_f64());
             }
-        }
-        let customer = self.store.get_mut(idx);
-        customer.winback = winback;
-        customer.contact = contact;
-        let care_next = self.care_moment(idx, stage, Some(segment), now, fx);
-        let features = self.store.get(idx).features;
-        let next = self.recheck.next(
-            now,
-            score.logit,
-            |secs| {
-                features
-                    .vector(now.saturating_add(secs))
-                    .map_or((0.0, 0.0), |later| self.model.logit_reach(&x, &later))
-            },
-            [
-                self.settings.stages.next_change(purchases, now),
-                self.thresholds.next_change(&rfm, now),
-                purchases.and_then(|(_, last)| self.policy.next_eligible(&winback, last, now)),
-                self.segment_may_decide(&winback, p)
-                    .then(|| now.saturating_add(self.settings.rescore_interval_secs)),
-                care_next,
-                // A crossing while capped is acted on when the cap ends.
-                capped_until.filter(|_| self.policy.may_raise(&winback)),
-            ],
-        );
-        self.timers
-            .schedule(idx, &mut self.store.get_mut(idx).timer, Some(next));
-        let scored = Scored {
-            segment,
-            risk,
-            probability: p,
+            (x, rfm, score)
+        });
+        let scored = scoring.as_ref().map(|(_, rfm, score)| Scored {
+            probability: score.probability,
+            risk: self.settings.risk.risk(score.probability),
+            segment: self.thresholds.segment(rfm),
             monetary_365d: rfm.monetary_365d,
+            score,
+        });
+        let bucket = scored.map(|s| ((s.probability * 10.0) as u8).min(9));
+        self.reclassify(idx, stage, scored.map(|s| s.segment), bucket);
+        let (mut winback, mut contact) = (customer.winback, customer.contact);
+        let assessment = self.assess(idx, now, stage, scored);
+        let decision_next = self.playbook.decide(
+            &assessment,
+            (&mut winback, &mut contact),
+            feedback,
+            &self.model_version,
+            &mut fx.tasks,
+        );
+        let record = self.store.get_mut(idx);
+        record.winback = winback;
+        record.contact = contact;
+        let next = match &scoring {
+            // A prospect: nothing changes for them but the care occasions.
+            None => decision_next,
+            Some((x, rfm, score)) => Some(
+                self.recheck.next(
+                    now,
+                    score.logit,
+                    |secs| {
+                        features
+                            .vector(now.saturating_add(secs))
+                            .map_or((0.0, 0.0), |later| self.model.logit_reach(x, &later))
+                    },
+                    [
+                        self.settings.stages.next_change(purchases, now),
+                        self.thresholds.next_change(rfm, now),
+                        decision_next,
+                        self.segment_may_decide(&winback, score.probability)
+                            .then(|| now.saturating_add(self.settings.rescore_interval_secs)),
+                    ],
+                ),
+            ),
         };
-        self.attach_context(idx, now, stage, Some(scored), first_task, fx);
+        self.timers
+            .schedule(idx, &mut self.store.get_mut(idx).timer, next);
     }
 
-    /// Raises the care task due for the customer now, if any, and returns the next moment a
-    /// care task can fall due without an event.
-    fn care_moment(
-        &mut self,
-        idx: CustomerIdx,
-        stage: LifecycleStage,
-        segment: Option<Segment>,
-        now: UnixSeconds,
-        fx: &mut Effects,
-    ) -> Option<UnixSeconds> {
-        let mut contact = self.store.get(idx).contact;
-        let candidate = self.care_candidate(idx, stage, segment);
-        let (task, next) = self.care.evaluate(&mut contact, &candidate, now);
-        fx.tasks.extend(task);
-        self.store.get_mut(idx).contact = contact;
-        next
-    }
-
-    /// Answers a feedback (score, time given) with a service-recovery task if the policy
-    /// calls for one.
-    fn service_recovery(
-        &mut self,
-        idx: CustomerIdx,
-        stage: LifecycleStage,
-        segment: Segment,
-        (score, feedback_at): (u8, UnixSeconds),
-        now: UnixSeconds,
-        fx: &mut Effects,
-    ) {
-        let mut contact = self.store.get(idx).contact;
-        let candidate = self.care_candidate(idx, stage, Some(segment));
-        let task = self
-            .care
-            .service_recovery(&mut contact, &candidate, score, feedback_at, now);
-        if let Some(task) = task {
-            fx.tasks.push(task);
-            self.store.get_mut(idx).contact = contact;
-        }
-    }
-
-    fn care_candidate(
-        &self,
-        idx: CustomerIdx,
-        stage: LifecycleStage,
-        segment: Option<Segment>,
-    ) -> CareCandidate<'_> {
-        let features = &self.store.get(idx).features;
-        CareCandidate {
-            customer_id: self.store.id(idx),
-            lifecycle_stage: stage,
-            segment,
-            purchases: features.purchases(),
-            first_purchase: features.first_purchase(),
-            last_purchase: features.last_purchase(),
-            birthday: self
-                .store
-                .extra(idx)
-                .and_then(|x| x.profile.as_ref())
-                .and_then(|p| p.birthday()),
-        }
-    }
-
-    /// Gives the tasks raised for the customer since `first_task` their tags and profile.
-    fn attach_context(
-        &self,
+    /// The customer at `now`, as the playbook and the tag rules see them.
+    fn assess<'a>(
+        &'a self,
         idx: CustomerIdx,
         now: UnixSeconds,
         stage: LifecycleStage,
-        scored: Option<Scored>,
-        first_task: usize,
-        fx: &mut Effects,
-    ) {
-        let raised = &mut fx.tasks[first_task..];
-        if raised.is_empty() {
-            return;
-        }
-        let facts = self.facts(idx, now, stage, scored);
-        let tags = self.tags.of(&facts);
-        let profile = self.store.extra(idx).and_then(|x| x.profile.clone());
-        for task in raised {
-            task.tags.clone_from(&tags);
-            task.profile.clone_from(&profile);
-        }
-    }
-
-    /// What the tag rules look at for a customer at `now`.
-    fn facts(
-        &self,
-        idx: CustomerIdx,
-        now: UnixSeconds,
-        stage: LifecycleStage,
-        scored: Option<Scored>,
-    ) -> Facts<'_> {
-        let features = &self.store.get(idx).features;
+        scored: Option<Scored<'a>>,
+    ) -> Assessment<'a> {
         let extras = self.store.extra(idx);
-        let (refunds_90d, complaints_90d) = features.dissatisfaction(now);
-        let feedback = extras.and_then(Extras::feedback);
-        Facts {
+        Assessment {
+            customer_id: self.store.id(idx),
+            now,
             stage,
-            segment: scored.map(|s| s.segment),
-            risk: scored.map(|s| s.risk),
-            churn_probability: scored.map(|s| s.probability),
-            purchases: features.purchases(),
-            monetary_365d: scored.map_or(0.0, |s| s.monetary_365d),
-            refunds_90d,
-            complaints_90d,
-            coupons_90d: extras.and_then(Extras::coupons).map_or(0.0, |c| c.at(now)),
-            low_feedback_90d: feedback.map_or(0.0, |f| f.low_scores.at(now)),
-            last_feedback_score: feedback.map(|f| f.last_score),
-            profile: extras.and_then(|x| x.profile.as_deref()),
+            features: &self.store.get(idx).features,
+            scored,
+            profile: extras.and_then(|x| x.profile.as_ref()),
+            feedback: extras.and_then(Extras::feedback),
+            coupons: extras.and_then(Extras::coupons),
         }
     }
 
@@ -670,6 +533,6 @@ impl Engine {
     fn segment_may_decide(&self, winback: &WinbackState, p: f64) -> bool {
         self.population_task_band
             .is_some_and(|(low, high)| (low..high).contains(&p))
-            && self.policy.may_raise(winback)
+            && self.playbook.may_raise(winback)
     }
 }

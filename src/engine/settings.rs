@@ -2,11 +2,11 @@
 
 use crate::classify::{RiskBands, Segment, StageBounds};
 use crate::config::{ClockMode, SegmentSettings, Settings};
+use crate::decide::TagRule;
+use crate::decide::TasksSettings;
+use crate::decide::WinbackSettings;
 use crate::event::EventLimits;
 use crate::profiles::ProfileSettings;
-use crate::tags::TagRule;
-use crate::tasks::TasksSettings;
-use crate::winback::WinbackSettings;
 
 /// The engine's slice of the settings.
 #[derive(Debug, Clone)]

@@ -3,10 +3,11 @@ use std::collections::BTreeMap;
 use redis::Value;
 
 use super::*;
+use crate::classify::Segment;
 use crate::config::Settings;
+use crate::decide::{Detail, Task, TaskKind};
 use crate::features::FEATURE_NAMES;
 use crate::source::batch::Entry;
-use crate::tasks::{Detail, Task, TaskKind};
 
 const DAY: u32 = 86_400;
 const T0: u32 = 852_076_800;
@@ -154,10 +155,7 @@ fn prospects_get_an_offer_at_the_third_visit_and_new_buyers_a_welcome_on_time() 
         )]
     );
     let buyer = e.store.get(e.store.find("buyer").unwrap());
-    assert_eq!(
-        buyer.contact.last_day,
-        u16::try_from((T0 + 16 * DAY) / DAY).unwrap()
-    );
+    assert_eq!(buyer.contact.last_day, crate::time::Day::of(T0 + 16 * DAY));
 }
 
 #[test]

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::classify::{LifecycleStage, Segment};
+use crate::decide::Group;
 use crate::features::{Rfm, FEATURE_NAMES};
 use crate::time::{self};
-use crate::winback::Group;
 
-use super::{Engine, Extras, Scored};
+use super::Engine;
+use crate::decide::Scored;
 
 /// A customer as the API shows them, computed at the engine's "now".
 #[derive(Debug, Clone, Serialize)]
@@ -63,14 +64,15 @@ impl Engine {
         let score = vector.map(|x| self.model.score(&x));
         let rfm = f.rfm(now);
         let stage = self.settings.stages.stage(purchases, now);
-        let scored = score.zip(rfm).map(|(s, r)| Scored {
-            segment: self.thresholds.segment(&r),
-            risk: self.settings.risk.risk(s.probability),
+        let scored = score.as_ref().zip(rfm).map(|(s, r)| Scored {
             probability: s.probability,
+            risk: self.settings.risk.risk(s.probability),
+            segment: self.thresholds.segment(&r),
             monetary_365d: r.monetary_365d,
+            score: s,
         });
-        let facts = self.facts(idx, now, stage, scored);
-        let feedback = self.store.extra(idx).and_then(Extras::feedback);
+        let assessment = self.assess(idx, now, stage, scored);
+        let recent = assessment.recent();
         Some(CustomerView {
             customer_id: customer_id.to_string(),
             as_of: time::rfc3339(now),
@@ -80,7 +82,7 @@ impl Engine {
             risk: scored.map(|s| s.risk),
             reasons: score
                 .map(|s| {
-                    s.reasons(self.policy.reasons)
+                    s.reasons(self.playbook.reasons())
                         .iter()
                         .map(ToString::to_string)
                         .collect()
@@ -93,26 +95,31 @@ impl Engine {
             first_purchase: f.first_purchase().map(time::rfc3339),
             last_purchase: f.last_purchase().map(time::rfc3339),
             last_event: time::rfc3339(f.last_event()),
-            group: self.policy.group(customer_id),
+            group: self.playbook.group(customer_id),
             winback_tasks_in_episode: c.winback.episode_tasks,
             last_winback_task_at: (c.winback.last_task_at != 0)
                 .then(|| time::rfc3339(c.winback.last_task_at)),
             model_version: self.model_version.to_string(),
-            tags: self.tags.of(&facts).iter().map(|t| t.to_string()).collect(),
-            profile: facts
+            tags: self
+                .playbook
+                .tags(&assessment)
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            profile: assessment
                 .profile
                 .iter()
                 .flat_map(|p| p.iter())
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             dissatisfaction: Dissatisfaction {
-                refunds_90d: facts.refunds_90d,
-                complaints_90d: facts.complaints_90d,
-                low_feedback_90d: facts.low_feedback_90d,
-                last_feedback_score: facts.last_feedback_score,
-                last_feedback_at: feedback.map(|f| time::rfc3339(f.last_at)),
+                refunds_90d: recent.refunds_90d,
+                complaints_90d: recent.complaints_90d,
+                low_feedback_90d: recent.low_feedback_90d,
+                last_feedback_score: recent.last_feedback_score,
+                last_feedback_at: recent.last_feedback_at.map(time::rfc3339),
             },
-            coupons_90d: facts.coupons_90d,
+            coupons_90d: recent.coupons_90d,
         })
     }
 }

@@ -386,8 +386,8 @@ fn call(target: &Target, entries: Vec<Entry>) -> Call {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    use crate::decide::{Detail, Task, TaskKind};
     use crate::event::{EntryId, Reason};
-    use crate::tasks::{Detail, Task, TaskKind};
 
     fn care(n: usize, kind: TaskKind) -> Task {
         Task {

@@ -16,6 +16,7 @@
 //! the same indices and makes the same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
+use crate::decide::{Contact, WinbackState};
 use crate::engine::{Customer, Customers, EngineState, Extras, StateHeader};
 use crate::event::EntryId;
 use crate::features::store::CaptureSize;
@@ -23,8 +24,7 @@ use crate::features::timers::Timer;
 use crate::features::{CustomerFeatures, Decayed, Feedback};
 use crate::metrics::PROBABILITY_BUCKETS;
 use crate::profiles::Interner;
-use crate::tasks::Contact;
-use crate::winback::WinbackState;
+use crate::time::Day;
 use std::io::Read;
 
 use xxhash_rust::xxh3::Xxh3;
@@ -206,7 +206,7 @@ impl Encoder {
             out.push(c.stage.map_or(NONE, |s| s.index() as u8));
             out.push(c.segment.map_or(NONE, |s| s.index() as u8));
             out.push(c.bucket.unwrap_or(NONE));
-            out.extend_from_slice(&c.contact.last_day.to_le_bytes());
+            out.extend_from_slice(&c.contact.last_day.number().to_le_bytes());
             out.push(c.contact.prospect_visits);
             put_extras(out, extras);
         }
@@ -414,13 +414,13 @@ fn read_customer<R: Read>(
     .map_err(|v| malformed(format!("{id:?}: probability bucket {v}")))?;
     let contact = if version >= 3 {
         Contact {
-            last_day: u16::from_le_bytes([r.u8()?, r.u8()?]),
+            last_day: Day::from_number(u16::from_le_bytes([r.u8()?, r.u8()?])),
             prospect_visits: r.u8()?,
         }
     } else {
         // Before contacts were kept, the last win-back task was the last contact.
         Contact {
-            last_day: u16::try_from(last_task_at / 86_400).unwrap_or(u16::MAX),
+            last_day: Day::of(last_task_at),
             prospect_visits: 0,
         }
     };
@@ -754,7 +754,7 @@ mod tests {
             c.segment = (i % 4 != 0).then(|| Segment::ALL[i % 8]);
             c.bucket = Some((i % 10) as u8);
             c.contact = Contact {
-                last_day: 10_000 + i as u16,
+                last_day: Day::from_number(10_000 + i as u16),
                 prospect_visits: (i % 5) as u8,
             };
         }
@@ -895,7 +895,7 @@ mod tests {
         let mut expected = state.clone();
         for (i, c) in state.customers.iter() {
             expected.customers.get_mut(i).contact = Contact {
-                last_day: (c.winback.last_task_at / 86_400) as u16,
+                last_day: Day::of(c.winback.last_task_at),
                 prospect_visits: 0,
             };
         }

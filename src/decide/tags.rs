@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::assessment::{Assessment, Recent};
 use crate::classify::{LifecycleStage, Risk, Segment};
-use crate::profiles::Profile;
 
 /// One `[[tags]]` rule. Every condition given must hold; a rule gives at least one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -90,28 +90,32 @@ impl TagRule {
             + usize::from(self.max_last_feedback_score.is_some())
     }
 
-    fn matches(&self, f: &Facts<'_>) -> bool {
+    fn matches(&self, a: &Assessment<'_>, recent: &Recent) -> bool {
         let at_least = |bound: Option<f64>, value: f64| bound.is_none_or(|b| value >= b);
-        within(&self.segments, f.segment)
-            && within(&self.stages, Some(f.stage))
-            && within(&self.risks, f.risk)
+        let probability = a.scored.map(|s| s.probability);
+        within(&self.segments, a.segment())
+            && within(&self.stages, Some(a.stage))
+            && within(&self.risks, a.scored.map(|s| s.risk))
             && self
                 .min_churn_probability
-                .is_none_or(|b| f.churn_probability.is_some_and(|p| p >= b))
+                .is_none_or(|b| probability.is_some_and(|p| p >= b))
             && self
                 .max_churn_probability
-                .is_none_or(|b| f.churn_probability.is_some_and(|p| p <= b))
-            && self.min_purchases.is_none_or(|b| f.purchases >= b)
-            && at_least(self.min_monetary_365d, f.monetary_365d)
-            && at_least(self.min_refunds_90d, f.refunds_90d)
-            && at_least(self.min_complaints_90d, f.complaints_90d)
-            && at_least(self.min_coupons_90d, f.coupons_90d)
-            && at_least(self.min_low_feedback_90d, f.low_feedback_90d)
+                .is_none_or(|b| probability.is_some_and(|p| p <= b))
+            && self.min_purchases.is_none_or(|b| a.purchases() >= b)
+            && at_least(
+                self.min_monetary_365d,
+                a.scored.map_or(0.0, |s| s.monetary_365d),
+            )
+            && at_least(self.min_refunds_90d, recent.refunds_90d)
+            && at_least(self.min_complaints_90d, recent.complaints_90d)
+            && at_least(self.min_coupons_90d, recent.coupons_90d)
+            && at_least(self.min_low_feedback_90d, recent.low_feedback_90d)
             && self
                 .max_last_feedback_score
-                .is_none_or(|b| f.last_feedback_score.is_some_and(|s| s <= b))
+                .is_none_or(|b| recent.last_feedback_score.is_some_and(|s| s <= b))
             && self.profile.iter().all(|(key, values)| {
-                f.profile
+                a.profile
                     .and_then(|p| p.get(key))
                     .is_some_and(|v| values.iter().any(|accepted| accepted == v))
             })
@@ -182,23 +186,6 @@ pub fn problems(rules: &[TagRule]) -> Vec<String> {
     problems
 }
 
-/// What the rules look at, as of one scoring.
-#[derive(Debug, Clone, Copy)]
-pub struct Facts<'a> {
-    pub stage: LifecycleStage,
-    pub segment: Option<Segment>,
-    pub risk: Option<Risk>,
-    pub churn_probability: Option<f64>,
-    pub purchases: u32,
-    pub monetary_365d: f64,
-    pub refunds_90d: f64,
-    pub complaints_90d: f64,
-    pub coupons_90d: f64,
-    pub low_feedback_90d: f64,
-    pub last_feedback_score: Option<u8>,
-    pub profile: Option<&'a Profile>,
-}
-
 /// The configured rules, grouped by tag in the order tags are first named.
 #[derive(Debug, Clone, Default)]
 pub struct Tags {
@@ -218,10 +205,14 @@ impl Tags {
     }
 
     /// The customer's tags, in configuration order.
-    pub fn of(&self, facts: &Facts<'_>) -> Vec<Arc<str>> {
+    pub fn of(&self, a: &Assessment<'_>) -> Vec<Arc<str>> {
+        if self.tags.is_empty() {
+            return Vec::new();
+        }
+        let recent = a.recent();
         self.tags
             .iter()
-            .filter(|(_, rules)| rules.iter().any(|r| r.matches(facts)))
+            .filter(|(_, rules)| rules.iter().any(|r| r.matches(a, &recent)))
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -230,50 +221,86 @@ impl Tags {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profiles::Interner;
+    use crate::decide::Scored;
+    use crate::event::{Event, EventKind};
+    use crate::features::{CustomerFeatures, Decayed, Feedback};
+    use crate::model::Score;
+    use crate::profiles::{Interner, Profile};
+    use crate::time::UnixSeconds;
 
-    fn facts() -> Facts<'static> {
-        Facts {
-            stage: LifecycleStage::Active,
-            segment: Some(Segment::ImportantValue),
-            risk: Some(Risk::Low),
-            churn_probability: Some(0.2),
-            purchases: 5,
-            monetary_365d: 300.0,
-            refunds_90d: 0.0,
-            complaints_90d: 0.0,
-            coupons_90d: 0.0,
-            low_feedback_90d: 0.0,
-            last_feedback_score: None,
-            profile: None,
+    const NOW: UnixSeconds = 900_000_000;
+
+    static SCORE: std::sync::LazyLock<Score> = std::sync::LazyLock::new(|| {
+        let model = crate::model::Model::from_file(&crate::model::tests::recency_only_model_file())
+            .expect("valid test model");
+        model.score(&[0.0; crate::features::FEATURE_COUNT])
+    });
+
+    /// What a test customer has done: purchases of 60 each and refunds, all at NOW.
+    fn history(purchases: u32, refunds: u32) -> CustomerFeatures {
+        let mut f = CustomerFeatures::default();
+        for _ in 0..purchases {
+            f.apply(&Event::new("c", EventKind::Purchase, 60.0, NOW));
         }
+        for _ in 0..refunds {
+            f.apply(&Event::new("c", EventKind::Refund, 5.0, NOW));
+        }
+        f
+    }
+
+    /// An active, valuable, low-risk buyer unless changed.
+    fn assessed<'a>(features: &'a CustomerFeatures) -> Assessment<'a> {
+        Assessment {
+            customer_id: "c",
+            now: NOW,
+            stage: LifecycleStage::Active,
+            features,
+            scored: Some(Scored {
+                probability: 0.2,
+                risk: Risk::Low,
+                segment: Segment::ImportantValue,
+                monetary_365d: 300.0,
+                score: &SCORE,
+            }),
+            profile: None,
+            feedback: None,
+            coupons: None,
+        }
+    }
+
+    fn names(tags: &Tags, a: &Assessment<'_>) -> Vec<String> {
+        tags.of(a).iter().map(|t| t.to_string()).collect()
     }
 
     #[test]
     fn the_default_rules_tag_as_documented() {
         let tags = Tags::new(&default_rules());
-        let names = |f: &Facts<'_>| tags.of(f).iter().map(|t| t.to_string()).collect::<Vec<_>>();
-        assert_eq!(names(&facts()), ["vip"]);
-        let hunter = Facts {
-            segment: Some(Segment::GeneralValue),
-            coupons_90d: 2.5,
-            risk: Some(Risk::High),
-            ..facts()
+        let buyer = history(5, 0);
+        assert_eq!(names(&tags, &assessed(&buyer)), ["vip"]);
+        let mut coupons = Decayed::default();
+        coupons.add(NOW);
+        coupons.add(NOW);
+        let mut hunter = assessed(&buyer);
+        hunter.coupons = Some(coupons);
+        hunter.scored = hunter.scored.map(|s| Scored {
+            segment: Segment::GeneralValue,
+            risk: Risk::High,
+            ..s
+        });
+        assert_eq!(names(&tags, &hunter), ["bargain_hunter", "at_risk"]);
+        let refunds = history(5, 2);
+        let refunder = Assessment {
+            scored: None,
+            ..assessed(&refunds)
         };
-        assert_eq!(names(&hunter), ["bargain_hunter", "at_risk"]);
-        let refunder = Facts {
-            segment: None,
-            refunds_90d: 2.0,
-            ..facts()
-        };
-        assert_eq!(names(&refunder), ["bargain_hunter"]);
+        assert_eq!(names(&tags, &refunder), ["bargain_hunter"]);
         assert!(problems(&default_rules()).is_empty());
     }
 
     #[test]
     fn every_condition_of_a_rule_must_hold() {
         let mut interner = Interner::default();
-        let eu = interner.profile([("region", "eu"), ("channel", "app")]);
+        let eu: Arc<Profile> = interner.profile([("region", "eu"), ("channel", "app")]);
         let rule = TagRule {
             name: "unhappy_eu_app".into(),
             profile: BTreeMap::from([
@@ -284,26 +311,32 @@ mod tests {
             ..TagRule::default()
         };
         let tags = Tags::new(&[rule]);
-        let unhappy = Facts {
-            last_feedback_score: Some(1),
+        let buyer = history(5, 0);
+        let feedback = |score| {
+            let mut f = Feedback::default();
+            f.apply(score, NOW);
+            Some(f)
+        };
+        let unhappy = Assessment {
+            feedback: feedback(1),
             profile: Some(&eu),
-            ..facts()
+            ..assessed(&buyer)
         };
         assert_eq!(tags.of(&unhappy).len(), 1);
         assert!(tags
-            .of(&Facts {
-                last_feedback_score: Some(3),
+            .of(&Assessment {
+                feedback: feedback(3),
                 ..unhappy
             })
             .is_empty());
         assert!(tags
-            .of(&Facts {
-                last_feedback_score: None,
+            .of(&Assessment {
+                feedback: None,
                 ..unhappy
             })
             .is_empty());
         assert!(tags
-            .of(&Facts {
+            .of(&Assessment {
                 profile: None,
                 ..unhappy
             })

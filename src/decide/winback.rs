@@ -1,4 +1,4 @@
-//! Win-back policy: when a customer's churn probability warrants a task, which action, and
+//! Win-back: when a customer's churn probability warrants a task, which action, and
 //! the bookkeeping that keeps tasks unique (episodes, cooldown, deterministic IDs) and
 //! measurable (a stable control group).
 //!
@@ -8,136 +8,20 @@
 //! guard in Redis drops the copy. A purchase after a task closes the episode and counts as a
 //! recovery, in the treatment or the control group.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64_with_seed};
+use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::classify::{LifecycleStage, Risk, Segment};
-use crate::model::Score;
-use crate::tasks::{Detail, Task, WinbackDetail};
+use super::settings::WinbackSettings;
+use super::task::{winback_task_id, Detail, Task, WinbackDetail};
+use super::Assessment;
+use crate::classify::Segment;
 use crate::time::{self, UnixSeconds};
 
 /// Seed of the control-group hash. Changing it reshuffles the groups and invalidates uplift
 /// measurement in flight: never change it.
 const CONTROL_GROUP_SEED: u64 = 0x6368_7572_6e64_6367; // "churndcg"
-
-/// `[winback]` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WinbackSettings {
-    pub enabled: bool,
-    /// Stream that marketing automation consumes.
-    pub stream: String,
-    /// Stream for the control group's would-be tasks (nobody acts on them).
-    pub control_stream: String,
-    /// Approximate cap of each task stream (XADD MAXLEN ~).
-    pub max_len: u64,
-    /// Churn probability at or above which a task is raised.
-    pub threshold: f64,
-    /// Per-segment overrides of `threshold`.
-    pub segment_thresholds: HashMap<Segment, f64>,
-    /// Playbook: the action for each segment.
-    pub actions: HashMap<Segment, String>,
-    /// No task while the last purchase is more recent than this: a fresh buyer is not
-    /// drifting away yet, whatever their base churn rate.
-    pub min_silence_days: u32,
-    /// Least time between two tasks for one customer.
-    pub cooldown_days: u32,
-    /// Tasks per episode of silence (1 = one task until the customer buys again).
-    pub max_tasks_per_episode: u8,
-    /// Share of customers held out as control group, by a stable hash of their ID.
-    pub control_share: f64,
-    /// How long Redis remembers a task ID to drop duplicates.
-    pub dedup_ttl_days: u32,
-    /// Reasons listed on a task.
-    pub reasons: usize,
-}
-
-impl Default for WinbackSettings {
-    fn default() -> Self {
-        use Segment::*;
-        let actions = [
-            (ImportantValue, "personal_call"),
-            (ImportantDevelopment, "personal_call"),
-            (ImportantRetention, "personal_call"),
-            (ImportantWinback, "personal_call"),
-            (GeneralValue, "loyalty_offer"),
-            (GeneralDevelopment, "email_reminder"),
-            (GeneralRetention, "coupon"),
-            (GeneralWinback, "coupon"),
-        ];
-        Self {
-            enabled: true,
-            stream: "churn:winback".into(),
-            control_stream: "churn:winback:control".into(),
-            max_len: 1_000_000,
-            threshold: 0.7,
-            // Act earlier on the most valuable customers.
-            segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
-            actions: actions
-                .into_iter()
-                .map(|(s, a)| (s, a.to_string()))
-                .collect(),
-            min_silence_days: 30,
-            cooldown_days: 30,
-            max_tasks_per_episode: 1,
-            control_share: 0.1,
-            dedup_ttl_days: 400,
-            reasons: 3,
-        }
-    }
-}
-
-impl WinbackSettings {
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        let probability = |key: &str, v: f64, problems: &mut Vec<String>| {
-            if !(0.0..=1.0).contains(&v) {
-                problems.push(format!("{prefix}.{key} ({v}) must be between 0 and 1"));
-            }
-        };
-        probability("threshold", self.threshold, &mut problems);
-        probability("control_share", self.control_share, &mut problems);
-        for (segment, &v) in &self.segment_thresholds {
-            probability(
-                &format!("segment_thresholds.{}", segment.as_str()),
-                v,
-                &mut problems,
-            );
-        }
-        for segment in Segment::ALL {
-            match self.actions.get(&segment) {
-                Some(a) if !a.trim().is_empty() => {}
-                _ => problems.push(format!(
-                    "{prefix}.actions.{} is missing: every segment needs an action",
-                    segment.as_str()
-                )),
-            }
-        }
-        for (key, value) in [
-            ("stream", &self.stream),
-            ("control_stream", &self.control_stream),
-        ] {
-            if value.is_empty() {
-                problems.push(format!("{prefix}.{key} must not be empty"));
-            }
-        }
-        if self.stream == self.control_stream {
-            problems.push(format!(
-                "{prefix}.control_stream must differ from {prefix}.stream"
-            ));
-        }
-        if self.max_tasks_per_episode == 0 {
-            problems.push(format!("{prefix}.max_tasks_per_episode must be at least 1"));
-        }
-        if self.dedup_ttl_days == 0 {
-            problems.push(format!("{prefix}.dedup_ttl_days must be at least 1"));
-        }
-        problems
-    }
-}
 
 /// Treatment (marketing acts) or control (held out to measure uplift).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -168,19 +52,6 @@ pub struct WinbackState {
     /// A task is out and no purchase has followed it yet: the next purchase after
     /// `last_task_at` is a recovery.
     pub awaiting_recovery: bool,
-}
-
-/// What a task needs to know about the customer at decision time.
-pub struct Candidate<'a> {
-    pub customer_id: &'a str,
-    pub churn_probability: f64,
-    pub risk: Risk,
-    pub segment: Segment,
-    pub lifecycle_stage: LifecycleStage,
-    pub monetary_365d: f64,
-    pub last_purchase: UnixSeconds,
-    /// Reasons are read from the score only when a task is raised.
-    pub score: &'a Score,
 }
 
 /// The configured policy, resolved for fast decisions.
@@ -286,20 +157,23 @@ impl Policy {
         .min()
     }
 
-    /// A task for this candidate now, if the policy calls for one; updates `state`.
+    /// A task for the customer now, if the policy calls for one; updates `state`. Only a
+    /// buyer (with a score) can get one.
     pub fn decide(
         &self,
         state: &mut WinbackState,
-        candidate: Candidate<'_>,
+        a: &Assessment<'_>,
         model_version: &Arc<str>,
-        now: UnixSeconds,
     ) -> Option<Task> {
-        let s = candidate.segment.index();
-        let below_threshold = candidate.churn_probability.is_nan()
-            || candidate.churn_probability < self.thresholds[s];
+        let scored = a.scored?;
+        let now = a.now;
+        let last_purchase = a.last_purchase().unwrap_or(0);
+        let s = scored.segment.index();
+        let below_threshold =
+            scored.probability.is_nan() || scored.probability < self.thresholds[s];
         if !self.enabled
             || below_threshold
-            || now < candidate.last_purchase.saturating_add(self.min_silence)
+            || now < last_purchase.saturating_add(self.min_silence)
             || state.episode_tasks >= self.max_tasks_per_episode
             || (state.last_task_at != 0 && now < state.last_task_at.saturating_add(self.cooldown))
         {
@@ -310,22 +184,22 @@ impl Policy {
         state.awaiting_recovery = true;
         let attempt = state.episode_tasks;
         Some(Task {
-            task_id: task_id(candidate.customer_id, candidate.last_purchase, attempt),
-            customer_id: candidate.customer_id.to_owned(),
+            task_id: winback_task_id(a.customer_id, last_purchase, attempt),
+            customer_id: a.customer_id.to_owned(),
             action: self.actions[s].clone(),
-            lifecycle_stage: candidate.lifecycle_stage,
-            segment: Some(candidate.segment),
+            lifecycle_stage: a.stage,
+            segment: Some(scored.segment),
             as_of: now,
             tags: Vec::new(),
             profile: None,
             detail: Detail::Winback(WinbackDetail {
-                churn_probability: candidate.churn_probability,
-                risk: candidate.risk,
-                priority: candidate.churn_probability * candidate.monetary_365d,
-                reasons: candidate.score.reasons(self.reasons),
+                churn_probability: scored.probability,
+                risk: scored.risk,
+                priority: scored.probability * scored.monetary_365d,
+                reasons: scored.score.reasons(self.reasons),
                 model_version: model_version.clone(),
-                group: self.group(candidate.customer_id),
-                episode_start: candidate.last_purchase,
+                group: self.group(a.customer_id),
+                episode_start: last_purchase,
                 attempt,
             }),
         })
@@ -349,20 +223,14 @@ impl Policy {
     }
 }
 
-/// Deterministic task ID: 128 bits of xxh3 over kind, customer, episode start and attempt.
-pub fn task_id(customer_id: &str, episode_start: UnixSeconds, attempt: u8) -> String {
-    let mut key = Vec::with_capacity(customer_id.len() + 16);
-    key.extend_from_slice(b"winback\0");
-    key.extend_from_slice(customer_id.as_bytes());
-    key.push(0);
-    key.extend_from_slice(&episode_start.to_le_bytes());
-    key.push(attempt);
-    format!("{:032x}", xxh3_128(&key))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::{LifecycleStage, Risk};
+    use crate::decide::Scored;
+    use crate::event::{Event, EventKind};
+    use crate::features::CustomerFeatures;
+    use crate::model::Score;
 
     const DAY: u32 = 86_400;
     const T0: u32 = 852_076_800;
@@ -373,16 +241,30 @@ mod tests {
         model.score(&[0.0; crate::features::FEATURE_COUNT])
     });
 
-    fn candidate(p: f64, segment: Segment) -> Candidate<'static> {
-        Candidate {
+    static FEATURES: std::sync::LazyLock<CustomerFeatures> = std::sync::LazyLock::new(|| {
+        let mut features = CustomerFeatures::default();
+        features.apply(&Event::new("c-1", EventKind::Purchase, 20.0, T0));
+        features
+    });
+
+    /// A silent buyer (last purchase at T0, 200 spent over the year) with churn
+    /// probability `p`, assessed at `now`.
+    fn at(p: f64, segment: Segment, now: UnixSeconds) -> Assessment<'static> {
+        Assessment {
             customer_id: "c-1",
-            churn_probability: p,
-            risk: Risk::High,
-            segment,
-            lifecycle_stage: LifecycleStage::Silent,
-            monetary_365d: 200.0,
-            last_purchase: T0,
-            score: &SCORE,
+            now,
+            stage: LifecycleStage::Silent,
+            features: &FEATURES,
+            scored: Some(Scored {
+                probability: p,
+                risk: Risk::High,
+                segment,
+                monetary_365d: 200.0,
+                score: &SCORE,
+            }),
+            profile: None,
+            feedback: None,
+            coupons: None,
         }
     }
 
@@ -420,20 +302,10 @@ mod tests {
         let mut st = WinbackState::default();
         let now = T0 + 100 * DAY;
         assert!(policy
-            .decide(
-                &mut st,
-                candidate(0.69, Segment::GeneralWinback),
-                &version(),
-                now
-            )
+            .decide(&mut st, &at(0.69, Segment::GeneralWinback, now), &version())
             .is_none());
         let task = policy
-            .decide(
-                &mut st,
-                candidate(0.7, Segment::GeneralWinback),
-                &version(),
-                now,
-            )
+            .decide(&mut st, &at(0.7, Segment::GeneralWinback, now), &version())
             .unwrap();
         assert_eq!(&*task.action, "coupon");
         assert_eq!(task.winback().unwrap().attempt, 1);
@@ -441,9 +313,8 @@ mod tests {
         assert!(policy
             .decide(
                 &mut st,
-                candidate(0.9, Segment::GeneralWinback),
-                &version(),
-                now + 60 * DAY
+                &at(0.9, Segment::GeneralWinback, now + 60 * DAY),
+                &version()
             )
             .is_none());
     }
@@ -458,12 +329,7 @@ mod tests {
         let mut st = WinbackState::default();
         let now = T0 + 40 * DAY;
         let task = policy
-            .decide(
-                &mut st,
-                candidate(0.55, Segment::ImportantValue),
-                &version(),
-                now,
-            )
+            .decide(&mut st, &at(0.55, Segment::ImportantValue, now), &version())
             .unwrap();
         assert_eq!(&*task.action, "personal_call");
     }
@@ -476,17 +342,15 @@ mod tests {
         assert!(policy
             .decide(
                 &mut st,
-                candidate(0.99, Segment::GeneralWinback),
-                &version(),
-                fresh
+                &at(0.99, Segment::GeneralWinback, fresh),
+                &version()
             )
             .is_none());
         assert!(policy
             .decide(
                 &mut st,
-                candidate(0.99, Segment::GeneralWinback),
-                &version(),
-                T0 + 30 * DAY
+                &at(0.99, Segment::GeneralWinback, T0 + 30 * DAY),
+                &version()
             )
             .is_some());
     }
@@ -501,27 +365,20 @@ mod tests {
         let mut st = WinbackState::default();
         let now = T0 + 100 * DAY;
         let first = policy
-            .decide(
-                &mut st,
-                candidate(0.9, Segment::GeneralWinback),
-                &version(),
-                now,
-            )
+            .decide(&mut st, &at(0.9, Segment::GeneralWinback, now), &version())
             .unwrap();
         assert!(policy
             .decide(
                 &mut st,
-                candidate(0.9, Segment::GeneralWinback),
-                &version(),
-                now + 29 * DAY
+                &at(0.9, Segment::GeneralWinback, now + 29 * DAY),
+                &version()
             )
             .is_none());
         let second = policy
             .decide(
                 &mut st,
-                candidate(0.9, Segment::GeneralWinback),
+                &at(0.9, Segment::GeneralWinback, now + 30 * DAY),
                 &version(),
-                now + 30 * DAY,
             )
             .unwrap();
         assert_eq!(second.winback().unwrap().attempt, 2);
@@ -533,9 +390,8 @@ mod tests {
         assert!(policy
             .decide(
                 &mut st,
-                candidate(0.9, Segment::GeneralWinback),
-                &version(),
-                now + 40 * DAY
+                &at(0.9, Segment::GeneralWinback, now + 40 * DAY),
+                &version()
             )
             .is_none());
     }
@@ -547,9 +403,8 @@ mod tests {
         assert_eq!(policy.on_new_purchase(&mut st, "c-1", T0), None);
         policy.decide(
             &mut st,
-            candidate(0.9, Segment::GeneralWinback),
+            &at(0.9, Segment::GeneralWinback, T0 + 100 * DAY),
             &version(),
-            T0 + 100 * DAY,
         );
         // A late purchase from before the task is not a recovery, but it does start a new
         // episode: the customer can get a task for the silence after it.
@@ -568,20 +423,10 @@ mod tests {
         let mut st = WinbackState::default();
         let task = policy.decide(
             &mut st,
-            candidate(f64::NAN, Segment::GeneralWinback),
+            &at(f64::NAN, Segment::GeneralWinback, T0 + 100 * DAY),
             &version(),
-            T0 + 100 * DAY,
         );
         assert_eq!(task, None);
-    }
-
-    #[test]
-    fn task_ids_are_deterministic_and_distinct() {
-        assert_eq!(task_id("a", T0, 1), task_id("a", T0, 1));
-        assert_ne!(task_id("a", T0, 1), task_id("a", T0, 2));
-        assert_ne!(task_id("a", T0, 1), task_id("a", T0 + 1, 1));
-        assert_ne!(task_id("a", T0, 1), task_id("b", T0, 1));
-        assert_eq!(task_id("a", T0, 1).len(), 32);
     }
 
     #[test]
@@ -597,18 +442,5 @@ mod tests {
             ..WinbackSettings::default()
         });
         assert_eq!(nobody.group("customer-7"), Group::Treatment);
-    }
-
-    #[test]
-    fn a_missing_action_is_reported_by_key() {
-        let mut settings = WinbackSettings::default();
-        settings.actions.remove(&Segment::GeneralValue);
-        settings.threshold = 1.5;
-        let problems = settings.problems("winback").join("\n");
-        assert!(
-            problems.contains("winback.actions.general_value"),
-            "{problems}"
-        );
-        assert!(problems.contains("winback.threshold"), "{problems}");
     }
 }

@@ -1,0 +1,442 @@
+//! The playbook's settings: `[winback]` and `[tasks]` (the other kinds and the contact cap),
+//! each section checking itself and naming the keys of its problems.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::task::TaskKind;
+use crate::classify::Segment;
+
+/// `[winback]` settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WinbackSettings {
+    pub enabled: bool,
+    /// Stream that marketing automation consumes.
+    pub stream: String,
+    /// Stream for the control group's would-be tasks (nobody acts on them).
+    pub control_stream: String,
+    /// Approximate cap of each task stream (XADD MAXLEN ~).
+    pub max_len: u64,
+    /// Churn probability at or above which a task is raised.
+    pub threshold: f64,
+    /// Per-segment overrides of `threshold`.
+    pub segment_thresholds: HashMap<Segment, f64>,
+    /// Playbook: the action for each segment.
+    pub actions: HashMap<Segment, String>,
+    /// No task while the last purchase is more recent than this: a fresh buyer is not
+    /// drifting away yet, whatever their base churn rate.
+    pub min_silence_days: u32,
+    /// Least time between two tasks for one customer.
+    pub cooldown_days: u32,
+    /// Tasks per episode of silence (1 = one task until the customer buys again).
+    pub max_tasks_per_episode: u8,
+    /// Share of customers held out as control group, by a stable hash of their ID.
+    pub control_share: f64,
+    /// How long Redis remembers a task ID to drop duplicates.
+    pub dedup_ttl_days: u32,
+    /// Reasons listed on a task.
+    pub reasons: usize,
+}
+
+impl Default for WinbackSettings {
+    fn default() -> Self {
+        use Segment::*;
+        let actions = [
+            (ImportantValue, "personal_call"),
+            (ImportantDevelopment, "personal_call"),
+            (ImportantRetention, "personal_call"),
+            (ImportantWinback, "personal_call"),
+            (GeneralValue, "loyalty_offer"),
+            (GeneralDevelopment, "email_reminder"),
+            (GeneralRetention, "coupon"),
+            (GeneralWinback, "coupon"),
+        ];
+        Self {
+            enabled: true,
+            stream: "churn:winback".into(),
+            control_stream: "churn:winback:control".into(),
+            max_len: 1_000_000,
+            threshold: 0.7,
+            // Act earlier on the most valuable customers.
+            segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
+            actions: actions
+                .into_iter()
+                .map(|(s, a)| (s, a.to_string()))
+                .collect(),
+            min_silence_days: 30,
+            cooldown_days: 30,
+            max_tasks_per_episode: 1,
+            control_share: 0.1,
+            dedup_ttl_days: 400,
+            reasons: 3,
+        }
+    }
+}
+
+impl WinbackSettings {
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        let probability = |key: &str, v: f64, problems: &mut Vec<String>| {
+            if !(0.0..=1.0).contains(&v) {
+                problems.push(format!("{prefix}.{key} ({v}) must be between 0 and 1"));
+            }
+        };
+        probability("threshold", self.threshold, &mut problems);
+        probability("control_share", self.control_share, &mut problems);
+        for (segment, &v) in &self.segment_thresholds {
+            probability(
+                &format!("segment_thresholds.{}", segment.as_str()),
+                v,
+                &mut problems,
+            );
+        }
+        for segment in Segment::ALL {
+            match self.actions.get(&segment) {
+                Some(a) if !a.trim().is_empty() => {}
+                _ => problems.push(format!(
+                    "{prefix}.actions.{} is missing: every segment needs an action",
+                    segment.as_str()
+                )),
+            }
+        }
+        for (key, value) in [
+            ("stream", &self.stream),
+            ("control_stream", &self.control_stream),
+        ] {
+            if value.is_empty() {
+                problems.push(format!("{prefix}.{key} must not be empty"));
+            }
+        }
+        if self.stream == self.control_stream {
+            problems.push(format!(
+                "{prefix}.control_stream must differ from {prefix}.stream"
+            ));
+        }
+        if self.max_tasks_per_episode == 0 {
+            problems.push(format!("{prefix}.max_tasks_per_episode must be at least 1"));
+        }
+        if self.dedup_ttl_days == 0 {
+            problems.push(format!("{prefix}.dedup_ttl_days must be at least 1"));
+        }
+        problems
+    }
+}
+
+/// `[tasks]` settings: the kinds other than win-back (which has `[winback]`) and the cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksSettings {
+    /// Stream of the kinds below unless a kind names its own.
+    pub stream: String,
+    /// Approximate cap of that stream (XADD MAXLEN ~).
+    pub max_len: u64,
+    /// At most one task of any kind, win-back included, per customer in this many days
+    /// (0: no cap).
+    pub contact_cap_days: u32,
+    pub convert: ConvertSettings,
+    pub welcome: WelcomeSettings,
+    pub birthday: BirthdaySettings,
+    pub anniversary: AnniversarySettings,
+    pub revisit: RevisitSettings,
+    pub service_recovery: ServiceRecoverySettings,
+}
+
+impl Default for TasksSettings {
+    fn default() -> Self {
+        Self {
+            stream: "crm:tasks".into(),
+            max_len: 1_000_000,
+            contact_cap_days: 7,
+            convert: ConvertSettings::default(),
+            welcome: WelcomeSettings::default(),
+            birthday: BirthdaySettings::default(),
+            anniversary: AnniversarySettings::default(),
+            revisit: RevisitSettings::default(),
+            service_recovery: ServiceRecoverySettings::default(),
+        }
+    }
+}
+
+/// `[tasks.convert]`: prospects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvertSettings {
+    pub enabled: bool,
+    /// Visits without a purchase that make a prospect worth an offer.
+    pub min_visits: u8,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for ConvertSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_visits: 3,
+            action: "first_purchase_offer".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.welcome]`: new customers who have not bought again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WelcomeSettings {
+    pub enabled: bool,
+    /// Days after the first purchase.
+    pub after_days: u32,
+    /// Not sent more than this many days late (a backfill of old history, a long outage, the
+    /// contact cap): a welcome weeks after the fact is no welcome.
+    pub max_late_days: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for WelcomeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            after_days: 14,
+            max_late_days: 7,
+            action: "welcome_follow_up".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.birthday]`: the customer's birthday, from their profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BirthdaySettings {
+    pub enabled: bool,
+    /// Days before the birthday; not sent after it.
+    pub days_before: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for BirthdaySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            days_before: 3,
+            action: "birthday_greeting".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.service_recovery]`: a very low feedback score from a valuable customer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceRecoverySettings {
+    pub enabled: bool,
+    /// Scores at or below this raise the task (1 to 5).
+    pub max_score: u8,
+    /// The segments whose customers get it.
+    pub segments: Vec<Segment>,
+    /// Sent even when the contact cap would hold another task back (it still counts as a
+    /// contact): a customer who just reported a bad experience is answered.
+    pub bypass_contact_cap: bool,
+    /// Not sent for feedback more than this many whole days old when it is applied (a
+    /// backfill of old surveys, a delayed producer): a call "at once" a month later is none.
+    pub max_late_days: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for ServiceRecoverySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_score: 1,
+            segments: vec![
+                Segment::ImportantValue,
+                Segment::ImportantDevelopment,
+                Segment::ImportantRetention,
+                Segment::ImportantWinback,
+            ],
+            bypass_contact_cap: true,
+            max_late_days: 2,
+            action: "service_recovery_call".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.anniversary]`: the yearly anniversary of the first purchase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnniversarySettings {
+    pub enabled: bool,
+    /// Days before the anniversary; not sent after it.
+    pub days_before: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for AnniversarySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            days_before: 3,
+            action: "anniversary_greeting".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+/// `[tasks.revisit]`: regular follow-ups of valuable customers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RevisitSettings {
+    pub enabled: bool,
+    /// The segments whose customers get them.
+    pub segments: Vec<Segment>,
+    /// Days since the last contact or purchase, whichever is later.
+    pub every_days: u32,
+    pub action: String,
+    /// Stream of these tasks; empty: `tasks.stream`.
+    pub stream: String,
+}
+
+impl Default for RevisitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            segments: vec![Segment::ImportantValue, Segment::ImportantDevelopment],
+            every_days: 90,
+            action: "account_manager_call".into(),
+            stream: String::new(),
+        }
+    }
+}
+
+impl TasksSettings {
+    pub fn problems(&self, prefix: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.stream.is_empty() {
+            problems.push(format!("{prefix}.stream must not be empty"));
+        }
+        if self.convert.min_visits == 0 {
+            problems.push(format!("{prefix}.convert.min_visits must be at least 1"));
+        }
+        if self.welcome.after_days == 0 {
+            problems.push(format!("{prefix}.welcome.after_days must be at least 1"));
+        }
+        if self.anniversary.days_before > 300 {
+            problems.push(format!(
+                "{prefix}.anniversary.days_before must be at most 300"
+            ));
+        }
+        if self.birthday.days_before > 300 {
+            problems.push(format!("{prefix}.birthday.days_before must be at most 300"));
+        }
+        if !(1..=5).contains(&self.service_recovery.max_score) {
+            problems.push(format!(
+                "{prefix}.service_recovery.max_score must be between 1 and 5"
+            ));
+        }
+        if self.revisit.every_days == 0 {
+            problems.push(format!("{prefix}.revisit.every_days must be at least 1"));
+        }
+        for (kind, action) in [
+            ("convert", &self.convert.action),
+            ("welcome", &self.welcome.action),
+            ("birthday", &self.birthday.action),
+            ("anniversary", &self.anniversary.action),
+            ("revisit", &self.revisit.action),
+            ("service_recovery", &self.service_recovery.action),
+        ] {
+            if action.trim().is_empty() {
+                problems.push(format!("{prefix}.{kind}.action must not be empty"));
+            }
+        }
+        problems
+    }
+
+    /// The stream each kind's tasks go to (win-back's come from `[winback]`).
+    pub fn stream(&self, kind: TaskKind) -> &str {
+        self.stream_setting(kind).1
+    }
+
+    /// The stream a kind's tasks go to, with the key that set it (its own `stream`, or
+    /// `tasks.stream` when that is empty), for messages naming the key.
+    pub fn stream_setting(&self, kind: TaskKind) -> (&'static str, &str) {
+        let own = match kind {
+            TaskKind::Winback => ("", ""),
+            TaskKind::Convert => ("tasks.convert.stream", self.convert.stream.as_str()),
+            TaskKind::Welcome => ("tasks.welcome.stream", self.welcome.stream.as_str()),
+            TaskKind::Birthday => ("tasks.birthday.stream", self.birthday.stream.as_str()),
+            TaskKind::Anniversary => ("tasks.anniversary.stream", self.anniversary.stream.as_str()),
+            TaskKind::Revisit => ("tasks.revisit.stream", self.revisit.stream.as_str()),
+            TaskKind::ServiceRecovery => (
+                "tasks.service_recovery.stream",
+                self.service_recovery.stream.as_str(),
+            ),
+        };
+        if own.1.is_empty() {
+            ("tasks.stream", &self.stream)
+        } else {
+            own
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_problems_name_their_keys() {
+        let mut settings = TasksSettings::default();
+        settings.convert.min_visits = 0;
+        settings.welcome.action = " ".into();
+        settings.stream.clear();
+        let problems = settings.problems("tasks");
+        for key in [
+            "tasks.stream",
+            "tasks.convert.min_visits",
+            "tasks.welcome.action",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "{key}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kind_without_a_stream_of_its_own_uses_the_shared_one() {
+        let mut settings = TasksSettings::default();
+        settings.welcome.stream = "crm:welcome".into();
+        assert_eq!(settings.stream(TaskKind::Convert), "crm:tasks");
+        assert_eq!(settings.stream(TaskKind::Welcome), "crm:welcome");
+        assert_eq!(
+            settings.stream_setting(TaskKind::Welcome).0,
+            "tasks.welcome.stream"
+        );
+        assert_eq!(settings.stream_setting(TaskKind::Convert).0, "tasks.stream");
+    }
+
+    #[test]
+    fn a_missing_action_is_reported_by_key() {
+        let mut settings = WinbackSettings::default();
+        settings.actions.remove(&Segment::GeneralValue);
+        settings.threshold = 1.5;
+        let problems = settings.problems("winback").join("\n");
+        assert!(
+            problems.contains("winback.actions.general_value"),
+            "{problems}"
+        );
+        assert!(problems.contains("winback.threshold"), "{problems}");
+    }
+}
