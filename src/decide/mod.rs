@@ -147,3 +147,126 @@ impl Playbook {
         self.winback.may_raise(winback)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::{LifecycleStage, Risk, Segment};
+    use crate::event::{Event, EventKind};
+    use crate::features::CustomerFeatures;
+    use crate::model::Score;
+    use crate::time::DAY;
+
+    const T0: u32 = 852_076_800;
+
+    static SCORE: std::sync::LazyLock<Score> = std::sync::LazyLock::new(|| {
+        let model = crate::model::Model::from_file(&crate::model::tests::recency_only_model_file())
+            .expect("valid test model");
+        model.score(&[0.0; crate::features::FEATURE_COUNT])
+    });
+
+    /// A valuable buyer silent since T0, likely to churn, at `now`.
+    fn silent_vip(features: &CustomerFeatures, now: UnixSeconds) -> Assessment<'_> {
+        Assessment {
+            customer_id: "vip",
+            now,
+            stage: LifecycleStage::Silent,
+            features,
+            scored: Some(Scored {
+                probability: 0.9,
+                risk: Risk::High,
+                segment: Segment::ImportantValue,
+                monetary_365d: 500.0,
+                score: &SCORE,
+            }),
+            profile: None,
+            feedback: None,
+            coupons: None,
+        }
+    }
+
+    fn bought_at_t0() -> CustomerFeatures {
+        let mut f = CustomerFeatures::default();
+        for _ in 0..5 {
+            f.apply(&Event::new("vip", EventKind::Purchase, 100.0, T0));
+        }
+        f
+    }
+
+    fn playbook() -> Playbook {
+        Playbook::new(
+            &WinbackSettings::default(),
+            &TasksSettings::default(),
+            &default_rules(),
+        )
+    }
+
+    #[test]
+    fn win_back_goes_before_care_and_the_cap_holds_the_rest() {
+        let features = bought_at_t0();
+        // 100 days of silence: win-back is due, and so is the 90-day revisit.
+        let now = T0 + 100 * DAY;
+        let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
+        let mut tasks = Vec::new();
+        let next = playbook().decide(
+            &silent_vip(&features, now),
+            (&mut winback, &mut contact),
+            None,
+            &"m".into(),
+            &mut tasks,
+        );
+        let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
+        assert_eq!(kinds, [TaskKind::Winback]);
+        assert_eq!(
+            tasks[0].tags.iter().map(|t| &**t).collect::<Vec<_>>(),
+            ["vip", "at_risk"]
+        );
+        // The win-back was a contact: the next revisit counts 90 days from its day.
+        assert_eq!(next, Some(crate::time::Day::of(now).start() + 90 * DAY));
+    }
+
+    #[test]
+    fn a_low_score_is_answered_first_and_holds_the_win_back() {
+        let features = bought_at_t0();
+        let now = T0 + 100 * DAY;
+        let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
+        let mut tasks = Vec::new();
+        let next = playbook().decide(
+            &silent_vip(&features, now),
+            (&mut winback, &mut contact),
+            Some((1, now)),
+            &"m".into(),
+            &mut tasks,
+        );
+        let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
+        assert_eq!(kinds, [TaskKind::ServiceRecovery]);
+        assert_eq!(winback, WinbackState::default(), "no win-back raised");
+        // The win-back comes when the cap lifts.
+        assert_eq!(next, Some(crate::time::Day::of(now).end() + 7 * DAY));
+    }
+
+    #[test]
+    fn a_prospect_gets_care_only() {
+        let mut features = CustomerFeatures::default();
+        features.apply(&Event::new("p", EventKind::Visit, 0.0, T0));
+        let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
+        contact.prospect_visits = 3;
+        let prospect = Assessment {
+            customer_id: "p",
+            scored: None,
+            stage: LifecycleStage::Potential,
+            ..silent_vip(&features, T0)
+        };
+        let mut tasks = Vec::new();
+        let next = playbook().decide(
+            &prospect,
+            (&mut winback, &mut contact),
+            Some((1, T0)),
+            &"m".into(),
+            &mut tasks,
+        );
+        let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
+        assert_eq!(kinds, [TaskKind::Convert]);
+        assert_eq!(next, None, "nothing more for a prospect once offered");
+    }
+}
