@@ -11,11 +11,15 @@
 //! read twice. A missing group (deleted, or Redis restarted without its data) is recreated at
 //! the last entry received, so nothing is skipped or replayed. Once a read finds every
 //! stream's end, the batch is marked `caught_up`: recovery is complete.
+//!
+//! Those decisions are made without I/O by [`machine::Machine`]; this module performs the
+//! Redis commands it asks for and reports what came of them.
 
 pub mod batch;
 pub mod budget;
 pub mod claim;
 pub mod lag;
+pub mod machine;
 pub mod start;
 
 use std::sync::Arc;
@@ -26,13 +30,14 @@ use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{SourceSettings, StartFrom};
+use crate::config::SourceSettings;
 use crate::connection::Connector;
 use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::metrics::Metrics;
 use batch::{parse_reply, Batch, StreamIdx};
-use budget::{InFlight, ReadSize};
+use budget::InFlight;
+use machine::{GroupStart, Machine, Prepare, ReadFrom, ReadPlan, Step};
 
 /// Pending entries acknowledged per round trip when rewinding to a snapshot.
 const REWIND_ACK_CHUNK: usize = 1_000;
@@ -49,15 +54,6 @@ pub struct Source {
     /// what follows is read again. `None`: this consumer's own pending entries are read
     /// again instead (state is not kept: `state.dir` is empty).
     start: Vec<Option<EntryId>>,
-}
-
-/// Where the next read of one stream starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cursor {
-    /// Re-reading this consumer's own pending entries after this ID.
-    Pending(EntryId),
-    /// Reading new entries (`>`).
-    Live,
 }
 
 impl Source {
@@ -83,25 +79,14 @@ impl Source {
         }
     }
 
-    /// Reads until shutdown. An in-flight read is not abandoned (it ends within `block_ms`),
-    /// so every entry delivered reaches the engine.
+    /// Reads until shutdown: the I/O [`Machine`] asks for, its outcomes reported back. An
+    /// in-flight read is not abandoned (it ends within `block_ms`), so every entry delivered
+    /// reaches the engine.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let streams = self.settings.streams.clone();
-        let mut received = std::mem::take(&mut self.start);
-        // One position per configured stream, whatever the restored state held.
-        received.resize(streams.len(), None);
-        // Before the first connect: move groups back to the snapshot, read all own pending.
-        let mut starting = true;
-        let mut recovering = true;
-        let mut cursors = vec![Cursor::Live; streams.len()];
+        let start = std::mem::take(&mut self.start);
+        let mut machine = Machine::new(&self.settings, start, now());
         let mut conn: Option<MultiplexedConnection> = None;
-        let claim_every = Duration::from_millis((self.settings.claim_idle_ms / 2).max(1_000));
-        let mut next_claim = tokio::time::Instant::now();
-        let mut read_size = ReadSize::for_budget(
-            self.settings.batch_size,
-            self.settings.max_inflight_bytes,
-            self.settings.queue_batches,
-        );
         while !shutdown.is_cancelled() {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -109,16 +94,8 @@ impl Source {
                     let Some(mut c) = self.connector.connect(&shutdown).await else {
                         break;
                     };
-                    let prepared = match self.create_groups(&mut c, &received).await {
-                        Ok(()) if starting => self.rewind_groups(&mut c, &received).await,
-                        Ok(()) => Ok((pending_after(&received), Vec::new())),
-                        Err(e) => Err(e),
-                    };
-                    let deleted = match prepared {
-                        Ok((start, deleted)) => {
-                            cursors = start;
-                            deleted
-                        }
+                    let deleted = match self.prepare(&mut c, &machine.prepare()).await {
+                        Ok(deleted) => deleted,
                         Err(e) => {
                             if !self.back_off(&e, &mut conn, &shutdown).await {
                                 break;
@@ -126,7 +103,7 @@ impl Source {
                             continue;
                         }
                     };
-                    starting = false;
+                    machine.prepared();
                     self.warn_about_other_consumers(&mut c).await;
                     self.health.set(Part::Source, true);
                     // Entries deleted while pending go first, to be dead-lettered: they
@@ -137,74 +114,47 @@ impl Source {
                     conn.insert(c)
                 }
             };
-            // While recovering, reads do not wait: an empty reply means every stream's end.
-            let live_read = cursors.iter().all(|c| *c == Cursor::Live);
-            // Not while recovering: a claimed entry must not move the engine's position past
-            // entries the replay has yet to deliver.
-            if live_read
-                && !recovering
-                && self.settings.claim_idle_ms > 0
-                && tokio::time::Instant::now() >= next_claim
-            {
-                next_claim = tokio::time::Instant::now() + claim_every;
-                match self.claim(c).await {
-                    Ok(Some(batch)) => {
-                        let bytes = batch.entries.iter().map(|e| e.bytes() as u64).sum();
-                        if !self.send(batch, bytes).await {
-                            break;
+            let at = now();
+            let plan = match machine.next(at) {
+                Step::Claim => {
+                    machine.claimed(at);
+                    match self.claim(c).await {
+                        Ok(Some(batch)) => {
+                            let bytes = batch.entries.iter().map(|e| e.bytes() as u64).sum();
+                            if !self.send(batch, bytes).await {
+                                break;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            if !self.back_off(&e, &mut conn, &shutdown).await {
+                                break;
+                            }
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        if !self.back_off(&e, &mut conn, &shutdown).await {
-                            break;
-                        }
-                    }
+                    continue;
                 }
-                continue;
-            }
-            let count = read_size.count();
-            match self.read(c, &cursors, count, !recovering).await {
+                Step::Read(plan) => plan,
+            };
+            match self.read(c, &plan).await {
                 Ok(reply) => {
                     self.connector.succeeded();
                     let entries = match parse_reply(reply, &streams) {
                         Ok(entries) => entries,
                         Err(e) => {
-                            // The entries in it were delivered all the same: read them again
-                            // from this consumer's pending list.
                             tracing::error!(error = %e, "cannot understand a read reply; reading its entries again");
-                            cursors = pending_after(&received);
+                            machine.unreadable_reply();
                             if !self.connector.pause(&shutdown).await {
                                 break;
                             }
                             continue;
                         }
                     };
-                    for (i, cursor) in cursors.iter_mut().enumerate() {
-                        if let Cursor::Pending(after) = cursor {
-                            match entries.iter().rev().find(|e| usize::from(e.stream) == i) {
-                                Some(last) => *after = last.id,
-                                None => *cursor = Cursor::Live,
-                            }
-                        }
-                    }
-                    let mut per_stream = vec![0usize; streams.len()];
-                    let mut bytes = 0;
-                    for e in &entries {
-                        let i = usize::from(e.stream);
-                        received[i] = received[i].max(Some(e.id));
-                        per_stream[i] += 1;
-                        bytes += e.bytes() as u64;
-                    }
-                    read_size.observe(entries.len(), bytes);
+                    let done = machine.read_done(&plan, &entries);
                     let mut batch = Batch::new(entries);
-                    // Fewer than asked of every stream: its end was reached.
-                    if recovering && live_read && per_stream.iter().all(|&n| n < count) {
-                        recovering = false;
-                        batch.caught_up = true;
-                    }
+                    batch.caught_up = done.caught_up;
                     let worth_sending = !batch.entries.is_empty() || batch.caught_up;
-                    if worth_sending && !self.send(batch, bytes).await {
+                    if worth_sending && !self.send(batch, done.bytes).await {
                         break; // the engine is gone: shutting down
                     }
                 }
@@ -213,7 +163,7 @@ impl Source {
                         group = %self.settings.group,
                         "consumer group missing (stream or group deleted, or Redis restarted without its data); recreating it at the last entry received"
                     );
-                    if let Err(e) = self.create_groups(c, &received).await {
+                    if let Err(e) = self.create_groups(c, &machine.create_at()).await {
                         if !self.back_off(&e, &mut conn, &shutdown).await {
                             break;
                         }
@@ -230,6 +180,21 @@ impl Source {
         tracing::info!("source stopped reading");
     }
 
+    /// Prepares a new connection as `prepare` says: creates the missing groups, and at
+    /// start moves them back to the durable positions. Returns the entries found deleted
+    /// while pending, to be dead-lettered.
+    async fn prepare(
+        &self,
+        c: &mut MultiplexedConnection,
+        prepare: &Prepare,
+    ) -> Result<Vec<batch::Entry>, RedisError> {
+        self.create_groups(c, &prepare.create_at).await?;
+        match &prepare.rewind_to {
+            Some(positions) => self.rewind_groups(c, positions).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Hands `batch` (`bytes` of entries) to the engine once its bytes fit the in-flight
     /// budget; `false` when the engine is gone.
     async fn send(&self, mut batch: Batch, bytes: u64) -> bool {
@@ -237,15 +202,12 @@ impl Source {
         self.tx.send(batch).await.is_ok()
     }
 
-    /// One XREADGROUP of up to `count` entries per stream: own pending entries of the
-    /// streams that have some left to re-read (no blocking), otherwise new entries of every
-    /// stream (blocking up to `block_ms` if `block`).
+    /// One XREADGROUP as `plan` says: own pending entries of some streams (no blocking),
+    /// or new entries of every stream.
     async fn read(
         &self,
         c: &mut MultiplexedConnection,
-        cursors: &[Cursor],
-        count: usize,
-        block: bool,
+        plan: &ReadPlan,
     ) -> Result<Value, RedisError> {
         let s = &self.settings;
         let mut cmd = redis::cmd("XREADGROUP");
@@ -253,30 +215,25 @@ impl Source {
             .arg(&s.group)
             .arg(&s.consumer)
             .arg("COUNT")
-            .arg(count);
-        let pending: Vec<(usize, EntryId)> = cursors
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| match c {
-                Cursor::Pending(after) => Some((i, *after)),
-                Cursor::Live => None,
-            })
-            .collect();
-        if pending.is_empty() {
-            if block {
-                cmd.arg("BLOCK").arg(s.block_ms);
+            .arg(plan.count);
+        match &plan.from {
+            ReadFrom::New { block } => {
+                if *block {
+                    cmd.arg("BLOCK").arg(s.block_ms);
+                }
+                cmd.arg("STREAMS").arg(&s.streams);
+                for _ in &s.streams {
+                    cmd.arg(">");
+                }
             }
-            cmd.arg("STREAMS").arg(&s.streams);
-            for _ in &s.streams {
-                cmd.arg(">");
-            }
-        } else {
-            cmd.arg("STREAMS");
-            for (i, _) in &pending {
-                cmd.arg(&s.streams[*i]);
-            }
-            for (_, after) in &pending {
-                cmd.arg(after.to_string());
+            ReadFrom::Pending(pending) => {
+                cmd.arg("STREAMS");
+                for (i, _) in pending {
+                    cmd.arg(&s.streams[*i]);
+                }
+                for (_, after) in pending {
+                    cmd.arg(after.to_string());
+                }
             }
         }
         cmd.query_async(c).await
@@ -308,19 +265,14 @@ impl Source {
     }
 
     /// Creates the consumer group on every stream that lacks it (and the stream itself),
-    /// starting after the last entry received or, for a new deployment, at `start_from`.
+    /// at `at` (per stream, see [`Machine::create_at`]).
     async fn create_groups(
         &self,
         c: &mut MultiplexedConnection,
-        received: &[Option<EntryId>],
+        at: &[GroupStart],
     ) -> Result<(), RedisError> {
-        for (stream, last) in self.settings.streams.iter().zip(received) {
-            let at = match (last, self.settings.start_from) {
-                (Some(id), _) => id.to_string(),
-                (None, StartFrom::Beginning) => "0".to_string(),
-                (None, StartFrom::End) => "$".to_string(),
-            };
-            start::create_group(c, stream, &self.settings.group, &at).await?;
+        for (stream, at) in self.settings.streams.iter().zip(at) {
+            start::create_group(c, stream, &self.settings.group, &at.arg()).await?;
         }
         Ok(())
     }
@@ -361,23 +313,23 @@ impl Source {
         Ok(Some(batch))
     }
 
-    /// Prepares the first reads. A stream customer state has a position for (the
-    /// snapshot's, or where reading started, see [`start`]): the group moves back to it
-    /// (forward, if Redis came back from older data), so what followed is delivered again,
-    /// in order; entries up to it that are still pending (on any consumer) were applied and
-    /// their effects written before the snapshot, so they are acknowledged. Without kept
-    /// state (no positions), streams start with this consumer's own pending entries.
+    /// Moves the groups back before the first reads. A stream customer state has a
+    /// position for (the snapshot's, or where reading started, see [`start`]): the group
+    /// moves back to it (forward, if Redis came back from older data), so what followed is
+    /// delivered again, in order; entries up to it that are still pending (on any consumer)
+    /// were applied and their effects written before the snapshot, so they are
+    /// acknowledged. A stream without one (state is not kept) is left as it is: it starts
+    /// with this consumer's own pending entries. Returns the entries found deleted while
+    /// pending.
     async fn rewind_groups(
         &self,
         c: &mut MultiplexedConnection,
         applied: &[Option<EntryId>],
-    ) -> Result<(Vec<Cursor>, Vec<batch::Entry>), RedisError> {
+    ) -> Result<Vec<batch::Entry>, RedisError> {
         let group = &self.settings.group;
-        let mut cursors = Vec::with_capacity(applied.len());
         let mut deleted = Vec::new();
         for (i, (stream, position)) in self.settings.streams.iter().zip(applied).enumerate() {
             let Some(position) = *position else {
-                cursors.push(Cursor::Pending(EntryId::default()));
                 continue;
             };
             let from = position;
@@ -418,18 +370,14 @@ impl Source {
             }
             deleted.extend(gone);
             tracing::info!(stream, %group, %position, acknowledged, "replaying from the snapshot's position");
-            cursors.push(Cursor::Live);
         }
-        Ok((cursors, deleted))
+        Ok(deleted)
     }
 }
 
-/// Cursors that re-read every stream's pending entries after the last one received.
-fn pending_after(received: &[Option<EntryId>]) -> Vec<Cursor> {
-    received
-        .iter()
-        .map(|r| Cursor::Pending(r.unwrap_or_default()))
-        .collect()
+/// The clock [`Machine`] is given: tokio's, so that tests pausing time pause it too.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Response timeout of the reading connection: a blocked read must not time out.

@@ -7,6 +7,8 @@
 //! renamed aside with a `.corrupt` suffix and the next older one is tried.
 
 pub mod codec;
+#[cfg(test)]
+mod golden;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
