@@ -235,11 +235,20 @@ fn init_tracing(settings: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Stderr)
+        .with_ansi(colour_logs())
         .log_internal_errors(false);
     match settings.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Colours in text logs only for a person at a terminal: tracing-subscriber writes them
+/// wherever stderr goes, and in files, pipes and log collectors they are noise (`\x1b[2m`).
+/// `NO_COLOR` (no-color.org) turns them off at a terminal too.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// `RUST_LOG`, unless unset or empty.
@@ -424,11 +433,13 @@ fn train_model(args: TrainArgs) -> anyhow::Result<()> {
 fn print_out(text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).context("failed to write to standard output")
-        }
+        Err(e) if !is_broken_pipe(&e) => Err(e).context("failed to write to standard output"),
         _ => Ok(()),
     }
+}
+
+fn is_broken_pipe(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
 fn metrics_line(m: &churnd::model::metrics::Evaluation) -> String {
@@ -490,7 +501,11 @@ fn score(settings: &Settings, args: ScoreArgs) -> anyhow::Result<()> {
         );
     }
     if out == Path::new("-") {
-        batch::write_csv(std::io::stdout().lock(), &scores)?;
+        // As print_out: a reader that went away (`--out - | head`) is not an error.
+        match batch::write_csv(std::io::stdout().lock(), &scores) {
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(io) if is_broken_pipe(io)) => {}
+            written => written.context("failed to write to standard output")?,
+        }
     } else {
         let file = std::fs::File::create(out)
             .with_context(|| format!("cannot create {}", out.display()))?;

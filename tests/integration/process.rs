@@ -346,3 +346,75 @@ async fn a_closed_log_pipe_neither_stops_the_work_nor_the_clean_shutdown() {
         "state was saved"
     );
 }
+
+/// Text logs into a pipe (a container's log collector, `2> file`, `| less`) carry no ANSI
+/// colour codes: tracing-subscriber would write them wherever stderr goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_into_a_pipe_have_no_colour_codes() {
+    let redis = RedisServer::start();
+    let daemon = DaemonProcess::spawn(&[
+        ("CHURND__REDIS__URL", redis.url()),
+        ("CHURND__LOG__FORMAT", "text".into()),
+        ("RUST_LOG", "debug".into()),
+    ]);
+    wait_for("the daemon to be ready", Duration::from_secs(30), || {
+        let daemon = &daemon;
+        async move {
+            reqwest::get(daemon.url("/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        }
+    })
+    .await;
+    let (code, log) = daemon.stop();
+    assert_eq!(code, Some(0), "{log}");
+    // Every level churnd logs at start and stop, so that colour would have shown.
+    for level in [" INFO ", " DEBUG "] {
+        assert!(log.contains(level), "no{level}line in the log:\n{log}");
+    }
+    assert!(
+        !log.contains('\x1b'),
+        "escape codes in a piped log:\n{}",
+        log.escape_debug()
+    );
+}
+
+/// `churnd demo | head -1`: the demo's report goes on into a closed stdout. It must run to
+/// its end and stop its daemon cleanly (`println!` panicked there, abandoning the daemon).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_into_a_closed_pipe_runs_to_its_end() {
+    use std::io::BufRead;
+    let redis = RedisServer::start();
+    let mut child = churnd()
+        .arg("demo")
+        .env("CHURND__REDIS__URL", redis.url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut report = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    assert!(report.read_line(&mut line).unwrap() > 0, "the demo reports");
+    assert!(line.starts_with("churnd demo:"), "{line}");
+    drop(report);
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo did not end");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // It got to the end: every entry processed, the report written (into the void).
+    let mut c = redis.conn().await;
+    let group = group_state(&mut c, "churnd-demo:events", "churnd-demo").await;
+    assert_eq!(group, Some((Some(0), 0)), "{stderr}");
+}
