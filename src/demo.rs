@@ -19,6 +19,16 @@ use crate::daemon::{self, DaemonError};
 use crate::source::lag::group_info;
 use crate::transactions::{Transactions, TransactionsError};
 
+/// `println!` that cannot panic: the demo's report goes to stdout, and `println!` panics once
+/// the reader has gone (`churnd demo | head`), abandoning the daemon it runs mid-way. A line
+/// that cannot be written is dropped; the demo runs on and stops the daemon cleanly.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 /// Every key the demo writes starts with this, so it never touches a deployment's streams.
 pub const KEY_PREFIX: &str = "churnd-demo:";
 /// The bundled sample.
@@ -171,25 +181,25 @@ const BAD_ENTRIES: [&[(&str, &str)]; 3] = [
 pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoError> {
     let started = Instant::now();
     let data = Transactions::read(transactions)?;
-    println!(
+    say!(
         "churnd demo: {} purchases of {} from {}",
         data.rows.len(),
         customers(&data),
         transactions.display()
     );
     if !data.bad_rows.is_empty() {
-        println!("  ({} unreadable rows skipped)", data.bad_rows.len());
+        say!("  ({} unreadable rows skipped)", data.bad_rows.len());
     }
 
     // With the configured password and TLS settings, so the demo finds the Redis the daemon
     // would use.
     let configured = settings.redis_client()?;
     let (_private, url) = if ping(&configured).await {
-        println!("Redis: using {}", redact_url(&settings.redis.url));
+        say!("Redis: using {}", redact_url(&settings.redis.url));
         (None, None)
     } else if on_path("redis-server") {
         let private = PrivateRedis::start().await?;
-        println!(
+        say!(
             "Redis: none answers at {}; started a private redis-server at {}",
             redact_url(&settings.redis.url),
             private.url
@@ -208,7 +218,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
 
     let stream = settings.source.streams[0].clone();
     let loaded = load_events(&mut conn, &stream, &data).await?;
-    println!(
+    say!(
         "Loaded {loaded} entries into {stream} ({} of them deliberately malformed)",
         BAD_ENTRIES.len()
     );
@@ -220,7 +230,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
     let processing = Instant::now();
     wait_until_processed(&mut conn, &stream, &settings.source.group, loaded, &daemon).await?;
     let elapsed = processing.elapsed();
-    println!(
+    say!(
         "Processed and acknowledged all {loaded} entries in {:.2} s ({:.0} entries/s, event-time clock)\n",
         elapsed.as_secs_f64(),
         loaded as f64 / elapsed.as_secs_f64()
@@ -236,11 +246,11 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
         Ok(result) => result?,
         Err(e) => return Err(DemoError::DaemonStopped(e.to_string())),
     }
-    println!(
+    say!(
         "The daemon stopped with a snapshot of every customer's final state ({snapshots} snapshot file(s) in {}, now removed).",
         settings.state.dir.display()
     );
-    println!("\nDone in {:.1} s. The demo's keys stay in Redis under {KEY_PREFIX}* until the next demo run.", started.elapsed().as_secs_f64());
+    say!("\nDone in {:.1} s. The demo's keys stay in Redis under {KEY_PREFIX}* and {{{KEY_PREFIX}* until the next demo run.", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -251,25 +261,31 @@ fn customers(data: &Transactions) -> usize {
     ids.len()
 }
 
+/// Removes the previous demo's streams and the guard keys of its tasks and dead letters
+/// (`{churnd-demo:winback}:dedup:<id>`: left in place, they would make this run's tasks
+/// count as written before, and the demo would show none).
 async fn clear_demo_keys(conn: &mut MultiplexedConnection) -> Result<(), redis::RedisError> {
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{KEY_PREFIX}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("DEL").arg(keys).query_async::<()>(conn).await?;
+    for pattern in [format!("{KEY_PREFIX}*"), format!("{{{KEY_PREFIX}*")] {
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("DEL").arg(keys).query_async::<()>(conn).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
+    Ok(())
 }
 
 async fn load_events(
@@ -352,25 +368,25 @@ async fn report(
     api: std::net::SocketAddr,
 ) -> Result<(), DemoError> {
     let summary = get_json(api, "/v1/summary").await?;
-    println!(
+    say!(
         "As of {} (the last event time):",
         summary["now"].as_str().unwrap_or("?")
     );
-    println!("  customers tracked: {}", summary["customers"]);
-    println!("  by lifecycle stage:");
+    say!("  customers tracked: {}", summary["customers"]);
+    say!("  by lifecycle stage:");
     print_counts(&summary["by_stage"]);
-    println!("  by RFM segment (thresholds: {}):", summary["thresholds"]);
+    say!("  by RFM segment (thresholds: {}):", summary["thresholds"]);
     print_counts(&summary["by_segment"]);
-    println!("  by churn probability (no purchase in the model's horizon):");
+    say!("  by churn probability (no purchase in the model's horizon):");
     print_counts(&summary["by_churn_probability"]);
 
     let dlq = &settings.dead_letter.stream;
     let dead: Vec<(String, Vec<(String, String)>)> = xrange(conn, dlq, 10).await?;
-    println!("\nDead-lettered entries ({dlq}): {}", dead.len());
+    say!("\nDead-lettered entries ({dlq}): {}", dead.len());
     for (_, fields) in &dead {
         let reason = field(fields, "dlq_reason");
         let detail = field(fields, "dlq_detail");
-        println!("  {reason}: {detail}");
+        say!("  {reason}: {detail}");
     }
 
     let treatment: usize = redis::cmd("XLEN")
@@ -381,34 +397,40 @@ async fn report(
         .arg(&settings.winback.control_stream)
         .query_async(conn)
         .await?;
-    println!(
+    say!(
         "\nWin-back tasks: {treatment} in {} for marketing, {control} in {} for the control group",
-        settings.winback.stream, settings.winback.control_stream
+        settings.winback.stream,
+        settings.winback.control_stream
     );
     let examples = xrange(conn, &settings.winback.stream, 3).await?;
     for (id, fields) in &examples {
-        println!("  task {id}:");
+        say!("  task {id}:");
         for (k, v) in fields {
-            println!("    {k:<17} {v}");
+            say!("    {k:<17} {v}");
         }
     }
-    // The other kinds share one stream in the demo: count them by kind.
-    let others: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-        .arg(&settings.tasks.stream)
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await?;
+    // The other kinds share one stream in the demo: count them by kind, a page at a time (the
+    // whole stream, tens of thousands of tasks, in one reply can take longer than the
+    // connection's response timeout on a slow machine).
     let mut by_kind = std::collections::BTreeMap::new();
-    for (_, fields) in &others {
-        *by_kind
-            .entry(field(fields, "kind").to_string())
-            .or_insert(0usize) += 1;
+    let mut others = 0;
+    let mut from = "-".to_string();
+    loop {
+        let page = xrange_from(conn, &settings.tasks.stream, &from, 1_000).await?;
+        for (_, fields) in &page {
+            *by_kind
+                .entry(field(fields, "kind").to_string())
+                .or_insert(0usize) += 1;
+        }
+        others += page.len();
+        match page.last() {
+            Some((id, _)) if page.len() == 1_000 => from = format!("({id}"),
+            _ => break,
+        }
     }
     let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
-    println!(
-        "\nOther tasks: {} in {} ({})",
-        others.len(),
+    say!(
+        "\nOther tasks: {others} in {} ({})",
         settings.tasks.stream,
         if kinds.is_empty() {
             "none".into()
@@ -419,7 +441,7 @@ async fn report(
     if let Some((_, fields)) = examples.first() {
         let customer = field(fields, "customer_id");
         let view = get_json(api, &format!("/v1/customers/{customer}")).await?;
-        println!(
+        say!(
             "\nGET /v1/customers/{customer} →\n{}",
             serde_json::to_string_pretty(&view).unwrap_or_default()
         );
@@ -430,7 +452,7 @@ async fn report(
 fn print_counts(counts: &serde_json::Value) {
     if let Some(map) = counts.as_object() {
         for (name, n) in map {
-            println!("    {name:<22} {n}");
+            say!("    {name:<22} {n}");
         }
     }
 }
@@ -447,9 +469,19 @@ async fn xrange(
     stream: &str,
     count: usize,
 ) -> Result<Vec<(String, Vec<(String, String)>)>, redis::RedisError> {
+    xrange_from(conn, stream, "-", count).await
+}
+
+/// Up to `count` entries from `from` on (`(<id>` starts after that entry).
+async fn xrange_from(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    from: &str,
+    count: usize,
+) -> Result<Vec<(String, Vec<(String, String)>)>, redis::RedisError> {
     redis::cmd("XRANGE")
         .arg(stream)
-        .arg("-")
+        .arg(from)
         .arg("+")
         .arg("COUNT")
         .arg(count)

@@ -858,6 +858,25 @@ fn score_to_a_file_writes_what_stdout_would_show() {
     );
 }
 
+/// `churnd score --out - | head`: once the reader has gone, the rest of the scores have
+/// nowhere to go, which is not an error (it was: "churnd: Broken pipe", exit 1).
+#[test]
+fn score_to_a_closed_stdout_is_not_an_error() {
+    let f = Fixture::new();
+    let model = f.train_until("1997-07-01", "until.json");
+    let mut child = score(&f.transactions, &model, "1997-05-15", Path::new("-"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("churnd runs");
+    // The reading end closes before churnd writes its first row.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("churnd ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("scored "), "{stderr}");
+}
+
 #[test]
 fn score_names_the_flag_of_a_bad_date_and_an_unwritable_output() {
     let f = Fixture::new();
