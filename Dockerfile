@@ -77,6 +77,8 @@ RUN groupadd --gid 10001 churnd \
     && chmod 0750 /var/lib/churnd
 
 COPY --from=builder /build/target/release/churnd /usr/local/bin/churnd
+# The licence travels with the binary, where Debian keeps every package's.
+COPY LICENSE /usr/share/doc/churnd/LICENSE
 
 # The working directory makes the defaults resolve: config/default.toml is read from it and
 # model.path defaults to models/cdnow.json. Both stay root-owned (read-only to churnd); to serve
@@ -88,6 +90,12 @@ COPY models ./models
 # Snapshots of customer state go to the volume (state.dir defaults to "state" under the
 # working directory, which is read-only here). churnd creates the directory.
 ENV CHURND__STATE__DIR=/var/lib/churnd/state
+
+# Logs as one JSON object per line on stderr: a container's logs go to a collector (the
+# Kubernetes node's agent, a Docker logging driver), which keeps the fields as fields and
+# a multi-line message as one record. People reading `docker logs` by eye can set
+# CHURND__LOG__FORMAT=text (never coloured here: stderr is not a terminal without `-t`).
+ENV CHURND__LOG__FORMAT=json
 
 USER 10001:10001
 VOLUME ["/var/lib/churnd"]
