@@ -54,8 +54,8 @@ fn the_dockerfile_passes_hadolint() {
 fn every_kubernetes_manifest_passes_strict_validation() {
     let manifests = kubernetes_manifests();
     assert!(
-        manifests.len() >= 5,
-        "expected the Secret, StatefulSet, two Services and PodDisruptionBudget in deploy/k8s, found {manifests:?}"
+        manifests.len() >= 4,
+        "expected the StatefulSet, two Services and PodDisruptionBudget in deploy/k8s, found {manifests:?}"
     );
     let relative: Vec<&str> = manifests
         .iter()
@@ -86,7 +86,6 @@ fn the_kustomization_builds_into_valid_manifests() {
         + &String::from_utf8_lossy(&validated.stderr);
     for object in [
         "configmap/churnd-config-",
-        "secret/churnd ",
         "statefulset/churnd ",
         "service/churnd ",
         "service/churnd-headless ",
@@ -99,6 +98,37 @@ fn the_kustomization_builds_into_valid_manifests() {
     }
 }
 
+/// `kubectl apply -k` applies everything the kustomization builds, again at every change: a
+/// Secret in it would overwrite the real one (made by `kubectl create secret` or a secret
+/// store) with the repository's placeholders, and churnd would then fail to authenticate.
+#[test]
+fn the_kustomization_holds_no_secret() {
+    let built = check_with("kubectl", &["kustomize", "deploy/k8s"]);
+    let manifests = String::from_utf8(built.stdout).expect("UTF-8 manifests");
+    let kinds: Vec<&str> = manifests
+        .lines()
+        .filter_map(|line| line.strip_prefix("kind:"))
+        .map(str::trim)
+        .collect();
+    assert!(
+        kinds.contains(&"StatefulSet"),
+        "the build has no StatefulSet, kinds {kinds:?}"
+    );
+    assert!(
+        !kinds.contains(&"Secret"),
+        "the kustomization builds a Secret, which `kubectl apply -k` would overwrite the real one with:\n{manifests}"
+    );
+    assert!(
+        !manifests.contains("REPLACE-ME"),
+        "a placeholder value in the build:\n{manifests}"
+    );
+    // The pod still finds its Secret by name; a Redis without a password needs no key.
+    assert!(
+        manifests.contains("secretName: churnd") && manifests.contains("optional: true"),
+        "the StatefulSet should name the Secret churnd, its redis-password optional:\n{manifests}"
+    );
+}
+
 #[test]
 fn the_kubernetes_settings_file_is_accepted_by_churnd() {
     // The pod's environment: the image's state directory, the Secret's password and token
@@ -106,11 +136,11 @@ fn the_kubernetes_settings_file_is_accepted_by_churnd() {
     // churnd-headless, which share the CHURND prefix (but not the double underscore).
     let dir = tempfile::tempdir().expect("a temp dir");
     let token = dir.path().join("customer-token");
-    std::fs::write(&token, "REPLACE-ME-customer-token\n").expect("the token file is written");
+    std::fs::write(&token, "test-customer-token\n").expect("the token file is written");
     let output = churnd()
         .args(["--config", "deploy/k8s/churnd.toml", "check-config"])
         .env("CHURND__STATE__DIR", "/var/lib/churnd/state")
-        .env("CHURND__REDIS__PASSWORD", "REPLACE-ME-redis-password")
+        .env("CHURND__REDIS__PASSWORD", "test-redis-password")
         .env("CHURND__HTTP__CUSTOMER_TOKEN_FILE", &token)
         .env("CHURND_PORT", "tcp://127.0.0.1:9898")
         .env("CHURND_SERVICE_HOST", "127.0.0.1")
