@@ -1,11 +1,11 @@
 //! The task that owns the [`Engine`]: applies batches, ticks the clock, swaps models, takes
 //! snapshots and answers queries, forwarding effects to the sink. One owner, no locks on the
-//! hot path.
+//! hot path, on a thread of its own (see [`spawn`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::snapshots::{Room, Snapshotter};
 use super::Applied;
@@ -115,9 +115,37 @@ async fn snapshot_room(snapshotter: &Option<Snapshotter>) -> Option<Room> {
     snapshotter.as_ref()?.room().await
 }
 
+/// Starts [`run`] on a thread of its own, in a single-threaded runtime. The engine's O(n)
+/// passes (eviction, the recheck of everyone after a model swap, a threshold refresh) take
+/// tens of milliseconds at millions of customers; on a worker of the shared runtime they
+/// would hold up whatever else that worker had queued: HTTP probes, the source's next read,
+/// the sink's writes. The channels are the same either way. The receiver resolves when the
+/// engine has stopped and taken its final snapshot (or panicked: the sender is dropped).
+pub fn spawn(
+    engine: Engine,
+    ch: Channels,
+    durability: Durability,
+    tick: Duration,
+) -> std::io::Result<oneshot::Receiver<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    // The thread's logs carry the daemon's span, as a task's would.
+    let span = tracing::Span::current();
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("churnd-engine".into())
+        .spawn(move || {
+            let _entered = span.enter();
+            runtime.block_on(run(engine, ch, durability, tick));
+            let _ = done_tx.send(());
+        })?;
+    Ok(done_rx)
+}
+
 /// Runs until the source closes the batch channel (shutdown) or the sink goes away, then
 /// takes the final snapshot.
-pub async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick: Duration) {
+async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick: Duration) {
     let Durability {
         snapshots,
         health,

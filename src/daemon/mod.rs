@@ -56,6 +56,8 @@ pub enum DaemonError {
     Load(String),
     #[error("cannot start the snapshot writer's thread: {0}")]
     Thread(std::io::Error),
+    #[error("cannot start the engine's thread: {0}")]
+    EngineThread(std::io::Error),
 }
 
 /// Binds the configured HTTP address.
@@ -292,8 +294,7 @@ pub async fn run_observed(
                 batch_tx,
                 positions,
             );
-            let source_task = tokio::spawn(source.run(shutdown.clone()));
-            let engine_task = tokio::spawn(engine_task::run(
+            let engine_task = engine_task::spawn(
                 engine,
                 Channels {
                     batches: batch_rx,
@@ -309,7 +310,17 @@ pub async fn run_observed(
                     started,
                 },
                 Duration::from_millis(settings.clock.tick_ms),
-            ));
+            );
+            let engine_task = match engine_task {
+                Ok(task) => task,
+                Err(e) => {
+                    // Nothing was read yet: the parts already running stop with the daemon.
+                    abort.cancel();
+                    http_stop.cancel();
+                    return Err(DaemonError::EngineThread(e));
+                }
+            };
+            let source_task = tokio::spawn(source.run(shutdown.clone()));
             (Some(source_task), Some(engine_task))
         }
         // Shutdown came first: nothing was read. Dropping the engine's ends of the

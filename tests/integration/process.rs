@@ -65,6 +65,15 @@ fn a_bad_model_file_stops_the_start_with_a_clear_error() {
     assert!(stderr.contains("bad.json"), "{stderr}");
 }
 
+/// The names of a running process's threads (Linux: /proc/PID/task/TID/comm).
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process is running")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_acknowledges_and_exits_zero() {
     let redis = RedisServer::start();
@@ -114,6 +123,9 @@ async fn sigterm_drains_acknowledges_and_exits_zero() {
         }
     })
     .await;
+    // The engine works on a thread of its own, beside the runtime's workers.
+    let threads = thread_names(child.id());
+    assert!(threads.iter().any(|t| t == "churnd-engine"), "{threads:?}");
 
     // SAFETY: plain kill(2) on our own child's PID.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
