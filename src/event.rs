@@ -823,7 +823,7 @@ mod tests {
     }
 
     // Property test: random field maps, near-valid and arbitrary, against an oracle written
-    // from the documented input format (README "Input events") and this module's docs.
+    // from the documented input format (docs/tasks.md, "Input events") and this module's docs.
 
     use proptest::collection::vec;
     use proptest::prelude::*;
@@ -993,7 +993,7 @@ mod tests {
         month_day[2] == b'-' && (1..=last).contains(&day)
     }
 
-    /// A plain decimal, as README "Input events" documents it: one or more ASCII digits,
+    /// A plain decimal, as docs/tasks.md ("Input events") documents it: one or more ASCII digits,
     /// optionally a point and one or more digits; nothing around them (no sign, exponent,
     /// whitespace). Then value <= 1e9.
     fn oracle_amount(b: &[u8]) -> Option<f64> {

@@ -1,6 +1,6 @@
 //! The task: what churnd writes to a task stream for marketing automation or account
 //! managers. Every kind shares the [`Task`]; what only one kind carries is its [`Detail`].
-//! [`Task::fields`] is the wire format (documented for consumers beside the README): field
+//! [`Task::fields`] is the wire format (documented for consumers in docs/tasks.md): field
 //! names and their order are a contract, so they change only with care.
 //!
 //! Task IDs are deterministic, so a replay raises the same ID and the sink's guard in Redis

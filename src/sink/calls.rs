@@ -1,12 +1,12 @@
 //! The effects script and its calls: one `EVALSHA` writes many entries to one stream, each
 //! only if its guard key is not set, and sets the guards of those it wrote.
 //!
-//! Why this shape (measured in benches/README.md, "Throughput"): a script call costs Redis a
-//! fixed dispatch plus, per argument, a string it parses and hands to Lua. One call per entry
-//! with the script's source (as before) paid the dispatch and the source once per entry; one
-//! call per stream and chunk of a batch pays them once per chunk, and entries whose fields
-//! have the same names (every win-back task, every task of one care kind) send the names once
-//! per call instead of once per entry.
+//! Why this shape (measured in benches/LOG.md, "the sink's effect writes batched"): a script
+//! call costs Redis a fixed dispatch plus, per argument, a string it parses and hands to Lua.
+//! One call per entry with the script's source (as before) paid the dispatch and the source
+//! once per entry; one call per stream and chunk of a batch pays them once per chunk, and
+//! entries whose fields have the same names (every win-back task, every task of one care
+//! kind) send the names once per call instead of once per entry.
 //!
 //! All keys of a call (the stream, its entries' guards) hash to the stream's Redis Cluster
 //! slot (see [`super::guards`]); while guards under their old names are being moved, a call

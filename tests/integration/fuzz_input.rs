@@ -2,9 +2,9 @@
 //! consumed by the real daemon. Missing fields, wrong types, huge values, NaN and infinities,
 //! negative and gigantic amounts, timestamps far in the past and future, invalid UTF-8: the
 //! daemon must not panic, every bad entry must land in the dead-letter stream once, with the
-//! reason the README's rules give and its original fields, and no good entry may be lost.
+//! reason the rules of docs/tasks.md give and its original fields, and no good entry may be lost.
 //!
-//! The expected outcome of every entry comes from a small oracle written here from the README
+//! The expected outcome of every entry comes from a small oracle written here from docs/tasks.md
 //! ("Input events", "Dead letters"), not from churnd's parser: the pure-parser property test
 //! in `src/event.rs` checks the parser's details; this one checks that what it decides
 //! survives the whole path (XADD, XREADGROUP, engine, sink's guarded writes, XACK, metrics).
@@ -113,7 +113,7 @@ async fn random_field_maps_never_crash_the_daemon_and_every_bad_entry_is_dead_le
     let ids = send(&mut c, &entries).await;
     let sent = started.elapsed();
 
-    // What the README's rules say of each entry, judged against its actual stream time.
+    // What the documented rules say of each entry, judged against its actual stream time.
     let verdicts: Vec<Result<Applied, &str>> = entries
         .iter()
         .zip(&ids)
@@ -255,10 +255,10 @@ struct Applied {
     secs: u64,
 }
 
-/// The README's rules for an input entry. The README lists the reasons but not which one
-/// wins when an entry breaks several rules; this takes them in the order of the table,
-/// after a repeated known field (which makes the entry ambiguous before anything else):
-/// `customer_id`, `type`, `amount`, `ts`. Unknown fields are ignored.
+/// The documented rules for an input entry (docs/tasks.md). They list the reasons but not
+/// which one wins when an entry breaks several rules; this takes them in the order of the
+/// table, after a repeated known field (which makes the entry ambiguous before anything
+/// else): `customer_id`, `type`, `amount`, `ts`. Unknown fields are ignored.
 fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'static str> {
     let values = |name: &str| -> Vec<&[u8]> {
         fields
@@ -298,7 +298,7 @@ fn oracle(fields: &Fields, entry_ms: u64, limits: Limits) -> Result<Applied, &'s
             .ok_or("unknown_type")?,
     };
     // A plain decimal, 0 ≤ amount ≤ 1e9; required for purchases and refunds. An amount sent with
-    // another type is still checked (the README does not say it is ignored).
+    // another type is still checked (docs/tasks.md does not say it is ignored).
     match amount.first() {
         Some(b) => {
             decimal(b)
@@ -342,7 +342,7 @@ fn decimal(b: &[u8]) -> Option<f64> {
 }
 
 /// Whole milliseconds: ASCII digits only. At most 20 of them (enough for any `u64`; the
-/// parser's cap, documented in `src/event.rs` though not in the README), so a zero-padded
+/// parser's cap, documented in `src/event.rs` though not in docs/tasks.md), so a zero-padded
 /// value longer than that is refused.
 fn millis(b: &[u8]) -> Option<u128> {
     if b.is_empty() || b.len() > 20 || !b.iter().all(u8::is_ascii_digit) {
@@ -421,7 +421,7 @@ impl Rng {
     }
 }
 
-/// The customers of the good entries: mostly plain IDs, and some of every shape the README
+/// The customers of the good entries: mostly plain IDs, and some of every shape docs/tasks.md
 /// allows (one byte, exactly 128 bytes, multi-byte characters, spaces, slashes, quotes,
 /// control characters, IDs differing only in case).
 fn customer_pool() -> Vec<String> {
@@ -1077,7 +1077,7 @@ fn bytes(fields: &Fields) -> usize {
     fields.iter().map(|(n, v)| n.len() + v.len()).sum()
 }
 
-/// The README's rule for what a dead letter copies: every field when names and values take
+/// The documented rule (docs/tasks.md) for what a dead letter copies: every field when names and values take
 /// at most `max` bytes; otherwise the fields that fit, in order, then the next one's name
 /// with its value cut to the room left (at a character boundary if it is UTF-8), if its
 /// name leaves room.

@@ -5,6 +5,7 @@ mod batch_scoring;
 mod crash;
 mod dead_letters;
 mod deploy_lint;
+mod docs;
 mod fuzz_input;
 mod helpers;
 mod http_api;
