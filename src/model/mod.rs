@@ -10,6 +10,7 @@ pub mod bgnbd;
 pub mod evaluate;
 pub mod metrics;
 pub mod train;
+pub mod value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
