@@ -1,7 +1,8 @@
 //! Batch scoring: every customer of a transactions file as of a date, through the same
 //! feature, model and classification code as the daemon, for backfills, audits and CRM
 //! imports. Replaying the same events through the stream with the event-time clock gives the
-//! same probabilities.
+//! same probabilities. The value estimates come from the same per-customer state
+//! ([`CustomerHistory::of`]) the daemon keeps.
 
 use std::io::Write;
 
@@ -9,8 +10,9 @@ use crate::classify::{LifecycleStage, RfmThresholds, Risk, RiskBands, Segment, S
 use crate::config::{SegmentMode, SegmentSettings, Settings};
 use crate::features::store::CustomerStore;
 use crate::features::{CustomerFeatures, Rfm};
+use crate::model::value::{CustomerHistory, ValueEstimates};
 use crate::model::{Model, ScoreReason};
-use crate::time::UnixSeconds;
+use crate::time::{self, UnixSeconds};
 use crate::transactions::Transactions;
 
 /// Population thresholds need at least this many buyers to mean something (as in the daemon).
@@ -47,6 +49,9 @@ pub struct ScoredCustomer {
     pub lifecycle_stage: LifecycleStage,
     pub segment: Option<Segment>,
     pub reasons: Vec<ScoreReason>,
+    /// `None` for customers who have not bought yet, and for every customer when the model
+    /// has no value parameters (a format 1 file).
+    pub value: Option<ValueEstimates>,
 }
 
 /// Every customer's features from the events strictly before `as_of`.
@@ -87,6 +92,9 @@ pub fn score(
                 reasons: score
                     .map(|s| s.reasons(classification.reasons))
                     .unwrap_or_default(),
+                value: model
+                    .value()
+                    .and_then(|v| CustomerHistory::of(f, as_of).map(|h| v.estimate(&h, as_of))),
             }
         })
         .collect()
@@ -110,20 +118,33 @@ fn thresholds(
     segments.fixed()
 }
 
-/// Writes scores as CSV: customer_id, churn_probability (6 decimals), risk, lifecycle_stage,
-/// segment, reasons (comma-separated `feature:high|low`). Empty cells for non-buyers.
+/// Columns of [`write_csv`].
+pub const CSV_HEADER: [&str; 11] = [
+    "customer_id",
+    "churn_probability",
+    "risk",
+    "lifecycle_stage",
+    "segment",
+    "reasons",
+    "p_alive",
+    "expected_purchases_90d",
+    "expected_spend_90d",
+    "clv_365d",
+    "next_purchase_at",
+];
+
+/// Writes scores as CSV ([`CSV_HEADER`]): customer_id, churn_probability (6 decimals), risk,
+/// lifecycle_stage, segment, reasons (comma-separated `feature:high|low`), then the value
+/// estimates: p_alive and expected_purchases_90d (6 decimals), expected_spend_90d and
+/// clv_365d (in the data's currency, 2 decimals), next_purchase_at (RFC 3339, empty when the
+/// customer is likely gone). Empty cells for non-buyers, and empty value cells throughout
+/// when the model has no value parameters.
 pub fn write_csv(out: impl Write, scores: &[ScoredCustomer]) -> csv::Result<()> {
     let mut w = csv::Writer::from_writer(out);
-    w.write_record([
-        "customer_id",
-        "churn_probability",
-        "risk",
-        "lifecycle_stage",
-        "segment",
-        "reasons",
-    ])?;
+    w.write_record(CSV_HEADER)?;
     for s in scores {
         let reasons: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
+        let value = |f: fn(&ValueEstimates) -> String| s.value.as_ref().map_or_else(String::new, f);
         w.write_record([
             &*s.customer_id,
             &s.churn_probability
@@ -132,6 +153,11 @@ pub fn write_csv(out: impl Write, scores: &[ScoredCustomer]) -> csv::Result<()> 
             s.lifecycle_stage.as_str(),
             s.segment.map_or("", Segment::as_str),
             &reasons.join(","),
+            &value(|v| format!("{:.6}", v.p_alive)),
+            &value(|v| format!("{:.6}", v.expected_purchases_90d)),
+            &value(|v| format!("{:.2}", v.expected_spend_90d)),
+            &value(|v| format!("{:.2}", v.clv_365d)),
+            &value(|v| v.next_purchase_at.map_or_else(String::new, time::rfc3339)),
         ])?;
     }
     w.flush()?;
@@ -213,14 +239,73 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "customer_id,churn_probability,risk,lifecycle_stage,segment,reasons"
+            "customer_id,churn_probability,risk,lifecycle_stage,segment,reasons,\
+             p_alive,expected_purchases_90d,expected_spend_90d,clv_365d,next_purchase_at"
         );
-        assert_eq!(lines[2], "lurker,,,potential,,");
+        assert_eq!(lines[2], "lurker,,,potential,,,,,,,");
         let p = old.churn_probability.unwrap();
         assert!(
             lines[3].starts_with(&format!("old,{p:.6},high,sleeping,")),
             "{}",
             lines[3]
         );
+        // The value cells: the estimates of the customer's state, one purchase on day 2.
+        let v = old.value.expect("the test model has value parameters");
+        assert_eq!(v.p_alive, 1.0, "one purchase: alive by BG/NBD's convention");
+        assert!(
+            lines[3].ends_with(&format!(
+                ",1.000000,{:.6},{:.2},{:.2},",
+                v.expected_purchases_90d, v.expected_spend_90d, v.clv_365d
+            )),
+            "{}",
+            lines[3]
+        );
+        assert_eq!(lurker.value, None);
+    }
+
+    #[test]
+    fn value_estimates_come_from_the_daemon_state() {
+        let model = Model::from_file(&recency_only_model_file()).unwrap();
+        let data = Transactions {
+            rows: (0..12)
+                .map(|k| {
+                    let mut t = row("weekly", EventKind::Purchase, 7 * k);
+                    t.amount = 10.0 + f64::from(k);
+                    t
+                })
+                .collect(),
+            bad_rows: vec![],
+        };
+        let as_of = T0 + 80 * DAY;
+        let scores = score(&data, as_of, &model, &classification());
+        let store = features_as_of(&data, as_of);
+        let history = CustomerHistory::of(store.get(store.find("weekly").unwrap()), as_of);
+        let want = model.value().unwrap().estimate(&history.unwrap(), as_of);
+        assert_eq!(scores[0].value, Some(want));
+        // A weekly buyer seen three days ago is due back within about a week.
+        let next = want.next_purchase_at.expect("likely alive");
+        assert!(
+            next > as_of && next < as_of + 14 * DAY,
+            "{}",
+            time::rfc3339(next)
+        );
+
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &scores).unwrap();
+        let text = String::from_utf8(csv).unwrap();
+        let line = text.lines().nth(1).unwrap();
+        assert!(line.ends_with(&time::rfc3339(next)), "{line}");
+
+        // A model without value parameters (format 1): the value cells stay empty.
+        let mut old = recency_only_model_file();
+        old.format = crate::model::MODEL_FORMAT_V1.into();
+        old.value = None;
+        let old = Model::from_file(&old).unwrap();
+        let scores = score(&data, as_of, &old, &classification());
+        assert_eq!(scores[0].value, None);
+        let mut csv = Vec::new();
+        write_csv(&mut csv, &scores).unwrap();
+        let text = String::from_utf8(csv).unwrap();
+        assert!(text.lines().nth(1).unwrap().ends_with(",,,,,"), "{text}");
     }
 }

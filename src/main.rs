@@ -112,6 +112,9 @@ struct TrainArgs {
     /// out-of-time comparisons with `churnd evaluate --as-of` the same date.
     #[arg(long)]
     until: Option<String>,
+    /// Discount rate per year of the value model's clv_365d (0.1 = 10 %; 0: undiscounted).
+    #[arg(long, default_value_t = 0.0)]
+    annual_discount_rate: f64,
 }
 
 #[derive(Args)]
@@ -358,7 +361,14 @@ fn train_model(args: TrainArgs) -> anyhow::Result<()> {
         l2,
         version,
         until,
+        annual_discount_rate,
     } = args;
+    if !(0.0..=churnd::model::value::MAX_ANNUAL_DISCOUNT_RATE).contains(&annual_discount_rate) {
+        anyhow::bail!(
+            "--annual-discount-rate {annual_discount_rate} must be between 0 and {} (a fraction per year: 0.1 is 10 %)",
+            churnd::model::value::MAX_ANNUAL_DISCOUNT_RATE
+        );
+    }
     let (transactions, out) = (transactions.as_path(), out.as_path());
     let until = until.map(|d| parse_date("--until", &d)).transpose()?;
     let cutoffs = cutoffs
@@ -384,6 +394,7 @@ fn train_model(args: TrainArgs) -> anyhow::Result<()> {
             .file_name()
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
         name,
+        annual_discount_rate,
         ..TrainOptions::default()
     };
     let started = std::time::Instant::now();
@@ -424,6 +435,34 @@ fn train_model(args: TrainArgs) -> anyhow::Result<()> {
                     metrics_line(&b.metrics)
                 );
             }
+        }
+    }
+    match (&model.value, &report.value) {
+        (Some(v), Some(fit)) => {
+            let (b, g) = (&v.bgnbd, &v.gamma_gamma);
+            text += &format!(
+                "  value model on {} customers as of {} ({} repeat buyers, {} with positive spend):\n    BG/NBD r {:.4}, alpha {:.4} days, a {:.4}, b {:.4}; Gamma-Gamma p {:.4}, q {:.4}, gamma {:.4} (mean order value {:.2}); annual discount rate {}\n",
+                fit.customers,
+                fit.as_of,
+                fit.repeat_buyers,
+                fit.spend_customers,
+                b.r,
+                b.alpha,
+                b.a,
+                b.b,
+                g.p,
+                g.q,
+                g.gamma,
+                fit.population_mean_order_value,
+                v.annual_discount_rate
+            );
+        }
+        _ => {
+            text += &format!(
+                "  no value model: {}; the file is a churn model without value estimates (format {})\n",
+                report.value_error.as_deref().unwrap_or("not fitted"),
+                model.format
+            );
         }
     }
     print_out(&text)
@@ -519,6 +558,12 @@ fn score(settings: &Settings, args: ScoreArgs) -> anyhow::Result<()> {
         model.version(),
         elapsed.as_secs_f64()
     ));
+    if model.value().is_none() {
+        print_err(format_args!(
+            "model {} has no value parameters (an older format): the columns p_alive, expected_purchases_90d, expected_spend_90d, clv_365d and next_purchase_at are empty; retrain with `churnd train` to fill them",
+            model.version()
+        ));
+    }
     Ok(())
 }
 

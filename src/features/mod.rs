@@ -309,6 +309,11 @@ impl CustomerFeatures {
         self.last_event
     }
 
+    /// Lifetime spend net of refunds (negative when refunds exceed purchases).
+    pub fn total_spend(&self) -> f64 {
+        f64::from(self.total_spend)
+    }
+
     /// A decayed sum read at `now`.
     fn at(&self, value: f32, now: UnixSeconds, half_life_days: f64) -> f64 {
         value as f64 * decay(now.saturating_sub(self.last_event), half_life_days)

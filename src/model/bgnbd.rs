@@ -30,6 +30,7 @@ pub struct RepeatSummary {
 /// Fitted BG/NBD parameters: purchase rates λ ~ Gamma(shape `r`, rate `alpha` per day),
 /// dropout probabilities p ~ Beta(`a`, `b`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BgNbd {
     pub r: f64,
     pub alpha: f64,

@@ -4,15 +4,22 @@
 //! the date, label "no purchase within the horizon after it". The baseline is the BG/NBD model
 //! fitted on the same customers' purchase histories before the date, predicting the same
 //! event: no purchase in the horizon.
+//!
+//! A model with value parameters is also measured as a forecast of the window: purchases and
+//! spend per customer, the spend captured by the customers it ranks highest, and the
+//! calibration of the churn probability it implies ([`value::forecast`]).
 
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{BgNbd, BgNbdError};
-use super::metrics::{evaluate, Evaluation};
+use super::metrics::{evaluate, expected_calibration_error, Evaluation};
 use super::train::{build_examples, data_span, Example};
+use super::value::forecast::{self, Outcome, ValueForecast};
+use super::value::{CustomerHistory, ValueModel};
 use super::Model;
+use crate::event::EventKind;
 use crate::time::{self, UnixSeconds};
 use crate::transactions::Transactions;
 
@@ -45,6 +52,10 @@ pub struct EvaluationReport {
     pub model_horizon_days: u32,
     pub model: Evaluation,
     pub baseline: Option<BaselineReport>,
+    /// The value model's forecast of the window; `None` when the model has no value
+    /// parameters (a format 1 file).
+    #[serde(default)]
+    pub value: Option<ValueForecast>,
 }
 
 /// The BG/NBD model fitted on the evaluated customers' history, and its metrics.
@@ -89,6 +100,9 @@ pub fn evaluate_model(
     } else {
         None
     };
+    let value = model
+        .value()
+        .and_then(|v| value_forecast(transactions, v, as_of, horizon_days));
     Ok(EvaluationReport {
         model_version: model.version().to_owned(),
         as_of: time::rfc3339(as_of),
@@ -96,7 +110,57 @@ pub fn evaluate_model(
         model_horizon_days: model.horizon_days(),
         model: metrics,
         baseline,
+        value,
     })
+}
+
+/// The value model's forecast for every buyer before `as_of` (the customers the churn
+/// metrics count), from the daemon's state as of then, against their purchases and net spend
+/// in the `horizon_days` from it.
+pub fn value_forecast(
+    transactions: &Transactions,
+    value: &ValueModel,
+    as_of: UnixSeconds,
+    horizon_days: u32,
+) -> Option<ValueForecast> {
+    let store = crate::batch::features_as_of(transactions, as_of);
+    let mut purchases = vec![0.0; store.len()];
+    let mut spend = vec![0.0; store.len()];
+    let end = as_of.saturating_add(time::days(horizon_days));
+    let window = transactions
+        .rows
+        .iter()
+        .skip_while(|t| t.time < as_of)
+        .take_while(|t| t.time < end);
+    for t in window {
+        let Some(idx) = store.find(&t.customer_id) else {
+            continue;
+        };
+        let slot = idx as usize;
+        match t.kind {
+            EventKind::Purchase => {
+                purchases[slot] += 1.0;
+                spend[slot] += t.amount;
+            }
+            EventKind::Refund => spend[slot] -= t.amount,
+            _ => {}
+        }
+    }
+    let outcomes: Vec<Outcome> = store
+        .iter()
+        .filter_map(|(idx, f)| {
+            let h = CustomerHistory::of(f, as_of)?;
+            let slot = idx as usize;
+            Some(Outcome::forecast(
+                value,
+                &h,
+                f64::from(horizon_days),
+                purchases[slot],
+                spend[slot],
+            ))
+        })
+        .collect();
+    forecast::report(&outcomes, horizon_days)
 }
 
 fn metrics_or_one_class(
@@ -181,7 +245,8 @@ pub fn render_text(r: &EvaluationReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\ncalibration of the model (predicted vs observed churn rate):"
+        "\ncalibration of the model (predicted vs observed churn rate; expected calibration error {:.4}):",
+        expected_calibration_error(&m.calibration)
     );
     for bin in m.calibration.iter().filter(|b| b.count > 0) {
         let _ = writeln!(
@@ -190,7 +255,59 @@ pub fn render_text(r: &EvaluationReport) -> String {
             bin.lower, bin.upper, bin.count, bin.mean_predicted, bin.observed_rate
         );
     }
+    match &r.value {
+        None => {
+            let _ = writeln!(
+                s,
+                "\nvalue model: none (the model file has no value parameters; `churnd train` fits them)"
+            );
+        }
+        Some(v) => render_value(&mut s, v),
+    }
     s
+}
+
+fn render_value(s: &mut String, v: &ValueForecast) {
+    let _ = writeln!(
+        s,
+        "\nvalue model forecast of the {} days, {} customers:",
+        v.horizon_days, v.customers
+    );
+    let _ = writeln!(
+        s,
+        "{:<22} {:>8} {:>8} {:>15} {:>12}",
+        "", "MAE", "RMSE", "mean forecast", "mean actual"
+    );
+    for (name, e) in [
+        ("purchases", &v.purchases),
+        ("spend", &v.spend),
+        ("purchases (naive)", &v.naive_purchases),
+        ("spend (naive)", &v.naive_spend),
+    ] {
+        let _ = writeln!(
+            s,
+            "{:<22} {:>8.4} {:>8.4} {:>15.4} {:>12.4}",
+            name, e.mae, e.rmse, e.mean_predicted, e.mean_actual
+        );
+    }
+    let _ = writeln!(
+        s,
+        "share of the window's spend by the top 10 % by expected spend: {:.3} (naive {:.3}, perfect ranking {:.3})",
+        v.top_decile_spend_share, v.naive_top_decile_spend_share, v.top_decile_spend_share_ceiling
+    );
+    let c = &v.p_alive_churn;
+    let _ = writeln!(
+        s,
+        "p_alive-based churn, 1 - p_alive * P(purchase | alive): expected calibration error {:.4}, Brier {:.4}, mean predicted {:.3}, observed {:.3}",
+        c.expected_calibration_error, c.brier_score, c.mean_predicted, c.observed_rate
+    );
+    for bin in &c.bins {
+        let _ = writeln!(
+            s,
+            "  {:.1}-{:.1}: {:>7} customers, predicted {:.3}, observed {:.3}",
+            bin.lower, bin.upper, bin.count, bin.mean_predicted, bin.observed_rate
+        );
+    }
 }
 
 #[cfg(test)]
@@ -350,6 +467,50 @@ mod tests {
             "{:?}",
             m.calibration
         );
+    }
+
+    #[test]
+    fn the_value_model_is_measured_on_the_same_customers_and_window() {
+        let data = hand_built();
+        let model = recency_model();
+        let as_of = T0 + AS_OF_DAY * DAY;
+        let report = evaluate_model(&data, &model, as_of, 30, false).unwrap();
+        let v = report.value.expect("the test model has value parameters");
+        assert_eq!(v.customers, 5);
+        assert_eq!(v.horizon_days, 30);
+        // In days 30 to 59: a bought on day 40 and d on day 30, 25 each.
+        assert!((v.purchases.mean_actual - 2.0 / 5.0).abs() < 1e-15);
+        assert!((v.spend.mean_actual - 50.0 / 5.0).abs() < 1e-12);
+        assert!((v.p_alive_churn.observed_rate - 3.0 / 5.0).abs() < 1e-15);
+        // The forecasts are the value model's, from each customer's state as of the date.
+        let value = model.value().unwrap();
+        let store = crate::batch::features_as_of(&data, as_of);
+        let (mut purchases, mut spend) = (0.0, 0.0);
+        for (_, f) in store.iter() {
+            if let Some(h) = CustomerHistory::of(f, as_of) {
+                let e = value.params().bgnbd.expected_purchases(&h.repeat, 30.0);
+                purchases += e;
+                spend += e * value.expected_order_value(&h);
+            }
+        }
+        assert!((v.purchases.mean_predicted - purchases / 5.0).abs() < 1e-12);
+        assert!((v.spend.mean_predicted - spend / 5.0).abs() < 1e-12);
+        assert!((0.0..=1.0).contains(&v.top_decile_spend_share));
+        let text = render_text(&evaluate_model(&data, &model, as_of, 30, false).unwrap());
+        assert!(
+            text.contains("value model forecast of the 30 days, 5 customers:"),
+            "{text}"
+        );
+        assert!(text.contains("p_alive-based churn"), "{text}");
+
+        // A format 1 model has no value report, and says so.
+        let mut old = recency_only_model_file();
+        old.format = crate::model::MODEL_FORMAT_V1.into();
+        old.value = None;
+        let report = evaluate_model(&data, &Model::from_file(&old).unwrap(), as_of, 30, false);
+        let report = report.unwrap();
+        assert!(report.value.is_none());
+        assert!(render_text(&report).contains("value model: none"));
     }
 
     #[test]
@@ -570,6 +731,7 @@ mod tests {
             model_horizon_days: 90,
             model: evaluation(0.75, 50, vec![bin(0.0, 150), bin(0.5, 50)]),
             baseline: None,
+            value: None,
         };
         let text = render_text(&report);
         let lines: Vec<&str> = text.lines().collect();

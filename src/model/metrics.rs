@@ -111,7 +111,9 @@ fn average_precision(y: &[bool], order: &[usize], positives: usize) -> f64 {
     sum / positives as f64
 }
 
-fn calibration(p: &[f64], y: &[bool]) -> Vec<CalibrationBin> {
+/// Ten equal-width bins of predicted probability, with the observed rate in each (empty bins
+/// left out).
+pub(crate) fn calibration(p: &[f64], y: &[bool]) -> Vec<CalibrationBin> {
     let mut count = [0usize; CALIBRATION_BINS];
     let mut sum_p = [0.0; CALIBRATION_BINS];
     let mut sum_y = [0.0; CALIBRATION_BINS];
@@ -131,6 +133,19 @@ fn calibration(p: &[f64], y: &[bool]) -> Vec<CalibrationBin> {
             observed_rate: sum_y[b] / count[b] as f64,
         })
         .collect()
+}
+
+/// Expected calibration error of a calibration table: the mean over examples of
+/// |mean predicted − observed rate| of their bin. 0 for an empty table.
+pub fn expected_calibration_error(bins: &[CalibrationBin]) -> f64 {
+    let n: usize = bins.iter().map(|b| b.count).sum();
+    if n == 0 {
+        return 0.0;
+    }
+    bins.iter()
+        .map(|b| b.count as f64 * (b.mean_predicted - b.observed_rate).abs())
+        .sum::<f64>()
+        / n as f64
 }
 
 #[cfg(test)]
@@ -172,5 +187,15 @@ mod tests {
     #[test]
     fn one_class_only_has_no_evaluation() {
         assert!(evaluate(&[0.1, 0.2], &[true, true]).is_none());
+    }
+
+    #[test]
+    fn expected_calibration_error_weights_bins_by_their_examples() {
+        // Bin 0.1–0.2: three examples at 0.15, one churned; bin 0.8–0.9: one at 0.85, churned.
+        let e = evaluate(&[0.15, 0.15, 0.15, 0.85], &[true, false, false, true]).unwrap();
+        let want = (3.0 * (0.15f64 - 1.0 / 3.0).abs() + (0.85f64 - 1.0).abs()) / 4.0;
+        let got = expected_calibration_error(&e.calibration);
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        assert_eq!(expected_calibration_error(&[]), 0.0);
     }
 }

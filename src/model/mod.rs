@@ -1,25 +1,33 @@
 //! The churn model: its file format, validation on load, and scoring with reasons.
 //!
 //! A model file is JSON written by `churnd train` (see [`train`]): feature names with their
-//! standardisation and coefficients, an intercept, the horizon it predicts, a version, and a
-//! report of how it was trained. Loading checks it against [`FEATURE_NAMES`] and refuses
-//! anything that could not score correctly; scoring is a dot product and a sigmoid with
-//! per-feature contributions, so every probability can say why.
+//! standardisation and coefficients, an intercept, the horizon it predicts, a version, the
+//! customer value model's parameters ([`value`]), and a report of how it was trained. Loading
+//! checks it against [`FEATURE_NAMES`] and refuses anything that could not score correctly;
+//! scoring is a dot product and a sigmoid with per-feature contributions, so every
+//! probability can say why.
 
 pub mod bgnbd;
 pub mod evaluate;
 pub mod metrics;
 pub mod train;
+pub mod value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use self::value::{ValueModel, ValueParams};
 use crate::features::{FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
 
-/// The `format` tag of model files this build reads.
-pub const MODEL_FORMAT: &str = "churnd-logistic/1";
+/// The `format` tag of the model files `churnd train` writes: the churn model and the value
+/// model's parameters (`value`, required).
+pub const MODEL_FORMAT: &str = "churnd-logistic/2";
+
+/// The format before the value model: still read, without value estimates (a `value`
+/// section in such a file is refused).
+pub const MODEL_FORMAT_V1: &str = "churnd-logistic/1";
 
 /// A model file as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +39,9 @@ pub struct ModelFile {
     pub horizon_days: u32,
     pub features: Vec<FeatureParams>,
     pub intercept: f64,
+    /// The customer value model (format 2 on; absent in format 1 files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<ValueParams>,
     /// How the model was trained: data summary, settings, validation metrics. Free-form for
     /// the scorer; written by `churnd train`.
     #[serde(default)]
@@ -75,6 +86,8 @@ pub struct Model {
     inv_scale: FeatureVector,
     coefficient: FeatureVector,
     intercept: f64,
+    /// `None` for a format 1 file, which predates the value model.
+    value: Option<ValueModel>,
 }
 
 /// A probability and what produced it.
@@ -165,11 +178,24 @@ impl Model {
     /// Validates a model file: every problem is reported, not just the first.
     pub fn from_file(file: &ModelFile) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        if file.format != MODEL_FORMAT {
-            problems.push(format!(
-                "format is {:?}, this build reads {MODEL_FORMAT:?}",
-                file.format
-            ));
+        let mut value = None;
+        match (file.format.as_str(), &file.value) {
+            (MODEL_FORMAT, Some(params)) => match ValueModel::new(*params) {
+                Ok(v) => value = Some(v),
+                Err(p) => problems.extend(p),
+            },
+            (MODEL_FORMAT, None) => problems.push(format!(
+                "the value parameters (\"value\") are missing; a {MODEL_FORMAT:?} file must \
+                 carry them: retrain with `churnd train`"
+            )),
+            (MODEL_FORMAT_V1, None) => {}
+            (MODEL_FORMAT_V1, Some(_)) => problems.push(format!(
+                "a {MODEL_FORMAT_V1:?} file has no \"value\" section; value parameters need \
+                 format {MODEL_FORMAT:?}"
+            )),
+            (other, _) => problems.push(format!(
+                "format is {other:?}, this build reads {MODEL_FORMAT:?} and {MODEL_FORMAT_V1:?}"
+            )),
         }
         if file.version.trim().is_empty() {
             problems.push("version is empty".into());
@@ -187,6 +213,7 @@ impl Model {
             inv_scale: [1.0; FEATURE_COUNT],
             coefficient: [0.0; FEATURE_COUNT],
             intercept: file.intercept,
+            value,
         };
         let mut seen = [false; FEATURE_COUNT];
         for p in &file.features {
@@ -233,6 +260,11 @@ impl Model {
     /// The model predicts "no purchase within this many days".
     pub fn horizon_days(&self) -> u32 {
         self.horizon_days
+    }
+
+    /// The customer value model; `None` for a format 1 file, which has none.
+    pub fn value(&self) -> Option<&ValueModel> {
+        self.value.as_ref()
     }
 
     /// Churn probability of one feature vector, with per-feature contributions.
@@ -304,6 +336,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             intercept: -1.0,
+            value: Some(value::tests::cdnow_like()),
             training: serde_json::Value::Null,
         }
     }
@@ -348,6 +381,75 @@ pub(crate) mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_format_1_file_still_loads_without_value_estimates() {
+        let mut file = recency_only_model_file();
+        file.format = MODEL_FORMAT_V1.into();
+        file.value = None;
+        let text = serde_json::to_string(&file).unwrap();
+        assert!(!text.contains("\"value\""), "{text}");
+        let model = Model::from_json(&text, Path::new("old.json")).unwrap();
+        assert!(model.value().is_none());
+        let current = Model::from_file(&recency_only_model_file()).unwrap();
+        let x = [0.5; FEATURE_COUNT];
+        assert_eq!(model.probability(&x), current.probability(&x));
+        assert_eq!(
+            current.value().map(|v| *v.params()),
+            Some(value::tests::cdnow_like())
+        );
+
+        // A value section in a format 1 file is a mistake, not something to ignore.
+        file.value = Some(value::tests::cdnow_like());
+        let problems = Model::from_file(&file).unwrap_err().join("\n");
+        assert!(problems.contains("has no \"value\" section"), "{problems}");
+    }
+
+    #[test]
+    fn missing_or_out_of_range_value_parameters_are_refused_with_a_reason() {
+        let mut file = recency_only_model_file();
+        file.value = None;
+        let problems = Model::from_file(&file).unwrap_err().join("\n");
+        assert!(
+            problems.contains("value parameters (\"value\") are missing"),
+            "{problems}"
+        );
+
+        let mut file = recency_only_model_file();
+        let value = file.value.as_mut().unwrap();
+        value.bgnbd.a = -0.5;
+        value.gamma_gamma.p = f64::NAN;
+        let problems = Model::from_file(&file).unwrap_err().join("\n");
+        assert!(problems.contains("value.bgnbd.a is -0.5"), "{problems}");
+        assert!(
+            problems.contains("value.gamma_gamma.p is NaN"),
+            "{problems}"
+        );
+
+        // In JSON: a missing parameter, or one nobody knows, names itself.
+        let json = serde_json::to_value(recency_only_model_file()).unwrap();
+        let mut missing = json.clone();
+        missing["value"]["bgnbd"]
+            .as_object_mut()
+            .unwrap()
+            .remove("alpha");
+        let err = Model::from_json(&missing.to_string(), Path::new("m.json")).unwrap_err();
+        assert!(err.to_string().contains("missing field `alpha`"), "{err}");
+        let mut unknown = json;
+        unknown["value"]["gamma_gamma"]["v"] = 15.44.into();
+        let err = Model::from_json(&unknown.to_string(), Path::new("m.json")).unwrap_err();
+        assert!(err.to_string().contains("unknown field `v`"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_model_loads_with_its_value_model() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json");
+        let model = Model::load(&path).unwrap();
+        let value = model
+            .value()
+            .expect("the shipped model carries value parameters");
+        assert!(value.params().problems().is_empty());
     }
 
     #[test]

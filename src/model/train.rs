@@ -6,6 +6,9 @@
 //! (rolling origin). The latest cutoff is held out for validation, with a training set whose
 //! labels were all known by then (when the data is long enough), beside the BG/NBD baseline
 //! on the same customers; the shipped model is then refitted on every cutoff.
+//!
+//! The customer value model ([`super::value`]) is fitted beside it on every buyer's history
+//! as of the end of the data, taken from the same per-customer state the daemon keeps.
 
 use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
@@ -15,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use super::bgnbd::RepeatSummary;
 use super::evaluate::{bgnbd_baseline, BaselineReport};
 use super::metrics::{evaluate, Evaluation};
-use super::{FeatureParams, Model, ModelFile, MODEL_FORMAT};
+use super::value::{self, CustomerHistory, ValueFitReport, ValueParams};
+use super::{FeatureParams, Model, ModelFile, MODEL_FORMAT, MODEL_FORMAT_V1};
 use crate::event::EventKind;
 use crate::features::store::CustomerStore;
 use crate::features::{CustomerFeatures, FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
@@ -44,6 +48,8 @@ pub struct TrainOptions {
     pub source: String,
     /// Used for the default version, e.g. the output file's stem.
     pub name: String,
+    /// Discount rate per year of the value model's `clv_365d` (0: undiscounted).
+    pub annual_discount_rate: f64,
 }
 
 impl Default for TrainOptions {
@@ -56,6 +62,7 @@ impl Default for TrainOptions {
             version: None,
             source: String::new(),
             name: "churn".into(),
+            annual_discount_rate: 0.0,
         }
     }
 }
@@ -77,6 +84,14 @@ pub struct TrainingReport {
     pub churn_rate: f64,
     /// `None` when the data is too short to hold a cutoff out.
     pub validation: Option<ValidationReport>,
+    /// What the value model was fitted on; `None` when it could not be (see `value_error`)
+    /// and in reports of older files.
+    #[serde(default)]
+    pub value: Option<ValueFitReport>,
+    /// Why the value model could not be fitted, when it could not: the file is then a format
+    /// 1 file, a churn model without value estimates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,7 +310,29 @@ pub fn train(transactions: &Transactions, options: &TrainOptions) -> Result<Mode
             options.name, options.horizon_days, digest as u32
         )
     });
-    let mut file = model_file(&final_fit, options, &version);
+    // The value model on every buyer's history at the end of the data, from the daemon's
+    // per-customer state. Data it cannot be fitted on (e.g. every order at one price, which
+    // leaves the spend model nothing to estimate) still gives a churn model, without values.
+    let store = crate::batch::features_as_of(transactions, end);
+    let histories: Vec<CustomerHistory> = store
+        .iter()
+        .filter_map(|(_, f)| CustomerHistory::of(f, end))
+        .collect();
+    let (value_params, value_report, value_error) = match value::fit(
+        &histories,
+        options.annual_discount_rate,
+        end,
+    ) {
+        Ok((params, report)) => (Some(params), Some(report), None),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "the value model could not be fitted: the model file carries no value parameters (format {MODEL_FORMAT_V1})"
+            );
+            (None, None, Some(e.to_string()))
+        }
+    };
+    let mut file = model_file(&final_fit, options, &version, value_params);
     let customers = {
         let mut ids: Vec<&str> = transactions.rows.iter().map(|t| &*t.customer_id).collect();
         ids.sort_unstable();
@@ -319,6 +356,8 @@ pub fn train(transactions: &Transactions, options: &TrainOptions) -> Result<Mode
         examples: all_rows.len(),
         churn_rate: all_rows.iter().filter(|e| e.churned).count() as f64 / all_rows.len() as f64,
         validation,
+        value: value_report,
+        value_error,
     };
     file.training = serde_json::to_value(report).map_err(|e| TrainError::Fit(e.to_string()))?;
     Ok(file)
@@ -352,7 +391,7 @@ fn validate(
         .collect();
 
     let fitted = fit(&train_rows, options, "the validation training set")?;
-    let model = Model::from_file(&model_file(&fitted, options, "validation"))
+    let model = Model::from_file(&model_file(&fitted, options, "validation", None))
         .map_err(|p| TrainError::Fit(p.join("; ")))?;
     let probabilities: Vec<f64> = holdout_rows
         .iter()
@@ -388,9 +427,21 @@ struct Fitted {
     intercept: f64,
 }
 
-fn model_file(f: &Fitted, options: &TrainOptions, version: &str) -> ModelFile {
+/// The file of a fitted churn model; without value parameters (the transient model of the
+/// validation, which only scores churn) it is a format 1 file.
+fn model_file(
+    f: &Fitted,
+    options: &TrainOptions,
+    version: &str,
+    value: Option<ValueParams>,
+) -> ModelFile {
     ModelFile {
-        format: MODEL_FORMAT.into(),
+        format: if value.is_some() {
+            MODEL_FORMAT
+        } else {
+            MODEL_FORMAT_V1
+        }
+        .into(),
         version: version.into(),
         horizon_days: options.horizon_days,
         features: (0..FEATURE_COUNT)
@@ -402,6 +453,7 @@ fn model_file(f: &Fitted, options: &TrainOptions, version: &str) -> ModelFile {
             })
             .collect(),
         intercept: f.intercept,
+        value,
         training: serde_json::Value::Null,
     }
 }
@@ -575,5 +627,59 @@ mod tests {
             "silent {silent}, regular {regular}"
         );
         assert!(model.version().starts_with("churn-h90-"));
+        // Every order is worth 10: the spend model has nothing to estimate, so the file is a
+        // churn model without value parameters, and says why.
+        assert!(model.value().is_none() && file.value.is_none());
+        assert_eq!(file.format, MODEL_FORMAT_V1);
+        let why = report.value_error.as_deref().unwrap_or_default();
+        assert!(why.contains("Gamma-Gamma"), "{why:?}");
+    }
+
+    #[test]
+    fn the_value_model_is_fitted_beside_the_churn_model() {
+        // 400 customers buying every 10 to 50 days at varied prices, some stopping early.
+        let mut rows = Vec::new();
+        for c in 0..400u32 {
+            let id = format!("c{c}");
+            let gap = 10 + c % 41;
+            let last = if c % 3 == 0 { 60 + c % 90 } else { 360 };
+            let mut day = c % 30;
+            let mut k = 0;
+            while day <= last {
+                let mut t = purchase(&id, day);
+                t.amount = 5.0 + f64::from((c * 7 + k * 13) % 60);
+                rows.push(t);
+                day += gap + (k * 7) % 11;
+                k += 1;
+            }
+        }
+        rows.sort_by_key(|t| t.time);
+        let tx = Transactions {
+            rows,
+            bad_rows: vec![],
+        };
+        let options = TrainOptions {
+            annual_discount_rate: 0.1,
+            ..TrainOptions::default()
+        };
+        let file = train(&tx, &options).unwrap();
+        assert_eq!(file.format, MODEL_FORMAT);
+        let model = Model::from_file(&file).unwrap();
+        let value = model.value().expect("a value model");
+        assert_eq!(value.params().annual_discount_rate, 0.1);
+        let report: TrainingReport = serde_json::from_value(file.training.clone()).unwrap();
+        let fit = report.value.expect("what the value model saw");
+        assert_eq!(fit.customers, 400);
+        assert_eq!(fit.repeat_buyers, 400);
+        assert_eq!(fit.spend_customers, 400);
+        assert_eq!(fit.as_of, time::rfc3339(data_span(&tx).unwrap().1));
+        assert!(report.value_error.is_none());
+        // Orders average 34.5 here; the spend model's population mean must be near it.
+        let mean = fit.population_mean_order_value;
+        assert!((25.0..45.0).contains(&mean), "{mean}");
+        // And the file round-trips through JSON to the same model.
+        let text = serde_json::to_string(&file).unwrap();
+        let again = Model::from_json(&text, std::path::Path::new("m.json")).unwrap();
+        assert_eq!(again, model);
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use churnd::config::{ClockMode, SegmentMode, Settings};
 use churnd::daemon::{self, DaemonError};
 use churnd::features::FEATURE_NAMES;
-use churnd::model::{FeatureParams, ModelFile, MODEL_FORMAT};
+use churnd::model::{FeatureParams, ModelFile, MODEL_FORMAT_V1};
 use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -373,9 +373,10 @@ pub fn write_recency_model(dir: &Path, version: &str) -> PathBuf {
     path
 }
 
+/// A format 1 file (no value parameters): the daemon's tests need only the churn model.
 pub fn recency_model(version: &str) -> ModelFile {
     ModelFile {
-        format: MODEL_FORMAT.into(),
+        format: MODEL_FORMAT_V1.into(),
         version: version.into(),
         horizon_days: 90,
         features: FEATURE_NAMES
@@ -391,6 +392,7 @@ pub fn recency_model(version: &str) -> ModelFile {
             })
             .collect(),
         intercept: -1.0,
+        value: None,
         training: serde_json::Value::Null,
     }
 }

@@ -262,7 +262,34 @@ fn train_writes_a_complete_model_and_reports_what_it_saw() {
         "{}",
         run.stdout
     );
-    assert_eq!(json["format"], "churnd-logistic/1");
+    assert_eq!(json["format"], "churnd-logistic/2");
+    // The value model's parameters, and what they were fitted on.
+    let value = &json["value"];
+    for key in [
+        "bgnbd.r",
+        "bgnbd.alpha",
+        "bgnbd.a",
+        "bgnbd.b",
+        "gamma_gamma.p",
+        "gamma_gamma.q",
+        "gamma_gamma.gamma",
+    ] {
+        let (section, name) = key.split_once('.').unwrap();
+        let v = value[section][name]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} in {value}"));
+        assert!(v.is_finite() && v > 0.0, "{key} {v}");
+    }
+    assert!(value["gamma_gamma"]["q"].as_f64().unwrap() > 1.0);
+    assert_eq!(value["annual_discount_rate"], 0.0);
+    assert_eq!(json["training"]["value"]["customers"], CUSTOMERS);
+    assert_eq!(json["training"]["value"]["as_of"], "1997-10-01T00:00:00Z");
+    assert!(
+        run.stdout
+            .contains("  value model on 300 customers as of 1997-10-01T00:00:00Z"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(json["horizon_days"], 90);
     let features = json["features"].as_array().unwrap();
     assert_eq!(features.len(), FEATURE_COUNT);
@@ -582,7 +609,12 @@ fn evaluate_prints_counts_and_the_metrics_table() {
         "no baseline without --baseline:\n{text}"
     );
     assert!(text.contains("calibration of the model"), "{text}");
-    let binned: usize = text
+    // The churn model's table, before the value model's part.
+    let (churn_part, value_part) = text
+        .split_once("value model forecast")
+        .unwrap_or_else(|| panic!("no value model part in:\n{text}"));
+    assert!(value_part.contains("p_alive-based churn"), "{text}");
+    let binned: usize = churn_part
         .lines()
         .filter(|l| l.starts_with("  "))
         .filter_map(|l| {
@@ -674,6 +706,23 @@ fn evaluate_json_has_the_metric_fields() {
         m.clone(),
         "the model's metrics do not depend on --baseline"
     );
+    // The value model's forecast of the same window, for the same customers.
+    let value = report
+        .value
+        .expect("the trained model has value parameters");
+    assert_eq!(value.customers, customers);
+    assert_eq!(value.horizon_days, 60);
+    assert!((value.p_alive_churn.observed_rate - churned as f64 / customers as f64).abs() < 1e-12);
+    for e in [&value.purchases, &value.spend] {
+        assert!(
+            e.mae >= 0.0 && e.rmse >= e.mae && e.mean_predicted > 0.0,
+            "{e:?}"
+        );
+    }
+    assert!((0.0..=1.0).contains(&value.top_decile_spend_share));
+    assert!(value.top_decile_spend_share <= value.top_decile_spend_share_ceiling);
+    let ece = value.p_alive_churn.expected_calibration_error;
+    assert!((0.0..=1.0).contains(&ece), "{ece}");
 
     // The text report shows the same numbers, rounded.
     let text = run(evaluate(&f.transactions, &model, "1997-07-01").args(["--horizon-days", "60"]));
@@ -761,7 +810,13 @@ fn evaluate_names_a_missing_or_broken_model_file() {
 // ---------------------------------------------------------------------------------------
 // score
 
-const SCORE_HEADER: &str = "customer_id,churn_probability,risk,lifecycle_stage,segment,reasons";
+const SCORE_HEADER: &str = "customer_id,churn_probability,risk,lifecycle_stage,segment,reasons,\
+     p_alive,expected_purchases_90d,expected_spend_90d,clv_365d,next_purchase_at";
+
+/// The decimals of a number written by `churnd score`.
+fn decimals(cell: &str) -> usize {
+    cell.split_once('.').map_or(0, |(_, d)| d.len())
+}
 
 #[test]
 fn score_writes_one_row_per_customer_seen_before_the_date() {
@@ -823,7 +878,27 @@ fn score_writes_one_row_per_customer_seen_before_the_date() {
             assert!(FEATURE_NAMES.contains(&feature), "{reason}");
             assert!(level == "high" || level == "low", "{reason}");
         }
+        // The value estimates: finite, in range, at their precision.
+        let number = |i: usize| -> f64 { r[i].parse().unwrap_or_else(|_| panic!("{i} in {r:?}")) };
+        let (p_alive, purchases, spend, clv) = (number(6), number(7), number(8), number(9));
+        assert!((0.0..=1.0).contains(&p_alive), "{r:?}");
+        assert!(purchases >= 0.0 && spend >= 0.0 && clv >= spend, "{r:?}");
+        assert_eq!((decimals(&r[6]), decimals(&r[7])), (6, 6), "{r:?}");
+        assert_eq!((decimals(&r[8]), decimals(&r[9])), (2, 2), "{r:?}");
+        if !r[10].is_empty() {
+            let next = time::parse_date_or_datetime(&r[10]).unwrap_or_else(|| panic!("{r:?}"));
+            let now = T0 + as_of * DAY;
+            assert!(next >= now && next <= now + 365 * DAY, "{r:?}");
+            assert!(
+                p_alive > 0.5,
+                "a date only for customers more likely alive: {r:?}"
+            );
+        }
     }
+    assert!(
+        records.iter().any(|r| !r[10].is_empty()),
+        "customers a few weeks into their history are due back"
+    );
     assert!(
         run.stderr.contains(&format!(
             "scored {} customers as of 1997-03-01T00:00:00Z with model {version}",
@@ -856,6 +931,72 @@ fn score_to_a_file_writes_what_stdout_would_show() {
         written.lines().count(),
         1 + customers_before(&f.rows, day_of("1997-05-15")).len()
     );
+}
+
+/// A model file from before the value model (format 1) still scores and evaluates, with the
+/// value columns empty and a word about why.
+#[test]
+fn a_format_1_model_scores_without_value_estimates() {
+    let f = Fixture::new();
+    let model = f.train_until("1997-07-01", "until.json");
+    let mut json = read_json(&model);
+    json["format"] = "churnd-logistic/1".into();
+    json.as_object_mut().unwrap().remove("value");
+    let old = f.path("old.json");
+    std::fs::write(&old, json.to_string()).unwrap();
+
+    let new_scores = run(&mut score(
+        &f.transactions,
+        &model,
+        "1997-05-15",
+        Path::new("-"),
+    ));
+    let old_scores = run(&mut score(
+        &f.transactions,
+        &old,
+        "1997-05-15",
+        Path::new("-"),
+    ));
+    old_scores.assert_success();
+    assert!(
+        old_scores.stderr.contains("has no value parameters"),
+        "{}",
+        old_scores.stderr
+    );
+    for (new, old) in new_scores
+        .stdout
+        .lines()
+        .zip(old_scores.stdout.lines())
+        .skip(1)
+    {
+        let cells: Vec<&str> = new.rsplitn(6, ',').collect();
+        // The churn columns are the same; the value columns are empty.
+        assert!(old.ends_with(",,,,,"), "{old}");
+        assert_eq!(
+            old.trim_end_matches(','),
+            cells[5].trim_end_matches(','),
+            "{new}"
+        );
+    }
+
+    let evaluated = run(&mut evaluate(&f.transactions, &old, "1997-07-01"));
+    evaluated.assert_success();
+    assert!(
+        evaluated.stdout.contains("value model: none"),
+        "{}",
+        evaluated.stdout
+    );
+
+    // A format 2 file without its value section is refused, naming what is missing.
+    json["format"] = "churnd-logistic/2".into();
+    std::fs::write(&old, json.to_string()).unwrap();
+    run(&mut score(
+        &f.transactions,
+        &old,
+        "1997-05-15",
+        Path::new("-"),
+    ))
+    .assert_fails_with(&["old.json", "value parameters (\"value\") are missing"]);
 }
 
 /// `churnd score --out - | head`: once the reader has gone, the rest of the scores have

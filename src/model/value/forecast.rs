@@ -1,0 +1,242 @@
+//! How well the value model forecast a held-out window: per-customer error of the expected
+//! purchases and spend, how much of the window's spend the customers it ranked highest made,
+//! and the calibration of the churn probability it implies.
+//!
+//! Pure arithmetic on [`Outcome`]s; `churnd evaluate` builds them from a transactions file
+//! (`model::evaluate`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{CustomerHistory, ValueModel};
+use crate::model::metrics::{calibration, expected_calibration_error, CalibrationBin};
+
+/// One customer: what was forecast at the start of the window and what happened in it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    pub predicted_purchases: f64,
+    pub predicted_spend: f64,
+    /// P(no purchase in the window) = 1 − p_alive · P(a purchase in the window | alive).
+    pub p_no_purchase: f64,
+    /// The naive forecast: the customer's past repeat-purchase rate (x / T a day) over the
+    /// window, × their own mean order value.
+    pub naive_purchases: f64,
+    pub naive_spend: f64,
+    /// Purchase events in the window.
+    pub purchases: f64,
+    /// Purchases minus refunds in the window.
+    pub spend: f64,
+}
+
+impl Outcome {
+    /// The forecasts for a customer with history `h` over `horizon_days`, beside what they
+    /// then did.
+    pub fn forecast(
+        model: &ValueModel,
+        h: &CustomerHistory,
+        horizon_days: f64,
+        purchases: f64,
+        spend: f64,
+    ) -> Self {
+        let bgnbd = &model.params().bgnbd;
+        let predicted_purchases = bgnbd.expected_purchases(&h.repeat, horizon_days);
+        let naive_purchases = if h.repeat.t > 0.0 {
+            h.repeat.x / h.repeat.t * horizon_days
+        } else {
+            0.0
+        };
+        Self {
+            predicted_purchases,
+            predicted_spend: predicted_purchases * model.expected_order_value(h),
+            p_no_purchase: bgnbd.p_no_purchase(&h.repeat, horizon_days),
+            naive_purchases,
+            naive_spend: naive_purchases * h.spend.mean,
+            purchases,
+            spend,
+        }
+    }
+}
+
+/// Mean absolute and root-mean-square error of a forecast, with the means beside them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ForecastError {
+    pub mae: f64,
+    pub rmse: f64,
+    pub mean_predicted: f64,
+    pub mean_actual: f64,
+}
+
+impl ForecastError {
+    fn of(pairs: impl Iterator<Item = (f64, f64)>) -> Self {
+        let (mut n, mut abs, mut sq, mut pred, mut act) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (p, a) in pairs {
+            n += 1.0;
+            abs += (p - a).abs();
+            sq += (p - a) * (p - a);
+            pred += p;
+            act += a;
+        }
+        let n = f64::max(n, 1.0);
+        Self {
+            mae: abs / n,
+            rmse: (sq / n).sqrt(),
+            mean_predicted: pred / n,
+            mean_actual: act / n,
+        }
+    }
+}
+
+/// The value model's forecast quality over one window, beside the naive forecast's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValueForecast {
+    pub customers: usize,
+    pub horizon_days: u32,
+    /// Expected purchases vs purchase events in the window.
+    pub purchases: ForecastError,
+    /// Expected spend vs net spend in the window.
+    pub spend: ForecastError,
+    /// Share of the window's net spend made by the 10 % of customers with the highest
+    /// expected spend.
+    pub top_decile_spend_share: f64,
+    /// The same share had the customers been ranked by what they actually spent: the ceiling.
+    pub top_decile_spend_share_ceiling: f64,
+    /// Calibration of P(no purchase in the window) = 1 − p_alive · P(purchase | alive)
+    /// against who did not buy: the churn probability the value model implies.
+    pub p_alive_churn: ChurnCalibration,
+    /// The naive forecast (past repeat rate × own mean order value), for scale.
+    pub naive_purchases: ForecastError,
+    pub naive_spend: ForecastError,
+    pub naive_top_decile_spend_share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChurnCalibration {
+    /// Expected calibration error: the customer-weighted mean |mean predicted − observed|
+    /// over ten equal-width probability bins.
+    pub expected_calibration_error: f64,
+    pub brier_score: f64,
+    pub mean_predicted: f64,
+    pub observed_rate: f64,
+    pub bins: Vec<CalibrationBin>,
+}
+
+/// The report over every customer's outcome; `None` without customers.
+pub fn report(outcomes: &[Outcome], horizon_days: u32) -> Option<ValueForecast> {
+    if outcomes.is_empty() {
+        return None;
+    }
+    let n = outcomes.len() as f64;
+    let p: Vec<f64> = outcomes.iter().map(|o| o.p_no_purchase).collect();
+    let churned: Vec<bool> = outcomes.iter().map(|o| o.purchases == 0.0).collect();
+    let bins = calibration(&p, &churned);
+    let observed = churned.iter().filter(|&&c| c).count() as f64 / n;
+    Some(ValueForecast {
+        customers: outcomes.len(),
+        horizon_days,
+        purchases: ForecastError::of(
+            outcomes
+                .iter()
+                .map(|o| (o.predicted_purchases, o.purchases)),
+        ),
+        spend: ForecastError::of(outcomes.iter().map(|o| (o.predicted_spend, o.spend))),
+        top_decile_spend_share: top_decile_share(outcomes, |o| o.predicted_spend),
+        top_decile_spend_share_ceiling: top_decile_share(outcomes, |o| o.spend),
+        p_alive_churn: ChurnCalibration {
+            expected_calibration_error: expected_calibration_error(&bins),
+            brier_score: p
+                .iter()
+                .zip(&churned)
+                .map(|(p, &c)| (p - f64::from(u8::from(c))).powi(2))
+                .sum::<f64>()
+                / n,
+            mean_predicted: p.iter().sum::<f64>() / n,
+            observed_rate: observed,
+            bins,
+        },
+        naive_purchases: ForecastError::of(
+            outcomes.iter().map(|o| (o.naive_purchases, o.purchases)),
+        ),
+        naive_spend: ForecastError::of(outcomes.iter().map(|o| (o.naive_spend, o.spend))),
+        naive_top_decile_spend_share: top_decile_share(outcomes, |o| o.naive_spend),
+    })
+}
+
+/// Share of the total net spend made by the top 10 % (at least one customer) by `key`.
+/// Ties are broken by position, so the result does not depend on the sort's stability; 0
+/// when nobody spent anything.
+fn top_decile_share(outcomes: &[Outcome], key: impl Fn(&Outcome) -> f64) -> f64 {
+    let total: f64 = outcomes.iter().map(|o| o.spend).sum();
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let mut order: Vec<usize> = (0..outcomes.len()).collect();
+    order.sort_by(|&i, &j| {
+        key(&outcomes[j])
+            .total_cmp(&key(&outcomes[i]))
+            .then(i.cmp(&j))
+    });
+    let top = (outcomes.len() / 10).max(1);
+    order[..top].iter().map(|&i| outcomes[i].spend).sum::<f64>() / total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(predicted: f64, purchases: f64, spend: f64, p_no: f64) -> Outcome {
+        Outcome {
+            predicted_purchases: predicted,
+            predicted_spend: predicted * 10.0,
+            p_no_purchase: p_no,
+            naive_purchases: 0.0,
+            naive_spend: 0.0,
+            purchases,
+            spend,
+        }
+    }
+
+    #[test]
+    fn errors_and_shares_match_a_hand_computation() {
+        // Twenty customers: the first two forecast 2 and 1 purchases and made 3 and 0; the
+        // rest forecast 0 and made nothing but customer 19, who spent 30.
+        let mut rows = vec![outcome(2.0, 3.0, 60.0, 0.1), outcome(1.0, 0.0, 0.0, 0.4)];
+        rows.extend((2..20).map(|i| {
+            outcome(
+                0.0,
+                if i == 19 { 1.0 } else { 0.0 },
+                if i == 19 { 30.0 } else { 0.0 },
+                0.9,
+            )
+        }));
+        let r = report(&rows, 90).unwrap();
+        assert_eq!(r.customers, 20);
+        // Purchase errors: |2−3| + |1−0| + |0−1| = 3 over 20; squares 1 + 1 + 1.
+        assert!((r.purchases.mae - 3.0 / 20.0).abs() < 1e-15);
+        assert!((r.purchases.rmse - (3.0f64 / 20.0).sqrt()).abs() < 1e-15);
+        assert!((r.purchases.mean_predicted - 3.0 / 20.0).abs() < 1e-15);
+        assert!((r.purchases.mean_actual - 4.0 / 20.0).abs() < 1e-15);
+        // Spend: |20−60| + |10−0| + |0−30| = 80; squares 1600 + 100 + 900.
+        assert!((r.spend.mae - 4.0).abs() < 1e-12);
+        assert!((r.spend.rmse - (2600.0f64 / 20.0).sqrt()).abs() < 1e-12);
+        // Top 10 % = 2 customers by expected spend: 60 of 90; the ceiling is the same here.
+        assert!((r.top_decile_spend_share - 60.0 / 90.0).abs() < 1e-15);
+        assert!((r.top_decile_spend_share_ceiling - 1.0).abs() < 1e-15);
+        // Churned: customer 1 and 17 of the rest. Bins: 0.1 (1, not churned), 0.4 (1,
+        // churned), 0.9 (18, 17 churned).
+        let c = &r.p_alive_churn;
+        assert!((c.observed_rate - 18.0 / 20.0).abs() < 1e-15);
+        let ece = (0.1 + 0.6 + 18.0 * (0.9f64 - 17.0 / 18.0).abs()) / 20.0;
+        assert!((c.expected_calibration_error - ece).abs() < 1e-12, "{c:?}");
+        assert_eq!(c.bins.len(), 3);
+        // Naive forecasts of zero: errors are the actual values.
+        assert!((r.naive_purchases.mae - 4.0 / 20.0).abs() < 1e-15);
+        assert_eq!(report(&[], 90), None);
+    }
+
+    #[test]
+    fn nobody_spending_gives_a_share_of_zero() {
+        let rows: Vec<Outcome> = (0..5).map(|_| outcome(1.0, 0.0, 0.0, 0.5)).collect();
+        let r = report(&rows, 30).unwrap();
+        assert_eq!(r.top_decile_spend_share, 0.0);
+        assert!(r.spend.mae.is_finite());
+    }
+}
