@@ -1,6 +1,8 @@
 //! Every Prometheus metric churnd exports, defined in one place.
 //!
-//! Names follow Prometheus conventions: `churnd_` prefix, base units, `_total` on counters.
+//! Names follow Prometheus conventions: `churnd_` prefix, base units, `_total` on counters;
+//! the process's own CPU, memory and file descriptors carry the standard `process_*` names
+//! every client library uses ([`process`]).
 //! Labels take values from small fixed sets (event types, reasons, stages, segments,
 //! configured actions, stream names); never a customer ID. Each daemon owns its registry,
 //! so several can run in one process (tests).
@@ -9,6 +11,9 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
+
+#[cfg(target_os = "linux")]
+mod process;
 
 use crate::classify::{LifecycleStage, Segment};
 use crate::decide::Group;
@@ -194,14 +199,10 @@ impl Metrics {
             &["version"],
         );
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // CPU, memory and file descriptors under the standard process_* names.
         #[cfg(target_os = "linux")]
         registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::new(
-                    std::process::id() as i32,
-                    "churnd",
-                ),
-            ))
+            .register(Box::new(process::ProcessCollector::new()))
             .expect("unique metric");
 
         let m = Self {
@@ -480,7 +481,15 @@ mod tests {
         assert!(text.contains("churnd_customers_by_stage{stage=\"churned\"} 0"));
         assert!(text.contains("churnd_model_info{version=\"v1\"} 1"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("churnd_"), "unprefixed metric: {line}");
+            assert!(
+                line.starts_with("churnd_") || line.starts_with("process_"),
+                "unprefixed metric: {line}"
+            );
         }
+        #[cfg(target_os = "linux")]
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes"] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing");
+        }
+        assert!(!text.contains("churnd_process_"), "the old process names");
     }
 }
