@@ -20,6 +20,10 @@ use crate::decide::Group;
 use crate::decide::TaskKind;
 use crate::event::{EventKind, Reason};
 
+/// The source revision built from (build.rs: the git commit, the container build's `REVISION`
+/// argument, or `unknown`), the `revision` label of `churnd_build_info`.
+pub const REVISION: &str = env!("CHURND_REVISION");
+
 /// Labels of the churn-probability distribution gauge, one per tenth.
 pub const PROBABILITY_BUCKETS: [&str; 10] = [
     "0.0-0.1", "0.1-0.2", "0.2-0.3", "0.3-0.4", "0.4-0.5", "0.5-0.6", "0.6-0.7", "0.7-0.8",
@@ -195,10 +199,12 @@ impl Metrics {
 
         let build = gauge_vec(
             "churnd_build_info",
-            "Build version (value 1).",
-            &["version"],
+            "The version and source revision churnd was built from (value 1); revision is the git commit, or unknown.",
+            &["version", "revision"],
         );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
+            .set(1);
         // CPU, memory and file descriptors under the standard process_* names.
         #[cfg(target_os = "linux")]
         registry
@@ -307,7 +313,10 @@ impl Metrics {
             ),
             tasks_by_kind: counter_vec(
                 "churnd_tasks_total",
-                "Tasks written, by kind (winback in either group, convert, welcome, anniversary, revisit).",
+                &format!(
+                    "Tasks written, by kind ({}; winback in either group).",
+                    TaskKind::ALL.map(TaskKind::as_str).join(", ")
+                ),
                 &["kind"],
             ),
             tasks_duplicate: counter(
@@ -473,6 +482,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_revision_is_the_commit_built_from() {
+        // build.rs asks git, unless CHURND_REVISION is given (as the container build does).
+        let git = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        match (std::env::var("CHURND_REVISION"), git) {
+            (Err(_), Some(commit)) => assert_eq!(REVISION, commit),
+            (Err(_), None) => assert_eq!(REVISION, "unknown"),
+            (Ok(given), _) if !given.trim().is_empty() => assert_eq!(REVISION, given.trim()),
+            (Ok(_), _) => assert!(!REVISION.is_empty()),
+        }
+    }
+
+    #[test]
     fn renders_prefixed_metrics_with_fixed_label_sets() {
         let m = Metrics::new();
         m.set_model("v1");
@@ -480,6 +507,17 @@ mod tests {
         assert!(text.contains("churnd_events_total{outcome=\"applied\",type=\"purchase\"} 0"));
         assert!(text.contains("churnd_customers_by_stage{stage=\"churned\"} 0"));
         assert!(text.contains("churnd_model_info{version=\"v1\"} 1"));
+        assert!(text.contains(&format!(
+            "churnd_build_info{{revision=\"{REVISION}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let kinds = text
+            .lines()
+            .find(|l| l.starts_with("# HELP churnd_tasks_total "))
+            .expect("the help of churnd_tasks_total");
+        for kind in TaskKind::ALL {
+            assert!(kinds.contains(kind.as_str()), "{kind:?} not in {kinds}");
+        }
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(
                 line.starts_with("churnd_") || line.starts_with("process_"),
