@@ -119,6 +119,7 @@ pub struct Metrics {
     pub recoveries: IntCounterVec,
     pub model_info: IntGaugeVec,
     pub model_reloads: IntCounterVec,
+    pub model_reload_successful: IntGauge,
     pub redis_connected: IntGaugeVec,
     pub redis_errors: IntCounterVec,
     pub http_unauthorized: IntCounter,
@@ -338,6 +339,10 @@ impl Metrics {
                 "Model reload attempts, by outcome (success, failure).",
                 &["outcome"],
             ),
+            model_reload_successful: gauge(
+                "churnd_model_last_reload_successful",
+                "1 when the last model reload succeeded (or none was tried since start), 0 when it failed and the previous model keeps serving.",
+            ),
             redis_connected: gauge_vec(
                 "churnd_redis_connected",
                 "Whether the connection for each role (source, sink, monitor) is up.",
@@ -414,6 +419,7 @@ impl Metrics {
             ),
             registry,
         };
+        m.model_reload_successful.set(1);
         m.initialise_label_sets();
         m
     }
