@@ -104,6 +104,11 @@ pub struct Metrics {
     pub sink_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub consumer_pending: IntGaugeVec,
+    pub output_length: IntGaugeVec,
+    pub output_max_length: IntGaugeVec,
+    pub output_removed: IntGaugeVec,
+    pub output_group_unread: IntGaugeVec,
+    pub output_group_trimmed_unread: IntCounterVec,
     pub customers: IntGauge,
     pub customers_max: IntGauge,
     pub customers_evicted: IntCounter,
@@ -269,6 +274,31 @@ impl Metrics {
                 "churnd_consumer_group_pending",
                 "Entries delivered to the consumer group but not acknowledged (XINFO GROUPS pending).",
                 &["stream"],
+            ),
+            output_length: gauge_vec(
+                "churnd_output_stream_length",
+                "Entries in each output stream (tasks, control group, dead letters): XINFO STREAM length, 0 while the stream does not exist.",
+                &["stream"],
+            ),
+            output_max_length: gauge_vec(
+                "churnd_output_stream_max_length",
+                "The approximate cap of each output stream (XADD MAXLEN ~: winback.max_len, tasks.max_len, dead_letter.max_len); the oldest entries are trimmed beyond it.",
+                &["stream"],
+            ),
+            output_removed: gauge_vec(
+                "churnd_output_stream_removed_entries",
+                "Entries trimmed (MAXLEN ~) or deleted (XDEL) from each output stream since it was created: XINFO STREAM entries-added minus length (Redis 7.0 or later).",
+                &["stream"],
+            ),
+            output_group_unread: gauge_vec(
+                "churnd_output_stream_group_unread",
+                "Entries of an output stream not yet delivered to a consumer group of its consumers (XINFO GROUPS lag, at most the stream's length); absent while Redis cannot tell.",
+                &["stream", "group"],
+            ),
+            output_group_trimmed_unread: counter_vec(
+                "churnd_output_stream_group_trimmed_unread_total",
+                "Entries removed from an output stream (trimmed by MAXLEN ~, or deleted) before a consumer group read them, counted while the group is seen behind the stream's first entry.",
+                &["stream", "group"],
             ),
             customers: gauge("churnd_customers_tracked", "Customers held in memory."),
             customers_max: gauge(
