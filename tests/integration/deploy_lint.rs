@@ -191,6 +191,86 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     );
 }
 
+/// The anchors GitHub gives the headings of a Markdown file (outside code blocks): lower
+/// case, spaces as hyphens, punctuation other than hyphens and underscores dropped.
+fn markdown_anchors(markdown: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let Some(heading) = line
+            .strip_prefix('#')
+            .filter(|_| !in_code)
+            .map(|rest| rest.trim_start_matches('#'))
+            .and_then(|rest| rest.strip_prefix(' '))
+        else {
+            continue;
+        };
+        anchors.push(
+            heading
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+    anchors
+}
+
+/// Each rule of alerts.yml: its name and the text of the rule (up to the next one).
+fn alert_rules() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml"))
+        .expect("the alert rules are readable");
+    text.split("- alert: ")
+        .skip(1)
+        .map(|rule| {
+            let (name, body) = rule.split_once('\n').unwrap_or((rule, ""));
+            (name.trim().to_string(), body.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_to_its_section_of_the_runbooks() {
+    let runbooks = std::fs::read_to_string(repo().join("docs/runbooks.md"))
+        .expect("docs/runbooks.md is readable");
+    let anchors = markdown_anchors(&runbooks);
+    let rules = alert_rules();
+    assert!(rules.len() >= 9, "only {} alert rules found", rules.len());
+    for (name, body) in rules {
+        let annotation = |key: &str| {
+            body.lines()
+                .find_map(|line| line.trim().strip_prefix(&format!("{key}: ")))
+                .map(|value| value.trim().trim_matches('"').to_string())
+        };
+        for key in ["summary", "description"] {
+            assert!(annotation(key).is_some(), "{name} has no {key}");
+        }
+        let url = annotation("runbook_url").unwrap_or_else(|| panic!("{name} has no runbook_url"));
+        let (file, anchor) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url} has no #anchor"));
+        assert_eq!(file, "docs/runbooks.md", "{name}: runbook_url {url}");
+        assert_eq!(
+            anchor,
+            name.to_lowercase(),
+            "{name}: the anchor is the alert's name in lower case"
+        );
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "{name}: docs/runbooks.md has no section #{anchor} (a heading \"## {name}\")"
+        );
+    }
+}
+
 #[test]
 fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
     let (dashboard, panels) = dashboard();
