@@ -2,12 +2,19 @@
 //! `.ci/install-tools`) scraping a running churnd that `churnd simulate` feeds: every PromQL
 //! expression must parse and evaluate, and every dashboard query must return data. churnd's
 //! exposition must also pass `promtool check metrics` (Prometheus's naming conventions).
+//!
+//! Prometheus scrapes churnd under the job name Kubernetes pod-annotation scraping gives it,
+//! not "churnd": nothing may depend on the job's name. ChurndDown must stay quiet while churnd
+//! answers, and find it once it stops.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{dashboard, free_port, ops_tool, repo, DaemonProcess, RedisServer};
+
+/// The scrape job: the one pod-annotation scraping configurations usually name.
+const JOB: &str = "kubernetes-pods";
 
 /// A child process killed when the test ends, however it ends.
 struct KillOnDrop(Child);
@@ -116,7 +123,7 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
-             scrape_configs:\n  - job_name: churnd\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
             rules = repo().join("deploy/prometheus/alerts.yml").display(),
             port = churnd.port,
         ),
@@ -141,7 +148,13 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
     // Enough scrapes for rate() over the dashboard's shortest window, of a churnd that has
     // written tasks and snapshots.
     let within = Duration::from_secs(90);
-    wait_for(&prometheus, r#"up{job="churnd"}"#, |v| v == 1.0, within).await;
+    wait_for(
+        &prometheus,
+        &format!("up{{job={JOB:?}}}"),
+        |v| v == 1.0,
+        within,
+    )
+    .await;
     wait_for(
         &prometheus,
         "sum(churnd_winback_tasks_total)",
@@ -158,7 +171,7 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
     .await;
     wait_for(
         &prometheus,
-        r#"count_over_time(churnd_ready{job="churnd"}[1m])"#,
+        &format!("count_over_time(churnd_ready{{job={JOB:?}}}[1m])"),
         |v| v >= 20.0,
         within,
     )
@@ -222,6 +235,14 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         .expect("the alert rules are loaded");
     assert_eq!(loaded.len(), in_file, "rules loaded vs in alerts.yml");
     for rule in loaded {
+        // ALERTS holds pending alerts too: a ChurndDown that fires forever for want of a
+        // job named "churnd" would be pending within a second.
+        if rule["name"] == "ChurndDown" && rule["state"] != "inactive" {
+            failures.push(format!(
+                "ChurndDown is {} while churnd answers: {}",
+                rule["state"], rule["alerts"]
+            ));
+        }
         let (name, expr) = (&rule["name"], rule["query"].as_str().unwrap_or_default());
         if let Err(e) = query(&prometheus, expr).await {
             failures.push(format!("alert {name}: `{expr}` refused: {e}"));
@@ -234,4 +255,30 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // churnd stops: ChurndDown's expression names its target.
+    let down = loaded
+        .iter()
+        .find(|rule| rule["name"] == "ChurndDown")
+        .and_then(|rule| rule["query"].as_str())
+        .expect("the ChurndDown rule")
+        .to_string();
+    let instance = format!("127.0.0.1:{}", churnd.port);
+    let (code, _) = churnd.stop();
+    assert_eq!(code, Some(0), "churnd stops cleanly");
+    let deadline = Instant::now() + within;
+    loop {
+        let result = query(&prometheus, &down).await.unwrap_or_default();
+        if result
+            .iter()
+            .any(|s| s["metric"]["instance"] == instance.as_str() && s["metric"]["job"] == JOB)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ChurndDown's expression does not find the stopped churnd at {instance}: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
