@@ -271,6 +271,32 @@ fn every_alert_links_to_its_section_of_the_runbooks() {
     }
 }
 
+/// The metric names in a PromQL expression (churnd's and the process's), each with the text
+/// that follows it.
+fn metric_selectors(expr: &str) -> Vec<(&str, &str)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut found = Vec::new();
+    let mut rest = expr;
+    let mut offset = 0;
+    while let Some(i) = ["churnd_", "process_"]
+        .iter()
+        .filter_map(|prefix| rest.find(prefix))
+        .min()
+    {
+        let start = offset + i;
+        let end = start
+            + expr[start..]
+                .find(|c| !is_name(c))
+                .unwrap_or(expr.len() - start);
+        if !expr[..start].ends_with(is_name) {
+            found.push((&expr[start..end], &expr[end..]));
+        }
+        offset = end;
+        rest = &expr[end..];
+    }
+    found
+}
+
 #[test]
 fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
     let (dashboard, panels) = dashboard();
@@ -283,10 +309,74 @@ fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
         }
         let targets = panel["targets"].as_array().map_or(0, |t| t.len());
         assert!(targets > 0, "panel without a query: {}", panel["title"]);
-        assert_eq!(
-            panel["datasource"]["uid"], "prometheus",
-            "panel {} must use the provisioned data source",
-            panel["title"]
+    }
+}
+
+/// Imported into another Grafana, the dashboard must find its data source, and with several
+/// churnd deployments or replicas behind one Prometheus it must not add them up unasked: a
+/// data source variable instead of a fixed uid, and job and instance variables (taken from
+/// churnd_build_info) that every query is scoped to.
+#[test]
+fn the_grafana_dashboard_is_portable_with_datasource_job_and_instance_variables() {
+    let (dashboard, panels) = dashboard();
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating variables");
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"))
+    };
+    let datasource = variable("datasource");
+    assert_eq!(datasource["type"], "datasource");
+    assert_eq!(datasource["query"], "prometheus");
+    for name in ["job", "instance"] {
+        let v = variable(name);
+        assert_eq!(v["type"], "query", "{name}");
+        assert_eq!(v["multi"], true, "{name} takes several values");
+        assert_eq!(v["includeAll"], true, "{name} offers All");
+        assert!(
+            v["allValue"].is_null(),
+            "{name}: All must mean all churnd targets, not `.*` (every process_* of every target)"
         );
+        assert_eq!(v["datasource"]["uid"], "${datasource}", "{name}");
+        let query = v["query"].as_str().expect("a label_values query");
+        assert!(
+            query.starts_with("label_values(churnd_build_info"),
+            "{name}: {query}"
+        );
+    }
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/dashboards/churnd.json"))
+        .expect("the dashboard is readable");
+    assert!(
+        !text.contains("\"uid\": \"prometheus\""),
+        "a fixed data source uid is left in the dashboard"
+    );
+    let scope = "{job=~\"$job\", instance=~\"$instance\"";
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = &panel["title"];
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {title} must use the data source variable"
+        );
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            assert_eq!(
+                target["datasource"]["uid"], "${datasource}",
+                "a query of panel {title} must use the data source variable"
+            );
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            let selectors = metric_selectors(expr);
+            assert!(
+                !selectors.is_empty(),
+                "panel {title}: no metric in `{expr}`"
+            );
+            for (name, after) in selectors {
+                assert!(
+                    after.starts_with(scope),
+                    "panel {title}: {name} is not scoped to {scope}}} in `{expr}`"
+                );
+            }
+        }
     }
 }
