@@ -7,6 +7,10 @@
 //! configured actions, stream names); never a customer ID. Each daemon owns its registry,
 //! so several can run in one process (tests).
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -142,6 +146,9 @@ pub struct Metrics {
     pub snapshot_last_success: IntGauge,
     pub snapshots_rejected: IntCounter,
     pub recovery_seconds: Gauge,
+    /// Every family registered, with its label names, including those without a series yet
+    /// (the reference in docs/metrics.md is checked against it).
+    families: Arc<[(String, Vec<String>)]>,
 }
 
 /// Why churnd closed an HTTP connection, the `reason` label of
@@ -159,47 +166,44 @@ pub const SNAPSHOT_OUTCOMES: [&str; 4] = ["written", "skipped", "failed", "aband
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let families = RefCell::new(Vec::new());
+        let register = |c: Box<dyn Collector>| {
+            families.borrow_mut().extend(
+                c.desc()
+                    .into_iter()
+                    .map(|d| (d.fq_name.clone(), d.variable_labels.clone())),
+            );
+            registry.register(c).expect("unique metric");
+        };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let counter = |name: &str, help: &str| {
             let m = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let gauge = |name: &str, help: &str| {
             let m = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let float_gauge = |name: &str, help: &str| {
             let m = Gauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
 
@@ -213,11 +217,9 @@ impl Metrics {
             .set(1);
         // CPU, memory and file descriptors under the standard process_* names.
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(process::ProcessCollector::new()))
-            .expect("unique metric");
+        register(Box::<process::ProcessCollector>::default());
 
-        let m = Self {
+        let mut m = Self {
             events: counter_vec(
                 "churnd_events_total",
                 "Stream entries consumed, by event type and outcome (applied, dead_lettered, already_applied).",
@@ -423,7 +425,7 @@ impl Metrics {
             ),
             snapshot_pause_seconds: histogram(
                 "churnd_snapshot_pause_seconds",
-                "Time event processing stops to copy the state for a snapshot.",
+                "Time event processing stops for each step of a snapshot: copying one slice of the customers out of the table.",
                 prometheus::exponential_buckets(1e-4, 2.5, 12).expect("valid buckets"),
             ),
             snapshot_write_seconds: histogram(
@@ -448,7 +450,9 @@ impl Metrics {
                 "From start to state recovered: snapshot loaded and the input streams replayed to their end.",
             ),
             registry,
+            families: Arc::from([]),
         };
+        m.families = families.into_inner().into();
         m.model_reload_successful.set(1);
         m.initialise_label_sets();
         m
@@ -492,6 +496,12 @@ impl Metrics {
         }
     }
 
+    /// The name and label names of every metric family registered, those that have no
+    /// series yet (a vector never set) included.
+    pub fn families(&self) -> &[(String, Vec<String>)] {
+        &self.families
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -516,6 +526,66 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tables of docs/metrics.md: per metric (the first cell, in backticks), the text
+    /// of its labels cell.
+    fn documented_metrics() -> Vec<(String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+        let text = std::fs::read_to_string(path).expect("docs/metrics.md is readable");
+        text.lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.strip_prefix('|')?.split(" | ").collect();
+                let name = cells.first()?.trim().strip_prefix('`')?.strip_suffix('`')?;
+                (name.starts_with("churnd_") || name.starts_with("process_"))
+                    .then(|| (name.to_string(), cells.get(2).unwrap_or(&"").to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        let metrics = Metrics::new();
+        let registered = metrics.families();
+        assert!(registered.len() > 50, "{} families", registered.len());
+        let documented = documented_metrics();
+        let mut problems = Vec::new();
+        for (name, labels) in registered {
+            match documented.iter().find(|(d, _)| d == name) {
+                None => problems.push(format!("{name} is not in docs/metrics.md")),
+                Some((_, cell)) => {
+                    for label in labels {
+                        if !cell.contains(&format!("`{label}`")) {
+                            problems.push(format!(
+                                "{name}: label `{label}` is not in its labels cell ({cell:?})"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, _) in &documented {
+            // The process collector reads /proc: Linux only.
+            let linux_only = name.starts_with("process_") && !cfg!(target_os = "linux");
+            if !linux_only && !registered.iter().any(|(r, _)| r == name) {
+                problems.push(format!(
+                    "docs/metrics.md documents {name}, which churnd does not register"
+                ));
+            }
+            if documented.iter().filter(|(d, _)| d == name).count() > 1 {
+                problems.push(format!("docs/metrics.md documents {name} twice"));
+            }
+        }
+        // Families registered but never set are not in the exposition: the list must not
+        // depend on what has happened yet.
+        assert!(
+            registered
+                .iter()
+                .any(|(n, _)| n == "churnd_output_stream_group_unread"),
+            "a vector without series yet is listed"
+        );
+        problems.dedup();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
 
     #[test]
     fn the_revision_is_the_commit_built_from() {

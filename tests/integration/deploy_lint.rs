@@ -271,6 +271,37 @@ fn every_alert_links_to_its_section_of_the_runbooks() {
     }
 }
 
+#[test]
+fn every_alert_is_in_the_metrics_and_alerts_reference() {
+    let reference = std::fs::read_to_string(repo().join("docs/metrics.md"))
+        .expect("docs/metrics.md is readable");
+    let listed: Vec<&str> = reference
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `Churnd"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| name)
+        .collect();
+    let rules = alert_rules();
+    for (name, _) in &rules {
+        let row = reference
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("{name} is not in the alerts of docs/metrics.md"));
+        assert!(
+            row.contains(&format!("(runbooks.md#{})", name.to_lowercase())),
+            "{name}: its row in docs/metrics.md does not link its runbook: {row}"
+        );
+    }
+    for name in listed {
+        assert!(
+            rules
+                .iter()
+                .any(|(rule, _)| rule == &format!("Churnd{name}")),
+            "docs/metrics.md lists Churnd{name}, which alerts.yml does not have"
+        );
+    }
+}
+
 /// The metric names in a PromQL expression (churnd's and the process's), each with the text
 /// that follows it.
 fn metric_selectors(expr: &str) -> Vec<(&str, &str)> {
