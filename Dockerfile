@@ -40,11 +40,15 @@ RUN mkdir -p src benches \
 
 # The real sources. COPY keeps the files' modification times from the build context, which
 # can be older than the stubs' build above; touching the crate roots makes Cargo rebuild
-# churnd itself instead of reusing the stub binary.
+# churnd itself instead of reusing the stub binary. build.rs records the source revision in
+# churnd_build_info{revision}: the context has no .git, so it comes from the REVISION build
+# argument (`--build-arg REVISION="$(git rev-parse --short=12 HEAD)"`), else "unknown".
+COPY build.rs ./
 COPY src ./src
 COPY benches ./benches
+ARG REVISION=unknown
 RUN touch src/lib.rs src/main.rs \
-    && cargo build --release --locked --bin churnd \
+    && CHURND_REVISION="${REVISION}" cargo build --release --locked --bin churnd \
     && ./target/release/churnd --version
 
 ############################################################################################
@@ -52,7 +56,8 @@ RUN touch src/lib.rs src/main.rs \
 ############################################################################################
 FROM debian:bookworm-slim
 
-# Build metadata; pass e.g. --build-arg REVISION="$(git rev-parse HEAD)".
+# Build metadata; pass e.g. --build-arg REVISION="$(git rev-parse --short=12 HEAD)" (the
+# builder stage above puts the same argument in churnd_build_info).
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="churnd" \

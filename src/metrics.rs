@@ -1,19 +1,32 @@
 //! Every Prometheus metric churnd exports, defined in one place.
 //!
-//! Names follow Prometheus conventions: `churnd_` prefix, base units, `_total` on counters.
+//! Names follow Prometheus conventions: `churnd_` prefix, base units, `_total` on counters;
+//! the process's own CPU, memory and file descriptors carry the standard `process_*` names
+//! every client library uses ([`process`]).
 //! Labels take values from small fixed sets (event types, reasons, stages, segments,
 //! configured actions, stream names); never a customer ID. Each daemon owns its registry,
 //! so several can run in one process (tests).
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
 
+#[cfg(target_os = "linux")]
+mod process;
+
 use crate::classify::{LifecycleStage, Segment};
 use crate::decide::Group;
 use crate::decide::TaskKind;
 use crate::event::{EventKind, Reason};
+
+/// The source revision built from (build.rs: the git commit, the container build's `REVISION`
+/// argument, or `unknown`), the `revision` label of `churnd_build_info`.
+pub const REVISION: &str = env!("CHURND_REVISION");
 
 /// Labels of the churn-probability distribution gauge, one per tenth.
 pub const PROBABILITY_BUCKETS: [&str; 10] = [
@@ -95,6 +108,11 @@ pub struct Metrics {
     pub sink_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub consumer_pending: IntGaugeVec,
+    pub output_length: IntGaugeVec,
+    pub output_max_length: IntGaugeVec,
+    pub output_removed: IntGaugeVec,
+    pub output_group_unread: IntGaugeVec,
+    pub output_group_trimmed_unread: IntCounterVec,
     pub customers: IntGauge,
     pub customers_max: IntGauge,
     pub customers_evicted: IntCounter,
@@ -110,6 +128,7 @@ pub struct Metrics {
     pub recoveries: IntCounterVec,
     pub model_info: IntGaugeVec,
     pub model_reloads: IntCounterVec,
+    pub model_reload_successful: IntGauge,
     pub redis_connected: IntGaugeVec,
     pub redis_errors: IntCounterVec,
     pub http_unauthorized: IntCounter,
@@ -127,6 +146,9 @@ pub struct Metrics {
     pub snapshot_last_success: IntGauge,
     pub snapshots_rejected: IntCounter,
     pub recovery_seconds: Gauge,
+    /// Every family registered, with its label names, including those without a series yet
+    /// (the reference in docs/metrics.md is checked against it).
+    families: Arc<[(String, Vec<String>)]>,
 }
 
 /// Why churnd closed an HTTP connection, the `reason` label of
@@ -144,67 +166,60 @@ pub const SNAPSHOT_OUTCOMES: [&str; 4] = ["written", "skipped", "failed", "aband
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let families = RefCell::new(Vec::new());
+        let register = |c: Box<dyn Collector>| {
+            families.borrow_mut().extend(
+                c.desc()
+                    .into_iter()
+                    .map(|d| (d.fq_name.clone(), d.variable_labels.clone())),
+            );
+            registry.register(c).expect("unique metric");
+        };
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let counter = |name: &str, help: &str| {
             let m = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let gauge = |name: &str, help: &str| {
             let m = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let float_gauge = |name: &str, help: &str| {
             let m = Gauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
-            registry
-                .register(Box::new(m.clone()))
-                .expect("unique metric");
+            register(Box::new(m.clone()));
             m
         };
 
         let build = gauge_vec(
             "churnd_build_info",
-            "Build version (value 1).",
-            &["version"],
+            "The version and source revision churnd was built from (value 1); revision is the git commit, or unknown.",
+            &["version", "revision"],
         );
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), REVISION])
+            .set(1);
+        // CPU, memory and file descriptors under the standard process_* names.
         #[cfg(target_os = "linux")]
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::new(
-                    std::process::id() as i32,
-                    "churnd",
-                ),
-            ))
-            .expect("unique metric");
+        register(Box::<process::ProcessCollector>::default());
 
-        let m = Self {
+        let mut m = Self {
             events: counter_vec(
                 "churnd_events_total",
                 "Stream entries consumed, by event type and outcome (applied, dead_lettered, already_applied).",
@@ -262,6 +277,31 @@ impl Metrics {
                 "Entries delivered to the consumer group but not acknowledged (XINFO GROUPS pending).",
                 &["stream"],
             ),
+            output_length: gauge_vec(
+                "churnd_output_stream_length",
+                "Entries in each output stream (tasks, control group, dead letters): XINFO STREAM length, 0 while the stream does not exist.",
+                &["stream"],
+            ),
+            output_max_length: gauge_vec(
+                "churnd_output_stream_max_length",
+                "The approximate cap of each output stream (XADD MAXLEN ~: winback.max_len, tasks.max_len, dead_letter.max_len); the oldest entries are trimmed beyond it.",
+                &["stream"],
+            ),
+            output_removed: gauge_vec(
+                "churnd_output_stream_removed_entries",
+                "Entries trimmed (MAXLEN ~) or deleted (XDEL) from each output stream since it was created: XINFO STREAM entries-added minus length (Redis 7.0 or later).",
+                &["stream"],
+            ),
+            output_group_unread: gauge_vec(
+                "churnd_output_stream_group_unread",
+                "Entries of an output stream not yet delivered to a consumer group of its consumers (XINFO GROUPS lag, at most the stream's length); absent while Redis cannot tell.",
+                &["stream", "group"],
+            ),
+            output_group_trimmed_unread: counter_vec(
+                "churnd_output_stream_group_trimmed_unread_total",
+                "Entries removed from an output stream (trimmed by MAXLEN ~, or deleted) before a consumer group read them, counted while the group is seen behind the stream's first entry.",
+                &["stream", "group"],
+            ),
             customers: gauge("churnd_customers_tracked", "Customers held in memory."),
             customers_max: gauge(
                 "churnd_customers_max",
@@ -306,7 +346,10 @@ impl Metrics {
             ),
             tasks_by_kind: counter_vec(
                 "churnd_tasks_total",
-                "Tasks written, by kind (winback in either group, convert, welcome, anniversary, revisit).",
+                &format!(
+                    "Tasks written, by kind ({}; winback in either group).",
+                    TaskKind::ALL.map(TaskKind::as_str).join(", ")
+                ),
                 &["kind"],
             ),
             tasks_duplicate: counter(
@@ -327,6 +370,10 @@ impl Metrics {
                 "churnd_model_reloads_total",
                 "Model reload attempts, by outcome (success, failure).",
                 &["outcome"],
+            ),
+            model_reload_successful: gauge(
+                "churnd_model_last_reload_successful",
+                "1 when the last model reload succeeded (or none was tried since start), 0 when it failed and the previous model keeps serving.",
             ),
             redis_connected: gauge_vec(
                 "churnd_redis_connected",
@@ -378,7 +425,7 @@ impl Metrics {
             ),
             snapshot_pause_seconds: histogram(
                 "churnd_snapshot_pause_seconds",
-                "Time event processing stops to copy the state for a snapshot.",
+                "Time event processing stops for each step of a snapshot: copying one slice of the customers out of the table.",
                 prometheus::exponential_buckets(1e-4, 2.5, 12).expect("valid buckets"),
             ),
             snapshot_write_seconds: histogram(
@@ -403,7 +450,10 @@ impl Metrics {
                 "From start to state recovered: snapshot loaded and the input streams replayed to their end.",
             ),
             registry,
+            families: Arc::from([]),
         };
+        m.families = families.into_inner().into();
+        m.model_reload_successful.set(1);
         m.initialise_label_sets();
         m
     }
@@ -446,6 +496,12 @@ impl Metrics {
         }
     }
 
+    /// The name and label names of every metric family registered, those that have no
+    /// series yet (a vector never set) included.
+    pub fn families(&self) -> &[(String, Vec<String>)] {
+        &self.families
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -471,6 +527,84 @@ impl Default for Metrics {
 mod tests {
     use super::*;
 
+    /// The tables of docs/metrics.md: per metric (the first cell, in backticks), the text
+    /// of its labels cell.
+    fn documented_metrics() -> Vec<(String, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/metrics.md");
+        let text = std::fs::read_to_string(path).expect("docs/metrics.md is readable");
+        text.lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.strip_prefix('|')?.split(" | ").collect();
+                let name = cells.first()?.trim().strip_prefix('`')?.strip_suffix('`')?;
+                (name.starts_with("churnd_") || name.starts_with("process_"))
+                    .then(|| (name.to_string(), cells.get(2).unwrap_or(&"").to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_is_documented_and_every_documented_metric_exists() {
+        let metrics = Metrics::new();
+        let registered = metrics.families();
+        assert!(registered.len() > 50, "{} families", registered.len());
+        let documented = documented_metrics();
+        let mut problems = Vec::new();
+        for (name, labels) in registered {
+            match documented.iter().find(|(d, _)| d == name) {
+                None => problems.push(format!("{name} is not in docs/metrics.md")),
+                Some((_, cell)) => {
+                    for label in labels {
+                        if !cell.contains(&format!("`{label}`")) {
+                            problems.push(format!(
+                                "{name}: label `{label}` is not in its labels cell ({cell:?})"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for (name, _) in &documented {
+            // The process collector reads /proc: Linux only.
+            let linux_only = name.starts_with("process_") && !cfg!(target_os = "linux");
+            if !linux_only && !registered.iter().any(|(r, _)| r == name) {
+                problems.push(format!(
+                    "docs/metrics.md documents {name}, which churnd does not register"
+                ));
+            }
+            if documented.iter().filter(|(d, _)| d == name).count() > 1 {
+                problems.push(format!("docs/metrics.md documents {name} twice"));
+            }
+        }
+        // Families registered but never set are not in the exposition: the list must not
+        // depend on what has happened yet.
+        assert!(
+            registered
+                .iter()
+                .any(|(n, _)| n == "churnd_output_stream_group_unread"),
+            "a vector without series yet is listed"
+        );
+        problems.dedup();
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn the_revision_is_the_commit_built_from() {
+        // build.rs asks git, unless CHURND_REVISION is given (as the container build does).
+        let git = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        match (std::env::var("CHURND_REVISION"), git) {
+            (Err(_), Some(commit)) => assert_eq!(REVISION, commit),
+            (Err(_), None) => assert_eq!(REVISION, "unknown"),
+            (Ok(given), _) if !given.trim().is_empty() => assert_eq!(REVISION, given.trim()),
+            (Ok(_), _) => assert!(!REVISION.is_empty()),
+        }
+    }
+
     #[test]
     fn renders_prefixed_metrics_with_fixed_label_sets() {
         let m = Metrics::new();
@@ -479,8 +613,27 @@ mod tests {
         assert!(text.contains("churnd_events_total{outcome=\"applied\",type=\"purchase\"} 0"));
         assert!(text.contains("churnd_customers_by_stage{stage=\"churned\"} 0"));
         assert!(text.contains("churnd_model_info{version=\"v1\"} 1"));
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("churnd_"), "unprefixed metric: {line}");
+        assert!(text.contains(&format!(
+            "churnd_build_info{{revision=\"{REVISION}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        let kinds = text
+            .lines()
+            .find(|l| l.starts_with("# HELP churnd_tasks_total "))
+            .expect("the help of churnd_tasks_total");
+        for kind in TaskKind::ALL {
+            assert!(kinds.contains(kind.as_str()), "{kind:?} not in {kinds}");
         }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(
+                line.starts_with("churnd_") || line.starts_with("process_"),
+                "unprefixed metric: {line}"
+            );
+        }
+        #[cfg(target_os = "linux")]
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes"] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} missing");
+        }
+        assert!(!text.contains("churnd_process_"), "the old process names");
     }
 }

@@ -19,6 +19,7 @@
 //! atomic, a call that failed is sent again, and the guards make the order in which they
 //! succeed irrelevant.
 
+pub mod backlog;
 mod calls;
 pub mod guards;
 

@@ -232,8 +232,11 @@ pub async fn run_observed(
         written_tx,
     );
     let sink_task = tokio::spawn(sink.run(abort.clone()));
+    let backlog =
+        sink::backlog::Backlog::new(SinkSettings::from(&settings).output_caps(), &metrics);
     let lag_task = tokio::spawn(lag::monitor(
         settings.source.clone(),
+        backlog,
         connector("monitor", response_timeout),
         metrics.clone(),
         shutdown.clone(),

@@ -29,11 +29,13 @@ fn reload(
         Ok(model) => {
             tracing::info!(version = model.version(), path = %path.display(), why, "model reloaded");
             metrics.model_reloads.with_label_values(&["success"]).inc();
+            metrics.model_reload_successful.set(1);
             models.send_replace(Arc::new(model));
         }
         Err(error) => {
             tracing::error!(%error, why, "model reload refused; the previous model keeps serving");
             metrics.model_reloads.with_label_values(&["failure"]).inc();
+            metrics.model_reload_successful.set(0);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Consumer-group introspection: lag and pending counts, polled from `XINFO GROUPS` into
 //! gauges (what operators and alerts watch to know whether churnd keeps up), and the other
-//! consumers of the group (`XINFO CONSUMERS`).
+//! consumers of the group (`XINFO CONSUMERS`). The same poll samples the output streams'
+//! backlog ([`Backlog`]): whether their consumers keep up.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::config::SourceSettings;
 use crate::connection::Connector;
 use crate::event::EntryId;
 use crate::metrics::Metrics;
+use crate::sink::backlog::Backlog;
 
 /// Lag and pending entries of one group on one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,10 +34,10 @@ pub struct ConsumerInfo {
 }
 
 /// One row of an `XINFO` reply: a flat name/value array (RESP2) or a map (RESP3).
-struct Row<'a>(Vec<(&'a Value, &'a Value)>);
+pub(crate) struct Row<'a>(Vec<(&'a Value, &'a Value)>);
 
 impl<'a> Row<'a> {
-    fn new(v: &'a Value) -> Option<Self> {
+    pub(crate) fn new(v: &'a Value) -> Option<Self> {
         match v {
             Value::Array(flat) => {
                 Some(Self(flat.chunks_exact(2).map(|p| (&p[0], &p[1])).collect()))
@@ -45,7 +47,7 @@ impl<'a> Row<'a> {
         }
     }
 
-    fn get(&self, name: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, name: &str) -> Option<&'a Value> {
         self.0.iter().find_map(|(k, v)| match k {
             Value::BulkString(b) if b == name.as_bytes() => Some(*v),
             Value::SimpleString(s) if s == name => Some(*v),
@@ -53,7 +55,7 @@ impl<'a> Row<'a> {
         })
     }
 
-    fn text(&self, name: &str) -> Option<String> {
+    pub(crate) fn text(&self, name: &str) -> Option<String> {
         match self.get(name)? {
             Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
             Value::SimpleString(s) => Some(s.clone()),
@@ -61,7 +63,7 @@ impl<'a> Row<'a> {
         }
     }
 
-    fn int(&self, name: &str) -> Option<i64> {
+    pub(crate) fn int(&self, name: &str) -> Option<i64> {
         match self.get(name)? {
             Value::Int(i) => Some(*i),
             _ => None,
@@ -69,7 +71,8 @@ impl<'a> Row<'a> {
     }
 }
 
-fn rows(reply: &Value) -> impl Iterator<Item = Row<'_>> {
+/// The rows of an `XINFO GROUPS` or `XINFO CONSUMERS` reply.
+pub(crate) fn rows(reply: &Value) -> impl Iterator<Item = Row<'_>> {
     let rows = match reply {
         Value::Array(rows) => rows.as_slice(),
         _ => &[],
@@ -104,9 +107,11 @@ pub fn other_consumers(reply: &Value, me: &str) -> Vec<ConsumerInfo> {
         .collect()
 }
 
-/// Polls every `lag_poll_ms` until shutdown.
+/// Polls every `lag_poll_ms` until shutdown: the input streams' group, then the output
+/// streams' `backlog`.
 pub async fn monitor(
     settings: SourceSettings,
+    mut backlog: Backlog,
     mut connector: Connector,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -126,6 +131,7 @@ pub async fn monitor(
                 None => return,
             },
         };
+        let mut healthy = true;
         for stream in &settings.streams {
             let reply: Result<Value, _> = redis::cmd("XINFO")
                 .arg("GROUPS")
@@ -149,7 +155,15 @@ pub async fn monitor(
                     if connector.failed(&e) {
                         conn = None;
                     }
+                    healthy = false;
                     break;
+                }
+            }
+        }
+        if let (true, Some(c)) = (healthy, conn.as_mut()) {
+            if let Err(e) = backlog.sample(c, &metrics).await {
+                if connector.failed(&e) {
+                    conn = None;
                 }
             }
         }

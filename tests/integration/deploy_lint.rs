@@ -191,6 +191,143 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     );
 }
 
+/// The anchors GitHub gives the headings of a Markdown file (outside code blocks): lower
+/// case, spaces as hyphens, punctuation other than hyphens and underscores dropped.
+fn markdown_anchors(markdown: &str) -> Vec<String> {
+    let mut in_code = false;
+    let mut anchors = Vec::new();
+    for line in markdown.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        let Some(heading) = line
+            .strip_prefix('#')
+            .filter(|_| !in_code)
+            .map(|rest| rest.trim_start_matches('#'))
+            .and_then(|rest| rest.strip_prefix(' '))
+        else {
+            continue;
+        };
+        anchors.push(
+            heading
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+    anchors
+}
+
+/// Each rule of alerts.yml: its name and the text of the rule (up to the next one).
+fn alert_rules() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml"))
+        .expect("the alert rules are readable");
+    text.split("- alert: ")
+        .skip(1)
+        .map(|rule| {
+            let (name, body) = rule.split_once('\n').unwrap_or((rule, ""));
+            (name.trim().to_string(), body.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn every_alert_links_to_its_section_of_the_runbooks() {
+    let runbooks = std::fs::read_to_string(repo().join("docs/runbooks.md"))
+        .expect("docs/runbooks.md is readable");
+    let anchors = markdown_anchors(&runbooks);
+    let rules = alert_rules();
+    assert!(rules.len() >= 9, "only {} alert rules found", rules.len());
+    for (name, body) in rules {
+        let annotation = |key: &str| {
+            body.lines()
+                .find_map(|line| line.trim().strip_prefix(&format!("{key}: ")))
+                .map(|value| value.trim().trim_matches('"').to_string())
+        };
+        for key in ["summary", "description"] {
+            assert!(annotation(key).is_some(), "{name} has no {key}");
+        }
+        let url = annotation("runbook_url").unwrap_or_else(|| panic!("{name} has no runbook_url"));
+        let (file, anchor) = url
+            .split_once('#')
+            .unwrap_or_else(|| panic!("{name}: runbook_url {url} has no #anchor"));
+        assert_eq!(file, "docs/runbooks.md", "{name}: runbook_url {url}");
+        assert_eq!(
+            anchor,
+            name.to_lowercase(),
+            "{name}: the anchor is the alert's name in lower case"
+        );
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "{name}: docs/runbooks.md has no section #{anchor} (a heading \"## {name}\")"
+        );
+    }
+}
+
+#[test]
+fn every_alert_is_in_the_metrics_and_alerts_reference() {
+    let reference = std::fs::read_to_string(repo().join("docs/metrics.md"))
+        .expect("docs/metrics.md is readable");
+    let listed: Vec<&str> = reference
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `Churnd"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| name)
+        .collect();
+    let rules = alert_rules();
+    for (name, _) in &rules {
+        let row = reference
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("{name} is not in the alerts of docs/metrics.md"));
+        assert!(
+            row.contains(&format!("(runbooks.md#{})", name.to_lowercase())),
+            "{name}: its row in docs/metrics.md does not link its runbook: {row}"
+        );
+    }
+    for name in listed {
+        assert!(
+            rules
+                .iter()
+                .any(|(rule, _)| rule == &format!("Churnd{name}")),
+            "docs/metrics.md lists Churnd{name}, which alerts.yml does not have"
+        );
+    }
+}
+
+/// The metric names in a PromQL expression (churnd's and the process's), each with the text
+/// that follows it.
+fn metric_selectors(expr: &str) -> Vec<(&str, &str)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut found = Vec::new();
+    let mut rest = expr;
+    let mut offset = 0;
+    while let Some(i) = ["churnd_", "process_"]
+        .iter()
+        .filter_map(|prefix| rest.find(prefix))
+        .min()
+    {
+        let start = offset + i;
+        let end = start
+            + expr[start..]
+                .find(|c| !is_name(c))
+                .unwrap_or(expr.len() - start);
+        if !expr[..start].ends_with(is_name) {
+            found.push((&expr[start..end], &expr[end..]));
+        }
+        offset = end;
+        rest = &expr[end..];
+    }
+    found
+}
+
 #[test]
 fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
     let (dashboard, panels) = dashboard();
@@ -203,10 +340,74 @@ fn the_grafana_dashboard_is_valid_json_with_a_query_on_every_panel() {
         }
         let targets = panel["targets"].as_array().map_or(0, |t| t.len());
         assert!(targets > 0, "panel without a query: {}", panel["title"]);
-        assert_eq!(
-            panel["datasource"]["uid"], "prometheus",
-            "panel {} must use the provisioned data source",
-            panel["title"]
+    }
+}
+
+/// Imported into another Grafana, the dashboard must find its data source, and with several
+/// churnd deployments or replicas behind one Prometheus it must not add them up unasked: a
+/// data source variable instead of a fixed uid, and job and instance variables (taken from
+/// churnd_build_info) that every query is scoped to.
+#[test]
+fn the_grafana_dashboard_is_portable_with_datasource_job_and_instance_variables() {
+    let (dashboard, panels) = dashboard();
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating variables");
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"))
+    };
+    let datasource = variable("datasource");
+    assert_eq!(datasource["type"], "datasource");
+    assert_eq!(datasource["query"], "prometheus");
+    for name in ["job", "instance"] {
+        let v = variable(name);
+        assert_eq!(v["type"], "query", "{name}");
+        assert_eq!(v["multi"], true, "{name} takes several values");
+        assert_eq!(v["includeAll"], true, "{name} offers All");
+        assert!(
+            v["allValue"].is_null(),
+            "{name}: All must mean all churnd targets, not `.*` (every process_* of every target)"
         );
+        assert_eq!(v["datasource"]["uid"], "${datasource}", "{name}");
+        let query = v["query"].as_str().expect("a label_values query");
+        assert!(
+            query.starts_with("label_values(churnd_build_info"),
+            "{name}: {query}"
+        );
+    }
+    let text = std::fs::read_to_string(repo().join("deploy/grafana/dashboards/churnd.json"))
+        .expect("the dashboard is readable");
+    assert!(
+        !text.contains("\"uid\": \"prometheus\""),
+        "a fixed data source uid is left in the dashboard"
+    );
+    let scope = "{job=~\"$job\", instance=~\"$instance\"";
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = &panel["title"];
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "panel {title} must use the data source variable"
+        );
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            assert_eq!(
+                target["datasource"]["uid"], "${datasource}",
+                "a query of panel {title} must use the data source variable"
+            );
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            let selectors = metric_selectors(expr);
+            assert!(
+                !selectors.is_empty(),
+                "panel {title}: no metric in `{expr}`"
+            );
+            for (name, after) in selectors {
+                assert!(
+                    after.starts_with(scope),
+                    "panel {title}: {name} is not scoped to {scope}}} in `{expr}`"
+                );
+            }
+        }
     }
 }

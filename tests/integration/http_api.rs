@@ -79,7 +79,8 @@ async fn metrics_are_exposed_in_prometheus_format() {
         "churnd_batch_processing_duration_seconds_count",
         "churnd_event_latency_seconds_count",
         "churnd_sink_write_duration_seconds_count",
-        "churnd_process_resident_memory_bytes",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
         "churnd_customers_by_churn_probability{range=\"0.0-0.1\"}",
         "churnd_customers_by_segment{segment=\"general_development\"}",
     ] {

@@ -12,6 +12,7 @@ mod http_api;
 mod http_limits;
 mod model_cli;
 mod observability;
+mod output_backlog;
 mod oversized;
 mod pipeline;
 mod process;

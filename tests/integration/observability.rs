@@ -2,12 +2,19 @@
 //! `.ci/install-tools`) scraping a running churnd that `churnd simulate` feeds: every PromQL
 //! expression must parse and evaluate, and every dashboard query must return data. churnd's
 //! exposition must also pass `promtool check metrics` (Prometheus's naming conventions).
+//!
+//! Prometheus scrapes churnd under the job name Kubernetes pod-annotation scraping gives it,
+//! not "churnd": nothing may depend on the job's name. ChurndDown must stay quiet while churnd
+//! answers, and find it once it stops.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{dashboard, free_port, ops_tool, repo, DaemonProcess, RedisServer};
+
+/// The scrape job: the one pod-annotation scraping configurations usually name.
+const JOB: &str = "kubernetes-pods";
 
 /// A child process killed when the test ends, however it ends.
 struct KillOnDrop(Child);
@@ -19,17 +26,72 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The `expr` of every target of every panel, with the panel's title.
-fn dashboard_queries() -> Vec<(String, String)> {
+/// Values as Grafana writes a multi-value variable into a Prometheus regex matcher: regex
+/// metacharacters escaped (with a backslash the PromQL string keeps), one value as it is, All
+/// or several as an alternation.
+fn grafana_regex(values: &[&str], all: bool) -> String {
+    let escaped: Vec<String> = values
+        .iter()
+        .map(|v| {
+            v.chars().fold(String::new(), |mut out, c| {
+                if "$^*{}[]'+?.()|".contains(c) {
+                    out.push_str("\\\\");
+                }
+                out.push(c);
+                out
+            })
+        })
+        .collect();
+    if escaped.len() == 1 && !all {
+        escaped[0].clone()
+    } else {
+        format!("({})", escaped.join("|"))
+    }
+}
+
+/// The dashboard's variables as Grafana fills them in: the job selected by name, the
+/// instances as "All".
+fn substitute(text: &str, instance: &str) -> String {
+    text.replace("$job", &grafana_regex(&[JOB], false))
+        .replace("$instance", &grafana_regex(&[instance], true))
+}
+
+/// The `expr` of every target of every panel, variables filled in, with the panel's title.
+fn dashboard_queries(instance: &str) -> Vec<(String, String)> {
     let mut queries = Vec::new();
     for panel in dashboard().1 {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().expect("a PromQL expr");
             let title = panel["title"].as_str().unwrap_or_default();
-            queries.push((title.to_string(), expr.to_string()));
+            queries.push((title.to_string(), substitute(expr, instance)));
         }
     }
     queries
+}
+
+/// Grafana's `label_values(<selector>, <label>)` of a template variable, asked of Prometheus's
+/// label API as Grafana does; the values, or why not.
+async fn label_values(prometheus: &str, query: &str) -> Result<Vec<String>, String> {
+    let (selector, label) = query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .and_then(|q| q.rsplit_once(','))
+        .ok_or_else(|| format!("not a label_values query: {query}"))?;
+    let body: serde_json::Value = reqwest::Client::new()
+        .get(format!("{prometheus}/api/v1/label/{}/values", label.trim()))
+        .query(&[("match[]", selector.trim())])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body["data"]
+        .as_array()
+        .ok_or_else(|| format!("{body}"))?
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect())
 }
 
 /// Runs an instant query; the error text if Prometheus refuses it, else its result vector.
@@ -77,6 +139,17 @@ async fn wait_for(prometheus: &str, expr: &str, ok: impl Fn(f64) -> bool, within
 async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd() {
     let redis = RedisServer::start();
     let stream = "shop:events";
+    // The win-back tasks' consumers read with a group of their own, which never reads here:
+    // the output-stream panels of unread and trimmed tasks have a group to show.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("churn:winback")
+        .arg("crm")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut redis.conn().await)
+        .await
+        .expect("the consumers' group is created");
     let churnd = DaemonProcess::spawn(&[
         ("CHURND__REDIS__URL", redis.url()),
         ("CHURND__SOURCE__STREAMS", stream.into()),
@@ -116,7 +189,7 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n  - {rules}\n\
-             scrape_configs:\n  - job_name: churnd\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
             rules = repo().join("deploy/prometheus/alerts.yml").display(),
             port = churnd.port,
         ),
@@ -141,7 +214,13 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
     // Enough scrapes for rate() over the dashboard's shortest window, of a churnd that has
     // written tasks and snapshots.
     let within = Duration::from_secs(90);
-    wait_for(&prometheus, r#"up{job="churnd"}"#, |v| v == 1.0, within).await;
+    wait_for(
+        &prometheus,
+        &format!("up{{job={JOB:?}}}"),
+        |v| v == 1.0,
+        within,
+    )
+    .await;
     wait_for(
         &prometheus,
         "sum(churnd_winback_tasks_total)",
@@ -158,7 +237,7 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
     .await;
     wait_for(
         &prometheus,
-        r#"count_over_time(churnd_ready{job="churnd"}[1m])"#,
+        &format!("count_over_time(churnd_ready{{job={JOB:?}}}[1m])"),
         |v| v >= 20.0,
         within,
     )
@@ -191,7 +270,30 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
     );
 
     let mut failures = Vec::new();
-    let queries = dashboard_queries();
+    let instance = format!("127.0.0.1:{}", churnd.port);
+    // The job and instance variables offer this churnd.
+    for variable in dashboard().0["templating"]["list"]
+        .as_array()
+        .expect("templating variables")
+        .iter()
+        .filter(|v| v["type"] == "query")
+    {
+        let name = variable["name"].as_str().unwrap_or_default();
+        let query = substitute(variable["query"].as_str().unwrap_or_default(), &instance);
+        let expected = match name {
+            "job" => JOB,
+            "instance" => instance.as_str(),
+            _ => "",
+        };
+        match label_values(&prometheus, &query).await {
+            Ok(values) if values.iter().any(|v| v == expected) => {}
+            Ok(values) => failures.push(format!(
+                "variable {name}: `{query}` offers {values:?}, not {expected}"
+            )),
+            Err(e) => failures.push(format!("variable {name}: `{query}`: {e}")),
+        }
+    }
+    let queries = dashboard_queries(&instance);
     assert!(
         queries.len() > 20,
         "only {} dashboard queries",
@@ -222,6 +324,14 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         .expect("the alert rules are loaded");
     assert_eq!(loaded.len(), in_file, "rules loaded vs in alerts.yml");
     for rule in loaded {
+        // ALERTS holds pending alerts too: a ChurndDown that fires forever for want of a
+        // job named "churnd" would be pending within a second.
+        if rule["name"] == "ChurndDown" && rule["state"] != "inactive" {
+            failures.push(format!(
+                "ChurndDown is {} while churnd answers: {}",
+                rule["state"], rule["alerts"]
+            ));
+        }
         let (name, expr) = (&rule["name"], rule["query"].as_str().unwrap_or_default());
         if let Err(e) = query(&prometheus, expr).await {
             failures.push(format!("alert {name}: `{expr}` refused: {e}"));
@@ -234,4 +344,29 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // churnd stops: ChurndDown's expression names its target.
+    let down = loaded
+        .iter()
+        .find(|rule| rule["name"] == "ChurndDown")
+        .and_then(|rule| rule["query"].as_str())
+        .expect("the ChurndDown rule")
+        .to_string();
+    let (code, _) = churnd.stop();
+    assert_eq!(code, Some(0), "churnd stops cleanly");
+    let deadline = Instant::now() + within;
+    loop {
+        let result = query(&prometheus, &down).await.unwrap_or_default();
+        if result
+            .iter()
+            .any(|s| s["metric"]["instance"] == instance.as_str() && s["metric"]["job"] == JOB)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ChurndDown's expression does not find the stopped churnd at {instance}: {result:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -191,6 +191,11 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
         app.metric("churnd_model_info{version=\"recency-1\"}").await,
         Some(1.0)
     );
+    // What the ChurndModelReloadFailing alert watches.
+    assert_eq!(
+        app.metric("churnd_model_last_reload_successful").await,
+        Some(0.0)
+    );
     // The refused model leaves the daemon ready (once it has recovered, which a busy
     // machine may not have finished yet).
     wait_for("the daemon to be ready", Duration::from_secs(30), || {
@@ -208,6 +213,10 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
     assert_eq!(
         app.metric("churnd_model_info{version=\"recency-1\"}").await,
         None
+    );
+    assert_eq!(
+        app.metric("churnd_model_last_reload_successful").await,
+        Some(1.0)
     );
     let mut c = redis.conn().await;
     xadd(&mut c, EVENTS, &purchase("scored", 1.0, T0_MS)).await;
