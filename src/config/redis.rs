@@ -1,0 +1,208 @@
+//! `[redis]`: the server, its password and TLS material, timeouts and reconnect backoff.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::secret::{redact_url, Secret};
+use super::SettingError;
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://` or, for TLS, `rediss://`; may carry the password (redacted wherever shown).
+    pub url: String,
+    /// Overrides the URL's password (e.g. from a Kubernetes Secret); never printed.
+    pub password: Option<Secret>,
+    /// PEM file with the CA certificate(s) that sign the server's certificate: a private CA.
+    /// It replaces the built-in web PKI roots, which serve when it is unset.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for servers that require client certificates (mTLS);
+    /// goes with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    pub connect_timeout_ms: u64,
+    pub response_timeout_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/0".into(),
+            password: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            connect_timeout_ms: 2_000,
+            response_timeout_ms: 5_000,
+            backoff_initial_ms: 100,
+            backoff_max_ms: 5_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("response_timeout_ms", &self.response_timeout_ms)
+            .field("backoff_initial_ms", &self.backoff_initial_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .finish()
+    }
+}
+
+impl RedisSettings {
+    /// Whether the URL asks for TLS (`rediss://`, or Valkey's `valkeys://`).
+    pub fn uses_tls(&self) -> bool {
+        let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
+        scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    }
+}
+
+impl RedisSettings {
+    /// Problems with these settings, by key. `checked_client`: whether to build the client,
+    /// which reads and checks the certificate files.
+    pub(super) fn problems(&self, checked_client: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        if checked_client {
+            if let Err(e) = self.client() {
+                p.push(e.0);
+            }
+        }
+        for (key, v) in [
+            ("redis.connect_timeout_ms", self.connect_timeout_ms),
+            ("redis.response_timeout_ms", self.response_timeout_ms),
+            ("redis.backoff_initial_ms", self.backoff_initial_ms),
+        ] {
+            if v == 0 {
+                p.push(format!("{key} must be at least 1"));
+            }
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            p.push("redis.backoff_max_ms must be at least redis.backoff_initial_ms".into());
+        }
+        p
+    }
+
+    pub fn client(&self) -> Result<redis::Client, SettingError> {
+        use redis::{ConnectionAddr, IntoConnectionInfo};
+        let r = self;
+        let mut info = r.url.as_str().into_connection_info().map_err(|e| {
+            SettingError(format!(
+                "redis.url {:?} is not a Redis URL: {e}",
+                redact_url(&r.url)
+            ))
+        })?;
+        if let Some(password) = &r.password {
+            let redis_info = info
+                .redis_settings()
+                .clone()
+                .set_password(password.expose());
+            info = info.set_redis_settings(redis_info);
+        }
+        let files = [
+            ("redis.tls_ca_file", &r.tls_ca_file),
+            ("redis.tls_cert_file", &r.tls_cert_file),
+            ("redis.tls_key_file", &r.tls_key_file),
+        ];
+        match info.addr() {
+            ConnectionAddr::TcpTls { insecure: true, .. } => {
+                return Err(SettingError(INSECURE_REFUSED.into()));
+            }
+            ConnectionAddr::TcpTls { .. } => {}
+            _ => {
+                if let Some((key, _)) = files.iter().find(|(_, f)| f.is_some()) {
+                    return Err(SettingError(format!(
+                        "{key} is set but redis.url is not a rediss:// (TLS) URL"
+                    )));
+                }
+                return redis::Client::open(info)
+                    .map_err(|e| SettingError(format!("redis.url: {e}")));
+            }
+        }
+        install_crypto_provider();
+        let root_cert = match &r.tls_ca_file {
+            Some(path) => Some(read_certificates("redis.tls_ca_file", path)?),
+            None => None,
+        };
+        let client_tls = match (&r.tls_cert_file, &r.tls_key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_certificates("redis.tls_cert_file", cert)?,
+                client_key: read_private_key("redis.tls_key_file", key)?,
+            }),
+            _ => return Err(SettingError(CERT_WITHOUT_KEY.into())),
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        };
+        redis::Client::build_with_tls(info, certificates)
+            .map_err(|e| SettingError(format!("redis TLS settings cannot be used: {e}")))
+    }
+}
+
+const CERT_WITHOUT_KEY: &str =
+    "redis.tls_cert_file and redis.tls_key_file go together: set both or neither";
+const INSECURE_REFUSED: &str = "redis.url: #insecure (TLS without certificate verification) \
+    is not supported; give the server's CA in redis.tls_ca_file";
+
+/// rustls needs a process-wide crypto provider. Only ring is compiled in, which rustls would
+/// pick by itself; installing it explicitly keeps TLS working should another dependency
+/// ever enable a second provider (rustls then refuses to guess and panics).
+fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // An error means a provider is installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
+    std::fs::read(path)
+        .map_err(|e| SettingError(format!("{key} {} cannot be read: {e}", path.display())))
+}
+
+/// A PEM file's bytes, checked to hold at least one well-formed certificate.
+fn read_certificates(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let pem = read_file(key, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            SettingError(format!(
+                "{key} {} is not a PEM certificate file: {e}",
+                path.display()
+            ))
+        })?;
+    if certificates.is_empty() {
+        return Err(SettingError(format!(
+            "{key} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
+/// A PEM file's bytes, checked to hold a private key (PKCS#8, PKCS#1 or SEC1).
+fn read_private_key(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
+    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+    let pem = read_file(key, path)?;
+    // The parse error is about the file's structure; it never quotes the key.
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        SettingError(format!(
+            "{key} {} holds no usable PEM private key: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(pem)
+}

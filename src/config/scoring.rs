@@ -1,0 +1,109 @@
+//! `[clock]`, `[model]` and `[scoring]`: what "now" is, the model file, and how often silent
+//! customers are scored again.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockMode {
+    /// "Now" is the wall clock: live traffic.
+    Wall,
+    /// "Now" is the largest event time seen: replays give the results of living it.
+    Event,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClockSettings {
+    pub mode: ClockMode,
+    /// How often silent customers are checked under the wall clock.
+    pub tick_ms: u64,
+}
+
+impl Default for ClockSettings {
+    fn default() -> Self {
+        Self {
+            mode: ClockMode::Wall,
+            tick_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    pub path: PathBuf,
+    /// How often the file is checked for changes; 0 turns watching off (SIGHUP still reloads).
+    pub watch_interval_ms: u64,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        Self {
+            path: "models/cdnow.json".into(),
+            watch_interval_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringSettings {
+    /// Silent customers are re-scored when their classification could next change (see
+    /// `features::recheck`), but never more often than this: a churn probability crossing a
+    /// boundary is noticed at most this late.
+    pub rescore_interval_secs: u32,
+    /// Silent customers are re-scored at least this often, so that refreshed population
+    /// segment thresholds reach everyone.
+    pub max_rescore_interval_secs: u32,
+}
+
+impl Default for ScoringSettings {
+    fn default() -> Self {
+        Self {
+            rescore_interval_secs: 86_400,
+            max_rescore_interval_secs: 2_592_000,
+        }
+    }
+}
+
+impl ClockSettings {
+    /// Problems with these settings, by key.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.tick_ms == 0 {
+            p.push("clock.tick_ms must be at least 1".into());
+        }
+        p
+    }
+}
+
+impl ModelSettings {
+    /// Problems with these settings, by key.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.path.as_os_str().is_empty() {
+            p.push("model.path must not be empty".into());
+        }
+        p
+    }
+}
+
+impl ScoringSettings {
+    /// Problems with these settings, by key.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.rescore_interval_secs == 0 {
+            p.push("scoring.rescore_interval_secs must be at least 1".into());
+        }
+        if self.max_rescore_interval_secs < self.rescore_interval_secs {
+            p.push(
+                "scoring.max_rescore_interval_secs must be at least scoring.rescore_interval_secs"
+                    .into(),
+            );
+        }
+        p
+    }
+}
