@@ -1,9 +1,11 @@
 //! `[events]` and `[dead_letter]`: which entries are accepted, and where rejected ones go.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+use super::read::Fields;
+use super::{Problem, Section};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventSettings {
     /// How far an event's `ts` may lie ahead of its stream entry's time.
     pub max_future_skew_ms: u64,
@@ -25,8 +27,7 @@ impl Default for EventSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetterSettings {
     pub stream: String,
     pub max_len: u64,
@@ -49,34 +50,55 @@ impl Default for DeadLetterSettings {
     }
 }
 
-impl EventSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
+impl Section for EventSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            max_future_skew_ms: f.get("max_future_skew_ms", d.max_future_skew_ms),
+            min_ts_ms: f.get("min_ts_ms", d.min_ts_ms),
+            max_entry_bytes: f.get("max_entry_bytes", d.max_entry_bytes),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if self.max_entry_bytes < 1 << 10 {
-            p.push(format!(
-                "events.max_entry_bytes ({}) must be at least {}",
-                self.max_entry_bytes,
-                1 << 10
+            p.push(Problem::new(
+                "events.max_entry_bytes",
+                format!("({}) must be at least {}", self.max_entry_bytes, 1 << 10),
             ));
         }
         p
     }
 }
 
-impl DeadLetterSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
+impl Section for DeadLetterSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            stream: f.get("stream", d.stream),
+            max_len: f.get("max_len", d.max_len),
+            dedup_ttl_secs: f.get("dedup_ttl_secs", d.dedup_ttl_secs),
+            max_copy_bytes: f.get("max_copy_bytes", d.max_copy_bytes),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if self.max_copy_bytes < 1 << 8 {
-            p.push(format!(
-                "dead_letter.max_copy_bytes ({}) must be at least {}",
-                self.max_copy_bytes,
-                1 << 8
+            p.push(Problem::new(
+                "dead_letter.max_copy_bytes",
+                format!("({}) must be at least {}", self.max_copy_bytes, 1 << 8),
             ));
         }
         if self.dedup_ttl_secs == 0 {
-            p.push("dead_letter.dedup_ttl_secs must be at least 1".into());
+            p.push(Problem::new(
+                "dead_letter.dedup_ttl_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.max_len == 0 {
+            p.push(Problem::new("dead_letter.max_len", "must be at least 1"));
         }
         p
     }

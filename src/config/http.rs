@@ -3,13 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::read::Fields;
 use super::secret::Secret;
-use super::SettingError;
+use super::{set_but_empty, Problem, Section, SettingError};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpSettings {
     /// 127.0.0.1:9898 keeps the API to the host (or pod); 0.0.0.0 serves every interface.
     pub addr: String,
@@ -54,42 +54,74 @@ impl HttpSettings {
         let (key, token) = match (&self.customer_token, &self.customer_token_file) {
             (None, None) => return Ok(None),
             (Some(_), Some(_)) => {
-                return Err(SettingError(
-                    "http.customer_token and http.customer_token_file are both set: set one".into(),
-                ))
+                return Err(SettingError(Problem::new(
+                    "http.customer_token",
+                    "and http.customer_token_file are both set: set one",
+                )))
             }
             (Some(token), None) => ("http.customer_token", token.expose().to_string()),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    SettingError(format!(
-                        "http.customer_token_file {} cannot be read: {e}",
-                        path.display()
+                    SettingError(Problem::new(
+                        "http.customer_token_file",
+                        format!("{} cannot be read: {e}", path.display()),
                     ))
                 })?;
                 ("http.customer_token_file", text.trim().to_string())
             }
         };
         if token.is_empty() {
-            return Err(SettingError(format!(
-                "{key} gives an empty token; unset it to serve the customer endpoints without one"
+            return Err(SettingError(Problem::new(
+                key,
+                "gives an empty token; unset it to serve the customer endpoints without one",
             )));
         }
         // RFC 6750: a bearer token is visible ASCII; anything else cannot be sent in a header.
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(SettingError(format!(
-                "{key} must be visible ASCII characters without spaces (for example from `openssl rand -hex 32`)"
+            return Err(SettingError(Problem::new(
+                key,
+                "must be visible ASCII characters without spaces (for example from `openssl rand -hex 32`)",
             )));
         }
         Ok(Some(Secret::new(token)))
     }
 }
 
-impl HttpSettings {
-    /// Problems with these settings, by key. `checked_token`: whether to read and check the
-    /// token (and its file).
-    pub(super) fn problems(&self, checked_token: bool) -> Vec<String> {
-        let mut p = Vec::new();
-        if checked_token {
+/// Settings whose empty value would quietly open the customer endpoints.
+const REFUSED_EMPTY: [&str; 2] = ["http.customer_token", "http.customer_token_file"];
+
+impl Section for HttpSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            addr: f.get("addr", d.addr),
+            customer_token: f.get("customer_token", d.customer_token),
+            customer_token_file: f.get("customer_token_file", d.customer_token_file),
+            max_connections: f.get("max_connections", d.max_connections),
+            header_timeout_ms: f.get("header_timeout_ms", d.header_timeout_ms),
+            idle_timeout_ms: f.get("idle_timeout_ms", d.idle_timeout_ms),
+            request_timeout_ms: f.get("request_timeout_ms", d.request_timeout_ms),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let empty = [
+            (self.customer_token.as_ref()).is_some_and(|t| t.expose().is_empty()),
+            (self.customer_token_file.as_ref()).is_some_and(|f| f.as_os_str().is_empty()),
+        ];
+        let mut p: Vec<Problem> = REFUSED_EMPTY
+            .iter()
+            .zip(empty)
+            .filter(|(_, empty)| *empty)
+            .map(|(key, _)| {
+                set_but_empty(
+                    key,
+                    "unset it to serve the customer endpoints without a token",
+                )
+            })
+            .collect();
+        // Reading the token would only report the empty value again.
+        if p.is_empty() {
             if let Err(e) = self.customer_token() {
                 p.push(e.0);
             }
@@ -101,16 +133,23 @@ impl HttpSettings {
             ("http.max_connections", u64::from(self.max_connections)),
         ] {
             if v == 0 {
-                p.push(format!("{key} must be at least 1"));
+                p.push(Problem::new(key, "must be at least 1"));
             }
         }
         if self.max_connections > 0 {
-            p.extend(crate::http::serve::descriptor_problem(self.max_connections));
+            if let Some(text) = crate::http::serve::descriptor_problem(self.max_connections) {
+                let key = "http.max_connections";
+                let message = text.strip_prefix(key).unwrap_or(&text).trim_start();
+                p.push(Problem::new(key, message));
+            }
         }
         if self.addr.parse::<SocketAddr>().is_err() {
-            p.push(format!(
-                "http.addr {:?} is not an address such as 0.0.0.0:9898",
-                self.addr
+            p.push(Problem::new(
+                "http.addr",
+                format!(
+                    "must be an address and port such as 0.0.0.0:9898 (got {:?})",
+                    self.addr
+                ),
             ));
         }
         p

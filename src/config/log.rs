@@ -1,16 +1,18 @@
 //! `[log]` and `[shutdown]`: how churnd logs, and how long it drains at SIGTERM.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+use super::read::{read_choices, Choice, Fields};
+use super::{set_but_empty, Problem, Section};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
     /// A tracing filter such as `info` or `churnd=debug`; `RUST_LOG` overrides it.
@@ -26,8 +28,7 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ShutdownSettings {
     /// After SIGTERM, how long in-flight batches may take to finish and be acknowledged.
     pub drain_timeout_ms: u64,
@@ -41,17 +42,51 @@ impl Default for ShutdownSettings {
     }
 }
 
-impl LogSettings {
-    /// Problems with these settings, by key. `checked_level`: whether to check the level (not
-    /// when it is reported empty already).
-    pub(super) fn problems(&self, checked_level: bool) -> Vec<String> {
+impl Choice for LogFormat {
+    const ALL: &'static [Self] = &[Self::Text, Self::Json];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        }
+    }
+}
+read_choices!(LogFormat);
+
+impl Section for LogSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            format: f.get("format", d.format),
+            level: f.get("level", d.level),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
-        if checked_level && tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
-            p.push(format!(
-                "log.level {:?} is not a tracing filter such as info",
-                self.level
+        if self.level.trim().is_empty() {
+            p.push(set_but_empty(
+                "log.level",
+                "it would log errors only; unset it for the default (info)",
+            ));
+        } else if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            p.push(Problem::new(
+                "log.level",
+                format!(
+                    "must be a tracing filter such as info or churnd=debug,info (got {:?})",
+                    self.level
+                ),
             ));
         }
         p
+    }
+}
+
+impl Section for ShutdownSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            drain_timeout_ms: f.get("drain_timeout_ms", d.drain_timeout_ms),
+        }
     }
 }

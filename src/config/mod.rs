@@ -1,10 +1,23 @@
-//! Layered settings: built-in defaults, then `config/default.toml` (if present in the working
-//! directory), then the file given with `--config`, then `CHURND__SECTION__KEY` environment
-//! variables. The result is validated as a whole and every problem is reported by key.
+//! Settings: layered, read key by key, checked section by section.
+//!
+//! Layers, later ones win: built-in defaults, `config/default.toml` (if present in the
+//! working directory), the file given with `--config`, then `CHURND__SECTION__KEY`
+//! environment variables. The config crate merges them ([`load`](Settings::load)); then each
+//! section reads its own keys ([`read`]) and checks its values together ([`Section`]), and
+//! [`streams`] checks what spans sections. Every problem is reported at once, with its key,
+//! where the value came from and what was expected ([`Problem`]).
+//!
+//! One file per section, or a few small ones together; sections whose types live with the
+//! code that uses them (`[winback]`, `[tasks]`, `[profiles]`, `[[tags]]`, `[stages]`,
+//! `[risk]`) are read and checked here all the same.
 
+mod classify;
 mod events;
 mod http;
 mod log;
+mod problem;
+mod profiles;
+mod read;
 mod redis;
 mod scoring;
 mod secret;
@@ -12,21 +25,25 @@ mod segments;
 mod source;
 mod state;
 mod streams;
+mod tags;
+mod tasks;
+mod winback;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use config::{Config, Environment, File};
-use serde::{Deserialize, Serialize};
+use config::{Config, Environment, File, Source, Value, ValueKind};
+use serde::Serialize;
 
 use crate::classify::{RiskBands, StageBounds};
-use crate::decide::TasksSettings;
-use crate::decide::WinbackSettings;
-use crate::decide::{self, TagRule};
+use crate::decide::{TasksSettings, WinbackSettings};
 use crate::profiles::ProfileSettings;
+use read::{section, Fields, Read, Reader};
 
 pub use events::{DeadLetterSettings, EventSettings};
 pub use http::HttpSettings;
 pub use log::{LogFormat, LogSettings, ShutdownSettings};
+pub use problem::{ConfigError, Origin, Problem, Problems};
+pub use read::env_var;
 pub use redis::RedisSettings;
 pub use scoring::{ClockMode, ClockSettings, ModelSettings, ScoringSettings};
 use secret::REDACTED;
@@ -34,13 +51,13 @@ pub use secret::{redact_url, Secret};
 pub use segments::{SegmentMode, SegmentSettings};
 pub use source::{SourceSettings, StartFrom};
 pub use state::StateSettings;
+pub use tags::TagSettings;
 
 /// The shipped, documented defaults file, read from the working directory when present.
 pub const DEFAULT_FILE: &str = "config/default.toml";
 pub const ENV_PREFIX: &str = "CHURND";
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Settings {
     pub redis: RedisSettings,
     pub source: SourceSettings,
@@ -62,110 +79,39 @@ pub struct Settings {
     pub state: StateSettings,
 }
 
-/// `[[tags]]`: the tag rules (see [`crate::tags`]); the playbook's examples by default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TagSettings(pub Vec<TagRule>);
+/// A table of settings (`[redis]`, `[tasks.welcome]`, one `[[tags]]` rule): how it is read
+/// key by key, and what is wrong with its values together that their types cannot express.
+pub(crate) trait Section: Default {
+    /// The section from its keys; a key no layer gives, or one whose value does not fit
+    /// (which is reported), keeps its default.
+    fn from_fields(f: &mut Fields<'_>) -> Self;
 
-impl Default for TagSettings {
-    fn default() -> Self {
-        Self(decide::default_rules())
+    /// Problems with the values, by key. Pure: no files read, nothing connected.
+    fn problems(&self) -> Vec<Problem> {
+        Vec::new()
     }
 }
 
-/// A setting that cannot be used, in a message that names its key (and no secret).
+impl<T: Section> Read for T {
+    fn read(value: Value, key: &str, r: &mut Reader) -> Option<Self> {
+        section(value, key, r, T::from_fields)
+    }
+}
+
+/// A setting whose empty value would quietly mean "off" or "open" (no password, the built-in
+/// CA roots, no API token, errors-only logging): refused wherever the value comes from (a
+/// file, or an environment variable such as a Kubernetes Secret with an empty value). Other
+/// settings' empty values either have a documented meaning (`state.dir`: snapshots off;
+/// `source.consumer`: the host name; a task kind's `stream`: `tasks.stream`) or are invalid
+/// values of their own.
+pub(crate) fn set_but_empty(key: &str, instead: &str) -> Problem {
+    Problem::new(key, format!("is set but empty: {instead}"))
+}
+
+/// A setting that cannot be used: its key and what is wrong (never a secret).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct SettingError(pub String);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration could not be read: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
-    Invalid(Vec<String>),
-}
-
-/// Settings whose empty value would silently mean "off" or "open" (the URL's password or
-/// none, the built-in CA roots, no client certificate, no API token, errors-only logging),
-/// with what to do instead. An empty value of these is refused wherever it comes from (a
-/// file, or an environment variable such as a Kubernetes Secret with an empty value), and the
-/// message names where it came from. Other settings' empty values either have a documented
-/// meaning (`state.dir`: snapshots off; `source.consumer`: the host name; a task kind's
-/// `stream`: `tasks.stream`) or are invalid values of their own.
-const REFUSED_EMPTY: [(&str, &str); 7] = [
-    (
-        "redis.password",
-        "unset it to use the password in redis.url (or none)",
-    ),
-    (
-        "redis.tls_ca_file",
-        "unset it to trust the built-in web PKI roots",
-    ),
-    (
-        "redis.tls_cert_file",
-        "unset it and redis.tls_key_file to connect without a client certificate",
-    ),
-    (
-        "redis.tls_key_file",
-        "unset it and redis.tls_cert_file to connect without a client certificate",
-    ),
-    (
-        "http.customer_token",
-        "unset it to serve the customer endpoints without a token",
-    ),
-    (
-        "http.customer_token_file",
-        "unset it to serve the customer endpoints without a token",
-    ),
-    (
-        "log.level",
-        "it would log errors only; unset it for the default (info)",
-    ),
-];
-
-/// Where the settings of [`REFUSED_EMPTY`] came from, for the messages: `in FILE` or `from
-/// CHURND__… in the environment`. Empty for settings built in code.
-#[derive(Debug, Default)]
-struct Origins(Vec<(&'static str, String)>);
-
-impl Origins {
-    /// `files`: the files read, as given, to name them as the user did (config names a
-    /// file by its path relative to the working directory).
-    fn of(config: &Config, files: &[&Path]) -> Self {
-        let name_of = |origin: &str| {
-            let here = std::fs::canonicalize(origin).ok();
-            files
-                .iter()
-                .find(|file| here.is_some() && std::fs::canonicalize(file).ok() == here)
-                .map_or(origin.to_string(), |file| file.display().to_string())
-        };
-        let origins = REFUSED_EMPTY.iter().filter_map(|&(key, _)| {
-            // Through the table: `get` deserialises a copy of the value, without its origin.
-            let (section, name) = key.split_once('.')?;
-            let table = config.get_table(section).ok()?;
-            let origin = match table.get(name)?.origin()? {
-                // What config 0.15 names every environment variable's origin.
-                "the environment" => format!("from {} in the environment", env_var(key)),
-                file => format!("in {}", name_of(file)),
-            };
-            Some((key, origin))
-        });
-        Self(origins.collect())
-    }
-
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, o)| o.as_str())
-    }
-}
-
-/// The environment variable that sets `key`: `http.customer_token` → `CHURND__HTTP__CUSTOMER_TOKEN`.
-pub fn env_var(key: &str) -> String {
-    format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase())
-}
+pub struct SettingError(pub Problem);
 
 impl Settings {
     /// Loads all layers, the process's environment last, and validates the result.
@@ -197,88 +143,116 @@ impl Settings {
         // An empty variable is a value, as an empty string in a file is (config's
         // `ignore_empty` would drop it and leave the file's or default value in force: an
         // empty token turned authentication off, an empty state.dir left snapshots on).
-        let config = builder
+        let merged = builder
             .add_source(
                 Environment::with_prefix(ENV_PREFIX)
                     .separator("__")
                     .source(env),
             )
-            .build()?;
+            .build()?
+            .collect()?;
         let files: Vec<&Path> = [Some(defaults_file), config_file]
             .into_iter()
             .flatten()
             .collect();
-        let origins = Origins::of(&config, &files);
-        let settings: Settings = config.try_deserialize()?;
-        settings.validated_from(&origins)
+        let mut reader = Reader::new(&files);
+        let mut settings = Self::read_root(Value::new(None, ValueKind::Table(merged)), &mut reader);
+        let (mut problems, unread, origins) = reader.finish();
+        // Checks of values together run on sections whose every value was read: elsewhere a
+        // default stands in for a value that did not fit, and would be judged instead.
+        for (name, found) in settings.section_problems() {
+            if !unread.contains(name) {
+                problems.extend(origins.attach(found));
+            }
+        }
+        if unread.is_empty() {
+            problems.extend(origins.attach(streams::problems(&settings)));
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(Problems(problems)));
+        }
+        settings.fill_derived();
+        Ok(settings)
     }
 
-    /// Fills derived defaults and checks every key, reporting all problems at once.
-    pub fn validated(self) -> Result<Self, ConfigError> {
-        self.validated_from(&Origins::default())
+    /// The settings from the merged tree (`root`), every problem reported to `r`.
+    fn read_root(root: Value, r: &mut Reader) -> Self {
+        let settings = section(root, "", r, |f| {
+            let d = Self::default();
+            Self {
+                redis: f.get("redis", d.redis),
+                source: f.get("source", d.source),
+                events: f.get("events", d.events),
+                dead_letter: f.get("dead_letter", d.dead_letter),
+                clock: f.get("clock", d.clock),
+                model: f.get("model", d.model),
+                scoring: f.get("scoring", d.scoring),
+                stages: f.get("stages", d.stages),
+                segments: f.get("segments", d.segments),
+                risk: f.get("risk", d.risk),
+                winback: f.get("winback", d.winback),
+                tasks: f.get("tasks", d.tasks),
+                profiles: f.get("profiles", d.profiles),
+                tags: f.get("tags", d.tags),
+                http: f.get("http", d.http),
+                log: f.get("log", d.log),
+                shutdown: f.get("shutdown", d.shutdown),
+                state: f.get("state", d.state),
+            }
+        });
+        settings.unwrap_or_default()
     }
 
-    fn validated_from(mut self, origins: &Origins) -> Result<Self, ConfigError> {
+    /// Fills derived defaults and checks every key, reporting all problems at once: for
+    /// settings built in code.
+    pub fn validated(mut self) -> Result<Self, ConfigError> {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(Problems(problems)));
+        }
+        self.fill_derived();
+        Ok(self)
+    }
+
+    fn fill_derived(&mut self) {
         if self.source.consumer.is_empty() {
             self.source.consumer = host_name();
         }
-        let problems = self.problems(origins);
-        if problems.is_empty() {
-            Ok(self)
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
     }
 
-    /// Whether `key` (one of [`REFUSED_EMPTY`]) is set to an empty value.
-    fn is_set_empty(&self, key: &str) -> bool {
-        let path = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
-        let secret = |s: &Option<Secret>| s.as_ref().is_some_and(|s| s.expose().is_empty());
-        match key {
-            "redis.password" => secret(&self.redis.password),
-            "redis.tls_ca_file" => path(&self.redis.tls_ca_file),
-            "redis.tls_cert_file" => path(&self.redis.tls_cert_file),
-            "redis.tls_key_file" => path(&self.redis.tls_key_file),
-            "http.customer_token" => secret(&self.http.customer_token),
-            "http.customer_token_file" => path(&self.http.customer_token_file),
-            "log.level" => self.log.level.trim().is_empty(),
-            _ => false,
-        }
+    /// Every problem with the values, by key: each section's, then those across sections.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = self
+            .section_problems()
+            .into_iter()
+            .flat_map(|(_, found)| found)
+            .collect();
+        problems.extend(streams::problems(self));
+        problems
     }
 
-    fn problems(&self, origins: &Origins) -> Vec<String> {
-        let mut p = Vec::new();
-        let mut empty = Vec::new();
-        for (key, instead) in REFUSED_EMPTY {
-            if self.is_set_empty(key) {
-                let from = origins
-                    .get(key)
-                    .map_or(String::new(), |o| format!(" ({o})"));
-                p.push(format!("{key} is set but empty{from}: {instead}"));
-                empty.push(key);
-            }
-        }
-        // The checks that read these settings would only report the same value again.
-        let any_empty = |prefix: &str| empty.iter().any(|key| key.starts_with(prefix));
-        p.extend(self.redis.problems(!any_empty("redis.")));
-        p.extend(self.source.problems());
-        p.extend(self.events.problems());
-        p.extend(self.dead_letter.problems());
-        p.extend(self.clock.problems());
-        p.extend(self.model.problems());
-        p.extend(self.scoring.problems());
-        p.extend(self.segments.problems());
-        p.extend(self.stages.problems("stages"));
-        p.extend(self.risk.problems("risk"));
-        p.extend(self.winback.problems("winback"));
-        p.extend(self.tasks.problems("tasks"));
-        p.extend(self.profiles.problems("profiles"));
-        p.extend(decide::tag_problems(&self.tags.0));
-        p.extend(self.http.problems(!any_empty("http.")));
-        p.extend(self.log.problems(!empty.contains(&"log.level")));
-        p.extend(self.state.problems());
-        p.extend(streams::problems(self));
-        p
+    /// Each section's problems, by the section's name.
+    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 18] {
+        [
+            ("redis", self.redis.problems()),
+            ("source", self.source.problems()),
+            ("events", self.events.problems()),
+            ("dead_letter", self.dead_letter.problems()),
+            ("clock", self.clock.problems()),
+            ("model", self.model.problems()),
+            ("scoring", self.scoring.problems()),
+            ("stages", self.stages.problems()),
+            ("segments", self.segments.problems()),
+            ("risk", self.risk.problems()),
+            ("winback", self.winback.problems()),
+            ("tasks", self.tasks.problems()),
+            ("profiles", self.profiles.problems()),
+            ("tags", self.tags.problems()),
+            ("http", self.http.problems()),
+            ("log", self.log.problems()),
+            ("shutdown", self.shutdown.problems()),
+            ("state", self.state.problems()),
+        ]
     }
 
     /// The effective settings as TOML, secrets redacted.
@@ -328,14 +302,34 @@ mod tests {
     }
 
     #[test]
-    fn the_shipped_defaults_file_equals_the_built_in_defaults() {
+    fn the_shipped_defaults_file_equals_the_built_in_defaults_and_gives_every_key() {
         let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE);
-        let from_file: Settings = Config::builder()
-            .add_source(File::from(file))
+        let merged = Config::builder()
+            .add_source(File::from(file.as_path()))
             .build()
             .unwrap()
-            .try_deserialize()
+            .collect()
             .unwrap();
+        let mut reader = Reader::new(&[&file]);
+        let from_file =
+            Settings::read_root(Value::new(None, ValueKind::Table(merged)), &mut reader);
+        // Unset by default, and commented out in the file with an example value.
+        let optional = [
+            "redis.password",
+            "redis.tls_ca_file",
+            "redis.tls_cert_file",
+            "redis.tls_key_file",
+            "http.customer_token",
+            "http.customer_token_file",
+        ];
+        let missing: Vec<&String> = reader
+            .missing()
+            .iter()
+            .filter(|key| !optional.contains(&key.as_str()) && !key.starts_with("tags["))
+            .collect();
+        assert!(missing.is_empty(), "not in {DEFAULT_FILE}: {missing:?}");
+        let (problems, _, _) = reader.finish();
+        assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(from_file, Settings::default());
     }
 
@@ -505,12 +499,20 @@ mod tests {
     #[test]
     fn an_empty_value_means_the_same_from_the_environment_as_from_a_file() {
         // Refused, naming the key and where the value came from.
-        for (key, _) in REFUSED_EMPTY {
+        for key in [
+            "redis.password",
+            "redis.tls_ca_file",
+            "redis.tls_cert_file",
+            "redis.tls_key_file",
+            "http.customer_token",
+            "http.customer_token_file",
+            "log.level",
+        ] {
             let var = env_var(key);
             let err = load_with(None, &[(&var, ""), ("UNRELATED", "")]).unwrap_err();
             assert!(
                 err.contains(&format!(
-                    "{key} is set but empty (from {var} in the environment)"
+                    "  - {var} (environment): {key} is set but empty: "
                 )),
                 "{err}"
             );
@@ -518,7 +520,7 @@ mod tests {
             let (section, name) = key.split_once('.').unwrap();
             let err = load_with(Some(&format!("[{section}]\n{name} = \"\"\n")), &[]).unwrap_err();
             assert!(
-                err.contains(&format!("{key} is set but empty (in FILE)")),
+                err.contains(&format!("  - FILE: {key} is set but empty: ")),
                 "{err}"
             );
         }
@@ -546,12 +548,18 @@ mod tests {
         assert!(!s.source.consumer.is_empty());
 
         // Empty numbers, switches and lists are invalid values, named by key.
-        for (var, key) in [
-            ("CHURND__STATE__KEEP", "state.keep"),
-            ("CHURND__WINBACK__ENABLED", "winback.enabled"),
+        for (var, named) in [
+            (
+                "CHURND__STATE__KEEP",
+                "CHURND__STATE__KEEP (environment): state.keep must be a whole number, 0 or more (got \"\")",
+            ),
+            (
+                "CHURND__WINBACK__ENABLED",
+                "CHURND__WINBACK__ENABLED (environment): winback.enabled must be true or false (got \"\")",
+            ),
         ] {
             let err = load_with(None, &[(var, "")]).unwrap_err();
-            assert!(err.contains(key), "{key}: {err}");
+            assert!(err.contains(named), "{named}: {err}");
         }
         let err = load_with(None, &[("CHURND__SOURCE__STREAMS", "")]).unwrap_err();
         assert!(
@@ -559,6 +567,121 @@ mod tests {
             "{err}"
         );
         assert!(load_with(None, &[("CHURND__HTTP__CUSTOMER_TOKEN", "t0k")]).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_origin_and_the_valid_values() {
+        let file = "\
+[clock]
+mode = \"walll\"
+tick_ms = \"soon\"
+
+[redis]
+urll = \"redis://elsewhere\"
+url = \"http://cache.internal:6379\"
+
+[winback.segment_thresholds]
+important_valu = 0.5
+
+[tasks.revisit]
+segments = [\"important_value\", \"vip\"]
+
+[colour]
+red = 1
+";
+        let err = load_with(
+            Some(file),
+            &[
+                ("CHURND__SEGMENTS__MODE", "median"),
+                ("CHURND__SOURCE__BATCH_SIZE", "ten"),
+                ("CHURND__HTTP__ADR", "127.0.0.1:9898"),
+                ("CHURND__LOG__FORMAT", "yaml"),
+            ],
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines[0], "configuration is invalid (11 problems):", "{err}");
+        for expected in [
+            "FILE: redis.urll is not a setting (did you mean redis.url?)",
+            "CHURND__SOURCE__BATCH_SIZE (environment): source.batch_size must be a whole number, 0 or more (got \"ten\")",
+            "FILE: clock.mode must be one of: wall, event (got \"walll\")",
+            "FILE: clock.tick_ms must be a whole number, 0 or more (got \"soon\")",
+            "CHURND__SEGMENTS__MODE (environment): segments.mode must be one of: population, fixed (got \"median\")",
+            "FILE: winback.segment_thresholds.important_valu is not a setting: the keys of [winback.segment_thresholds] are important_value, important_development, important_retention, important_winback, general_value, general_development, general_retention, general_winback",
+            "FILE: tasks.revisit.segments[1] must be one of: important_value, important_development, important_retention, important_winback, general_value, general_development, general_retention, general_winback (got \"vip\")",
+            "CHURND__HTTP__ADR (environment): http.adr is not a setting (did you mean http.addr?)",
+            "CHURND__LOG__FORMAT (environment): log.format must be one of: text, json (got \"yaml\")",
+            "FILE: colour is not a section: the sections are redis, source, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, profiles, tags, http, log, shutdown, state",
+            // Checked although other sections have problems: its own keys were all read.
+            "FILE: redis.url must be a Redis URL: redis://[user:password@]host[:port][/db], rediss://… for TLS, or redis+unix:///path/to/socket (got \"http://cache.internal:6379\")",
+        ] {
+            assert!(
+                lines.iter().any(|line| *line == format!("  - {expected}")),
+                "missing {expected:?} in:\n{err}"
+            );
+        }
+        // No Rust type names.
+        for rust in [
+            "ClockMode",
+            "enum",
+            "variant",
+            "Segment",
+            "InvalidClientConfig",
+        ] {
+            assert!(!err.contains(rust), "{rust} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn a_redis_url_that_does_not_parse_says_why_without_its_password() {
+        for (url, reason) in [
+            ("redis://:hunter2@", "is not a valid redis:// URL"),
+            ("redis://:hunter2@h:6379/x", "invalid database number"),
+            ("redis://:hunter2@h:port", "is not a valid redis:// URL"),
+            ("rediss://:hunter2@h#verify", "only #insecure is supported"),
+            ("hunter2", "got \"hunter2\")"),
+        ] {
+            let problem = problems_with(|s| s.redis.url = url.into());
+            assert!(
+                problem.contains("redis.url must be a Redis URL") && problem.contains(reason),
+                "{url}: {problem}"
+            );
+            assert_eq!(problem.lines().count(), 2, "{problem}");
+            if url != "hunter2" {
+                assert!(!problem.contains("hunter2"), "{problem}");
+            }
+        }
+        assert_eq!(
+            problems_with(|s| s.redis.url = "unix:///run/redis.sock".into()),
+            ""
+        );
+    }
+
+    #[test]
+    fn checks_of_values_together_wait_for_the_values_to_be_read() {
+        // backoff_max_ms < the default backoff_initial_ms would be reported, but the initial
+        // value given does not fit: only that is reported.
+        let err = load_with(
+            Some("[redis]\nbackoff_initial_ms = -5\nbackoff_max_ms = 50\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("configuration is invalid (1 problem):"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "FILE: redis.backoff_initial_ms must be a whole number, 0 or more (got -5)"
+            ),
+            "{err}"
+        );
+        // Read in full, the same check runs and names its origin.
+        let err = load_with(Some("[redis]\nbackoff_max_ms = 50\n"), &[]).unwrap_err();
+        assert!(
+            err.contains("FILE: redis.backoff_max_ms must be at least redis.backoff_initial_ms"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,13 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::read::Fields;
 use super::secret::{redact_url, Secret};
-use super::SettingError;
+use super::{set_but_empty, Problem, Section, SettingError};
 
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Clone, PartialEq, Serialize)]
 pub struct RedisSettings {
     /// `redis://` or, for TLS, `rediss://`; may carry the password (redacted wherever shown).
     pub url: String,
@@ -68,14 +68,80 @@ impl RedisSettings {
     }
 }
 
-impl RedisSettings {
-    /// Problems with these settings, by key. `checked_client`: whether to build the client,
-    /// which reads and checks the certificate files.
-    pub(super) fn problems(&self, checked_client: bool) -> Vec<String> {
-        let mut p = Vec::new();
-        if checked_client {
-            if let Err(e) = self.client() {
-                p.push(e.0);
+/// Settings whose empty value would quietly mean "off" (the URL's password or none, the
+/// built-in CA roots, no client certificate), with what to do instead: refused wherever the
+/// empty value comes from (a Kubernetes Secret with an empty value becomes an empty variable).
+const REFUSED_EMPTY: [(&str, &str); 4] = [
+    (
+        "redis.password",
+        "unset it to use the password in redis.url (or none)",
+    ),
+    (
+        "redis.tls_ca_file",
+        "unset it to trust the built-in web PKI roots",
+    ),
+    (
+        "redis.tls_cert_file",
+        "unset it and redis.tls_key_file to connect without a client certificate",
+    ),
+    (
+        "redis.tls_key_file",
+        "unset it and redis.tls_cert_file to connect without a client certificate",
+    ),
+];
+
+/// The URL schemes churnd can connect with.
+const SCHEMES: [&str; 7] = [
+    "redis",
+    "rediss",
+    "valkey",
+    "valkeys",
+    "redis+unix",
+    "valkey+unix",
+    "unix",
+];
+
+impl Section for RedisSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            url: f.get("url", d.url),
+            password: f.get("password", d.password),
+            tls_ca_file: f.get("tls_ca_file", d.tls_ca_file),
+            tls_cert_file: f.get("tls_cert_file", d.tls_cert_file),
+            tls_key_file: f.get("tls_key_file", d.tls_key_file),
+            connect_timeout_ms: f.get("connect_timeout_ms", d.connect_timeout_ms),
+            response_timeout_ms: f.get("response_timeout_ms", d.response_timeout_ms),
+            backoff_initial_ms: f.get("backoff_initial_ms", d.backoff_initial_ms),
+            backoff_max_ms: f.get("backoff_max_ms", d.backoff_max_ms),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let path = |p: &Option<PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str().is_empty());
+        let empty = [
+            self.password
+                .as_ref()
+                .is_some_and(|s| s.expose().is_empty()),
+            path(&self.tls_ca_file),
+            path(&self.tls_cert_file),
+            path(&self.tls_key_file),
+        ];
+        let mut p: Vec<Problem> = REFUSED_EMPTY
+            .iter()
+            .zip(empty)
+            .filter(|(_, empty)| *empty)
+            .map(|((key, instead), _)| set_but_empty(key, instead))
+            .collect();
+        // The client's checks would only report the empty value again.
+        if p.is_empty() {
+            match url_problem(&self.url) {
+                Some(problem) => p.push(problem),
+                None => {
+                    if let Err(e) = self.client() {
+                        p.push(e.0);
+                    }
+                }
             }
         }
         for (key, v) in [
@@ -84,23 +150,58 @@ impl RedisSettings {
             ("redis.backoff_initial_ms", self.backoff_initial_ms),
         ] {
             if v == 0 {
-                p.push(format!("{key} must be at least 1"));
+                p.push(Problem::new(key, "must be at least 1"));
             }
         }
         if self.backoff_max_ms < self.backoff_initial_ms {
-            p.push("redis.backoff_max_ms must be at least redis.backoff_initial_ms".into());
+            p.push(Problem::new(
+                "redis.backoff_max_ms",
+                "must be at least redis.backoff_initial_ms",
+            ));
         }
         p
     }
+}
 
+/// What is wrong with `url` as a Redis URL, if anything, without the secrets it may hold.
+fn url_problem(url: &str) -> Option<Problem> {
+    use redis::IntoConnectionInfo;
+    const EXPECTED: &str = "a Redis URL: redis://[user:password@]host[:port][/db], rediss://… \
+        for TLS, or redis+unix:///path/to/socket";
+    let shown = redact_url(url);
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let Some(scheme) = scheme.filter(|s| SCHEMES.contains(&s.as_str())) else {
+        return Some(Problem::new(
+            "redis.url",
+            format!("must be {EXPECTED} (got {shown:?})"),
+        ));
+    };
+    let error = url.into_connection_info().err()?;
+    // The library's own words ("Missing hostname - InvalidClientConfig"), without the
+    // name of its error kind.
+    let text = error.to_string();
+    let reason = text.split(" - ").next().unwrap_or(&text).to_lowercase();
+    let reason = if reason.contains("did not parse") {
+        format!("is not a valid {scheme}:// URL")
+    } else {
+        reason
+    };
+    Some(Problem::new(
+        "redis.url",
+        format!("must be {EXPECTED} (got {shown:?}: {reason})"),
+    ))
+}
+
+impl RedisSettings {
     pub fn client(&self) -> Result<redis::Client, SettingError> {
         use redis::{ConnectionAddr, IntoConnectionInfo};
         let r = self;
-        let mut info = r.url.as_str().into_connection_info().map_err(|e| {
-            SettingError(format!(
-                "redis.url {:?} is not a Redis URL: {e}",
-                redact_url(&r.url)
-            ))
+        let mut info = r.url.as_str().into_connection_info().map_err(|_| {
+            let problem = url_problem(&r.url)
+                .unwrap_or_else(|| Problem::new("redis.url", "is not a Redis URL"));
+            SettingError(problem)
         })?;
         if let Some(password) = &r.password {
             let redis_info = info
@@ -116,17 +217,19 @@ impl RedisSettings {
         ];
         match info.addr() {
             ConnectionAddr::TcpTls { insecure: true, .. } => {
-                return Err(SettingError(INSECURE_REFUSED.into()));
+                return Err(SettingError(Problem::new("redis.url", INSECURE_REFUSED)));
             }
             ConnectionAddr::TcpTls { .. } => {}
             _ => {
                 if let Some((key, _)) = files.iter().find(|(_, f)| f.is_some()) {
-                    return Err(SettingError(format!(
-                        "{key} is set but redis.url is not a rediss:// (TLS) URL"
+                    return Err(SettingError(Problem::new(
+                        *key,
+                        "is set but redis.url is not a rediss:// (TLS) URL",
                     )));
                 }
-                return redis::Client::open(info)
-                    .map_err(|e| SettingError(format!("redis.url: {e}")));
+                return redis::Client::open(info).map_err(|e| {
+                    SettingError(Problem::new("redis.url", format!("cannot be used: {e}")))
+                });
             }
         }
         install_crypto_provider();
@@ -140,21 +243,29 @@ impl RedisSettings {
                 client_cert: read_certificates("redis.tls_cert_file", cert)?,
                 client_key: read_private_key("redis.tls_key_file", key)?,
             }),
-            _ => return Err(SettingError(CERT_WITHOUT_KEY.into())),
+            _ => {
+                return Err(SettingError(Problem::new(
+                    "redis.tls_cert_file",
+                    CERT_WITHOUT_KEY,
+                )))
+            }
         };
         let certificates = redis::TlsCertificates {
             client_tls,
             root_cert,
         };
-        redis::Client::build_with_tls(info, certificates)
-            .map_err(|e| SettingError(format!("redis TLS settings cannot be used: {e}")))
+        redis::Client::build_with_tls(info, certificates).map_err(|e| {
+            SettingError(Problem::new(
+                "redis.url",
+                format!("cannot be used with these TLS settings: {e}"),
+            ))
+        })
     }
 }
 
-const CERT_WITHOUT_KEY: &str =
-    "redis.tls_cert_file and redis.tls_key_file go together: set both or neither";
-const INSECURE_REFUSED: &str = "redis.url: #insecure (TLS without certificate verification) \
-    is not supported; give the server's CA in redis.tls_ca_file";
+const CERT_WITHOUT_KEY: &str = "and redis.tls_key_file go together: set both or neither";
+const INSECURE_REFUSED: &str = "must not ask for #insecure (TLS without certificate \
+    verification): give the server's CA in redis.tls_ca_file";
 
 /// rustls needs a process-wide crypto provider. Only ring is compiled in, which rustls would
 /// pick by itself; installing it explicitly keeps TLS working should another dependency
@@ -168,8 +279,12 @@ fn install_crypto_provider() {
 }
 
 fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
-    std::fs::read(path)
-        .map_err(|e| SettingError(format!("{key} {} cannot be read: {e}", path.display())))
+    std::fs::read(path).map_err(|e| {
+        SettingError(Problem::new(
+            key,
+            format!("{} cannot be read: {e}", path.display()),
+        ))
+    })
 }
 
 /// A PEM file's bytes, checked to hold at least one well-formed certificate.
@@ -179,15 +294,18 @@ fn read_certificates(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
     let certificates = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            SettingError(format!(
-                "{key} {} is not a PEM certificate file: {e}",
-                path.display()
+            SettingError(Problem::new(
+                key,
+                format!("{} is not a PEM certificate file: {e}", path.display()),
             ))
         })?;
     if certificates.is_empty() {
-        return Err(SettingError(format!(
-            "{key} {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
+        return Err(SettingError(Problem::new(
+            key,
+            format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
         )));
     }
     Ok(pem)
@@ -199,9 +317,9 @@ fn read_private_key(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
     let pem = read_file(key, path)?;
     // The parse error is about the file's structure; it never quotes the key.
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        SettingError(format!(
-            "{key} {} holds no usable PEM private key: {e}",
-            path.display()
+        SettingError(Problem::new(
+            key,
+            format!("{} holds no usable PEM private key: {e}", path.display()),
         ))
     })?;
     Ok(pem)

@@ -3,9 +3,12 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+use super::read::{read_choices, Choice, Fields};
+use super::{Problem, Section};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClockMode {
     /// "Now" is the wall clock: live traffic.
@@ -14,8 +17,7 @@ pub enum ClockMode {
     Event,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClockSettings {
     pub mode: ClockMode,
     /// How often silent customers are checked under the wall clock.
@@ -31,8 +33,7 @@ impl Default for ClockSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelSettings {
     pub path: PathBuf,
     /// How often the file is checked for changes; 0 turns watching off (SIGHUP still reloads).
@@ -48,8 +49,7 @@ impl Default for ModelSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScoringSettings {
     /// Silent customers are re-scored when their classification could next change (see
     /// `features::recheck`), but never more often than this: a churn probability crossing a
@@ -69,40 +69,76 @@ impl Default for ScoringSettings {
     }
 }
 
-impl ClockSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
+impl Choice for ClockMode {
+    const ALL: &'static [Self] = &[Self::Wall, Self::Event];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Wall => "wall",
+            Self::Event => "event",
+        }
+    }
+}
+read_choices!(ClockMode);
+
+impl Section for ClockSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            mode: f.get("mode", d.mode),
+            tick_ms: f.get("tick_ms", d.tick_ms),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if self.tick_ms == 0 {
-            p.push("clock.tick_ms must be at least 1".into());
+            p.push(Problem::new("clock.tick_ms", "must be at least 1"));
         }
         p
     }
 }
 
-impl ModelSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
+impl Section for ModelSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            path: f.get("path", d.path),
+            watch_interval_ms: f.get("watch_interval_ms", d.watch_interval_ms),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if self.path.as_os_str().is_empty() {
-            p.push("model.path must not be empty".into());
+            p.push(Problem::new("model.path", "must not be empty"));
         }
         p
     }
 }
 
-impl ScoringSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
+impl Section for ScoringSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            rescore_interval_secs: f.get("rescore_interval_secs", d.rescore_interval_secs),
+            max_rescore_interval_secs: f
+                .get("max_rescore_interval_secs", d.max_rescore_interval_secs),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if self.rescore_interval_secs == 0 {
-            p.push("scoring.rescore_interval_secs must be at least 1".into());
+            p.push(Problem::new(
+                "scoring.rescore_interval_secs",
+                "must be at least 1",
+            ));
         }
         if self.max_rescore_interval_secs < self.rescore_interval_secs {
-            p.push(
-                "scoring.max_rescore_interval_secs must be at least scoring.rescore_interval_secs"
-                    .into(),
-            );
+            p.push(Problem::new(
+                "scoring.max_rescore_interval_secs",
+                "must be at least scoring.rescore_interval_secs",
+            ));
         }
         p
     }

@@ -1,10 +1,12 @@
 //! `[segments]`: how the RFM value segments' thresholds are found.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use super::read::{read_choices, Choice, Fields};
+use super::{Problem, Section};
 use crate::classify::RfmThresholds;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SegmentMode {
     /// R, F and M thresholds are the live population's medians.
@@ -13,8 +15,7 @@ pub enum SegmentMode {
     Fixed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SegmentSettings {
     pub mode: SegmentMode,
     /// Thresholds for `fixed`, and for `population` until enough customers are known.
@@ -50,15 +51,52 @@ impl SegmentSettings {
     }
 }
 
-impl SegmentSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(self.recency_days >= 0.0 && self.frequency >= 0.0 && self.monetary >= 0.0) {
-            p.push("segments.recency_days, segments.frequency and segments.monetary must be non-negative numbers".into());
+impl Choice for SegmentMode {
+    const ALL: &'static [Self] = &[Self::Population, Self::Fixed];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Population => "population",
+            Self::Fixed => "fixed",
         }
-        if self.refresh_secs == 0 || self.sample_size == 0 {
-            p.push("segments.refresh_secs and segments.sample_size must be at least 1".into());
+    }
+}
+read_choices!(SegmentMode);
+
+impl Section for SegmentSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            mode: f.get("mode", d.mode),
+            recency_days: f.get("recency_days", d.recency_days),
+            frequency: f.get("frequency", d.frequency),
+            monetary: f.get("monetary", d.monetary),
+            refresh_secs: f.get("refresh_secs", d.refresh_secs),
+            sample_size: f.get("sample_size", d.sample_size),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
+        let mut p = Vec::new();
+        for (key, value) in [
+            ("segments.recency_days", self.recency_days),
+            ("segments.frequency", self.frequency),
+            ("segments.monetary", self.monetary),
+        ] {
+            // NaN is neither.
+            if value.is_nan() || value < 0.0 {
+                p.push(Problem::new(
+                    key,
+                    format!("({value}) must be a number, 0 or more"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("segments.refresh_secs", self.refresh_secs as usize),
+            ("segments.sample_size", self.sample_size),
+        ] {
+            if value == 0 {
+                p.push(Problem::new(key, "must be at least 1"));
+            }
         }
         p
     }

@@ -2,9 +2,12 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+use super::read::{read_choices, Choice, Fields, ListOrText};
+use super::{Problem, Section};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StartFrom {
     /// A new consumer group reads the stream's whole retained history.
@@ -13,11 +16,20 @@ pub enum StartFrom {
     End,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+impl Choice for StartFrom {
+    const ALL: &'static [Self] = &[Self::Beginning, Self::End];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Beginning => "beginning",
+            Self::End => "end",
+        }
+    }
+}
+read_choices!(StartFrom);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceSettings {
     /// Input streams; from the environment as a comma-separated list.
-    #[serde(deserialize_with = "list_or_comma_separated")]
     pub streams: Vec<String>,
     pub group: String,
     /// Consumer name; empty means the host name (the pod name in Kubernetes), which keeps
@@ -58,69 +70,74 @@ impl Default for SourceSettings {
     }
 }
 
-impl SourceSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
+impl Section for SourceSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            streams: f.get("streams", ListOrText(d.streams)).0,
+            group: f.get("group", d.group),
+            consumer: f.get("consumer", d.consumer),
+            batch_size: f.get("batch_size", d.batch_size),
+            block_ms: f.get("block_ms", d.block_ms),
+            start_from: f.get("start_from", d.start_from),
+            queue_batches: f.get("queue_batches", d.queue_batches),
+            lag_poll_ms: f.get("lag_poll_ms", d.lag_poll_ms),
+            claim_idle_ms: f.get("claim_idle_ms", d.claim_idle_ms),
+            max_inflight_bytes: f.get("max_inflight_bytes", d.max_inflight_bytes),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         for (key, v) in [
             ("source.block_ms", self.block_ms),
             ("source.lag_poll_ms", self.lag_poll_ms),
         ] {
             if v == 0 {
-                p.push(format!("{key} must be at least 1"));
+                p.push(Problem::new(key, "must be at least 1"));
             }
         }
         if self.streams.is_empty() {
-            p.push("source.streams must name at least one stream".into());
+            p.push(Problem::new(
+                "source.streams",
+                "must name at least one stream",
+            ));
         }
         let mut seen = HashSet::new();
         for stream in &self.streams {
             if stream.is_empty() {
-                p.push("source.streams contains an empty name".into());
+                p.push(Problem::new("source.streams", "contains an empty name"));
             } else if !seen.insert(stream) {
-                p.push(format!("source.streams lists {stream:?} twice"));
+                p.push(Problem::new(
+                    "source.streams",
+                    format!("lists {stream:?} twice"),
+                ));
             }
         }
         if self.streams.len() > usize::from(u16::MAX) {
-            p.push("source.streams has too many streams".into());
+            p.push(Problem::new(
+                "source.streams",
+                format!("has too many streams (at most {})", u16::MAX),
+            ));
         }
         if self.group.is_empty() {
-            p.push("source.group must not be empty".into());
+            p.push(Problem::new("source.group", "must not be empty"));
         }
         if !(1..=100_000).contains(&self.batch_size) {
-            p.push(format!(
-                "source.batch_size ({}) must be between 1 and 100000",
-                self.batch_size
+            p.push(Problem::new(
+                "source.batch_size",
+                format!("({}) must be between 1 and 100000", self.batch_size),
             ));
         }
         if self.queue_batches == 0 {
-            p.push("source.queue_batches must be at least 1".into());
+            p.push(Problem::new("source.queue_batches", "must be at least 1"));
         }
         if self.max_inflight_bytes < 1 << 16 {
-            p.push(format!(
-                "source.max_inflight_bytes ({}) must be at least {}",
-                self.max_inflight_bytes,
-                1 << 16
+            p.push(Problem::new(
+                "source.max_inflight_bytes",
+                format!("({}) must be at least {}", self.max_inflight_bytes, 1 << 16),
             ));
         }
         p
     }
-}
-
-fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum ListOrString {
-        List(Vec<String>),
-        String(String),
-    }
-    Ok(match ListOrString::deserialize(d)? {
-        ListOrString::List(v) => v,
-        ListOrString::String(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-    })
 }

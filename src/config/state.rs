@@ -2,10 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+use super::read::Fields;
+use super::{Problem, Section};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StateSettings {
     /// Where snapshots of customer state go (a container volume); empty turns them off, and
     /// a restart then forgets every customer.
@@ -42,21 +44,40 @@ impl StateSettings {
     }
 }
 
-impl StateSettings {
-    /// Problems with these settings, by key.
-    pub(super) fn problems(&self) -> Vec<String> {
+impl Section for StateSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            dir: f.get("dir", d.dir),
+            snapshot_interval_ms: f.get("snapshot_interval_ms", d.snapshot_interval_ms),
+            keep: f.get("keep", d.keep),
+            max_customers: f.get("max_customers", d.max_customers),
+            max_consecutive_snapshot_failures: f.get(
+                "max_consecutive_snapshot_failures",
+                d.max_consecutive_snapshot_failures,
+            ),
+        }
+    }
+
+    fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
         if self.snapshot_interval_ms == 0 {
-            p.push("state.snapshot_interval_ms must be at least 1".into());
+            p.push(Problem::new(
+                "state.snapshot_interval_ms",
+                "must be at least 1",
+            ));
         }
         if self.keep == 0 {
-            p.push("state.keep must be at least 1".into());
+            p.push(Problem::new("state.keep", "must be at least 1"));
         }
         if !(1..=u32::MAX as usize).contains(&self.max_customers) {
-            p.push(format!(
-                "state.max_customers ({}) must be between 1 and {}",
-                self.max_customers,
-                u32::MAX
+            p.push(Problem::new(
+                "state.max_customers",
+                format!(
+                    "({}) must be between 1 and {}",
+                    self.max_customers,
+                    u32::MAX
+                ),
             ));
         }
         p

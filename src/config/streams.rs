@@ -3,10 +3,10 @@
 
 use crate::decide::TaskKind;
 
-use super::Settings;
+use super::{Problem, Settings};
 
 /// Problems with the streams of several sections together, by the key that names each.
-pub(super) fn problems(s: &Settings) -> Vec<String> {
+pub(super) fn problems(s: &Settings) -> Vec<Problem> {
     let mut p = Vec::new();
     let inputs = &s.source.streams;
     let outputs = [
@@ -16,16 +16,20 @@ pub(super) fn problems(s: &Settings) -> Vec<String> {
     ];
     for (key, name) in outputs {
         if name.is_empty() {
-            p.push(format!("{key} must not be empty"));
+            p.push(Problem::new(key, "must not be empty"));
         } else if inputs.contains(name) {
-            p.push(format!(
-                "{key} ({name:?}) must not also be an input in source.streams"
+            p.push(Problem::new(
+                key,
+                format!("({name:?}) must not also be an input in source.streams"),
             ));
         }
     }
     if s.dead_letter.stream == s.winback.stream || s.dead_letter.stream == s.winback.control_stream
     {
-        p.push("dead_letter.stream must differ from the win-back streams".into());
+        p.push(Problem::new(
+            "dead_letter.stream",
+            "must differ from winback.stream and winback.control_stream",
+        ));
     }
     // The streams the other kinds resolve to, each named once by the key that sets it
     // (the tasks section reports an empty tasks.stream).
@@ -36,18 +40,19 @@ pub(super) fn problems(s: &Settings) -> Vec<String> {
     care.dedup();
     for (key, name) in care {
         if inputs.iter().any(|input| input == name) {
-            p.push(format!(
-                "{key} ({name:?}) must not also be an input in source.streams"
+            p.push(Problem::new(
+                key,
+                format!("({name:?}) must not also be an input in source.streams"),
             ));
         }
         if name == s.dead_letter.stream || name == s.winback.control_stream {
-            p.push(format!(
-                "{key} ({name:?}) must differ from dead_letter.stream and winback.control_stream"
+            p.push(Problem::new(
+                key,
+                format!(
+                    "({name:?}) must differ from dead_letter.stream and winback.control_stream"
+                ),
             ));
         }
-    }
-    if s.dead_letter.max_len == 0 || s.winback.max_len == 0 || s.tasks.max_len == 0 {
-        p.push("dead_letter.max_len, winback.max_len and tasks.max_len must be at least 1".into());
     }
     p
 }

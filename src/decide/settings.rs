@@ -1,16 +1,15 @@
-//! The playbook's settings: `[winback]` and `[tasks]` (the other kinds and the contact cap),
-//! each section checking itself and naming the keys of its problems.
+//! The playbook's settings: `[winback]` and `[tasks]` (the other kinds and the contact cap).
+//! `config::winback` and `config::tasks` read and check them.
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::task::TaskKind;
 use crate::classify::Segment;
 
 /// `[winback]` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WinbackSettings {
     pub enabled: bool,
     /// Stream that marketing automation consumes.
@@ -75,58 +74,8 @@ impl Default for WinbackSettings {
     }
 }
 
-impl WinbackSettings {
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        let probability = |key: &str, v: f64, problems: &mut Vec<String>| {
-            if !(0.0..=1.0).contains(&v) {
-                problems.push(format!("{prefix}.{key} ({v}) must be between 0 and 1"));
-            }
-        };
-        probability("threshold", self.threshold, &mut problems);
-        probability("control_share", self.control_share, &mut problems);
-        for (segment, &v) in &self.segment_thresholds {
-            probability(
-                &format!("segment_thresholds.{}", segment.as_str()),
-                v,
-                &mut problems,
-            );
-        }
-        for segment in Segment::ALL {
-            match self.actions.get(&segment) {
-                Some(a) if !a.trim().is_empty() => {}
-                _ => problems.push(format!(
-                    "{prefix}.actions.{} is missing: every segment needs an action",
-                    segment.as_str()
-                )),
-            }
-        }
-        for (key, value) in [
-            ("stream", &self.stream),
-            ("control_stream", &self.control_stream),
-        ] {
-            if value.is_empty() {
-                problems.push(format!("{prefix}.{key} must not be empty"));
-            }
-        }
-        if self.stream == self.control_stream {
-            problems.push(format!(
-                "{prefix}.control_stream must differ from {prefix}.stream"
-            ));
-        }
-        if self.max_tasks_per_episode == 0 {
-            problems.push(format!("{prefix}.max_tasks_per_episode must be at least 1"));
-        }
-        if self.dedup_ttl_days == 0 {
-            problems.push(format!("{prefix}.dedup_ttl_days must be at least 1"));
-        }
-        problems
-    }
-}
-
 /// `[tasks]` settings: the kinds other than win-back (which has `[winback]`) and the cap.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TasksSettings {
     /// Stream of the kinds below unless a kind names its own.
     pub stream: String,
@@ -160,8 +109,7 @@ impl Default for TasksSettings {
 }
 
 /// `[tasks.convert]`: prospects.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConvertSettings {
     pub enabled: bool,
     /// Visits without a purchase that make a prospect worth an offer.
@@ -183,8 +131,7 @@ impl Default for ConvertSettings {
 }
 
 /// `[tasks.welcome]`: new customers who have not bought again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WelcomeSettings {
     pub enabled: bool,
     /// Days after the first purchase.
@@ -210,8 +157,7 @@ impl Default for WelcomeSettings {
 }
 
 /// `[tasks.birthday]`: the customer's birthday, from their profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BirthdaySettings {
     pub enabled: bool,
     /// Days before the birthday; not sent after it.
@@ -233,8 +179,7 @@ impl Default for BirthdaySettings {
 }
 
 /// `[tasks.service_recovery]`: a very low feedback score from a valuable customer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceRecoverySettings {
     pub enabled: bool,
     /// Scores at or below this raise the task (1 to 5).
@@ -272,8 +217,7 @@ impl Default for ServiceRecoverySettings {
 }
 
 /// `[tasks.anniversary]`: the yearly anniversary of the first purchase.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnniversarySettings {
     pub enabled: bool,
     /// Days before the anniversary; not sent after it.
@@ -295,8 +239,7 @@ impl Default for AnniversarySettings {
 }
 
 /// `[tasks.revisit]`: regular follow-ups of valuable customers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RevisitSettings {
     pub enabled: bool,
     /// The segments whose customers get them.
@@ -321,48 +264,6 @@ impl Default for RevisitSettings {
 }
 
 impl TasksSettings {
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.stream.is_empty() {
-            problems.push(format!("{prefix}.stream must not be empty"));
-        }
-        if self.convert.min_visits == 0 {
-            problems.push(format!("{prefix}.convert.min_visits must be at least 1"));
-        }
-        if self.welcome.after_days == 0 {
-            problems.push(format!("{prefix}.welcome.after_days must be at least 1"));
-        }
-        if self.anniversary.days_before > 300 {
-            problems.push(format!(
-                "{prefix}.anniversary.days_before must be at most 300"
-            ));
-        }
-        if self.birthday.days_before > 300 {
-            problems.push(format!("{prefix}.birthday.days_before must be at most 300"));
-        }
-        if !(1..=5).contains(&self.service_recovery.max_score) {
-            problems.push(format!(
-                "{prefix}.service_recovery.max_score must be between 1 and 5"
-            ));
-        }
-        if self.revisit.every_days == 0 {
-            problems.push(format!("{prefix}.revisit.every_days must be at least 1"));
-        }
-        for (kind, action) in [
-            ("convert", &self.convert.action),
-            ("welcome", &self.welcome.action),
-            ("birthday", &self.birthday.action),
-            ("anniversary", &self.anniversary.action),
-            ("revisit", &self.revisit.action),
-            ("service_recovery", &self.service_recovery.action),
-        ] {
-            if action.trim().is_empty() {
-                problems.push(format!("{prefix}.{kind}.action must not be empty"));
-            }
-        }
-        problems
-    }
-
     /// The stream each kind's tasks go to (win-back's come from `[winback]`).
     pub fn stream(&self, kind: TaskKind) -> &str {
         self.stream_setting(kind).1
@@ -396,25 +297,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_problems_name_their_keys() {
-        let mut settings = TasksSettings::default();
-        settings.convert.min_visits = 0;
-        settings.welcome.action = " ".into();
-        settings.stream.clear();
-        let problems = settings.problems("tasks");
-        for key in [
-            "tasks.stream",
-            "tasks.convert.min_visits",
-            "tasks.welcome.action",
-        ] {
-            assert!(
-                problems.iter().any(|p| p.starts_with(key)),
-                "{key}: {problems:?}"
-            );
-        }
-    }
-
-    #[test]
     fn a_kind_without_a_stream_of_its_own_uses_the_shared_one() {
         let mut settings = TasksSettings::default();
         settings.welcome.stream = "crm:welcome".into();
@@ -425,18 +307,5 @@ mod tests {
             "tasks.welcome.stream"
         );
         assert_eq!(settings.stream_setting(TaskKind::Convert).0, "tasks.stream");
-    }
-
-    #[test]
-    fn a_missing_action_is_reported_by_key() {
-        let mut settings = WinbackSettings::default();
-        settings.actions.remove(&Segment::GeneralValue);
-        settings.threshold = 1.5;
-        let problems = settings.problems("winback").join("\n");
-        assert!(
-            problems.contains("winback.actions.general_value"),
-            "{problems}"
-        );
-        assert!(problems.contains("winback.threshold"), "{problems}");
     }
 }
