@@ -684,6 +684,85 @@ red = 1
         );
     }
 
+    /// The keys of every list among the settings (but the `[[tags]]` rules, which no
+    /// variable can name).
+    fn list_keys(table: config::Map<String, Value>, prefix: &str, found: &mut Vec<String>) {
+        for (name, value) in table {
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}.{name}")
+            };
+            match value.kind {
+                ValueKind::Array(_) if key != "tags" => found.push(key),
+                ValueKind::Table(table) => list_keys(table, &key, found),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn every_list_setting_takes_comma_separated_text_from_the_environment() {
+        let samples: [(&str, &[&str]); 5] = [
+            ("source.streams", &["events:eu", "events:us"]),
+            ("profiles.keys", &["region", "tier"]),
+            ("profiles.regions", &["eu", "us"]),
+            (
+                "tasks.revisit.segments",
+                &["general_value", "important_value"],
+            ),
+            (
+                "tasks.service_recovery.segments",
+                &["important_winback", "general_retention"],
+            ),
+        ];
+        // The documented defaults: the built-in ones leave empty lists out.
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE);
+        let defaults = Config::builder()
+            .add_source(File::from(file))
+            .build()
+            .unwrap()
+            .collect()
+            .unwrap();
+        let mut found = Vec::new();
+        list_keys(defaults, "", &mut found);
+        found.sort_unstable();
+        let mut sampled: Vec<&str> = samples.iter().map(|(key, _)| *key).collect();
+        sampled.sort_unstable();
+        assert_eq!(found, sampled, "a new list setting needs a sample here");
+
+        let vars: Vec<(String, String)> = samples
+            .iter()
+            .map(|(key, values)| (env_var(key), values.join(" , ")))
+            .collect();
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let settings = load_with(None, &vars).unwrap();
+        let shown: toml::Value = toml::from_str(&settings.to_redacted_toml()).unwrap();
+        for (key, values) in samples {
+            let value = key.split('.').fold(&shown, |v, name| &v[name]);
+            let expected: Vec<toml::Value> = values.iter().map(|v| (*v).into()).collect();
+            assert_eq!(value.as_array(), Some(&expected), "{key}");
+        }
+
+        // An empty variable is an empty list; an element that does not fit is named with
+        // the variable it came from.
+        let settings = load_with(None, &[("CHURND__PROFILES__REGIONS", "")]).unwrap();
+        assert!(settings.profiles.regions.is_empty());
+        let err = load_with(
+            None,
+            &[(
+                "CHURND__TASKS__REVISIT__SEGMENTS",
+                "important_value,at_risk",
+            )],
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("  - CHURND__TASKS__REVISIT__SEGMENTS (environment): tasks.revisit.segments[1] must be one of: important_value, "),
+            "{err}"
+        );
+        assert!(err.contains("(got \"at_risk\")"), "{err}");
+    }
+
     #[test]
     fn tls_settings_are_checked_by_key() {
         let dir = tempfile::tempdir().unwrap();

@@ -9,7 +9,8 @@
 //! problem, unknown keys included.
 //!
 //! Scalars convert as config always did (text from the environment becomes a number or a
-//! switch: `"true"`, `"yes"`, `"1"`); closed sets of names list their valid values.
+//! switch: `"true"`, `"yes"`, `"1"`); every list also takes comma-separated text, the form
+//! an environment variable can hold; closed sets of names list their valid values.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
@@ -72,7 +73,9 @@ impl Reader {
             (None, _) => return None,
         };
         match origin {
-            ENVIRONMENT => Some(Origin::Env(env_var(key))),
+            // A list's elements come from the list's variable: `CHURND__SOURCE__STREAMS`
+            // for `source.streams[1]` (a variable cannot name what is inside a list).
+            ENVIRONMENT => Some(Origin::Env(env_var(key.split('[').next().unwrap_or(key)))),
             file => {
                 let here = std::fs::canonicalize(file).ok();
                 let given = self
@@ -225,13 +228,23 @@ impl<T: Read> Read for Option<T> {
     }
 }
 
-/// A list: every element is read, and each one that does not fit is reported as `key[i]`.
+/// A list. In a file an array; from the environment, where a variable holds text, the
+/// elements separated by commas: `CHURND__PROFILES__REGIONS=eu,us`. Blanks around elements
+/// and empty elements are dropped, so an empty variable is an empty list. Every element is
+/// read, and each one that does not fit is reported as `key[i]`.
 impl<T: Read> Read for Vec<T> {
     fn read(value: Value, key: &str, r: &mut Reader) -> Option<Self> {
+        let origin = value.origin().map(String::from);
         let elements = match value.kind {
             ValueKind::Array(elements) => elements,
-            _ => {
-                not_a(&value, key, r, "a list");
+            ValueKind::String(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::new(origin.as_ref(), s))
+                .collect(),
+            kind => {
+                not_a(&Value::new(origin.as_ref(), kind), key, r, "a list");
                 return None;
             }
         };
@@ -244,30 +257,6 @@ impl<T: Read> Read for Vec<T> {
             }
         }
         fits.then_some(list)
-    }
-}
-
-/// A list that may also be given as comma-separated text (from the environment:
-/// `CHURND__SOURCE__STREAMS=events:eu,events:us`); blanks around names and empty names are
-/// dropped.
-pub(crate) struct ListOrText<T>(pub Vec<T>);
-
-impl<T: Read> Read for ListOrText<T> {
-    fn read(value: Value, key: &str, r: &mut Reader) -> Option<Self> {
-        let origin = value.origin().map(String::from);
-        let value = match value.kind {
-            ValueKind::String(text) => {
-                let elements = text
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Value::new(origin.as_ref(), s))
-                    .collect();
-                Value::new(origin.as_ref(), ValueKind::Array(elements))
-            }
-            kind => Value::new(origin.as_ref(), kind),
-        };
-        Vec::read(value, key, r).map(Self)
     }
 }
 
@@ -590,6 +579,32 @@ mod tests {
         let (problems, _, _) = r.finish();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].message.contains("from 0 to 255 (got \"256\")"));
+    }
+
+    #[test]
+    fn a_list_is_an_array_or_comma_separated_text() {
+        let mut r = Reader::new(&[]);
+        let array = from_file(vec![from_file("event"), from_file("wall")]);
+        assert_eq!(
+            r.read::<Vec<Mode>>(array, "a.b"),
+            Some(vec![Mode::Event, Mode::Wall])
+        );
+        let text = from_env(" event, wall ,,");
+        assert_eq!(
+            r.read::<Vec<Mode>>(text, "a.b"),
+            Some(vec![Mode::Event, Mode::Wall])
+        );
+        assert_eq!(r.read::<Vec<Mode>>(from_env(""), "a.b"), Some(vec![]));
+        assert_eq!(r.read::<Vec<Mode>>(from_env("wall,sun"), "a.b"), None);
+        assert_eq!(r.read::<Vec<u32>>(from_file(7), "a.b"), None);
+        let (problems, _, _) = r.finish();
+        assert_eq!(
+            shown(&problems),
+            [
+                "CHURND__A__B (environment): a.b[1] must be one of: wall, event (got \"sun\")",
+                "churnd.toml: a.b must be a list (got 7)",
+            ]
+        );
     }
 
     #[test]

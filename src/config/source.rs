@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::read::{read_choices, Choice, Fields, ListOrText};
+use super::read::{read_choices, Choice, Fields};
 use super::{Problem, Section};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -29,7 +29,7 @@ read_choices!(StartFrom);
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SourceSettings {
-    /// Input streams; from the environment as a comma-separated list.
+    /// Input streams.
     pub streams: Vec<String>,
     pub group: String,
     /// Consumer name; empty means the host name (the pod name in Kubernetes), which keeps
@@ -74,7 +74,7 @@ impl Section for SourceSettings {
     fn from_fields(f: &mut Fields<'_>) -> Self {
         let d = Self::default();
         Self {
-            streams: f.get("streams", ListOrText(d.streams)).0,
+            streams: f.get("streams", d.streams),
             group: f.get("group", d.group),
             consumer: f.get("consumer", d.consumer),
             batch_size: f.get("batch_size", d.batch_size),

@@ -5,7 +5,7 @@ use std::process::Output;
 
 use crate::helpers::*;
 
-fn stderr(out: &Output) -> String {
+fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -44,7 +44,7 @@ red = 1
         .env("CHURND__WINBACK__ENABLED", "maybe")
         .output()
         .unwrap();
-    let stderr = stderr(&out);
+    let stderr = stderr_of(&out);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing checked is printed");
     let file = file.display();
@@ -74,4 +74,67 @@ red = 1
     got[1..].sort_unstable();
     want[1..].sort_unstable();
     assert_eq!(got, want, "{stderr}");
+}
+
+/// Every list setting takes the form `source.streams` always took from the environment.
+#[test]
+fn list_settings_come_from_the_environment_comma_separated() {
+    let out = churnd()
+        .arg("check-config")
+        .env("CHURND__SOURCE__STREAMS", "events:eu,events:us")
+        .env("CHURND__PROFILES__REGIONS", "eu, us")
+        .env("CHURND__PROFILES__KEYS", "region,tier")
+        .env(
+            "CHURND__TASKS__REVISIT__SEGMENTS",
+            "important_value,general_value",
+        )
+        .env(
+            "CHURND__TASKS__SERVICE_RECOVERY__SEGMENTS",
+            "important_winback",
+        )
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert!(out.status.success(), "{stderr}");
+    let shown: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let list = |section: &str, key: &str| -> Vec<String> {
+        let mut value = &shown[section];
+        for name in key.split('.') {
+            value = &value[name];
+        }
+        value
+            .as_array()
+            .unwrap_or_else(|| panic!("{section}.{key} is a list"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(list("source", "streams"), ["events:eu", "events:us"]);
+    assert_eq!(list("profiles", "regions"), ["eu", "us"]);
+    assert_eq!(list("profiles", "keys"), ["region", "tier"]);
+    assert_eq!(
+        list("tasks", "revisit.segments"),
+        ["important_value", "general_value"]
+    );
+    assert_eq!(
+        list("tasks", "service_recovery.segments"),
+        ["important_winback"]
+    );
+
+    // An element that is not valid is named with the variable it came from.
+    let out = churnd()
+        .arg("check-config")
+        .env("CHURND__TASKS__REVISIT__SEGMENTS", "at_risk,lapsing")
+        .output()
+        .unwrap();
+    let stderr = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for i in 0..2 {
+        assert!(
+            stderr.contains(&format!(
+                "  - CHURND__TASKS__REVISIT__SEGMENTS (environment): tasks.revisit.segments[{i}] must be one of: important_value, important_development"
+            )),
+            "{stderr}"
+        );
+    }
 }
