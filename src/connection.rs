@@ -67,7 +67,7 @@ impl Connector {
         role: &'static str,
         metrics: Metrics,
     ) -> Self {
-        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let connect_timeout = settings.connect_timeout.get();
         metrics.redis_connected.with_label_values(&[role]).set(0);
         // The role's error count exists from the start: dashboards see zero, not a gap.
         metrics.redis_errors.with_label_values(&[role]);
@@ -84,10 +84,7 @@ impl Connector {
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout)),
             connect_timeout,
-            backoff: Backoff::new(
-                Duration::from_millis(settings.backoff_initial_ms),
-                Duration::from_millis(settings.backoff_max_ms),
-            ),
+            backoff: Backoff::new(settings.backoff_initial.get(), settings.backoff_max.get()),
             role,
             metrics,
         }

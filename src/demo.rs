@@ -160,7 +160,7 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
         stream.clear();
     }
     settings.clock.mode = ClockMode::Event;
-    settings.http.addr = "127.0.0.1:0".into();
+    settings.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     // Each demo replays the history from scratch: its snapshots go to a directory of its own,
     // removed at the end.
     settings.state.dir = std::env::temp_dir().join(format!("churnd-demo-{}", std::process::id()));

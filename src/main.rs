@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -313,7 +312,7 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
     let connector = Connector::new(
         settings.redis_client()?,
         &settings.redis,
-        Duration::from_millis(settings.redis.response_timeout_ms),
+        settings.redis.response_timeout.get(),
         "simulate",
         Metrics::new(),
     );

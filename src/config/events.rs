@@ -1,14 +1,19 @@
 //! `[events]` and `[dead_letter]`: which entries are accepted, and where rejected ones go.
 
+use std::num::NonZeroU64;
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::read::Fields;
+use super::units::{millis, Millis};
 use super::{Problem, Section};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventSettings {
     /// How far an event's `ts` may lie ahead of its stream entry's time.
-    pub max_future_skew_ms: u64,
+    #[serde(rename = "max_future_skew_ms", serialize_with = "millis")]
+    pub max_future_skew: Duration,
     /// The earliest `ts` accepted (milliseconds since the Unix epoch).
     pub min_ts_ms: u64,
     /// Largest entry processed, in bytes (names and values of its fields); larger ones
@@ -19,7 +24,7 @@ pub struct EventSettings {
 impl Default for EventSettings {
     fn default() -> Self {
         Self {
-            max_future_skew_ms: 86_400_000,
+            max_future_skew: Duration::from_secs(86_400),
             // 1973-03-03: every `ts` in seconds (up to the year 5138) lies below it.
             min_ts_ms: 100_000_000_000,
             max_entry_bytes: 64 << 10,
@@ -30,10 +35,11 @@ impl Default for EventSettings {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeadLetterSettings {
     pub stream: String,
-    pub max_len: u64,
+    /// Approximate cap of the stream (XADD MAXLEN ~).
+    pub max_len: NonZeroU64,
     /// How long Redis remembers that an entry was dead-lettered, so a redelivery of the
-    /// entry does not write it twice.
-    pub dedup_ttl_secs: u64,
+    /// entry does not write it twice (seconds, as Redis takes them).
+    pub dedup_ttl_secs: NonZeroU64,
     /// At most this many bytes of a rejected entry's fields are copied to its dead letter;
     /// the rest is cut (and the dead letter says so).
     pub max_copy_bytes: usize,
@@ -43,8 +49,8 @@ impl Default for DeadLetterSettings {
     fn default() -> Self {
         Self {
             stream: "churn:events:dlq".into(),
-            max_len: 1_000_000,
-            dedup_ttl_secs: 604_800,
+            max_len: NonZeroU64::new(1_000_000).expect("not zero"),
+            dedup_ttl_secs: NonZeroU64::new(604_800).expect("not zero"),
             max_copy_bytes: 16 << 10,
         }
     }
@@ -54,7 +60,7 @@ impl Section for EventSettings {
     fn from_fields(f: &mut Fields<'_>) -> Self {
         let d = Self::default();
         Self {
-            max_future_skew_ms: f.get("max_future_skew_ms", d.max_future_skew_ms),
+            max_future_skew: f.get("max_future_skew_ms", Millis(d.max_future_skew)).0,
             min_ts_ms: f.get("min_ts_ms", d.min_ts_ms),
             max_entry_bytes: f.get("max_entry_bytes", d.max_entry_bytes),
         }
@@ -90,15 +96,6 @@ impl Section for DeadLetterSettings {
                 "dead_letter.max_copy_bytes",
                 format!("({}) must be at least {}", self.max_copy_bytes, 1 << 8),
             ));
-        }
-        if self.dedup_ttl_secs == 0 {
-            p.push(Problem::new(
-                "dead_letter.dedup_ttl_secs",
-                "must be at least 1",
-            ));
-        }
-        if self.max_len == 0 {
-            p.push(Problem::new("dead_letter.max_len", "must be at least 1"));
         }
         p
     }

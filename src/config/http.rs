@@ -1,18 +1,20 @@
 //! `[http]`: the address, the customer endpoints' token, and the server's limits.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::read::Fields;
 use super::secret::Secret;
+use super::units::Interval;
 use super::{set_but_empty, Problem, Section, SettingError};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpSettings {
     /// 127.0.0.1:9898 keeps the API to the host (or pod); 0.0.0.0 serves every interface.
-    pub addr: String,
+    pub addr: SocketAddr,
     /// When set, `/v1/customers/{id}` and `/v1/summary` require `Authorization: Bearer
     /// <token>`: they show per-customer data. Probes and scraping stay open.
     pub customer_token: Option<Secret>,
@@ -22,27 +24,30 @@ pub struct HttpSettings {
     /// Connections served at once: each holds a file descriptor, and without a bound idle
     /// clients could take every one that snapshots and Redis need. Must leave room under
     /// the open-file limit (see [`crate::http::serve::descriptor_problem`]).
-    pub max_connections: u32,
+    pub max_connections: NonZeroU32,
     /// A request's head must be complete this long after its first byte (after the
     /// connection opened, for its first request): slow or silent clients free their place.
-    pub header_timeout_ms: u64,
+    #[serde(rename = "header_timeout_ms")]
+    pub header_timeout: Interval,
     /// How long a kept-alive connection may wait for its next request.
-    pub idle_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms")]
+    pub idle_timeout: Interval,
     /// From a request's complete head until its response is handed over whole: a stuck
     /// handler or a client that stops reading gives its place back.
-    pub request_timeout_ms: u64,
+    #[serde(rename = "request_timeout_ms")]
+    pub request_timeout: Interval,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
-            addr: "0.0.0.0:9898".into(),
+            addr: SocketAddr::from(([0, 0, 0, 0], 9898)),
             customer_token: None,
             customer_token_file: None,
-            max_connections: 256,
-            header_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
-            request_timeout_ms: 30_000,
+            max_connections: NonZeroU32::new(256).expect("not zero"),
+            header_timeout: Interval::from_millis(10_000),
+            idle_timeout: Interval::from_millis(60_000),
+            request_timeout: Interval::from_millis(30_000),
         }
     }
 }
@@ -98,9 +103,9 @@ impl Section for HttpSettings {
             customer_token: f.get("customer_token", d.customer_token),
             customer_token_file: f.get("customer_token_file", d.customer_token_file),
             max_connections: f.get("max_connections", d.max_connections),
-            header_timeout_ms: f.get("header_timeout_ms", d.header_timeout_ms),
-            idle_timeout_ms: f.get("idle_timeout_ms", d.idle_timeout_ms),
-            request_timeout_ms: f.get("request_timeout_ms", d.request_timeout_ms),
+            header_timeout: f.get("header_timeout_ms", d.header_timeout),
+            idle_timeout: f.get("idle_timeout_ms", d.idle_timeout),
+            request_timeout: f.get("request_timeout_ms", d.request_timeout),
         }
     }
 
@@ -126,31 +131,10 @@ impl Section for HttpSettings {
                 p.push(e.0);
             }
         }
-        for (key, v) in [
-            ("http.header_timeout_ms", self.header_timeout_ms),
-            ("http.idle_timeout_ms", self.idle_timeout_ms),
-            ("http.request_timeout_ms", self.request_timeout_ms),
-            ("http.max_connections", u64::from(self.max_connections)),
-        ] {
-            if v == 0 {
-                p.push(Problem::new(key, "must be at least 1"));
-            }
-        }
-        if self.max_connections > 0 {
-            if let Some(text) = crate::http::serve::descriptor_problem(self.max_connections) {
-                let key = "http.max_connections";
-                let message = text.strip_prefix(key).unwrap_or(&text).trim_start();
-                p.push(Problem::new(key, message));
-            }
-        }
-        if self.addr.parse::<SocketAddr>().is_err() {
-            p.push(Problem::new(
-                "http.addr",
-                format!(
-                    "must be an address and port such as 0.0.0.0:9898 (got {:?})",
-                    self.addr
-                ),
-            ));
+        if let Some(text) = crate::http::serve::descriptor_problem(self.max_connections.get()) {
+            let key = "http.max_connections";
+            let message = text.strip_prefix(key).unwrap_or(&text).trim_start();
+            p.push(Problem::new(key, message));
         }
         p
     }

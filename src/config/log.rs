@@ -1,8 +1,11 @@
 //! `[log]` and `[shutdown]`: how churnd logs, and how long it drains at SIGTERM.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use super::read::{read_choices, Choice, Fields};
+use super::units::{millis, Millis};
 use super::{set_but_empty, Problem, Section};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,13 +34,14 @@ impl Default for LogSettings {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ShutdownSettings {
     /// After SIGTERM, how long in-flight batches may take to finish and be acknowledged.
-    pub drain_timeout_ms: u64,
+    #[serde(rename = "drain_timeout_ms", serialize_with = "millis")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for ShutdownSettings {
     fn default() -> Self {
         Self {
-            drain_timeout_ms: 10_000,
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -86,7 +90,7 @@ impl Section for ShutdownSettings {
     fn from_fields(f: &mut Fields<'_>) -> Self {
         let d = Self::default();
         Self {
-            drain_timeout_ms: f.get("drain_timeout_ms", d.drain_timeout_ms),
+            drain_timeout: f.get("drain_timeout_ms", Millis(d.drain_timeout)).0,
         }
     }
 }

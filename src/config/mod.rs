@@ -27,6 +27,7 @@ mod state;
 mod streams;
 mod tags;
 mod tasks;
+mod units;
 mod winback;
 
 use std::path::Path;
@@ -49,9 +50,10 @@ pub use scoring::{ClockMode, ClockSettings, ModelSettings, ScoringSettings};
 use secret::REDACTED;
 pub use secret::{redact_url, Secret};
 pub use segments::{SegmentMode, SegmentSettings};
-pub use source::{SourceSettings, StartFrom};
+pub use source::{BatchSize, SourceSettings, StartFrom};
 pub use state::StateSettings;
 pub use tags::TagSettings;
+pub use units::Interval;
 
 /// The shipped, documented defaults file, read from the working directory when present.
 pub const DEFAULT_FILE: &str = "config/default.toml";
@@ -294,6 +296,7 @@ fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     #[test]
     fn defaults_are_valid() {
@@ -365,15 +368,16 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_key() {
         let mut s = Settings::default();
-        s.source.batch_size = 0;
-        s.http.addr = "nowhere".into();
+        s.source.streams = vec!["a".into(), "a".into()];
+        s.segments.frequency = -1.0;
         s.risk.high = 2.0;
         s.dead_letter.stream = "churn:events".into();
+        s.source.streams.push("churn:events".into());
         let err = s.validated().unwrap_err().to_string();
         for key in [
-            "source.batch_size",
-            "http.addr",
-            "risk.high",
+            "source.streams",
+            "segments.frequency",
+            "risk.medium",
             "dead_letter.stream",
         ] {
             assert!(err.contains(key), "{key} not named in:\n{err}");
@@ -382,23 +386,22 @@ mod tests {
 
     #[test]
     fn http_limits_are_checked_by_key() {
-        let err = problems_with(|s| {
-            s.http.max_connections = 0;
-            s.http.header_timeout_ms = 0;
-            s.http.idle_timeout_ms = 0;
-            s.http.request_timeout_ms = 0;
-        });
-        for key in [
-            "http.max_connections must be at least 1",
-            "http.header_timeout_ms must be at least 1",
-            "http.idle_timeout_ms must be at least 1",
-            "http.request_timeout_ms must be at least 1",
+        let err = load_with(
+            Some("[http]\nmax_connections = 0\nheader_timeout_ms = 0\nidle_timeout_ms = 0\n"),
+            &[("CHURND__HTTP__REQUEST_TIMEOUT_MS", "0")],
+        )
+        .unwrap_err();
+        for problem in [
+            "FILE: http.max_connections must be a whole number from 1 to 4294967295 (got 0)",
+            "FILE: http.header_timeout_ms must be a whole number of milliseconds, at least 1 (got 0)",
+            "FILE: http.idle_timeout_ms must be a whole number of milliseconds, at least 1 (got 0)",
+            "CHURND__HTTP__REQUEST_TIMEOUT_MS (environment): http.request_timeout_ms must be a whole number of milliseconds, at least 1 (got \"0\")",
         ] {
-            assert!(err.contains(key), "{key} not named in:\n{err}");
+            assert!(err.contains(&format!("  - {problem}\n")) || err.ends_with(&format!("  - {problem}")), "{problem} not in:\n{err}");
         }
         // Beyond any open-file limit but "unlimited" (Linux allows about a million at most).
         if crate::http::serve::open_file_limit().is_some() {
-            let err = problems_with(|s| s.http.max_connections = u32::MAX);
+            let err = problems_with(|s| s.http.max_connections = NonZeroU32::MAX);
             assert!(
                 err.contains("http.max_connections (4294967295)")
                     && err.contains("open-file limit"),
@@ -551,7 +554,7 @@ mod tests {
         for (var, named) in [
             (
                 "CHURND__STATE__KEEP",
-                "CHURND__STATE__KEEP (environment): state.keep must be a whole number, 0 or more (got \"\")",
+                "CHURND__STATE__KEEP (environment): state.keep must be a whole number, at least 1 (got \"\")",
             ),
             (
                 "CHURND__WINBACK__ENABLED",
@@ -603,9 +606,9 @@ red = 1
         assert_eq!(lines[0], "configuration is invalid (11 problems):", "{err}");
         for expected in [
             "FILE: redis.urll is not a setting (did you mean redis.url?)",
-            "CHURND__SOURCE__BATCH_SIZE (environment): source.batch_size must be a whole number, 0 or more (got \"ten\")",
+            "CHURND__SOURCE__BATCH_SIZE (environment): source.batch_size must be a whole number from 1 to 100000 (got \"ten\")",
             "FILE: clock.mode must be one of: wall, event (got \"walll\")",
-            "FILE: clock.tick_ms must be a whole number, 0 or more (got \"soon\")",
+            "FILE: clock.tick_ms must be a whole number of milliseconds, at least 1 (got \"soon\")",
             "CHURND__SEGMENTS__MODE (environment): segments.mode must be one of: population, fixed (got \"median\")",
             "FILE: winback.segment_thresholds.important_valu is not a setting: the keys of [winback.segment_thresholds] are important_value, important_development, important_retention, important_winback, general_value, general_development, general_retention, general_winback",
             "FILE: tasks.revisit.segments[1] must be one of: important_value, important_development, important_retention, important_winback, general_value, general_development, general_retention, general_winback (got \"vip\")",
@@ -672,7 +675,7 @@ red = 1
         );
         assert!(
             err.contains(
-                "FILE: redis.backoff_initial_ms must be a whole number, 0 or more (got -5)"
+                "FILE: redis.backoff_initial_ms must be a whole number of milliseconds, at least 1 (got -5)"
             ),
             "{err}"
         );

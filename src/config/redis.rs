@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::read::Fields;
 use super::secret::{redact_url, Secret};
+use super::units::Interval;
 use super::{set_but_empty, Problem, Section, SettingError};
 
 #[derive(Clone, PartialEq, Serialize)]
@@ -22,10 +23,18 @@ pub struct RedisSettings {
     pub tls_cert_file: Option<PathBuf>,
     /// PEM private key of `tls_cert_file`.
     pub tls_key_file: Option<PathBuf>,
-    pub connect_timeout_ms: u64,
-    pub response_timeout_ms: u64,
-    pub backoff_initial_ms: u64,
-    pub backoff_max_ms: u64,
+    /// Time allowed to establish a connection.
+    #[serde(rename = "connect_timeout_ms")]
+    pub connect_timeout: Interval,
+    /// Time allowed for a command's reply (blocking reads get `source.block_ms` on top).
+    #[serde(rename = "response_timeout_ms")]
+    pub response_timeout: Interval,
+    /// Reconnect backoff: exponential from this…
+    #[serde(rename = "backoff_initial_ms")]
+    pub backoff_initial: Interval,
+    /// …to this, with jitter.
+    #[serde(rename = "backoff_max_ms")]
+    pub backoff_max: Interval,
 }
 
 impl Default for RedisSettings {
@@ -36,10 +45,10 @@ impl Default for RedisSettings {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
-            connect_timeout_ms: 2_000,
-            response_timeout_ms: 5_000,
-            backoff_initial_ms: 100,
-            backoff_max_ms: 5_000,
+            connect_timeout: Interval::from_millis(2_000),
+            response_timeout: Interval::from_millis(5_000),
+            backoff_initial: Interval::from_millis(100),
+            backoff_max: Interval::from_millis(5_000),
         }
     }
 }
@@ -52,10 +61,10 @@ impl std::fmt::Debug for RedisSettings {
             .field("tls_ca_file", &self.tls_ca_file)
             .field("tls_cert_file", &self.tls_cert_file)
             .field("tls_key_file", &self.tls_key_file)
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("response_timeout_ms", &self.response_timeout_ms)
-            .field("backoff_initial_ms", &self.backoff_initial_ms)
-            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
             .finish()
     }
 }
@@ -110,10 +119,10 @@ impl Section for RedisSettings {
             tls_ca_file: f.get("tls_ca_file", d.tls_ca_file),
             tls_cert_file: f.get("tls_cert_file", d.tls_cert_file),
             tls_key_file: f.get("tls_key_file", d.tls_key_file),
-            connect_timeout_ms: f.get("connect_timeout_ms", d.connect_timeout_ms),
-            response_timeout_ms: f.get("response_timeout_ms", d.response_timeout_ms),
-            backoff_initial_ms: f.get("backoff_initial_ms", d.backoff_initial_ms),
-            backoff_max_ms: f.get("backoff_max_ms", d.backoff_max_ms),
+            connect_timeout: f.get("connect_timeout_ms", d.connect_timeout),
+            response_timeout: f.get("response_timeout_ms", d.response_timeout),
+            backoff_initial: f.get("backoff_initial_ms", d.backoff_initial),
+            backoff_max: f.get("backoff_max_ms", d.backoff_max),
         }
     }
 
@@ -144,16 +153,7 @@ impl Section for RedisSettings {
                 }
             }
         }
-        for (key, v) in [
-            ("redis.connect_timeout_ms", self.connect_timeout_ms),
-            ("redis.response_timeout_ms", self.response_timeout_ms),
-            ("redis.backoff_initial_ms", self.backoff_initial_ms),
-        ] {
-            if v == 0 {
-                p.push(Problem::new(key, "must be at least 1"));
-            }
-        }
-        if self.backoff_max_ms < self.backoff_initial_ms {
+        if self.backoff_max < self.backoff_initial {
             p.push(Problem::new(
                 "redis.backoff_max_ms",
                 "must be at least redis.backoff_initial_ms",

@@ -1,11 +1,13 @@
 //! `[clock]`, `[model]` and `[scoring]`: what "now" is, the model file, and how often silent
 //! customers are scored again.
 
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::read::{read_choices, Choice, Fields};
+use super::units::{millis_or_off, Interval, OrOff};
 use super::{Problem, Section};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -21,14 +23,15 @@ pub enum ClockMode {
 pub struct ClockSettings {
     pub mode: ClockMode,
     /// How often silent customers are checked under the wall clock.
-    pub tick_ms: u64,
+    #[serde(rename = "tick_ms")]
+    pub tick: Interval,
 }
 
 impl Default for ClockSettings {
     fn default() -> Self {
         Self {
             mode: ClockMode::Wall,
-            tick_ms: 1_000,
+            tick: Interval::from_millis(1_000),
         }
     }
 }
@@ -37,14 +40,15 @@ impl Default for ClockSettings {
 pub struct ModelSettings {
     pub path: PathBuf,
     /// How often the file is checked for changes; 0 turns watching off (SIGHUP still reloads).
-    pub watch_interval_ms: u64,
+    #[serde(rename = "watch_interval_ms", serialize_with = "millis_or_off")]
+    pub watch_interval: Option<Interval>,
 }
 
 impl Default for ModelSettings {
     fn default() -> Self {
         Self {
             path: "models/cdnow.json".into(),
-            watch_interval_ms: 2_000,
+            watch_interval: Some(Interval::from_millis(2_000)),
         }
     }
 }
@@ -54,7 +58,7 @@ pub struct ScoringSettings {
     /// Silent customers are re-scored when their classification could next change (see
     /// `features::recheck`), but never more often than this: a churn probability crossing a
     /// boundary is noticed at most this late.
-    pub rescore_interval_secs: u32,
+    pub rescore_interval_secs: NonZeroU32,
     /// Silent customers are re-scored at least this often, so that refreshed population
     /// segment thresholds reach everyone.
     pub max_rescore_interval_secs: u32,
@@ -63,7 +67,7 @@ pub struct ScoringSettings {
 impl Default for ScoringSettings {
     fn default() -> Self {
         Self {
-            rescore_interval_secs: 86_400,
+            rescore_interval_secs: NonZeroU32::new(86_400).expect("not zero"),
             max_rescore_interval_secs: 2_592_000,
         }
     }
@@ -85,16 +89,8 @@ impl Section for ClockSettings {
         let d = Self::default();
         Self {
             mode: f.get("mode", d.mode),
-            tick_ms: f.get("tick_ms", d.tick_ms),
+            tick: f.get("tick_ms", d.tick),
         }
-    }
-
-    fn problems(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        if self.tick_ms == 0 {
-            p.push(Problem::new("clock.tick_ms", "must be at least 1"));
-        }
-        p
     }
 }
 
@@ -103,7 +99,7 @@ impl Section for ModelSettings {
         let d = Self::default();
         Self {
             path: f.get("path", d.path),
-            watch_interval_ms: f.get("watch_interval_ms", d.watch_interval_ms),
+            watch_interval: f.get("watch_interval_ms", OrOff(d.watch_interval)).0,
         }
     }
 
@@ -128,13 +124,7 @@ impl Section for ScoringSettings {
 
     fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
-        if self.rescore_interval_secs == 0 {
-            p.push(Problem::new(
-                "scoring.rescore_interval_secs",
-                "must be at least 1",
-            ));
-        }
-        if self.max_rescore_interval_secs < self.rescore_interval_secs {
+        if self.max_rescore_interval_secs < self.rescore_interval_secs.get() {
             p.push(Problem::new(
                 "scoring.max_rescore_interval_secs",
                 "must be at least scoring.rescore_interval_secs",

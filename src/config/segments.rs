@@ -1,5 +1,7 @@
 //! `[segments]`: how the RFM value segments' thresholds are found.
 
+use std::num::{NonZeroU32, NonZeroUsize};
+
 use serde::Serialize;
 
 use super::read::{read_choices, Choice, Fields};
@@ -23,9 +25,9 @@ pub struct SegmentSettings {
     pub frequency: f64,
     pub monetary: f64,
     /// How often (clock time) population thresholds are recomputed.
-    pub refresh_secs: u32,
+    pub refresh_secs: NonZeroU32,
     /// Customers sampled for the population medians.
-    pub sample_size: usize,
+    pub sample_size: NonZeroUsize,
 }
 
 impl Default for SegmentSettings {
@@ -35,8 +37,8 @@ impl Default for SegmentSettings {
             recency_days: 90.0,
             frequency: 1.5,
             monetary: 100.0,
-            refresh_secs: 86_400,
-            sample_size: 10_000,
+            refresh_secs: NonZeroU32::new(86_400).expect("not zero"),
+            sample_size: NonZeroUsize::new(10_000).expect("not zero"),
         }
     }
 }
@@ -88,14 +90,6 @@ impl Section for SegmentSettings {
                     key,
                     format!("({value}) must be a number, 0 or more"),
                 ));
-            }
-        }
-        for (key, value) in [
-            ("segments.refresh_secs", self.refresh_secs as usize),
-            ("segments.sample_size", self.sample_size),
-        ] {
-            if value == 0 {
-                p.push(Problem::new(key, "must be at least 1"));
             }
         }
         p

@@ -1,10 +1,13 @@
 //! `[source]`: the input streams, the consumer group and how they are read.
 
 use std::collections::HashSet;
+use std::num::NonZeroUsize;
 
+use config::Value;
 use serde::Serialize;
 
-use super::read::{read_choices, Choice, Fields};
+use super::read::{not_a, read_choices, Choice, Fields, Read, Reader};
+use super::units::{millis_or_off, Interval, OrOff};
 use super::{Problem, Section};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -14,6 +17,46 @@ pub enum StartFrom {
     Beginning,
     /// A new consumer group reads only entries added after it is created.
     End,
+}
+
+/// Entries per read (`source.batch_size`): 1 to [`BatchSize::MAX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct BatchSize(NonZeroUsize);
+
+impl BatchSize {
+    /// The largest: a read of more entries holds up everything behind it.
+    pub const MAX: usize = 100_000;
+
+    /// `n` entries, if 1 to [`Self::MAX`].
+    pub const fn new(n: usize) -> Option<Self> {
+        match NonZeroUsize::new(n) {
+            Some(n) if n.get() <= Self::MAX => Some(Self(n)),
+            _ => None,
+        }
+    }
+
+    pub const fn get(self) -> usize {
+        self.0.get()
+    }
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Read for BatchSize {
+    fn read(value: Value, key: &str, r: &mut Reader) -> Option<Self> {
+        let n = value.clone().try_deserialize::<usize>().ok();
+        let n = n.and_then(Self::new);
+        if n.is_none() {
+            let expected = format!("a whole number from 1 to {}", Self::MAX);
+            not_a(&value, key, r, &expected);
+        }
+        n
+    }
 }
 
 impl Choice for StartFrom {
@@ -36,18 +79,21 @@ pub struct SourceSettings {
     /// a restarted replica's pending entries its own.
     pub consumer: String,
     /// Entries per XREADGROUP (COUNT).
-    pub batch_size: usize,
+    pub batch_size: BatchSize,
     /// How long a read waits for new entries (BLOCK).
-    pub block_ms: u64,
+    #[serde(rename = "block_ms")]
+    pub block: Interval,
     pub start_from: StartFrom,
     /// Batches buffered between reading and processing: the backpressure bound.
-    pub queue_batches: usize,
+    pub queue_batches: NonZeroUsize,
     /// How often consumer-group lag and pending counts are polled for metrics, and an idle
     /// sink checks its connection.
-    pub lag_poll_ms: u64,
+    #[serde(rename = "lag_poll_ms")]
+    pub lag_poll: Interval,
     /// Entries pending this long on another consumer of the group (one that is gone) are
-    /// claimed by this one; 0 turns claiming off.
-    pub claim_idle_ms: u64,
+    /// claimed by this one; `None` (0 in the key) turns claiming off.
+    #[serde(rename = "claim_idle_ms", serialize_with = "millis_or_off")]
+    pub claim_idle: Option<Interval>,
     /// Bytes of entries read and not yet applied, at most: reading waits for room, and a
     /// read asks for fewer entries when they are large (see `source::budget`).
     pub max_inflight_bytes: u64,
@@ -59,12 +105,12 @@ impl Default for SourceSettings {
             streams: vec!["churn:events".into()],
             group: "churnd".into(),
             consumer: String::new(),
-            batch_size: 1_000,
-            block_ms: 1_000,
+            batch_size: BatchSize::new(1_000).expect("a batch size"),
+            block: Interval::from_millis(1_000),
             start_from: StartFrom::Beginning,
-            queue_batches: 4,
-            lag_poll_ms: 5_000,
-            claim_idle_ms: 60_000,
+            queue_batches: NonZeroUsize::new(4).expect("not zero"),
+            lag_poll: Interval::from_millis(5_000),
+            claim_idle: Some(Interval::from_millis(60_000)),
             max_inflight_bytes: 64 << 20,
         }
     }
@@ -78,25 +124,17 @@ impl Section for SourceSettings {
             group: f.get("group", d.group),
             consumer: f.get("consumer", d.consumer),
             batch_size: f.get("batch_size", d.batch_size),
-            block_ms: f.get("block_ms", d.block_ms),
+            block: f.get("block_ms", d.block),
             start_from: f.get("start_from", d.start_from),
             queue_batches: f.get("queue_batches", d.queue_batches),
-            lag_poll_ms: f.get("lag_poll_ms", d.lag_poll_ms),
-            claim_idle_ms: f.get("claim_idle_ms", d.claim_idle_ms),
+            lag_poll: f.get("lag_poll_ms", d.lag_poll),
+            claim_idle: f.get("claim_idle_ms", OrOff(d.claim_idle)).0,
             max_inflight_bytes: f.get("max_inflight_bytes", d.max_inflight_bytes),
         }
     }
 
     fn problems(&self) -> Vec<Problem> {
         let mut p = Vec::new();
-        for (key, v) in [
-            ("source.block_ms", self.block_ms),
-            ("source.lag_poll_ms", self.lag_poll_ms),
-        ] {
-            if v == 0 {
-                p.push(Problem::new(key, "must be at least 1"));
-            }
-        }
         if self.streams.is_empty() {
             p.push(Problem::new(
                 "source.streams",
@@ -123,15 +161,7 @@ impl Section for SourceSettings {
         if self.group.is_empty() {
             p.push(Problem::new("source.group", "must not be empty"));
         }
-        if !(1..=100_000).contains(&self.batch_size) {
-            p.push(Problem::new(
-                "source.batch_size",
-                format!("({}) must be between 1 and 100000", self.batch_size),
-            ));
-        }
-        if self.queue_batches == 0 {
-            p.push(Problem::new("source.queue_batches", "must be at least 1"));
-        }
+
         if self.max_inflight_bytes < 1 << 16 {
             p.push(Problem::new(
                 "source.max_inflight_bytes",

@@ -1,11 +1,13 @@
 //! `[state]`: snapshots of customer state, and the memory bound.
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use super::read::Fields;
-use super::{Problem, Section};
+use super::units::Interval;
+use super::Section;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StateSettings {
@@ -14,12 +16,13 @@ pub struct StateSettings {
     pub dir: PathBuf,
     /// How often a snapshot is written (and once more at shutdown), unless nothing changed
     /// since the last one written.
-    pub snapshot_interval_ms: u64,
+    #[serde(rename = "snapshot_interval_ms")]
+    pub snapshot_interval: Interval,
     /// Snapshots kept: the newest is used, older ones stand in if it is damaged.
-    pub keep: usize,
+    pub keep: NonZeroUsize,
     /// Customers tracked at most: the memory bound. When a new customer would exceed it,
     /// the least recently active 1 % are forgotten.
-    pub max_customers: usize,
+    pub max_customers: NonZeroU32,
     /// Snapshots failing this many times in a row make `/readyz` answer 503 until one is
     /// written again: a restart would lose everything since the last good one. 0: never.
     pub max_consecutive_snapshot_failures: u32,
@@ -29,9 +32,9 @@ impl Default for StateSettings {
     fn default() -> Self {
         Self {
             dir: "state".into(),
-            snapshot_interval_ms: 10_000,
-            keep: 3,
-            max_customers: 10_000_000,
+            snapshot_interval: Interval::from_millis(10_000),
+            keep: NonZeroUsize::new(3).expect("not zero"),
+            max_customers: NonZeroU32::new(10_000_000).expect("not zero"),
             max_consecutive_snapshot_failures: 3,
         }
     }
@@ -49,7 +52,7 @@ impl Section for StateSettings {
         let d = Self::default();
         Self {
             dir: f.get("dir", d.dir),
-            snapshot_interval_ms: f.get("snapshot_interval_ms", d.snapshot_interval_ms),
+            snapshot_interval: f.get("snapshot_interval_ms", d.snapshot_interval),
             keep: f.get("keep", d.keep),
             max_customers: f.get("max_customers", d.max_customers),
             max_consecutive_snapshot_failures: f.get(
@@ -57,29 +60,5 @@ impl Section for StateSettings {
                 d.max_consecutive_snapshot_failures,
             ),
         }
-    }
-
-    fn problems(&self) -> Vec<Problem> {
-        let mut p = Vec::new();
-        if self.snapshot_interval_ms == 0 {
-            p.push(Problem::new(
-                "state.snapshot_interval_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.keep == 0 {
-            p.push(Problem::new("state.keep", "must be at least 1"));
-        }
-        if !(1..=u32::MAX as usize).contains(&self.max_customers) {
-            p.push(Problem::new(
-                "state.max_customers",
-                format!(
-                    "({}) must be between 1 and {}",
-                    self.max_customers,
-                    u32::MAX
-                ),
-            ));
-        }
-        p
     }
 }

@@ -29,21 +29,6 @@ impl Section for TasksSettings {
         if self.stream.is_empty() {
             problems.push(Problem::new("tasks.stream", "must not be empty"));
         }
-        if self.max_len == 0 {
-            problems.push(Problem::new("tasks.max_len", "must be at least 1"));
-        }
-        if self.convert.min_visits == 0 {
-            problems.push(Problem::new(
-                "tasks.convert.min_visits",
-                "must be at least 1",
-            ));
-        }
-        if self.welcome.after_days == 0 {
-            problems.push(Problem::new(
-                "tasks.welcome.after_days",
-                "must be at least 1",
-            ));
-        }
         for (key, days_before) in [
             (
                 "tasks.anniversary.days_before",
@@ -65,12 +50,6 @@ impl Section for TasksSettings {
                     "({}) must be between 1 and 5",
                     self.service_recovery.max_score
                 ),
-            ));
-        }
-        if self.revisit.every_days == 0 {
-            problems.push(Problem::new(
-                "tasks.revisit.every_days",
-                "must be at least 1",
             ));
         }
         for (kind, action) in [
@@ -176,7 +155,6 @@ mod tests {
     #[test]
     fn task_problems_name_their_keys() {
         let mut settings = TasksSettings::default();
-        settings.convert.min_visits = 0;
         settings.welcome.action = " ".into();
         settings.stream.clear();
         settings.birthday.days_before = 301;
@@ -185,7 +163,6 @@ mod tests {
             keys,
             [
                 "tasks.stream",
-                "tasks.convert.min_visits",
                 "tasks.birthday.days_before",
                 "tasks.welcome.action"
             ]

@@ -63,18 +63,6 @@ impl Section for WinbackSettings {
                 "must differ from winback.stream",
             ));
         }
-        if self.max_tasks_per_episode == 0 {
-            problems.push(Problem::new(
-                "winback.max_tasks_per_episode",
-                "must be at least 1",
-            ));
-        }
-        if self.max_len == 0 {
-            problems.push(Problem::new("winback.max_len", "must be at least 1"));
-        }
-        if self.dedup_ttl_days == 0 {
-            problems.push(Problem::new("winback.dedup_ttl_days", "must be at least 1"));
-        }
         problems
     }
 }

@@ -14,7 +14,6 @@ mod model_watch;
 mod snapshots;
 mod start;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, SettingError, Settings};
+use crate::config::{redact_url, Interval, SettingError, Settings};
 use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
 use crate::event::EntryId;
@@ -60,12 +59,7 @@ pub enum DaemonError {
 
 /// Binds the configured HTTP address.
 pub async fn bind(settings: &Settings) -> std::io::Result<TcpListener> {
-    let addr: SocketAddr = settings
-        .http
-        .addr
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    TcpListener::bind(addr).await
+    TcpListener::bind(settings.http.addr).await
 }
 
 /// How far the engine has applied the input streams: the highest entry applied per stream.
@@ -141,7 +135,7 @@ pub async fn run_observed(
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
     let snapshot_dir = match settings.state.snapshot_dir() {
-        Some(dir) => Some(SnapshotDir::open(dir, settings.state.keep)?),
+        Some(dir) => Some(SnapshotDir::open(dir, settings.state.keep.get())?),
         None => {
             tracing::warn!(
                 "state.dir is empty: snapshots are off, and a restart forgets every customer"
@@ -164,7 +158,7 @@ pub async fn run_observed(
                 abort.clone(),
             )
             .map_err(DaemonError::Thread)?;
-            let interval = Duration::from_millis(settings.state.snapshot_interval_ms);
+            let interval = settings.state.snapshot_interval.get();
             (Some((handle, interval)), Some(task))
         }
         None => (None, None),
@@ -208,9 +202,9 @@ pub async fn run_observed(
             metrics.clone(),
         )
     };
-    let response_timeout = Duration::from_millis(settings.redis.response_timeout_ms);
+    let response_timeout = settings.redis.response_timeout.get();
 
-    let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches);
+    let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches.get());
     let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
     let (model_tx, model_rx) = watch::channel(Arc::new(model));
 
@@ -238,7 +232,7 @@ pub async fn run_observed(
     ));
     let model_task = tokio::spawn(model_watch::run(
         settings.model.path.clone(),
-        Duration::from_millis(settings.model.watch_interval_ms),
+        settings.model.watch_interval.map(Interval::get),
         model_fingerprint,
         model_tx,
         metrics.clone(),
@@ -285,7 +279,7 @@ pub async fn run_observed(
                 settings.source.clone(),
                 connector(
                     "source",
-                    source::read_timeout(&settings.source, settings.redis.response_timeout_ms),
+                    source::read_timeout(&settings.source, settings.redis.response_timeout),
                 ),
                 health.clone(),
                 metrics.clone(),
@@ -308,7 +302,7 @@ pub async fn run_observed(
                     metrics: metrics.clone(),
                     started,
                 },
-                Duration::from_millis(settings.clock.tick_ms),
+                settings.clock.tick.get(),
             ));
             (Some(source_task), Some(engine_task))
         }

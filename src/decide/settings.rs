@@ -2,6 +2,7 @@
 //! `config::winback` and `config::tasks` read and check them.
 
 use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroU8};
 
 use serde::Serialize;
 
@@ -17,7 +18,7 @@ pub struct WinbackSettings {
     /// Stream for the control group's would-be tasks (nobody acts on them).
     pub control_stream: String,
     /// Approximate cap of each task stream (XADD MAXLEN ~).
-    pub max_len: u64,
+    pub max_len: NonZeroU64,
     /// Churn probability at or above which a task is raised.
     pub threshold: f64,
     /// Per-segment overrides of `threshold`.
@@ -30,11 +31,11 @@ pub struct WinbackSettings {
     /// Least time between two tasks for one customer.
     pub cooldown_days: u32,
     /// Tasks per episode of silence (1 = one task until the customer buys again).
-    pub max_tasks_per_episode: u8,
+    pub max_tasks_per_episode: NonZeroU8,
     /// Share of customers held out as control group, by a stable hash of their ID.
     pub control_share: f64,
     /// How long Redis remembers a task ID to drop duplicates.
-    pub dedup_ttl_days: u32,
+    pub dedup_ttl_days: NonZeroU32,
     /// Reasons listed on a task.
     pub reasons: usize,
 }
@@ -56,7 +57,7 @@ impl Default for WinbackSettings {
             enabled: true,
             stream: "churn:winback".into(),
             control_stream: "churn:winback:control".into(),
-            max_len: 1_000_000,
+            max_len: NonZeroU64::new(1_000_000).expect("not zero"),
             threshold: 0.7,
             // Act earlier on the most valuable customers.
             segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
@@ -66,9 +67,9 @@ impl Default for WinbackSettings {
                 .collect(),
             min_silence_days: 30,
             cooldown_days: 30,
-            max_tasks_per_episode: 1,
+            max_tasks_per_episode: NonZeroU8::MIN,
             control_share: 0.1,
-            dedup_ttl_days: 400,
+            dedup_ttl_days: NonZeroU32::new(400).expect("not zero"),
             reasons: 3,
         }
     }
@@ -80,7 +81,7 @@ pub struct TasksSettings {
     /// Stream of the kinds below unless a kind names its own.
     pub stream: String,
     /// Approximate cap of that stream (XADD MAXLEN ~).
-    pub max_len: u64,
+    pub max_len: NonZeroU64,
     /// At most one task of any kind, win-back included, per customer in this many days
     /// (0: no cap).
     pub contact_cap_days: u32,
@@ -96,7 +97,7 @@ impl Default for TasksSettings {
     fn default() -> Self {
         Self {
             stream: "crm:tasks".into(),
-            max_len: 1_000_000,
+            max_len: NonZeroU64::new(1_000_000).expect("not zero"),
             contact_cap_days: 7,
             convert: ConvertSettings::default(),
             welcome: WelcomeSettings::default(),
@@ -113,7 +114,7 @@ impl Default for TasksSettings {
 pub struct ConvertSettings {
     pub enabled: bool,
     /// Visits without a purchase that make a prospect worth an offer.
-    pub min_visits: u8,
+    pub min_visits: NonZeroU8,
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
@@ -123,7 +124,7 @@ impl Default for ConvertSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            min_visits: 3,
+            min_visits: NonZeroU8::new(3).expect("not zero"),
             action: "first_purchase_offer".into(),
             stream: String::new(),
         }
@@ -135,7 +136,7 @@ impl Default for ConvertSettings {
 pub struct WelcomeSettings {
     pub enabled: bool,
     /// Days after the first purchase.
-    pub after_days: u32,
+    pub after_days: NonZeroU32,
     /// Not sent more than this many days late (a backfill of old history, a long outage, the
     /// contact cap): a welcome weeks after the fact is no welcome.
     pub max_late_days: u32,
@@ -148,7 +149,7 @@ impl Default for WelcomeSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            after_days: 14,
+            after_days: NonZeroU32::new(14).expect("not zero"),
             max_late_days: 7,
             action: "welcome_follow_up".into(),
             stream: String::new(),
@@ -245,7 +246,7 @@ pub struct RevisitSettings {
     /// The segments whose customers get them.
     pub segments: Vec<Segment>,
     /// Days since the last contact or purchase, whichever is later.
-    pub every_days: u32,
+    pub every_days: NonZeroU32,
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
@@ -256,7 +257,7 @@ impl Default for RevisitSettings {
         Self {
             enabled: true,
             segments: vec![Segment::ImportantValue, Segment::ImportantDevelopment],
-            every_days: 90,
+            every_days: NonZeroU32::new(90).expect("not zero"),
             action: "account_manager_call".into(),
             stream: String::new(),
         }

@@ -2,8 +2,6 @@
 //! gauges (what operators and alerts watch to know whether churnd keeps up), and the other
 //! consumers of the group (`XINFO CONSUMERS`).
 
-use std::time::Duration;
-
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
@@ -112,7 +110,7 @@ pub async fn monitor(
     shutdown: CancellationToken,
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
-    let mut interval = tokio::time::interval(Duration::from_millis(settings.lag_poll_ms));
+    let mut interval = tokio::time::interval(settings.lag_poll.get());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -52,13 +52,13 @@ red = 1
         important_winback, general_value, general_development, general_retention, general_winback";
     let expected = [
         format!("{file}: redis.urll is not a setting (did you mean redis.url?)"),
-        format!("{file}: source.batch_size must be a whole number, 0 or more (got \"many\")"),
+        format!("{file}: source.batch_size must be a whole number from 1 to 100000 (got \"many\")"),
         format!("{file}: clock.mode must be one of: wall, event (got \"walll\")"),
         "CHURND__SEGMENTS__MODE (environment): segments.mode must be one of: population, fixed (got \"median\")".to_string(),
         "CHURND__WINBACK__ENABLED (environment): winback.enabled must be true or false (got \"maybe\")".to_string(),
         format!("{file}: tasks.revisit.segments[1] must be one of: {segments} (got \"at_risk\")"),
         "CHURND__HTTP__ADR (environment): http.adr is not a setting (did you mean http.addr?)".to_string(),
-        "CHURND__STATE__KEEP (environment): state.keep must be a whole number, 0 or more (got \"none\")".to_string(),
+        "CHURND__STATE__KEEP (environment): state.keep must be a whole number, at least 1 (got \"none\")".to_string(),
         format!("{file}: colour is not a section: the sections are redis, source, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, profiles, tags, http, log, shutdown, state"),
         // The redis section's values were all read (an unknown key takes nothing away), so
         // its URL is checked in the same run.

@@ -19,7 +19,7 @@ fn invalid_configuration_fails_at_start_naming_the_key() {
         (
             "CHURND__SOURCE__BATCH_SIZE",
             "0",
-            "CHURND__SOURCE__BATCH_SIZE (environment): source.batch_size (0) must be between 1 and 100000",
+            "CHURND__SOURCE__BATCH_SIZE (environment): source.batch_size must be a whole number from 1 to 100000 (got \"0\")",
         ),
         (
             "CHURND__CLOCK__MODE",
