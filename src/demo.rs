@@ -14,7 +14,8 @@ use redis::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, ClockMode, SettingError, Settings};
+use crate::config::{redact_url, ClockMode, Settings};
+use crate::connection::{self, ClientError};
 use crate::daemon::{self, DaemonError};
 use crate::source::lag::group_info;
 use crate::transactions::{Transactions, TransactionsError};
@@ -44,7 +45,7 @@ pub enum DemoError {
     #[error("could not start a private redis-server: {0}")]
     StartRedis(String),
     #[error(transparent)]
-    Setting(#[from] SettingError),
+    Client(#[from] ClientError),
     #[error("Redis failed during the demo: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("the daemon failed: {0}")]
@@ -193,7 +194,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
 
     // With the configured password and TLS settings, so the demo finds the Redis the daemon
     // would use.
-    let configured = settings.redis_client()?;
+    let configured = connection::client(&settings.redis)?;
     let (_private, url) = if ping(&configured).await {
         say!("Redis: using {}", redact_url(&settings.redis.url));
         (None, None)
@@ -212,7 +213,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
         });
     };
     let settings = demo_settings(settings, url);
-    let client = settings.redis_client()?;
+    let client = connection::client(&settings.redis)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     clear_demo_keys(&mut conn).await?;
 

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use churnd::batch::{self, Classification};
-use churnd::config::{self, LogFormat, Settings};
-use churnd::connection::Connector;
+use churnd::config::{self, LogFormat, Resolved, Settings};
+use churnd::connection::{self, Connector};
 use churnd::metrics::Metrics;
 use churnd::model::train::{self, TrainOptions};
 use churnd::model::{evaluate, Model};
@@ -180,8 +180,16 @@ fn main() -> ExitCode {
                     }
                 };
             match command {
-                Command::CheckConfig => print_out(&settings.to_redacted_toml()),
-                Command::Run => serve(settings),
+                // What the settings name (certificates, the token) is read once, here: a
+                // file that cannot be used is a configuration error like any other.
+                Command::CheckConfig | Command::Run => match settings.resolve() {
+                    Err(e) => {
+                        print_err(format_args!("churnd: {e}"));
+                        return ExitCode::from(USAGE_ERROR);
+                    }
+                    Ok(resolved) if matches!(command, Command::Run) => serve(resolved),
+                    Ok(resolved) => print_out(&resolved.settings.to_redacted_toml()),
+                },
                 Command::Demo { transactions } => run_demo(settings, &transactions),
                 Command::Score(args) => score(&settings, args),
                 Command::Evaluate(args) => evaluate(&settings, args),
@@ -281,15 +289,16 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_tracing(&settings);
+fn serve(resolved: Resolved) -> anyhow::Result<()> {
+    init_tracing(&resolved.settings);
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         cancel_on_signal(shutdown.clone())?;
-        let listener = daemon::bind(&settings)
+        let addr = resolved.settings.http.addr;
+        let listener = daemon::bind(&resolved.settings)
             .await
-            .with_context(|| format!("failed to listen on http.addr {}", settings.http.addr))?;
-        daemon::run(settings, listener, shutdown).await?;
+            .with_context(|| format!("failed to listen on http.addr {addr}"))?;
+        daemon::run_resolved(resolved, listener, shutdown, daemon::Observers::default()).await?;
         Ok(())
     })
 }
@@ -310,7 +319,7 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         max_len: args.max_len,
     };
     let connector = Connector::new(
-        settings.redis_client()?,
+        connection::client(&settings.redis)?,
         &settings.redis,
         settings.redis.response_timeout.get(),
         "simulate",

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::read::Fields;
 use super::secret::Secret;
 use super::units::Interval;
-use super::{set_but_empty, Problem, Section, SettingError};
+use super::{set_but_empty, Problem, Section};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpSettings {
@@ -53,42 +53,24 @@ impl Default for HttpSettings {
 }
 
 impl HttpSettings {
-    /// The token the customer endpoints require, if any, from `customer_token` or read from
-    /// `customer_token_file`. Errors name the key and never show the token.
-    pub fn customer_token(&self) -> Result<Option<Secret>, SettingError> {
-        let (key, token) = match (&self.customer_token, &self.customer_token_file) {
-            (None, None) => return Ok(None),
-            (Some(_), Some(_)) => {
-                return Err(SettingError(Problem::new(
-                    "http.customer_token",
-                    "and http.customer_token_file are both set: set one",
-                )))
-            }
-            (Some(token), None) => ("http.customer_token", token.expose().to_string()),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    SettingError(Problem::new(
-                        "http.customer_token_file",
-                        format!("{} cannot be read: {e}", path.display()),
-                    ))
-                })?;
-                ("http.customer_token_file", text.trim().to_string())
-            }
-        };
+    /// The customer endpoints' token as `key` gives it (from `customer_token`, or read
+    /// from `customer_token_file`), checked to be one a client can send. Errors name the key
+    /// and never show the token.
+    pub(crate) fn bearer_token(key: &str, token: &str) -> Result<Secret, Problem> {
         if token.is_empty() {
-            return Err(SettingError(Problem::new(
+            return Err(Problem::new(
                 key,
                 "gives an empty token; unset it to serve the customer endpoints without one",
-            )));
+            ));
         }
         // RFC 6750: a bearer token is visible ASCII; anything else cannot be sent in a header.
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(SettingError(Problem::new(
+            return Err(Problem::new(
                 key,
                 "must be visible ASCII characters without spaces (for example from `openssl rand -hex 32`)",
-            )));
+            ));
         }
-        Ok(Some(Secret::new(token)))
+        Ok(Secret::new(token))
     }
 }
 
@@ -125,10 +107,16 @@ impl Section for HttpSettings {
                 )
             })
             .collect();
-        // Reading the token would only report the empty value again.
+        // The token's checks would only report the empty value again. The file is read
+        // at start (`Settings::resolve`).
         if p.is_empty() {
-            if let Err(e) = self.customer_token() {
-                p.push(e.0);
+            if let (Some(_), Some(_)) = (&self.customer_token, &self.customer_token_file) {
+                p.push(Problem::new(
+                    "http.customer_token",
+                    "and http.customer_token_file are both set: set one",
+                ));
+            } else if let Some(token) = &self.customer_token {
+                p.extend(Self::bearer_token("http.customer_token", token.expose()).err());
             }
         }
         if let Some(text) = crate::http::serve::descriptor_problem(self.max_connections.get()) {

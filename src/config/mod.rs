@@ -19,6 +19,7 @@ mod problem;
 mod profiles;
 mod read;
 mod redis;
+mod resolve;
 mod scoring;
 mod secret;
 mod segments;
@@ -46,6 +47,7 @@ pub use log::{LogFormat, LogSettings, ShutdownSettings};
 pub use problem::{ConfigError, Origin, Problem, Problems};
 pub use read::env_var;
 pub use redis::RedisSettings;
+pub use resolve::Resolved;
 pub use scoring::{ClockMode, ClockSettings, ModelSettings, ScoringSettings};
 use secret::REDACTED;
 pub use secret::{redact_url, Secret};
@@ -110,11 +112,6 @@ pub(crate) fn set_but_empty(key: &str, instead: &str) -> Problem {
     Problem::new(key, format!("is set but empty: {instead}"))
 }
 
-/// A setting that cannot be used: its key and what is wrong (never a secret).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SettingError(pub Problem);
-
 impl Settings {
     /// Loads all layers, the process's environment last, and validates the result.
     /// `defaults_file` is normally [`DEFAULT_FILE`]; it is skipped when missing.
@@ -158,7 +155,7 @@ impl Settings {
             .flatten()
             .collect();
         let mut reader = Reader::new(&files);
-        let mut settings = Self::read_root(Value::new(None, ValueKind::Table(merged)), &mut reader);
+        let settings = Self::read_root(Value::new(None, ValueKind::Table(merged)), &mut reader);
         let (mut problems, unread, origins) = reader.finish();
         // Checks of values together run on sections whose every value was read: elsewhere a
         // default stands in for a value that did not fit, and would be judged instead.
@@ -173,7 +170,6 @@ impl Settings {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(Problems(problems)));
         }
-        settings.fill_derived();
         Ok(settings)
     }
 
@@ -205,21 +201,13 @@ impl Settings {
         settings.unwrap_or_default()
     }
 
-    /// Fills derived defaults and checks every key, reporting all problems at once: for
-    /// settings built in code.
-    pub fn validated(mut self) -> Result<Self, ConfigError> {
+    /// Checks every key, reporting all problems at once: for settings built in code.
+    pub fn validated(self) -> Result<Self, ConfigError> {
         let problems = self.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(Problems(problems)));
         }
-        self.fill_derived();
         Ok(self)
-    }
-
-    fn fill_derived(&mut self) {
-        if self.source.consumer.is_empty() {
-            self.source.consumer = host_name();
-        }
     }
 
     /// Every problem with the values, by key: each section's, then those across sections.
@@ -270,27 +258,6 @@ impl Settings {
         toml::to_string_pretty(&shown)
             .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
-
-    /// A Redis client for the configured server: see [`RedisSettings::client`].
-    pub fn redis_client(&self) -> Result<::redis::Client, SettingError> {
-        self.redis.client()
-    }
-}
-
-fn host_name() -> String {
-    if let Ok(name) = std::env::var("HOSTNAME") {
-        if !name.is_empty() {
-            return name;
-        }
-    }
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates on success.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    match std::str::from_utf8(&buf[..len]) {
-        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
-        _ => "churnd".to_string(),
-    }
 }
 
 #[cfg(test)]
@@ -301,7 +268,7 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let s = Settings::default().validated().unwrap();
-        assert!(!s.source.consumer.is_empty());
+        assert_eq!(s, Settings::default());
     }
 
     #[test]
@@ -444,42 +411,31 @@ mod tests {
 
     #[test]
     fn the_customer_token_is_checked_by_key_without_showing_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, "  from-a-secret\n").unwrap();
-        let mut http = HttpSettings {
-            customer_token_file: Some(file.clone()),
-            ..HttpSettings::default()
-        };
-        assert_eq!(
-            http.customer_token().unwrap().unwrap().expose(),
-            "from-a-secret"
-        );
-        http.customer_token = Some("direct".into());
-        let err = http.customer_token().unwrap_err().to_string();
-        assert!(err.contains("both set"), "{err}");
-
-        let err = problems_with(|s| s.http.customer_token = Some("".into()));
+        let err = problems_with(|s| {
+            s.http.customer_token = Some("direct".into());
+            s.http.customer_token_file = Some("token".into());
+        });
         assert!(
-            err.contains("http.customer_token is set but empty"),
+            err.contains(
+                "  - http.customer_token and http.customer_token_file are both set: set one"
+            ),
             "{err}"
         );
-        std::fs::write(&file, "\n").unwrap();
-        let err = problems_with(|s| s.http.customer_token_file = Some(file.clone()));
+        let err = problems_with(|s| s.http.customer_token = Some("".into()));
         assert!(
-            err.contains("http.customer_token_file gives an empty token"),
+            err.contains("  - http.customer_token is set but empty"),
             "{err}"
         );
         let err = problems_with(|s| s.http.customer_token = Some("sp ace-secret".into()));
         assert!(
-            err.contains("http.customer_token must be visible ASCII"),
+            err.contains("  - http.customer_token must be visible ASCII"),
             "{err}"
         );
         assert!(!err.contains("ace-secret"), "{err}");
-        let err = problems_with(|s| s.http.customer_token_file = Some(dir.path().join("none")));
-        assert!(
-            err.contains("http.customer_token_file") && err.contains("cannot be read"),
-            "{err}"
+        // The file is read when the settings are resolved (config::resolve), not here.
+        assert_eq!(
+            problems_with(|s| s.http.customer_token_file = Some("/nonexistent/token".into())),
+            ""
         );
         assert_eq!(
             problems_with(|s| s.http.customer_token = Some("ok".into())),
@@ -548,7 +504,7 @@ mod tests {
         assert_eq!(overridden.state.snapshot_dir(), None);
         // An empty consumer is the host name, from either source.
         let s = load_with(None, &[("CHURND__SOURCE__CONSUMER", "")]).unwrap();
-        assert!(!s.source.consumer.is_empty());
+        assert!(!s.resolve().unwrap().settings.source.consumer.is_empty());
 
         // Empty numbers, switches and lists are invalid values, named by key.
         for (var, named) in [
@@ -768,39 +724,22 @@ red = 1
 
     #[test]
     fn tls_settings_are_checked_by_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "not a certificate\n").unwrap();
         for (change, named) in [
             (
                 Box::new(|s: &mut Settings| s.redis.tls_ca_file = Some("ca.pem".into()))
                     as Box<dyn FnOnce(&mut Settings)>,
-                "redis.tls_ca_file is set but redis.url is not a rediss://",
+                "  - redis.tls_ca_file is set but redis.url is not a rediss:// (TLS) URL",
             ),
             (
                 Box::new(|s: &mut Settings| s.redis.url = "rediss://:pw@h:6380/#insecure".into()),
-                "#insecure",
+                "  - redis.url must not ask for #insecure",
             ),
             (
                 Box::new(|s: &mut Settings| {
                     s.redis.url = "rediss://h:6380".into();
                     s.redis.tls_cert_file = Some("client.pem".into());
                 }),
-                "redis.tls_cert_file and redis.tls_key_file go together",
-            ),
-            (
-                Box::new(|s: &mut Settings| {
-                    s.redis.url = "rediss://h:6380".into();
-                    s.redis.tls_ca_file = Some("/nonexistent/ca.pem".into());
-                }),
-                "redis.tls_ca_file /nonexistent/ca.pem cannot be read",
-            ),
-            (
-                Box::new(move |s: &mut Settings| {
-                    s.redis.url = "rediss://h:6380".into();
-                    s.redis.tls_ca_file = Some(empty);
-                }),
-                "holds no PEM certificate",
+                "  - redis.tls_cert_file and redis.tls_key_file go together",
             ),
         ] {
             let err = problems_with(change);
@@ -811,6 +750,16 @@ red = 1
         assert_eq!(
             problems_with(|s| s.redis.url = "rediss://:pw@h:6380/0".into()),
             ""
+        );
+        // The files are read once, when the settings are resolved.
+        let mut s = Settings::default();
+        s.redis.url = "rediss://:pw@h:6380/0".into();
+        s.redis.tls_ca_file = Some("/nonexistent/ca.pem".into());
+        assert!(s.problems().is_empty());
+        let err = s.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("  - redis.tls_ca_file /nonexistent/ca.pem cannot be read: "),
+            "{err}"
         );
     }
 }

@@ -1,13 +1,14 @@
 //! `[redis]`: the server, its password and TLS material, timeouts and reconnect backoff.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::read::Fields;
 use super::secret::{redact_url, Secret};
 use super::units::Interval;
-use super::{set_but_empty, Problem, Section, SettingError};
+use super::{set_but_empty, Problem, Section};
+use crate::connection::tls::{CERT_WITHOUT_KEY, INSECURE_REFUSED};
 
 #[derive(Clone, PartialEq, Serialize)]
 pub struct RedisSettings {
@@ -142,16 +143,9 @@ impl Section for RedisSettings {
             .filter(|(_, empty)| *empty)
             .map(|((key, instead), _)| set_but_empty(key, instead))
             .collect();
-        // The client's checks would only report the empty value again.
+        // The connection's checks would only report the empty value again.
         if p.is_empty() {
-            match url_problem(&self.url) {
-                Some(problem) => p.push(problem),
-                None => {
-                    if let Err(e) = self.client() {
-                        p.push(e.0);
-                    }
-                }
-            }
+            p.extend(self.connection_problems());
         }
         if self.backoff_max < self.backoff_initial {
             p.push(Problem::new(
@@ -195,132 +189,40 @@ fn url_problem(url: &str) -> Option<Problem> {
 }
 
 impl RedisSettings {
-    pub fn client(&self) -> Result<redis::Client, SettingError> {
+    /// What keeps a connection from being made as these settings describe it, before any
+    /// file is read: the URL, and TLS settings that do not go with it.
+    fn connection_problems(&self) -> Vec<Problem> {
         use redis::{ConnectionAddr, IntoConnectionInfo};
-        let r = self;
-        let mut info = r.url.as_str().into_connection_info().map_err(|_| {
-            let problem = url_problem(&r.url)
-                .unwrap_or_else(|| Problem::new("redis.url", "is not a Redis URL"));
-            SettingError(problem)
-        })?;
-        if let Some(password) = &r.password {
-            let redis_info = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(redis_info);
+        if let Some(problem) = url_problem(&self.url) {
+            return vec![problem];
         }
-        let files = [
-            ("redis.tls_ca_file", &r.tls_ca_file),
-            ("redis.tls_cert_file", &r.tls_cert_file),
-            ("redis.tls_key_file", &r.tls_key_file),
-        ];
+        let Ok(info) = self.url.as_str().into_connection_info() else {
+            return vec![Problem::new("redis.url", "is not a Redis URL")];
+        };
+        let mut p = Vec::new();
         match info.addr() {
             ConnectionAddr::TcpTls { insecure: true, .. } => {
-                return Err(SettingError(Problem::new("redis.url", INSECURE_REFUSED)));
+                p.push(Problem::new("redis.url", INSECURE_REFUSED));
             }
             ConnectionAddr::TcpTls { .. } => {}
             _ => {
-                if let Some((key, _)) = files.iter().find(|(_, f)| f.is_some()) {
-                    return Err(SettingError(Problem::new(
-                        *key,
-                        "is set but redis.url is not a rediss:// (TLS) URL",
-                    )));
+                for (key, file) in [
+                    ("redis.tls_ca_file", &self.tls_ca_file),
+                    ("redis.tls_cert_file", &self.tls_cert_file),
+                    ("redis.tls_key_file", &self.tls_key_file),
+                ] {
+                    if file.is_some() {
+                        p.push(Problem::new(
+                            key,
+                            "is set but redis.url is not a rediss:// (TLS) URL",
+                        ));
+                    }
                 }
-                return redis::Client::open(info).map_err(|e| {
-                    SettingError(Problem::new("redis.url", format!("cannot be used: {e}")))
-                });
             }
         }
-        install_crypto_provider();
-        let root_cert = match &r.tls_ca_file {
-            Some(path) => Some(read_certificates("redis.tls_ca_file", path)?),
-            None => None,
-        };
-        let client_tls = match (&r.tls_cert_file, &r.tls_key_file) {
-            (None, None) => None,
-            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                client_cert: read_certificates("redis.tls_cert_file", cert)?,
-                client_key: read_private_key("redis.tls_key_file", key)?,
-            }),
-            _ => {
-                return Err(SettingError(Problem::new(
-                    "redis.tls_cert_file",
-                    CERT_WITHOUT_KEY,
-                )))
-            }
-        };
-        let certificates = redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        };
-        redis::Client::build_with_tls(info, certificates).map_err(|e| {
-            SettingError(Problem::new(
-                "redis.url",
-                format!("cannot be used with these TLS settings: {e}"),
-            ))
-        })
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            p.push(Problem::new("redis.tls_cert_file", CERT_WITHOUT_KEY));
+        }
+        p
     }
-}
-
-const CERT_WITHOUT_KEY: &str = "and redis.tls_key_file go together: set both or neither";
-const INSECURE_REFUSED: &str = "must not ask for #insecure (TLS without certificate \
-    verification): give the server's CA in redis.tls_ca_file";
-
-/// rustls needs a process-wide crypto provider. Only ring is compiled in, which rustls would
-/// pick by itself; installing it explicitly keeps TLS working should another dependency
-/// ever enable a second provider (rustls then refuses to guess and panics).
-fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // An error means a provider is installed already, which serves as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
-}
-
-fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
-    std::fs::read(path).map_err(|e| {
-        SettingError(Problem::new(
-            key,
-            format!("{} cannot be read: {e}", path.display()),
-        ))
-    })
-}
-
-/// A PEM file's bytes, checked to hold at least one well-formed certificate.
-fn read_certificates(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let pem = read_file(key, path)?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            SettingError(Problem::new(
-                key,
-                format!("{} is not a PEM certificate file: {e}", path.display()),
-            ))
-        })?;
-    if certificates.is_empty() {
-        return Err(SettingError(Problem::new(
-            key,
-            format!(
-                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                path.display()
-            ),
-        )));
-    }
-    Ok(pem)
-}
-
-/// A PEM file's bytes, checked to hold a private key (PKCS#8, PKCS#1 or SEC1).
-fn read_private_key(key: &str, path: &Path) -> Result<Vec<u8>, SettingError> {
-    use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
-    let pem = read_file(key, path)?;
-    // The parse error is about the file's structure; it never quotes the key.
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        SettingError(Problem::new(
-            key,
-            format!("{} holds no usable PEM private key: {e}", path.display()),
-        ))
-    })?;
-    Ok(pem)
 }

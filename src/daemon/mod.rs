@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, Interval, SettingError, Settings};
+use crate::config::{redact_url, ConfigError, Interval, Resolved, Settings};
 use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
 use crate::event::EntryId;
@@ -45,8 +45,8 @@ const QUERY_QUEUE: usize = 64;
 pub enum DaemonError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("invalid settings: {0}")]
-    Setting(#[from] SettingError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot serve HTTP: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
@@ -105,7 +105,8 @@ impl Observers {
     }
 }
 
-/// Runs until `shutdown` is cancelled, then drains. Fails at start on a bad model file.
+/// Runs until `shutdown` is cancelled, then drains. Fails at start on a bad model file, or
+/// on files the settings name that cannot be used (certificates, the token).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -121,11 +122,24 @@ pub async fn run_observed(
     shutdown: CancellationToken,
     observers: Observers,
 ) -> Result<(), DaemonError> {
+    run_resolved(settings.resolve()?, listener, shutdown, observers).await
+}
+
+/// [`run_observed`] on settings already resolved ([`Settings::resolve`]): what they name
+/// (certificates, the token, the host name) was read once, before anything runs.
+pub async fn run_resolved(
+    resolved: Resolved,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    observers: Observers,
+) -> Result<(), DaemonError> {
     let started = Instant::now();
     return_large_allocations();
-    // Settings that name files (certificates, the token) are read now, before anything runs.
-    let client = settings.redis_client()?;
-    let customer_token = settings.http.customer_token()?;
+    let Resolved {
+        settings,
+        redis: client,
+        customer_token,
+    } = resolved;
     let metrics = Metrics::new();
     let health = Arc::new(
         Health::new(metrics.clone())

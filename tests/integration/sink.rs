@@ -55,7 +55,7 @@ impl SinkUnderTest {
             health.set(part, true);
         }
         let connector = Connector::new(
-            settings.redis_client().unwrap(),
+            churnd::connection::client(&settings.redis).unwrap(),
             &settings.redis,
             Duration::from_secs(5),
             "sink",

@@ -7,6 +7,12 @@
 //! Errors are logged through [`Connector::describe`]: failures only the configuration can
 //! fix (a wrong password, an untrusted certificate) say which setting to check, and the
 //! password never appears, even should a server or library echo it.
+//!
+//! The client they come from is built once at start from the `[redis]` settings ([`client`]).
+
+pub(crate) mod tls;
+
+pub use tls::{client, ClientError};
 
 use std::time::Duration;
 
