@@ -31,7 +31,7 @@ mod tasks;
 mod units;
 mod winback;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use config::{Config, Environment, File, Source, Value, ValueKind};
 use serde::Serialize;
@@ -83,6 +83,50 @@ pub struct Settings {
     pub state: StateSettings,
 }
 
+/// Where the settings came from, for `check-config`: the files read and the variables
+/// applied, by name only (their values may be secrets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layers {
+    /// The files read, later ones over earlier ones, as given (relative ones to the working
+    /// directory).
+    pub files: Vec<PathBuf>,
+    /// The defaults file when it is not there (outside the repository or the image): the
+    /// built-in defaults, the same values, stand in.
+    pub defaults_not_found: Option<PathBuf>,
+    /// The `CHURND__…` environment variables applied, sorted.
+    pub variables: Vec<String>,
+}
+
+impl Layers {
+    fn of(
+        defaults_file: &Path,
+        config_file: Option<&Path>,
+        env: Option<&config::Map<String, String>>,
+    ) -> Self {
+        let mut layers = Self::default();
+        if defaults_file.is_file() {
+            layers.files.push(defaults_file.to_path_buf());
+        } else {
+            layers.defaults_not_found = Some(defaults_file.to_path_buf());
+        }
+        layers.files.extend(config_file.map(Path::to_path_buf));
+        // As config matches them: the prefix and separator in any case.
+        let prefix = format!("{ENV_PREFIX}__").to_lowercase();
+        let names: Vec<String> = match env {
+            Some(env) => env.keys().cloned().collect(),
+            None => std::env::vars_os()
+                .filter_map(|(name, _)| name.into_string().ok())
+                .collect(),
+        };
+        layers.variables = names
+            .into_iter()
+            .filter(|name| name.to_lowercase().starts_with(&prefix))
+            .collect();
+        layers.variables.sort_unstable();
+        layers
+    }
+}
+
 /// A table of settings (`[redis]`, `[tasks.welcome]`, one `[[tags]]` rule): how it is read
 /// key by key, and what is wrong with its values together that their types cannot express.
 pub(crate) trait Section: Default {
@@ -116,15 +160,24 @@ impl Settings {
     /// Loads all layers, the process's environment last, and validates the result.
     /// `defaults_file` is normally [`DEFAULT_FILE`]; it is skipped when missing.
     pub fn load(defaults_file: &Path, config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_layers(defaults_file, config_file, None).map(|(settings, _)| settings)
+    }
+
+    /// [`Self::load`], also telling which files were read and which variables applied.
+    pub fn load_with_layers(
+        defaults_file: &Path,
+        config_file: Option<&Path>,
+    ) -> Result<(Self, Layers), ConfigError> {
         Self::load_layers(defaults_file, config_file, None)
     }
 
-    /// [`Self::load`] with these environment variables instead of the process's (tests).
+    /// [`Self::load_with_layers`] with these environment variables instead of the
+    /// process's (tests).
     pub fn load_with_env(
         defaults_file: &Path,
         config_file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<(Self, Layers), ConfigError> {
         Self::load_layers(defaults_file, config_file, Some(env.into_iter().collect()))
     }
 
@@ -132,7 +185,8 @@ impl Settings {
         defaults_file: &Path,
         config_file: Option<&Path>,
         env: Option<config::Map<String, String>>,
-    ) -> Result<Self, ConfigError> {
+    ) -> Result<(Self, Layers), ConfigError> {
+        let layers = Layers::of(defaults_file, config_file, env.as_ref());
         let mut builder = Config::builder()
             .add_source(Config::try_from(&Settings::default())?)
             .add_source(File::from(defaults_file).required(false));
@@ -170,7 +224,7 @@ impl Settings {
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(Problems(problems)));
         }
-        Ok(settings)
+        Ok((settings, layers))
     }
 
     /// The settings from the merged tree (`root`), every problem reported to `r`.
@@ -452,6 +506,7 @@ mod tests {
         let defaults = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE);
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
         Settings::load_with_env(&defaults, file.map(|_| path.as_path()), env)
+            .map(|(settings, _)| settings)
             .map_err(|e| e.to_string().replace(&path.display().to_string(), "FILE"))
     }
 
@@ -720,6 +775,35 @@ red = 1
             "{err}"
         );
         assert!(err.contains("(got \"at_risk\")"), "{err}");
+    }
+
+    #[test]
+    fn the_layers_name_the_files_read_and_the_variables_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("churnd.toml");
+        std::fs::write(&file, "[log]\nformat = \"json\"\n").unwrap();
+        let missing = dir.path().join("default.toml");
+        let env = [
+            ("CHURND__REDIS__PASSWORD", "sesame"),
+            ("churnd__log__level", "debug"),
+            ("CHURND_SERVICE_HOST", "10.0.0.1"),
+            ("PATH", "/bin"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let (settings, layers) = Settings::load_with_env(&missing, Some(&file), env).unwrap();
+        assert_eq!(settings.log.format, LogFormat::Json);
+        assert_eq!(settings.log.level, "debug");
+        assert_eq!(
+            layers,
+            Layers {
+                files: vec![file.clone()],
+                defaults_not_found: Some(missing),
+                variables: vec![
+                    "CHURND__REDIS__PASSWORD".to_string(),
+                    "churnd__log__level".to_string()
+                ],
+            }
+        );
     }
 
     #[test]

@@ -139,6 +139,19 @@ impl Connector {
         }
     }
 
+    /// One attempt, within twice the connect timeout, for checks that report rather than
+    /// wait (`churnd check-config --connect`): the error as [`Self::describe`] gives it.
+    pub async fn connect_once(&self) -> Result<MultiplexedConnection, String> {
+        let attempt = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config);
+        match tokio::time::timeout(self.connect_timeout * 2, attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(self.describe(&e)),
+            Err(_) => Err(format!("no answer within {:?}", self.connect_timeout * 2)),
+        }
+    }
+
     /// Records a failed operation. Returns whether the connection must be dropped and made
     /// anew (otherwise the caller retries on the same connection after [`Self::pause`]).
     pub fn failed(&self, error: &RedisError) -> bool {
