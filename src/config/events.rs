@@ -100,3 +100,36 @@ impl Section for DeadLetterSettings {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_their_copies_have_a_least_size() {
+        let events = EventSettings {
+            max_entry_bytes: 100,
+            ..EventSettings::default()
+        };
+        let problems: Vec<String> = events.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            ["events.max_entry_bytes (100) must be at least 1024"]
+        );
+        let dead_letter = DeadLetterSettings {
+            max_copy_bytes: 10,
+            ..DeadLetterSettings::default()
+        };
+        let problems: Vec<String> = dead_letter
+            .problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            problems,
+            ["dead_letter.max_copy_bytes (10) must be at least 256"]
+        );
+        assert!(EventSettings::default().problems().is_empty());
+        assert!(DeadLetterSettings::default().problems().is_empty());
+    }
+}

@@ -127,3 +127,37 @@ impl Section for HttpSettings {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_with(change: impl FnOnce(&mut HttpSettings)) -> Vec<String> {
+        let mut s = HttpSettings::default();
+        change(&mut s);
+        s.problems().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_token_is_checked_by_key_without_showing_it() {
+        assert_eq!(
+            problems_with(|s| {
+                s.customer_token = Some("direct".into());
+                s.customer_token_file = Some("token".into());
+            }),
+            ["http.customer_token and http.customer_token_file are both set: set one"]
+        );
+        assert_eq!(
+            problems_with(|s| s.customer_token = Some("".into())),
+            ["http.customer_token is set but empty: unset it to serve the customer endpoints without a token"]
+        );
+        let problems = problems_with(|s| s.customer_token = Some("sp ace-secret".into()));
+        assert_eq!(
+            problems,
+            ["http.customer_token must be visible ASCII characters without spaces (for example from `openssl rand -hex 32`)"]
+        );
+        // The file is read when the settings are resolved, not here.
+        assert!(problems_with(|s| s.customer_token_file = Some("/nonexistent".into())).is_empty());
+        assert!(problems_with(|s| s.customer_token = Some("t0k3n".into())).is_empty());
+    }
+}

@@ -94,3 +94,31 @@ impl Section for ShutdownSettings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_level_is_a_filter_and_not_empty() {
+        let with = |level: &str| {
+            let s = LogSettings {
+                level: level.into(),
+                ..LogSettings::default()
+            };
+            s.problems()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            with(" "),
+            ["log.level is set but empty: it would log errors only; unset it for the default (info)"]
+        );
+        assert_eq!(
+            with("churnd=loud"),
+            ["log.level must be a tracing filter such as info or churnd=debug,info (got \"churnd=loud\")"]
+        );
+        assert!(with("churnd=debug,info").is_empty());
+    }
+}

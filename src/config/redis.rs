@@ -226,3 +226,114 @@ impl RedisSettings {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_with(change: impl FnOnce(&mut RedisSettings)) -> Vec<String> {
+        let mut s = RedisSettings::default();
+        change(&mut s);
+        s.problems().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn a_url_that_is_not_one_says_why_without_its_password() {
+        let expected = "redis.url must be a Redis URL: redis://[user:password@]host[:port][/db], \
+            rediss://… for TLS, or redis+unix:///path/to/socket";
+        for (url, reason) in [
+            (
+                "http://:hunter2@cache:6379",
+                "(got \"http://:***@cache:6379\")",
+            ),
+            (
+                "redis://:hunter2@",
+                "(got \"redis://:***@\": is not a valid redis:// URL)",
+            ),
+            (
+                "redis://:hunter2@h:6379/x",
+                "(got \"redis://:***@h:6379/x\": invalid database number)",
+            ),
+            ("redis://:hunter2@h:port", ": is not a valid redis:// URL)"),
+            (
+                "rediss://:hunter2@h#verify",
+                ": only #insecure is supported",
+            ),
+        ] {
+            let problems = problems_with(|s| s.url = url.into());
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert!(
+                problems[0].starts_with(expected) && problems[0].contains(reason),
+                "{url}: {problems:?}"
+            );
+            assert!(!problems[0].contains("hunter2"), "{problems:?}");
+        }
+        for url in [
+            "redis://127.0.0.1:6379/0",
+            "rediss://:pw@h:6380/0",
+            "unix:///run/redis.sock",
+            "valkeys://h",
+        ] {
+            assert_eq!(
+                problems_with(|s| s.url = url.into()),
+                Vec::<String>::new(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_settings_must_go_with_the_url() {
+        assert_eq!(
+            problems_with(|s| {
+                s.tls_ca_file = Some("ca.pem".into());
+                s.tls_key_file = Some("client.key".into());
+            }),
+            [
+                "redis.tls_ca_file is set but redis.url is not a rediss:// (TLS) URL",
+                "redis.tls_key_file is set but redis.url is not a rediss:// (TLS) URL",
+                "redis.tls_cert_file and redis.tls_key_file go together: set both or neither",
+            ]
+        );
+        assert_eq!(
+            problems_with(|s| s.url = "rediss://:pw@h:6380/#insecure".into()),
+            [
+                "redis.url must not ask for #insecure (TLS without certificate verification): \
+              give the server's CA in redis.tls_ca_file"
+            ]
+        );
+        // Files are not read here (see `Settings::resolve`).
+        assert_eq!(
+            problems_with(|s| {
+                s.url = "rediss://h:6380".into();
+                s.tls_ca_file = Some("/nonexistent/ca.pem".into());
+            }),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn an_empty_value_is_refused_and_not_checked_again() {
+        let problems = problems_with(|s| {
+            s.url = "rediss://h:6380".into();
+            s.password = Some("".into());
+            s.tls_cert_file = Some("".into());
+        });
+        assert_eq!(
+            problems,
+            [
+                "redis.password is set but empty: unset it to use the password in redis.url (or none)",
+                "redis.tls_cert_file is set but empty: unset it and redis.tls_key_file to connect without a client certificate",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_backoff_grows_to_its_maximum() {
+        assert_eq!(
+            problems_with(|s| s.backoff_max = Interval::from_millis(50)),
+            ["redis.backoff_max_ms must be at least redis.backoff_initial_ms"]
+        );
+        assert!(RedisSettings::default().problems().is_empty());
+    }
+}

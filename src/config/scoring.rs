@@ -133,3 +133,31 @@ impl Section for ScoringSettings {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_path_and_the_rescore_bounds_are_checked() {
+        let model = ModelSettings {
+            path: "".into(),
+            ..ModelSettings::default()
+        };
+        assert_eq!(
+            model.problems()[0].to_string(),
+            "model.path must not be empty"
+        );
+        let scoring = ScoringSettings {
+            max_rescore_interval_secs: 60,
+            ..ScoringSettings::default()
+        };
+        assert_eq!(
+            scoring.problems()[0].to_string(),
+            "scoring.max_rescore_interval_secs must be at least scoring.rescore_interval_secs"
+        );
+        assert!(ModelSettings::default().problems().is_empty());
+        assert!(ScoringSettings::default().problems().is_empty());
+        assert!(ClockSettings::default().problems().is_empty());
+    }
+}

@@ -95,3 +95,26 @@ impl Section for SegmentSettings {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_numbers_0_or_more() {
+        let s = SegmentSettings {
+            recency_days: -1.0,
+            monetary: f64::NAN,
+            ..SegmentSettings::default()
+        };
+        let problems: Vec<String> = s.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "segments.recency_days (-1) must be a number, 0 or more",
+                "segments.monetary (NaN) must be a number, 0 or more",
+            ]
+        );
+        assert!(SegmentSettings::default().problems().is_empty());
+    }
+}

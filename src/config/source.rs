@@ -171,3 +171,46 @@ impl Section for SourceSettings {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_with(change: impl FnOnce(&mut SourceSettings)) -> Vec<String> {
+        let mut s = SourceSettings::default();
+        change(&mut s);
+        s.problems().iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_streams_and_the_group_are_named() {
+        assert_eq!(
+            problems_with(|s| s.streams.clear()),
+            ["source.streams must name at least one stream"]
+        );
+        assert_eq!(
+            problems_with(|s| s.streams = vec!["a".into(), "".into(), "a".into()]),
+            [
+                "source.streams contains an empty name",
+                "source.streams lists \"a\" twice"
+            ]
+        );
+        assert_eq!(
+            problems_with(|s| s.group.clear()),
+            ["source.group must not be empty"]
+        );
+        assert_eq!(
+            problems_with(|s| s.max_inflight_bytes = 1_000),
+            ["source.max_inflight_bytes (1000) must be at least 65536"]
+        );
+        assert!(SourceSettings::default().problems().is_empty());
+    }
+
+    #[test]
+    fn a_batch_size_is_1_to_100000() {
+        assert_eq!(BatchSize::new(0), None);
+        assert_eq!(BatchSize::new(1).map(BatchSize::get), Some(1));
+        assert_eq!(BatchSize::new(100_000).map(BatchSize::get), Some(100_000));
+        assert_eq!(BatchSize::new(100_001), None);
+    }
+}

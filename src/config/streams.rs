@@ -56,3 +56,35 @@ pub(super) fn problems(s: &Settings) -> Vec<Problem> {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems_with(change: impl FnOnce(&mut Settings)) -> Vec<String> {
+        let mut s = Settings::default();
+        change(&mut s);
+        problems(&s).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn outputs_are_not_inputs_and_do_not_mix() {
+        assert_eq!(
+            problems_with(|s| s.source.streams.push("churn:winback".into())),
+            ["winback.stream (\"churn:winback\") must not also be an input in source.streams"]
+        );
+        assert_eq!(
+            problems_with(|s| s.dead_letter.stream = "churn:winback:control".into()),
+            ["dead_letter.stream must differ from winback.stream and winback.control_stream"]
+        );
+        assert_eq!(
+            problems_with(|s| s.tasks.welcome.stream = "churn:events".into()),
+            ["tasks.welcome.stream (\"churn:events\") must not also be an input in source.streams"]
+        );
+        assert_eq!(
+            problems_with(|s| s.tasks.stream = "churn:events:dlq".into()),
+            ["tasks.stream (\"churn:events:dlq\") must differ from dead_letter.stream and winback.control_stream"]
+        );
+        assert!(problems(&Settings::default()).is_empty());
+    }
+}
