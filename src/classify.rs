@@ -51,9 +51,9 @@ impl LifecycleStage {
     }
 }
 
-/// Stage boundaries in days (see `[stages]` in config/default.toml).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Stage boundaries in days (see `[stages]` in config/default.toml), read and checked by
+/// `config::classify`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct StageBounds {
     pub new_days: u32,
     pub active_days: u32,
@@ -117,30 +117,6 @@ impl StageBounds {
         .into_iter()
         .filter(|&t| t > now)
         .min()
-    }
-
-    /// Problems with these bounds, each naming its key under `prefix`.
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let order = [
-            ("active_days", self.active_days),
-            ("silent_days", self.silent_days),
-            ("sleeping_days", self.sleeping_days),
-            ("lost_days", self.lost_days),
-        ];
-        let mut problems: Vec<String> = order
-            .windows(2)
-            .filter(|w| w[0].1 >= w[1].1)
-            .map(|w| {
-                format!(
-                    "{prefix}.{} ({}) must be greater than {prefix}.{} ({})",
-                    w[1].0, w[1].1, w[0].0, w[0].1
-                )
-            })
-            .collect();
-        if self.active_days == 0 {
-            problems.push(format!("{prefix}.active_days must be at least 1"));
-        }
-        problems
     }
 }
 
@@ -293,9 +269,8 @@ impl Risk {
     }
 }
 
-/// Probability bounds of the risk levels.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Probability bounds of the risk levels (`[risk]`), read and checked by `config::classify`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RiskBands {
     pub medium: f64,
     pub high: f64,
@@ -319,17 +294,6 @@ impl RiskBands {
         } else {
             Risk::Low
         }
-    }
-
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        if !(0.0 < self.medium && self.medium < self.high && self.high <= 1.0) {
-            problems.push(format!(
-                "{prefix}.medium ({}) and {prefix}.high ({}) must satisfy 0 < medium < high <= 1",
-                self.medium, self.high
-            ));
-        }
-        problems
     }
 }
 
@@ -369,17 +333,6 @@ mod tests {
         assert_eq!(b.next_change(p, T0 + 30 * DAY), Some(T0 + 130 * DAY));
         assert_eq!(b.next_change(p, T0 + 500 * DAY), None);
         assert_eq!(b.next_change(None, T0), None);
-    }
-
-    #[test]
-    fn bounds_out_of_order_are_reported_by_key() {
-        let b = StageBounds {
-            silent_days: 80,
-            ..StageBounds::default()
-        };
-        let problems = b.problems("stages");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("stages.silent_days"));
     }
 
     #[test]
@@ -484,14 +437,5 @@ mod tests {
         assert_eq!(bands.risk(0.1), Risk::Low);
         assert_eq!(bands.risk(0.4), Risk::Medium);
         assert_eq!(bands.risk(0.95), Risk::High);
-        assert!(
-            RiskBands {
-                medium: 0.8,
-                high: 0.7
-            }
-            .problems("risk")
-            .len()
-                == 1
-        );
     }
 }

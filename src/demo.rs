@@ -14,7 +14,8 @@ use redis::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, ClockMode, SettingError, Settings};
+use crate::config::{redact_url, ClockMode, Settings};
+use crate::connection::{self, ClientError};
 use crate::daemon::{self, DaemonError};
 use crate::source::lag::group_info;
 use crate::transactions::{Transactions, TransactionsError};
@@ -44,7 +45,7 @@ pub enum DemoError {
     #[error("could not start a private redis-server: {0}")]
     StartRedis(String),
     #[error(transparent)]
-    Setting(#[from] SettingError),
+    Client(#[from] ClientError),
     #[error("Redis failed during the demo: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("the daemon failed: {0}")]
@@ -160,7 +161,7 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
         stream.clear();
     }
     settings.clock.mode = ClockMode::Event;
-    settings.http.addr = "127.0.0.1:0".into();
+    settings.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     // Each demo replays the history from scratch: its snapshots go to a directory of its own,
     // removed at the end.
     settings.state.dir = std::env::temp_dir().join(format!("churnd-demo-{}", std::process::id()));
@@ -193,7 +194,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
 
     // With the configured password and TLS settings, so the demo finds the Redis the daemon
     // would use.
-    let configured = settings.redis_client()?;
+    let configured = connection::client(&settings.redis)?;
     let (_private, url) = if ping(&configured).await {
         say!("Redis: using {}", redact_url(&settings.redis.url));
         (None, None)
@@ -212,7 +213,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
         });
     };
     let settings = demo_settings(settings, url);
-    let client = settings.redis_client()?;
+    let client = connection::client(&settings.redis)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     clear_demo_keys(&mut conn).await?;
 

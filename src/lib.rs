@@ -21,7 +21,8 @@
 //! sink with bounded channels. Beside the flow: [`config`], [`metrics`], [`health`],
 //! [`http`], [`connection`] (Redis connections that survive Redis), [`transactions`] (CSV
 //! input of the batch commands), [`batch`] (scoring a whole file as of a date), [`demo`],
-//! [`simulate`] (synthetic customers for demos and load tests).
+//! [`simulate`] (synthetic customers for demos and load tests), [`preflight`] (what
+//! `churnd check-config` checks before a start).
 
 pub mod batch;
 pub mod classify;
@@ -37,6 +38,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod preflight;
 pub mod profiles;
 pub mod simulate;
 pub mod sink;

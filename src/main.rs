@@ -3,21 +3,20 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use churnd::batch::{self, Classification};
-use churnd::config::{self, LogFormat, Settings};
-use churnd::connection::Connector;
+use churnd::config::{self, Layers, LogFormat, Resolved, Settings};
+use churnd::connection::{self, Connector};
 use churnd::metrics::Metrics;
 use churnd::model::train::{self, TrainOptions};
 use churnd::model::{evaluate, Model};
 use churnd::simulate::{self, SimulateOptions};
 use churnd::transactions::Transactions;
-use churnd::{daemon, demo, time};
+use churnd::{daemon, demo, preflight, time};
 
 #[derive(Parser)]
 #[command(name = "churnd", version, about = "Streaming churn-scoring daemon")]
@@ -33,8 +32,11 @@ struct Cli {
 enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run,
-    /// Print the effective configuration (secrets redacted) and exit.
-    CheckConfig,
+    /// Check the configuration as a start would and print the effective settings (secrets
+    /// redacted), with the files and variables they came from. Exit code 2: settings that
+    /// cannot be used; 1: a model file (or, with --connect, a Redis) that would stop or
+    /// hinder a start.
+    CheckConfig(CheckConfigArgs),
     /// Replay the bundled CDNOW sample through a running daemon and show what happened.
     Demo {
         /// Transactions CSV to replay.
@@ -52,6 +54,14 @@ enum Command {
     /// Write synthetic customer activity (buy-till-you-die customers) to the input stream, for
     /// demos and load tests: first a history, then live traffic.
     Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct CheckConfigArgs {
+    /// Also connect to Redis with the configured password and TLS, and check its version,
+    /// eviction policy, Lua scripting, and the input streams and consumer group.
+    #[arg(long)]
+    connect: bool,
 }
 
 #[derive(Args)]
@@ -175,17 +185,28 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train_model(args),
         command => {
-            let settings =
-                match Settings::load(Path::new(config::DEFAULT_FILE), cli.config.as_deref()) {
-                    Ok(s) => s,
+            let defaults = Path::new(config::DEFAULT_FILE);
+            let (settings, layers) =
+                match Settings::load_with_layers(defaults, cli.config.as_deref()) {
+                    Ok(loaded) => loaded,
                     Err(e) => {
                         print_err(format_args!("churnd: {e}"));
                         return ExitCode::from(USAGE_ERROR);
                     }
                 };
             match command {
-                Command::CheckConfig => print_out(&settings.to_redacted_toml()),
-                Command::Run => serve(settings),
+                // What the settings name (certificates, the token) is read once, here: a
+                // file that cannot be used is a configuration error like any other.
+                Command::Run => match resolve(settings) {
+                    Ok(resolved) => serve(resolved),
+                    Err(code) => return code,
+                },
+                Command::CheckConfig(args) => {
+                    return match resolve(settings) {
+                        Ok(resolved) => check_config(&resolved, &layers, args.connect),
+                        Err(code) => code,
+                    }
+                }
                 Command::Demo { transactions } => run_demo(settings, &transactions),
                 Command::Score(args) => score(&settings, args),
                 Command::Evaluate(args) => evaluate(&settings, args),
@@ -201,6 +222,91 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The settings resolved ([`Settings::resolve`]), or the exit code after saying why not.
+fn resolve(settings: Settings) -> Result<Resolved, ExitCode> {
+    settings.resolve().map_err(|e| {
+        print_err(format_args!("churnd: {e}"));
+        ExitCode::from(USAGE_ERROR)
+    })
+}
+
+/// `churnd check-config`: the findings and where the settings came from as comments, then
+/// the effective settings, on standard output (still TOML); failures on standard error too.
+fn check_config(resolved: &Resolved, layers: &Layers, connect: bool) -> ExitCode {
+    let settings = &resolved.settings;
+    let mut findings = vec![preflight::model(settings)];
+    if connect {
+        match runtime() {
+            Ok(runtime) => findings.extend(runtime.block_on(preflight::redis(resolved))),
+            Err(e) => findings.push(preflight::Finding {
+                status: preflight::Status::Failed,
+                text: describe(&e),
+            }),
+        }
+    }
+    let mut out = String::from("# churnd check-config\n");
+    out += &layers_comment(layers);
+    for finding in &findings {
+        out += &format!("# {finding}\n");
+    }
+    if !connect {
+        out += "# Redis not contacted: --connect checks the connection, version, eviction \
+                policy, scripting and streams\n";
+    }
+    out += "# The effective settings (secrets as ***):\n\n";
+    out += &settings.to_redacted_toml();
+    if let Err(e) = print_out(&out) {
+        print_err(format_args!("churnd: {}", describe(&e)));
+        return ExitCode::FAILURE;
+    }
+    let failed: Vec<_> = findings
+        .iter()
+        .filter(|f| f.status == preflight::Status::Failed)
+        .collect();
+    for finding in &failed {
+        print_err(format_args!("churnd: check-config: {}", finding.text));
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Where the settings came from, as TOML comments: the files read (a relative one with the
+/// directory it is relative to) and the variables applied, by name only.
+fn layers_comment(layers: &Layers) -> String {
+    let cwd = std::env::current_dir()
+        .map_or_else(|_| "(unknown)".to_string(), |d| d.display().to_string());
+    let named = |file: &Path| {
+        if file.is_relative() {
+            format!("{} (in the working directory {cwd})", file.display())
+        } else {
+            file.display().to_string()
+        }
+    };
+    let mut text =
+        String::from("# Settings read, later ones over earlier ones:\n#   built-in defaults\n");
+    for file in &layers.files {
+        text += &format!("#   {}\n", named(file));
+    }
+    if let Some(file) = &layers.defaults_not_found {
+        text += &format!(
+            "# {} not found: the built-in defaults (the same values) stand in\n",
+            named(file)
+        );
+    }
+    if layers.variables.is_empty() {
+        text += "# Environment: no CHURND__ variables\n";
+    } else {
+        text += &format!(
+            "# Environment, over the files: {}\n",
+            layers.variables.join(", ")
+        );
+    }
+    text
 }
 
 /// Standard error for logs and messages, never failing: what cannot be written (the reader
@@ -285,15 +391,25 @@ fn cancel_on_signal(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_tracing(&settings);
+fn serve(resolved: Resolved) -> anyhow::Result<()> {
+    init_tracing(&resolved.settings);
+    let model_path = resolved.settings.model.path.clone();
     runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
         cancel_on_signal(shutdown.clone())?;
-        let listener = daemon::bind(&settings)
+        let addr = resolved.settings.http.addr;
+        let listener = daemon::bind(&resolved.settings)
             .await
-            .with_context(|| format!("failed to listen on http.addr {}", settings.http.addr))?;
-        daemon::run(settings, listener, shutdown).await?;
+            .with_context(|| format!("failed to listen on http.addr {addr}"))?;
+        daemon::run_resolved(resolved, listener, shutdown, daemon::Observers::default())
+            .await
+            .map_err(|e| match e {
+                // With where churnd looked for it.
+                daemon::DaemonError::Model(e) => {
+                    anyhow::anyhow!(preflight::model_error(&e, &model_path))
+                }
+                e => e.into(),
+            })?;
         Ok(())
     })
 }
@@ -314,9 +430,9 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         max_len: args.max_len,
     };
     let connector = Connector::new(
-        settings.redis_client()?,
+        connection::client(&settings.redis)?,
         &settings.redis,
-        Duration::from_millis(settings.redis.response_timeout_ms),
+        settings.redis.response_timeout.get(),
         "simulate",
         Metrics::new(),
     );

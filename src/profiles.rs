@@ -13,18 +13,17 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::event::{self, Reason, Rejection, MAX_PROFILE_KEY_BYTES};
+use crate::event::{self, Reason, Rejection};
 
 /// The region label of customers whose region is not one of `profiles.regions`.
 pub const OTHER_REGION: &str = "other";
 /// The region label of customers without a region.
 pub const NO_REGION: &str = "none";
 
-/// `[profiles]` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[profiles]` settings, read and checked by `config::profiles`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ProfileSettings {
     /// Attribute keys always accepted.
     pub keys: Vec<String>,
@@ -49,52 +48,6 @@ impl Default for ProfileSettings {
             max_value_bytes: 64,
             regions: Vec::new(),
         }
-    }
-}
-
-impl ProfileSettings {
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        for key in &self.keys {
-            if event::profile_key(key.as_bytes()).is_none() {
-                problems.push(format!(
-                    "{prefix}.keys: {key:?} is not a key (1 to {MAX_PROFILE_KEY_BYTES} bytes of a-z, 0-9 and _, a letter first)"
-                ));
-            }
-        }
-        if self.max_free_keys > 64 {
-            problems.push(format!("{prefix}.max_free_keys must be at most 64"));
-        }
-        if self.keys.len() > 64 {
-            problems.push(format!("{prefix}.keys lists at most 64 keys"));
-        }
-        for reserved in event::EVENT_FIELDS {
-            if self.keys.iter().any(|k| k == reserved) {
-                problems.push(format!(
-                    "{prefix}.keys: {reserved:?} is a field of its own, never a profile attribute"
-                ));
-            }
-        }
-        if !(1..=1024).contains(&self.max_value_bytes) {
-            problems.push(format!(
-                "{prefix}.max_value_bytes must be between 1 and 1024"
-            ));
-        }
-        if self.regions.len() > 64 {
-            problems.push(format!(
-                "{prefix}.regions lists at most 64 regions (each is a metric label)"
-            ));
-        }
-        for (i, region) in self.regions.iter().enumerate() {
-            if region.is_empty() || region == OTHER_REGION || region == NO_REGION {
-                problems.push(format!(
-                    "{prefix}.regions: {region:?} cannot be a region (empty, or a label churnd uses itself)"
-                ));
-            } else if self.regions[..i].contains(region) {
-                problems.push(format!("{prefix}.regions lists {region:?} twice"));
-            }
-        }
-        problems
     }
 }
 
@@ -473,18 +426,6 @@ mod tests {
             "{}",
             err.detail
         );
-    }
-
-    #[test]
-    fn bad_settings_are_named() {
-        let settings = ProfileSettings {
-            keys: vec!["score".into(), "Region".into()],
-            regions: vec!["eu".into(), "eu".into(), "none".into()],
-            ..ProfileSettings::default()
-        };
-        let problems = settings.problems("profiles");
-        assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(problems.iter().all(|p| p.starts_with("profiles.")));
     }
 
     #[test]

@@ -65,14 +65,14 @@ impl From<&Settings> for SinkSettings {
             input_streams: s.source.streams.clone(),
             group: s.source.group.clone(),
             dead_letter_stream: s.dead_letter.stream.clone(),
-            dead_letter_max_len: s.dead_letter.max_len,
-            dead_letter_dedup_ttl_secs: s.dead_letter.dedup_ttl_secs,
+            dead_letter_max_len: s.dead_letter.max_len.get(),
+            dead_letter_dedup_ttl_secs: s.dead_letter.dedup_ttl_secs.get(),
             task_stream: s.winback.stream.clone(),
             control_stream: s.winback.control_stream.clone(),
-            task_max_len: s.winback.max_len,
-            dedup_ttl_secs: u64::from(s.winback.dedup_ttl_days) * 86_400,
+            task_max_len: s.winback.max_len.get(),
+            dedup_ttl_secs: u64::from(s.winback.dedup_ttl_days.get()) * 86_400,
             tasks: s.tasks.clone(),
-            probe_interval: Duration::from_millis(s.source.lag_poll_ms),
+            probe_interval: s.source.lag_poll.get(),
         }
     }
 }
@@ -89,7 +89,7 @@ impl SinkSettings {
     pub(crate) fn stream_of(&self, task: &Task) -> (&str, u64) {
         match task.winback() {
             Some(w) => (self.task_stream(w.group), self.task_max_len),
-            None => (self.tasks.stream(task.kind()), self.tasks.max_len),
+            None => (self.tasks.stream(task.kind()), self.tasks.max_len.get()),
         }
     }
 
@@ -596,5 +596,5 @@ pub async fn load_effects_script(conn: &mut MultiplexedConnection) -> Result<(),
 
 /// How long the daemon waits for in-flight effects after shutdown begins.
 pub fn drain_timeout(settings: &Settings) -> Duration {
-    Duration::from_millis(settings.shutdown.drain_timeout_ms)
+    settings.shutdown.drain_timeout
 }

@@ -14,7 +14,6 @@ mod model_watch;
 mod snapshots;
 mod start;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, SettingError, Settings};
+use crate::config::{redact_url, ConfigError, Interval, Resolved, Settings};
 use crate::connection::Connector;
 use crate::engine::{Engine, EngineSettings};
 use crate::event::EntryId;
@@ -46,8 +45,8 @@ const QUERY_QUEUE: usize = 64;
 pub enum DaemonError {
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("invalid settings: {0}")]
-    Setting(#[from] SettingError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot serve HTTP: {0}")]
     Http(std::io::Error),
     #[error(transparent)]
@@ -62,12 +61,7 @@ pub enum DaemonError {
 
 /// Binds the configured HTTP address.
 pub async fn bind(settings: &Settings) -> std::io::Result<TcpListener> {
-    let addr: SocketAddr = settings
-        .http
-        .addr
-        .parse()
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    TcpListener::bind(addr).await
+    TcpListener::bind(settings.http.addr).await
 }
 
 /// How far the engine has applied the input streams: the highest entry applied per stream.
@@ -113,7 +107,8 @@ impl Observers {
     }
 }
 
-/// Runs until `shutdown` is cancelled, then drains. Fails at start on a bad model file.
+/// Runs until `shutdown` is cancelled, then drains. Fails at start on a bad model file, or
+/// on files the settings name that cannot be used (certificates, the token).
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -129,11 +124,24 @@ pub async fn run_observed(
     shutdown: CancellationToken,
     observers: Observers,
 ) -> Result<(), DaemonError> {
+    run_resolved(settings.resolve()?, listener, shutdown, observers).await
+}
+
+/// [`run_observed`] on settings already resolved ([`Settings::resolve`]): what they name
+/// (certificates, the token, the host name) was read once, before anything runs.
+pub async fn run_resolved(
+    resolved: Resolved,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    observers: Observers,
+) -> Result<(), DaemonError> {
     let started = Instant::now();
     return_large_allocations();
-    // Settings that name files (certificates, the token) are read now, before anything runs.
-    let client = settings.redis_client()?;
-    let customer_token = settings.http.customer_token()?;
+    let Resolved {
+        settings,
+        redis: client,
+        customer_token,
+    } = resolved;
     let metrics = Metrics::new();
     let health = Arc::new(
         Health::new(metrics.clone())
@@ -143,7 +151,7 @@ pub async fn run_observed(
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
     let snapshot_dir = match settings.state.snapshot_dir() {
-        Some(dir) => Some(SnapshotDir::open(dir, settings.state.keep)?),
+        Some(dir) => Some(SnapshotDir::open(dir, settings.state.keep.get())?),
         None => {
             tracing::warn!(
                 "state.dir is empty: snapshots are off, and a restart forgets every customer"
@@ -166,7 +174,7 @@ pub async fn run_observed(
                 abort.clone(),
             )
             .map_err(DaemonError::Thread)?;
-            let interval = Duration::from_millis(settings.state.snapshot_interval_ms);
+            let interval = settings.state.snapshot_interval.get();
             (Some((handle, interval)), Some(task))
         }
         None => (None, None),
@@ -210,9 +218,9 @@ pub async fn run_observed(
             metrics.clone(),
         )
     };
-    let response_timeout = Duration::from_millis(settings.redis.response_timeout_ms);
+    let response_timeout = settings.redis.response_timeout.get();
 
-    let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches);
+    let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches.get());
     let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
     let (model_tx, model_rx) = watch::channel(Arc::new(model));
 
@@ -243,7 +251,7 @@ pub async fn run_observed(
     ));
     let model_task = tokio::spawn(model_watch::run(
         settings.model.path.clone(),
-        Duration::from_millis(settings.model.watch_interval_ms),
+        settings.model.watch_interval.map(Interval::get),
         model_fingerprint,
         model_tx,
         metrics.clone(),
@@ -290,7 +298,7 @@ pub async fn run_observed(
                 settings.source.clone(),
                 connector(
                     "source",
-                    source::read_timeout(&settings.source, settings.redis.response_timeout_ms),
+                    source::read_timeout(&settings.source, settings.redis.response_timeout),
                 ),
                 health.clone(),
                 metrics.clone(),
@@ -312,7 +320,7 @@ pub async fn run_observed(
                     metrics: metrics.clone(),
                     started,
                 },
-                Duration::from_millis(settings.clock.tick_ms),
+                settings.clock.tick.get(),
             );
             let engine_task = match engine_task {
                 Ok(task) => task,

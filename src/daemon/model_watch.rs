@@ -40,13 +40,14 @@ fn reload(
     }
 }
 
-/// Watches until shutdown. `interval` of zero turns file watching off. `served` is the
+/// Watches until shutdown. `interval`: how often the file is checked; `None` turns file
+/// watching off (SIGHUP still reloads). `served` is the
 /// fingerprint of the bytes the serving model was loaded from ([`Model::load_fingerprinted`]):
 /// a file that differs from them is a change, even if it was replaced before this started.
 /// Each check reads the file once and, if it changed, loads the model from those same bytes.
 pub async fn run(
     path: PathBuf,
-    interval: Duration,
+    interval: Option<Duration>,
     served: u64,
     models: watch::Sender<Arc<Model>>,
     metrics: Metrics,
@@ -59,12 +60,8 @@ pub async fn run(
             None
         }
     };
-    let watching = !interval.is_zero();
-    let mut ticker = tokio::time::interval(if watching {
-        interval
-    } else {
-        Duration::from_secs(3600)
-    });
+    let watching = interval.is_some();
+    let mut ticker = tokio::time::interval(interval.unwrap_or(Duration::from_secs(3600)));
     let mut last = served;
     loop {
         tokio::select! {
@@ -112,7 +109,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let watcher = tokio::spawn(run(
             path,
-            Duration::from_millis(10),
+            Some(Duration::from_millis(10)),
             served,
             tx,
             Metrics::new(),

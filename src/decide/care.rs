@@ -132,11 +132,11 @@ impl CarePolicy {
         let (revisit, recovery) = (&settings.revisit, &settings.service_recovery);
         Self {
             convert: convert.enabled.then(|| Convert {
-                min_visits: convert.min_visits,
+                min_visits: convert.min_visits.get(),
                 action: action(&convert.action),
             }),
             welcome: welcome.enabled.then(|| Welcome {
-                after: time::days(welcome.after_days),
+                after: time::days(welcome.after_days.get()),
                 max_late: time::days_and_the_rest(welcome.max_late_days),
                 action: action(&welcome.action),
             }),
@@ -150,7 +150,7 @@ impl CarePolicy {
             }),
             revisit: revisit.enabled.then(|| Revisit {
                 segments: segments(&revisit.segments),
-                every: time::days(revisit.every_days),
+                every: time::days(revisit.every_days.get()),
                 action: action(&revisit.action),
             }),
             service_recovery: recovery.enabled.then(|| ServiceRecovery {

@@ -30,7 +30,7 @@ pub use settings::{
     AnniversarySettings, BirthdaySettings, ConvertSettings, RevisitSettings,
     ServiceRecoverySettings, TasksSettings, WelcomeSettings, WinbackSettings,
 };
-pub use tags::{default_rules, problems as tag_problems, TagRule, Tags};
+pub use tags::{default_rules, TagRule, Tags};
 pub use task::{care_task_id, winback_task_id, Detail, Task, TaskKind, WinbackDetail};
 pub use winback::{Group, WinbackState};
 

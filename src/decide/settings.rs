@@ -1,16 +1,16 @@
-//! The playbook's settings: `[winback]` and `[tasks]` (the other kinds and the contact cap),
-//! each section checking itself and naming the keys of its problems.
+//! The playbook's settings: `[winback]` and `[tasks]` (the other kinds and the contact cap).
+//! `config::winback` and `config::tasks` read and check them.
 
 use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroU8};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::task::TaskKind;
 use crate::classify::Segment;
 
 /// `[winback]` settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WinbackSettings {
     pub enabled: bool,
     /// Stream that marketing automation consumes.
@@ -18,7 +18,7 @@ pub struct WinbackSettings {
     /// Stream for the control group's would-be tasks (nobody acts on them).
     pub control_stream: String,
     /// Approximate cap of each task stream (XADD MAXLEN ~).
-    pub max_len: u64,
+    pub max_len: NonZeroU64,
     /// Churn probability at or above which a task is raised.
     pub threshold: f64,
     /// Per-segment overrides of `threshold`.
@@ -31,11 +31,11 @@ pub struct WinbackSettings {
     /// Least time between two tasks for one customer.
     pub cooldown_days: u32,
     /// Tasks per episode of silence (1 = one task until the customer buys again).
-    pub max_tasks_per_episode: u8,
+    pub max_tasks_per_episode: NonZeroU8,
     /// Share of customers held out as control group, by a stable hash of their ID.
     pub control_share: f64,
     /// How long Redis remembers a task ID to drop duplicates.
-    pub dedup_ttl_days: u32,
+    pub dedup_ttl_days: NonZeroU32,
     /// Reasons listed on a task.
     pub reasons: usize,
 }
@@ -57,7 +57,7 @@ impl Default for WinbackSettings {
             enabled: true,
             stream: "churn:winback".into(),
             control_stream: "churn:winback:control".into(),
-            max_len: 1_000_000,
+            max_len: NonZeroU64::new(1_000_000).expect("not zero"),
             threshold: 0.7,
             // Act earlier on the most valuable customers.
             segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
@@ -67,71 +67,21 @@ impl Default for WinbackSettings {
                 .collect(),
             min_silence_days: 30,
             cooldown_days: 30,
-            max_tasks_per_episode: 1,
+            max_tasks_per_episode: NonZeroU8::MIN,
             control_share: 0.1,
-            dedup_ttl_days: 400,
+            dedup_ttl_days: NonZeroU32::new(400).expect("not zero"),
             reasons: 3,
         }
     }
 }
 
-impl WinbackSettings {
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        let probability = |key: &str, v: f64, problems: &mut Vec<String>| {
-            if !(0.0..=1.0).contains(&v) {
-                problems.push(format!("{prefix}.{key} ({v}) must be between 0 and 1"));
-            }
-        };
-        probability("threshold", self.threshold, &mut problems);
-        probability("control_share", self.control_share, &mut problems);
-        for (segment, &v) in &self.segment_thresholds {
-            probability(
-                &format!("segment_thresholds.{}", segment.as_str()),
-                v,
-                &mut problems,
-            );
-        }
-        for segment in Segment::ALL {
-            match self.actions.get(&segment) {
-                Some(a) if !a.trim().is_empty() => {}
-                _ => problems.push(format!(
-                    "{prefix}.actions.{} is missing: every segment needs an action",
-                    segment.as_str()
-                )),
-            }
-        }
-        for (key, value) in [
-            ("stream", &self.stream),
-            ("control_stream", &self.control_stream),
-        ] {
-            if value.is_empty() {
-                problems.push(format!("{prefix}.{key} must not be empty"));
-            }
-        }
-        if self.stream == self.control_stream {
-            problems.push(format!(
-                "{prefix}.control_stream must differ from {prefix}.stream"
-            ));
-        }
-        if self.max_tasks_per_episode == 0 {
-            problems.push(format!("{prefix}.max_tasks_per_episode must be at least 1"));
-        }
-        if self.dedup_ttl_days == 0 {
-            problems.push(format!("{prefix}.dedup_ttl_days must be at least 1"));
-        }
-        problems
-    }
-}
-
 /// `[tasks]` settings: the kinds other than win-back (which has `[winback]`) and the cap.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TasksSettings {
     /// Stream of the kinds below unless a kind names its own.
     pub stream: String,
     /// Approximate cap of that stream (XADD MAXLEN ~).
-    pub max_len: u64,
+    pub max_len: NonZeroU64,
     /// At most one task of any kind, win-back included, per customer in this many days
     /// (0: no cap).
     pub contact_cap_days: u32,
@@ -147,7 +97,7 @@ impl Default for TasksSettings {
     fn default() -> Self {
         Self {
             stream: "crm:tasks".into(),
-            max_len: 1_000_000,
+            max_len: NonZeroU64::new(1_000_000).expect("not zero"),
             contact_cap_days: 7,
             convert: ConvertSettings::default(),
             welcome: WelcomeSettings::default(),
@@ -160,12 +110,11 @@ impl Default for TasksSettings {
 }
 
 /// `[tasks.convert]`: prospects.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConvertSettings {
     pub enabled: bool,
     /// Visits without a purchase that make a prospect worth an offer.
-    pub min_visits: u8,
+    pub min_visits: NonZeroU8,
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
@@ -175,7 +124,7 @@ impl Default for ConvertSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            min_visits: 3,
+            min_visits: NonZeroU8::new(3).expect("not zero"),
             action: "first_purchase_offer".into(),
             stream: String::new(),
         }
@@ -183,12 +132,11 @@ impl Default for ConvertSettings {
 }
 
 /// `[tasks.welcome]`: new customers who have not bought again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WelcomeSettings {
     pub enabled: bool,
     /// Days after the first purchase.
-    pub after_days: u32,
+    pub after_days: NonZeroU32,
     /// Not sent more than this many days late (a backfill of old history, a long outage, the
     /// contact cap): a welcome weeks after the fact is no welcome.
     pub max_late_days: u32,
@@ -201,7 +149,7 @@ impl Default for WelcomeSettings {
     fn default() -> Self {
         Self {
             enabled: true,
-            after_days: 14,
+            after_days: NonZeroU32::new(14).expect("not zero"),
             max_late_days: 7,
             action: "welcome_follow_up".into(),
             stream: String::new(),
@@ -210,8 +158,7 @@ impl Default for WelcomeSettings {
 }
 
 /// `[tasks.birthday]`: the customer's birthday, from their profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BirthdaySettings {
     pub enabled: bool,
     /// Days before the birthday; not sent after it.
@@ -233,8 +180,7 @@ impl Default for BirthdaySettings {
 }
 
 /// `[tasks.service_recovery]`: a very low feedback score from a valuable customer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ServiceRecoverySettings {
     pub enabled: bool,
     /// Scores at or below this raise the task (1 to 5).
@@ -272,8 +218,7 @@ impl Default for ServiceRecoverySettings {
 }
 
 /// `[tasks.anniversary]`: the yearly anniversary of the first purchase.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AnniversarySettings {
     pub enabled: bool,
     /// Days before the anniversary; not sent after it.
@@ -295,14 +240,13 @@ impl Default for AnniversarySettings {
 }
 
 /// `[tasks.revisit]`: regular follow-ups of valuable customers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RevisitSettings {
     pub enabled: bool,
     /// The segments whose customers get them.
     pub segments: Vec<Segment>,
     /// Days since the last contact or purchase, whichever is later.
-    pub every_days: u32,
+    pub every_days: NonZeroU32,
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
@@ -313,7 +257,7 @@ impl Default for RevisitSettings {
         Self {
             enabled: true,
             segments: vec![Segment::ImportantValue, Segment::ImportantDevelopment],
-            every_days: 90,
+            every_days: NonZeroU32::new(90).expect("not zero"),
             action: "account_manager_call".into(),
             stream: String::new(),
         }
@@ -321,48 +265,6 @@ impl Default for RevisitSettings {
 }
 
 impl TasksSettings {
-    pub fn problems(&self, prefix: &str) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.stream.is_empty() {
-            problems.push(format!("{prefix}.stream must not be empty"));
-        }
-        if self.convert.min_visits == 0 {
-            problems.push(format!("{prefix}.convert.min_visits must be at least 1"));
-        }
-        if self.welcome.after_days == 0 {
-            problems.push(format!("{prefix}.welcome.after_days must be at least 1"));
-        }
-        if self.anniversary.days_before > 300 {
-            problems.push(format!(
-                "{prefix}.anniversary.days_before must be at most 300"
-            ));
-        }
-        if self.birthday.days_before > 300 {
-            problems.push(format!("{prefix}.birthday.days_before must be at most 300"));
-        }
-        if !(1..=5).contains(&self.service_recovery.max_score) {
-            problems.push(format!(
-                "{prefix}.service_recovery.max_score must be between 1 and 5"
-            ));
-        }
-        if self.revisit.every_days == 0 {
-            problems.push(format!("{prefix}.revisit.every_days must be at least 1"));
-        }
-        for (kind, action) in [
-            ("convert", &self.convert.action),
-            ("welcome", &self.welcome.action),
-            ("birthday", &self.birthday.action),
-            ("anniversary", &self.anniversary.action),
-            ("revisit", &self.revisit.action),
-            ("service_recovery", &self.service_recovery.action),
-        ] {
-            if action.trim().is_empty() {
-                problems.push(format!("{prefix}.{kind}.action must not be empty"));
-            }
-        }
-        problems
-    }
-
     /// The stream each kind's tasks go to (win-back's come from `[winback]`).
     pub fn stream(&self, kind: TaskKind) -> &str {
         self.stream_setting(kind).1
@@ -396,25 +298,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn task_problems_name_their_keys() {
-        let mut settings = TasksSettings::default();
-        settings.convert.min_visits = 0;
-        settings.welcome.action = " ".into();
-        settings.stream.clear();
-        let problems = settings.problems("tasks");
-        for key in [
-            "tasks.stream",
-            "tasks.convert.min_visits",
-            "tasks.welcome.action",
-        ] {
-            assert!(
-                problems.iter().any(|p| p.starts_with(key)),
-                "{key}: {problems:?}"
-            );
-        }
-    }
-
-    #[test]
     fn a_kind_without_a_stream_of_its_own_uses_the_shared_one() {
         let mut settings = TasksSettings::default();
         settings.welcome.stream = "crm:welcome".into();
@@ -425,18 +308,5 @@ mod tests {
             "tasks.welcome.stream"
         );
         assert_eq!(settings.stream_setting(TaskKind::Convert).0, "tasks.stream");
-    }
-
-    #[test]
-    fn a_missing_action_is_reported_by_key() {
-        let mut settings = WinbackSettings::default();
-        settings.actions.remove(&Segment::GeneralValue);
-        settings.threshold = 1.5;
-        let problems = settings.problems("winback").join("\n");
-        assert!(
-            problems.contains("winback.actions.general_value"),
-            "{problems}"
-        );
-        assert!(problems.contains("winback.threshold"), "{problems}");
     }
 }

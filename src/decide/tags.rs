@@ -10,14 +10,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::assessment::{Assessment, Recent};
 use crate::classify::{LifecycleStage, Risk, Segment};
 
 /// One `[[tags]]` rule. Every condition given must hold; a rule gives at least one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `config::tags` reads and checks the rules.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct TagRule {
     /// The tag: 1 to 32 bytes of a-z, 0-9 and _.
     pub name: String,
@@ -68,7 +68,8 @@ pub fn default_rules() -> Vec<TagRule> {
 }
 
 impl TagRule {
-    fn conditions(&self) -> usize {
+    /// How many conditions the rule gives: one at least, or it would tag everyone.
+    pub(crate) fn conditions(&self) -> usize {
         let lists = [
             self.segments.is_empty(),
             self.stages.is_empty(),
@@ -125,65 +126,6 @@ impl TagRule {
 /// Whether `value` is one of `list`, or `list` is empty (no condition).
 fn within<T: PartialEq>(list: &[T], value: Option<T>) -> bool {
     list.is_empty() || value.is_some_and(|v| list.contains(&v))
-}
-
-/// Problems with `[[tags]]`, by key.
-pub fn problems(rules: &[TagRule]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for (i, rule) in rules.iter().enumerate() {
-        let key = format!("tags[{i}]");
-        let name_ok = !rule.name.is_empty()
-            && rule.name.len() <= 32
-            && rule
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if !name_ok {
-            problems.push(format!(
-                "{key}.name {:?} must be 1 to 32 bytes of a-z, 0-9 and _",
-                rule.name
-            ));
-        }
-        if rule.conditions() == 0 {
-            problems.push(format!(
-                "{key} ({:?}) has no condition: it would tag everyone",
-                rule.name
-            ));
-        }
-        for (bound, value) in [
-            ("min_churn_probability", rule.min_churn_probability),
-            ("max_churn_probability", rule.max_churn_probability),
-        ] {
-            if value.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
-                problems.push(format!("{key}.{bound} must be between 0 and 1"));
-            }
-        }
-        if rule
-            .max_last_feedback_score
-            .is_some_and(|s| !(1..=5).contains(&s))
-        {
-            problems.push(format!(
-                "{key}.max_last_feedback_score must be between 1 and 5"
-            ));
-        }
-        for (bound, value) in [
-            ("min_monetary_365d", rule.min_monetary_365d),
-            ("min_refunds_90d", rule.min_refunds_90d),
-            ("min_complaints_90d", rule.min_complaints_90d),
-            ("min_coupons_90d", rule.min_coupons_90d),
-            ("min_low_feedback_90d", rule.min_low_feedback_90d),
-        ] {
-            if value.is_some_and(|v| !v.is_finite()) {
-                problems.push(format!("{key}.{bound} must be a finite number"));
-            }
-        }
-    }
-    let distinct: std::collections::BTreeSet<&str> =
-        rules.iter().map(|r| r.name.as_str()).collect();
-    if distinct.len() > 64 {
-        problems.push("tags: at most 64 distinct tag names".into());
-    }
-    problems
 }
 
 /// The configured rules, grouped by tag in the order tags are first named.
@@ -294,7 +236,6 @@ mod tests {
             ..assessed(&refunds)
         };
         assert_eq!(names(&tags, &refunder), ["bargain_hunter"]);
-        assert!(problems(&default_rules()).is_empty());
     }
 
     #[test]
@@ -341,30 +282,5 @@ mod tests {
                 ..unhappy
             })
             .is_empty());
-    }
-
-    #[test]
-    fn bad_rules_are_reported_by_key() {
-        let bad = [
-            TagRule {
-                name: "Bad Name".into(),
-                min_purchases: Some(1),
-                ..TagRule::default()
-            },
-            TagRule {
-                name: "everyone".into(),
-                ..TagRule::default()
-            },
-            TagRule {
-                name: "p".into(),
-                min_churn_probability: Some(1.5),
-                ..TagRule::default()
-            },
-        ];
-        let problems = problems(&bad);
-        assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[0].starts_with("tags[0].name"));
-        assert!(problems[1].contains("no condition"));
-        assert!(problems[2].starts_with("tags[2].min_churn_probability"));
     }
 }

@@ -88,7 +88,7 @@ impl Policy {
             actions: Segment::ALL.map(action),
             min_silence: time::days(settings.min_silence_days),
             cooldown: time::days(settings.cooldown_days),
-            max_tasks_per_episode: settings.max_tasks_per_episode,
+            max_tasks_per_episode: settings.max_tasks_per_episode.get(),
             control_cut: (settings.control_share.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
             reasons: settings.reasons,
         }
@@ -358,7 +358,7 @@ mod tests {
     #[test]
     fn the_cooldown_holds_even_across_episodes() {
         let settings = WinbackSettings {
-            max_tasks_per_episode: 3,
+            max_tasks_per_episode: std::num::NonZeroU8::new(3).unwrap(),
             ..WinbackSettings::default()
         };
         let policy = Policy::new(&settings);

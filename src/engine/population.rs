@@ -101,8 +101,8 @@ impl Engine {
         if seg.mode != SegmentMode::Population || now < self.next_threshold_refresh {
             return;
         }
-        self.next_threshold_refresh = now.saturating_add(seg.refresh_secs);
-        let step = (self.store.len() / seg.sample_size).max(1);
+        self.next_threshold_refresh = now.saturating_add(seg.refresh_secs.get());
+        let step = (self.store.len() / seg.sample_size.get()).max(1);
         let mut sample: Vec<Rfm> = (0..self.store.len())
             .step_by(step)
             .filter_map(|i| self.store.get(i as CustomerIdx).features.rfm(now))

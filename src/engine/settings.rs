@@ -57,14 +57,15 @@ impl From<&Settings> for EngineSettings {
         Self {
             clock: s.clock.mode,
             limits: EventLimits {
-                max_future_skew_ms: s.events.max_future_skew_ms,
+                max_future_skew_ms: u64::try_from(s.events.max_future_skew.as_millis())
+                    .unwrap_or(u64::MAX),
                 min_ts_ms: s.events.min_ts_ms,
                 max_profile_value_bytes: s.profiles.max_value_bytes,
             },
             stages: s.stages,
             risk: s.risk,
             segments: s.segments.clone(),
-            rescore_interval_secs: s.scoring.rescore_interval_secs,
+            rescore_interval_secs: s.scoring.rescore_interval_secs.get(),
             max_rescore_interval_secs: s.scoring.max_rescore_interval_secs,
             winback: s.winback.clone(),
             tasks: s.tasks.clone(),
@@ -72,7 +73,7 @@ impl From<&Settings> for EngineSettings {
             tags: s.tags.0.clone(),
             max_entry_bytes: s.events.max_entry_bytes,
             max_copy_bytes: s.dead_letter.max_copy_bytes,
-            max_customers: s.state.max_customers,
+            max_customers: s.state.max_customers.get() as usize,
         }
     }
 }

@@ -55,11 +55,11 @@ pub struct Limits {
 impl From<&HttpSettings> for Limits {
     fn from(s: &HttpSettings) -> Self {
         Self {
-            max_connections: s.max_connections.max(1),
+            max_connections: s.max_connections.get(),
             timeouts: Timeouts {
-                header: s.header_timeout_ms,
-                idle: s.idle_timeout_ms,
-                request: s.request_timeout_ms,
+                header: s.header_timeout.as_millis(),
+                idle: s.idle_timeout.as_millis(),
+                request: s.request_timeout.as_millis(),
             },
         }
     }

@@ -55,7 +55,7 @@ impl SinkSettings {
         add(&self.task_stream, self.task_max_len);
         add(&self.control_stream, self.task_max_len);
         for kind in crate::decide::TaskKind::CARE {
-            add(self.tasks.stream(kind), self.tasks.max_len);
+            add(self.tasks.stream(kind), self.tasks.max_len.get());
         }
         add(&self.dead_letter_stream, self.dead_letter_max_len);
         caps.sort_by(|a, b| a.name.cmp(&b.name));

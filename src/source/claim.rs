@@ -13,7 +13,7 @@ use redis::{RedisError, Value};
 
 use super::batch::{parse_entries, Entry, StreamIdx};
 use super::lag::other_consumers;
-use crate::config::SourceSettings;
+use crate::config::{Interval, SourceSettings};
 use crate::event::EntryId;
 
 /// What one round claimed from one consumer, for the log.
@@ -29,8 +29,9 @@ pub struct ClaimReport {
 pub async fn claim_stranded(
     c: &mut MultiplexedConnection,
     settings: &SourceSettings,
-    min_idle_ms: u64,
+    min_idle: Interval,
 ) -> Result<(Vec<Entry>, Vec<ClaimReport>), RedisError> {
+    let min_idle_ms = min_idle.as_millis();
     let mut claimed = Vec::new();
     let mut reports = Vec::new();
     for (i, stream) in settings.streams.iter().enumerate() {
@@ -90,7 +91,7 @@ async fn claim_from(
         .arg(min_idle_ms)
         .arg("-")
         .arg("+")
-        .arg(settings.batch_size)
+        .arg(settings.batch_size.get())
         .arg(consumer)
         .query_async(c)
         .await?;

@@ -3,8 +3,6 @@
 //! consumers of the group (`XINFO CONSUMERS`). The same poll samples the output streams'
 //! backlog ([`Backlog`]): whether their consumers keep up.
 
-use std::time::Duration;
-
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
@@ -117,7 +115,7 @@ pub async fn monitor(
     shutdown: CancellationToken,
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
-    let mut interval = tokio::time::interval(Duration::from_millis(settings.lag_poll_ms));
+    let mut interval = tokio::time::interval(settings.lag_poll.get());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

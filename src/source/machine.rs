@@ -134,8 +134,8 @@ impl Machine {
         let streams = settings.streams.len();
         // One position per configured stream, whatever the restored state held.
         start.resize(streams, None);
-        let claims = (settings.claim_idle_ms > 0).then(|| ClaimClock {
-            every: Duration::from_millis((settings.claim_idle_ms / 2).max(1_000)),
+        let claims = settings.claim_idle.map(|idle| ClaimClock {
+            every: (idle.get() / 2).max(Duration::from_secs(1)),
             next: now,
         });
         Self {
@@ -146,9 +146,9 @@ impl Machine {
             cursors: vec![Cursor::Live; streams],
             claims,
             read_size: ReadSize::for_budget(
-                settings.batch_size,
+                settings.batch_size.get(),
                 settings.max_inflight_bytes,
-                settings.queue_batches,
+                settings.queue_batches.get(),
             ),
         }
     }
@@ -287,8 +287,10 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BatchSize, Interval};
     use crate::source::batch::StreamIdx;
     use redis::Value;
+    use std::num::NonZeroUsize;
 
     const BATCH: usize = 10;
 
@@ -299,8 +301,8 @@ mod tests {
     fn settings(claim_idle_ms: u64) -> SourceSettings {
         SourceSettings {
             streams: vec!["a".into(), "b".into()],
-            batch_size: BATCH,
-            claim_idle_ms,
+            batch_size: BatchSize::new(BATCH).unwrap(),
+            claim_idle: Interval::try_from_millis(claim_idle_ms),
             ..SourceSettings::default()
         }
     }
@@ -483,9 +485,9 @@ mod tests {
     fn the_read_size_follows_the_size_of_the_entries() {
         let t0 = Instant::now();
         let small_budget = SourceSettings {
-            batch_size: 1_000,
+            batch_size: BatchSize::new(1_000).unwrap(),
             max_inflight_bytes: 6 * 1_000,
-            queue_batches: 4,
+            queue_batches: NonZeroUsize::new(4).unwrap(),
             ..settings(0)
         };
         let mut m = Machine::new(&small_budget, vec![Some(id(0, 0)); 2], t0);

@@ -30,7 +30,7 @@ use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::SourceSettings;
+use crate::config::{Interval, SourceSettings};
 use crate::connection::Connector;
 use crate::event::EntryId;
 use crate::health::{Health, Part};
@@ -219,7 +219,7 @@ impl Source {
         match &plan.from {
             ReadFrom::New { block } => {
                 if *block {
-                    cmd.arg("BLOCK").arg(s.block_ms);
+                    cmd.arg("BLOCK").arg(s.block.as_millis());
                 }
                 cmd.arg("STREAMS").arg(&s.streams);
                 for _ in &s.streams {
@@ -294,8 +294,10 @@ impl Source {
 
     /// Claims the entries stranded on consumers that are gone, as a batch.
     async fn claim(&self, c: &mut MultiplexedConnection) -> Result<Option<Batch>, RedisError> {
-        let (entries, reports) =
-            claim::claim_stranded(c, &self.settings, self.settings.claim_idle_ms).await?;
+        let Some(min_idle) = self.settings.claim_idle else {
+            return Ok(None);
+        };
+        let (entries, reports) = claim::claim_stranded(c, &self.settings, min_idle).await?;
         for r in &reports {
             if r.entries > 0 {
                 tracing::warn!(stream = %r.stream, consumer = %r.consumer, entries = r.entries, "claimed entries left pending by a consumer that is gone");
@@ -381,6 +383,6 @@ fn now() -> std::time::Instant {
 }
 
 /// Response timeout of the reading connection: a blocked read must not time out.
-pub fn read_timeout(settings: &SourceSettings, response_timeout_ms: u64) -> Duration {
-    Duration::from_millis(settings.block_ms + response_timeout_ms)
+pub fn read_timeout(settings: &SourceSettings, response_timeout: Interval) -> Duration {
+    settings.block.get() + response_timeout.get()
 }

@@ -296,7 +296,7 @@ async fn sigkill_at_random_points_three_times_changes_nothing() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.http.addr = format!("127.0.0.1:{}", free_port());
+    settings.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let state_dir = settings.state.dir.clone();
     let config = config_file(&settings, dir.path());
     let mut c = redis.conn().await;
@@ -507,7 +507,7 @@ async fn an_unchanged_state_is_not_written_again() {
     // Ticks under the wall clock run the silence checks, which must not count as changes
     // while nobody is due.
     settings.clock.mode = churnd::config::ClockMode::Wall;
-    settings.state.keep = 100;
+    settings.state.keep = std::num::NonZeroUsize::new(100).unwrap();
     let state_dir = settings.state.dir.clone();
     let mut c = redis.conn().await;
     let app = App::spawn(settings).await;

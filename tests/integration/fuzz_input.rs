@@ -86,7 +86,7 @@ async fn random_field_maps_never_crash_the_daemon_and_every_bad_entry_is_dead_le
     let mut settings = test_settings(&redis, dir.path());
     settings.events.max_entry_bytes = MAX_ENTRY_BYTES;
     let limits = Limits {
-        max_future_skew_ms: settings.events.max_future_skew_ms,
+        max_future_skew_ms: settings.events.max_future_skew.as_millis() as u64,
         min_ts_ms: settings.events.min_ts_ms,
         max_entry_bytes: settings.events.max_entry_bytes,
         max_copy_bytes: settings.dead_letter.max_copy_bytes,

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use churnd::config::{ClockMode, SegmentMode, Settings};
+use churnd::config::{ClockMode, Interval, SegmentMode, Settings};
 use churnd::daemon::{self, DaemonError};
 use churnd::features::FEATURE_NAMES;
 use churnd::model::{FeatureParams, ModelFile, MODEL_FORMAT_V1};
@@ -465,23 +465,23 @@ pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
             s.redis.tls_key_file = Some(pki.client_key.clone());
         }
     }
-    s.redis.backoff_initial_ms = 20;
-    s.redis.backoff_max_ms = 200;
-    s.redis.connect_timeout_ms = 500;
-    s.redis.response_timeout_ms = 2_000;
+    s.redis.backoff_initial = Interval::from_millis(20);
+    s.redis.backoff_max = Interval::from_millis(200);
+    s.redis.connect_timeout = Interval::from_millis(500);
+    s.redis.response_timeout = Interval::from_millis(2_000);
     s.source.consumer = "test-consumer".into();
-    s.source.block_ms = 100;
-    s.source.lag_poll_ms = 100;
+    s.source.block = Interval::from_millis(100);
+    s.source.lag_poll = Interval::from_millis(100);
     s.model.path = write_recency_model(model_dir, "recency-1");
-    s.model.watch_interval_ms = 100;
+    s.model.watch_interval = Some(Interval::from_millis(100));
     s.clock.mode = ClockMode::Event;
-    s.clock.tick_ms = 50;
+    s.clock.tick = Interval::from_millis(50);
     s.segments.mode = SegmentMode::Fixed;
     s.winback.control_share = 0.0;
-    s.http.addr = "127.0.0.1:0".into();
-    s.shutdown.drain_timeout_ms = 5_000;
+    s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+    s.shutdown.drain_timeout = Duration::from_secs(5);
     s.state.dir = model_dir.join("state");
-    s.state.snapshot_interval_ms = 200;
+    s.state.snapshot_interval = Interval::from_millis(200);
     s
 }
 

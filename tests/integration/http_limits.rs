@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use churnd::config::Interval;
+
 use crate::helpers::*;
 
 const EVENTS: &str = "churn:events";
@@ -75,10 +77,10 @@ async fn idle_connections_at_the_limit_make_room_for_new_ones() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.http.max_connections = 8;
+    settings.http.max_connections = std::num::NonZeroU32::new(8).unwrap();
     // Nothing times out during the test: only the limit closes connections.
-    settings.http.header_timeout_ms = 300_000;
-    settings.http.idle_timeout_ms = 300_000;
+    settings.http.header_timeout = Interval::from_millis(300_000);
+    settings.http.idle_timeout = Interval::from_millis(300_000);
     let app = App::spawn(settings).await;
 
     // Until the connections App::spawn used are gone, this one is the only one open.
@@ -163,8 +165,8 @@ async fn slow_or_missing_request_heads_are_closed_after_the_header_timeout() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.http.header_timeout_ms = 1_000;
-    settings.http.idle_timeout_ms = 300_000;
+    settings.http.header_timeout = Interval::from_millis(1_000);
+    settings.http.idle_timeout = Interval::from_millis(300_000);
     let app = App::spawn(settings).await;
 
     let opened = Instant::now();
@@ -236,8 +238,8 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.http.header_timeout_ms = 300_000;
-    settings.http.idle_timeout_ms = 1_000;
+    settings.http.header_timeout = Interval::from_millis(300_000);
+    settings.http.idle_timeout = Interval::from_millis(1_000);
     let app = App::spawn(settings).await;
 
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
@@ -275,13 +277,27 @@ async fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
 fn http_limits_are_checked_at_start() {
     use std::os::unix::process::CommandExt;
 
-    for (variable, named) in [
-        ("CHURND__HTTP__MAX_CONNECTIONS", "http.max_connections"),
-        ("CHURND__HTTP__HEADER_TIMEOUT_MS", "http.header_timeout_ms"),
-        ("CHURND__HTTP__IDLE_TIMEOUT_MS", "http.idle_timeout_ms"),
+    let whole_ms = "must be a whole number of milliseconds, at least 1";
+    for (variable, named, expected) in [
+        (
+            "CHURND__HTTP__MAX_CONNECTIONS",
+            "http.max_connections",
+            "must be a whole number from 1 to 4294967295",
+        ),
+        (
+            "CHURND__HTTP__HEADER_TIMEOUT_MS",
+            "http.header_timeout_ms",
+            whole_ms,
+        ),
+        (
+            "CHURND__HTTP__IDLE_TIMEOUT_MS",
+            "http.idle_timeout_ms",
+            whole_ms,
+        ),
         (
             "CHURND__HTTP__REQUEST_TIMEOUT_MS",
             "http.request_timeout_ms",
+            whole_ms,
         ),
     ] {
         let out = churnd()
@@ -292,7 +308,9 @@ fn http_limits_are_checked_at_start() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{variable}: {stderr}");
         assert!(
-            stderr.contains(&format!("{named} must be at least 1")),
+            stderr.contains(&format!(
+                "  - {variable} (environment): {named} {expected} (got \"0\")"
+            )),
             "{stderr}"
         );
     }

@@ -87,7 +87,7 @@ async fn tasks_trimmed_before_their_consumer_group_read_them_are_counted() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.winback.max_len = CAP;
+    settings.winback.max_len = std::num::NonZeroU64::new(CAP).unwrap();
     let app = App::spawn(settings).await;
     let within = Duration::from_secs(30);
 

@@ -121,7 +121,7 @@ async fn under_the_wall_clock_silence_alone_raises_the_task() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
     settings.clock.mode = ClockMode::Wall;
-    settings.scoring.rescore_interval_secs = 1;
+    settings.scoring.rescore_interval_secs = std::num::NonZeroU32::MIN;
     let app = App::spawn(settings).await;
     let mut c = redis.conn().await;
     let now_ms = std::time::SystemTime::now()
@@ -203,7 +203,7 @@ async fn the_cooldown_spaces_tasks_and_a_purchase_counts_as_recovery() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.winback.max_tasks_per_episode = 2;
+    settings.winback.max_tasks_per_episode = std::num::NonZeroU8::new(2).unwrap();
     settings.winback.cooldown_days = 30;
     let app = App::spawn(settings).await;
     let mut c = redis.conn().await;

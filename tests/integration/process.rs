@@ -16,14 +16,26 @@ fn output(cmd: &mut Command) -> (Output, String) {
 #[test]
 fn invalid_configuration_fails_at_start_naming_the_key() {
     for (variable, value, named) in [
-        ("CHURND__SOURCE__BATCH_SIZE", "0", "source.batch_size"),
-        ("CHURND__CLOCK__MODE", "sundial", "clock.mode"),
-        ("CHURND__REDIS__URLL", "redis://x", "urll"),
+        (
+            "CHURND__SOURCE__BATCH_SIZE",
+            "0",
+            "CHURND__SOURCE__BATCH_SIZE (environment): source.batch_size must be a whole number from 1 to 100000 (got \"0\")",
+        ),
+        (
+            "CHURND__CLOCK__MODE",
+            "sundial",
+            "CHURND__CLOCK__MODE (environment): clock.mode must be one of: wall, event (got \"sundial\")",
+        ),
+        (
+            "CHURND__REDIS__URLL",
+            "redis://x",
+            "CHURND__REDIS__URLL (environment): redis.urll is not a setting (did you mean redis.url?)",
+        ),
     ] {
         let (out, stderr) = output(churnd().arg("check-config").env(variable, value));
         assert_eq!(out.status.code(), Some(2), "{variable}: {stderr}");
         assert!(
-            stderr.contains(named),
+            stderr.contains(&format!("churnd: configuration is invalid (1 problem):\n  - {named}\n")),
             "{variable} should name {named}: {stderr}"
         );
     }

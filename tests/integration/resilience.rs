@@ -149,7 +149,7 @@ async fn stranded_entries_are_applied_once(keep_state: bool) {
         .unwrap();
 
     let mut settings = test_settings(&redis, dir.path());
-    settings.source.claim_idle_ms = 300;
+    settings.source.claim_idle = Some(churnd::config::Interval::from_millis(300));
     if !keep_state {
         settings.state.dir = Default::default();
     }
@@ -218,7 +218,7 @@ async fn a_frozen_redis_shows_as_disconnected_until_it_answers_again() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(&redis, dir.path());
-    let response_timeout = Duration::from_millis(settings.redis.response_timeout_ms);
+    let response_timeout = settings.redis.response_timeout.get();
     let app = App::spawn(settings).await;
     let mut c = redis.conn().await;
     xadd(&mut c, EVENTS, &purchase("before", 1.0, T0_MS)).await;

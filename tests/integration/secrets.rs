@@ -193,7 +193,7 @@ fn an_empty_token_variable_stops_churnd_instead_of_opening_the_api() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "http.customer_token is set but empty (from CHURND__HTTP__CUSTOMER_TOKEN in the environment)"
+            "  - CHURND__HTTP__CUSTOMER_TOKEN (environment): http.customer_token is set but empty: unset it"
         ),
         "{stderr}"
     );

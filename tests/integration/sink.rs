@@ -55,7 +55,7 @@ impl SinkUnderTest {
             health.set(part, true);
         }
         let connector = Connector::new(
-            settings.redis_client().unwrap(),
+            churnd::connection::client(&settings.redis).unwrap(),
             &settings.redis,
             Duration::from_secs(5),
             "sink",
@@ -142,9 +142,9 @@ impl SinkUnderTest {
 fn sink_test_settings(redis: &RedisServer) -> Settings {
     let mut s = Settings::default();
     s.redis.url = redis.url();
-    s.redis.backoff_initial_ms = 20;
-    s.redis.backoff_max_ms = 200;
-    s.redis.connect_timeout_ms = 500;
+    s.redis.backoff_initial = churnd::config::Interval::from_millis(20);
+    s.redis.backoff_max = churnd::config::Interval::from_millis(200);
+    s.redis.connect_timeout = churnd::config::Interval::from_millis(500);
     s
 }
 

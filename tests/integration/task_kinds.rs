@@ -89,7 +89,7 @@ async fn the_contact_cap_holds_a_welcome_after_a_win_back_and_releases_it_to_its
     // whole days after the win-back's day holds the welcome until day 38.
     settings.winback.threshold = 0.3;
     settings.winback.segment_thresholds.clear();
-    settings.tasks.welcome.after_days = 33;
+    settings.tasks.welcome.after_days = std::num::NonZeroU32::new(33).unwrap();
     settings.tasks.welcome.max_late_days = 14;
     settings.tasks.welcome.stream = "crm:welcome".into();
     settings.tasks.convert.enabled = false;
@@ -124,7 +124,7 @@ async fn anniversaries_and_revisits_follow_the_calendar_under_the_event_clock() 
     let mut settings = test_settings(&redis, dir.path());
     // Revisit every customer who has bought, whatever their segment, every 60 days.
     settings.tasks.revisit.segments = churnd::classify::Segment::ALL.to_vec();
-    settings.tasks.revisit.every_days = 60;
+    settings.tasks.revisit.every_days = std::num::NonZeroU32::new(60).unwrap();
     settings.tasks.welcome.enabled = false;
     settings.winback.enabled = false;
     let app = App::spawn(settings).await;

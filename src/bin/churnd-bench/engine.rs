@@ -16,7 +16,7 @@ use churnd::state::{self, SnapshotDir, SLICE_CUSTOMERS};
 
 use crate::machine::{peak_resident_bytes, reset_peak_resident, resident_bytes, thread_cpu_time};
 use crate::redis_server::tempfile_dir;
-use crate::workload::{customer_id, entry, learn_customers, model_path};
+use crate::workload::{customer_id, entry, learn_customers, max_customers, model_path};
 
 /// Resident memory per customer at rest (with a profile each if `profiles`), then the peak
 /// while a snapshot of them is written the way the daemon writes it (a slice at a time
@@ -24,7 +24,7 @@ use crate::workload::{customer_id, entry, learn_customers, model_path};
 pub fn memory(customers: usize, profiles: bool) -> Result<()> {
     let mut settings = Settings::default();
     settings.clock.mode = ClockMode::Event;
-    settings.state.max_customers = customers.max(1);
+    settings.state.max_customers = max_customers(customers);
     let model = Arc::new(Model::load(&model_path())?);
     let now_ms = churnd::time::wall_millis();
     let before = resident_bytes()?;
@@ -134,7 +134,7 @@ fn give_profiles(engine: &mut Engine, customers: usize, now_ms: u64) {
 /// tick with nobody due.
 pub fn sweep(customers: usize) -> Result<()> {
     let mut settings = Settings::default();
-    settings.state.max_customers = customers.max(1);
+    settings.state.max_customers = max_customers(customers);
     let model = Arc::new(Model::load(&model_path())?);
     let now_ms = churnd::time::wall_millis();
     let learning = Instant::now();

@@ -29,7 +29,7 @@ use crate::http_probe::{http_get, sample, wait_ready};
 use crate::machine::load_average;
 use crate::redis_server::{connect, tempfile_dir, RedisServer};
 use crate::workload::{
-    customer_id, daemon_settings, model_path, purchase_entry, push_mixed_event,
+    customer_id, daemon_settings, max_customers, model_path, purchase_entry, push_mixed_event,
     restart_with_snapshot,
 };
 
@@ -454,9 +454,13 @@ pub async fn latency(args: Args) -> Result<()> {
     let redis = RedisServer::start(&binary)?;
     let state = tempfile_dir::TempDir::new("state")?;
     let mut settings = daemon_settings(&redis, state.path());
-    settings.state.max_customers = settings.state.max_customers.max(tracked + customers);
+    settings.state.max_customers = settings
+        .state
+        .max_customers
+        .max(max_customers(tracked + customers));
     if let Some(interval) = snapshot_interval_ms {
-        settings.state.snapshot_interval_ms = interval;
+        settings.state.snapshot_interval = churnd::config::Interval::try_from_millis(interval)
+            .context("--snapshot-interval-ms must be positive")?;
     }
     let settings = settings.validated()?;
     let (probability, raises_task) = probe_score(
@@ -490,7 +494,12 @@ pub async fn latency(args: Args) -> Result<()> {
     println!(
         "Redis floor: offering {rate} events/s to a bare consumer for {warmup_seconds} s of warm-up + {seconds} s"
     );
-    measure_floor(&load, settings.source.batch_size, settings.source.block_ms).await?;
+    measure_floor(
+        &load,
+        settings.source.batch_size.get(),
+        settings.source.block.as_millis(),
+    )
+    .await?;
     if tracked > 0 {
         let model = Arc::new(Model::load(&model_path())?);
         let restart = restart_with_snapshot(&redis, &settings, model, tracked).await?;

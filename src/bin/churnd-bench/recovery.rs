@@ -16,13 +16,13 @@ use churnd::state::codec;
 use crate::http_probe::wait_ready;
 use crate::machine::load_average;
 use crate::redis_server::{tempfile_dir, RedisServer};
-use crate::workload::{daemon_settings, model_path, restart_with_snapshot};
+use crate::workload::{daemon_settings, max_customers, model_path, restart_with_snapshot};
 
 pub async fn recovery(customers: usize, binary: &PathBuf) -> Result<()> {
     let redis = RedisServer::start(binary)?;
     let state = tempfile_dir::TempDir::new("state")?;
     let mut settings = daemon_settings(&redis, state.path());
-    settings.state.max_customers = settings.state.max_customers.max(customers);
+    settings.state.max_customers = settings.state.max_customers.max(max_customers(customers));
     let settings = settings.validated()?;
     let streams = settings.source.streams.clone();
     let model = Arc::new(Model::load(&model_path())?);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
@@ -105,7 +105,8 @@ async fn daemon_run(
     settings.source.streams = vec![STREAM.into()];
     settings.source.group = "churnd".into();
     settings.source.consumer = "bench".into();
-    settings.source.batch_size = batch;
+    settings.source.batch_size =
+        churnd::config::BatchSize::new(batch).context("--batch must be 1 to 100000")?;
     settings.clock.mode = clock;
     let settings = settings.validated()?;
     let listener = daemon::bind(&settings).await?;

@@ -86,12 +86,18 @@ pub fn model_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json")
 }
 
+/// `state.max_customers` for at least `n` customers (at most `u32::MAX`).
+pub fn max_customers(n: usize) -> std::num::NonZeroU32 {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
 /// The daemon's settings in these benchmarks: the defaults (wall clock among them), except
 /// our own Redis, a private `state.dir`, the shipped model and HTTP on a free port.
 pub fn daemon_settings(redis: &RedisServer, state_dir: &Path) -> Settings {
     let mut settings = Settings::default();
     settings.redis.url = redis.url();
-    settings.http.addr = "127.0.0.1:0".into();
+    settings.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     settings.state.dir = state_dir.to_path_buf();
     settings.model.path = model_path();
     settings
@@ -185,7 +191,7 @@ pub async fn restart_with_snapshot(
         .flatten()
         .unwrap_or_default();
     let streams = &settings.source.streams;
-    let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep)?;
+    let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep.get())?;
     let started = Instant::now();
     let (path, bytes) =
         state::write_snapshot(&mut engine, &dir, streams, churnd::time::wall_millis())?;

@@ -25,7 +25,7 @@ const EXTRA: &str = "churn:events:extra";
 /// compare (the other kinds are on by default), snapshots every `snapshot_every_ms`.
 fn adjust(s: &mut Settings, snapshot_every_ms: u64) {
     s.winback.control_share = 0.2;
-    s.state.snapshot_interval_ms = snapshot_every_ms;
+    s.state.snapshot_interval = churnd::config::Interval::from_millis(snapshot_every_ms);
 }
 
 /// A daemon binary on settings of its own, with its HTTP port, its config file and a log
@@ -42,7 +42,7 @@ impl Binary {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = test_settings(redis, dir.path());
         adjust(&mut settings, snapshot_every_ms);
-        settings.http.addr = format!("127.0.0.1:{}", free_port());
+        settings.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = config_file(&settings, dir.path());
         Self {
             dir,

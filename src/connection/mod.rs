@@ -7,6 +7,12 @@
 //! Errors are logged through [`Connector::describe`]: failures only the configuration can
 //! fix (a wrong password, an untrusted certificate) say which setting to check, and the
 //! password never appears, even should a server or library echo it.
+//!
+//! The client they come from is built once at start from the `[redis]` settings ([`client`]).
+
+pub(crate) mod tls;
+
+pub use tls::{client, ClientError};
 
 use std::time::Duration;
 
@@ -67,7 +73,7 @@ impl Connector {
         role: &'static str,
         metrics: Metrics,
     ) -> Self {
-        let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let connect_timeout = settings.connect_timeout.get();
         metrics.redis_connected.with_label_values(&[role]).set(0);
         // The role's error count exists from the start: dashboards see zero, not a gap.
         metrics.redis_errors.with_label_values(&[role]);
@@ -84,10 +90,7 @@ impl Connector {
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(response_timeout)),
             connect_timeout,
-            backoff: Backoff::new(
-                Duration::from_millis(settings.backoff_initial_ms),
-                Duration::from_millis(settings.backoff_max_ms),
-            ),
+            backoff: Backoff::new(settings.backoff_initial.get(), settings.backoff_max.get()),
             role,
             metrics,
         }
@@ -133,6 +136,19 @@ impl Connector {
                 error,
                 "cannot connect to Redis; retrying"
             );
+        }
+    }
+
+    /// One attempt, within twice the connect timeout, for checks that report rather than
+    /// wait (`churnd check-config --connect`): the error as [`Self::describe`] gives it.
+    pub async fn connect_once(&self) -> Result<MultiplexedConnection, String> {
+        let attempt = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config);
+        match tokio::time::timeout(self.connect_timeout * 2, attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(self.describe(&e)),
+            Err(_) => Err(format!("no answer within {:?}", self.connect_timeout * 2)),
         }
     }
 
