@@ -265,6 +265,7 @@ mod tests {
             profile: None,
             feedback: None,
             coupons: None,
+            value: None,
         }
     }
 

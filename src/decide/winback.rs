@@ -179,6 +179,9 @@ impl Policy {
         {
             return None;
         }
+        // Worked out only now that a task is raised.
+        let value = a.value_estimates();
+        let priority = scored.probability * scored.monetary_365d;
         state.episode_tasks += 1;
         state.last_task_at = now.max(1);
         state.awaiting_recovery = true;
@@ -195,13 +198,14 @@ impl Policy {
             detail: Detail::Winback(WinbackDetail {
                 churn_probability: scored.probability,
                 risk: scored.risk,
-                priority: scored.probability * scored.monetary_365d,
+                priority,
                 reasons: scored.score.reasons(self.reasons),
                 model_version: model_version.clone(),
                 group: self.group(a.customer_id),
                 episode_start: last_purchase,
                 attempt,
             }),
+            value,
         })
     }
 
@@ -265,6 +269,7 @@ mod tests {
             profile: None,
             feedback: None,
             coupons: None,
+            value: None,
         }
     }
 
