@@ -125,7 +125,8 @@ pub enum Detail {
 pub struct WinbackDetail {
     pub churn_probability: f64,
     pub risk: Risk,
-    /// Value at risk: churn probability × spend over the last year (365-day decay).
+    /// The value at stake: `clv_365d` × churn probability; with a model that has no value
+    /// part, churn probability × spend over the last year (365-day decay).
     pub priority: f64,
     pub reasons: Vec<ScoreReason>,
     pub model_version: Arc<str>,
