@@ -194,6 +194,8 @@ fn scoring(c: &mut Criterion) {
         profile: None,
         feedback: None,
         coupons: None,
+        // The serving model's value part: read only when a task is raised.
+        value: model.value(),
     };
     let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
     let id = "cust-00012345";
@@ -218,6 +220,10 @@ fn scoring(c: &mut Criterion) {
         })
     });
     c.bench_function("decide/group", |b| b.iter(|| playbook.group(black_box(id))));
+    // What a raised task (or the API) adds: the value estimates of a repeat buyer.
+    c.bench_function("decide/value_estimates", |b| {
+        b.iter(|| black_box(assessment(black_box(id))).value_estimates())
+    });
 }
 
 /// Generates the input stream: purchase-heavy events of customers drawn uniformly from `ids`.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::classify::{LifecycleStage, Risk, Segment};
 use crate::features::{CustomerFeatures, Decayed, Feedback};
+use crate::model::value::{CustomerHistory, ValueEstimates, ValueModel};
 use crate::model::Score;
 use crate::profiles::Profile;
 use crate::time::UnixSeconds;
@@ -22,6 +23,10 @@ pub struct Assessment<'a> {
     pub feedback: Option<Feedback>,
     /// Purchases with a coupon, decayed.
     pub coupons: Option<Decayed>,
+    /// The serving model's value part (`None` for a format 1 model file). The estimates are
+    /// worked out from `features` when read ([`Self::value_estimates`]): when a task is raised
+    /// or the API asks, not at every event, and nothing is stored per customer.
+    pub value: Option<&'a ValueModel>,
 }
 
 /// A buyer's churn score and what it is read with.
@@ -71,6 +76,24 @@ impl Assessment<'_> {
     /// Month and day, from the profile.
     pub fn birthday(&self) -> Option<(u8, u8)> {
         self.profile.and_then(|p| p.birthday())
+    }
+
+    /// The customer value model's estimates now: `None` before the first purchase, with a
+    /// model that has no value part, and (never seen, but never let out) when any estimate is
+    /// not a finite number.
+    pub fn value_estimates(&self) -> Option<ValueEstimates> {
+        let model = self.value?;
+        let history = CustomerHistory::of(self.features, self.now)?;
+        let v = model.estimate(&history, self.now);
+        [
+            v.p_alive,
+            v.expected_purchases_90d,
+            v.expected_spend_90d,
+            v.clv_365d,
+        ]
+        .iter()
+        .all(|x| x.is_finite())
+        .then_some(v)
     }
 
     pub fn recent(&self) -> Recent {

@@ -231,6 +231,8 @@ impl CarePolicy {
             tags: Vec::new(),
             profile: None,
             detail,
+            // The playbook fills it in for every task it raises.
+            value: None,
         }
     }
 
@@ -440,6 +442,7 @@ mod tests {
             profile: None,
             feedback: None,
             coupons: None,
+            value: None,
         }
     }
 

@@ -96,9 +96,15 @@ impl Playbook {
         if !raised.is_empty() {
             let tags = self.tags.of(a);
             let profile = a.profile.cloned();
+            // The value estimates, once for all the tasks raised (win-back has them already).
+            let value = raised
+                .iter()
+                .find_map(|t| t.value)
+                .or_else(|| a.value_estimates());
             for task in raised {
                 task.tags.clone_from(&tags);
                 task.profile.clone_from(&profile);
+                task.value = value;
             }
         }
         next.into_iter().flatten().filter(|&t| t > now).min()
@@ -182,6 +188,7 @@ mod tests {
             profile: None,
             feedback: None,
             coupons: None,
+            value: None,
         }
     }
 
@@ -243,6 +250,47 @@ mod tests {
         assert_eq!(winback, WinbackState::default(), "no win-back raised");
         // The win-back comes when the cap lifts.
         assert_eq!(next, Some(crate::time::Day::of(now).end() + 7 * DAY));
+    }
+
+    #[test]
+    fn every_task_raised_carries_the_value_estimates() {
+        let value = crate::model::value::ValueModel::new(crate::model::value::tests::cdnow_like())
+            .expect("valid parameters");
+        let features = bought_at_t0();
+        let now = T0 + 100 * DAY;
+        let a = Assessment {
+            value: Some(&value),
+            ..silent_vip(&features, now)
+        };
+        let want = a.value_estimates().expect("a buyer");
+        let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
+        let mut tasks = Vec::new();
+        playbook().decide(
+            &a,
+            (&mut winback, &mut contact),
+            Some((1, now)),
+            &"m".into(),
+            &mut tasks,
+        );
+        assert_eq!(tasks.len(), 1, "{tasks:?}");
+        assert_eq!(tasks[0].kind(), TaskKind::ServiceRecovery);
+        assert_eq!(tasks[0].value, Some(want));
+        let fields = tasks[0].fields();
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(field("p_alive"), Some(&*format!("{:.6}", want.p_alive)));
+        assert_eq!(field("clv_365d"), Some(&*format!("{:.2}", want.clv_365d)));
+        assert_eq!(
+            field("next_purchase_at"),
+            want.next_purchase_at.map(crate::time::rfc3339).as_deref()
+        );
+        // The value fields come before the tags.
+        let position = |name: &str| fields.iter().position(|(k, _)| k == name);
+        assert!(position("expected_spend_90d") < position("tags"));
     }
 
     #[test]

@@ -207,6 +207,7 @@ mod tests {
             profile: None,
             feedback: None,
             coupons: None,
+            value: None,
         }
     }
 

@@ -14,6 +14,7 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::winback::Group;
 use crate::classify::{LifecycleStage, Risk, Segment};
+use crate::model::value::ValueEstimates;
 use crate::model::ScoreReason;
 use crate::profiles::Profile;
 use crate::time::{self, UnixSeconds};
@@ -83,6 +84,9 @@ pub struct Task {
     /// The customer's profile, copied onto the task.
     pub profile: Option<Arc<Profile>>,
     pub detail: Detail,
+    /// The customer value model's estimates at the decision: `None` for a customer who has
+    /// not bought and with a model that has no value part.
+    pub value: Option<ValueEstimates>,
 }
 
 /// What only one kind of task carries.
@@ -121,7 +125,8 @@ pub enum Detail {
 pub struct WinbackDetail {
     pub churn_probability: f64,
     pub risk: Risk,
-    /// Value at risk: churn probability × spend over the last year (365-day decay).
+    /// The value at stake: `clv_365d` × churn probability; with a model that has no value
+    /// part, churn probability × spend over the last year (365-day decay).
     pub priority: f64,
     pub reasons: Vec<ScoreReason>,
     pub model_version: Arc<str>,
@@ -162,7 +167,7 @@ impl Task {
     /// Stream fields, in a stable order: those of every kind, the kind's own, then the tags
     /// and the profile's attributes (`profile_<key>`).
     pub fn fields(&self) -> Vec<(Cow<'static, str>, String)> {
-        let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(20);
+        let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(25);
         let mut push = |name: &'static str, value: String| fields.push((name.into(), value));
         push("task_id", self.task_id.clone());
         push("kind", self.kind().as_str().into());
@@ -195,6 +200,18 @@ impl Task {
             Detail::ServiceRecovery { score, feedback_at } => {
                 push("score", score.to_string());
                 push("feedback_at", time::rfc3339(*feedback_at));
+            }
+        }
+        if let Some(v) = &self.value {
+            push("p_alive", format!("{:.6}", v.p_alive));
+            push(
+                "expected_purchases_90d",
+                format!("{:.6}", v.expected_purchases_90d),
+            );
+            push("expected_spend_90d", format!("{:.2}", v.expected_spend_90d));
+            push("clv_365d", format!("{:.2}", v.clv_365d));
+            if let Some(at) = v.next_purchase_at {
+                push("next_purchase_at", time::rfc3339(at));
             }
         }
         let tags: Vec<&str> = self.tags.iter().map(|t| &**t).collect();

@@ -179,6 +179,11 @@ impl Policy {
         {
             return None;
         }
+        // Worked out only now that a task is raised: the value at stake orders the tasks.
+        let value = a.value_estimates();
+        let priority = value.map_or(scored.probability * scored.monetary_365d, |v| {
+            v.clv_365d * scored.probability
+        });
         state.episode_tasks += 1;
         state.last_task_at = now.max(1);
         state.awaiting_recovery = true;
@@ -195,13 +200,14 @@ impl Policy {
             detail: Detail::Winback(WinbackDetail {
                 churn_probability: scored.probability,
                 risk: scored.risk,
-                priority: scored.probability * scored.monetary_365d,
+                priority,
                 reasons: scored.score.reasons(self.reasons),
                 model_version: model_version.clone(),
                 group: self.group(a.customer_id),
                 episode_start: last_purchase,
                 attempt,
             }),
+            value,
         })
     }
 
@@ -265,6 +271,7 @@ mod tests {
             profile: None,
             feedback: None,
             coupons: None,
+            value: None,
         }
     }
 
@@ -317,6 +324,36 @@ mod tests {
                 &version()
             )
             .is_none());
+    }
+
+    #[test]
+    fn with_a_value_model_the_priority_is_the_value_at_stake() {
+        let value = crate::model::value::ValueModel::new(crate::model::value::tests::cdnow_like())
+            .expect("valid parameters");
+        let policy = Policy::new(&WinbackSettings::default());
+        let now = T0 + 100 * DAY;
+        let a = Assessment {
+            value: Some(&value),
+            ..at(0.8, Segment::GeneralWinback, now)
+        };
+        let want = a.value_estimates().expect("a buyer, a value model");
+        let task = policy
+            .decide(&mut WinbackState::default(), &a, &version())
+            .unwrap();
+        assert_eq!(task.value, Some(want));
+        let priority = task.winback().unwrap().priority;
+        assert!(want.clv_365d > 0.0, "{want:?}");
+        assert!((priority - 0.8 * want.clv_365d).abs() < 1e-12, "{priority}");
+        // Without a value part (a format 1 model): p × spend over the last year, no values.
+        let task = policy
+            .decide(
+                &mut WinbackState::default(),
+                &at(0.8, Segment::GeneralWinback, now),
+                &version(),
+            )
+            .unwrap();
+        assert_eq!(task.value, None);
+        assert!((task.winback().unwrap().priority - 160.0).abs() < 1e-9);
     }
 
     #[test]

@@ -521,6 +521,7 @@ impl Engine {
             profile: extras.and_then(|x| x.profile.as_ref()),
             feedback: extras.and_then(Extras::feedback),
             coupons: extras.and_then(Extras::coupons),
+            value: self.model.value(),
         }
     }
 

@@ -38,6 +38,13 @@ pub struct CustomerView {
     pub dissatisfaction: Dissatisfaction,
     /// Purchases with a coupon, decayed with a 90-day half-life.
     pub coupons_90d: f64,
+    /// The customer value model's estimates now: `null` before the first purchase and with a
+    /// model file that has no value part (format 1).
+    pub p_alive: Option<f64>,
+    pub expected_purchases_90d: Option<f64>,
+    pub expected_spend_90d: Option<f64>,
+    pub clv_365d: Option<f64>,
+    pub next_purchase_at: Option<String>,
 }
 
 /// What a customer's complaints, refunds and feedback say, now.
@@ -73,6 +80,7 @@ impl Engine {
         });
         let assessment = self.assess(idx, now, stage, scored);
         let recent = assessment.recent();
+        let value = assessment.value_estimates();
         Some(CustomerView {
             customer_id: customer_id.to_string(),
             as_of: time::rfc3339(now),
@@ -120,6 +128,11 @@ impl Engine {
                 last_feedback_at: recent.last_feedback_at.map(time::rfc3339),
             },
             coupons_90d: recent.coupons_90d,
+            p_alive: value.map(|v| v.p_alive),
+            expected_purchases_90d: value.map(|v| v.expected_purchases_90d),
+            expected_spend_90d: value.map(|v| v.expected_spend_90d),
+            clv_365d: value.map(|v| v.clv_365d),
+            next_purchase_at: value.and_then(|v| v.next_purchase_at).map(time::rfc3339),
         })
     }
 }

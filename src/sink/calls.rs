@@ -404,6 +404,7 @@ mod tests {
                 TaskKind::Convert => Detail::Convert { visits: 3 },
                 other => panic!("no test task of kind {other:?}"),
             },
+            value: None,
         }
     }
 

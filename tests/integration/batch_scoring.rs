@@ -1,6 +1,6 @@
 //! Batch scoring (`churnd score`) and the daemon agree: replaying a transactions file through
-//! the stream with the event-time clock gives the probabilities `churnd score` computes from
-//! the file.
+//! the stream with the event-time clock gives the probabilities and the customer value
+//! estimates `churnd score` computes from the file, in the API and on the tasks.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,6 +10,16 @@ use churnd::time;
 use crate::helpers::*;
 
 const EVENTS: &str = "churn:events";
+const WINBACK: &str = "churn:winback";
+const CARE: &str = "crm:tasks";
+/// The value fields, named as in the API, on tasks and in `churnd score`'s columns.
+const VALUE_FIELDS: [&str; 5] = [
+    "p_alive",
+    "expected_purchases_90d",
+    "expected_spend_90d",
+    "clv_365d",
+    "next_purchase_at",
+];
 const DAY_MS: u64 = 86_400_000;
 
 /// A row of the generated file: customer, event type, amount, time in ms.
@@ -74,25 +84,7 @@ async fn streaming_replay_and_batch_scoring_give_the_same_probabilities() {
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json");
 
     // Batch: the binary, as users run it.
-    let scores_path = dir.path().join("scores.csv");
-    let out = churnd()
-        .args(["score", "--as-of", &as_of])
-        .arg("--transactions")
-        .arg(&csv)
-        .arg("--model")
-        .arg(&model)
-        .arg("--out")
-        .arg(&scores_path)
-        .env("CHURND__SEGMENTS__MODE", "fixed")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut reader = csv::Reader::from_path(&scores_path).unwrap();
-    let batch: Vec<HashMap<String, String>> = reader.deserialize().map(Result::unwrap).collect();
+    let batch = score(&csv, &model, &as_of, dir.path());
     assert_eq!(batch.len(), 150, "every customer is scored");
 
     // Streaming: the same events, then one event at the as-of time to move the clock there
@@ -125,7 +117,7 @@ async fn streaming_replay_and_batch_scoring_give_the_same_probabilities() {
         .ignore();
     pipe.query_async::<()>(&mut c).await.unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.model.path = model;
+    settings.model.path = model.clone();
     let app = App::spawn(settings).await;
     wait_drained(&mut c, EVENTS, "churnd").await;
 
@@ -157,7 +149,183 @@ async fn streaming_replay_and_batch_scoring_give_the_same_probabilities() {
                 compared += 1;
             }
         }
+        assert_same_value(id, &live, row);
     }
     assert!(compared > 100, "most customers bought: {compared}");
+
+    // Every task carries the value fields, and they are what `churnd score` gives at the
+    // task's moment: checked for tasks at a second when the customer had no event of their
+    // own (the batch counts only events before its as-of).
+    wait_for("win-back tasks", std::time::Duration::from_secs(10), || {
+        let redis = &redis;
+        async move { xlen(&mut redis.conn().await, WINBACK).await > 0 }
+    })
+    .await;
+    let mut tasks = read_stream(&mut c, WINBACK).await;
+    let winbacks = tasks.len();
+    tasks.extend(read_stream(&mut c, CARE).await);
+    let mut checked = 0;
+    for (_, task) in &tasks {
+        let id = &task["customer_id"];
+        // A customer who has not bought (a `convert` task) has no segment and no value.
+        if !task.contains_key("segment") {
+            assert_eq!(task["kind"], "convert", "{task:?}");
+            assert!(
+                VALUE_FIELDS.iter().all(|f| !task.contains_key(*f)),
+                "{task:?}"
+            );
+            continue;
+        }
+        for field in &VALUE_FIELDS[..4] {
+            let v: f64 = task[*field]
+                .parse()
+                .unwrap_or_else(|e| panic!("{field}: {e}"));
+            assert!(v.is_finite() && v >= 0.0, "{id}: {field} = {v}");
+        }
+        if task["kind"] == "winback" {
+            // The priority is the value at stake.
+            let p: f64 = task["churn_probability"].parse().unwrap();
+            let clv: f64 = task["clv_365d"].parse().unwrap();
+            let priority: f64 = task["priority"].parse().unwrap();
+            assert!((priority - p * clv).abs() <= 0.02, "{id}: {task:?}");
+        }
+        let at = time::parse_date_or_datetime(&task["as_of"]).unwrap();
+        let own_event_then = rows
+            .iter()
+            .any(|(c, _, _, ms)| c == id && *ms == u64::from(at) * 1000);
+        if checked < 4 && !own_event_then {
+            let batch = score(&csv, &model, &task["as_of"], dir.path());
+            let row = batch.iter().find(|r| &r["customer_id"] == id).unwrap();
+            for field in VALUE_FIELDS {
+                let want = Some(row[field].as_str()).filter(|v| !v.is_empty());
+                assert_eq!(task.get(field).map(String::as_str), want, "{id}: {field}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(winbacks > 10, "{winbacks} win-back tasks");
+    assert!(checked >= 2, "{checked} tasks compared with churnd score");
+    app.stop().await;
+}
+
+/// `churnd score --as-of` of the file, by the binary, as rows of its CSV.
+fn score(csv: &Path, model: &Path, as_of: &str, dir: &Path) -> Vec<HashMap<String, String>> {
+    let scores_path = dir.join("scores.csv");
+    let out = churnd()
+        .args(["score", "--as-of", as_of])
+        .arg("--transactions")
+        .arg(csv)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(&scores_path)
+        .env("CHURND__SEGMENTS__MODE", "fixed")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut reader = csv::Reader::from_path(&scores_path).unwrap();
+    reader.deserialize().map(Result::unwrap).collect()
+}
+
+/// The API's value fields against `churnd score`'s columns, which are rounded (6 decimals
+/// for p_alive and expected purchases, 2 for money).
+fn assert_same_value(id: &str, live: &serde_json::Value, row: &HashMap<String, String>) {
+    for (field, decimals) in [
+        ("p_alive", 6),
+        ("expected_purchases_90d", 6),
+        ("expected_spend_90d", 2),
+        ("clv_365d", 2),
+    ] {
+        match row[field].as_str() {
+            "" => assert_eq!(
+                live.get(field),
+                Some(&serde_json::Value::Null),
+                "{id}: {field}"
+            ),
+            cell => {
+                let batch: f64 = cell.parse().unwrap();
+                let live = live[field]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{id}: {field}"));
+                let tolerance = 0.5 * 10f64.powi(-decimals) + 1e-9;
+                assert!(
+                    (batch - live).abs() <= tolerance,
+                    "{id}: {field}: batch {batch}, stream {live}"
+                );
+            }
+        }
+    }
+    let next = live["next_purchase_at"].as_str().unwrap_or("");
+    assert_eq!(next, row["next_purchase_at"], "{id}: next_purchase_at");
+}
+
+/// With a format 1 model (no value parameters) the value fields are null in the API and
+/// absent from every task, and no number anywhere is NaN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_value_parameters_gives_no_value_fields_and_no_nan() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rows = transactions();
+    let mut c = redis.conn().await;
+    let mut pipe = redis::pipe();
+    for (customer, kind, amount, ms) in &rows {
+        pipe.cmd("XADD")
+            .arg(EVENTS)
+            .arg("*")
+            .arg("customer_id")
+            .arg(customer)
+            .arg("type")
+            .arg(*kind)
+            .arg("amount")
+            .arg(amount.to_string())
+            .arg("ts")
+            .arg(ms)
+            .ignore();
+    }
+    pipe.query_async::<()>(&mut c).await.unwrap();
+    // The test settings serve the recency model, a format 1 file.
+    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    wait_for("win-back tasks", std::time::Duration::from_secs(10), || {
+        let redis = &redis;
+        async move { xlen(&mut redis.conn().await, WINBACK).await > 0 }
+    })
+    .await;
+    let mut tasks = read_stream(&mut c, WINBACK).await;
+    tasks.extend(read_stream(&mut c, CARE).await);
+    let kinds: std::collections::BTreeSet<&str> =
+        tasks.iter().map(|(_, t)| t["kind"].as_str()).collect();
+    assert!(kinds.len() >= 2, "win-back and care tasks: {kinds:?}");
+    for (_, task) in &tasks {
+        for field in VALUE_FIELDS {
+            assert!(!task.contains_key(field), "{field} on {task:?}");
+        }
+        for (name, value) in task {
+            assert!(!value.to_lowercase().contains("nan"), "{name} = {value}");
+        }
+        if task["kind"] == "winback" {
+            assert!(task["priority"].parse::<f64>().unwrap().is_finite());
+        }
+    }
+    let mut buyers = 0;
+    for c in 0..150 {
+        let response = app.get(&format!("/v1/customers/cust-{c:03}")).await;
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("NaN"), "{text}");
+        let live: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for field in VALUE_FIELDS {
+            assert_eq!(
+                live.get(field),
+                Some(&serde_json::Value::Null),
+                "{field} of cust-{c:03}"
+            );
+        }
+        buyers += usize::from(!live["churn_probability"].is_null());
+    }
+    assert!(buyers > 100, "{buyers} buyers");
     app.stop().await;
 }

@@ -171,6 +171,7 @@ fn winback(n: usize, group: Group) -> Task {
             episode_start: 1_690_000_000,
             attempt: 1,
         }),
+        value: None,
     }
 }
 
@@ -205,6 +206,7 @@ fn care(n: usize, kind: TaskKind, segment: Option<Segment>) -> Task {
         tags: Vec::new(),
         profile: None,
         detail,
+        value: None,
     }
 }
 
