@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use churnd::batch::{self, Classification};
 use churnd::config::{self, LogFormat, Settings};
 use churnd::connection::Connector;
-use churnd::metrics::Metrics;
+use churnd::metrics::{Metrics, RedisRole};
 use churnd::model::train::{self, TrainOptions};
 use churnd::model::{evaluate, Model};
 use churnd::simulate::{self, SimulateOptions};
@@ -317,8 +317,8 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         settings.redis_client()?,
         &settings.redis,
         Duration::from_millis(settings.redis.response_timeout_ms),
-        "simulate",
-        Metrics::new(),
+        RedisRole::Simulate,
+        &Metrics::new().redis,
     );
     let report = runtime()?.block_on(async {
         let shutdown = CancellationToken::new();
