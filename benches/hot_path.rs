@@ -268,7 +268,7 @@ fn engine_with(ids: &[String], rng: &mut StdRng) -> Engine {
     let mut engine = Engine::new(
         EngineSettings::from(&settings),
         Arc::new(model()),
-        Metrics::new(),
+        Metrics::new().engine,
     );
     // One event at the start first, so the history below does not move the watermark.
     let start = entry(START_MS, &[("customer_id", "x"), ("type", "visit")]);

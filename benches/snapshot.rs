@@ -126,7 +126,7 @@ fn history(id: &str, rng: &mut StdRng, entries: &mut Entries, out: &mut Vec<Entr
 /// An engine under the event-time clock that knows `CUSTOMERS` customers with the history
 /// above, fed through `Engine::apply_batch`.
 fn engine() -> Engine {
-    let mut engine = Engine::new(settings(), model(), Metrics::new());
+    let mut engine = Engine::new(settings(), model(), Metrics::new().engine);
     let mut entries = Entries { seq: 0 };
     // One event at the start first, so the history below does not move the watermark.
     let start = entries.next(&[("customer_id", "x"), ("type", "visit")]);
@@ -216,7 +216,7 @@ fn snapshot(c: &mut Criterion) {
     let model = model();
     group.bench_function("restore", |b| {
         b.iter_batched(
-            || (settings(), Metrics::new(), decoded.state.clone()),
+            || (settings(), Metrics::new().engine, decoded.state.clone()),
             |(settings, metrics, state)| Engine::restore(settings, model.clone(), metrics, state),
             BatchSize::PerIteration,
         )

@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use crate::metrics::Metrics;
+use prometheus::IntGauge;
 
 pub struct Health {
     source: AtomicBool,
@@ -19,7 +19,8 @@ pub struct Health {
     /// Failed snapshots in a row. A std mutex: held only to update or read it, never across
     /// an await, and taken a few times per snapshot interval and per probe.
     snapshots: Mutex<SnapshotStreak>,
-    metrics: Metrics,
+    /// `churnd_ready`, kept equal to [`Self::is_ready`].
+    ready: IntGauge,
 }
 
 /// Consecutive snapshot failures, and whether they are enough to tell `/readyz`. A daemon
@@ -69,8 +70,9 @@ pub enum Part {
 }
 
 impl Health {
-    pub fn new(metrics: Metrics) -> Self {
-        metrics.ready.set(0);
+    /// `ready` is `churnd_ready` ([`crate::metrics::ServiceMetrics::ready`]).
+    pub fn new(ready: IntGauge) -> Self {
+        ready.set(0);
         Self {
             source: AtomicBool::new(false),
             sink: AtomicBool::new(false),
@@ -78,7 +80,7 @@ impl Health {
             state: AtomicBool::new(false),
             loading: AtomicBool::new(false),
             snapshots: Mutex::new(SnapshotStreak::default()),
-            metrics,
+            ready,
         }
     }
 
@@ -149,7 +151,7 @@ impl Health {
     }
 
     fn publish(&self) {
-        self.metrics.ready.set(i64::from(self.is_ready()));
+        self.ready.set(i64::from(self.is_ready()));
     }
 
     pub fn is_ready(&self) -> bool {
@@ -180,10 +182,11 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     #[test]
     fn ready_only_when_every_part_is_up() {
-        let h = Health::new(Metrics::new());
+        let h = Health::new(Metrics::new().service.ready);
         assert_eq!(h.not_ready().len(), 4);
         h.set(Part::Source, true);
         h.set(Part::Sink, true);
@@ -197,7 +200,7 @@ mod tests {
 
     #[test]
     fn says_whether_state_is_loading_or_replaying() {
-        let h = Health::new(Metrics::new());
+        let h = Health::new(Metrics::new().service.ready);
         h.set_loading(true);
         assert!(h.is_loading());
         let says = |h: &Health, reason: &str| h.not_ready().iter().any(|r| r == reason);
@@ -210,7 +213,8 @@ mod tests {
     }
 
     fn ready_health(snapshot_failure_limit: u32) -> Health {
-        let h = Health::new(Metrics::new()).with_snapshot_failure_limit(snapshot_failure_limit);
+        let h = Health::new(Metrics::new().service.ready)
+            .with_snapshot_failure_limit(snapshot_failure_limit);
         for part in [Part::Source, Part::Sink, Part::Model, Part::State] {
             h.set(part, true);
         }
@@ -231,7 +235,7 @@ mod tests {
             h.not_ready(),
             vec!["the last 3 snapshots failed: No space left on device"]
         );
-        assert_eq!(h.metrics.ready.get(), 0);
+        assert_eq!(h.ready.get(), 0);
         h.snapshot_failed("No space left on device");
         assert_eq!(
             h.not_ready(),
@@ -239,7 +243,7 @@ mod tests {
         );
         h.snapshot_written();
         assert!(h.is_ready());
-        assert_eq!(h.metrics.ready.get(), 1);
+        assert_eq!(h.ready.get(), 1);
     }
 
     #[test]

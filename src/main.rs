@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use churnd::batch::{self, Classification};
 use churnd::config::{self, Layers, LogFormat, Resolved, Settings};
 use churnd::connection::{self, Connector};
-use churnd::metrics::Metrics;
+use churnd::metrics::{Metrics, RedisRole};
 use churnd::model::train::{self, TrainOptions};
 use churnd::model::{evaluate, Model};
 use churnd::simulate::{self, SimulateOptions};
@@ -433,8 +433,8 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         connection::client(&settings.redis)?,
         &settings.redis,
         settings.redis.response_timeout.get(),
-        "simulate",
-        Metrics::new(),
+        RedisRole::Simulate,
+        &Metrics::new().redis,
     );
     let report = runtime()?.block_on(async {
         let shutdown = CancellationToken::new();

@@ -16,7 +16,7 @@ use redis::{RedisError, Value};
 use crate::config::{redact_url, Resolved, Settings, StartFrom};
 use crate::connection::Connector;
 use crate::decide::TaskKind;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RedisRole};
 use crate::model::{Model, ModelError};
 use crate::source::lag::group_info;
 
@@ -113,8 +113,8 @@ pub async fn redis(resolved: &Resolved) -> Vec<Finding> {
         resolved.redis.clone(),
         &settings.redis,
         settings.redis.response_timeout.get(),
-        "check",
-        Metrics::new(),
+        RedisRole::Check,
+        &Metrics::new().redis,
     );
     let mut c = match connector.connect_once().await {
         Ok(c) => c,

@@ -37,7 +37,7 @@ use crate::decide::Group;
 use crate::decide::{Task, TaskKind, TasksSettings};
 use crate::engine::Effects;
 use crate::health::{Health, Part};
-use crate::metrics::Metrics;
+use crate::metrics::{DeadLettered, SinkMetrics};
 
 /// Where effects go, resolved from the settings.
 #[derive(Debug, Clone)]
@@ -166,7 +166,7 @@ pub struct Sink {
     settings: SinkSettings,
     connector: Connector,
     health: Arc<Health>,
-    metrics: Metrics,
+    metrics: SinkMetrics,
     rx: mpsc::Receiver<Effects>,
     /// How many effects (as received) are written: snapshots wait for it.
     written: watch::Sender<u64>,
@@ -181,7 +181,7 @@ impl Sink {
         settings: SinkSettings,
         connector: Connector,
         health: Arc<Health>,
-        metrics: Metrics,
+        metrics: SinkMetrics,
         rx: mpsc::Receiver<Effects>,
         written: watch::Sender<u64>,
     ) -> Self {
@@ -451,24 +451,19 @@ impl Sink {
                     return;
                 }
                 if let Some(w) = winback {
-                    self.metrics
-                        .tasks
-                        .with_label_values(&[&task.action, w.group.as_str()])
-                        .inc();
+                    self.metrics.winback_task(&task.action, w.group);
                 }
-                self.metrics
-                    .tasks_by_kind
-                    .with_label_values(&[task.kind().as_str()])
-                    .inc();
+                self.metrics.tasks_by_kind.get(task.kind()).inc();
             }
             calls::Effect::DeadLetter(i) => {
                 let dl = &fx.dead_letters[i];
                 if written {
-                    self.metrics
-                        .dead_lettered
-                        .with_label_values(&[dl.reason.as_str()])
-                        .inc();
-                    tracing::debug!(id = %dl.id, reason = dl.reason.as_str(), detail = %dl.detail, "dead-lettered an entry");
+                    DeadLettered {
+                        id: &dl.id,
+                        reason: dl.reason,
+                        detail: &dl.detail,
+                    }
+                    .emit(&self.metrics);
                 } else {
                     tracing::debug!(id = %dl.id, "entry was dead-lettered before; not written again");
                 }

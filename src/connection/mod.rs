@@ -21,7 +21,7 @@ use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisSettings;
-use crate::metrics::Metrics;
+use crate::metrics::{RedisMetrics, RedisRole, RoleMetrics};
 
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of the
 /// current step, so reconnecting replicas spread out.
@@ -59,8 +59,9 @@ pub struct Connector {
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
     backoff: Backoff,
-    role: &'static str,
-    metrics: Metrics,
+    role: RedisRole,
+    /// The role's series of `churnd_redis_connected` and `churnd_redis_errors_total`.
+    metrics: RoleMetrics,
 }
 
 impl Connector {
@@ -70,13 +71,13 @@ impl Connector {
         client: redis::Client,
         settings: &RedisSettings,
         response_timeout: Duration,
-        role: &'static str,
-        metrics: Metrics,
+        role: RedisRole,
+        metrics: &RedisMetrics,
     ) -> Self {
         let connect_timeout = settings.connect_timeout.get();
-        metrics.redis_connected.with_label_values(&[role]).set(0);
         // The role's error count exists from the start: dashboards see zero, not a gap.
-        metrics.redis_errors.with_label_values(&[role]);
+        let metrics = metrics.role(role);
+        metrics.connected.set(0);
         let password = client
             .get_connection_info()
             .redis_settings()
@@ -111,27 +112,21 @@ impl Connector {
             let error = match result {
                 Ok(Ok(conn)) => {
                     if attempt > 1 {
-                        tracing::info!(role = self.role, attempt, "connected to Redis");
+                        tracing::info!(role = self.role.as_str(), attempt, "connected to Redis");
                     }
-                    self.metrics
-                        .redis_connected
-                        .with_label_values(&[self.role])
-                        .set(1);
+                    self.metrics.connected.set(1);
                     self.backoff.reset();
                     return Some(conn);
                 }
                 Ok(Err(e)) => self.describe(&e),
                 Err(_) => format!("no answer within {:?}", self.connect_timeout * 2),
             };
-            self.metrics
-                .redis_errors
-                .with_label_values(&[self.role])
-                .inc();
+            self.metrics.errors.inc();
             if !self.pause(shutdown).await {
                 return None;
             }
             tracing::warn!(
-                role = self.role,
+                role = self.role.as_str(),
                 attempt,
                 error,
                 "cannot connect to Redis; retrying"
@@ -155,20 +150,14 @@ impl Connector {
     /// Records a failed operation. Returns whether the connection must be dropped and made
     /// anew (otherwise the caller retries on the same connection after [`Self::pause`]).
     pub fn failed(&self, error: &RedisError) -> bool {
-        self.metrics
-            .redis_errors
-            .with_label_values(&[self.role])
-            .inc();
+        self.metrics.errors.inc();
         let reconnect = needs_reconnect(error);
         let error = self.describe(error);
         if reconnect {
-            self.metrics
-                .redis_connected
-                .with_label_values(&[self.role])
-                .set(0);
-            tracing::warn!(role = self.role, %error, "lost the Redis connection; reconnecting");
+            self.metrics.connected.set(0);
+            tracing::warn!(role = self.role.as_str(), %error, "lost the Redis connection; reconnecting");
         } else {
-            tracing::warn!(role = self.role, %error, "Redis operation failed; retrying");
+            tracing::warn!(role = self.role.as_str(), %error, "Redis operation failed; retrying");
         }
         reconnect
     }
@@ -184,10 +173,7 @@ impl Connector {
     /// Records an operation that succeeded: the connection answers.
     pub fn succeeded(&mut self) {
         self.backoff.reset();
-        self.metrics
-            .redis_connected
-            .with_label_values(&[self.role])
-            .set(1);
+        self.metrics.connected.set(1);
     }
 
     /// The error for the log: with a hint when only the configuration can fix it, and with

@@ -13,7 +13,6 @@ use crate::engine::{Effects, Engine};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::http::Query;
-use crate::metrics::Metrics;
 use crate::model::Model;
 use crate::source::batch::Batch;
 use crate::time::wall_millis;
@@ -32,7 +31,8 @@ pub struct Channels {
 pub struct Durability {
     pub snapshots: Option<(Snapshotter, Duration)>,
     pub health: Arc<Health>,
-    pub metrics: Metrics,
+    /// `churnd_recovery_duration_seconds`, set once state has caught up.
+    pub recovery_seconds: prometheus::Gauge,
     /// When the daemon started: recovery time counts from here.
     pub started: Instant,
 }
@@ -149,7 +149,7 @@ async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick:
     let Durability {
         snapshots,
         health,
-        metrics,
+        recovery_seconds,
         started,
     } = durability;
     let mut ticker = tokio::time::interval(tick);
@@ -189,7 +189,7 @@ async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick:
                 }
                 if caught_up {
                     let elapsed = started.elapsed();
-                    metrics.recovery_seconds.set(elapsed.as_secs_f64());
+                    recovery_seconds.set(elapsed.as_secs_f64());
                     health.set(Part::State, true);
                     tracing::info!(
                         customers = engine.customers(),

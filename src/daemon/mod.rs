@@ -28,7 +28,7 @@ use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::http::serve::Limits;
 use crate::http::{self, AppState};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RedisRole, SnapshotMetrics};
 use crate::model::{Model, ModelError};
 use crate::sink::{self, Sink, SinkSettings};
 use crate::source::{self, lag, Source};
@@ -144,7 +144,7 @@ pub async fn run_resolved(
     } = resolved;
     let metrics = Metrics::new();
     let health = Arc::new(
-        Health::new(metrics.clone())
+        Health::new(metrics.service.ready.clone())
             .with_snapshot_failure_limit(settings.state.max_consecutive_snapshot_failures),
     );
     let (model, model_fingerprint) = Model::load_fingerprinted(&settings.model.path)?;
@@ -169,7 +169,7 @@ pub async fn run_resolved(
                 dir.clone(),
                 settings.source.streams.clone(),
                 written_rx,
-                metrics.clone(),
+                metrics.snapshots.clone(),
                 health.clone(),
                 abort.clone(),
             )
@@ -195,18 +195,20 @@ pub async fn run_resolved(
         listener,
         app,
         Limits::from(&settings.http),
-        metrics.clone(),
+        metrics.http.clone(),
         http_stop.clone(),
     ));
     let restored = match &snapshot_dir {
-        Some(dir) => match load_while_serving(dir, &settings, &metrics, &health, &shutdown).await {
-            Ok(Startup::Restore(state)) => state,
-            outcome => {
-                http_stop.cancel();
-                let _ = http_task.await;
-                return outcome.map(|_| ());
+        Some(dir) => {
+            match load_while_serving(dir, &settings, &metrics.snapshots, &health, &shutdown).await {
+                Ok(Startup::Restore(state)) => state,
+                outcome => {
+                    http_stop.cancel();
+                    let _ = http_task.await;
+                    return outcome.map(|_| ());
+                }
             }
-        },
+        }
         None => None,
     };
     let connector = |role, response_timeout| {
@@ -215,7 +217,7 @@ pub async fn run_resolved(
             &settings.redis,
             response_timeout,
             role,
-            metrics.clone(),
+            &metrics.redis,
         )
     };
     let response_timeout = settings.redis.response_timeout.get();
@@ -227,26 +229,28 @@ pub async fn run_resolved(
     let engine_settings = EngineSettings::from(&settings);
     let model = model_rx.borrow().clone();
     let engine = match restored {
-        Some(state) => Engine::restore(engine_settings, model, metrics.clone(), *state),
-        None => Engine::new(engine_settings, model, metrics.clone()),
+        Some(state) => Engine::restore(engine_settings, model, metrics.engine.clone(), *state),
+        None => Engine::new(engine_settings, model, metrics.engine.clone()),
     };
     health.set_loading(false);
     let sink = Sink::new(
         SinkSettings::from(&settings),
-        connector("sink", response_timeout),
+        connector(RedisRole::Sink, response_timeout),
         health.clone(),
-        metrics.clone(),
+        metrics.sink.clone(),
         effect_rx,
         written_tx,
     );
     let sink_task = tokio::spawn(sink.run(abort.clone()));
-    let backlog =
-        sink::backlog::Backlog::new(SinkSettings::from(&settings).output_caps(), &metrics);
+    let backlog = sink::backlog::Backlog::new(
+        SinkSettings::from(&settings).output_caps(),
+        metrics.output.clone(),
+    );
     let lag_task = tokio::spawn(lag::monitor(
         settings.source.clone(),
         backlog,
-        connector("monitor", response_timeout),
-        metrics.clone(),
+        connector(RedisRole::Monitor, response_timeout),
+        metrics.source.clone(),
         shutdown.clone(),
     ));
     let model_task = tokio::spawn(model_watch::run(
@@ -254,7 +258,7 @@ pub async fn run_resolved(
         settings.model.watch_interval.map(Interval::get),
         model_fingerprint,
         model_tx,
-        metrics.clone(),
+        metrics.model.clone(),
         shutdown.clone(),
     ));
     tracing::info!(
@@ -276,8 +280,8 @@ pub async fn run_resolved(
                 engine,
                 &settings.source,
                 dir,
-                connector("source", response_timeout),
-                (&metrics, &health),
+                connector(RedisRole::Source, response_timeout),
+                (&metrics.snapshots, &health),
                 &shutdown,
             )
             .await
@@ -297,11 +301,11 @@ pub async fn run_resolved(
             let source = Source::new(
                 settings.source.clone(),
                 connector(
-                    "source",
+                    RedisRole::Source,
                     source::read_timeout(&settings.source, settings.redis.response_timeout),
                 ),
                 health.clone(),
-                metrics.clone(),
+                metrics.source.clone(),
                 batch_tx,
                 positions,
             );
@@ -317,7 +321,7 @@ pub async fn run_resolved(
                 Durability {
                     snapshots: snapshotter,
                     health: health.clone(),
-                    metrics: metrics.clone(),
+                    recovery_seconds: metrics.service.recovery_seconds.clone(),
                     started,
                 },
                 settings.clock.tick.get(),
@@ -410,7 +414,7 @@ enum Startup {
 async fn load_while_serving(
     dir: &SnapshotDir,
     settings: &Settings,
-    metrics: &Metrics,
+    metrics: &SnapshotMetrics,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<Startup, DaemonError> {
@@ -438,12 +442,12 @@ async fn load_while_serving(
 fn load_snapshot(
     dir: &SnapshotDir,
     streams: &[String],
-    metrics: &Metrics,
+    metrics: &SnapshotMetrics,
 ) -> Result<Option<crate::engine::EngineState>, StateError> {
     let started = Instant::now();
     let (loaded, rejected) = dir.load_newest(streams)?;
     for r in &rejected {
-        metrics.snapshots_rejected.inc();
+        metrics.rejected.inc();
         tracing::error!(
             path = %r.path.display(),
             error = %r.error,

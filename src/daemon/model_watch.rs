@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{ModelMetrics, ModelReload};
 use crate::model::{fingerprint, Model, ModelError};
 
 /// Serves the model in `bytes`, read from `path`, if it is valid.
@@ -17,7 +17,7 @@ fn reload(
     bytes: Result<Vec<u8>, std::io::Error>,
     why: &str,
     models: &watch::Sender<Arc<Model>>,
-    metrics: &Metrics,
+    metrics: &ModelMetrics,
 ) {
     let model = bytes
         .map_err(|source| ModelError::Read {
@@ -28,14 +28,12 @@ fn reload(
     match model {
         Ok(model) => {
             tracing::info!(version = model.version(), path = %path.display(), why, "model reloaded");
-            metrics.model_reloads.with_label_values(&["success"]).inc();
-            metrics.model_reload_successful.set(1);
+            metrics.reloaded(ModelReload::Success);
             models.send_replace(Arc::new(model));
         }
         Err(error) => {
             tracing::error!(%error, why, "model reload refused; the previous model keeps serving");
-            metrics.model_reloads.with_label_values(&["failure"]).inc();
-            metrics.model_reload_successful.set(0);
+            metrics.reloaded(ModelReload::Failure);
         }
     }
 }
@@ -50,7 +48,7 @@ pub async fn run(
     interval: Option<Duration>,
     served: u64,
     models: watch::Sender<Arc<Model>>,
-    metrics: Metrics,
+    metrics: ModelMetrics,
     shutdown: CancellationToken,
 ) {
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -112,7 +110,7 @@ mod tests {
             Some(Duration::from_millis(10)),
             served,
             tx,
-            Metrics::new(),
+            crate::metrics::Metrics::new().model,
             shutdown.clone(),
         ));
         tokio::time::timeout(Duration::from_secs(30), rx.changed())

@@ -18,7 +18,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{Customer, Engine, Extras, StateHeader, StateVersion};
 use crate::features::store::{CaptureSize, Captured};
 use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{SnapshotMetrics, SnapshotOutcome, SnapshotSkipped, SnapshotWritten};
 use crate::state::{SnapshotDir, SnapshotWriter, SLICE_CUSTOMERS};
 use crate::time::wall_millis;
 
@@ -66,7 +66,7 @@ pub struct Snapshotter {
     /// A snapshot has begun and not all of it was handed to the writer yet.
     copying: bool,
     written: Written,
-    metrics: Metrics,
+    metrics: SnapshotMetrics,
     health: Arc<Health>,
 }
 
@@ -92,12 +92,10 @@ impl Snapshotter {
         if written.as_ref() != Some(&version) {
             return false;
         }
-        self.metrics.snapshots.with_label_values(&["skipped"]).inc();
-        // The state on disk is current as of now: the staleness alert stays quiet while idle.
-        self.metrics
-            .snapshot_last_success
-            .set((wall_millis() / 1000) as i64);
-        tracing::debug!("snapshot skipped: nothing changed since the last one written");
+        SnapshotSkipped {
+            now_ms: wall_millis(),
+        }
+        .emit(&self.metrics);
         true
     }
 
@@ -146,7 +144,7 @@ impl Snapshotter {
     fn writer_gone(&mut self, engine: &mut Engine) {
         engine.abort_snapshot();
         self.copying = false;
-        self.metrics.snapshots.with_label_values(&["failed"]).inc();
+        self.metrics.outcomes.get(SnapshotOutcome::Failed).inc();
         self.health
             .snapshots_stopped("the snapshot writer is gone; restart churnd");
         tracing::error!("the snapshot writer is gone: no more snapshots until churnd restarts");
@@ -179,7 +177,7 @@ impl Snapshotter {
 
     fn observe_pause(&self, started: Instant) {
         self.metrics
-            .snapshot_pause_seconds
+            .pause_seconds
             .observe(started.elapsed().as_secs_f64());
     }
 
@@ -214,20 +212,6 @@ impl Snapshotter {
     }
 }
 
-/// Counts a snapshot written: `bytes` long, in `elapsed`, taken at `created_ms`.
-pub(super) fn record_written(metrics: &Metrics, bytes: u64, elapsed: Duration, created_ms: u64) {
-    metrics.snapshots.with_label_values(&["written"]).inc();
-    metrics
-        .snapshot_write_seconds
-        .observe(elapsed.as_secs_f64());
-    metrics
-        .snapshot_bytes
-        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    metrics
-        .snapshot_last_success
-        .set((created_ms / 1000) as i64);
-}
-
 /// How much lower than the daemon's the writer thread's scheduling priority is (added to its
 /// nice value): encoding and writing a large snapshot takes seconds of CPU, which on a small
 /// machine would otherwise be taken from Redis and the engine, showing as latency. The
@@ -242,7 +226,7 @@ pub fn spawn(
     dir: SnapshotDir,
     streams: Vec<String>,
     written: watch::Receiver<u64>,
-    metrics: Metrics,
+    metrics: SnapshotMetrics,
     health: Arc<Health>,
     abort: CancellationToken,
 ) -> std::io::Result<(Snapshotter, oneshot::Receiver<()>)> {
@@ -306,7 +290,7 @@ struct Writer {
     written: watch::Receiver<u64>,
     /// Where the state of each snapshot committed is recorded.
     state_written: Written,
-    metrics: Metrics,
+    metrics: SnapshotMetrics,
     health: Arc<Health>,
     abort: CancellationToken,
     /// To wait for the sink from this thread.
@@ -397,10 +381,7 @@ impl Writer {
             }
         });
         if !effects_written {
-            self.metrics
-                .snapshots
-                .with_label_values(&["abandoned"])
-                .inc();
+            self.metrics.outcomes.get(SnapshotOutcome::Abandoned).inc();
             tracing::warn!(
                 "snapshot abandoned: the effects it covers were not all written; the previous snapshot stays the newest"
             );
@@ -415,17 +396,19 @@ impl Writer {
             Ok((path, bytes)) => {
                 *self.state_written.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(snapshot.version);
-                let elapsed = started.elapsed();
-                record_written(&self.metrics, bytes, elapsed, created_ms);
-                self.health.snapshot_written();
-                if at_shutdown {
-                    tracing::info!(path = %path.display(), customers, bytes, ?elapsed, "final snapshot written");
-                } else {
-                    tracing::debug!(path = %path.display(), customers, bytes, ?elapsed, "snapshot written");
+                SnapshotWritten {
+                    path: &path,
+                    customers,
+                    bytes,
+                    elapsed: started.elapsed(),
+                    created_ms,
+                    notable: at_shutdown.then_some("final snapshot written"),
                 }
+                .emit(&self.metrics);
+                self.health.snapshot_written();
             }
             Err(e) => {
-                self.metrics.snapshots.with_label_values(&["failed"]).inc();
+                self.metrics.outcomes.get(SnapshotOutcome::Failed).inc();
                 self.health.snapshot_failed(&e);
                 tracing::error!(error = %e, "snapshot failed; the previous one stays the newest");
             }

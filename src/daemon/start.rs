@@ -10,12 +10,11 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::snapshots;
 use crate::config::SourceSettings;
 use crate::connection::Connector;
 use crate::engine::Engine;
 use crate::health::Health;
-use crate::metrics::Metrics;
+use crate::metrics::{SnapshotMetrics, SnapshotOutcome, SnapshotWritten};
 use crate::source::start;
 use crate::state::{self, SnapshotDir};
 use crate::time::wall_millis;
@@ -28,7 +27,7 @@ pub async fn make_positions_durable(
     settings: &SourceSettings,
     dir: &SnapshotDir,
     mut connector: Connector,
-    (metrics, health): (&Metrics, &Health),
+    (metrics, health): (&SnapshotMetrics, &Health),
     shutdown: &CancellationToken,
 ) -> Option<Engine> {
     let known = engine.positions().to_vec();
@@ -77,19 +76,22 @@ pub async fn make_positions_durable(
         engine = returned;
         match result {
             Ok((path, bytes)) => {
-                snapshots::record_written(metrics, bytes, started.elapsed(), created_ms);
-                health.snapshot_written();
-                tracing::info!(
-                    path = %path.display(),
+                SnapshotWritten {
+                    path: &path,
+                    customers: engine.customers() as u64,
                     bytes,
-                    customers = engine.customers(),
-                    elapsed = ?started.elapsed(),
-                    "snapshot with a position for every input stream written before reading them"
-                );
+                    elapsed: started.elapsed(),
+                    created_ms,
+                    notable: Some(
+                        "snapshot with a position for every input stream written before reading them",
+                    ),
+                }
+                .emit(metrics);
+                health.snapshot_written();
                 return Some(engine);
             }
             Err(e) => {
-                metrics.snapshots.with_label_values(&["failed"]).inc();
+                metrics.outcomes.get(SnapshotOutcome::Failed).inc();
                 health.snapshot_failed(&e.to_string());
                 tracing::error!(
                     error = %e,

@@ -36,7 +36,7 @@ use crate::features::recheck::Recheck;
 use crate::features::store::CustomerIdx;
 use crate::features::timers::{Timer, TimerQueue};
 use crate::features::CustomerFeatures;
-use crate::metrics::{Metrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
+use crate::metrics::{EngineMetrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
 use crate::model::Model;
 use crate::profiles::{Interner, Profile, Profiles};
 use crate::source::batch::{Batch, StreamIdx};
@@ -78,12 +78,15 @@ pub struct Engine {
     /// Every customer's next check is to be brought forward once the clock is known (after
     /// a restore: the checks were scheduled under the previous process's settings and model).
     recheck_pending: bool,
-    metrics: Metrics,
+    metrics: EngineMetrics,
+    /// `churnd_customers_by_region` per region label (in the order of
+    /// [`Profiles::region_labels`]), resolved at the first publish.
+    region_gauges: std::sync::OnceLock<Vec<prometheus::IntGauge>>,
 }
 
 impl Engine {
-    pub fn new(settings: EngineSettings, model: Arc<Model>, metrics: Metrics) -> Self {
-        metrics.set_model(model.version());
+    pub fn new(settings: EngineSettings, model: Arc<Model>, metrics: EngineMetrics) -> Self {
+        metrics.model.set(model.version());
         metrics
             .customers_max
             .set(i64::try_from(settings.max_customers).unwrap_or(i64::MAX));
@@ -123,6 +126,7 @@ impl Engine {
             applied: Vec::new(),
             recheck_pending: false,
             metrics,
+            region_gauges: std::sync::OnceLock::new(),
         }
     }
 
@@ -152,7 +156,7 @@ impl Engine {
     /// Serves a new model from the next score on; every customer's next check is brought
     /// forward at the next batch or tick ([`Self::recheck_everyone`]).
     pub fn set_model(&mut self, model: Arc<Model>) {
-        self.metrics.set_model(model.version());
+        self.metrics.model.set(model.version());
         self.model_version = model.version().into();
         self.model = model;
         self.recheck_pending = true;
@@ -382,10 +386,7 @@ impl Engine {
                     event.customer_id,
                     event.time,
                 ) {
-                    self.metrics
-                        .recoveries
-                        .with_label_values(&[group.as_str()])
-                        .inc();
+                    self.metrics.recoveries.get(group).inc();
                 }
             }
         }

@@ -7,7 +7,7 @@ use crate::classify::RfmThresholds;
 use crate::event::EntryId;
 use crate::features::store::{CaptureSize, Captured};
 use crate::features::timers::{Timer, TimerQueue};
-use crate::metrics::Metrics;
+use crate::metrics::EngineMetrics;
 use crate::model::Model;
 use crate::profiles::{Interner, Profiles};
 use crate::time::UnixSeconds;
@@ -60,7 +60,7 @@ impl Engine {
     pub fn restore(
         settings: EngineSettings,
         model: Arc<Model>,
-        metrics: Metrics,
+        metrics: EngineMetrics,
         state: EngineState,
     ) -> Self {
         let mut engine = Self::new(settings, model, metrics);

@@ -121,23 +121,24 @@ impl Engine {
         m.clock_seconds.set(i64::from(self.now()));
         m.store_bytes
             .set((self.store.heap_bytes() + self.timers.heap_bytes()) as i64);
-        for (stage, n) in LifecycleStage::ALL.iter().zip(self.population.stage) {
-            m.customers_by_stage
-                .with_label_values(&[stage.as_str()])
-                .set(n);
+        for (gauge, n) in m.customers_by_stage.iter().zip(self.population.stage) {
+            gauge.set(n);
         }
-        for (segment, n) in Segment::ALL.iter().zip(self.population.segment) {
-            m.customers_by_segment
-                .with_label_values(&[segment.as_str()])
-                .set(n);
+        for (gauge, n) in m.customers_by_segment.iter().zip(self.population.segment) {
+            gauge.set(n);
         }
-        for (range, n) in PROBABILITY_BUCKETS.iter().zip(self.population.bucket) {
-            m.customers_by_probability
-                .with_label_values(&[range])
-                .set(n);
+        for (gauge, n) in m
+            .customers_by_probability
+            .iter()
+            .zip(self.population.bucket)
+        {
+            gauge.set(n);
         }
-        for (region, n) in self.profiles.region_labels().zip(self.region_counts()) {
-            m.customers_by_region.with_label_values(&[region]).set(n);
+        let regions = self
+            .region_gauges
+            .get_or_init(|| m.regions(self.profiles.region_labels()));
+        for (gauge, n) in regions.iter().zip(self.region_counts()) {
+            gauge.set(n);
         }
     }
 

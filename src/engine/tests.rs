@@ -7,6 +7,7 @@ use crate::classify::Segment;
 use crate::config::Settings;
 use crate::decide::{Detail, Task, TaskKind};
 use crate::features::FEATURE_NAMES;
+use crate::metrics::Metrics;
 use crate::source::batch::Entry;
 
 const DAY: u32 = 86_400;
@@ -37,7 +38,7 @@ fn flat_model() -> Model {
 
 fn engine(clock: ClockMode) -> Engine {
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    Engine::new(settings(clock), Arc::new(model), Metrics::new())
+    Engine::new(settings(clock), Arc::new(model), Metrics::new().engine)
 }
 
 fn entry(seq: u64, fields: &[(&str, String)]) -> Entry {
@@ -169,7 +170,7 @@ fn a_win_back_waits_for_the_contact_cap_after_another_task() {
     s.winback.threshold = 0.3;
     s.winback.segment_thresholds.clear();
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+    let mut e = Engine::new(s, Arc::new(model), Metrics::new().engine);
     e.apply_batch(batch(vec![purchase(1, "once", 0)]), 0);
     let mut seen = Vec::new();
     for (seq, day) in (2..).zip(1..120) {
@@ -192,7 +193,7 @@ fn evictions_and_new_models_wait_for_the_snapshot_being_copied_out() {
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
     let mut s = settings(ClockMode::Event);
     s.max_customers = 100;
-    let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+    let mut e = Engine::new(s, Arc::new(model), Metrics::new().engine);
     let entries = (0..100u32).map(|i| purchase(u64::from(i) + 1, &format!("c{i}"), i));
     e.apply_batch(batch(entries.collect()), 0);
     let (_, size) = e.begin_snapshot();
@@ -226,7 +227,7 @@ fn a_full_table_forgets_the_least_recently_active() {
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
     let mut s = settings(ClockMode::Event);
     s.max_customers = 200;
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().engine;
     let mut e = Engine::new(s, Arc::new(model), metrics.clone());
     // c0 is active last of all; c1..c199 in order of their last purchase.
     let mut entries: Vec<Entry> = (1..200u32)
@@ -291,7 +292,7 @@ fn a_restored_engine_continues_exactly_as_one_that_never_stopped() {
     let mut restored = Engine::restore(
         settings(ClockMode::Event),
         Arc::new(model),
-        Metrics::new(),
+        Metrics::new().engine,
         decoded.state,
     );
     // Entries up to the recorded position are acknowledged, not applied again.
@@ -402,7 +403,7 @@ fn profiles_are_stored_shared_counted_by_region_and_shown() {
     s.profiles.regions = vec!["eu".into()];
     s.profiles.max_free_keys = 1;
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+    let mut e = Engine::new(s, Arc::new(model), Metrics::new().engine);
     let fx = e.apply_batch(
         batch(vec![
             profile(1, "ann", 0, &[("region", "eu"), ("age_band", "25-34")]),
@@ -451,7 +452,7 @@ fn profiles_are_stored_shared_counted_by_region_and_shown() {
     s.profiles.regions = vec!["eu".into()];
     s.profiles.max_free_keys = 1;
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    let mut restored = Engine::restore(s, Arc::new(model), Metrics::new(), state);
+    let mut restored = Engine::restore(s, Arc::new(model), Metrics::new().engine, state);
     assert_eq!(restored.summary().by_region, by_region);
     let fx = restored.apply_batch(batch(vec![profile(7, "eve", 2, &[("nickname", "e")])]), 0);
     assert_eq!(
@@ -525,7 +526,7 @@ fn a_birthday_is_greeted_days_before_once_a_year() {
     s.winback.enabled = false;
     s.tasks.birthday.enabled = true;
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+    let mut e = Engine::new(s, Arc::new(model), Metrics::new().engine);
     // 1997-01-01 plus 40 days: 10 February; the birthday is on 15 March.
     e.apply_batch(
         batch(vec![profile(1, "bday", 40, &[("birthday", "1980-03-15")])]),
@@ -654,7 +655,7 @@ fn an_entry_over_the_size_limit_is_dead_lettered_with_a_cut_copy() {
     settings.max_entry_bytes = 1_000;
     settings.max_copy_bytes = 300;
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    let mut e = Engine::new(settings, Arc::new(model), Metrics::new());
+    let mut e = Engine::new(settings, Arc::new(model), Metrics::new().engine);
     let mut big = purchase(1, "big", 0);
     let values = big.values.as_mut().unwrap();
     values.push(Value::BulkString(b"note".to_vec()));
@@ -809,7 +810,7 @@ fn sparse_checks_raise_the_same_tasks_as_daily_checks() {
     let run = |max_interval: u32| {
         let mut s = settings(ClockMode::Event);
         s.max_rescore_interval_secs = max_interval;
-        let mut e = Engine::new(s, model.clone(), Metrics::new());
+        let mut e = Engine::new(s, model.clone(), Metrics::new().engine);
         let mut tasks = BTreeMap::new();
         for (seq, (day, customer, amount)) in entries.iter().enumerate() {
             let fx = e.apply_batch(
@@ -872,7 +873,11 @@ fn a_restore_under_other_settings_rechecks_everyone_once_the_clock_is_known() {
     // A model that never moves, and no welcome: the only checks are the exact moments
     // (day 30).
     let model = Arc::new(flat_model());
-    let mut e = Engine::new(winback_only(ClockMode::Wall), model.clone(), Metrics::new());
+    let mut e = Engine::new(
+        winback_only(ClockMode::Wall),
+        model.clone(),
+        Metrics::new().engine,
+    );
     e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), u64::from(T0) * 1000);
     let due = |e: &Engine| e.store.get(e.store.find("quiet").unwrap()).timer.due();
     assert_eq!(due(&e), Some(T0 + 30 * DAY));
@@ -881,7 +886,7 @@ fn a_restore_under_other_settings_rechecks_everyone_once_the_clock_is_known() {
     let same = Engine::restore(
         winback_only(ClockMode::Wall),
         model.clone(),
-        Metrics::new(),
+        Metrics::new().engine,
         e.snapshot(),
     );
     assert_eq!(due(&same), due(&e));
@@ -890,7 +895,7 @@ fn a_restore_under_other_settings_rechecks_everyone_once_the_clock_is_known() {
     // epoch (the wall clock is unknown until then).
     let mut lower = winback_only(ClockMode::Wall);
     lower.winback.threshold = 0.2;
-    let mut restored = Engine::restore(lower, model, Metrics::new(), e.snapshot());
+    let mut restored = Engine::restore(lower, model, Metrics::new().engine, e.snapshot());
     assert_eq!(
         due(&restored),
         due(&e),
@@ -910,7 +915,7 @@ fn population_segments_keep_customers_between_task_thresholds_on_daily_checks() 
         let mut s = settings(ClockMode::Event);
         s.segments.mode = mode;
         let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-        let mut e = Engine::new(s, Arc::new(model), Metrics::new());
+        let mut e = Engine::new(s, Arc::new(model), Metrics::new().engine);
         e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), 0);
         let visit = entry(
             3,
@@ -943,7 +948,7 @@ fn a_new_model_brings_every_silent_customer_s_check_forward() {
     s.max_rescore_interval_secs = 400 * DAY;
     // A model that never moves: after day 30 (the stage and win-back waiting time
     // boundaries), the customer is not looked at again before day 90.
-    let mut e = Engine::new(s, Arc::new(flat_model()), Metrics::new());
+    let mut e = Engine::new(s, Arc::new(flat_model()), Metrics::new().engine);
     e.apply_batch(batch(vec![purchase(1, "quiet", 0)]), 0);
     e.apply_batch(batch(vec![purchase(2, "busy", 35)]), 0);
     let recency = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
@@ -994,11 +999,7 @@ fn a_purchase_after_a_task_counts_a_recovery() {
     assert_eq!(winbacks.len(), 1);
     let group = winbacks[0].group;
     e.apply_batch(batch(vec![purchase(3, "c", 151)]), 0);
-    let recovered = e
-        .metrics
-        .recoveries
-        .with_label_values(&[group.as_str()])
-        .get();
+    let recovered = e.metrics.recoveries.get(group).get();
     assert_eq!(recovered, 1);
     assert_eq!(e.customer("c").unwrap().winback_tasks_in_episode, 0);
 }

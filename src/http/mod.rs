@@ -11,6 +11,7 @@
 //! `http.*_timeout_ms` timeouts.
 
 mod connection;
+pub use connection::Close;
 pub mod serve;
 
 use std::sync::Arc;
@@ -89,7 +90,7 @@ async fn require_bearer_token(
             "this endpoint requires an Authorization: Bearer token",
         ),
     };
-    state.metrics.http_unauthorized.inc();
+    state.metrics.http.unauthorized.inc();
     // Neither the token sent nor the path (it holds a customer ID, chosen by the caller).
     tracing::debug!("refused a customer-endpoint request without a valid bearer token");
     let mut response = error(StatusCode::UNAUTHORIZED, message);

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, Activity, Clock, Shared, Timeouts, Tracked};
 use crate::config::HttpSettings;
-use crate::metrics::Metrics;
+use crate::metrics::HttpMetrics;
 
 /// File descriptors kept for everything but HTTP connections: the Redis connections
 /// (source, sink, monitor), a snapshot being written and its directory, the model file, the
@@ -109,11 +109,11 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
-    metrics: Metrics,
+    metrics: HttpMetrics,
     stop: CancellationToken,
 ) {
     let max = limits.max_connections.max(1);
-    metrics.http_connections_max.set(i64::from(max));
+    metrics.connections_max.set(i64::from(max));
     let server = Arc::new(Server {
         shared: Shared {
             router,
@@ -141,7 +141,7 @@ pub async fn serve(
                 let Some(after) = errors.failed(e.kind(), Instant::now()) else {
                     continue;
                 };
-                server.metrics.http_accept_errors.inc();
+                server.metrics.accept_errors.inc();
                 if let Some(not_logged) = after.log {
                     tracing::error!(
                         error = %e,
@@ -173,7 +173,7 @@ pub async fn serve(
 
 struct Server {
     shared: Shared,
-    metrics: Metrics,
+    metrics: HttpMetrics,
     /// One permit per connection that may be open.
     places: Arc<Semaphore>,
     /// The open connections, to choose one to close at the limit. A std mutex: never held
@@ -198,7 +198,7 @@ impl Server {
         }
         let mut evicted = self.evict_longest_waiting();
         if !evicted {
-            self.metrics.http_connections_waited.inc();
+            self.metrics.connections_waited.inc();
             tracing::debug!("every HTTP connection is in a request: the new one waits");
         }
         loop {
@@ -242,7 +242,7 @@ impl Server {
         open.next_id += 1;
         open.connections.insert(id, tracked.clone());
         drop(open);
-        self.metrics.http_connections.inc();
+        self.metrics.connections.inc();
         let place = Place {
             server: self.clone(),
             id,
@@ -278,7 +278,7 @@ impl Drop for Place {
             .unwrap_or_else(PoisonError::into_inner);
         open.connections.remove(&self.id);
         drop(open);
-        self.server.metrics.http_connections.dec();
+        self.server.metrics.connections.dec();
     }
 }
 
@@ -289,11 +289,7 @@ async fn run_connection(
     place: Place,
 ) {
     if let Some(reason) = connection::serve(stream, tracked, &server.shared).await {
-        server
-            .metrics
-            .http_connections_closed
-            .with_label_values(&[reason.as_str()])
-            .inc();
+        server.metrics.connections_closed.get(reason).inc();
         tracing::debug!(reason = reason.as_str(), "HTTP connection closed by churnd");
     }
     drop(place);
@@ -404,7 +400,7 @@ mod tests {
     /// A server whose `/slow` handler waits until `release` has a permit for it.
     struct SlowServer {
         addr: std::net::SocketAddr,
-        metrics: Metrics,
+        metrics: HttpMetrics,
         release: Arc<Semaphore>,
         /// `/slow` requests whose handler runs (or ran).
         started: Arc<AtomicUsize>,
@@ -431,7 +427,7 @@ mod tests {
             );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let metrics = Metrics::new();
+        let metrics = crate::metrics::Metrics::new().http;
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(
             listener,
@@ -502,14 +498,14 @@ mod tests {
         .await;
         let mut fast = send(addr, "/fast").await;
         wait_until("the new connection to wait for a place", || {
-            metrics.http_connections_waited.get() == 1
+            metrics.connections_waited.get() == 1
         })
         .await;
         // Not served, and no connection in a request was closed for it.
         let evicted = || {
             metrics
-                .http_connections_closed
-                .with_label_values(&["evicted"])
+                .connections_closed
+                .get(super::super::Close::Evicted)
                 .get()
         };
         let mut byte = [0u8; 1];
@@ -517,7 +513,7 @@ mod tests {
             matches!(fast.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         );
         assert_eq!(evicted(), 0);
-        assert_eq!(metrics.http_connections.get(), 2);
+        assert_eq!(metrics.connections.get(), 2);
         // One slow request answered (whichever took the permit: the handlers queue for it
         // in the order they ran, not the order the requests were sent), its connection
         // waits for another and is closed to make room.
@@ -544,7 +540,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(metrics.http_connections.get(), 0);
+        assert_eq!(metrics.connections.get(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,8 +558,8 @@ mod tests {
         assert!(began.elapsed() >= Duration::from_millis(300));
         wait_until("the timeout to be counted", || {
             metrics
-                .http_connections_closed
-                .with_label_values(&["request_timeout"])
+                .connections_closed
+                .get(super::super::Close::RequestTimeout)
                 .get()
                 == 1
         })

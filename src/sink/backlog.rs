@@ -25,7 +25,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
 use crate::event::EntryId;
-use crate::metrics::Metrics;
+use crate::metrics::OutputMetrics;
 use crate::source::lag::{rows, Row};
 
 use super::SinkSettings;
@@ -173,30 +173,28 @@ pub struct Backlog {
     streams: Vec<OutputStream>,
     /// Per stream and group, [`GroupState::removed_beyond_read`] at the last sample.
     seen: HashMap<(String, String), Option<i64>>,
+    metrics: OutputMetrics,
 }
 
 impl Backlog {
-    pub fn new(streams: Vec<OutputStream>, metrics: &Metrics) -> Self {
+    pub fn new(streams: Vec<OutputStream>, metrics: OutputMetrics) -> Self {
         for s in &streams {
             metrics
-                .output_max_length
+                .max_length
                 .with_label_values(&[&s.name])
                 .set(i64::try_from(s.max_len).unwrap_or(i64::MAX));
-            metrics.output_length.with_label_values(&[&s.name]).set(0);
+            metrics.length.with_label_values(&[&s.name]).set(0);
         }
         Self {
             streams,
             seen: HashMap::new(),
+            metrics,
         }
     }
 
     /// One sample of every output stream. A stream that does not exist yet has length 0
     /// and no groups.
-    pub async fn sample(
-        &mut self,
-        c: &mut MultiplexedConnection,
-        metrics: &Metrics,
-    ) -> Result<(), RedisError> {
+    pub async fn sample(&mut self, c: &mut MultiplexedConnection) -> Result<(), RedisError> {
         for i in 0..self.streams.len() {
             let name = self.streams[i].name.clone();
             let stream: Result<Value, _> = redis::cmd("XINFO")
@@ -226,47 +224,31 @@ impl Backlog {
                 Err(e) => return Err(e),
             };
             if let Some(info) = info {
-                self.record(&name, &info, &groups, metrics);
+                self.record(&name, &info, &groups);
             }
         }
         Ok(())
     }
 
-    fn record(
-        &mut self,
-        stream: &str,
-        info: &StreamInfo,
-        groups: &[GroupState],
-        metrics: &Metrics,
-    ) {
-        metrics
-            .output_length
-            .with_label_values(&[stream])
-            .set(info.length);
+    fn record(&mut self, stream: &str, info: &StreamInfo, groups: &[GroupState]) {
+        let metrics = &self.metrics;
+        metrics.length.with_label_values(&[stream]).set(info.length);
         if let Some(removed) = info.removed() {
-            metrics
-                .output_removed
-                .with_label_values(&[stream])
-                .set(removed);
+            metrics.removed.with_label_values(&[stream]).set(removed);
         }
         let groups = &groups[..groups.len().min(MAX_GROUPS)];
         for g in groups {
             let labels = [stream, g.name.as_str()];
             match g.unread(info) {
-                Some(unread) => metrics
-                    .output_group_unread
-                    .with_label_values(&labels)
-                    .set(unread),
+                Some(unread) => metrics.group_unread.with_label_values(&labels).set(unread),
                 None => {
-                    let _ = metrics.output_group_unread.remove_label_values(&labels);
+                    let _ = metrics.group_unread.remove_label_values(&labels);
                 }
             }
             let now = g.removed_beyond_read(info);
             let key = (stream.to_string(), g.name.clone());
             let previous = self.seen.insert(key, now).flatten();
-            let lost = metrics
-                .output_group_trimmed_unread
-                .with_label_values(&labels);
+            let lost = metrics.group_trimmed_unread.with_label_values(&labels);
             lost.inc_by(newly_lost(previous, now, g.is_behind(info)));
         }
         // Groups gone since the last sample take their series with them.
@@ -279,10 +261,8 @@ impl Backlog {
         for key in gone {
             self.seen.remove(&key);
             let labels = [key.0.as_str(), key.1.as_str()];
-            let _ = metrics.output_group_unread.remove_label_values(&labels);
-            let _ = metrics
-                .output_group_trimmed_unread
-                .remove_label_values(&labels);
+            let _ = metrics.group_unread.remove_label_values(&labels);
+            let _ = metrics.group_trimmed_unread.remove_label_values(&labels);
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SourceSettings;
 use crate::connection::Connector;
 use crate::event::EntryId;
-use crate::metrics::Metrics;
+use crate::metrics::SourceMetrics;
 use crate::sink::backlog::Backlog;
 
 /// Lag and pending entries of one group on one stream.
@@ -111,7 +111,7 @@ pub async fn monitor(
     settings: SourceSettings,
     mut backlog: Backlog,
     mut connector: Connector,
-    metrics: Metrics,
+    metrics: SourceMetrics,
     shutdown: CancellationToken,
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
@@ -159,7 +159,7 @@ pub async fn monitor(
             }
         }
         if let (true, Some(c)) = (healthy, conn.as_mut()) {
-            if let Err(e) = backlog.sample(c, &metrics).await {
+            if let Err(e) = backlog.sample(c).await {
                 if connector.failed(&e) {
                     conn = None;
                 }

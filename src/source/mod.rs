@@ -34,7 +34,7 @@ use crate::config::{Interval, SourceSettings};
 use crate::connection::Connector;
 use crate::event::EntryId;
 use crate::health::{Health, Part};
-use crate::metrics::Metrics;
+use crate::metrics::SourceMetrics;
 use batch::{parse_reply, Batch, StreamIdx};
 use budget::InFlight;
 use machine::{GroupStart, Machine, Prepare, ReadFrom, ReadPlan, Step};
@@ -46,7 +46,7 @@ pub struct Source {
     settings: SourceSettings,
     connector: Connector,
     health: Arc<Health>,
-    metrics: Metrics,
+    metrics: SourceMetrics,
     tx: mpsc::Sender<Batch>,
     /// Bytes read and not yet applied.
     inflight: InFlight,
@@ -61,15 +61,12 @@ impl Source {
         settings: SourceSettings,
         connector: Connector,
         health: Arc<Health>,
-        metrics: Metrics,
+        metrics: SourceMetrics,
         tx: mpsc::Sender<Batch>,
         start: Vec<Option<EntryId>>,
     ) -> Self {
         Self {
-            inflight: InFlight::new(
-                settings.max_inflight_bytes,
-                metrics.source_inflight_bytes.clone(),
-            ),
+            inflight: InFlight::new(settings.max_inflight_bytes, metrics.inflight_bytes.clone()),
             settings,
             connector,
             health,

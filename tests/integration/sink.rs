@@ -13,7 +13,7 @@ use churnd::decide::{Detail, Task, TaskKind, WinbackDetail};
 use churnd::engine::{DeadLetter, Effects};
 use churnd::event::{EntryId, Reason};
 use churnd::health::{Health, Part};
-use churnd::metrics::Metrics;
+use churnd::metrics::{Metrics, RedisRole};
 use churnd::model::ScoreReason;
 use churnd::sink::{self, Sink, SinkSettings};
 use redis::aio::MultiplexedConnection;
@@ -50,7 +50,7 @@ impl SinkUnderTest {
     fn start_after(redis: &RedisServer, queued: Vec<Effects>) -> Self {
         let settings = sink_test_settings(redis);
         let metrics = Metrics::new();
-        let health = Arc::new(Health::new(metrics.clone()));
+        let health = Arc::new(Health::new(metrics.service.ready.clone()));
         for part in [Part::Source, Part::Model, Part::State] {
             health.set(part, true);
         }
@@ -58,8 +58,8 @@ impl SinkUnderTest {
             churnd::connection::client(&settings.redis).unwrap(),
             &settings.redis,
             Duration::from_secs(5),
-            "sink",
-            metrics.clone(),
+            RedisRole::Sink,
+            &metrics.redis,
         );
         let (tx, rx) = mpsc::channel(4);
         let sent = queued.len() as u64;
@@ -71,7 +71,7 @@ impl SinkUnderTest {
             SinkSettings::from(&settings),
             connector,
             health.clone(),
-            metrics.clone(),
+            metrics.sink.clone(),
             rx,
             written_tx,
         );
@@ -112,21 +112,15 @@ impl SinkUnderTest {
     }
 
     fn tasks_written(&self, kind: TaskKind) -> u64 {
-        self.metrics
-            .tasks_by_kind
-            .with_label_values(&[kind.as_str()])
-            .get()
+        self.metrics.sink.tasks_by_kind.get(kind).get()
     }
 
     fn dead_lettered(&self, reason: Reason) -> u64 {
-        self.metrics
-            .dead_lettered
-            .with_label_values(&[reason.as_str()])
-            .get()
+        self.metrics.sink.dead_lettered.get(reason).get()
     }
 
     fn errors(&self) -> u64 {
-        self.metrics.redis_errors.with_label_values(&["sink"]).get()
+        self.metrics.redis.role(RedisRole::Sink).errors.get()
     }
 
     async fn stop(self) {
@@ -311,9 +305,10 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     assert_eq!(sink.tasks_written(TaskKind::Welcome), 200);
     assert_eq!(sink.tasks_written(TaskKind::Convert), 100);
     assert_eq!(sink.dead_lettered(Reason::UnknownType), 700);
-    assert_eq!(sink.metrics.tasks_duplicate.get(), 0);
+    assert_eq!(sink.metrics.sink.tasks_duplicate.get(), 0);
     assert_eq!(
         sink.metrics
+            .sink
             .tasks
             .with_label_values(&["call", "control"])
             .get(),
@@ -386,7 +381,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     assert_eq!(xlen(&mut c, CONTROL).await, 200);
     assert_eq!(xlen(&mut c, TASKS).await, 300);
     assert_eq!(xlen(&mut c, DLQ).await, 700);
-    assert_eq!(sink.metrics.tasks_duplicate.get(), 600);
+    assert_eq!(sink.metrics.sink.tasks_duplicate.get(), 600);
     assert_eq!(sink.tasks_written(TaskKind::Winback), 600);
     assert_eq!(sink.tasks_written(TaskKind::Welcome), 200);
     assert_eq!(sink.dead_lettered(Reason::UnknownType), 700);
@@ -430,7 +425,7 @@ async fn batches_waiting_behind_a_write_are_written_together_in_order() {
         .collect();
     let id = |n: usize| format!("{n:032x}");
     assert_eq!(ids, [id(0), id(1), id(2), id(3)]);
-    assert_eq!(sink.metrics.tasks_duplicate.get(), 1);
+    assert_eq!(sink.metrics.sink.tasks_duplicate.get(), 1);
     assert_eq!(sink.tasks_written(TaskKind::Winback), 4);
     assert_eq!(
         group_state(&mut c, EVENTS, "churnd").await,
@@ -467,7 +462,7 @@ async fn the_script_is_loaded_again_after_script_flush_and_after_a_restart() {
         .unwrap();
     sink.write(tasks(5..20)).await;
     assert_eq!(xlen(&mut c, WINBACK).await, 20);
-    assert_eq!(sink.metrics.tasks_duplicate.get(), 5);
+    assert_eq!(sink.metrics.sink.tasks_duplicate.get(), 5);
     assert_eq!(
         sink.errors(),
         0,
@@ -479,7 +474,7 @@ async fn the_script_is_loaded_again_after_script_flush_and_after_a_restart() {
     let mut c = redis.conn().await;
     sink.write(tasks(15..30)).await;
     assert_eq!(xlen(&mut c, WINBACK).await, 30);
-    assert_eq!(sink.metrics.tasks_duplicate.get(), 10);
+    assert_eq!(sink.metrics.sink.tasks_duplicate.get(), 10);
     assert_eq!(sink.tasks_written(TaskKind::Winback), 30);
     sink.stop().await;
 }
@@ -524,7 +519,7 @@ async fn guards_under_their_old_names_are_honoured_and_moved_with_their_expiry()
         .map(|(_, f)| f["task_id"].clone())
         .collect();
     assert_eq!(written, [format!("{:032x}", 6), format!("{:032x}", 8)]);
-    assert_eq!(sink.metrics.tasks_duplicate.get(), 1);
+    assert_eq!(sink.metrics.sink.tasks_duplicate.get(), 1);
     let dead: Vec<String> = read_stream(&mut c, DLQ)
         .await
         .into_iter()
@@ -569,7 +564,7 @@ async fn guards_under_their_old_names_are_honoured_and_moved_with_their_expiry()
     })
     .await;
     assert_eq!(xlen(&mut c, WINBACK).await, 2);
-    assert_eq!(sink.metrics.tasks_duplicate.get(), 2);
+    assert_eq!(sink.metrics.sink.tasks_duplicate.get(), 2);
     sink.stop().await;
 }
 

@@ -85,7 +85,7 @@ pub fn memory(customers: usize, profiles: bool) -> Result<()> {
     let restored = Engine::restore(
         EngineSettings::from(&settings),
         model,
-        Metrics::new(),
+        Metrics::new().engine,
         state,
     );
     let peak = peak_resident_bytes()?.saturating_sub(empty);

@@ -98,7 +98,7 @@ fn print_latency(label: &str, samples: &mut [Duration]) {
 /// purchase lies `age_days` back, and whether it raises a task (in either group).
 fn probe_score(settings: &Settings, model: Arc<Model>, age_days: u64) -> Result<(f64, bool)> {
     let now_ms = churnd::time::wall_millis();
-    let mut engine = Engine::new(EngineSettings::from(settings), model, Metrics::new());
+    let mut engine = Engine::new(EngineSettings::from(settings), model, Metrics::new().engine);
     let customer = "probe-check-0";
     let ts = now_ms - age_days * 86_400_000;
     let fx = engine.apply_batch(

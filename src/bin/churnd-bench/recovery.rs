@@ -69,7 +69,7 @@ pub async fn recovery(customers: usize, binary: &PathBuf) -> Result<()> {
     let engine = Engine::restore(
         EngineSettings::from(&settings),
         model,
-        Metrics::new(),
+        Metrics::new().engine,
         decoded.state,
     );
     let restore = t.elapsed();

@@ -13,7 +13,7 @@ use redis::aio::MultiplexedConnection;
 use churnd::config::Settings;
 use churnd::engine::{Engine, EngineSettings};
 use churnd::event::EntryId;
-use churnd::metrics::Metrics;
+use churnd::metrics::{EngineMetrics, Metrics};
 use churnd::model::Model;
 use churnd::source::batch::{Batch, Entry};
 use churnd::state::{self, SnapshotDir};
@@ -143,8 +143,8 @@ pub fn learn_customers(
     model: Arc<Model>,
     customers: usize,
     now_ms: u64,
-) -> (Engine, Metrics) {
-    let metrics = Metrics::new();
+) -> (Engine, EngineMetrics) {
+    let metrics = Metrics::new().engine;
     let mut engine = Engine::new(EngineSettings::from(settings), model, metrics.clone());
     let mut rng = StdRng::seed_from_u64(7);
     for start in (0..customers).step_by(1_000) {
