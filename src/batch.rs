@@ -119,7 +119,7 @@ fn thresholds(
 }
 
 /// Columns of [`write_csv`].
-pub const CSV_HEADER: [&str; 11] = [
+pub(crate) const CSV_HEADER: [&str; 11] = [
     "customer_id",
     "churn_probability",
     "risk",

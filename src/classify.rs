@@ -100,7 +100,7 @@ impl StageBounds {
     }
 
     /// The first moment after `now` at which the stage changes without any event.
-    pub fn next_change(
+    pub(crate) fn next_change(
         &self,
         purchases: Option<(UnixSeconds, UnixSeconds)>,
         now: UnixSeconds,
@@ -210,7 +210,7 @@ impl RfmThresholds {
     /// The first moment after `now` at which silence alone changes the segment of a customer
     /// whose facts at `now` are `rfm`: recency passing its threshold, or the decayed purchase
     /// count or spend falling below theirs. `None` when silence changes nothing more.
-    pub fn next_change(&self, rfm: &Rfm, now: UnixSeconds) -> Option<UnixSeconds> {
+    pub(crate) fn next_change(&self, rfm: &Rfm, now: UnixSeconds) -> Option<UnixSeconds> {
         // Both decayed sums use the 365-day half-life: v·2^(-d/h) falls below `t` after
         // h·log2(v/t) days.
         let half_life = HALF_LIVES_DAYS[2];
@@ -233,7 +233,7 @@ impl RfmThresholds {
 
     /// Thresholds at the medians of a population sample. Customers at the median rate high,
     /// so a population where most bought once still splits on frequency.
-    pub fn medians(sample: &mut [Rfm]) -> Option<Self> {
+    pub(crate) fn medians(sample: &mut [Rfm]) -> Option<Self> {
         fn median(values: &mut [f64]) -> f64 {
             let mid = values.len() / 2;
             *values.select_nth_unstable_by(mid, f64::total_cmp).1

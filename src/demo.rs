@@ -31,7 +31,7 @@ macro_rules! say {
 }
 
 /// Every key the demo writes starts with this, so it never touches a deployment's streams.
-pub const KEY_PREFIX: &str = "churnd-demo:";
+pub(crate) const KEY_PREFIX: &str = "churnd-demo:";
 /// The bundled sample.
 pub const DEFAULT_TRANSACTIONS: &str = "data/cdnow/transactions_1997-01_to_1997-09.csv";
 const PROCESSING_TIMEOUT: Duration = Duration::from_secs(300);
@@ -61,7 +61,7 @@ pub enum DemoError {
 }
 
 /// A `redis-server` child process, killed on drop.
-pub struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: tokio::process::Child,
     pub url: String,
 }

@@ -10,18 +10,19 @@ use crate::time::{self, UnixSeconds};
 
 /// Largest accepted `amount`: beyond any real order, small enough to keep sums exact in `f32`
 /// to the cent for realistic customers.
-pub const MAX_AMOUNT: f64 = 1e9;
+pub(crate) const MAX_AMOUNT: f64 = 1e9;
 
 /// Longest accepted `customer_id`, in bytes. It is UTF-8 without control characters
 /// (Unicode category Cc: tab, newline, NUL, DEL and the C1 controls).
-pub const MAX_CUSTOMER_ID_BYTES: usize = 128;
+pub(crate) const MAX_CUSTOMER_ID_BYTES: usize = 128;
 
 /// Longest accepted profile attribute name, in bytes.
-pub const MAX_PROFILE_KEY_BYTES: usize = 32;
+pub(crate) const MAX_PROFILE_KEY_BYTES: usize = 32;
 
 /// The fields with a meaning of their own; on a `profile` event every other field is an
 /// attribute.
-pub const EVENT_FIELDS: [&str; 6] = ["customer_id", "type", "amount", "ts", "score", "coupon"];
+pub(crate) const EVENT_FIELDS: [&str; 6] =
+    ["customer_id", "type", "amount", "ts", "score", "coupon"];
 
 /// What a customer did, or what is known of them. Adding a kind: a variant here, its name
 /// in `ALL`/`as_str`, its fields in [`parse_event`] and its effect in the engine.
@@ -68,7 +69,7 @@ impl EventKind {
     }
 
     /// Purchases and refunds move money; their amount is required.
-    pub fn requires_amount(self) -> bool {
+    pub(crate) fn requires_amount(self) -> bool {
         matches!(self, Self::Purchase | Self::Refund)
     }
 }
@@ -258,7 +259,9 @@ pub struct EventLimits {
 
 /// The event type named by an entry's `type` field, if it names a known one (for metrics
 /// of entries that are not applied).
-pub fn event_kind<'a>(fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> Option<EventKind> {
+pub(crate) fn event_kind<'a>(
+    fields: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Option<EventKind> {
     fields
         .into_iter()
         .find(|(name, _)| *name == b"type")

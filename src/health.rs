@@ -86,7 +86,7 @@ impl Health {
 
     /// Makes `limit` snapshot failures in a row a reason not to be ready (0: none is; the
     /// default).
-    pub fn with_snapshot_failure_limit(self, limit: u32) -> Self {
+    pub(crate) fn with_snapshot_failure_limit(self, limit: u32) -> Self {
         self.streak().limit = limit;
         self
     }
@@ -99,7 +99,7 @@ impl Health {
     }
 
     /// A snapshot was written: the failures before it no longer matter.
-    pub fn snapshot_written(&self) {
+    pub(crate) fn snapshot_written(&self) {
         let mut streak = self.streak();
         streak.failed = 0;
         streak.error.clear();
@@ -109,7 +109,7 @@ impl Health {
 
     /// A snapshot failed with `error` (abandoned ones, whose effects were not written at
     /// shutdown, are not failures).
-    pub fn snapshot_failed(&self, error: &str) {
+    pub(crate) fn snapshot_failed(&self, error: &str) {
         let mut streak = self.streak();
         streak.failed = streak.failed.saturating_add(1);
         streak.error = error.to_string();
@@ -118,7 +118,7 @@ impl Health {
     }
 
     /// No snapshot will be written until churnd restarts, for `why`.
-    pub fn snapshots_stopped(&self, why: &str) {
+    pub(crate) fn snapshots_stopped(&self, why: &str) {
         let mut streak = self.streak();
         streak.stopped = true;
         streak.error = why.to_string();
@@ -127,12 +127,12 @@ impl Health {
     }
 
     /// Marks the snapshot as being read (or done being read).
-    pub fn set_loading(&self, loading: bool) {
+    pub(crate) fn set_loading(&self, loading: bool) {
         self.loading.store(loading, Ordering::Relaxed);
     }
 
     /// Whether the snapshot is being read: customer queries cannot be answered at all yet.
-    pub fn is_loading(&self) -> bool {
+    pub(crate) fn is_loading(&self) -> bool {
         self.loading.load(Ordering::Relaxed)
     }
 

@@ -22,7 +22,7 @@ use crate::source::lag::group_info;
 
 /// The oldest Redis churnd works with (docs/redis.md: `XAUTOCLAIM` reporting deleted
 /// entries, `XINFO GROUPS` lag).
-pub const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
+pub(crate) const MIN_REDIS_VERSION: (u32, u32) = (7, 0);
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,9 +18,9 @@ use serde::Serialize;
 use crate::event::{self, Reason, Rejection};
 
 /// The region label of customers whose region is not one of `profiles.regions`.
-pub const OTHER_REGION: &str = "other";
+pub(crate) const OTHER_REGION: &str = "other";
 /// The region label of customers without a region.
-pub const NO_REGION: &str = "none";
+pub(crate) const NO_REGION: &str = "none";
 
 /// `[profiles]` settings, read and checked by `config::profiles`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -195,7 +195,7 @@ impl Profiles {
     }
 
     /// The free-form keys in use.
-    pub fn free_keys(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn free_keys(&self) -> impl Iterator<Item = &str> {
         self.free.keys().map(String::as_str)
     }
 
@@ -206,7 +206,7 @@ impl Profiles {
     /// `current` with `changes` applied (an empty value removes the attribute); `None` when
     /// no attribute is left. A new key beyond the bound rejects the whole change. Nothing is
     /// counted until the customer holds the result ([`Self::hold`]).
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         current: Option<&Profile>,
         changes: &[(&str, &str)],
@@ -291,7 +291,7 @@ impl Profiles {
     }
 
     /// Every region label, in the order of [`Self::region`]'s indices.
-    pub fn region_labels(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn region_labels(&self) -> impl Iterator<Item = &str> {
         self.regions
             .iter()
             .map(String::as_str)
@@ -299,7 +299,7 @@ impl Profiles {
     }
 
     /// Forgets which customers hold which keys, to count them afresh with [`Self::hold`].
-    pub fn forget_counts(&mut self) {
+    pub(crate) fn forget_counts(&mut self) {
         self.free.clear();
     }
 

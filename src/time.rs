@@ -10,10 +10,10 @@ use chrono::{DateTime, NaiveDate, SecondsFormat};
 /// Seconds since the Unix epoch; 0 stands for "never".
 pub type UnixSeconds = u32;
 
-pub const SECONDS_PER_DAY: f64 = 86_400.0;
+pub(crate) const SECONDS_PER_DAY: f64 = 86_400.0;
 
 /// Largest event time churnd accepts, in milliseconds (the last second a `u32` can hold).
-pub const MAX_MILLIS: u64 = u32::MAX as u64 * 1000;
+pub(crate) const MAX_MILLIS: u64 = u32::MAX as u64 * 1000;
 
 /// The current wall-clock time in milliseconds since the Unix epoch.
 pub fn wall_millis() -> u64 {
@@ -29,7 +29,7 @@ pub fn from_millis(ms: u64) -> UnixSeconds {
 
 /// Days elapsed from `from` to `to`, never negative (an event slightly ahead of the clock
 /// counts as "just now").
-pub fn days_between(from: UnixSeconds, to: UnixSeconds) -> f64 {
+pub(crate) fn days_between(from: UnixSeconds, to: UnixSeconds) -> f64 {
     to.saturating_sub(from) as f64 / SECONDS_PER_DAY
 }
 
@@ -43,7 +43,7 @@ pub fn days(n: u32) -> u32 {
 
 /// A whole number of days and the rest of the last one: `n` days late is anything up to the
 /// end of the `n`th day after.
-pub fn days_and_the_rest(n: u32) -> u32 {
+pub(crate) fn days_and_the_rest(n: u32) -> u32 {
     days(n).saturating_add(DAY - 1)
 }
 
@@ -61,7 +61,7 @@ impl Day {
     }
 
     /// The day numbered `n` since the epoch (as stored).
-    pub fn from_number(n: u16) -> Self {
+    pub(crate) fn from_number(n: u16) -> Self {
         Day(n)
     }
 
@@ -70,7 +70,7 @@ impl Day {
         self.0
     }
 
-    pub fn is_never(self) -> bool {
+    pub(crate) fn is_never(self) -> bool {
         self.0 == 0
     }
 

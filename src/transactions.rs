@@ -20,7 +20,7 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    pub fn as_event(&self) -> Event<'_> {
+    pub(crate) fn as_event(&self) -> Event<'_> {
         Event::new(&self.customer_id, self.kind, self.amount, self.time)
     }
 }

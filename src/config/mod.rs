@@ -59,7 +59,7 @@ pub use units::Interval;
 
 /// The shipped, documented defaults file, read from the working directory when present.
 pub const DEFAULT_FILE: &str = "config/default.toml";
-pub const ENV_PREFIX: &str = "CHURND";
+pub(crate) const ENV_PREFIX: &str = "CHURND";
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Settings {

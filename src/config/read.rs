@@ -90,7 +90,7 @@ impl Reader {
 
     /// Reports that `value` of `key` does not fit: `message` follows the key. A default
     /// stands in for it.
-    pub fn unfit(&mut self, key: &str, value: &Value, message: impl Into<String>) {
+    pub(crate) fn unfit(&mut self, key: &str, value: &Value, message: impl Into<String>) {
         let end = key.find(['.', '[']).unwrap_or(key.len());
         self.unfit.insert(key[..end].to_string());
         self.report(key, value, message);
@@ -134,7 +134,7 @@ pub(crate) struct Origins(HashMap<String, Origin>);
 impl Origins {
     /// `problems` with the origin of each one's key, where it came from a file or the
     /// environment.
-    pub fn attach(&self, problems: Vec<Problem>) -> impl Iterator<Item = Problem> + '_ {
+    pub(crate) fn attach(&self, problems: Vec<Problem>) -> impl Iterator<Item = Problem> + '_ {
         problems.into_iter().map(|mut p| {
             if p.origin.is_none() {
                 p.origin = self.0.get(&p.key).cloned();

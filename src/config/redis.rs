@@ -72,7 +72,7 @@ impl std::fmt::Debug for RedisSettings {
 
 impl RedisSettings {
     /// Whether the URL asks for TLS (`rediss://`, or Valkey's `valkeys://`).
-    pub fn uses_tls(&self) -> bool {
+    pub(crate) fn uses_tls(&self) -> bool {
         let scheme = self.url.split_once("://").map_or("", |(s, _)| s);
         scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
     }

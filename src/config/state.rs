@@ -42,7 +42,7 @@ impl Default for StateSettings {
 
 impl StateSettings {
     /// The snapshot directory, unless snapshots are off.
-    pub fn snapshot_dir(&self) -> Option<&Path> {
+    pub(crate) fn snapshot_dir(&self) -> Option<&Path> {
         (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
     }
 }

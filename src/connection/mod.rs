@@ -26,7 +26,7 @@ use crate::metrics::{RedisMetrics, RedisRole, RoleMetrics};
 /// Capped exponential backoff with jitter: each delay is drawn from the upper half of the
 /// current step, so reconnecting replicas spread out.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     step: Duration,
@@ -41,7 +41,7 @@ impl Backoff {
         }
     }
 
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self.step;
         self.step = (self.step * 2).min(self.max);
         step / 2 + step.mul_f64(rand::random::<f64>() / 2.0)
@@ -136,7 +136,7 @@ impl Connector {
 
     /// One attempt, within twice the connect timeout, for checks that report rather than
     /// wait (`churnd check-config --connect`): the error as [`Self::describe`] gives it.
-    pub async fn connect_once(&self) -> Result<MultiplexedConnection, String> {
+    pub(crate) async fn connect_once(&self) -> Result<MultiplexedConnection, String> {
         let attempt = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config);
@@ -215,7 +215,7 @@ fn is_certificate_error(text: &str) -> bool {
 
 /// Whether the connection itself is unusable: I/O failure, timeout, or a server that can no
 /// longer take writes (a demoted primary after failover).
-pub fn needs_reconnect(e: &RedisError) -> bool {
+pub(crate) fn needs_reconnect(e: &RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()

@@ -18,7 +18,7 @@ use crate::source::batch::Batch;
 use crate::time::wall_millis;
 
 /// What the engine task talks to.
-pub struct Channels {
+pub(crate) struct Channels {
     pub batches: mpsc::Receiver<Batch>,
     pub effects: mpsc::Sender<Effects>,
     pub queries: mpsc::Receiver<Query>,
@@ -28,7 +28,7 @@ pub struct Channels {
 }
 
 /// Snapshots on an interval, and how recovery is reported.
-pub struct Durability {
+pub(crate) struct Durability {
     pub snapshots: Option<(Snapshotter, Duration)>,
     pub health: Arc<Health>,
     /// `churnd_recovery_duration_seconds`, set once state has caught up.

@@ -54,13 +54,13 @@ enum Job {
 }
 
 /// Room in the writer's queue for the next step of a snapshot.
-pub struct Room(OwnedPermit<Job>);
+pub(crate) struct Room(OwnedPermit<Job>);
 
 /// The state of the last snapshot written, set by the writer once it is durable.
 type Written = Arc<Mutex<Option<StateVersion>>>;
 
 /// The engine task's handle on the writer.
-pub struct Snapshotter {
+pub(crate) struct Snapshotter {
     idle: Arc<Semaphore>,
     jobs: mpsc::Sender<Job>,
     /// A snapshot has begun and not all of it was handed to the writer yet.

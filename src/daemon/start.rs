@@ -22,7 +22,7 @@ use crate::time::wall_millis;
 /// Gives every stream of `settings` a position in `engine` and, if any had none, writes a
 /// snapshot holding them. Retries until both succeed (Redis unreachable, the state volume
 /// failing: nothing may be read before); `None` if shutdown came first.
-pub async fn make_positions_durable(
+pub(crate) async fn make_positions_durable(
     mut engine: Engine,
     settings: &SourceSettings,
     dir: &SnapshotDir,

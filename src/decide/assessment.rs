@@ -96,7 +96,7 @@ impl Assessment<'_> {
         .then_some(v)
     }
 
-    pub fn recent(&self) -> Recent {
+    pub(crate) fn recent(&self) -> Recent {
         let (refunds_90d, complaints_90d) = self.features.dissatisfaction(self.now);
         Recent {
             refunds_90d,

@@ -7,7 +7,7 @@ use crate::time::UnixSeconds;
 
 /// The first anniversary (one year or more after `first`, on its calendar day) at or after
 /// `after`, at midnight UTC.
-pub fn anniversary_after(first: UnixSeconds, after: UnixSeconds) -> Option<UnixSeconds> {
+pub(crate) fn anniversary_after(first: UnixSeconds, after: UnixSeconds) -> Option<UnixSeconds> {
     let first = DateTime::from_timestamp(i64::from(first), 0)?.date_naive();
     yearly_after(
         first.month() as u8,
@@ -19,7 +19,7 @@ pub fn anniversary_after(first: UnixSeconds, after: UnixSeconds) -> Option<UnixS
 
 /// The first `month`-`day` of a year from `first_year` on at or after `after`, at midnight
 /// UTC; a 29 February falls on the 28th in other years.
-pub fn yearly_after(
+pub(crate) fn yearly_after(
     month: u8,
     day: u8,
     first_year: i32,

@@ -76,7 +76,7 @@ struct ServiceRecovery {
 
 /// The configured care kinds, resolved for fast decisions.
 #[derive(Debug, Clone)]
-pub struct CarePolicy {
+pub(crate) struct CarePolicy {
     convert: Option<Convert>,
     welcome: Option<Welcome>,
     birthday: Option<Yearly>,
@@ -262,7 +262,7 @@ impl CarePolicy {
 
     /// The next moment after now at which a care task can fall due without an event: the
     /// start of the next occasion, or the end of the cap holding a due one back.
-    pub fn next_moment(
+    pub(crate) fn next_moment(
         &self,
         cap: ContactCap,
         contact: &Contact,

@@ -21,7 +21,7 @@ impl Contact {
     }
 
     /// Counts a visit of a customer who has not bought yet.
-    pub fn count_prospect_visit(&mut self) {
+    pub(crate) fn count_prospect_visit(&mut self) {
         self.prospect_visits = self.prospect_visits.saturating_add(1);
     }
 
@@ -47,7 +47,7 @@ impl ContactCap {
 
     /// When the cap lets the customer be contacted again (`None`: now). It counts from the
     /// end of the last contact's day: at least the cap's days apart, whatever the hour.
-    pub fn allowed_from(&self, contact: &Contact, now: UnixSeconds) -> Option<UnixSeconds> {
+    pub(crate) fn allowed_from(&self, contact: &Contact, now: UnixSeconds) -> Option<UnixSeconds> {
         if contact.last_day.is_never() || self.wait == 0 {
             return None;
         }

@@ -113,7 +113,7 @@ impl Playbook {
     /// A purchase at `time`, after the customer's previous last purchase: it starts a new
     /// win-back episode and, if it follows an outstanding task, is a recovery. Returns the
     /// group to credit with the recovery.
-    pub fn on_new_purchase(
+    pub(crate) fn on_new_purchase(
         &self,
         winback: &mut WinbackState,
         customer_id: &str,
@@ -144,12 +144,12 @@ impl Playbook {
     }
 
     /// The lowest and the highest win-back threshold when they differ by segment.
-    pub fn thresholds_span(&self) -> Option<(f64, f64)> {
+    pub(crate) fn thresholds_span(&self) -> Option<(f64, f64)> {
         self.winback.thresholds_span()
     }
 
     /// Whether the customer's current episode of silence can still raise a win-back task.
-    pub fn may_raise(&self, winback: &WinbackState) -> bool {
+    pub(crate) fn may_raise(&self, winback: &WinbackState) -> bool {
         self.winback.may_raise(winback)
     }
 }

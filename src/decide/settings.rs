@@ -272,7 +272,7 @@ impl TasksSettings {
 
     /// The stream a kind's tasks go to, with the key that set it (its own `stream`, or
     /// `tasks.stream` when that is empty), for messages naming the key.
-    pub fn stream_setting(&self, kind: TaskKind) -> (&'static str, &str) {
+    pub(crate) fn stream_setting(&self, kind: TaskKind) -> (&'static str, &str) {
         let own = match kind {
             TaskKind::Winback => ("", ""),
             TaskKind::Convert => ("tasks.convert.stream", self.convert.stream.as_str()),

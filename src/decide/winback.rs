@@ -56,7 +56,7 @@ pub struct WinbackState {
 
 /// The configured policy, resolved for fast decisions.
 #[derive(Debug, Clone)]
-pub struct Policy {
+pub(crate) struct Policy {
     enabled: bool,
     thresholds: [f64; 8],
     actions: [Arc<str>; 8],
@@ -114,7 +114,7 @@ impl Policy {
     }
 
     /// The lowest and the highest task threshold when they differ by segment.
-    pub fn thresholds_span(&self) -> Option<(f64, f64)> {
+    pub(crate) fn thresholds_span(&self) -> Option<(f64, f64)> {
         let low = self
             .thresholds()
             .iter()
@@ -129,14 +129,14 @@ impl Policy {
     }
 
     /// Whether this episode can still raise a task.
-    pub fn may_raise(&self, state: &WinbackState) -> bool {
+    pub(crate) fn may_raise(&self, state: &WinbackState) -> bool {
         self.enabled && state.episode_tasks < self.max_tasks_per_episode
     }
 
     /// The first moment after `now` at which a waiting time of the policy ends (the silence
     /// required after the last purchase, the cooldown after the last task), so that a
     /// customer already over the threshold gets their task then.
-    pub fn next_eligible(
+    pub(crate) fn next_eligible(
         &self,
         state: &WinbackState,
         last_purchase: UnixSeconds,
@@ -214,7 +214,7 @@ impl Policy {
     /// A purchase at `time`, after the customer's previous last purchase: it starts a new
     /// episode (even when it arrives late, dated before the last task) and, if it follows an
     /// outstanding task, is a recovery. Returns the group to credit with the recovery.
-    pub fn on_new_purchase(
+    pub(crate) fn on_new_purchase(
         &self,
         state: &mut WinbackState,
         customer_id: &str,

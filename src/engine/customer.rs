@@ -52,7 +52,7 @@ impl Extras {
         self.signals.as_ref().and_then(|s| s.coupons)
     }
 
-    pub fn signals_mut(&mut self) -> &mut Signals {
+    pub(crate) fn signals_mut(&mut self) -> &mut Signals {
         self.signals.get_or_insert_default()
     }
 }

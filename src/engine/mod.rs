@@ -140,7 +140,7 @@ impl Engine {
     /// to `position` count as applied (before the deployment's start, or never to be read).
     /// A snapshot then holds a position for the stream before anything is read from it, so
     /// that a crash can always be recovered by replaying what follows.
-    pub fn start_at(&mut self, stream: StreamIdx, position: EntryId) {
+    pub(crate) fn start_at(&mut self, stream: StreamIdx, position: EntryId) {
         let i = usize::from(stream);
         if self.applied.len() <= i {
             self.applied.resize(i + 1, None);
@@ -155,7 +155,7 @@ impl Engine {
 
     /// Serves a new model from the next score on; every customer's next check is brought
     /// forward at the next batch or tick ([`Self::recheck_everyone`]).
-    pub fn set_model(&mut self, model: Arc<Model>) {
+    pub(crate) fn set_model(&mut self, model: Arc<Model>) {
         self.metrics.model.set(model.version());
         self.model_version = model.version().into();
         self.model = model;

@@ -131,7 +131,7 @@ impl Engine {
     }
 
     /// The version of the state a snapshot would record now (see [`StateVersion`]).
-    pub fn state_version(&self) -> StateVersion {
+    pub(crate) fn state_version(&self) -> StateVersion {
         StateVersion {
             customers: self.store.changes(),
             header: self.state_header(),

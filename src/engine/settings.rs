@@ -33,7 +33,7 @@ impl EngineSettings {
     /// A hash of every setting that decides when a silent customer is checked next. A
     /// restart under other settings (or another model) must re-check everyone: checks
     /// scheduled under the old ones may come too late under the new.
-    pub fn schedule_fingerprint(&self) -> u64 {
+    pub(crate) fn schedule_fingerprint(&self) -> u64 {
         let w = &self.winback;
         // Per-segment thresholds in a fixed order (a HashMap's order is random per process).
         let task_thresholds = Segment::ALL.map(|s| w.segment_thresholds.get(&s).copied());

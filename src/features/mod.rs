@@ -15,7 +15,7 @@ use crate::event::{Event, EventKind};
 use crate::time::{self, UnixSeconds, SECONDS_PER_DAY};
 
 /// Half-lives of the decayed purchase counts and spend, in days.
-pub const HALF_LIVES_DAYS: [f64; 3] = [30.0, 90.0, 365.0];
+pub(crate) const HALF_LIVES_DAYS: [f64; 3] = [30.0, 90.0, 365.0];
 /// Half-life of the refund and complaint signals, in days.
 const DISSATISFACTION_HALF_LIFE_DAYS: f64 = 90.0;
 /// Half-life of the visit (engagement) signal, in days.
@@ -55,7 +55,7 @@ pub const FEATURE_NAMES: [&str; FEATURE_COUNT] = [
 pub const FEATURE_COUNT: usize = 19;
 
 /// One customer's model inputs at one moment.
-pub type FeatureVector = [f64; FEATURE_COUNT];
+pub(crate) type FeatureVector = [f64; FEATURE_COUNT];
 
 /// Rolling state of one customer: 56 bytes, whatever the number of events.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -104,11 +104,11 @@ impl Decayed {
     }
 
     /// The exact state, for snapshots.
-    pub fn to_parts(self) -> (f32, UnixSeconds) {
+    pub(crate) fn to_parts(self) -> (f32, UnixSeconds) {
         (self.value, self.at)
     }
 
-    pub fn from_parts(value: f32, at: UnixSeconds) -> Self {
+    pub(crate) fn from_parts(value: f32, at: UnixSeconds) -> Self {
         Self { value, at }
     }
 }
@@ -125,7 +125,7 @@ pub struct Feedback {
 }
 
 /// Scores at or below this count as dissatisfied.
-pub const LOW_SCORE: u8 = 2;
+pub(crate) const LOW_SCORE: u8 = 2;
 
 impl Feedback {
     pub fn apply(&mut self, score: u8, t: UnixSeconds) {
@@ -211,7 +211,7 @@ impl CustomerFeatures {
 
     /// Whether an event of this kind changes these features (a profile does not, and the
     /// anchor of the decayed sums must not move for it).
-    pub fn moves_with(kind: EventKind) -> bool {
+    pub(crate) fn moves_with(kind: EventKind) -> bool {
         !matches!(kind, EventKind::Feedback | EventKind::Profile)
     }
 
@@ -240,7 +240,7 @@ impl CustomerFeatures {
     }
 
     /// Size of [`Self::to_bytes`].
-    pub const ENCODED_LEN: usize = 56;
+    pub(crate) const ENCODED_LEN: usize = 56;
 
     /// The exact state, little-endian, for snapshots: a restored customer continues
     /// bit-for-bit where it stopped.
@@ -269,7 +269,7 @@ impl CustomerFeatures {
     }
 
     /// The inverse of [`Self::to_bytes`].
-    pub fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> Self {
+    pub(crate) fn from_bytes(bytes: &[u8; Self::ENCODED_LEN]) -> Self {
         let mut w = [0u32; Self::ENCODED_LEN / 4];
         for (word, chunk) in w.iter_mut().zip(bytes.chunks_exact(4)) {
             *word = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -289,7 +289,7 @@ impl CustomerFeatures {
         }
     }
 
-    pub fn has_purchased(&self) -> bool {
+    pub(crate) fn has_purchased(&self) -> bool {
         self.purchases > 0
     }
 

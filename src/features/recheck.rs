@@ -23,7 +23,7 @@
 use crate::time::UnixSeconds;
 
 #[derive(Debug, Clone)]
-pub struct Recheck {
+pub(crate) struct Recheck {
     /// Log-odds of every probability at which something observable changes, ascending.
     boundaries: Vec<f64>,
     min_secs: u32,

@@ -24,7 +24,7 @@ pub struct Timer {
 
 impl Timer {
     /// A timer due at `due` that sits in no queue (restored from a snapshot): schedule it.
-    pub fn unqueued(due: Option<UnixSeconds>) -> Self {
+    pub(crate) fn unqueued(due: Option<UnixSeconds>) -> Self {
         Self {
             due: due.map_or(0, |t| t.max(1)),
             queued: 0,
@@ -37,18 +37,23 @@ impl Timer {
 }
 
 /// Gives the queue access to the timers it orders.
-pub trait TimerSlots {
+pub(crate) trait TimerSlots {
     fn timer_mut(&mut self, idx: CustomerIdx) -> &mut Timer;
 }
 
 #[derive(Default)]
-pub struct TimerQueue {
+pub(crate) struct TimerQueue {
     heap: BinaryHeap<Reverse<(UnixSeconds, CustomerIdx)>>,
 }
 
 impl TimerQueue {
     /// Sets the customer's next due time (`None` cancels).
-    pub fn schedule(&mut self, idx: CustomerIdx, timer: &mut Timer, due: Option<UnixSeconds>) {
+    pub(crate) fn schedule(
+        &mut self,
+        idx: CustomerIdx,
+        timer: &mut Timer,
+        due: Option<UnixSeconds>,
+    ) {
         // 0 means "not scheduled", so a due time of 0 is taken as 1.
         timer.due = due.map_or(0, |t| t.max(1));
         if timer.due != 0 && (timer.queued == 0 || timer.due < timer.queued) {
@@ -58,7 +63,7 @@ impl TimerQueue {
     }
 
     /// The next customer due at or before `now`, with the time it was due, clearing its timer.
-    pub fn pop_due(
+    pub(crate) fn pop_due(
         &mut self,
         now: UnixSeconds,
         slots: &mut impl TimerSlots,
@@ -89,7 +94,8 @@ impl TimerQueue {
         None
     }
 
-    /// Heap entries, live and stale (for the memory gauge and tests).
+    /// Heap entries, live and stale.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.heap.len()
     }
@@ -99,6 +105,7 @@ impl TimerQueue {
         self.heap.len() * std::mem::size_of::<Reverse<(UnixSeconds, CustomerIdx)>>()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

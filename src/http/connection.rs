@@ -27,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Milliseconds on the server's [`Clock`]: plain integers, so that what a connection does
 /// fits in atomics its reader, its service, its watchdog and the accept loop share.
-pub type Millis = u64;
+pub(crate) type Millis = u64;
 
 /// The server's clock: milliseconds since it started.
 #[derive(Debug, Clone, Copy)]
-pub struct Clock(Instant);
+pub(crate) struct Clock(Instant);
 
 impl Clock {
     pub fn start() -> Self {
@@ -91,7 +91,7 @@ impl Close {
 /// request began, its response ended). Every update happens on the connection's own task;
 /// the atomics let the accept loop read it when it looks for a connection to close.
 #[derive(Debug)]
-pub struct Activity {
+pub(crate) struct Activity {
     opened: Millis,
     /// Requests begun (heads complete); 0: the connection has not sent one yet.
     requests: AtomicU64,
@@ -156,14 +156,14 @@ impl Activity {
         }
     }
 
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) > 0
     }
 
     /// Since when the connection has waited for a request (idle, or receiving a head), or
     /// `None` while one is in flight: the connection to close at the limit is the one that
     /// has waited longest.
-    pub fn waiting_since(&self) -> Option<Millis> {
+    pub(crate) fn waiting_since(&self) -> Option<Millis> {
         (!self.is_busy()).then(|| self.idle_since.load(Ordering::Relaxed))
     }
 
@@ -190,14 +190,14 @@ impl Activity {
 
 /// An open connection as the accept loop sees it.
 #[derive(Debug)]
-pub struct Tracked {
+pub(crate) struct Tracked {
     pub activity: Activity,
     /// Cancelled to ask the connection to make room for a new one.
     pub evict: CancellationToken,
 }
 
 /// What every connection of a server shares.
-pub struct Shared {
+pub(crate) struct Shared {
     pub router: Router,
     pub timeouts: Timeouts,
     pub clock: Clock,

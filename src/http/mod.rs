@@ -35,13 +35,13 @@ use crate::metrics::Metrics;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A question for the engine, answered between batches.
-pub enum Query {
+pub(crate) enum Query {
     Customer(String, oneshot::Sender<Option<CustomerView>>),
     Summary(oneshot::Sender<Summary>),
 }
 
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub metrics: Metrics,
     pub health: Arc<Health>,
     pub queries: mpsc::Sender<Query>,
@@ -49,7 +49,7 @@ pub struct AppState {
     pub customer_token: Option<Arc<Secret>>,
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let mut customers = Router::new()
         .route("/v1/customers/{id}", get(customer))
         .route("/v1/summary", get(summary));

@@ -31,7 +31,7 @@ use crate::metrics::HttpMetrics;
 /// (source, sink, monitor), a snapshot being written and its directory, the model file, the
 /// listener, a connection accepted while it waits for a place, and the runtime's own.
 /// About twenty are in use at most; the rest is a margin.
-pub const RESERVED_DESCRIPTORS: u64 = 64;
+pub(crate) const RESERVED_DESCRIPTORS: u64 = 64;
 
 /// How often a new connection waiting for a place looks again for one to close, while
 /// every connection is in the middle of a request.
@@ -69,12 +69,12 @@ impl From<&HttpSettings> for Limits {
 /// at start, so that an HTTP crowd can never take the descriptors snapshots and Redis need.
 /// A value that does not fit is refused rather than lowered, so that the limit in force is
 /// the one configured.
-pub fn descriptor_problem(max_connections: u32) -> Option<String> {
+pub(crate) fn descriptor_problem(max_connections: u32) -> Option<String> {
     budget_problem(max_connections, open_file_limit()?)
 }
 
 /// The soft `RLIMIT_NOFILE`, or `None` when unlimited or unknown.
-pub fn open_file_limit() -> Option<u64> {
+pub(crate) fn open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

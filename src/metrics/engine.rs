@@ -99,7 +99,7 @@ impl OutcomeCounts {
         self.counts[k][outcome.index()] += 1;
     }
 
-    pub fn publish(&self, metrics: &EngineMetrics) {
+    pub(crate) fn publish(&self, metrics: &EngineMetrics) {
         let (known, unknown) = self.counts.split_at(EventKind::ALL.len());
         for (series, row) in metrics.events_by_kind.iter().zip(known) {
             for (counter, &n) in series.iter().zip(row) {

@@ -69,7 +69,10 @@ impl<L: Label, M: Clone> PerLabel<L, M> {
 
     /// As [`Self::new`], for a family whose first labels are fixed to `prefix` and whose
     /// last label is `L`.
-    pub fn with_prefix<B: MetricVecBuilder<M = M>>(family: &MetricVec<B>, prefix: &[&str]) -> Self {
+    pub(crate) fn with_prefix<B: MetricVecBuilder<M = M>>(
+        family: &MetricVec<B>,
+        prefix: &[&str],
+    ) -> Self {
         let children = L::ALL
             .iter()
             .map(|l| {

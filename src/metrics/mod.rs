@@ -44,7 +44,7 @@ pub use source::SourceMetrics;
 
 /// The source revision built from (build.rs: the git commit, the container build's `REVISION`
 /// argument, or `unknown`), the `revision` label of `churnd_build_info`.
-pub const REVISION: &str = env!("CHURND_REVISION");
+pub(crate) const REVISION: &str = env!("CHURND_REVISION");
 
 /// The registry and every component's metrics. Cheap to clone: every handle is shared.
 #[derive(Clone)]
@@ -97,7 +97,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "cannot encode metrics");

@@ -14,7 +14,7 @@ use prometheus::{Counter, Gauge, Opts};
 
 /// What `/proc/self/stat` says about the process, in base units.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stat {
+pub(crate) struct Stat {
     /// User and system CPU time.
     pub cpu_seconds: f64,
     pub threads: i64,
@@ -77,7 +77,7 @@ fn open_fds() -> Option<f64> {
 }
 
 /// The collector: registered once per registry, it reads `/proc/self` when gathered.
-pub struct ProcessCollector {
+pub(crate) struct ProcessCollector {
     descs: Vec<Desc>,
     cpu: Counter,
     /// Serialises scrapes, so that two at once do not both add the same CPU time.

@@ -57,7 +57,7 @@ impl SinkMetrics {
     }
 
     /// Counts a win-back task written with `action` (a configured one) in `group`.
-    pub fn winback_task(&self, action: &str, group: Group) {
+    pub(crate) fn winback_task(&self, action: &str, group: Group) {
         self.tasks
             .with_label_values(&[action, group.as_str()])
             .inc();
@@ -72,7 +72,7 @@ pub struct DeadLettered<'a> {
 }
 
 impl DeadLettered<'_> {
-    pub fn emit(self, metrics: &SinkMetrics) {
+    pub(crate) fn emit(self, metrics: &SinkMetrics) {
         tracing::debug!(id = %self.id, reason = self.reason.as_str(), detail = %self.detail, "dead-lettered an entry");
         metrics.dead_lettered.get(self.reason).inc();
     }

@@ -89,7 +89,7 @@ pub struct SnapshotWritten<'a> {
 }
 
 impl SnapshotWritten<'_> {
-    pub fn emit(self, metrics: &SnapshotMetrics) {
+    pub(crate) fn emit(self, metrics: &SnapshotMetrics) {
         metrics.outcomes.get(SnapshotOutcome::Written).inc();
         metrics.write_seconds.observe(self.elapsed.as_secs_f64());
         metrics
@@ -118,7 +118,7 @@ pub struct SnapshotSkipped {
 }
 
 impl SnapshotSkipped {
-    pub fn emit(self, metrics: &SnapshotMetrics) {
+    pub(crate) fn emit(self, metrics: &SnapshotMetrics) {
         metrics.outcomes.get(SnapshotOutcome::Skipped).inc();
         // The state on disk is current as of now: the staleness alert stays quiet while idle.
         metrics.last_success.set((self.now_ms / 1000) as i64);

@@ -186,7 +186,7 @@ impl BgNbd {
     /// A customer alive at T stays alive until their next purchase, and their rate given the
     /// history is Gamma(r+x, α+T); the power is that posterior's chance of no purchase. A
     /// horizon of zero or less gives 1.
-    pub fn p_no_purchase(&self, s: &RepeatSummary, horizon_days: f64) -> f64 {
+    pub(crate) fn p_no_purchase(&self, s: &RepeatSummary, horizon_days: f64) -> f64 {
         if horizon_days <= 0.0 {
             return 1.0;
         }
@@ -203,7 +203,7 @@ impl BgNbd {
 /// likelihood passes easily, so only the logarithm is ever formed.
 ///
 /// Returns +∞ at 0 and at +∞, NaN for negative or NaN input.
-pub fn ln_gamma(x: f64) -> f64 {
+pub(crate) fn ln_gamma(x: f64) -> f64 {
     const G: f64 = 7.0;
     const COEFFICIENTS: [f64; 9] = [
         0.999_999_999_999_809_9,

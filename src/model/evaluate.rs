@@ -117,7 +117,7 @@ pub fn evaluate_model(
 /// The value model's forecast for every buyer before `as_of` (the customers the churn
 /// metrics count), from the daemon's state as of then, against their purchases and net spend
 /// in the `horizon_days` from it.
-pub fn value_forecast(
+pub(crate) fn value_forecast(
     transactions: &Transactions,
     value: &ValueModel,
     as_of: UnixSeconds,
@@ -177,7 +177,7 @@ fn metrics_or_one_class(
 /// Fits BG/NBD on the examples' purchase histories (all from before their cutoff) and scores
 /// P(no purchase within the horizon) for each. The examples must share one cutoff and hold
 /// both classes.
-pub fn bgnbd_baseline(
+pub(crate) fn bgnbd_baseline(
     examples: &[&Example],
     horizon_days: u32,
 ) -> Result<BaselineReport, BgNbdError> {

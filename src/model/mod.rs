@@ -23,7 +23,7 @@ use crate::features::{FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
 
 /// The `format` tag of the model files `churnd train` writes: the churn model and the value
 /// model's parameters (`value`, required).
-pub const MODEL_FORMAT: &str = "churnd-logistic/2";
+pub(crate) const MODEL_FORMAT: &str = "churnd-logistic/2";
 
 /// The format before the value model: still read, without value estimates (a `value`
 /// section in such a file is refused).
@@ -137,7 +137,7 @@ impl Score {
 
 /// A digest of a model file's bytes: a change of content, however quick and however written
 /// (in place or by rename), is a change.
-pub fn fingerprint(bytes: &[u8]) -> u64 {
+pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
@@ -149,7 +149,7 @@ impl Model {
     /// The model and the [`fingerprint`] of the very bytes it was read from: a watcher that
     /// starts later compares the file with what is served, so a file replaced in between is
     /// still seen as a change.
-    pub fn load_fingerprinted(path: &Path) -> Result<(Self, u64), ModelError> {
+    pub(crate) fn load_fingerprinted(path: &Path) -> Result<(Self, u64), ModelError> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
             path: path.to_owned(),
             source,
@@ -163,7 +163,7 @@ impl Model {
     }
 
     /// [`Self::from_json`] from the file's bytes (which must be UTF-8 JSON).
-    pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
+    pub(crate) fn from_slice(bytes: &[u8], path: &Path) -> Result<Self, ModelError> {
         let file: ModelFile =
             serde_json::from_slice(bytes).map_err(|source| ModelError::Parse {
                 path: path.to_owned(),
@@ -303,7 +303,7 @@ impl Model {
     /// How far up and how far down the log-odds could have moved at most, anywhere between
     /// inputs `from` and `to`, when each input moves monotonically from one to the other:
     /// the sums of the contributions that rise and of those that fall.
-    pub fn logit_reach(&self, from: &FeatureVector, to: &FeatureVector) -> (f64, f64) {
+    pub(crate) fn logit_reach(&self, from: &FeatureVector, to: &FeatureVector) -> (f64, f64) {
         (0..FEATURE_COUNT)
             .map(|i| self.coefficient[i] * self.inv_scale[i] * (to[i] - from[i]))
             .fold((0.0, 0.0), |(up, down), c| {
@@ -312,7 +312,7 @@ impl Model {
     }
 }
 
-pub fn sigmoid(z: f64) -> f64 {
+pub(crate) fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 

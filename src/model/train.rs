@@ -27,7 +27,7 @@ use crate::time::{self, UnixSeconds};
 use crate::transactions::Transactions;
 
 /// Fewest examples a fit is attempted on.
-pub const MIN_EXAMPLES: usize = 200;
+pub(crate) const MIN_EXAMPLES: usize = 200;
 /// Default spacing of rolling-origin cutoffs.
 const CUTOFF_STEP_DAYS: u32 = 30;
 /// History a cutoff needs before it, so that features describe some behaviour.
@@ -140,7 +140,7 @@ pub enum TrainError {
 
 /// One labelled example.
 #[derive(Debug, Clone, Copy)]
-pub struct Example {
+pub(crate) struct Example {
     pub cutoff: UnixSeconds,
     pub features: FeatureVector,
     /// The purchase history as BG/NBD sees it, for the baseline.
@@ -157,7 +157,7 @@ struct History {
 
 /// Features of every buyer as of each cutoff (from events strictly before it), labelled by
 /// whether they bought within `horizon_days` from it.
-pub fn build_examples(
+pub(crate) fn build_examples(
     transactions: &Transactions,
     cutoffs: &[UnixSeconds],
     horizon_days: u32,
@@ -231,7 +231,7 @@ pub(crate) fn data_span(transactions: &Transactions) -> Option<(UnixSeconds, Uni
 }
 
 /// Cutoffs every 30 days back from the latest one that leaves a full horizon of data.
-pub fn default_cutoffs(
+pub(crate) fn default_cutoffs(
     first: UnixSeconds,
     end: UnixSeconds,
     horizon_days: u32,

@@ -33,7 +33,7 @@ const DAY_MS: f64 = 86_400_000.0;
 /// Hardie and Lee 2005: BG/NBD r = 0.243, α = 4.414 weeks, a = 0.793, b = 2.426; gamma-gamma
 /// p = 6.25, q = 3.74, γ = 15.44), the data churnd's model is trained on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Params {
+pub(crate) struct Params {
     /// Shape of the gamma distribution of purchase rates.
     pub rate_shape: f64,
     /// Its scale, in purchases per day.
@@ -98,7 +98,7 @@ pub struct ParamsError {
 
 /// What a simulated customer did.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Activity {
+pub(crate) enum Activity {
     Purchase {
         cents: u64,
     },
@@ -123,16 +123,16 @@ pub enum Activity {
 }
 
 /// The values simulated profiles take.
-pub const REGIONS: [&str; 4] = ["eu", "us", "apac", "latam"];
-pub const AGE_BANDS: [&str; 5] = ["18-24", "25-34", "35-44", "45-54", "55+"];
-pub const GENDERS: [&str; 3] = ["f", "m", "x"];
-pub const CHANNELS: [&str; 3] = ["web", "app", "store"];
+pub(crate) const REGIONS: [&str; 4] = ["eu", "us", "apac", "latam"];
+pub(crate) const AGE_BANDS: [&str; 5] = ["18-24", "25-34", "35-44", "45-54", "55+"];
+pub(crate) const GENDERS: [&str; 3] = ["f", "m", "x"];
+pub(crate) const CHANNELS: [&str; 3] = ["web", "app", "store"];
 /// Weights of scores 1 to 5: mostly satisfied, a few very unhappy.
 const SCORE_WEIGHTS: [f64; 5] = [0.06, 0.09, 0.2, 0.35, 0.3];
 
 impl Activity {
     /// The event type churnd reads.
-    pub fn event_type(&self) -> &'static str {
+    pub(crate) fn event_type(&self) -> &'static str {
         match self {
             Self::Purchase { .. } => "purchase",
             Self::Refund { .. } => "refund",
@@ -146,7 +146,7 @@ impl Activity {
 
 /// One event of the simulation.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SimEvent {
+pub(crate) struct SimEvent {
     /// The customer's number: 0 for the first to arrive, and so on.
     pub customer: u32,
     pub ts_ms: u64,
@@ -182,7 +182,7 @@ struct Customer {
 }
 
 /// The simulated customer base.
-pub struct Population {
+pub(crate) struct Population {
     params: Params,
     rng: StdRng,
     rate: Gamma<f64>,
@@ -287,7 +287,7 @@ impl Population {
     }
 
     /// The time of the next event.
-    pub fn peek_ms(&self) -> u64 {
+    pub(crate) fn peek_ms(&self) -> u64 {
         match self.pending.peek() {
             Some(Reverse((ts, _))) => (*ts).min(self.next_arrival_ms),
             None => self.next_arrival_ms,
@@ -296,7 +296,7 @@ impl Population {
 
     /// The next event in time order (ties in customer order). Never ends: customers keep
     /// arriving.
-    pub fn next_event(&mut self) -> SimEvent {
+    pub(crate) fn next_event(&mut self) -> SimEvent {
         let due = self.pending.peek().map(|Reverse(p)| *p);
         match due {
             Some((ts, customer)) if ts <= self.next_arrival_ms => {

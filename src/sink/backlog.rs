@@ -32,7 +32,7 @@ use super::SinkSettings;
 
 /// Consumer groups reported per stream, at most: group names become label values, and they
 /// are chosen by the streams' consumers, not by churnd.
-pub const MAX_GROUPS: usize = 16;
+pub(crate) const MAX_GROUPS: usize = 16;
 
 /// An output stream and its approximate length cap.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub struct OutputStream {
 
 impl SinkSettings {
     /// Every output stream with its cap (the larger one when two settings name one stream).
-    pub fn output_caps(&self) -> Vec<OutputStream> {
+    pub(crate) fn output_caps(&self) -> Vec<OutputStream> {
         let mut caps: Vec<OutputStream> = Vec::new();
         let mut add = |name: &str, max_len: u64| match caps.iter_mut().find(|s| s.name == name) {
             Some(s) => s.max_len = s.max_len.max(max_len),
@@ -65,7 +65,7 @@ impl SinkSettings {
 
 /// A stream, from `XINFO STREAM`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StreamInfo {
+pub(crate) struct StreamInfo {
     pub length: i64,
     pub first: Option<EntryId>,
     pub last_generated: Option<EntryId>,
@@ -101,7 +101,7 @@ impl StreamInfo {
 
 /// A consumer group of an output stream, from `XINFO GROUPS`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupState {
+pub(crate) struct GroupState {
     pub name: String,
     pub last_delivered: Option<EntryId>,
     /// `None` when Redis cannot tell.
@@ -111,7 +111,7 @@ pub struct GroupState {
 
 impl GroupState {
     /// Reads every group of an `XINFO GROUPS` reply.
-    pub fn parse_all(reply: &Value) -> Vec<Self> {
+    pub(crate) fn parse_all(reply: &Value) -> Vec<Self> {
         rows(reply)
             .filter_map(|row| {
                 Some(Self {
@@ -128,7 +128,7 @@ impl GroupState {
 
     /// Whether entries the group has not read were removed: its last delivered entry is
     /// older than the stream's first (or, the stream emptied, than its last).
-    pub fn is_behind(&self, stream: &StreamInfo) -> bool {
+    pub(crate) fn is_behind(&self, stream: &StreamInfo) -> bool {
         let delivered = self.last_delivered.unwrap_or_default();
         match (stream.first, stream.last_generated) {
             (Some(first), _) => delivered < first,
@@ -153,7 +153,7 @@ impl GroupState {
 
     /// Entries removed minus entries the group read: while positive, at least that many
     /// were removed before the group read them.
-    pub fn removed_beyond_read(&self, stream: &StreamInfo) -> Option<i64> {
+    pub(crate) fn removed_beyond_read(&self, stream: &StreamInfo) -> Option<i64> {
         Some(stream.removed()? - self.entries_read?)
     }
 }
@@ -161,7 +161,7 @@ impl GroupState {
 /// How many entries to count as lost since the previous sample: the growth of
 /// [`GroupState::removed_beyond_read`] while the group is behind. `previous` is that figure
 /// at the previous sample, `None` before the first.
-pub fn newly_lost(previous: Option<i64>, now: Option<i64>, behind: bool) -> u64 {
+pub(crate) fn newly_lost(previous: Option<i64>, now: Option<i64>, behind: bool) -> u64 {
     match (previous, now) {
         (Some(previous), Some(now)) if behind => (now - previous.max(0)).max(0) as u64,
         _ => 0,

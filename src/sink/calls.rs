@@ -93,7 +93,7 @@ pub(super) static EFFECTS: LazyLock<redis::Script> =
 
 /// Entries per call at most: a script holds Redis while it runs (about 5 µs per entry here),
 /// so a call of 256 holds it about 1.5 ms.
-pub const MAX_ENTRIES_PER_CALL: usize = 256;
+pub(crate) const MAX_ENTRIES_PER_CALL: usize = 256;
 
 /// A call takes no more entries once its values pass this many bytes (dead letters copy
 /// whatever the rejected entry held); an entry larger than that goes alone.

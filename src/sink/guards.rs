@@ -63,7 +63,7 @@ return moved
 
 /// The prefix of the guard keys of `stream`'s entries: `{stream}:dedup:`, or `stream:dedup:`
 /// when the name holds braces.
-pub fn guard_prefix(stream: &str) -> String {
+pub(crate) fn guard_prefix(stream: &str) -> String {
     if stream.contains(['{', '}']) {
         format!("{stream}:dedup:")
     } else {
@@ -72,7 +72,7 @@ pub fn guard_prefix(stream: &str) -> String {
 }
 
 /// The prefix `stream`'s guards had before the hash tag, when it differs from the current one.
-pub fn old_guard_prefix(stream: &str) -> Option<String> {
+pub(crate) fn old_guard_prefix(stream: &str) -> Option<String> {
     let old = format!("{stream}:dedup:");
     (old != guard_prefix(stream)).then_some(old)
 }
@@ -80,7 +80,7 @@ pub fn old_guard_prefix(stream: &str) -> Option<String> {
 /// Whether writes must still check the old guard names, shared by the sink and the pass that
 /// moves them.
 #[derive(Clone)]
-pub struct OldNames(Arc<AtomicBool>);
+pub(crate) struct OldNames(Arc<AtomicBool>);
 
 impl OldNames {
     /// Checked until a pass over the keyspace has moved every old name.
@@ -88,7 +88,7 @@ impl OldNames {
         Self(Arc::new(AtomicBool::new(true)))
     }
 
-    pub fn pending_check(&self) -> bool {
+    pub(crate) fn pending_check(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 
@@ -100,7 +100,7 @@ impl OldNames {
 
 /// Whether the server says it is a Redis Cluster node (one that does not answer `INFO`, as
 /// some ACLs have it, is taken for a single Redis).
-pub async fn is_cluster(conn: &mut MultiplexedConnection) -> bool {
+pub(crate) async fn is_cluster(conn: &mut MultiplexedConnection) -> bool {
     let info: Result<String, RedisError> =
         redis::cmd("INFO").arg("cluster").query_async(conn).await;
     info.is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_enabled:1"))
@@ -110,7 +110,7 @@ pub async fn is_cluster(conn: &mut MultiplexedConnection) -> bool {
 /// connection (`conns`), then clears `old_names`. Runs until done or until the sink drops
 /// `conns`; a failed step starts the pass again from the beginning of the keyspace (a
 /// `SCAN` cursor does not survive a restart of Redis, and renamed keys are not found twice).
-pub async fn move_old_names(
+pub(crate) async fn move_old_names(
     streams: Vec<String>,
     old_names: OldNames,
     mut conns: watch::Receiver<Option<MultiplexedConnection>>,

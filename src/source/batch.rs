@@ -8,7 +8,7 @@ use redis::Value;
 use crate::event::EntryId;
 
 /// Position of a stream in `source.streams`.
-pub type StreamIdx = u16;
+pub(crate) type StreamIdx = u16;
 
 #[derive(Debug)]
 pub struct Entry {
@@ -119,7 +119,7 @@ pub fn parse_reply(reply: Value, streams: &[String]) -> Result<Vec<Entry>, Reply
 }
 
 /// Walks a reply that is a plain array of entries of stream `stream` (XCLAIM, XRANGE).
-pub fn parse_entries(reply: Value, stream: StreamIdx) -> Result<Vec<Entry>, ReplyError> {
+pub(crate) fn parse_entries(reply: Value, stream: StreamIdx) -> Result<Vec<Entry>, ReplyError> {
     match reply {
         Value::Array(entries) => entries
             .into_iter()

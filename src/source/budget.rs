@@ -23,7 +23,7 @@ const UNIT: u64 = 1 << 10;
 
 /// How many entries the next read asks for.
 #[derive(Debug, Clone)]
-pub struct ReadSize {
+pub(crate) struct ReadSize {
     count: usize,
     max_count: usize,
     /// Bytes one read should bring at most.
@@ -43,7 +43,11 @@ impl ReadSize {
 
     /// A share of `max_inflight_bytes` for each of the `queue_batches` queued batches, the
     /// one being applied and the one being read.
-    pub fn for_budget(max_count: usize, max_inflight_bytes: u64, queue_batches: usize) -> Self {
+    pub(crate) fn for_budget(
+        max_count: usize,
+        max_inflight_bytes: u64,
+        queue_batches: usize,
+    ) -> Self {
         Self::new(max_count, max_inflight_bytes / (queue_batches as u64 + 2))
     }
 
@@ -53,7 +57,7 @@ impl ReadSize {
 
     /// Adjusts to a read that brought `entries` entries of `bytes` bytes in all: the next
     /// asks for what fits the share at that size, at most twice as many as this one.
-    pub fn observe(&mut self, entries: usize, bytes: u64) {
+    pub(crate) fn observe(&mut self, entries: usize, bytes: u64) {
         if entries == 0 {
             return;
         }
@@ -71,7 +75,7 @@ const SPIKE: i64 = 4 << 20;
 
 /// The budget of bytes read and not yet applied.
 #[derive(Clone)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     room: Arc<Semaphore>,
     units: u32,
     /// `churnd_source_inflight_bytes`.

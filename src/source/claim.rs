@@ -18,7 +18,7 @@ use crate::event::EntryId;
 
 /// What one round claimed from one consumer, for the log.
 #[derive(Debug)]
-pub struct ClaimReport {
+pub(crate) struct ClaimReport {
     pub stream: String,
     pub consumer: String,
     pub entries: usize,
@@ -26,7 +26,7 @@ pub struct ClaimReport {
 }
 
 /// One round over every stream, claiming up to `batch_size` entries per consumer.
-pub async fn claim_stranded(
+pub(crate) async fn claim_stranded(
     c: &mut MultiplexedConnection,
     settings: &SourceSettings,
     min_idle: Interval,
@@ -138,7 +138,7 @@ async fn claim_from(
 /// deleted from the stream: a replay from `from` cannot deliver them again, so they would
 /// stay pending forever. Redis drops them from the pending list as it reports them (XAUTOCLAIM,
 /// Redis 7); the others become this consumer's, as the replay would make them anyway.
-pub async fn deleted_while_pending(
+pub(crate) async fn deleted_while_pending(
     c: &mut MultiplexedConnection,
     settings: &SourceSettings,
     stream: StreamIdx,

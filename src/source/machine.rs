@@ -27,7 +27,7 @@ enum Cursor {
 
 /// What to do next on a prepared connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A round of claiming entries stranded on other consumers; report [`Machine::claimed`].
     Claim,
     /// One XREADGROUP; report [`Machine::read_done`] or [`Machine::unreadable_reply`].
@@ -36,14 +36,14 @@ pub enum Step {
 
 /// One XREADGROUP.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadPlan {
+pub(crate) struct ReadPlan {
     /// Entries asked of each stream (COUNT).
     pub count: usize,
     pub from: ReadFrom,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadFrom {
+pub(crate) enum ReadFrom {
     /// This consumer's own pending entries of these streams (index into `source.streams`),
     /// after these IDs; never blocking, the pending list is there or not.
     Pending(Vec<(usize, EntryId)>),
@@ -59,7 +59,7 @@ impl ReadPlan {
 
 /// What a fresh connection needs before the first read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prepare {
+pub(crate) struct Prepare {
     /// Per stream, where its group is created should it be missing.
     pub create_at: Vec<GroupStart>,
     /// On the first connection only: per stream, the durable position its group moves back
@@ -69,7 +69,7 @@ pub struct Prepare {
 
 /// Where a consumer group is created (XGROUP CREATE's ID).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GroupStart {
+pub(crate) enum GroupStart {
     /// After an entry received or applied: nothing is read twice or skipped.
     After(EntryId),
     /// A new deployment with `start_from = "beginning"`.
@@ -91,7 +91,7 @@ impl GroupStart {
 
 /// What one read brought, as the batch needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadDone {
+pub(crate) struct ReadDone {
     /// The first read since start to find the end of every stream: recovery is complete
     /// once this batch is applied.
     pub caught_up: bool,
@@ -108,7 +108,7 @@ struct ClaimClock {
 
 /// The source's state between I/O steps.
 #[derive(Debug, Clone)]
-pub struct Machine {
+pub(crate) struct Machine {
     /// Per stream, the last entry received by a read (claimed ones aside), or the durable
     /// position before any: a missing group is recreated there, and after a reconnect the
     /// consumer's own pending entries are re-read from there.
@@ -155,7 +155,7 @@ impl Machine {
 
     /// What a new connection needs before reading: groups created where missing and, the
     /// first time only, moved back to the durable positions.
-    pub fn prepare(&self) -> Prepare {
+    pub(crate) fn prepare(&self) -> Prepare {
         Prepare {
             create_at: self.create_at(),
             rewind_to: self.starting.then(|| self.received.clone()),
@@ -167,7 +167,7 @@ impl Machine {
     /// entries from the start; after a reconnect, every stream re-reads its pending
     /// entries past the last one received (a delivery lost in transit is found there,
     /// and what is already in the pipeline is not read twice).
-    pub fn prepared(&mut self) {
+    pub(crate) fn prepared(&mut self) {
         self.cursors = if self.starting {
             self.received
                 .iter()
@@ -185,7 +185,7 @@ impl Machine {
     /// Where each stream's group is created should it be missing (at start, or deleted
     /// under a running source: NOGROUP): after the last entry received, so nothing is
     /// skipped or read again; for a stream nothing was received from, at `start_from`.
-    pub fn create_at(&self) -> Vec<GroupStart> {
+    pub(crate) fn create_at(&self) -> Vec<GroupStart> {
         self.received
             .iter()
             .map(|r| match (r, self.start_from) {
@@ -239,7 +239,7 @@ impl Machine {
     /// last one read, or reads new entries once none are left; the read size follows the
     /// entries' size. Recovery is complete at the first read of new entries that brings
     /// fewer than asked of every stream.
-    pub fn read_done(&mut self, plan: &ReadPlan, entries: &[Entry]) -> ReadDone {
+    pub(crate) fn read_done(&mut self, plan: &ReadPlan, entries: &[Entry]) -> ReadDone {
         for (i, cursor) in self.cursors.iter_mut().enumerate() {
             if let Cursor::Pending(after) = cursor {
                 match entries.iter().rev().find(|e| usize::from(e.stream) == i) {
@@ -267,11 +267,12 @@ impl Machine {
 
     /// A read's reply could not be understood. The entries in it were delivered all the
     /// same: every stream re-reads its pending entries past the last one received.
-    pub fn unreadable_reply(&mut self) {
+    pub(crate) fn unreadable_reply(&mut self) {
         self.cursors = self.pending_after_received();
     }
 
     /// Replay and own pending entries are not yet read to every stream's end.
+    #[cfg(test)]
     pub fn recovering(&self) -> bool {
         self.recovering
     }

@@ -380,6 +380,6 @@ fn now() -> std::time::Instant {
 }
 
 /// Response timeout of the reading connection: a blocked read must not time out.
-pub fn read_timeout(settings: &SourceSettings, response_timeout: Interval) -> Duration {
+pub(crate) fn read_timeout(settings: &SourceSettings, response_timeout: Interval) -> Duration {
     settings.block.get() + response_timeout.get()
 }

@@ -26,7 +26,7 @@ use crate::event::EntryId;
 
 /// What the consumer group of one stream says of itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GroupView {
+pub(crate) struct GroupView {
     /// The last entry delivered to any of its consumers (0-0: none).
     pub last_delivered: EntryId,
     /// The oldest entry delivered and not acknowledged, on any consumer.
@@ -35,7 +35,7 @@ pub struct GroupView {
 
 /// Where reading starts in a stream with no known position: entries up to the returned ID
 /// are not read.
-pub fn start_position(from: StartFrom, group: &GroupView) -> EntryId {
+pub(crate) fn start_position(from: StartFrom, group: &GroupView) -> EntryId {
     match from {
         StartFrom::Beginning => EntryId::default(),
         StartFrom::End => match group.oldest_pending {

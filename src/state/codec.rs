@@ -35,7 +35,7 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// last win-back task is taken as the last contact) and 3 (the body length in the header,
 /// no profiles, feedback or coupons) are still read; other versions are refused, not guessed
 /// at.
-pub const FORMAT_VERSION: u32 = 4;
+pub(crate) const FORMAT_VERSION: u32 = 4;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 const END_MAGIC: &[u8; 8] = b"CHURNDND";
@@ -128,7 +128,7 @@ pub fn encode(state: &EngineState, streams: &[String], created_ms: u64) -> Vec<u
 /// first, then the customers in store order in as many pieces as they come, then the body's
 /// length and the checksum. Each call appends to the buffer it is given, so the bytes can go
 /// to disk as they are made.
-pub struct Encoder {
+pub(crate) struct Encoder {
     hasher: Xxh3,
     body_len: u64,
     customers_left: u64,

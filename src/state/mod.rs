@@ -129,13 +129,13 @@ impl SnapshotFile {
     }
 
     /// Bytes written so far.
-    pub fn bytes_written(&self) -> u64 {
+    pub(crate) fn bytes_written(&self) -> u64 {
         self.written
     }
 
     /// Makes the snapshot durable under its name (flush, fsync, rename, fsync of the
     /// directory), then prunes older ones.
-    pub fn commit(mut self) -> Result<PathBuf, StateError> {
+    pub(crate) fn commit(mut self) -> Result<PathBuf, StateError> {
         let Some(file) = self.file.take() else {
             return Ok(self.path.clone());
         };
@@ -166,7 +166,7 @@ impl SnapshotFile {
 }
 
 /// A snapshot written piece by piece as its customers are copied out of the engine.
-pub struct SnapshotWriter {
+pub(crate) struct SnapshotWriter {
     file: SnapshotFile,
     encoder: Encoder,
     buffer: Vec<u8>,
@@ -209,7 +209,7 @@ impl SnapshotWriter {
     }
 
     /// Writes the checksum and makes the snapshot durable; returns its path and size.
-    pub fn commit(mut self) -> Result<(PathBuf, u64), StateError> {
+    pub(crate) fn commit(mut self) -> Result<(PathBuf, u64), StateError> {
         self.buffer.clear();
         if let Err(source) = self.encoder.finish(&mut self.buffer) {
             return Err(StateError::Encode {

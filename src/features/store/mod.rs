@@ -25,7 +25,7 @@ pub use capture::{CaptureSize, Captured};
 type CaptureAndColumns<'a, T, X> = (&'a mut Capture<T, X>, capture::Columns<'a, T, X>);
 
 /// Index of a customer in the store, stable for the store's lifetime.
-pub type CustomerIdx = u32;
+pub(crate) type CustomerIdx = u32;
 
 pub struct CustomerStore<T, X = ()> {
     index: HashTable<CustomerIdx>,
@@ -158,7 +158,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
     }
 
     /// The customer's record, to change. A capture in progress keeps the record as it was.
-    pub fn get_mut(&mut self, idx: CustomerIdx) -> &mut T {
+    pub(crate) fn get_mut(&mut self, idx: CustomerIdx) -> &mut T {
         self.preserve(idx);
         &mut self.records[idx as usize]
     }
@@ -170,13 +170,13 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
 
     /// The customer's entry in the sparse column, to change, made (the default) if they had
     /// none. A capture in progress keeps the entry as it was.
-    pub fn extra_mut(&mut self, idx: CustomerIdx) -> &mut X {
+    pub(crate) fn extra_mut(&mut self, idx: CustomerIdx) -> &mut X {
         self.preserve(idx);
         self.extras.entry(idx).or_default()
     }
 
     /// Drops the customer's entry in the sparse column.
-    pub fn remove_extra(&mut self, idx: CustomerIdx) {
+    pub(crate) fn remove_extra(&mut self, idx: CustomerIdx) {
         if self.extras.contains_key(&idx) {
             self.preserve(idx);
             self.extras.remove(&idx);
@@ -184,7 +184,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
     }
 
     /// Every entry of the sparse column with its customer's index.
-    pub fn extras(&self) -> impl Iterator<Item = (CustomerIdx, &X)> {
+    pub(crate) fn extras(&self) -> impl Iterator<Item = (CustomerIdx, &X)> {
         self.extras.iter().map(|(&idx, x)| (idx, x))
     }
 
@@ -224,7 +224,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
 
     /// Every record with its index, to change; a capture in progress copies what it still
     /// needs first (the rare wholesale changes: a new model, a restore).
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (CustomerIdx, &mut T)> {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (CustomerIdx, &mut T)> {
         self.settle_capture();
         self.records
             .iter_mut()
@@ -235,7 +235,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
     /// Starts a capture of every customer in the table now, replacing any capture in
     /// progress. The table keeps changing; [`Self::capture_next`] hands out the customers as
     /// they are at this moment.
-    pub fn begin_capture(&mut self) -> CaptureSize {
+    pub(crate) fn begin_capture(&mut self) -> CaptureSize {
         let customers = CustomerIdx::try_from(self.records.len())
             .expect("customer indices are u32 (see find_or_insert)");
         self.capture = Some(Capture::new(customers));
@@ -247,7 +247,7 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
 
     /// The next `max` customers of the capture in progress, as they were when it began;
     /// `None` once they were all handed out, which ends the capture.
-    pub fn capture_next(&mut self, max: usize) -> Option<Captured<T, X>> {
+    pub(crate) fn capture_next(&mut self, max: usize) -> Option<Captured<T, X>> {
         let (capture, columns) = self.capture_and_columns()?;
         let slice = capture.copy_out(Some(max), &columns);
         if slice.is_none() {
@@ -257,12 +257,12 @@ impl<T: Default + Clone, X: Default + Clone> CustomerStore<T, X> {
     }
 
     /// Whether a capture is in progress (begun and not yet handed out to its end).
-    pub fn is_capturing(&self) -> bool {
+    pub(crate) fn is_capturing(&self) -> bool {
         self.capture.is_some()
     }
 
     /// Drops the capture in progress, if any.
-    pub fn abort_capture(&mut self) {
+    pub(crate) fn abort_capture(&mut self) {
         self.capture = None;
     }
 

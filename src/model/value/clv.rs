@@ -13,13 +13,13 @@
 use crate::model::bgnbd::{BgNbd, RepeatSummary};
 
 /// Discounting periods over the horizon.
-pub const STEPS: u32 = 12;
+pub(crate) const STEPS: u32 = 12;
 
 /// Expected spend over the `days` after T, discounted at `annual_discount_rate` (0: none).
 ///
 /// `order_value` is the expected value of one future order. Finite and non-negative for
 /// valid parameters, a valid summary, a finite non-negative order value and a rate ≥ 0.
-pub fn lifetime_value(
+pub(crate) fn lifetime_value(
     bgnbd: &BgNbd,
     s: &RepeatSummary,
     order_value: f64,

@@ -93,7 +93,7 @@ impl GammaGamma {
     }
 
     /// The population's mean order value, pγ/(q−1).
-    pub fn population_mean(&self) -> f64 {
+    pub(crate) fn population_mean(&self) -> f64 {
         self.p * self.gamma / (self.q - 1.0)
     }
 
@@ -104,7 +104,7 @@ impl GammaGamma {
     /// the estimate then shrinks towards 0 as orders accumulate, pγ/(pn+q−1), but stays
     /// positive. No orders gives the population mean. Valid parameters never give NaN for
     /// finite input.
-    pub fn expected_order_value(&self, orders: f64, mean: f64) -> f64 {
+    pub(crate) fn expected_order_value(&self, orders: f64, mean: f64) -> f64 {
         let n = if orders.is_finite() && orders > 0.0 {
             orders
         } else {

@@ -55,11 +55,11 @@ use crate::features::CustomerFeatures;
 use crate::time::{self, UnixSeconds};
 
 /// The horizon of `expected_purchases_90d` and `expected_spend_90d`, in days.
-pub const PURCHASE_HORIZON_DAYS: f64 = 90.0;
+pub(crate) const PURCHASE_HORIZON_DAYS: f64 = 90.0;
 /// The horizon of `clv_365d`, in days.
-pub const CLV_HORIZON_DAYS: f64 = 365.0;
+pub(crate) const CLV_HORIZON_DAYS: f64 = 365.0;
 /// `next_purchase_at` further ahead than this many days is reported as none.
-pub const NEXT_PURCHASE_MAX_DAYS: f64 = 365.0;
+pub(crate) const NEXT_PURCHASE_MAX_DAYS: f64 = 365.0;
 /// Annual discount rates above this are refused: 0.1 means 10 % a year, and a rate of
 /// 1,000 % is surely a percentage written where a fraction belongs.
 pub const MAX_ANNUAL_DISCOUNT_RATE: f64 = 10.0;
@@ -162,14 +162,14 @@ impl ValueModel {
     }
 
     /// Expected value of one future order of this customer.
-    pub fn expected_order_value(&self, h: &CustomerHistory) -> f64 {
+    pub(crate) fn expected_order_value(&self, h: &CustomerHistory) -> f64 {
         self.0
             .gamma_gamma
             .expected_order_value(h.spend.orders, h.spend.mean)
     }
 
     /// The customer's value estimates at `now` (the moment the history was taken).
-    pub fn estimate(&self, h: &CustomerHistory, now: UnixSeconds) -> ValueEstimates {
+    pub(crate) fn estimate(&self, h: &CustomerHistory, now: UnixSeconds) -> ValueEstimates {
         let bgnbd = &self.0.bgnbd;
         let s = &h.repeat;
         let p_alive = bgnbd.p_alive(s);

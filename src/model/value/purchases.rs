@@ -44,7 +44,7 @@ impl BgNbd {
     ///
     /// A horizon of zero or less gives 0. The result is finite and non-negative for any
     /// valid parameters and summary; NaN in the summary gives NaN.
-    pub fn expected_purchases(&self, s: &RepeatSummary, horizon_days: f64) -> f64 {
+    pub(crate) fn expected_purchases(&self, s: &RepeatSummary, horizon_days: f64) -> f64 {
         if horizon_days <= 0.0 {
             return 0.0;
         }
@@ -53,7 +53,7 @@ impl BgNbd {
 
     /// Expected purchases in the `horizon_days` after T of a customer alive at T: the series
     /// of the module documentation.
-    pub fn expected_purchases_if_alive(&self, s: &RepeatSummary, horizon_days: f64) -> f64 {
+    pub(crate) fn expected_purchases_if_alive(&self, s: &RepeatSummary, horizon_days: f64) -> f64 {
         if horizon_days <= 0.0 {
             return 0.0;
         }
@@ -109,7 +109,7 @@ impl BgNbd {
     /// `None` when P(alive) ≤ 1/2: the customer is then more likely never to buy again, and
     /// no date has an even chance. The result can be very large (a rarely buying one-time
     /// customer waits years at the median) or +∞ for extreme parameters; callers cap it.
-    pub fn median_days_to_next_purchase(&self, s: &RepeatSummary) -> Option<f64> {
+    pub(crate) fn median_days_to_next_purchase(&self, s: &RepeatSummary) -> Option<f64> {
         let p_alive = self.p_alive(s);
         if p_alive.is_nan() || p_alive <= 0.5 {
             return None;
