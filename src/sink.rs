@@ -19,9 +19,9 @@
 //! atomic, a call that failed is sent again, and the guards make the order in which they
 //! succeed irrelevant.
 
-pub mod backlog;
+pub(crate) mod backlog;
 mod calls;
-pub mod guards;
+pub(crate) mod guards;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,9 +7,9 @@
 //! the one definition of the model's inputs, shared by streaming scoring, batch scoring and
 //! training.
 
-pub mod recheck;
+pub(crate) mod recheck;
 pub mod store;
-pub mod timers;
+pub(crate) mod timers;
 
 use crate::event::{Event, EventKind};
 use crate::time::{self, UnixSeconds, SECONDS_PER_DAY};

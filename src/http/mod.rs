@@ -12,7 +12,7 @@
 
 mod connection;
 pub use connection::Close;
-pub mod serve;
+pub(crate) mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,7 +20,7 @@ use prometheus::{
 
 mod engine;
 mod http;
-pub mod labels;
+pub(crate) mod labels;
 mod model;
 mod output;
 #[cfg(target_os = "linux")]

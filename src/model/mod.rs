@@ -7,7 +7,7 @@
 //! scoring is a dot product and a sigmoid with per-feature contributions, so every
 //! probability can say why.
 
-pub mod bgnbd;
+pub(crate) mod bgnbd;
 pub mod evaluate;
 pub mod metrics;
 pub mod train;

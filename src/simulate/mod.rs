@@ -16,7 +16,7 @@
 //! write the history a second time: it makes the same customers live through it unwritten and
 //! continues live.
 
-pub mod population;
+pub(crate) mod population;
 
 use std::time::{Duration, Instant};
 

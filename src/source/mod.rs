@@ -16,11 +16,11 @@
 //! Redis commands it asks for and reports what came of them.
 
 pub mod batch;
-pub mod budget;
-pub mod claim;
+pub(crate) mod budget;
+pub(crate) mod claim;
 pub mod lag;
-pub mod machine;
-pub mod start;
+pub(crate) mod machine;
+pub(crate) mod start;
 
 use std::sync::Arc;
 use std::time::Duration;

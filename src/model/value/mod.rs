@@ -40,10 +40,10 @@
 //! Every function here is pure; times are in days, parameters too (α of BG/NBD is a rate
 //! scale in days).
 
-pub mod clv;
-pub mod forecast;
-pub mod gamma_gamma;
-pub mod purchases;
+pub(crate) mod clv;
+pub(crate) mod forecast;
+pub(crate) mod gamma_gamma;
+pub(crate) mod purchases;
 #[cfg(test)]
 mod reference_tests;
 
