@@ -11,10 +11,11 @@
 //! The likelihood follows the Python `lifetimes` library's `BetaGeoFitter`, so parameters and
 //! probabilities can be checked against it. Everything here is pure computation, in days.
 
-use argmin::core::{CostFunction, Error as ArgminError, Executor, State};
-use argmin::solver::neldermead::NelderMead;
+use argmin::core::{CostFunction, Error as ArgminError};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
+
+use crate::model::minimise::{nelder_mead, Stop};
 
 /// One customer's purchase history as BG/NBD sees it, in days.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -110,7 +111,12 @@ impl BgNbd {
         let mut best = Array1::from(vec![0.0, alpha0.ln(), 0.0, 0.0]);
         let mut best_cost = objective.mean_nll(&best);
         for _ in 0..=MAX_RESTARTS {
-            let (param, cost) = nelder_mead(&objective, &best, 1.0)?;
+            let stop = Stop {
+                sd_tolerance: SD_TOLERANCE,
+                max_iters: MAX_ITERS,
+            };
+            let (param, cost) =
+                nelder_mead(&objective, &best, 1.0, stop).map_err(BgNbdError::Diverged)?;
             let gain = best_cost - cost;
             if cost < best_cost {
                 best = param;
@@ -462,34 +468,6 @@ impl CostFunction for &Objective {
     fn cost(&self, p: &Self::Param) -> Result<Self::Output, ArgminError> {
         Ok(self.mean_nll(p))
     }
-}
-
-/// One Nelder–Mead run from a simplex of `start` and `start` moved by `step` along each axis;
-/// returns the best log-parameters and their cost.
-fn nelder_mead(
-    objective: &Objective,
-    start: &Array1<f64>,
-    step: f64,
-) -> Result<(Array1<f64>, f64), BgNbdError> {
-    let mut simplex = vec![start.clone()];
-    for i in 0..start.len() {
-        let mut vertex = start.clone();
-        vertex[i] += step;
-        simplex.push(vertex);
-    }
-    let solver = NelderMead::new(simplex)
-        .with_sd_tolerance(SD_TOLERANCE)
-        .map_err(|e| BgNbdError::Diverged(e.to_string()))?;
-    let result = Executor::new(objective, solver)
-        .configure(|state| state.max_iters(MAX_ITERS))
-        .run()
-        .map_err(|e| BgNbdError::Diverged(e.to_string()))?;
-    let state = result.state();
-    let best = state
-        .get_best_param()
-        .cloned()
-        .ok_or_else(|| BgNbdError::Diverged("Nelder-Mead returned no parameters".into()))?;
-    Ok((best, state.get_best_cost()))
 }
 
 #[cfg(test)]

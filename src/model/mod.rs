@@ -10,6 +10,7 @@
 pub(crate) mod bgnbd;
 pub mod evaluate;
 pub mod metrics;
+mod minimise;
 pub mod train;
 pub mod value;
 

@@ -14,10 +14,11 @@
 //! The model assumes spend per order is independent of how often a customer buys, and that a
 //! customer's order values vary around their own mean. Pure computation.
 
-use argmin::core::{CostFunction, Error as ArgminError, Executor, State};
-use argmin::solver::neldermead::NelderMead;
+use argmin::core::{CostFunction, Error as ArgminError};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
+
+use crate::model::minimise::{nelder_mead, Stop};
 
 use crate::model::bgnbd::ln_gamma;
 
@@ -146,7 +147,12 @@ impl GammaGamma {
         let mut best = Array1::from(vec![0.0, 2f64.ln(), mean.ln()]);
         let mut best_cost = objective.mean_nll(&best);
         for _ in 0..=MAX_RESTARTS {
-            let (param, cost) = nelder_mead(&objective, &best)?;
+            let stop = Stop {
+                sd_tolerance: SD_TOLERANCE,
+                max_iters: MAX_ITERS,
+            };
+            let (param, cost) =
+                nelder_mead(&objective, &best, 1.0, stop).map_err(GammaGammaError::Diverged)?;
             let gain = best_cost - cost;
             if cost < best_cost {
                 best = param;
@@ -247,31 +253,6 @@ impl CostFunction for &Objective<'_> {
     fn cost(&self, p: &Self::Param) -> Result<Self::Output, ArgminError> {
         Ok(self.mean_nll(p))
     }
-}
-
-fn nelder_mead(
-    objective: &Objective<'_>,
-    start: &Array1<f64>,
-) -> Result<(Array1<f64>, f64), GammaGammaError> {
-    let mut simplex = vec![start.clone()];
-    for i in 0..start.len() {
-        let mut vertex = start.clone();
-        vertex[i] += 1.0;
-        simplex.push(vertex);
-    }
-    let solver = NelderMead::new(simplex)
-        .with_sd_tolerance(SD_TOLERANCE)
-        .map_err(|e| GammaGammaError::Diverged(e.to_string()))?;
-    let result = Executor::new(objective, solver)
-        .configure(|state| state.max_iters(MAX_ITERS))
-        .run()
-        .map_err(|e| GammaGammaError::Diverged(e.to_string()))?;
-    let state = result.state();
-    let best = state
-        .get_best_param()
-        .cloned()
-        .ok_or_else(|| GammaGammaError::Diverged("Nelder-Mead returned no parameters".into()))?;
-    Ok((best, state.get_best_cost()))
 }
 
 #[cfg(test)]
