@@ -15,7 +15,7 @@ use argmin::core::{CostFunction, Error as ArgminError};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
-use crate::model::minimise::{nelder_mead, Stop};
+use crate::model::minimise::{minimise, Search, Stop};
 
 /// One customer's purchase history as BG/NBD sees it, in days.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -108,29 +108,20 @@ impl BgNbd {
         let mean_t = data.iter().map(|s| s.t).sum::<f64>() / data.len() as f64;
         // α is the rate scale in days: the mean observation length is the right magnitude.
         let alpha0 = if mean_t >= 1.0 { mean_t } else { 1.0 };
-        let mut best = Array1::from(vec![0.0, alpha0.ln(), 0.0, 0.0]);
-        let mut best_cost = objective.mean_nll(&best);
-        for _ in 0..=MAX_RESTARTS {
-            let stop = Stop {
+        let search = Search {
+            stop: Stop {
                 sd_tolerance: SD_TOLERANCE,
                 max_iters: MAX_ITERS,
-            };
-            let (param, cost) =
-                nelder_mead(&objective, &best, 1.0, stop).map_err(BgNbdError::Diverged)?;
-            let gain = best_cost - cost;
-            if cost < best_cost {
-                best = param;
-                best_cost = cost;
-            }
-            if gain.is_finite() && gain < RESTART_GAIN {
-                break;
-            }
-        }
-        if !best_cost.is_finite() {
-            return Err(BgNbdError::Diverged(
-                "the log-likelihood is not finite anywhere the search went".into(),
-            ));
-        }
+            },
+            max_restarts: MAX_RESTARTS,
+            restart_gain: RESTART_GAIN,
+        };
+        let (best, _) = minimise(
+            &objective,
+            Array1::from(vec![0.0, alpha0.ln(), 0.0, 0.0]),
+            search,
+        )
+        .map_err(BgNbdError::Diverged)?;
         for (name, &log_value) in PARAM_NAMES.iter().zip(best.iter()) {
             if log_value.is_nan() || log_value.abs() > LOG_PARAM_LIMIT {
                 return Err(BgNbdError::Diverged(format!(

@@ -7,14 +7,53 @@ use ndarray::Array1;
 
 /// When a Nelder–Mead run stops: the standard deviation of the simplex's costs below
 /// `sd_tolerance`, or `max_iters` iterations.
+#[derive(Clone, Copy)]
 pub(crate) struct Stop {
     pub sd_tolerance: f64,
     pub max_iters: u64,
 }
 
+/// A search of several Nelder–Mead runs: each restarts from the best point so far (a run can
+/// stall on a collapsed simplex; a fresh full-size one either confirms the optimum or moves
+/// on), until a restart gains less than `restart_gain` or `max_restarts` have run.
+pub(crate) struct Search {
+    pub stop: Stop,
+    pub max_restarts: usize,
+    pub restart_gain: f64,
+}
+
+/// Minimises `objective` from `start` by [`Search`], with simplex steps of 1 along each axis:
+/// the best parameters and their cost, or why no finite cost was found.
+pub(crate) fn minimise<O>(
+    objective: O,
+    start: Array1<f64>,
+    search: Search,
+) -> Result<(Array1<f64>, f64), String>
+where
+    O: CostFunction<Param = Array1<f64>, Output = f64> + Copy,
+{
+    let mut best_cost = objective.cost(&start).map_err(|e| e.to_string())?;
+    let mut best = start;
+    for _ in 0..=search.max_restarts {
+        let (param, cost) = nelder_mead(objective, &best, 1.0, search.stop)?;
+        let gain = best_cost - cost;
+        if cost < best_cost {
+            best = param;
+            best_cost = cost;
+        }
+        if gain.is_finite() && gain < search.restart_gain {
+            break;
+        }
+    }
+    if !best_cost.is_finite() {
+        return Err("the log-likelihood is not finite anywhere the search went".into());
+    }
+    Ok((best, best_cost))
+}
+
 /// One Nelder–Mead run from a simplex of `start` and `start` moved by `step` along each axis:
 /// the best parameters and their cost, or what the solver said when it failed.
-pub(crate) fn nelder_mead<O>(
+fn nelder_mead<O>(
     objective: O,
     start: &Array1<f64>,
     step: f64,
@@ -49,6 +88,7 @@ mod tests {
     use super::*;
     use argmin::core::Error;
 
+    #[derive(Clone, Copy)]
     struct Bowl;
 
     impl CostFunction for Bowl {
@@ -58,6 +98,39 @@ mod tests {
         fn cost(&self, p: &Self::Param) -> Result<f64, Error> {
             Ok((p[0] - 3.0).powi(2) + (p[1] + 1.0).powi(2) + 0.5)
         }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Nowhere;
+
+    impl CostFunction for Nowhere {
+        type Param = Array1<f64>;
+        type Output = f64;
+
+        fn cost(&self, _: &Self::Param) -> Result<f64, Error> {
+            Ok(f64::INFINITY)
+        }
+    }
+
+    #[test]
+    fn a_search_restarts_until_it_gains_nothing_and_refuses_no_finite_cost() {
+        let search = |max_restarts| Search {
+            stop: Stop {
+                sd_tolerance: 1e-14,
+                max_iters: 2_000,
+            },
+            max_restarts,
+            restart_gain: 1e-12,
+        };
+        let start = Array1::from(vec![10.0, 10.0]);
+        let (best, cost) = minimise(Bowl, start.clone(), search(3)).unwrap();
+        assert!(
+            (best[0] - 3.0).abs() < 1e-4 && (best[1] + 1.0).abs() < 1e-4,
+            "{best}"
+        );
+        assert!((cost - 0.5).abs() < 1e-8, "{cost}");
+        let err = minimise(Nowhere, start, search(3)).unwrap_err();
+        assert!(err.contains("not finite"), "{err}");
     }
 
     #[test]

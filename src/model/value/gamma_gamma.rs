@@ -18,7 +18,7 @@ use argmin::core::{CostFunction, Error as ArgminError};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
-use crate::model::minimise::{nelder_mead, Stop};
+use crate::model::minimise::{minimise, Search, Stop};
 
 use crate::model::bgnbd::ln_gamma;
 
@@ -144,29 +144,20 @@ impl GammaGamma {
         let objective = Objective { data };
         let mean = data.iter().map(|s| s.mean).sum::<f64>() / data.len() as f64;
         // p = 1, q = 2: the population mean is γ, so start γ at the data's mean.
-        let mut best = Array1::from(vec![0.0, 2f64.ln(), mean.ln()]);
-        let mut best_cost = objective.mean_nll(&best);
-        for _ in 0..=MAX_RESTARTS {
-            let stop = Stop {
+        let search = Search {
+            stop: Stop {
                 sd_tolerance: SD_TOLERANCE,
                 max_iters: MAX_ITERS,
-            };
-            let (param, cost) =
-                nelder_mead(&objective, &best, 1.0, stop).map_err(GammaGammaError::Diverged)?;
-            let gain = best_cost - cost;
-            if cost < best_cost {
-                best = param;
-                best_cost = cost;
-            }
-            if gain.is_finite() && gain < RESTART_GAIN {
-                break;
-            }
-        }
-        if !best_cost.is_finite() {
-            return Err(GammaGammaError::Diverged(
-                "the log-likelihood is not finite anywhere the search went".into(),
-            ));
-        }
+            },
+            max_restarts: MAX_RESTARTS,
+            restart_gain: RESTART_GAIN,
+        };
+        let (best, _) = minimise(
+            &objective,
+            Array1::from(vec![0.0, 2f64.ln(), mean.ln()]),
+            search,
+        )
+        .map_err(GammaGammaError::Diverged)?;
         for (name, &log_value) in ["p", "q", "gamma"].iter().zip(best.iter()) {
             if log_value.is_nan() || log_value.abs() > LOG_PARAM_LIMIT {
                 return Err(GammaGammaError::Diverged(format!(
