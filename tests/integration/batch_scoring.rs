@@ -54,6 +54,26 @@ fn transactions() -> Vec<Row> {
     rows
 }
 
+/// A pipeline that writes `rows` to the input stream, in order, with their event times.
+fn xadd_rows(rows: &[Row]) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    for (customer, kind, amount, ms) in rows {
+        pipe.cmd("XADD")
+            .arg(EVENTS)
+            .arg("*")
+            .arg("customer_id")
+            .arg(customer)
+            .arg("type")
+            .arg(*kind)
+            .arg("amount")
+            .arg(amount.to_string())
+            .arg("ts")
+            .arg(ms)
+            .ignore();
+    }
+    pipe
+}
+
 fn write_csv(path: &Path, rows: &[Row]) {
     let mut text = String::from("customer_id,date,type,amount\n");
     for (customer, kind, amount, ms) in rows {
@@ -90,21 +110,7 @@ async fn streaming_replay_and_batch_scoring_give_the_same_probabilities() {
     // Streaming: the same events, then one event at the as-of time to move the clock there
     // (the batch counts only events before it).
     let mut c = redis.conn().await;
-    let mut pipe = redis::pipe();
-    for (customer, kind, amount, ms) in &rows {
-        pipe.cmd("XADD")
-            .arg(EVENTS)
-            .arg("*")
-            .arg("customer_id")
-            .arg(customer)
-            .arg("type")
-            .arg(*kind)
-            .arg("amount")
-            .arg(amount.to_string())
-            .arg("ts")
-            .arg(ms)
-            .ignore();
-    }
+    let mut pipe = xadd_rows(&rows);
     pipe.cmd("XADD")
         .arg(EVENTS)
         .arg("*")
@@ -271,21 +277,7 @@ async fn a_model_without_value_parameters_gives_no_value_fields_and_no_nan() {
     let dir = tempfile::tempdir().unwrap();
     let rows = transactions();
     let mut c = redis.conn().await;
-    let mut pipe = redis::pipe();
-    for (customer, kind, amount, ms) in &rows {
-        pipe.cmd("XADD")
-            .arg(EVENTS)
-            .arg("*")
-            .arg("customer_id")
-            .arg(customer)
-            .arg("type")
-            .arg(*kind)
-            .arg("amount")
-            .arg(amount.to_string())
-            .arg("ts")
-            .arg(ms)
-            .ignore();
-    }
+    let pipe = xadd_rows(&rows);
     pipe.query_async::<()>(&mut c).await.unwrap();
     // The test settings serve the recency model, a format 1 file.
     let app = App::spawn(test_settings(&redis, dir.path())).await;
