@@ -1,5 +1,34 @@
 //! Benchmarks of the engine alone, in process: memory per tracked customer, and the cost of
 //! re-scoring the silent customers that fall due.
+//!
+//! Memory (`churnd-bench memory`):
+//!
+//! Builds an engine in-process (event-time clock, shipped model) and feeds it one purchase per
+//! customer (IDs of 12–24 bytes, event times over the past year, in batches of 1,000), then
+//! prints the growth of the process's resident memory (`/proc/self/statm`) divided by the
+//! customers tracked: the customer table, the ID arena, the hash index, the timer heap and the
+//! allocator's slack, everything the engine holds per customer.
+//!
+//! After learning the customers it writes a snapshot of them the daemon's way
+//! (`state::write_snapshot`: the capture, the encoder, the file) and reports the peak of
+//! resident memory above the resting size while it did (VmHWM, reset through
+//! `/proc/self/clear_refs` before); then it drops the engine, loads the snapshot and restores
+//! it, and reports the peak and final growth above the process without the engine. (That
+//! process keeps some of the memory it freed, and the restore reuses it, so these two are lower
+//! bounds; they show that nothing on top of the table is held.) It also prints the daemon's own
+//! estimate, `churnd_customer_store_bytes`, beside the measured growth. `--profiles` then gives
+//! every customer a profile (region, age band, gender, channel from 3 to 5 values each, and a
+//! birthday: a few thousand distinct profiles) through `profile` events before the snapshot.
+//!
+//! Silence sweep (`churnd-bench sweep`):
+//!
+//! Builds an engine in-process under the wall clock as `memory` does (one purchase per customer
+//! over the past year, so every customer is scored and has its next check scheduled), then
+//! moves the wall clock on in steps (+1 h, +2 h, … +720 h from the build) and calls
+//! `Engine::tick` at each: the tick re-scores every customer whose check fell due, raising
+//! their win-back tasks. Per step it prints how many were due, the CPU time of the tick
+//! (`CLOCK_THREAD_CPUTIME_ID`, so other processes do not count) and per due customer, and the
+//! CPU time of a second tick at the same moment, with nobody due.
 
 use std::sync::Arc;
 use std::time::Instant;

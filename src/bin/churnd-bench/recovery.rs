@@ -1,4 +1,19 @@
 //! `churnd-bench recovery`: the time from start to ready with a snapshot of many customers.
+//!
+//! Builds the state in-process as `memory` does (one purchase per customer, IDs of 12–24 bytes,
+//! event times over the past year) but under the wall clock, as the daemon runs by default;
+//! writes it with the daemon's code path (`state::write_snapshot`: the capture, the encoder and
+//! the file the daemon's writer uses) into a fresh `state.dir`; drops the engine; starts its
+//! own `redis-server` with the input stream and the group at the snapshot's position (one
+//! entry, the last applied; nothing to replay); then times from calling `daemon::run` (default
+//! settings except Redis, `state.dir`, the model, HTTP on a free port, and
+//! `state.max_customers` raised to the count if above the default of 10,000,000) until `GET
+//! /readyz` answers 200, polled every 10 ms. It prints the daemon's log (its own timing of
+//! "snapshot loaded", which is reading and decoding, and of "state recovered", start to caught
+//! up), then times reading and decoding (one step, as the daemon reads the file as a stream)
+//! and restoring alone on the same file. **The file was written seconds before it is read, so
+//! it is in the page cache: a cold start reads it from disk in addition (920 MB at 10,000,000
+//! customers in format 4).**
 
 use std::path::PathBuf;
 use std::sync::Arc;
