@@ -20,6 +20,7 @@ mod contact;
 mod settings;
 mod tags;
 mod task;
+pub mod uplift;
 mod winback;
 
 use std::sync::Arc;
