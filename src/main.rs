@@ -96,6 +96,11 @@ struct SimulateArgs {
     /// yet are lost when it falls this far behind.
     #[arg(long, default_value_t = 1_000_000)]
     max_len: u64,
+    /// Task streams whose tasks the simulated customers answer (comma-separated, e.g.
+    /// churn:winback,crm:tasks): an action that works on a customer's hidden persona brings
+    /// a purchase a few days later. Control-group tasks are read, not answered.
+    #[arg(long, value_delimiter = ',')]
+    respond_to: Vec<String>,
 }
 
 #[derive(Args)]
@@ -416,6 +421,7 @@ fn serve(resolved: Resolved) -> anyhow::Result<()> {
 
 fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
     init_tracing(&settings);
+    let responding = !args.respond_to.is_empty();
     let options = SimulateOptions {
         stream: args
             .stream
@@ -428,6 +434,7 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         events: args.events,
         invalid_per_mille: args.invalid_per_mille,
         max_len: args.max_len,
+        respond_to: args.respond_to,
     };
     let connector = Connector::new(
         connection::client(&settings.redis)?,
@@ -455,7 +462,14 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         report.invalid,
         report.customers_arrived,
         report.customers_active,
-    ))
+    ))?;
+    if responding {
+        print_out(&format!(
+            "read {} tasks back ({} of the control group); the others' actions brought {} purchases\n",
+            report.tasks_read, report.control_tasks_read, report.tasks_answered,
+        ))?;
+    }
+    Ok(())
 }
 
 fn run_demo(mut settings: Settings, transactions: &Path) -> anyhow::Result<()> {

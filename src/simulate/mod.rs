@@ -12,11 +12,18 @@
 //! A share of events (`invalid_per_mille`) is deliberately malformed, in rotating ways, so that
 //! the dead-letter path and its dashboards have something to show.
 //!
+//! With `respond_to` (task streams, e.g. `churn:winback`), the simulated customers answer
+//! churnd's tasks: a task read back from those streams reaches its customer at the current
+//! simulated time, and if its action works on the customer's hidden persona
+//! ([`response`]) they buy a few days later. Control-group tasks are read, not answered.
+//!
 //! Started again on a stream that already has entries (a restarted compose stack), it does not
 //! write the history a second time: it makes the same customers live through it unwritten and
 //! continues live.
 
 pub(crate) mod population;
+pub mod respond;
+mod response;
 
 use std::time::{Duration, Instant};
 
@@ -30,6 +37,7 @@ use crate::time::{from_millis, rfc3339, wall_millis};
 use population::{
     Activity, Params, ParamsError, Population, SimEvent, AGE_BANDS, CHANNELS, GENDERS, REGIONS,
 };
+use respond::TaskReader;
 
 const DAY_MS: u64 = 86_400_000;
 /// Pacing step: each one writes, as one pipeline, the events due by then.
@@ -57,6 +65,8 @@ pub struct SimulateOptions {
     pub invalid_per_mille: u32,
     /// Trim the stream to about this many entries (`XADD MAXLEN ~`); 0: never trim.
     pub max_len: u64,
+    /// Task streams whose tasks the simulated customers answer; empty: none.
+    pub respond_to: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +77,8 @@ pub enum SimulateError {
     Option { name: &'static str, reason: String },
     #[error("Redis refused the simulated events: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("reading the tasks back from --respond-to failed: {0}")]
+    ReadTasks(respond::ReadError),
 }
 
 /// What a run wrote.
@@ -86,6 +98,12 @@ pub struct SimulateReport {
     pub live: u64,
     pub customers_arrived: usize,
     pub customers_active: usize,
+    /// Tasks read back from `respond_to` for this simulation's customers, those of the
+    /// control group among them, and the purchases the others' actions brought (scheduled:
+    /// the ones due after the run ended are not written).
+    pub tasks_read: u64,
+    pub control_tasks_read: u64,
+    pub tasks_answered: u64,
 }
 
 impl SimulateReport {
@@ -140,13 +158,20 @@ impl SimulateOptions {
         if self.invalid_per_mille > 1000 {
             return fail("invalid_per_mille", "must be between 0 and 1000");
         }
+        if self.respond_to.iter().any(String::is_empty) {
+            return fail("respond_to", "must name task streams, not empty names");
+        }
         Ok(())
     }
 
     /// The customer ID of customer `number`: distinct per seed, so that runs with different
     /// seeds into one stream make different customers.
     fn customer_id(&self, number: u32) -> String {
-        format!("sim{}-{number:07}", self.seed)
+        format!("{}{number:07}", self.id_prefix())
+    }
+
+    fn id_prefix(&self) -> String {
+        format!("sim{}-", self.seed)
     }
 }
 
@@ -305,6 +330,12 @@ pub async fn run(
             "the stream has entries: not writing the history again, continuing live"
         );
     }
+    let mut reader = TaskReader::new(options.respond_to.clone(), resuming, &mut first)
+        .await
+        .map_err(SimulateError::ReadTasks)?;
+    let prefix = options.id_prefix();
+    // The simulated time reached: where a task read now reaches its customer.
+    let mut simulated_ms = started_ms.saturating_sub(history_ms);
     let mut conn = Some(first);
     tracing::info!(
         stream = %options.stream,
@@ -323,6 +354,34 @@ pub async fn run(
         tokio::select! {
             _ = step.tick() => {}
             _ = shutdown.cancelled() => break,
+        }
+        if let Some(c) = conn.as_mut() {
+            match reader.read(c).await {
+                Ok(tasks) => {
+                    for task in tasks
+                        .iter()
+                        .filter_map(|e| respond::received(e.fields(), &prefix))
+                    {
+                        report.tasks_read += 1;
+                        if !task.acted_on {
+                            report.control_tasks_read += 1;
+                        } else if population
+                            .respond(task.customer, &task.action, task.task, simulated_ms)
+                            .is_some()
+                        {
+                            report.tasks_answered += 1;
+                        }
+                    }
+                }
+                // Read again at the next step; the writes reconnect.
+                Err(respond::ReadError::Redis(e)) => {
+                    tracing::warn!(error = %e, "reading the tasks back failed");
+                    if connector.failed(&e) {
+                        conn = None;
+                    }
+                }
+                Err(e @ respond::ReadError::Reply(_)) => return Err(SimulateError::ReadTasks(e)),
+            }
         }
         let now = Instant::now();
         tokens = (tokens + options.rate as f64 * (now - refilled).as_secs_f64()).min(burst);
@@ -347,6 +406,7 @@ pub async fn run(
                 }
             }
             let event = population.next_event();
+            simulated_ms = simulated_ms.max(event.ts_ms);
             let ts_ms = if in_history { event.ts_ms } else { now_ms };
             let malformed = malformed_rng
                 .random_bool(f64::from(options.invalid_per_mille) / 1000.0)
@@ -383,6 +443,8 @@ pub async fn run(
                 invalid = report.invalid,
                 customers_arrived = population.arrived(),
                 customers_active = population.active(),
+                tasks_read = report.tasks_read,
+                tasks_answered = report.tasks_answered,
                 simulated_time = %rfc3339(from_millis(population.peek_ms())),
                 "simulation progress"
             );
@@ -408,6 +470,7 @@ mod tests {
             events: 0,
             invalid_per_mille: 1,
             max_len: 0,
+            respond_to: Vec::new(),
         }
     }
 

@@ -16,6 +16,10 @@
 //! Some arrivals are prospects: they visit (every `prospect_visit_days` on average) and after
 //! each visit either buy for the first time, give up for good, or come back.
 //!
+//! Customers also answer churnd's actions ([`Population::respond`]): an action that works on
+//! a customer's hidden persona ([`super::response`]) brings one purchase a few days later,
+//! beside their own process (which goes on as it would have).
+//!
 //! New customers arrive as a Poisson process, spread evenly over time. Events come out in
 //! time order across the whole population from a heap holding one pending event per live
 //! customer: memory stays constant per customer however long the simulation runs.
@@ -26,6 +30,8 @@ use std::collections::BinaryHeap;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Beta, Distribution, Exp, Exp1, Gamma};
+
+use super::response::Responses;
 
 const DAY_MS: f64 = 86_400_000.0;
 
@@ -195,6 +201,9 @@ pub(crate) struct Population {
     /// When the next new customer arrives, and the mean time between arrivals.
     next_arrival_ms: u64,
     arrival_gap: Exp<f64>,
+    /// Purchases that actions brought: (time, customer, cents).
+    induced: BinaryHeap<Reverse<(u64, u32, u64)>>,
+    responses: Responses,
 }
 
 impl Population {
@@ -273,7 +282,31 @@ impl Population {
             pending: BinaryHeap::new(),
             next_arrival_ms,
             arrival_gap,
+            induced: BinaryHeap::new(),
+            // Its own draws (hashes of this seed), not the population's random stream.
+            responses: Responses::new(seed ^ 0x7265_7370_6f6e_6473),
         })
+    }
+
+    /// The answer of `customer` to `action`, sent at `at_ms` on task `task` (a number that
+    /// tells the customer's tasks apart): if it works on them, the purchase it brings is
+    /// scheduled, and its time returned. Unknown customers answer nothing.
+    pub(crate) fn respond(
+        &mut self,
+        customer: u32,
+        action: &str,
+        task: u64,
+        at_ms: u64,
+    ) -> Option<u64> {
+        let c = self.customers.get(customer as usize)?;
+        // The mean of the customer's spend per order (gamma-gamma), which the purchase spends.
+        let mean_order = self.params.spend_shape / c.spend_rate;
+        let at = self
+            .responses
+            .answer(customer, mean_order, action, task, at_ms)?;
+        let cents = ((mean_order * 100.0).round() as u64).max(1);
+        self.induced.push(Reverse((at, customer, cents)));
+        Some(at)
     }
 
     /// Customers who have arrived so far.
@@ -288,15 +321,35 @@ impl Population {
 
     /// The time of the next event.
     pub(crate) fn peek_ms(&self) -> u64 {
-        match self.pending.peek() {
-            Some(Reverse((ts, _))) => (*ts).min(self.next_arrival_ms),
-            None => self.next_arrival_ms,
-        }
+        let induced = self
+            .induced
+            .peek()
+            .map_or(u64::MAX, |Reverse((ts, ..))| *ts);
+        self.peek_natural_ms().min(induced)
+    }
+
+    /// The time of the next event of the customers' own processes.
+    fn peek_natural_ms(&self) -> u64 {
+        self.pending
+            .peek()
+            .map_or(self.next_arrival_ms, |Reverse((ts, _))| {
+                (*ts).min(self.next_arrival_ms)
+            })
     }
 
     /// The next event in time order (ties in customer order). Never ends: customers keep
     /// arriving.
     pub(crate) fn next_event(&mut self) -> SimEvent {
+        if let Some(&Reverse((ts, customer, cents))) = self.induced.peek() {
+            if ts <= self.peek_natural_ms() {
+                self.induced.pop();
+                return SimEvent {
+                    customer,
+                    ts_ms: ts,
+                    activity: Activity::Purchase { cents },
+                };
+            }
+        }
         let due = self.pending.peek().map(|Reverse(p)| *p);
         match due {
             Some((ts, customer)) if ts <= self.next_arrival_ms => {
@@ -579,6 +632,48 @@ mod tests {
             p.arrived()
         );
         assert!(p.active() > 0);
+    }
+
+    #[test]
+    fn an_action_that_works_brings_one_purchase_and_changes_nothing_else() {
+        let days = |d: u64| START + d * DAY_MS as u64;
+        let mut natural = Population::new(Params::default(), 11, START, 200.0).unwrap();
+        let mut acted = Population::new(Params::default(), 11, START, 200.0).unwrap();
+        let mut own = Vec::new();
+        while natural.peek_ms() < days(30) {
+            own.push(natural.next_event());
+            acted.next_event();
+        }
+        // Day 30: every customer so far gets a coupon.
+        let customers = acted.arrived() as u32;
+        let induced: Vec<(u32, u64)> = (0..customers)
+            .filter_map(|c| acted.respond(c, "coupon", 1, days(30)).map(|at| (c, at)))
+            .collect();
+        assert_eq!(acted.respond(customers + 10, "coupon", 1, days(30)), None);
+        // Deal seekers answer 30 % and the nudgeable 10 %: some, far from all.
+        let share = induced.len() as f64 / f64::from(customers);
+        assert!((0.02..0.15).contains(&share), "answered {share}");
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        while natural.peek_ms() < days(60) {
+            without.push(natural.next_event());
+        }
+        while acted.peek_ms() < days(60) {
+            with.push(acted.next_event());
+        }
+        assert!(with.windows(2).all(|w| w[0].ts_ms <= w[1].ts_ms));
+        // The acted-on run is the natural one plus exactly the induced purchases.
+        let extra: Vec<(u32, u64)> = with
+            .iter()
+            .filter(|e| !without.contains(e))
+            .map(|e| (e.customer, e.ts_ms))
+            .collect();
+        let mut expected = induced.clone();
+        expected.sort_by_key(|&(c, at)| (at, c));
+        assert_eq!(extra, expected);
+        assert_eq!(with.len(), without.len() + induced.len());
+        assert!(induced
+            .iter()
+            .all(|&(_, at)| at > days(30) && at < days(56)));
     }
 
     #[test]

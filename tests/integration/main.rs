@@ -20,6 +20,7 @@ mod process;
 mod profiles_feedback;
 mod resilience;
 mod secrets;
+mod simulate_respond;
 mod sink;
 mod task_kinds;
 mod tls;
