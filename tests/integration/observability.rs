@@ -150,6 +150,40 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         .query_async(&mut redis.conn().await)
         .await
         .expect("the consumers' group is created");
+    // Win-back outcomes of both groups on the outcome stream: the lift panel has data
+    // whether or not the simulated year closes conversion windows in time.
+    let mut conn = redis.conn().await;
+    for (i, group) in ["treatment"; 20]
+        .into_iter()
+        .chain(["control"; 10])
+        .enumerate()
+    {
+        let converted = i % 4 == 0;
+        let fields: Vec<(&str, String)> = vec![
+            ("schema_version", "1".into()),
+            ("record", "outcome".into()),
+            ("task_id", format!("{i:032x}")),
+            ("customer_id", format!("c-{i}")),
+            ("kind", "winback".into()),
+            ("action", "coupon".into()),
+            ("segment", "general_winback".into()),
+            ("group", group.into()),
+            (
+                "outcome",
+                if converted {
+                    "converted"
+                } else {
+                    "not_converted"
+                }
+                .into(),
+            ),
+            ("revenue", if converted { "25.5" } else { "0" }.into()),
+            ("days_to_convert", if converted { "4" } else { "" }.into()),
+            ("raised_at", "1763164800000".into()),
+            ("closed_at", "1765756800000".into()),
+        ];
+        crate::helpers::xadd(&mut conn, "churn:outcomes", &fields).await;
+    }
     let churnd = DaemonProcess::spawn(&[
         ("CHURND__REDIS__URL", redis.url()),
         ("CHURND__SOURCE__STREAMS", stream.into()),
