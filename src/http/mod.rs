@@ -154,6 +154,16 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+/// 503 with `Retry-After: 1`: what is asked for is being built (at start) and will be there
+/// in a moment.
+fn retry_soon(message: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// Sends a query to the engine and waits for the answer.
 async fn ask<T>(
     state: &AppState,
@@ -161,14 +171,9 @@ async fn ask<T>(
 ) -> Result<T, Response> {
     if state.health.is_loading() {
         // No engine yet: answer at once rather than queue until the query times out.
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(retry_soon(
             "customer state is loading from the snapshot; try again shortly",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(response);
+        ));
     }
     let (tx, rx) = oneshot::channel();
     let unavailable = || {
@@ -213,16 +218,7 @@ async fn lift(State(state): State<AppState>) -> Response {
     let report = published.borrow().clone();
     match report {
         Some(report) => Json(&*report).into_response(),
-        None => {
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the outcome stream is still being read; try again shortly",
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            response
-        }
+        None => retry_soon("the outcome stream is still being read; try again shortly"),
     }
 }
 

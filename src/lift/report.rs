@@ -305,27 +305,24 @@ mod tests {
     use super::super::Window;
     use super::*;
 
-    /// A hand-built outcome set: win-back coupons to general_winback, 56 of 70 treated and
-    /// 48 of 80 control customers converted (Newcombe's example (a)), each conversion
-    /// bringing 10 in the treatment group and 5 in the control group; then 1 of 4 more
-    /// treated customers converted, for 20.
+    /// Adds `converted` converting win-back coupon records for general_winback (each
+    /// bringing `revenue`) and `total − converted` others, in `group`.
+    fn add_coupons(a: &mut Aggregates, group: &str, (converted, total): (u32, u32), revenue: f64) {
+        for i in 0..total {
+            let converting = (i < converted).then_some(revenue);
+            let r = record("winback", "coupon", "general_winback", group, converting);
+            a.add_entry(as_bytes(&r)).unwrap();
+        }
+    }
+
+    /// A hand-built outcome set: 56 of 70 treated and 48 of 80 control customers converted
+    /// (Newcombe's example (a)), each conversion bringing 10 in the treatment group and 5
+    /// in the control group; then 1 of 4 more treated customers converted, for 20.
     fn newcombe_example() -> Aggregates {
         let mut a = Aggregates::new(Window::default());
-        let mut add = |group: &str, converted: u32, total: u32, revenue: f64| {
-            for i in 0..total {
-                let r = record(
-                    "winback",
-                    "coupon",
-                    "general_winback",
-                    group,
-                    (i < converted).then_some(revenue),
-                );
-                a.add_entry(as_bytes(&r)).unwrap();
-            }
-        };
-        add("treatment", 56, 70, 10.0);
-        add("control", 48, 80, 5.0);
-        add("treatment", 1, 4, 20.0);
+        add_coupons(&mut a, "treatment", (56, 70), 10.0);
+        add_coupons(&mut a, "control", (48, 80), 5.0);
+        add_coupons(&mut a, "treatment", (1, 4), 20.0);
         a
     }
 
@@ -379,18 +376,8 @@ mod tests {
     #[test]
     fn the_exact_newcombe_example_is_in_the_json() {
         let mut a = Aggregates::new(Window::default());
-        for (group, converted, total) in [("treatment", 56, 70), ("control", 48, 80)] {
-            for i in 0..total {
-                let r = record(
-                    "winback",
-                    "coupon",
-                    "general_winback",
-                    group,
-                    (i < converted).then_some(1.0),
-                );
-                a.add_entry(as_bytes(&r)).unwrap();
-            }
-        }
+        add_coupons(&mut a, "treatment", (56, 70), 1.0);
+        add_coupons(&mut a, "control", (48, 80), 1.0);
         let json = serde_json::to_value(report(&a, "s")).unwrap();
         let lift = &json["rows"][0]["conversion_lift"];
         let rounded = |v: &serde_json::Value| (v.as_f64().unwrap() * 10_000.0).round() / 10_000.0;

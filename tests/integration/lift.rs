@@ -15,7 +15,6 @@ const CLOSED_MS: u64 = 1_763_596_800_000;
 /// 2025-12-02, midnight UTC: when the welcome outcomes closed.
 const LATER_MS: u64 = 1_764_633_600_000;
 
-/// One outcome record as the daemon writes it.
 fn outcome(
     kind: &str,
     action: &str,
@@ -24,32 +23,13 @@ fn outcome(
     revenue: Option<f64>,
     closed_at: u64,
 ) -> Vec<(&'static str, String)> {
-    vec![
-        ("schema_version", "1".into()),
-        ("record", "outcome".into()),
-        ("task_id", format!("{:032x}", rand::random::<u128>())),
-        ("customer_id", format!("c-{}", rand::random::<u32>())),
-        ("kind", kind.into()),
-        ("action", action.into()),
-        ("segment", segment.into()),
-        ("group", group.into()),
-        (
-            "outcome",
-            if revenue.is_some() {
-                "converted"
-            } else {
-                "not_converted"
-            }
-            .into(),
-        ),
-        ("revenue", revenue.map_or("0".into(), |r| format!("{r}"))),
-        (
-            "days_to_convert",
-            revenue.map_or(String::new(), |_| "2.5".into()),
-        ),
-        ("raised_at", RAISED_MS.to_string()),
-        ("closed_at", closed_at.to_string()),
-    ]
+    let task = rand::random::<u128>();
+    outcome_record(
+        &[kind, action, segment, group],
+        revenue,
+        (RAISED_MS, closed_at),
+        task,
+    )
 }
 
 /// Appends `converted` converting records (each bringing `revenue`) and `total − converted`
@@ -399,5 +379,43 @@ async fn the_daemon_serves_the_same_lift_and_gauges_and_rebuilds_them_after_a_re
         body["error"],
         "the lift report is off (lift.enabled = false)"
     );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lift_answers_503_with_retry_after_until_the_outcome_stream_is_read() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(&redis, dir.path());
+    redis.stop();
+    let app = App::spawn(settings).await;
+    let response = app.get("/v1/lift").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "the outcome stream is still being read; try again shortly"
+    );
+    // Redis comes back: the (empty) stream is read and the report is there.
+    redis.restart();
+    wait_for(
+        "/v1/lift once Redis answers",
+        Duration::from_secs(30),
+        || {
+            let url = app.url("/v1/lift");
+            async move {
+                match reqwest::get(url).await {
+                    Ok(r) if r.status().is_success() => {
+                        r.json::<serde_json::Value>().await.is_ok_and(|v| {
+                            v["records"]["read"] == 0 && v["rows"] == serde_json::json!([])
+                        })
+                    }
+                    _ => false,
+                }
+            }
+        },
+    )
+    .await;
     app.stop().await;
 }

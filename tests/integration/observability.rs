@@ -158,30 +158,10 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         .chain(["control"; 10])
         .enumerate()
     {
-        let converted = i % 4 == 0;
-        let fields: Vec<(&str, String)> = vec![
-            ("schema_version", "1".into()),
-            ("record", "outcome".into()),
-            ("task_id", format!("{i:032x}")),
-            ("customer_id", format!("c-{i}")),
-            ("kind", "winback".into()),
-            ("action", "coupon".into()),
-            ("segment", "general_winback".into()),
-            ("group", group.into()),
-            (
-                "outcome",
-                if converted {
-                    "converted"
-                } else {
-                    "not_converted"
-                }
-                .into(),
-            ),
-            ("revenue", if converted { "25.5" } else { "0" }.into()),
-            ("days_to_convert", if converted { "4" } else { "" }.into()),
-            ("raised_at", "1763164800000".into()),
-            ("closed_at", "1765756800000".into()),
-        ];
+        let revenue = (i % 4 == 0).then_some(25.5);
+        let cell = ["winback", "coupon", "general_winback", group];
+        let times = (1_763_164_800_000, 1_765_756_800_000);
+        let fields = crate::helpers::outcome_record(&cell, revenue, times, i as u128);
         crate::helpers::xadd(&mut conn, "churn:outcomes", &fields).await;
     }
     let churnd = DaemonProcess::spawn(&[
