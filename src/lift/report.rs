@@ -180,6 +180,17 @@ pub fn report(aggregates: &Aggregates, stream: &str) -> Report {
     }
 }
 
+/// What the columns of the text table mean, printed under it.
+const NOTES: [&str; 7] = [
+    "treated, control: tasks whose outcome is known, in each group (control: held out, nobody acted).",
+    "conv.: share of those customers who converted within the task's window.",
+    "lift: treated minus control conversion, in percentage points, with its 95 % interval (Newcombe);",
+    "  an interval that includes 0 is no measured effect yet, one above 0 is a measured gain.",
+    "incr. conv.: conversions the action added (lift x treated), 95 % interval.",
+    "rev/task: revenue per task, treated vs control; incr. revenue: revenue the action added",
+    "  ((treated - control revenue per task) x treated), 95 % interval (Welch).",
+];
+
 /// The report as a table for people: counts, rates in per cent, lifts in percentage points
 /// with their intervals, and what the columns mean.
 pub fn render_text(report: &Report) -> String {
@@ -213,14 +224,11 @@ pub fn render_text(report: &Report) -> String {
     text += &table(&report.kinds);
     text += "\nPer kind, action and segment:\n";
     text += &table(&report.rows);
-    text += "\n\
-treated, control: tasks whose outcome is known, in each group (control: held out, nobody acted).\n\
-conv.: share of those customers who converted within the task's window.\n\
-lift: treated minus control conversion, in percentage points, with its 95 % interval (Newcombe);\n\
-  an interval that includes 0 is no measured effect yet, one above 0 is a measured gain.\n\
-incr. conv.: conversions the action added (lift x treated), 95 % interval.\n\
-rev/task: revenue per task, treated vs control; incr. revenue: revenue the action added\n\
-  ((treated - control revenue per task) x treated), 95 % interval (Welch).\n";
+    text += "\n";
+    for note in NOTES {
+        text += note;
+        text.push('\n');
+    }
     text
 }
 
