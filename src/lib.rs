@@ -17,6 +17,9 @@
 //! [`state`] writes and loads snapshots of every customer's state with the stream positions
 //! they reflect, so a restart continues where the last snapshot left off.
 //!
+//! [`lift`] reads the outcome records of the tasks and reports what each kind × action ×
+//! segment adds over its control group (`churnd report lift`, `/v1/lift`, gauges).
+//!
 //! [`engine`] ties the pure steps together (no I/O); [`daemon`] runs it between source and
 //! sink with bounded channels. Beside the flow: [`config`], [`metrics`], [`health`],
 //! [`http`], [`connection`] (Redis connections that survive Redis), [`transactions`] (CSV
@@ -36,6 +39,7 @@ pub mod event;
 pub mod features;
 pub mod health;
 pub mod http;
+pub mod lift;
 pub mod metrics;
 pub mod model;
 pub mod preflight;

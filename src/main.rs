@@ -16,7 +16,7 @@ use churnd::model::train::{self, TrainOptions};
 use churnd::model::{evaluate, Model};
 use churnd::simulate::{self, SimulateOptions};
 use churnd::transactions::Transactions;
-use churnd::{daemon, demo, preflight, time};
+use churnd::{daemon, demo, lift, preflight, time};
 
 #[derive(Parser)]
 #[command(name = "churnd", version, about = "Streaming churn-scoring daemon")]
@@ -54,6 +54,43 @@ enum Command {
     /// Write synthetic customer activity (buy-till-you-die customers) to the input stream, for
     /// demos and load tests: first a history, then live traffic.
     Simulate(SimulateArgs),
+    /// Reports for marketing: what the tasks achieved.
+    #[command(subcommand)]
+    Report(ReportCommand),
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The lift of every kind x action x segment of task over its control group, from the
+    /// outcome stream: conversion rates, the lift with its 95 % interval, incremental
+    /// conversions and revenue.
+    Lift(LiftArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct LiftArgs {
+    /// The outcome stream; default: lift.stream of the configuration.
+    #[arg(long)]
+    stream: Option<String>,
+    /// The Redis to read from; default: redis.url of the configuration (its password and
+    /// TLS settings apply either way).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Only outcomes closed at or after this date (YYYY-MM-DD, midnight UTC) or RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only outcomes closed before this date (YYYY-MM-DD, midnight UTC) or RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// text: a table for people; json: the same JSON as the daemon's /v1/lift.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
 }
 
 #[derive(Args)]
@@ -216,6 +253,7 @@ fn main() -> ExitCode {
                 Command::Score(args) => score(&settings, args),
                 Command::Evaluate(args) => evaluate(&settings, args),
                 Command::Simulate(args) => simulate(settings, args),
+                Command::Report(ReportCommand::Lift(args)) => lift_report(settings, args),
                 Command::Train(_) => unreachable!("handled above"),
             }
         }
@@ -417,6 +455,56 @@ fn serve(resolved: Resolved) -> anyhow::Result<()> {
             })?;
         Ok(())
     })
+}
+
+/// `churnd report lift`: reads the outcome stream once and prints the report.
+fn lift_report(mut settings: Settings, args: LiftArgs) -> anyhow::Result<()> {
+    let millis = |flag: &str, value: Option<String>| {
+        value
+            .map(|v| parse_date(flag, &v).map(|s| u64::from(s) * 1000))
+            .transpose()
+    };
+    let window = lift::Window {
+        since_ms: millis("--since", args.since)?,
+        until_ms: millis("--until", args.until)?,
+    };
+    if let (Some(since), Some(until)) = (window.since_ms, window.until_ms) {
+        anyhow::ensure!(since < until, "--since must be before --until");
+    }
+    let given_url = args.redis_url.is_some();
+    if let Some(url) = args.redis_url {
+        settings.redis.url = url;
+    }
+    let stream = args.stream.unwrap_or_else(|| settings.lift.stream.clone());
+    let client = connection::client(&settings.redis);
+    let client = if given_url {
+        client.context("--redis-url (it replaces redis.url)")?
+    } else {
+        client?
+    };
+    let connector = Connector::new(
+        client,
+        &settings.redis,
+        settings.redis.response_timeout.get(),
+        RedisRole::Lift,
+        &Metrics::new().redis,
+    );
+    let mut shown = 0;
+    let report = runtime()?.block_on(lift::stream::report_from(
+        &connector,
+        &stream,
+        window,
+        |id, e| {
+            if shown < 10 {
+                shown += 1;
+                print_err(format_args!("{stream} entry {id}: not counted: {e}"));
+            }
+        },
+    ))?;
+    match args.format {
+        Format::Json => print_out(&(serde_json::to_string_pretty(&report)? + "\n")),
+        Format::Text => print_out(&lift::report::render_text(&report)),
+    }
 }
 
 fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@
 mod classify;
 mod events;
 mod http;
+mod lift;
 mod log;
 mod problem;
 mod profiles;
@@ -43,6 +44,7 @@ use read::{section, Fields, Read, Reader};
 
 pub use events::{DeadLetterSettings, EventSettings};
 pub use http::HttpSettings;
+pub use lift::LiftSettings;
 pub use log::{LogFormat, LogSettings, ShutdownSettings};
 pub use problem::{ConfigError, Origin, Problem, Problems};
 pub use read::env_var;
@@ -78,6 +80,7 @@ pub struct Settings {
     pub profiles: ProfileSettings,
     pub tags: TagSettings,
     pub http: HttpSettings,
+    pub lift: LiftSettings,
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub state: StateSettings,
@@ -247,6 +250,7 @@ impl Settings {
                 profiles: f.get("profiles", d.profiles),
                 tags: f.get("tags", d.tags),
                 http: f.get("http", d.http),
+                lift: f.get("lift", d.lift),
                 log: f.get("log", d.log),
                 shutdown: f.get("shutdown", d.shutdown),
                 state: f.get("state", d.state),
@@ -276,7 +280,7 @@ impl Settings {
     }
 
     /// Each section's problems, by the section's name.
-    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 18] {
+    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 19] {
         [
             ("redis", self.redis.problems()),
             ("source", self.source.problems()),
@@ -293,6 +297,7 @@ impl Settings {
             ("profiles", self.profiles.problems()),
             ("tags", self.tags.problems()),
             ("http", self.http.problems()),
+            ("lift", self.lift.problems()),
             ("log", self.log.problems()),
             ("shutdown", self.shutdown.problems()),
             ("state", self.state.problems()),

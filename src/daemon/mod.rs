@@ -1,5 +1,6 @@
 //! The running daemon: wires source → engine → sink with bounded channels, plus the HTTP
-//! server, the lag monitor and the model watcher, and shuts them down in order.
+//! server, the lag monitor, the model watcher and the lift report's reader of the outcome
+//! stream, and shuts them down in order.
 //!
 //! Start: load the model and the newest good snapshot, then read the input streams from the
 //! snapshot's positions (recovery). Shutdown: stop reading, let the engine finish the batches
@@ -10,6 +11,7 @@
 //! [`run_observed`] (the end-to-end latency benchmark does).
 
 mod engine_task;
+mod lift;
 mod model_watch;
 mod snapshots;
 mod start;
@@ -35,6 +37,7 @@ use crate::source::{self, lag, Source};
 use crate::state::{SnapshotDir, StateError};
 use crate::time::wall_millis;
 use engine_task::{Channels, Durability};
+pub(crate) use lift::Published as LiftReport;
 
 /// Effects buffered between engine and sink.
 const EFFECT_QUEUE: usize = 2;
@@ -183,11 +186,13 @@ pub async fn run_resolved(
     // large snapshot loads, instead of connections waiting in the listen backlog.
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
     let app_token_required = customer_token.is_some();
+    let (lift_tx, lift_rx) = watch::channel(None);
     let app = http::router(AppState {
         metrics: metrics.clone(),
         health: health.clone(),
         queries: query_tx,
         customer_token: customer_token.map(Arc::new),
+        lift: settings.lift.enabled.then_some(lift_rx),
     });
     let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
     let http_stop = CancellationToken::new();
@@ -261,6 +266,15 @@ pub async fn run_resolved(
         metrics.model.clone(),
         shutdown.clone(),
     ));
+    let lift_task = settings.lift.enabled.then(|| {
+        tokio::spawn(lift::run(
+            settings.lift.stream.clone(),
+            connector(RedisRole::Lift, response_timeout + lift::BLOCK),
+            metrics.lift.clone(),
+            lift_tx,
+            shutdown.clone(),
+        ))
+    });
     tracing::info!(
         http = %http_addr,
         customer_token = if app_token_required { "required" } else { "off" },
@@ -381,6 +395,9 @@ pub async fn run_resolved(
     }
     let _ = lag_task.await;
     let _ = model_task.await;
+    if let Some(task) = lift_task {
+        let _ = task.await;
+    }
     http_stop.cancel();
     let _ = http_task.await;
     Ok(())

@@ -1,7 +1,9 @@
-//! The HTTP API: `/metrics`, `/healthz`, `/readyz`, `/v1/customers/{id}`, `/v1/summary`.
+//! The HTTP API: `/metrics`, `/healthz`, `/readyz`, `/v1/customers/{id}`, `/v1/summary`,
+//! `/v1/lift`.
 //!
 //! Health and metrics never wait on the engine, so they answer even when it is saturated;
-//! customer queries go to the engine over a channel and are answered between batches.
+//! customer queries go to the engine over a channel and are answered between batches; the
+//! lift report is the one the lift task last published.
 //!
 //! With `http.customer_token` set, the `/v1/` endpoints (per-customer data) require
 //! `Authorization: Bearer <token>`; `/metrics`, `/healthz` and `/readyz` stay open so probes
@@ -47,12 +49,16 @@ pub(crate) struct AppState {
     pub queries: mpsc::Sender<Query>,
     /// The bearer token the customer endpoints require; `None` leaves them open.
     pub customer_token: Option<Arc<Secret>>,
+    /// The lift report as the lift task last published it; `None` when `lift.enabled` is
+    /// off.
+    pub lift: Option<crate::daemon::LiftReport>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
     let mut customers = Router::new()
         .route("/v1/customers/{id}", get(customer))
-        .route("/v1/summary", get(summary));
+        .route("/v1/summary", get(summary))
+        .route("/v1/lift", get(lift));
     if state.customer_token.is_some() {
         // route_layer: only matched routes are guarded, so an unknown path stays a 404.
         customers = customers.route_layer(middleware::from_fn_with_state(
@@ -148,6 +154,16 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 
+/// 503 with `Retry-After: 1`: what is asked for is being built (at start) and will be there
+/// in a moment.
+fn retry_soon(message: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
 /// Sends a query to the engine and waits for the answer.
 async fn ask<T>(
     state: &AppState,
@@ -155,14 +171,9 @@ async fn ask<T>(
 ) -> Result<T, Response> {
     if state.health.is_loading() {
         // No engine yet: answer at once rather than queue until the query times out.
-        let mut response = error(
-            StatusCode::SERVICE_UNAVAILABLE,
+        return Err(retry_soon(
             "customer state is loading from the snapshot; try again shortly",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return Err(response);
+        ));
     }
     let (tx, rx) = oneshot::channel();
     let unavailable = || {
@@ -193,6 +204,21 @@ async fn summary(State(state): State<AppState>) -> Response {
     match ask(&state, Query::Summary).await {
         Ok(summary) => Json(summary).into_response(),
         Err(response) => response,
+    }
+}
+
+/// The lift report, as `churnd report lift --format json` prints it.
+async fn lift(State(state): State<AppState>) -> Response {
+    let Some(published) = &state.lift else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the lift report is off (lift.enabled = false)",
+        );
+    };
+    let report = published.borrow().clone();
+    match report {
+        Some(report) => Json(&*report).into_response(),
+        None => retry_soon("the outcome stream is still being read; try again shortly"),
     }
 }
 

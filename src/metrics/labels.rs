@@ -126,5 +126,6 @@ mod tests {
         check::<ModelReload>();
         check::<RedisRole>();
         check::<ProbabilityRange>();
+        check::<crate::lift::SkipReason>();
     }
 }

@@ -14,13 +14,14 @@ use std::sync::Arc;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 mod engine;
 mod http;
 pub(crate) mod labels;
+mod lift;
 mod model;
 mod output;
 #[cfg(target_os = "linux")]
@@ -34,6 +35,7 @@ mod source;
 pub use engine::{EngineMetrics, Outcome, OutcomeCounts, ProbabilityRange, PROBABILITY_BUCKETS};
 pub use http::HttpMetrics;
 pub use labels::{Label, PerLabel};
+pub use lift::LiftMetrics;
 pub use model::{ModelInfo, ModelMetrics, ModelReload};
 pub use output::OutputMetrics;
 pub use redis::{RedisMetrics, RedisRole, RoleMetrics};
@@ -59,6 +61,7 @@ pub struct Metrics {
     pub redis: RedisMetrics,
     pub http: HttpMetrics,
     pub model: ModelMetrics,
+    pub lift: LiftMetrics,
     /// Every family registered, with its label names, including those without a series yet
     /// (the reference in docs/metrics.md is checked against it).
     families: Arc<[(String, Vec<String>)]>,
@@ -84,6 +87,7 @@ impl Metrics {
             snapshots: SnapshotMetrics::register(&mut r),
             redis: RedisMetrics::register(&mut r),
             http: HttpMetrics::register(&mut r),
+            lift: LiftMetrics::register(&mut r),
             model,
             registry: r.registry,
             families: r.families.into(),
@@ -154,6 +158,10 @@ impl Registrar {
 
     fn float_gauge(&mut self, name: &str, help: &str) -> Gauge {
         self.add(Gauge::new(name, help))
+    }
+
+    fn float_gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels))
     }
 
     fn histogram(&mut self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {

@@ -18,15 +18,19 @@ pub enum RedisRole {
     Simulate,
     /// `churnd check-config --connect`'s one connection.
     Check,
+    /// Tails the outcome stream for the lift report (`src/daemon/lift.rs`), and
+    /// `churnd report lift`'s reads.
+    Lift,
 }
 
 impl RedisRole {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Source,
         Self::Sink,
         Self::Monitor,
         Self::Simulate,
         Self::Check,
+        Self::Lift,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -36,6 +40,7 @@ impl RedisRole {
             Self::Monitor => "monitor",
             Self::Simulate => "simulate",
             Self::Check => "check",
+            Self::Lift => "lift",
         }
     }
 }

@@ -604,6 +604,40 @@ pub fn purchase(customer: &str, amount: f64, ts_ms: u64) -> Vec<(&'static str, S
     ]
 }
 
+/// An outcome record as churnd writes it (schema_version 1): `[kind, action, segment,
+/// group]`, the revenue of a conversion (`None`: not converted), raised and closed at (ms),
+/// and a number that makes the task's ID and customer.
+pub fn outcome_record(
+    [kind, action, segment, group]: &[&str; 4],
+    revenue: Option<f64>,
+    (raised_at, closed_at): (u64, u64),
+    task: u128,
+) -> Vec<(&'static str, String)> {
+    let converted = if revenue.is_some() {
+        "converted"
+    } else {
+        "not_converted"
+    };
+    vec![
+        ("schema_version", "1".into()),
+        ("record", "outcome".into()),
+        ("task_id", format!("{task:032x}")),
+        ("customer_id", format!("c-{task}")),
+        ("kind", kind.to_string()),
+        ("action", action.to_string()),
+        ("segment", segment.to_string()),
+        ("group", group.to_string()),
+        ("outcome", converted.into()),
+        ("revenue", revenue.map_or("0".into(), |r| format!("{r}"))),
+        (
+            "days_to_convert",
+            revenue.map_or(String::new(), |_| "2.5".into()),
+        ),
+        ("raised_at", raised_at.to_string()),
+        ("closed_at", closed_at.to_string()),
+    ]
+}
+
 pub type StreamEntry = (String, HashMap<String, String>);
 
 /// Every entry of a stream, oldest first.

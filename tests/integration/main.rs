@@ -11,6 +11,7 @@ mod fuzz_input;
 mod helpers;
 mod http_api;
 mod http_limits;
+mod lift;
 mod model_cli;
 mod observability;
 mod output_backlog;

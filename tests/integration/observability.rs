@@ -150,6 +150,20 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
         .query_async(&mut redis.conn().await)
         .await
         .expect("the consumers' group is created");
+    // Win-back outcomes of both groups on the outcome stream: the lift panel has data
+    // whether or not the simulated year closes conversion windows in time.
+    let mut conn = redis.conn().await;
+    for (i, group) in ["treatment"; 20]
+        .into_iter()
+        .chain(["control"; 10])
+        .enumerate()
+    {
+        let revenue = (i % 4 == 0).then_some(25.5);
+        let cell = ["winback", "coupon", "general_winback", group];
+        let times = (1_763_164_800_000, 1_765_756_800_000);
+        let fields = crate::helpers::outcome_record(&cell, revenue, times, i as u128);
+        crate::helpers::xadd(&mut conn, "churn:outcomes", &fields).await;
+    }
     let churnd = DaemonProcess::spawn(&[
         ("CHURND__REDIS__URL", redis.url()),
         ("CHURND__SOURCE__STREAMS", stream.into()),

@@ -1,0 +1,104 @@
+//! The lift task: reads the outcome stream from its beginning, then follows it, and keeps
+//! the lift report's aggregates (counts and sums per kind × action × segment × group) in
+//! memory. Each time it has read something it publishes the report for `/v1/lift` and sets
+//! the `churnd_lift_*` gauges, so they are right soon after a restart: the aggregates are
+//! rebuilt from the stream, whose length bounds the work.
+//!
+//! It reads on a connection of its own, with a response timeout longer than its BLOCK (a
+//! blocking XREAD on a connection with a shorter one times out, and commands behind it
+//! too).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Connector;
+use crate::event::EntryId;
+use crate::lift::report::{self, Report};
+use crate::lift::stream::{self, PAGE};
+use crate::lift::{Aggregates, Window};
+use crate::metrics::LiftMetrics;
+
+/// How long an XREAD waits for new outcome records.
+pub(super) const BLOCK: Duration = Duration::from_secs(2);
+
+/// Skipped records logged at most, each start: the counter counts them all.
+const LOGGED_SKIPS: u32 = 20;
+
+/// The report, once the stream has been read to its end (`None` before).
+pub(crate) type Published = watch::Receiver<Option<Arc<Report>>>;
+
+/// Reads `stream` until shutdown, publishing the report to `publish`.
+pub(super) async fn run(
+    stream: String,
+    mut connector: Connector,
+    metrics: LiftMetrics,
+    publish: watch::Sender<Option<Arc<Report>>>,
+    shutdown: CancellationToken,
+) {
+    let mut aggregates = Aggregates::new(Window::default());
+    let mut after = EntryId::default();
+    let mut caught_up = false;
+    let mut logged = 0u32;
+    let mut conn: Option<MultiplexedConnection> = None;
+    loop {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connector.connect(&shutdown).await {
+                Some(c) => conn.insert(c),
+                None => return,
+            },
+        };
+        // Until caught up, no wait: an empty answer means the end is reached.
+        let block = caught_up.then_some(BLOCK.as_millis() as u64);
+        let reply = tokio::select! {
+            reply = stream::read_after(c, &stream, after, block) => reply,
+            _ = shutdown.cancelled() => return,
+        };
+        let reply = match reply {
+            Ok(reply) => {
+                connector.succeeded();
+                reply
+            }
+            Err(e) => {
+                if connector.failed(&e) {
+                    conn = None;
+                }
+                if !connector.pause(&shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        let entries = stream::read_entries(&reply);
+        let last = stream::add_entries(&entries, &mut aggregates, |id, e| {
+            metrics.skipped.get(e.reason()).inc();
+            if logged < LOGGED_SKIPS {
+                logged += 1;
+                tracing::warn!(stream = %stream, entry = %id, error = %e, "outcome record not counted in the lift report");
+            }
+        });
+        metrics.read.inc_by(entries.len() as u64);
+        if let Some(last) = last {
+            after = last;
+        }
+        let reached_end = entries.len() < PAGE;
+        if reached_end && !caught_up {
+            caught_up = true;
+            tracing::info!(
+                stream = %stream,
+                records = aggregates.read,
+                used = aggregates.used,
+                "lift report built from the outcome stream"
+            );
+        }
+        if caught_up && (!entries.is_empty() || publish.borrow().is_none()) {
+            let report = report::report(&aggregates, &stream);
+            metrics.publish(&report);
+            publish.send_replace(Some(Arc::new(report)));
+        }
+    }
+}
