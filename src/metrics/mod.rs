@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 mod engine;
@@ -31,7 +31,9 @@ mod sink;
 mod snapshots;
 mod source;
 
-pub use engine::{EngineMetrics, Outcome, OutcomeCounts, ProbabilityRange, PROBABILITY_BUCKETS};
+pub use engine::{
+    BudgetSeries, EngineMetrics, Outcome, OutcomeCounts, ProbabilityRange, PROBABILITY_BUCKETS,
+};
 pub use http::HttpMetrics;
 pub use labels::{Label, PerLabel};
 pub use model::{ModelInfo, ModelMetrics, ModelReload};
@@ -154,6 +156,10 @@ impl Registrar {
 
     fn float_gauge(&mut self, name: &str, help: &str) -> Gauge {
         self.add(Gauge::new(name, help))
+    }
+
+    fn float_gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels))
     }
 
     fn histogram(&mut self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {

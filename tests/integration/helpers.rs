@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use churnd::classify::Segment;
 use churnd::config::{ClockMode, Interval, SegmentMode, Settings};
 use churnd::daemon::{self, DaemonError};
 use churnd::features::FEATURE_NAMES;
@@ -454,7 +455,8 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Settings for a test: this redis, the recency model, fixed segments, event clock, no
-/// control group, fast polling.
+/// control group, fast polling; win-back as before budgets (threshold 0.7, 0.6 for two
+/// segments, no budget), which the tests of other rules are written for.
 pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
     let mut s = Settings::default();
     s.redis.url = redis.url();
@@ -478,6 +480,13 @@ pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
     s.clock.tick = Interval::from_millis(50);
     s.segments.mode = SegmentMode::Fixed;
     s.winback.control_share = 0.0;
+    s.winback.threshold = 0.7;
+    s.winback.segment_thresholds = [Segment::ImportantValue, Segment::ImportantRetention]
+        .into_iter()
+        .map(|segment| (segment, 0.6))
+        .collect();
+    s.winback.budgets.clear();
+    s.tasks.control_share = 0.0;
     s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
     s.shutdown.drain_timeout = Duration::from_secs(5);
     s.state.dir = model_dir.join("state");

@@ -161,10 +161,10 @@ fn winback(n: usize, group: Group) -> Task {
                 high: true,
             }],
             model_version: "test-1".into(),
-            group,
             episode_start: 1_690_000_000,
             attempt: 1,
         }),
+        group,
         value: None,
     }
 }
@@ -200,6 +200,7 @@ fn care(n: usize, kind: TaskKind, segment: Option<Segment>) -> Task {
         tags: Vec::new(),
         profile: None,
         detail,
+        group: Group::Treatment,
         value: None,
     }
 }
