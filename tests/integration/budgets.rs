@@ -15,14 +15,6 @@ const WINBACK: &str = "churn:winback";
 const TASKS: &str = "crm:tasks";
 const TASKS_CONTROL: &str = "crm:tasks:control";
 
-fn visit(customer: &str, ts_ms: u64) -> Vec<(&'static str, String)> {
-    vec![
-        ("customer_id", customer.to_string()),
-        ("type", "visit".into()),
-        ("ts", ts_ms.to_string()),
-    ]
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_days_budget_of_n_tasks_yields_at_most_n_and_the_rest_come_on_later_days() {
     let redis = RedisServer::start();

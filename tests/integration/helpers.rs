@@ -613,6 +613,14 @@ pub fn purchase(customer: &str, amount: f64, ts_ms: u64) -> Vec<(&'static str, S
     ]
 }
 
+pub fn visit(customer: &str, ts_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("customer_id", customer.to_string()),
+        ("type", "visit".into()),
+        ("ts", ts_ms.to_string()),
+    ]
+}
+
 pub type StreamEntry = (String, HashMap<String, String>);
 
 /// Every entry of a stream, oldest first.

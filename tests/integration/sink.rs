@@ -343,6 +343,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             "lifecycle_stage",
             "as_of",
             "first_purchase",
+            "group",
             "tags"
         ]
     );
@@ -357,6 +358,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             "segment",
             "as_of",
             "first_purchase",
+            "group",
             "tags"
         ]
     );
