@@ -7,11 +7,13 @@
 //! 1. service recovery: the answer to a very low feedback score, when that is what brings the
 //!    customer here (it goes out whatever the contact cap, unless configured otherwise, and
 //!    counts as a contact);
-//! 2. win-back, for a buyer whose churn probability crossed its threshold;
+//! 2. win-back, for a buyer whose churn probability crossed its threshold, as many a day as
+//!    the action's budget affords ([`budget`]), to the highest priorities;
 //! 3. the care kinds, in their own order ([`care`]).
 //!
 //! The contact cap (`tasks.contact_cap_days`) holds back every kind once the customer has
-//! heard from the business. The tasks raised carry the customer's tags and profile.
+//! heard from the business. The tasks raised carry the customer's tags and profile, and their
+//! group: each kind holds out a share of customers as its control group ([`holdout`]).
 
 mod assessment;
 mod budget;
