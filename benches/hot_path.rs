@@ -35,7 +35,7 @@ use redis::Value;
 use churnd::classify::{RiskBands, StageBounds};
 use churnd::config::{ClockMode, SegmentSettings, Settings};
 use churnd::decide::{
-    default_rules, Assessment, Contact, Playbook, Scored, TasksSettings, WinbackSettings,
+    default_rules, Assessment, Budgets, Contact, Playbook, Scored, TasksSettings, WinbackSettings,
     WinbackState,
 };
 use churnd::engine::{Engine, EngineSettings};
@@ -201,12 +201,13 @@ fn scoring(c: &mut Criterion) {
     let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
     let id = "cust-00012345";
     let mut tasks = Vec::new();
+    let mut budgets = Budgets::new(&WinbackSettings::default().budgets);
     playbook.decide(
         &assessment(id),
         (&mut winback, &mut contact),
         None,
         &version,
-        &mut tasks,
+        (&mut budgets, &mut tasks),
     );
     assert!(tasks.is_empty(), "{tasks:?}");
     c.bench_function("decide/playbook_no_task", |b| {
@@ -216,7 +217,7 @@ fn scoring(c: &mut Criterion) {
                 (&mut winback, &mut contact),
                 None,
                 &version,
-                &mut tasks,
+                (&mut budgets, &mut tasks),
             )
         })
     });

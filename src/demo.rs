@@ -150,6 +150,7 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
     settings.winback.stream = format!("{KEY_PREFIX}winback");
     settings.winback.control_stream = format!("{KEY_PREFIX}winback:control");
     settings.tasks.stream = format!("{KEY_PREFIX}tasks");
+    settings.tasks.control_stream = format!("{KEY_PREFIX}tasks:control");
     for stream in [
         &mut settings.tasks.convert.stream,
         &mut settings.tasks.welcome.stream,
@@ -410,25 +411,40 @@ async fn report(
             say!("    {k:<17} {v}");
         }
     }
-    // The other kinds share one stream in the demo: count them by kind, a page at a time (the
-    // whole stream, tens of thousands of tasks, in one reply can take longer than the
-    // connection's response timeout on a slow machine).
+    // How far the tasks reach: customers given one (either group), and the busiest 30 days.
+    let mut tasked = std::collections::HashSet::new();
+    let mut days = Vec::new();
+    for stream in [&settings.winback.stream, &settings.winback.control_stream] {
+        for_each_entry(conn, stream, |fields| {
+            tasked.insert(field(fields, "customer_id").to_string());
+            days.push(
+                crate::time::parse_date_or_datetime(field(fields, "as_of")).unwrap_or(0) / 86_400,
+            );
+        })
+        .await?;
+    }
+    let customers = summary["customers"].as_u64().unwrap_or(0).max(1) as f64;
+    days.sort_unstable();
+    let busiest = (0..days.len())
+        .map(|i| days[i..].partition_point(|&d| d < days[i] + 30))
+        .max()
+        .unwrap_or(0);
+    say!(
+        "  customers given a win-back task: {} ({:.1} % of those tracked); the busiest 30 days: {busiest} tasks ({:.1} %)",
+        tasked.len(),
+        100.0 * tasked.len() as f64 / customers,
+        100.0 * busiest as f64 / customers,
+    );
+    // The other kinds share one stream in the demo: count them by kind.
     let mut by_kind = std::collections::BTreeMap::new();
     let mut others = 0;
-    let mut from = "-".to_string();
-    loop {
-        let page = xrange_from(conn, &settings.tasks.stream, &from, 1_000).await?;
-        for (_, fields) in &page {
-            *by_kind
-                .entry(field(fields, "kind").to_string())
-                .or_insert(0usize) += 1;
-        }
-        others += page.len();
-        match page.last() {
-            Some((id, _)) if page.len() == 1_000 => from = format!("({id}"),
-            _ => break,
-        }
-    }
+    for_each_entry(conn, &settings.tasks.stream, |fields| {
+        *by_kind
+            .entry(field(fields, "kind").to_string())
+            .or_insert(0usize) += 1;
+        others += 1;
+    })
+    .await?;
     let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
     say!(
         "\nOther tasks: {others} in {} ({})",
@@ -448,6 +464,27 @@ async fn report(
         );
     }
     Ok(())
+}
+
+/// Calls `f` with every entry of `stream`, a page at a time (the whole stream, tens of
+/// thousands of tasks, in one reply can take longer than the connection's response timeout
+/// on a slow machine).
+async fn for_each_entry(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    mut f: impl FnMut(&[(String, String)]),
+) -> Result<(), redis::RedisError> {
+    let mut from = "-".to_string();
+    loop {
+        let page = xrange_from(conn, stream, &from, 1_000).await?;
+        for (_, fields) in &page {
+            f(fields);
+        }
+        match page.last() {
+            Some((id, _)) if page.len() == 1_000 => from = format!("({id}"),
+            _ => return Ok(()),
+        }
+    }
 }
 
 fn print_counts(counts: &serde_json::Value) {

@@ -85,11 +85,14 @@ impl SinkSettings {
         }
     }
 
-    /// The stream a task goes to and that stream's length cap.
+    /// The stream a task goes to and that stream's length cap: control-group tasks go to
+    /// their kind's control stream, so that no consumer of the task streams acts on them.
     pub(crate) fn stream_of(&self, task: &Task) -> (&str, u64) {
-        match task.winback() {
-            Some(w) => (self.task_stream(w.group), self.task_max_len),
-            None => (self.tasks.stream(task.kind()), self.tasks.max_len.get()),
+        let care_max_len = self.tasks.max_len.get();
+        match (task.kind(), task.group) {
+            (TaskKind::Winback, group) => (self.task_stream(group), self.task_max_len),
+            (_, Group::Control) => (&self.tasks.control_stream, care_max_len),
+            (kind, Group::Treatment) => (self.tasks.stream(kind), care_max_len),
         }
     }
 
@@ -113,6 +116,7 @@ impl SinkSettings {
             self.dead_letter_stream.as_str(),
             &self.task_stream,
             &self.control_stream,
+            &self.tasks.control_stream,
         ]
         .into_iter()
         .chain(care)
@@ -450,8 +454,8 @@ impl Sink {
                     tracing::debug!(task_id = %task.task_id, kind = task.kind().as_str(), "task was written before; not written again");
                     return;
                 }
-                if let Some(w) = winback {
-                    self.metrics.winback_task(&task.action, w.group);
+                if winback.is_some() {
+                    self.metrics.winback_task(&task.action, task.group);
                 }
                 self.metrics.tasks_by_kind.get(task.kind()).inc();
             }

@@ -40,6 +40,30 @@ pub(super) fn problems(s: &Settings) -> Vec<Problem> {
             "must differ from winback.stream and winback.control_stream",
         ));
     }
+    // The care kinds' control stream: apart from every stream someone acts on or reads.
+    let control = &s.tasks.control_stream;
+    let care_streams = TaskKind::CARE.map(|kind| s.tasks.stream(kind));
+    if inputs.contains(control) {
+        p.push(Problem::new(
+            "tasks.control_stream",
+            format!("({control:?}) must not also be an input in source.streams"),
+        ));
+    }
+    if care_streams.contains(&control.as_str())
+        || [
+            &s.winback.stream,
+            &s.winback.control_stream,
+            &s.dead_letter.stream,
+        ]
+        .contains(&control)
+    {
+        p.push(Problem::new(
+            "tasks.control_stream",
+            format!(
+                "({control:?}) must differ from the task streams (tasks.stream and each kind's own), winback.stream, winback.control_stream and dead_letter.stream"
+            ),
+        ));
+    }
     // The streams the other kinds resolve to, each named once by the key that sets it
     // (the tasks section reports an empty tasks.stream).
     let mut care: Vec<_> = TaskKind::CARE
@@ -97,6 +121,10 @@ mod tests {
         assert_eq!(
             problems_with(|s| s.lift.stream = "churn:events".into()),
             ["lift.stream (\"churn:events\") must not also be an input in source.streams: outcome records are not events"]
+        );
+        assert_eq!(
+            problems_with(|s| s.tasks.control_stream = "crm:tasks".into()),
+            ["tasks.control_stream (\"crm:tasks\") must differ from the task streams (tasks.stream and each kind's own), winback.stream, winback.control_stream and dead_letter.stream"]
         );
         assert!(problems(&Settings::default()).is_empty());
     }

@@ -5,7 +5,7 @@ use super::read::Fields;
 use super::{Problem, Section};
 use crate::decide::{
     AnniversarySettings, BirthdaySettings, ConvertSettings, RevisitSettings,
-    ServiceRecoverySettings, TasksSettings, WelcomeSettings,
+    ServiceRecoverySettings, TaskKind, TasksSettings, WelcomeSettings,
 };
 
 impl Section for TasksSettings {
@@ -14,6 +14,8 @@ impl Section for TasksSettings {
         Self {
             stream: f.get("stream", d.stream),
             max_len: f.get("max_len", d.max_len),
+            control_stream: f.get("control_stream", d.control_stream),
+            control_share: f.get("control_share", d.control_share),
             contact_cap_days: f.get("contact_cap_days", d.contact_cap_days),
             convert: f.get("convert", d.convert),
             welcome: f.get("welcome", d.welcome),
@@ -28,6 +30,25 @@ impl Section for TasksSettings {
         let mut problems = Vec::new();
         if self.stream.is_empty() {
             problems.push(Problem::new("tasks.stream", "must not be empty"));
+        }
+        if self.control_stream.is_empty() {
+            problems.push(Problem::new("tasks.control_stream", "must not be empty"));
+        }
+        // The shared share, then each kind's own where it sets one.
+        let mut shares = vec![("tasks.control_share", self.control_share)];
+        shares.extend(
+            TaskKind::CARE
+                .map(|kind| self.control_share(kind))
+                .into_iter()
+                .filter(|(key, _)| *key != "tasks.control_share"),
+        );
+        for (key, share) in shares {
+            if !(0.0..=1.0).contains(&share) {
+                problems.push(Problem::new(
+                    key,
+                    format!("({share}) must be between 0 and 1"),
+                ));
+            }
         }
         for (key, days_before) in [
             (
@@ -79,6 +100,7 @@ impl Section for ConvertSettings {
             min_visits: f.get("min_visits", d.min_visits),
             action: f.get("action", d.action),
             stream: f.get("stream", d.stream),
+            control_share: f.get("control_share", d.control_share),
         }
     }
 }
@@ -92,6 +114,7 @@ impl Section for WelcomeSettings {
             max_late_days: f.get("max_late_days", d.max_late_days),
             action: f.get("action", d.action),
             stream: f.get("stream", d.stream),
+            control_share: f.get("control_share", d.control_share),
         }
     }
 }
@@ -104,6 +127,7 @@ impl Section for BirthdaySettings {
             days_before: f.get("days_before", d.days_before),
             action: f.get("action", d.action),
             stream: f.get("stream", d.stream),
+            control_share: f.get("control_share", d.control_share),
         }
     }
 }
@@ -116,6 +140,7 @@ impl Section for AnniversarySettings {
             days_before: f.get("days_before", d.days_before),
             action: f.get("action", d.action),
             stream: f.get("stream", d.stream),
+            control_share: f.get("control_share", d.control_share),
         }
     }
 }
@@ -129,6 +154,7 @@ impl Section for RevisitSettings {
             every_days: f.get("every_days", d.every_days),
             action: f.get("action", d.action),
             stream: f.get("stream", d.stream),
+            control_share: f.get("control_share", d.control_share),
         }
     }
 }
@@ -144,6 +170,7 @@ impl Section for ServiceRecoverySettings {
             max_late_days: f.get("max_late_days", d.max_late_days),
             action: f.get("action", d.action),
             stream: f.get("stream", d.stream),
+            control_share: f.get("control_share", d.control_share),
         }
     }
 }
@@ -158,11 +185,16 @@ mod tests {
         settings.welcome.action = " ".into();
         settings.stream.clear();
         settings.birthday.days_before = 301;
+        settings.control_share = 1.5;
+        settings.revisit.control_share = Some(-0.1);
+        settings.welcome.control_share = Some(0.5);
         let keys: Vec<String> = settings.problems().into_iter().map(|p| p.key).collect();
         assert_eq!(
             keys,
             [
                 "tasks.stream",
+                "tasks.control_share",
+                "tasks.revisit.control_share",
                 "tasks.birthday.days_before",
                 "tasks.welcome.action"
             ]

@@ -3,7 +3,7 @@
 use super::read::Fields;
 use super::{Problem, Section};
 use crate::classify::Segment;
-use crate::decide::WinbackSettings;
+use crate::decide::{ActionBudget, WinbackSettings};
 
 impl Section for WinbackSettings {
     fn from_fields(f: &mut Fields<'_>) -> Self {
@@ -20,6 +20,7 @@ impl Section for WinbackSettings {
             cooldown_days: f.get("cooldown_days", d.cooldown_days),
             max_tasks_per_episode: f.get("max_tasks_per_episode", d.max_tasks_per_episode),
             control_share: f.get("control_share", d.control_share),
+            budgets: f.get("budgets", d.budgets),
             dedup_ttl_days: f.get("dedup_ttl_days", d.dedup_ttl_days),
             reasons: f.get("reasons", d.reasons),
         }
@@ -57,6 +58,7 @@ impl Section for WinbackSettings {
                 problems.push(Problem::new(key, "must not be empty"));
             }
         }
+        problems.extend(self.budget_problems());
         if self.stream == self.control_stream {
             problems.push(Problem::new(
                 "winback.control_stream",
@@ -67,6 +69,63 @@ impl Section for WinbackSettings {
     }
 }
 
+impl WinbackSettings {
+    /// Every budget must name an action of the playbook and give a spend per day (0 or
+    /// more) and a cost per task (above 0).
+    fn budget_problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut actions: Vec<&str> = self.actions.values().map(String::as_str).collect();
+        actions.sort_unstable();
+        actions.dedup();
+        for (action, budget) in &self.budgets {
+            let key = format!("winback.budgets.{action}");
+            if !actions.contains(&action.as_str()) {
+                problems.push(Problem::new(
+                    key.clone(),
+                    format!(
+                        "is not an action of [winback.actions]: budgets are for win-back's actions ({})",
+                        actions.join(", ")
+                    ),
+                ));
+            }
+            match budget.per_day {
+                None => problems.push(Problem::new(
+                    format!("{key}.per_day"),
+                    "is missing: the spend a day may take",
+                )),
+                Some(v) if !(v.is_finite() && v >= 0.0) => problems.push(Problem::new(
+                    format!("{key}.per_day"),
+                    format!("({v}) must be 0 or more"),
+                )),
+                Some(_) => {}
+            }
+            match budget.cost {
+                None => problems.push(Problem::new(
+                    format!("{key}.cost"),
+                    "is missing: what one task costs",
+                )),
+                Some(v) if !(v.is_finite() && v > 0.0) => problems.push(Problem::new(
+                    format!("{key}.cost"),
+                    format!(
+                        "({v}) must be above 0 (an action that costs nothing needs no budget: leave it out of [winback.budgets])"
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        problems
+    }
+}
+
+impl Section for ActionBudget {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        Self {
+            per_day: f.get("per_day", None),
+            cost: f.get("cost", None),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +133,7 @@ mod tests {
     #[test]
     fn a_missing_action_and_a_bad_threshold_are_reported_by_key() {
         let mut settings = WinbackSettings::default();
+        settings.budgets.clear();
         settings.actions.remove(&Segment::GeneralValue);
         settings.threshold = 1.5;
         settings
@@ -89,5 +149,41 @@ mod tests {
             ]
         );
         assert!(WinbackSettings::default().problems().is_empty());
+    }
+
+    #[test]
+    fn budgets_name_an_action_and_spend_and_cost_nothing_negative() {
+        let mut settings = WinbackSettings::default();
+        settings
+            .budgets
+            .insert("sms_blast".into(), ActionBudget::new(10.0, 1.0));
+        settings
+            .budgets
+            .insert("coupon".into(), ActionBudget::new(-1.0, -5.0));
+        settings.budgets.insert(
+            "email_reminder".into(),
+            ActionBudget {
+                per_day: Some(3.0),
+                cost: None,
+            },
+        );
+        settings
+            .budgets
+            .insert("loyalty_offer".into(), ActionBudget::new(5.0, 0.0));
+        let problems: Vec<String> = settings
+            .problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "winback.budgets.coupon.per_day (-1) must be 0 or more",
+                "winback.budgets.coupon.cost (-5) must be above 0 (an action that costs nothing needs no budget: leave it out of [winback.budgets])",
+                "winback.budgets.email_reminder.cost is missing: what one task costs",
+                "winback.budgets.loyalty_offer.cost (0) must be above 0 (an action that costs nothing needs no budget: leave it out of [winback.budgets])",
+                "winback.budgets.sms_blast is not an action of [winback.actions]: budgets are for win-back's actions (coupon, email_reminder, loyalty_offer, personal_call)",
+            ]
+        );
     }
 }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use super::calendar::{anniversary_after, yearly_after};
 use super::contact::{Contact, ContactCap};
+use super::holdout::Holdout;
 use super::settings::TasksSettings;
 use super::task::{care_task_id, Detail, Task, TaskKind};
 use super::Assessment;
@@ -83,6 +84,10 @@ pub(crate) struct CarePolicy {
     anniversary: Option<Yearly>,
     revisit: Option<Revisit>,
     service_recovery: Option<ServiceRecovery>,
+    /// By position in [`TaskKind::CARE`]: who is held out of each kind. Their tasks are
+    /// raised and recorded as contacts like everyone's (so both groups see the same
+    /// playbook), and go to the control stream.
+    holdouts: [Holdout; TaskKind::CARE.len()],
 }
 
 /// When one kind's task for one customer is due: from `from` to `until` (inclusive), about
@@ -160,6 +165,7 @@ impl CarePolicy {
                 max_late: time::days_and_the_rest(recovery.max_late_days),
                 action: action(&recovery.action),
             }),
+            holdouts: TaskKind::CARE.map(|kind| Holdout::new(kind, settings.control_share(kind).1)),
         }
     }
 
@@ -231,6 +237,11 @@ impl CarePolicy {
             tags: Vec::new(),
             profile: None,
             detail,
+            group: self.holdouts[TaskKind::CARE
+                .iter()
+                .position(|&k| k == kind)
+                .expect("a care kind")]
+            .group(a.customer_id),
             // The playbook fills it in for every task it raises.
             value: None,
         }

@@ -7,16 +7,20 @@
 //! 1. service recovery: the answer to a very low feedback score, when that is what brings the
 //!    customer here (it goes out whatever the contact cap, unless configured otherwise, and
 //!    counts as a contact);
-//! 2. win-back, for a buyer whose churn probability crossed its threshold;
+//! 2. win-back, for a buyer whose churn probability crossed its threshold, as many a day as
+//!    the action's budget affords ([`budget`]), to the highest priorities;
 //! 3. the care kinds, in their own order ([`care`]).
 //!
 //! The contact cap (`tasks.contact_cap_days`) holds back every kind once the customer has
-//! heard from the business. The tasks raised carry the customer's tags and profile.
+//! heard from the business. The tasks raised carry the customer's tags and profile, and their
+//! group: each kind holds out a share of customers as its control group ([`holdout`]).
 
 mod assessment;
+mod budget;
 mod calendar;
 mod care;
 mod contact;
+mod holdout;
 mod settings;
 mod tags;
 mod task;
@@ -26,16 +30,18 @@ mod winback;
 use std::sync::Arc;
 
 pub use assessment::{Assessment, Recent, Scored};
+pub use budget::{ActionBudget, BudgetReport, Budgets, PacerState};
 pub use contact::{Contact, ContactCap};
+pub use holdout::Group;
 pub use settings::{
     AnniversarySettings, BirthdaySettings, ConvertSettings, RevisitSettings,
     ServiceRecoverySettings, TasksSettings, WelcomeSettings, WinbackSettings,
 };
 pub use tags::{default_rules, TagRule, Tags};
 pub use task::{care_task_id, winback_task_id, Detail, Task, TaskKind, WinbackDetail};
-pub use winback::{Group, WinbackState};
+pub use winback::WinbackState;
 
-use crate::time::UnixSeconds;
+use crate::time::{UnixSeconds, DAY};
 
 /// The configured policies, resolved for fast decisions.
 #[derive(Debug, Clone)]
@@ -57,17 +63,19 @@ impl Playbook {
     }
 
     /// Every task due for the customer now, in the playbook's order, each with the
-    /// customer's tags and profile, appended to `tasks`; updates the customer's bookkeeping.
-    /// `feedback` is the score and time of the feedback being applied, if that is what brings
-    /// the customer here. Returns the next moment after now at which a decision can change
-    /// without an event (a waiting time ending, an occasion beginning, the cap lifting).
+    /// customer's tags and profile, appended to `tasks`; updates the customer's bookkeeping
+    /// and takes win-back tasks from `budgets`. `feedback` is the score and time of the
+    /// feedback being applied, if that is what brings the customer here. Returns the next
+    /// moment after now at which a decision can change without an event (a waiting time
+    /// ending, an occasion beginning, the cap lifting, the next day's budget for a candidate
+    /// held back).
     pub fn decide(
         &self,
         a: &Assessment<'_>,
         (winback, contact): (&mut WinbackState, &mut Contact),
         feedback: Option<(u8, UnixSeconds)>,
         model_version: &Arc<str>,
-        tasks: &mut Vec<Task>,
+        (budgets, tasks): (&mut Budgets, &mut Vec<Task>),
     ) -> Option<UnixSeconds> {
         let first = tasks.len();
         let now = a.now;
@@ -78,9 +86,14 @@ impl Playbook {
             }
             let capped_until = self.cap.allowed_from(contact, now);
             if capped_until.is_none() {
-                if let Some(task) = self.winback.decide(winback, a, model_version) {
-                    contact.record(now);
-                    tasks.push(task);
+                match self.winback.decide(winback, a, model_version, budgets) {
+                    winback::Decision::Task(task) => {
+                        contact.record(now);
+                        tasks.push(*task);
+                    }
+                    // A candidate again tomorrow, at the same time of day.
+                    winback::Decision::HeldBack => next.push(Some(now.saturating_add(DAY))),
+                    winback::Decision::None => {}
                 }
             }
             next.push(
@@ -203,8 +216,11 @@ mod tests {
 
     fn playbook() -> Playbook {
         Playbook::new(
-            &WinbackSettings::default(),
-            &TasksSettings::default(),
+            &WinbackSettings::unbudgeted(),
+            &TasksSettings {
+                control_share: 0.0,
+                ..TasksSettings::default()
+            },
             &default_rules(),
         )
     }
@@ -221,7 +237,7 @@ mod tests {
             (&mut winback, &mut contact),
             None,
             &"m".into(),
-            &mut tasks,
+            (&mut Budgets::default(), &mut tasks),
         );
         let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
         assert_eq!(kinds, [TaskKind::Winback]);
@@ -244,7 +260,7 @@ mod tests {
             (&mut winback, &mut contact),
             Some((1, now)),
             &"m".into(),
-            &mut tasks,
+            (&mut Budgets::default(), &mut tasks),
         );
         let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
         assert_eq!(kinds, [TaskKind::ServiceRecovery]);
@@ -271,7 +287,7 @@ mod tests {
             (&mut winback, &mut contact),
             Some((1, now)),
             &"m".into(),
-            &mut tasks,
+            (&mut Budgets::default(), &mut tasks),
         );
         assert_eq!(tasks.len(), 1, "{tasks:?}");
         assert_eq!(tasks[0].kind(), TaskKind::ServiceRecovery);
@@ -312,7 +328,7 @@ mod tests {
             (&mut winback, &mut contact),
             Some((1, T0)),
             &"m".into(),
-            &mut tasks,
+            (&mut Budgets::default(), &mut tasks),
         );
         let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
         assert_eq!(kinds, [TaskKind::Convert]);

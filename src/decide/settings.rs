@@ -1,11 +1,12 @@
 //! The playbook's settings: `[winback]` and `[tasks]` (the other kinds and the contact cap).
 //! `config::winback` and `config::tasks` read and check them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::{NonZeroU32, NonZeroU64, NonZeroU8};
 
 use serde::Serialize;
 
+use super::budget::ActionBudget;
 use super::task::TaskKind;
 use crate::classify::Segment;
 
@@ -34,6 +35,9 @@ pub struct WinbackSettings {
     pub max_tasks_per_episode: NonZeroU8,
     /// Share of customers held out as control group, by a stable hash of their ID.
     pub control_share: f64,
+    /// Per action (of `actions`): spend per day and cost per task. Actions without one are
+    /// not limited.
+    pub budgets: BTreeMap<String, ActionBudget>,
     /// How long Redis remembers a task ID to drop duplicates.
     pub dedup_ttl_days: NonZeroU32,
     /// Reasons listed on a task.
@@ -58,9 +62,9 @@ impl Default for WinbackSettings {
             stream: "churn:winback".into(),
             control_stream: "churn:winback:control".into(),
             max_len: NonZeroU64::new(1_000_000).expect("not zero"),
-            threshold: 0.7,
-            // Act earlier on the most valuable customers.
-            segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
+            // Who is a candidate at all; the budgets decide how many get a task.
+            threshold: 0.5,
+            segment_thresholds: HashMap::new(),
             actions: actions
                 .into_iter()
                 .map(|(s, a)| (s, a.to_string()))
@@ -69,10 +73,40 @@ impl Default for WinbackSettings {
             cooldown_days: 30,
             max_tasks_per_episode: NonZeroU8::MIN,
             control_share: 0.1,
+            budgets: default_budgets(),
             dedup_ttl_days: NonZeroU32::new(400).expect("not zero"),
             reasons: 3,
         }
     }
+}
+
+#[cfg(test)]
+impl WinbackSettings {
+    /// The defaults as they were before budgets (threshold 0.7, 0.6 for `important_value`
+    /// and `important_retention`, no budget): what tests of other rules are written for.
+    pub(crate) fn unbudgeted() -> Self {
+        use Segment::*;
+        Self {
+            threshold: 0.7,
+            segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
+            budgets: BTreeMap::new(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The shipped budgets, sized for a base of about 20,000 customers (CDNOW, `churnd
+/// simulate`'s default): about 40 win-back tasks a day in all, control group included.
+fn default_budgets() -> BTreeMap<String, ActionBudget> {
+    [
+        ("personal_call", 100.0, 10.0),
+        ("loyalty_offer", 50.0, 5.0),
+        ("email_reminder", 2.0, 0.2),
+        ("coupon", 50.0, 5.0),
+    ]
+    .into_iter()
+    .map(|(action, per_day, cost)| (action.to_string(), ActionBudget::new(per_day, cost)))
+    .collect()
 }
 
 /// `[tasks]` settings: the kinds other than win-back (which has `[winback]`) and the cap.
@@ -82,6 +116,10 @@ pub struct TasksSettings {
     pub stream: String,
     /// Approximate cap of that stream (XADD MAXLEN ~).
     pub max_len: NonZeroU64,
+    /// The control group's tasks of every kind below (nobody acts on them).
+    pub control_stream: String,
+    /// Share of customers held out of each kind below, unless the kind sets its own.
+    pub control_share: f64,
     /// At most one task of any kind, win-back included, per customer in this many days
     /// (0: no cap).
     pub contact_cap_days: u32,
@@ -98,6 +136,8 @@ impl Default for TasksSettings {
         Self {
             stream: "crm:tasks".into(),
             max_len: NonZeroU64::new(1_000_000).expect("not zero"),
+            control_stream: "crm:tasks:control".into(),
+            control_share: 0.1,
             contact_cap_days: 7,
             convert: ConvertSettings::default(),
             welcome: WelcomeSettings::default(),
@@ -118,6 +158,8 @@ pub struct ConvertSettings {
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
+    /// Share held out; `None`: `tasks.control_share`.
+    pub control_share: Option<f64>,
 }
 
 impl Default for ConvertSettings {
@@ -127,6 +169,7 @@ impl Default for ConvertSettings {
             min_visits: NonZeroU8::new(3).expect("not zero"),
             action: "first_purchase_offer".into(),
             stream: String::new(),
+            control_share: None,
         }
     }
 }
@@ -143,6 +186,8 @@ pub struct WelcomeSettings {
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
+    /// Share held out; `None`: `tasks.control_share`.
+    pub control_share: Option<f64>,
 }
 
 impl Default for WelcomeSettings {
@@ -153,6 +198,7 @@ impl Default for WelcomeSettings {
             max_late_days: 7,
             action: "welcome_follow_up".into(),
             stream: String::new(),
+            control_share: None,
         }
     }
 }
@@ -166,6 +212,8 @@ pub struct BirthdaySettings {
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
+    /// Share held out; `None`: `tasks.control_share`.
+    pub control_share: Option<f64>,
 }
 
 impl Default for BirthdaySettings {
@@ -175,6 +223,7 @@ impl Default for BirthdaySettings {
             days_before: 3,
             action: "birthday_greeting".into(),
             stream: String::new(),
+            control_share: None,
         }
     }
 }
@@ -196,6 +245,8 @@ pub struct ServiceRecoverySettings {
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
+    /// Share held out; `None`: `tasks.control_share`.
+    pub control_share: Option<f64>,
 }
 
 impl Default for ServiceRecoverySettings {
@@ -213,6 +264,7 @@ impl Default for ServiceRecoverySettings {
             max_late_days: 2,
             action: "service_recovery_call".into(),
             stream: String::new(),
+            control_share: None,
         }
     }
 }
@@ -226,6 +278,8 @@ pub struct AnniversarySettings {
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
+    /// Share held out; `None`: `tasks.control_share`.
+    pub control_share: Option<f64>,
 }
 
 impl Default for AnniversarySettings {
@@ -235,6 +289,7 @@ impl Default for AnniversarySettings {
             days_before: 3,
             action: "anniversary_greeting".into(),
             stream: String::new(),
+            control_share: None,
         }
     }
 }
@@ -250,6 +305,8 @@ pub struct RevisitSettings {
     pub action: String,
     /// Stream of these tasks; empty: `tasks.stream`.
     pub stream: String,
+    /// Share held out; `None`: `tasks.control_share`.
+    pub control_share: Option<f64>,
 }
 
 impl Default for RevisitSettings {
@@ -260,11 +317,38 @@ impl Default for RevisitSettings {
             every_days: NonZeroU32::new(90).expect("not zero"),
             action: "account_manager_call".into(),
             stream: String::new(),
+            control_share: None,
         }
     }
 }
 
 impl TasksSettings {
+    /// The share of customers held out of a care kind, with the key that set it (its own
+    /// `control_share`, or `tasks.control_share`).
+    pub(crate) fn control_share(&self, kind: TaskKind) -> (&'static str, f64) {
+        let own = match kind {
+            TaskKind::Winback => None,
+            TaskKind::Convert => Some(("tasks.convert.control_share", self.convert.control_share)),
+            TaskKind::Welcome => Some(("tasks.welcome.control_share", self.welcome.control_share)),
+            TaskKind::Birthday => {
+                Some(("tasks.birthday.control_share", self.birthday.control_share))
+            }
+            TaskKind::Anniversary => Some((
+                "tasks.anniversary.control_share",
+                self.anniversary.control_share,
+            )),
+            TaskKind::Revisit => Some(("tasks.revisit.control_share", self.revisit.control_share)),
+            TaskKind::ServiceRecovery => Some((
+                "tasks.service_recovery.control_share",
+                self.service_recovery.control_share,
+            )),
+        };
+        match own {
+            Some((key, Some(share))) => (key, share),
+            _ => ("tasks.control_share", self.control_share),
+        }
+    }
+
     /// The stream each kind's tasks go to (win-back's come from `[winback]`).
     pub fn stream(&self, kind: TaskKind) -> &str {
         self.stream_setting(kind).1

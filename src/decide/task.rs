@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
-use super::winback::Group;
+use super::holdout::Group;
 use crate::classify::{LifecycleStage, Risk, Segment};
 use crate::model::value::ValueEstimates;
 use crate::model::ScoreReason;
@@ -84,6 +84,8 @@ pub struct Task {
     /// The customer's profile, copied onto the task.
     pub profile: Option<Arc<Profile>>,
     pub detail: Detail,
+    /// Treatment (to act on) or control (held out, written to a control stream).
+    pub group: Group,
     /// The customer value model's estimates at the decision: `None` for a customer who has
     /// not bought and with a model that has no value part.
     pub value: Option<ValueEstimates>,
@@ -130,7 +132,6 @@ pub struct WinbackDetail {
     pub priority: f64,
     pub reasons: Vec<ScoreReason>,
     pub model_version: Arc<str>,
-    pub group: Group,
     /// The last purchase, which began this episode of silence.
     pub episode_start: UnixSeconds,
     pub attempt: u8,
@@ -186,7 +187,7 @@ impl Task {
                 push("priority", format!("{:.2}", w.priority));
                 push("reasons", reasons.join(","));
                 push("model_version", w.model_version.to_string());
-                push("group", w.group.as_str().into());
+                push("group", self.group.as_str().into());
                 push("episode_start", time::rfc3339(w.episode_start));
                 push("attempt", w.attempt.to_string());
             }
@@ -201,6 +202,10 @@ impl Task {
                 push("score", score.to_string());
                 push("feedback_at", time::rfc3339(*feedback_at));
             }
+        }
+        // Win-back's place for it is among its own fields, as before every kind had one.
+        if self.winback().is_none() {
+            push("group", self.group.as_str().into());
         }
         if let Some(v) = &self.value {
             push("p_alive", format!("{:.6}", v.p_alive));

@@ -10,37 +10,13 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-use xxhash_rust::xxh3::xxh3_64_with_seed;
-
+use super::budget::{Admission, Budgets};
+use super::holdout::{Group, Holdout};
 use super::settings::WinbackSettings;
-use super::task::{winback_task_id, Detail, Task, WinbackDetail};
+use super::task::{winback_task_id, Detail, Task, TaskKind, WinbackDetail};
 use super::Assessment;
 use crate::classify::Segment;
 use crate::time::{self, UnixSeconds};
-
-/// Seed of the control-group hash. Changing it reshuffles the groups and invalidates uplift
-/// measurement in flight: never change it.
-const CONTROL_GROUP_SEED: u64 = 0x6368_7572_6e64_6367; // "churndcg"
-
-/// Treatment (marketing acts) or control (held out to measure uplift).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Group {
-    Treatment,
-    Control,
-}
-
-impl Group {
-    pub const ALL: [Group; 2] = [Group::Treatment, Group::Control];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Treatment => "treatment",
-            Self::Control => "control",
-        }
-    }
-}
 
 /// Per-customer win-back bookkeeping, 8 bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,9 +39,22 @@ pub(crate) struct Policy {
     min_silence: u32,
     cooldown: u32,
     max_tasks_per_episode: u8,
-    /// Customers whose hash falls below this are in the control group.
-    control_cut: u64,
+    /// By segment: the slot of the action's budget in the engine's [`Budgets`]; `None`:
+    /// the action is not budgeted.
+    budget_slots: [Option<usize>; 8],
+    holdout: Holdout,
     pub reasons: usize,
+}
+
+/// What the policy made of a customer.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Decision {
+    /// Nothing due.
+    None,
+    /// A task.
+    Task(Box<Task>),
+    /// Due, but not within today's budget of the action: a candidate again tomorrow.
+    HeldBack,
 }
 
 impl Policy {
@@ -89,18 +78,20 @@ impl Policy {
             min_silence: time::days(settings.min_silence_days),
             cooldown: time::days(settings.cooldown_days),
             max_tasks_per_episode: settings.max_tasks_per_episode.get(),
-            control_cut: (settings.control_share.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
+            budget_slots: Segment::ALL.map(|s| {
+                settings
+                    .actions
+                    .get(&s)
+                    .and_then(|a| Budgets::slot(&settings.budgets, a))
+            }),
+            holdout: Holdout::new(TaskKind::Winback, settings.control_share),
             reasons: settings.reasons,
         }
     }
 
     /// The customer's group: a stable function of the ID alone.
     pub fn group(&self, customer_id: &str) -> Group {
-        if xxh3_64_with_seed(customer_id.as_bytes(), CONTROL_GROUP_SEED) < self.control_cut {
-            Group::Control
-        } else {
-            Group::Treatment
-        }
+        self.holdout.group(customer_id)
     }
 
     /// The churn probabilities at which a task can be raised (for the scheduler of silence
@@ -157,15 +148,19 @@ impl Policy {
         .min()
     }
 
-    /// A task for the customer now, if the policy calls for one; updates `state`. Only a
-    /// buyer (with a score) can get one.
+    /// A task for the customer now, if the policy calls for one and the action's budget
+    /// affords it; updates `state` when one is raised. Only a buyer (with a score) can get
+    /// one. Treatment and control candidates pass the same budget: the group is drawn after.
     pub fn decide(
         &self,
         state: &mut WinbackState,
         a: &Assessment<'_>,
         model_version: &Arc<str>,
-    ) -> Option<Task> {
-        let scored = a.scored?;
+        budgets: &mut Budgets,
+    ) -> Decision {
+        let Some(scored) = a.scored else {
+            return Decision::None;
+        };
         let now = a.now;
         let last_purchase = a.last_purchase().unwrap_or(0);
         let s = scored.segment.index();
@@ -177,18 +172,23 @@ impl Policy {
             || state.episode_tasks >= self.max_tasks_per_episode
             || (state.last_task_at != 0 && now < state.last_task_at.saturating_add(self.cooldown))
         {
-            return None;
+            return Decision::None;
         }
         // Worked out only now that a task is raised: the value at stake orders the tasks.
         let value = a.value_estimates();
         let priority = value.map_or(scored.probability * scored.monetary_365d, |v| {
             v.clv_365d * scored.probability
         });
+        if let Some(slot) = self.budget_slots[s] {
+            if budgets.admit(slot, priority, now) == Admission::HeldBack {
+                return Decision::HeldBack;
+            }
+        }
         state.episode_tasks += 1;
         state.last_task_at = now.max(1);
         state.awaiting_recovery = true;
         let attempt = state.episode_tasks;
-        Some(Task {
+        Decision::Task(Box::new(Task {
             task_id: winback_task_id(a.customer_id, last_purchase, attempt),
             customer_id: a.customer_id.to_owned(),
             action: self.actions[s].clone(),
@@ -203,12 +203,12 @@ impl Policy {
                 priority,
                 reasons: scored.score.reasons(self.reasons),
                 model_version: model_version.clone(),
-                group: self.group(a.customer_id),
                 episode_start: last_purchase,
                 attempt,
             }),
+            group: self.group(a.customer_id),
             value,
-        })
+        }))
     }
 
     /// A purchase at `time`, after the customer's previous last purchase: it starts a new
@@ -279,9 +279,33 @@ mod tests {
         "m1".into()
     }
 
+    /// [`Policy::decide`] with no budget to pass: the task, if one is raised.
+    trait Unbudgeted {
+        fn decide_free(
+            &self,
+            st: &mut WinbackState,
+            a: &Assessment<'_>,
+            version: &Arc<str>,
+        ) -> Option<Task>;
+    }
+
+    impl Unbudgeted for Policy {
+        fn decide_free(
+            &self,
+            st: &mut WinbackState,
+            a: &Assessment<'_>,
+            version: &Arc<str>,
+        ) -> Option<Task> {
+            match self.decide(st, a, version, &mut Budgets::default()) {
+                Decision::Task(task) => Some(*task),
+                Decision::None | Decision::HeldBack => None,
+            }
+        }
+    }
+
     #[test]
     fn waiting_times_end_at_the_next_eligible_moment() {
-        let policy = Policy::new(&WinbackSettings::default());
+        let policy = Policy::new(&WinbackSettings::unbudgeted());
         let mut st = WinbackState::default();
         // The silence required after the last purchase (30 days by default).
         assert_eq!(policy.next_eligible(&st, T0, T0), Some(T0 + 30 * DAY));
@@ -297,7 +321,7 @@ mod tests {
         assert_eq!(policy.next_eligible(&st, T0, T0 + 41 * DAY), None);
         let off = Policy::new(&WinbackSettings {
             enabled: false,
-            ..WinbackSettings::default()
+            ..WinbackSettings::unbudgeted()
         });
         assert_eq!(off.next_eligible(&WinbackState::default(), T0, T0), None);
         assert!(off.thresholds().is_empty());
@@ -305,20 +329,20 @@ mod tests {
 
     #[test]
     fn a_task_is_raised_once_per_episode_at_the_threshold() {
-        let policy = Policy::new(&WinbackSettings::default());
+        let policy = Policy::new(&WinbackSettings::unbudgeted());
         let mut st = WinbackState::default();
         let now = T0 + 100 * DAY;
         assert!(policy
-            .decide(&mut st, &at(0.69, Segment::GeneralWinback, now), &version())
+            .decide_free(&mut st, &at(0.69, Segment::GeneralWinback, now), &version())
             .is_none());
         let task = policy
-            .decide(&mut st, &at(0.7, Segment::GeneralWinback, now), &version())
+            .decide_free(&mut st, &at(0.7, Segment::GeneralWinback, now), &version())
             .unwrap();
         assert_eq!(&*task.action, "coupon");
         assert_eq!(task.winback().unwrap().attempt, 1);
         assert!((task.winback().unwrap().priority - 140.0).abs() < 1e-9);
         assert!(policy
-            .decide(
+            .decide_free(
                 &mut st,
                 &at(0.9, Segment::GeneralWinback, now + 60 * DAY),
                 &version()
@@ -330,7 +354,7 @@ mod tests {
     fn with_a_value_model_the_priority_is_the_value_at_stake() {
         let value = crate::model::value::ValueModel::new(crate::model::value::tests::cdnow_like())
             .expect("valid parameters");
-        let policy = Policy::new(&WinbackSettings::default());
+        let policy = Policy::new(&WinbackSettings::unbudgeted());
         let now = T0 + 100 * DAY;
         let a = Assessment {
             value: Some(&value),
@@ -338,7 +362,7 @@ mod tests {
         };
         let want = a.value_estimates().expect("a buyer, a value model");
         let task = policy
-            .decide(&mut WinbackState::default(), &a, &version())
+            .decide_free(&mut WinbackState::default(), &a, &version())
             .unwrap();
         assert_eq!(task.value, Some(want));
         let priority = task.winback().unwrap().priority;
@@ -346,7 +370,7 @@ mod tests {
         assert!((priority - 0.8 * want.clv_365d).abs() < 1e-12, "{priority}");
         // Without a value part (a format 1 model): p × spend over the last year, no values.
         let task = policy
-            .decide(
+            .decide_free(
                 &mut WinbackState::default(),
                 &at(0.8, Segment::GeneralWinback, now),
                 &version(),
@@ -358,7 +382,7 @@ mod tests {
 
     #[test]
     fn segment_thresholds_and_actions_override_the_default() {
-        let mut settings = WinbackSettings::default();
+        let mut settings = WinbackSettings::unbudgeted();
         settings
             .segment_thresholds
             .insert(Segment::ImportantValue, 0.5);
@@ -366,25 +390,25 @@ mod tests {
         let mut st = WinbackState::default();
         let now = T0 + 40 * DAY;
         let task = policy
-            .decide(&mut st, &at(0.55, Segment::ImportantValue, now), &version())
+            .decide_free(&mut st, &at(0.55, Segment::ImportantValue, now), &version())
             .unwrap();
         assert_eq!(&*task.action, "personal_call");
     }
 
     #[test]
     fn a_recent_buyer_gets_no_task_however_likely_to_churn() {
-        let policy = Policy::new(&WinbackSettings::default());
+        let policy = Policy::new(&WinbackSettings::unbudgeted());
         let mut st = WinbackState::default();
         let fresh = T0 + 29 * DAY;
         assert!(policy
-            .decide(
+            .decide_free(
                 &mut st,
                 &at(0.99, Segment::GeneralWinback, fresh),
                 &version()
             )
             .is_none());
         assert!(policy
-            .decide(
+            .decide_free(
                 &mut st,
                 &at(0.99, Segment::GeneralWinback, T0 + 30 * DAY),
                 &version()
@@ -396,23 +420,23 @@ mod tests {
     fn the_cooldown_holds_even_across_episodes() {
         let settings = WinbackSettings {
             max_tasks_per_episode: std::num::NonZeroU8::new(3).unwrap(),
-            ..WinbackSettings::default()
+            ..WinbackSettings::unbudgeted()
         };
         let policy = Policy::new(&settings);
         let mut st = WinbackState::default();
         let now = T0 + 100 * DAY;
         let first = policy
-            .decide(&mut st, &at(0.9, Segment::GeneralWinback, now), &version())
+            .decide_free(&mut st, &at(0.9, Segment::GeneralWinback, now), &version())
             .unwrap();
         assert!(policy
-            .decide(
+            .decide_free(
                 &mut st,
                 &at(0.9, Segment::GeneralWinback, now + 29 * DAY),
                 &version()
             )
             .is_none());
         let second = policy
-            .decide(
+            .decide_free(
                 &mut st,
                 &at(0.9, Segment::GeneralWinback, now + 30 * DAY),
                 &version(),
@@ -425,7 +449,7 @@ mod tests {
             .on_new_purchase(&mut st, "c-1", now + 31 * DAY)
             .is_some());
         assert!(policy
-            .decide(
+            .decide_free(
                 &mut st,
                 &at(0.9, Segment::GeneralWinback, now + 40 * DAY),
                 &version()
@@ -435,10 +459,10 @@ mod tests {
 
     #[test]
     fn a_purchase_only_closes_an_open_episode() {
-        let policy = Policy::new(&WinbackSettings::default());
+        let policy = Policy::new(&WinbackSettings::unbudgeted());
         let mut st = WinbackState::default();
         assert_eq!(policy.on_new_purchase(&mut st, "c-1", T0), None);
-        policy.decide(
+        policy.decide_free(
             &mut st,
             &at(0.9, Segment::GeneralWinback, T0 + 100 * DAY),
             &version(),
@@ -456,9 +480,9 @@ mod tests {
 
     #[test]
     fn a_nan_probability_raises_no_task() {
-        let policy = Policy::new(&WinbackSettings::default());
+        let policy = Policy::new(&WinbackSettings::unbudgeted());
         let mut st = WinbackState::default();
-        let task = policy.decide(
+        let task = policy.decide_free(
             &mut st,
             &at(f64::NAN, Segment::GeneralWinback, T0 + 100 * DAY),
             &version(),
@@ -468,7 +492,7 @@ mod tests {
 
     #[test]
     fn the_control_group_is_stable_and_near_its_share() {
-        let policy = Policy::new(&WinbackSettings::default());
+        let policy = Policy::new(&WinbackSettings::unbudgeted());
         let control = (0..100_000)
             .filter(|i| policy.group(&format!("customer-{i}")) == Group::Control)
             .count();
@@ -476,7 +500,7 @@ mod tests {
         assert_eq!(policy.group("customer-7"), policy.group("customer-7"));
         let nobody = Policy::new(&WinbackSettings {
             control_share: 0.0,
-            ..WinbackSettings::default()
+            ..WinbackSettings::unbudgeted()
         });
         assert_eq!(nobody.group("customer-7"), Group::Treatment);
     }

@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use crate::classify::{LifecycleStage, RfmThresholds};
 use crate::config::{ClockMode, SegmentMode};
-use crate::decide::{Assessment, Playbook, Scored, WinbackState};
+use crate::decide::{Assessment, Budgets, Playbook, Scored, WinbackState};
 use crate::event::{event_kind, parse_event, EntryId, Event, EventKind, Reason, Rejection};
 use crate::features::recheck::Recheck;
 use crate::features::store::CustomerIdx;
@@ -51,6 +51,9 @@ pub struct Engine {
     settings: EngineSettings,
     /// Which tasks a customer gets, and when.
     playbook: Playbook,
+    /// How much of each win-back action's daily budget is left, and the running picture of
+    /// candidates' priorities that paces it.
+    budgets: Budgets,
     model: Arc<Model>,
     model_version: Arc<str>,
     store: Customers,
@@ -82,6 +85,8 @@ pub struct Engine {
     /// `churnd_customers_by_region` per region label (in the order of
     /// [`Profiles::region_labels`]), resolved at the first publish.
     region_gauges: std::sync::OnceLock<Vec<prometheus::IntGauge>>,
+    /// The budget series of each budgeted action, in the order of [`Budgets`].
+    budget_series: Vec<crate::metrics::BudgetSeries>,
 }
 
 impl Engine {
@@ -91,6 +96,8 @@ impl Engine {
             .customers_max
             .set(i64::try_from(settings.max_customers).unwrap_or(i64::MAX));
         let playbook = Playbook::new(&settings.winback, &settings.tasks, &settings.tags);
+        let budgets = Budgets::new(&settings.winback.budgets);
+        let budget_series = metrics.budget(settings.winback.budgets.keys().map(String::as_str));
         let population = Population {
             region: vec![0; settings.profiles.regions.len() + 2],
             ..Population::default()
@@ -110,6 +117,8 @@ impl Engine {
                 .then(|| playbook.thresholds_span())
                 .flatten(),
             playbook,
+            budgets,
+            budget_series,
             profiles: Profiles::new(&settings.profiles, Interner::default()),
             schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),
@@ -281,6 +290,7 @@ impl Engine {
             self.sweep(self.wall, &mut fx);
         }
         self.publish();
+        self.publish_budgets();
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -315,6 +325,7 @@ impl Engine {
         if self.settings.clock == ClockMode::Wall {
             self.sweep(self.wall, &mut fx);
             self.publish();
+            self.publish_budgets();
         }
         fx
     }
@@ -467,14 +478,17 @@ impl Engine {
         let bucket = scored.map(|s| ((s.probability * 10.0) as u8).min(9));
         self.reclassify(idx, stage, scored.map(|s| s.segment), bucket);
         let (mut winback, mut contact) = (customer.winback, customer.contact);
+        // Taken out for the decision, which reads the rest of the engine.
+        let mut budgets = std::mem::take(&mut self.budgets);
         let assessment = self.assess(idx, now, stage, scored);
         let decision_next = self.playbook.decide(
             &assessment,
             (&mut winback, &mut contact),
             feedback,
             &self.model_version,
-            &mut fx.tasks,
+            (&mut budgets, &mut fx.tasks),
         );
+        self.budgets = budgets;
         let record = self.store.get_mut(idx);
         record.winback = winback;
         record.contact = contact;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::classify::RfmThresholds;
+use crate::decide::PacerState;
 use crate::event::EntryId;
 use crate::features::store::{CaptureSize, Captured};
 use crate::features::timers::{Timer, TimerQueue};
@@ -41,6 +42,9 @@ pub struct StateHeader {
     pub applied: Vec<Option<EntryId>>,
     /// The model that scored the customers, for the log of a restore.
     pub model_version: String,
+    /// Each budgeted win-back action's pacing (spend today, the picture of priorities), by
+    /// action; empty in snapshots before format 5.
+    pub budgets: Vec<(String, PacerState)>,
 }
 
 /// What a snapshot of the state now would record, in a form cheap to compare: equal
@@ -77,6 +81,7 @@ impl Engine {
             schedule_settings,
             applied,
             model_version,
+            budgets,
         } = header;
         for (_, c) in customers.iter() {
             engine.population.count(c, 1);
@@ -90,6 +95,7 @@ impl Engine {
         engine.next_threshold_refresh = next_threshold_refresh;
         engine.scorings = scorings;
         engine.applied = applied;
+        engine.budgets.restore(budgets);
         let settings_changed = schedule_settings != engine.schedule_fingerprint;
         if settings_changed || model_version != *engine.model_version {
             // The snapshot's checks were scheduled under other settings or another model,
@@ -152,6 +158,7 @@ impl Engine {
             schedule_settings: self.schedule_fingerprint,
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
+            budgets: self.budgets.states(),
         }
     }
 

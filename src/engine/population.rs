@@ -142,6 +142,17 @@ impl Engine {
         }
     }
 
+    /// How each win-back action's budget stands (see [`crate::decide::Budgets`]).
+    pub(super) fn publish_budgets(&mut self) {
+        let now = self.now();
+        for (series, report) in self.budget_series.iter().zip(self.budgets.take_report(now)) {
+            series.per_day.set(report.per_day);
+            series.spent.set(report.spent_today);
+            series.bar.set(report.bar);
+            series.held_back.inc_by(report.held_back);
+        }
+    }
+
     /// Customers by region label, `none` counting everyone without a region.
     pub(super) fn region_counts(&self) -> impl Iterator<Item = i64> + '_ {
         let (named, _) = self

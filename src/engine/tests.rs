@@ -17,6 +17,8 @@ fn settings(clock: ClockMode) -> EngineSettings {
     let mut s = Settings::default();
     s.clock.mode = clock;
     s.segments.mode = SegmentMode::Fixed;
+    s.winback = crate::decide::WinbackSettings::unbudgeted();
+    s.tasks.control_share = 0.0;
     EngineSettings::from(&s)
 }
 
@@ -995,7 +997,7 @@ fn a_purchase_after_a_task_counts_a_recovery() {
     let mut e = engine(ClockMode::Event);
     e.apply_batch(batch(vec![purchase(1, "c", 0)]), 0);
     let fx = e.apply_batch(batch(vec![purchase(2, "other", 150)]), 0);
-    let winbacks: Vec<_> = fx.tasks.iter().filter_map(Task::winback).collect();
+    let winbacks: Vec<_> = fx.tasks.iter().filter(|t| t.winback().is_some()).collect();
     assert_eq!(winbacks.len(), 1);
     let group = winbacks[0].group;
     e.apply_batch(batch(vec![purchase(3, "c", 151)]), 0);
@@ -1069,4 +1071,88 @@ fn the_customer_view_explains_the_score() {
     assert_eq!(view.reasons, vec!["log_recency_days:high".to_string()]);
     assert_eq!(view.features.len(), FEATURE_NAMES.len());
     assert!(e.customer("nobody").is_none());
+}
+
+/// Win-back with one action for every segment and a budget of 2 tasks a day.
+fn budgeted(clock: ClockMode) -> EngineSettings {
+    let mut s = winback_only(clock);
+    s.winback.actions = crate::classify::Segment::ALL
+        .into_iter()
+        .map(|segment| (segment, "coupon".to_string()))
+        .collect();
+    s.winback.budgets = std::collections::BTreeMap::from([(
+        "coupon".to_string(),
+        crate::decide::ActionBudget::new(2.0, 1.0),
+    )]);
+    s
+}
+
+#[test]
+fn a_restart_keeps_the_budgets_pacing() {
+    let model =
+        || Arc::new(Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap());
+    let streams = vec!["churn:events".to_string()];
+    // Five buyers of different spend on day 0 cross the threshold together about 50 days
+    // later: two get a task that day, the others on later days.
+    let buyers = || -> Vec<Entry> {
+        (0..5u32)
+            .map(|i| {
+                entry(
+                    u64::from(i),
+                    &[
+                        ("customer_id", format!("c{i}")),
+                        ("type", "purchase".into()),
+                        ("amount", (10 * (i + 1)).to_string()),
+                        ("ts", (u64::from(T0) * 1000).to_string()),
+                    ],
+                )
+            })
+            .collect()
+    };
+    let run = |engine: &mut Engine, seq: u64, day: u32| {
+        engine
+            .apply_batch(batch(vec![visit(seq, "clock", day)]), 0)
+            .tasks
+    };
+    let mut whole = Engine::new(budgeted(ClockMode::Event), model(), Metrics::new().engine);
+    whole.apply_batch(batch(buyers()), 0);
+    // The crossing (49.6 days) is noticed within a day.
+    let day_one = run(&mut whole, 10, 51);
+    let per_day = |tasks: &[Task]| {
+        let mut days = BTreeMap::new();
+        for t in tasks {
+            *days.entry(t.as_of / DAY).or_insert(0) += 1;
+        }
+        days
+    };
+    assert!(
+        (2..5).contains(&day_one.len()) && per_day(&day_one).values().all(|&n| n <= 2),
+        "the day's budget: {day_one:?}"
+    );
+    let later = run(&mut whole, 11, 70);
+    assert!(
+        (1..=3).contains(&later.len()),
+        "the others on later days: {later:?}"
+    );
+
+    let mut first = Engine::new(budgeted(ClockMode::Event), model(), Metrics::new().engine);
+    first.apply_batch(batch(buyers()), 0);
+    assert_eq!(run(&mut first, 10, 51), day_one);
+    let bytes = crate::state::codec::encode(&first.snapshot(), &streams, 0);
+    let decoded = crate::state::codec::decode(&bytes, &streams).unwrap().state;
+    let mut restored = Engine::restore(
+        budgeted(ClockMode::Event),
+        model(),
+        Metrics::new().engine,
+        decoded,
+    );
+    let pacing = first.state_header().budgets;
+    assert_eq!(pacing.len(), 1);
+    assert!(pacing[0].1.seen > 0);
+    assert_eq!(restored.state_header().budgets, pacing);
+    assert_eq!(
+        run(&mut restored, 11, 60),
+        later,
+        "a restart changes nothing"
+    );
 }

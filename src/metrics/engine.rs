@@ -5,7 +5,7 @@
 //! it touches there is resolved at registration ([`PerLabel`]), so publishing hashes no label
 //! strings.
 
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+use prometheus::{Gauge, GaugeVec, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
 
 use super::labels::PerLabel;
 use super::model::ModelInfo;
@@ -144,6 +144,8 @@ pub struct EngineMetrics {
     pub store_bytes: IntGauge,
     pub clock_seconds: IntGauge,
     pub recoveries: PerLabel<Group, IntCounter>,
+    /// Open: by configured action (`[winback.budgets]`); see [`Self::budget`].
+    budget: BudgetFamilies,
     /// The engine swaps models in, so it reports the version serving.
     pub model: ModelInfo,
 }
@@ -228,8 +230,44 @@ impl EngineMetrics {
                 "Customers who bought again after a win-back task, by group.",
                 &["group"],
             )),
+            budget: BudgetFamilies {
+                per_day: r.float_gauge_vec(
+                    "churnd_winback_budget_per_day",
+                    "What a budgeted win-back action may spend per day (winback.budgets.<action>.per_day).",
+                    &["action"],
+                ),
+                spent: r.float_gauge_vec(
+                    "churnd_winback_budget_spent",
+                    "Spent on a budgeted win-back action on the clock's current day (tasks of both groups times the cost).",
+                    &["action"],
+                ),
+                bar: r.float_gauge_vec(
+                    "churnd_winback_budget_priority_bar",
+                    "The priority a win-back candidate of the action needs now to get a task (+Inf: the day's budget is spent).",
+                    &["action"],
+                ),
+                held_back: r.counter_vec(
+                    "churnd_winback_candidates_held_back_total",
+                    "Win-back candidates not given a task because the action's budget did not afford it that day (looked at again the next day).",
+                    &["action"],
+                ),
+            },
             model,
         }
+    }
+
+    /// The series of each budgeted action, in the order given; the engine resolves them
+    /// once, as its settings fix the actions.
+    pub fn budget<'a>(&self, actions: impl Iterator<Item = &'a str>) -> Vec<BudgetSeries> {
+        let b = &self.budget;
+        actions
+            .map(|a| BudgetSeries {
+                per_day: b.per_day.with_label_values(&[a]),
+                spent: b.spent.with_label_values(&[a]),
+                bar: b.bar.with_label_values(&[a]),
+                held_back: b.held_back.with_label_values(&[a]),
+            })
+            .collect()
     }
 
     /// The gauge of each region label, in the order given; the engine resolves them once,
@@ -239,4 +277,22 @@ impl EngineMetrics {
             .map(|region| self.customers_by_region.with_label_values(&[region]))
             .collect()
     }
+}
+
+/// The budget families, labelled by action.
+#[derive(Clone)]
+struct BudgetFamilies {
+    per_day: GaugeVec,
+    spent: GaugeVec,
+    bar: GaugeVec,
+    held_back: IntCounterVec,
+}
+
+/// One budgeted action's series.
+#[derive(Clone)]
+pub struct BudgetSeries {
+    pub per_day: Gauge,
+    pub spent: Gauge,
+    pub bar: Gauge,
+    pub held_back: IntCounter,
 }

@@ -32,7 +32,9 @@ mod sink;
 mod snapshots;
 mod source;
 
-pub use engine::{EngineMetrics, Outcome, OutcomeCounts, ProbabilityRange, PROBABILITY_BUCKETS};
+pub use engine::{
+    BudgetSeries, EngineMetrics, Outcome, OutcomeCounts, ProbabilityRange, PROBABILITY_BUCKETS,
+};
 pub use http::HttpMetrics;
 pub use labels::{Label, PerLabel};
 pub use lift::LiftMetrics;

@@ -404,6 +404,7 @@ mod tests {
                 TaskKind::Convert => Detail::Convert { visits: 3 },
                 other => panic!("no test task of kind {other:?}"),
             },
+            group: crate::decide::Group::Treatment,
             value: None,
         }
     }
@@ -455,9 +456,9 @@ mod tests {
         );
         // Two lists of names (welcome, convert), then each entry: its list and its values.
         assert_eq!(argv[4], "2");
-        assert_eq!(argv[5], "8");
+        assert_eq!(argv[5], "9");
         assert_eq!(
-            argv[6..14],
+            argv[6..15],
             [
                 "task_id",
                 "kind",
@@ -466,17 +467,18 @@ mod tests {
                 "lifecycle_stage",
                 "as_of",
                 "first_purchase",
+                "group",
                 "tags"
             ]
         );
-        assert_eq!(argv[14], "8");
-        assert_eq!(argv[21], "visits");
-        assert_eq!(argv[23], "1");
-        assert_eq!(argv[24], format!("{:032x}", 256));
-        assert_eq!(argv[25], "welcome");
-        assert_eq!(argv[32], "2");
-        assert_eq!(argv[34], "convert");
-        assert_eq!(argv.len(), 23 + 44 * 9);
+        assert_eq!(argv[15], "9");
+        assert_eq!(argv[22], "visits");
+        assert_eq!(argv[25], "1");
+        assert_eq!(argv[26], format!("{:032x}", 256));
+        assert_eq!(argv[27], "welcome");
+        assert_eq!(argv[35], "2");
+        assert_eq!(argv[37], "convert");
+        assert_eq!(argv.len(), 25 + 44 * 10);
     }
 
     #[test]

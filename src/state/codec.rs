@@ -16,6 +16,7 @@
 //! the same indices and makes the same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
+use crate::decide::PacerState;
 use crate::decide::{Contact, WinbackState};
 use crate::engine::{Customer, Customers, EngineState, Extras, StateHeader};
 use crate::event::EntryId;
@@ -33,9 +34,9 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// Bumped on any change of the layout. Versions 1 (without the fingerprint of the scheduling
 /// settings, read as "settings unknown"), 2 (without the customers' contact bookkeeping: the
 /// last win-back task is taken as the last contact) and 3 (the body length in the header,
-/// no profiles, feedback or coupons) are still read; other versions are refused, not guessed
-/// at.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// no profiles, feedback or coupons) and 4 (no budgets' pacing) are still read; other versions
+/// are refused, not guessed at.
+pub(crate) const FORMAT_VERSION: u32 = 5;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 const END_MAGIC: &[u8; 8] = b"CHURNDND";
@@ -176,6 +177,7 @@ impl Encoder {
             out.extend_from_slice(&id.ms.to_le_bytes());
             out.extend_from_slice(&id.seq.to_le_bytes());
         }
+        put_budgets(out, &header.budgets);
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
@@ -227,6 +229,61 @@ impl Encoder {
         out.extend_from_slice(&self.hasher.digest().to_le_bytes());
         Ok(())
     }
+}
+
+/// Version 5's pacing of the budgeted actions (the header's last field): per action its
+/// name, day, counts, expected candidates and the histogram's non-zero buckets.
+fn put_budgets(out: &mut Vec<u8>, budgets: &[(String, PacerState)]) {
+    out.extend_from_slice(&(budgets.len() as u32).to_le_bytes());
+    for (action, s) in budgets {
+        put_str(out, action);
+        for n in [s.day, s.admitted, s.seen] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out.extend_from_slice(&s.expected.to_bits().to_le_bytes());
+        out.extend_from_slice(&s.days.to_le_bytes());
+        let used: Vec<(usize, f64)> = s
+            .weights
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|&(_, w)| w != 0.0)
+            .collect();
+        out.extend_from_slice(&(used.len() as u32).to_le_bytes());
+        for (bucket, w) in used {
+            out.extend_from_slice(&(bucket as u32).to_le_bytes());
+            out.extend_from_slice(&w.to_bits().to_le_bytes());
+        }
+    }
+}
+
+fn read_budgets<R: Read>(r: &mut Reader<R>) -> Result<Vec<(String, PacerState)>, CodecError> {
+    let count = r.u32()?;
+    // Each takes at least its fixed bytes: a count beyond that must not drive an allocation.
+    if u64::from(count) * 30 > r.remaining() {
+        return Err(malformed(format!("{count} budgets do not fit")));
+    }
+    let mut budgets = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let action = r.str()?.to_string();
+        let mut s = PacerState {
+            day: r.u32()?,
+            admitted: r.u32()?,
+            seen: r.u32()?,
+            expected: f64::from_bits(r.u64()?),
+            days: r.u32()?,
+            ..PacerState::default()
+        };
+        for _ in 0..r.u32()? {
+            let bucket = r.u32()? as usize;
+            let w = f64::from_bits(r.u64()?);
+            *s.weights.get_mut(bucket).ok_or_else(|| {
+                malformed(format!("budget {action:?}: no priority bucket {bucket}"))
+            })? = w;
+        }
+        budgets.push((action, s));
+    }
+    Ok(budgets)
 }
 
 /// The extras' flag byte and what it announces.
@@ -326,6 +383,11 @@ fn decode_body<R: Read>(
             None => dropped_streams.push(name),
         }
     }
+    let budgets = if version >= 5 {
+        read_budgets(r)?
+    } else {
+        Vec::new()
+    };
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
@@ -381,6 +443,7 @@ fn decode_body<R: Read>(
                 schedule_settings,
                 applied,
                 model_version,
+                budgets,
             },
             profiles,
         },
@@ -796,6 +859,7 @@ mod tests {
                 schedule_settings: 0xfeed,
                 applied: vec![Some(EntryId { ms: 5, seq: 1 }), None],
                 model_version: "m-1".into(),
+                budgets: Vec::new(),
             },
         }
     }
@@ -822,7 +886,7 @@ mod tests {
     /// without the schedule settings.
     fn legacy(state: &EngineState, version: u32) -> Vec<u8> {
         assert_eq!(state.customers.extras_len(), 0);
-        let v4 = encode(state, &streams(), 0);
+        let v4 = v4(state);
         let customers: usize = state
             .customers
             .iter()
@@ -849,6 +913,64 @@ mod tests {
         let sum = xxh3_64(&out);
         out.extend_from_slice(&sum.to_le_bytes());
         out
+    }
+
+    /// `state` in the layout of version 4: version 5 without the budgets (the state must
+    /// have none: 4 bytes of count, just before the customer count and ID bytes).
+    fn v4(state: &EngineState) -> Vec<u8> {
+        assert!(state.header.budgets.is_empty());
+        let v5 = encode(state, &streams(), 0);
+        let at = budgets_at(state);
+        let mut out = v5[..at].to_vec();
+        out.extend_from_slice(&v5[at + 4..v5.len() - CHECKSUM_LEN]);
+        out[8..12].copy_from_slice(&4u32.to_le_bytes());
+        let body_at = out.len() - TRAILER_LEN + CHECKSUM_LEN;
+        let body_len = (body_at - HEADER_LEN) as u64;
+        out[body_at..body_at + 8].copy_from_slice(&body_len.to_le_bytes());
+        let sum = xxh3_64(&out);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Where version 5 writes the budgets of `state`: after the header's fixed fields and
+    /// the stream positions.
+    fn budgets_at(state: &EngineState) -> usize {
+        let h = &state.header;
+        let positions: usize = streams()
+            .iter()
+            .zip(&h.applied)
+            .filter(|(_, id)| id.is_some())
+            .map(|(name, _)| 2 + name.len() + 16)
+            .sum();
+        HEADER_LEN + 8 + 2 + h.model_version.len() + 4 + 4 + 8 + 8 + 24 + 4 + positions
+    }
+
+    #[test]
+    fn reads_version_4_without_budgets() {
+        let s = state(20);
+        let d = decode(&v4(&s), &streams()).unwrap();
+        same(&s, &d.state);
+    }
+
+    #[test]
+    fn budgets_round_trip() {
+        let mut s = state(3);
+        let mut pacing = PacerState {
+            day: 10_000,
+            admitted: 3,
+            seen: 70,
+            expected: 65.5,
+            days: 9,
+            ..PacerState::default()
+        };
+        pacing.weights[17] = 2.25;
+        pacing.weights[200] = 0.125;
+        s.header.budgets = vec![
+            ("coupon".into(), pacing),
+            ("personal_call".into(), PacerState::default()),
+        ];
+        let bytes = encode(&s, &streams(), 1);
+        same(&s, &decode(&bytes, &streams()).unwrap().state);
     }
 
     #[test]

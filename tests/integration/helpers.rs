@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use churnd::classify::Segment;
 use churnd::config::{ClockMode, Interval, SegmentMode, Settings};
 use churnd::daemon::{self, DaemonError};
 use churnd::features::FEATURE_NAMES;
@@ -454,7 +455,8 @@ fn is_executable(path: &Path) -> bool {
 }
 
 /// Settings for a test: this redis, the recency model, fixed segments, event clock, no
-/// control group, fast polling.
+/// control group, fast polling; win-back as before budgets (threshold 0.7, 0.6 for two
+/// segments, budgets too large to bind), which the tests of other rules are written for.
 pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
     let mut s = Settings::default();
     s.redis.url = redis.url();
@@ -478,6 +480,17 @@ pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
     s.clock.tick = Interval::from_millis(50);
     s.segments.mode = SegmentMode::Fixed;
     s.winback.control_share = 0.0;
+    s.winback.threshold = 0.7;
+    s.winback.segment_thresholds = [Segment::ImportantValue, Segment::ImportantRetention]
+        .into_iter()
+        .map(|segment| (segment, 0.6))
+        .collect();
+    // Lifted, not removed: a binary reads config/default.toml too, and a file's budgets
+    // table merges into the shipped one rather than replacing it.
+    for budget in s.winback.budgets.values_mut() {
+        budget.per_day = Some(1e12);
+    }
+    s.tasks.control_share = 0.0;
     s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
     s.shutdown.drain_timeout = Duration::from_secs(5);
     s.state.dir = model_dir.join("state");
@@ -635,6 +648,14 @@ pub fn outcome_record(
         ),
         ("raised_at", raised_at.to_string()),
         ("closed_at", closed_at.to_string()),
+    ]
+}
+
+pub fn visit(customer: &str, ts_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("customer_id", customer.to_string()),
+        ("type", "visit".into()),
+        ("ts", ts_ms.to_string()),
     ]
 }
 

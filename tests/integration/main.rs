@@ -2,6 +2,7 @@
 //! port), the daemon running in-process or as the built binary.
 
 mod batch_scoring;
+mod budgets;
 mod configuration;
 mod crash;
 mod dead_letters;

@@ -161,10 +161,10 @@ fn winback(n: usize, group: Group) -> Task {
                 high: true,
             }],
             model_version: "test-1".into(),
-            group,
             episode_start: 1_690_000_000,
             attempt: 1,
         }),
+        group,
         value: None,
     }
 }
@@ -200,6 +200,7 @@ fn care(n: usize, kind: TaskKind, segment: Option<Segment>) -> Task {
         tags: Vec::new(),
         profile: None,
         detail,
+        group: Group::Treatment,
         value: None,
     }
 }
@@ -342,6 +343,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             "lifecycle_stage",
             "as_of",
             "first_purchase",
+            "group",
             "tags"
         ]
     );
@@ -356,6 +358,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             "segment",
             "as_of",
             "first_purchase",
+            "group",
             "tags"
         ]
     );

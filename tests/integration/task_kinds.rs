@@ -8,14 +8,6 @@ const EVENTS: &str = "churn:events";
 const WINBACK: &str = "churn:winback";
 const TASKS: &str = "crm:tasks";
 
-fn visit(customer: &str, ts_ms: u64) -> Vec<(&'static str, String)> {
-    vec![
-        ("customer_id", customer.to_string()),
-        ("type", "visit".into()),
-        ("ts", ts_ms.to_string()),
-    ]
-}
-
 /// Tasks of `stream` as (kind, customer) pairs, oldest first.
 async fn kinds(c: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<(String, String)> {
     read_stream(c, stream)

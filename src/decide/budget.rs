@@ -1,0 +1,470 @@
+//! Budgets: how many win-back tasks of each action a day affords, and which candidates get
+//! them. Pure: the engine owns the [`Budgets`] and hands them to the playbook at each
+//! decision; snapshots keep their state.
+//!
+//! Each budgeted action has a spend per day and a cost per task (`[winback.budgets]`), so a
+//! day affords `floor(per_day / cost)` tasks, counted by churnd's clock (midnight UTC of
+//! event time under `clock.mode = event`). Candidates come one at a time, in real time, and
+//! the day's best are not known until the day is over; so each action keeps a running
+//! picture of the priorities its candidates had over the last days (a histogram of
+//! log-priorities, decayed with a [`HALF_LIFE_DAYS`] half-life) and how many candidates a day
+//! brings. A candidate is admitted when its priority reaches the quantile of that picture
+//! that the day's remaining tasks afford among the candidates still expected today: with
+//! `r` tasks left and `n` candidates still to come, the top `r / n`. Whoever is held back
+//! stays a candidate and is looked at again the next day (the playbook asks for the check).
+//!
+//! Candidates of both groups (treatment and control) pass the same bar and take from the same
+//! budget: the group is drawn from the customer ID after admission, so the held-out
+//! customers are chosen exactly as those acted on are, and the two groups stay comparable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::time::{UnixSeconds, DAY};
+
+/// Days after which a candidate's weight in the picture of priorities has halved.
+pub const HALF_LIFE_DAYS: f64 = 7.0;
+/// Weight of the last day in the running count of candidates a day brings.
+const DAILY_WEIGHT: f64 = 0.3;
+/// Histogram buckets per doubling of `1 + priority`.
+const PER_OCTAVE: f64 = 8.0;
+/// Buckets: priorities up to 2^48 (anything beyond falls in the last).
+pub const BUCKETS: usize = 48 * PER_OCTAVE as usize;
+
+/// `[winback.budgets.<action>]`: what the action may spend per day and what a task costs,
+/// in the same currency (the data's or any other: only their ratio counts for volume).
+/// Both are required; `config::winback` checks them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ActionBudget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_day: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+impl ActionBudget {
+    pub fn new(per_day: f64, cost: f64) -> Self {
+        Self {
+            per_day: Some(per_day),
+            cost: Some(cost),
+        }
+    }
+
+    /// Tasks a day affords; a budget the checks refused (which never reaches here) affords
+    /// none.
+    pub fn tasks_per_day(&self) -> u32 {
+        match (self.per_day, self.cost) {
+            // A hair of slack so that 1.0 / 0.1 counts as 10, not 9.999….
+            (Some(per_day), Some(cost)) if cost > 0.0 && per_day >= 0.0 => {
+                (per_day / cost * (1.0 + 1e-9))
+                    .floor()
+                    .min(f64::from(u32::MAX)) as u32
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// What became of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admitted,
+    /// Not today: the day's budget is spent, or the candidate's priority is below what the
+    /// rest of the budget affords.
+    HeldBack,
+}
+
+/// One action's pacing: what a snapshot keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PacerState {
+    /// The day (days since the epoch) the counts below are of; 0: none yet.
+    pub day: u32,
+    /// Tasks admitted that day.
+    pub admitted: u32,
+    /// Candidates looked at that day.
+    pub seen: u32,
+    /// Candidates a day brings, a running average over the days before.
+    pub expected: f64,
+    /// Days that went into `expected`.
+    pub days: u32,
+    /// Decayed counts of candidates by log-priority bucket (see [`BUCKETS`]).
+    pub weights: Box<[f64; BUCKETS]>,
+}
+
+impl Default for PacerState {
+    fn default() -> Self {
+        Self {
+            day: 0,
+            admitted: 0,
+            seen: 0,
+            expected: 0.0,
+            days: 0,
+            weights: Box::new([0.0; BUCKETS]),
+        }
+    }
+}
+
+fn bucket(priority: f64) -> usize {
+    let x = (priority.max(0.0) + 1.0).log2() * PER_OCTAVE;
+    if x.is_finite() {
+        (x as usize).min(BUCKETS - 1)
+    } else {
+        BUCKETS - 1
+    }
+}
+
+impl PacerState {
+    /// Moves the counts on to `day`: the days in between close (each with the candidates it
+    /// saw, none for days skipped) and the picture of priorities decays.
+    fn roll(&mut self, day: u32) {
+        if day <= self.day {
+            return;
+        }
+        if self.day != 0 {
+            let elapsed = day - self.day;
+            // The day that ends, then the empty days skipped (a bounded few: beyond a month
+            // the running average has forgotten everything anyway).
+            let mut closing = f64::from(self.seen);
+            for _ in 0..elapsed.min(31) {
+                self.expected = if self.days == 0 {
+                    closing
+                } else {
+                    DAILY_WEIGHT * closing + (1.0 - DAILY_WEIGHT) * self.expected
+                };
+                self.days = self.days.saturating_add(1);
+                closing = 0.0;
+            }
+            let decay = 0.5f64.powf(f64::from(elapsed) / HALF_LIFE_DAYS);
+            self.weights.iter_mut().for_each(|w| *w *= decay);
+        }
+        self.day = day;
+        self.admitted = 0;
+        self.seen = 0;
+    }
+
+    /// The priority below which a share `level` (0 to 1) of the candidates pictured lie.
+    fn quantile(&self, level: f64) -> f64 {
+        let total: f64 = self.weights.iter().sum();
+        if total <= 0.0 || level <= 0.0 {
+            return 0.0;
+        }
+        let target = level.min(1.0) * total;
+        let mut below = 0.0;
+        for (b, &w) in self.weights.iter().enumerate() {
+            if w > 0.0 && below + w >= target {
+                let x = (b as f64 + (target - below) / w) / PER_OCTAVE;
+                return x.exp2() - 1.0;
+            }
+            below += w;
+        }
+        (BUCKETS as f64 / PER_OCTAVE).exp2() - 1.0
+    }
+}
+
+/// One budgeted action's pacing.
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    action: Arc<str>,
+    budget: ActionBudget,
+    tasks_per_day: u32,
+    state: PacerState,
+    /// Candidates held back since the last [`Budgets::take_report`].
+    held_back: u64,
+}
+
+impl Pacer {
+    fn new(action: &str, budget: ActionBudget) -> Self {
+        Self {
+            action: action.into(),
+            budget,
+            tasks_per_day: budget.tasks_per_day(),
+            state: PacerState::default(),
+            held_back: 0,
+        }
+    }
+
+    /// The priority a candidate needs now: the quantile the rest of the day's budget
+    /// affords among the candidates still expected; infinite once the day's budget is
+    /// spent, 0 while the budget covers every candidate expected.
+    fn bar(&self) -> f64 {
+        let left = self.tasks_per_day.saturating_sub(self.state.admitted);
+        if left == 0 {
+            return f64::INFINITY;
+        }
+        // The candidates expected for the rest of the day, the one being decided included.
+        let coming = self.state.expected - f64::from(self.state.seen.saturating_sub(1));
+        if coming <= f64::from(left) {
+            return 0.0;
+        }
+        self.state.quantile(1.0 - f64::from(left) / coming)
+    }
+
+    /// Decides about a candidate of `priority` at `now`, taking a task from the day's budget
+    /// if admitted.
+    pub fn admit(&mut self, priority: f64, now: UnixSeconds) -> Admission {
+        self.state.roll(now / DAY);
+        self.state.seen = self.state.seen.saturating_add(1);
+        let priority = if priority.is_nan() { 0.0 } else { priority };
+        self.state.weights[bucket(priority)] += 1.0;
+        if priority >= self.bar() {
+            self.state.admitted += 1;
+            Admission::Admitted
+        } else {
+            self.held_back += 1;
+            Admission::HeldBack
+        }
+    }
+}
+
+/// How an action's budget stands, for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetReport {
+    pub action: Arc<str>,
+    pub per_day: f64,
+    /// Spent on the clock's current day (both groups).
+    pub spent_today: f64,
+    /// The priority a candidate needs now (infinite: the day's budget is spent).
+    pub bar: f64,
+    /// Candidates held back since the last report.
+    pub held_back: u64,
+}
+
+/// Every budgeted action's pacing, in the order of the action names (the order of
+/// [`ActionBudget`] settings, which [`Budgets::slot`] indexes).
+#[derive(Debug, Clone, Default)]
+pub struct Budgets {
+    pacers: Vec<Pacer>,
+}
+
+impl Budgets {
+    pub fn new(settings: &BTreeMap<String, ActionBudget>) -> Self {
+        Self {
+            pacers: settings
+                .iter()
+                .map(|(action, budget)| Pacer::new(action, *budget))
+                .collect(),
+        }
+    }
+
+    /// The slot of `action`'s budget; `None`: the action is not budgeted (no limit).
+    pub fn slot(settings: &BTreeMap<String, ActionBudget>, action: &str) -> Option<usize> {
+        settings.keys().position(|a| a == action)
+    }
+
+    /// Decides about a candidate of the action in `slot`; a slot these budgets do not have
+    /// (never: both come from the same settings) admits.
+    pub fn admit(&mut self, slot: usize, priority: f64, now: UnixSeconds) -> Admission {
+        self.pacers
+            .get_mut(slot)
+            .map_or(Admission::Admitted, |p| p.admit(priority, now))
+    }
+
+    /// Each action's pacing state, by action, for a snapshot.
+    pub fn states(&self) -> Vec<(String, PacerState)> {
+        self.pacers
+            .iter()
+            .map(|p| (p.action.to_string(), p.state.clone()))
+            .collect()
+    }
+
+    /// Continues from a snapshot's pacing states: those of actions still budgeted (a
+    /// changed budget applies from now on; an action no longer budgeted is forgotten).
+    pub fn restore(&mut self, states: Vec<(String, PacerState)>) {
+        for (action, state) in states {
+            if let Some(p) = self.pacers.iter_mut().find(|p| *p.action == *action) {
+                p.state = state;
+            }
+        }
+    }
+
+    /// How each budget stands at `now`; counts of candidates held back restart from 0.
+    pub fn take_report(&mut self, now: UnixSeconds) -> Vec<BudgetReport> {
+        let today = now / DAY;
+        self.pacers
+            .iter_mut()
+            .map(|p| {
+                let current = p.state.day == today;
+                let admitted = if current { p.state.admitted } else { 0 };
+                BudgetReport {
+                    action: p.action.clone(),
+                    per_day: p.budget.per_day.unwrap_or(0.0),
+                    spent_today: f64::from(admitted) * p.budget.cost.unwrap_or(0.0),
+                    bar: if current || p.tasks_per_day == 0 {
+                        p.bar()
+                    } else {
+                        // A new day not yet begun by a candidate: its bar is yesterday's
+                        // picture with the whole budget left.
+                        let mut fresh = p.clone();
+                        fresh.state.roll(today);
+                        fresh.bar()
+                    },
+                    held_back: std::mem::take(&mut p.held_back),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u32 = 852_076_800; // 1997-01-01, midnight
+
+    /// A deterministic stream of uniform numbers in [0, 1).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+
+        /// Log-normal, median 50: priorities look like that (a long right tail).
+        fn priority(&mut self) -> f64 {
+            let (u, v) = (self.next().max(1e-12), self.next());
+            let normal = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            50.0 * (normal).exp()
+        }
+    }
+
+    fn pacer(per_day: f64, cost: f64) -> Pacer {
+        Pacer::new("coupon", ActionBudget::new(per_day, cost))
+    }
+
+    #[test]
+    fn a_budget_affords_its_whole_tasks() {
+        assert_eq!(ActionBudget::new(100.0, 10.0).tasks_per_day(), 10);
+        assert_eq!(ActionBudget::new(1.0, 0.1).tasks_per_day(), 10);
+        assert_eq!(ActionBudget::new(99.0, 10.0).tasks_per_day(), 9);
+        assert_eq!(ActionBudget::new(0.0, 10.0).tasks_per_day(), 0);
+        assert_eq!(ActionBudget::default().tasks_per_day(), 0);
+    }
+
+    /// 1,000 candidates a day in random order, budget for 50: the spend never passes the
+    /// budget, nearly all of it is spent, and once the picture has formed the tasks go
+    /// mostly to the day's top 5 %.
+    #[test]
+    fn spend_stays_within_the_budget_and_picks_come_from_the_top() {
+        let mut p = pacer(500.0, 10.0);
+        let mut rng = Lcg(7);
+        let (mut picked_total, mut from_top, mut later_days) = (0, 0, 0);
+        for d in 0..30u32 {
+            let priorities: Vec<f64> = (0..1_000).map(|_| rng.priority()).collect();
+            let mut sorted = priorities.clone();
+            sorted.sort_by(f64::total_cmp);
+            let top_cut = sorted[1_000 - 100]; // the day's top 10 %
+            let mut picked = 0;
+            for (i, &priority) in priorities.iter().enumerate() {
+                let now = T0 + d * DAY + i as u32 * 60;
+                if p.admit(priority, now) == Admission::Admitted {
+                    picked += 1;
+                    if d >= 3 {
+                        picked_total += 1;
+                        from_top += usize::from(priority >= top_cut);
+                    }
+                }
+            }
+            assert!(picked <= 50, "day {d}: {picked} tasks for a budget of 50");
+            if d >= 3 {
+                later_days += 1;
+                assert!(picked >= 35, "day {d}: only {picked} of 50 spent");
+            }
+        }
+        let share = from_top as f64 / picked_total as f64;
+        assert!(
+            share >= 0.8,
+            "{from_top} of {picked_total} from the top 10 %"
+        );
+        assert!(later_days > 0);
+    }
+
+    #[test]
+    fn every_candidate_is_admitted_while_the_budget_covers_them_all() {
+        let mut p = pacer(100.0, 1.0);
+        let mut rng = Lcg(1);
+        for d in 0..5u32 {
+            for i in 0..50u32 {
+                let now = T0 + d * DAY + i;
+                assert_eq!(p.admit(rng.priority(), now), Admission::Admitted);
+            }
+        }
+    }
+
+    #[test]
+    fn a_spent_day_holds_everyone_back_until_the_next() {
+        let mut p = pacer(30.0, 10.0);
+        for i in 0..3 {
+            assert_eq!(p.admit(1.0, T0 + i), Admission::Admitted, "first come");
+        }
+        assert_eq!(p.admit(1e9, T0 + 10), Admission::HeldBack);
+        assert_eq!(p.bar(), f64::INFINITY);
+        assert_eq!(p.admit(1e9, T0 + DAY), Admission::Admitted, "a new day");
+        let mut none = pacer(0.0, 10.0);
+        assert_eq!(none.admit(1e9, T0), Admission::HeldBack, "no budget");
+    }
+
+    #[test]
+    fn the_picture_decays_and_skipped_days_count_as_empty() {
+        let mut s = PacerState::default();
+        s.roll(100);
+        s.seen = 200;
+        s.weights[bucket(10.0)] = 200.0;
+        s.roll(101);
+        assert_eq!((s.expected, s.days, s.seen), (200.0, 1, 0));
+        s.seen = 100;
+        s.roll(108); // the day, then six empty ones
+        assert!((s.expected - 200.0 * 0.7f64.powi(6) * 0.7 - 30.0 * 0.7f64.powi(6)).abs() < 1e-9);
+        let left = s.weights.iter().sum::<f64>();
+        assert!(
+            (left - 200.0 * 0.5f64.powf(8.0 / 7.0)).abs() < 1e-9,
+            "{left}"
+        );
+    }
+
+    #[test]
+    fn quantiles_read_the_picture() {
+        let mut s = PacerState::default();
+        for p in 1..=1000 {
+            s.weights[bucket(f64::from(p))] += 1.0;
+        }
+        for (level, want) in [(0.5, 500.0), (0.9, 900.0), (0.99, 990.0)] {
+            let got = s.quantile(level);
+            assert!((got / want - 1.0).abs() < 0.1, "{level}: {got} for {want}");
+        }
+        assert_eq!(PacerState::default().quantile(0.9), 0.0);
+        assert_eq!(bucket(f64::INFINITY), BUCKETS - 1);
+        assert_eq!(bucket(-5.0), 0);
+    }
+
+    #[test]
+    fn states_restore_by_action_and_reports_count_the_held_back() {
+        let settings = BTreeMap::from([
+            ("coupon".to_string(), ActionBudget::new(20.0, 10.0)),
+            ("personal_call".to_string(), ActionBudget::new(50.0, 25.0)),
+        ]);
+        assert_eq!(Budgets::slot(&settings, "personal_call"), Some(1));
+        assert_eq!(Budgets::slot(&settings, "email_reminder"), None);
+        let mut b = Budgets::new(&settings);
+        for i in 0..3 {
+            b.admit(0, 5.0, T0 + i);
+        }
+        let report = b.take_report(T0 + 5);
+        assert_eq!(report[0].spent_today, 20.0);
+        assert_eq!(report[0].held_back, 1);
+        assert_eq!(report[1].spent_today, 0.0);
+        assert_eq!(b.take_report(T0 + 5)[0].held_back, 0, "counted once");
+        assert_eq!(b.take_report(T0 + DAY)[0].spent_today, 0.0, "a new day");
+        let mut restored = Budgets::new(&settings);
+        let mut states = b.states();
+        states.push(("gone".into(), PacerState::default()));
+        restored.restore(states);
+        assert_eq!(restored.states(), b.states());
+        assert_eq!(restored.admit(0, 5.0, T0 + 6), Admission::HeldBack);
+    }
+}

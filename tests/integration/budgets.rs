@@ -1,0 +1,156 @@
+//! Budgets and holdouts through real Redis: a day's budget of N win-back tasks yields at most
+//! N, the candidates held back get theirs on later days, and every kind holds out its
+//! configured share of customers in its control stream.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use churnd::classify::Segment;
+use churnd::decide::ActionBudget;
+
+use crate::helpers::*;
+
+const EVENTS: &str = "churn:events";
+const WINBACK: &str = "churn:winback";
+const TASKS: &str = "crm:tasks";
+const TASKS_CONTROL: &str = "crm:tasks:control";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_days_budget_of_n_tasks_yields_at_most_n_and_the_rest_come_on_later_days() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    // One action for every segment, 3 tasks a day.
+    settings.winback.actions = Segment::ALL
+        .into_iter()
+        .map(|s| (s, "coupon".to_string()))
+        .collect();
+    settings.winback.budgets = BTreeMap::from([("coupon".into(), ActionBudget::new(3.0, 1.0))]);
+    settings.tasks.welcome.enabled = false;
+    let app = App::spawn(settings).await;
+    let mut c = redis.conn().await;
+    // Ten buyers on day 0, with different spend: all cross the threshold on the same day
+    // (about 50 days of silence under the recency model).
+    let buyers = 10;
+    for i in 0..buyers {
+        let amount = 10.0 * f64::from(i + 1);
+        xadd(&mut c, EVENTS, &purchase(&format!("c{i}"), amount, T0_MS)).await;
+    }
+    // A visitor moves event time on, a day at a time, past day 70.
+    for day in 1..=70 {
+        xadd(&mut c, EVENTS, &visit("clock", T0_MS + day * DAY_MS)).await;
+    }
+    wait_drained(&mut c, EVENTS, "churnd").await;
+    let held_back = app
+        .metric("churnd_winback_candidates_held_back_total{action=\"coupon\"}")
+        .await;
+    let per_day = app
+        .metric("churnd_winback_budget_per_day{action=\"coupon\"}")
+        .await;
+    app.stop().await;
+
+    let tasks = read_stream(&mut c, WINBACK).await;
+    let mut by_day: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, task) in &tasks {
+        *by_day.entry(task["as_of"][..10].to_string()).or_default() += 1;
+    }
+    assert!(
+        by_day.values().all(|&n| n <= 3),
+        "at most 3 tasks a day: {by_day:?}"
+    );
+    assert_eq!(
+        by_day.values().next(),
+        Some(&3),
+        "the first day's budget is spent: {by_day:?}"
+    );
+    assert!(
+        by_day.len() >= 4,
+        "ten candidates need four days: {by_day:?}"
+    );
+    let mut customers: Vec<&str> = tasks
+        .iter()
+        .map(|(_, t)| t["customer_id"].as_str())
+        .collect();
+    customers.sort_unstable();
+    customers.dedup();
+    assert_eq!(
+        customers.len(),
+        buyers as usize,
+        "every candidate held back gets a task on a later day: {by_day:?}"
+    );
+    assert!(tasks.iter().all(|(_, t)| t["group"] == "treatment"));
+    assert!(
+        held_back.unwrap_or(0.0) >= 7.0,
+        "held back: {held_back:?}, by day {by_day:?}"
+    );
+    assert_eq!(per_day, Some(3.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_holds_out_its_share_in_the_control_stream() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    settings.tasks.control_share = 0.2;
+    settings.tasks.convert.control_share = Some(0.5);
+    settings.winback.enabled = false;
+    let app = App::spawn(settings).await;
+    let mut c = redis.conn().await;
+    // 2,000 first-time buyers (a welcome each, 14 days on) and 1,000 prospects of three
+    // visits (a first-purchase offer each).
+    let (buyers, prospects) = (2_000u32, 1_000u32);
+    let mut pipe = redis::pipe();
+    for i in 0..buyers {
+        let fields = purchase(&format!("b{i}"), 25.0, T0_MS);
+        pipe.cmd("XADD").arg(EVENTS).arg("*");
+        for (k, v) in &fields {
+            pipe.arg(*k).arg(v);
+        }
+    }
+    for i in 0..prospects {
+        for day in 0..3 {
+            let fields = visit(&format!("p{i}"), T0_MS + day * DAY_MS);
+            pipe.cmd("XADD").arg(EVENTS).arg("*");
+            for (k, v) in &fields {
+                pipe.arg(*k).arg(v);
+            }
+        }
+    }
+    pipe.query_async::<()>(&mut c).await.unwrap();
+    xadd(&mut c, EVENTS, &visit("clock", T0_MS + 20 * DAY_MS)).await;
+    wait_for("every welcome and offer", Duration::from_secs(60), || {
+        let mut c = c.clone();
+        async move {
+            xlen(&mut c, TASKS).await + xlen(&mut c, TASKS_CONTROL).await
+                == (buyers + prospects) as usize
+        }
+    })
+    .await;
+    app.stop().await;
+
+    let count = |entries: &[StreamEntry], kind: &str, group: &str| {
+        entries
+            .iter()
+            .filter(|(_, t)| t["kind"] == kind && t["group"] == group)
+            .count()
+    };
+    let treated = read_stream(&mut c, TASKS).await;
+    let control = read_stream(&mut c, TASKS_CONTROL).await;
+    assert!(treated.iter().all(|(_, t)| t["group"] == "treatment"));
+    assert!(control.iter().all(|(_, t)| t["group"] == "control"));
+    // Binomial bounds, 5 standard deviations: 2,000 × 0.2 (sd 17.9), 1,000 × 0.5 (sd 15.8).
+    let welcomes_held_out = count(&control, "welcome", "control");
+    assert!(
+        (311..=489).contains(&welcomes_held_out),
+        "{welcomes_held_out} of {buyers} welcomes held out at 20 %"
+    );
+    assert_eq!(
+        welcomes_held_out + count(&treated, "welcome", "treatment"),
+        buyers as usize
+    );
+    let offers_held_out = count(&control, "convert", "control");
+    assert!(
+        (421..=579).contains(&offers_held_out),
+        "{offers_held_out} of {prospects} offers held out at 50 %"
+    );
+}
