@@ -566,7 +566,7 @@ fn table_row(text: &str, name: &str) -> Vec<f64> {
         .skip(1)
         .map(|v| v.parse().unwrap_or_else(|_| panic!("{v:?} in {line:?}")))
         .collect();
-    assert_eq!(values.len(), 5, "{line:?}");
+    assert_eq!(values.len(), 6, "{line:?}");
     values
 }
 
