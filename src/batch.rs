@@ -297,9 +297,7 @@ mod tests {
         assert!(line.ends_with(&time::rfc3339(next)), "{line}");
 
         // A model without value parameters (format 1): the value cells stay empty.
-        let mut old = recency_only_model_file();
-        old.format = crate::model::MODEL_FORMAT_V1.into();
-        old.value = None;
+        let old = crate::model::tests::format_1_model_file();
         let old = Model::from_file(&old).unwrap();
         let scores = score(&data, as_of, &old, &classification());
         assert_eq!(scores[0].value, None);

@@ -14,6 +14,9 @@ pub struct Evaluation {
     pub brier_score: f64,
     /// Churn rate among the 10 % highest scores divided by the overall churn rate.
     pub top_decile_lift: f64,
+    /// Mean |predicted − observed| over ten equal-width bins, weighted by their examples.
+    #[serde(default)]
+    pub expected_calibration_error: f64,
     pub calibration: Vec<CalibrationBin>,
 }
 
@@ -59,6 +62,7 @@ pub fn evaluate(probabilities: &[f64], churned: &[bool]) -> Option<Evaluation> {
         })
         .sum::<f64>()
         / n as f64;
+    let calibration = calibration(probabilities, churned);
     let brier_score = probabilities
         .iter()
         .zip(churned)
@@ -74,7 +78,8 @@ pub fn evaluate(probabilities: &[f64], churned: &[bool]) -> Option<Evaluation> {
         log_loss,
         brier_score,
         top_decile_lift: top_rate / base_rate,
-        calibration: calibration(probabilities, churned),
+        expected_calibration_error: expected_calibration_error(&calibration),
+        calibration,
     })
 }
 

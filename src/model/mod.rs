@@ -8,9 +8,11 @@
 //! probability can say why.
 
 pub(crate) mod bgnbd;
+pub mod derived;
 pub mod evaluate;
 pub mod metrics;
 mod minimise;
+pub mod pareto_nbd;
 pub mod train;
 pub mod value;
 
@@ -19,12 +21,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use self::derived::{input_name, InputVector, DERIVED_NAMES, INPUT_COUNT};
 use self::value::{ValueModel, ValueParams};
 use crate::features::{FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
 
-/// The `format` tag of the model files `churnd train` writes: the churn model and the value
-/// model's parameters (`value`, required).
-pub(crate) const MODEL_FORMAT: &str = "churnd-logistic/2";
+/// The `format` tag of the model files `churnd train` writes: the churn model with the
+/// inputs it derives from its value model ([`derived`]), and the value model's parameters
+/// (`value`, required).
+pub(crate) const MODEL_FORMAT: &str = "churnd-logistic/3";
+
+/// The format before the derived inputs: still read; the derived inputs get no weight.
+pub const MODEL_FORMAT_V2: &str = "churnd-logistic/2";
 
 /// The format before the value model: still read, without value estimates (a `value`
 /// section in such a file is refused).
@@ -82,10 +89,11 @@ pub enum ModelError {
 pub struct Model {
     version: String,
     horizon_days: u32,
-    mean: FeatureVector,
+    /// Per input: the features, then the derived inputs ([`derived`]).
+    mean: InputVector,
     /// 1 / scale, so scoring multiplies.
-    inv_scale: FeatureVector,
-    coefficient: FeatureVector,
+    inv_scale: InputVector,
+    coefficient: InputVector,
     intercept: f64,
     /// `None` for a format 1 file, which predates the value model.
     value: Option<ValueModel>,
@@ -97,10 +105,11 @@ pub struct Score {
     pub probability: f64,
     /// The log-odds behind `probability`.
     pub logit: f64,
-    /// Per feature: coefficient × standardised value (the log-odds it adds).
-    pub contributions: FeatureVector,
-    /// Per feature: whether the customer's value is above the training mean.
-    above_mean: [bool; FEATURE_COUNT],
+    /// Per input (the features, then the derived inputs): coefficient × standardised value
+    /// (the log-odds it adds).
+    pub contributions: [f64; INPUT_COUNT],
+    /// Per input: whether the customer's value is above the training mean.
+    above_mean: [bool; INPUT_COUNT],
 }
 
 /// One feature pushing the churn probability up.
@@ -121,7 +130,7 @@ impl fmt::Display for ScoreReason {
 impl Score {
     /// The features that raise the probability most, strongest first, at most `limit`.
     pub fn reasons(&self, limit: usize) -> Vec<ScoreReason> {
-        let mut order: Vec<usize> = (0..FEATURE_COUNT)
+        let mut order: Vec<usize> = (0..INPUT_COUNT)
             .filter(|&i| self.contributions[i] > 0.0)
             .collect();
         order.sort_by(|&a, &b| self.contributions[b].total_cmp(&self.contributions[a]));
@@ -129,7 +138,7 @@ impl Score {
             .into_iter()
             .take(limit)
             .map(|i| ScoreReason {
-                feature: FEATURE_NAMES[i],
+                feature: input_name(i),
                 high: self.above_mean[i],
             })
             .collect()
@@ -180,13 +189,14 @@ impl Model {
     pub fn from_file(file: &ModelFile) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let mut value = None;
-        match (file.format.as_str(), &file.value) {
-            (MODEL_FORMAT, Some(params)) => match ValueModel::new(*params) {
+        let format = file.format.as_str();
+        match (format, &file.value) {
+            (MODEL_FORMAT | MODEL_FORMAT_V2, Some(params)) => match ValueModel::new(*params) {
                 Ok(v) => value = Some(v),
                 Err(p) => problems.extend(p),
             },
-            (MODEL_FORMAT, None) => problems.push(format!(
-                "the value parameters (\"value\") are missing; a {MODEL_FORMAT:?} file must \
+            (MODEL_FORMAT | MODEL_FORMAT_V2, None) => problems.push(format!(
+                "the value parameters (\"value\") are missing; a {format:?} file must \
                  carry them: retrain with `churnd train`"
             )),
             (MODEL_FORMAT_V1, None) => {}
@@ -195,9 +205,12 @@ impl Model {
                  format {MODEL_FORMAT:?}"
             )),
             (other, _) => problems.push(format!(
-                "format is {other:?}, this build reads {MODEL_FORMAT:?} and {MODEL_FORMAT_V1:?}"
+                "format is {other:?}, this build reads {MODEL_FORMAT:?}, {MODEL_FORMAT_V2:?} \
+                 and {MODEL_FORMAT_V1:?}"
             )),
         }
+        // The derived inputs are part of format 3 on, and only of it.
+        let derived_expected = format == MODEL_FORMAT;
         if file.version.trim().is_empty() {
             problems.push("version is empty".into());
         }
@@ -210,18 +223,24 @@ impl Model {
         let mut model = Model {
             version: file.version.clone(),
             horizon_days: file.horizon_days,
-            mean: [0.0; FEATURE_COUNT],
-            inv_scale: [1.0; FEATURE_COUNT],
-            coefficient: [0.0; FEATURE_COUNT],
+            mean: [0.0; INPUT_COUNT],
+            inv_scale: [1.0; INPUT_COUNT],
+            coefficient: [0.0; INPUT_COUNT],
             intercept: file.intercept,
             value,
         };
-        let mut seen = [false; FEATURE_COUNT];
+        let mut seen = [false; INPUT_COUNT];
         for p in &file.features {
-            let Some(i) = FEATURE_NAMES.iter().position(|n| *n == p.name) else {
+            let Some(i) = (0..INPUT_COUNT).find(|&i| input_name(i) == p.name) else {
                 problems.push(format!("unknown feature {:?}", p.name));
                 continue;
             };
+            if i >= FEATURE_COUNT && !derived_expected {
+                problems.push(format!(
+                    "feature {:?} is derived from the value model, which needs format {MODEL_FORMAT:?}",
+                    p.name
+                ));
+            }
             if std::mem::replace(&mut seen[i], true) {
                 problems.push(format!("feature {:?} is listed twice", p.name));
             }
@@ -247,6 +266,15 @@ impl Model {
                 problems.push(format!("feature {name:?} is missing"));
             }
         }
+        if derived_expected {
+            for (i, name) in DERIVED_NAMES.iter().enumerate() {
+                if !seen[FEATURE_COUNT + i] {
+                    problems.push(format!(
+                        "feature {name:?} is missing (derived from the value model, required in format {MODEL_FORMAT:?})"
+                    ));
+                }
+            }
+        }
         if problems.is_empty() {
             Ok(model)
         } else {
@@ -268,12 +296,24 @@ impl Model {
         self.value.as_ref()
     }
 
-    /// Churn probability of one feature vector, with per-feature contributions.
+    /// The feature vector followed by the inputs this model derives from it ([`derived`]).
+    fn inputs(&self, x: &FeatureVector) -> InputVector {
+        let bgnbd = match &self.value {
+            Some(v) if self.coefficient[FEATURE_COUNT..].iter().any(|&c| c != 0.0) => {
+                Some(&v.params().bgnbd)
+            }
+            _ => None,
+        };
+        derived::inputs(x, bgnbd, f64::from(self.horizon_days))
+    }
+
+    /// Churn probability of one feature vector, with per-input contributions.
     pub fn score(&self, x: &FeatureVector) -> Score {
-        let mut contributions = [0.0; FEATURE_COUNT];
-        let mut above_mean = [false; FEATURE_COUNT];
+        let x = self.inputs(x);
+        let mut contributions = [0.0; INPUT_COUNT];
+        let mut above_mean = [false; INPUT_COUNT];
         let mut logit = self.intercept;
-        for i in 0..FEATURE_COUNT {
+        for i in 0..INPUT_COUNT {
             let centred = x[i] - self.mean[i];
             let c = self.coefficient[i] * centred * self.inv_scale[i];
             contributions[i] = c;
@@ -290,7 +330,8 @@ impl Model {
 
     /// Churn probability alone (the same arithmetic, in the same order, as [`Self::score`]).
     pub fn probability(&self, x: &FeatureVector) -> f64 {
-        let logit = x
+        let logit = self
+            .inputs(x)
             .iter()
             .zip(&self.mean)
             .zip(&self.coefficient)
@@ -304,8 +345,12 @@ impl Model {
     /// How far up and how far down the log-odds could have moved at most, anywhere between
     /// inputs `from` and `to`, when each input moves monotonically from one to the other:
     /// the sums of the contributions that rise and of those that fall.
+    ///
+    /// The derived inputs count too: BG/NBD's churn probability moves monotonically when
+    /// recency and tenure do (a longer silence only makes it larger).
     pub(crate) fn logit_reach(&self, from: &FeatureVector, to: &FeatureVector) -> (f64, f64) {
-        (0..FEATURE_COUNT)
+        let (from, to) = (self.inputs(from), self.inputs(to));
+        (0..INPUT_COUNT)
             .map(|i| self.coefficient[i] * self.inv_scale[i] * (to[i] - from[i]))
             .fold((0.0, 0.0), |(up, down), c| {
                 (up + c.max(0.0), down + (-c).max(0.0))
@@ -329,6 +374,7 @@ pub(crate) mod tests {
             horizon_days: 90,
             features: FEATURE_NAMES
                 .iter()
+                .chain(&DERIVED_NAMES)
                 .map(|&name| FeatureParams {
                     name: name.into(),
                     mean: if name == "log_recency_days" { 3.0 } else { 0.0 },
@@ -340,6 +386,16 @@ pub(crate) mod tests {
             value: Some(value::tests::cdnow_like()),
             training: serde_json::Value::Null,
         }
+    }
+
+    /// [`recency_only_model_file`] as a format 1 file: no value model, no derived input.
+    pub(crate) fn format_1_model_file() -> ModelFile {
+        let mut file = recency_only_model_file();
+        file.format = MODEL_FORMAT_V1.into();
+        file.value = None;
+        file.features
+            .retain(|f| !DERIVED_NAMES.contains(&f.name.as_str()));
+        file
     }
 
     #[test]
@@ -386,9 +442,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_format_1_file_still_loads_without_value_estimates() {
-        let mut file = recency_only_model_file();
-        file.format = MODEL_FORMAT_V1.into();
-        file.value = None;
+        let mut file = format_1_model_file();
         let text = serde_json::to_string(&file).unwrap();
         assert!(!text.contains("\"value\""), "{text}");
         let model = Model::from_json(&text, Path::new("old.json")).unwrap();
@@ -441,6 +495,75 @@ pub(crate) mod tests {
         unknown["value"]["gamma_gamma"]["v"] = 15.44.into();
         let err = Model::from_json(&unknown.to_string(), Path::new("m.json")).unwrap_err();
         assert!(err.to_string().contains("unknown field `v`"), "{err}");
+    }
+
+    #[test]
+    fn the_derived_input_belongs_to_format_3_and_scores_under_the_value_model() {
+        // A format 2 file (no derived input) still loads and gives the derived input no weight.
+        let mut v2 = recency_only_model_file();
+        v2.format = MODEL_FORMAT_V2.into();
+        v2.features
+            .retain(|f| !DERIVED_NAMES.contains(&f.name.as_str()));
+        let old = Model::from_file(&v2).unwrap();
+        let mut x = [0.0; FEATURE_COUNT];
+        x[0] = 4.0;
+        assert_eq!(
+            old.probability(&x),
+            Model::from_file(&recency_only_model_file())
+                .unwrap()
+                .probability(&x)
+        );
+
+        // In format 2 the derived input is refused; in format 3 it is required.
+        let mut bad = recency_only_model_file();
+        bad.format = MODEL_FORMAT_V2.into();
+        let problems = Model::from_file(&bad).unwrap_err().join("\n");
+        assert!(
+            problems.contains("\"bgnbd_churn_logit\" is derived"),
+            "{problems}"
+        );
+        let mut missing = recency_only_model_file();
+        missing.features.pop();
+        let problems = Model::from_file(&missing).unwrap_err().join("\n");
+        assert!(
+            problems.contains("\"bgnbd_churn_logit\" is missing"),
+            "{problems}"
+        );
+
+        // With weight on it, the score is the BG/NBD log-odds under the file's parameters,
+        // and it is named among the reasons.
+        let mut file = recency_only_model_file();
+        for f in &mut file.features {
+            f.coefficient = if f.name == "bgnbd_churn_logit" {
+                1.0
+            } else {
+                0.0
+            };
+        }
+        file.intercept = 0.0;
+        let model = Model::from_file(&file).unwrap();
+        x[1] = 120f64.ln_1p();
+        x[2] = 3f64.ln_1p();
+        x[0] = 60f64.ln_1p();
+        let b = file.value.unwrap().bgnbd;
+        let h = derived::repeat_summary(&x);
+        assert_eq!((h.x, h.t.round(), h.t_x.round()), (2.0, 120.0, 60.0));
+        let p = b.p_no_purchase(&h, 90.0);
+        let score = model.score(&x);
+        assert!(
+            (score.probability - p).abs() < 1e-9,
+            "{} vs {p}",
+            score.probability
+        );
+        assert_eq!(score.reasons(1)[0].feature, "bgnbd_churn_logit");
+        // A longer silence can only raise it, and the reach of the log-odds says so.
+        let mut later = x;
+        later[0] = 90f64.ln_1p();
+        later[1] = 150f64.ln_1p();
+        let (up, down) = model.logit_reach(&x, &later);
+        assert!(up > 0.0 && down == 0.0, "{up} {down}");
+        let rise = model.score(&later).logit - score.logit;
+        assert!((rise - up).abs() < 1e-9, "{rise} vs {up}");
     }
 
     #[test]

@@ -15,14 +15,17 @@ use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
-use super::bgnbd::RepeatSummary;
+use super::bgnbd::{BgNbd, RepeatSummary};
+use super::derived::{self, InputVector, DERIVED_COUNT, INPUT_COUNT};
 use super::evaluate::{bgnbd_baseline, BaselineReport};
 use super::metrics::{evaluate, Evaluation};
 use super::value::{self, CustomerHistory, ValueFitReport, ValueParams};
-use super::{FeatureParams, Model, ModelFile, MODEL_FORMAT, MODEL_FORMAT_V1};
+#[cfg(test)]
+use super::Model;
+use super::{FeatureParams, ModelFile, MODEL_FORMAT, MODEL_FORMAT_V1};
 use crate::event::EventKind;
 use crate::features::store::CustomerStore;
-use crate::features::{CustomerFeatures, FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
+use crate::features::{CustomerFeatures, FeatureVector, FEATURE_COUNT};
 use crate::time::{self, UnixSeconds};
 use crate::transactions::Transactions;
 
@@ -57,7 +60,7 @@ impl Default for TrainOptions {
         Self {
             horizon_days: 90,
             cutoffs: None,
-            l2: 0.02,
+            l2: 0.15,
             max_iterations: 500,
             version: None,
             source: String::new(),
@@ -145,8 +148,61 @@ pub(crate) struct Example {
     pub features: FeatureVector,
     /// The purchase history as BG/NBD sees it, for the baseline.
     pub history: RepeatSummary,
+    /// The log-RFM baseline's inputs ([`LOG_RFM_NAMES`]).
+    pub log_rfm: [f64; 4],
+    /// The derived inputs ([`super::derived`]) under BG/NBD fitted at this example's cutoff
+    /// (0 until [`add_derived_inputs`] sets them, or when that fit fails).
+    pub derived: [f64; DERIVED_COUNT],
     pub churned: bool,
 }
+
+impl Example {
+    /// The features followed by the derived inputs.
+    pub(crate) fn inputs(&self) -> InputVector {
+        let mut out = [0.0; INPUT_COUNT];
+        out[..FEATURE_COUNT].copy_from_slice(&self.features);
+        out[FEATURE_COUNT..].copy_from_slice(&self.derived);
+        out
+    }
+}
+
+/// Sets the derived inputs of every example: BG/NBD is fitted, per cutoff, on the histories
+/// of that cutoff's customers as the model reads them back from their features (what the
+/// value model is fitted on at the end of training). A cutoff where the fit fails keeps 0s.
+pub(crate) fn add_derived_inputs(examples: &mut [Example], horizon_days: u32) {
+    let mut cutoffs: Vec<UnixSeconds> = examples.iter().map(|e| e.cutoff).collect();
+    cutoffs.sort_unstable();
+    cutoffs.dedup();
+    for cutoff in cutoffs {
+        let summaries: Vec<RepeatSummary> = examples
+            .iter()
+            .filter(|e| e.cutoff == cutoff)
+            .map(|e| derived::repeat_summary(&e.features))
+            .collect();
+        let bgnbd = match BgNbd::fit(&summaries) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(cutoff = %time::rfc3339(cutoff), error = %e, "no BG/NBD fit at this cutoff: its examples get no derived inputs");
+                continue;
+            }
+        };
+        for e in examples.iter_mut().filter(|e| e.cutoff == cutoff) {
+            e.derived = [derived::bgnbd_churn_logit(
+                &bgnbd,
+                &e.features,
+                f64::from(horizon_days),
+            )];
+        }
+    }
+}
+
+/// The inputs of the log-RFM baseline regression, in the order of [`Example::log_rfm`].
+pub(crate) const LOG_RFM_NAMES: [&str; 4] = [
+    "ln(1 + recency days)",
+    "ln(purchases)",
+    "ln(1 + net spend)",
+    "ln(1 + tenure days)",
+];
 
 #[derive(Default, Clone)]
 struct History {
@@ -182,7 +238,8 @@ pub(crate) fn build_examples(
             store.get_mut(idx).features.apply(&t.as_event());
         }
         for (_, h) in store.iter() {
-            let Some(features) = h.features.vector(cutoff) else {
+            let (Some(features), Some(rfm)) = (h.features.vector(cutoff), h.features.rfm(cutoff))
+            else {
                 continue;
             };
             let next = h.purchases.partition_point(|&p| p < cutoff);
@@ -197,6 +254,13 @@ pub(crate) fn build_examples(
                 cutoff,
                 features,
                 history,
+                log_rfm: [
+                    rfm.recency_days.ln_1p(),
+                    f64::from(rfm.purchases).ln(),
+                    rfm.total_spend.ln_1p(),
+                    rfm.tenure_days.ln_1p(),
+                ],
+                derived: [0.0; DERIVED_COUNT],
                 churned: !bought,
             });
         }
@@ -289,7 +353,8 @@ pub fn train(transactions: &Transactions, options: &TrainOptions) -> Result<Mode
             last: last_s,
         });
     }
-    let examples = build_examples(transactions, &cutoffs, options.horizon_days);
+    let mut examples = build_examples(transactions, &cutoffs, options.horizon_days);
+    add_derived_inputs(&mut examples, options.horizon_days);
     let validation = validate(&examples, &cutoffs, options)?;
     if validation.is_none() {
         tracing::warn!(
@@ -391,11 +456,11 @@ fn validate(
         .collect();
 
     let fitted = fit(&train_rows, options, "the validation training set")?;
-    let model = Model::from_file(&model_file(&fitted, options, "validation", None))
-        .map_err(|p| TrainError::Fit(p.join("; ")))?;
+    // The derived inputs of the held-out rows come from BG/NBD fitted at the held-out cutoff,
+    // as a model trained then would have them from its value model.
     let probabilities: Vec<f64> = holdout_rows
         .iter()
-        .map(|e| model.probability(&e.features))
+        .map(|e| fitted.probability(&e.inputs()))
         .collect();
     let labels: Vec<bool> = holdout_rows.iter().map(|e| e.churned).collect();
     let metrics = evaluate(&probabilities, &labels).ok_or(TrainError::OneClass {
@@ -419,12 +484,23 @@ fn validate(
     }))
 }
 
-/// Standardisation and fitted coefficients, in [`FEATURE_NAMES`] order.
-struct Fitted {
-    mean: FeatureVector,
-    scale: FeatureVector,
-    coefficients: FeatureVector,
-    intercept: f64,
+/// Standardisation and fitted coefficients (of the churn model: the features in
+/// [`FEATURE_NAMES`] order, then the derived inputs).
+pub(crate) struct Fitted<const N: usize = INPUT_COUNT> {
+    pub mean: [f64; N],
+    pub scale: [f64; N],
+    pub coefficients: [f64; N],
+    pub intercept: f64,
+}
+
+impl<const N: usize> Fitted<N> {
+    /// P(churned) of one row of inputs.
+    pub(crate) fn probability(&self, x: &[f64; N]) -> f64 {
+        let logit = (0..N).fold(self.intercept, |z, i| {
+            z + self.coefficients[i] * (x[i] - self.mean[i]) / self.scale[i]
+        });
+        super::sigmoid(logit)
+    }
 }
 
 /// The file of a fitted churn model; without value parameters (the transient model of the
@@ -444,9 +520,15 @@ fn model_file(
         .into(),
         version: version.into(),
         horizon_days: options.horizon_days,
-        features: (0..FEATURE_COUNT)
+        // The derived inputs need the value model's BG/NBD: without it (a format 1 file) they
+        // are left out, and their coefficients with them.
+        features: (0..if value.is_some() {
+            INPUT_COUNT
+        } else {
+            FEATURE_COUNT
+        })
             .map(|i| FeatureParams {
-                name: FEATURE_NAMES[i].into(),
+                name: derived::input_name(i).into(),
                 mean: f.mean[i],
                 scale: f.scale[i],
                 coefficient: f.coefficients[i],
@@ -463,13 +545,25 @@ fn fit(
     options: &TrainOptions,
     stage: &'static str,
 ) -> Result<Fitted, TrainError> {
+    let data: Vec<(InputVector, bool)> = rows.iter().map(|e| (e.inputs(), e.churned)).collect();
+    fit_logistic(&data, options.l2, options.max_iterations, stage)
+}
+
+/// A logistic regression on standardised inputs, fitted with linfa-logistic: the churn model
+/// on [`FEATURE_NAMES`], and the log-RFM baseline on its four inputs.
+pub(crate) fn fit_logistic<const N: usize>(
+    rows: &[([f64; N], bool)],
+    l2: f64,
+    max_iterations: u64,
+    stage: &'static str,
+) -> Result<Fitted<N>, TrainError> {
     if rows.len() < MIN_EXAMPLES {
         return Err(TrainError::TooFewExamples {
             stage,
             found: rows.len(),
         });
     }
-    let churned = rows.iter().filter(|e| e.churned).count();
+    let churned = rows.iter().filter(|(_, c)| *c).count();
     if churned == 0 || churned == rows.len() {
         return Err(TrainError::OneClass {
             stage,
@@ -477,15 +571,15 @@ fn fit(
         });
     }
     let n = rows.len() as f64;
-    let mut mean = [0.0; FEATURE_COUNT];
-    for e in rows {
-        for (m, x) in mean.iter_mut().zip(&e.features) {
+    let mut mean = [0.0; N];
+    for (x, _) in rows {
+        for (m, x) in mean.iter_mut().zip(x) {
             *m += x / n;
         }
     }
-    let mut scale = [0.0; FEATURE_COUNT];
-    for e in rows {
-        for ((v, x), m) in scale.iter_mut().zip(&e.features).zip(&mean) {
+    let mut scale = [0.0; N];
+    for (x, _) in rows {
+        for ((v, x), m) in scale.iter_mut().zip(x).zip(&mean) {
             *v += (x - m).powi(2) / n;
         }
     }
@@ -493,19 +587,19 @@ fn fit(
     // standardises to 0 and its coefficient stays at 0 under regularisation.
     let scale = scale.map(|v| if v > 1e-24 { v.sqrt() } else { 1.0 });
 
-    let x = Array2::from_shape_fn((rows.len(), FEATURE_COUNT), |(r, i)| {
-        (rows[r].features[i] - mean[i]) / scale[i]
+    let x = Array2::from_shape_fn((rows.len(), N), |(r, i)| {
+        (rows[r].0[i] - mean[i]) / scale[i]
     });
-    let y: Array1<bool> = rows.iter().map(|e| e.churned).collect();
+    let y: Array1<bool> = rows.iter().map(|(_, c)| *c).collect();
     let fitted = LogisticRegression::default()
-        .alpha(options.l2 * rows.len() as f64)
-        .max_iterations(options.max_iterations)
+        .alpha(l2 * n)
+        .max_iterations(max_iterations)
         .fit(&Dataset::new(x, y))
         .map_err(|e| TrainError::Fit(e.to_string()))?;
     // linfa's "positive" class is whichever label it met first, not `true`: orient the
     // coefficients so that the model gives P(churned).
     let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-    let mut coefficients = [0.0; FEATURE_COUNT];
+    let mut coefficients = [0.0; N];
     for (c, p) in coefficients.iter_mut().zip(fitted.params()) {
         *c = sign * p;
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use churnd::features::{FEATURE_COUNT, FEATURE_NAMES};
+use churnd::model::derived::DERIVED_NAMES;
 use churnd::model::evaluate::EvaluationReport;
 use churnd::model::Model;
 use churnd::time;
@@ -262,7 +263,7 @@ fn train_writes_a_complete_model_and_reports_what_it_saw() {
         "{}",
         run.stdout
     );
-    assert_eq!(json["format"], "churnd-logistic/2");
+    assert_eq!(json["format"], "churnd-logistic/3");
     // The value model's parameters, and what they were fitted on.
     let value = &json["value"];
     for key in [
@@ -292,12 +293,12 @@ fn train_writes_a_complete_model_and_reports_what_it_saw() {
     );
     assert_eq!(json["horizon_days"], 90);
     let features = json["features"].as_array().unwrap();
-    assert_eq!(features.len(), FEATURE_COUNT);
+    assert_eq!(features.len(), FEATURE_COUNT + DERIVED_NAMES.len());
     let names: Vec<&str> = features
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, FEATURE_NAMES);
+    assert_eq!(names, [&FEATURE_NAMES[..], &DERIVED_NAMES[..]].concat());
     for p in features {
         let value = |key: &str| p[key].as_f64().unwrap_or_else(|| panic!("{key} of {p}"));
         assert!(
@@ -566,7 +567,7 @@ fn table_row(text: &str, name: &str) -> Vec<f64> {
         .skip(1)
         .map(|v| v.parse().unwrap_or_else(|_| panic!("{v:?} in {line:?}")))
         .collect();
-    assert_eq!(values.len(), 5, "{line:?}");
+    assert_eq!(values.len(), 6, "{line:?}");
     values
 }
 
@@ -594,7 +595,7 @@ fn evaluate_prints_counts_and_the_metrics_table() {
     for column in ["avg prec", "log loss", "Brier", "top-10% lift"] {
         assert!(header.contains(column), "{column:?} missing in {header:?}");
     }
-    let [auc, ap, log_loss, brier, lift] = table_row(text, "model")[..] else {
+    let [auc, ap, log_loss, brier, lift, _ece] = table_row(text, "model")[..] else {
         unreachable!()
     };
     assert!(auc > 0.7 && auc <= 1.0, "{auc}");
@@ -875,7 +876,10 @@ fn score_writes_one_row_per_customer_seen_before_the_date() {
         assert!(!r[3].is_empty() && !r[4].is_empty(), "{r:?}");
         for reason in r[5].split(',').filter(|s| !s.is_empty()) {
             let (feature, level) = reason.split_once(':').unwrap();
-            assert!(FEATURE_NAMES.contains(&feature), "{reason}");
+            assert!(
+                FEATURE_NAMES.contains(&feature) || DERIVED_NAMES.contains(&feature),
+                "{reason}"
+            );
             assert!(level == "high" || level == "low", "{reason}");
         }
         // The value estimates: finite, in range, at their precision.
@@ -938,10 +942,23 @@ fn score_to_a_file_writes_what_stdout_would_show() {
 #[test]
 fn a_format_1_model_scores_without_value_estimates() {
     let f = Fixture::new();
-    let model = f.train_until("1997-07-01", "until.json");
-    let mut json = read_json(&model);
+    let trained = f.train_until("1997-07-01", "until.json");
+    // The derived input needs the value model: give it no weight in the current file, and
+    // leave it out of the format 1 file, so that both score churn alike.
+    let mut json = read_json(&trained);
+    for p in json["features"].as_array_mut().unwrap() {
+        if DERIVED_NAMES.contains(&p["name"].as_str().unwrap()) {
+            p["coefficient"] = 0.0.into();
+        }
+    }
+    let model = f.path("no-derived.json");
+    std::fs::write(&model, json.to_string()).unwrap();
     json["format"] = "churnd-logistic/1".into();
     json.as_object_mut().unwrap().remove("value");
+    json["features"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| !DERIVED_NAMES.contains(&p["name"].as_str().unwrap()));
     let old = f.path("old.json");
     std::fs::write(&old, json.to_string()).unwrap();
 

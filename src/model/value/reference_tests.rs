@@ -119,3 +119,22 @@ fn the_published_cdnow_bgnbd_and_gamma_gamma_fits_are_reproduced() {
         );
     }
 }
+
+#[test]
+fn the_published_cdnow_pareto_nbd_fit_is_reproduced() {
+    let repeat: Vec<RepeatSummary> = sample_days().values().map(|d| fhl_summary(d).0).collect();
+    let fit = crate::model::pareto_nbd::ParetoNbd::fit(&repeat).unwrap();
+    // Fader, Hardie & Lee (2005, "A note on implementing the Pareto/NBD model in MATLAB" and
+    // lifetimes' ParetoNBDFitter on the same summary): r 0.55, α 10.58, s 0.61, β 11.67 weeks.
+    for (name, got, want) in [
+        ("r", fit.r, 0.553),
+        ("alpha", fit.alpha, 10.58),
+        ("s", fit.s, 0.606),
+        ("beta", fit.beta, 11.67),
+    ] {
+        assert!(
+            (got - want).abs() < 0.01 * want.max(1.0),
+            "{name}: fitted {got}, published {want}"
+        );
+    }
+}
