@@ -15,6 +15,7 @@ mod classify;
 mod events;
 mod http;
 mod log;
+mod partitions;
 mod problem;
 mod profiles;
 mod read;
@@ -44,6 +45,7 @@ use read::{section, Fields, Read, Reader};
 pub use events::{DeadLetterSettings, EventSettings};
 pub use http::HttpSettings;
 pub use log::{LogFormat, LogSettings, ShutdownSettings};
+pub use partitions::PartitionSettings;
 pub use problem::{ConfigError, Origin, Problem, Problems};
 pub use read::env_var;
 pub use redis::RedisSettings;
@@ -65,6 +67,7 @@ pub(crate) const ENV_PREFIX: &str = "CHURND";
 pub struct Settings {
     pub redis: RedisSettings,
     pub source: SourceSettings,
+    pub partitions: PartitionSettings,
     pub events: EventSettings,
     pub dead_letter: DeadLetterSettings,
     pub clock: ClockSettings,
@@ -234,6 +237,7 @@ impl Settings {
             Self {
                 redis: f.get("redis", d.redis),
                 source: f.get("source", d.source),
+                partitions: f.get("partitions", d.partitions),
                 events: f.get("events", d.events),
                 dead_letter: f.get("dead_letter", d.dead_letter),
                 clock: f.get("clock", d.clock),
@@ -276,10 +280,11 @@ impl Settings {
     }
 
     /// Each section's problems, by the section's name.
-    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 18] {
+    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 19] {
         [
             ("redis", self.redis.problems()),
             ("source", self.source.problems()),
+            ("partitions", self.partitions.problems()),
             ("events", self.events.problems()),
             ("dead_letter", self.dead_letter.problems()),
             ("clock", self.clock.problems()),

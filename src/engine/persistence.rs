@@ -9,6 +9,7 @@ use crate::features::store::{CaptureSize, Captured};
 use crate::features::timers::{Timer, TimerQueue};
 use crate::metrics::EngineMetrics;
 use crate::model::Model;
+use crate::partition::PartitionCount;
 use crate::profiles::{Interner, Profiles};
 use crate::time::UnixSeconds;
 
@@ -41,6 +42,9 @@ pub struct StateHeader {
     pub applied: Vec<Option<EntryId>>,
     /// The model that scored the customers, for the log of a restore.
     pub model_version: String,
+    /// `partitions.count` the state was kept under (snapshots before format 5: 1). A start
+    /// under another count is refused: the positions and customers are the old partitions'.
+    pub partitions: PartitionCount,
 }
 
 /// What a snapshot of the state now would record, in a form cheap to compare: equal
@@ -77,6 +81,9 @@ impl Engine {
             schedule_settings,
             applied,
             model_version,
+            // Checked against the settings before the snapshot is restored (the daemon
+            // refuses another count).
+            partitions: _,
         } = header;
         for (_, c) in customers.iter() {
             engine.population.count(c, 1);
@@ -152,6 +159,7 @@ impl Engine {
             schedule_settings: self.schedule_fingerprint,
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
+            partitions: self.settings.partitions.count,
         }
     }
 

@@ -1,8 +1,8 @@
 //! The snapshot file format: a compact, versioned, checksummed encoding of [`EngineState`].
 //!
 //! ```text
-//! version 4:    magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
-//! versions 1-3: magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
+//! versions 4-5: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
+//! versions 1-3:  magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
 //! ```
 //!
 //! The checksum covers everything before it. Version 4 gives the body's length after the
@@ -10,7 +10,8 @@
 //! sizes are known; the end marker tells a truncated file from a damaged one. All integers
 //! are little-endian. The body holds the creation time, the model version, the engine's clock
 //! and thresholds, the last entry applied per input stream (by name, so the stream list may
-//! change between runs), then every customer in store order: ID, features (bit-exact), next
+//! change between runs), from version 5 the partition count (u16; earlier: 1), then every
+//! customer in store order: ID, features (bit-exact), next
 //! check, win-back state, last classification, contact bookkeeping and the sparse extras
 //! (profile attributes, feedback, coupons). Store order is kept so a restored engine assigns
 //! the same indices and makes the same decisions.
@@ -23,6 +24,7 @@ use crate::features::store::CaptureSize;
 use crate::features::timers::Timer;
 use crate::features::{CustomerFeatures, Decayed, Feedback};
 use crate::metrics::PROBABILITY_BUCKETS;
+use crate::partition::PartitionCount;
 use crate::profiles::Interner;
 use crate::time::Day;
 use std::io::Read;
@@ -34,8 +36,8 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// settings, read as "settings unknown"), 2 (without the customers' contact bookkeeping: the
 /// last win-back task is taken as the last contact) and 3 (the body length in the header,
 /// no profiles, feedback or coupons) are still read; other versions are refused, not guessed
-/// at.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+/// at. Version 4 lacks the partition count (read as 1 partition).
+pub(crate) const FORMAT_VERSION: u32 = 5;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 const END_MAGIC: &[u8; 8] = b"CHURNDND";
@@ -176,6 +178,7 @@ impl Encoder {
             out.extend_from_slice(&id.ms.to_le_bytes());
             out.extend_from_slice(&id.seq.to_le_bytes());
         }
+        out.extend_from_slice(&header.partitions.get().to_le_bytes());
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
@@ -326,6 +329,12 @@ fn decode_body<R: Read>(
             None => dropped_streams.push(name),
         }
     }
+    let partitions = if version >= 5 {
+        let n = u16::from_le_bytes(r.array()?);
+        PartitionCount::new(n).ok_or_else(|| malformed(format!("{n} partitions")))?
+    } else {
+        PartitionCount::ONE
+    };
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
@@ -381,6 +390,7 @@ fn decode_body<R: Read>(
                 schedule_settings,
                 applied,
                 model_version,
+                partitions,
             },
             profiles,
         },
@@ -796,6 +806,7 @@ mod tests {
                 schedule_settings: 0xfeed,
                 applied: vec![Some(EntryId { ms: 5, seq: 1 }), None],
                 model_version: "m-1".into(),
+                partitions: PartitionCount::ONE,
             },
         }
     }
@@ -822,7 +833,7 @@ mod tests {
     /// without the schedule settings.
     fn legacy(state: &EngineState, version: u32) -> Vec<u8> {
         assert_eq!(state.customers.extras_len(), 0);
-        let v4 = encode(state, &streams(), 0);
+        let v4 = as_version_4(state, &encode(state, &streams(), 0));
         let customers: usize = state
             .customers
             .iter()
@@ -851,9 +862,65 @@ mod tests {
         out
     }
 
+    /// Where the partition count of `state`'s encoding is: just before the customers' count
+    /// and ID bytes, which end what [`Encoder::start`] writes.
+    fn partitions_at(state: &EngineState) -> usize {
+        let mut head = Vec::new();
+        let size = CaptureSize {
+            customers: 0,
+            id_bytes: 0,
+        };
+        let _ = Encoder::start(&state.header, size, &streams(), 0, &mut head);
+        head.len() - 16 - 2
+    }
+
+    /// `v5`, the encoding of `state`, in the layout of version 4: without the partition
+    /// count, which ends the header before the customers' count and ID bytes.
+    fn as_version_4(state: &EngineState, v5: &[u8]) -> Vec<u8> {
+        let at = partitions_at(state);
+        let mut out = v5.to_vec();
+        out.drain(at..at + 2);
+        out[8..12].copy_from_slice(&4u32.to_le_bytes());
+        let trailer = out.len() - TRAILER_LEN;
+        let body_len = u64::from_le_bytes(out[trailer..trailer + 8].try_into().unwrap()) - 2;
+        out[trailer..trailer + 8].copy_from_slice(&body_len.to_le_bytes());
+        let end = out.len() - CHECKSUM_LEN;
+        let sum = xxh3_64(&out[..end]);
+        out[end..].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn reads_version_4_as_one_partition() {
+        let mut s = state(20);
+        s.header.partitions = PartitionCount::new(16).unwrap();
+        let d = decode(&as_version_4(&s, &encode(&s, &streams(), 0)), &streams()).unwrap();
+        let mut expected = s.clone();
+        expected.header.partitions = PartitionCount::ONE;
+        same(&expected, &d.state);
+    }
+
+    #[test]
+    fn a_partition_count_out_of_range_is_malformed() {
+        let mut s = state(1);
+        s.header.partitions = PartitionCount::new(16).unwrap();
+        let mut bytes = encode(&s, &streams(), 0);
+        let at = partitions_at(&s);
+        assert_eq!(bytes[at..at + 2], 16u16.to_le_bytes());
+        bytes[at..at + 2].copy_from_slice(&0u16.to_le_bytes());
+        let end = bytes.len() - CHECKSUM_LEN;
+        let sum = xxh3_64(&bytes[..end]);
+        bytes[end..].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(
+            decode(&bytes, &streams()).err(),
+            Some(CodecError::Malformed("0 partitions".into()))
+        );
+    }
+
     #[test]
     fn round_trips_every_field() {
-        let s = state(50);
+        let mut s = state(50);
+        s.header.partitions = PartitionCount::new(16).unwrap();
         let bytes = encode(&s, &streams(), 1234);
         let d = decode(&bytes, &streams()).unwrap();
         let profiled = d.state.customers.extra(0).unwrap().profile.clone().unwrap();
