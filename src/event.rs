@@ -179,10 +179,13 @@ pub enum Reason {
     UnknownProfileKey,
     /// Larger than `events.max_entry_bytes`: not processed.
     EntryTooLarge,
+    /// Read from a partition stream its customer does not belong in (see
+    /// [`crate::partition`]): never applied, so no replica applies another's customers.
+    WrongPartition,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Self::MissingCustomerId,
         Self::InvalidCustomerId,
         Self::MissingType,
@@ -199,6 +202,7 @@ impl Reason {
         Self::InvalidProfileValue,
         Self::UnknownProfileKey,
         Self::EntryTooLarge,
+        Self::WrongPartition,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -219,6 +223,7 @@ impl Reason {
             Self::InvalidProfileValue => "invalid_profile_value",
             Self::UnknownProfileKey => "unknown_profile_key",
             Self::EntryTooLarge => "entry_too_large",
+            Self::WrongPartition => "wrong_partition",
         }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`source`]: reads the input streams with a Redis consumer group, in batches;
 //! - [`event`]: turns a stream entry into a validated event or a dead-letter reason;
+//!   [`partition`]: which partition stream a customer's events belong in;
 //! - [`features`]: keeps each customer's rolling RFM state in constant space, and the
 //!   timers that notice silence;
 //! - [`model`]: scores churn probability with a logistic model (and trains one);
@@ -42,6 +43,7 @@ pub mod http;
 pub mod lift;
 pub mod metrics;
 pub mod model;
+pub mod partition;
 pub mod preflight;
 pub mod profiles;
 pub mod simulate;

@@ -14,6 +14,7 @@ use churnd::connection::{self, Connector};
 use churnd::metrics::{Metrics, RedisRole};
 use churnd::model::train::{self, TrainOptions};
 use churnd::model::{evaluate, Model};
+use churnd::partition::PartitionCount;
 use churnd::simulate::{self, SimulateOptions};
 use churnd::transactions::Transactions;
 use churnd::{daemon, demo, lift, preflight, time};
@@ -57,6 +58,9 @@ enum Command {
     /// Reports for marketing: what the tasks achieved.
     #[command(subcommand)]
     Report(ReportCommand),
+    /// Print the partition a customer's events belong in (0 to partitions.count - 1):
+    /// xxh3_64 of the customer ID's UTF-8 bytes, seed 0, mod the count.
+    Partition(PartitionArgs),
 }
 
 #[derive(Subcommand)]
@@ -94,6 +98,22 @@ struct LiftArgs {
 }
 
 #[derive(Args)]
+struct PartitionArgs {
+    /// The customer ID, as producers write it in the customer_id field.
+    customer_id: String,
+    /// The number of partitions; default: partitions.count of the configuration.
+    #[arg(long, value_parser = parse_partition_count)]
+    count: Option<PartitionCount>,
+}
+
+fn parse_partition_count(text: &str) -> Result<PartitionCount, String> {
+    text.parse()
+        .ok()
+        .and_then(PartitionCount::new)
+        .ok_or_else(|| format!("must be a whole number from 1 to {}", PartitionCount::MAX))
+}
+
+#[derive(Args)]
 struct CheckConfigArgs {
     /// Also connect to Redis with the configured password and TLS, and check its version,
     /// eviction policy, Lua scripting, and the input streams and consumer group.
@@ -126,7 +146,8 @@ struct SimulateArgs {
     /// Events in a thousand written malformed, for the dead-letter path.
     #[arg(long, default_value_t = 1)]
     invalid_per_mille: u32,
-    /// The stream to write; default: the first of source.streams.
+    /// The stream to write; default: the first of source.streams. With partitions.count > 1
+    /// each event goes to its customer's partition stream of it (`<stream>:{p}`).
     #[arg(long)]
     stream: Option<String>,
     /// Trim the stream to about this many entries (0: never). Entries churnd has not read
@@ -226,6 +247,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train_model(args),
+        Command::Partition(PartitionArgs {
+            customer_id,
+            count: Some(count),
+        }) => print_partition(&customer_id, count),
         command => {
             let defaults = Path::new(config::DEFAULT_FILE);
             let (settings, layers) =
@@ -254,6 +279,9 @@ fn main() -> ExitCode {
                 Command::Evaluate(args) => evaluate(&settings, args),
                 Command::Simulate(args) => simulate(settings, args),
                 Command::Report(ReportCommand::Lift(args)) => lift_report(settings, args),
+                Command::Partition(args) => {
+                    print_partition(&args.customer_id, settings.partitions.count)
+                }
                 Command::Train(_) => unreachable!("handled above"),
             }
         }
@@ -265,6 +293,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `churnd partition`: the customer's partition alone on a line, for scripts.
+fn print_partition(customer_id: &str, count: PartitionCount) -> anyhow::Result<()> {
+    println!("{}", count.of(customer_id));
+    Ok(())
 }
 
 /// The settings resolved ([`Settings::resolve`]), or the exit code after saying why not.
@@ -514,6 +548,7 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         stream: args
             .stream
             .unwrap_or_else(|| settings.source.streams[0].clone()),
+        partitions: settings.partitions.count,
         customers: args.customers,
         history_days: args.history_days,
         rate: args.rate,

@@ -240,7 +240,8 @@ impl Asker<'_> {
             StartFrom::End => "its end",
         };
         let mut findings = Vec::new();
-        for stream in &source.streams {
+        // Every partition stream (source.streams itself with one partition).
+        for stream in &s.input_streams() {
             let group = &source.group;
             match self.key_type(c, stream).await {
                 Err(e) => findings.push(Finding::failed(format!(

@@ -62,7 +62,7 @@ pub struct SinkSettings {
 impl From<&Settings> for SinkSettings {
     fn from(s: &Settings) -> Self {
         Self {
-            input_streams: s.source.streams.clone(),
+            input_streams: s.input_streams(),
             group: s.source.group.clone(),
             dead_letter_stream: s.dead_letter.stream.clone(),
             dead_letter_max_len: s.dead_letter.max_len.get(),

@@ -16,6 +16,7 @@ mod events;
 mod http;
 mod lift;
 mod log;
+mod partitions;
 mod problem;
 mod profiles;
 mod read;
@@ -46,6 +47,7 @@ pub use events::{DeadLetterSettings, EventSettings};
 pub use http::HttpSettings;
 pub use lift::LiftSettings;
 pub use log::{LogFormat, LogSettings, ShutdownSettings};
+pub use partitions::PartitionSettings;
 pub use problem::{ConfigError, Origin, Problem, Problems};
 pub use read::env_var;
 pub use redis::RedisSettings;
@@ -67,6 +69,7 @@ pub(crate) const ENV_PREFIX: &str = "CHURND";
 pub struct Settings {
     pub redis: RedisSettings,
     pub source: SourceSettings,
+    pub partitions: PartitionSettings,
     pub events: EventSettings,
     pub dead_letter: DeadLetterSettings,
     pub clock: ClockSettings,
@@ -237,6 +240,7 @@ impl Settings {
             Self {
                 redis: f.get("redis", d.redis),
                 source: f.get("source", d.source),
+                partitions: f.get("partitions", d.partitions),
                 events: f.get("events", d.events),
                 dead_letter: f.get("dead_letter", d.dead_letter),
                 clock: f.get("clock", d.clock),
@@ -280,10 +284,11 @@ impl Settings {
     }
 
     /// Each section's problems, by the section's name.
-    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 19] {
+    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 20] {
         [
             ("redis", self.redis.problems()),
             ("source", self.source.problems()),
+            ("partitions", self.partitions.problems()),
             ("events", self.events.problems()),
             ("dead_letter", self.dead_letter.problems()),
             ("clock", self.clock.problems()),

@@ -1,5 +1,6 @@
 //! Checks across sections: the output streams (dead letters, tasks of every kind) must be
-//! distinct from the input streams and from each other where they must not mix.
+//! distinct from the input streams (every partition stream of them) and from each other
+//! where they must not mix; input stream names that partitions cannot split.
 
 use crate::decide::TaskKind;
 
@@ -8,7 +9,7 @@ use super::{Problem, Settings};
 /// Problems with the streams of several sections together, by the key that names each.
 pub(super) fn problems(s: &Settings) -> Vec<Problem> {
     let mut p = Vec::new();
-    let inputs = &s.source.streams;
+    let inputs = &s.input_streams();
     let outputs = [
         ("dead_letter.stream", &s.dead_letter.stream),
         ("winback.stream", &s.winback.stream),
@@ -87,6 +88,7 @@ pub(super) fn problems(s: &Settings) -> Vec<Problem> {
             ));
         }
     }
+    p.extend(super::partitions::problems(s));
     p
 }
 
@@ -127,5 +129,16 @@ mod tests {
             ["tasks.control_stream (\"crm:tasks\") must differ from the task streams (tasks.stream and each kind's own), winback.stream, winback.control_stream and dead_letter.stream"]
         );
         assert!(problems(&Settings::default()).is_empty());
+    }
+
+    #[test]
+    fn outputs_are_not_partition_streams_either() {
+        assert_eq!(
+            problems_with(|s| {
+                s.partitions.count = crate::partition::PartitionCount::new(4).unwrap();
+                s.dead_letter.stream = "churn:events:{3}".into();
+            }),
+            ["dead_letter.stream (\"churn:events:{3}\") must not also be an input in source.streams"]
+        );
     }
 }

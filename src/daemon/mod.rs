@@ -32,6 +32,7 @@ use crate::http::serve::Limits;
 use crate::http::{self, AppState};
 use crate::metrics::{Metrics, RedisRole, SnapshotMetrics};
 use crate::model::{Model, ModelError};
+use crate::partition::PartitionCount;
 use crate::sink::{self, Sink, SinkSettings};
 use crate::source::{self, lag, Source};
 use crate::state::{SnapshotDir, StateError};
@@ -60,6 +61,18 @@ pub enum DaemonError {
     Thread(std::io::Error),
     #[error("cannot start the engine's thread: {0}")]
     EngineThread(std::io::Error),
+    #[error(
+        "the snapshot in {dir} was written with partitions.count = {kept}, but partitions.count \
+         is now {configured}: customers and stream positions are kept per partition, and \
+         changing the count of existing state is not supported (docs/operating.md, \
+         \"Partitions and scale-out\"). Set partitions.count back to {kept}, or move the \
+         snapshots out of state.dir to start with no customers from the partition streams"
+    )]
+    PartitionsChanged {
+        dir: String,
+        kept: PartitionCount,
+        configured: PartitionCount,
+    },
 }
 
 /// Binds the configured HTTP address.
@@ -145,6 +158,8 @@ pub async fn run_resolved(
         redis: client,
         customer_token,
     } = resolved;
+    // The streams read: source.streams, split into partitions (see `crate::partition`).
+    let source_settings = settings.partitioned_source();
     let metrics = Metrics::new();
     let health = Arc::new(
         Health::new(metrics.service.ready.clone())
@@ -170,7 +185,7 @@ pub async fn run_resolved(
         Some(dir) => {
             let (handle, task) = snapshots::spawn(
                 dir.clone(),
-                settings.source.streams.clone(),
+                source_settings.streams.clone(),
                 written_rx,
                 metrics.snapshots.clone(),
                 health.clone(),
@@ -252,7 +267,7 @@ pub async fn run_resolved(
         metrics.output.clone(),
     );
     let lag_task = tokio::spawn(lag::monitor(
-        settings.source.clone(),
+        source_settings.clone(),
         backlog,
         connector(RedisRole::Monitor, response_timeout),
         metrics.source.clone(),
@@ -280,7 +295,7 @@ pub async fn run_resolved(
         customer_token = if app_token_required { "required" } else { "off" },
         redis = %redact_url(&settings.redis.url),
         tls = settings.redis.uses_tls(),
-        streams = ?settings.source.streams,
+        streams = ?source_settings.streams,
         group = %settings.source.group,
         consumer = %settings.source.consumer,
         clock = ?settings.clock.mode,
@@ -292,7 +307,7 @@ pub async fn run_resolved(
         Some(dir) => {
             start::make_positions_durable(
                 engine,
-                &settings.source,
+                &source_settings,
                 dir,
                 connector(RedisRole::Source, response_timeout),
                 (&metrics.snapshots, &health),
@@ -305,7 +320,7 @@ pub async fn run_resolved(
     let (source_task, engine_task) = match engine {
         Some(engine) => {
             let mut positions = engine.positions().to_vec();
-            positions.resize(settings.source.streams.len(), None);
+            positions.resize(source_settings.streams.len(), None);
             if let Some(applied) = &observers.applied {
                 applied.send_replace(Applied {
                     positions: positions.iter().map(|p| p.unwrap_or_default()).collect(),
@@ -313,10 +328,10 @@ pub async fn run_resolved(
                 });
             }
             let source = Source::new(
-                settings.source.clone(),
+                source_settings.clone(),
                 connector(
                     RedisRole::Source,
-                    source::read_timeout(&settings.source, settings.redis.response_timeout),
+                    source::read_timeout(&source_settings, settings.redis.response_timeout),
                 ),
                 health.clone(),
                 metrics.source.clone(),
@@ -436,12 +451,9 @@ async fn load_while_serving(
     shutdown: &CancellationToken,
 ) -> Result<Startup, DaemonError> {
     health.set_loading(true);
-    let (dir, streams, metrics) = (
-        dir.clone(),
-        settings.source.streams.clone(),
-        metrics.clone(),
-    );
-    let load = tokio::task::spawn_blocking(move || load_snapshot(&dir, &streams, &metrics));
+    let (streams, metrics) = (settings.input_streams(), metrics.clone());
+    let loading = dir.clone();
+    let load = tokio::task::spawn_blocking(move || load_snapshot(&loading, &streams, &metrics));
     let loaded = tokio::select! {
         loaded = load => loaded,
         _ = shutdown.cancelled() => {
@@ -449,10 +461,29 @@ async fn load_while_serving(
             return Ok(Startup::Stop);
         }
     };
-    match loaded {
-        Ok(state) => Ok(Startup::Restore(state?.map(Box::new))),
-        Err(e) => Err(DaemonError::Load(e.to_string())),
+    let state = loaded.map_err(|e| DaemonError::Load(e.to_string()))??;
+    if let Some(state) = &state {
+        same_partitions(state.header.partitions, settings, dir)?;
     }
+    Ok(Startup::Restore(state.map(Box::new)))
+}
+
+/// Refuses state kept under another `partitions.count`: its positions name other streams,
+/// and its customers were placed by the old count.
+fn same_partitions(
+    kept: PartitionCount,
+    settings: &Settings,
+    dir: &SnapshotDir,
+) -> Result<(), DaemonError> {
+    let configured = settings.partitions.count;
+    if kept == configured {
+        return Ok(());
+    }
+    Err(DaemonError::PartitionsChanged {
+        dir: dir.dir().display().to_string(),
+        kept,
+        configured,
+    })
 }
 
 /// The newest good snapshot's state, reporting the damaged ones it skipped.

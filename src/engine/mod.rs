@@ -252,7 +252,11 @@ impl Engine {
                     ),
                 ))
             } else {
-                parse_event(entry.fields(), entry.id.ms, &self.settings.limits)
+                parse_event(entry.fields(), entry.id.ms, &self.settings.limits).and_then(|event| {
+                    let stream = usize::from(entry.stream);
+                    self.settings.partitions.check(stream, event.customer_id)?;
+                    Ok(event)
+                })
             };
             // Applying can reject too (a profile key beyond the bound).
             let applied = parsed.and_then(|event| {

@@ -10,6 +10,7 @@ use crate::features::store::{CaptureSize, Captured};
 use crate::features::timers::{Timer, TimerQueue};
 use crate::metrics::EngineMetrics;
 use crate::model::Model;
+use crate::partition::PartitionCount;
 use crate::profiles::{Interner, Profiles};
 use crate::time::UnixSeconds;
 
@@ -45,6 +46,9 @@ pub struct StateHeader {
     /// Each budgeted win-back action's pacing (spend today, the picture of priorities), by
     /// action; empty in snapshots before format 5.
     pub budgets: Vec<(String, PacerState)>,
+    /// `partitions.count` the state was kept under (snapshots before format 5: 1). A start
+    /// under another count is refused: the positions and customers are the old partitions'.
+    pub partitions: PartitionCount,
 }
 
 /// What a snapshot of the state now would record, in a form cheap to compare: equal
@@ -82,6 +86,9 @@ impl Engine {
             applied,
             model_version,
             budgets,
+            // Checked against the settings before the snapshot is restored (the daemon
+            // refuses another count).
+            partitions: _,
         } = header;
         for (_, c) in customers.iter() {
             engine.population.count(c, 1);
@@ -159,6 +166,7 @@ impl Engine {
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
             budgets: self.budgets.states(),
+            partitions: self.settings.partitions.count,
         }
     }
 

@@ -6,6 +6,7 @@ use crate::decide::TagRule;
 use crate::decide::TasksSettings;
 use crate::decide::WinbackSettings;
 use crate::event::EventLimits;
+use crate::partition::Partitioning;
 use crate::profiles::ProfileSettings;
 
 /// The engine's slice of the settings.
@@ -27,6 +28,8 @@ pub struct EngineSettings {
     pub max_entry_bytes: usize,
     /// Bytes of a rejected entry copied into its dead letter (`dead_letter.max_copy_bytes`).
     pub max_copy_bytes: usize,
+    /// Which partition each input stream is, to dead-letter events in the wrong one.
+    pub partitions: Partitioning,
 }
 
 impl EngineSettings {
@@ -74,6 +77,7 @@ impl From<&Settings> for EngineSettings {
             max_entry_bytes: s.events.max_entry_bytes,
             max_copy_bytes: s.dead_letter.max_copy_bytes,
             max_customers: s.state.max_customers.get() as usize,
+            partitions: s.partitioning(),
         }
     }
 }

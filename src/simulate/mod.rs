@@ -25,6 +25,7 @@ pub(crate) mod population;
 pub mod respond;
 mod response;
 
+use crate::partition::PartitionCount;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -48,8 +49,11 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// What to simulate and how fast.
 #[derive(Debug, Clone)]
 pub struct SimulateOptions {
-    /// The stream to write (churnd's input).
+    /// The stream to write (churnd's input); with partitions, the stream their names are
+    /// made from: each event goes to its customer's partition stream.
     pub stream: String,
+    /// `partitions.count`: 1 writes `stream` itself.
+    pub partitions: PartitionCount,
     /// Customers arriving over the history (or over a year when there is none); they keep
     /// arriving at that pace afterwards.
     pub customers: u64,
@@ -188,14 +192,21 @@ fn push_event(
     ts_ms: u64,
     malformed: Option<usize>,
 ) {
-    let cmd = pipe.cmd("XADD").arg(&options.stream);
+    let customer_id = options.customer_id(event.customer);
+    // An event without a customer ID (malformed) has no partition: the first one.
+    let partition = match malformed {
+        Some(1) => 0,
+        _ => options.partitions.of(&customer_id),
+    };
+    let cmd = pipe
+        .cmd("XADD")
+        .arg(options.partitions.stream(&options.stream, partition));
     if options.max_len > 0 {
         cmd.arg("MAXLEN").arg("~").arg(options.max_len);
     }
     cmd.arg("*");
     if malformed != Some(1) {
-        cmd.arg("customer_id")
-            .arg(options.customer_id(event.customer));
+        cmd.arg("customer_id").arg(customer_id);
     }
     let kind = match malformed {
         Some(2) => "purchace",
@@ -311,7 +322,7 @@ pub async fn run(
     };
     let resuming = options.history_days > 0
         && redis::cmd("XLEN")
-            .arg(&options.stream)
+            .arg(options.partitions.stream(&options.stream, 0))
             .query_async::<u64>(&mut first)
             .await?
             > 0;
@@ -462,6 +473,7 @@ mod tests {
     fn options() -> SimulateOptions {
         SimulateOptions {
             stream: "events".into(),
+            partitions: PartitionCount::ONE,
             customers: 100,
             history_days: 30,
             rate: 1000,
@@ -531,6 +543,24 @@ mod tests {
         assert!(spoiled(2).contains(&"purchace".to_string()));
         assert!(spoiled(3).contains(&"-19.99".to_string()));
         assert_eq!(spoiled(0)[2..5], ["MAXLEN", "~", "500"]);
+    }
+
+    #[test]
+    fn with_partitions_each_event_goes_to_its_customers_partition_stream() {
+        let options = SimulateOptions {
+            partitions: PartitionCount::new(16).unwrap(),
+            ..options()
+        };
+        let written = |way| {
+            let mut pipe = redis::pipe();
+            push_event(&mut pipe, &options, &purchase(), 1_000, way);
+            args(&pipe)[1].clone()
+        };
+        let partition = crate::partition::PartitionCount::new(16)
+            .unwrap()
+            .of("sim4-0000012");
+        assert_eq!(written(None), format!("events:{{{partition}}}"));
+        assert_eq!(written(Some(1)), "events:{0}", "no customer ID: the first");
     }
 
     #[test]

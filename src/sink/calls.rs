@@ -518,6 +518,61 @@ mod tests {
         );
     }
 
+    /// The part of `key` Redis Cluster hashes: the first `{…}` with something inside, else
+    /// the whole key.
+    fn hash_tag(key: &str) -> &str {
+        key.find('{')
+            .and_then(|open| {
+                let close = open + 1 + key[open + 1..].find('}')?;
+                (close > open + 1).then(|| &key[open + 1..close])
+            })
+            .unwrap_or(key)
+    }
+
+    #[test]
+    fn dead_letters_of_every_partition_stream_go_in_calls_of_one_slot() {
+        let mut s = Settings::default();
+        s.partitions.count = crate::partition::PartitionCount::new(4).unwrap();
+        let settings = SinkSettings::from(&s);
+        assert_eq!(settings.input_streams[3], "churn:events:{3}");
+        let fx = Effects {
+            dead_letters: (0..4)
+                .map(|stream| DeadLetter {
+                    stream,
+                    id: EntryId { ms: 5, seq: 1 },
+                    values: Vec::new(),
+                    reason: Reason::WrongPartition,
+                    detail: "elsewhere".into(),
+                })
+                .collect(),
+            tasks: (0..3).map(|n| care(n, TaskKind::Welcome)).collect(),
+            ..Effects::default()
+        };
+        let calls = calls(&settings, &fx, false);
+        assert_eq!(calls.len(), 2, "one call per output stream");
+        for call in &calls {
+            let a = args(&call.cmd);
+            let keys: usize = a[2].parse().unwrap();
+            let stream = &a[3];
+            for key in &a[3..3 + keys] {
+                assert_eq!(
+                    hash_tag(key),
+                    hash_tag(stream),
+                    "{key} in the call of {stream}"
+                );
+            }
+        }
+        let dlq = calls
+            .iter()
+            .map(|c| args(&c.cmd))
+            .find(|a| a[3] == "churn:events:dlq")
+            .expect("the dead letters' call");
+        assert_eq!(dlq[7], "{churn:events:dlq}:dedup:churn:events:{3}:5-1");
+        assert_eq!(hash_tag(&dlq[7]), "churn:events:dlq");
+        assert_eq!(hash_tag("churn:events:{3}"), "3");
+        assert_eq!(hash_tag("a{}b"), "a{}b");
+    }
+
     #[test]
     fn outcomes_are_one_character_per_entry() {
         let reply = Value::BulkString(b"101".to_vec());

@@ -1,8 +1,8 @@
 //! The snapshot file format: a compact, versioned, checksummed encoding of [`EngineState`].
 //!
 //! ```text
-//! version 4:    magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
-//! versions 1-3: magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
+//! versions 4-5: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
+//! versions 1-3:  magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
 //! ```
 //!
 //! The checksum covers everything before it. Version 4 gives the body's length after the
@@ -10,7 +10,8 @@
 //! sizes are known; the end marker tells a truncated file from a damaged one. All integers
 //! are little-endian. The body holds the creation time, the model version, the engine's clock
 //! and thresholds, the last entry applied per input stream (by name, so the stream list may
-//! change between runs), then every customer in store order: ID, features (bit-exact), next
+//! change between runs), from version 5 the partition count (u16; earlier: 1), then every
+//! customer in store order: ID, features (bit-exact), next
 //! check, win-back state, last classification, contact bookkeeping and the sparse extras
 //! (profile attributes, feedback, coupons). Store order is kept so a restored engine assigns
 //! the same indices and makes the same decisions.
@@ -24,6 +25,7 @@ use crate::features::store::CaptureSize;
 use crate::features::timers::Timer;
 use crate::features::{CustomerFeatures, Decayed, Feedback};
 use crate::metrics::PROBABILITY_BUCKETS;
+use crate::partition::PartitionCount;
 use crate::profiles::Interner;
 use crate::time::Day;
 use std::io::Read;
@@ -34,8 +36,8 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// Bumped on any change of the layout. Versions 1 (without the fingerprint of the scheduling
 /// settings, read as "settings unknown"), 2 (without the customers' contact bookkeeping: the
 /// last win-back task is taken as the last contact) and 3 (the body length in the header,
-/// no profiles, feedback or coupons) and 4 (no budgets' pacing) are still read; other versions
-/// are refused, not guessed at.
+/// no profiles, feedback or coupons) and 4 (no budgets' pacing, no partition count: read as
+/// one partition) are still read; other versions are refused, not guessed at.
 pub(crate) const FORMAT_VERSION: u32 = 5;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
@@ -178,6 +180,7 @@ impl Encoder {
             out.extend_from_slice(&id.seq.to_le_bytes());
         }
         put_budgets(out, &header.budgets);
+        out.extend_from_slice(&header.partitions.get().to_le_bytes());
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
@@ -388,6 +391,12 @@ fn decode_body<R: Read>(
     } else {
         Vec::new()
     };
+    let partitions = if version >= 5 {
+        let n = u16::from_le_bytes(r.array()?);
+        PartitionCount::new(n).ok_or_else(|| malformed(format!("{n} partitions")))?
+    } else {
+        PartitionCount::ONE
+    };
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
@@ -444,6 +453,7 @@ fn decode_body<R: Read>(
                 applied,
                 model_version,
                 budgets,
+                partitions,
             },
             profiles,
         },
@@ -860,6 +870,7 @@ mod tests {
                 applied: vec![Some(EntryId { ms: 5, seq: 1 }), None],
                 model_version: "m-1".into(),
                 budgets: Vec::new(),
+                partitions: PartitionCount::ONE,
             },
         }
     }
@@ -915,41 +926,61 @@ mod tests {
         out
     }
 
+    /// Where the partition count of `state`'s encoding is: just before the customers' count
+    /// and ID bytes, which end what [`Encoder::start`] writes.
+    fn partitions_at(state: &EngineState) -> usize {
+        let mut head = Vec::new();
+        let size = CaptureSize {
+            customers: 0,
+            id_bytes: 0,
+        };
+        let _ = Encoder::start(&state.header, size, &streams(), 0, &mut head);
+        head.len() - 16 - 2
+    }
+
     /// `state` in the layout of version 4: version 5 without the budgets (the state must
-    /// have none: 4 bytes of count, just before the customer count and ID bytes).
+    /// have none: a count of 4 bytes) and the partition count (2 bytes) that follow the
+    /// stream positions.
     fn v4(state: &EngineState) -> Vec<u8> {
         assert!(state.header.budgets.is_empty());
-        let v5 = encode(state, &streams(), 0);
-        let at = budgets_at(state);
-        let mut out = v5[..at].to_vec();
-        out.extend_from_slice(&v5[at + 4..v5.len() - CHECKSUM_LEN]);
+        let mut out = encode(state, &streams(), 0);
+        let at = partitions_at(state) - 4;
+        out.drain(at..at + 6);
         out[8..12].copy_from_slice(&4u32.to_le_bytes());
-        let body_at = out.len() - TRAILER_LEN + CHECKSUM_LEN;
-        let body_len = (body_at - HEADER_LEN) as u64;
-        out[body_at..body_at + 8].copy_from_slice(&body_len.to_le_bytes());
-        let sum = xxh3_64(&out);
-        out.extend_from_slice(&sum.to_le_bytes());
+        let trailer = out.len() - TRAILER_LEN;
+        let body_len = u64::from_le_bytes(out[trailer..trailer + 8].try_into().unwrap()) - 6;
+        out[trailer..trailer + 8].copy_from_slice(&body_len.to_le_bytes());
+        let end = out.len() - CHECKSUM_LEN;
+        let sum = xxh3_64(&out[..end]);
+        out[end..].copy_from_slice(&sum.to_le_bytes());
         out
     }
 
-    /// Where version 5 writes the budgets of `state`: after the header's fixed fields and
-    /// the stream positions.
-    fn budgets_at(state: &EngineState) -> usize {
-        let h = &state.header;
-        let positions: usize = streams()
-            .iter()
-            .zip(&h.applied)
-            .filter(|(_, id)| id.is_some())
-            .map(|(name, _)| 2 + name.len() + 16)
-            .sum();
-        HEADER_LEN + 8 + 2 + h.model_version.len() + 4 + 4 + 8 + 8 + 24 + 4 + positions
+    #[test]
+    fn reads_version_4_as_one_partition_without_budgets() {
+        let mut s = state(20);
+        s.header.partitions = PartitionCount::new(16).unwrap();
+        let d = decode(&v4(&s), &streams()).unwrap();
+        let mut expected = s.clone();
+        expected.header.partitions = PartitionCount::ONE;
+        same(&expected, &d.state);
     }
 
     #[test]
-    fn reads_version_4_without_budgets() {
-        let s = state(20);
-        let d = decode(&v4(&s), &streams()).unwrap();
-        same(&s, &d.state);
+    fn a_partition_count_out_of_range_is_malformed() {
+        let mut s = state(1);
+        s.header.partitions = PartitionCount::new(16).unwrap();
+        let mut bytes = encode(&s, &streams(), 0);
+        let at = partitions_at(&s);
+        assert_eq!(bytes[at..at + 2], 16u16.to_le_bytes());
+        bytes[at..at + 2].copy_from_slice(&0u16.to_le_bytes());
+        let end = bytes.len() - CHECKSUM_LEN;
+        let sum = xxh3_64(&bytes[..end]);
+        bytes[end..].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(
+            decode(&bytes, &streams()).err(),
+            Some(CodecError::Malformed("0 partitions".into()))
+        );
     }
 
     #[test]
@@ -975,7 +1006,8 @@ mod tests {
 
     #[test]
     fn round_trips_every_field() {
-        let s = state(50);
+        let mut s = state(50);
+        s.header.partitions = PartitionCount::new(16).unwrap();
         let bytes = encode(&s, &streams(), 1234);
         let d = decode(&bytes, &streams()).unwrap();
         let profiled = d.state.customers.extra(0).unwrap().profile.clone().unwrap();

@@ -381,20 +381,27 @@ fn positions_are_mapped_by_stream_name_in_every_version() {
     }
 }
 
-/// Version 4 read today and written in today's format reads back the same.
+/// Version 4 knew no budgets and no partitions: its state reads as one partition without
+/// pacing, and today's encoder writes it again as the same state.
 #[test]
-fn the_version_4_file_survives_todays_encoder() {
+fn the_version_4_file_is_one_partition_and_encodes_again() {
     assert_eq!(FORMAT_VERSION, 5);
     let d = decode(V4, 4);
+    assert_eq!(
+        d.state.header.partitions,
+        crate::partition::PartitionCount::ONE
+    );
+    assert!(d.state.header.budgets.is_empty());
     let again = codec::decode(
         &codec::encode(&d.state, &streams(), d.created_ms),
         &streams(),
     )
     .expect("today's encoding decodes");
     assert_eq!(again.state.header, d.state.header);
+    assert_eq!(again.created_ms, d.created_ms);
     assert_eq!(again.state.customers.len(), d.state.customers.len());
     for ((i, a), (_, b)) in d.state.customers.iter().zip(again.state.customers.iter()) {
-        assert_eq!(a.features, b.features);
+        assert_eq!(a.features, b.features, "{}", d.state.customers.id(i));
         assert_eq!(d.state.customers.extra(i), again.state.customers.extra(i));
     }
 }

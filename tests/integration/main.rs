@@ -17,6 +17,7 @@ mod model_cli;
 mod observability;
 mod output_backlog;
 mod oversized;
+mod partitions;
 mod pipeline;
 mod process;
 mod profiles_feedback;

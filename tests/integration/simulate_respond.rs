@@ -18,6 +18,7 @@ const EVENTS: u64 = 20_000;
 fn options(stream: &str, rate: u64, respond_to: &[&str]) -> SimulateOptions {
     SimulateOptions {
         stream: stream.into(),
+        partitions: churnd::partition::PartitionCount::ONE,
         customers: 20_000,
         history_days: 365,
         rate,
