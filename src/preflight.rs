@@ -292,6 +292,7 @@ impl Asker<'_> {
             ("dead_letter.stream", &s.dead_letter.stream),
             ("winback.stream", &s.winback.stream),
             ("winback.control_stream", &s.winback.control_stream),
+            ("outcomes.stream", &s.outcomes.stream),
         ];
         outputs.extend(TaskKind::CARE.map(|kind| s.tasks.stream_setting(kind)));
         outputs.sort_unstable_by_key(|(_, stream)| *stream);

@@ -15,6 +15,7 @@ mod classify;
 mod events;
 mod http;
 mod log;
+mod outcomes;
 mod problem;
 mod profiles;
 mod read;
@@ -38,6 +39,7 @@ use serde::Serialize;
 
 use crate::classify::{RiskBands, StageBounds};
 use crate::decide::{TasksSettings, WinbackSettings};
+use crate::outcomes::OutcomeSettings;
 use crate::profiles::ProfileSettings;
 use read::{section, Fields, Read, Reader};
 
@@ -75,6 +77,7 @@ pub struct Settings {
     pub risk: RiskBands,
     pub winback: WinbackSettings,
     pub tasks: TasksSettings,
+    pub outcomes: OutcomeSettings,
     pub profiles: ProfileSettings,
     pub tags: TagSettings,
     pub http: HttpSettings,
@@ -244,6 +247,7 @@ impl Settings {
                 risk: f.get("risk", d.risk),
                 winback: f.get("winback", d.winback),
                 tasks: f.get("tasks", d.tasks),
+                outcomes: f.get("outcomes", d.outcomes),
                 profiles: f.get("profiles", d.profiles),
                 tags: f.get("tags", d.tags),
                 http: f.get("http", d.http),
@@ -276,7 +280,7 @@ impl Settings {
     }
 
     /// Each section's problems, by the section's name.
-    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 18] {
+    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 19] {
         [
             ("redis", self.redis.problems()),
             ("source", self.source.problems()),
@@ -290,6 +294,7 @@ impl Settings {
             ("risk", self.risk.problems()),
             ("winback", self.winback.problems()),
             ("tasks", self.tasks.problems()),
+            ("outcomes", self.outcomes.problems()),
             ("profiles", self.profiles.problems()),
             ("tags", self.tags.problems()),
             ("http", self.http.problems()),

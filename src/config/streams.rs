@@ -54,6 +54,28 @@ pub(super) fn problems(s: &Settings) -> Vec<Problem> {
             ));
         }
     }
+    let outcomes = &s.outcomes.stream;
+    let task_streams = TaskKind::CARE.map(|kind| s.tasks.stream(kind));
+    if inputs.contains(outcomes) {
+        p.push(Problem::new(
+            "outcomes.stream",
+            format!("({outcomes:?}) must not also be an input in source.streams"),
+        ));
+    } else if [
+        &s.dead_letter.stream,
+        &s.winback.stream,
+        &s.winback.control_stream,
+    ]
+    .into_iter()
+    .map(String::as_str)
+    .chain(task_streams)
+    .any(|other| other == outcomes)
+    {
+        p.push(Problem::new(
+            "outcomes.stream",
+            format!("({outcomes:?}) must differ from the dead-letter and task streams"),
+        ));
+    }
     p
 }
 

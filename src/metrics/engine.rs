@@ -146,10 +146,16 @@ pub struct EngineMetrics {
     pub recoveries: PerLabel<Group, IntCounter>,
     /// The engine swaps models in, so it reports the version serving.
     pub model: ModelInfo,
+    /// Expired tasks, catching up, open tasks.
+    pub follow_up: super::FollowUpMetrics,
 }
 
 impl EngineMetrics {
-    pub(super) fn register(r: &mut Registrar, model: ModelInfo) -> Self {
+    pub(super) fn register(
+        r: &mut Registrar,
+        model: ModelInfo,
+        follow_up: super::FollowUpMetrics,
+    ) -> Self {
         let events = r.counter_vec(
             "churnd_events_total",
             "Stream entries consumed, by event type and outcome (applied, dead_lettered, already_applied).",
@@ -229,6 +235,7 @@ impl EngineMetrics {
                 &["group"],
             )),
             model,
+            follow_up,
         }
     }
 

@@ -61,7 +61,7 @@ red = 1
         format!("{file}: tasks.revisit.segments[1] must be one of: {segments} (got \"at_risk\")"),
         "CHURND__HTTP__ADR (environment): http.adr is not a setting (did you mean http.addr?)".to_string(),
         "CHURND__STATE__KEEP (environment): state.keep must be a whole number, at least 1 (got \"none\")".to_string(),
-        format!("{file}: colour is not a section: the sections are redis, source, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, profiles, tags, http, log, shutdown, state"),
+        format!("{file}: colour is not a section: the sections are redis, source, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, outcomes, profiles, tags, http, log, shutdown, state"),
         // The redis section's values were all read (an unknown key takes nothing away), so
         // its URL is checked in the same run.
         format!("{file}: redis.url must be a Redis URL: redis://[user:password@]host[:port][/db], rediss://… for TLS, or redis+unix:///path/to/socket (got \"http://cache.internal:6379\")"),

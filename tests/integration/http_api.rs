@@ -252,6 +252,7 @@ async fn http_answers_while_the_snapshot_loads() {
             schedule_settings: 0,
             applied: Vec::new(),
             model_version: "recency-1".into(),
+            open_tasks: Vec::new(),
         },
         profiles: Default::default(),
     };

@@ -150,6 +150,7 @@ fn winback(n: usize, group: Group) -> Task {
         lifecycle_stage: LifecycleStage::Lost,
         segment: Some(Segment::ImportantWinback),
         as_of: 1_700_000_000,
+        expires_at: 0,
         tags: Vec::new(),
         profile: None,
         detail: Detail::Winback(WinbackDetail {
@@ -197,6 +198,7 @@ fn care(n: usize, kind: TaskKind, segment: Option<Segment>) -> Task {
         lifecycle_stage: LifecycleStage::New,
         segment,
         as_of: 1_700_000_000,
+        expires_at: 0,
         tags: Vec::new(),
         profile: None,
         detail,
