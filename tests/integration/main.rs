@@ -7,6 +7,7 @@ mod crash;
 mod dead_letters;
 mod deploy_lint;
 mod docs;
+mod follow_up;
 mod fuzz_input;
 mod helpers;
 mod http_api;

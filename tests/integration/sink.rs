@@ -284,6 +284,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             .collect(),
         dead_letters: (0..700).map(dead_letter).collect(),
         acks,
+        ..Effects::default()
     };
     let fx = batch(acks);
     let settings = SinkSettings::from(&sink_test_settings(&redis));
