@@ -38,7 +38,8 @@ const QUEUE: usize = 2;
 /// then `End` (or `Abort`).
 enum Job {
     Begin {
-        header: StateHeader,
+        /// Boxed: with the open tasks it is far larger than the other jobs.
+        header: Box<StateHeader>,
         /// The state it records, to remember once it is written.
         version: StateVersion,
         size: CaptureSize,
@@ -110,7 +111,7 @@ impl Snapshotter {
         let version = engine.state_version();
         let (header, size) = engine.begin_snapshot();
         let begin = Job::Begin {
-            header,
+            header: Box::new(header),
             version,
             size,
             effects_before,

@@ -340,7 +340,7 @@ fn check_config_connect_passes_on_a_real_redis_and_reports_the_streams() {
         "# ok: Lua scripting is allowed".to_string(),
         // The daemon creates missing streams with their group (XGROUP CREATE … MKSTREAM).
         "# warning: input stream churn:events (source.streams) does not exist yet: churnd creates it and the consumer group churnd at start, reading from its beginning (source.start_from)".to_string(),
-        "# ok: output streams churn:events:dlq, churn:winback, churn:winback:control, crm:tasks are streams or free".to_string(),
+        "# ok: output streams churn:events:dlq, churn:outcomes, churn:winback, churn:winback:control, crm:tasks are streams or free".to_string(),
     ];
     for line in &expected {
         assert!(

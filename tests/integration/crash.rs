@@ -314,7 +314,7 @@ async fn sigkill_at_random_points_three_times_changes_nothing() {
         reference.task_ids.len()
     );
     assert!(
-        reference.cancel_ids.len() > 100 && reference.outcome_ids.len() > 1_000,
+        reference.cancel_ids.len() > 20 && reference.outcome_ids.len() > 1_000,
         "the workload cancels tasks and closes their windows: {} cancels, {} outcomes",
         reference.cancel_ids.len(),
         reference.outcome_ids.len()

@@ -322,7 +322,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     let (_, first) = &read_stream(&mut c, CONTROL).await[0];
     assert_eq!(first["task_id"], format!("{:032x}", 0));
     assert_eq!(first["reasons"], "log_recency_days:high");
-    assert_eq!(first.len(), 16);
+    assert_eq!(first.len(), 19);
     assert_eq!(first["tags"], "");
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(TASKS)
@@ -338,12 +338,15 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     assert_eq!(
         names(0),
         [
+            "schema_version",
+            "record",
             "task_id",
             "kind",
             "customer_id",
             "action",
             "lifecycle_stage",
             "as_of",
+            "expires_at",
             "first_purchase",
             "tags"
         ]
@@ -351,6 +354,8 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     assert_eq!(
         names(1),
         [
+            "schema_version",
+            "record",
             "task_id",
             "kind",
             "customer_id",
@@ -358,6 +363,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             "lifecycle_stage",
             "segment",
             "as_of",
+            "expires_at",
             "first_purchase",
             "tags"
         ]
