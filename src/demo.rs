@@ -391,18 +391,16 @@ async fn report(
         say!("  {reason}: {detail}");
     }
 
-    let treatment: usize = redis::cmd("XLEN")
-        .arg(&settings.winback.stream)
-        .query_async(conn)
-        .await?;
-    let control: usize = redis::cmd("XLEN")
-        .arg(&settings.winback.control_stream)
-        .query_async(conn)
-        .await?;
+    let treatment = tally(conn, &settings.winback.stream).await?;
+    let control = tally(conn, &settings.winback.control_stream).await?;
     say!(
-        "\nWin-back tasks: {treatment} in {} for marketing, {control} in {} for the control group",
+        "\nWin-back tasks: {} in {} for marketing, {} in {} for the control group ({} and {} cancelled by a purchase)",
+        treatment.total(),
         settings.winback.stream,
-        settings.winback.control_stream
+        control.total(),
+        settings.winback.control_stream,
+        treatment.cancels,
+        control.cancels,
     );
     let examples = xrange(conn, &settings.winback.stream, 3).await?;
     for (id, fields) in &examples {
@@ -416,6 +414,9 @@ async fn report(
     let mut days = Vec::new();
     for stream in [&settings.winback.stream, &settings.winback.control_stream] {
         for_each_entry(conn, stream, |fields| {
+            if field(fields, "record") == "cancel" {
+                return;
+            }
             tasked.insert(field(fields, "customer_id").to_string());
             days.push(
                 crate::time::parse_date_or_datetime(field(fields, "as_of")).unwrap_or(0) / 86_400,
@@ -435,24 +436,38 @@ async fn report(
         100.0 * tasked.len() as f64 / customers,
         100.0 * busiest as f64 / customers,
     );
-    // The other kinds share one stream in the demo: count them by kind.
-    let mut by_kind = std::collections::BTreeMap::new();
-    let mut others = 0;
-    for_each_entry(conn, &settings.tasks.stream, |fields| {
-        *by_kind
-            .entry(field(fields, "kind").to_string())
-            .or_insert(0usize) += 1;
-        others += 1;
-    })
-    .await?;
-    let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    // The other kinds share one stream in the demo: counted by kind.
+    let others = tally(conn, &settings.tasks.stream).await?;
+    let kinds: Vec<String> = others
+        .by_kind
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
     say!(
-        "\nOther tasks: {others} in {} ({})",
+        "\nOther tasks: {} in {} ({}; {} cancelled by a purchase)",
+        others.total(),
         settings.tasks.stream,
         if kinds.is_empty() {
             "none".into()
         } else {
             kinds.join(", ")
+        },
+        others.cancels,
+    );
+    let outcomes = tally(conn, &settings.outcomes.stream).await?;
+    let results: Vec<String> = outcomes
+        .by_outcome
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    say!(
+        "Outcomes: {} in {} ({}; the tasks whose window is still open have none yet)",
+        outcomes.entries,
+        settings.outcomes.stream,
+        if results.is_empty() {
+            "none".into()
+        } else {
+            results.join(", ")
         }
     );
     if let Some((_, fields)) = examples.first() {
@@ -485,6 +500,48 @@ async fn for_each_entry(
             _ => return Ok(()),
         }
     }
+}
+
+/// What a task or outcome stream holds, by record.
+#[derive(Default)]
+struct Tally {
+    entries: usize,
+    /// Tasks by kind.
+    by_kind: std::collections::BTreeMap<String, usize>,
+    cancels: usize,
+    /// Outcome records by outcome.
+    by_outcome: std::collections::BTreeMap<String, usize>,
+}
+
+impl Tally {
+    fn total(&self) -> usize {
+        self.by_kind.values().sum()
+    }
+}
+
+/// Counts `stream`'s records.
+async fn tally(conn: &mut MultiplexedConnection, stream: &str) -> Result<Tally, redis::RedisError> {
+    let mut tally = Tally::default();
+    for_each_entry(conn, stream, |fields| {
+        tally.entries += 1;
+        match field(fields, "record") {
+            "cancel" => tally.cancels += 1,
+            "outcome" => {
+                *tally
+                    .by_outcome
+                    .entry(field(fields, "outcome").to_string())
+                    .or_default() += 1;
+            }
+            _ => {
+                *tally
+                    .by_kind
+                    .entry(field(fields, "kind").to_string())
+                    .or_default() += 1;
+            }
+        }
+    })
+    .await?;
+    Ok(tally)
 }
 
 fn print_counts(counts: &serde_json::Value) {

@@ -12,8 +12,10 @@
 //! - [`decide`]: the playbook: which tasks a customer gets and when (service recovery,
 //!   win-back, the care kinds, under one contact cap), the task type and the tag rules;
 //!   [`profiles`]: what is known of a customer beyond activity;
-//! - [`sink`]: writes tasks and dead letters, each exactly once (guarded by its ID), then
-//!   acknowledges their entries.
+//! - [`outcomes`]: what follows a task written: its cancel when the customer converts while
+//!   it is open, and its one outcome record when the conversion window closes or they convert;
+//! - [`sink`]: writes tasks, cancels, outcomes and dead letters, each exactly once (guarded by
+//!   its ID), then acknowledges their entries.
 //!
 //! [`state`] writes and loads snapshots of every customer's state with the stream positions
 //! they reflect, so a restart continues where the last snapshot left off.
@@ -43,6 +45,7 @@ pub mod http;
 pub mod lift;
 pub mod metrics;
 pub mod model;
+pub mod outcomes;
 pub mod partition;
 pub mod preflight;
 pub mod profiles;

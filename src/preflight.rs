@@ -294,6 +294,7 @@ impl Asker<'_> {
             ("winback.stream", &s.winback.stream),
             ("winback.control_stream", &s.winback.control_stream),
             ("tasks.control_stream", &s.tasks.control_stream),
+            ("outcomes.stream", &s.outcomes.stream),
         ];
         outputs.extend(TaskKind::CARE.map(|kind| s.tasks.stream_setting(kind)));
         outputs.sort_unstable_by_key(|(_, stream)| *stream);

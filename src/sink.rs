@@ -51,6 +51,9 @@ pub struct SinkSettings {
     pub control_stream: String,
     pub task_max_len: u64,
     pub dedup_ttl_secs: u64,
+    /// Where outcomes go, and that stream's length cap.
+    pub outcome_stream: String,
+    pub outcome_max_len: u64,
     /// The other kinds' streams and length cap.
     pub tasks: TasksSettings,
     /// With nothing to write for this long, the sink checks its connection (PING), so that
@@ -71,6 +74,8 @@ impl From<&Settings> for SinkSettings {
             control_stream: s.winback.control_stream.clone(),
             task_max_len: s.winback.max_len.get(),
             dedup_ttl_secs: u64::from(s.winback.dedup_ttl_days.get()) * 86_400,
+            outcome_stream: s.outcomes.stream.clone(),
+            outcome_max_len: s.outcomes.max_len.get(),
             tasks: s.tasks.clone(),
             probe_interval: s.source.lag_poll.get(),
         }
@@ -88,8 +93,13 @@ impl SinkSettings {
     /// The stream a task goes to and that stream's length cap: control-group tasks go to
     /// their kind's control stream, so that no consumer of the task streams acts on them.
     pub(crate) fn stream_of(&self, task: &Task) -> (&str, u64) {
+        self.stream_of_kind(task.kind(), task.group)
+    }
+
+    /// The stream the tasks of `kind` in `group` go to (their cancels too), and its cap.
+    pub(crate) fn stream_of_kind(&self, kind: TaskKind, group: Group) -> (&str, u64) {
         let care_max_len = self.tasks.max_len.get();
-        match (task.kind(), task.group) {
+        match (kind, group) {
             (TaskKind::Winback, group) => (self.task_stream(group), self.task_max_len),
             (_, Group::Control) => (&self.tasks.control_stream, care_max_len),
             (kind, Group::Treatment) => (self.tasks.stream(kind), care_max_len),
@@ -117,6 +127,7 @@ impl SinkSettings {
             &self.task_stream,
             &self.control_stream,
             &self.tasks.control_stream,
+            &self.outcome_stream,
         ]
         .into_iter()
         .chain(care)
@@ -459,6 +470,26 @@ impl Sink {
                 }
                 self.metrics.tasks_by_kind.get(task.kind()).inc();
             }
+            calls::Effect::Cancel(i) => {
+                let cancel = &fx.cancels[i];
+                if written {
+                    self.metrics.follow_up.cancels.get(cancel.kind).inc();
+                } else {
+                    tracing::debug!(task_id = %cancel.task_id, "cancel was written before; not written again");
+                }
+            }
+            calls::Effect::Outcome(i) => {
+                let outcome = &fx.outcomes[i];
+                if written {
+                    self.metrics
+                        .follow_up
+                        .outcomes
+                        .with_label_values(&[outcome.kind.as_str(), outcome.result()])
+                        .inc();
+                } else {
+                    tracing::debug!(task_id = %outcome.task_id, "outcome was written before; not written again");
+                }
+            }
             calls::Effect::DeadLetter(i) => {
                 let dl = &fx.dead_letters[i];
                 if written {
@@ -565,10 +596,14 @@ async fn probe(
 fn merge(fx: &mut Effects, more: Effects) {
     let Effects {
         tasks,
+        cancels,
+        outcomes,
         dead_letters,
         acks,
     } = more;
     fx.tasks.extend(tasks);
+    fx.cancels.extend(cancels);
+    fx.outcomes.extend(outcomes);
     fx.dead_letters.extend(dead_letters);
     fx.acks.extend(acks);
 }

@@ -16,6 +16,7 @@ mod events;
 mod http;
 mod lift;
 mod log;
+mod outcomes;
 mod partitions;
 mod problem;
 mod profiles;
@@ -40,6 +41,7 @@ use serde::Serialize;
 
 use crate::classify::{RiskBands, StageBounds};
 use crate::decide::{TasksSettings, WinbackSettings};
+use crate::outcomes::OutcomeSettings;
 use crate::profiles::ProfileSettings;
 use read::{section, Fields, Read, Reader};
 
@@ -80,6 +82,7 @@ pub struct Settings {
     pub risk: RiskBands,
     pub winback: WinbackSettings,
     pub tasks: TasksSettings,
+    pub outcomes: OutcomeSettings,
     pub profiles: ProfileSettings,
     pub tags: TagSettings,
     pub http: HttpSettings,
@@ -251,6 +254,7 @@ impl Settings {
                 risk: f.get("risk", d.risk),
                 winback: f.get("winback", d.winback),
                 tasks: f.get("tasks", d.tasks),
+                outcomes: f.get("outcomes", d.outcomes),
                 profiles: f.get("profiles", d.profiles),
                 tags: f.get("tags", d.tags),
                 http: f.get("http", d.http),
@@ -284,7 +288,7 @@ impl Settings {
     }
 
     /// Each section's problems, by the section's name.
-    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 20] {
+    fn section_problems(&self) -> [(&'static str, Vec<Problem>); 21] {
         [
             ("redis", self.redis.problems()),
             ("source", self.source.problems()),
@@ -299,6 +303,7 @@ impl Settings {
             ("risk", self.risk.problems()),
             ("winback", self.winback.problems()),
             ("tasks", self.tasks.problems()),
+            ("outcomes", self.outcomes.problems()),
             ("profiles", self.profiles.problems()),
             ("tags", self.tags.problems()),
             ("http", self.http.problems()),

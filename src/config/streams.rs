@@ -89,6 +89,29 @@ pub(super) fn problems(s: &Settings) -> Vec<Problem> {
         }
     }
     p.extend(super::partitions::problems(s));
+    let outcomes = &s.outcomes.stream;
+    let task_streams = TaskKind::CARE.map(|kind| s.tasks.stream(kind));
+    if inputs.contains(outcomes) {
+        p.push(Problem::new(
+            "outcomes.stream",
+            format!("({outcomes:?}) must not also be an input in source.streams"),
+        ));
+    } else if [
+        &s.dead_letter.stream,
+        &s.winback.stream,
+        &s.winback.control_stream,
+    ]
+    .into_iter()
+    .chain([&s.tasks.control_stream])
+    .map(String::as_str)
+    .chain(task_streams)
+    .any(|other| other == outcomes)
+    {
+        p.push(Problem::new(
+            "outcomes.stream",
+            format!("({outcomes:?}) must differ from the dead-letter and task streams"),
+        ));
+    }
     p
 }
 

@@ -280,7 +280,7 @@ red = 1
         "FILE: tasks.revisit.segments[1] must be one of: important_value, important_development, important_retention, important_winback, general_value, general_development, general_retention, general_winback (got \"vip\")",
         "CHURND__HTTP__ADR (environment): http.adr is not a setting (did you mean http.addr?)",
         "CHURND__LOG__FORMAT (environment): log.format must be one of: text, json (got \"yaml\")",
-        "FILE: colour is not a section: the sections are redis, source, partitions, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, profiles, tags, http, lift, log, shutdown, state",
+        "FILE: colour is not a section: the sections are redis, source, partitions, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, outcomes, profiles, tags, http, lift, log, shutdown, state",
         // Checked although other sections have problems: its own keys were all read.
         "FILE: redis.url must be a Redis URL: redis://[user:password@]host[:port][/db], rediss://… for TLS, or redis+unix:///path/to/socket (got \"http://cache.internal:6379\")",
     ] {

@@ -234,6 +234,7 @@ impl CarePolicy {
             lifecycle_stage: a.stage,
             segment: a.segment(),
             as_of: a.now,
+            expires_at: 0,
             tags: Vec::new(),
             profile: None,
             detail,

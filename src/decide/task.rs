@@ -79,6 +79,9 @@ pub struct Task {
     pub segment: Option<Segment>,
     /// When the decision was made (clock time).
     pub as_of: UnixSeconds,
+    /// Past this moment the task is not written at all (`outcomes.<kind>.expires_after_days`
+    /// after `as_of`; set by the engine, 0 until then).
+    pub expires_at: UnixSeconds,
     /// The customer's tags at the decision.
     pub tags: Vec<Arc<str>>,
     /// The customer's profile, copied onto the task.
@@ -168,8 +171,10 @@ impl Task {
     /// Stream fields, in a stable order: those of every kind, the kind's own, then the tags
     /// and the profile's attributes (`profile_<key>`).
     pub fn fields(&self) -> Vec<(Cow<'static, str>, String)> {
-        let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(25);
+        let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(28);
         let mut push = |name: &'static str, value: String| fields.push((name.into(), value));
+        push("schema_version", crate::outcomes::SCHEMA_VERSION.into());
+        push("record", "task".into());
         push("task_id", self.task_id.clone());
         push("kind", self.kind().as_str().into());
         push("customer_id", self.customer_id.clone());
@@ -179,6 +184,7 @@ impl Task {
             push("segment", segment.as_str().into());
         }
         push("as_of", time::rfc3339(self.as_of));
+        push("expires_at", time::rfc3339(self.expires_at));
         match &self.detail {
             Detail::Winback(w) => {
                 let reasons: Vec<String> = w.reasons.iter().map(ToString::to_string).collect();

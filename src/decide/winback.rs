@@ -195,6 +195,7 @@ impl Policy {
             lifecycle_stage: a.stage,
             segment: Some(scored.segment),
             as_of: now,
+            expires_at: 0,
             tags: Vec::new(),
             profile: None,
             detail: Detail::Winback(WinbackDetail {

@@ -1,7 +1,9 @@
-//! What a batch or a tick asks the sink to write: tasks, dead letters, acknowledgements.
+//! What a batch or a tick asks the sink to write: tasks, their cancels and outcomes, dead
+//! letters, acknowledgements.
 
 use crate::decide::Task;
 use crate::event::{EntryId, Reason};
+use crate::outcomes::{Cancel, OutcomeRecord};
 use crate::source::batch::StreamIdx;
 
 /// What the daemon must write to Redis for a batch or a tick.
@@ -9,6 +11,11 @@ use crate::source::batch::StreamIdx;
 pub struct Effects {
     /// Tasks of every kind.
     pub tasks: Vec<Task>,
+    /// Cancels of open tasks, each to its task's stream (after the tasks: a task raised and
+    /// cancelled in one batch reaches its stream first).
+    pub cancels: Vec<Cancel>,
+    /// Outcomes of tasks, to the outcome stream.
+    pub outcomes: Vec<OutcomeRecord>,
     pub dead_letters: Vec<DeadLetter>,
     /// Entries to acknowledge once the tasks and dead letters are written.
     pub acks: Vec<(StreamIdx, EntryId)>,
@@ -16,7 +23,11 @@ pub struct Effects {
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.dead_letters.is_empty() && self.acks.is_empty()
+        self.tasks.is_empty()
+            && self.cancels.is_empty()
+            && self.outcomes.is_empty()
+            && self.dead_letters.is_empty()
+            && self.acks.is_empty()
     }
 }
 

@@ -5,8 +5,12 @@
 //! Per event: parse, update the customer's features, score, classify, ask the win-back
 //! policy, and schedule the customer's next check. Per tick (or, under the event-time clock,
 //! whenever the watermark advances): re-score the customers whose check is due, so silence is
-//! noticed without scanning everyone.
+//! noticed without scanning everyone. Under the wall clock, while a backlog is read, "now"
+//! is the event time reached ([`catch_up`]). Every task raised is stamped with its expiry
+//! (dropped if already past) and opened for its outcome ([`crate::outcomes`]); purchases
+//! cancel and convert open tasks, and the sweeps close conversion windows.
 
+mod catch_up;
 mod customer;
 mod effects;
 mod eviction;
@@ -15,6 +19,8 @@ mod population;
 mod settings;
 mod view;
 
+#[cfg(test)]
+mod follow_up_tests;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -38,9 +44,11 @@ use crate::features::timers::{Timer, TimerQueue};
 use crate::features::CustomerFeatures;
 use crate::metrics::{EngineMetrics, Outcome, OutcomeCounts, PROBABILITY_BUCKETS};
 use crate::model::Model;
+use crate::outcomes::OpenTasks;
 use crate::profiles::{Interner, Profile, Profiles};
 use crate::source::batch::{Batch, StreamIdx};
 use crate::time::{self, UnixSeconds};
+use catch_up::CatchUp;
 use effects::cut_copy;
 use population::Population;
 
@@ -71,6 +79,10 @@ pub struct Engine {
     watermark: UnixSeconds,
     /// Wall clock at the start of the current batch or tick.
     wall: UnixSeconds,
+    /// Under the wall clock, the event time reached while reading a backlog.
+    catch_up: CatchUp,
+    /// Tasks written whose outcome is not known yet.
+    open_tasks: OpenTasks,
     population: Population,
     scorings: u64,
     /// Per input stream, the last entry applied. Stream IDs only grow, so an entry at or
@@ -130,6 +142,8 @@ impl Engine {
             next_threshold_refresh: 0,
             watermark: 0,
             wall: 0,
+            catch_up: CatchUp::default(),
+            open_tasks: OpenTasks::default(),
             population,
             scorings: 0,
             applied: Vec::new(),
@@ -199,10 +213,11 @@ impl Engine {
         self.rebuild_timers();
     }
 
-    /// "Now" by the configured clock.
+    /// "Now" by the configured clock: under the wall clock, while a backlog is read, the
+    /// event time reached.
     pub fn now(&self) -> UnixSeconds {
         match self.settings.clock {
-            ClockMode::Wall => self.wall,
+            ClockMode::Wall => self.catch_up.now(self.wall),
             ClockMode::Event => self.watermark,
         }
     }
@@ -212,6 +227,7 @@ impl Engine {
     pub fn apply_batch(&mut self, batch: Batch, wall_ms: u64) -> Effects {
         let started = Instant::now();
         self.wall = time::from_millis(wall_ms);
+        let at_end = batch.at_end;
         self.recheck_if_pending();
         self.metrics
             .batch_entries
@@ -291,7 +307,12 @@ impl Engine {
         }
         outcomes.publish(&self.metrics);
         if self.settings.clock == ClockMode::Wall {
-            self.sweep(self.wall, &mut fx);
+            if self.catch_up.batch_done(at_end, self.wall) {
+                tracing::info!(
+                    "caught up with the input streams: silence is judged at wall time again"
+                );
+            }
+            self.sweep(self.now(), &mut fx);
         }
         self.publish();
         self.publish_budgets();
@@ -327,7 +348,7 @@ impl Engine {
         self.wall = time::from_millis(wall_ms);
         self.recheck_if_pending();
         if self.settings.clock == ClockMode::Wall {
-            self.sweep(self.wall, &mut fx);
+            self.sweep(self.now(), &mut fx);
             self.publish();
             self.publish_budgets();
         }
@@ -350,8 +371,12 @@ impl Engine {
             }
             _ => None,
         };
-        if self.settings.clock == ClockMode::Event && event.time > self.watermark {
-            self.advance_watermark(event.time, fx);
+        match self.settings.clock {
+            ClockMode::Event if event.time > self.watermark => {
+                self.advance_watermark(event.time, fx);
+            }
+            ClockMode::Event => {}
+            ClockMode::Wall => self.read_at_wall(event.time, fx),
         }
         let now = self.now();
         // Not while a snapshot is copied out: compaction moves every customer, and the
@@ -365,6 +390,14 @@ impl Engine {
         }
         let (idx, _) = self.store.find_or_insert(event.customer_id);
         let mut feedback = None;
+        if event.kind == EventKind::Purchase {
+            self.open_tasks.on_purchase(
+                event.customer_id,
+                event.time,
+                event.amount,
+                (&mut fx.cancels, &mut fx.outcomes),
+            );
+        }
         match event.kind {
             EventKind::Profile => self.set_profile(idx, profile.flatten()),
             EventKind::Feedback => {
@@ -429,12 +462,37 @@ impl Engine {
     /// Moves event time forward to `to`, first re-scoring every customer whose check fell
     /// due on the way, each at the moment it was due: a replay sees what living it would.
     fn advance_watermark(&mut self, to: UnixSeconds, fx: &mut Effects) {
+        self.replay_to(to, fx);
+        self.watermark = to;
+    }
+
+    /// Re-scores every customer whose check falls due by `to`, each at the moment it was
+    /// due, and closes the conversion windows closed by then: a replay sees what living it
+    /// would.
+    fn replay_to(&mut self, to: UnixSeconds, fx: &mut Effects) {
         while let Some((idx, due)) = self.timers.pop_due(to, &mut self.store) {
             self.metrics.rescores.inc();
             self.evaluate(idx, due, None, fx);
         }
-        self.watermark = to;
+        self.open_tasks.close_due(to, &mut fx.outcomes);
         self.refresh_thresholds(to);
+    }
+
+    /// Under the wall clock, an event of `time` is read: if it is from the past (a backlog),
+    /// the position reached moves, and what fell due by then is replayed.
+    fn read_at_wall(&mut self, time: UnixSeconds, fx: &mut Effects) {
+        let before = self.catch_up.position();
+        self.catch_up.read(time, self.wall);
+        let after = self.catch_up.position();
+        if before.is_none() && after.is_some() {
+            tracing::info!(
+                event_time = %time::rfc3339(time),
+                "reading events from the past: silence is judged at the event time reached until the input streams are read to the end"
+            );
+        }
+        if let Some(to) = after.filter(|&to| Some(to) > before) {
+            self.replay_to(to.min(self.wall), fx);
+        }
     }
 
     fn sweep(&mut self, now: UnixSeconds, fx: &mut Effects) {
@@ -442,6 +500,7 @@ impl Engine {
             self.metrics.rescores.inc();
             self.evaluate(idx, now, None, fx);
         }
+        self.open_tasks.close_due(now, &mut fx.outcomes);
         self.refresh_thresholds(now);
     }
 
@@ -485,6 +544,7 @@ impl Engine {
         // Taken out for the decision, which reads the rest of the engine.
         let mut budgets = std::mem::take(&mut self.budgets);
         let assessment = self.assess(idx, now, stage, scored);
+        let first = fx.tasks.len();
         let decision_next = self.playbook.decide(
             &assessment,
             (&mut winback, &mut contact),
@@ -493,10 +553,39 @@ impl Engine {
             (&mut budgets, &mut fx.tasks),
         );
         self.budgets = budgets;
+        let wall_clock = self.settings.clock == ClockMode::Wall;
+        let dropped = crate::outcomes::expire(
+            &mut fx.tasks,
+            first,
+            &self.settings.outcomes,
+            wall_clock.then_some(self.wall),
+            wall_clock && self.catch_up.position().is_some(),
+        );
+        let held = !dropped.is_empty();
+        if held {
+            let f = &self.metrics.follow_up;
+            for kind in dropped.expired {
+                f.tasks_expired.get(kind).inc();
+            }
+            for kind in dropped.held_back {
+                f.tasks_held_back.get(kind).inc();
+            }
+            // Nothing went out: the customer was not contacted.
+            if fx.tasks.len() == first {
+                (winback, contact) = (customer.winback, customer.contact);
+            }
+        }
+        for task in &fx.tasks[first..] {
+            self.open_tasks
+                .open(task, self.settings.outcomes.of(task.kind()));
+        }
         let record = self.store.get_mut(idx);
         record.winback = winback;
         record.contact = contact;
         let next = match &scoring {
+            // Looked at again once the backlog is read: while catching up, "now" stays
+            // below the wall clock of this batch.
+            _ if held => Some(self.wall),
             // A prospect: nothing changes for them but the care occasions.
             None => decision_next,
             Some((x, rfm, score)) => Some(

@@ -10,6 +10,7 @@ use crate::features::store::{CaptureSize, Captured};
 use crate::features::timers::{Timer, TimerQueue};
 use crate::metrics::EngineMetrics;
 use crate::model::Model;
+use crate::outcomes::OpenTask;
 use crate::partition::PartitionCount;
 use crate::profiles::{Interner, Profiles};
 use crate::time::UnixSeconds;
@@ -49,6 +50,9 @@ pub struct StateHeader {
     /// `partitions.count` the state was kept under (snapshots before format 5: 1). A start
     /// under another count is refused: the positions and customers are the old partitions'.
     pub partitions: PartitionCount,
+    /// Tasks written whose outcome is not known yet, with their customer IDs (format
+    /// version 5 on; none before).
+    pub open_tasks: Vec<(String, OpenTask)>,
 }
 
 /// What a snapshot of the state now would record, in a form cheap to compare: equal
@@ -60,6 +64,8 @@ pub struct StateHeader {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StateVersion {
     customers: u64,
+    /// The open tasks, by their count of changes, as the customers.
+    open_tasks: u64,
     header: StateHeader,
 }
 
@@ -89,7 +95,11 @@ impl Engine {
             // Checked against the settings before the snapshot is restored (the daemon
             // refuses another count).
             partitions: _,
+            open_tasks,
         } = header;
+        for (customer, task) in open_tasks {
+            engine.open_tasks.insert(&customer, task);
+        }
         for (_, c) in customers.iter() {
             engine.population.count(c, 1);
         }
@@ -147,7 +157,8 @@ impl Engine {
     pub(crate) fn state_version(&self) -> StateVersion {
         StateVersion {
             customers: self.store.changes(),
-            header: self.state_header(),
+            open_tasks: self.open_tasks.changes(),
+            header: self.header_without_open_tasks(),
         }
     }
 
@@ -158,6 +169,19 @@ impl Engine {
 
     pub(super) fn state_header(&self) -> StateHeader {
         StateHeader {
+            open_tasks: self
+                .open_tasks
+                .iter()
+                .map(|(c, t)| (c.to_string(), t.clone()))
+                .collect(),
+            ..self.header_without_open_tasks()
+        }
+    }
+
+    /// The header but for the open tasks: cheap to make.
+    fn header_without_open_tasks(&self) -> StateHeader {
+        StateHeader {
+            open_tasks: Vec::new(),
             watermark: self.watermark,
             thresholds: self.thresholds,
             next_threshold_refresh: self.next_threshold_refresh,

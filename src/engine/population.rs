@@ -119,6 +119,15 @@ impl Engine {
         let m = &self.metrics;
         m.customers.set(self.store.len() as i64);
         m.clock_seconds.set(i64::from(self.now()));
+        let f = &m.follow_up;
+        f.open_tasks.set(self.open_tasks.len() as i64);
+        let behind = self
+            .catch_up
+            .position()
+            .map(|p| self.wall.saturating_sub(p));
+        f.catching_up.set(i64::from(behind.is_some()));
+        f.catch_up_behind_seconds
+            .set(i64::from(behind.unwrap_or(0)));
         m.store_bytes
             .set((self.store.heap_bytes() + self.timers.heap_bytes()) as i64);
         for (gauge, n) in m.customers_by_stage.iter().zip(self.population.stage) {

@@ -21,6 +21,8 @@ pub struct EngineSettings {
     pub max_rescore_interval_secs: u32,
     pub winback: WinbackSettings,
     pub tasks: TasksSettings,
+    /// Every kind's expiry and conversion window.
+    pub outcomes: crate::outcomes::OutcomeSettings,
     pub profiles: ProfileSettings,
     pub tags: Vec<TagRule>,
     pub max_customers: usize,
@@ -72,6 +74,7 @@ impl From<&Settings> for EngineSettings {
             max_rescore_interval_secs: s.scoring.max_rescore_interval_secs,
             winback: s.winback.clone(),
             tasks: s.tasks.clone(),
+            outcomes: s.outcomes.clone(),
             profiles: s.profiles.clone(),
             tags: s.tags.0.clone(),
             max_entry_bytes: s.events.max_entry_bytes,

@@ -10,10 +10,10 @@ use crate::features::FEATURE_NAMES;
 use crate::metrics::Metrics;
 use crate::source::batch::Entry;
 
-const DAY: u32 = 86_400;
-const T0: u32 = 852_076_800;
+pub(super) const DAY: u32 = 86_400;
+pub(super) const T0: u32 = 852_076_800;
 
-fn settings(clock: ClockMode) -> EngineSettings {
+pub(super) fn settings(clock: ClockMode) -> EngineSettings {
     let mut s = Settings::default();
     s.clock.mode = clock;
     s.segments.mode = SegmentMode::Fixed;
@@ -23,7 +23,7 @@ fn settings(clock: ClockMode) -> EngineSettings {
 }
 
 /// [`settings`] with win-back the only task kind.
-fn winback_only(clock: ClockMode) -> EngineSettings {
+pub(super) fn winback_only(clock: ClockMode) -> EngineSettings {
     let mut s = settings(clock);
     s.tasks.welcome.enabled = false;
     s.tasks.convert.enabled = false;
@@ -38,12 +38,12 @@ fn flat_model() -> Model {
     Model::from_file(&flat).unwrap()
 }
 
-fn engine(clock: ClockMode) -> Engine {
+pub(super) fn engine(clock: ClockMode) -> Engine {
     let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
     Engine::new(settings(clock), Arc::new(model), Metrics::new().engine)
 }
 
-fn entry(seq: u64, fields: &[(&str, String)]) -> Entry {
+pub(super) fn entry(seq: u64, fields: &[(&str, String)]) -> Entry {
     Entry {
         stream: 0,
         // Stream time well after every event time used, as when history is replayed.
@@ -65,7 +65,7 @@ fn entry(seq: u64, fields: &[(&str, String)]) -> Entry {
     }
 }
 
-fn purchase(seq: u64, customer: &str, day: u32) -> Entry {
+pub(super) fn purchase(seq: u64, customer: &str, day: u32) -> Entry {
     entry(
         seq,
         &[
@@ -77,7 +77,7 @@ fn purchase(seq: u64, customer: &str, day: u32) -> Entry {
     )
 }
 
-fn batch(entries: Vec<Entry>) -> Batch {
+pub(super) fn batch(entries: Vec<Entry>) -> Batch {
     Batch::new(entries)
 }
 
@@ -108,7 +108,7 @@ fn feedback(seq: u64, customer: &str, day: u32, score: u8) -> Entry {
     )
 }
 
-fn visit(seq: u64, customer: &str, day: u32) -> Entry {
+pub(super) fn visit(seq: u64, customer: &str, day: u32) -> Entry {
     entry(
         seq,
         &[

@@ -148,10 +148,16 @@ pub struct EngineMetrics {
     budget: BudgetFamilies,
     /// The engine swaps models in, so it reports the version serving.
     pub model: ModelInfo,
+    /// Expired tasks, catching up, open tasks.
+    pub follow_up: super::FollowUpMetrics,
 }
 
 impl EngineMetrics {
-    pub(super) fn register(r: &mut Registrar, model: ModelInfo) -> Self {
+    pub(super) fn register(
+        r: &mut Registrar,
+        model: ModelInfo,
+        follow_up: super::FollowUpMetrics,
+    ) -> Self {
         let events = r.counter_vec(
             "churnd_events_total",
             "Stream entries consumed, by event type and outcome (applied, dead_lettered, already_applied).",
@@ -253,6 +259,7 @@ impl EngineMetrics {
                 ),
             },
             model,
+            follow_up,
         }
     }
 

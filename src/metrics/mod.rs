@@ -19,6 +19,7 @@ use prometheus::{
 };
 
 mod engine;
+mod follow_up;
 mod http;
 pub(crate) mod labels;
 mod lift;
@@ -35,6 +36,7 @@ mod source;
 pub use engine::{
     BudgetSeries, EngineMetrics, Outcome, OutcomeCounts, ProbabilityRange, PROBABILITY_BUCKETS,
 };
+pub use follow_up::FollowUpMetrics;
 pub use http::HttpMetrics;
 pub use labels::{Label, PerLabel};
 pub use lift::LiftMetrics;
@@ -80,11 +82,12 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         r.collector(Box::<process::ProcessCollector>::default());
         let model = ModelMetrics::register(&mut r);
+        let follow_up = FollowUpMetrics::register(&mut r);
         Self {
             service,
-            engine: EngineMetrics::register(&mut r, model.info.clone()),
+            engine: EngineMetrics::register(&mut r, model.info.clone(), follow_up.clone()),
             source: SourceMetrics::register(&mut r),
-            sink: SinkMetrics::register(&mut r),
+            sink: SinkMetrics::register(&mut r, follow_up),
             output: OutputMetrics::register(&mut r),
             snapshots: SnapshotMetrics::register(&mut r),
             redis: RedisMetrics::register(&mut r),

@@ -17,10 +17,12 @@ pub struct SinkMetrics {
     pub tasks: IntCounterVec,
     pub tasks_by_kind: PerLabel<TaskKind, IntCounter>,
     pub tasks_duplicate: IntCounter,
+    /// Cancels and outcomes written.
+    pub follow_up: super::FollowUpMetrics,
 }
 
 impl SinkMetrics {
-    pub(super) fn register(r: &mut Registrar) -> Self {
+    pub(super) fn register(r: &mut Registrar, follow_up: super::FollowUpMetrics) -> Self {
         Self {
             dead_lettered: PerLabel::new(&r.counter_vec(
                 "churnd_events_dead_lettered_total",
@@ -53,6 +55,7 @@ impl SinkMetrics {
                 "churnd_winback_tasks_duplicate_total",
                 "Win-back tasks not written because their ID had been written before (replays).",
             ),
+            follow_up,
         }
     }
 

@@ -58,6 +58,7 @@ impl SinkSettings {
             add(self.tasks.stream(kind), self.tasks.max_len.get());
         }
         add(&self.tasks.control_stream, self.tasks.max_len.get());
+        add(&self.outcome_stream, self.outcome_max_len);
         add(&self.dead_letter_stream, self.dead_letter_max_len);
         caps.sort_by(|a, b| a.name.cmp(&b.name));
         caps

@@ -108,6 +108,8 @@ const MAX_DEAD_LETTER_VALUES: usize = 4_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Effect {
     Task(usize),
+    Cancel(usize),
+    Outcome(usize),
     DeadLetter(usize),
 }
 
@@ -133,14 +135,17 @@ pub(super) fn outcomes(reply: &Value, entries: usize) -> Option<Vec<bool>> {
 /// An entry waiting for its call.
 struct Entry<'a> {
     effect: Effect,
-    /// What follows the guard prefix: a task's ID, or a dead letter's source stream and ID.
+    /// What follows the guard prefix: a task's ID (an outcome's too, in its own stream), a
+    /// cancel's (see [`crate::outcomes::Cancel::guard_id`]), or a dead letter's source stream
+    /// and ID.
     id: String,
     body: Body<'a>,
 }
 
 enum Body<'a> {
-    /// A task's fields: names mostly shared with the other tasks of its kind (a profile's
-    /// attributes add names of their own).
+    /// A record's fields: a task's names are mostly shared with the other tasks of its kind
+    /// (a profile's attributes add names of their own), every cancel's and outcome's are the
+    /// same.
     Task(Vec<(Cow<'static, str>, String)>),
     /// A dead letter: whatever the rejected entry held, then the four `dlq_` fields.
     DeadLetter {
@@ -201,6 +206,25 @@ pub(super) fn calls(settings: &SinkSettings, fx: &Effects, check_old_names: bool
             body: Body::Task(task.fields()),
         };
         let (stream, max_len) = settings.stream_of(task);
+        push(&mut groups, stream, max_len, settings.dedup_ttl_secs, entry);
+    }
+    // After the tasks: a cancel follows its task in their stream.
+    for (i, cancel) in fx.cancels.iter().enumerate() {
+        let entry = Entry {
+            effect: Effect::Cancel(i),
+            id: cancel.guard_id(),
+            body: Body::Task(cancel.fields()),
+        };
+        let (stream, max_len) = settings.stream_of_kind(cancel.kind, cancel.group);
+        push(&mut groups, stream, max_len, settings.dedup_ttl_secs, entry);
+    }
+    for (i, outcome) in fx.outcomes.iter().enumerate() {
+        let entry = Entry {
+            effect: Effect::Outcome(i),
+            id: outcome.guard_id().to_string(),
+            body: Body::Task(outcome.fields()),
+        };
+        let (stream, max_len) = (&settings.outcome_stream, settings.outcome_max_len);
         push(&mut groups, stream, max_len, settings.dedup_ttl_secs, entry);
     }
     for (i, dl) in fx.dead_letters.iter().enumerate() {
@@ -397,6 +421,7 @@ mod tests {
             lifecycle_stage: crate::classify::LifecycleStage::New,
             segment: None,
             as_of: 0,
+            expires_at: 0,
             tags: Vec::new(),
             profile: None,
             detail: match kind {
@@ -456,29 +481,33 @@ mod tests {
         );
         // Two lists of names (welcome, convert), then each entry: its list and its values.
         assert_eq!(argv[4], "2");
-        assert_eq!(argv[5], "9");
+        assert_eq!(argv[5], "12");
         assert_eq!(
-            argv[6..15],
+            argv[6..18],
             [
+                "schema_version",
+                "record",
                 "task_id",
                 "kind",
                 "customer_id",
                 "action",
                 "lifecycle_stage",
                 "as_of",
+                "expires_at",
                 "first_purchase",
                 "group",
                 "tags"
             ]
         );
-        assert_eq!(argv[15], "9");
-        assert_eq!(argv[22], "visits");
-        assert_eq!(argv[25], "1");
-        assert_eq!(argv[26], format!("{:032x}", 256));
-        assert_eq!(argv[27], "welcome");
-        assert_eq!(argv[35], "2");
-        assert_eq!(argv[37], "convert");
-        assert_eq!(argv.len(), 25 + 44 * 10);
+        assert_eq!(argv[18], "12");
+        assert_eq!(argv[28], "visits");
+        assert_eq!(argv[31], "1");
+        assert_eq!(argv[32..34], ["1", "task"]);
+        assert_eq!(argv[34], format!("{:032x}", 256));
+        assert_eq!(argv[35], "welcome");
+        assert_eq!(argv[44], "2");
+        assert_eq!(argv[48], "convert");
+        assert_eq!(argv.len(), 31 + 44 * 13);
     }
 
     #[test]
@@ -571,6 +600,49 @@ mod tests {
         assert_eq!(hash_tag(&dlq[7]), "churn:events:dlq");
         assert_eq!(hash_tag("churn:events:{3}"), "3");
         assert_eq!(hash_tag("a{}b"), "a{}b");
+    }
+
+    #[test]
+    fn a_cancel_follows_its_task_in_the_task_s_stream_and_outcomes_go_to_theirs() {
+        use crate::decide::Group;
+        use crate::outcomes::{Cancel, CancelReason, OutcomeRecord};
+        let settings = SinkSettings::from(&Settings::default());
+        let task = care(1, TaskKind::Welcome);
+        let fx = Effects {
+            cancels: vec![Cancel {
+                task_id: task.task_id.clone(),
+                customer_id: task.customer_id.clone(),
+                kind: TaskKind::Welcome,
+                action: task.action.clone(),
+                group: Group::Treatment,
+                reason: CancelReason::Purchase,
+                cancelled_at: 5,
+            }],
+            outcomes: vec![OutcomeRecord {
+                task_id: task.task_id.clone(),
+                customer_id: task.customer_id.clone(),
+                kind: TaskKind::Welcome,
+                action: task.action.clone(),
+                segment: None,
+                group: Group::Treatment,
+                raised_at: 0,
+                converted: None,
+                closed_at: 10,
+            }],
+            tasks: vec![task.clone()],
+            ..Effects::default()
+        };
+        let calls = calls(&settings, &fx, false);
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].effects, [Effect::Task(0), Effect::Cancel(0)]);
+        assert_eq!(calls[1].effects, [Effect::Outcome(0)]);
+        let a = args(&calls[0].cmd);
+        assert_eq!(a[3], "crm:tasks");
+        assert_eq!(a[4], format!("{{crm:tasks}}:dedup:{}", task.task_id));
+        assert_eq!(a[5], format!("{{crm:tasks}}:dedup:cancel:{}", task.task_id));
+        let b = args(&calls[1].cmd);
+        assert_eq!(b[3], "churn:outcomes");
+        assert_eq!(b[4], format!("{{churn:outcomes}}:dedup:{}", task.task_id));
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct Batch {
     /// The first read since start that reached the end of every stream: recovery (replay
     /// and own pending entries) is complete once this batch is applied.
     pub caught_up: bool,
+    /// The read that brought it found every stream's end (a read of new entries that brought
+    /// fewer than asked of each): everything written so far has been read. Under the wall
+    /// clock this ends catching up on a backlog (see `engine::catch_up`).
+    pub at_end: bool,
     /// Taken over from consumers that are gone: never delivered to this one, so applied even
     /// if older than entries applied before (see `source::claim`).
     pub claimed: bool,

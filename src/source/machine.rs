@@ -95,6 +95,8 @@ pub(crate) struct ReadDone {
     /// The first read since start to find the end of every stream: recovery is complete
     /// once this batch is applied.
     pub caught_up: bool,
+    /// The read found every stream's end (new entries, fewer than asked of each).
+    pub at_end: bool,
     /// Bytes of the entries read (the in-flight budget holds them).
     pub bytes: u64,
 }
@@ -257,12 +259,16 @@ impl Machine {
             bytes += e.bytes() as u64;
         }
         self.read_size.observe(entries.len(), bytes);
-        let caught_up =
-            self.recovering && plan.is_new() && per_stream.iter().all(|&n| n < plan.count);
+        let at_end = plan.is_new() && per_stream.iter().all(|&n| n < plan.count);
+        let caught_up = self.recovering && at_end;
         if caught_up {
             self.recovering = false;
         }
-        ReadDone { caught_up, bytes }
+        ReadDone {
+            caught_up,
+            at_end,
+            bytes,
+        }
     }
 
     /// A read's reply could not be understood. The entries in it were delivered all the

@@ -84,6 +84,8 @@ impl Source {
         let start = std::mem::take(&mut self.start);
         let mut machine = Machine::new(&self.settings, start, now());
         let mut conn: Option<MultiplexedConnection> = None;
+        // An empty read at the streams' end has been sent since the last entries.
+        let mut idle_told = false;
         while !shutdown.is_cancelled() {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -150,7 +152,13 @@ impl Source {
                     let done = machine.read_done(&plan, &entries);
                     let mut batch = Batch::new(entries);
                     batch.caught_up = done.caught_up;
-                    let worth_sending = !batch.entries.is_empty() || batch.caught_up;
+                    batch.at_end = done.at_end;
+                    // The first empty read at the end of a stretch goes too: it tells the
+                    // engine that everything written has been read.
+                    let idle = batch.entries.is_empty() && done.at_end;
+                    let worth_sending =
+                        !batch.entries.is_empty() || batch.caught_up || (idle && !idle_told);
+                    idle_told = idle;
                     if worth_sending && !self.send(batch, done.bytes).await {
                         break; // the engine is gone: shutting down
                     }

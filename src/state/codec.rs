@@ -10,25 +10,29 @@
 //! sizes are known; the end marker tells a truncated file from a damaged one. All integers
 //! are little-endian. The body holds the creation time, the model version, the engine's clock
 //! and thresholds, the last entry applied per input stream (by name, so the stream list may
-//! change between runs), from version 5 the partition count (u16; earlier: 1), then every
-//! customer in store order: ID, features (bit-exact), next
+//! change between runs), from version 5 the budgets' pacing, the open tasks (those whose
+//! outcome is not known yet, each with its customer ID: see [`crate::outcomes`]) and the
+//! partition count (u16; earlier: 1), then every customer in store order: ID, features
+//! (bit-exact), next
 //! check, win-back state, last classification, contact bookkeeping and the sparse extras
 //! (profile attributes, feedback, coupons). Store order is kept so a restored engine assigns
 //! the same indices and makes the same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
 use crate::decide::PacerState;
-use crate::decide::{Contact, WinbackState};
+use crate::decide::{Contact, Group, TaskKind, WinbackState};
 use crate::engine::{Customer, Customers, EngineState, Extras, StateHeader};
 use crate::event::EntryId;
 use crate::features::store::CaptureSize;
 use crate::features::timers::Timer;
 use crate::features::{CustomerFeatures, Decayed, Feedback};
 use crate::metrics::PROBABILITY_BUCKETS;
+use crate::outcomes::OpenTask;
 use crate::partition::PartitionCount;
 use crate::profiles::Interner;
 use crate::time::Day;
 use std::io::Read;
+use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -36,8 +40,8 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// Bumped on any change of the layout. Versions 1 (without the fingerprint of the scheduling
 /// settings, read as "settings unknown"), 2 (without the customers' contact bookkeeping: the
 /// last win-back task is taken as the last contact) and 3 (the body length in the header,
-/// no profiles, feedback or coupons) and 4 (no budgets' pacing, no partition count: read as
-/// one partition) are still read; other versions are refused, not guessed at.
+/// no profiles, feedback or coupons) and 4 (no budgets' pacing, no open tasks, no partition
+/// count: read as one partition) are still read; other versions are refused, not guessed at.
 pub(crate) const FORMAT_VERSION: u32 = 5;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
@@ -180,6 +184,7 @@ impl Encoder {
             out.extend_from_slice(&id.seq.to_le_bytes());
         }
         put_budgets(out, &header.budgets);
+        put_open_tasks(out, &header.open_tasks);
         out.extend_from_slice(&header.partitions.get().to_le_bytes());
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
@@ -289,6 +294,76 @@ fn read_budgets<R: Read>(r: &mut Reader<R>) -> Result<Vec<(String, PacerState)>,
     Ok(budgets)
 }
 
+/// The open tasks: their count, then each with its customer ID.
+fn put_open_tasks(out: &mut Vec<u8>, tasks: &[(String, OpenTask)]) {
+    out.extend_from_slice(&(tasks.len() as u32).to_le_bytes());
+    for (customer, t) in tasks {
+        put_str(out, customer);
+        put_str(out, &t.task_id);
+        let kind = TaskKind::ALL.iter().position(|k| *k == t.kind);
+        out.push(kind.unwrap_or_default() as u8);
+        out.push(match t.group {
+            Group::Treatment => 0,
+            Group::Control => 1,
+        });
+        out.push(t.segment.map_or(NONE, |s| s.index() as u8));
+        put_str(out, &t.action);
+        out.extend_from_slice(&t.raised_at.to_le_bytes());
+        out.extend_from_slice(&t.closes_at.to_le_bytes());
+        out.push(u8::from(t.cancelled));
+    }
+}
+
+fn read_open_tasks<R: Read>(r: &mut Reader<R>) -> Result<Vec<(String, OpenTask)>, CodecError> {
+    let count = r.u32()?;
+    // Each takes at least 19 bytes: a count beyond that must not drive an allocation.
+    if u64::from(count).saturating_mul(19) > r.remaining() {
+        return Err(malformed(format!("{count} open tasks do not fit")));
+    }
+    let mut tasks = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let customer = r.str()?.to_string();
+        let task_id: Box<str> = r.str()?.into();
+        let what = |field: &str, v: u8| malformed(format!("open task {task_id:?}: {field} {v}"));
+        let kind = r.u8()?;
+        let kind = *TaskKind::ALL
+            .get(usize::from(kind))
+            .ok_or_else(|| what("kind", kind))?;
+        let group = match r.u8()? {
+            0 => Group::Treatment,
+            1 => Group::Control,
+            other => return Err(what("group", other)),
+        };
+        let segment =
+            optional(r.u8()?, |i| Segment::ALL.get(i).copied()).map_err(|v| what("segment", v))?;
+        let action: Arc<str> = r.str()?.into();
+        let raised_at = r.u32()?;
+        let closes_at = r.u32()?;
+        let cancelled = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(what("cancelled", other)),
+        };
+        if customer.is_empty() || task_id.is_empty() {
+            return Err(malformed(format!("open task {task_id:?} of {customer:?}")));
+        }
+        tasks.push((
+            customer,
+            OpenTask {
+                task_id,
+                kind,
+                group,
+                segment,
+                action,
+                raised_at,
+                closes_at,
+                cancelled,
+            },
+        ));
+    }
+    Ok(tasks)
+}
+
 /// The extras' flag byte and what it announces.
 fn put_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
     let Some(x) = extras else {
@@ -391,6 +466,11 @@ fn decode_body<R: Read>(
     } else {
         Vec::new()
     };
+    let open_tasks = if version >= 5 {
+        read_open_tasks(r)?
+    } else {
+        Vec::new()
+    };
     let partitions = if version >= 5 {
         let n = u16::from_le_bytes(r.array()?);
         PartitionCount::new(n).ok_or_else(|| malformed(format!("{n} partitions")))?
@@ -454,6 +534,7 @@ fn decode_body<R: Read>(
                 model_version,
                 budgets,
                 partitions,
+                open_tasks,
             },
             profiles,
         },
@@ -871,6 +952,7 @@ mod tests {
                 model_version: "m-1".into(),
                 budgets: Vec::new(),
                 partitions: PartitionCount::ONE,
+                open_tasks: Vec::new(),
             },
         }
     }
@@ -893,8 +975,8 @@ mod tests {
     }
 
     /// `state` in the layout of version 1, 2 or 3: the body's length in the header, no
-    /// extras (the state must have none), versions 1 and 2 without the contacts, version 1
-    /// without the schedule settings.
+    /// extras and no open tasks (the state must have none), versions 1 and 2 without the
+    /// contacts, version 1 without the schedule settings.
     fn legacy(state: &EngineState, version: u32) -> Vec<u8> {
         assert_eq!(state.customers.extras_len(), 0);
         let v4 = v4(state);
@@ -906,6 +988,10 @@ mod tests {
         let body_end = v4.len() - TRAILER_LEN;
         let customers_at = body_end - customers;
         let mut out = v4[..customers_at].to_vec();
+        // No open tasks before version 5: their count (0) goes, before the customer count
+        // and the ID bytes.
+        assert!(state.header.open_tasks.is_empty());
+        out.drain(customers_at - 20..customers_at - 16);
         let mut at = customers_at;
         for (i, _) in state.customers.iter() {
             let len = CUSTOMER_FIXED_LEN + state.customers.id(i).len();
@@ -938,17 +1024,17 @@ mod tests {
         head.len() - 16 - 2
     }
 
-    /// `state` in the layout of version 4: version 5 without the budgets (the state must
-    /// have none: a count of 4 bytes) and the partition count (2 bytes) that follow the
-    /// stream positions.
+    /// `state` in the layout of version 4: version 5 without the budgets and the open tasks
+    /// (the state must have none: two counts of 4 bytes) and the partition count (2 bytes)
+    /// that follow the stream positions.
     fn v4(state: &EngineState) -> Vec<u8> {
-        assert!(state.header.budgets.is_empty());
+        assert!(state.header.budgets.is_empty() && state.header.open_tasks.is_empty());
         let mut out = encode(state, &streams(), 0);
-        let at = partitions_at(state) - 4;
-        out.drain(at..at + 6);
+        let at = partitions_at(state) - 8;
+        out.drain(at..at + 10);
         out[8..12].copy_from_slice(&4u32.to_le_bytes());
         let trailer = out.len() - TRAILER_LEN;
-        let body_len = u64::from_le_bytes(out[trailer..trailer + 8].try_into().unwrap()) - 6;
+        let body_len = u64::from_le_bytes(out[trailer..trailer + 8].try_into().unwrap()) - 10;
         out[trailer..trailer + 8].copy_from_slice(&body_len.to_le_bytes());
         let end = out.len() - CHECKSUM_LEN;
         let sum = xxh3_64(&out[..end]);
@@ -1004,10 +1090,34 @@ mod tests {
         same(&s, &decode(&bytes, &streams()).unwrap().state);
     }
 
+    fn open_task(id: &str, kind: TaskKind, segment: Option<Segment>) -> OpenTask {
+        OpenTask {
+            task_id: id.into(),
+            kind,
+            group: Group::Control,
+            segment,
+            action: "discount_10".into(),
+            raised_at: 1_000_000,
+            closes_at: 1_000_000 + 30 * 86_400,
+            cancelled: kind == TaskKind::Revisit,
+        }
+    }
+
     #[test]
     fn round_trips_every_field() {
         let mut s = state(50);
         s.header.partitions = PartitionCount::new(16).unwrap();
+        s.header.open_tasks = vec![
+            (
+                "customer-3".into(),
+                open_task("t1", TaskKind::Winback, Some(Segment::GeneralWinback)),
+            ),
+            ("gone".into(), open_task("t2", TaskKind::Convert, None)),
+            (
+                "gone".into(),
+                open_task("t3", TaskKind::Revisit, Some(Segment::ImportantValue)),
+            ),
+        ];
         let bytes = encode(&s, &streams(), 1234);
         let d = decode(&bytes, &streams()).unwrap();
         let profiled = d.state.customers.extra(0).unwrap().profile.clone().unwrap();

@@ -392,6 +392,7 @@ fn the_version_4_file_is_one_partition_and_encodes_again() {
         crate::partition::PartitionCount::ONE
     );
     assert!(d.state.header.budgets.is_empty());
+    assert!(d.state.header.open_tasks.is_empty());
     let again = codec::decode(
         &codec::encode(&d.state, &streams(), d.created_ms),
         &streams(),

@@ -61,7 +61,7 @@ red = 1
         format!("{file}: tasks.revisit.segments[1] must be one of: {segments} (got \"at_risk\")"),
         "CHURND__HTTP__ADR (environment): http.adr is not a setting (did you mean http.addr?)".to_string(),
         "CHURND__STATE__KEEP (environment): state.keep must be a whole number, at least 1 (got \"none\")".to_string(),
-        format!("{file}: colour is not a section: the sections are redis, source, partitions, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, profiles, tags, http, lift, log, shutdown, state"),
+        format!("{file}: colour is not a section: the sections are redis, source, partitions, events, dead_letter, clock, model, scoring, stages, segments, risk, winback, tasks, outcomes, profiles, tags, http, lift, log, shutdown, state"),
         // The redis section's values were all read (an unknown key takes nothing away), so
         // its URL is checked in the same run.
         format!("{file}: redis.url must be a Redis URL: redis://[user:password@]host[:port][/db], rediss://… for TLS, or redis+unix:///path/to/socket (got \"http://cache.internal:6379\")"),
@@ -340,7 +340,7 @@ fn check_config_connect_passes_on_a_real_redis_and_reports_the_streams() {
         "# ok: Lua scripting is allowed".to_string(),
         // The daemon creates missing streams with their group (XGROUP CREATE … MKSTREAM).
         "# warning: input stream churn:events (source.streams) does not exist yet: churnd creates it and the consumer group churnd at start, reading from its beginning (source.start_from)".to_string(),
-        "# ok: output streams churn:events:dlq, churn:winback, churn:winback:control, crm:tasks, crm:tasks:control are streams or free".to_string(),
+        "# ok: output streams churn:events:dlq, churn:outcomes, churn:winback, churn:winback:control, crm:tasks, crm:tasks:control are streams or free".to_string(),
     ];
     for line in &expected {
         assert!(

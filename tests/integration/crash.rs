@@ -24,6 +24,7 @@ const WINBACK: &str = "churn:winback";
 const DLQ: &str = "churn:events:dlq";
 const CONTROL: &str = "churn:winback:control";
 const CARE: &str = "crm:tasks";
+const OUTCOMES: &str = "churn:outcomes";
 const GROUP: &str = "churnd";
 
 /// The workload: `n` events over two years of event time. Customers come and go (a window
@@ -175,6 +176,9 @@ struct Outcome {
     task_ids: Vec<String>,
     control_ids: Vec<String>,
     care_ids: Vec<String>,
+    /// The task IDs of the cancels in those three streams, and of the outcome records.
+    cancel_ids: Vec<String>,
+    outcome_ids: Vec<String>,
     /// Per dead letter: its reason, source stream and customer, sorted (entry IDs differ
     /// from run to run).
     dead_lettered: Vec<(String, String, String)>,
@@ -191,10 +195,19 @@ async fn outcome_of(
     streams: &[String],
 ) -> Outcome {
     let mut ids = Vec::new();
+    let mut cancel_ids = Vec::new();
     for stream in [WINBACK, CONTROL, CARE] {
-        let tasks = read_stream(conn, stream).await;
+        let records = read_stream(conn, stream).await;
+        let (cancels, tasks): (Vec<_>, Vec<_>) =
+            records.iter().partition(|(_, f)| f["record"] == "cancel");
         ids.push(tasks.iter().map(|(_, f)| f["task_id"].clone()).collect());
+        cancel_ids.extend(cancels.iter().map(|(_, f)| f["task_id"].clone()));
     }
+    let outcome_ids = read_stream(conn, OUTCOMES)
+        .await
+        .iter()
+        .map(|(_, f)| f["task_id"].clone())
+        .collect();
     let [task_ids, control_ids, care_ids]: [Vec<String>; 3] = ids.try_into().unwrap();
     let mut dead_lettered: Vec<(String, String, String)> = read_stream(conn, DLQ)
         .await
@@ -214,6 +227,8 @@ async fn outcome_of(
         task_ids,
         control_ids,
         care_ids,
+        cancel_ids,
+        outcome_ids,
         dead_lettered,
     }
 }
@@ -264,6 +279,12 @@ fn assert_same(run: &Outcome, reference: &Outcome, what: &str) {
         (WINBACK, &run.task_ids, &reference.task_ids),
         (CONTROL, &run.control_ids, &reference.control_ids),
         (CARE, &run.care_ids, &reference.care_ids),
+        (
+            "the task streams' cancels",
+            &run.cancel_ids,
+            &reference.cancel_ids,
+        ),
+        (OUTCOMES, &run.outcome_ids, &reference.outcome_ids),
     ] {
         let unique: HashSet<&String> = ran.iter().collect();
         assert_eq!(
@@ -291,6 +312,12 @@ async fn sigkill_at_random_points_three_times_changes_nothing() {
         reference.task_ids.len() > 1_000,
         "the workload raises tasks: {}",
         reference.task_ids.len()
+    );
+    assert!(
+        reference.cancel_ids.len() > 20 && reference.outcome_ids.len() > 1_000,
+        "the workload cancels tasks and closes their windows: {} cancels, {} outcomes",
+        reference.cancel_ids.len(),
+        reference.outcome_ids.len()
     );
 
     let redis = RedisServer::start();

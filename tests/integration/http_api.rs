@@ -254,6 +254,7 @@ async fn http_answers_while_the_snapshot_loads() {
             model_version: "recency-1".into(),
             budgets: Vec::new(),
             partitions: churnd::partition::PartitionCount::ONE,
+            open_tasks: Vec::new(),
         },
         profiles: Default::default(),
     };

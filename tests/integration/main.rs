@@ -8,6 +8,7 @@ mod crash;
 mod dead_letters;
 mod deploy_lint;
 mod docs;
+mod follow_up;
 mod fuzz_input;
 mod helpers;
 mod http_api;

@@ -150,6 +150,7 @@ fn winback(n: usize, group: Group) -> Task {
         lifecycle_stage: LifecycleStage::Lost,
         segment: Some(Segment::ImportantWinback),
         as_of: 1_700_000_000,
+        expires_at: 0,
         tags: Vec::new(),
         profile: None,
         detail: Detail::Winback(WinbackDetail {
@@ -197,6 +198,7 @@ fn care(n: usize, kind: TaskKind, segment: Option<Segment>) -> Task {
         lifecycle_stage: LifecycleStage::New,
         segment,
         as_of: 1_700_000_000,
+        expires_at: 0,
         tags: Vec::new(),
         profile: None,
         detail,
@@ -283,6 +285,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             .collect(),
         dead_letters: (0..700).map(dead_letter).collect(),
         acks,
+        ..Effects::default()
     };
     let fx = batch(acks);
     let settings = SinkSettings::from(&sink_test_settings(&redis));
@@ -320,7 +323,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     let (_, first) = &read_stream(&mut c, CONTROL).await[0];
     assert_eq!(first["task_id"], format!("{:032x}", 0));
     assert_eq!(first["reasons"], "log_recency_days:high");
-    assert_eq!(first.len(), 16);
+    assert_eq!(first.len(), 19);
     assert_eq!(first["tags"], "");
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(TASKS)
@@ -336,12 +339,15 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     assert_eq!(
         names(0),
         [
+            "schema_version",
+            "record",
             "task_id",
             "kind",
             "customer_id",
             "action",
             "lifecycle_stage",
             "as_of",
+            "expires_at",
             "first_purchase",
             "group",
             "tags"
@@ -350,6 +356,8 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     assert_eq!(
         names(1),
         [
+            "schema_version",
+            "record",
             "task_id",
             "kind",
             "customer_id",
@@ -357,6 +365,7 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
             "lifecycle_stage",
             "segment",
             "as_of",
+            "expires_at",
             "first_purchase",
             "group",
             "tags"

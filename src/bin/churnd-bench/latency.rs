@@ -140,10 +140,15 @@ fn probe_score(settings: &Settings, model: Arc<Model>, age_days: u64) -> Result<
     let mut engine = Engine::new(EngineSettings::from(settings), model, Metrics::new().engine);
     let customer = "probe-check-0";
     let ts = now_ms - age_days * 86_400_000;
-    let fx = engine.apply_batch(
+    let mut fx = engine.apply_batch(
         Batch::new(vec![purchase_entry(now_ms, 1, customer, "49.90", ts)]),
         now_ms,
     );
+    // Under the wall clock a backdated purchase is read as the past: tasks wait for the
+    // read at the streams' end.
+    let mut end = Batch::new(Vec::new());
+    end.at_end = true;
+    fx.tasks.extend(engine.apply_batch(end, now_ms).tasks);
     let probability = engine
         .customer(customer)
         .and_then(|c| c.churn_probability)

@@ -136,7 +136,8 @@ pub fn purchase_entry(now_ms: u64, seq: u64, customer: &str, amount: &str, ts_ms
 /// An engine with `settings` that has learnt `customers` customers through
 /// `Engine::apply_batch`, in batches of 1,000: one purchase each (IDs of 12 to 24 bytes,
 /// event times over the year before `now_ms`), as entries `now_ms`-1, `now_ms`-2, … of
-/// stream 0. Effects (tasks for the old buyers, under the wall clock) are dropped. Returns
+/// stream 0, then a read at the end (under the wall clock the history is a backlog caught
+/// up on). Effects (tasks for the old buyers, under the wall clock) are dropped. Returns
 /// the engine and its metrics.
 pub fn learn_customers(
     settings: &Settings,
@@ -156,6 +157,10 @@ pub fn learn_customers(
             .collect();
         engine.apply_batch(Batch::new(entries), now_ms);
     }
+    // The source's read at the streams' end: the history is read, wall time rules.
+    let mut end = Batch::new(Vec::new());
+    end.at_end = true;
+    engine.apply_batch(end, now_ms);
     (engine, metrics)
 }
 

@@ -1,0 +1,152 @@
+//! The engine's part in fresh tasks and outcomes: time while catching up, expiry, cancels and
+//! outcomes, open tasks across a restore.
+
+use std::sync::Arc;
+
+use super::tests::{batch, purchase, visit, winback_only, DAY, T0};
+use super::*;
+use crate::decide::{Task, TaskKind};
+use crate::metrics::Metrics;
+
+fn winback_engine(clock: ClockMode) -> Engine {
+    let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+    Engine::new(winback_only(clock), Arc::new(model), Metrics::new().engine)
+}
+
+fn at_end(entries: Vec<crate::source::batch::Entry>) -> Batch {
+    let mut b = batch(entries);
+    b.at_end = true;
+    b
+}
+
+fn ms(day: u32) -> u64 {
+    u64::from(T0 + day * DAY) * 1000
+}
+
+fn customers(tasks: &[Task]) -> Vec<&str> {
+    tasks.iter().map(|t| t.customer_id.as_str()).collect()
+}
+
+#[test]
+fn a_backlog_is_judged_at_the_event_time_reached_and_stale_tasks_expire() {
+    let mut e = winback_engine(ClockMode::Wall);
+    let wall = ms(400);
+    // A year of history read as a backlog: b's purchase two days ago is still unread when
+    // the first batch is applied.
+    let fx = e.apply_batch(batch(vec![purchase(1, "a", 0), purchase(2, "b", 0)]), wall);
+    assert!(fx.tasks.is_empty(), "judged at day 0, not at wall time");
+    assert_eq!(e.now(), T0);
+    assert_eq!(e.metrics.follow_up.catching_up.get(), 1);
+    // Reaching day 398 replays the checks due on the way: both were tasked back then, and
+    // those tasks expired long ago.
+    let fx = e.apply_batch(at_end(vec![purchase(3, "b", 398)]), wall);
+    assert!(fx.tasks.is_empty(), "{:?}", customers(&fx.tasks));
+    assert_eq!(
+        e.metrics
+            .follow_up
+            .tasks_expired
+            .get(TaskKind::Winback)
+            .get(),
+        2
+    );
+    assert_eq!(
+        e.metrics.follow_up.catching_up.get(),
+        1,
+        "that read brought the past"
+    );
+    // The read that finds the end with nothing from the past: wall time rules, and the
+    // customer still silent gets a fresh task; the one who bought, none.
+    let fx = e.apply_batch(at_end(vec![]), wall);
+    assert_eq!(customers(&fx.tasks), ["a"]);
+    let task = &fx.tasks[0];
+    assert_eq!(task.as_of, T0 + 400 * DAY);
+    assert_eq!(task.expires_at, T0 + 407 * DAY);
+    assert_eq!(
+        task.winback().unwrap().attempt,
+        1,
+        "the expired task was no attempt"
+    );
+    assert_eq!(e.metrics.follow_up.catching_up.get(), 0);
+    assert_eq!(e.now(), T0 + 400 * DAY);
+    assert!(e.tick(wall + 1000).tasks.is_empty());
+}
+
+#[test]
+fn live_events_neither_start_nor_end_a_catch_up() {
+    let mut e = winback_engine(ClockMode::Wall);
+    let wall = ms(400);
+    // Live traffic first: then a backfill starts.
+    e.apply_batch(at_end(vec![purchase(1, "live", 400)]), wall);
+    assert_eq!(e.metrics.follow_up.catching_up.get(), 0);
+    e.apply_batch(
+        batch(vec![purchase(2, "old", 0), purchase(3, "live", 400)]),
+        wall,
+    );
+    assert_eq!(
+        e.now(),
+        T0,
+        "a live event read between does not carry it on"
+    );
+    assert_eq!(
+        e.metrics.follow_up.catch_up_behind_seconds.get(),
+        400 * 86_400
+    );
+}
+
+/// Under the event clock: `a` and `b` bought on day 0 and are tasked on the same day; `a`
+/// buys 5 days later, `b` never.
+#[test]
+fn a_purchase_cancels_and_converts_an_open_task_and_silence_closes_the_window() {
+    let mut e = winback_engine(ClockMode::Event);
+    e.apply_batch(batch(vec![purchase(1, "a", 0), purchase(2, "b", 0)]), 0);
+    let mut raised = Vec::new();
+    let mut seq = 3;
+    for day in 1..300 {
+        raised.extend(
+            e.apply_batch(batch(vec![visit(seq, "clock", day)]), 0)
+                .tasks,
+        );
+        seq += 1;
+        if raised.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(customers(&raised), ["a", "b"]);
+    let as_of = raised[0].as_of;
+    let day = (as_of - T0) / DAY + 5;
+    let fx = e.apply_batch(batch(vec![purchase(seq, "a", day)]), 0);
+    seq += 1;
+    assert_eq!(fx.cancels.len(), 1);
+    assert_eq!(fx.cancels[0].task_id, raised[0].task_id);
+    assert_eq!(fx.outcomes.len(), 1);
+    let o = &fx.outcomes[0];
+    assert_eq!(
+        (o.task_id.as_str(), o.result()),
+        (&*raised[0].task_id, "converted")
+    );
+    assert_eq!(o.converted.unwrap().revenue, 20.0);
+    assert_eq!(o.raised_at, as_of);
+
+    // A restart in between keeps b's task open.
+    let mut e = Engine::restore(
+        winback_only(ClockMode::Event),
+        Arc::new(Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap()),
+        Metrics::new().engine,
+        e.snapshot(),
+    );
+    assert_eq!(e.open_tasks.len(), 1);
+    let closes = as_of + 30 * DAY;
+    let mut outcomes = Vec::new();
+    for day in day..day + 40 {
+        outcomes.extend(
+            e.apply_batch(batch(vec![visit(seq, "clock", day)]), 0)
+                .outcomes,
+        );
+        seq += 1;
+    }
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].task_id, raised[1].task_id);
+    assert_eq!(outcomes[0].result(), "not_converted");
+    assert_eq!(outcomes[0].closed_at, closes);
+    assert!(e.open_tasks.is_empty());
+}
