@@ -151,6 +151,8 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
     settings.winback.control_stream = format!("{KEY_PREFIX}winback:control");
     settings.tasks.stream = format!("{KEY_PREFIX}tasks");
     settings.tasks.control_stream = format!("{KEY_PREFIX}tasks:control");
+    settings.outcomes.stream = format!("{KEY_PREFIX}outcomes");
+    settings.lift.stream = format!("{KEY_PREFIX}outcomes");
     for stream in [
         &mut settings.tasks.convert.stream,
         &mut settings.tasks.welcome.stream,
@@ -582,4 +584,31 @@ async fn xrange_from(
         .arg(count)
         .query_async(conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::TaskKind;
+
+    /// The demo clears its own keys before a run and shares a Redis with whatever else is
+    /// there: every stream it reads or writes carries its prefix.
+    #[test]
+    fn every_stream_of_the_demo_is_its_own() {
+        let s = demo_settings(Settings::default(), None);
+        let mut streams = vec![
+            &s.dead_letter.stream,
+            &s.winback.stream,
+            &s.winback.control_stream,
+            &s.tasks.stream,
+            &s.tasks.control_stream,
+            &s.outcomes.stream,
+            &s.lift.stream,
+        ];
+        streams.extend(&s.source.streams);
+        let care = TaskKind::CARE.map(|kind| s.tasks.stream(kind));
+        for stream in streams.iter().map(|s| s.as_str()).chain(care) {
+            assert!(stream.starts_with(KEY_PREFIX), "{stream}");
+        }
+    }
 }
