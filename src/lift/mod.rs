@@ -124,8 +124,9 @@ impl RecordError {
     }
 }
 
-/// The fields of an outcome record, each at most once.
-const FIELDS: [&str; 13] = [
+/// The fields of an outcome record, each at most once (the writer's test checks it writes
+/// exactly these).
+pub(crate) const FIELDS: [&str; 13] = [
     "schema_version",
     "record",
     "task_id",
