@@ -46,6 +46,7 @@ pub mod lift;
 pub mod metrics;
 pub mod model;
 pub mod outcomes;
+pub mod ownership;
 pub mod partition;
 pub mod preflight;
 pub mod profiles;

@@ -18,6 +18,7 @@ mod model_cli;
 mod observability;
 mod output_backlog;
 mod oversized;
+mod ownership;
 mod partitions;
 mod pipeline;
 mod process;

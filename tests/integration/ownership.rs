@@ -1,0 +1,199 @@
+//! Ownership of partitions against a real Redis: replicas find each other, share the
+//! partitions out, take over a dead one's, hand over on leaving, and a paused owner learns
+//! that its lease is gone.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use churnd::ownership::assign;
+use churnd::ownership::coordinator::Coordinator;
+use churnd::ownership::lease::Leases;
+use churnd::ownership::membership::Membership;
+use churnd::ownership::MemberName;
+use churnd::partition::PartitionCount;
+use redis::aio::MultiplexedConnection;
+
+use crate::helpers::RedisServer;
+
+const GROUP: &str = "churnd";
+
+fn replica(name: &str, count: u16, lease: Duration) -> Coordinator {
+    Coordinator::new(
+        MemberName::new(name).unwrap(),
+        PartitionCount::new(count).unwrap(),
+        Membership::new(GROUP, lease),
+        Leases::new(GROUP, lease),
+    )
+}
+
+/// One round of each replica, handing over at once what a replica is told to (as the
+/// daemon does after the final snapshot).
+async fn rounds(conn: &mut MultiplexedConnection, replicas: &mut [&mut Coordinator]) {
+    for r in replicas.iter_mut() {
+        let changes = r.round(conn).await.expect("a round");
+        for p in changes.hand_over {
+            r.release(conn, p).await.expect("a release");
+        }
+    }
+}
+
+/// Rounds of every replica (20 ms apart) until `done` holds of them, panicking with `what`
+/// after `timeout`.
+async fn until(
+    what: &str,
+    timeout: Duration,
+    conn: &mut MultiplexedConnection,
+    replicas: &mut [&mut Coordinator],
+    done: impl Fn(&[&mut Coordinator]) -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        rounds(conn, replicas).await;
+        if done(replicas) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the replicas hold every partition, each exactly once.
+fn covered(replicas: &[&mut Coordinator], count: u16) -> bool {
+    let mut all: Vec<u16> = replicas
+        .iter()
+        .flat_map(|r| r.held().keys().copied())
+        .collect();
+    all.sort_unstable();
+    all == (0..count).collect::<Vec<_>>()
+}
+
+async fn holder(conn: &mut MultiplexedConnection, p: u16) -> Option<String> {
+    Leases::new(GROUP, Duration::from_secs(1))
+        .holder(conn, p)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replicas_share_the_partitions_take_over_a_dead_one_and_give_back_on_its_return() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    let lease = Duration::from_secs(3);
+    let (mut a, mut b, mut c) = (
+        replica("churnd-0", 16, lease),
+        replica("churnd-1", 16, lease),
+        replica("churnd-2", 16, lease),
+    );
+
+    // Three replicas: every partition held once, by its rendezvous owner.
+    until(
+        "three replicas to share 16 partitions",
+        Duration::from_secs(30),
+        &mut conn,
+        &mut [&mut a, &mut b, &mut c],
+        |r| covered(r, 16) && r.iter().all(|r| !r.held().is_empty()),
+    )
+    .await;
+    let members: BTreeSet<MemberName> = [a.me(), b.me(), c.me()].into_iter().cloned().collect();
+    for (r, name) in [(&a, "churnd-0"), (&b, "churnd-1"), (&c, "churnd-2")] {
+        for &p in r.held().keys() {
+            assert_eq!(assign::owner(p, &members).unwrap().as_str(), name);
+            assert_eq!(holder(&mut conn, p).await, r.token(p));
+        }
+    }
+
+    // churnd-2 stops (killed, or paused): the other two take its partitions once its
+    // entry and leases expire, each with a new epoch.
+    let dead = c.held().clone();
+    until(
+        "two replicas to take over the third's partitions",
+        Duration::from_secs(60),
+        &mut conn,
+        &mut [&mut a, &mut b],
+        |r| covered(r, 16),
+    )
+    .await;
+    for (p, old) in &dead {
+        let new = a.held().get(p).or_else(|| b.held().get(p)).unwrap();
+        assert!(new > old, "partition {p}: epoch {new} after {old}");
+    }
+
+    // The paused one comes back: its first round tells it every lease is gone.
+    let back = c.round(&mut conn).await.unwrap();
+    assert_eq!(back.lost, dead.keys().copied().collect::<Vec<_>>());
+    assert!(back.gained.is_empty(), "{back:?}");
+    assert!(c.held().is_empty());
+
+    // It is a member again, so the others hand its partitions back.
+    let want: Vec<u16> = dead.keys().copied().collect();
+    until(
+        "the returning replica to get its partitions back",
+        Duration::from_secs(60),
+        &mut conn,
+        &mut [&mut a, &mut b, &mut c],
+        |r| covered(r, 16) && r[2].held().keys().copied().collect::<Vec<_>>() == want,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_replica_that_leaves_hands_over_without_waiting_for_its_leases_to_expire() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    // Leases far longer than the test's deadline: only a release can move a partition.
+    let lease = Duration::from_secs(600);
+    let (mut a, mut b) = (replica("a", 8, lease), replica("b", 8, lease));
+    until(
+        "two replicas to share 8 partitions",
+        Duration::from_secs(30),
+        &mut conn,
+        &mut [&mut a, &mut b],
+        |r| covered(r, 8) && r.iter().all(|r| !r.held().is_empty()),
+    )
+    .await;
+
+    b.leave(&mut conn).await.unwrap();
+    assert!(b.held().is_empty());
+    until(
+        "the remaining replica to hold all 8",
+        Duration::from_secs(30),
+        &mut conn,
+        &mut [&mut a],
+        |r| covered(r, 8),
+    )
+    .await;
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(Membership::new(GROUP, lease).key())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(members, vec!["a".to_string()]);
+}
+
+#[tokio::test]
+async fn a_restarted_replica_takes_its_own_leases_back_at_once_and_fences_its_old_run() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    let lease = Duration::from_secs(600);
+    let mut old = replica("churnd-0", 4, lease);
+    old.round(&mut conn).await.unwrap();
+    assert_eq!(old.held().len(), 4);
+
+    // The same name started again (the pod restarted), its old run not yet stopped.
+    let mut new = replica("churnd-0", 4, lease);
+    let changes = new.round(&mut conn).await.unwrap();
+    assert_eq!(changes.gained.len(), 4, "{changes:?}");
+    for (p, epoch) in &changes.gained {
+        assert!(*epoch > old.held()[p]);
+    }
+    // The old run's next round finds every lease gone: it must write nothing more.
+    let stale = old.round(&mut conn).await.unwrap();
+    assert_eq!(stale.lost, vec![0, 1, 2, 3]);
+    // ... and its attempt to take them again finds them held by the new run's epoch.
+    assert!(old.held().is_empty(), "{:?}", old.held());
+}
