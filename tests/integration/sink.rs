@@ -8,6 +8,7 @@ use std::time::Duration;
 use churnd::classify::{LifecycleStage, Risk, Segment};
 use churnd::config::Settings;
 use churnd::connection::Connector;
+use churnd::decide::uplift::Effect;
 use churnd::decide::Group;
 use churnd::decide::{Detail, Task, TaskKind, WinbackDetail};
 use churnd::engine::{DeadLetter, Effects};
@@ -157,6 +158,7 @@ fn winback(n: usize, group: Group) -> Task {
             churn_probability: 0.8125,
             risk: Risk::High,
             priority: 12.5,
+            effect: Effect::StandIn(0.8125),
             reasons: vec![ScoreReason {
                 feature: "log_recency_days",
                 high: true,
