@@ -325,7 +325,11 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     let (_, first) = &read_stream(&mut c, CONTROL).await[0];
     assert_eq!(first["task_id"], format!("{:032x}", 0));
     assert_eq!(first["reasons"], "log_recency_days:high");
-    assert_eq!(first.len(), 19);
+    assert_eq!(
+        (first["effect"].as_str(), first["chance"].as_str()),
+        ("stand_in", "0.812500")
+    );
+    assert_eq!(first.len(), 21);
     assert_eq!(first["tags"], "");
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(TASKS)
