@@ -35,8 +35,8 @@ use redis::Value;
 use churnd::classify::{RiskBands, StageBounds};
 use churnd::config::{ClockMode, SegmentSettings, Settings};
 use churnd::decide::{
-    default_rules, Assessment, Budgets, Contact, Playbook, Scored, TasksSettings, WinbackSettings,
-    WinbackState,
+    default_rules, Assessment, Budgets, Contact, Playbook, Scored, Targeting, TasksSettings,
+    WinbackSettings, WinbackState,
 };
 use churnd::engine::{Engine, EngineSettings};
 use churnd::event::{parse_event, EntryId, Event, EventKind, EventLimits};
@@ -202,12 +202,13 @@ fn scoring(c: &mut Criterion) {
     let id = "cust-00012345";
     let mut tasks = Vec::new();
     let mut budgets = Budgets::new(&WinbackSettings::default().budgets);
+    let mut targeting = Targeting::default();
     playbook.decide(
         &assessment(id),
         (&mut winback, &mut contact),
         None,
         &version,
-        (&mut budgets, &mut tasks),
+        (&mut budgets, &mut targeting, &mut tasks),
     );
     assert!(tasks.is_empty(), "{tasks:?}");
     c.bench_function("decide/playbook_no_task", |b| {
@@ -217,7 +218,7 @@ fn scoring(c: &mut Criterion) {
                 (&mut winback, &mut contact),
                 None,
                 &version,
-                (&mut budgets, &mut tasks),
+                (&mut budgets, &mut targeting, &mut tasks),
             )
         })
     });

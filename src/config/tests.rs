@@ -435,3 +435,43 @@ fn the_layers_name_the_files_read_and_the_variables_applied() {
         }
     );
 }
+
+#[test]
+fn the_win_back_policy_and_learning_are_read_and_checked_by_key() {
+    let err = load_with(Some("[winback]\npolicy = \"learnt\"\n"), &[]).unwrap_err();
+    assert!(
+        err.contains(
+            "FILE: winback.policy must be one of: learned, playbook, random (got \"learnt\")"
+        ),
+        "{err}"
+    );
+    let file = "\
+[winback.learn]
+min_outcomes = 0
+exploration = 1.5
+";
+    let err = load_with(Some(file), &[]).unwrap_err();
+    for expected in [
+        "FILE: winback.learn.exploration (1.5) must be between 0 and 1",
+        "FILE: winback.learn.min_outcomes (0) must be 1 or more: outcomes each group of an action × segment needs before its measured lift steers tasks",
+    ] {
+        assert!(
+            err.lines().any(|line| line == format!("  - {expected}")),
+            "missing {expected:?} in:\n{err}"
+        );
+    }
+    let s = load_with(
+        None,
+        &[
+            ("CHURND__WINBACK__POLICY", "random"),
+            ("CHURND__WINBACK__LEARN__MIN_OUTCOMES", "500"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.winback.policy, crate::decide::WinbackPolicy::Random);
+    assert_eq!(s.winback.learn.min_outcomes, 500);
+    assert_eq!(
+        load_with(None, &[]).unwrap().winback.policy,
+        crate::decide::WinbackPolicy::Learned
+    );
+}

@@ -1,9 +1,28 @@
 //! `[winback]`: win-back tasks, their streams, thresholds, playbook and control group.
 
-use super::read::Fields;
+use super::read::{read_choices, Choice, Fields};
 use super::{Problem, Section};
 use crate::classify::Segment;
-use crate::decide::{ActionBudget, WinbackSettings};
+use crate::decide::uplift::LearnSettings;
+use crate::decide::{ActionBudget, WinbackPolicy, WinbackSettings};
+
+impl Choice for WinbackPolicy {
+    const ALL: &'static [Self] = &[Self::Learned, Self::Playbook, Self::Random];
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+read_choices!(WinbackPolicy);
+
+impl Section for LearnSettings {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        let d = Self::default();
+        Self {
+            min_outcomes: f.get("min_outcomes", d.min_outcomes),
+            exploration: f.get("exploration", d.exploration),
+        }
+    }
+}
 
 impl Section for WinbackSettings {
     fn from_fields(f: &mut Fields<'_>) -> Self {
@@ -21,6 +40,8 @@ impl Section for WinbackSettings {
             max_tasks_per_episode: f.get("max_tasks_per_episode", d.max_tasks_per_episode),
             control_share: f.get("control_share", d.control_share),
             budgets: f.get("budgets", d.budgets),
+            policy: f.get("policy", d.policy),
+            learn: f.get("learn", d.learn),
             dedup_ttl_days: f.get("dedup_ttl_days", d.dedup_ttl_days),
             reasons: f.get("reasons", d.reasons),
         }
@@ -35,6 +56,7 @@ impl Section for WinbackSettings {
         };
         probability("winback.threshold".into(), self.threshold);
         probability("winback.control_share".into(), self.control_share);
+        probability("winback.learn.exploration".into(), self.learn.exploration);
         for segment in Segment::ALL {
             if let Some(&v) = self.segment_thresholds.get(&segment) {
                 let key = format!("winback.segment_thresholds.{}", segment.as_str());
@@ -57,6 +79,12 @@ impl Section for WinbackSettings {
             if value.is_empty() {
                 problems.push(Problem::new(key, "must not be empty"));
             }
+        }
+        if self.learn.min_outcomes == 0 {
+            problems.push(Problem::new(
+                "winback.learn.min_outcomes",
+                "(0) must be 1 or more: outcomes each group of an action × segment needs before its measured lift steers tasks",
+            ));
         }
         problems.extend(self.budget_problems());
         if self.stream == self.control_stream {

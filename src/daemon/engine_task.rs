@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::snapshots::{Room, Snapshotter};
 use super::Applied;
+use crate::decide::uplift::UpliftBook;
 use crate::engine::{Effects, Engine};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
@@ -23,6 +24,8 @@ pub(crate) struct Channels {
     pub effects: mpsc::Sender<Effects>,
     pub queries: mpsc::Receiver<Query>,
     pub models: watch::Receiver<Arc<Model>>,
+    /// The outcomes per arm the lift task measured (`winback.policy = learned`).
+    pub uplift: watch::Receiver<Arc<UpliftBook>>,
     /// Where the positions applied are published, if anyone asked (see `Observers`).
     pub applied: Option<watch::Sender<Applied>>,
 }
@@ -172,6 +175,12 @@ async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick:
                 let model = ch.models.borrow_and_update().clone();
                 tracing::info!(version = model.version(), "serving the reloaded model");
                 engine.set_model(model);
+            }
+            // Between batches: an Arc swap, no lock on the path of events.
+            Ok(()) = ch.uplift.changed() => {
+                let book = ch.uplift.borrow_and_update().clone();
+                tracing::debug!(arms = book.arms(), "deciding with the lift measured so far");
+                engine.set_uplift(book);
             }
             batch = ch.batches.recv() => {
                 let Some(batch) = batch else { break };

@@ -2,7 +2,10 @@
 //! the lift report's aggregates (counts and sums per kind × action × segment × group) in
 //! memory. Each time it has read something it publishes the report for `/v1/lift` and sets
 //! the `churnd_lift_*` gauges, so they are right soon after a restart: the aggregates are
-//! rebuilt from the stream, whose length bounds the work.
+//! rebuilt from the stream, whose length bounds the work. Under `winback.policy = learned` it
+//! also publishes the outcomes per arm (an [`UpliftBook`]) for the engine, which swaps it in
+//! between batches: the engine never waits on it, and decides deterministically given the
+//! book it has.
 //!
 //! It reads on a connection of its own, with a response timeout longer than its BLOCK (a
 //! blocking XREAD on a connection with a shorter one times out, and commands behind it
@@ -16,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connector;
+use crate::decide::uplift::{LearnSettings, UpliftBook};
 use crate::event::EntryId;
 use crate::lift::report::{self, Report};
 use crate::lift::stream::{self, PAGE};
@@ -31,12 +35,19 @@ const LOGGED_SKIPS: u32 = 20;
 /// The report, once the stream has been read to its end (`None` before).
 pub(crate) type Published = watch::Receiver<Option<Arc<Report>>>;
 
-/// Reads `stream` until shutdown, publishing the report to `publish`.
+/// Where the outcomes per arm go, for learning (`winback.policy = learned`).
+pub(super) struct Learning {
+    pub settings: LearnSettings,
+    pub publish: watch::Sender<Arc<UpliftBook>>,
+}
+
+/// Reads `stream` until shutdown, publishing the report to `publish` (and the book to
+/// `learning`, if given).
 pub(super) async fn run(
     stream: String,
     mut connector: Connector,
     metrics: LiftMetrics,
-    publish: watch::Sender<Option<Arc<Report>>>,
+    (publish, learning): (watch::Sender<Option<Arc<Report>>>, Option<Learning>),
     shutdown: CancellationToken,
 ) {
     let mut aggregates = Aggregates::new(Window::default());
@@ -96,6 +107,11 @@ pub(super) async fn run(
             );
         }
         if caught_up && (!entries.is_empty() || publish.borrow().is_none()) {
+            // The book first: once `/v1/lift` shows outcomes, the engine has them too.
+            if let Some(l) = &learning {
+                l.publish
+                    .send_replace(Arc::new(aggregates.uplift_book(l.settings)));
+            }
             let report = report::report(&aggregates, &stream);
             metrics.publish(&report);
             publish.send_replace(Some(Arc::new(report)));

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, ConfigError, Interval, Resolved, Settings};
 use crate::connection::Connector;
+use crate::decide::WinbackPolicy;
 use crate::engine::{Engine, EngineSettings};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
@@ -281,12 +282,22 @@ pub async fn run_resolved(
         metrics.model.clone(),
         shutdown.clone(),
     ));
+    let (uplift_tx, uplift_rx) = watch::channel(Arc::default());
+    let learning = (settings.winback.policy == WinbackPolicy::Learned).then(|| lift::Learning {
+        settings: settings.winback.learn,
+        publish: uplift_tx,
+    });
+    if learning.is_some() && !settings.lift.enabled {
+        tracing::warn!(
+            "winback.policy is learned but lift.enabled is false: no outcomes are read, so win-back priorities keep the stand-in (the churn probability)"
+        );
+    }
     let lift_task = settings.lift.enabled.then(|| {
         tokio::spawn(lift::run(
             settings.lift.stream.clone(),
             connector(RedisRole::Lift, response_timeout + lift::BLOCK),
             metrics.lift.clone(),
-            lift_tx,
+            (lift_tx, learning),
             shutdown.clone(),
         ))
     });
@@ -345,6 +356,7 @@ pub async fn run_resolved(
                     effects: effect_tx,
                     queries: query_rx,
                     models: model_rx,
+                    uplift: uplift_rx,
                     applied: observers.applied,
                 },
                 Durability {
@@ -376,6 +388,7 @@ pub async fn run_resolved(
                 effect_tx,
                 query_rx,
                 model_rx,
+                uplift_rx,
                 snapshotter,
             ));
             (None, None)

@@ -23,6 +23,7 @@ mod contact;
 mod holdout;
 mod settings;
 mod tags;
+mod targeting;
 mod task;
 pub mod uplift;
 mod winback;
@@ -38,6 +39,7 @@ pub use settings::{
     ServiceRecoverySettings, TasksSettings, WelcomeSettings, WinbackSettings,
 };
 pub use tags::{default_rules, TagRule, Tags};
+pub use targeting::{Targeting, WinbackPolicy};
 pub use task::{care_task_id, winback_task_id, Detail, Task, TaskKind, WinbackDetail};
 pub use winback::WinbackState;
 
@@ -64,7 +66,8 @@ impl Playbook {
 
     /// Every task due for the customer now, in the playbook's order, each with the
     /// customer's tags and profile, appended to `tasks`; updates the customer's bookkeeping
-    /// and takes win-back tasks from `budgets`. `feedback` is the score and time of the
+    /// and takes win-back tasks from `budgets`, their priorities learned from `targeting`'s
+    /// book under `winback.policy = learned`. `feedback` is the score and time of the
     /// feedback being applied, if that is what brings the customer here. Returns the next
     /// moment after now at which a decision can change without an event (a waiting time
     /// ending, an occasion beginning, the cap lifting, the next day's budget for a candidate
@@ -75,7 +78,7 @@ impl Playbook {
         (winback, contact): (&mut WinbackState, &mut Contact),
         feedback: Option<(u8, UnixSeconds)>,
         model_version: &Arc<str>,
-        (budgets, tasks): (&mut Budgets, &mut Vec<Task>),
+        (budgets, targeting, tasks): (&mut Budgets, &mut Targeting, &mut Vec<Task>),
     ) -> Option<UnixSeconds> {
         let first = tasks.len();
         let now = a.now;
@@ -86,13 +89,19 @@ impl Playbook {
             }
             let capped_until = self.cap.allowed_from(contact, now);
             if capped_until.is_none() {
-                match self.winback.decide(winback, a, model_version, budgets) {
+                match self
+                    .winback
+                    .decide(winback, a, model_version, (budgets, targeting))
+                {
                     winback::Decision::Task(task) => {
                         contact.record(now);
                         tasks.push(*task);
                     }
-                    // A candidate again tomorrow, at the same time of day.
-                    winback::Decision::HeldBack => next.push(Some(now.saturating_add(DAY))),
+                    // A candidate again tomorrow, at the same time of day (by then the
+                    // budget, or the lift measured, may say otherwise).
+                    winback::Decision::HeldBack | winback::Decision::NoLift => {
+                        next.push(Some(now.saturating_add(DAY)));
+                    }
                     winback::Decision::None => {}
                 }
             }
@@ -237,7 +246,11 @@ mod tests {
             (&mut winback, &mut contact),
             None,
             &"m".into(),
-            (&mut Budgets::default(), &mut tasks),
+            (
+                &mut Budgets::default(),
+                &mut Targeting::default(),
+                &mut tasks,
+            ),
         );
         let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
         assert_eq!(kinds, [TaskKind::Winback]);
@@ -260,7 +273,11 @@ mod tests {
             (&mut winback, &mut contact),
             Some((1, now)),
             &"m".into(),
-            (&mut Budgets::default(), &mut tasks),
+            (
+                &mut Budgets::default(),
+                &mut Targeting::default(),
+                &mut tasks,
+            ),
         );
         let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
         assert_eq!(kinds, [TaskKind::ServiceRecovery]);
@@ -287,7 +304,11 @@ mod tests {
             (&mut winback, &mut contact),
             Some((1, now)),
             &"m".into(),
-            (&mut Budgets::default(), &mut tasks),
+            (
+                &mut Budgets::default(),
+                &mut Targeting::default(),
+                &mut tasks,
+            ),
         );
         assert_eq!(tasks.len(), 1, "{tasks:?}");
         assert_eq!(tasks[0].kind(), TaskKind::ServiceRecovery);
@@ -328,7 +349,11 @@ mod tests {
             (&mut winback, &mut contact),
             Some((1, T0)),
             &"m".into(),
-            (&mut Budgets::default(), &mut tasks),
+            (
+                &mut Budgets::default(),
+                &mut Targeting::default(),
+                &mut tasks,
+            ),
         );
         let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
         assert_eq!(kinds, [TaskKind::Convert]);

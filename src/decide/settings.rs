@@ -7,7 +7,9 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroU8};
 use serde::Serialize;
 
 use super::budget::ActionBudget;
+use super::targeting::WinbackPolicy;
 use super::task::TaskKind;
+use super::uplift::LearnSettings;
 use crate::classify::Segment;
 
 /// `[winback]` settings.
@@ -38,6 +40,11 @@ pub struct WinbackSettings {
     /// Per action (of `actions`): spend per day and cost per task. Actions without one are
     /// not limited.
     pub budgets: BTreeMap<String, ActionBudget>,
+    /// Where the chance in a candidate's priority (value at stake × chance) comes from.
+    pub policy: WinbackPolicy,
+    /// `[winback.learn]`: when measured lift replaces the stand-in, and how much keeps
+    /// exploring.
+    pub learn: LearnSettings,
     /// How long Redis remembers a task ID to drop duplicates.
     pub dedup_ttl_days: NonZeroU32,
     /// Reasons listed on a task.
@@ -74,6 +81,8 @@ impl Default for WinbackSettings {
             max_tasks_per_episode: NonZeroU8::MIN,
             control_share: 0.1,
             budgets: default_budgets(),
+            policy: WinbackPolicy::default(),
+            learn: LearnSettings::default(),
             dedup_ttl_days: NonZeroU32::new(400).expect("not zero"),
             reasons: 3,
         }

@@ -13,6 +13,7 @@ use serde::Serialize;
 use xxhash_rust::xxh3::xxh3_128;
 
 use super::holdout::Group;
+use super::uplift::Effect;
 use crate::classify::{LifecycleStage, Risk, Segment};
 use crate::model::value::ValueEstimates;
 use crate::model::ScoreReason;
@@ -130,9 +131,12 @@ pub enum Detail {
 pub struct WinbackDetail {
     pub churn_probability: f64,
     pub risk: Risk,
-    /// The value at stake: `clv_365d` × churn probability; with a model that has no value
-    /// part, churn probability × spend over the last year (365-day decay).
+    /// The value at stake, what the budget ranks candidates by: `clv_365d` (with a model that
+    /// has no value part, spend over the last year, 365-day decay) × the chance the action
+    /// changes the outcome (`effect`); under `winback.policy = random`, a random number.
     pub priority: f64,
+    /// Where the chance in `priority` came from (`winback.policy`), and the chance.
+    pub effect: Effect,
     pub reasons: Vec<ScoreReason>,
     pub model_version: Arc<str>,
     /// The last purchase, which began this episode of silence.
@@ -171,7 +175,7 @@ impl Task {
     /// Stream fields, in a stable order: those of every kind, the kind's own, then the tags
     /// and the profile's attributes (`profile_<key>`).
     pub fn fields(&self) -> Vec<(Cow<'static, str>, String)> {
-        let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(28);
+        let mut fields: Vec<(Cow<'static, str>, String)> = Vec::with_capacity(30);
         let mut push = |name: &'static str, value: String| fields.push((name.into(), value));
         push("schema_version", crate::outcomes::SCHEMA_VERSION.into());
         push("record", "task".into());
@@ -196,6 +200,8 @@ impl Task {
                 push("group", self.group.as_str().into());
                 push("episode_start", time::rfc3339(w.episode_start));
                 push("attempt", w.attempt.to_string());
+                push("effect", w.effect.as_str().into());
+                push("chance", format!("{:.6}", w.effect.chance()));
             }
             Detail::Convert { visits } => push("visits", visits.to_string()),
             Detail::Welcome { first_purchase } => {

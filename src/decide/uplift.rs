@@ -65,8 +65,8 @@ pub struct Arm {
     pub segment: Segment,
 }
 
-/// How the chance of an effect is learned.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How the chance of an effect is learned (`[winback.learn]`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct LearnSettings {
     /// Outcomes each group of an arm needs before its posterior replaces the stand-in.
     pub min_outcomes: u64,
@@ -93,13 +93,16 @@ pub enum Effect {
     Learned(f64),
     /// The arm is learned, but this candidate fell in the exploration floor: the stand-in.
     Explored(f64),
+    /// `winback.policy = random`: a uniform draw from the task ID (0 to 1) that orders the
+    /// candidates, whatever their value.
+    Random(f64),
 }
 
 impl Effect {
     /// The chance that the action changes the outcome, as priorities use it.
     pub fn chance(self) -> f64 {
         match self {
-            Self::StandIn(p) | Self::Learned(p) | Self::Explored(p) => p,
+            Self::StandIn(p) | Self::Learned(p) | Self::Explored(p) | Self::Random(p) => p,
         }
     }
 
@@ -108,6 +111,7 @@ impl Effect {
             Self::StandIn(_) => "stand_in",
             Self::Learned(_) => "learned",
             Self::Explored(_) => "explored",
+            Self::Random(_) => "random",
         }
     }
 }
@@ -130,6 +134,11 @@ impl UpliftBook {
     /// Replaces an arm's outcomes (the lift aggregates are rebuilt from the outcome stream).
     pub fn set(&mut self, arm: Arm, outcomes: ArmOutcomes) {
         self.arms.insert(arm, outcomes);
+    }
+
+    /// Arms with outcomes.
+    pub fn arms(&self) -> usize {
+        self.arms.len()
     }
 
     pub fn outcomes(&self, arm: &Arm) -> ArmOutcomes {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::budget::{Admission, Budgets};
 use super::holdout::{Group, Holdout};
 use super::settings::WinbackSettings;
+use super::targeting::{Candidate, Target, Targeting, WinbackPolicy};
 use super::task::{winback_task_id, Detail, Task, TaskKind, WinbackDetail};
 use super::Assessment;
 use crate::classify::Segment;
@@ -42,6 +43,10 @@ pub(crate) struct Policy {
     /// By segment: the slot of the action's budget in the engine's [`Budgets`]; `None`:
     /// the action is not budgeted.
     budget_slots: [Option<usize>; 8],
+    /// By segment: what a task of the action costs (0: not budgeted).
+    costs: [f64; 8],
+    /// Where the chance in a candidate's priority comes from.
+    targeting: WinbackPolicy,
     holdout: Holdout,
     pub reasons: usize,
 }
@@ -55,6 +60,9 @@ pub(crate) enum Decision {
     Task(Box<Task>),
     /// Due, but not within today's budget of the action: a candidate again tomorrow.
     HeldBack,
+    /// Due, but the action's measured lift for the customer's segment does not pay for it
+    /// (`winback.policy = learned`): looked at again tomorrow, when the book may say otherwise.
+    NoLift,
 }
 
 impl Policy {
@@ -84,6 +92,15 @@ impl Policy {
                     .get(&s)
                     .and_then(|a| Budgets::slot(&settings.budgets, a))
             }),
+            costs: Segment::ALL.map(|s| {
+                settings
+                    .actions
+                    .get(&s)
+                    .and_then(|a| settings.budgets.get(a))
+                    .and_then(|b| b.cost)
+                    .unwrap_or(0.0)
+            }),
+            targeting: settings.policy,
             holdout: Holdout::new(TaskKind::Winback, settings.control_share),
             reasons: settings.reasons,
         }
@@ -151,12 +168,13 @@ impl Policy {
     /// A task for the customer now, if the policy calls for one and the action's budget
     /// affords it; updates `state` when one is raised. Only a buyer (with a score) can get
     /// one. Treatment and control candidates pass the same budget: the group is drawn after.
+    /// `targeting` holds the measured lift the priority may be learned from.
     pub fn decide(
         &self,
         state: &mut WinbackState,
         a: &Assessment<'_>,
         model_version: &Arc<str>,
-        budgets: &mut Budgets,
+        (budgets, targeting): (&mut Budgets, &mut Targeting),
     ) -> Decision {
         let Some(scored) = a.scored else {
             return Decision::None;
@@ -174,22 +192,34 @@ impl Policy {
         {
             return Decision::None;
         }
-        // Worked out only now that a task is raised: the value at stake orders the tasks.
+        // Worked out only now that a task may be raised: the value at stake (what the
+        // customer is worth if they stay × the chance the action changes the outcome) orders
+        // the tasks.
         let value = a.value_estimates();
-        let priority = value.map_or(scored.probability * scored.monetary_365d, |v| {
-            v.clv_365d * scored.probability
-        });
+        let attempt = state.episode_tasks + 1;
+        let task_id = winback_task_id(a.customer_id, last_purchase, attempt);
+        let candidate = Candidate {
+            action: &self.actions[s],
+            segment: scored.segment,
+            probability: scored.probability,
+            value: value.map_or(scored.monetary_365d, |v| v.clv_365d),
+            cost: self.costs[s],
+            task_id: &task_id,
+        };
+        let (priority, effect) = match self.targeting.target(&candidate, targeting) {
+            Target::Candidate { priority, effect } => (priority, effect),
+            Target::NoLift(_) => return Decision::NoLift,
+        };
         if let Some(slot) = self.budget_slots[s] {
             if budgets.admit(slot, priority, now) == Admission::HeldBack {
                 return Decision::HeldBack;
             }
         }
-        state.episode_tasks += 1;
+        state.episode_tasks = attempt;
         state.last_task_at = now.max(1);
         state.awaiting_recovery = true;
-        let attempt = state.episode_tasks;
         Decision::Task(Box::new(Task {
-            task_id: winback_task_id(a.customer_id, last_purchase, attempt),
+            task_id,
             customer_id: a.customer_id.to_owned(),
             action: self.actions[s].clone(),
             lifecycle_stage: a.stage,
@@ -202,6 +232,7 @@ impl Policy {
                 churn_probability: scored.probability,
                 risk: scored.risk,
                 priority,
+                effect,
                 reasons: scored.score.reasons(self.reasons),
                 model_version: model_version.clone(),
                 episode_start: last_purchase,
@@ -297,9 +328,14 @@ mod tests {
             a: &Assessment<'_>,
             version: &Arc<str>,
         ) -> Option<Task> {
-            match self.decide(st, a, version, &mut Budgets::default()) {
+            match self.decide(
+                st,
+                a,
+                version,
+                (&mut Budgets::default(), &mut Targeting::default()),
+            ) {
                 Decision::Task(task) => Some(*task),
-                Decision::None | Decision::HeldBack => None,
+                Decision::None | Decision::HeldBack | Decision::NoLift => None,
             }
         }
     }
@@ -456,6 +492,123 @@ mod tests {
                 &version()
             )
             .is_none());
+    }
+
+    /// Coupons for general_winback (cost 5, no limit on volume) under `policy`, decided for
+    /// 400 customers like `at(0.8, general_winback)` with `book`: the decisions.
+    fn decisions(policy: WinbackPolicy, book: Option<(u64, u64)>) -> Vec<(Decision, WinbackState)> {
+        let mut settings = WinbackSettings::unbudgeted();
+        settings
+            .budgets
+            .insert("coupon".into(), super::super::ActionBudget::new(1e12, 5.0));
+        settings.policy = policy;
+        let p = Policy::new(&settings);
+        let mut budgets = Budgets::new(&settings.budgets);
+        let mut targeting = Targeting::default();
+        if let Some((treated_converted, control_converted)) = book {
+            let mut b = crate::decide::uplift::UpliftBook::new(settings.learn);
+            b.set(
+                crate::decide::uplift::Arm {
+                    kind: TaskKind::Winback,
+                    action: "coupon".into(),
+                    segment: Segment::GeneralWinback,
+                },
+                crate::decide::uplift::ArmOutcomes {
+                    treated: 1_000,
+                    treated_converted,
+                    control: 1_000,
+                    control_converted,
+                },
+            );
+            targeting.set_book(Arc::new(b));
+        }
+        let ids: Vec<String> = (0..400).map(|i| format!("c-{i}")).collect();
+        ids.iter()
+            .map(|id| {
+                let a = Assessment {
+                    customer_id: id,
+                    ..at(0.8, Segment::GeneralWinback, T0 + 100 * DAY)
+                };
+                let mut st = WinbackState::default();
+                let d = p.decide(&mut st, &a, &version(), (&mut budgets, &mut targeting));
+                (d, st)
+            })
+            .collect()
+    }
+
+    fn effects(decisions: &[(Decision, WinbackState)]) -> Vec<(&'static str, f64)> {
+        decisions
+            .iter()
+            .filter_map(|(d, _)| match d {
+                Decision::Task(t) => t.winback().map(|w| (w.effect.as_str(), w.priority)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_playbook_ranks_by_churn_probability_whatever_was_measured() {
+        let d = decisions(WinbackPolicy::Playbook, Some((200, 200)));
+        let e = effects(&d);
+        assert_eq!(e.len(), 400);
+        // 0.8 × 200 spent over the last year.
+        assert!(e
+            .iter()
+            .all(|&(effect, p)| effect == "stand_in" && (p - 160.0).abs() < 1e-9));
+    }
+
+    #[test]
+    fn learned_is_the_playbook_until_measured_then_skips_an_action_that_does_nothing() {
+        assert_eq!(
+            effects(&decisions(WinbackPolicy::Learned, None)),
+            effects(&decisions(WinbackPolicy::Playbook, None))
+        );
+        // +30 points: every candidate is worth a coupon (0.3 × 200 > 5).
+        let works = decisions(WinbackPolicy::Learned, Some((400, 100)));
+        let e = effects(&works);
+        assert_eq!(e.len(), 400);
+        let learned: Vec<f64> = e
+            .iter()
+            .filter(|(effect, _)| *effect == "learned")
+            .map(|(_, p)| p / 200.0)
+            .collect();
+        let mean = learned.iter().sum::<f64>() / learned.len() as f64;
+        assert!((mean - 0.3).abs() < 0.01, "mean lift drawn {mean}");
+        assert!(
+            (300..390).contains(&learned.len()),
+            "{} learned",
+            learned.len()
+        );
+        // Nothing: only the exploration floor, and the tail above a 2.5-point lift (5 / 200,
+        // 1.4 sd at 1,000 outcomes a group: about 8 %), get a task; the others are not
+        // tasked, nor is their state touched.
+        let useless = decisions(WinbackPolicy::Learned, Some((200, 200)));
+        let tasked = effects(&useless).len();
+        assert!((40..120).contains(&tasked), "{tasked} tasked");
+        for (d, st) in &useless {
+            if *d == Decision::NoLift {
+                assert_eq!(*st, WinbackState::default());
+            }
+        }
+        assert_eq!(
+            useless
+                .iter()
+                .filter(|(d, _)| *d == Decision::NoLift)
+                .count(),
+            400 - tasked
+        );
+    }
+
+    #[test]
+    fn random_orders_candidates_whatever_their_value_and_repeats_on_replay() {
+        let first = effects(&decisions(WinbackPolicy::Random, Some((400, 100))));
+        assert_eq!(first, effects(&decisions(WinbackPolicy::Random, None)));
+        assert_eq!(first.len(), 400);
+        assert!(first.iter().all(|(effect, _)| *effect == "random"));
+        let mut priorities: Vec<f64> = first.iter().map(|(_, p)| *p).collect();
+        priorities.sort_by(f64::total_cmp);
+        priorities.dedup();
+        assert_eq!(priorities.len(), 400, "a priority of its own for each");
     }
 
     #[test]

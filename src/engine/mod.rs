@@ -36,7 +36,8 @@ use std::time::Instant;
 
 use crate::classify::{LifecycleStage, RfmThresholds};
 use crate::config::{ClockMode, SegmentMode};
-use crate::decide::{Assessment, Budgets, Playbook, Scored, WinbackState};
+use crate::decide::uplift::UpliftBook;
+use crate::decide::{Assessment, Budgets, Playbook, Scored, Targeting, WinbackState};
 use crate::event::{event_kind, parse_event, EntryId, Event, EventKind, Reason, Rejection};
 use crate::features::recheck::Recheck;
 use crate::features::store::CustomerIdx;
@@ -62,6 +63,9 @@ pub struct Engine {
     /// How much of each win-back action's daily budget is left, and the running picture of
     /// candidates' priorities that paces it.
     budgets: Budgets,
+    /// The lift measured per action × segment, which `winback.policy = learned` draws
+    /// priorities from; swapped in between batches.
+    targeting: Targeting,
     model: Arc<Model>,
     model_version: Arc<str>,
     store: Customers,
@@ -130,6 +134,7 @@ impl Engine {
                 .flatten(),
             playbook,
             budgets,
+            targeting: Targeting::default(),
             budget_series,
             profiles: Profiles::new(&settings.profiles, Interner::default()),
             schedule_fingerprint: settings.schedule_fingerprint(),
@@ -183,6 +188,13 @@ impl Engine {
         self.model_version = model.version().into();
         self.model = model;
         self.recheck_pending = true;
+    }
+
+    /// Decides win-back priorities with `book` from the next decision on. The engine decides
+    /// deterministically given the book it has: a replay with the same book raises the same
+    /// tasks.
+    pub(crate) fn set_uplift(&mut self, book: Arc<UpliftBook>) {
+        self.targeting.set_book(book);
     }
 
     /// Runs the re-check of everyone a new model or a restore asked for, unless a snapshot is
@@ -543,6 +555,7 @@ impl Engine {
         let (mut winback, mut contact) = (customer.winback, customer.contact);
         // Taken out for the decision, which reads the rest of the engine.
         let mut budgets = std::mem::take(&mut self.budgets);
+        let mut targeting = std::mem::take(&mut self.targeting);
         let assessment = self.assess(idx, now, stage, scored);
         let first = fx.tasks.len();
         let decision_next = self.playbook.decide(
@@ -550,9 +563,10 @@ impl Engine {
             (&mut winback, &mut contact),
             feedback,
             &self.model_version,
-            (&mut budgets, &mut fx.tasks),
+            (&mut budgets, &mut targeting, &mut fx.tasks),
         );
         self.budgets = budgets;
+        self.targeting = targeting;
         let wall_clock = self.settings.clock == ClockMode::Wall;
         let dropped = crate::outcomes::expire(
             &mut fx.tasks,

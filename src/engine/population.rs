@@ -160,6 +160,9 @@ impl Engine {
             series.bar.set(report.bar);
             series.held_back.inc_by(report.held_back);
         }
+        self.metrics
+            .winback_no_lift
+            .inc_by(self.targeting.take_skipped());
     }
 
     /// Customers by region label, `none` counting everyone without a region.

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::classify::Segment;
+use crate::decide::uplift::{Arm, ArmOutcomes, LearnSettings, UpliftBook};
 use crate::decide::{Group, TaskKind};
 
 pub use report::{Report, Row};
@@ -501,6 +502,31 @@ impl Aggregates {
         }
     }
 
+    /// The outcomes per arm (kind × action × segment) for learning where actions work
+    /// (`winback.policy = learned`). Cells without a segment (prospects) are no arm: their
+    /// lift cannot steer a decision by segment.
+    pub fn uplift_book(&self, settings: LearnSettings) -> UpliftBook {
+        let mut book = UpliftBook::new(settings);
+        for (key, totals) in &self.cells {
+            let Some(segment) = key.segment else { continue };
+            let arm = Arm {
+                kind: key.kind,
+                action: key.action.clone(),
+                segment,
+            };
+            book.set(
+                arm,
+                ArmOutcomes {
+                    treated: totals.treatment.tasks,
+                    treated_converted: totals.treatment.conversions,
+                    control: totals.control.tasks,
+                    control_converted: totals.control.conversions,
+                },
+            );
+        }
+        book
+    }
+
     /// Counts a valid record; `false` when it would open a cell beyond [`MAX_CELLS`].
     fn add(&mut self, r: &OutcomeRecord) -> bool {
         if !self.window.contains(r.closed_at_ms) {
@@ -805,6 +831,23 @@ pub(crate) mod tests {
         let kinds = a.kinds();
         assert_eq!(kinds.len(), 1);
         assert_eq!(kinds[&0].1.control.tasks, 3);
+        // The arms learning reads: the cell with a segment, not the prospects' one.
+        let book = a.uplift_book(LearnSettings::default());
+        let arm = Arm {
+            kind: TaskKind::Winback,
+            action: "coupon".into(),
+            segment: Segment::GeneralWinback,
+        };
+        assert_eq!(
+            book.outcomes(&arm),
+            ArmOutcomes {
+                treated: 3,
+                treated_converted: 2,
+                control: 2,
+                control_converted: 1
+            }
+        );
+        assert_eq!(book.arms(), 1);
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub struct EngineMetrics {
     pub store_bytes: IntGauge,
     pub clock_seconds: IntGauge,
     pub recoveries: PerLabel<Group, IntCounter>,
+    /// Win-back candidates whose learned lift did not pay for the action.
+    pub winback_no_lift: IntCounter,
     /// Open: by configured action (`[winback.budgets]`); see [`Self::budget`].
     budget: BudgetFamilies,
     /// The engine swaps models in, so it reports the version serving.
@@ -236,6 +238,13 @@ impl EngineMetrics {
                 "Customers who bought again after a win-back task, by group.",
                 &["group"],
             )),
+            winback_no_lift: r
+                .counter_vec(
+                    "churnd_winback_skipped_total",
+                    "Win-back candidates given no task, by reason: no_lift, the lift measured for the action in the customer's segment (winback.policy = learned) does not pay for its cost (looked at again the next day).",
+                    &["reason"],
+                )
+                .with_label_values(&["no_lift"]),
             budget: BudgetFamilies {
                 per_day: r.float_gauge_vec(
                     "churnd_winback_budget_per_day",

@@ -13,6 +13,7 @@ mod fuzz_input;
 mod helpers;
 mod http_api;
 mod http_limits;
+mod learning;
 mod lift;
 mod model_cli;
 mod observability;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use churnd::classify::{LifecycleStage, Risk, Segment};
 use churnd::config::Settings;
 use churnd::connection::Connector;
+use churnd::decide::uplift::Effect;
 use churnd::decide::Group;
 use churnd::decide::{Detail, Task, TaskKind, WinbackDetail};
 use churnd::engine::{DeadLetter, Effects};
@@ -157,6 +158,7 @@ fn winback(n: usize, group: Group) -> Task {
             churn_probability: 0.8125,
             risk: Risk::High,
             priority: 12.5,
+            effect: Effect::StandIn(0.8125),
             reasons: vec![ScoreReason {
                 feature: "log_recency_days",
                 high: true,
@@ -323,7 +325,11 @@ async fn a_batch_beyond_one_script_call_is_written_once_and_counted_then_dropped
     let (_, first) = &read_stream(&mut c, CONTROL).await[0];
     assert_eq!(first["task_id"], format!("{:032x}", 0));
     assert_eq!(first["reasons"], "log_recency_days:high");
-    assert_eq!(first.len(), 19);
+    assert_eq!(
+        (first["effect"].as_str(), first["chance"].as_str()),
+        ("stand_in", "0.812500")
+    );
+    assert_eq!(first.len(), 21);
     assert_eq!(first["tags"], "");
     let raw: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
         .arg(TASKS)

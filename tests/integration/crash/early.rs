@@ -22,9 +22,13 @@ const NO_PERIODIC_SNAPSHOT_MS: u64 = 3_600_000;
 const EXTRA: &str = "churn:events:extra";
 
 /// The settings of these runs: a control group, so every output stream has entries to
-/// compare (the other kinds are on by default), snapshots every `snapshot_every_ms`.
+/// compare (the other kinds are on by default), snapshots every `snapshot_every_ms`. The
+/// playbook's priorities: learned ones depend on the outcomes the lift task has read when a
+/// candidate is decided, which two runs reach at different moments (the engine is
+/// deterministic given the book it has, not given the input alone).
 fn adjust(s: &mut Settings, snapshot_every_ms: u64) {
     s.winback.control_share = 0.2;
+    s.winback.policy = churnd::decide::WinbackPolicy::Playbook;
     s.state.snapshot_interval = churnd::config::Interval::from_millis(snapshot_every_ms);
 }
 
