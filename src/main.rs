@@ -159,6 +159,15 @@ struct SimulateArgs {
     /// a purchase a few days later. Control-group tasks are read, not answered.
     #[arg(long, value_delimiter = ',')]
     respond_to: Vec<String>,
+    /// Advance in lockstep with churnd (which must run with clock.mode = event): one
+    /// simulated day at a time over --history-days, each day's events written, then waited
+    /// for until churnd's group (source.group) has consumed them, then the tasks so far
+    /// answered. For closed-loop measurements; needs --respond-to.
+    #[arg(long, requires = "respond_to")]
+    lockstep: bool,
+    /// With --lockstep: the longest wait, in seconds, for churnd to consume one day's events.
+    #[arg(long, default_value_t = 60)]
+    day_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -558,6 +567,10 @@ fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
         invalid_per_mille: args.invalid_per_mille,
         max_len: args.max_len,
         respond_to: args.respond_to,
+        lockstep: args.lockstep.then(|| simulate::Lockstep {
+            group: settings.source.group.clone(),
+            day_timeout: std::time::Duration::from_secs(args.day_timeout_secs),
+        }),
     };
     let connector = Connector::new(
         connection::client(&settings.redis)?,

@@ -17,10 +17,15 @@
 //! simulated time, and if its action works on the customer's hidden persona
 //! ([`response`]) they buy a few days later. Control-group tasks are read, not answered.
 //!
+//! With `lockstep` (and `respond_to`), the simulation advances one simulated day at a time in
+//! step with churnd under its event-time clock ([`lockstep`]): a closed loop whose answers
+//! land in the following days' events, for measuring what a policy's tasks add.
+//!
 //! Started again on a stream that already has entries (a restarted compose stack), it does not
 //! write the history a second time: it makes the same customers live through it unwritten and
 //! continues live.
 
+pub mod lockstep;
 pub(crate) mod population;
 pub mod respond;
 mod response;
@@ -39,6 +44,8 @@ use population::{
     Activity, Params, ParamsError, Population, SimEvent, AGE_BANDS, CHANNELS, GENDERS, REGIONS,
 };
 use respond::TaskReader;
+
+pub use lockstep::{Lockstep, NotConsumed};
 
 const DAY_MS: u64 = 86_400_000;
 /// Pacing step: each one writes, as one pipeline, the events due by then.
@@ -71,6 +78,9 @@ pub struct SimulateOptions {
     pub max_len: u64,
     /// Task streams whose tasks the simulated customers answer; empty: none.
     pub respond_to: Vec<String>,
+    /// Advance in lockstep with churnd, a simulated day at a time, over `history_days`
+    /// (`rate`, `speedup`, `events`, `invalid_per_mille` and `max_len` do not apply).
+    pub lockstep: Option<Lockstep>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +93,8 @@ pub enum SimulateError {
     Redis(#[from] redis::RedisError),
     #[error("reading the tasks back from --respond-to failed: {0}")]
     ReadTasks(respond::ReadError),
+    #[error(transparent)]
+    NotConsumed(Box<NotConsumed>),
 }
 
 /// What a run wrote.
@@ -164,6 +176,23 @@ impl SimulateOptions {
         }
         if self.respond_to.iter().any(String::is_empty) {
             return fail("respond_to", "must name task streams, not empty names");
+        }
+        if let Some(lockstep) = &self.lockstep {
+            if self.history_days == 0 {
+                return fail(
+                    "history_days",
+                    "must be at least 1 with --lockstep (the days simulated)",
+                );
+            }
+            if self.respond_to.is_empty() {
+                return fail(
+                    "lockstep",
+                    "needs --respond-to (the task streams to answer)",
+                );
+            }
+            if lockstep.group.is_empty() {
+                return fail("lockstep", "needs churnd's consumer group (source.group)");
+            }
         }
         Ok(())
     }
@@ -250,6 +279,22 @@ fn push_event(
     };
 }
 
+/// The population of `options`, its customers arriving from `start_ms` on, as many over
+/// the history (or a year when there is none) as `options.customers`.
+fn population(options: &SimulateOptions, start_ms: u64) -> Result<Population, SimulateError> {
+    let arrival_days = match options.history_days {
+        0 => 365,
+        days => days,
+    };
+    let arrivals_per_day = options.customers as f64 / f64::from(arrival_days);
+    Ok(Population::new(
+        Params::default(),
+        options.seed,
+        start_ms,
+        arrivals_per_day,
+    )?)
+}
+
 /// Writes `pipe`, reconnecting whenever Redis goes away and retrying with the daemon's
 /// back-off until it is written; `false` if shutdown came first.
 async fn write(
@@ -295,18 +340,11 @@ pub async fn run(
 ) -> Result<SimulateReport, SimulateError> {
     options.validate()?;
     let started_ms = wall_millis();
+    if let Some(lockstep) = &options.lockstep {
+        return lockstep::run(&options, lockstep, connector, started_ms, shutdown).await;
+    }
     let history_ms = u64::from(options.history_days) * DAY_MS;
-    let arrival_days = match options.history_days {
-        0 => 365,
-        days => days,
-    };
-    let arrivals_per_day = options.customers as f64 / f64::from(arrival_days);
-    let mut population = Population::new(
-        Params::default(),
-        options.seed,
-        started_ms.saturating_sub(history_ms),
-        arrivals_per_day,
-    )?;
+    let mut population = population(&options, started_ms.saturating_sub(history_ms))?;
     // Its own stream of draws, so that the malformed share does not change the population.
     let mut malformed_rng = StdRng::seed_from_u64(options.seed.wrapping_add(1));
     let mut malformed_turn = 0usize;
@@ -483,6 +521,7 @@ mod tests {
             invalid_per_mille: 1,
             max_len: 0,
             respond_to: Vec::new(),
+            lockstep: None,
         }
     }
 
@@ -596,6 +635,27 @@ mod tests {
                 ..options()
             }),
             "invalid_per_mille"
+        );
+        let lockstep = Some(Lockstep {
+            group: "churnd".into(),
+            day_timeout: Duration::from_secs(1),
+        });
+        assert_eq!(
+            name(SimulateOptions {
+                lockstep: lockstep.clone(),
+                ..options()
+            }),
+            "lockstep",
+            "lockstep without --respond-to"
+        );
+        assert_eq!(
+            name(SimulateOptions {
+                lockstep,
+                history_days: 0,
+                respond_to: vec!["churn:winback".into()],
+                ..options()
+            }),
+            "history_days"
         );
     }
 }

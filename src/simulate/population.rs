@@ -18,7 +18,8 @@
 //!
 //! Customers also answer churnd's actions ([`Population::respond`]): an action that works on
 //! a customer's hidden persona ([`super::response`]) brings one purchase a few days later,
-//! beside their own process (which goes on as it would have).
+//! beside their own process (which goes on as it would have), unless they have been gone
+//! too long ([`super::response::GONE_DAYS`]).
 //!
 //! New customers arrive as a Poisson process, spread evenly over time. Events come out in
 //! time order across the whole population from a heap holding one pending event per live
@@ -176,6 +177,9 @@ struct Customer {
     dropout: f64,
     /// Rate parameter of the customer's spend per purchase (gamma-gamma).
     spend_rate: f64,
+    /// When they last bought (0: not yet): how long they have been gone when an action
+    /// reaches them.
+    last_purchase_ms: u64,
     /// Set when the customer has dropped out: the pending event is their last.
     leaving: bool,
     follow_up: FollowUp,
@@ -301,9 +305,14 @@ impl Population {
         let c = self.customers.get(customer as usize)?;
         // The mean of the customer's spend per order (gamma-gamma), which the purchase spends.
         let mean_order = self.params.spend_shape / c.spend_rate;
-        let at = self
-            .responses
-            .answer(customer, mean_order, action, task, at_ms)?;
+        // A prospect, who has not bought yet, is not gone.
+        let last_purchase_ms = match c.last_purchase_ms {
+            0 => at_ms,
+            ms => ms,
+        };
+        let at =
+            self.responses
+                .answer(customer, mean_order, last_purchase_ms, action, task, at_ms)?;
         let cents = ((mean_order * 100.0).round() as u64).max(1);
         self.induced.push(Reverse((at, customer, cents)));
         Some(at)
@@ -343,6 +352,7 @@ impl Population {
         if let Some(&Reverse((ts, customer, cents))) = self.induced.peek() {
             if ts <= self.peek_natural_ms() {
                 self.induced.pop();
+                self.customers[customer as usize].last_purchase_ms = ts;
                 return SimEvent {
                     customer,
                     ts_ms: ts,
@@ -374,6 +384,7 @@ impl Population {
             activity_per_day,
             dropout: self.dropout.sample(&mut self.rng),
             spend_rate: self.spend_mix.sample(&mut self.rng),
+            last_purchase_ms: 0,
             leaving: false,
             follow_up: FollowUp::None,
             first: !prospect,
@@ -455,6 +466,7 @@ impl Population {
         };
         let first_purchase = std::mem::take(&mut c.first);
         if let Activity::Purchase { cents } = activity {
+            c.last_purchase_ms = ts;
             let draw: f64 = rng.random();
             let complaint = params.refund_probability + params.complaint_probability;
             c.follow_up = if draw < params.refund_probability {

@@ -8,7 +8,10 @@
 //! often of the relationship kind, those who spend little more often deal seekers, so a
 //! segment's lift differs by action and a policy can find it. Customers who would have come
 //! back anyway are the population's own: their purchases happen whatever churnd does, and
-//! only the holdout tells them from the ones an action brought back.
+//! only the holdout tells them from the ones an action brought back. And a customer who has
+//! not bought for more than [`GONE_DAYS`] when the action reaches them answers nothing,
+//! whatever their persona: they have moved on. So the segments of long silence (low
+//! recency) answer no action at all, and an action's lift is in the recently lapsed.
 //!
 //! Every draw is a hash of the seed, the customer and the task, never the population's own
 //! random stream: two runs under different policies see the same customers behave the same
@@ -21,6 +24,9 @@ const DAY_MS: f64 = 86_400_000.0;
 const MEAN_RESPONSE_DAYS: f64 = 5.0;
 /// The purchase comes within this many days (inside a 30-day conversion window).
 const MAX_RESPONSE_DAYS: f64 = 25.0;
+/// Days without a purchase after which no action brings a customer back (the lifecycle's
+/// `silent` stage starts at 90 days).
+pub(crate) const GONE_DAYS: f64 = 90.0;
 /// Per-order spend above which a customer counts as a high spender (the population's mean
 /// order value is about 35).
 const HIGH_SPEND: f64 = 35.0;
@@ -104,16 +110,23 @@ impl Responses {
     }
 
     /// Whether `action`, sent at `at_ms` on the task `task` (any number that tells the
-    /// customer's tasks apart), brings a purchase from `customer`, and when.
+    /// customer's tasks apart) to `customer`, whose last purchase was at `last_purchase_ms`,
+    /// brings a purchase from them, and when.
     pub fn answer(
         &self,
         customer: u32,
         mean_order: f64,
+        last_purchase_ms: u64,
         action: &str,
         task: u64,
         at_ms: u64,
     ) -> Option<u64> {
-        let lift = self.persona(customer, mean_order).lift(action);
+        let silent_days = at_ms.saturating_sub(last_purchase_ms) as f64 / DAY_MS;
+        let lift = if silent_days > GONE_DAYS {
+            0.0
+        } else {
+            self.persona(customer, mean_order).lift(action)
+        };
         // Salts 1 and 2 per task: whether, then when (0 is the persona's).
         let salt = task.wrapping_mul(2).wrapping_add(1);
         if self.uniform(customer, salt) >= lift {
@@ -159,7 +172,7 @@ mod tests {
                 continue;
             }
             asked += 1;
-            if let Some(at) = r.answer(c, 12.0, "coupon", 1, 1_000) {
+            if let Some(at) = r.answer(c, 12.0, 0, "coupon", 1, 1_000) {
                 answered += 1;
                 assert!(at > 1_000 && at <= 1_000 + (25.0 * DAY_MS) as u64 + 1);
             }
@@ -173,10 +186,27 @@ mod tests {
         let r = Responses::new(4);
         for c in 0..20_000 {
             if r.persona(c, 50.0) == Persona::Unmoved {
-                assert_eq!(r.answer(c, 50.0, "personal_call", 7, 0), None);
+                assert_eq!(r.answer(c, 50.0, 0, "personal_call", 7, 0), None);
             }
-            assert_eq!(r.answer(c, 50.0, "carrier_pigeon", 7, 0), None);
+            assert_eq!(r.answer(c, 50.0, 0, "carrier_pigeon", 7, 0), None);
         }
+    }
+
+    #[test]
+    fn customers_gone_longer_than_gone_days_answer_nothing() {
+        let r = Responses::new(6);
+        let at = (200.0 * DAY_MS) as u64;
+        let last = |days: f64| at - (days * DAY_MS) as u64;
+        let answered = |silent: f64| {
+            (0..20_000)
+                .filter(|&c| r.answer(c, 12.0, last(silent), "coupon", 1, at).is_some())
+                .count()
+        };
+        assert!(
+            answered(GONE_DAYS - 1.0) > 1_000,
+            "the recently lapsed answer"
+        );
+        assert_eq!(answered(GONE_DAYS + 1.0), 0);
     }
 
     #[test]
@@ -184,7 +214,7 @@ mod tests {
         let r = Responses::new(5);
         let answer = |task| {
             (0..20_000)
-                .map(|c| r.answer(c, 12.0, "coupon", task, 0))
+                .map(|c| r.answer(c, 12.0, 0, "coupon", task, 0))
                 .collect::<Vec<_>>()
         };
         assert_eq!(answer(1), answer(1));

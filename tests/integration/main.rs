@@ -26,6 +26,7 @@ mod process;
 mod profiles_feedback;
 mod resilience;
 mod secrets;
+mod simulate_lockstep;
 mod simulate_respond;
 mod sink;
 mod task_kinds;

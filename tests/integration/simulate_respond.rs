@@ -28,6 +28,7 @@ fn options(stream: &str, rate: u64, respond_to: &[&str]) -> SimulateOptions {
         invalid_per_mille: 0,
         max_len: 0,
         respond_to: respond_to.iter().map(|s| s.to_string()).collect(),
+        lockstep: None,
     }
 }
 

@@ -13,8 +13,12 @@
 //! `churnd-bench recovery`: the time from start to ready with a snapshot of many customers.
 //!
 //! `churnd-bench sweep`: the CPU cost of re-scoring the silent customers that fall due.
+//!
+//! `churnd-bench closed-loop`: incremental conversions per 1,000 win-back tasks of each
+//! targeting policy under the same budget, simulated customers answering churnd's tasks.
 
 mod bare;
+mod closed_loop;
 mod engine;
 mod http_probe;
 mod latency;
@@ -62,6 +66,9 @@ enum Bench {
     /// Latency at a steady offered load: XADD to state updated, and XADD of a probe (a new
     /// customer's single purchase long ago) to its win-back task.
     Latency(latency::Args),
+    /// Incremental conversions per 1,000 win-back tasks per targeting policy, same budget:
+    /// churnd and a lockstep simulation whose customers answer its tasks.
+    ClosedLoop(closed_loop::Args),
     /// Start-to-ready time of the daemon with a snapshot of `customers` customers.
     Recovery {
         #[arg(long, default_value_t = 10_000_000)]
@@ -82,6 +89,7 @@ async fn main() -> Result<()> {
         Bench::Sweep { customers } => engine::sweep(customers),
         Bench::Throughput(args) => throughput::throughput(args).await,
         Bench::Latency(args) => latency::latency(args).await,
+        Bench::ClosedLoop(args) => closed_loop::closed_loop(args).await,
         Bench::Recovery {
             customers,
             redis_server,

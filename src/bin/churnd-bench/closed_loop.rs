@@ -1,0 +1,429 @@
+//! `churnd-bench closed-loop`: what win-back tasks add, in a closed loop, per targeting policy
+//! under the same budget: incremental conversions per 1,000 tasks.
+//!
+//! For each policy (`winback.policy`: `learned`, `playbook`, `random`; `default` sets no key)
+//! and each seed, a run
+//!
+//! 1. starts its own `redis-server` on a free port and the built `churnd` binary (`churnd run`,
+//!    beside this program unless `--churnd`) against it, with `clock.mode = event`, the
+//!    shipped model and default settings (budgets included: about 40 win-back tasks a simulated
+//!    day, sized for a base of about 20,000), except: the policy, a temporary state directory,
+//!    and every task kind but win-back turned off (their actions move no simulated customer;
+//!    they would only take contacts from the contact cap);
+//! 2. runs `churnd simulate --lockstep --respond-to churn:winback` in-process
+//!    ([`churnd::simulate::lockstep`]): `--customers` arriving over `--days` simulated days,
+//!    one day at a time, each day's events consumed by churnd before the tasks raised so far
+//!    are answered. The customers' hidden personas (`src/simulate/response.rs`) answer some
+//!    actions in some segments and most not at all; many come back on their own. The seed
+//!    fixes the customers and their answers: the policies face the same people;
+//! 3. reads the outcome stream (`churn:outcomes`, one record per task whose 30-day window
+//!    closed, treatment and control alike) with the lift report's own code ([`churnd::lift`]).
+//!
+//! The measure is the lift report's win-back row: treated minus control conversion rate (the
+//! control group is churnd's holdout, 10 % by stable hash, chosen under the same budget as the
+//! treated), × 1,000, with Newcombe's 95 % interval: conversions the tasks added per 1,000
+//! treated tasks. Per policy the program prints every seed, the seeds pooled (the same
+//! computation on all their outcomes together) and the spread of the per-seed figures (mean,
+//! standard deviation, min–max). Tasks raised in the last 30 days have no outcome yet and are
+//! not counted.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio_util::sync::CancellationToken;
+
+use churnd::config::Settings;
+use churnd::connection::Connector;
+use churnd::lift::{self, Aggregates, Window};
+use churnd::metrics::{Metrics, RedisRole};
+use churnd::simulate::{self, Lockstep, SimulateOptions, SimulateReport};
+use churnd::source::lag::group_info;
+
+use crate::redis_server::{tempfile_dir::TempDir, RedisServer};
+
+const EVENTS: &str = "churn:events";
+const TASKS: &str = "churn:winback";
+const CONTROL: &str = "churn:winback:control";
+const OUTCOMES: &str = "churn:outcomes";
+const GROUP: &str = "churnd";
+/// Task kinds turned off: only win-back's tasks are measured.
+const OTHER_KINDS: [&str; 6] = [
+    "CONVERT",
+    "WELCOME",
+    "BIRTHDAY",
+    "ANNIVERSARY",
+    "REVISIT",
+    "SERVICE_RECOVERY",
+];
+
+/// `churnd-bench closed-loop` options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Policies compared (`winback.policy`); `default` runs churnd without the key.
+    #[arg(long, value_delimiter = ',', default_value = "learned,playbook,random")]
+    policies: Vec<Policy>,
+    /// Seeds 1 to this, each a different customer base (the same for every policy).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
+    /// Customers arriving over the simulated days.
+    #[arg(long, default_value_t = 20_000)]
+    customers: u64,
+    /// Simulated days.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+    /// The churnd binary; default: `churnd` beside this program (build it with the same
+    /// profile: `cargo build --release --bins`).
+    #[arg(long)]
+    churnd: Option<PathBuf>,
+    /// The model file; default: the shipped models/cdnow.json of this source tree.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The redis-server binary to start.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    Learned,
+    Playbook,
+    Random,
+    /// No `winback.policy` key: what churnd does by default.
+    Default,
+}
+
+impl Policy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Learned => "learned",
+            Self::Playbook => "playbook",
+            Self::Random => "random",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// What one run measured.
+struct Run {
+    seed: u64,
+    simulated: SimulateReport,
+    tasks_written: u64,
+    control_written: u64,
+    aggregates: Aggregates,
+    seconds: f64,
+}
+
+/// The churnd process of a run, killed on drop.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// The last lines churnd wrote to standard error.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// An error if churnd has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "churnd exited ({status}); its last words:\n{}",
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn churnd_binary(args: &Args) -> Result<PathBuf> {
+    let path = match &args.churnd {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("this program's directory")?
+            .join("churnd"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no churnd binary at {}: build it (`cargo build --release --bins`) or give --churnd",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn model_path(args: &Args) -> PathBuf {
+    args.model
+        .clone()
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json"))
+}
+
+/// Starts churnd against `redis` under `policy`, and waits until its group exists.
+async fn start_daemon(
+    args: &Args,
+    policy: Policy,
+    redis: &RedisServer,
+    dir: &TempDir,
+) -> Result<Daemon> {
+    let log = dir.path().join("churnd.log");
+    let mut command = Command::new(churnd_binary(args)?);
+    command
+        .arg("run")
+        .current_dir(dir.path())
+        .env("CHURND__REDIS__URL", redis.url())
+        .env("CHURND__CLOCK__MODE", "event")
+        .env("CHURND__STATE__DIR", dir.path().join("state"))
+        .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{}", free_port()?))
+        .env("CHURND__MODEL__PATH", model_path(args))
+        .env("CHURND__LOG__LEVEL", "warn")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    for kind in OTHER_KINDS {
+        command.env(format!("CHURND__TASKS__{kind}__ENABLED"), "false");
+    }
+    if policy != Policy::Default {
+        command.env("CHURND__WINBACK__POLICY", policy.name());
+    }
+    let mut daemon = Daemon {
+        child: command.spawn().context("starting churnd")?,
+        log,
+    };
+    let mut conn = redis.conn().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        daemon.check_running()?;
+        let reply: Result<redis::Value, _> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(EVENTS)
+            .query_async(&mut conn)
+            .await;
+        if reply.is_ok_and(|r| group_info(&r, GROUP).is_some()) {
+            return Ok(daemon);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "churnd did not create its consumer group within 60 s; its log:\n{}",
+                daemon.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One run; its outcomes are also counted into `pooled`.
+async fn run_once(args: &Args, policy: Policy, seed: u64, pooled: &mut Aggregates) -> Result<Run> {
+    let started = Instant::now();
+    let redis = RedisServer::start(&args.redis_server)?;
+    let dir = TempDir::new("closed-loop")?;
+    let mut daemon = start_daemon(args, policy, &redis, &dir).await?;
+    let mut settings = Settings::default();
+    settings.redis.url = redis.url();
+    let connector = Connector::new(
+        churnd::connection::client(&settings.redis)?,
+        &settings.redis,
+        Duration::from_secs(10),
+        RedisRole::Simulate,
+        &Metrics::new().redis,
+    );
+    let options = SimulateOptions {
+        stream: EVENTS.into(),
+        partitions: churnd::partition::PartitionCount::ONE,
+        customers: args.customers,
+        history_days: args.days,
+        rate: 1,
+        speedup: 0.0,
+        seed,
+        events: 0,
+        invalid_per_mille: 0,
+        max_len: 0,
+        respond_to: vec![TASKS.into(), CONTROL.into()],
+        lockstep: Some(Lockstep {
+            group: GROUP.into(),
+            day_timeout: Duration::from_secs(120),
+        }),
+    };
+    let simulated = simulate::run(options, connector, CancellationToken::new())
+        .await
+        .with_context(|| {
+            format!(
+                "the lockstep simulation; churnd's log:\n{}",
+                daemon.log_tail()
+            )
+        })?;
+    daemon.check_running()?;
+    let mut conn = redis.conn().await?;
+    let mut aggregates = Aggregates::new(Window::default());
+    let mut skipped = 0u64;
+    lift::stream::read_all(&mut conn, OUTCOMES, &mut aggregates, |_, _| skipped += 1).await?;
+    lift::stream::read_all(&mut conn, OUTCOMES, pooled, |_, _| skipped += 1).await?;
+    if skipped > 0 {
+        bail!("{skipped} outcome records could not be read: churnd and this program disagree on the schema");
+    }
+    let len = |stream| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("XLEN")
+                .arg(stream)
+                .query_async::<u64>(&mut conn)
+                .await
+        }
+    };
+    let (tasks_written, control_written) = (len(TASKS).await?, len(CONTROL).await?);
+    drop(daemon);
+    Ok(Run {
+        seed,
+        simulated,
+        tasks_written,
+        control_written,
+        aggregates,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// The win-back row of the lift report of `aggregates`.
+fn winback_row(aggregates: &Aggregates) -> Option<lift::Row> {
+    lift::report::report(aggregates, OUTCOMES)
+        .kinds
+        .into_iter()
+        .find(|row| row.kind == "winback")
+}
+
+/// Incremental conversions per 1,000 treated tasks, with the 95 % interval, as text.
+fn per_thousand(row: &lift::Row) -> String {
+    match row.conversion_lift {
+        Some(lift) => {
+            let l = lift.scaled(1000.0);
+            format!("{:+.1} [{:+.1}, {:+.1}]", l.estimate, l.low, l.high)
+        }
+        None => "n/a".into(),
+    }
+}
+
+fn counts(row: &lift::Row) -> String {
+    format!(
+        "{}/{} treated, {}/{} control",
+        row.treatment.conversions, row.treatment.tasks, row.control.conversions, row.control.tasks
+    )
+}
+
+/// Mean, standard deviation, min and max of `xs` (not empty).
+fn spread(xs: &[f64]) -> (f64, f64, f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let sd = if xs.len() > 1 {
+        (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    let min = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (mean, sd, min, max)
+}
+
+/// Win-back tasks churnd's default budgets afford per day.
+fn daily_capacity() -> f64 {
+    Settings::default()
+        .winback
+        .budgets
+        .values()
+        .filter_map(|b| Some((b.per_day? / b.cost?).floor()))
+        .sum()
+}
+
+pub async fn closed_loop(args: Args) -> Result<()> {
+    println!(
+        "{} cores, load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        crate::machine::load_average()
+    );
+    println!(
+        "closed loop: {} customers over {} simulated days, seeds 1..={}, policies {:?}; budgets afford {} win-back tasks a day",
+        args.customers,
+        args.days,
+        args.seeds,
+        args.policies.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        daily_capacity()
+    );
+    let mut summary = String::new();
+    for &policy in &args.policies {
+        let mut pooled = Aggregates::new(Window::default());
+        let mut figures = Vec::new();
+        for seed in 1..=args.seeds {
+            let run = run_once(&args, policy, seed, &mut pooled)
+                .await
+                .with_context(|| format!("policy {}, seed {seed}", policy.name()))?;
+            let row = winback_row(&run.aggregates).context("no win-back outcomes at all")?;
+            println!(
+                "{:<8} seed {}: {} tasks + {} control written ({:.1} a day), {} answered by a purchase; outcomes: {}; incremental conversions per 1,000 tasks {} ({:.0} s)",
+                policy.name(),
+                run.seed,
+                run.tasks_written,
+                run.control_written,
+                (run.tasks_written + run.control_written) as f64 / f64::from(args.days),
+                run.simulated.tasks_answered,
+                counts(&row),
+                per_thousand(&row),
+                run.seconds,
+            );
+            if let Some(lift) = row.conversion_lift {
+                figures.push(lift.estimate * 1000.0);
+            }
+        }
+        let row = winback_row(&pooled).context("no win-back outcomes at all")?;
+        let (mean, sd, min, max) = spread(&figures);
+        writeln!(
+            summary,
+            "| {} | {} | {:.1} % / {:.1} % | {} | {:+.1} ± {:.1} ({:+.1} to {:+.1}) |",
+            policy.name(),
+            row.treatment.tasks,
+            100.0 * row.treatment.conversion_rate.unwrap_or(0.0),
+            100.0 * row.control.conversion_rate.unwrap_or(0.0),
+            per_thousand(&row),
+            mean,
+            sd,
+            min,
+            max,
+        )?;
+    }
+    println!();
+    println!("| policy | treated tasks with an outcome (all seeds) | conversion treated / control | incremental conversions per 1,000 tasks, seeds pooled [95 %] | per seed: mean ± sd (min to max) |");
+    println!("|---|---|---|---|---|");
+    print!("{summary}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_seeds() {
+        let (mean, sd, min, max) = spread(&[1.0, 2.0, 3.0]);
+        assert_eq!((mean, min, max), (2.0, 1.0, 3.0));
+        assert!((sd - 1.0).abs() < 1e-12);
+        assert_eq!(spread(&[5.0]), (5.0, 0.0, 5.0, 5.0));
+    }
+}
