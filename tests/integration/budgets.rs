@@ -61,7 +61,10 @@ async fn a_days_budget_of_n_tasks_yields_at_most_n_and_the_rest_come_on_later_da
     // The action's first day: the ten come at once, which on a first day (no count of
     // candidates per day yet) looks like the start of a busy day, so it gives fewer.
     assert!(
-        by_day.values().next().is_some_and(|&n| (1..=3).contains(&n)),
+        by_day
+            .values()
+            .next()
+            .is_some_and(|&n| (1..=3).contains(&n)),
         "the first day is paced on the rate seen: {by_day:?}"
     );
     assert!(

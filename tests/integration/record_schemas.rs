@@ -22,21 +22,6 @@ const OUTCOMES: &str = "churn:outcomes";
 
 type Record = HashMap<String, String>;
 
-fn event(
-    customer: &str,
-    kind: &str,
-    ts_ms: u64,
-    more: &[(&'static str, &str)],
-) -> Vec<(&'static str, String)> {
-    let mut fields = vec![
-        ("customer_id", customer.to_string()),
-        ("type", kind.to_string()),
-        ("ts", ts_ms.to_string()),
-    ];
-    fields.extend(more.iter().map(|(k, v)| (*k, v.to_string())));
-    fields
-}
-
 /// `check-jsonschema` of `records` (each written to a file of its own) against the schema
 /// `docs/schemas/<name>.schema.json`.
 fn check(name: &str, records: &[Record], dir: &Path) -> Output {
