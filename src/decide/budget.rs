@@ -182,7 +182,8 @@ impl PacerState {
         let since = now.saturating_sub(self.first_at.min(now)).max(WARM_UP_SECS);
         let rate = seen.max(1.0) / f64::from(since);
         let left_today = f64::from(DAY - now % DAY);
-        1.0 + rate * left_today
+        // The one being decided is among those the rate expects.
+        (rate * left_today).max(1.0)
     }
 
     /// The priority below which a share `level` (0 to 1) of the candidates pictured lie.

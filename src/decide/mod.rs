@@ -382,4 +382,58 @@ mod tests {
         assert_eq!(kinds, [TaskKind::Convert]);
         assert_eq!(next, None, "nothing more for a prospect once offered");
     }
+
+    /// `[tasks.budgets]`: a care action's day affords one task; the second prospect of the
+    /// day is held back (no task, no contact) and looked at again the next day.
+    #[test]
+    fn a_care_action_s_budget_holds_back_the_candidates_beyond_it() {
+        let tasks = TasksSettings {
+            control_share: 0.0,
+            budgets: std::collections::BTreeMap::from([(
+                "first_purchase_offer".to_string(),
+                ActionBudget::new(5.0, 5.0),
+            )]),
+            ..TasksSettings::default()
+        };
+        let winback = WinbackSettings::unbudgeted();
+        let playbook = Playbook::new(&winback, &tasks, &default_rules());
+        let mut budgets = Budgets::with_care(&winback.budgets, &tasks.budgets);
+        let mut features = CustomerFeatures::default();
+        features.apply(&Event::new("p", EventKind::Visit, 0.0, T0));
+        // Late in the day: little more is expected before midnight.
+        let now = T0 + DAY - 60;
+        let mut offer = |id: &'static str| {
+            let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
+            contact.prospect_visits = 3;
+            let prospect = Assessment {
+                customer_id: id,
+                scored: None,
+                stage: LifecycleStage::Potential,
+                ..silent_vip(&features, now)
+            };
+            let mut raised = Vec::new();
+            let next = playbook.decide(
+                &prospect,
+                (&mut winback, &mut contact),
+                None,
+                &"m".into(),
+                (&mut budgets, &mut raised),
+            );
+            budgets.settle(false, false);
+            (raised.len(), contact.last_day, next)
+        };
+        let (n, last_day, next) = offer("p1");
+        assert_eq!((n, next), (1, None));
+        assert_eq!(last_day, crate::time::Day::of(now), "a contact");
+        let (n, last_day, next) = offer("p2");
+        assert_eq!(n, 0, "the day's budget is spent");
+        assert_eq!(last_day, Contact::default().last_day, "no contact");
+        assert_eq!(next, Some(now + DAY), "again tomorrow");
+        let report = budgets.take_report(now);
+        assert_eq!(report.len(), 1);
+        assert_eq!(
+            (report[0].scope, report[0].spent_today, report[0].held_back),
+            (BudgetScope::Care, 5.0, 1)
+        );
+    }
 }
