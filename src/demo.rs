@@ -152,7 +152,6 @@ fn demo_settings(mut settings: Settings, redis_url: Option<String>) -> Settings 
     settings.tasks.stream = format!("{KEY_PREFIX}tasks");
     settings.tasks.control_stream = format!("{KEY_PREFIX}tasks:control");
     settings.outcomes.stream = format!("{KEY_PREFIX}outcomes");
-    settings.lift.stream = format!("{KEY_PREFIX}outcomes");
     for stream in [
         &mut settings.tasks.convert.stream,
         &mut settings.tasks.welcome.stream,
@@ -603,7 +602,6 @@ mod tests {
             &s.tasks.stream,
             &s.tasks.control_stream,
             &s.outcomes.stream,
-            &s.lift.stream,
         ];
         streams.extend(&s.source.streams);
         let care = TaskKind::CARE.map(|kind| s.tasks.stream(kind));

@@ -79,7 +79,7 @@ enum Format {
 
 #[derive(Args)]
 struct LiftArgs {
-    /// The outcome stream; default: lift.stream of the configuration.
+    /// The outcome stream; default: outcomes.stream of the configuration.
     #[arg(long)]
     stream: Option<String>,
     /// The Redis to read from; default: redis.url of the configuration (its password and
@@ -518,7 +518,9 @@ fn lift_report(mut settings: Settings, args: LiftArgs) -> anyhow::Result<()> {
     if let Some(url) = args.redis_url {
         settings.redis.url = url;
     }
-    let stream = args.stream.unwrap_or_else(|| settings.lift.stream.clone());
+    let stream = args
+        .stream
+        .unwrap_or_else(|| settings.outcomes.stream.clone());
     let client = connection::client(&settings.redis);
     let client = if given_url {
         client.context("--redis-url (it replaces redis.url)")?

@@ -396,6 +396,16 @@ impl Fields<'_> {
         }
     }
 
+    /// A key churnd no longer reads: if a layer sets it, it is reported with what to use
+    /// instead (`instead`), rather than as unknown.
+    pub fn removed(&mut self, name: &'static str, instead: &str) {
+        if let Some(value) = self.table.remove(name) {
+            let key = self.key_of(name);
+            self.r
+                .report(&key, &value, format!("was removed: {instead}"));
+        }
+    }
+
     fn key_of(&self, name: &str) -> String {
         if self.key.is_empty() {
             name.to_string()

@@ -25,15 +25,6 @@ pub(super) fn problems(s: &Settings) -> Vec<Problem> {
             ));
         }
     }
-    if inputs.contains(&s.lift.stream) {
-        p.push(Problem::new(
-            "lift.stream",
-            format!(
-                "({:?}) must not also be an input in source.streams: outcome records are not events",
-                s.lift.stream
-            ),
-        ));
-    }
     if s.dead_letter.stream == s.winback.stream || s.dead_letter.stream == s.winback.control_stream
     {
         p.push(Problem::new(
@@ -142,10 +133,6 @@ mod tests {
         assert_eq!(
             problems_with(|s| s.tasks.stream = "churn:events:dlq".into()),
             ["tasks.stream (\"churn:events:dlq\") must differ from dead_letter.stream and winback.control_stream"]
-        );
-        assert_eq!(
-            problems_with(|s| s.lift.stream = "churn:events".into()),
-            ["lift.stream (\"churn:events\") must not also be an input in source.streams: outcome records are not events"]
         );
         assert_eq!(
             problems_with(|s| s.tasks.control_stream = "crm:tasks".into()),

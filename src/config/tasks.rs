@@ -23,6 +23,7 @@ impl Section for TasksSettings {
             anniversary: f.get("anniversary", d.anniversary),
             revisit: f.get("revisit", d.revisit),
             service_recovery: f.get("service_recovery", d.service_recovery),
+            budgets: f.get("budgets", d.budgets),
         }
     }
 
@@ -73,14 +74,15 @@ impl Section for TasksSettings {
                 ),
             ));
         }
-        for (kind, action) in [
+        let actions = [
             ("convert", &self.convert.action),
             ("welcome", &self.welcome.action),
             ("birthday", &self.birthday.action),
             ("anniversary", &self.anniversary.action),
             ("revisit", &self.revisit.action),
             ("service_recovery", &self.service_recovery.action),
-        ] {
+        ];
+        for (kind, action) in actions {
             if action.trim().is_empty() {
                 problems.push(Problem::new(
                     format!("tasks.{kind}.action"),
@@ -88,6 +90,12 @@ impl Section for TasksSettings {
                 ));
             }
         }
+        problems.extend(super::winback::budget_problems(
+            "tasks",
+            ("any [tasks.<kind>]", "the care kinds'"),
+            &self.budgets,
+            actions.iter().map(|(_, a)| a.as_str()),
+        ));
         problems
     }
 }
@@ -200,5 +208,33 @@ mod tests {
             ]
         );
         assert!(TasksSettings::default().problems().is_empty());
+    }
+
+    #[test]
+    fn care_budgets_name_a_kind_s_action_and_cost_something() {
+        use crate::decide::ActionBudget;
+        let mut settings = TasksSettings::default();
+        settings
+            .budgets
+            .insert("welcome_follow_up".into(), ActionBudget::new(10.0, 1.0));
+        settings
+            .budgets
+            .insert("coupon".into(), ActionBudget::new(10.0, 1.0));
+        settings
+            .budgets
+            .insert("first_purchase_offer".into(), ActionBudget::new(-1.0, 0.0));
+        let problems: Vec<String> = settings
+            .problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "tasks.budgets.coupon is not an action of any [tasks.<kind>]: budgets are for the care kinds' actions (account_manager_call, anniversary_greeting, birthday_greeting, first_purchase_offer, service_recovery_call, welcome_follow_up)",
+                "tasks.budgets.first_purchase_offer.per_day (-1) must be 0 or more",
+                "tasks.budgets.first_purchase_offer.cost (0) must be above 0 (an action that costs nothing needs no budget: leave it out of [tasks.budgets])",
+            ]
+        );
     }
 }

@@ -302,6 +302,22 @@ red = 1
 }
 
 #[test]
+fn a_removed_key_is_named_with_what_replaces_it() {
+    let err = load_with(Some("[lift]\nstream = \"shop:outcomes\"\n"), &[]).unwrap_err();
+    assert!(
+        err.contains("FILE: lift.stream was removed: the lift report reads outcomes.stream, the stream the outcome records are written to: set that instead"),
+        "{err}"
+    );
+    let err = load_with(None, &[("CHURND__LIFT__STREAM", "shop:outcomes")]).unwrap_err();
+    assert!(
+        err.contains("CHURND__LIFT__STREAM (environment): lift.stream was removed"),
+        "{err}"
+    );
+    let s = load_with(Some("[outcomes]\nstream = \"shop:outcomes\"\n"), &[]).unwrap();
+    assert_eq!(s.outcomes.stream, "shop:outcomes");
+}
+
+#[test]
 fn checks_of_values_together_wait_for_the_values_to_be_read() {
     // backoff_max_ms < the default backoff_initial_ms would be reported, but the initial
     // value given does not fit: only that is reported.

@@ -1,5 +1,7 @@
 //! `[winback]`: win-back tasks, their streams, thresholds, playbook and control group.
 
+use std::collections::BTreeMap;
+
 use super::read::{read_choices, Choice, Fields};
 use super::{Problem, Section};
 use crate::classify::Segment;
@@ -101,48 +103,64 @@ impl WinbackSettings {
     /// Every budget must name an action of the playbook and give a spend per day (0 or
     /// more) and a cost per task (above 0).
     fn budget_problems(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let mut actions: Vec<&str> = self.actions.values().map(String::as_str).collect();
-        actions.sort_unstable();
-        actions.dedup();
-        for (action, budget) in &self.budgets {
-            let key = format!("winback.budgets.{action}");
-            if !actions.contains(&action.as_str()) {
-                problems.push(Problem::new(
-                    key.clone(),
-                    format!(
-                        "is not an action of [winback.actions]: budgets are for win-back's actions ({})",
-                        actions.join(", ")
-                    ),
-                ));
-            }
-            match budget.per_day {
-                None => problems.push(Problem::new(
-                    format!("{key}.per_day"),
-                    "is missing: the spend a day may take",
-                )),
-                Some(v) if !(v.is_finite() && v >= 0.0) => problems.push(Problem::new(
-                    format!("{key}.per_day"),
-                    format!("({v}) must be 0 or more"),
-                )),
-                Some(_) => {}
-            }
-            match budget.cost {
-                None => problems.push(Problem::new(
-                    format!("{key}.cost"),
-                    "is missing: what one task costs",
-                )),
-                Some(v) if !(v.is_finite() && v > 0.0) => problems.push(Problem::new(
-                    format!("{key}.cost"),
-                    format!(
-                        "({v}) must be above 0 (an action that costs nothing needs no budget: leave it out of [winback.budgets])"
-                    ),
-                )),
-                Some(_) => {}
-            }
-        }
-        problems
+        budget_problems(
+            "winback",
+            ("[winback.actions]", "win-back's"),
+            &self.budgets,
+            self.actions.values().map(String::as_str),
+        )
     }
+}
+
+/// `[<section>.budgets]`: every budget must name one of `actions` (those of `where_`, the
+/// actions of `whose`) and give a spend per day (0 or more) and a cost per task (above 0).
+pub(super) fn budget_problems<'a>(
+    section: &str,
+    (where_, whose): (&str, &str),
+    budgets: &BTreeMap<String, ActionBudget>,
+    actions: impl Iterator<Item = &'a str>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut actions: Vec<&str> = actions.collect();
+    actions.sort_unstable();
+    actions.dedup();
+    for (action, budget) in budgets {
+        let key = format!("{section}.budgets.{action}");
+        if !actions.contains(&action.as_str()) {
+            problems.push(Problem::new(
+                key.clone(),
+                format!(
+                    "is not an action of {where_}: budgets are for {whose} actions ({})",
+                    actions.join(", ")
+                ),
+            ));
+        }
+        match budget.per_day {
+            None => problems.push(Problem::new(
+                format!("{key}.per_day"),
+                "is missing: the spend a day may take",
+            )),
+            Some(v) if !(v.is_finite() && v >= 0.0) => problems.push(Problem::new(
+                format!("{key}.per_day"),
+                format!("({v}) must be 0 or more"),
+            )),
+            Some(_) => {}
+        }
+        match budget.cost {
+            None => problems.push(Problem::new(
+                format!("{key}.cost"),
+                "is missing: what one task costs",
+            )),
+            Some(v) if !(v.is_finite() && v > 0.0) => problems.push(Problem::new(
+                format!("{key}.cost"),
+                format!(
+                    "({v}) must be above 0 (an action that costs nothing needs no budget: leave it out of [{section}.budgets])"
+                ),
+            )),
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 impl Section for ActionBudget {

@@ -294,7 +294,7 @@ pub async fn run_resolved(
     }
     let lift_task = settings.lift.enabled.then(|| {
         tokio::spawn(lift::run(
-            settings.lift.stream.clone(),
+            settings.outcomes.stream.clone(),
             connector(RedisRole::Lift, response_timeout + lift::BLOCK),
             metrics.lift.clone(),
             (lift_tx, learning),

@@ -1,8 +1,9 @@
-//! Budgets: how many win-back tasks of each action a day affords, and which candidates get
-//! them. Pure: the engine owns the [`Budgets`] and hands them to the playbook at each
-//! decision; snapshots keep their state.
+//! Budgets: how many tasks of each action a day affords, and which candidates get them.
+//! Pure: the engine owns the [`Budgets`] and hands them to the playbook at each decision;
+//! snapshots keep their state. Win-back's actions (`[winback.budgets]`) and the care kinds'
+//! (`[tasks.budgets]`) are paced alike, each action on its own.
 //!
-//! Each budgeted action has a spend per day and a cost per task (`[winback.budgets]`), so a
+//! Each budgeted action has a spend per day and a cost per task, so a
 //! day affords `floor(per_day / cost)` tasks, counted by churnd's clock (midnight UTC of
 //! event time under `clock.mode = event`). Candidates come one at a time, in real time, and
 //! the day's best are not known until the day is over; so each action keeps a running
@@ -12,6 +13,16 @@
 //! that the day's remaining tasks afford among the candidates still expected today: with
 //! `r` tasks left and `n` candidates still to come, the top `r / n`. Whoever is held back
 //! stays a candidate and is looked at again the next day (the playbook asks for the check).
+//!
+//! An action's first day has no count of candidates per day yet: until its first day closes,
+//! the candidates still to come today are estimated from the rate seen so far (candidates
+//! since the first one, over at least [`WARM_UP_SECS`]), carried to midnight, and the
+//! picture is that of today's candidates so far. So the first day is paced too, instead of
+//! giving its budget to whoever comes first.
+//!
+//! Only tasks written spend: a task admitted and then not written (raised while catching up
+//! on a backlog, or already expired) gives its slot back ([`Budgets::settle`]), and its
+//! candidate is looked at again.
 //!
 //! Candidates of both groups (treatment and control) pass the same bar and take from the same
 //! budget: the group is drawn from the customer ID after admission, so the held-out
@@ -32,6 +43,18 @@ const DAILY_WEIGHT: f64 = 0.3;
 const PER_OCTAVE: f64 = 8.0;
 /// Buckets: priorities up to 2^48 (anything beyond falls in the last).
 pub const BUCKETS: usize = 48 * PER_OCTAVE as usize;
+/// On an action's first day, the rate of candidates is taken over at least this long, so
+/// that the first few do not make it look like a flood.
+pub const WARM_UP_SECS: u32 = 3_600;
+
+/// Whose actions a budget is for: the section of the settings that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// `[winback.budgets]`.
+    Winback,
+    /// `[tasks.budgets]`: the care kinds' actions.
+    Care,
+}
 
 /// `[winback.budgets.<action>]`: what the action may spend per day and what a task costs,
 /// in the same currency (the data's or any other: only their ratio counts for volume).
@@ -91,6 +114,9 @@ pub struct PacerState {
     pub days: u32,
     /// Decayed counts of candidates by log-priority bucket (see [`BUCKETS`]).
     pub weights: Box<[f64; BUCKETS]>,
+    /// When the action's first candidate came (0: none yet, or unknown in a snapshot before
+    /// format 6): the first day's rate of candidates is counted from it.
+    pub first_at: UnixSeconds,
 }
 
 impl Default for PacerState {
@@ -102,6 +128,7 @@ impl Default for PacerState {
             expected: 0.0,
             days: 0,
             weights: Box::new([0.0; BUCKETS]),
+            first_at: 0,
         }
     }
 }
@@ -144,6 +171,21 @@ impl PacerState {
         self.seen = 0;
     }
 
+    /// The candidates still expected today at `now`, the one being decided included: the
+    /// running count per day less those seen; on the first day (none closed yet), the rate
+    /// seen since the first candidate carried to midnight.
+    fn coming(&self, now: UnixSeconds) -> f64 {
+        let seen = f64::from(self.seen);
+        if self.days > 0 {
+            return self.expected - (seen - 1.0).max(0.0);
+        }
+        let since = now.saturating_sub(self.first_at.min(now)).max(WARM_UP_SECS);
+        let rate = seen.max(1.0) / f64::from(since);
+        let left_today = f64::from(DAY - now % DAY);
+        // The one being decided is among those the rate expects.
+        (rate * left_today).max(1.0)
+    }
+
     /// The priority below which a share `level` (0 to 1) of the candidates pictured lie.
     fn quantile(&self, level: f64) -> f64 {
         let total: f64 = self.weights.iter().sum();
@@ -166,6 +208,7 @@ impl PacerState {
 /// One budgeted action's pacing.
 #[derive(Debug, Clone)]
 pub struct Pacer {
+    scope: BudgetScope,
     action: Arc<str>,
     budget: ActionBudget,
     tasks_per_day: u32,
@@ -175,8 +218,9 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    fn new(action: &str, budget: ActionBudget) -> Self {
+    fn new(scope: BudgetScope, action: &str, budget: ActionBudget) -> Self {
         Self {
+            scope,
             action: action.into(),
             budget,
             tasks_per_day: budget.tasks_per_day(),
@@ -188,13 +232,12 @@ impl Pacer {
     /// The priority a candidate needs now: the quantile the rest of the day's budget
     /// affords among the candidates still expected; infinite once the day's budget is
     /// spent, 0 while the budget covers every candidate expected.
-    fn bar(&self) -> f64 {
+    fn bar(&self, now: UnixSeconds) -> f64 {
         let left = self.tasks_per_day.saturating_sub(self.state.admitted);
         if left == 0 {
             return f64::INFINITY;
         }
-        // The candidates expected for the rest of the day, the one being decided included.
-        let coming = self.state.expected - f64::from(self.state.seen.saturating_sub(1));
+        let coming = self.state.coming(now);
         if coming <= f64::from(left) {
             return 0.0;
         }
@@ -205,10 +248,13 @@ impl Pacer {
     /// if admitted.
     pub fn admit(&mut self, priority: f64, now: UnixSeconds) -> Admission {
         self.state.roll(now / DAY);
+        if self.state.first_at == 0 {
+            self.state.first_at = now;
+        }
         self.state.seen = self.state.seen.saturating_add(1);
         let priority = if priority.is_nan() { 0.0 } else { priority };
         self.state.weights[bucket(priority)] += 1.0;
-        if priority >= self.bar() {
+        if priority >= self.bar(now) {
             self.state.admitted += 1;
             Admission::Admitted
         } else {
@@ -216,11 +262,34 @@ impl Pacer {
             Admission::HeldBack
         }
     }
+
+    /// Undoes the admission of a candidate of `priority` at `at` whose task was not written:
+    /// the task goes back to the day's budget and the candidate, who will come again, out of
+    /// the counts. Nothing to undo once the day is over.
+    fn refund(&mut self, priority: f64, at: UnixSeconds) {
+        if self.state.day != at / DAY || self.state.admitted == 0 {
+            return;
+        }
+        self.state.admitted -= 1;
+        self.state.seen = self.state.seen.saturating_sub(1);
+        let priority = if priority.is_nan() { 0.0 } else { priority };
+        let w = &mut self.state.weights[bucket(priority)];
+        *w = (*w - 1.0).max(0.0);
+    }
+}
+
+/// An admission not settled yet: its task may still be dropped before it is written.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pending {
+    slot: usize,
+    priority: f64,
+    at: UnixSeconds,
 }
 
 /// How an action's budget stands, for the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetReport {
+    pub scope: BudgetScope,
     pub action: Arc<str>,
     pub per_day: f64,
     /// Spent on the clock's current day (both groups).
@@ -231,55 +300,129 @@ pub struct BudgetReport {
     pub held_back: u64,
 }
 
-/// Every budgeted action's pacing, in the order of the action names (the order of
-/// [`ActionBudget`] settings, which [`Budgets::slot`] indexes).
+/// Every budgeted action's pacing: win-back's actions in the order of their names (the
+/// order of [`ActionBudget`] settings, which [`Budgets::slot`] indexes), then the care
+/// kinds' ([`Budgets::care_slot`]).
 #[derive(Debug, Clone, Default)]
 pub struct Budgets {
     pacers: Vec<Pacer>,
+    /// Win-back's pacers: the first this many.
+    winback: usize,
+    /// Admissions of the decision under way, until [`Self::settle`].
+    pending: Vec<Pending>,
 }
 
 impl Budgets {
+    /// Win-back's budgets alone.
     pub fn new(settings: &BTreeMap<String, ActionBudget>) -> Self {
-        Self {
-            pacers: settings
+        Self::with_care(settings, &BTreeMap::new())
+    }
+
+    /// Win-back's budgets (`[winback.budgets]`) and the care kinds' (`[tasks.budgets]`).
+    pub fn with_care(
+        winback: &BTreeMap<String, ActionBudget>,
+        care: &BTreeMap<String, ActionBudget>,
+    ) -> Self {
+        let pacers = |scope, settings: &BTreeMap<String, ActionBudget>| {
+            settings
                 .iter()
-                .map(|(action, budget)| Pacer::new(action, *budget))
-                .collect(),
+                .map(move |(action, budget)| Pacer::new(scope, action, *budget))
+                .collect::<Vec<_>>()
+        };
+        let mut all = pacers(BudgetScope::Winback, winback);
+        all.extend(pacers(BudgetScope::Care, care));
+        Self {
+            pacers: all,
+            winback: winback.len(),
+            pending: Vec::new(),
         }
     }
 
-    /// The slot of `action`'s budget; `None`: the action is not budgeted (no limit).
+    /// The slot of win-back `action`'s budget; `None`: the action is not budgeted (no limit).
     pub fn slot(settings: &BTreeMap<String, ActionBudget>, action: &str) -> Option<usize> {
         settings.keys().position(|a| a == action)
     }
 
+    /// The slot of care `action`'s budget, after win-back's; `None`: not budgeted.
+    pub fn care_slot(
+        winback: &BTreeMap<String, ActionBudget>,
+        care: &BTreeMap<String, ActionBudget>,
+        action: &str,
+    ) -> Option<usize> {
+        Self::slot(care, action).map(|i| winback.len() + i)
+    }
+
     /// Decides about a candidate of the action in `slot`; a slot these budgets do not have
-    /// (never: both come from the same settings) admits.
+    /// (never: both come from the same settings) admits. An admission stays pending until
+    /// [`Self::settle`] says whether its task went out.
     pub fn admit(&mut self, slot: usize, priority: f64, now: UnixSeconds) -> Admission {
-        self.pacers
-            .get_mut(slot)
-            .map_or(Admission::Admitted, |p| p.admit(priority, now))
+        let Some(pacer) = self.pacers.get_mut(slot) else {
+            return Admission::Admitted;
+        };
+        let admission = pacer.admit(priority, now);
+        if admission == Admission::Admitted {
+            self.pending.push(Pending {
+                slot,
+                priority,
+                at: now,
+            });
+        }
+        admission
     }
 
-    /// Each action's pacing state, by action, for a snapshot.
-    pub fn states(&self) -> Vec<(String, PacerState)> {
-        self.pacers
-            .iter()
-            .map(|p| (p.action.to_string(), p.state.clone()))
-            .collect()
-    }
-
-    /// Continues from a snapshot's pacing states: those of actions still budgeted (a
-    /// changed budget applies from now on; an action no longer budgeted is forgotten).
-    pub fn restore(&mut self, states: Vec<(String, PacerState)>) {
-        for (action, state) in states {
-            if let Some(p) = self.pacers.iter_mut().find(|p| *p.action == *action) {
-                p.state = state;
+    /// Ends a decision: the admissions of win-back (when `winback_dropped`) and of care
+    /// (when `care_dropped`) whose tasks were not written give their slots back; the
+    /// others are spent. (A decision raises at most one task of each.)
+    pub fn settle(&mut self, winback_dropped: bool, care_dropped: bool) {
+        for p in std::mem::take(&mut self.pending) {
+            let dropped = if p.slot < self.winback {
+                winback_dropped
+            } else {
+                care_dropped
+            };
+            if dropped {
+                self.pacers[p.slot].refund(p.priority, p.at);
             }
         }
     }
 
-    /// How each budget stands at `now`; counts of candidates held back restart from 0.
+    /// Each win-back action's pacing state, by action, for a snapshot.
+    pub fn states(&self) -> Vec<(String, PacerState)> {
+        self.states_of(BudgetScope::Winback)
+    }
+
+    /// Each care action's pacing state, by action, for a snapshot.
+    pub fn care_states(&self) -> Vec<(String, PacerState)> {
+        self.states_of(BudgetScope::Care)
+    }
+
+    fn states_of(&self, scope: BudgetScope) -> Vec<(String, PacerState)> {
+        self.pacers
+            .iter()
+            .filter(|p| p.scope == scope)
+            .map(|p| (p.action.to_string(), p.state.clone()))
+            .collect()
+    }
+
+    /// Continues from a snapshot's pacing states (win-back's, then the care kinds'): those
+    /// of actions still budgeted (a changed budget applies from now on; an action no longer
+    /// budgeted is forgotten).
+    pub fn restore(&mut self, winback: Vec<(String, PacerState)>, care: Vec<(String, PacerState)>) {
+        for (scope, states) in [(BudgetScope::Winback, winback), (BudgetScope::Care, care)] {
+            for (action, state) in states {
+                if let Some(p) = self
+                    .pacers
+                    .iter_mut()
+                    .find(|p| p.scope == scope && *p.action == *action)
+                {
+                    p.state = state;
+                }
+            }
+        }
+    }
+
+    /// How each budget stands at `now`, in slot order; counts of candidates held back
+    /// restart from 0.
     pub fn take_report(&mut self, now: UnixSeconds) -> Vec<BudgetReport> {
         let today = now / DAY;
         self.pacers
@@ -288,17 +431,18 @@ impl Budgets {
                 let current = p.state.day == today;
                 let admitted = if current { p.state.admitted } else { 0 };
                 BudgetReport {
+                    scope: p.scope,
                     action: p.action.clone(),
                     per_day: p.budget.per_day.unwrap_or(0.0),
                     spent_today: f64::from(admitted) * p.budget.cost.unwrap_or(0.0),
                     bar: if current || p.tasks_per_day == 0 {
-                        p.bar()
+                        p.bar(now)
                     } else {
                         // A new day not yet begun by a candidate: its bar is yesterday's
                         // picture with the whole budget left.
                         let mut fresh = p.clone();
                         fresh.state.roll(today);
-                        fresh.bar()
+                        fresh.bar(now)
                     },
                     held_back: std::mem::take(&mut p.held_back),
                 }
@@ -334,7 +478,11 @@ mod tests {
     }
 
     fn pacer(per_day: f64, cost: f64) -> Pacer {
-        Pacer::new("coupon", ActionBudget::new(per_day, cost))
+        Pacer::new(
+            BudgetScope::Winback,
+            "coupon",
+            ActionBudget::new(per_day, cost),
+        )
     }
 
     #[test]
@@ -391,7 +539,11 @@ mod tests {
         for d in 0..5u32 {
             for i in 0..50u32 {
                 let now = T0 + d * DAY + i;
-                assert_eq!(p.admit(rng.priority(), now), Admission::Admitted);
+                let admitted = p.admit(rng.priority(), now);
+                // The first day cannot know that the burst is all there is.
+                if d > 0 {
+                    assert_eq!(admitted, Admission::Admitted, "day {d}");
+                }
             }
         }
     }
@@ -399,12 +551,16 @@ mod tests {
     #[test]
     fn a_spent_day_holds_everyone_back_until_the_next() {
         let mut p = pacer(30.0, 10.0);
+        // Late on the first day: few more candidates expected before midnight.
+        let t = T0 + DAY - 100;
         for i in 0..3 {
-            assert_eq!(p.admit(1.0, T0 + i), Admission::Admitted, "first come");
+            // Rising: a tie would sit inside the bar's own bucket.
+            let priority = f64::from(1 << i);
+            assert_eq!(p.admit(priority, t + i), Admission::Admitted, "first come");
         }
-        assert_eq!(p.admit(1e9, T0 + 10), Admission::HeldBack);
-        assert_eq!(p.bar(), f64::INFINITY);
-        assert_eq!(p.admit(1e9, T0 + DAY), Admission::Admitted, "a new day");
+        assert_eq!(p.admit(1e9, t + 10), Admission::HeldBack);
+        assert_eq!(p.bar(t + 10), f64::INFINITY);
+        assert_eq!(p.admit(1e9, t + DAY), Admission::Admitted, "a new day");
         let mut none = pacer(0.0, 10.0);
         assert_eq!(none.admit(1e9, T0), Admission::HeldBack, "no budget");
     }
@@ -451,20 +607,103 @@ mod tests {
         assert_eq!(Budgets::slot(&settings, "personal_call"), Some(1));
         assert_eq!(Budgets::slot(&settings, "email_reminder"), None);
         let mut b = Budgets::new(&settings);
+        // Late in the first day: few candidates expected before midnight.
+        let t = T0 + DAY - 100;
         for i in 0..3 {
-            b.admit(0, 5.0, T0 + i);
+            b.admit(0, 5.0, t + i);
         }
-        let report = b.take_report(T0 + 5);
+        let report = b.take_report(t + 5);
         assert_eq!(report[0].spent_today, 20.0);
         assert_eq!(report[0].held_back, 1);
         assert_eq!(report[1].spent_today, 0.0);
-        assert_eq!(b.take_report(T0 + 5)[0].held_back, 0, "counted once");
-        assert_eq!(b.take_report(T0 + DAY)[0].spent_today, 0.0, "a new day");
+        assert_eq!(b.take_report(t + 5)[0].held_back, 0, "counted once");
+        assert_eq!(b.take_report(t + DAY)[0].spent_today, 0.0, "a new day");
         let mut restored = Budgets::new(&settings);
         let mut states = b.states();
         states.push(("gone".into(), PacerState::default()));
-        restored.restore(states);
+        restored.restore(states, Vec::new());
         assert_eq!(restored.states(), b.states());
-        assert_eq!(restored.admit(0, 5.0, T0 + 6), Admission::HeldBack);
+        assert_eq!(restored.admit(0, 5.0, t + 6), Admission::HeldBack);
+    }
+
+    /// A task admitted, then not written, gives its slot back: the day's budget buys as
+    /// many written tasks as before, and the candidate is not counted twice.
+    #[test]
+    fn a_task_not_written_gives_its_slot_back() {
+        let winback = BTreeMap::from([("coupon".to_string(), ActionBudget::new(20.0, 10.0))]);
+        let care = BTreeMap::from([("welcome_call".to_string(), ActionBudget::new(10.0, 10.0))]);
+        let mut b = Budgets::with_care(&winback, &care);
+        assert_eq!(Budgets::care_slot(&winback, &care, "welcome_call"), Some(1));
+        assert_eq!(Budgets::care_slot(&winback, &care, "coupon"), None);
+        let t = T0 + DAY - 100;
+        // Both admitted; the win-back task is dropped (caught up on a backlog), the care
+        // task written.
+        assert_eq!(b.admit(0, 5.0, t), Admission::Admitted);
+        assert_eq!(b.admit(1, 5.0, t), Admission::Admitted);
+        b.settle(true, false);
+        let states = b.states();
+        assert_eq!((states[0].1.admitted, states[0].1.seen), (0, 0));
+        assert_eq!(states[0].1.weights.iter().sum::<f64>(), 0.0);
+        assert_eq!(
+            b.care_states()[0].1.admitted,
+            1,
+            "the care task was written"
+        );
+        // The day still affords both win-back tasks; the care action's one is spent.
+        for i in 1..=2 {
+            assert_eq!(b.admit(0, 5.0, t + i), Admission::Admitted);
+            b.settle(false, false);
+        }
+        assert_eq!(b.admit(0, 5.0, t + 3), Admission::HeldBack);
+        assert_eq!(b.admit(1, 5.0, t + 3), Admission::HeldBack);
+        b.settle(true, true);
+        let report = b.take_report(t + 4);
+        assert_eq!(report[0].spent_today, 20.0);
+        assert_eq!(
+            (report[1].scope, report[1].spent_today),
+            (BudgetScope::Care, 10.0)
+        );
+        // A refund for a day already over changes nothing.
+        b.admit(0, 5.0, t + DAY);
+        let before = b.states();
+        b.pending[0].at = t;
+        b.settle(true, true);
+        assert_eq!(b.states(), before);
+    }
+
+    /// The first day of an action (no day closed yet) is paced on the rate of candidates
+    /// seen so far: 1,000 candidates through the day, budget for 50: the tasks go mostly
+    /// to the day's top candidates instead of to the first 50 who come, and most of the
+    /// budget is still spent.
+    #[test]
+    fn the_first_day_is_paced_on_the_rate_seen_so_far() {
+        let mut rng = Lcg(11);
+        let priorities: Vec<f64> = (0..1_000).map(|_| rng.priority()).collect();
+        let mut sorted = priorities.clone();
+        sorted.sort_by(f64::total_cmp);
+        let top_cut = sorted[1_000 - 100];
+        let mut p = pacer(500.0, 10.0);
+        let (mut picked, mut from_top) = (0, 0);
+        for (i, &priority) in priorities.iter().enumerate() {
+            // Spread evenly over the day (one every 86.4 s).
+            let now = T0 + (i as u32 * DAY) / 1_000;
+            if p.admit(priority, now) == Admission::Admitted {
+                picked += 1;
+                from_top += usize::from(priority >= top_cut);
+            }
+        }
+        assert!((30..=50).contains(&picked), "{picked} of 50 spent");
+        assert!(
+            from_top * 2 >= picked,
+            "{from_top} of {picked} from the day's top 10 %"
+        );
+        // A sparse action is not starved: one candidate an hour, budget for 50.
+        let mut sparse = pacer(500.0, 10.0);
+        for h in 0..24 {
+            assert_eq!(
+                sparse.admit(rng.priority(), T0 + h * 3_600),
+                Admission::Admitted
+            );
+        }
     }
 }

@@ -9,7 +9,8 @@
 //!    counts as a contact);
 //! 2. win-back, for a buyer whose churn probability crossed its threshold, as many a day as
 //!    the action's budget affords ([`budget`]), to the highest priorities;
-//! 3. the care kinds, in their own order ([`care`]).
+//! 3. the care kinds, in their own order ([`care`]), as many a day as their action's budget
+//!    (`[tasks.budgets]`) affords, to the customers with the most value at stake.
 //!
 //! The contact cap (`tasks.contact_cap_days`) holds back every kind once the customer has
 //! heard from the business. The tasks raised carry the customer's tags and profile, and their
@@ -31,7 +32,7 @@ mod winback;
 use std::sync::Arc;
 
 pub use assessment::{Assessment, Recent, Scored};
-pub use budget::{ActionBudget, BudgetReport, Budgets, PacerState};
+pub use budget::{ActionBudget, BudgetReport, BudgetScope, Budgets, PacerState};
 pub use contact::{Contact, ContactCap};
 pub use holdout::Group;
 pub use settings::{
@@ -50,6 +51,8 @@ use crate::time::{UnixSeconds, DAY};
 pub struct Playbook {
     winback: winback::Policy,
     care: care::CarePolicy,
+    /// The care actions with a budget, and the slot of each in the engine's [`Budgets`].
+    care_budgets: Vec<(Arc<str>, usize)>,
     tags: Tags,
     cap: ContactCap,
 }
@@ -59,6 +62,14 @@ impl Playbook {
         Self {
             winback: winback::Policy::new(winback),
             care: care::CarePolicy::new(tasks),
+            care_budgets: tasks
+                .budgets
+                .keys()
+                .filter_map(|action| {
+                    Budgets::care_slot(&winback.budgets, &tasks.budgets, action)
+                        .map(|slot| (action.as_str().into(), slot))
+                })
+                .collect(),
             tags: Tags::new(tags),
             cap: ContactCap::days(tasks.contact_cap_days),
         }
@@ -85,7 +96,9 @@ impl Playbook {
         let mut next = Vec::with_capacity(3);
         if a.scored.is_some() {
             if let Some(feedback) = feedback {
-                tasks.extend(self.care.service_recovery(self.cap, contact, a, feedback));
+                let before = *contact;
+                let task = self.care.service_recovery(self.cap, contact, a, feedback);
+                tasks.extend(self.pace_care(task, a, budgets, (contact, before), &mut next));
             }
             let capped_until = self.cap.allowed_from(contact, now);
             if capped_until.is_none() {
@@ -112,8 +125,9 @@ impl Playbook {
             // A crossing while capped is acted on when the cap ends.
             next.push(capped_until.filter(|_| self.winback.may_raise(winback)));
         }
+        let before = *contact;
         let (task, care_next) = self.care.evaluate(self.cap, contact, a);
-        tasks.extend(task);
+        tasks.extend(self.pace_care(task, a, budgets, (contact, before), &mut next));
         next.push(care_next);
         let raised = &mut tasks[first..];
         if !raised.is_empty() {
@@ -131,6 +145,40 @@ impl Playbook {
             }
         }
         next.into_iter().flatten().filter(|&t| t > now).min()
+    }
+
+    /// A care task raised, if its action's budget affords it today; one held back is not
+    /// a contact (`contact` goes back to `before`) and is looked at again tomorrow, at the
+    /// same time of day. The priority of a care candidate is the value at stake: the
+    /// customer's CLV over the next year when the model has a value part, else their spend
+    /// over the last year (0 for a prospect).
+    fn pace_care(
+        &self,
+        task: Option<Task>,
+        a: &Assessment<'_>,
+        budgets: &mut Budgets,
+        (contact, before): (&mut Contact, Contact),
+        next: &mut Vec<Option<UnixSeconds>>,
+    ) -> Option<Task> {
+        let task = task?;
+        let Some(&(_, slot)) = self
+            .care_budgets
+            .iter()
+            .find(|(action, _)| *action == task.action)
+        else {
+            return Some(task);
+        };
+        let priority = a
+            .value_estimates()
+            .map_or_else(|| a.scored.map_or(0.0, |s| s.monetary_365d), |v| v.clv_365d);
+        match budgets.admit(slot, priority, a.now) {
+            budget::Admission::Admitted => Some(task),
+            budget::Admission::HeldBack => {
+                *contact = before;
+                next.push(Some(a.now.saturating_add(DAY)));
+                None
+            }
+        }
     }
 
     /// A purchase at `time`, after the customer's previous last purchase: it starts a new
@@ -358,5 +406,59 @@ mod tests {
         let kinds: Vec<TaskKind> = tasks.iter().map(Task::kind).collect();
         assert_eq!(kinds, [TaskKind::Convert]);
         assert_eq!(next, None, "nothing more for a prospect once offered");
+    }
+
+    /// `[tasks.budgets]`: a care action's day affords one task; the second prospect of the
+    /// day is held back (no task, no contact) and looked at again the next day.
+    #[test]
+    fn a_care_action_s_budget_holds_back_the_candidates_beyond_it() {
+        let tasks = TasksSettings {
+            control_share: 0.0,
+            budgets: std::collections::BTreeMap::from([(
+                "first_purchase_offer".to_string(),
+                ActionBudget::new(5.0, 5.0),
+            )]),
+            ..TasksSettings::default()
+        };
+        let winback = WinbackSettings::unbudgeted();
+        let playbook = Playbook::new(&winback, &tasks, &default_rules());
+        let mut budgets = Budgets::with_care(&winback.budgets, &tasks.budgets);
+        let mut features = CustomerFeatures::default();
+        features.apply(&Event::new("p", EventKind::Visit, 0.0, T0));
+        // Late in the day: little more is expected before midnight.
+        let now = T0 + DAY - 60;
+        let mut offer = |id: &'static str| {
+            let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
+            contact.prospect_visits = 3;
+            let prospect = Assessment {
+                customer_id: id,
+                scored: None,
+                stage: LifecycleStage::Potential,
+                ..silent_vip(&features, now)
+            };
+            let mut raised = Vec::new();
+            let next = playbook.decide(
+                &prospect,
+                (&mut winback, &mut contact),
+                None,
+                &"m".into(),
+                (&mut budgets, &mut Targeting::default(), &mut raised),
+            );
+            budgets.settle(false, false);
+            (raised.len(), contact.last_day, next)
+        };
+        let (n, last_day, next) = offer("p1");
+        assert_eq!((n, next), (1, None));
+        assert_eq!(last_day, crate::time::Day::of(now), "a contact");
+        let (n, last_day, next) = offer("p2");
+        assert_eq!(n, 0, "the day's budget is spent");
+        assert_eq!(last_day, Contact::default().last_day, "no contact");
+        assert_eq!(next, Some(now + DAY), "again tomorrow");
+        let report = budgets.take_report(now);
+        assert_eq!(report.len(), 1);
+        assert_eq!(
+            (report[0].scope, report[0].spent_today, report[0].held_back),
+            (BudgetScope::Care, 5.0, 1)
+        );
     }
 }

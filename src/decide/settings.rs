@@ -138,6 +138,9 @@ pub struct TasksSettings {
     pub anniversary: AnniversarySettings,
     pub revisit: RevisitSettings,
     pub service_recovery: ServiceRecoverySettings,
+    /// Per action (of the kinds above): spend per day and cost per task, as
+    /// `[winback.budgets]`. Actions without one are not limited.
+    pub budgets: BTreeMap<String, ActionBudget>,
 }
 
 impl Default for TasksSettings {
@@ -154,6 +157,7 @@ impl Default for TasksSettings {
             anniversary: AnniversarySettings::default(),
             revisit: RevisitSettings::default(),
             service_recovery: ServiceRecoverySettings::default(),
+            budgets: BTreeMap::new(),
         }
     }
 }

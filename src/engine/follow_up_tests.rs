@@ -150,3 +150,63 @@ fn a_purchase_cancels_and_converts_an_open_task_and_silence_closes_the_window() 
     assert_eq!(outcomes[0].closed_at, closes);
     assert!(e.open_tasks.is_empty());
 }
+
+/// A task held back or expired while catching up spends nothing: `a`'s budget affords one
+/// task a day, and `a` was a candidate twice while the backlog was read (on day ~350, long
+/// expired, and on the wall clock's day, held back); once caught up, that same day's budget
+/// still gives `a` the task.
+#[test]
+fn tasks_not_written_while_catching_up_leave_the_budget_unspent() {
+    let mut settings = winback_only(ClockMode::Wall);
+    settings.winback.budgets = settings
+        .winback
+        .actions
+        .values()
+        .map(|action| (action.clone(), crate::decide::ActionBudget::new(1.0, 1.0)))
+        .collect();
+    let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+    let mut e = Engine::new(settings, Arc::new(model), Metrics::new().engine);
+    // Past their first day: about one candidate a day until the day before.
+    let history = crate::decide::PacerState {
+        day: T0 / DAY + 399,
+        expected: 1.0,
+        days: 30,
+        first_at: T0,
+        ..crate::decide::PacerState::default()
+    };
+    let states = e.budgets.states();
+    e.budgets.restore(
+        states
+            .into_iter()
+            .map(|(a, _)| (a, history.clone()))
+            .collect(),
+        Vec::new(),
+    );
+    let wall = ms(400) + 12 * 3_600_000;
+    assert!(e
+        .apply_batch(batch(vec![purchase(1, "a", 0)]), wall)
+        .tasks
+        .is_empty());
+    // `a` visits early on the wall clock's day, read from the backlog.
+    let early = super::tests::entry(
+        2,
+        &[
+            ("customer_id", "a".into()),
+            ("type", "visit".into()),
+            ("ts", (ms(400) + 3_600_000).to_string()),
+        ],
+    );
+    assert!(e.apply_batch(batch(vec![early]), wall).tasks.is_empty());
+    let f = &e.metrics.follow_up;
+    assert_eq!(f.tasks_expired.get(TaskKind::Winback).get(), 1);
+    assert_eq!(f.tasks_held_back.get(TaskKind::Winback).get(), 1);
+    let spent = e.budgets.take_report(e.now());
+    assert!(spent.iter().all(|b| b.spent_today == 0.0), "{spent:?}");
+    // Caught up: the day's one task goes to `a`.
+    let fx = e.apply_batch(at_end(vec![]), wall);
+    assert_eq!(customers(&fx.tasks), ["a"]);
+    assert_eq!(fx.tasks[0].as_of, T0 + 400 * DAY + 12 * 3_600);
+    let report = e.budgets.take_report(e.now());
+    assert_eq!(report.iter().map(|b| b.spent_today).sum::<f64>(), 1.0);
+    assert_eq!(report.iter().map(|b| b.held_back).sum::<u64>(), 0);
+}

@@ -37,7 +37,7 @@ use std::time::Instant;
 use crate::classify::{LifecycleStage, RfmThresholds};
 use crate::config::{ClockMode, SegmentMode};
 use crate::decide::uplift::UpliftBook;
-use crate::decide::{Assessment, Budgets, Playbook, Scored, Targeting, WinbackState};
+use crate::decide::{Assessment, Budgets, Playbook, Scored, Targeting, TaskKind, WinbackState};
 use crate::event::{event_kind, parse_event, EntryId, Event, EventKind, Reason, Rejection};
 use crate::features::recheck::Recheck;
 use crate::features::store::CustomerIdx;
@@ -60,8 +60,8 @@ pub struct Engine {
     settings: EngineSettings,
     /// Which tasks a customer gets, and when.
     playbook: Playbook,
-    /// How much of each win-back action's daily budget is left, and the running picture of
-    /// candidates' priorities that paces it.
+    /// How much of each budgeted action's daily budget is left (win-back's and the care
+    /// kinds'), and the running picture of candidates' priorities that paces it.
     budgets: Budgets,
     /// The lift measured per action × segment, which `winback.policy = learned` draws
     /// priorities from; swapped in between batches.
@@ -112,8 +112,11 @@ impl Engine {
             .customers_max
             .set(i64::try_from(settings.max_customers).unwrap_or(i64::MAX));
         let playbook = Playbook::new(&settings.winback, &settings.tasks, &settings.tags);
-        let budgets = Budgets::new(&settings.winback.budgets);
-        let budget_series = metrics.budget(settings.winback.budgets.keys().map(String::as_str));
+        let budgets = Budgets::with_care(&settings.winback.budgets, &settings.tasks.budgets);
+        let budget_series = metrics.budget(
+            settings.winback.budgets.keys().map(String::as_str),
+            settings.tasks.budgets.keys().map(String::as_str),
+        );
         let population = Population {
             region: vec![0; settings.profiles.regions.len() + 2],
             ..Population::default()
@@ -576,6 +579,12 @@ impl Engine {
             wall_clock && self.catch_up.position().is_some(),
         );
         let held = !dropped.is_empty();
+        // Only the tasks written spend their action's budget.
+        let all = || dropped.expired.iter().chain(&dropped.held_back);
+        self.budgets.settle(
+            all().any(|&k| k == TaskKind::Winback),
+            all().any(|&k| k != TaskKind::Winback),
+        );
         if held {
             let f = &self.metrics.follow_up;
             for kind in dropped.expired {

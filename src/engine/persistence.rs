@@ -47,6 +47,9 @@ pub struct StateHeader {
     /// Each budgeted win-back action's pacing (spend today, the picture of priorities), by
     /// action; empty in snapshots before format 5.
     pub budgets: Vec<(String, PacerState)>,
+    /// Each budgeted care action's pacing (`[tasks.budgets]`), by action; empty in
+    /// snapshots before format 6.
+    pub care_budgets: Vec<(String, PacerState)>,
     /// `partitions.count` the state was kept under (snapshots before format 5: 1). A start
     /// under another count is refused: the positions and customers are the old partitions'.
     pub partitions: PartitionCount,
@@ -92,6 +95,7 @@ impl Engine {
             applied,
             model_version,
             budgets,
+            care_budgets,
             // Checked against the settings before the snapshot is restored (the daemon
             // refuses another count).
             partitions: _,
@@ -112,7 +116,7 @@ impl Engine {
         engine.next_threshold_refresh = next_threshold_refresh;
         engine.scorings = scorings;
         engine.applied = applied;
-        engine.budgets.restore(budgets);
+        engine.budgets.restore(budgets, care_budgets);
         let settings_changed = schedule_settings != engine.schedule_fingerprint;
         if settings_changed || model_version != *engine.model_version {
             // The snapshot's checks were scheduled under other settings or another model,
@@ -190,6 +194,7 @@ impl Engine {
             applied: self.applied.clone(),
             model_version: self.model_version.to_string(),
             budgets: self.budgets.states(),
+            care_budgets: self.budgets.care_states(),
             partitions: self.settings.partitions.count,
         }
     }

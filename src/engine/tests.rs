@@ -1093,7 +1093,8 @@ fn a_restart_keeps_the_budgets_pacing() {
         || Arc::new(Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap());
     let streams = vec!["churn:events".to_string()];
     // Five buyers of different spend on day 0 cross the threshold together about 50 days
-    // later: two get a task that day, the others on later days.
+    // later: at most two get a task that day (the action's first: paced on the rate seen,
+    // so the burst may get fewer), the others on later days.
     let buyers = || -> Vec<Entry> {
         (0..5u32)
             .map(|i| {
@@ -1126,12 +1127,12 @@ fn a_restart_keeps_the_budgets_pacing() {
         days
     };
     assert!(
-        (2..5).contains(&day_one.len()) && per_day(&day_one).values().all(|&n| n <= 2),
+        (1..5).contains(&day_one.len()) && per_day(&day_one).values().all(|&n| n <= 2),
         "the day's budget: {day_one:?}"
     );
     let later = run(&mut whole, 11, 70);
     assert!(
-        (1..=3).contains(&later.len()),
+        (1..=4).contains(&later.len()) && day_one.len() + later.len() <= 5,
         "the others on later days: {later:?}"
     );
 

@@ -148,6 +148,8 @@ pub struct EngineMetrics {
     pub winback_no_lift: IntCounter,
     /// Open: by configured action (`[winback.budgets]`); see [`Self::budget`].
     budget: BudgetFamilies,
+    /// Open: by configured action (`[tasks.budgets]`); see [`Self::budget`].
+    care_budget: BudgetFamilies,
     /// The engine swaps models in, so it reports the version serving.
     pub model: ModelInfo,
     /// Expired tasks, catching up, open tasks.
@@ -245,45 +247,23 @@ impl EngineMetrics {
                     &["reason"],
                 )
                 .with_label_values(&["no_lift"]),
-            budget: BudgetFamilies {
-                per_day: r.float_gauge_vec(
-                    "churnd_winback_budget_per_day",
-                    "What a budgeted win-back action may spend per day (winback.budgets.<action>.per_day).",
-                    &["action"],
-                ),
-                spent: r.float_gauge_vec(
-                    "churnd_winback_budget_spent",
-                    "Spent on a budgeted win-back action on the clock's current day (tasks of both groups times the cost).",
-                    &["action"],
-                ),
-                bar: r.float_gauge_vec(
-                    "churnd_winback_budget_priority_bar",
-                    "The priority a win-back candidate of the action needs now to get a task (+Inf: the day's budget is spent).",
-                    &["action"],
-                ),
-                held_back: r.counter_vec(
-                    "churnd_winback_candidates_held_back_total",
-                    "Win-back candidates not given a task because the action's budget did not afford it that day (looked at again the next day).",
-                    &["action"],
-                ),
-            },
+            budget: BudgetFamilies::new(r, "winback", "win-back", "winback.budgets"),
+            care_budget: BudgetFamilies::new(r, "care", "care", "tasks.budgets"),
             model,
             follow_up,
         }
     }
 
-    /// The series of each budgeted action, in the order given; the engine resolves them
-    /// once, as its settings fix the actions.
-    pub fn budget<'a>(&self, actions: impl Iterator<Item = &'a str>) -> Vec<BudgetSeries> {
-        let b = &self.budget;
-        actions
-            .map(|a| BudgetSeries {
-                per_day: b.per_day.with_label_values(&[a]),
-                spent: b.spent.with_label_values(&[a]),
-                bar: b.bar.with_label_values(&[a]),
-                held_back: b.held_back.with_label_values(&[a]),
-            })
-            .collect()
+    /// The series of each budgeted action, win-back's then the care kinds', in the order
+    /// given; the engine resolves them once, as its settings fix the actions.
+    pub fn budget<'a>(
+        &self,
+        winback: impl Iterator<Item = &'a str>,
+        care: impl Iterator<Item = &'a str>,
+    ) -> Vec<BudgetSeries> {
+        let mut series: Vec<BudgetSeries> = winback.map(|a| self.budget.series(a)).collect();
+        series.extend(care.map(|a| self.care_budget.series(a)));
+        series
     }
 
     /// The gauge of each region label, in the order given; the engine resolves them once,
@@ -295,13 +275,57 @@ impl EngineMetrics {
     }
 }
 
-/// The budget families, labelled by action.
+/// The budget families of win-back's or the care kinds' actions, labelled by action.
 #[derive(Clone)]
 struct BudgetFamilies {
     per_day: GaugeVec,
     spent: GaugeVec,
     bar: GaugeVec,
     held_back: IntCounterVec,
+}
+
+impl BudgetFamilies {
+    /// `churnd_<prefix>_budget_*` for the actions of `[<section>]`, described as `what`'s.
+    fn new(r: &mut Registrar, prefix: &str, what: &str, section: &str) -> Self {
+        Self {
+            per_day: r.float_gauge_vec(
+                &format!("churnd_{prefix}_budget_per_day"),
+                &format!("What a budgeted {what} action may spend per day ({section}.<action>.per_day)."),
+                &["action"],
+            ),
+            spent: r.float_gauge_vec(
+                &format!("churnd_{prefix}_budget_spent"),
+                &format!("Spent on a budgeted {what} action on the clock's current day (tasks of both groups times the cost)."),
+                &["action"],
+            ),
+            bar: r.float_gauge_vec(
+                &format!("churnd_{prefix}_budget_priority_bar"),
+                &format!("The priority a {what} candidate of the action needs now to get a task (+Inf: the day's budget is spent)."),
+                &["action"],
+            ),
+            held_back: r.counter_vec(
+                &format!("churnd_{prefix}_candidates_held_back_total"),
+                &format!("{} candidates not given a task because the action's budget did not afford it that day (looked at again the next day).", capitalised(what)),
+                &["action"],
+            ),
+        }
+    }
+
+    fn series(&self, action: &str) -> BudgetSeries {
+        BudgetSeries {
+            per_day: self.per_day.with_label_values(&[action]),
+            spent: self.spent.with_label_values(&[action]),
+            bar: self.bar.with_label_values(&[action]),
+            held_back: self.held_back.with_label_values(&[action]),
+        }
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// One budgeted action's series.

@@ -1,7 +1,7 @@
 //! The snapshot file format: a compact, versioned, checksummed encoding of [`EngineState`].
 //!
 //! ```text
-//! versions 4-5: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
+//! versions 4-6: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
 //! versions 1-3:  magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
 //! ```
 //!
@@ -12,7 +12,8 @@
 //! and thresholds, the last entry applied per input stream (by name, so the stream list may
 //! change between runs), from version 5 the budgets' pacing, the open tasks (those whose
 //! outcome is not known yet, each with its customer ID: see [`crate::outcomes`]) and the
-//! partition count (u16; earlier: 1), then every customer in store order: ID, features
+//! partition count (u16; earlier: 1), from version 6 the care kinds' budgets' pacing and
+//! each pacing's first candidate's time, then every customer in store order: ID, features
 //! (bit-exact), next
 //! check, win-back state, last classification, contact bookkeeping and the sparse extras
 //! (profile attributes, feedback, coupons). Store order is kept so a restored engine assigns
@@ -41,8 +42,9 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// settings, read as "settings unknown"), 2 (without the customers' contact bookkeeping: the
 /// last win-back task is taken as the last contact) and 3 (the body length in the header,
 /// no profiles, feedback or coupons) and 4 (no budgets' pacing, no open tasks, no partition
-/// count: read as one partition) are still read; other versions are refused, not guessed at.
-pub(crate) const FORMAT_VERSION: u32 = 5;
+/// count: read as one partition) and 5 (no care budgets, no time of a budget's first
+/// candidate: read as unknown) are still read; other versions are refused, not guessed at.
+pub(crate) const FORMAT_VERSION: u32 = 6;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 const END_MAGIC: &[u8; 8] = b"CHURNDND";
@@ -186,6 +188,8 @@ impl Encoder {
         put_budgets(out, &header.budgets);
         put_open_tasks(out, &header.open_tasks);
         out.extend_from_slice(&header.partitions.get().to_le_bytes());
+        put_budgets(out, &header.care_budgets);
+        put_first_candidates(out, &header.budgets, &header.care_budgets);
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
@@ -262,6 +266,18 @@ fn put_budgets(out: &mut Vec<u8>, budgets: &[(String, PacerState)]) {
             out.extend_from_slice(&(bucket as u32).to_le_bytes());
             out.extend_from_slice(&w.to_bits().to_le_bytes());
         }
+    }
+}
+
+/// Version 6: when each budget's first candidate came, win-back's then the care kinds', in
+/// the order of their pacing states.
+fn put_first_candidates(
+    out: &mut Vec<u8>,
+    winback: &[(String, PacerState)],
+    care: &[(String, PacerState)],
+) {
+    for (_, s) in winback.iter().chain(care) {
+        out.extend_from_slice(&s.first_at.to_le_bytes());
     }
 }
 
@@ -477,6 +493,17 @@ fn decode_body<R: Read>(
     } else {
         PartitionCount::ONE
     };
+    let mut care_budgets = if version >= 6 {
+        read_budgets(r)?
+    } else {
+        Vec::new()
+    };
+    let mut budgets = budgets;
+    if version >= 6 {
+        for (_, s) in budgets.iter_mut().chain(care_budgets.iter_mut()) {
+            s.first_at = r.u32()?;
+        }
+    }
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
@@ -533,6 +560,7 @@ fn decode_body<R: Read>(
                 applied,
                 model_version,
                 budgets,
+                care_budgets,
                 partitions,
                 open_tasks,
             },
@@ -951,6 +979,7 @@ mod tests {
                 applied: vec![Some(EntryId { ms: 5, seq: 1 }), None],
                 model_version: "m-1".into(),
                 budgets: Vec::new(),
+                care_budgets: Vec::new(),
                 partitions: PartitionCount::ONE,
                 open_tasks: Vec::new(),
             },
@@ -1008,8 +1037,16 @@ mod tests {
         out
     }
 
-    /// Where the partition count of `state`'s encoding is: just before the customers' count
-    /// and ID bytes, which end what [`Encoder::start`] writes.
+    /// The bytes version 6 added after the partition count: the care budgets' pacing and
+    /// every budget's first candidate's time.
+    fn v6_added_len(state: &EngineState) -> usize {
+        let mut care = Vec::new();
+        put_budgets(&mut care, &state.header.care_budgets);
+        care.len() + 4 * (state.header.budgets.len() + state.header.care_budgets.len())
+    }
+
+    /// Where the partition count of `state`'s encoding is: before what version 6 added, and
+    /// the customers' count and ID bytes, which end what [`Encoder::start`] writes.
     fn partitions_at(state: &EngineState) -> usize {
         let mut head = Vec::new();
         let size = CaptureSize {
@@ -1017,7 +1054,28 @@ mod tests {
             id_bytes: 0,
         };
         let _ = Encoder::start(&state.header, size, &streams(), 0, &mut head);
-        head.len() - 16 - 2
+        head.len() - 16 - v6_added_len(state) - 2
+    }
+
+    /// `bytes` with `len` bytes of the body removed at `at`, as version `version`.
+    fn cut(mut out: Vec<u8>, at: usize, len: usize, version: u32) -> Vec<u8> {
+        out.drain(at..at + len);
+        out[8..12].copy_from_slice(&version.to_le_bytes());
+        let trailer = out.len() - TRAILER_LEN;
+        let body_len =
+            u64::from_le_bytes(out[trailer..trailer + 8].try_into().unwrap()) - len as u64;
+        out[trailer..trailer + 8].copy_from_slice(&body_len.to_le_bytes());
+        let end = out.len() - CHECKSUM_LEN;
+        let sum = xxh3_64(&out[..end]);
+        out[end..].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// `state` in the layout of version 5: version 6 without the care budgets and the
+    /// budgets' first candidates' times that follow the partition count.
+    fn v5(state: &EngineState) -> Vec<u8> {
+        let out = encode(state, &streams(), 0);
+        cut(out, partitions_at(state) + 2, v6_added_len(state), 5)
     }
 
     /// `state` in the layout of version 4: version 5 without the budgets and the open tasks
@@ -1025,17 +1083,28 @@ mod tests {
     /// that follow the stream positions.
     fn v4(state: &EngineState) -> Vec<u8> {
         assert!(state.header.budgets.is_empty() && state.header.open_tasks.is_empty());
-        let mut out = encode(state, &streams(), 0);
-        let at = partitions_at(state) - 8;
-        out.drain(at..at + 10);
-        out[8..12].copy_from_slice(&4u32.to_le_bytes());
-        let trailer = out.len() - TRAILER_LEN;
-        let body_len = u64::from_le_bytes(out[trailer..trailer + 8].try_into().unwrap()) - 10;
-        out[trailer..trailer + 8].copy_from_slice(&body_len.to_le_bytes());
-        let end = out.len() - CHECKSUM_LEN;
-        let sum = xxh3_64(&out[..end]);
-        out[end..].copy_from_slice(&sum.to_le_bytes());
-        out
+        cut(v5(state), partitions_at(state) - 8, 10, 4)
+    }
+
+    /// Version 5 knew no care budgets and not when a budget's first candidate came: read
+    /// as none and unknown (0).
+    #[test]
+    fn reads_version_5_without_care_budgets() {
+        let mut s = state(5);
+        let pacing = PacerState {
+            day: 10_000,
+            admitted: 2,
+            seen: 9,
+            first_at: 864_000_123,
+            ..PacerState::default()
+        };
+        s.header.budgets = vec![("coupon".into(), pacing.clone())];
+        s.header.care_budgets = vec![("welcome_follow_up".into(), pacing)];
+        let d = decode(&v5(&s), &streams()).unwrap();
+        let mut expected = s.clone();
+        expected.header.care_budgets.clear();
+        expected.header.budgets[0].1.first_at = 0;
+        same(&expected, &d.state);
     }
 
     #[test]
@@ -1078,10 +1147,13 @@ mod tests {
         };
         pacing.weights[17] = 2.25;
         pacing.weights[200] = 0.125;
+        pacing.first_at = 864_000_001;
         s.header.budgets = vec![
-            ("coupon".into(), pacing),
+            ("coupon".into(), pacing.clone()),
             ("personal_call".into(), PacerState::default()),
         ];
+        pacing.first_at = 864_000_002;
+        s.header.care_budgets = vec![("account_manager_call".into(), pacing)];
         let bytes = encode(&s, &streams(), 1);
         same(&s, &decode(&bytes, &streams()).unwrap().state);
     }

@@ -21,6 +21,7 @@ const V1: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v1.bin");
 const V2: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v2.bin");
 const V3: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v3.bin");
 const V4: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v4.bin");
+const V5: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v5.bin");
 
 const A: &str = "churn:events";
 const B: &str = "churn:events:b";
@@ -385,7 +386,7 @@ fn positions_are_mapped_by_stream_name_in_every_version() {
 /// pacing, and today's encoder writes it again as the same state.
 #[test]
 fn the_version_4_file_is_one_partition_and_encodes_again() {
-    assert_eq!(FORMAT_VERSION, 5);
+    assert_eq!(FORMAT_VERSION, 6);
     let d = decode(V4, 4);
     assert_eq!(
         d.state.header.partitions,
@@ -404,5 +405,51 @@ fn the_version_4_file_is_one_partition_and_encodes_again() {
     for ((i, a), (_, b)) in d.state.customers.iter().zip(again.state.customers.iter()) {
         assert_eq!(a.features, b.features, "{}", d.state.customers.id(i));
         assert_eq!(d.state.customers.extra(i), again.state.customers.extra(i));
+    }
+}
+
+/// Version 5 kept win-back's budgets' pacing but no care budgets and not when a budget's
+/// first candidate came: they read as none and unknown, and today's encoder writes the
+/// state again as the same.
+#[test]
+fn version_5_written_by_churnd_47e4d6e_decodes_with_its_budgets() {
+    let d = decode(V5, 5);
+    assert_eq!(d.created_ms, 1_796_554_866_530);
+    let h = &d.state.header;
+    // The model shipped at that commit (retrained since the older files).
+    assert_eq!(h.model_version, "cdnow-h90-6011f252");
+    assert_eq!(h.watermark, day(400));
+    assert_eq!(h.applied, vec![Some(entry(400)), Some(entry(13))]);
+    assert_eq!(h.partitions, crate::partition::PartitionCount::ONE);
+    let actions: Vec<&str> = h.budgets.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["coupon", "email_reminder", "loyalty_offer", "personal_call"]
+    );
+    assert!(
+        h.care_budgets.is_empty(),
+        "no care budgets before version 6"
+    );
+    assert!(h.budgets.iter().all(|(_, s)| s.first_at == 0), "unknown");
+    // The shipped config's budgets paced the win-back tasks (all general_winback: coupon).
+    let coupon = &h.budgets[0].1;
+    assert_eq!(coupon.day, day(400) / DAY, "erin's task, on day 400");
+    assert!(coupon.admitted >= 1 && coupon.weights.iter().sum::<f64>() > 0.0);
+    let ids: Vec<&str> = d
+        .state
+        .customers
+        .iter()
+        .map(|(i, _)| d.state.customers.id(i))
+        .collect();
+    assert_eq!(ids, ["alice", "bob", "carol", "dave", "erin"]);
+    let again = codec::decode(
+        &codec::encode(&d.state, &streams(), d.created_ms),
+        &streams(),
+    )
+    .expect("today's encoding decodes");
+    assert_eq!(again.state.header, d.state.header);
+    for ((i, a), (_, b)) in d.state.customers.iter().zip(again.state.customers.iter()) {
+        assert_eq!(a.features, b.features, "{}", d.state.customers.id(i));
+        assert_eq!(a.winback, b.winback);
     }
 }

@@ -58,10 +58,18 @@ async fn a_days_budget_of_n_tasks_yields_at_most_n_and_the_rest_come_on_later_da
         by_day.values().all(|&n| n <= 3),
         "at most 3 tasks a day: {by_day:?}"
     );
-    assert_eq!(
-        by_day.values().next(),
-        Some(&3),
-        "the first day's budget is spent: {by_day:?}"
+    // The action's first day: the ten come at once, which on a first day (no count of
+    // candidates per day yet) looks like the start of a busy day, so it gives fewer.
+    assert!(
+        by_day
+            .values()
+            .next()
+            .is_some_and(|&n| (1..=3).contains(&n)),
+        "the first day is paced on the rate seen: {by_day:?}"
+    );
+    assert!(
+        by_day.values().any(|&n| n == 3),
+        "a later day's budget is spent: {by_day:?}"
     );
     assert!(
         by_day.len() >= 4,

@@ -651,6 +651,22 @@ pub fn outcome_record(
     ]
 }
 
+/// An event of type `kind` with more fields (`score`, profile attributes, …).
+pub fn event(
+    customer: &str,
+    kind: &str,
+    ts_ms: u64,
+    more: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("customer_id", customer.to_string()),
+        ("type", kind.to_string()),
+        ("ts", ts_ms.to_string()),
+    ];
+    fields.extend(more.iter().map(|&(k, v)| (k, v.to_string())));
+    fields
+}
+
 pub fn visit(customer: &str, ts_ms: u64) -> Vec<(&'static str, String)> {
     vec![
         ("customer_id", customer.to_string()),

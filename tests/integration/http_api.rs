@@ -253,6 +253,7 @@ async fn http_answers_while_the_snapshot_loads() {
             applied: Vec::new(),
             model_version: "recency-1".into(),
             budgets: Vec::new(),
+            care_budgets: Vec::new(),
             partitions: churnd::partition::PartitionCount::ONE,
             open_tasks: Vec::new(),
         },

@@ -24,6 +24,7 @@ mod partitions;
 mod pipeline;
 mod process;
 mod profiles_feedback;
+mod record_schemas;
 mod resilience;
 mod secrets;
 mod simulate_lockstep;

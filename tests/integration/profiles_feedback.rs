@@ -12,21 +12,6 @@ const WINBACK: &str = "churn:winback";
 const TASKS: &str = "crm:tasks";
 const DLQ: &str = "churn:events:dlq";
 
-fn event(
-    customer: &str,
-    kind: &str,
-    ts_ms: u64,
-    more: &[(&'static str, &str)],
-) -> Vec<(&'static str, String)> {
-    let mut fields = vec![
-        ("customer_id", customer.to_string()),
-        ("type", kind.to_string()),
-        ("ts", ts_ms.to_string()),
-    ];
-    fields.extend(more.iter().map(|&(k, v)| (k, v.to_string())));
-    fields
-}
-
 /// Three purchases of 50 within ten days from `day`: important value under the test
 /// settings' fixed thresholds.
 async fn valuable(c: &mut redis::aio::MultiplexedConnection, customer: &str, day: u64) {
