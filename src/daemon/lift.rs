@@ -11,11 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connector;
+use crate::connection::{Connector, RedisConn};
 use crate::event::EntryId;
 use crate::lift::report::{self, Report};
 use crate::lift::stream::{self, PAGE};
@@ -43,7 +42,7 @@ pub(super) async fn run(
     let mut after = EntryId::default();
     let mut caught_up = false;
     let mut logged = 0u32;
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<RedisConn> = None;
     loop {
         let c = match conn.as_mut() {
             Some(c) => c,
