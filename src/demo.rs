@@ -9,13 +9,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, ClockMode, Settings};
-use crate::connection::{self, ClientError};
+use crate::config::{redact_url, ClockMode, RedisMode, Settings};
+use crate::connection::{self, ClientError, RedisClient, RedisConn};
 use crate::daemon::{self, DaemonError};
 use crate::source::lag::group_info;
 use crate::transactions::{Transactions, TransactionsError};
@@ -58,6 +57,8 @@ pub enum DemoError {
     Http(String),
     #[error("the daemon stopped before the demo ended ({0}); its log above says why")]
     DaemonStopped(String),
+    #[error("the demo runs on one Redis server, not a cluster: unset redis.mode (CHURND__REDIS__MODE) or set it to \"standalone\"")]
+    Cluster,
 }
 
 /// A `redis-server` child process, killed on drop.
@@ -94,6 +95,7 @@ impl PrivateRedis {
             url: format!("redis://127.0.0.1:{port}/0"),
         };
         let client = redis::Client::open(redis.url.as_str())
+            .map(RedisClient::Standalone)
             .map_err(|e| DemoError::StartRedis(e.to_string()))?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -114,9 +116,9 @@ impl Drop for PrivateRedis {
     }
 }
 
-async fn ping(client: &redis::Client) -> bool {
+async fn ping(client: &RedisClient) -> bool {
     let attempt = async {
-        let mut c = client.get_multiplexed_async_connection().await.ok()?;
+        let mut c = client.connection().await.ok()?;
         redis::cmd("PING").query_async::<String>(&mut c).await.ok()
     };
     matches!(
@@ -196,6 +198,9 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
 
     // With the configured password and TLS settings, so the demo finds the Redis the daemon
     // would use.
+    if settings.redis.mode == RedisMode::Cluster {
+        return Err(DemoError::Cluster);
+    }
     let configured = connection::client(&settings.redis)?;
     let (_private, url) = if ping(&configured).await {
         say!("Redis: using {}", redact_url(&settings.redis.url));
@@ -216,7 +221,7 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
     };
     let settings = demo_settings(settings, url);
     let client = connection::client(&settings.redis)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut conn = client.connection().await?;
     clear_demo_keys(&mut conn).await?;
 
     let stream = settings.source.streams[0].clone();
@@ -267,7 +272,7 @@ fn customers(data: &Transactions) -> usize {
 /// Removes the previous demo's streams and the guard keys of its tasks and dead letters
 /// (`{churnd-demo:winback}:dedup:<id>`: left in place, they would make this run's tasks
 /// count as written before, and the demo would show none).
-async fn clear_demo_keys(conn: &mut MultiplexedConnection) -> Result<(), redis::RedisError> {
+async fn clear_demo_keys(conn: &mut RedisConn) -> Result<(), redis::RedisError> {
     for pattern in [format!("{KEY_PREFIX}*"), format!("{{{KEY_PREFIX}*")] {
         let mut cursor = 0u64;
         loop {
@@ -292,7 +297,7 @@ async fn clear_demo_keys(conn: &mut MultiplexedConnection) -> Result<(), redis::
 }
 
 async fn load_events(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     stream: &str,
     data: &Transactions,
 ) -> Result<usize, redis::RedisError> {
@@ -323,7 +328,7 @@ async fn load_events(
 }
 
 async fn wait_until_processed(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     stream: &str,
     group: &str,
     expected: usize,
@@ -366,7 +371,7 @@ async fn get_json(api: std::net::SocketAddr, path: &str) -> Result<serde_json::V
 }
 
 async fn report(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     settings: &Settings,
     api: std::net::SocketAddr,
 ) -> Result<(), DemoError> {
@@ -486,7 +491,7 @@ async fn report(
 /// thousands of tasks, in one reply can take longer than the connection's response timeout
 /// on a slow machine).
 async fn for_each_entry(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     stream: &str,
     mut f: impl FnMut(&[(String, String)]),
 ) -> Result<(), redis::RedisError> {
@@ -521,7 +526,7 @@ impl Tally {
 }
 
 /// Counts `stream`'s records.
-async fn tally(conn: &mut MultiplexedConnection, stream: &str) -> Result<Tally, redis::RedisError> {
+async fn tally(conn: &mut RedisConn, stream: &str) -> Result<Tally, redis::RedisError> {
     let mut tally = Tally::default();
     for_each_entry(conn, stream, |fields| {
         tally.entries += 1;
@@ -561,7 +566,7 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
 }
 
 async fn xrange(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     stream: &str,
     count: usize,
 ) -> Result<Vec<(String, Vec<(String, String)>)>, redis::RedisError> {
@@ -570,7 +575,7 @@ async fn xrange(
 
 /// Up to `count` entries from `from` on (`(<id>` starts after that entry).
 async fn xrange_from(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     stream: &str,
     from: &str,
     count: usize,

@@ -10,11 +10,10 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
 use crate::config::{redact_url, Resolved, Settings, StartFrom};
-use crate::connection::Connector;
+use crate::connection::{Connector, RedisConn};
 use crate::decide::TaskKind;
 use crate::metrics::{Metrics, RedisRole};
 use crate::model::{Model, ModelError};
@@ -144,11 +143,7 @@ struct Asker<'a> {
 }
 
 impl Asker<'_> {
-    async fn query(
-        &self,
-        c: &mut MultiplexedConnection,
-        cmd: &redis::Cmd,
-    ) -> Result<Value, String> {
+    async fn query(&self, c: &mut RedisConn, cmd: &redis::Cmd) -> Result<Value, String> {
         match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(c)).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(self.describe(&e)),
@@ -160,7 +155,7 @@ impl Asker<'_> {
         self.connector.describe(e)
     }
 
-    async fn version(&self, c: &mut MultiplexedConnection, url: &str) -> Finding {
+    async fn version(&self, c: &mut RedisConn, url: &str) -> Finding {
         let info = match self.query(c, redis::cmd("INFO").arg("server")).await {
             Ok(info) => text(&info),
             Err(e) => {
@@ -189,7 +184,7 @@ impl Asker<'_> {
         }
     }
 
-    async fn eviction(&self, c: &mut MultiplexedConnection) -> Finding {
+    async fn eviction(&self, c: &mut RedisConn) -> Finding {
         let reply = self
             .query(c, redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
             .await;
@@ -214,7 +209,7 @@ impl Asker<'_> {
         }
     }
 
-    async fn scripting(&self, c: &mut MultiplexedConnection) -> Finding {
+    async fn scripting(&self, c: &mut RedisConn) -> Finding {
         match self
             .query(c, redis::cmd("EVAL").arg("return 1").arg(0))
             .await
@@ -227,13 +222,13 @@ impl Asker<'_> {
     }
 
     /// The key's type: `none`, `stream`, or another.
-    async fn key_type(&self, c: &mut MultiplexedConnection, key: &str) -> Result<String, String> {
+    async fn key_type(&self, c: &mut RedisConn, key: &str) -> Result<String, String> {
         self.query(c, redis::cmd("TYPE").arg(key))
             .await
             .map(|v| text(&v))
     }
 
-    async fn inputs(&self, c: &mut MultiplexedConnection, s: &Settings) -> Vec<Finding> {
+    async fn inputs(&self, c: &mut RedisConn, s: &Settings) -> Vec<Finding> {
         let source = &s.source;
         let start = match source.start_from {
             StartFrom::Beginning => "its beginning",
@@ -288,7 +283,7 @@ impl Asker<'_> {
         findings
     }
 
-    async fn outputs(&self, c: &mut MultiplexedConnection, s: &Settings) -> Vec<Finding> {
+    async fn outputs(&self, c: &mut RedisConn, s: &Settings) -> Vec<Finding> {
         let mut outputs: Vec<(&str, &str)> = vec![
             ("dead_letter.stream", &s.dead_letter.stream),
             ("winback.stream", &s.winback.stream),

@@ -26,13 +26,12 @@ pub(crate) mod guards;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError, ServerErrorKind, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::connection::Connector;
+use crate::connection::{Connector, RedisConn};
 use crate::decide::Group;
 use crate::decide::{Task, TaskKind, TasksSettings};
 use crate::engine::Effects;
@@ -159,10 +158,7 @@ impl SinkSettings {
 
     /// Output keys that exist but are not streams: writes to them would fail, so the sink
     /// does not report ready until they are fixed.
-    async fn misplaced_keys(
-        &self,
-        c: &mut MultiplexedConnection,
-    ) -> Result<Vec<String>, RedisError> {
+    async fn misplaced_keys(&self, c: &mut RedisConn) -> Result<Vec<String>, RedisError> {
         let mut bad = Vec::new();
         for key in self.output_streams() {
             let kind: String = redis::cmd("TYPE").arg(key).query_async(c).await?;
@@ -188,7 +184,7 @@ pub struct Sink {
     /// Whether writes still check guards under their old names (until they are moved).
     old_names: guards::OldNames,
     /// The current connection, for the pass that moves old guard names.
-    conns: watch::Sender<Option<MultiplexedConnection>>,
+    conns: watch::Sender<Option<RedisConn>>,
 }
 
 impl Sink {
@@ -268,7 +264,7 @@ impl Sink {
     /// `probe_interval` (a check in progress gives way to effects that arrive).
     async fn next_effects(
         &mut self,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<RedisConn>,
         abort: &CancellationToken,
     ) -> Option<Effects> {
         loop {
@@ -296,7 +292,7 @@ impl Sink {
     async fn write(
         &mut self,
         fx: &Effects,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<RedisConn>,
         abort: &CancellationToken,
     ) -> bool {
         let started = Instant::now();
@@ -323,7 +319,7 @@ impl Sink {
     async fn write_effects(
         &mut self,
         fx: &Effects,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<RedisConn>,
         abort: &CancellationToken,
     ) -> bool {
         let mut done: Vec<bool> = Vec::new();
@@ -425,7 +421,7 @@ impl Sink {
     async fn execute<T: FromRedisValue>(
         &mut self,
         pipeline: &redis::Pipeline,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<RedisConn>,
         abort: &CancellationToken,
     ) -> Option<T> {
         loop {
@@ -506,7 +502,7 @@ impl Sink {
         }
     }
 
-    async fn connect(&mut self, abort: &CancellationToken) -> Option<MultiplexedConnection> {
+    async fn connect(&mut self, abort: &CancellationToken) -> Option<RedisConn> {
         connect(
             &mut self.connector,
             &self.settings,
@@ -525,12 +521,9 @@ async fn connect(
     connector: &mut Connector,
     settings: &SinkSettings,
     health: &Health,
-    (conns, old_names): (
-        &watch::Sender<Option<MultiplexedConnection>>,
-        &guards::OldNames,
-    ),
+    (conns, old_names): (&watch::Sender<Option<RedisConn>>, &guards::OldNames),
     abort: &CancellationToken,
-) -> Option<MultiplexedConnection> {
+) -> Option<RedisConn> {
     loop {
         let mut c = connector.connect(abort).await?;
         match settings.misplaced_keys(&mut c).await {
@@ -567,11 +560,8 @@ async fn probe(
     connector: &mut Connector,
     settings: &SinkSettings,
     health: &Health,
-    published: (
-        &watch::Sender<Option<MultiplexedConnection>>,
-        &guards::OldNames,
-    ),
-    conn: &mut Option<MultiplexedConnection>,
+    published: (&watch::Sender<Option<RedisConn>>, &guards::OldNames),
+    conn: &mut Option<RedisConn>,
     abort: &CancellationToken,
 ) {
     let Some(c) = conn.as_mut() else {
@@ -609,7 +599,7 @@ fn merge(fx: &mut Effects, more: Effects) {
 }
 
 /// Loads the effects script; whether the server is a cluster node.
-async fn prepare(c: &mut MultiplexedConnection) -> Result<bool, RedisError> {
+async fn prepare(c: &mut RedisConn) -> Result<bool, RedisError> {
     load_effects_script(c).await?;
     Ok(guards::is_cluster(c).await)
 }
@@ -624,7 +614,7 @@ fn unexpected(reply: &Value) -> RedisError {
 }
 
 /// Loads the effects script that [`SinkSettings::effect_calls`] call.
-pub async fn load_effects_script(conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+pub async fn load_effects_script(conn: &mut RedisConn) -> Result<(), RedisError> {
     calls::EFFECTS.load_async(conn).await.map(drop)
 }
 

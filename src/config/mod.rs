@@ -52,7 +52,7 @@ pub use log::{LogFormat, LogSettings, ShutdownSettings};
 pub use partitions::PartitionSettings;
 pub use problem::{ConfigError, Origin, Problem, Problems};
 pub use read::env_var;
-pub use redis::RedisSettings;
+pub use redis::{RedisMode, RedisSettings};
 pub use resolve::Resolved;
 pub use scoring::{ClockMode, ClockSettings, ModelSettings, ScoringSettings};
 use secret::REDACTED;

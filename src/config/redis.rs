@@ -4,14 +4,39 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::read::Fields;
+use super::read::{read_choices, Choice, Fields};
 use super::secret::{redact_url, Secret};
 use super::units::Interval;
 use super::{set_but_empty, Problem, Section};
 use crate::connection::tls::{CERT_WITHOUT_KEY, INSECURE_REFUSED};
 
+/// How churnd talks to Redis: one server (or a primary behind a proxy or Sentinel-managed
+/// address), or a Redis Cluster reached through a seed node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisMode {
+    /// One server at `url`.
+    Standalone,
+    /// A Redis Cluster: `url` is a seed node; the slot map is read from it and MOVED, ASK
+    /// and failovers are followed.
+    Cluster,
+}
+
+impl Choice for RedisMode {
+    const ALL: &'static [Self] = &[Self::Standalone, Self::Cluster];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+read_choices!(RedisMode);
+
 #[derive(Clone, PartialEq, Serialize)]
 pub struct RedisSettings {
+    /// `standalone` (one server) or `cluster` (`url` is a seed node of a Redis Cluster).
+    pub mode: RedisMode,
     /// `redis://` or, for TLS, `rediss://`; may carry the password (redacted wherever shown).
     pub url: String,
     /// Overrides the URL's password (e.g. from a Kubernetes Secret); never printed.
@@ -41,6 +66,7 @@ pub struct RedisSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         Self {
+            mode: RedisMode::Standalone,
             url: "redis://127.0.0.1:6379/0".into(),
             password: None,
             tls_ca_file: None,
@@ -57,6 +83,7 @@ impl Default for RedisSettings {
 impl std::fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisSettings")
+            .field("mode", &self.mode)
             .field("url", &redact_url(&self.url))
             .field("password", &self.password)
             .field("tls_ca_file", &self.tls_ca_file)
@@ -115,6 +142,7 @@ impl Section for RedisSettings {
     fn from_fields(f: &mut Fields<'_>) -> Self {
         let d = Self::default();
         Self {
+            mode: f.get("mode", d.mode),
             url: f.get("url", d.url),
             password: f.get("password", d.password),
             tls_ca_file: f.get("tls_ca_file", d.tls_ca_file),
@@ -223,8 +251,34 @@ impl RedisSettings {
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             p.push(Problem::new("redis.tls_cert_file", CERT_WITHOUT_KEY));
         }
+        if self.mode == RedisMode::Cluster {
+            p.extend(cluster_problem(&info));
+        }
         p
     }
+}
+
+/// What a Redis Cluster cannot be reached through: a Unix socket (the nodes announce TCP
+/// addresses), or a database other than 0 (a cluster has only database 0).
+fn cluster_problem(info: &redis::ConnectionInfo) -> Option<Problem> {
+    use redis::ConnectionAddr;
+    if let ConnectionAddr::Unix(_) = info.addr() {
+        return Some(Problem::new(
+            "redis.url",
+            "must be a redis:// or rediss:// URL of a cluster node when redis.mode = \"cluster\" \
+             (a cluster's nodes announce TCP addresses, not Unix sockets)",
+        ));
+    }
+    let db = info.redis_settings().db();
+    (db != 0).then(|| {
+        Problem::new(
+            "redis.url",
+            format!(
+                "selects database {db}, but a Redis Cluster has only database 0: remove /{db} \
+                 from the URL, or set redis.mode = \"standalone\""
+            ),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -326,6 +380,33 @@ mod tests {
                 "redis.tls_cert_file is set but empty: unset it and redis.tls_key_file to connect without a client certificate",
             ]
         );
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_tcp_url_of_database_0() {
+        let cluster = |url: &str| {
+            problems_with(|s| {
+                s.mode = RedisMode::Cluster;
+                s.url = url.into();
+            })
+        };
+        assert_eq!(cluster("redis://:pw@node-0:7000"), Vec::<String>::new());
+        assert_eq!(cluster("rediss://node-0:7000/0"), Vec::<String>::new());
+        let unix = cluster("unix:///run/redis.sock");
+        assert_eq!(unix.len(), 1, "{unix:?}");
+        assert!(
+            unix[0].starts_with("redis.url must be a redis:// or rediss:// URL of a cluster node"),
+            "{unix:?}"
+        );
+        assert_eq!(
+            cluster("redis://node-0:7000/3"),
+            [
+                "redis.url selects database 3, but a Redis Cluster has only database 0: remove /3 \
+              from the URL, or set redis.mode = \"standalone\""
+            ]
+        );
+        // The same URLs serve one server.
+        assert!(problems_with(|s| s.url = "redis://h:6379/3".into()).is_empty());
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub struct Resolved {
     pub settings: Settings,
     /// A client for the configured Redis: its URL, the password override and, for
     /// `rediss://`, the CA and client certificate from their files.
-    pub redis: redis::Client,
+    pub redis: connection::RedisClient,
     /// The token the customer endpoints require, if any: `http.customer_token`, or read
     /// from `http.customer_token_file`.
     pub customer_token: Option<Secret>,

@@ -10,14 +10,15 @@
 //!
 //! The client they come from is built once at start from the `[redis]` settings ([`client`]).
 
+mod conn;
 pub(crate) mod tls;
 
+pub use conn::{slot_groups, RedisClient, RedisConn};
 pub use tls::{client, ClientError};
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisSettings;
@@ -53,11 +54,12 @@ impl Backoff {
 }
 
 pub struct Connector {
-    client: redis::Client,
+    client: RedisClient,
     /// The password the client sends, kept only to scrub it from error messages.
     password: Option<String>,
-    config: AsyncConnectionConfig,
     connect_timeout: Duration,
+    /// Bounds every command on the connection (in a cluster, with its redirections).
+    response_timeout: Duration,
     backoff: Backoff,
     role: RedisRole,
     /// The role's series of `churnd_redis_connected` and `churnd_redis_errors_total`.
@@ -68,7 +70,7 @@ impl Connector {
     /// `response_timeout` bounds every command on the connection; a blocking read needs one
     /// longer than its BLOCK.
     pub fn new(
-        client: redis::Client,
+        client: RedisClient,
         settings: &RedisSettings,
         response_timeout: Duration,
         role: RedisRole,
@@ -78,19 +80,21 @@ impl Connector {
         // The role's error count exists from the start: dashboards see zero, not a gap.
         let metrics = metrics.role(role);
         metrics.connected.set(0);
-        let password = client
-            .get_connection_info()
-            .redis_settings()
-            .password()
-            .filter(|p| !p.is_empty())
-            .map(String::from);
+        let password = match &settings.password {
+            Some(p) => Some(p.expose().to_string()),
+            None => settings
+                .url
+                .as_str()
+                .into_connection_info()
+                .ok()
+                .and_then(|i| i.redis_settings().password().map(String::from)),
+        }
+        .filter(|p| !p.is_empty());
         Self {
             client,
             password,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(response_timeout)),
             connect_timeout,
+            response_timeout,
             backoff: Backoff::new(settings.backoff_initial.get(), settings.backoff_max.get()),
             role,
             metrics,
@@ -98,15 +102,12 @@ impl Connector {
     }
 
     /// Connects, retrying until it succeeds; `None` if shutdown comes first.
-    pub async fn connect(&mut self, shutdown: &CancellationToken) -> Option<MultiplexedConnection> {
+    pub async fn connect(&mut self, shutdown: &CancellationToken) -> Option<RedisConn> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let result = tokio::select! {
-                r = tokio::time::timeout(
-                    self.connect_timeout * 2,
-                    self.client.get_multiplexed_async_connection_with_config(&self.config),
-                ) => r,
+                r = tokio::time::timeout(self.connect_timeout * 2, self.attempt()) => r,
                 _ = shutdown.cancelled() => return None,
             };
             let error = match result {
@@ -136,15 +137,25 @@ impl Connector {
 
     /// One attempt, within twice the connect timeout, for checks that report rather than
     /// wait (`churnd check-config --connect`): the error as [`Self::describe`] gives it.
-    pub(crate) async fn connect_once(&self) -> Result<MultiplexedConnection, String> {
-        let attempt = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config);
-        match tokio::time::timeout(self.connect_timeout * 2, attempt).await {
+    pub(crate) async fn connect_once(&self) -> Result<RedisConn, String> {
+        match tokio::time::timeout(self.connect_timeout * 2, self.attempt()).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(self.describe(&e)),
             Err(_) => Err(format!("no answer within {:?}", self.connect_timeout * 2)),
         }
+    }
+
+    /// One connection attempt: to the server, or to the cluster (the seed node's slot map,
+    /// then a connection to each primary).
+    async fn attempt(&self) -> redis::RedisResult<RedisConn> {
+        self.client
+            .connection_with(self.connect_timeout, self.response_timeout)
+            .await
+    }
+
+    /// Whether the connections are to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.client, RedisClient::Cluster(_))
     }
 
     /// Records a failed operation. Returns whether the connection must be dropped and made

@@ -8,9 +8,11 @@
 
 use std::path::Path;
 
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use crate::config::{Problem, RedisSettings};
+use super::RedisClient;
+use crate::config::{Problem, RedisMode, RedisSettings};
 
 /// Why no client can be built: the setting to look at, and what is wrong (never a secret).
 #[derive(Debug, thiserror::Error)]
@@ -35,11 +37,12 @@ impl ClientError {
     }
 }
 
-/// A client for the configured server. Reads and checks the certificate files, so a bad one
-/// is reported by its key before anything connects. The settings' own checks
+/// A client for the configured server (or, with `redis.mode = "cluster"`, for the cluster
+/// `redis.url` is a seed node of). Reads and checks the certificate files, so a bad one is
+/// reported by its key before anything connects. The settings' own checks
 /// (`Settings::problems`) come first; a URL asking for TLS without verification is refused
 /// here as well, whoever calls.
-pub fn client(settings: &RedisSettings) -> Result<redis::Client, ClientError> {
+pub fn client(settings: &RedisSettings) -> Result<RedisClient, ClientError> {
     let mut info = settings
         .url
         .as_str()
@@ -52,16 +55,21 @@ pub fn client(settings: &RedisSettings) -> Result<redis::Client, ClientError> {
             .set_password(password.expose());
         info = info.set_redis_settings(redis_info);
     }
-    match info.addr() {
+    let certificates = match info.addr() {
         ConnectionAddr::TcpTls { insecure: true, .. } => {
             return Err(ClientError::new("redis.url", INSECURE_REFUSED));
         }
-        ConnectionAddr::TcpTls { .. } => {}
-        _ => {
-            return redis::Client::open(info)
-                .map_err(|e| ClientError::new("redis.url", format!("cannot be used: {e}")));
-        }
+        ConnectionAddr::TcpTls { .. } => Some(certificates(settings)?),
+        _ => None,
+    };
+    match settings.mode {
+        RedisMode::Standalone => standalone(info, certificates).map(RedisClient::Standalone),
+        RedisMode::Cluster => cluster(info, certificates).map(RedisClient::Cluster),
     }
+}
+
+/// The CA and client certificate the settings name, read and checked.
+fn certificates(settings: &RedisSettings) -> Result<redis::TlsCertificates, ClientError> {
     install_crypto_provider();
     let root_cert = match &settings.tls_ca_file {
         Some(path) => Some(read_certificates("redis.tls_ca_file", path)?),
@@ -75,14 +83,44 @@ pub fn client(settings: &RedisSettings) -> Result<redis::Client, ClientError> {
         }),
         _ => return Err(ClientError::new("redis.tls_cert_file", CERT_WITHOUT_KEY)),
     };
-    let certificates = redis::TlsCertificates {
+    Ok(redis::TlsCertificates {
         client_tls,
         root_cert,
-    };
-    redis::Client::build_with_tls(info, certificates).map_err(|e| {
+    })
+}
+
+fn standalone(
+    info: redis::ConnectionInfo,
+    certificates: Option<redis::TlsCertificates>,
+) -> Result<redis::Client, ClientError> {
+    match certificates {
+        None => redis::Client::open(info)
+            .map_err(|e| ClientError::new("redis.url", format!("cannot be used: {e}"))),
+        Some(certificates) => redis::Client::build_with_tls(info, certificates).map_err(|e| {
+            ClientError::new(
+                "redis.url",
+                format!("cannot be used with these TLS settings: {e}"),
+            )
+        }),
+    }
+}
+
+/// A cluster client seeded with the one node of the URL: its password, user name and TLS
+/// settings serve for every node the slot map names.
+fn cluster(
+    info: redis::ConnectionInfo,
+    certificates: Option<redis::TlsCertificates>,
+) -> Result<ClusterClient, ClientError> {
+    let tls = certificates.is_some();
+    let mut builder = ClusterClientBuilder::new([info]);
+    if let Some(certificates) = certificates {
+        builder = builder.certs(certificates);
+    }
+    builder.build().map_err(|e| {
+        let with = if tls { " with these TLS settings" } else { "" };
         ClientError::new(
             "redis.url",
-            format!("cannot be used with these TLS settings: {e}"),
+            format!("cannot be used as a cluster seed node{with}: {e}"),
         )
     })
 }
@@ -200,10 +238,16 @@ mod tests {
         // The web PKI roots by default: a rediss:// URL alone gives a client.
         assert!(client(&tls(|_| {})).is_ok());
         // The password override is the one the client sends.
-        let c = client(&tls(|s| s.password = Some("override".into()))).unwrap();
+        let Ok(RedisClient::Standalone(c)) = client(&tls(|s| s.password = Some("override".into())))
+        else {
+            panic!("a standalone client")
+        };
         assert_eq!(
             c.get_connection_info().redis_settings().password(),
             Some("override")
         );
+        // A cluster client from the same settings.
+        let c = client(&tls(|s| s.mode = RedisMode::Cluster)).unwrap();
+        assert!(matches!(c, RedisClient::Cluster(_)));
     }
 }

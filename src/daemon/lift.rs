@@ -14,11 +14,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connector;
+use crate::connection::{Connector, RedisConn};
 use crate::decide::uplift::{LearnSettings, UpliftBook};
 use crate::event::EntryId;
 use crate::lift::report::{self, Report};
@@ -54,7 +53,7 @@ pub(super) async fn run(
     let mut after = EntryId::default();
     let mut caught_up = false;
     let mut logged = 0u32;
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<RedisConn> = None;
     loop {
         let c = match conn.as_mut() {
             Some(c) => c,

@@ -4,12 +4,11 @@
 //! tails it with XREAD ([`read_after`], `src/daemon/lift.rs`). Either way only the
 //! aggregates are kept: memory does not grow with the stream.
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
 use super::report::{self, Report};
 use super::{Aggregates, RecordError, Window};
-use crate::connection::Connector;
+use crate::connection::{Connector, RedisConn};
 use crate::event::EntryId;
 
 /// Entries per XRANGE or XREAD.
@@ -97,8 +96,8 @@ pub fn add_entries(
 
 /// Reads the whole stream (what is in it now) into `aggregates`, [`PAGE`] entries at a
 /// time. A stream that does not exist is empty.
-pub async fn read_all(
-    conn: &mut MultiplexedConnection,
+pub async fn read_all<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
     stream: &str,
     aggregates: &mut Aggregates,
     mut skipped: impl FnMut(EntryId, &RecordError),
@@ -155,7 +154,7 @@ pub async fn report_from(
 /// XREAD of up to [`PAGE`] entries after `after`, waiting up to `block_ms` for some (not
 /// at all with `None`).
 pub async fn read_after(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     stream: &str,
     after: EntryId,
     block_ms: Option<u64>,

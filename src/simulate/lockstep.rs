@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use crate::connection::RedisConn;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -137,7 +137,7 @@ pub struct NotConsumed {
 /// Writes `pipe` and returns the IDs Redis gave its XADDs, in order.
 async fn write_ids(
     pipe: &redis::Pipeline,
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
 ) -> Result<Vec<EntryId>, SimulateError> {
     let ids: Vec<String> = pipe.query_async(conn).await?;
     Ok(ids
@@ -149,7 +149,7 @@ async fn write_ids(
 /// Waits until `group` has consumed every stream up to its entry in `written`; `false` if
 /// shutdown came first.
 async fn wait_consumed(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     streams: &[String],
     written: &[Option<EntryId>],
     lockstep: &Lockstep,

@@ -35,10 +35,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::Connector;
+use crate::connection::{Connector, RedisConn};
 use crate::time::{from_millis, rfc3339, wall_millis};
 use population::{
     Activity, Params, ParamsError, Population, SimEvent, AGE_BANDS, CHANNELS, GENDERS, REGIONS,
@@ -299,7 +298,7 @@ fn population(options: &SimulateOptions, start_ms: u64) -> Result<Population, Si
 /// back-off until it is written; `false` if shutdown came first.
 async fn write(
     pipe: &redis::Pipeline,
-    conn: &mut Option<MultiplexedConnection>,
+    conn: &mut Option<RedisConn>,
     connector: &mut Connector,
     shutdown: &CancellationToken,
 ) -> Result<bool, SimulateError> {

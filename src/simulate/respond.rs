@@ -5,10 +5,10 @@
 //! Tasks of the control group are read and left unanswered: nobody acts on them. A task for
 //! a customer of another simulation (another seed) or of no simulation is skipped.
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
+use crate::connection::RedisConn;
 use crate::event::EntryId;
 use crate::source::batch::{parse_entries, parse_reply, Entry, ReplyError};
 
@@ -68,7 +68,7 @@ impl TaskReader {
     pub async fn new(
         streams: Vec<String>,
         from_tail: bool,
-        conn: &mut MultiplexedConnection,
+        conn: &mut RedisConn,
     ) -> Result<Self, ReadError> {
         let mut after = vec![EntryId::default(); streams.len()];
         if from_tail {
@@ -91,10 +91,7 @@ impl TaskReader {
 
     /// The tasks written since the last call (at most [`READ_COUNT`] per stream), every
     /// stream's in order; without waiting.
-    pub async fn read(
-        &mut self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<Vec<Entry>, ReadError> {
+    pub async fn read(&mut self, conn: &mut RedisConn) -> Result<Vec<Entry>, ReadError> {
         if self.streams.is_empty() {
             return Ok(Vec::new());
         }

@@ -21,9 +21,9 @@
 
 use std::collections::HashMap;
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
+use crate::connection::RedisConn;
 use crate::event::EntryId;
 use crate::metrics::OutputMetrics;
 use crate::source::lag::{rows, Row};
@@ -196,7 +196,7 @@ impl Backlog {
 
     /// One sample of every output stream. A stream that does not exist yet has length 0
     /// and no groups.
-    pub async fn sample(&mut self, c: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    pub async fn sample(&mut self, c: &mut RedisConn) -> Result<(), RedisError> {
         for i in 0..self.streams.len() {
             let name = self.streams[i].name.clone();
             let stream: Result<Value, _> = redis::cmd("XINFO")

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use crate::connection::RedisConn;
 use redis::RedisError;
 use tokio::sync::watch;
 
@@ -98,9 +98,13 @@ impl OldNames {
     }
 }
 
-/// Whether the server says it is a Redis Cluster node (one that does not answer `INFO`, as
-/// some ACLs have it, is taken for a single Redis).
-pub(crate) async fn is_cluster(conn: &mut MultiplexedConnection) -> bool {
+/// Whether churnd talks to a Redis Cluster: `redis.mode = "cluster"`, or a server that says
+/// it is a cluster node (one that does not answer `INFO`, as some ACLs have it, is taken for
+/// a single Redis).
+pub(crate) async fn is_cluster(conn: &mut RedisConn) -> bool {
+    if conn.is_cluster() {
+        return true;
+    }
     let info: Result<String, RedisError> =
         redis::cmd("INFO").arg("cluster").query_async(conn).await;
     info.is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_enabled:1"))
@@ -113,7 +117,7 @@ pub(crate) async fn is_cluster(conn: &mut MultiplexedConnection) -> bool {
 pub(crate) async fn move_old_names(
     streams: Vec<String>,
     old_names: OldNames,
-    mut conns: watch::Receiver<Option<MultiplexedConnection>>,
+    mut conns: watch::Receiver<Option<RedisConn>>,
 ) {
     // (old prefix, new prefix), longest old prefix first: `a:b:dedup:` before `a:dedup:`
     // cannot be confused anyway, but a stream named like another's guards could.
@@ -166,9 +170,7 @@ pub(crate) async fn move_old_names(
 }
 
 /// The sink's connection once it has one; `None` when the sink is gone.
-async fn current(
-    conns: &mut watch::Receiver<Option<MultiplexedConnection>>,
-) -> Option<MultiplexedConnection> {
+async fn current(conns: &mut watch::Receiver<Option<RedisConn>>) -> Option<RedisConn> {
     loop {
         if let Some(c) = conns.borrow_and_update().clone() {
             return Some(c);
@@ -179,7 +181,7 @@ async fn current(
 
 /// One `SCAN` of the whole keyspace, renaming what it finds.
 async fn pass(
-    conn: &mut MultiplexedConnection,
+    conn: &mut RedisConn,
     prefixes: &[(String, String)],
     moved: &mut u64,
 ) -> Result<(), RedisError> {

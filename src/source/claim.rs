@@ -8,12 +8,12 @@
 
 use std::collections::HashSet;
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
 use super::batch::{parse_entries, Entry, StreamIdx};
 use super::lag::other_consumers;
 use crate::config::{Interval, SourceSettings};
+use crate::connection::RedisConn;
 use crate::event::EntryId;
 
 /// What one round claimed from one consumer, for the log.
@@ -27,7 +27,7 @@ pub(crate) struct ClaimReport {
 
 /// One round over every stream, claiming up to `batch_size` entries per consumer.
 pub(crate) async fn claim_stranded(
-    c: &mut MultiplexedConnection,
+    c: &mut RedisConn,
     settings: &SourceSettings,
     min_idle: Interval,
 ) -> Result<(Vec<Entry>, Vec<ClaimReport>), RedisError> {
@@ -77,7 +77,7 @@ pub(crate) async fn claim_stranded(
 /// Claims `consumer`'s entries idle for `min_idle_ms`, oldest first. Entries deleted from the
 /// stream meanwhile come back as entries without fields, to be dead-lettered.
 async fn claim_from(
-    c: &mut MultiplexedConnection,
+    c: &mut RedisConn,
     settings: &SourceSettings,
     stream: StreamIdx,
     consumer: &str,
@@ -139,7 +139,7 @@ async fn claim_from(
 /// stay pending forever. Redis drops them from the pending list as it reports them (XAUTOCLAIM,
 /// Redis 7); the others become this consumer's, as the replay would make them anyway.
 pub(crate) async fn deleted_while_pending(
-    c: &mut MultiplexedConnection,
+    c: &mut RedisConn,
     settings: &SourceSettings,
     stream: StreamIdx,
     from: EntryId,

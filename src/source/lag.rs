@@ -3,12 +3,11 @@
 //! consumers of the group (`XINFO CONSUMERS`). The same poll samples the output streams'
 //! backlog ([`Backlog`]): whether their consumers keep up.
 
-use redis::aio::MultiplexedConnection;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceSettings;
-use crate::connection::Connector;
+use crate::connection::{Connector, RedisConn};
 use crate::event::EntryId;
 use crate::metrics::SourceMetrics;
 use crate::sink::backlog::Backlog;
@@ -114,7 +113,7 @@ pub async fn monitor(
     metrics: SourceMetrics,
     shutdown: CancellationToken,
 ) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<RedisConn> = None;
     let mut interval = tokio::time::interval(settings.lag_poll.get());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

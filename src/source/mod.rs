@@ -25,13 +25,12 @@ pub(crate) mod start;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Interval, SourceSettings};
-use crate::connection::Connector;
+use crate::connection::{slot_groups, Connector, RedisConn};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::metrics::SourceMetrics;
@@ -83,7 +82,7 @@ impl Source {
         let streams = self.settings.streams.clone();
         let start = std::mem::take(&mut self.start);
         let mut machine = Machine::new(&self.settings, start, now());
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<RedisConn> = None;
         // An empty read at the streams' end has been sent since the last entries.
         let mut idle_told = false;
         while !shutdown.is_cancelled() {
@@ -190,7 +189,7 @@ impl Source {
     /// while pending, to be dead-lettered.
     async fn prepare(
         &self,
-        c: &mut MultiplexedConnection,
+        c: &mut RedisConn,
         prepare: &Prepare,
     ) -> Result<Vec<batch::Entry>, RedisError> {
         self.create_groups(c, &prepare.create_at).await?;
@@ -208,46 +207,142 @@ impl Source {
     }
 
     /// One XREADGROUP as `plan` says: own pending entries of some streams (no blocking),
-    /// or new entries of every stream.
-    async fn read(
-        &self,
-        c: &mut MultiplexedConnection,
-        plan: &ReadPlan,
-    ) -> Result<Value, RedisError> {
+    /// or new entries of every stream. On a Redis Cluster, streams of different slots are
+    /// read in one XREADGROUP per slot ([`Self::read_per_slot`]).
+    async fn read(&self, c: &mut RedisConn, plan: &ReadPlan) -> Result<Value, RedisError> {
+        let wanted: Vec<(usize, String)> = match &plan.from {
+            ReadFrom::New { .. } => (0..self.settings.streams.len())
+                .map(|i| (i, ">".to_string()))
+                .collect(),
+            ReadFrom::Pending(pending) => pending
+                .iter()
+                .map(|(i, after)| (*i, after.to_string()))
+                .collect(),
+        };
+        let block = matches!(plan.from, ReadFrom::New { block: true });
+        if c.is_cluster() {
+            let names: Vec<&str> = wanted
+                .iter()
+                .map(|(i, _)| self.settings.streams[*i].as_str())
+                .collect();
+            let groups = slot_groups(&names);
+            if groups.len() > 1 {
+                let parts = groups
+                    .iter()
+                    .map(|g| g.iter().map(|&k| wanted[k].clone()).collect())
+                    .collect();
+                return self.read_per_slot(c, plan.count, parts, block).await;
+            }
+        }
+        self.read_cmd(plan.count, &wanted, block)
+            .query_async(c)
+            .await
+    }
+
+    /// The XREADGROUP of `wanted` (stream index, read after), COUNT `count`, blocking for
+    /// `source.block_ms` when `block`.
+    fn read_cmd(&self, count: usize, wanted: &[(usize, String)], block: bool) -> redis::Cmd {
         let s = &self.settings;
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&s.group)
             .arg(&s.consumer)
             .arg("COUNT")
-            .arg(plan.count);
-        match &plan.from {
-            ReadFrom::New { block } => {
-                if *block {
-                    cmd.arg("BLOCK").arg(s.block.as_millis());
+            .arg(count);
+        if block {
+            cmd.arg("BLOCK").arg(s.block.as_millis());
+        }
+        cmd.arg("STREAMS");
+        for (i, _) in wanted {
+            cmd.arg(&s.streams[*i]);
+        }
+        for (_, after) in wanted {
+            cmd.arg(after);
+        }
+        cmd
+    }
+
+    /// A read of streams in several cluster slots, one XREADGROUP per slot, all at once;
+    /// the replies are joined as one reply naming every stream. A blocking read first reads
+    /// every slot without blocking, and only when that finds nothing blocks on every slot,
+    /// waiting for all of them: a read is never abandoned (its entries would be delivered to
+    /// this consumer unseen), so with nothing to read, an entry that arrives waits until
+    /// the other slots' reads end, at most `source.block_ms`. Entries one slot delivered
+    /// are returned even when another slot's read failed; its error comes back at the next
+    /// read.
+    async fn read_per_slot(
+        &self,
+        c: &RedisConn,
+        count: usize,
+        parts: Vec<Vec<(usize, String)>>,
+        block: bool,
+    ) -> Result<Value, RedisError> {
+        let first = self.read_parts(c, count, &parts, false).await;
+        let reply = if block && first.entries == 0 && first.error.is_none() {
+            self.read_parts(c, count, &parts, true).await
+        } else {
+            first
+        };
+        match reply.error {
+            Some(e) if reply.entries == 0 => Err(e),
+            _ => Ok(Value::Array(reply.streams)),
+        }
+    }
+
+    async fn read_parts(
+        &self,
+        c: &RedisConn,
+        count: usize,
+        parts: &[Vec<(usize, String)>],
+        block: bool,
+    ) -> SlotReads {
+        let mut reads = tokio::task::JoinSet::new();
+        for (k, part) in parts.iter().enumerate() {
+            let cmd = self.read_cmd(count, part, block);
+            let mut c = c.clone();
+            reads.spawn(async move { (k, cmd.query_async::<Value>(&mut c).await) });
+        }
+        let mut replies: Vec<Option<Value>> = vec![None; parts.len()];
+        let mut out = SlotReads::default();
+        while let Some(done) = reads.join_next().await {
+            match done {
+                Ok((k, Ok(v))) => replies[k] = Some(v),
+                Ok((_, Err(e))) => {
+                    out.error.get_or_insert(e);
                 }
-                cmd.arg("STREAMS").arg(&s.streams);
-                for _ in &s.streams {
-                    cmd.arg(">");
-                }
-            }
-            ReadFrom::Pending(pending) => {
-                cmd.arg("STREAMS");
-                for (i, _) in pending {
-                    cmd.arg(&s.streams[*i]);
-                }
-                for (_, after) in pending {
-                    cmd.arg(after.to_string());
+                Err(e) => {
+                    out.error
+                        .get_or_insert(RedisError::from(std::io::Error::other(format!(
+                            "a read of one slot's streams failed: {e}"
+                        ))));
                 }
             }
         }
-        cmd.query_async(c).await
+        for reply in replies.into_iter().flatten() {
+            let pairs = match reply {
+                Value::Array(items) => items,
+                Value::Map(pairs) => pairs
+                    .into_iter()
+                    .map(|(k, v)| Value::Array(vec![k, v]))
+                    .collect(),
+                _ => continue,
+            };
+            for pair in pairs {
+                if let Value::Array(kv) = &pair {
+                    if let Some(Value::Array(entries)) = kv.get(1) {
+                        out.entries += entries.len();
+                    }
+                }
+                out.streams.push(pair);
+            }
+        }
+        out
     }
 
     /// Customer state lives in this process, so each group must have one consumer: a second
     /// one would see only part of each customer's events. A former name of this replica is
     /// harmless: its idle pending entries are claimed and the consumer removed.
-    async fn warn_about_other_consumers(&self, c: &mut MultiplexedConnection) {
+    async fn warn_about_other_consumers(&self, c: &mut RedisConn) {
         for stream in &self.settings.streams {
             let reply: Result<Value, RedisError> = redis::cmd("XINFO")
                 .arg("CONSUMERS")
@@ -271,11 +366,7 @@ impl Source {
 
     /// Creates the consumer group on every stream that lacks it (and the stream itself),
     /// at `at` (per stream, see [`Machine::create_at`]).
-    async fn create_groups(
-        &self,
-        c: &mut MultiplexedConnection,
-        at: &[GroupStart],
-    ) -> Result<(), RedisError> {
+    async fn create_groups(&self, c: &mut RedisConn, at: &[GroupStart]) -> Result<(), RedisError> {
         for (stream, at) in self.settings.streams.iter().zip(at) {
             start::create_group(c, stream, &self.settings.group, &at.arg()).await?;
         }
@@ -287,7 +378,7 @@ impl Source {
     async fn back_off(
         &mut self,
         e: &RedisError,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<RedisConn>,
         shutdown: &CancellationToken,
     ) -> bool {
         if self.connector.failed(e) {
@@ -298,7 +389,7 @@ impl Source {
     }
 
     /// Claims the entries stranded on consumers that are gone, as a batch.
-    async fn claim(&self, c: &mut MultiplexedConnection) -> Result<Option<Batch>, RedisError> {
+    async fn claim(&self, c: &mut RedisConn) -> Result<Option<Batch>, RedisError> {
         let Some(min_idle) = self.settings.claim_idle else {
             return Ok(None);
         };
@@ -330,7 +421,7 @@ impl Source {
     /// pending.
     async fn rewind_groups(
         &self,
-        c: &mut MultiplexedConnection,
+        c: &mut RedisConn,
         applied: &[Option<EntryId>],
     ) -> Result<Vec<batch::Entry>, RedisError> {
         let group = &self.settings.group;
@@ -380,6 +471,17 @@ impl Source {
         }
         Ok(deleted)
     }
+}
+
+/// The joined replies of reads of several slots' streams.
+#[derive(Default)]
+struct SlotReads {
+    /// `[name, entries]` per stream, as one XREADGROUP's RESP2 reply has them.
+    streams: Vec<Value>,
+    /// How many entries they hold.
+    entries: usize,
+    /// The first read that failed, if any.
+    error: Option<RedisError>,
 }
 
 /// The clock [`Machine`] is given: tokio's, so that tests pausing time pause it too.

@@ -16,12 +16,12 @@
 //! group created now at `$`: the stream's end), or just before its oldest pending entry if
 //! that is older (read by a run that crashed before applying it durably).
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 
 use super::batch::StreamIdx;
 use super::lag::group_info;
 use crate::config::{SourceSettings, StartFrom};
+use crate::connection::RedisConn;
 use crate::event::EntryId;
 
 /// What the consumer group of one stream says of itself.
@@ -48,7 +48,7 @@ pub(crate) fn start_position(from: StartFrom, group: &GroupView) -> EntryId {
 /// Where reading starts in each stream `known` has no position for (by index into
 /// `settings.streams`), creating the consumer groups that are missing.
 pub async fn resolve(
-    c: &mut MultiplexedConnection,
+    c: &mut RedisConn,
     settings: &SourceSettings,
     known: &[Option<EntryId>],
 ) -> Result<Vec<(StreamIdx, EntryId)>, RedisError> {
@@ -81,7 +81,7 @@ pub async fn resolve(
 /// Creates `group` on `stream` (and the stream) at `start` unless it exists; whether it was
 /// created.
 pub async fn create_group(
-    c: &mut MultiplexedConnection,
+    c: &mut RedisConn,
     stream: &str,
     group: &str,
     start: &str,
@@ -104,11 +104,7 @@ pub async fn create_group(
     }
 }
 
-async fn group_view(
-    c: &mut MultiplexedConnection,
-    stream: &str,
-    group: &str,
-) -> Result<GroupView, RedisError> {
+async fn group_view(c: &mut RedisConn, stream: &str, group: &str) -> Result<GroupView, RedisError> {
     let groups: Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)

@@ -13,7 +13,7 @@ use churnd::config::{ClockMode, Interval, SegmentMode, Settings};
 use churnd::daemon::{self, DaemonError};
 use churnd::features::FEATURE_NAMES;
 use churnd::model::{FeatureParams, ModelFile, MODEL_FORMAT_V1};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -596,7 +596,7 @@ where
 
 /// Appends one entry.
 pub async fn xadd(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     stream: &str,
     fields: &[(&str, String)],
 ) -> String {
@@ -678,7 +678,7 @@ pub fn visit(customer: &str, ts_ms: u64) -> Vec<(&'static str, String)> {
 pub type StreamEntry = (String, HashMap<String, String>);
 
 /// Every entry of a stream, oldest first.
-pub async fn read_stream(conn: &mut MultiplexedConnection, stream: &str) -> Vec<StreamEntry> {
+pub async fn read_stream(conn: &mut impl ConnectionLike, stream: &str) -> Vec<StreamEntry> {
     type RawEntry = (String, Vec<(Vec<u8>, Vec<u8>)>);
     let raw: Vec<RawEntry> = redis::cmd("XRANGE")
         .arg(stream)
@@ -701,7 +701,7 @@ pub async fn read_stream(conn: &mut MultiplexedConnection, stream: &str) -> Vec<
         .collect()
 }
 
-pub async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> usize {
+pub async fn xlen(conn: &mut impl ConnectionLike, stream: &str) -> usize {
     redis::cmd("XLEN")
         .arg(stream)
         .query_async(conn)
@@ -711,7 +711,7 @@ pub async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> usize {
 
 /// (lag, pending) of a consumer group, from XINFO GROUPS.
 pub async fn group_state(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
 ) -> Option<(Option<i64>, i64)> {
@@ -725,7 +725,7 @@ pub async fn group_state(
 }
 
 /// Waits until the group has read everything and acknowledged it.
-pub async fn wait_drained(conn: &mut MultiplexedConnection, stream: &str, group: &str) {
+pub async fn wait_drained(conn: &mut impl ConnectionLike, stream: &str, group: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if group_state(conn, stream, group).await == Some((Some(0), 0)) {
@@ -876,5 +876,160 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Redis Cluster of `n` primaries (no replicas) on free ports, from the same
+/// `redis-server` binary, made with `redis-cli --cluster create`; every node is killed on
+/// drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn start(n: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..n)
+            .map(|_| {
+                RedisServer::start_with(ServerOptions {
+                    cluster: true,
+                    ..ServerOptions::default()
+                })
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli on PATH (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        // Every node must know every other and the whole slot map before clients come.
+        for node in &cluster.nodes {
+            let c = node.conn().await;
+            wait_for("the cluster to be up", Duration::from_secs(20), || {
+                let mut c = c.clone();
+                async move {
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap_or_default();
+                    info.contains("cluster_state:ok")
+                        && info.contains(&format!("cluster_known_nodes:{n}\r"))
+                }
+            })
+            .await;
+        }
+        cluster
+    }
+
+    /// The seed node's URL.
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+
+    /// A cluster connection with a generous response timeout.
+    pub async fn conn(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClientBuilder::new([self.url()])
+            .response_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+            .get_async_connection()
+            .await
+            .expect("a connection to the test cluster")
+    }
+
+    /// The node serving `key`'s slot: the one that answers for it rather than redirecting.
+    pub async fn owner_of(&self, key: &str) -> usize {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut c = node.conn().await;
+            let reply: Result<i64, _> = redis::cmd("EXISTS").arg(key).query_async(&mut c).await;
+            if reply.is_ok() {
+                return i;
+            }
+        }
+        panic!("no node serves {key}");
+    }
+
+    /// Moves `key`'s slot, with its keys, from the node serving it to node `to`, the way
+    /// `redis-cli --cluster reshard` does: importing/migrating, MIGRATE, then the new owner
+    /// told to every node. Clients with the old slot map get MOVED from then on.
+    pub async fn migrate_slot_of(&self, key: &str, to: usize) {
+        let from = self.owner_of(key).await;
+        assert_ne!(from, to, "{key} is on node {to} already");
+        let (mut src, mut dst) = (self.nodes[from].conn().await, self.nodes[to].conn().await);
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        let id = |c: &mut MultiplexedConnection| {
+            let mut c = c.clone();
+            async move {
+                redis::cmd("CLUSTER")
+                    .arg("MYID")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .unwrap()
+            }
+        };
+        let (src_id, dst_id) = (id(&mut src).await, id(&mut dst).await);
+        let setslot = |c: &mut MultiplexedConnection, how: &'static str, node: String| {
+            let mut c = c.clone();
+            async move {
+                redis::cmd("CLUSTER")
+                    .arg("SETSLOT")
+                    .arg(slot)
+                    .arg(how)
+                    .arg(node)
+                    .query_async::<()>(&mut c)
+                    .await
+                    .unwrap()
+            }
+        };
+        setslot(&mut dst, "IMPORTING", src_id).await;
+        setslot(&mut src, "MIGRATING", dst_id.clone()).await;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut src)
+                .await
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(self.nodes[to].port)
+                .arg("")
+                .arg(0)
+                .arg(5_000)
+                .arg("KEYS")
+                .arg(keys)
+                .query_async::<()>(&mut src)
+                .await
+                .unwrap();
+        }
+        setslot(&mut dst, "NODE", dst_id.clone()).await;
+        setslot(&mut src, "NODE", dst_id.clone()).await;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if i != from && i != to {
+                setslot(&mut node.conn().await, "NODE", dst_id.clone()).await;
+            }
+        }
+        assert_eq!(self.owner_of(key).await, to);
     }
 }

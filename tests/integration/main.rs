@@ -3,6 +3,7 @@
 
 mod batch_scoring;
 mod budgets;
+mod cluster;
 mod configuration;
 mod crash;
 mod dead_letters;

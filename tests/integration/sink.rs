@@ -590,7 +590,9 @@ async fn guards_under_their_old_names_are_honoured_and_moved_with_their_expiry()
 async fn a_call_checks_the_old_guard_name_while_old_names_are_being_moved() {
     let redis = RedisServer::start();
     let mut c = redis.conn().await;
-    sink::load_effects_script(&mut c).await.unwrap();
+    sink::load_effects_script(&mut churnd::connection::RedisConn::Standalone(c.clone()))
+        .await
+        .unwrap();
     let settings = SinkSettings::from(&sink_test_settings(&redis));
     redis::cmd("SET")
         .arg(format!("{WINBACK}:dedup:{:032x}", 1))
@@ -615,7 +617,9 @@ async fn a_call_checks_the_old_guard_name_while_old_names_are_being_moved() {
 async fn a_stream_key_of_another_type_fails_its_call_before_anything_is_written() {
     let redis = RedisServer::start();
     let mut c = redis.conn().await;
-    sink::load_effects_script(&mut c).await.unwrap();
+    sink::load_effects_script(&mut churnd::connection::RedisConn::Standalone(c.clone()))
+        .await
+        .unwrap();
     let settings = SinkSettings::from(&sink_test_settings(&redis));
     redis::cmd("SET")
         .arg(WINBACK)
