@@ -120,7 +120,7 @@ impl ChurnLogit {
 
     /// The log-odds of BG/NBD's P(no purchase within the horizon) for summary `s`.
     pub(crate) fn of_summary(&self, s: &RepeatSummary) -> f64 {
-        if !(self.horizon_days > 0.0) {
+        if self.horizon_days <= 0.0 {
             // No time to buy in: certain churn, as `BgNbd::p_no_purchase` says.
             return self.limit;
         }
