@@ -463,7 +463,7 @@ fn render_value(s: &mut String, v: &ValueForecast) {
     if let Some(share) = v.two_part_top_decile_spend_share {
         let _ = writeln!(
             s,
-            "two-part spend (the churn model's P(purchase) x BG/NBD x Gamma-Gamma given one): top 10 % share {share:.3}"
+            "two-part spend (the churn model's P(purchase) x the value model's spend given one): top 10 % share {share:.3}"
         );
     }
     let c = &v.p_alive_churn;
