@@ -6,7 +6,8 @@
 //! - `features/*`: one purchase applied to an existing customer's rolling state; the model's
 //!   feature vector at `now`.
 //! - `model/*`: the shipped model (`models/cdnow.json`) scoring one vector, alone and with
-//!   its top three reasons.
+//!   its top three reasons; `model/score_without_derived`, the same model without the input
+//!   it derives from BG/NBD at each scoring (as a format 2 file), for that input's cost.
 //! - `classify/*`: lifecycle stage, RFM segment, risk band.
 //! - `decide/*`: the playbook's decision for a customer who gets no task (the common case),
 //!   and the control-group hash; `decide/value_estimates`, the five value fields of a repeat
@@ -43,7 +44,8 @@ use churnd::event::{parse_event, EntryId, Event, EventKind, EventLimits};
 use churnd::features::store::CustomerStore;
 use churnd::features::CustomerFeatures;
 use churnd::metrics::Metrics;
-use churnd::model::Model;
+use churnd::model::derived::DERIVED_NAMES;
+use churnd::model::{Model, ModelFile, MODEL_FORMAT_V2};
 use churnd::source::batch::{Batch, Entry};
 
 const CUSTOMERS: usize = 1_000_000;
@@ -106,6 +108,17 @@ fn model() -> Model {
     Model::load(&path).expect("models/cdnow.json loads")
 }
 
+/// The shipped model as a format 2 file: its derived input dropped, everything else kept.
+fn model_without_derived() -> Model {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/cdnow.json");
+    let text = std::fs::read_to_string(&path).expect("models/cdnow.json reads");
+    let mut file: ModelFile = serde_json::from_str(&text).expect("models/cdnow.json parses");
+    file.format = MODEL_FORMAT_V2.into();
+    file.features
+        .retain(|f| !DERIVED_NAMES.contains(&f.name.as_str()));
+    Model::from_file(&file).expect("the format 2 model is valid")
+}
+
 fn parsing(c: &mut Criterion) {
     let ts = START_MS.to_string();
     let good = entry(
@@ -153,6 +166,12 @@ fn scoring(c: &mut Criterion) {
     c.bench_function("model/score", |b| b.iter(|| model.score(black_box(&x))));
     c.bench_function("model/score_reasons3", |b| {
         b.iter(|| model.score(black_box(&x)).reasons(3))
+    });
+    // The same coefficients without the derived input (a format 2 file): what
+    // `bgnbd_churn_logit`, worked out at every scoring, costs.
+    let plain = model_without_derived();
+    c.bench_function("model/score_without_derived", |b| {
+        b.iter(|| plain.score(black_box(&x)))
     });
 
     let stages = StageBounds::default();

@@ -238,7 +238,7 @@ pub(crate) fn ln_gamma(x: f64) -> f64 {
 }
 
 /// ln(e^u + e^v) without overflow or underflow.
-fn log_add_exp(u: f64, v: f64) -> f64 {
+pub(crate) fn log_add_exp(u: f64, v: f64) -> f64 {
     let (hi, lo) = if u >= v { (u, v) } else { (v, u) };
     if hi == f64::NEG_INFINITY {
         return hi;

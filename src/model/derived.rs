@@ -12,7 +12,7 @@
 //! `log_recency_days`, `log_tenure_days` and `log_purchases` ([`repeat_summary`]), exactly as
 //! [`super::value::CustomerHistory::of`] takes them from the customer's state.
 
-use super::bgnbd::{BgNbd, RepeatSummary};
+use super::bgnbd::{log_add_exp, BgNbd, RepeatSummary};
 use crate::features::{FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
 
 /// Names of the derived inputs, after [`FEATURE_NAMES`] in the model's input order.
@@ -51,22 +51,100 @@ pub(crate) fn repeat_summary(x: &FeatureVector) -> RepeatSummary {
     }
 }
 
-/// The feature vector followed by the derived inputs under `bgnbd` (0 without one: a model
+/// The feature vector followed by the derived inputs under `logit` (0 without one: a model
 /// file of a format before the derived inputs gives them no weight).
-pub(crate) fn inputs(x: &FeatureVector, bgnbd: Option<&BgNbd>, horizon_days: f64) -> InputVector {
+pub(crate) fn inputs(x: &FeatureVector, logit: Option<&ChurnLogit>) -> InputVector {
     let mut out = [0.0; INPUT_COUNT];
     out[..FEATURE_COUNT].copy_from_slice(x);
-    if let Some(b) = bgnbd {
-        out[FEATURE_COUNT] = bgnbd_churn_logit(b, x, horizon_days);
+    if let Some(l) = logit {
+        out[FEATURE_COUNT] = l.of(x);
     }
     out
 }
 
-/// The log-odds of BG/NBD's P(no purchase within `horizon_days`).
-pub(crate) fn bgnbd_churn_logit(b: &BgNbd, x: &FeatureVector, horizon_days: f64) -> f64 {
-    let p = b
-        .p_no_purchase(&repeat_summary(x), horizon_days)
-        .clamp(P_LIMIT, 1.0 - P_LIMIT);
+/// Repeat purchases x for which ln(b + x − 1) is read from a table (the rest compute it).
+const LN_TABLE: usize = 32;
+
+/// `bgnbd_churn_logit` under one BG/NBD fit and horizon, with what does not depend on the
+/// customer worked out once: the scorer evaluates it at every scoring.
+///
+/// The log-odds are taken in closed form rather than through the probability. With
+/// S = ((α+T)/(α+T+h))^(r+x), a customer's chance of no purchase in h days if alive, and O =
+/// a/(b+x−1) · ((α+T)/(α+t_x))^(r+x), the odds that they have dropped out (0 when x = 0),
+/// P(alive) = 1/(1+O) and
+///
+/// ```text
+/// P(no purchase) = 1 − (1−S)/(1+O) = (O+S)/(1+O),   so   logit = ln(O+S) − ln(1−S)
+/// ```
+///
+/// (the 1+O cancels): three logarithms and one exponential fewer than P(alive), the
+/// probability and its logit in turn, and nothing that can overflow. The result is clamped
+/// as the probability was, to the log-odds of [`P_LIMIT`] and 1 − [`P_LIMIT`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ChurnLogit {
+    r: f64,
+    alpha: f64,
+    ln_a: f64,
+    b: f64,
+    horizon_days: f64,
+    /// ln(b + x − 1) for x = 1, 2, … [`LN_TABLE`] (index x − 1).
+    ln_b_x_1: [f64; LN_TABLE],
+    /// The log-odds of [`P_LIMIT`] and of 1 − [`P_LIMIT`], as the probability's clamp gave
+    /// them: results are kept between the two.
+    floor: f64,
+    limit: f64,
+}
+
+impl ChurnLogit {
+    pub(crate) fn new(b: &BgNbd, horizon_days: f64) -> Self {
+        let mut ln_b_x_1 = [0.0; LN_TABLE];
+        for (i, v) in ln_b_x_1.iter_mut().enumerate() {
+            *v = (b.b + i as f64).ln();
+        }
+        Self {
+            r: b.r,
+            alpha: b.alpha,
+            ln_a: b.a.ln(),
+            b: b.b,
+            horizon_days,
+            ln_b_x_1,
+            floor: logit(P_LIMIT),
+            limit: logit(1.0 - P_LIMIT),
+        }
+    }
+
+    /// The input for the customer the feature vector describes.
+    pub(crate) fn of(&self, x: &FeatureVector) -> f64 {
+        self.of_summary(&repeat_summary(x))
+    }
+
+    /// The log-odds of BG/NBD's P(no purchase within the horizon) for summary `s`.
+    pub(crate) fn of_summary(&self, s: &RepeatSummary) -> f64 {
+        if self.horizon_days <= 0.0 {
+            // No time to buy in: certain churn, as `BgNbd::p_no_purchase` says.
+            return self.limit;
+        }
+        let rx = self.r + s.x;
+        let ln_s = -rx * (self.horizon_days / (self.alpha + s.t)).ln_1p();
+        let ln_o_plus_s = if s.x > 0.0 {
+            // x counts purchase events: a whole number, small for almost everyone.
+            let ln_b_x_1 = match self.ln_b_x_1.get(s.x as usize - 1) {
+                Some(&v) if s.x.fract() == 0.0 => v,
+                _ => (self.b + s.x - 1.0).ln(),
+            };
+            // (α+T)/(α+t_x) = 1 + (T − t_x)/(α+t_x).
+            let ln_o = self.ln_a - ln_b_x_1 + rx * ((s.t - s.t_x) / (self.alpha + s.t_x)).ln_1p();
+            log_add_exp(ln_o, ln_s)
+        } else {
+            ln_s
+        };
+        // ln(1 − S), exact for S near 1 (a short horizon) too; −∞ at S = 1 gives the limit.
+        let ln_buy_if_alive = (-ln_s.exp_m1()).ln();
+        (ln_o_plus_s - ln_buy_if_alive).clamp(self.floor, self.limit)
+    }
+}
+
+fn logit(p: f64) -> f64 {
     (p / (1.0 - p)).ln()
 }
 
@@ -93,6 +171,52 @@ mod tests {
         assert!((from_features.t - from_state.t).abs() < 1e-9);
     }
 
+    /// The log-odds as they were first computed: through P(alive) and the probability.
+    fn logit_through_the_probability(b: &BgNbd, s: &RepeatSummary, horizon: f64) -> f64 {
+        logit(b.p_no_purchase(s, horizon).clamp(P_LIMIT, 1.0 - P_LIMIT))
+    }
+
+    #[test]
+    fn the_closed_form_matches_the_logit_of_the_probability() {
+        let b = BgNbd {
+            r: 0.2358,
+            alpha: 27.32,
+            a: 0.7496,
+            b: 2.0446,
+        };
+        let mut checked = 0;
+        for horizon in [0.0, 1e-6, 1.0, 30.0, 90.0, 365.0] {
+            let l = ChurnLogit::new(&b, horizon);
+            // Whole repeat counts inside and beyond the table, and one that is not whole.
+            for x in [0.0, 1.0, 2.0, 7.0, 31.0, 32.0, 33.0, 250.0, 2.5] {
+                for t in [0.0, 0.5, 10.0, 100.0, 270.0, 3_000.0] {
+                    for share in [0.0, 0.3, 0.9, 1.0] {
+                        let s = RepeatSummary {
+                            x,
+                            t_x: t * share,
+                            t,
+                        };
+                        let (got, want) = (
+                            l.of_summary(&s),
+                            logit_through_the_probability(&b, &s, horizon),
+                        );
+                        assert!(got.is_finite(), "{s:?} h {horizon}: {got}");
+                        // The probability form loses digits in 1 − p near the ends: allow its
+                        // rounding error, a few ulps of p over min(p, 1 − p).
+                        let p = b.p_no_purchase(&s, horizon).clamp(P_LIMIT, 1.0 - P_LIMIT);
+                        let slack = 4.0 * f64::EPSILON / p.min(1.0 - p);
+                        assert!(
+                            (got - want).abs() <= 1e-12 * want.abs().max(1.0) + slack,
+                            "{s:?} h {horizon}: {got} vs {want}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 6 * 9 * 6 * 4);
+    }
+
     #[test]
     fn the_logit_is_finite_even_for_an_all_zero_vector() {
         let b = BgNbd {
@@ -101,16 +225,16 @@ mod tests {
             a: 0.75,
             b: 2.0,
         };
-        let z = bgnbd_churn_logit(&b, &[0.0; FEATURE_COUNT], 90.0);
+        let z = ChurnLogit::new(&b, 90.0).of(&[0.0; FEATURE_COUNT]);
         assert!(z.is_finite(), "{z}");
         // Longer silence, same history: more likely to stay away.
         let mut x = [0.0; FEATURE_COUNT];
         x[1] = 100f64.ln_1p();
         x[2] = 3f64.ln_1p();
         x[0] = 10f64.ln_1p();
-        let recent = bgnbd_churn_logit(&b, &x, 90.0);
+        let recent = ChurnLogit::new(&b, 90.0).of(&x);
         x[0] = 80f64.ln_1p();
-        assert!(bgnbd_churn_logit(&b, &x, 90.0) > recent);
+        assert!(ChurnLogit::new(&b, 90.0).of(&x) > recent);
         assert_eq!(input_name(FEATURE_COUNT), "bgnbd_churn_logit");
         assert_eq!(input_name(0), "log_recency_days");
     }

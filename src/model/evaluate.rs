@@ -143,7 +143,7 @@ pub fn evaluate_model(
     };
     let value = model
         .value()
-        .and_then(|v| value_forecast(transactions, v, as_of, horizon_days));
+        .and_then(|v| value_forecast(transactions, model, v, as_of, horizon_days));
     Ok(EvaluationReport {
         model_version: model.version().to_owned(),
         as_of: time::rfc3339(as_of),
@@ -238,9 +238,11 @@ fn log_rfm_baseline(
 
 /// The value model's forecast for every buyer before `as_of` (the customers the churn
 /// metrics count), from the daemon's state as of then, against their purchases and net spend
-/// in the `horizon_days` from it.
+/// in the `horizon_days` from it; beside it the two-part spend with `churn`'s P(a purchase),
+/// when `churn` predicts that horizon.
 pub(crate) fn value_forecast(
     transactions: &Transactions,
+    churn: &Model,
     value: &ValueModel,
     as_of: UnixSeconds,
     horizon_days: u32,
@@ -279,6 +281,9 @@ pub(crate) fn value_forecast(
                 f64::from(horizon_days),
                 purchases[slot],
                 spend[slot],
+                (churn.horizon_days() == horizon_days)
+                    .then(|| f.vector(as_of).map(|x| 1.0 - churn.probability(&x)))
+                    .flatten(),
             ))
         })
         .collect();
@@ -440,7 +445,10 @@ fn render_value(s: &mut String, v: &ValueForecast) {
         ("spend", &v.spend),
         ("purchases (naive)", &v.naive_purchases),
         ("spend (naive)", &v.naive_spend),
-    ] {
+    ]
+    .into_iter()
+    .chain(v.two_part_spend.as_ref().map(|e| ("spend (two-part)", e)))
+    {
         let _ = writeln!(
             s,
             "{:<22} {:>8.4} {:>8.4} {:>15.4} {:>12.4}",
@@ -452,6 +460,12 @@ fn render_value(s: &mut String, v: &ValueForecast) {
         "share of the window's spend by the top 10 % by expected spend: {:.3} (naive {:.3}, perfect ranking {:.3})",
         v.top_decile_spend_share, v.naive_top_decile_spend_share, v.top_decile_spend_share_ceiling
     );
+    if let Some(share) = v.two_part_top_decile_spend_share {
+        let _ = writeln!(
+            s,
+            "two-part spend (the churn model's P(purchase) x the value model's spend given one): top 10 % share {share:.3}"
+        );
+    }
     let c = &v.p_alive_churn;
     let _ = writeln!(
         s,
@@ -659,6 +673,25 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("p_alive-based churn"), "{text}");
+        // The two-part spend needs the churn model's own horizon (90 days, not 30).
+        assert_eq!(v.two_part_spend, None);
+        assert!(!text.contains("two-part"), "{text}");
+        let mut file = recency_only_model_file();
+        file.horizon_days = 30;
+        let model_30 = Model::from_file(&file).unwrap();
+        let report = evaluate_model(&data, &model_30, as_of, 30, false).unwrap();
+        let got = report.value.as_ref().unwrap().two_part_spend;
+        let got = got.expect("a 30-day window, a 30-day model");
+        let mut want = 0.0;
+        for (_, f) in store.iter() {
+            if let (Some(h), Some(x)) = (CustomerHistory::of(f, as_of), f.vector(as_of)) {
+                let p_buy = 1.0 - model_30.probability(&x);
+                want += forecast::two_part_spend(value, &h, 30.0, p_buy);
+            }
+        }
+        assert!(want > 0.0);
+        assert!((got.mean_predicted - want / 5.0).abs() < 1e-12, "{got:?}");
+        assert!(render_text(&report).contains("spend (two-part)"));
 
         // A format 1 model has no value report, and says so.
         let old = crate::model::tests::format_1_model_file();

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use self::derived::{input_name, InputVector, DERIVED_NAMES, INPUT_COUNT};
+use self::derived::{input_name, ChurnLogit, InputVector, DERIVED_NAMES, INPUT_COUNT};
 use self::value::{ValueModel, ValueParams};
 use crate::features::{FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
 
@@ -97,6 +97,9 @@ pub struct Model {
     intercept: f64,
     /// `None` for a format 1 file, which predates the value model.
     value: Option<ValueModel>,
+    /// The derived input under the value model's BG/NBD; `None` when no derived input has
+    /// weight (format 1 and 2 files), which then stays 0.
+    churn_logit: Option<ChurnLogit>,
 }
 
 /// A probability and what produced it.
@@ -228,6 +231,7 @@ impl Model {
             coefficient: [0.0; INPUT_COUNT],
             intercept: file.intercept,
             value,
+            churn_logit: None,
         };
         let mut seen = [false; INPUT_COUNT];
         for p in &file.features {
@@ -276,6 +280,11 @@ impl Model {
             }
         }
         if problems.is_empty() {
+            if model.coefficient[FEATURE_COUNT..].iter().any(|&c| c != 0.0) {
+                model.churn_logit = model
+                    .value
+                    .map(|v| ChurnLogit::new(&v.params().bgnbd, f64::from(file.horizon_days)));
+            }
             Ok(model)
         } else {
             Err(problems)
@@ -298,13 +307,7 @@ impl Model {
 
     /// The feature vector followed by the inputs this model derives from it ([`derived`]).
     fn inputs(&self, x: &FeatureVector) -> InputVector {
-        let bgnbd = match &self.value {
-            Some(v) if self.coefficient[FEATURE_COUNT..].iter().any(|&c| c != 0.0) => {
-                Some(&v.params().bgnbd)
-            }
-            _ => None,
-        };
-        derived::inputs(x, bgnbd, f64::from(self.horizon_days))
+        derived::inputs(x, self.churn_logit.as_ref())
     }
 
     /// Churn probability of one feature vector, with per-input contributions.

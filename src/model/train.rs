@@ -186,12 +186,9 @@ pub(crate) fn add_derived_inputs(examples: &mut [Example], horizon_days: u32) {
                 continue;
             }
         };
+        let logit = derived::ChurnLogit::new(&bgnbd, f64::from(horizon_days));
         for e in examples.iter_mut().filter(|e| e.cutoff == cutoff) {
-            e.derived = [derived::bgnbd_churn_logit(
-                &bgnbd,
-                &e.features,
-                f64::from(horizon_days),
-            )];
+            e.derived = [logit.of(&e.features)];
         }
     }
 }

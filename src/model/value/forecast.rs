@@ -25,6 +25,9 @@ pub struct Outcome {
     pub purchases: f64,
     /// Purchases minus refunds in the window.
     pub spend: f64,
+    /// The two-part spend forecast ([`two_part_spend`]) with the churn model's P(a purchase
+    /// in the window); `None` when the churn model's horizon is not the window's.
+    pub two_part_spend: Option<f64>,
 }
 
 impl Outcome {
@@ -36,6 +39,7 @@ impl Outcome {
         horizon_days: f64,
         purchases: f64,
         spend: f64,
+        p_buy: Option<f64>,
     ) -> Self {
         let bgnbd = &model.params().bgnbd;
         let predicted_purchases = bgnbd.expected_purchases(&h.repeat, horizon_days);
@@ -45,6 +49,7 @@ impl Outcome {
             0.0
         };
         Self {
+            two_part_spend: p_buy.map(|p| two_part_spend(model, h, horizon_days, p)),
             predicted_purchases,
             predicted_spend: predicted_purchases * model.expected_order_value(h),
             p_no_purchase: bgnbd.p_no_purchase(&h.repeat, horizon_days),
@@ -54,6 +59,38 @@ impl Outcome {
             spend,
         }
     }
+}
+
+/// Spend in the `horizon_days` after T as a two-part model: P(a purchase) × E[spend | a
+/// purchase], with `p_buy` from elsewhere (the churn model's 1 − P(churn)) and
+///
+/// ```text
+/// E[spend | a purchase] = E[N] / P(N ≥ 1) × E[order value]
+/// ```
+///
+/// N the purchases in the horizon under BG/NBD (E[N | N ≥ 1], at least 1), the order value
+/// Gamma-Gamma's. With BG/NBD's own P(N ≥ 1) for `p_buy` it is BG/NBD × Gamma-Gamma exactly.
+/// Finite and non-negative for `p_buy` in 0–1: when BG/NBD gives a purchase no chance at all
+/// (no horizon), E[N | N ≥ 1] is taken at its limit, 1.
+pub(crate) fn two_part_spend(
+    model: &ValueModel,
+    h: &CustomerHistory,
+    horizon_days: f64,
+    p_buy: f64,
+) -> f64 {
+    let bgnbd = &model.params().bgnbd;
+    // P(N ≥ 1) = P(alive) · P(a purchase | alive), E[N] = P(alive) · E[N | alive]: P(alive)
+    // cancels, and 1 − P(no purchase) is never formed (it cancels catastrophically for the
+    // long gone, whose ratio would then blow up).
+    let s = &h.repeat;
+    let p_buy_if_alive =
+        -(-(bgnbd.r + s.x) * (horizon_days / (bgnbd.alpha + s.t)).ln_1p()).exp_m1();
+    let purchases_if_any = if p_buy_if_alive > 0.0 {
+        (bgnbd.expected_purchases_if_alive(s, horizon_days) / p_buy_if_alive).max(1.0)
+    } else {
+        1.0
+    };
+    p_buy.clamp(0.0, 1.0) * purchases_if_any * model.expected_order_value(h)
 }
 
 /// Mean absolute and root-mean-square error of a forecast, with the means beside them.
@@ -106,6 +143,13 @@ pub struct ValueForecast {
     pub naive_purchases: ForecastError,
     pub naive_spend: ForecastError,
     pub naive_top_decile_spend_share: f64,
+    /// The two-part spend forecast ([`two_part_spend`]: the churn model's P(a purchase) ×
+    /// BG/NBD × Gamma-Gamma's spend given one), a candidate for `expected_spend_90d`; `None`
+    /// when the churn model's horizon is not the window's.
+    #[serde(default)]
+    pub two_part_spend: Option<ForecastError>,
+    #[serde(default)]
+    pub two_part_top_decile_spend_share: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +173,7 @@ pub fn report(outcomes: &[Outcome], horizon_days: u32) -> Option<ValueForecast> 
     let churned: Vec<bool> = outcomes.iter().map(|o| o.purchases == 0.0).collect();
     let bins = calibration(&p, &churned);
     let observed = churned.iter().filter(|&&c| c).count() as f64 / n;
+    let two_part = outcomes.iter().all(|o| o.two_part_spend.is_some());
     Some(ValueForecast {
         customers: outcomes.len(),
         horizon_days,
@@ -157,6 +202,15 @@ pub fn report(outcomes: &[Outcome], horizon_days: u32) -> Option<ValueForecast> 
         ),
         naive_spend: ForecastError::of(outcomes.iter().map(|o| (o.naive_spend, o.spend))),
         naive_top_decile_spend_share: top_decile_share(outcomes, |o| o.naive_spend),
+        two_part_spend: two_part.then(|| {
+            ForecastError::of(
+                outcomes
+                    .iter()
+                    .map(|o| (o.two_part_spend.unwrap_or(0.0), o.spend)),
+            )
+        }),
+        two_part_top_decile_spend_share: two_part
+            .then(|| top_decile_share(outcomes, |o| o.two_part_spend.unwrap_or(0.0))),
     })
 }
 
@@ -191,6 +245,7 @@ mod tests {
             naive_spend: 0.0,
             purchases,
             spend,
+            two_part_spend: Some(predicted * 5.0),
         }
     }
 
@@ -227,9 +282,62 @@ mod tests {
         let ece = (0.1 + 0.6 + 18.0 * (0.9f64 - 17.0 / 18.0).abs()) / 20.0;
         assert!((c.expected_calibration_error - ece).abs() < 1e-12, "{c:?}");
         assert_eq!(c.bins.len(), 3);
+        // Two-part forecasts of half the spend: |10−60| + |5−0| + |0−30| = 85.
+        assert!((r.two_part_spend.unwrap().mae - 85.0 / 20.0).abs() < 1e-12);
+        assert!((r.two_part_top_decile_spend_share.unwrap() - 60.0 / 90.0).abs() < 1e-15);
+        let mut without = rows.clone();
+        without[3].two_part_spend = None;
+        assert_eq!(report(&without, 90).unwrap().two_part_spend, None);
         // Naive forecasts of zero: errors are the actual values.
         assert!((r.naive_purchases.mae - 4.0 / 20.0).abs() < 1e-15);
         assert_eq!(report(&[], 90), None);
+    }
+
+    #[test]
+    fn two_part_spend_follows_its_definition_and_stays_finite() {
+        use crate::model::bgnbd::RepeatSummary;
+        use crate::model::value::tests::cdnow_like;
+        use crate::model::value::SpendSummary;
+        let model = ValueModel::new(cdnow_like()).unwrap();
+        let b = &cdnow_like().bgnbd;
+        let history = |x: f64, t_x: f64, t: f64, mean: f64| CustomerHistory {
+            repeat: RepeatSummary { x, t_x, t },
+            spend: SpendSummary {
+                orders: x + 1.0,
+                mean,
+            },
+        };
+        let h = history(4.0, 150.0, 200.0, 30.0);
+        let (n, p_any) = (
+            b.expected_purchases(&h.repeat, 90.0),
+            1.0 - b.p_no_purchase(&h.repeat, 90.0),
+        );
+        let order = model.expected_order_value(&h);
+        // By hand: P(buy) × E[N] / P(N ≥ 1) × order value.
+        let got = two_part_spend(&model, &h, 90.0, 0.3);
+        assert!((got - 0.3 * n / p_any * order).abs() < 1e-12, "{got}");
+        assert!(n / p_any > 1.0);
+        // With BG/NBD's own chance of a purchase it is BG/NBD × Gamma-Gamma.
+        let own = two_part_spend(&model, &h, 90.0, p_any);
+        assert!((own - n * order).abs() < 1e-12 * n * order, "{own}");
+        // One purchase, zero spend, a long silence, no horizon: finite, never negative.
+        for (h, horizon) in [
+            (history(0.0, 0.0, 250.0, 12.0), 90.0),
+            (history(3.0, 20.0, 270.0, 0.0), 90.0),
+            (history(2.0, 10.0, 1e7, 5.0), 90.0),
+            (history(2.0, 10.0, 40.0, 5.0), 0.0),
+        ] {
+            for p in [0.0, 0.5, 1.0] {
+                let v = two_part_spend(&model, &h, horizon, p);
+                assert!(v.is_finite() && v >= 0.0, "{h:?} {horizon} {p}: {v}");
+            }
+        }
+        // Long gone: a purchase is unlikely, and if one comes it is about one, not the
+        // ratio of two rounding errors.
+        let gone = history(2.0, 10.0, 1e7, 5.0);
+        let v = two_part_spend(&model, &gone, 90.0, 1.0);
+        let order = model.expected_order_value(&gone);
+        assert!(v >= order && v < 1.01 * order, "{v} vs {order}");
     }
 
     #[test]
