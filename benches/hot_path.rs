@@ -188,8 +188,9 @@ fn scoring(c: &mut Criterion) {
     });
     c.bench_function("classify/risk", |b| b.iter(|| bands.risk(black_box(p))));
 
-    // The customer just bought: no task whatever the probability (silence too short), and
-    // no care occasion due.
+    // The customer bought yesterday: no task whatever the probability (silence too short),
+    // and no care occasion due.
+    let just_after = features.last_purchase().expect("a buyer") + DAY;
     let playbook = Playbook::new(
         &WinbackSettings::default(),
         &TasksSettings::default(),
@@ -204,10 +205,10 @@ fn scoring(c: &mut Criterion) {
         monetary_365d: rfm.monetary_365d,
         score: &score,
     };
-    let lifecycle_stage = stages.stage(purchases, NOW);
+    let lifecycle_stage = stages.stage(purchases, just_after);
     let assessment = |id: &'static str| Assessment {
         customer_id: id,
-        now: NOW,
+        now: just_after,
         stage: lifecycle_stage,
         features: &features,
         scored: Some(scored),
