@@ -297,9 +297,20 @@ async fn run_once(args: &Args, policy: Policy, seed: u64, pooled: &mut Aggregate
         with_outcome.insert(field(fields, "task_id").to_string());
     })
     .await?;
-    // The run's last simulated day ends at or before the last UTC midnight.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    let open_since = (now.as_secs() / 86_400 * 86_400).saturating_sub(30 * 86_400);
+    // churnd's event time at the end: the last event's; windows closing after it are open.
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(EVENTS)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let last_ms: u64 = last
+        .first()
+        .and_then(|(_, fields)| field(fields, "ts").parse().ok())
+        .context("the last event's time")?;
+    let open_since = (last_ms / 1000).saturating_sub(30 * 86_400);
     let mut streams = [StreamCounts::default(), StreamCounts::default()];
     for (counts, stream) in streams.iter_mut().zip([TASKS, CONTROL]) {
         for_each_record(&mut conn, stream, |fields| {
