@@ -3,7 +3,9 @@
 //! buys or not, churnd sees it).
 //!
 //! Tasks of the control group are read and left unanswered: nobody acts on them. A task for
-//! a customer of another simulation (another seed) or of no simulation is skipped.
+//! a customer of another simulation (another seed) or of no simulation is skipped, and so is
+//! a cancel record (a task stream carries the cancels of its tasks, `record = cancel`): it is
+//! no new task, and answering it would answer its task a second time.
 
 use redis::Value;
 use xxhash_rust::xxh3::xxh3_64;
@@ -38,6 +40,9 @@ pub(crate) fn received<'a>(
             .find(|(k, _)| *k == name.as_bytes())
             .and_then(|(_, v)| std::str::from_utf8(v).ok())
     };
+    if field("record") == Some("cancel") {
+        return None;
+    }
     let customer = field("customer_id")?.strip_prefix(prefix)?.parse().ok()?;
     Some(Received {
         customer,
@@ -155,6 +160,22 @@ mod tests {
             ("action", "welcome_call"),
         ];
         assert!(receive(&care, "sim4-").unwrap().acted_on);
+    }
+
+    #[test]
+    fn a_cancel_is_not_received_as_a_task() {
+        let mut record = vec![
+            ("schema_version", "1"),
+            ("record", "task"),
+            ("task_id", "wb-1"),
+            ("kind", "winback"),
+            ("customer_id", "sim4-0000042"),
+            ("action", "coupon"),
+            ("group", "treatment"),
+        ];
+        assert!(receive(&record, "sim4-").is_some());
+        record[1].1 = "cancel";
+        assert_eq!(receive(&record, "sim4-"), None);
     }
 
     #[test]

@@ -25,7 +25,9 @@
 //! treated tasks. Per policy the program prints every seed, the seeds pooled (the same
 //! computation on all their outcomes together) and the spread of the per-seed figures (mean,
 //! standard deviation, min–max). Tasks raised in the last 30 days have no outcome yet and are
-//! not counted.
+//! not counted. Tasks written are task records, told from the cancel records the same streams
+//! carry; each run also prints the tasks without an outcome, and how many of them were raised
+//! in the last 30 days (all of them, unless an outcome was lost).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -110,8 +112,16 @@ impl Policy {
 struct Run {
     seed: u64,
     simulated: SimulateReport,
+    /// Task records in the treated and the control stream (not their cancels).
     tasks_written: u64,
     control_written: u64,
+    /// Cancel records in both streams: a task stream also carries the cancels of its tasks
+    /// (docs/tasks.md), which `XLEN` would count as tasks.
+    cancels_written: u64,
+    /// Tasks written without an outcome record, and how many of them were raised within 30
+    /// days of the run's end (their window still open).
+    without_outcome: u64,
+    window_open: u64,
     aggregates: Aggregates,
     seconds: f64,
 }
@@ -282,25 +292,117 @@ async fn run_once(args: &Args, policy: Policy, seed: u64, pooled: &mut Aggregate
     if skipped > 0 {
         bail!("{skipped} outcome records could not be read: churnd and this program disagree on the schema");
     }
-    let len = |stream| {
-        let mut conn = conn.clone();
-        async move {
-            redis::cmd("XLEN")
-                .arg(stream)
-                .query_async::<u64>(&mut conn)
-                .await
-        }
-    };
-    let (tasks_written, control_written) = (len(TASKS).await?, len(CONTROL).await?);
+    let mut with_outcome = std::collections::HashSet::new();
+    for_each_record(&mut conn, OUTCOMES, |fields| {
+        with_outcome.insert(field(fields, "task_id").to_string());
+    })
+    .await?;
+    // churnd's event time at the end: the last event's; windows closing after it are open.
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(EVENTS)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await?;
+    let last_ms: u64 = last
+        .first()
+        .and_then(|(_, fields)| field(fields, "ts").parse().ok())
+        .context("the last event's time")?;
+    let open_since = (last_ms / 1000).saturating_sub(30 * 86_400);
+    let mut streams = [StreamCounts::default(), StreamCounts::default()];
+    for (counts, stream) in streams.iter_mut().zip([TASKS, CONTROL]) {
+        for_each_record(&mut conn, stream, |fields| {
+            counts.add(fields, &with_outcome, open_since)
+        })
+        .await?;
+    }
+    let [treated, control] = streams;
     drop(daemon);
     Ok(Run {
         seed,
         simulated,
-        tasks_written,
-        control_written,
+        tasks_written: treated.tasks,
+        control_written: control.tasks,
+        cancels_written: treated.cancels + control.cancels,
+        without_outcome: treated.without_outcome + control.without_outcome,
+        window_open: treated.window_open + control.window_open,
         aggregates,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// What a task stream holds: task records and cancel records, told apart by `record`
+/// (docs/tasks.md), and the tasks without an outcome record.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct StreamCounts {
+    tasks: u64,
+    cancels: u64,
+    without_outcome: u64,
+    /// Of those, raised at or after `open_since`: their window had not closed.
+    window_open: u64,
+}
+
+impl StreamCounts {
+    /// Counts one entry of a task stream, given the task IDs that have an outcome record.
+    fn add(
+        &mut self,
+        fields: &[(String, String)],
+        with_outcome: &std::collections::HashSet<String>,
+        open_since: u64,
+    ) {
+        if field(fields, "record") == "cancel" {
+            self.cancels += 1;
+            return;
+        }
+        self.tasks += 1;
+        if with_outcome.contains(field(fields, "task_id")) {
+            return;
+        }
+        self.without_outcome += 1;
+        let raised = chrono::DateTime::parse_from_rfc3339(field(fields, "as_of"))
+            .map_or(0, |t| u64::try_from(t.timestamp()).unwrap_or(0));
+        if raised >= open_since {
+            self.window_open += 1;
+        }
+    }
+}
+
+fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// Calls `f` with the fields of every entry of `stream`, a page at a time.
+async fn for_each_record(
+    conn: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    mut f: impl FnMut(&[(String, String)]),
+) -> Result<()> {
+    const PAGE: usize = 5_000;
+    let mut from = "-".to_string();
+    loop {
+        let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&from)
+            .arg("+")
+            .arg("COUNT")
+            .arg(PAGE)
+            .query_async(conn)
+            .await
+            .with_context(|| format!("reading {stream}"))?;
+        for (_, fields) in &page {
+            f(fields);
+        }
+        match page.last() {
+            // "(" makes the start exclusive (Redis 6.2 and later).
+            Some((id, _)) if page.len() == PAGE => from = format!("({id}"),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// The win-back row of the lift report of `aggregates`.
@@ -377,13 +479,16 @@ pub async fn closed_loop(args: Args) -> Result<()> {
                 .with_context(|| format!("policy {}, seed {seed}", policy.name()))?;
             let row = winback_row(&run.aggregates).context("no win-back outcomes at all")?;
             println!(
-                "{:<8} seed {}: {} tasks + {} control written ({:.1} a day), {} answered by a purchase; outcomes: {}; incremental conversions per 1,000 tasks {} ({:.0} s)",
+                "{:<8} seed {}: {} tasks + {} control written ({:.1} a day; and {} cancels), {} answered by a purchase; {} without an outcome ({} raised in the last 30 days); outcomes: {}; incremental conversions per 1,000 tasks {} ({:.0} s)",
                 policy.name(),
                 run.seed,
                 run.tasks_written,
                 run.control_written,
                 (run.tasks_written + run.control_written) as f64 / f64::from(args.days),
+                run.cancels_written,
                 run.simulated.tasks_answered,
+                run.without_outcome,
+                run.window_open,
                 counts(&row),
                 per_thousand(&row),
                 run.seconds,
@@ -425,5 +530,39 @@ mod tests {
         assert_eq!((mean, min, max), (2.0, 1.0, 3.0));
         assert!((sd - 1.0).abs() < 1e-12);
         assert_eq!(spread(&[5.0]), (5.0, 0.0, 5.0, 5.0));
+    }
+
+    fn entry(record: &str, task_id: &str, as_of: &str) -> Vec<(String, String)> {
+        [("record", record), ("task_id", task_id), ("as_of", as_of)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A task stream carries the cancels of its tasks: they are not tasks, and a task's
+    /// outcome is looked up by its ID (counting entries, `XLEN`, made ~15 % of the tasks look
+    /// like they had no outcome).
+    #[test]
+    fn cancels_are_not_counted_as_tasks() {
+        let with_outcome: std::collections::HashSet<String> = ["t1".to_string()].into();
+        let open_since = 1_764_547_200; // 2025-12-01T00:00:00Z
+        let mut counts = StreamCounts::default();
+        for e in [
+            entry("task", "t1", "2025-10-01T00:00:00Z"),
+            entry("cancel", "t1", ""),
+            entry("task", "t2", "2025-10-01T00:00:00Z"),
+            entry("task", "t3", "2025-12-02T00:00:00Z"),
+        ] {
+            counts.add(&e, &with_outcome, open_since);
+        }
+        assert_eq!(
+            counts,
+            StreamCounts {
+                tasks: 3,
+                cancels: 1,
+                without_outcome: 2,
+                window_open: 1,
+            }
+        );
     }
 }
