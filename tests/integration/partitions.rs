@@ -158,7 +158,14 @@ async fn a_changed_partition_count_is_refused_at_start_with_the_reason() {
 
     // The count it was kept under starts as before.
     settings.partitions.count = PartitionCount::ONE;
+    // Once it has restored its snapshot (503 until then, longer on a busy machine).
     let app = App::spawn(settings).await;
+    wait_for(
+        "the restart to serve c1",
+        Duration::from_secs(60),
+        || async { app.get("/v1/customers/c1").await.status() != 503 },
+    )
+    .await;
     assert_eq!(app.get("/v1/customers/c1").await.status(), 200);
     app.stop().await;
 }
