@@ -27,7 +27,7 @@ use crate::connection::RedisConn;
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::respond::{self, TaskReader};
+use super::respond::TaskReader;
 use super::{push_event, SimulateError, SimulateOptions, SimulateReport, DAY_MS};
 use crate::connection::Connector;
 use crate::event::EntryId;
@@ -260,20 +260,7 @@ pub(crate) async fn run(
             if tasks.is_empty() {
                 break;
             }
-            for task in tasks
-                .iter()
-                .filter_map(|e| respond::received(e.fields(), &prefix))
-            {
-                report.tasks_read += 1;
-                if !task.acted_on {
-                    report.control_tasks_read += 1;
-                } else if population
-                    .respond(task.customer, &task.action, task.task, end_ms)
-                    .is_some()
-                {
-                    report.tasks_answered += 1;
-                }
-            }
+            report.answer(&tasks, &prefix, &mut population, end_ms);
         }
         if (day + 1) % PROGRESS_DAYS == 0 {
             tracing::info!(

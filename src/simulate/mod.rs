@@ -122,6 +122,31 @@ pub struct SimulateReport {
 }
 
 impl SimulateReport {
+    /// Counts the tasks read back (cancel records and other runs' customers left out) and
+    /// has each treated one answered at `at_ms`.
+    fn answer(
+        &mut self,
+        tasks: &[crate::source::batch::Entry],
+        prefix: &str,
+        population: &mut Population,
+        at_ms: u64,
+    ) {
+        for task in tasks
+            .iter()
+            .filter_map(|e| respond::received(e.fields(), prefix))
+        {
+            self.tasks_read += 1;
+            if !task.acted_on {
+                self.control_tasks_read += 1;
+            } else if population
+                .respond(task.customer, &task.action, task.task, at_ms)
+                .is_some()
+            {
+                self.tasks_answered += 1;
+            }
+        }
+    }
+
     pub fn written(&self) -> u64 {
         self.history + self.live
     }
@@ -406,20 +431,7 @@ pub async fn run(
         if let Some(c) = conn.as_mut() {
             match reader.read(c).await {
                 Ok(tasks) => {
-                    for task in tasks
-                        .iter()
-                        .filter_map(|e| respond::received(e.fields(), &prefix))
-                    {
-                        report.tasks_read += 1;
-                        if !task.acted_on {
-                            report.control_tasks_read += 1;
-                        } else if population
-                            .respond(task.customer, &task.action, task.task, simulated_ms)
-                            .is_some()
-                        {
-                            report.tasks_answered += 1;
-                        }
-                    }
+                    report.answer(&tasks, &prefix, &mut population, simulated_ms);
                 }
                 // Read again at the next step; the writes reconnect.
                 Err(respond::ReadError::Redis(e)) => {
