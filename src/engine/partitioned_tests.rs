@@ -1,8 +1,6 @@
 //! One engine per partition: what becomes of a customer does not depend on which other
 //! partitions are read with theirs, nor in what interleaving (issue 21, item 6).
 
-use redis::Value;
-
 use super::tests::{DAY, T0};
 use super::*;
 use crate::config::Settings;
@@ -85,24 +83,12 @@ fn streams() -> Vec<Vec<Entry>> {
     let mut streams: Vec<Vec<Entry>> = (0..PARTITIONS).map(|_| Vec::new()).collect();
     for (p, fields) in events {
         let stream = &mut streams[usize::from(p)];
-        stream.push(Entry {
-            stream: 0,
-            id: EntryId {
-                ms: 1_700_000_000_000 + stream.len() as u64,
-                seq: 0,
-            },
-            values: Some(
-                fields
-                    .iter()
-                    .flat_map(|(k, v)| {
-                        [
-                            Value::BulkString(k.as_bytes().to_vec()),
-                            Value::BulkString(v.as_bytes().to_vec()),
-                        ]
-                    })
-                    .collect(),
-            ),
-        });
+        let mut entry = super::tests::entry(0, &fields);
+        entry.id = EntryId {
+            ms: 1_700_000_000_000 + stream.len() as u64,
+            seq: 0,
+        };
+        stream.push(entry);
     }
     streams
 }
