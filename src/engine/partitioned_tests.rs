@@ -154,22 +154,40 @@ fn view(customer: Option<CustomerView>) -> serde_json::Value {
     serde_json::to_value(customer).unwrap()
 }
 
-#[test]
-fn each_partition_ends_the_same_whatever_is_read_with_it_under_the_event_clock() {
-    let streams = streams();
-    // (b) One engine per partition, each reading its own stream alone, as a replica owning
-    // only that partition would.
+/// One engine per partition, each reading its own stream alone in batches of 5, as a
+/// replica owning only that partition would.
+fn read_alone(streams: &[Vec<Entry>], settings: &EngineSettings) -> (Vec<Engine>, Written) {
     let mut alone = Vec::new();
-    let mut written_alone = Written::default();
+    let mut written = Written::default();
     for (p, stream) in streams.iter().enumerate() {
-        let s = partition_settings(&settings(PARTITIONS), p as u16);
+        let s = partition_settings(settings, p as u16);
         let mut engine = Engine::new(s, model(), Metrics::new().engine);
         for chunk in stream.chunks(5) {
-            written_alone.add(engine.apply_batch(Batch::new(chunk.iter().map(copy).collect()), 0));
+            written.add(engine.apply_batch(Batch::new(chunk.iter().map(copy).collect()), 0));
         }
         alone.push(engine);
     }
-    let written_alone = written_alone.sorted();
+    (alone, written.sorted())
+}
+
+/// The streams merged entry by entry, each entry with its partition.
+fn merged(streams: &[Vec<Entry>]) -> Vec<(u16, Entry)> {
+    let longest = streams.iter().map(Vec::len).max().unwrap();
+    (0..longest)
+        .flat_map(|i| {
+            streams
+                .iter()
+                .enumerate()
+                .filter_map(move |(p, s)| Some((p as u16, copy(s.get(i)?))))
+        })
+        .collect()
+}
+
+#[test]
+fn each_partition_ends_the_same_whatever_is_read_with_it_under_the_event_clock() {
+    let streams = streams();
+    // (b) One engine per partition, each reading its own stream alone.
+    let (alone, written_alone) = read_alone(&streams, &settings(PARTITIONS));
     assert_eq!(written_alone.dead_letters, 0);
     assert!(
         written_alone.tasks.len() >= 10,
@@ -184,22 +202,13 @@ fn each_partition_ends_the_same_whatever_is_read_with_it_under_the_event_clock()
 
     // (a) One process reading every partition, in two interleavings: the streams merged
     // entry by entry; and one stream after the other, last partition first.
-    let longest = streams.iter().map(Vec::len).max().unwrap();
-    let merged: Vec<(u16, Entry)> = (0..longest)
-        .flat_map(|i| {
-            streams
-                .iter()
-                .enumerate()
-                .filter_map(move |(p, s)| Some((p as u16, copy(s.get(i)?))))
-        })
-        .collect();
     let one_by_one: Vec<(u16, Entry)> = streams
         .iter()
         .enumerate()
         .rev()
         .flat_map(|(p, s)| s.iter().map(move |e| (p as u16, copy(e))))
         .collect();
-    for (order, batch) in [(merged, 7), (one_by_one, 13)] {
+    for (order, batch) in [(merged(&streams), 7), (one_by_one, 13)] {
         let (together, written) = read_together(order, batch);
         assert_eq!(written, written_alone);
         assert_eq!(together.customers(), CUSTOMERS);
@@ -217,6 +226,30 @@ fn each_partition_ends_the_same_whatever_is_read_with_it_under_the_event_clock()
             assert_eq!(view(together.customer(&id)), expected, "{id}");
         }
     }
+}
+
+#[test]
+fn one_clock_for_every_partition_raises_other_tasks() {
+    let streams = streams();
+    // Without budgets, so that only the clock differs.
+    let mut unbudgeted = settings(PARTITIONS);
+    unbudgeted.winback.budgets.clear();
+    unbudgeted.tasks.budgets.clear();
+    let (_, alone) = read_alone(&streams, &unbudgeted);
+    // What came before one engine per partition: one engine, one clock, every stream.
+    let mut one = Engine::new(unbudgeted, model(), Metrics::new().engine);
+    let mut written = Written::default();
+    for chunk in merged(&streams).chunks(7) {
+        let entries = chunk
+            .iter()
+            .map(|(p, e)| Entry {
+                stream: *p,
+                ..copy(e)
+            })
+            .collect();
+        written.add(one.apply_batch(Batch::new(entries), 0));
+    }
+    assert_ne!(written.sorted().tasks, alone.tasks);
 }
 
 #[test]
