@@ -96,9 +96,31 @@ pub struct Partitioning {
     pub count: PartitionCount,
     /// `source.streams` as configured (before they are split into partitions).
     pub bases: Vec<String>,
+    /// The one partition an engine holds (one engine per partition, see
+    /// `crate::engine::partitioned`): its streams are numbered by base, stream `i` being
+    /// partition `own` of base `i`. `None`: an engine of every partition, whose streams are
+    /// numbered as in [`PartitionCount::streams`].
+    pub own: Option<u16>,
 }
 
 impl Partitioning {
+    /// The same partitioning, for the engine that holds only partition `partition`.
+    pub fn for_partition(&self, partition: u16) -> Self {
+        Self {
+            own: Some(partition),
+            ..self.clone()
+        }
+    }
+
+    /// The streams partition `partition` reads, one per base: what its engine's positions
+    /// are numbered by when it holds that partition alone.
+    pub fn streams_of(&self, partition: u16) -> Vec<String> {
+        self.bases
+            .iter()
+            .map(|base| self.count.stream(base, partition))
+            .collect()
+    }
+
     /// `Ok` if an event of `customer_id` read from input stream `stream` (an index into
     /// [`PartitionCount::streams`] of the bases) belongs there; otherwise the rejection that
     /// names the stream it belongs in. Always `Ok` with one partition.
@@ -107,7 +129,10 @@ impl Partitioning {
             return Ok(());
         }
         let count = usize::from(self.count.get());
-        let (base, found) = (stream / count, (stream % count) as u16);
+        let (base, found) = match self.own {
+            Some(own) => (stream, own),
+            None => (stream / count, (stream % count) as u16),
+        };
         let right = self.count.of(customer_id);
         if right == found {
             return Ok(());
@@ -192,6 +217,7 @@ mod tests {
         let p = Partitioning {
             count: count(16),
             bases: vec!["churn:events".into(), "shop:events".into()],
+            own: None,
         };
         // "c2" is in partition 5: stream 5 (churn:events:{5}) or 21 (shop:events:{5}).
         assert_eq!(p.check(5, "c2"), Ok(()));
@@ -206,7 +232,14 @@ mod tests {
         let one = Partitioning {
             count: PartitionCount::ONE,
             bases: vec!["churn:events".into()],
+            own: None,
         };
+        // The engine of partition 4 alone numbers its streams by base.
+        let four = p.for_partition(4);
+        assert_eq!(four.streams_of(4), ["churn:events:{4}", "shop:events:{4}"]);
+        assert!(four.check(1, "c2").is_err());
+        let five = p.for_partition(5);
+        assert_eq!(five.check(1, "c2"), Ok(()));
         assert_eq!(one.check(0, "c2"), Ok(()));
     }
 }

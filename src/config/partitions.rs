@@ -81,6 +81,7 @@ impl Settings {
         Partitioning {
             count: self.partitions.count,
             bases: self.source.streams.clone(),
+            own: None,
         }
     }
 }

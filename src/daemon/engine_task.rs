@@ -1,6 +1,6 @@
-//! The task that owns the [`Engine`]: applies batches, ticks the clock, swaps models, takes
-//! snapshots and answers queries, forwarding effects to the sink. One owner, no locks on the
-//! hot path, on a thread of its own (see [`spawn`]).
+//! The task that owns the engines (one per partition, see [`Partitioned`]): applies batches,
+//! ticks the clock, swaps models, takes snapshots and answers queries, forwarding effects to
+//! the sink. One owner, no locks on the hot path, on a thread of its own (see [`spawn`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::snapshots::{Room, Snapshotter};
 use super::Applied;
 use crate::decide::uplift::UpliftBook;
-use crate::engine::{Effects, Engine};
+use crate::engine::{Effects, Partitioned};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::http::Query;
@@ -40,7 +40,7 @@ pub(crate) struct Durability {
     pub started: Instant,
 }
 
-fn answer(engine: &Engine, query: Query) {
+fn answer(engine: &Partitioned, query: Query) {
     // A dropped receiver means the HTTP request gave up; nothing to do.
     match query {
         Query::Customer(id, reply) => {
@@ -54,7 +54,12 @@ fn answer(engine: &Engine, query: Query) {
 
 /// Sends effects to the sink, answering queries while the sink is backed up, and counts
 /// them in `forwarded`. `false` when the sink is gone.
-async fn forward(engine: &Engine, fx: Effects, ch: &mut Channels, forwarded: &mut u64) -> bool {
+async fn forward(
+    engine: &Partitioned,
+    fx: Effects,
+    ch: &mut Channels,
+    forwarded: &mut u64,
+) -> bool {
     if fx.is_empty() {
         return true;
     }
@@ -125,7 +130,7 @@ async fn snapshot_room(snapshotter: &Option<Snapshotter>) -> Option<Room> {
 /// the sink's writes. The channels are the same either way. The receiver resolves when the
 /// engine has stopped and taken its final snapshot (or panicked: the sender is dropped).
 pub fn spawn(
-    engine: Engine,
+    engine: Partitioned,
     ch: Channels,
     durability: Durability,
     tick: Duration,
@@ -148,7 +153,7 @@ pub fn spawn(
 
 /// Runs until the source closes the batch channel (shutdown) or the sink goes away, then
 /// takes the final snapshot.
-async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick: Duration) {
+async fn run(mut engine: Partitioned, mut ch: Channels, durability: Durability, tick: Duration) {
     let Durability {
         snapshots,
         health,
@@ -194,7 +199,7 @@ async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick:
                     break;
                 }
                 if let Some(s) = &mut snapshotter {
-                    s.step(&mut engine);
+                    s.step(engine.parts_mut());
                 }
                 if caught_up {
                     let elapsed = started.elapsed();
@@ -213,26 +218,26 @@ async fn run(mut engine: Engine, mut ch: Channels, durability: Durability, tick:
                     break;
                 }
                 if let Some(s) = &mut snapshotter {
-                    s.step(&mut engine);
+                    s.step(engine.parts_mut());
                 }
             }
             Some(()) = next_tick(&mut snapshot_ticker) => {
                 if let Some(s) = &mut snapshotter {
-                    s.begin(&mut engine, forwarded);
-                    s.step(&mut engine);
+                    s.begin(engine.parts_mut(), forwarded);
+                    s.step(engine.parts_mut());
                 }
             }
             // No batch came: the snapshot being copied goes on at the writer's pace.
             Some(room) = snapshot_room(&snapshotter) => {
                 if let Some(s) = &mut snapshotter {
-                    s.copy(&mut engine, room);
+                    s.copy(engine.parts_mut(), room);
                 }
             }
         }
     }
     tracing::info!("engine stopped");
     if let Some(s) = snapshotter {
-        s.finish(&mut engine, forwarded).await;
+        s.finish(engine.parts_mut(), forwarded).await;
     }
 }
 

@@ -11,6 +11,7 @@
 //! [`run_observed`] (the end-to-end latency benchmark does).
 
 mod engine_task;
+mod layout;
 mod lift;
 mod model_watch;
 mod snapshots;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{redact_url, ConfigError, Interval, Resolved, Settings};
 use crate::connection::Connector;
 use crate::decide::WinbackPolicy;
-use crate::engine::{Engine, EngineSettings};
+use crate::engine::{EngineSettings, Partitioned};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::http::serve::Limits;
@@ -39,6 +40,7 @@ use crate::source::{self, lag, Source};
 use crate::state::{SnapshotDir, StateError};
 use crate::time::wall_millis;
 use engine_task::{Channels, Durability};
+use layout::Layout;
 pub(crate) use lift::Published as LiftReport;
 
 /// Effects buffered between engine and sink.
@@ -73,6 +75,23 @@ pub enum DaemonError {
         dir: String,
         kept: PartitionCount,
         configured: PartitionCount,
+    },
+    #[error(
+        "{dir} holds a snapshot of all {count} partitions in one file, written by a churnd \
+         that kept one snapshot for every partition; this churnd keeps each partition's \
+         snapshots in {dir}/partition-<p>/ and does not split an older one (docs/operating.md, \
+         \"Partitions and scale-out\"). Run the churnd that wrote it, or move the \
+         snapshot-*.bin files out of {dir} to start every partition with no customers"
+    )]
+    OneSnapshotForAllPartitions { dir: String, count: PartitionCount },
+    #[error(
+        "the snapshot in {dir} is partition {found}'s, not partition {expected}'s: each \
+         partition's snapshots belong in state.dir/partition-<p>/ of their own partition"
+    )]
+    MisplacedPartition {
+        dir: String,
+        found: u16,
+        expected: u16,
     },
 }
 
@@ -170,7 +189,10 @@ pub async fn run_resolved(
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
     let snapshot_dir = match settings.state.snapshot_dir() {
-        Some(dir) => Some(SnapshotDir::open(dir, settings.state.keep.get())?),
+        Some(dir) => Some(Layout::open(
+            SnapshotDir::open(dir, settings.state.keep.get())?,
+            &settings,
+        )?),
         None => {
             tracing::warn!(
                 "state.dir is empty: snapshots are off, and a restart forgets every customer"
@@ -183,10 +205,9 @@ pub async fn run_resolved(
     let (written_tx, written_rx) = watch::channel(0u64);
     let abort = CancellationToken::new();
     let (snapshotter, snapshot_task) = match &snapshot_dir {
-        Some(dir) => {
+        Some(layout) => {
             let (handle, task) = snapshots::spawn(
-                dir.clone(),
-                source_settings.streams.clone(),
+                layout.parts.clone(),
                 written_rx,
                 metrics.snapshots.clone(),
                 health.clone(),
@@ -220,17 +241,15 @@ pub async fn run_resolved(
         http_stop.clone(),
     ));
     let restored = match &snapshot_dir {
-        Some(dir) => {
-            match load_while_serving(dir, &settings, &metrics.snapshots, &health, &shutdown).await {
-                Ok(Startup::Restore(state)) => state,
-                outcome => {
-                    http_stop.cancel();
-                    let _ = http_task.await;
-                    return outcome.map(|_| ());
-                }
+        Some(dir) => match load_while_serving(dir, &metrics.snapshots, &health, &shutdown).await {
+            Ok(Startup::Restore(states)) => states,
+            outcome => {
+                http_stop.cancel();
+                let _ = http_task.await;
+                return outcome.map(|_| ());
             }
-        }
-        None => None,
+        },
+        None => Vec::new(),
     };
     let connector = |role, response_timeout| {
         Connector::new(
@@ -249,10 +268,7 @@ pub async fn run_resolved(
 
     let engine_settings = EngineSettings::from(&settings);
     let model = model_rx.borrow().clone();
-    let engine = match restored {
-        Some(state) => Engine::restore(engine_settings, model, metrics.engine.clone(), *state),
-        None => Engine::new(engine_settings, model, metrics.engine.clone()),
-    };
+    let engine = Partitioned::restore(engine_settings, model, metrics.engine.clone(), restored);
     health.set_loading(false);
     let sink = Sink::new(
         SinkSettings::from(&settings),
@@ -315,11 +331,11 @@ pub async fn run_resolved(
 
     // Reading begins once every stream has a position in a snapshot on disk.
     let engine = match &snapshot_dir {
-        Some(dir) => {
+        Some(layout) => {
             start::make_positions_durable(
                 engine,
                 &source_settings,
-                dir,
+                &layout.parts,
                 connector(RedisRole::Source, response_timeout),
                 (&metrics.snapshots, &health),
                 &shutdown,
@@ -330,7 +346,7 @@ pub async fn run_resolved(
     };
     let (source_task, engine_task) = match engine {
         Some(engine) => {
-            let mut positions = engine.positions().to_vec();
+            let mut positions = engine.positions();
             positions.resize(source_settings.streams.len(), None);
             if let Some(applied) = &observers.applied {
                 applied.send_replace(Applied {
@@ -448,25 +464,24 @@ fn return_large_allocations() {
 
 /// How a start that loads a snapshot goes on.
 enum Startup {
-    /// With the snapshot's state, or none (a first start).
-    Restore(Option<Box<crate::engine::EngineState>>),
+    /// With every partition's state, partition `p`'s at index `p` (`None`: a first start).
+    Restore(Vec<Option<crate::engine::EngineState>>),
     /// Shutdown was requested while the snapshot loaded.
     Stop,
 }
 
-/// Loads the newest good snapshot on a blocking thread, so that HTTP answers meanwhile
-/// (`/readyz` says the snapshot is loading, until the engine is restored from it).
+/// Loads the newest good snapshot of every partition on a blocking thread, so that HTTP
+/// answers meanwhile (`/readyz` says the snapshot is loading, until the engines are
+/// restored from them). State kept under another `partitions.count` is refused.
 async fn load_while_serving(
-    dir: &SnapshotDir,
-    settings: &Settings,
+    layout: &Layout,
     metrics: &SnapshotMetrics,
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<Startup, DaemonError> {
     health.set_loading(true);
-    let (streams, metrics) = (settings.input_streams(), metrics.clone());
-    let loading = dir.clone();
-    let load = tokio::task::spawn_blocking(move || load_snapshot(&loading, &streams, &metrics));
+    let (loading, metrics) = (layout.clone(), metrics.clone());
+    let load = tokio::task::spawn_blocking(move || loading.load(&metrics));
     let loaded = tokio::select! {
         loaded = load => loaded,
         _ = shutdown.cancelled() => {
@@ -474,29 +489,8 @@ async fn load_while_serving(
             return Ok(Startup::Stop);
         }
     };
-    let state = loaded.map_err(|e| DaemonError::Load(e.to_string()))??;
-    if let Some(state) = &state {
-        same_partitions(state.header.partitions, settings, dir)?;
-    }
-    Ok(Startup::Restore(state.map(Box::new)))
-}
-
-/// Refuses state kept under another `partitions.count`: its positions name other streams,
-/// and its customers were placed by the old count.
-fn same_partitions(
-    kept: PartitionCount,
-    settings: &Settings,
-    dir: &SnapshotDir,
-) -> Result<(), DaemonError> {
-    let configured = settings.partitions.count;
-    if kept == configured {
-        return Ok(());
-    }
-    Err(DaemonError::PartitionsChanged {
-        dir: dir.dir().display().to_string(),
-        kept,
-        configured,
-    })
+    let states = loaded.map_err(|e| DaemonError::Load(e.to_string()))??;
+    Ok(Startup::Restore(states))
 }
 
 /// The newest good snapshot's state, reporting the damaged ones it skipped.
@@ -504,7 +498,7 @@ fn load_snapshot(
     dir: &SnapshotDir,
     streams: &[String],
     metrics: &SnapshotMetrics,
-) -> Result<Option<crate::engine::EngineState>, StateError> {
+) -> Result<Option<crate::state::codec::Decoded>, StateError> {
     let started = Instant::now();
     let (loaded, rejected) = dir.load_newest(streams)?;
     for r in &rejected {
@@ -520,7 +514,7 @@ fn load_snapshot(
         return Ok(None);
     };
     let snapshot = loaded.snapshot;
-    if !snapshot.dropped_streams.is_empty() {
+    if !snapshot.dropped_streams.is_empty() && !streams.is_empty() {
         tracing::warn!(
             streams = ?snapshot.dropped_streams,
             "the snapshot has positions in streams source.streams no longer lists; their customers are kept"
@@ -544,5 +538,5 @@ fn load_snapshot(
         elapsed = ?started.elapsed(),
         "snapshot loaded"
     );
-    Ok(Some(snapshot.state))
+    Ok(Some(snapshot))
 }

@@ -15,7 +15,13 @@
 //! as `skipped`): an idle daemon with millions of customers would otherwise rewrite the same
 //! gigabytes every interval. The last one written already holds that state, so a restart
 //! from it loses nothing.
+//!
+//! With one engine per partition (`partitions.count` > 1) each partition's state is its own
+//! snapshot, in its own directory: a round captures every partition whose state changed at
+//! the same moment (after the same effects), then hands them to the writer one after the
+//! other. With one partition a round is one snapshot, as before partitions.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -39,112 +45,164 @@ const QUEUE: usize = 2;
 enum Job {
     Begin {
         /// Boxed: with the open tasks it is far larger than the other jobs.
-        header: Box<StateHeader>,
-        /// The state it records, to remember once it is written.
-        version: StateVersion,
-        size: CaptureSize,
+        capture: Box<Capture>,
         /// Effects forwarded to the sink before the capture began.
         effects_before: u64,
         at_shutdown: bool,
-        /// Held until the snapshot is written or dropped: one at a time.
-        permit: OwnedSemaphorePermit,
+        /// Held until every snapshot of the round is written or dropped: one round at a
+        /// time.
+        permit: Arc<OwnedSemaphorePermit>,
     },
     Customers(Captured<Customer, Extras>),
     End,
     Abort,
 }
 
+/// One partition's state as captured at the start of a round.
+struct Capture {
+    /// The partition (the index of its engine and of its snapshot directory).
+    partition: usize,
+    header: StateHeader,
+    /// The state it records, to remember once it is written.
+    version: StateVersion,
+    size: CaptureSize,
+}
+
+/// A round of snapshots being handed to the writer.
+struct Round {
+    /// The partition whose customers are being copied (its `Begin` sent).
+    copying: Option<usize>,
+    /// Partitions captured, not begun yet.
+    waiting: VecDeque<Capture>,
+    effects_before: u64,
+    at_shutdown: bool,
+    permit: Arc<OwnedSemaphorePermit>,
+}
+
 /// Room in the writer's queue for the next step of a snapshot.
 pub(crate) struct Room(OwnedPermit<Job>);
 
-/// The state of the last snapshot written, set by the writer once it is durable.
-type Written = Arc<Mutex<Option<StateVersion>>>;
+/// Per partition, the state of the last snapshot written, set by the writer once it is
+/// durable.
+type Written = Arc<Mutex<Vec<Option<StateVersion>>>>;
 
 /// The engine task's handle on the writer.
 pub(crate) struct Snapshotter {
     idle: Arc<Semaphore>,
     jobs: mpsc::Sender<Job>,
-    /// A snapshot has begun and not all of it was handed to the writer yet.
-    copying: bool,
+    /// A round has begun and not all of it was handed to the writer yet.
+    round: Option<Round>,
     written: Written,
     metrics: SnapshotMetrics,
     health: Arc<Health>,
 }
 
 impl Snapshotter {
-    /// Begins a snapshot, unless the previous one is still being written (then this turn is
-    /// skipped: the next interval takes it) or the state is the one last written.
-    pub fn begin(&mut self, engine: &mut Engine, effects_before: u64) {
-        if self.copying || self.jobs.is_closed() {
+    /// Begins a round of snapshots, unless the previous one is still being written (then
+    /// this turn is skipped: the next interval takes it) or no partition's state changed
+    /// since it was last written.
+    pub fn begin(&mut self, engines: &mut [Engine], effects_before: u64) {
+        if self.round.is_some() || self.jobs.is_closed() {
             return;
         }
         if let Ok(permit) = self.idle.clone().try_acquire_owned() {
-            if !self.unchanged(engine) {
-                self.start(engine, effects_before, permit, false);
+            let changed = self.changed(engines);
+            if !changed.is_empty() {
+                self.start(engines, &changed, effects_before, permit, false);
             }
         }
     }
 
-    /// Whether the engine's state is the one the last snapshot written holds (checked with
-    /// the writer idle, so that "last written" is final); counts and logs the skip.
-    fn unchanged(&self, engine: &Engine) -> bool {
-        let version = engine.state_version();
+    /// The partitions whose state is not the one their last snapshot written holds
+    /// (checked with the writer idle, so that "last written" is final); counts and logs a
+    /// skip when there is none.
+    fn changed(&self, engines: &[Engine]) -> Vec<usize> {
         let written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        if written.as_ref() != Some(&version) {
-            return false;
+        let changed: Vec<usize> = engines
+            .iter()
+            .enumerate()
+            .filter(|&(p, engine)| {
+                written.get(p).cloned().flatten() != Some(engine.state_version())
+            })
+            .map(|(p, _)| p)
+            .collect();
+        if changed.is_empty() {
+            SnapshotSkipped {
+                now_ms: wall_millis(),
+            }
+            .emit(&self.metrics);
         }
-        SnapshotSkipped {
-            now_ms: wall_millis(),
-        }
-        .emit(&self.metrics);
-        true
+        changed
     }
 
     fn start(
         &mut self,
-        engine: &mut Engine,
+        engines: &mut [Engine],
+        partitions: &[usize],
         effects_before: u64,
         permit: OwnedSemaphorePermit,
         at_shutdown: bool,
     ) {
         let started = Instant::now();
-        let version = engine.state_version();
-        let (header, size) = engine.begin_snapshot();
+        // Every partition at the same moment: after the same effects.
+        let mut waiting: VecDeque<Capture> = partitions
+            .iter()
+            .map(|&partition| {
+                let engine = &mut engines[partition];
+                let version = engine.state_version();
+                let (header, size) = engine.begin_snapshot();
+                Capture {
+                    partition,
+                    header,
+                    version,
+                    size,
+                }
+            })
+            .collect();
+        let first = waiting.pop_front().expect("a partition to snapshot");
+        let partition = first.partition;
+        let permit = Arc::new(permit);
         let begin = Job::Begin {
-            header: Box::new(header),
-            version,
-            size,
+            capture: Box::new(first),
             effects_before,
             at_shutdown,
-            permit,
+            permit: permit.clone(),
         };
         // The writer is idle (we hold its permit), so its queue is empty; a full or closed
         // queue means it is gone (shutdown).
         match self.jobs.try_send(begin) {
-            Ok(()) => self.copying = true,
-            Err(_) => engine.abort_snapshot(),
+            Ok(()) => {
+                self.round = Some(Round {
+                    copying: Some(partition),
+                    waiting,
+                    effects_before,
+                    at_shutdown,
+                    permit,
+                });
+            }
+            Err(_) => abort_all(engines),
         }
         self.observe_pause(started);
     }
 
     /// Hands the writer the next slice if it has room: called after every batch and tick, so
     /// that a snapshot progresses however busy the engine is.
-    pub fn step(&mut self, engine: &mut Engine) {
-        if !self.copying {
+    pub fn step(&mut self, engines: &mut [Engine]) {
+        if self.round.is_none() {
             return;
         }
         match self.jobs.clone().try_reserve_owned() {
-            Ok(permit) => self.copy(engine, Room(permit)),
-            Err(mpsc::error::TrySendError::Closed(_)) => self.writer_gone(engine),
+            Ok(permit) => self.copy(engines, Room(permit)),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.writer_gone(engines),
             Err(mpsc::error::TrySendError::Full(_)) => {}
         }
     }
 
     /// The writer's thread ended (it panicked): the snapshot being copied out is dropped, so
     /// that the store stops keeping records for it, and no other begins.
-    fn writer_gone(&mut self, engine: &mut Engine) {
-        engine.abort_snapshot();
-        self.copying = false;
+    fn writer_gone(&mut self, engines: &mut [Engine]) {
+        abort_all(engines);
+        self.round = None;
         self.metrics.outcomes.get(SnapshotOutcome::Failed).inc();
         self.health
             .snapshots_stopped("the snapshot writer is gone; restart churnd");
@@ -154,23 +212,40 @@ impl Snapshotter {
     /// Resolves with room for the next slice while a snapshot is being copied (the engine
     /// task waits on it when no batch comes); `None` at once otherwise.
     pub fn room(&self) -> impl Future<Output = Option<Room>> + 'static {
-        let jobs = self.copying.then(|| self.jobs.clone());
+        let jobs = self.round.is_some().then(|| self.jobs.clone());
         async move { jobs?.reserve_owned().await.ok().map(Room) }
     }
 
-    /// Copies the next slice into `room`, or ends the snapshot when none is left.
-    pub fn copy(&mut self, engine: &mut Engine, room: Room) {
-        if !self.copying {
+    /// Copies the next slice into `room`, ends the partition's snapshot when none is left,
+    /// or begins the next partition's.
+    pub fn copy(&mut self, engines: &mut [Engine], room: Room) {
+        let Some(round) = &mut self.round else {
             return;
-        }
+        };
         let started = Instant::now();
-        match engine.snapshot_slice(SLICE_CUSTOMERS) {
-            Some(slice) => {
-                room.0.send(Job::Customers(slice));
-            }
+        match round.copying {
+            Some(partition) => match engines[partition].snapshot_slice(SLICE_CUSTOMERS) {
+                Some(slice) => {
+                    room.0.send(Job::Customers(slice));
+                }
+                None => {
+                    room.0.send(Job::End);
+                    round.copying = None;
+                    if round.waiting.is_empty() {
+                        self.round = None;
+                    }
+                }
+            },
             None => {
-                room.0.send(Job::End);
-                self.copying = false;
+                if let Some(capture) = round.waiting.pop_front() {
+                    round.copying = Some(capture.partition);
+                    room.0.send(Job::Begin {
+                        capture: Box::new(capture),
+                        effects_before: round.effects_before,
+                        at_shutdown: round.at_shutdown,
+                        permit: round.permit.clone(),
+                    });
+                }
             }
         }
         self.observe_pause(started);
@@ -185,10 +260,9 @@ impl Snapshotter {
     /// The snapshot at shutdown, of the final state: a snapshot still being copied is
     /// dropped, then a new one is copied whole, waiting for the writer. Skipped only when the
     /// last snapshot written holds this very state (a restart from it loses nothing).
-    pub async fn finish(mut self, engine: &mut Engine, effects_before: u64) {
-        if self.copying {
-            engine.abort_snapshot();
-            self.copying = false;
+    pub async fn finish(mut self, engines: &mut [Engine], effects_before: u64) {
+        if self.round.take().is_some() {
+            abort_all(engines);
             if self.jobs.send(Job::Abort).await.is_err() {
                 return;
             }
@@ -196,21 +270,27 @@ impl Snapshotter {
         let Ok(permit) = self.idle.clone().acquire_owned().await else {
             return;
         };
-        if self.unchanged(engine) {
+        let changed = self.changed(engines);
+        if changed.is_empty() {
             tracing::info!("final snapshot skipped: the last one written holds this state");
             return;
         }
-        self.start(engine, effects_before, permit, true);
-        while self.copying {
+        self.start(engines, &changed, effects_before, permit, true);
+        while self.round.is_some() {
             match self.room().await {
-                Some(room) => self.copy(engine, room),
+                Some(room) => self.copy(engines, room),
                 None => {
-                    engine.abort_snapshot();
+                    abort_all(engines);
                     return;
                 }
             }
         }
     }
+}
+
+/// Drops every partition's snapshot in progress.
+fn abort_all(engines: &mut [Engine]) {
+    engines.iter_mut().for_each(Engine::abort_snapshot);
 }
 
 /// How much lower than the daemon's the writer thread's scheduling priority is (added to its
@@ -224,26 +304,24 @@ const WRITER_NICENESS: libc::c_int = 10;
 /// has written; `abort` gives up waiting for them. Each snapshot written or failed is told
 /// to `health`.
 pub fn spawn(
-    dir: SnapshotDir,
-    streams: Vec<String>,
+    dirs: Vec<(SnapshotDir, Vec<String>)>,
     written: watch::Receiver<u64>,
     metrics: SnapshotMetrics,
     health: Arc<Health>,
     abort: CancellationToken,
 ) -> std::io::Result<(Snapshotter, oneshot::Receiver<()>)> {
     let (jobs_tx, jobs_rx) = mpsc::channel(QUEUE);
-    let state_written = Written::default();
+    let state_written = Written::new(Mutex::new(vec![None; dirs.len()]));
     let handle = Snapshotter {
         idle: Arc::new(Semaphore::new(1)),
         jobs: jobs_tx,
-        copying: false,
+        round: None,
         written: state_written.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
     };
     let writer = Writer {
-        dir,
-        streams,
+        dirs,
         written,
         state_written,
         metrics,
@@ -286,8 +364,8 @@ fn lower_priority() {
 }
 
 struct Writer {
-    dir: SnapshotDir,
-    streams: Vec<String>,
+    /// Per partition, where its snapshots go and the streams its positions are of.
+    dirs: Vec<(SnapshotDir, Vec<String>)>,
     written: watch::Receiver<u64>,
     /// Where the state of each snapshot committed is recorded.
     state_written: Written,
@@ -303,14 +381,15 @@ struct InProgress {
     /// The file so far, or why it cannot be written (the rest of the snapshot is then only
     /// received, to be reported failed at its end).
     writer: Result<SnapshotWriter, String>,
+    partition: usize,
     version: StateVersion,
     effects_before: u64,
     at_shutdown: bool,
     customers: u64,
     created_ms: u64,
     started: Instant,
-    /// Released when this snapshot is written or dropped.
-    _permit: OwnedSemaphorePermit,
+    /// Released when every snapshot of the round is written or dropped.
+    _permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl InProgress {
@@ -330,19 +409,24 @@ impl Writer {
         while let Some(job) = jobs.blocking_recv() {
             match job {
                 Job::Begin {
-                    header,
-                    version,
-                    size,
+                    capture,
                     effects_before,
                     at_shutdown,
                     permit,
                 } => {
                     let created_ms = wall_millis();
-                    let writer =
-                        SnapshotWriter::start(&self.dir, &header, size, &self.streams, created_ms)
-                            .map_err(|e| e.to_string());
+                    let Capture {
+                        partition,
+                        header,
+                        version,
+                        size,
+                    } = *capture;
+                    let (dir, streams) = &self.dirs[partition];
+                    let writer = SnapshotWriter::start(dir, &header, size, streams, created_ms)
+                        .map_err(|e| e.to_string());
                     current = Some(InProgress {
                         writer,
+                        partition,
                         version,
                         effects_before,
                         at_shutdown,
@@ -395,7 +479,7 @@ impl Writer {
             .and_then(|writer| writer.commit().map_err(|e| e.to_string()))
         {
             Ok((path, bytes)) => {
-                *self.state_written.lock().unwrap_or_else(|e| e.into_inner()) =
+                self.state_written.lock().unwrap_or_else(|e| e.into_inner())[snapshot.partition] =
                     Some(snapshot.version);
                 SnapshotWritten {
                     path: &path,

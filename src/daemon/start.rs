@@ -4,7 +4,8 @@
 //! replaying each stream from the newest snapshot's position. A stream without one (a new
 //! deployment, a stream added to `source.streams`, a snapshot of an older churnd) gets its
 //! start resolved ([`crate::source::start`]) and written in a snapshot before any of it is
-//! read, so that no entry is ever acknowledged that a recovery could not replay.
+//! read, so that no entry is ever acknowledged that a recovery could not replay. With one
+//! engine per partition, each partition given a start writes its own snapshot.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceSettings;
 use crate::connection::Connector;
-use crate::engine::Engine;
+use crate::engine::Partitioned;
 use crate::health::Health;
 use crate::metrics::{SnapshotMetrics, SnapshotOutcome, SnapshotWritten};
 use crate::source::start;
@@ -20,17 +21,18 @@ use crate::state::{self, SnapshotDir};
 use crate::time::wall_millis;
 
 /// Gives every stream of `settings` a position in `engine` and, if any had none, writes a
-/// snapshot holding them. Retries until both succeed (Redis unreachable, the state volume
-/// failing: nothing may be read before); `None` if shutdown came first.
+/// snapshot holding them (of each partition that had one without: `dirs` holds each
+/// partition's directory and streams). Retries until both succeed (Redis unreachable, the
+/// state volume failing: nothing may be read before); `None` if shutdown came first.
 pub(crate) async fn make_positions_durable(
-    mut engine: Engine,
+    mut engine: Partitioned,
     settings: &SourceSettings,
-    dir: &SnapshotDir,
+    dirs: &[(SnapshotDir, Vec<String>)],
     mut connector: Connector,
     (metrics, health): (&SnapshotMetrics, &Health),
     shutdown: &CancellationToken,
-) -> Option<Engine> {
-    let known = engine.positions().to_vec();
+) -> Option<Partitioned> {
+    let known = engine.positions();
     let missing = (0..settings.streams.len()).any(|i| known.get(i).copied().flatten().is_none());
     if !missing {
         return Some(engine);
@@ -54,15 +56,24 @@ pub(crate) async fn make_positions_durable(
         }
     };
     connector.succeeded();
+    // The partitions to write a snapshot of: those given a start, in order.
+    let mut partitions: Vec<usize> = Vec::new();
     for (stream, position) in starts {
+        let partition = usize::from(stream) % dirs.len();
+        if !partitions.contains(&partition) {
+            partitions.push(partition);
+        }
         engine.start_at(stream, position);
     }
-    loop {
+    partitions.sort_unstable();
+    while let Some(&partition) = partitions.first() {
         let (started, created_ms) = (Instant::now(), wall_millis());
-        let (dir, streams) = (dir.clone(), settings.streams.clone());
+        let (dir, streams) = dirs[partition].clone();
         let written = tokio::task::spawn_blocking(move || {
-            let result = state::write_snapshot(&mut engine, &dir, &streams, created_ms);
-            (engine, result)
+            let part = &mut engine.parts_mut()[partition];
+            let result = state::write_snapshot(part, &dir, &streams, created_ms);
+            let customers = part.customers() as u64;
+            (engine, result.map(|written| (written, customers)))
         })
         .await;
         let (returned, result) = match written {
@@ -75,10 +86,10 @@ pub(crate) async fn make_positions_durable(
         };
         engine = returned;
         match result {
-            Ok((path, bytes)) => {
+            Ok(((path, bytes), customers)) => {
                 SnapshotWritten {
                     path: &path,
-                    customers: engine.customers() as u64,
+                    customers,
                     bytes,
                     elapsed: started.elapsed(),
                     created_ms,
@@ -88,7 +99,7 @@ pub(crate) async fn make_positions_durable(
                 }
                 .emit(metrics);
                 health.snapshot_written();
-                return Some(engine);
+                partitions.remove(0);
             }
             Err(e) => {
                 metrics.outcomes.get(SnapshotOutcome::Failed).inc();
@@ -103,4 +114,5 @@ pub(crate) async fn make_positions_durable(
             }
         }
     }
+    Some(engine)
 }

@@ -88,6 +88,35 @@ impl ActionBudget {
             _ => 0,
         }
     }
+
+    /// Partition `partition`'s share of this budget among `count` partitions, each pacing
+    /// its own customers (`crate::engine::partitioned`): of the `T` tasks a day affords,
+    /// each partition gets `T / count` and the first `T mod count` one more, so the shares
+    /// add up to exactly `T`. `per_day` is split to match, the part that affords no whole
+    /// task going to the last partition: the shares' `per_day` add up to the budget's.
+    pub fn share(&self, partition: u16, count: u16) -> Self {
+        let (Some(per_day), Some(cost)) = (self.per_day, self.cost) else {
+            return *self;
+        };
+        if count <= 1 {
+            return *self;
+        }
+        let tasks = self.tasks_per_day();
+        let share = share_of(tasks, partition, count);
+        let mut share_per_day = f64::from(share) * cost;
+        if partition + 1 == count {
+            share_per_day += (per_day - f64::from(tasks) * cost).max(0.0);
+        }
+        Self::new(share_per_day, cost)
+    }
+}
+
+/// Partition `partition`'s share of `total` among `count`: `total / count`, one more for the
+/// first `total mod count` partitions; the shares add up to `total`.
+pub fn share_of(total: u32, partition: u16, count: u16) -> u32 {
+    let count = u32::from(count.max(1));
+    let extra = u32::from(u32::from(partition) < total % count);
+    total / count + extra
 }
 
 /// What became of a candidate.
@@ -483,6 +512,40 @@ mod tests {
             "coupon",
             ActionBudget::new(per_day, cost),
         )
+    }
+
+    #[test]
+    fn partition_shares_add_up_to_the_budget() {
+        for (per_day, cost, count) in [
+            (100.0, 10.0, 3),
+            (99.0, 10.0, 4),
+            (5.0, 1.0, 16),
+            (1.0, 0.1, 3),
+        ] {
+            let budget = ActionBudget::new(per_day, cost);
+            let shares: Vec<ActionBudget> = (0..count).map(|p| budget.share(p, count)).collect();
+            let tasks: Vec<u32> = shares.iter().map(ActionBudget::tasks_per_day).collect();
+            assert_eq!(
+                tasks.iter().sum::<u32>(),
+                budget.tasks_per_day(),
+                "{per_day}/{cost} over {count}: {tasks:?}"
+            );
+            let (low, high) = (tasks.iter().min().unwrap(), tasks.iter().max().unwrap());
+            assert!(high - low <= 1, "{tasks:?}");
+            let spend: f64 = shares.iter().filter_map(|s| s.per_day).sum();
+            assert!((spend - per_day).abs() < 1e-9, "{spend} vs {per_day}");
+        }
+        // 10 tasks over 4: 3, 3, 2, 2.
+        let ten = ActionBudget::new(100.0, 10.0);
+        assert_eq!(
+            (0..4)
+                .map(|p| ten.share(p, 4).tasks_per_day())
+                .collect::<Vec<_>>(),
+            [3, 3, 2, 2]
+        );
+        assert_eq!(ten.share(0, 1), ten);
+        assert_eq!(share_of(7, 2, 3), 2);
+        assert_eq!((0..3).map(|p| share_of(7, p, 3)).sum::<u32>(), 7);
     }
 
     #[test]

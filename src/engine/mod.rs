@@ -14,6 +14,7 @@ mod catch_up;
 mod customer;
 mod effects;
 mod eviction;
+mod partitioned;
 mod persistence;
 mod population;
 mod settings;
@@ -22,10 +23,13 @@ mod view;
 #[cfg(test)]
 mod follow_up_tests;
 #[cfg(test)]
+mod partitioned_tests;
+#[cfg(test)]
 pub(crate) mod tests;
 
 pub use customer::{Customer, Customers, Extras, Signals};
 pub use effects::{DeadLetter, Effects};
+pub use partitioned::{partition_settings, Partitioned};
 pub use persistence::{EngineState, StateHeader, StateVersion};
 pub use population::Summary;
 pub use settings::EngineSettings;

@@ -140,16 +140,16 @@ pub struct EngineMetrics {
     pub customers_by_probability: PerLabel<ProbabilityRange, IntGauge>,
     /// Open: the regions are `profiles.regions` (plus `other` and `none`), known only from
     /// the settings; see [`Self::regions`].
-    customers_by_region: IntGaugeVec,
+    pub(super) customers_by_region: IntGaugeVec,
     pub store_bytes: IntGauge,
     pub clock_seconds: IntGauge,
     pub recoveries: PerLabel<Group, IntCounter>,
     /// Win-back candidates whose learned lift did not pay for the action.
     pub winback_no_lift: IntCounter,
     /// Open: by configured action (`[winback.budgets]`); see [`Self::budget`].
-    budget: BudgetFamilies,
+    pub(super) budget: BudgetFamilies,
     /// Open: by configured action (`[tasks.budgets]`); see [`Self::budget`].
-    care_budget: BudgetFamilies,
+    pub(super) care_budget: BudgetFamilies,
     /// The engine swaps models in, so it reports the version serving.
     pub model: ModelInfo,
     /// Expired tasks, catching up, open tasks.
@@ -277,11 +277,11 @@ impl EngineMetrics {
 
 /// The budget families of win-back's or the care kinds' actions, labelled by action.
 #[derive(Clone)]
-struct BudgetFamilies {
-    per_day: GaugeVec,
-    spent: GaugeVec,
-    bar: GaugeVec,
-    held_back: IntCounterVec,
+pub(super) struct BudgetFamilies {
+    pub(super) per_day: GaugeVec,
+    pub(super) spent: GaugeVec,
+    pub(super) bar: GaugeVec,
+    pub(super) held_back: IntCounterVec,
 }
 
 impl BudgetFamilies {

@@ -25,6 +25,7 @@ pub(crate) mod labels;
 mod lift;
 mod model;
 mod output;
+mod partitions;
 #[cfg(target_os = "linux")]
 mod process;
 mod redis;
@@ -42,6 +43,7 @@ pub use labels::{Label, PerLabel};
 pub use lift::LiftMetrics;
 pub use model::{ModelInfo, ModelMetrics, ModelReload};
 pub use output::OutputMetrics;
+pub use partitions::PartitionGauges;
 pub use redis::{RedisMetrics, RedisRole, RoleMetrics};
 pub use service::ServiceMetrics;
 pub use sink::{DeadLettered, SinkMetrics};

@@ -293,6 +293,11 @@ impl SnapshotDir {
         }
     }
 
+    /// Whether the directory holds a snapshot (good or not).
+    pub fn has_snapshots(&self) -> bool {
+        !self.snapshots().is_empty()
+    }
+
     /// Snapshot files, oldest first.
     fn snapshots(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.dir) else {

@@ -18,6 +18,7 @@ use redis::aio::MultiplexedConnection;
 use crate::helpers::*;
 
 mod early;
+mod partitions;
 
 const EVENTS: &str = "churn:events";
 const WINBACK: &str = "churn:winback";
@@ -155,8 +156,19 @@ async fn drained_stream(conn: &mut MultiplexedConnection, stream: &str) {
     }
 }
 
-/// Every customer's record in the newest snapshot of `dir`, by ID.
+/// Every customer's record in the newest snapshot of `dir`, by ID (with partitions, of
+/// every partition's directory).
 fn customers_in_snapshot(dir: &Path, streams: &[String]) -> BTreeMap<String, Customer> {
+    let partitions: Vec<PathBuf> = (0..)
+        .map(|p| dir.join(format!("partition-{p}")))
+        .take_while(|d| d.is_dir())
+        .collect();
+    if !partitions.is_empty() {
+        return partitions
+            .iter()
+            .flat_map(|d| customers_in_snapshot(d, streams))
+            .collect();
+    }
     let (loaded, rejected) = SnapshotDir::open(dir, 3)
         .unwrap()
         .load_newest(streams)

@@ -1033,3 +1033,15 @@ impl RedisCluster {
         assert_eq!(self.owner_of(key).await, to);
     }
 }
+
+/// Snapshot files directly in `dir` (none if it does not exist).
+pub fn snapshot_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+                .count()
+        })
+        .unwrap_or(0)
+}

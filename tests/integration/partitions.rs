@@ -1,12 +1,14 @@
 //! Partitioned input streams (`partitions.count` > 1): every partition stream is read, each
 //! customer ends as it would from one stream, an event in the wrong partition stream is
-//! dead-lettered and never applied, and state kept under another count is refused.
+//! dead-lettered and never applied, and state kept under another count is refused. Each
+//! partition's state is a snapshot of its own, restored at start.
 
 use std::time::Duration;
 
 use churnd::config::Settings;
 use churnd::daemon::{self, DaemonError};
 use churnd::partition::PartitionCount;
+use churnd::state::{codec, SnapshotDir};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::*;
@@ -201,5 +203,76 @@ fn the_partition_command_prints_a_customers_partition() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("must be a whole number from 1 to 1024"),
         "{out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_restores_its_own_snapshot_and_one_file_of_all_is_refused() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    let p = partitions(4);
+    for (id, fields) in events() {
+        xadd(&mut c, &p.stream(EVENTS, p.of(&id)), &fields).await;
+    }
+    let mut settings = test_settings(&redis, dir.path());
+    settings.partitions.count = p;
+    let state_dir = settings.state.dir.clone();
+    let app = App::spawn(settings.clone()).await;
+    for partition in 0..4 {
+        wait_drained(&mut c, &p.stream(EVENTS, partition), "churnd").await;
+    }
+    let mut before = Vec::new();
+    for i in 0..CUSTOMERS {
+        before.push(state_of(&app, &format!("customer-{i}")).await);
+    }
+    app.stop().await;
+    assert_eq!(
+        snapshot_count(&state_dir),
+        0,
+        "no snapshot of every partition"
+    );
+    for partition in 0..4 {
+        let own = state_dir.join(format!("partition-{partition}"));
+        assert!(snapshot_count(&own) > 0, "{own:?}");
+    }
+
+    // Restarted, every partition continues from its own snapshot.
+    let app = App::spawn(settings.clone()).await;
+    wait_for(
+        "the restart to serve customer-0",
+        Duration::from_secs(60),
+        || async { app.get("/v1/customers/customer-0").await.status() != 503 },
+    )
+    .await;
+    for (i, expected) in before.iter().enumerate() {
+        let id = format!("customer-{i}");
+        assert_eq!(&state_of(&app, &id).await, expected, "{id}");
+    }
+    assert_eq!(
+        app.metric("churnd_customers_tracked").await,
+        Some(CUSTOMERS as f64)
+    );
+    app.stop().await;
+
+    // One snapshot holding every partition (as a churnd before per-partition snapshots
+    // wrote it) is refused, not split.
+    let streams = p.streams(&[EVENTS.to_string()]);
+    let own = SnapshotDir::open(&state_dir.join("partition-0"), 3).unwrap();
+    let (loaded, _) = own.load_newest(&streams).unwrap();
+    let state = loaded.expect("partition 0's snapshot").snapshot.state;
+    SnapshotDir::open(&state_dir, 3)
+        .unwrap()
+        .write(&codec::encode(&state, &streams, 1), 1)
+        .unwrap();
+    let refused = run_until_it_ends(settings).await.expect_err("refused");
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, DaemonError::OneSnapshotForAllPartitions { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("holds a snapshot of all 4 partitions in one file"),
+        "{message}"
     );
 }
