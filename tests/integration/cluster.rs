@@ -33,10 +33,9 @@ async fn partitions_on_a_cluster_are_read_written_once_and_followed_when_a_slot_
     }
     assert_eq!(owners.len(), 3, "the partitions spread over every node");
 
-    // Quiet customers buy once; a busy one moves event time on to day 120, so each quiet
-    // customer gets exactly one win-back task. (Time is the largest event time over every
-    // partition, so it is moved by one customer: busy ones in several partitions, read in
-    // another order than written, would look silent to each other.)
+    // Quiet customers buy once; in every partition a busy one moves event time on to day
+    // 120, so each quiet customer gets exactly one win-back task. (Each partition has a
+    // clock of its own, moved by its own events only.)
     let quiet: Vec<String> = (0..24).map(|i| format!("quiet-{i}")).collect();
     for id in &quiet {
         xadd(
@@ -46,10 +45,19 @@ async fn partitions_on_a_cluster_are_read_written_once_and_followed_when_a_slot_
         )
         .await;
     }
-    let busy = vec!["busy".to_string()];
-    for day in (0..=120).step_by(10) {
-        let fields = purchase("busy", 10.0, T0_MS + day * DAY_MS);
-        xadd(&mut c, &p.stream(EVENTS, p.of("busy")), &fields).await;
+    let busy: Vec<String> = (0..p.get())
+        .map(|partition| {
+            (0..)
+                .map(|i| format!("busy-{i}"))
+                .find(|id| p.of(id) == partition)
+                .unwrap()
+        })
+        .collect();
+    for id in &busy {
+        for day in (0..=120).step_by(10) {
+            let fields = purchase(id, 10.0, T0_MS + day * DAY_MS);
+            xadd(&mut c, &p.stream(EVENTS, p.of(id)), &fields).await;
+        }
     }
     // Two entries to dead-letter: an unknown type, and an event in the wrong partition.
     let bad = vec![
