@@ -15,10 +15,13 @@
 use std::collections::HashMap;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisFuture, RedisResult,
+    TlsCertificates, Value,
+};
 
 /// The client the `[redis]` settings describe ([`super::client`]). Built once at start and
 /// cloned into each connector: the variants' sizes do not matter.
@@ -28,7 +31,56 @@ pub enum RedisClient {
     /// `redis.mode = "standalone"`: one server.
     Standalone(redis::Client),
     /// `redis.mode = "cluster"`: `redis.url` is a seed node.
-    Cluster(ClusterClient),
+    Cluster(ClusterSeeds),
+}
+
+/// How to reach a cluster: `redis.url`'s node and the TLS certificates, from which a client
+/// is made at each connection, seeded with that node and every node learnt from the cluster
+/// before ([`cluster_nodes`]). A connection made from the seed alone could not be made while
+/// that node is down, and the node that died may well be the seed.
+#[derive(Clone)]
+pub struct ClusterSeeds {
+    seed: ConnectionInfo,
+    certificates: Option<TlsCertificates>,
+}
+
+impl ClusterSeeds {
+    /// Checks that a client can be made of these (the URL's kind, its TLS settings).
+    pub(crate) fn new(
+        seed: ConnectionInfo,
+        certificates: Option<TlsCertificates>,
+    ) -> RedisResult<Self> {
+        let seeds = Self { seed, certificates };
+        seeds.client(&[])?;
+        Ok(seeds)
+    }
+
+    /// A client seeded with the URL's node, then `nodes`; the URL's password, user name and
+    /// TLS settings serve for every node.
+    fn client(&self, nodes: &[(String, u16)]) -> RedisResult<ClusterClient> {
+        let mut seeds = vec![self.seed.clone()];
+        for (host, port) in nodes {
+            let addr = match self.seed.addr().clone() {
+                ConnectionAddr::TcpTls {
+                    insecure,
+                    tls_params,
+                    ..
+                } => ConnectionAddr::TcpTls {
+                    host: host.clone(),
+                    port: *port,
+                    insecure,
+                    tls_params,
+                },
+                _ => ConnectionAddr::Tcp(host.clone(), *port),
+            };
+            seeds.push(self.seed.clone().set_addr(addr));
+        }
+        let mut builder = ClusterClientBuilder::new(seeds);
+        if let Some(certificates) = &self.certificates {
+            builder = builder.certs(certificates.clone());
+        }
+        builder.build()
+    }
 }
 
 /// Names the mode only: the clients hold the password.
@@ -50,16 +102,22 @@ impl RedisClient {
                 .get_multiplexed_async_connection()
                 .await
                 .map(RedisConn::Standalone),
-            Self::Cluster(c) => c.get_async_connection().await.map(RedisConn::Cluster),
+            Self::Cluster(c) => c
+                .client(&[])?
+                .get_async_connection()
+                .await
+                .map(RedisConn::Cluster),
         }
     }
 
     /// One connection with these timeouts: `response` bounds each command (in a cluster, a
-    /// command with its redirections and retries).
+    /// command with its redirections and retries). In a cluster, `nodes` are seeds beside
+    /// the URL's.
     pub(crate) async fn connection_with(
         &self,
         connect: std::time::Duration,
         response: std::time::Duration,
+        nodes: &[(String, u16)],
     ) -> RedisResult<RedisConn> {
         match self {
             Self::Standalone(c) => {
@@ -74,7 +132,8 @@ impl RedisClient {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect)
                     .set_response_timeout(response);
-                c.get_async_connection_with_config(config)
+                c.client(nodes)?
+                    .get_async_connection_with_config(config)
                     .await
                     .map(RedisConn::Cluster)
             }
@@ -234,6 +293,45 @@ async fn split(
     Ok(out)
 }
 
+/// Every node the cluster's slot map names, primaries and replicas (`CLUSTER SLOTS`), as
+/// (host, port): seeds for the next connection.
+pub async fn cluster_nodes(c: &mut RedisConn) -> RedisResult<Vec<(String, u16)>> {
+    let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    Ok(slot_map_nodes(&reply))
+}
+
+/// The (host, port) of every node in a `CLUSTER SLOTS` reply, each once, in order: each
+/// range is `[start, end, [host, port, id, …], …]`. A node without a host (announced as
+/// "" or "?") is left out.
+fn slot_map_nodes(reply: &Value) -> Vec<(String, u16)> {
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<(String, u16)> = Vec::new();
+    for range in ranges {
+        let Value::Array(parts) = range else { continue };
+        for node in parts.iter().skip(2) {
+            let Value::Array(fields) = node else { continue };
+            let host = match fields.first() {
+                Some(Value::BulkString(h)) => String::from_utf8_lossy(h).into_owned(),
+                Some(Value::SimpleString(h)) => h.clone(),
+                _ => continue,
+            };
+            let Some(Value::Int(port)) = fields.get(1) else {
+                continue;
+            };
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            if host.is_empty() || host == "?" || nodes.iter().any(|n| *n == (host.clone(), port)) {
+                continue;
+            }
+            nodes.push((host, port));
+        }
+    }
+    nodes
+}
+
 /// The streams' indices grouped by Redis Cluster slot, in order of first appearance: the
 /// streams of one group can be read in one XREADGROUP on a cluster.
 pub fn slot_groups<S: AsRef<str>>(streams: &[S]) -> Vec<Vec<usize>> {
@@ -260,6 +358,41 @@ mod tests {
             slot_groups(&["a{x}", "b", "c{x}"]),
             vec![vec![0, 2], vec![1]]
         );
+    }
+
+    #[test]
+    fn the_slot_map_names_each_node_once() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let node =
+            |host: &str, port: i64| Value::Array(vec![bulk(host), Value::Int(port), bulk("id")]);
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node("10.0.0.1", 7000),
+                node("10.0.0.4", 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(5470),
+                node("10.0.0.1", 7000),
+            ]),
+            Value::Array(vec![
+                Value::Int(5471),
+                Value::Int(16383),
+                node("", 7001),
+                node("10.0.0.2", 7001),
+            ]),
+        ]);
+        assert_eq!(
+            slot_map_nodes(&reply),
+            [
+                ("10.0.0.1".to_string(), 7000),
+                ("10.0.0.4".to_string(), 7003),
+                ("10.0.0.2".to_string(), 7001)
+            ]
+        );
+        assert!(slot_map_nodes(&Value::Nil).is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 mod conn;
 pub(crate) mod tls;
 
-pub use conn::{slot_groups, RedisClient, RedisConn};
+pub use conn::{cluster_nodes, slot_groups, ClusterSeeds, RedisClient, RedisConn};
 pub use tls::{client, ClientError};
 
 use std::time::Duration;
@@ -64,6 +64,9 @@ pub struct Connector {
     role: RedisRole,
     /// The role's series of `churnd_redis_connected` and `churnd_redis_errors_total`.
     metrics: RoleMetrics,
+    /// In a cluster, the nodes learnt at the last connection: seeds of the next one beside
+    /// `redis.url`'s, so that a reconnect does not depend on that one node being up.
+    known_nodes: Vec<(String, u16)>,
 }
 
 impl Connector {
@@ -98,6 +101,7 @@ impl Connector {
             backoff: Backoff::new(settings.backoff_initial.get(), settings.backoff_max.get()),
             role,
             metrics,
+            known_nodes: Vec::new(),
         }
     }
 
@@ -117,6 +121,9 @@ impl Connector {
                     }
                     self.metrics.connected.set(1);
                     self.backoff.reset();
+                    if conn.is_cluster() {
+                        self.learn_nodes(&conn).await;
+                    }
                     return Some(conn);
                 }
                 Ok(Err(e)) => self.describe(&e),
@@ -145,12 +152,31 @@ impl Connector {
         }
     }
 
-    /// One connection attempt: to the server, or to the cluster (the seed node's slot map,
-    /// then a connection to each primary).
+    /// One connection attempt: to the server, or to the cluster (the slot map of the first
+    /// seed node that answers, then a connection to each primary).
     async fn attempt(&self) -> redis::RedisResult<RedisConn> {
         self.client
-            .connection_with(self.connect_timeout, self.response_timeout)
+            .connection_with(
+                self.connect_timeout,
+                self.response_timeout,
+                &self.known_nodes,
+            )
             .await
+    }
+
+    /// Keeps the cluster's nodes as seeds for the next connection. (The connection itself
+    /// follows failovers without them; a new one is made when an operation's error says the
+    /// connection is unusable, and a primary that died can leave the redis crate's slot map
+    /// naming it until then: a command sent to every primary keeps failing on it.)
+    async fn learn_nodes(&mut self, conn: &RedisConn) {
+        let mut c = conn.clone();
+        match tokio::time::timeout(self.response_timeout, cluster_nodes(&mut c)).await {
+            Ok(Ok(nodes)) if !nodes.is_empty() => self.known_nodes = nodes,
+            Ok(Err(e)) => {
+                tracing::debug!(role = self.role.as_str(), error = %self.describe(&e), "cannot read the cluster's nodes; keeping those known")
+            }
+            _ => {}
+        }
     }
 
     /// Whether the connections are to a Redis Cluster.

@@ -8,10 +8,9 @@
 
 use std::path::Path;
 
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionAddr, IntoConnectionInfo};
 
-use super::RedisClient;
+use super::{ClusterSeeds, RedisClient};
 use crate::config::{Problem, RedisMode, RedisSettings};
 
 /// Why no client can be built: the setting to look at, and what is wrong (never a secret).
@@ -105,18 +104,14 @@ fn standalone(
     }
 }
 
-/// A cluster client seeded with the one node of the URL: its password, user name and TLS
-/// settings serve for every node the slot map names.
+/// The cluster as reached from the URL's node: its password, user name and TLS settings
+/// serve for every node the slot map names.
 fn cluster(
     info: redis::ConnectionInfo,
     certificates: Option<redis::TlsCertificates>,
-) -> Result<ClusterClient, ClientError> {
+) -> Result<ClusterSeeds, ClientError> {
     let tls = certificates.is_some();
-    let mut builder = ClusterClientBuilder::new([info]);
-    if let Some(certificates) = certificates {
-        builder = builder.certs(certificates);
-    }
-    builder.build().map_err(|e| {
+    ClusterSeeds::new(info, certificates).map_err(|e| {
         let with = if tls { " with these TLS settings" } else { "" };
         ClientError::new(
             "redis.url",

@@ -17,6 +17,8 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::cluster_harness::RedisCluster;
+
 pub const DAY_MS: u64 = 86_400_000;
 /// 1997-01-01T00:00:00Z in milliseconds.
 pub const T0_MS: u64 = 852_076_800_000;
@@ -42,6 +44,8 @@ pub struct ServerOptions {
     /// `cluster-enabled yes`: a Redis Cluster node (give it slots with
     /// [`RedisServer::own_all_slots`]); it refuses a command whose keys span slots.
     pub cluster: bool,
+    /// `cluster-node-timeout` in ms (Redis' default, 15 s, when `None`).
+    pub cluster_node_timeout_ms: Option<u64>,
 }
 
 /// Certificates made for one test (no fixed files that expire): a CA, a server certificate
@@ -197,6 +201,9 @@ impl RedisServer {
         if self.options.cluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(self.dir.path().join("nodes.conf"));
+            if let Some(ms) = self.options.cluster_node_timeout_ms {
+                cmd.arg("--cluster-node-timeout").arg(ms.to_string());
+            }
         }
         cmd.arg("--bind")
             .arg("127.0.0.1")
@@ -311,6 +318,11 @@ impl RedisServer {
             }
         })
         .await;
+    }
+
+    /// Whether the server's process runs (it has not been stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn stop(&mut self) {
@@ -876,161 +888,6 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A Redis Cluster of `n` primaries (no replicas) on free ports, from the same
-/// `redis-server` binary, made with `redis-cli --cluster create`; every node is killed on
-/// drop.
-pub struct RedisCluster {
-    pub nodes: Vec<RedisServer>,
-}
-
-impl RedisCluster {
-    pub async fn start(n: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..n)
-            .map(|_| {
-                RedisServer::start_with(ServerOptions {
-                    cluster: true,
-                    ..ServerOptions::default()
-                })
-            })
-            .collect();
-        let mut create = Command::new("redis-cli");
-        create.arg("--cluster").arg("create");
-        for node in &nodes {
-            create.arg(format!("127.0.0.1:{}", node.port));
-        }
-        let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli on PATH (it comes with redis-server)");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let cluster = Self { nodes };
-        // Every node must know every other and the whole slot map before clients come.
-        for node in &cluster.nodes {
-            let c = node.conn().await;
-            wait_for("the cluster to be up", Duration::from_secs(20), || {
-                let mut c = c.clone();
-                async move {
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async(&mut c)
-                        .await
-                        .unwrap_or_default();
-                    info.contains("cluster_state:ok")
-                        && info.contains(&format!("cluster_known_nodes:{n}\r"))
-                }
-            })
-            .await;
-        }
-        cluster
-    }
-
-    /// The seed node's URL.
-    pub fn url(&self) -> String {
-        self.nodes[0].url()
-    }
-
-    /// A cluster connection with a generous response timeout.
-    pub async fn conn(&self) -> redis::cluster_async::ClusterConnection {
-        redis::cluster::ClusterClientBuilder::new([self.url()])
-            .response_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap()
-            .get_async_connection()
-            .await
-            .expect("a connection to the test cluster")
-    }
-
-    /// The node serving `key`'s slot: the one that answers for it rather than redirecting.
-    pub async fn owner_of(&self, key: &str) -> usize {
-        for (i, node) in self.nodes.iter().enumerate() {
-            let mut c = node.conn().await;
-            let reply: Result<i64, _> = redis::cmd("EXISTS").arg(key).query_async(&mut c).await;
-            if reply.is_ok() {
-                return i;
-            }
-        }
-        panic!("no node serves {key}");
-    }
-
-    /// Moves `key`'s slot, with its keys, from the node serving it to node `to`, the way
-    /// `redis-cli --cluster reshard` does: importing/migrating, MIGRATE, then the new owner
-    /// told to every node. Clients with the old slot map get MOVED from then on.
-    pub async fn migrate_slot_of(&self, key: &str, to: usize) {
-        let from = self.owner_of(key).await;
-        assert_ne!(from, to, "{key} is on node {to} already");
-        let (mut src, mut dst) = (self.nodes[from].conn().await, self.nodes[to].conn().await);
-        let slot: i64 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(key)
-            .query_async(&mut src)
-            .await
-            .unwrap();
-        let id = |c: &mut MultiplexedConnection| {
-            let mut c = c.clone();
-            async move {
-                redis::cmd("CLUSTER")
-                    .arg("MYID")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .unwrap()
-            }
-        };
-        let (src_id, dst_id) = (id(&mut src).await, id(&mut dst).await);
-        let setslot = |c: &mut MultiplexedConnection, how: &'static str, node: String| {
-            let mut c = c.clone();
-            async move {
-                redis::cmd("CLUSTER")
-                    .arg("SETSLOT")
-                    .arg(slot)
-                    .arg(how)
-                    .arg(node)
-                    .query_async::<()>(&mut c)
-                    .await
-                    .unwrap()
-            }
-        };
-        setslot(&mut dst, "IMPORTING", src_id).await;
-        setslot(&mut src, "MIGRATING", dst_id.clone()).await;
-        loop {
-            let keys: Vec<String> = redis::cmd("CLUSTER")
-                .arg("GETKEYSINSLOT")
-                .arg(slot)
-                .arg(100)
-                .query_async(&mut src)
-                .await
-                .unwrap();
-            if keys.is_empty() {
-                break;
-            }
-            redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(self.nodes[to].port)
-                .arg("")
-                .arg(0)
-                .arg(5_000)
-                .arg("KEYS")
-                .arg(keys)
-                .query_async::<()>(&mut src)
-                .await
-                .unwrap();
-        }
-        setslot(&mut dst, "NODE", dst_id.clone()).await;
-        setslot(&mut src, "NODE", dst_id.clone()).await;
-        for (i, node) in self.nodes.iter().enumerate() {
-            if i != from && i != to {
-                setslot(&mut node.conn().await, "NODE", dst_id.clone()).await;
-            }
-        }
-        assert_eq!(self.owner_of(key).await, to);
     }
 }
 

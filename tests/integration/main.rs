@@ -4,6 +4,8 @@
 mod batch_scoring;
 mod budgets;
 mod cluster;
+mod cluster_failover;
+mod cluster_harness;
 mod configuration;
 mod crash;
 mod dead_letters;

@@ -14,11 +14,15 @@
 //!
 //! `churnd-bench sweep`: the CPU cost of re-scoring the silent customers that fall due.
 //!
+//! `churnd-bench cluster`: the daemon on a Redis Cluster with partitioned input streams and
+//! the one task stream in one slot, against one server with the same partitions.
+//!
 //! `churnd-bench closed-loop`: incremental conversions per 1,000 win-back tasks of each
 //! targeting policy under the same budget, simulated customers answering churnd's tasks.
 
 mod bare;
 mod closed_loop;
+mod cluster;
 mod engine;
 mod http_probe;
 mod latency;
@@ -57,6 +61,9 @@ enum Bench {
     },
     /// Events per second: the daemon against a bare read-and-acknowledge consumer.
     Throughput(throughput::Args),
+    /// The daemon on a Redis Cluster with P partition streams and one task stream (one
+    /// slot): events per second against one server, and the Redis time per node.
+    Cluster(cluster::Args),
     /// CPU cost of re-scoring silent customers: the wall clock moves on in steps over a
     /// table of `customers`, and each step's tick re-scores those whose check fell due.
     Sweep {
@@ -88,6 +95,7 @@ async fn main() -> Result<()> {
         } => engine::memory(customers, profiles),
         Bench::Sweep { customers } => engine::sweep(customers),
         Bench::Throughput(args) => throughput::throughput(args).await,
+        Bench::Cluster(args) => cluster::cluster(args).await,
         Bench::Latency(args) => latency::latency(args).await,
         Bench::ClosedLoop(args) => closed_loop::closed_loop(args).await,
         Bench::Recovery {

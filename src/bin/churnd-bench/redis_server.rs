@@ -46,11 +46,25 @@ pub mod tempfile_dir {
 
 impl RedisServer {
     pub fn start(binary: &PathBuf) -> Result<Self> {
+        Self::launch(binary, false)
+    }
+
+    /// A `cluster-enabled` node, without slots until a cluster is made of it.
+    pub fn start_cluster_node(binary: &PathBuf) -> Result<Self> {
+        Self::launch(binary, true)
+    }
+
+    fn launch(binary: &PathBuf, cluster: bool) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let dir = tempfile_dir::TempDir::new("redis")?;
-        let child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        if cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(dir.path().join("nodes.conf"));
+        }
+        let child = cmd
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -79,6 +93,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `host:port`, as `redis-cli --cluster create` takes it.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     pub async fn conn(&self) -> Result<MultiplexedConnection> {
