@@ -9,6 +9,8 @@
 //! spend per customer, the spend captured by the customers it ranks highest, and the
 //! calibration of the churn probability it implies ([`value::forecast`]).
 
+mod value;
+
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
@@ -19,12 +21,11 @@ use super::pareto_nbd::ParetoNbd;
 use super::train::{
     build_examples, data_span, default_cutoffs, fit_logistic, Example, TrainOptions, LOG_RFM_NAMES,
 };
-use super::value::forecast::{self, Outcome, ValueForecast};
-use super::value::{CustomerHistory, ValueModel};
+use super::value::forecast::ValueForecast;
 use super::Model;
-use crate::event::EventKind;
 use crate::time::{self, UnixSeconds};
 use crate::transactions::Transactions;
+use value::{render_value, value_forecast};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvaluateError {
@@ -141,9 +142,13 @@ pub fn evaluate_model(
     } else {
         None
     };
-    let value = model
-        .value()
-        .and_then(|v| value_forecast(transactions, model, v, as_of, horizon_days));
+    let value = model.value().and_then(|v| {
+        let textbook_bgnbd = baseline.as_ref().map(|b| b.params);
+        let (forecast, error) =
+            value_forecast(transactions, model, v, as_of, horizon_days, textbook_bgnbd);
+        baseline_errors.extend(error);
+        forecast
+    });
     Ok(EvaluationReport {
         model_version: model.version().to_owned(),
         as_of: time::rfc3339(as_of),
@@ -234,60 +239,6 @@ fn log_rfm_baseline(
         intercept: fitted.intercept,
         metrics,
     })
-}
-
-/// The value model's forecast for every buyer before `as_of` (the customers the churn
-/// metrics count), from the daemon's state as of then, against their purchases and net spend
-/// in the `horizon_days` from it; beside it the two-part spend with `churn`'s P(a purchase),
-/// when `churn` predicts that horizon.
-pub(crate) fn value_forecast(
-    transactions: &Transactions,
-    churn: &Model,
-    value: &ValueModel,
-    as_of: UnixSeconds,
-    horizon_days: u32,
-) -> Option<ValueForecast> {
-    let store = crate::batch::features_as_of(transactions, as_of);
-    let mut purchases = vec![0.0; store.len()];
-    let mut spend = vec![0.0; store.len()];
-    let end = as_of.saturating_add(time::days(horizon_days));
-    let window = transactions
-        .rows
-        .iter()
-        .skip_while(|t| t.time < as_of)
-        .take_while(|t| t.time < end);
-    for t in window {
-        let Some(idx) = store.find(&t.customer_id) else {
-            continue;
-        };
-        let slot = idx as usize;
-        match t.kind {
-            EventKind::Purchase => {
-                purchases[slot] += 1.0;
-                spend[slot] += t.amount;
-            }
-            EventKind::Refund => spend[slot] -= t.amount,
-            _ => {}
-        }
-    }
-    let outcomes: Vec<Outcome> = store
-        .iter()
-        .filter_map(|(idx, f)| {
-            let h = CustomerHistory::of(f, as_of)?;
-            let slot = idx as usize;
-            Some(Outcome::forecast(
-                value,
-                &h,
-                f64::from(horizon_days),
-                purchases[slot],
-                spend[slot],
-                (churn.horizon_days() == horizon_days)
-                    .then(|| f.vector(as_of).map(|x| 1.0 - churn.probability(&x)))
-                    .flatten(),
-            ))
-        })
-        .collect();
-    forecast::report(&outcomes, horizon_days)
 }
 
 fn metrics_or_one_class(
@@ -429,64 +380,13 @@ pub fn render_text(r: &EvaluationReport) -> String {
     s
 }
 
-fn render_value(s: &mut String, v: &ValueForecast) {
-    let _ = writeln!(
-        s,
-        "\nvalue model forecast of the {} days, {} customers:",
-        v.horizon_days, v.customers
-    );
-    let _ = writeln!(
-        s,
-        "{:<22} {:>8} {:>8} {:>15} {:>12}",
-        "", "MAE", "RMSE", "mean forecast", "mean actual"
-    );
-    for (name, e) in [
-        ("purchases", &v.purchases),
-        ("spend", &v.spend),
-        ("purchases (naive)", &v.naive_purchases),
-        ("spend (naive)", &v.naive_spend),
-    ]
-    .into_iter()
-    .chain(v.two_part_spend.as_ref().map(|e| ("spend (two-part)", e)))
-    {
-        let _ = writeln!(
-            s,
-            "{:<22} {:>8.4} {:>8.4} {:>15.4} {:>12.4}",
-            name, e.mae, e.rmse, e.mean_predicted, e.mean_actual
-        );
-    }
-    let _ = writeln!(
-        s,
-        "share of the window's spend by the top 10 % by expected spend: {:.3} (naive {:.3}, perfect ranking {:.3})",
-        v.top_decile_spend_share, v.naive_top_decile_spend_share, v.top_decile_spend_share_ceiling
-    );
-    if let Some(share) = v.two_part_top_decile_spend_share {
-        let _ = writeln!(
-            s,
-            "two-part spend (the churn model's P(purchase) x the value model's spend given one): top 10 % share {share:.3}"
-        );
-    }
-    let c = &v.p_alive_churn;
-    let _ = writeln!(
-        s,
-        "p_alive-based churn, 1 - p_alive * P(purchase | alive): expected calibration error {:.4}, Brier {:.4}, mean predicted {:.3}, observed {:.3}",
-        c.expected_calibration_error, c.brier_score, c.mean_predicted, c.observed_rate
-    );
-    for bin in &c.bins {
-        let _ = writeln!(
-            s,
-            "  {:.1}-{:.1}: {:>7} customers, predicted {:.3}, observed {:.3}",
-            bin.lower, bin.upper, bin.count, bin.mean_predicted, bin.observed_rate
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::EventKind;
     use crate::model::metrics::{expected_calibration_error, CalibrationBin};
     use crate::model::tests::recency_only_model_file;
+    use crate::model::value::{forecast, CustomerHistory};
     use crate::transactions::Transaction;
 
     const DAY: u32 = 86_400;
@@ -692,6 +592,11 @@ mod tests {
         assert!(want > 0.0);
         assert!((got.mean_predicted - want / 5.0).abs() < 1e-12, "{got:?}");
         assert!(render_text(&report).contains("spend (two-part)"));
+        let pooled = report.value.as_ref().unwrap().pooled_spend;
+        assert!(pooled.is_some_and(|e| e.mean_predicted > 0.0), "{pooled:?}");
+        assert!(render_text(&report).contains("spend (pooled)"));
+        // Without --baseline there is no textbook baseline.
+        assert!(report.value.as_ref().unwrap().textbook.is_none());
 
         // A format 1 model has no value report, and says so.
         let old = crate::model::tests::format_1_model_file();
@@ -885,6 +790,16 @@ mod tests {
         }
         // Recency separates those who stopped from those who did not.
         assert!(report.model.roc_auc > 0.7, "{}", report.model.roc_auc);
+        // Every order is worth 25: the textbook Gamma-Gamma has nothing to fit, and says so.
+        assert!(report.value.as_ref().unwrap().textbook.is_none());
+        assert!(
+            report
+                .baseline_errors
+                .iter()
+                .any(|e| e.starts_with("textbook BG/NBD x Gamma-Gamma: ")),
+            "{:?}",
+            report.baseline_errors
+        );
     }
 
     fn evaluation(roc_auc: f64, positives: usize, calibration: Vec<CalibrationBin>) -> Evaluation {

@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{CustomerHistory, ValueModel};
+use super::textbook::TextbookParams;
+use super::{CustomerHistory, SpendSummary, ValueModel};
+use crate::features::{FeatureVector, FEATURE_NAMES};
 use crate::model::metrics::{calibration, expected_calibration_error, CalibrationBin};
 
 /// One customer: what was forecast at the start of the window and what happened in it.
@@ -28,6 +30,18 @@ pub struct Outcome {
     /// The two-part spend forecast ([`two_part_spend`]) with the churn model's P(a purchase
     /// in the window); `None` when the churn model's horizon is not the window's.
     pub two_part_spend: Option<f64>,
+    /// The pooled two-part spend forecast ([`pooled_spend`]), beside the two-part one.
+    pub pooled_spend: Option<f64>,
+    /// The textbook baseline's forecast ([`super::textbook`]), when it was fitted.
+    pub textbook: Option<TextbookOutcome>,
+}
+
+/// The textbook BG/NBD × Gamma-Gamma's forecasts of one customer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TextbookOutcome {
+    pub spend: f64,
+    /// BG/NBD's P(no purchase in the window).
+    pub p_no_purchase: f64,
 }
 
 impl Outcome {
@@ -57,6 +71,8 @@ impl Outcome {
             naive_spend: naive_purchases * h.spend.mean,
             purchases,
             spend,
+            pooled_spend: None,
+            textbook: None,
         }
     }
 }
@@ -91,6 +107,51 @@ pub(crate) fn two_part_spend(
         1.0
     };
     p_buy.clamp(0.0, 1.0) * purchases_if_any * model.expected_order_value(h)
+}
+
+/// A second two-part candidate for `expected_spend_90d`, measured beside [`two_part_spend`]:
+/// the chance of a purchase pooled from both models, √(`p_buy` · BG/NBD's P(N ≥ 1)) (each
+/// alone leans one way: the churn model's gives the frequent buyers BG/NBD believes gone a
+/// large E[N | N ≥ 1], BG/NBD's own under-forecasts), and Gamma-Gamma's order value taken with
+/// `recent_mean`, the customer's decay-weighted mean order value ([`recent_mean_order_value`]),
+/// in place of the lifetime mean: recent orders say more about the next ones.
+pub(crate) fn pooled_spend(
+    model: &ValueModel,
+    h: &CustomerHistory,
+    horizon_days: f64,
+    p_buy: f64,
+    recent_mean: f64,
+) -> f64 {
+    let p_bgnbd = 1.0 - model.params().bgnbd.p_no_purchase(&h.repeat, horizon_days);
+    let recent = CustomerHistory {
+        spend: SpendSummary {
+            mean: recent_mean,
+            ..h.spend
+        },
+        ..*h
+    };
+    two_part_spend(
+        model,
+        &recent,
+        horizon_days,
+        (p_buy.clamp(0.0, 1.0) * p_bgnbd.clamp(0.0, 1.0)).sqrt(),
+    )
+}
+
+/// The mean order value with orders weighted by a 365-day half-life, read back from the
+/// feature vector (decayed spend ÷ decayed purchases; both decay alike, so the ratio is a
+/// weighted mean). 0 when the vector holds no purchase.
+pub(crate) fn recent_mean_order_value(x: &FeatureVector) -> f64 {
+    debug_assert_eq!(
+        [FEATURE_NAMES[8], FEATURE_NAMES[11]],
+        ["log_frequency_365d", "log_monetary_365d"]
+    );
+    let purchases = x[8].exp_m1();
+    if purchases > 0.0 {
+        (x[11].exp_m1() / purchases).max(0.0)
+    } else {
+        0.0
+    }
 }
 
 /// Mean absolute and root-mean-square error of a forecast, with the means beside them.
@@ -150,6 +211,25 @@ pub struct ValueForecast {
     pub two_part_spend: Option<ForecastError>,
     #[serde(default)]
     pub two_part_top_decile_spend_share: Option<f64>,
+    /// The pooled two-part forecast ([`pooled_spend`]), another candidate; `None` as above.
+    #[serde(default)]
+    pub pooled_spend: Option<ForecastError>,
+    #[serde(default)]
+    pub pooled_top_decile_spend_share: Option<f64>,
+    /// The baseline: BG/NBD × Gamma-Gamma as published, fitted on the same customers' whole
+    /// transaction histories (`churnd evaluate --baseline`).
+    #[serde(default)]
+    pub textbook: Option<TextbookForecast>,
+}
+
+/// The textbook BG/NBD × Gamma-Gamma's forecast quality over the same window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextbookForecast {
+    pub params: TextbookParams,
+    pub spend: ForecastError,
+    pub top_decile_spend_share: f64,
+    /// Its churn probability, 1 − p_alive · P(purchase | alive), as for the value model.
+    pub p_alive_churn: ChurnCalibration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,17 +243,50 @@ pub struct ChurnCalibration {
     pub bins: Vec<CalibrationBin>,
 }
 
-/// The report over every customer's outcome; `None` without customers.
-pub fn report(outcomes: &[Outcome], horizon_days: u32) -> Option<ValueForecast> {
+/// Calibration of P(no purchase in the window), `p`, against who did not buy.
+fn churn_calibration(p: &[f64], churned: &[bool]) -> ChurnCalibration {
+    let n = p.len().max(1) as f64;
+    let bins = calibration(p, churned);
+    ChurnCalibration {
+        expected_calibration_error: expected_calibration_error(&bins),
+        brier_score: p
+            .iter()
+            .zip(churned)
+            .map(|(p, &c)| (p - f64::from(u8::from(c))).powi(2))
+            .sum::<f64>()
+            / n,
+        mean_predicted: p.iter().sum::<f64>() / n,
+        observed_rate: churned.iter().filter(|&&c| c).count() as f64 / n,
+        bins,
+    }
+}
+
+/// The report over every customer's outcome; `None` without customers. The textbook
+/// baseline is reported when every outcome has its forecast, under `textbook`'s parameters.
+pub fn report(
+    outcomes: &[Outcome],
+    horizon_days: u32,
+    textbook: Option<TextbookParams>,
+) -> Option<ValueForecast> {
     if outcomes.is_empty() {
         return None;
     }
-    let n = outcomes.len() as f64;
     let p: Vec<f64> = outcomes.iter().map(|o| o.p_no_purchase).collect();
     let churned: Vec<bool> = outcomes.iter().map(|o| o.purchases == 0.0).collect();
-    let bins = calibration(&p, &churned);
-    let observed = churned.iter().filter(|&&c| c).count() as f64 / n;
     let two_part = outcomes.iter().all(|o| o.two_part_spend.is_some());
+    let pooled = outcomes.iter().all(|o| o.pooled_spend.is_some());
+    let textbook = textbook.and_then(|params| {
+        let t: Vec<TextbookOutcome> = outcomes.iter().map(|o| o.textbook).collect::<Option<_>>()?;
+        let p: Vec<f64> = t.iter().map(|t| t.p_no_purchase).collect();
+        Some(TextbookForecast {
+            params,
+            spend: ForecastError::of(t.iter().zip(outcomes).map(|(t, o)| (t.spend, o.spend))),
+            top_decile_spend_share: top_decile_share(outcomes, |o| {
+                o.textbook.map_or(0.0, |t| t.spend)
+            }),
+            p_alive_churn: churn_calibration(&p, &churned),
+        })
+    });
     Some(ValueForecast {
         customers: outcomes.len(),
         horizon_days,
@@ -185,18 +298,7 @@ pub fn report(outcomes: &[Outcome], horizon_days: u32) -> Option<ValueForecast> 
         spend: ForecastError::of(outcomes.iter().map(|o| (o.predicted_spend, o.spend))),
         top_decile_spend_share: top_decile_share(outcomes, |o| o.predicted_spend),
         top_decile_spend_share_ceiling: top_decile_share(outcomes, |o| o.spend),
-        p_alive_churn: ChurnCalibration {
-            expected_calibration_error: expected_calibration_error(&bins),
-            brier_score: p
-                .iter()
-                .zip(&churned)
-                .map(|(p, &c)| (p - f64::from(u8::from(c))).powi(2))
-                .sum::<f64>()
-                / n,
-            mean_predicted: p.iter().sum::<f64>() / n,
-            observed_rate: observed,
-            bins,
-        },
+        p_alive_churn: churn_calibration(&p, &churned),
         naive_purchases: ForecastError::of(
             outcomes.iter().map(|o| (o.naive_purchases, o.purchases)),
         ),
@@ -211,6 +313,16 @@ pub fn report(outcomes: &[Outcome], horizon_days: u32) -> Option<ValueForecast> 
         }),
         two_part_top_decile_spend_share: two_part
             .then(|| top_decile_share(outcomes, |o| o.two_part_spend.unwrap_or(0.0))),
+        pooled_spend: pooled.then(|| {
+            ForecastError::of(
+                outcomes
+                    .iter()
+                    .map(|o| (o.pooled_spend.unwrap_or(0.0), o.spend)),
+            )
+        }),
+        pooled_top_decile_spend_share: pooled
+            .then(|| top_decile_share(outcomes, |o| o.pooled_spend.unwrap_or(0.0))),
+        textbook,
     })
 }
 
@@ -246,6 +358,8 @@ mod tests {
             purchases,
             spend,
             two_part_spend: Some(predicted * 5.0),
+            pooled_spend: None,
+            textbook: None,
         }
     }
 
@@ -262,7 +376,7 @@ mod tests {
                 0.9,
             )
         }));
-        let r = report(&rows, 90).unwrap();
+        let r = report(&rows, 90, None).unwrap();
         assert_eq!(r.customers, 20);
         // Purchase errors: |2−3| + |1−0| + |0−1| = 3 over 20; squares 1 + 1 + 1.
         assert!((r.purchases.mae - 3.0 / 20.0).abs() < 1e-15);
@@ -287,10 +401,10 @@ mod tests {
         assert!((r.two_part_top_decile_spend_share.unwrap() - 60.0 / 90.0).abs() < 1e-15);
         let mut without = rows.clone();
         without[3].two_part_spend = None;
-        assert_eq!(report(&without, 90).unwrap().two_part_spend, None);
+        assert_eq!(report(&without, 90, None).unwrap().two_part_spend, None);
         // Naive forecasts of zero: errors are the actual values.
         assert!((r.naive_purchases.mae - 4.0 / 20.0).abs() < 1e-15);
-        assert_eq!(report(&[], 90), None);
+        assert_eq!(report(&[], 90, None), None);
     }
 
     #[test]
@@ -341,9 +455,60 @@ mod tests {
     }
 
     #[test]
+    fn pooled_spend_follows_its_definition() {
+        use crate::model::bgnbd::RepeatSummary;
+        use crate::model::value::tests::cdnow_like;
+        let model = ValueModel::new(cdnow_like()).unwrap();
+        let b = &cdnow_like().bgnbd;
+        let h = CustomerHistory {
+            repeat: RepeatSummary {
+                x: 4.0,
+                t_x: 150.0,
+                t: 200.0,
+            },
+            spend: SpendSummary {
+                orders: 5.0,
+                mean: 30.0,
+            },
+        };
+        let p_bgnbd = 1.0 - b.p_no_purchase(&h.repeat, 90.0);
+        let recent = CustomerHistory {
+            spend: SpendSummary {
+                orders: 5.0,
+                mean: 50.0,
+            },
+            ..h
+        };
+        let want = two_part_spend(&model, &recent, 90.0, (0.4 * p_bgnbd).sqrt());
+        let got = pooled_spend(&model, &h, 90.0, 0.4, 50.0);
+        assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        // Agreeing models pool to BG/NBD × Gamma-Gamma at the recent mean.
+        let same = pooled_spend(&model, &h, 90.0, p_bgnbd, 50.0);
+        let order = model.expected_order_value(&recent);
+        let n = b.expected_purchases(&h.repeat, 90.0);
+        assert!((same - n * order).abs() < 1e-9 * n * order, "{same}");
+        assert_eq!(pooled_spend(&model, &h, 90.0, 0.0, 50.0), 0.0);
+    }
+
+    #[test]
+    fn the_recent_mean_order_value_weights_recent_orders_more() {
+        use crate::event::{Event, EventKind};
+        use crate::features::CustomerFeatures;
+        let day = 86_400;
+        let mut f = CustomerFeatures::default();
+        // 10 a year before now, 40 today: weights 1/2 and 1.
+        f.apply(&Event::new("c", EventKind::Purchase, 10.0, 1_000_000_000));
+        let now = 1_000_000_000 + 365 * day;
+        f.apply(&Event::new("c", EventKind::Purchase, 40.0, now));
+        let got = recent_mean_order_value(&f.vector(now).unwrap());
+        let want = (0.5 * 10.0 + 40.0) / 1.5;
+        assert!((got - want).abs() < 1e-3 * want, "{got} vs {want}");
+    }
+
+    #[test]
     fn nobody_spending_gives_a_share_of_zero() {
         let rows: Vec<Outcome> = (0..5).map(|_| outcome(1.0, 0.0, 0.0, 0.5)).collect();
-        let r = report(&rows, 30).unwrap();
+        let r = report(&rows, 30, None).unwrap();
         assert_eq!(r.top_decile_spend_share, 0.0);
         assert!(r.spend.mae.is_finite());
     }

@@ -46,6 +46,7 @@ pub(crate) mod gamma_gamma;
 pub(crate) mod purchases;
 #[cfg(test)]
 mod reference_tests;
+pub(crate) mod textbook;
 
 use serde::{Deserialize, Serialize};
 
