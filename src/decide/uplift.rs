@@ -387,13 +387,19 @@ mod tests {
         );
         // Plenty treated, too few held out in all arms together.
         b.set(coupon.clone(), outcomes(10_000, 0.2, 60, 0.1));
-        b.set(arm("call", Segment::ImportantWinback), outcomes(500, 0.2, 39, 0.1));
+        b.set(
+            arm("call", Segment::ImportantWinback),
+            outcomes(500, 0.2, 39, 0.1),
+        );
         assert_eq!(
             b.effect(&coupon, 0.8, 1, 1),
             Draw::Chance(Effect::StandIn(0.8))
         );
         // One more control outcome: the kind is measured, every arm learns.
-        b.set(arm("call", Segment::ImportantWinback), outcomes(500, 0.2, 40, 0.1));
+        b.set(
+            arm("call", Segment::ImportantWinback),
+            outcomes(500, 0.2, 40, 0.1),
+        );
         assert!(matches!(
             b.effect(&coupon, 0.8, 1, 1),
             Draw::Chance(Effect::Learned(_)) | Draw::NoLift(_)
@@ -415,8 +421,14 @@ mod tests {
         assert!(mean(&bad) < 0.15, "useless: {}", mean(&bad));
         // About half the days the useless arm's lift is drawn at or below zero.
         let none = bad.iter().filter(|m| **m == 0.0).count();
-        assert!((120..280).contains(&none), "{none} of 400 days without lift");
-        assert!(good.iter().all(|m| *m > 1.0), "the working arm always beats the pooled lift here");
+        assert!(
+            (120..280).contains(&none),
+            "{none} of 400 days without lift"
+        );
+        assert!(
+            good.iter().all(|m| *m > 1.0),
+            "the working arm always beats the pooled lift here"
+        );
     }
 
     #[test]
@@ -424,8 +436,14 @@ mod tests {
         let mut b = book(100, 0.0);
         // Two large arms that differ (20 and 0 points), so that arms do differ, and two
         // small ones measured at 40 points: one of 30 outcomes a group, one of 3,000.
-        b.set(arm("coupon", Segment::GeneralValue), outcomes(3_000, 0.3, 3_000, 0.1));
-        b.set(arm("coupon", Segment::GeneralWinback), outcomes(3_000, 0.1, 3_000, 0.1));
+        b.set(
+            arm("coupon", Segment::GeneralValue),
+            outcomes(3_000, 0.3, 3_000, 0.1),
+        );
+        b.set(
+            arm("coupon", Segment::GeneralWinback),
+            outcomes(3_000, 0.1, 3_000, 0.1),
+        );
         let small = arm("call", Segment::ImportantValue);
         let large = arm("call", Segment::ImportantWinback);
         b.set(small.clone(), outcomes(30, 0.5, 30, 0.1));
@@ -438,14 +456,20 @@ mod tests {
         // An arm never measured draws from the prior: the pooled lift on average.
         let never = lift(&arm("email_reminder", Segment::GeneralValue));
         let pooled = b.prior(TaskKind::Winback).expect("measured").mean;
-        assert!((never - pooled).abs() < 0.03, "unmeasured {never} against pooled {pooled}");
+        assert!(
+            (never - pooled).abs() < 0.03,
+            "unmeasured {never} against pooled {pooled}"
+        );
     }
 
     #[test]
     fn arms_that_differ_no_more_than_noise_share_the_pooled_lift() {
         let same: Vec<ArmOutcomes> = (0..6).map(|_| outcomes(500, 0.2, 500, 0.1)).collect();
         assert_eq!(between_arms(&same), 0.0);
-        let apart = [outcomes(5_000, 0.3, 5_000, 0.1), outcomes(5_000, 0.1, 5_000, 0.1)];
+        let apart = [
+            outcomes(5_000, 0.3, 5_000, 0.1),
+            outcomes(5_000, 0.1, 5_000, 0.1),
+        ];
         // Lifts of 20 and 0 points: a spread of about 10 points each side.
         let spread = between_arms(&apart).sqrt();
         assert!((spread - 0.14).abs() < 0.02, "{spread}");
@@ -456,7 +480,10 @@ mod tests {
         let mut b = book(100, 0.0);
         let coupon = arm("coupon", Segment::GeneralValue);
         b.set(coupon.clone(), outcomes(400, 0.25, 400, 0.1));
-        b.set(arm("call", Segment::ImportantValue), outcomes(400, 0.15, 400, 0.1));
+        b.set(
+            arm("call", Segment::ImportantValue),
+            outcomes(400, 0.15, 400, 0.1),
+        );
         let chance = |p: f64, day, seed| match b.effect(&coupon, p, day, seed) {
             Draw::Chance(e) => e.chance(),
             Draw::NoLift(_) => 0.0,
@@ -465,14 +492,25 @@ mod tests {
             let (low, high) = (chance(0.6, day, 1), chance(0.9, day, 2));
             assert!((high - low * 1.5).abs() < 1e-12, "day {day}: {low} {high}");
         }
-        assert_ne!(chance(0.6, 1, 1), chance(0.6, 2, 1), "another day, another draw");
-        assert_eq!(chance(0.6, 7, 1), chance(0.6, 7, 1), "the same day, the same draw");
+        assert_ne!(
+            chance(0.6, 1, 1),
+            chance(0.6, 2, 1),
+            "another day, another draw"
+        );
+        assert_eq!(
+            chance(0.6, 7, 1),
+            chance(0.6, 7, 1),
+            "the same day, the same draw"
+        );
     }
 
     #[test]
     fn the_exploration_floor_keeps_its_share_on_the_stand_in() {
         let mut b = book(100, 0.1);
-        b.set(arm("coupon", Segment::GeneralValue), outcomes(1_000, 0.1, 1_000, 0.1));
+        b.set(
+            arm("coupon", Segment::GeneralValue),
+            outcomes(1_000, 0.1, 1_000, 0.1),
+        );
         let explored = (0..20_000)
             .filter(|&seed| {
                 b.effect(&arm("coupon", Segment::GeneralValue), 0.7, 3, seed)
@@ -486,9 +524,18 @@ mod tests {
     #[test]
     fn entries_come_out_in_a_stable_order_and_rebuild_the_same_book() {
         let mut b = book(100, 0.1);
-        b.set(arm("coupon", Segment::GeneralValue), outcomes(10, 0.1, 10, 0.1));
-        b.set(arm("call", Segment::ImportantValue), outcomes(20, 0.1, 10, 0.1));
-        b.set(arm("call", Segment::GeneralValue), outcomes(30, 0.1, 10, 0.1));
+        b.set(
+            arm("coupon", Segment::GeneralValue),
+            outcomes(10, 0.1, 10, 0.1),
+        );
+        b.set(
+            arm("call", Segment::ImportantValue),
+            outcomes(20, 0.1, 10, 0.1),
+        );
+        b.set(
+            arm("call", Segment::GeneralValue),
+            outcomes(30, 0.1, 10, 0.1),
+        );
         let entries = b.entries();
         let names: Vec<_> = entries
             .iter()
@@ -496,7 +543,11 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["call/important_value", "call/general_value", "coupon/general_value"]
+            [
+                "call/important_value",
+                "call/general_value",
+                "coupon/general_value"
+            ]
         );
         let mut again = book(100, 0.1);
         entries.into_iter().for_each(|(a, o)| again.set(a, o));

@@ -569,7 +569,11 @@ mod tests {
             .filter(|(effect, _)| *effect == "learned")
             .map(|(_, p)| p / 160.0)
             .collect();
-        assert!((300..390).contains(&learned.len()), "{} learned", learned.len());
+        assert!(
+            (300..390).contains(&learned.len()),
+            "{} learned",
+            learned.len()
+        );
         assert!(learned.iter().all(|m| *m == learned[0]), "one draw a day");
         assert!((learned[0] - 1.0).abs() < 0.3, "multiplier {}", learned[0]);
         // Nothing, where general_retention gains 20 points: only the exploration floor gets
