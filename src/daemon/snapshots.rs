@@ -108,8 +108,9 @@ impl Snapshotter {
         at_shutdown: bool,
     ) {
         let started = Instant::now();
-        let version = engine.state_version();
+        // The version after the capture began: beginning takes a book offered since.
         let (header, size) = engine.begin_snapshot();
+        let version = engine.state_version();
         let begin = Job::Begin {
             header: Box::new(header),
             version,

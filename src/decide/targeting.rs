@@ -76,6 +76,11 @@ impl Targeting {
         }
     }
 
+    /// Whether a book waits for [`Self::adopt`].
+    pub fn offered(&self) -> bool {
+        self.offered.is_some()
+    }
+
     /// The book decisions are made with.
     pub fn book(&self) -> &Arc<UpliftBook> {
         &self.book
