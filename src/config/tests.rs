@@ -469,7 +469,7 @@ exploration = 1.5
     let err = load_with(Some(file), &[]).unwrap_err();
     for expected in [
         "FILE: winback.learn.exploration (1.5) must be between 0 and 1",
-        "FILE: winback.learn.min_outcomes (0) must be 1 or more: outcomes each group of an action × segment needs before its measured lift steers tasks",
+        "FILE: winback.learn.min_outcomes (0) must be 1 or more: outcomes win-back needs in each group, all actions × segments together, before measured lift steers tasks",
     ] {
         assert!(
             err.lines().any(|line| line == format!("  - {expected}")),

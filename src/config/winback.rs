@@ -85,7 +85,7 @@ impl Section for WinbackSettings {
         if self.learn.min_outcomes == 0 {
             problems.push(Problem::new(
                 "winback.learn.min_outcomes",
-                "(0) must be 1 or more: outcomes each group of an action × segment needs before its measured lift steers tasks",
+                "(0) must be 1 or more: outcomes win-back needs in each group, all actions × segments together, before measured lift steers tasks",
             ));
         }
         problems.extend(self.budget_problems());

@@ -181,11 +181,17 @@ async fn run(mut engine: Partitioned, mut ch: Channels, durability: Durability, 
                 tracing::info!(version = model.version(), "serving the reloaded model");
                 engine.set_model(model);
             }
-            // Between batches: an Arc swap, no lock on the path of events.
+            // Between batches: an Arc swap, no lock on the path of events. With snapshots
+            // on, the next snapshot takes the book and records it, so that a replay from it
+            // decides with the same one.
             Ok(()) = ch.uplift.changed() => {
                 let book = ch.uplift.borrow_and_update().clone();
-                tracing::debug!(arms = book.arms(), "deciding with the lift measured so far");
-                engine.set_uplift(book);
+                tracing::debug!(arms = book.arms(), "the lift measured so far");
+                if snapshotter.is_some() {
+                    engine.offer_uplift(book);
+                } else {
+                    engine.set_uplift(book);
+                }
             }
             batch = ch.batches.recv() => {
                 let Some(batch) = batch else { break };

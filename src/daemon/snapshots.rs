@@ -149,8 +149,9 @@ impl Snapshotter {
             .iter()
             .map(|&partition| {
                 let engine = &mut engines[partition];
-                let version = engine.state_version();
+                // The version after the capture began: beginning takes a book offered since.
                 let (header, size) = engine.begin_snapshot();
+                let version = engine.state_version();
                 Capture {
                     partition,
                     header,

@@ -2,25 +2,25 @@
 //! `winback.policy`.
 //!
 //! - `learned` (the default): the chance is the arm's [`Effect`] from the [`UpliftBook`]:
-//!   the churn probability as a stand-in until the arm (win-back × action × segment) has
-//!   `winback.learn.min_outcomes` outcomes in each group, then a Thompson draw from its lift
-//!   posterior, except for the exploration floor. A learned draw whose value (draw × value)
-//!   does not cover the action's cost raises no task: the budget goes to candidates whose
-//!   action works for them.
+//!   the churn probability (the stand-in) until win-back as a whole has
+//!   `winback.learn.min_outcomes` outcomes in each group, then the stand-in × the lift drawn
+//!   for the arm (win-back × action × segment) that day relative to win-back's pooled lift,
+//!   except for the exploration floor. An arm whose lift is drawn at or below zero raises no
+//!   task that day: the budget goes to candidates whose action works for them.
 //! - `playbook`: the churn probability, always (churnd before learning).
 //! - `random`: candidates are admitted in a random order, the benchmark's baseline: the
 //!   priority is a pseudo-random number drawn from the task ID, whatever the value.
 //!
-//! Every draw is seeded by the task's deterministic ID, so a replay decides as the first run
-//! did, given the same book. Pure: the engine owns the book and swaps in a newer one between
-//! batches ([`Targeting::set_book`]).
+//! Every draw is seeded by the arm and day or by the task's deterministic ID, so a replay
+//! decides as the first run did, given the same book. Pure: the engine owns the book and
+//! swaps in a newer one at a snapshot's capture ([`Targeting::offer`], [`Targeting::adopt`]).
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::task::TaskKind;
-use super::uplift::{Arm, Effect, UpliftBook};
+use super::uplift::{Arm, Draw, Effect, UpliftBook};
 use crate::classify::Segment;
 
 /// `winback.policy`: where the chance in a win-back candidate's priority comes from.
@@ -47,11 +47,12 @@ impl WinbackPolicy {
     }
 }
 
-/// The book the engine decides with, and what it skipped for want of lift since the last
-/// [`Targeting::take_skipped`].
+/// The book the engine decides with, a newer one waiting to be taken, and what it skipped
+/// for want of lift since the last [`Targeting::take_skipped`].
 #[derive(Debug, Clone, Default)]
 pub struct Targeting {
     book: Arc<UpliftBook>,
+    offered: Option<Arc<UpliftBook>>,
     no_lift: u64,
 }
 
@@ -59,6 +60,30 @@ impl Targeting {
     /// Decides with `book` from now on (the lift task rebuilt it from the outcome stream).
     pub fn set_book(&mut self, book: Arc<UpliftBook>) {
         self.book = book;
+        self.offered = None;
+    }
+
+    /// Keeps `book` until [`Self::adopt`]: the engine takes a new book only where a snapshot
+    /// records it, so that a replay from that snapshot decides with the same one.
+    pub fn offer(&mut self, book: Arc<UpliftBook>) {
+        self.offered = Some(book);
+    }
+
+    /// Decides with the book last offered, if any, from now on.
+    pub fn adopt(&mut self) {
+        if let Some(book) = self.offered.take() {
+            self.book = book;
+        }
+    }
+
+    /// Whether a book waits for [`Self::adopt`].
+    pub fn offered(&self) -> bool {
+        self.offered.is_some()
+    }
+
+    /// The book decisions are made with.
+    pub fn book(&self) -> &Arc<UpliftBook> {
+        &self.book
     }
 
     /// Candidates skipped because their learned lift did not cover the action's cost, since
@@ -73,8 +98,8 @@ impl Targeting {
 pub(crate) enum Target {
     /// A candidate at `priority`, the chance from `effect`.
     Candidate { priority: f64, effect: Effect },
-    /// The learned lift does not pay for the action: no task.
-    NoLift(Effect),
+    /// The action's lift was drawn at or below zero for the candidate's segment: no task.
+    NoLift,
 }
 
 /// One win-back candidate, as targeting sees it.
@@ -86,8 +111,8 @@ pub(crate) struct Candidate<'a> {
     pub probability: f64,
     /// What the customer is worth if they stay (`clv_365d`, or spend over the last year).
     pub value: f64,
-    /// What one task of the action costs (0 when the action has no budget).
-    pub cost: f64,
+    /// Days since the epoch by churnd's clock: the day an arm's lift is drawn for.
+    pub day: u32,
     /// The task's deterministic ID (32 hex digits): the seed of every draw.
     pub task_id: &'a str,
 }
@@ -113,15 +138,15 @@ impl WinbackPolicy {
                     action: c.action.clone(),
                     segment: c.segment,
                 };
-                targeting.book.effect(&arm, c.probability, high)
+                match targeting.book.effect(&arm, c.probability, c.day, high) {
+                    Draw::Chance(effect) => effect,
+                    Draw::NoLift(_) => {
+                        targeting.no_lift += 1;
+                        return Target::NoLift;
+                    }
+                }
             }
         };
-        if let Effect::Learned(lift) = effect {
-            if lift <= 0.0 || lift * c.value <= c.cost {
-                targeting.no_lift += 1;
-                return Target::NoLift(effect);
-            }
-        }
         Target::Candidate {
             priority: c.value * effect.chance(),
             effect,
@@ -161,7 +186,7 @@ mod tests {
             segment,
             probability: 0.8,
             value: 100.0,
-            cost: 5.0,
+            day: 9_862,
             task_id,
         }
     }
@@ -173,10 +198,10 @@ mod tests {
     }
 
     /// A book where coupons lift general_winback by 20 points and do nothing for
-    /// important_winback, 2,000 outcomes per group each.
-    fn measured() -> Targeting {
+    /// important_winback, 2,000 outcomes per group each: win-back's pooled lift is 10 points.
+    fn book(min_outcomes: u64) -> UpliftBook {
         let mut book = UpliftBook::new(LearnSettings {
-            min_outcomes: 200,
+            min_outcomes,
             exploration: 0.1,
         });
         let arm = |segment| Arm {
@@ -202,8 +227,12 @@ mod tests {
                 control_converted: 200,
             },
         );
+        book
+    }
+
+    fn measured() -> Targeting {
         let mut t = Targeting::default();
-        t.set_book(Arc::new(book));
+        t.set_book(Arc::new(book(200)));
         t
     }
 
@@ -226,82 +255,81 @@ mod tests {
     }
 
     #[test]
-    fn learned_equals_the_playbook_until_an_arm_is_measured() {
-        let mut t = measured();
+    fn learned_equals_the_playbook_until_win_back_is_measured() {
         let action = coupon();
         let id = &ids(1)[0];
-        // No outcomes for coupons in general_retention: the stand-in.
-        let got = WinbackPolicy::Learned
-            .target(&candidate(&action, Segment::GeneralRetention, id), &mut t);
+        let playbook = WinbackPolicy::Playbook.target(
+            &candidate(&action, Segment::GeneralWinback, id),
+            &mut Targeting::default(),
+        );
         assert_eq!(
-            got,
+            playbook,
             Target::Candidate {
                 priority: 80.0,
                 effect: Effect::StandIn(0.8)
             }
         );
-        // Nor with an empty book.
-        let got = WinbackPolicy::Learned.target(
-            &candidate(&action, Segment::GeneralWinback, id),
-            &mut Targeting::default(),
-        );
-        assert_eq!(
-            got,
-            WinbackPolicy::Playbook
-                .target(&candidate(&action, Segment::GeneralWinback, id), &mut t)
-        );
+        // An empty book, and one with fewer than min_outcomes in each group in all.
+        for book in [UpliftBook::default(), book(4_001)] {
+            let mut t = Targeting::default();
+            t.set_book(Arc::new(book));
+            for segment in [Segment::GeneralWinback, Segment::GeneralRetention] {
+                let got = WinbackPolicy::Learned.target(&candidate(&action, segment, id), &mut t);
+                assert_eq!(got, playbook);
+            }
+        }
     }
 
     #[test]
-    fn learned_priorities_follow_the_lift_and_skip_what_does_not_pay() {
+    fn learned_priorities_follow_the_lift_and_skip_days_drawn_without_it() {
         let mut t = measured();
         let action = coupon();
-        let ids = ids(2_000);
-        let mut works = (0u32, 0.0);
-        let mut useless = 0u32;
-        for id in &ids {
-            match WinbackPolicy::Learned
-                .target(&candidate(&action, Segment::GeneralWinback, id), &mut t)
-            {
-                Target::Candidate {
-                    priority,
-                    effect: Effect::Learned(lift),
-                } => {
-                    assert!((priority - 100.0 * lift).abs() < 1e-9);
-                    works.0 += 1;
-                    works.1 += lift;
+        let id = &ids(4)[3];
+        let (mut works, mut useless) = (Vec::new(), Vec::new());
+        let mut skipped = 0;
+        for day in 9_000..9_400 {
+            for (segment, seen) in [
+                (Segment::GeneralWinback, &mut works),
+                (Segment::ImportantWinback, &mut useless),
+            ] {
+                let c = Candidate {
+                    day,
+                    ..candidate(&action, segment, id)
+                };
+                match WinbackPolicy::Learned.target(&c, &mut t) {
+                    Target::Candidate {
+                        priority,
+                        effect: Effect::Learned(chance),
+                    } => {
+                        assert!((priority - 100.0 * chance).abs() < 1e-9);
+                        seen.push(priority);
+                    }
+                    Target::NoLift => {
+                        skipped += 1;
+                        seen.push(0.0);
+                    }
+                    other => panic!("this task is not in the exploration share: {other:?}"),
                 }
-                Target::Candidate {
-                    effect: Effect::Explored(p),
-                    ..
-                } => assert_eq!(p, 0.8),
-                other => panic!("coupons work in general_winback: {other:?}"),
             }
         }
-        assert_eq!(
-            t.take_skipped(),
-            0,
-            "a 20-point lift pays a cost of 5 at 100"
-        );
-        let mean = works.1 / f64::from(works.0);
-        assert!((mean - 0.2).abs() < 0.01, "mean learned lift {mean}");
-        for id in &ids {
-            if let Target::Candidate { effect, .. } = WinbackPolicy::Learned
-                .target(&candidate(&action, Segment::ImportantWinback, id), &mut t)
-            {
-                assert!(
-                    matches!(effect, Effect::Explored(_)) || effect.chance() * 100.0 > 5.0,
-                    "{effect:?}"
-                );
-                useless += 1;
-            }
-        }
-        // The exploration floor (10 %) and a tail of the posterior (sd 1.3 points: 5 points
-        // above 0 is beyond 3.5 sd) keep a few; the rest are skipped and counted.
-        let kept = f64::from(useless) / ids.len() as f64;
-        assert!((0.07..0.13).contains(&kept), "kept {kept}");
-        assert_eq!(t.take_skipped(), ids.len() as u64 - u64::from(useless));
+        assert_eq!(t.take_skipped(), skipped);
         assert_eq!(t.take_skipped(), 0, "taken");
+        let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len() as f64;
+        // Twice win-back's pooled lift: twice the playbook's priority of 80.
+        assert!((mean(&works) - 160.0).abs() < 8.0, "{}", mean(&works));
+        assert!(mean(&useless) < 10.0, "{}", mean(&useless));
+        assert!(works.iter().all(|p| *p > 80.0));
+    }
+
+    #[test]
+    fn a_book_offered_is_decided_with_once_adopted() {
+        let mut t = Targeting::default();
+        t.offer(Arc::new(book(200)));
+        assert_eq!(t.book().arms(), 0, "not before adopt");
+        t.adopt();
+        assert_eq!(t.book().arms(), 2);
+        t.adopt();
+        assert_eq!(t.book().arms(), 2, "nothing new offered");
     }
 
     #[test]

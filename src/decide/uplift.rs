@@ -1,31 +1,46 @@
-//! Learning where actions work: Thompson sampling over the lift each action has shown.
+//! Learning where actions work: Thompson sampling over the lift each action has shown, each
+//! arm's lift shrunk towards what the whole kind has shown.
 //!
 //! A task's priority is the value at stake × the chance that the action changes the outcome.
-//! Until an action has been measured, that chance has only a stand-in (the churn
-//! probability: a customer who will come back anyway gains nothing from a coupon, but which
-//! ones those are is unknown). Once an *arm* (task kind × action × segment) has enough
-//! outcomes in both its treatment and its control group, the chance is drawn instead from
-//! the posterior of its lift: the conversion rate of the treated minus that of the held-out,
-//! each a Beta posterior from a uniform prior.
+//! Before anything is measured that chance has only a stand-in, the churn probability (a
+//! customer who will come back anyway gains nothing from a coupon, but which ones those are
+//! is unknown). Outcomes measure the lift of an *arm* (task kind × action × segment): the
+//! conversion rate of the treated minus that of the held-out. They do not measure how lift
+//! varies between the customers of one arm, so the stand-in keeps ordering those; what the
+//! outcomes change is the weight of each arm: the stand-in × the arm's lift relative to the
+//! kind's pooled lift. An arm whose lift is twice the kind's gets its candidates' priorities
+//! doubled, one that does nothing sees them fall to nothing. Keeping the stand-in's scale
+//! (the multiplier is 1 on average) lets measured and unmeasured arms compete for one budget
+//! on the same footing, and keeps the budget pacer's picture of priorities steady when
+//! learning starts.
+//!
+//! Each arm's lift has a normal posterior whose prior is the kind's (empirical Bayes, as in
+//! a random-effects meta-analysis): centred on the pooled lift, spread as much as the arms'
+//! measured lifts differ beyond their noise (DerSimonian and Laird's moment estimate). An arm
+//! with few outcomes stays near the pooled lift, one with many follows its own; no arm needs
+//! a minimum of outcomes of its own, and an arm never measured draws from the prior. Only the
+//! kind as a whole needs [`LearnSettings::min_outcomes`] in each group before its lift is
+//! trusted at all: until then the stand-in alone decides, as the playbook does.
 //!
 //! Drawing rather than taking the mean is Thompson sampling (Russo et al., "A Tutorial on
 //! Thompson Sampling", 2018): an arm whose lift is still uncertain is sometimes drawn high
 //! and keeps being tried, one that surely does nothing is drawn near or below zero and loses
-//! its budget to the arms that work. Because budget pacing ranks candidates by priority, an
-//! arm's share of the budget follows its posterior without any allocation step of its own.
-//! The exploration floor keeps a share of every arm's candidates on the stand-in whatever the
-//! posterior says, so that the measurement never stops: an action that stopped working, or
-//! started to, is seen.
+//! its budget to the arms that work. The draw is one per arm and day, so that the
+//! candidates of one arm keep the stand-in's order among themselves (a draw per candidate
+//! would shuffle them at random). The exploration floor keeps a share of every arm's
+//! candidates on the stand-in alone whatever the posterior says, so that the measurement
+//! never stops: an action that stopped working, or started to, is seen.
 //!
-//! The draw is seeded by the caller (from the task's deterministic ID), so a replay after a
-//! restart decides as the first run did, given the same outcomes.
+//! Draws are seeded by the arm and the day, the exploration share by the task's
+//! deterministic ID, so a replay after a restart decides as the first run did, given the
+//! same book.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::{Beta, Distribution};
+use rand_distr::{Distribution, Normal};
 
 use super::task::TaskKind;
 use crate::classify::Segment;
@@ -41,20 +56,35 @@ pub struct ArmOutcomes {
 }
 
 impl ArmOutcomes {
-    /// Outcomes of the smaller group: what limits how well the lift is known.
-    fn fewest(&self) -> u64 {
-        self.treated.min(self.control)
-    }
-
-    /// The posterior mean of the lift, for reports.
+    /// The posterior mean of the lift (each rate a Beta posterior from a uniform prior).
     pub fn mean_lift(&self) -> f64 {
         beta_mean(self.treated_converted, self.treated)
             - beta_mean(self.control_converted, self.control)
+    }
+
+    /// The variance of that lift: the two groups' posterior variances.
+    fn lift_variance(&self) -> f64 {
+        beta_variance(self.treated_converted, self.treated)
+            + beta_variance(self.control_converted, self.control)
+    }
+
+    fn add(&mut self, o: &ArmOutcomes) {
+        self.treated += o.treated;
+        self.treated_converted += o.treated_converted;
+        self.control += o.control;
+        self.control_converted += o.control_converted;
     }
 }
 
 fn beta_mean(converted: u64, n: u64) -> f64 {
     (converted as f64 + 1.0) / (n as f64 + 2.0)
+}
+
+/// The variance of Beta(1 + converted, 1 + n − converted).
+fn beta_variance(converted: u64, n: u64) -> f64 {
+    let a = converted as f64 + 1.0;
+    let b = n.saturating_sub(converted) as f64 + 1.0;
+    a * b / ((a + b).powi(2) * (a + b + 1.0))
 }
 
 /// One arm: what the lift is measured for.
@@ -68,16 +98,17 @@ pub struct Arm {
 /// How the chance of an effect is learned (`[winback.learn]`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct LearnSettings {
-    /// Outcomes each group of an arm needs before its posterior replaces the stand-in.
+    /// Outcomes the kind needs in each group, all its arms together, before measured lift
+    /// steers its tasks at all.
     pub min_outcomes: u64,
-    /// The share of a learned arm's candidates that keep the stand-in (0 to 1).
+    /// The share of candidates that keep the stand-in alone, whatever was measured (0 to 1).
     pub exploration: f64,
 }
 
 impl Default for LearnSettings {
     fn default() -> Self {
         Self {
-            min_outcomes: 200,
+            min_outcomes: 100,
             exploration: 0.1,
         }
     }
@@ -89,9 +120,10 @@ impl Default for LearnSettings {
 pub enum Effect {
     /// Not enough outcomes yet: the stand-in.
     StandIn(f64),
-    /// A draw from the arm's lift posterior (may be zero or below: no budget then).
+    /// The stand-in × the arm's drawn lift relative to the kind's (positive: a draw at or
+    /// below zero raises no task, see [`Draw::NoLift`]).
     Learned(f64),
-    /// The arm is learned, but this candidate fell in the exploration floor: the stand-in.
+    /// Measured, but this candidate fell in the exploration floor: the stand-in.
     Explored(f64),
     /// `winback.policy = random`: a uniform draw from the task ID (0 to 1) that orders the
     /// candidates, whatever their value.
@@ -116,11 +148,45 @@ impl Effect {
     }
 }
 
+/// What the book makes of a candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Draw {
+    /// The chance to rank the candidate by.
+    Chance(Effect),
+    /// The arm's lift was drawn at or below zero today: the action is taken to do nothing
+    /// for this candidate (the value of the draw).
+    NoLift(f64),
+}
+
+/// A kind's prior on its arms' lifts: what all its outcomes together say.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Prior {
+    /// The pooled lift.
+    mean: f64,
+    /// How far an arm's true lift may lie from it: the spread between arms plus the pooled
+    /// lift's own uncertainty.
+    variance: f64,
+    /// What a lift is measured against for the multiplier: the pooled lift, or its standard
+    /// error when the pooled lift is not clearly above zero.
+    scale: f64,
+    /// The kind has `min_outcomes` in each group.
+    trusted: bool,
+}
+
 /// The outcomes measured so far, per arm.
 #[derive(Debug, Clone, Default)]
 pub struct UpliftBook {
     settings: LearnSettings,
     arms: HashMap<Arm, ArmOutcomes>,
+    /// Each kind's prior, worked out at the first decision after a change.
+    priors: OnceLock<HashMap<TaskKind, Prior>>,
+}
+
+impl PartialEq for UpliftBook {
+    /// Same settings and outcomes (the priors follow from them).
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings && self.arms == other.arms
+    }
 }
 
 impl UpliftBook {
@@ -128,12 +194,14 @@ impl UpliftBook {
         Self {
             settings,
             arms: HashMap::new(),
+            priors: OnceLock::new(),
         }
     }
 
     /// Replaces an arm's outcomes (the lift aggregates are rebuilt from the outcome stream).
     pub fn set(&mut self, arm: Arm, outcomes: ArmOutcomes) {
         self.arms.insert(arm, outcomes);
+        self.priors = OnceLock::new();
     }
 
     /// Arms with outcomes.
@@ -141,73 +209,139 @@ impl UpliftBook {
         self.arms.len()
     }
 
+    /// Every arm with its outcomes, in a stable order (for a snapshot).
+    pub fn entries(&self) -> Vec<(Arm, ArmOutcomes)> {
+        let mut all: Vec<_> = self.arms.iter().map(|(a, o)| (a.clone(), *o)).collect();
+        all.sort_by(|(a, _), (b, _)| {
+            (a.kind.as_str(), &a.action, a.segment.index()).cmp(&(
+                b.kind.as_str(),
+                &b.action,
+                b.segment.index(),
+            ))
+        });
+        all
+    }
+
+    /// The same outcomes decided on under other settings (a restore under new settings).
+    pub fn with_settings(&self, settings: LearnSettings) -> Self {
+        Self {
+            settings,
+            arms: self.arms.clone(),
+            priors: OnceLock::new(),
+        }
+    }
+
     pub fn outcomes(&self, arm: &Arm) -> ArmOutcomes {
         self.arms.get(arm).copied().unwrap_or_default()
     }
 
-    /// The chance that `arm`'s action changes this candidate's outcome: `stand_in` until the
-    /// arm is measured, then a draw from its lift posterior seeded by `seed`.
-    pub fn effect(&self, arm: &Arm, stand_in: f64, seed: u64) -> Effect {
-        let o = self.outcomes(arm);
-        if o.fewest() < self.settings.min_outcomes {
-            return Effect::StandIn(stand_in);
-        }
-        let mut rng = SmallRng::seed_from_u64(seed);
-        if rng.random::<f64>() < self.settings.exploration {
-            return Effect::Explored(stand_in);
-        }
-        Effect::Learned(
-            draw(o.treated_converted, o.treated, &mut rng)
-                - draw(o.control_converted, o.control, &mut rng),
-        )
+    fn prior(&self, kind: TaskKind) -> Option<Prior> {
+        self.priors
+            .get_or_init(|| priors(&self.arms, self.settings.min_outcomes))
+            .get(&kind)
+            .copied()
     }
 
-    /// Of several actions open to a candidate, the one whose drawn value (chance × value at
-    /// stake − cost) is highest, with its effect; `None` when there is no action to choose.
-    pub fn choose<'a>(
-        &self,
-        kind: TaskKind,
-        segment: Segment,
-        actions: &'a [(Arc<str>, f64)],
-        stand_in: f64,
-        value_at_stake: f64,
-        seed: u64,
-    ) -> Option<(&'a Arc<str>, Effect)> {
-        actions
-            .iter()
-            .enumerate()
-            .map(|(i, (action, cost))| {
-                let arm = Arm {
-                    kind,
-                    action: action.clone(),
-                    segment,
-                };
-                // Each action its own draw: the same seed would correlate them.
-                let effect = self.effect(&arm, stand_in, seed.wrapping_add(i as u64));
-                (action, effect, effect.chance() * value_at_stake - cost)
-            })
-            .max_by(|a, b| a.2.total_cmp(&b.2))
-            .map(|(action, effect, _)| (action, effect))
+    /// The chance that `arm`'s action changes this candidate's outcome on `day` (days since
+    /// the epoch): `stand_in` until the kind is measured, then `stand_in` × the arm's lift
+    /// drawn for the day relative to the kind's; `seed` (the task's) picks the exploration
+    /// share.
+    pub fn effect(&self, arm: &Arm, stand_in: f64, day: u32, seed: u64) -> Draw {
+        let Some(prior) = self.prior(arm.kind).filter(|p| p.trusted) else {
+            return Draw::Chance(Effect::StandIn(stand_in));
+        };
+        if SmallRng::seed_from_u64(seed).random::<f64>() < self.settings.exploration {
+            return Draw::Chance(Effect::Explored(stand_in));
+        }
+        let lift = self.draw(arm, &prior, day);
+        if lift <= 0.0 {
+            return Draw::NoLift(lift);
+        }
+        Draw::Chance(Effect::Learned(stand_in * lift / prior.scale))
+    }
+
+    /// The arm's lift drawn for `day` from its posterior: the kind's prior updated with the
+    /// arm's own measured lift.
+    fn draw(&self, arm: &Arm, prior: &Prior, day: u32) -> f64 {
+        let o = self.outcomes(arm);
+        let (mean, variance) = if o.treated == 0 && o.control == 0 {
+            (prior.mean, prior.variance)
+        } else {
+            let v = o.lift_variance();
+            let precision = 1.0 / prior.variance + 1.0 / v;
+            (
+                (prior.mean / prior.variance + o.mean_lift() / v) / precision,
+                1.0 / precision,
+            )
+        };
+        let seed = xxhash_rust::xxh3::xxh3_64(
+            format!(
+                "{}|{}|{}|{day}",
+                arm.kind.as_str(),
+                arm.action,
+                arm.segment.as_str()
+            )
+            .as_bytes(),
+        );
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // A finite mean and a positive, finite sd always make a distribution.
+        Normal::new(mean, variance.sqrt()).map_or(mean, |n| n.sample(&mut rng))
     }
 }
 
-/// A draw from Beta(1 + converted, 1 + n − converted), the conversion rate's posterior.
-fn draw(converted: u64, n: u64, rng: &mut SmallRng) -> f64 {
-    let a = converted as f64 + 1.0;
-    let b = n.saturating_sub(converted) as f64 + 1.0;
-    // Both parameters are at least 1 and finite: the distribution always exists.
-    Beta::new(a, b).map_or(a / (a + b), |beta| beta.sample(rng))
+/// Each kind's prior, from its arms' outcomes.
+fn priors(arms: &HashMap<Arm, ArmOutcomes>, min_outcomes: u64) -> HashMap<TaskKind, Prior> {
+    let mut by_kind: HashMap<TaskKind, Vec<ArmOutcomes>> = HashMap::new();
+    for (arm, o) in arms {
+        by_kind.entry(arm.kind).or_default().push(*o);
+    }
+    by_kind
+        .into_iter()
+        .map(|(kind, outcomes)| {
+            let mut pooled = ArmOutcomes::default();
+            outcomes.iter().for_each(|o| pooled.add(o));
+            let mean = pooled.mean_lift();
+            let pooled_variance = pooled.lift_variance();
+            let prior = Prior {
+                mean,
+                variance: between_arms(&outcomes) + pooled_variance,
+                scale: mean.max(pooled_variance.sqrt()),
+                trusted: pooled.treated.min(pooled.control) >= min_outcomes,
+            };
+            (kind, prior)
+        })
+        .collect()
+}
+
+/// The variance of the arms' true lifts around their common mean, beyond what their own
+/// noise explains: DerSimonian and Laird's moment estimate (0 when the arms differ no more
+/// than noise would make them).
+fn between_arms(outcomes: &[ArmOutcomes]) -> f64 {
+    let measured: Vec<(f64, f64)> = outcomes
+        .iter()
+        .filter(|o| o.treated > 0 && o.control > 0)
+        .map(|o| (o.mean_lift(), 1.0 / o.lift_variance()))
+        .collect();
+    if measured.len() < 2 {
+        return 0.0;
+    }
+    let weights: f64 = measured.iter().map(|(_, w)| w).sum();
+    let squares: f64 = measured.iter().map(|(_, w)| w * w).sum();
+    let centre = measured.iter().map(|(d, w)| d * w).sum::<f64>() / weights;
+    let q: f64 = measured.iter().map(|(d, w)| w * (d - centre).powi(2)).sum();
+    let excess = q - (measured.len() - 1) as f64;
+    (excess / (weights - squares / weights)).max(0.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn arm(action: &str) -> Arm {
+    fn arm(action: &str, segment: Segment) -> Arm {
         Arm {
             kind: TaskKind::Winback,
             action: action.into(),
-            segment: Segment::ImportantWinback,
+            segment,
         }
     }
 
@@ -220,108 +354,209 @@ mod tests {
         }
     }
 
-    fn book(exploration: f64) -> UpliftBook {
+    fn book(min_outcomes: u64, exploration: f64) -> UpliftBook {
         UpliftBook::new(LearnSettings {
-            min_outcomes: 100,
+            min_outcomes,
             exploration,
         })
     }
 
-    #[test]
-    fn an_unmeasured_arm_keeps_the_stand_in() {
-        let mut b = book(0.1);
-        assert_eq!(b.effect(&arm("coupon"), 0.8, 1), Effect::StandIn(0.8));
-        // Enough treated, too few held out: still not measured.
-        b.set(arm("coupon"), outcomes(10_000, 0.2, 99, 0.1));
-        assert_eq!(b.effect(&arm("coupon"), 0.8, 1), Effect::StandIn(0.8));
+    /// The multiplier of the stand-in an arm gets over `days` days (0 for a day drawn at or
+    /// below zero).
+    fn multipliers(b: &UpliftBook, a: &Arm, days: u32) -> Vec<f64> {
+        (0..days)
+            .map(|day| match b.effect(a, 0.5, day, u64::MAX) {
+                Draw::Chance(Effect::Learned(chance)) => chance / 0.5,
+                Draw::NoLift(_) => 0.0,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    fn mean(xs: &[f64]) -> f64 {
+        xs.iter().sum::<f64>() / xs.len() as f64
     }
 
     #[test]
-    fn draws_centre_on_the_measured_lift_and_narrow_with_outcomes() {
-        for (n, tolerance) in [(400, 0.1), (40_000, 0.01)] {
-            let mut b = book(0.0);
-            b.set(arm("coupon"), outcomes(n, 0.25, n, 0.10));
-            let draws: Vec<f64> = (0..4_000)
-                .map(|seed| b.effect(&arm("coupon"), 0.9, seed).chance())
-                .collect();
-            let mean = draws.iter().sum::<f64>() / draws.len() as f64;
-            let sd =
-                (draws.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / draws.len() as f64).sqrt();
-            // The lift's posterior sd is sqrt(pt(1-pt)/n + pc(1-pc)/n).
-            let expected_sd = ((0.25 * 0.75 + 0.1 * 0.9) / n as f64).sqrt();
-            assert!((mean - 0.15).abs() < tolerance, "n {n}: mean {mean}");
-            assert!(
-                (sd / expected_sd - 1.0).abs() < 0.1,
-                "n {n}: sd {sd} against {expected_sd}"
-            );
+    fn the_stand_in_decides_until_the_kind_has_enough_outcomes_in_each_group() {
+        let mut b = book(100, 0.0);
+        let coupon = arm("coupon", Segment::GeneralWinback);
+        assert_eq!(
+            b.effect(&coupon, 0.8, 1, 1),
+            Draw::Chance(Effect::StandIn(0.8))
+        );
+        // Plenty treated, too few held out in all arms together.
+        b.set(coupon.clone(), outcomes(10_000, 0.2, 60, 0.1));
+        b.set(
+            arm("call", Segment::ImportantWinback),
+            outcomes(500, 0.2, 39, 0.1),
+        );
+        assert_eq!(
+            b.effect(&coupon, 0.8, 1, 1),
+            Draw::Chance(Effect::StandIn(0.8))
+        );
+        // One more control outcome: the kind is measured, every arm learns.
+        b.set(
+            arm("call", Segment::ImportantWinback),
+            outcomes(500, 0.2, 40, 0.1),
+        );
+        assert!(matches!(
+            b.effect(&coupon, 0.8, 1, 1),
+            Draw::Chance(Effect::Learned(_)) | Draw::NoLift(_)
+        ));
+    }
+
+    #[test]
+    fn budget_moves_to_the_arm_that_works_and_away_from_the_one_that_does_not() {
+        let mut b = book(100, 0.0);
+        let works = arm("coupon", Segment::GeneralDevelopment);
+        let useless = arm("coupon", Segment::GeneralWinback);
+        // The coupon lifts general_development by 20 points and does nothing in
+        // general_winback: the kind's pooled lift is 10 points.
+        b.set(works.clone(), outcomes(2_000, 0.3, 2_000, 0.1));
+        b.set(useless.clone(), outcomes(2_000, 0.1, 2_000, 0.1));
+        let good = multipliers(&b, &works, 400);
+        let bad = multipliers(&b, &useless, 400);
+        assert!((mean(&good) - 2.0).abs() < 0.1, "works: {}", mean(&good));
+        assert!(mean(&bad) < 0.15, "useless: {}", mean(&bad));
+        // About half the days the useless arm's lift is drawn at or below zero.
+        let none = bad.iter().filter(|m| **m == 0.0).count();
+        assert!(
+            (120..280).contains(&none),
+            "{none} of 400 days without lift"
+        );
+        assert!(
+            good.iter().all(|m| *m > 1.0),
+            "the working arm always beats the pooled lift here"
+        );
+    }
+
+    #[test]
+    fn an_arm_with_few_outcomes_stays_near_the_pooled_lift_one_with_many_follows_its_own() {
+        let mut b = book(100, 0.0);
+        // Two large arms that differ (20 and 0 points), so that arms do differ, and two
+        // small ones measured at 40 points: one of 30 outcomes a group, one of 3,000.
+        b.set(
+            arm("coupon", Segment::GeneralValue),
+            outcomes(3_000, 0.3, 3_000, 0.1),
+        );
+        b.set(
+            arm("coupon", Segment::GeneralWinback),
+            outcomes(3_000, 0.1, 3_000, 0.1),
+        );
+        let small = arm("call", Segment::ImportantValue);
+        let large = arm("call", Segment::ImportantWinback);
+        b.set(small.clone(), outcomes(30, 0.5, 30, 0.1));
+        b.set(large.clone(), outcomes(3_000, 0.5, 3_000, 0.1));
+        let scale = b.prior(TaskKind::Winback).expect("measured").scale;
+        let lift = |a: &Arm| mean(&multipliers(&b, a, 2_000)) * scale;
+        let (small, large) = (lift(&small), lift(&large));
+        assert!((large - 0.4).abs() < 0.01, "many outcomes: {large}");
+        assert!(small < large - 0.03 && small > 0.1, "few outcomes: {small}");
+        // An arm never measured draws from the prior: the pooled lift on average.
+        let never = lift(&arm("email_reminder", Segment::GeneralValue));
+        let pooled = b.prior(TaskKind::Winback).expect("measured").mean;
+        assert!(
+            (never - pooled).abs() < 0.03,
+            "unmeasured {never} against pooled {pooled}"
+        );
+    }
+
+    #[test]
+    fn arms_that_differ_no_more_than_noise_share_the_pooled_lift() {
+        let same: Vec<ArmOutcomes> = (0..6).map(|_| outcomes(500, 0.2, 500, 0.1)).collect();
+        assert_eq!(between_arms(&same), 0.0);
+        let apart = [
+            outcomes(5_000, 0.3, 5_000, 0.1),
+            outcomes(5_000, 0.1, 5_000, 0.1),
+        ];
+        // Lifts of 20 and 0 points: a spread of about 10 points each side.
+        let spread = between_arms(&apart).sqrt();
+        assert!((spread - 0.14).abs() < 0.02, "{spread}");
+    }
+
+    #[test]
+    fn one_arm_draws_once_a_day_so_its_candidates_keep_the_stand_in_order() {
+        let mut b = book(100, 0.0);
+        let coupon = arm("coupon", Segment::GeneralValue);
+        b.set(coupon.clone(), outcomes(400, 0.25, 400, 0.1));
+        b.set(
+            arm("call", Segment::ImportantValue),
+            outcomes(400, 0.15, 400, 0.1),
+        );
+        let chance = |p: f64, day, seed| match b.effect(&coupon, p, day, seed) {
+            Draw::Chance(e) => e.chance(),
+            Draw::NoLift(_) => 0.0,
+        };
+        for day in 0..50 {
+            let (low, high) = (chance(0.6, day, 1), chance(0.9, day, 2));
+            assert!((high - low * 1.5).abs() < 1e-12, "day {day}: {low} {high}");
         }
+        assert_ne!(
+            chance(0.6, 1, 1),
+            chance(0.6, 2, 1),
+            "another day, another draw"
+        );
+        assert_eq!(
+            chance(0.6, 7, 1),
+            chance(0.6, 7, 1),
+            "the same day, the same draw"
+        );
     }
 
     #[test]
     fn the_exploration_floor_keeps_its_share_on_the_stand_in() {
-        let mut b = book(0.1);
-        b.set(arm("coupon"), outcomes(1_000, 0.1, 1_000, 0.1));
+        let mut b = book(100, 0.1);
+        b.set(
+            arm("coupon", Segment::GeneralValue),
+            outcomes(1_000, 0.1, 1_000, 0.1),
+        );
         let explored = (0..20_000)
-            .filter(|&seed| matches!(b.effect(&arm("coupon"), 0.7, seed), Effect::Explored(p) if p == 0.7))
+            .filter(|&seed| {
+                b.effect(&arm("coupon", Segment::GeneralValue), 0.7, 3, seed)
+                    == Draw::Chance(Effect::Explored(0.7))
+            })
             .count();
         let share = explored as f64 / 20_000.0;
         assert!((share - 0.1).abs() < 0.01, "explored share {share}");
     }
 
     #[test]
-    fn the_same_seed_decides_the_same_way() {
-        let mut b = book(0.1);
-        b.set(arm("coupon"), outcomes(500, 0.3, 500, 0.2));
-        for seed in 0..100 {
-            assert_eq!(
-                b.effect(&arm("coupon"), 0.5, seed),
-                b.effect(&arm("coupon"), 0.5, seed)
-            );
-        }
-    }
-
-    #[test]
-    fn budget_moves_to_the_action_that_works() {
-        let mut b = book(0.05);
-        // The call does nothing in this segment; the coupon lifts conversion by 10 points.
-        b.set(arm("call"), outcomes(2_000, 0.12, 2_000, 0.12));
-        b.set(arm("coupon"), outcomes(2_000, 0.22, 2_000, 0.12));
-        let actions: Vec<(Arc<str>, f64)> = vec![("call".into(), 1.0), ("coupon".into(), 1.0)];
-        let coupon = (0..2_000u64)
-            .filter(|&seed| {
-                let (action, _) = b
-                    .choose(
-                        TaskKind::Winback,
-                        Segment::ImportantWinback,
-                        &actions,
-                        0.8,
-                        100.0,
-                        seed * 2,
-                    )
-                    .expect("two actions");
-                &**action == "coupon"
-            })
-            .count();
-        assert!(
-            coupon > 1_900,
-            "the coupon was chosen {coupon} times of 2,000"
+    fn entries_come_out_in_a_stable_order_and_rebuild_the_same_book() {
+        let mut b = book(100, 0.1);
+        b.set(
+            arm("coupon", Segment::GeneralValue),
+            outcomes(10, 0.1, 10, 0.1),
         );
-    }
-
-    #[test]
-    fn an_arm_that_does_nothing_mostly_draws_no_value() {
-        let mut b = book(0.1);
-        b.set(arm("call"), outcomes(5_000, 0.12, 5_000, 0.12));
-        let worth_a_cost = (0..10_000)
-            .filter(|&seed| b.effect(&arm("call"), 0.8, seed).chance() * 100.0 > 2.0)
-            .count();
-        // Only the exploration floor (10 %) and the posterior's tail above a 2 % lift (about
-        // 0.1 % at this many outcomes) are worth a cost of 2 at a value of 100.
-        let share = worth_a_cost as f64 / 10_000.0;
-        assert!(
-            (0.08..0.12).contains(&share),
-            "share worth the cost {share}"
+        b.set(
+            arm("call", Segment::ImportantValue),
+            outcomes(20, 0.1, 10, 0.1),
         );
+        b.set(
+            arm("call", Segment::GeneralValue),
+            outcomes(30, 0.1, 10, 0.1),
+        );
+        let entries = b.entries();
+        let names: Vec<_> = entries
+            .iter()
+            .map(|(a, _)| format!("{}/{}", a.action, a.segment.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "call/important_value",
+                "call/general_value",
+                "coupon/general_value"
+            ]
+        );
+        let mut again = book(100, 0.1);
+        entries.into_iter().for_each(|(a, o)| again.set(a, o));
+        assert_eq!(again, b);
+        let other = LearnSettings {
+            min_outcomes: 100,
+            exploration: 0.2,
+        };
+        assert_ne!(b.with_settings(other), b);
     }
 
     #[test]

@@ -43,8 +43,6 @@ pub(crate) struct Policy {
     /// By segment: the slot of the action's budget in the engine's [`Budgets`]; `None`:
     /// the action is not budgeted.
     budget_slots: [Option<usize>; 8],
-    /// By segment: what a task of the action costs (0: not budgeted).
-    costs: [f64; 8],
     /// Where the chance in a candidate's priority comes from.
     targeting: WinbackPolicy,
     holdout: Holdout,
@@ -91,14 +89,6 @@ impl Policy {
                     .actions
                     .get(&s)
                     .and_then(|a| Budgets::slot(&settings.budgets, a))
-            }),
-            costs: Segment::ALL.map(|s| {
-                settings
-                    .actions
-                    .get(&s)
-                    .and_then(|a| settings.budgets.get(a))
-                    .and_then(|b| b.cost)
-                    .unwrap_or(0.0)
             }),
             targeting: settings.policy,
             holdout: Holdout::new(TaskKind::Winback, settings.control_share),
@@ -203,12 +193,12 @@ impl Policy {
             segment: scored.segment,
             probability: scored.probability,
             value: value.map_or(scored.monetary_365d, |v| v.clv_365d),
-            cost: self.costs[s],
+            day: now / time::DAY,
             task_id: &task_id,
         };
         let (priority, effect) = match self.targeting.target(&candidate, targeting) {
             Target::Candidate { priority, effect } => (priority, effect),
-            Target::NoLift(_) => return Decision::NoLift,
+            Target::NoLift => return Decision::NoLift,
         };
         if let Some(slot) = self.budget_slots[s] {
             if budgets.admit(slot, priority, now) == Admission::HeldBack {
@@ -495,7 +485,9 @@ mod tests {
     }
 
     /// Coupons for general_winback (cost 5, no limit on volume) under `policy`, decided for
-    /// 400 customers like `at(0.8, general_winback)` with `book`: the decisions.
+    /// 400 customers like `at(0.8, general_winback)` with `book`: the coupon's conversions
+    /// in general_winback of 1,000 per group, beside general_retention's 300 of 1,000
+    /// treated and 100 of 1,000 held out. The decisions.
     fn decisions(policy: WinbackPolicy, book: Option<(u64, u64)>) -> Vec<(Decision, WinbackState)> {
         let mut settings = WinbackSettings::unbudgeted();
         settings
@@ -506,20 +498,24 @@ mod tests {
         let mut budgets = Budgets::new(&settings.budgets);
         let mut targeting = Targeting::default();
         if let Some((treated_converted, control_converted)) = book {
-            let mut b = crate::decide::uplift::UpliftBook::new(settings.learn);
+            use crate::decide::uplift::{Arm, ArmOutcomes, UpliftBook};
+            let mut b = UpliftBook::new(settings.learn);
+            let coupon = |segment| Arm {
+                kind: TaskKind::Winback,
+                action: "coupon".into(),
+                segment,
+            };
+            let outcomes = |treated_converted, control_converted| ArmOutcomes {
+                treated: 1_000,
+                treated_converted,
+                control: 1_000,
+                control_converted,
+            };
             b.set(
-                crate::decide::uplift::Arm {
-                    kind: TaskKind::Winback,
-                    action: "coupon".into(),
-                    segment: Segment::GeneralWinback,
-                },
-                crate::decide::uplift::ArmOutcomes {
-                    treated: 1_000,
-                    treated_converted,
-                    control: 1_000,
-                    control_converted,
-                },
+                coupon(Segment::GeneralWinback),
+                outcomes(treated_converted, control_converted),
             );
+            b.set(coupon(Segment::GeneralRetention), outcomes(300, 100));
             targeting.set_book(Arc::new(b));
         }
         let ids: Vec<String> = (0..400).map(|i| format!("c-{i}")).collect();
@@ -563,40 +559,39 @@ mod tests {
             effects(&decisions(WinbackPolicy::Learned, None)),
             effects(&decisions(WinbackPolicy::Playbook, None))
         );
-        // +30 points: every candidate is worth a coupon (0.3 × 200 > 5).
-        let works = decisions(WinbackPolicy::Learned, Some((400, 100)));
+        // +20 points, as much as in general_retention: the playbook's priorities (0.8 × 200
+        // spent), each scaled by the day's draw around 1 (one draw for all: the same day).
+        let works = decisions(WinbackPolicy::Learned, Some((300, 100)));
         let e = effects(&works);
         assert_eq!(e.len(), 400);
         let learned: Vec<f64> = e
             .iter()
             .filter(|(effect, _)| *effect == "learned")
-            .map(|(_, p)| p / 200.0)
+            .map(|(_, p)| p / 160.0)
             .collect();
-        let mean = learned.iter().sum::<f64>() / learned.len() as f64;
-        assert!((mean - 0.3).abs() < 0.01, "mean lift drawn {mean}");
         assert!(
             (300..390).contains(&learned.len()),
             "{} learned",
             learned.len()
         );
-        // Nothing: only the exploration floor, and the tail above a 2.5-point lift (5 / 200,
-        // 1.4 sd at 1,000 outcomes a group: about 8 %), get a task; the others are not
-        // tasked, nor is their state touched.
+        assert!(learned.iter().all(|m| *m == learned[0]), "one draw a day");
+        assert!((learned[0] - 1.0).abs() < 0.3, "multiplier {}", learned[0]);
+        // Nothing, where general_retention gains 20 points: only the exploration floor gets
+        // the playbook's priority; the others get none that day, or a sliver of it. Those
+        // not tasked are not touched.
         let useless = decisions(WinbackPolicy::Learned, Some((200, 200)));
-        let tasked = effects(&useless).len();
-        assert!((40..120).contains(&tasked), "{tasked} tasked");
-        for (d, st) in &useless {
-            if *d == Decision::NoLift {
-                assert_eq!(*st, WinbackState::default());
+        for (effect, p) in effects(&useless) {
+            match effect {
+                "explored" => assert_eq!(p, 160.0),
+                _ => assert!(p < 160.0 * 0.3, "{effect} {p}"),
             }
         }
-        assert_eq!(
-            useless
-                .iter()
-                .filter(|(d, _)| *d == Decision::NoLift)
-                .count(),
-            400 - tasked
-        );
+        let skipped = useless
+            .iter()
+            .filter(|(d, _)| *d == Decision::NoLift)
+            .inspect(|(_, st)| assert_eq!(*st, WinbackState::default()))
+            .count();
+        assert_eq!(skipped + effects(&useless).len(), 400);
     }
 
     #[test]

@@ -204,6 +204,13 @@ impl Engine {
         self.targeting.set_book(book);
     }
 
+    /// Keeps `book` for the next snapshot, which takes it and records it
+    /// ([`Self::begin_snapshot`]): with snapshots on, a restore then replays the entries that
+    /// follow with the book their first run had.
+    pub(crate) fn offer_uplift(&mut self, book: Arc<UpliftBook>) {
+        self.targeting.offer(book);
+    }
+
     /// Runs the re-check of everyone a new model or a restore asked for, unless a snapshot is
     /// being copied out: it touches every timer, and the capture would have to copy the rest
     /// of the table at once to keep its picture. It runs once the snapshot is out.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::classify::RfmThresholds;
+use crate::decide::uplift::{Arm, ArmOutcomes, UpliftBook};
 use crate::decide::PacerState;
 use crate::event::EntryId;
 use crate::features::store::{CaptureSize, Captured};
@@ -56,6 +57,9 @@ pub struct StateHeader {
     /// Tasks written whose outcome is not known yet, with their customer IDs (format
     /// version 5 on; none before).
     pub open_tasks: Vec<(String, OpenTask)>,
+    /// The outcomes per arm of the book win-back decisions are made with from this point on
+    /// (format 7 on; none before): a replay from here decides with the same book.
+    pub uplift: Vec<(Arm, ArmOutcomes)>,
 }
 
 /// What a snapshot of the state now would record, in a form cheap to compare: equal
@@ -69,6 +73,8 @@ pub struct StateVersion {
     customers: u64,
     /// The open tasks, by their count of changes, as the customers.
     open_tasks: u64,
+    /// A newer book waits for the next snapshot, which takes it: the state to record moved.
+    uplift_offered: bool,
     header: StateHeader,
 }
 
@@ -100,7 +106,13 @@ impl Engine {
             // refuses another count).
             partitions: _,
             open_tasks,
+            uplift,
         } = header;
+        if !uplift.is_empty() {
+            let mut book = UpliftBook::new(engine.settings.winback.learn);
+            uplift.into_iter().for_each(|(arm, o)| book.set(arm, o));
+            engine.targeting.set_book(Arc::new(book));
+        }
         for (customer, task) in open_tasks {
             engine.open_tasks.insert(&customer, task);
         }
@@ -146,8 +158,9 @@ impl Engine {
 
     /// Begins a snapshot taken while the engine keeps running: the header now, the customers
     /// as they are now, handed out by [`Self::snapshot_slice`] between batches. Replaces a
-    /// snapshot in progress.
+    /// snapshot in progress. A book offered since the last one is taken here, and recorded.
     pub fn begin_snapshot(&mut self) -> (StateHeader, CaptureSize) {
+        self.targeting.adopt();
         (self.state_header(), self.store.begin_capture())
     }
 
@@ -162,6 +175,7 @@ impl Engine {
         StateVersion {
             customers: self.store.changes(),
             open_tasks: self.open_tasks.changes(),
+            uplift_offered: self.targeting.offered(),
             header: self.header_without_open_tasks(),
         }
     }
@@ -196,6 +210,7 @@ impl Engine {
             budgets: self.budgets.states(),
             care_budgets: self.budgets.care_states(),
             partitions: self.settings.partitions.count,
+            uplift: self.targeting.book().entries(),
         }
     }
 

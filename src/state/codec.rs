@@ -1,7 +1,7 @@
 //! The snapshot file format: a compact, versioned, checksummed encoding of [`EngineState`].
 //!
 //! ```text
-//! versions 4-6: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
+//! versions 4-7: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
 //! versions 1-3:  magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
 //! ```
 //!
@@ -13,13 +13,15 @@
 //! change between runs), from version 5 the budgets' pacing, the open tasks (those whose
 //! outcome is not known yet, each with its customer ID: see [`crate::outcomes`]) and the
 //! partition count (u16; earlier: 1), from version 6 the care kinds' budgets' pacing and
-//! each pacing's first candidate's time, then every customer in store order: ID, features
+//! each pacing's first candidate's time, from version 7 the outcomes per arm of the book
+//! win-back decides with (see [`crate::decide::uplift`]), then every customer in store order: ID, features
 //! (bit-exact), next
 //! check, win-back state, last classification, contact bookkeeping and the sparse extras
 //! (profile attributes, feedback, coupons). Store order is kept so a restored engine assigns
 //! the same indices and makes the same decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
+use crate::decide::uplift::{Arm, ArmOutcomes};
 use crate::decide::PacerState;
 use crate::decide::{Contact, Group, TaskKind, WinbackState};
 use crate::engine::{Customer, Customers, EngineState, Extras, StateHeader};
@@ -43,8 +45,10 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// last win-back task is taken as the last contact) and 3 (the body length in the header,
 /// no profiles, feedback or coupons) and 4 (no budgets' pacing, no open tasks, no partition
 /// count: read as one partition) and 5 (no care budgets, no time of a budget's first
-/// candidate: read as unknown) are still read; other versions are refused, not guessed at.
-pub(crate) const FORMAT_VERSION: u32 = 6;
+/// candidate: read as unknown) and 6 (no book of measured lift: read as none, so decisions
+/// until the next snapshot use the stand-in) are still read; other versions are refused,
+/// not guessed at.
+pub(crate) const FORMAT_VERSION: u32 = 7;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 const END_MAGIC: &[u8; 8] = b"CHURNDND";
@@ -190,6 +194,7 @@ impl Encoder {
         out.extend_from_slice(&header.partitions.get().to_le_bytes());
         put_budgets(out, &header.care_budgets);
         put_first_candidates(out, &header.budgets, &header.care_budgets);
+        put_uplift(out, &header.uplift);
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
@@ -380,6 +385,66 @@ fn read_open_tasks<R: Read>(r: &mut Reader<R>) -> Result<Vec<(String, OpenTask)>
     Ok(tasks)
 }
 
+/// Version 7's book: per arm its kind, segment and action, then the four counts.
+fn put_uplift(out: &mut Vec<u8>, arms: &[(Arm, ArmOutcomes)]) {
+    out.extend_from_slice(&(arms.len() as u32).to_le_bytes());
+    for (arm, o) in arms {
+        let kind = TaskKind::ALL.iter().position(|k| *k == arm.kind);
+        out.push(kind.unwrap_or_default() as u8);
+        out.push(arm.segment.index() as u8);
+        put_str(out, &arm.action);
+        for n in [
+            o.treated,
+            o.treated_converted,
+            o.control,
+            o.control_converted,
+        ] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
+}
+
+fn read_uplift<R: Read>(r: &mut Reader<R>) -> Result<Vec<(Arm, ArmOutcomes)>, CodecError> {
+    let count = r.u32()?;
+    // Each takes at least 35 bytes: a count beyond that must not drive an allocation.
+    if u64::from(count).saturating_mul(35) > r.remaining() {
+        return Err(malformed(format!("{count} arms do not fit")));
+    }
+    let mut arms = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (kind, segment) = (r.u8()?, r.u8()?);
+        let what = |field: &str, v: u8| malformed(format!("arm: {field} {v}"));
+        let kind = *TaskKind::ALL
+            .get(usize::from(kind))
+            .ok_or_else(|| what("kind", kind))?;
+        let segment = *Segment::ALL
+            .get(usize::from(segment))
+            .ok_or_else(|| what("segment", segment))?;
+        let action: Arc<str> = r.str()?.into();
+        let o = ArmOutcomes {
+            treated: r.u64()?,
+            treated_converted: r.u64()?,
+            control: r.u64()?,
+            control_converted: r.u64()?,
+        };
+        if o.treated_converted > o.treated || o.control_converted > o.control {
+            return Err(malformed(format!(
+                "arm {action}/{}: more conversions than tasks",
+                segment.as_str()
+            )));
+        }
+        arms.push((
+            Arm {
+                kind,
+                action,
+                segment,
+            },
+            o,
+        ));
+    }
+    Ok(arms)
+}
+
 /// The extras' flag byte and what it announces.
 fn put_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
     let Some(x) = extras else {
@@ -504,6 +569,11 @@ fn decode_body<R: Read>(
             s.first_at = r.u32()?;
         }
     }
+    let uplift = if version >= 7 {
+        read_uplift(r)?
+    } else {
+        Vec::new()
+    };
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
@@ -563,6 +633,7 @@ fn decode_body<R: Read>(
                 care_budgets,
                 partitions,
                 open_tasks,
+                uplift,
             },
             profiles,
         },
@@ -982,6 +1053,7 @@ mod tests {
                 care_budgets: Vec::new(),
                 partitions: PartitionCount::ONE,
                 open_tasks: Vec::new(),
+                uplift: Vec::new(),
             },
         }
     }
@@ -1045,8 +1117,16 @@ mod tests {
         care.len() + 4 * (state.header.budgets.len() + state.header.care_budgets.len())
     }
 
-    /// Where the partition count of `state`'s encoding is: before what version 6 added, and
-    /// the customers' count and ID bytes, which end what [`Encoder::start`] writes.
+    /// The bytes version 7 added after what version 6 did: the book.
+    fn v7_added_len(state: &EngineState) -> usize {
+        let mut book = Vec::new();
+        put_uplift(&mut book, &state.header.uplift);
+        book.len()
+    }
+
+    /// Where the partition count of `state`'s encoding is: before what versions 6 and 7
+    /// added, and the customers' count and ID bytes, which end what [`Encoder::start`]
+    /// writes.
     fn partitions_at(state: &EngineState) -> usize {
         let mut head = Vec::new();
         let size = CaptureSize {
@@ -1054,7 +1134,7 @@ mod tests {
             id_bytes: 0,
         };
         let _ = Encoder::start(&state.header, size, &streams(), 0, &mut head);
-        head.len() - 16 - v6_added_len(state) - 2
+        head.len() - 16 - v7_added_len(state) - v6_added_len(state) - 2
     }
 
     /// `bytes` with `len` bytes of the body removed at `at`, as version `version`.
@@ -1071,11 +1151,71 @@ mod tests {
         out
     }
 
+    /// `state` in the layout of version 6: version 7 without the book that follows what
+    /// version 6 added.
+    fn v6(state: &EngineState) -> Vec<u8> {
+        let out = encode(state, &streams(), 0);
+        let at = partitions_at(state) + 2 + v6_added_len(state);
+        cut(out, at, v7_added_len(state), 6)
+    }
+
     /// `state` in the layout of version 5: version 6 without the care budgets and the
     /// budgets' first candidates' times that follow the partition count.
     fn v5(state: &EngineState) -> Vec<u8> {
-        let out = encode(state, &streams(), 0);
-        cut(out, partitions_at(state) + 2, v6_added_len(state), 5)
+        cut(v6(state), partitions_at(state) + 2, v6_added_len(state), 5)
+    }
+
+    fn book() -> Vec<(Arm, ArmOutcomes)> {
+        let arm = |action: &str, segment| Arm {
+            kind: TaskKind::Winback,
+            action: action.into(),
+            segment,
+        };
+        vec![
+            (
+                arm("coupon", Segment::GeneralWinback),
+                ArmOutcomes {
+                    treated: 1_000,
+                    treated_converted: 300,
+                    control: 100,
+                    control_converted: 10,
+                },
+            ),
+            (
+                arm("personal_call", Segment::ImportantValue),
+                ArmOutcomes {
+                    treated: 7,
+                    treated_converted: 0,
+                    control: 0,
+                    control_converted: 0,
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_book_round_trips_and_version_6_reads_as_none() {
+        let mut s = state(5);
+        s.header.uplift = book();
+        s.header.budgets = vec![("coupon".into(), PacerState::default())];
+        let d = decode(&encode(&s, &streams(), 0), &streams()).unwrap();
+        same(&s, &d.state);
+        let d = decode(&v6(&s), &streams()).unwrap();
+        let mut expected = s.clone();
+        expected.header.uplift.clear();
+        same(&expected, &d.state);
+    }
+
+    #[test]
+    fn an_arm_with_more_conversions_than_tasks_is_malformed() {
+        let mut s = state(1);
+        s.header.uplift = book();
+        s.header.uplift[1].1.treated_converted = 8;
+        let bytes = encode(&s, &streams(), 0);
+        assert!(matches!(
+            decode(&bytes, &streams()),
+            Err(CodecError::Malformed(m)) if m.contains("more conversions than tasks")
+        ));
     }
 
     /// `state` in the layout of version 4: version 5 without the budgets and the open tasks

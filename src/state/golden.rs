@@ -386,7 +386,7 @@ fn positions_are_mapped_by_stream_name_in_every_version() {
 /// pacing, and today's encoder writes it again as the same state.
 #[test]
 fn the_version_4_file_is_one_partition_and_encodes_again() {
-    assert_eq!(FORMAT_VERSION, 6);
+    assert_eq!(FORMAT_VERSION, 7);
     let d = decode(V4, 4);
     assert_eq!(
         d.state.header.partitions,

@@ -256,6 +256,7 @@ async fn http_answers_while_the_snapshot_loads() {
             care_budgets: Vec::new(),
             partitions: churnd::partition::PartitionCount::ONE,
             open_tasks: Vec::new(),
+            uplift: Vec::new(),
         },
         profiles: Default::default(),
     };

@@ -470,6 +470,7 @@ pub async fn closed_loop(args: Args) -> Result<()> {
         daily_capacity()
     );
     let mut summary = String::new();
+    let mut arms = String::new();
     for &policy in &args.policies {
         let mut pooled = Aggregates::new(Window::default());
         let mut figures = Vec::new();
@@ -498,6 +499,7 @@ pub async fn closed_loop(args: Args) -> Result<()> {
             }
         }
         let row = winback_row(&pooled).context("no win-back outcomes at all")?;
+        arm_rows(&mut arms, policy, &pooled)?;
         let (mean, sd, min, max) = spread(&figures);
         writeln!(
             summary,
@@ -517,6 +519,30 @@ pub async fn closed_loop(args: Args) -> Result<()> {
     println!("| policy | treated tasks with an outcome (all seeds) | conversion treated / control | incremental conversions per 1,000 tasks, seeds pooled [95 %] | per seed: mean ± sd (min to max) |");
     println!("|---|---|---|---|---|");
     print!("{summary}");
+    println!();
+    println!("Per action × segment, seeds pooled: treated tasks with an outcome, incremental conversions per 1,000 [95 %]");
+    print!("{arms}");
+    Ok(())
+}
+
+/// Where `policy` spent its tasks and what they added there: one line per win-back action ×
+/// segment of the pooled outcomes, the learned policy's arms.
+fn arm_rows(out: &mut String, policy: Policy, pooled: &Aggregates) -> std::fmt::Result {
+    for row in lift::report::report(pooled, OUTCOMES)
+        .rows
+        .iter()
+        .filter(|row| row.kind == "winback")
+    {
+        writeln!(
+            out,
+            "{:<8} {:<14} {:<22} {:>6}  {}",
+            policy.name(),
+            row.action,
+            row.segment,
+            row.treatment.tasks,
+            per_thousand(row)
+        )?;
+    }
     Ok(())
 }
 
