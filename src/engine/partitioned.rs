@@ -173,6 +173,13 @@ impl Partitioned {
         }
     }
 
+    /// Every partition takes `book` at its next snapshot ([`Engine::offer_uplift`]).
+    pub(crate) fn offer_uplift(&mut self, book: Arc<UpliftBook>) {
+        for engine in &mut self.parts {
+            engine.offer_uplift(book.clone());
+        }
+    }
+
     /// Applies a batch read from any of the partition streams (see [`Engine::apply_batch`]):
     /// each partition's engine applies the entries of its streams, and every engine sees the
     /// batch end (under the wall clock, catching up and the sweep are per partition too).
