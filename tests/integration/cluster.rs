@@ -45,14 +45,7 @@ async fn partitions_on_a_cluster_are_read_written_once_and_followed_when_a_slot_
         )
         .await;
     }
-    let busy: Vec<String> = (0..p.get())
-        .map(|partition| {
-            (0..)
-                .map(|i| format!("busy-{i}"))
-                .find(|id| p.of(id) == partition)
-                .unwrap()
-        })
-        .collect();
+    let busy = one_customer_per_partition(p);
     for id in &busy {
         for day in (0..=120).step_by(10) {
             let fields = purchase(id, 10.0, T0_MS + day * DAY_MS);

@@ -26,8 +26,9 @@ const WAVE: usize = 15;
 const MAX_WAVES: usize = 400;
 
 /// Writes wave `k`: `WAVE` quiet customers who bought once at T0, each in their partition;
-/// an entry of an unknown type (a dead letter); and a purchase of the busy customer that
-/// keeps event time past day 120, so each quiet customer gets one win-back task.
+/// an entry of an unknown type (a dead letter); and a purchase of a busy customer in every
+/// partition that keeps the partition's event time past day 120, so each quiet customer gets
+/// one win-back task.
 async fn write_wave(c: &mut impl redis::aio::ConnectionLike, p: PartitionCount, k: usize) {
     for i in 0..WAVE {
         let id = quiet(k, i);
@@ -41,12 +42,9 @@ async fn write_wave(c: &mut impl redis::aio::ConnectionLike, p: PartitionCount, 
     ];
     xadd(c, &p.stream(EVENTS, p.of(&id)), &bad).await;
     let now = T0_MS + 120 * DAY_MS + k as u64 * 3_600_000;
-    xadd(
-        c,
-        &p.stream(EVENTS, p.of("busy")),
-        &purchase("busy", 10.0, now),
-    )
-    .await;
+    for id in one_customer_per_partition(p) {
+        xadd(c, &p.stream(EVENTS, p.of(&id)), &purchase(&id, 10.0, now)).await;
+    }
 }
 
 fn quiet(wave: usize, i: usize) -> String {

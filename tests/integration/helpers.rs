@@ -902,3 +902,16 @@ pub fn snapshot_count(dir: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// One customer ID per partition of `p` (`busy-<i>`, the first that hashes there): a customer
+/// whose events move that partition's event clock, which only its own events move.
+pub fn one_customer_per_partition(p: churnd::partition::PartitionCount) -> Vec<String> {
+    (0..p.get())
+        .map(|partition| {
+            (0..)
+                .map(|i| format!("busy-{i}"))
+                .find(|id| p.of(id) == partition)
+                .expect("some ID hashes to every partition")
+        })
+        .collect()
+}
