@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use redis::Value;
 
-use crate::helpers::{wait_for, RedisServer, ServerOptions};
+use crate::helpers::{cluster_info, wait_for, RedisServer, ServerOptions};
 
 /// A Redis Cluster on free ports; every node is killed on drop.
 pub struct RedisCluster {
@@ -83,11 +83,7 @@ impl RedisCluster {
             wait_for("the cluster to be up", Duration::from_secs(20), || {
                 let mut c = c.clone();
                 async move {
-                    let info: String = redis::cmd("CLUSTER")
-                        .arg("INFO")
-                        .query_async(&mut c)
-                        .await
-                        .unwrap_or_default();
+                    let info = cluster_info(&mut c).await;
                     info.contains("cluster_state:ok")
                         && info.contains(&format!("cluster_known_nodes:{n}\r"))
                 }
@@ -228,12 +224,7 @@ impl RedisCluster {
             let Some(mut c) = try_conn(node).await else {
                 return false;
             };
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query_async(&mut c)
-                .await
-                .unwrap_or_default();
-            if !info.contains("cluster_state:ok") {
+            if !cluster_info(&mut c).await.contains("cluster_state:ok") {
                 return false;
             }
         }

@@ -308,14 +308,7 @@ impl RedisServer {
             .expect("a cluster-enabled redis-server takes the slots");
         wait_for("the cluster to be up", Duration::from_secs(10), || {
             let mut c = c.clone();
-            async move {
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut c)
-                    .await
-                    .unwrap_or_default();
-                info.contains("cluster_state:ok")
-            }
+            async move { cluster_info(&mut c).await.contains("cluster_state:ok") }
         })
         .await;
     }
@@ -914,4 +907,14 @@ pub fn one_customer_per_partition(p: churnd::partition::PartitionCount) -> Vec<S
                 .expect("some ID hashes to every partition")
         })
         .collect()
+}
+
+/// `CLUSTER INFO` of the node behind `c`; empty while it does not answer (a node starting or
+/// failing over), so that waits on its fields just go on waiting.
+pub async fn cluster_info(c: &mut MultiplexedConnection) -> String {
+    redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(c)
+        .await
+        .unwrap_or_default()
 }
