@@ -115,11 +115,13 @@ async fn query(prometheus: &str, expr: &str) -> Result<Vec<serde_json::Value>, S
         .unwrap_or_default())
 }
 
-/// Waits until `expr` returns a series whose value satisfies `ok`, or panics after `within`.
+/// Waits until `expr` returns a series whose value satisfies `ok`, or panics after `within`
+/// with what Prometheus last answered and what it says of its scrape target.
 async fn wait_for(prometheus: &str, expr: &str, ok: impl Fn(f64) -> bool, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(result) = query(prometheus, expr).await {
+        let last = query(prometheus, expr).await;
+        if let Ok(result) = &last {
             let value = result
                 .first()
                 .and_then(|s| s["value"][1].as_str()?.parse().ok());
@@ -127,11 +129,112 @@ async fn wait_for(prometheus: &str, expr: &str, ok: impl Fn(f64) -> bool, within
                 return;
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "`{expr}` not satisfied within {within:?}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "`{expr}` not satisfied within {within:?}; last answer {last:?}; target {}",
+                scrape_target(prometheus).await
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The health, last error and scrape duration Prometheus reports for its targets.
+async fn scrape_target(prometheus: &str) -> String {
+    let body: Result<serde_json::Value, String> = async {
+        reqwest::get(format!("{prometheus}/api/v1/targets"))
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    match body {
+        Ok(body) => body["data"]["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                format!(
+                    "{} health {} lastError {} lastScrapeDuration {}",
+                    t["scrapeUrl"], t["health"], t["lastError"], t["lastScrapeDuration"]
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("unknown (Prometheus did not answer: {e})"),
+    }
+}
+
+/// A Prometheus scraping one churnd every second under the job name [`JOB`], with the alert
+/// rules loaded; killed when dropped.
+struct Prometheus {
+    url: String,
+    _process: KillOnDrop,
+}
+
+impl Prometheus {
+    /// Starts Prometheus and waits until it is ready. A port another test took between
+    /// [`free_port`] and Prometheus's bind is retried on a fresh one; any other exit panics
+    /// with Prometheus's own log.
+    async fn start(dir: &std::path::Path, churnd_port: u16) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 rule_files:\n  - {rules}\n\
+                 scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['127.0.0.1:{churnd_port}']\n",
+                rules = repo().join("deploy/prometheus/alerts.yml").display(),
+            ),
+        )
+        .expect("the config is written");
+        for attempt in 0..5 {
+            let port = free_port();
+            let log_path = dir.join(format!("prometheus-{attempt}.log"));
+            let log = std::fs::File::create(&log_path).expect("the log file is created");
+            let mut process = KillOnDrop(
+                Command::new(ops_tool("prometheus"))
+                    .arg(format!("--config.file={}", config.display()))
+                    .arg(format!(
+                        "--storage.tsdb.path={}",
+                        dir.join(format!("tsdb-{attempt}")).display()
+                    ))
+                    .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("prometheus runs"),
+            );
+            let url = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                if let Some(status) = process.0.try_wait().expect("prometheus's status") {
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if log.contains("address already in use") {
+                        break;
+                    }
+                    panic!("prometheus exited ({status}) before it was ready:\n{log}");
+                }
+                let ready = reqwest::get(format!("{url}/-/ready"))
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ready {
+                    return Self {
+                        url,
+                        _process: process,
+                    };
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "prometheus not ready within 90s:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        panic!("prometheus found its port taken five times in a row");
     }
 }
 
@@ -197,33 +300,8 @@ async fn every_dashboard_and_alert_query_runs_against_prometheus_scraping_churnd
     );
 
     let dir = tempfile::tempdir().expect("a temp dir");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-             rule_files:\n  - {rules}\n\
-             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
-            rules = repo().join("deploy/prometheus/alerts.yml").display(),
-            port = churnd.port,
-        ),
-    )
-    .expect("the config is written");
-    let prometheus_port = free_port();
-    let _prometheus = KillOnDrop(
-        Command::new(ops_tool("prometheus"))
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus runs"),
-    );
-    let prometheus = format!("http://127.0.0.1:{prometheus_port}");
+    let prometheus_server = Prometheus::start(dir.path(), churnd.port).await;
+    let prometheus = prometheus_server.url.clone();
 
     // Enough scrapes for rate() over the dashboard's shortest window, of a churnd that has
     // written tasks and snapshots.
