@@ -22,8 +22,8 @@
 //! The acknowledgement scheme is churnd's own: each batch is acknowledged with one `XACK` once
 //! its tasks and dead letters are written, so the group's `lag` and `pending` always tell the
 //! truth. In live traffic it is not the bottleneck, so no other scheme was needed; in a
-//! backfill, where most entries raise a task, the sink's writes are the slowest stage
-//! ([LOG.md](LOG.md#2026-12-01-the-sinks-effect-writes-batched)).
+//! backfill, where most entries raise a task, the sink's writes are the slowest stage (see
+//! `src/sink/calls.rs`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
