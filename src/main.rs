@@ -423,19 +423,25 @@ fn print_err(text: std::fmt::Arguments<'_>) {
 }
 
 fn init_tracing(settings: &Settings) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     // An empty RUST_LOG counts as unset: EnvFilter would read it as "errors only".
     let filter = rust_log()
         .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&settings.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(|| Stderr)
         .with_ansi(colour_logs())
         .log_internal_errors(false);
-    match settings.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = match settings.log.format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt.with_filter(churnd::connection::client_log::filter()))
+        .init();
 }
 
 /// Colours in text logs only for a person at a terminal: tracing-subscriber writes them

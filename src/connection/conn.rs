@@ -59,7 +59,15 @@ impl ClusterSeeds {
     /// TLS settings serve for every node.
     fn client(&self, nodes: &[(String, u16)]) -> RedisResult<ClusterClient> {
         let mut seeds = vec![self.seed.clone()];
-        for (host, port) in nodes {
+        // The URL's node is usually among those learnt: named once, it is tried (and a
+        // failure logged) once per connection.
+        let url_node = match self.seed.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                Some((host.clone(), *port))
+            }
+            _ => None,
+        };
+        for (host, port) in nodes.iter().filter(|node| Some(*node) != url_node.as_ref()) {
             let addr = match self.seed.addr().clone() {
                 ConnectionAddr::TcpTls {
                     insecure,

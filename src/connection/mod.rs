@@ -10,6 +10,7 @@
 //!
 //! The client they come from is built once at start from the `[redis]` settings ([`client`]).
 
+pub mod client_log;
 mod conn;
 pub(crate) mod tls;
 

@@ -141,3 +141,50 @@ async fn partitions_on_a_cluster_are_read_written_once_and_followed_when_a_slot_
     assert_eq!(read_stream(&mut c, DLQ).await.len(), 2);
     app.stop().await;
 }
+
+/// With every node of the cluster down, the redis crate's cluster client retries its
+/// recovery without pause and used to log each try (about 300 lines in the first second):
+/// its lines are now held to one per place in its source every ten seconds, while churnd's
+/// own retry lines go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_every_node_down_does_not_flood_the_log() {
+    let mut cluster = RedisCluster::start(3).await;
+    let churnd = DaemonProcess::spawn(&[
+        ("CHURND__REDIS__URL", cluster.nodes[0].url()),
+        ("CHURND__REDIS__MODE", "cluster".into()),
+        ("CHURND__PARTITIONS__COUNT", "4".into()),
+    ]);
+    wait_for("churnd ready", Duration::from_secs(60), || async {
+        churnd
+            .get_text("/readyz")
+            .await
+            .is_some_and(|t| t.contains("true"))
+    })
+    .await;
+    for node in &mut cluster.nodes {
+        node.stop();
+    }
+    // Enough failed tries for the crate's recovery loop to have spun many times over: with
+    // the test's 200 ms back-off cap, several seconds of outage.
+    let errors = |text: String| {
+        text.lines()
+            .filter(|l| l.starts_with("churnd_redis_errors_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    wait_for("churnd retrying", Duration::from_secs(60), || async {
+        churnd.get_text("/metrics").await.map(errors).unwrap_or(0.0) >= 60.0
+    })
+    .await;
+    let (_, log) = churnd.stop();
+    let crate_lines = log.lines().filter(|l| l.contains(" redis::")).count();
+    let own_retries = log
+        .lines()
+        .filter(|l| l.contains("churnd::connection") && l.contains("retrying"))
+        .count();
+    assert!(own_retries >= 3, "churnd's own retry lines go on:\n{log}");
+    assert!(
+        crate_lines <= 40,
+        "{crate_lines} lines from the redis crate in an outage of seconds:\n{log}"
+    );
+}
