@@ -102,20 +102,14 @@ impl std::fmt::Debug for RedisClient {
 }
 
 impl RedisClient {
-    /// One connection with the library's default timeouts (tools and the demo; the daemon's
-    /// tasks connect through [`super::Connector`]).
+    /// One connection for a tool (the demo), with waits long enough for a busy machine: the
+    /// library's default response timeout (500 ms) failed the demo's pipelined loads and
+    /// stream pages on a loaded 2-core machine, and a tool has no reconnect loop to recover.
+    /// The daemon's tasks connect through [`super::Connector`] with their own timeouts.
     pub async fn connection(&self) -> RedisResult<RedisConn> {
-        match self {
-            Self::Standalone(c) => c
-                .get_multiplexed_async_connection()
-                .await
-                .map(RedisConn::Standalone),
-            Self::Cluster(c) => c
-                .client(&[])?
-                .get_async_connection()
-                .await
-                .map(RedisConn::Cluster),
-        }
+        const CONNECT: std::time::Duration = std::time::Duration::from_secs(10);
+        const RESPONSE: std::time::Duration = std::time::Duration::from_secs(60);
+        self.connection_with(CONNECT, RESPONSE, &[]).await
     }
 
     /// One connection with these timeouts: `response` bounds each command (in a cluster, a

@@ -349,6 +349,12 @@ async fn sigkill_at_random_points_three_times_changes_nothing() {
     let mut rng = StdRng::seed_from_u64(seed);
     let log = |run: usize| dir.path().join(format!("run-{run}.log"));
     let mut daemon = spawn_binary(&config, &log(0));
+    // Each restart must have a snapshot to load: on a busy machine the first one can take
+    // longer than the shortest random delay.
+    wait_for("a first snapshot", Duration::from_secs(120), || async {
+        snapshot_count(&state_dir) > 0
+    })
+    .await;
     for kill in 1..=3 {
         let after = Duration::from_millis(rng.random_range(500..2_500));
         tokio::time::sleep(after).await;

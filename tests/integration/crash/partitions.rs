@@ -93,6 +93,14 @@ async fn partitions_restart_from_their_own_snapshots_after_sigkill_changing_noth
     let mut rng = StdRng::seed_from_u64(seed);
     let log = |run: usize| dir.path().join(format!("run-{run}.log"));
     let mut daemon = spawn_binary(&config, &log(0));
+    // Each restart must have a snapshot of every partition to load: on a busy machine the
+    // first ones can take longer than the shortest random delay.
+    wait_for(
+        "a first snapshot of every partition",
+        Duration::from_secs(120),
+        || async { (0..4).all(|p| snapshot_count(&state_dir.join(format!("partition-{p}"))) > 0) },
+    )
+    .await;
     for kill in 1..=2 {
         let after = Duration::from_millis(rng.random_range(500..1_500));
         tokio::time::sleep(after).await;
