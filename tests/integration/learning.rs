@@ -58,6 +58,8 @@ fn settings(redis: &RedisServer, dir: &std::path::Path, policy: WinbackPolicy) -
         .map(|s| (s, "coupon".to_string()))
         .collect();
     settings.winback.budgets = BTreeMap::from([("coupon".into(), ActionBudget::new(1e12, 5.0))]);
+    // Coupons alone: no segment chooses among actions.
+    settings.winback.candidates.clear();
     settings.winback.policy = policy;
     settings.winback.learn.min_outcomes = 200;
     settings.winback.learn.exploration = 0.1;
