@@ -363,8 +363,25 @@ fn list_keys(table: config::Map<String, Value>, prefix: &str, found: &mut Vec<St
 
 #[test]
 fn every_list_setting_takes_comma_separated_text_from_the_environment() {
-    let samples: [(&str, &[&str]); 5] = [
+    let samples: [(&str, &[&str]); 13] = [
         ("source.streams", &["events:eu", "events:us"]),
+        ("winback.candidates.important_value", &["personal_call"]),
+        (
+            "winback.candidates.important_development",
+            &["email_reminder", "personal_call"],
+        ),
+        ("winback.candidates.important_retention", &["loyalty_offer"]),
+        ("winback.candidates.important_winback", &["personal_call"]),
+        (
+            "winback.candidates.general_value",
+            &["coupon", "email_reminder"],
+        ),
+        ("winback.candidates.general_development", &["coupon"]),
+        (
+            "winback.candidates.general_retention",
+            &["loyalty_offer", "coupon"],
+        ),
+        ("winback.candidates.general_winback", &["email_reminder"]),
         ("profiles.keys", &["region", "tier"]),
         ("profiles.regions", &["eu", "us"]),
         (

@@ -37,6 +37,7 @@ impl Section for WinbackSettings {
             threshold: f.get("threshold", d.threshold),
             segment_thresholds: f.get("segment_thresholds", d.segment_thresholds),
             actions: f.get("actions", d.actions),
+            candidates: f.get("candidates", d.candidates),
             min_silence_days: f.get("min_silence_days", d.min_silence_days),
             cooldown_days: f.get("cooldown_days", d.cooldown_days),
             max_tasks_per_episode: f.get("max_tasks_per_episode", d.max_tasks_per_episode),
@@ -88,6 +89,7 @@ impl Section for WinbackSettings {
                 "(0) must be 1 or more: outcomes win-back needs in each group, all actions × segments together, before measured lift steers tasks",
             ));
         }
+        problems.extend(self.candidate_problems());
         problems.extend(self.budget_problems());
         if self.stream == self.control_stream {
             problems.push(Problem::new(
@@ -100,15 +102,52 @@ impl Section for WinbackSettings {
 }
 
 impl WinbackSettings {
-    /// Every budget must name an action of the playbook and give a spend per day (0 or
-    /// more) and a cost per task (above 0).
+    /// Every budget must name an action of the playbook or of a segment's candidates and
+    /// give a spend per day (0 or more) and a cost per task (above 0).
     fn budget_problems(&self) -> Vec<Problem> {
         budget_problems(
             "winback",
-            ("[winback.actions]", "win-back's"),
+            ("[winback.actions] or [winback.candidates]", "win-back's"),
             &self.budgets,
-            self.actions.values().map(String::as_str),
+            self.actions
+                .values()
+                .chain(self.candidates.values().flatten())
+                .map(String::as_str),
         )
+    }
+
+    /// A segment's candidate actions: named, each once, and, when there are several, each
+    /// with a budget (the learned policy ranks them by value per cost, and an action
+    /// without a limit would take every candidate the others pass over).
+    fn candidate_problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for segment in Segment::ALL {
+            let Some(list) = self.candidates.get(&segment) else {
+                continue;
+            };
+            let key = format!("winback.candidates.{}", segment.as_str());
+            for (i, action) in list.iter().enumerate() {
+                if action.trim().is_empty() {
+                    problems.push(Problem::new(
+                        key.clone(),
+                        "names an empty action: list action names, e.g. [\"coupon\", \"email_reminder\"]",
+                    ));
+                } else if list[..i].contains(action) {
+                    problems.push(Problem::new(
+                        key.clone(),
+                        format!("lists {action} twice: list each action once"),
+                    ));
+                } else if list.len() > 1 && !self.budgets.contains_key(action) {
+                    problems.push(Problem::new(
+                        key.clone(),
+                        format!(
+                            "lists {action}, which has no [winback.budgets.{action}]: a segment that chooses among actions needs each one's cost and budget"
+                        ),
+                    ));
+                }
+            }
+        }
+        problems
     }
 }
 
@@ -180,6 +219,7 @@ mod tests {
     fn a_missing_action_and_a_bad_threshold_are_reported_by_key() {
         let mut settings = WinbackSettings::default();
         settings.budgets.clear();
+        settings.candidates.clear();
         settings.actions.remove(&Segment::GeneralValue);
         settings.threshold = 1.5;
         settings
@@ -195,6 +235,36 @@ mod tests {
             ]
         );
         assert!(WinbackSettings::default().problems().is_empty());
+    }
+
+    #[test]
+    fn candidate_actions_are_named_once_and_budgeted() {
+        let mut settings = WinbackSettings::default();
+        settings.candidates.insert(
+            Segment::GeneralValue,
+            vec!["coupon".into(), "sms".into(), "coupon".into(), " ".into()],
+        );
+        // One action alone needs no budget: it is the segment's only choice.
+        settings
+            .candidates
+            .insert(Segment::GeneralWinback, vec!["postcard".into()]);
+        // A budget may be for a candidate action that no segment's playbook names.
+        settings
+            .budgets
+            .insert("postcard".into(), ActionBudget::new(10.0, 1.0));
+        let problems: Vec<String> = settings
+            .problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "winback.candidates.general_value lists sms, which has no [winback.budgets.sms]: a segment that chooses among actions needs each one's cost and budget",
+                "winback.candidates.general_value lists coupon twice: list each action once",
+                "winback.candidates.general_value names an empty action: list action names, e.g. [\"coupon\", \"email_reminder\"]",
+            ]
+        );
     }
 
     #[test]
@@ -228,7 +298,7 @@ mod tests {
                 "winback.budgets.coupon.cost (-5) must be above 0 (an action that costs nothing needs no budget: leave it out of [winback.budgets])",
                 "winback.budgets.email_reminder.cost is missing: what one task costs",
                 "winback.budgets.loyalty_offer.cost (0) must be above 0 (an action that costs nothing needs no budget: leave it out of [winback.budgets])",
-                "winback.budgets.sms_blast is not an action of [winback.actions]: budgets are for win-back's actions (coupon, email_reminder, loyalty_offer, personal_call)",
+                "winback.budgets.sms_blast is not an action of [winback.actions] or [winback.candidates]: budgets are for win-back's actions (coupon, email_reminder, loyalty_offer, personal_call)",
             ]
         );
     }

@@ -28,6 +28,9 @@ pub struct WinbackSettings {
     pub segment_thresholds: HashMap<Segment, f64>,
     /// Playbook: the action for each segment.
     pub actions: HashMap<Segment, String>,
+    /// The actions the learned policy chooses among for each segment, once win-back's lift
+    /// is measured; a segment without a list has its playbook action alone.
+    pub candidates: HashMap<Segment, Vec<String>>,
     /// No task while the last purchase is more recent than this: a fresh buyer is not
     /// drifting away yet, whatever their base churn rate.
     pub min_silence_days: u32,
@@ -76,6 +79,7 @@ impl Default for WinbackSettings {
                 .into_iter()
                 .map(|(s, a)| (s, a.to_string()))
                 .collect(),
+            candidates: default_candidates(),
             min_silence_days: 30,
             cooldown_days: 30,
             max_tasks_per_episode: NonZeroU8::MIN,
@@ -99,9 +103,32 @@ impl WinbackSettings {
             threshold: 0.7,
             segment_thresholds: HashMap::from([(ImportantValue, 0.6), (ImportantRetention, 0.6)]),
             budgets: BTreeMap::new(),
+            candidates: HashMap::new(),
             ..Self::default()
         }
     }
+}
+
+/// The shipped candidate actions: a person's call or a loyalty offer for the important
+/// segments (money off would give away margin on the customers who spend most), money off
+/// or a loyalty offer for the general ones (a call costs more than most of them spend), and
+/// the cheap reminder for all. Each segment's playbook action is among its candidates.
+fn default_candidates() -> HashMap<Segment, Vec<String>> {
+    use Segment::*;
+    let important = ["personal_call", "loyalty_offer", "email_reminder"];
+    let general = ["coupon", "loyalty_offer", "email_reminder"];
+    Segment::ALL
+        .into_iter()
+        .map(|s| {
+            let list = match s {
+                ImportantValue | ImportantDevelopment | ImportantRetention | ImportantWinback => {
+                    important
+                }
+                GeneralValue | GeneralDevelopment | GeneralRetention | GeneralWinback => general,
+            };
+            (s, list.map(String::from).to_vec())
+        })
+        .collect()
 }
 
 /// The shipped budgets, sized for a base of about 20,000 customers (CDNOW, `churnd

@@ -1,15 +1,27 @@
-//! Win-back targeting: the chance in a candidate's priority (value at stake × chance), by
-//! `winback.policy`.
+//! Win-back targeting: which action a candidate gets, and the chance in its priority (value
+//! at stake × chance), by `winback.policy`.
 //!
 //! - `learned` (the default): the chance is the arm's [`Effect`] from the [`UpliftBook`]:
-//!   the churn probability (the stand-in) until win-back as a whole has
-//!   `winback.learn.min_outcomes` outcomes in each group, then the stand-in × the lift drawn
-//!   for the arm (win-back × action × segment) that day relative to win-back's pooled lift,
-//!   except for the exploration floor. An arm whose lift is drawn at or below zero raises no
-//!   task that day: the budget goes to candidates whose action works for them.
-//! - `playbook`: the churn probability, always (churnd before learning).
-//! - `random`: candidates are admitted in a random order, the benchmark's baseline: the
-//!   priority is a pseudo-random number drawn from the task ID, whatever the value.
+//!   the churn probability (the stand-in), with the playbook's action, until win-back as a
+//!   whole has `winback.learn.min_outcomes` outcomes in each group; then, for each of the
+//!   segment's candidate actions (`[winback.candidates]`), the stand-in × the lift drawn for
+//!   the arm (win-back × action × segment) that day relative to win-back's pooled lift
+//!   (Thompson sampling). The actions are tried best first by expected incremental value per
+//!   cost (value × chance ÷ the action's cost), each against its own budget: the first that
+//!   admits the candidate is the task's. An action drawn at or below zero is not tried that
+//!   day; when none is left, no task (the budget goes to candidates whose actions work for
+//!   them). A share `exploration` of candidates tries one candidate action, picked by the
+//!   task ID, on the stand-in: every action stays measured in every segment.
+//! - `playbook`: the playbook's action (`[winback.actions]`), the churn probability, always
+//!   (churnd before learning).
+//! - `random`: the playbook's action, candidates admitted in a random order, the benchmark's
+//!   baseline: the priority is a pseudo-random number drawn from the task ID, whatever the
+//!   value.
+//!
+//! So, once measured, budget moves between actions: an action that works in a segment draws
+//! that segment's candidates first and spends its budget on them, one that does not loses
+//! them to the segment's other actions. Treatment and control candidates are decided alike
+//! (the group is drawn after), so the holdout stays the control of every action × segment.
 //!
 //! Every draw is seeded by the arm and day or by the task's deterministic ID, so a replay
 //! decides as the first run did, given the same book. Pure: the engine owns the book and
@@ -20,7 +32,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::task::TaskKind;
-use super::uplift::{Arm, Draw, Effect, UpliftBook};
+use super::uplift::{Arm, Effect, Stage, UpliftBook};
 use crate::classify::Segment;
 
 /// `winback.policy`: where the chance in a win-back candidate's priority comes from.
@@ -93,19 +105,43 @@ impl Targeting {
     }
 }
 
-/// What targeting made of a candidate.
+/// One action a candidate may get, as targeting sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Choice {
+    pub action: Arc<str>,
+    /// What one task of the action costs (`[winback.budgets]`); 1 for an action without a
+    /// budget (only ever a segment's one action).
+    pub cost: f64,
+    /// The slot of the action's budget in the engine's [`super::Budgets`]; `None`: not
+    /// budgeted, no limit.
+    pub slot: Option<usize>,
+}
+
+/// An action to try for a candidate, at the priority its budget sees.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Target {
-    /// A candidate at `priority`, the chance from `effect`.
-    Candidate { priority: f64, effect: Effect },
-    /// The action's lift was drawn at or below zero for the candidate's segment: no task.
+pub(crate) struct Pick<'a> {
+    pub choice: &'a Choice,
+    pub priority: f64,
+    pub effect: Effect,
+}
+
+/// What targeting made of a candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Target<'a> {
+    /// The actions to try, best first: the first whose budget admits the candidate is
+    /// the task's.
+    Candidate(Vec<Pick<'a>>),
+    /// Every action's lift was drawn at or below zero for the candidate's segment: no task.
     NoLift,
 }
 
 /// One win-back candidate, as targeting sees it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Candidate<'a> {
-    pub action: &'a Arc<str>,
+    /// The playbook's action for the segment (`[winback.actions]`).
+    pub playbook: &'a Choice,
+    /// The actions the learned policy chooses among (`[winback.candidates]`; at least one).
+    pub choices: &'a [Choice],
     pub segment: Segment,
     /// The churn probability: the chance's stand-in.
     pub probability: f64,
@@ -118,40 +154,80 @@ pub(crate) struct Candidate<'a> {
 }
 
 impl WinbackPolicy {
-    /// The candidate's priority under this policy, counting a skip in `targeting`.
-    pub(crate) fn target(self, c: &Candidate<'_>, targeting: &mut Targeting) -> Target {
+    /// The actions to try for the candidate under this policy, best first, counting a skip
+    /// in `targeting`. `playbook` and `random` try the playbook's action alone, and so does
+    /// `learned` until win-back is measured; then each of the segment's candidate actions
+    /// gets the stand-in × its lift drawn for the day (relative to win-back's), actions
+    /// drawn at or below zero are left out, and the others are tried in the order of the
+    /// expected incremental value per cost (value × chance ÷ cost). A candidate in the
+    /// exploration share tries one of them, picked by the task ID, on the stand-in.
+    pub(crate) fn target<'a>(self, c: &Candidate<'a>, targeting: &mut Targeting) -> Target<'a> {
         let (high, low) = seeds(c.task_id);
-        let effect = match self {
-            Self::Playbook => Effect::StandIn(c.probability),
+        let one = |choice, effect: Effect| {
+            Target::Candidate(vec![Pick {
+                choice,
+                priority: c.value * effect.chance(),
+                effect,
+            }])
+        };
+        match self {
+            Self::Playbook => one(c.playbook, Effect::StandIn(c.probability)),
             Self::Random => {
                 // Uniform on the budget pacer's log scale (its histogram has even buckets of
                 // log2(1 + priority)), so that its quantiles stay sharp: 0 to 2^32 − 1.
                 let draw = (low >> 11) as f64 / (1u64 << 53) as f64;
-                return Target::Candidate {
+                Target::Candidate(vec![Pick {
+                    choice: c.playbook,
                     priority: (draw * 32.0).exp2() - 1.0,
                     effect: Effect::Random(draw),
-                };
+                }])
             }
-            Self::Learned => {
-                let arm = Arm {
-                    kind: TaskKind::Winback,
-                    action: c.action.clone(),
-                    segment: c.segment,
-                };
-                match targeting.book.effect(&arm, c.probability, c.day, high) {
-                    Draw::Chance(effect) => effect,
-                    Draw::NoLift(_) => {
+            Self::Learned => match targeting.book.stage(TaskKind::Winback, high) {
+                Stage::StandIn => one(c.playbook, Effect::StandIn(c.probability)),
+                Stage::Explored => {
+                    let i = (low % c.choices.len().max(1) as u64) as usize;
+                    let choice = c.choices.get(i).unwrap_or(c.playbook);
+                    one(choice, Effect::Explored(c.probability))
+                }
+                Stage::Learned => {
+                    let picks = learned_picks(c, targeting.book());
+                    if picks.is_empty() {
                         targeting.no_lift += 1;
-                        return Target::NoLift;
+                        Target::NoLift
+                    } else {
+                        Target::Candidate(picks)
                     }
                 }
-            }
-        };
-        Target::Candidate {
-            priority: c.value * effect.chance(),
-            effect,
+            },
         }
     }
+}
+
+/// The candidate's actions with a lift drawn above zero, by expected incremental value per
+/// cost, best first (in the order of `choices` where equal).
+fn learned_picks<'a>(c: &Candidate<'a>, book: &UpliftBook) -> Vec<Pick<'a>> {
+    let mut picks: Vec<Pick<'a>> = c
+        .choices
+        .iter()
+        .filter_map(|choice| {
+            let arm = Arm {
+                kind: TaskKind::Winback,
+                action: choice.action.clone(),
+                segment: c.segment,
+            };
+            let m = book.relative_lift(&arm, c.day)?;
+            (m > 0.0).then(|| {
+                let effect = Effect::Learned(c.probability * m);
+                Pick {
+                    choice,
+                    priority: c.value * effect.chance(),
+                    effect,
+                }
+            })
+        })
+        .collect();
+    picks.sort_by(|a, b| (b.priority / b.choice.cost).total_cmp(&(a.priority / a.choice.cost)));
+    picks
 }
 
 /// Two independent seeds from a task ID of 32 hex digits (any other text is hashed).
@@ -176,13 +252,27 @@ mod tests {
     use crate::decide::task::winback_task_id;
     use crate::decide::uplift::{ArmOutcomes, LearnSettings};
 
-    fn coupon() -> Arc<str> {
-        "coupon".into()
+    fn choice(action: &str, cost: f64) -> Choice {
+        Choice {
+            action: action.into(),
+            cost,
+            slot: None,
+        }
     }
 
-    fn candidate<'a>(action: &'a Arc<str>, segment: Segment, task_id: &'a str) -> Candidate<'a> {
+    fn coupon() -> Choice {
+        choice("coupon", 5.0)
+    }
+
+    fn candidate<'a>(
+        playbook: &'a Choice,
+        choices: &'a [Choice],
+        segment: Segment,
+        task_id: &'a str,
+    ) -> Candidate<'a> {
         Candidate {
-            action,
+            playbook,
+            choices,
             segment,
             probability: 0.8,
             value: 100.0,
@@ -197,6 +287,23 @@ mod tests {
             .collect()
     }
 
+    fn outcomes(treated_converted: u64, control_converted: u64) -> ArmOutcomes {
+        ArmOutcomes {
+            treated: 2_000,
+            treated_converted,
+            control: 2_000,
+            control_converted,
+        }
+    }
+
+    fn arm(action: &str, segment: Segment) -> Arm {
+        Arm {
+            kind: TaskKind::Winback,
+            action: action.into(),
+            segment,
+        }
+    }
+
     /// A book where coupons lift general_winback by 20 points and do nothing for
     /// important_winback, 2,000 outcomes per group each: win-back's pooled lift is 10 points.
     fn book(min_outcomes: u64) -> UpliftBook {
@@ -204,78 +311,56 @@ mod tests {
             min_outcomes,
             exploration: 0.1,
         });
-        let arm = |segment| Arm {
-            kind: TaskKind::Winback,
-            action: coupon(),
-            segment,
-        };
-        book.set(
-            arm(Segment::GeneralWinback),
-            ArmOutcomes {
-                treated: 2_000,
-                treated_converted: 600,
-                control: 2_000,
-                control_converted: 200,
-            },
-        );
-        book.set(
-            arm(Segment::ImportantWinback),
-            ArmOutcomes {
-                treated: 2_000,
-                treated_converted: 200,
-                control: 2_000,
-                control_converted: 200,
-            },
-        );
+        book.set(arm("coupon", Segment::GeneralWinback), outcomes(600, 200));
+        book.set(arm("coupon", Segment::ImportantWinback), outcomes(200, 200));
         book
     }
 
-    fn measured() -> Targeting {
+    fn targeting(book: UpliftBook) -> Targeting {
         let mut t = Targeting::default();
-        t.set_book(Arc::new(book(200)));
+        t.set_book(Arc::new(book));
         t
+    }
+
+    fn measured() -> Targeting {
+        targeting(book(200))
+    }
+
+    /// The one action a policy tries, with its priority and effect.
+    fn only(target: Target<'_>) -> (Arc<str>, f64, Effect) {
+        match target {
+            Target::Candidate(picks) if picks.len() == 1 => (
+                picks[0].choice.action.clone(),
+                picks[0].priority,
+                picks[0].effect,
+            ),
+            other => panic!("not one action: {other:?}"),
+        }
     }
 
     #[test]
     fn the_playbook_ranks_by_value_times_churn_probability_whatever_the_book() {
         let mut t = measured();
-        let action = coupon();
+        let (playbook, choices) = (coupon(), [choice("email_reminder", 0.2), coupon()]);
         for id in ids(50) {
-            let got = WinbackPolicy::Playbook
-                .target(&candidate(&action, Segment::ImportantWinback, &id), &mut t);
-            assert_eq!(
-                got,
-                Target::Candidate {
-                    priority: 80.0,
-                    effect: Effect::StandIn(0.8)
-                }
-            );
+            let c = candidate(&playbook, &choices, Segment::ImportantWinback, &id);
+            let got = only(WinbackPolicy::Playbook.target(&c, &mut t));
+            assert_eq!(got, ("coupon".into(), 80.0, Effect::StandIn(0.8)));
         }
         assert_eq!(t.take_skipped(), 0);
     }
 
     #[test]
     fn learned_equals_the_playbook_until_win_back_is_measured() {
-        let action = coupon();
+        let (playbook, choices) = (coupon(), [choice("email_reminder", 0.2), coupon()]);
         let id = &ids(1)[0];
-        let playbook = WinbackPolicy::Playbook.target(
-            &candidate(&action, Segment::GeneralWinback, id),
-            &mut Targeting::default(),
-        );
-        assert_eq!(
-            playbook,
-            Target::Candidate {
-                priority: 80.0,
-                effect: Effect::StandIn(0.8)
-            }
-        );
+        let want = ("coupon".into(), 80.0, Effect::StandIn(0.8));
         // An empty book, and one with fewer than min_outcomes in each group in all.
         for book in [UpliftBook::default(), book(4_001)] {
-            let mut t = Targeting::default();
-            t.set_book(Arc::new(book));
+            let mut t = targeting(book);
             for segment in [Segment::GeneralWinback, Segment::GeneralRetention] {
-                let got = WinbackPolicy::Learned.target(&candidate(&action, segment, id), &mut t);
-                assert_eq!(got, playbook);
+                let c = candidate(&playbook, &choices, segment, id);
+                assert_eq!(only(WinbackPolicy::Learned.target(&c, &mut t)), want);
             }
         }
     }
@@ -283,7 +368,7 @@ mod tests {
     #[test]
     fn learned_priorities_follow_the_lift_and_skip_days_drawn_without_it() {
         let mut t = measured();
-        let action = coupon();
+        let (playbook, choices) = (coupon(), [coupon()]);
         let id = &ids(4)[3];
         let (mut works, mut useless) = (Vec::new(), Vec::new());
         let mut skipped = 0;
@@ -294,21 +379,20 @@ mod tests {
             ] {
                 let c = Candidate {
                     day,
-                    ..candidate(&action, segment, id)
+                    ..candidate(&playbook, &choices, segment, id)
                 };
                 match WinbackPolicy::Learned.target(&c, &mut t) {
-                    Target::Candidate {
-                        priority,
-                        effect: Effect::Learned(chance),
-                    } => {
-                        assert!((priority - 100.0 * chance).abs() < 1e-9);
-                        seen.push(priority);
-                    }
                     Target::NoLift => {
                         skipped += 1;
                         seen.push(0.0);
                     }
-                    other => panic!("this task is not in the exploration share: {other:?}"),
+                    target => match only(target) {
+                        (_, priority, Effect::Learned(chance)) => {
+                            assert!((priority - 100.0 * chance).abs() < 1e-9);
+                            seen.push(priority);
+                        }
+                        other => panic!("this task is not in the exploration share: {other:?}"),
+                    },
                 }
             }
         }
@@ -319,6 +403,137 @@ mod tests {
         assert!((mean(&works) - 160.0).abs() < 8.0, "{}", mean(&works));
         assert!(mean(&useless) < 10.0, "{}", mean(&useless));
         assert!(works.iter().all(|p| *p > 80.0));
+    }
+
+    /// Coupons (cost 5) lift general_winback by 20 points, loyalty offers (cost 5) by 5,
+    /// email reminders (cost 0.2) by `email` points; 2,000 outcomes per group each. The
+    /// actions the learned policy tries, over 200 days (task IDs outside the exploration
+    /// share).
+    fn orders(email: u64) -> Vec<Vec<String>> {
+        let mut b = UpliftBook::new(LearnSettings {
+            min_outcomes: 100,
+            exploration: 0.0,
+        });
+        let s = Segment::GeneralWinback;
+        b.set(arm("coupon", s), outcomes(600, 200));
+        b.set(arm("loyalty_offer", s), outcomes(300, 200));
+        b.set(arm("email_reminder", s), outcomes(200 + 20 * email, 200));
+        let mut t = targeting(b);
+        let playbook = choice("loyalty_offer", 5.0);
+        let choices = [
+            choice("loyalty_offer", 5.0),
+            choice("email_reminder", 0.2),
+            coupon(),
+        ];
+        let id = &ids(1)[0];
+        (0..200)
+            .map(|day| {
+                let c = Candidate {
+                    day,
+                    ..candidate(&playbook, &choices, s, id)
+                };
+                match WinbackPolicy::Learned.target(&c, &mut t) {
+                    Target::Candidate(picks) => {
+                        for p in &picks {
+                            let Effect::Learned(chance) = p.effect else {
+                                panic!("{p:?}");
+                            };
+                            assert!((p.priority - 100.0 * chance).abs() < 1e-9);
+                        }
+                        let per_cost: Vec<f64> =
+                            picks.iter().map(|p| p.priority / p.choice.cost).collect();
+                        assert!(per_cost.windows(2).all(|w| w[0] >= w[1]), "{per_cost:?}");
+                        picks.iter().map(|p| p.choice.action.to_string()).collect()
+                    }
+                    Target::NoLift => Vec::new(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn learned_tries_the_segment_s_actions_by_value_per_cost() {
+        let count = |orders: &[Vec<String>], first: &str| {
+            orders
+                .iter()
+                .filter(|o| o.first().map(String::as_str) == Some(first))
+                .count()
+        };
+        let before = |o: &[String], a: &str, b: &str| {
+            let at = |x: &str| o.iter().position(|y| y == x);
+            at(a).is_some() && (at(b).is_none() || at(a) < at(b))
+        };
+        // The reminder does nothing: its lift is drawn around zero, so about half the days
+        // it is left out; on the others it is drawn a point or so, and at a 25th of the
+        // price that can be worth more per cost than a coupon. Coupons (20 points) always
+        // go before loyalty offers (5 points), at the same cost.
+        let useless = orders(0);
+        let without_email = useless.iter().filter(|o| o.len() == 2).count();
+        assert!((60..140).contains(&without_email), "{useless:?}");
+        assert!(useless.iter().all(|o| before(o, "coupon", "loyalty_offer")));
+        assert!(count(&useless, "loyalty_offer") == 0);
+        // Two points for a 25th of the price: the reminder first on most days.
+        let cheap = orders(2);
+        assert!(count(&cheap, "email_reminder") >= 170, "{cheap:?}");
+        assert!(cheap.iter().all(|o| before(o, "coupon", "loyalty_offer")));
+    }
+
+    #[test]
+    fn every_action_drawn_without_lift_raises_no_task_and_is_counted() {
+        let mut b = UpliftBook::new(LearnSettings {
+            min_outcomes: 100,
+            exploration: 0.0,
+        });
+        b.set(arm("coupon", Segment::GeneralValue), outcomes(600, 200));
+        for action in ["coupon", "email_reminder"] {
+            b.set(arm(action, Segment::GeneralWinback), outcomes(100, 200));
+        }
+        let mut t = targeting(b);
+        let (playbook, choices) = (coupon(), [coupon(), choice("email_reminder", 0.2)]);
+        let id = &ids(1)[0];
+        let none = (0..50)
+            .filter(|&day| {
+                let c = Candidate {
+                    day,
+                    ..candidate(&playbook, &choices, Segment::GeneralWinback, id)
+                };
+                WinbackPolicy::Learned.target(&c, &mut t) == Target::NoLift
+            })
+            .count();
+        assert!(none >= 45, "{none} of 50 days");
+        assert_eq!(t.take_skipped(), none as u64);
+    }
+
+    #[test]
+    fn the_exploration_share_tries_each_candidate_action_alike() {
+        let mut t = measured();
+        let playbook = coupon();
+        let choices = [
+            coupon(),
+            choice("email_reminder", 0.2),
+            choice("call", 10.0),
+        ];
+        let mut counts = std::collections::BTreeMap::new();
+        for id in ids(20_000) {
+            let c = candidate(&playbook, &choices, Segment::GeneralWinback, &id);
+            if let Target::Candidate(picks) = WinbackPolicy::Learned.target(&c, &mut t) {
+                if let [Pick {
+                    choice,
+                    priority,
+                    effect: Effect::Explored(p),
+                }] = picks.as_slice()
+                {
+                    assert_eq!((*priority, *p), (80.0, 0.8));
+                    *counts.entry(choice.action.to_string()).or_insert(0) += 1;
+                }
+            }
+        }
+        // 10 % of 20,000, a third each: about 667 (binomial sd 25).
+        assert_eq!(counts.len(), 3, "{counts:?}");
+        assert!(
+            counts.values().all(|n| (560..780).contains(n)),
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -335,20 +550,18 @@ mod tests {
     #[test]
     fn random_priorities_ignore_value_and_book_and_repeat_for_a_task() {
         let mut t = measured();
-        let action = coupon();
+        let (playbook, choices) = (coupon(), [choice("email_reminder", 0.2), coupon()]);
         let ids = ids(4_000);
         let draws: Vec<f64> = ids
             .iter()
             .map(|id| {
-                let c = candidate(&action, Segment::ImportantWinback, id);
+                let c = candidate(&playbook, &choices, Segment::ImportantWinback, id);
                 let cheap = Candidate { value: 1.0, ..c };
-                let a = WinbackPolicy::Random.target(&c, &mut t);
-                assert_eq!(a, WinbackPolicy::Random.target(&cheap, &mut t));
+                let a = only(WinbackPolicy::Random.target(&c, &mut t));
+                assert_eq!(a, only(WinbackPolicy::Random.target(&cheap, &mut t)));
                 match a {
-                    Target::Candidate {
-                        priority,
-                        effect: Effect::Random(draw),
-                    } => {
+                    (action, priority, Effect::Random(draw)) => {
+                        assert_eq!(&*action, "coupon", "the playbook's action");
                         assert!((priority - ((draw * 32.0).exp2() - 1.0)).abs() < 1e-6);
                         draw
                     }

@@ -158,6 +158,17 @@ pub enum Draw {
     NoLift(f64),
 }
 
+/// How the book decides a candidate ([`UpliftBook::stage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// The kind is not measured yet: the stand-in.
+    StandIn,
+    /// Measured, but the candidate falls in the exploration floor: the stand-in.
+    Explored,
+    /// Measured: the arms' drawn lifts.
+    Learned,
+}
+
 /// A kind's prior on its arms' lifts: what all its outcomes together say.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Prior {
@@ -247,17 +258,35 @@ impl UpliftBook {
     /// drawn for the day relative to the kind's; `seed` (the task's) picks the exploration
     /// share.
     pub fn effect(&self, arm: &Arm, stand_in: f64, day: u32, seed: u64) -> Draw {
-        let Some(prior) = self.prior(arm.kind).filter(|p| p.trusted) else {
-            return Draw::Chance(Effect::StandIn(stand_in));
-        };
+        match self.stage(arm.kind, seed) {
+            Stage::StandIn => Draw::Chance(Effect::StandIn(stand_in)),
+            Stage::Explored => Draw::Chance(Effect::Explored(stand_in)),
+            Stage::Learned => match self.relative_lift(arm, day) {
+                Some(m) if m > 0.0 => Draw::Chance(Effect::Learned(stand_in * m)),
+                Some(m) => Draw::NoLift(m),
+                None => Draw::Chance(Effect::StandIn(stand_in)),
+            },
+        }
+    }
+
+    /// How a candidate of `kind` is decided: on the stand-in until the kind is measured,
+    /// then on the stand-in for the exploration share (picked by `seed`, the task's), on
+    /// drawn lifts for the others.
+    pub fn stage(&self, kind: TaskKind, seed: u64) -> Stage {
+        if !self.prior(kind).is_some_and(|p| p.trusted) {
+            return Stage::StandIn;
+        }
         if SmallRng::seed_from_u64(seed).random::<f64>() < self.settings.exploration {
-            return Draw::Chance(Effect::Explored(stand_in));
+            return Stage::Explored;
         }
-        let lift = self.draw(arm, &prior, day);
-        if lift <= 0.0 {
-            return Draw::NoLift(lift);
-        }
-        Draw::Chance(Effect::Learned(stand_in * lift / prior.scale))
+        Stage::Learned
+    }
+
+    /// `arm`'s lift drawn for `day` relative to its kind's (the multiplier of the stand-in;
+    /// at or below zero: no lift that day); `None` until the kind is measured.
+    pub fn relative_lift(&self, arm: &Arm, day: u32) -> Option<f64> {
+        let prior = self.prior(arm.kind).filter(|p| p.trusted)?;
+        Some(self.draw(arm, &prior, day) / prior.scale)
     }
 
     /// The arm's lift drawn for `day` from its posterior: the kind's prior updated with the

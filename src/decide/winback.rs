@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::budget::{Admission, Budgets};
 use super::holdout::{Group, Holdout};
 use super::settings::WinbackSettings;
-use super::targeting::{Candidate, Target, Targeting, WinbackPolicy};
+use super::targeting::{Candidate, Choice, Target, Targeting, WinbackPolicy};
 use super::task::{winback_task_id, Detail, Task, TaskKind, WinbackDetail};
 use super::Assessment;
 use crate::classify::Segment;
@@ -36,13 +36,14 @@ pub struct WinbackState {
 pub(crate) struct Policy {
     enabled: bool,
     thresholds: [f64; 8],
-    actions: [Arc<str>; 8],
+    /// By segment: the playbook's action (`[winback.actions]`), with its cost and budget.
+    playbook: [Choice; 8],
+    /// By segment: the actions the learned policy chooses among (`[winback.candidates]`;
+    /// the playbook's action alone when the segment lists none).
+    candidates: [Vec<Choice>; 8],
     min_silence: u32,
     cooldown: u32,
     max_tasks_per_episode: u8,
-    /// By segment: the slot of the action's budget in the engine's [`Budgets`]; `None`:
-    /// the action is not budgeted.
-    budget_slots: [Option<usize>; 8],
     /// Where the chance in a candidate's priority comes from.
     targeting: WinbackPolicy,
     holdout: Holdout,
@@ -71,25 +72,28 @@ impl Policy {
                 .get(&s)
                 .unwrap_or(&settings.threshold)
         };
-        let action = |s: Segment| -> Arc<str> {
-            settings
-                .actions
-                .get(&s)
-                .map_or_else(|| "review".into(), |a| a.as_str().into())
+        let choice = |action: &str| Choice {
+            action: action.into(),
+            cost: settings
+                .budgets
+                .get(action)
+                .and_then(|b| b.cost)
+                .unwrap_or(1.0),
+            slot: Budgets::slot(&settings.budgets, action),
+        };
+        let playbook = |s: Segment| choice(settings.actions.get(&s).map_or("review", |a| a));
+        let candidates = |s: Segment| match settings.candidates.get(&s) {
+            Some(list) if !list.is_empty() => list.iter().map(|a| choice(a)).collect(),
+            _ => vec![playbook(s)],
         };
         Self {
             enabled: settings.enabled,
             thresholds: Segment::ALL.map(threshold),
-            actions: Segment::ALL.map(action),
+            playbook: Segment::ALL.map(playbook),
+            candidates: Segment::ALL.map(candidates),
             min_silence: time::days(settings.min_silence_days),
             cooldown: time::days(settings.cooldown_days),
             max_tasks_per_episode: settings.max_tasks_per_episode.get(),
-            budget_slots: Segment::ALL.map(|s| {
-                settings
-                    .actions
-                    .get(&s)
-                    .and_then(|a| Budgets::slot(&settings.budgets, a))
-            }),
             targeting: settings.policy,
             holdout: Holdout::new(TaskKind::Winback, settings.control_share),
             reasons: settings.reasons,
@@ -189,29 +193,34 @@ impl Policy {
         let attempt = state.episode_tasks + 1;
         let task_id = winback_task_id(a.customer_id, last_purchase, attempt);
         let candidate = Candidate {
-            action: &self.actions[s],
+            playbook: &self.playbook[s],
+            choices: &self.candidates[s],
             segment: scored.segment,
             probability: scored.probability,
             value: value.map_or(scored.monetary_365d, |v| v.clv_365d),
             day: now / time::DAY,
             task_id: &task_id,
         };
-        let (priority, effect) = match self.targeting.target(&candidate, targeting) {
-            Target::Candidate { priority, effect } => (priority, effect),
+        let picks = match self.targeting.target(&candidate, targeting) {
+            Target::Candidate(picks) => picks,
             Target::NoLift => return Decision::NoLift,
         };
-        if let Some(slot) = self.budget_slots[s] {
-            if budgets.admit(slot, priority, now) == Admission::HeldBack {
-                return Decision::HeldBack;
-            }
-        }
+        // The first action, best first, whose budget admits the candidate today.
+        let Some(pick) = picks.into_iter().find(|p| {
+            p.choice
+                .slot
+                .is_none_or(|slot| budgets.admit(slot, p.priority, now) == Admission::Admitted)
+        }) else {
+            return Decision::HeldBack;
+        };
+        let (action, priority, effect) = (pick.choice.action.clone(), pick.priority, pick.effect);
         state.episode_tasks = attempt;
         state.last_task_at = now.max(1);
         state.awaiting_recovery = true;
         Decision::Task(Box::new(Task {
             task_id,
             customer_id: a.customer_id.to_owned(),
-            action: self.actions[s].clone(),
+            action,
             lifecycle_stage: a.stage,
             segment: Some(scored.segment),
             as_of: now,
@@ -592,6 +601,80 @@ mod tests {
             .inspect(|(_, st)| assert_eq!(*st, WinbackState::default()))
             .count();
         assert_eq!(skipped + effects(&useless).len(), 400);
+    }
+
+    /// general_winback chooses between email reminders (2 a day) and coupons (unlimited),
+    /// both measured to lift it (email 20 points, coupons 10, 1,000 outcomes per group):
+    /// once measured, the reminder (better and cheaper) is tried first, and when its day's
+    /// budget is spent the next candidates get coupons instead of waiting; the playbook
+    /// gives every candidate its one action, the coupon.
+    #[test]
+    fn learned_falls_back_to_the_next_action_when_the_best_one_s_budget_is_spent() {
+        use crate::decide::uplift::{Arm, ArmOutcomes, UpliftBook};
+        let mut settings = WinbackSettings::unbudgeted();
+        settings.learn.exploration = 0.0;
+        settings
+            .actions
+            .insert(Segment::GeneralWinback, "coupon".into());
+        settings.candidates.insert(
+            Segment::GeneralWinback,
+            vec!["coupon".into(), "email_reminder".into()],
+        );
+        settings.budgets.extend([
+            ("coupon".into(), super::super::ActionBudget::new(1e12, 5.0)),
+            (
+                "email_reminder".into(),
+                super::super::ActionBudget::new(0.4, 0.2),
+            ),
+        ]);
+        let mut book = UpliftBook::new(settings.learn);
+        for (action, converted) in [("coupon", 200), ("email_reminder", 300)] {
+            book.set(
+                Arm {
+                    kind: TaskKind::Winback,
+                    action: action.into(),
+                    segment: Segment::GeneralWinback,
+                },
+                ArmOutcomes {
+                    treated: 1_000,
+                    treated_converted: converted,
+                    control: 1_000,
+                    control_converted: 100,
+                },
+            );
+        }
+        let actions = |policy| {
+            let p = Policy::new(&WinbackSettings {
+                policy,
+                ..settings.clone()
+            });
+            let mut budgets = Budgets::new(&settings.budgets);
+            let mut targeting = Targeting::default();
+            targeting.set_book(Arc::new(book.clone()));
+            // Late in the day: the reminders' budget goes to the first who come.
+            let now = T0 + 100 * DAY + DAY - 100;
+            (0..10)
+                .map(|i| {
+                    let a = Assessment {
+                        customer_id: &format!("c-{i}"),
+                        ..at(0.8, Segment::GeneralWinback, now)
+                    };
+                    let mut st = WinbackState::default();
+                    match p.decide(&mut st, &a, &version(), (&mut budgets, &mut targeting)) {
+                        Decision::Task(t) => {
+                            budgets.settle(false, false);
+                            t.action.to_string()
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        let learned = actions(WinbackPolicy::Learned);
+        assert_eq!(learned[..2], ["email_reminder", "email_reminder"]);
+        assert!(learned[2..].iter().all(|a| a == "coupon"), "{learned:?}");
+        let playbook = actions(WinbackPolicy::Playbook);
+        assert!(playbook.iter().all(|a| a == "coupon"), "{playbook:?}");
     }
 
     #[test]

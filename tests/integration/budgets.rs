@@ -26,6 +26,8 @@ async fn a_days_budget_of_n_tasks_yields_at_most_n_and_the_rest_come_on_later_da
         .map(|s| (s, "coupon".to_string()))
         .collect();
     settings.winback.budgets = BTreeMap::from([("coupon".into(), ActionBudget::new(3.0, 1.0))]);
+    // Coupons alone: no segment chooses among actions.
+    settings.winback.candidates.clear();
     settings.tasks.welcome.enabled = false;
     let app = App::spawn(settings).await;
     let mut c = redis.conn().await;

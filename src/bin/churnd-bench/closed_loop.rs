@@ -7,7 +7,9 @@
 //! 1. starts its own `redis-server` on a free port and the built `churnd` binary (`churnd run`,
 //!    beside this program unless `--churnd`) against it, with `clock.mode = event`, the
 //!    shipped model and default settings (budgets included: about 40 win-back tasks a simulated
-//!    day, sized for a base of about 20,000), except: the policy, a temporary state directory,
+//!    day, sized for a base of about 20,000; and the candidate actions per segment that
+//!    `learned` chooses among, `[winback.candidates]`, while `playbook` and `random` give each
+//!    segment its one `[winback.actions]` action), except: the policy, a temporary state directory,
 //!    and every task kind but win-back turned off (their actions move no simulated customer;
 //!    they would only take contacts from the contact cap);
 //! 2. runs `churnd simulate --lockstep --respond-to churn:winback` in-process
