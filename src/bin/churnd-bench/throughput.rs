@@ -1,5 +1,5 @@
 //! `churnd-bench throughput`: events per second of the daemon against a bare consumer that
-//! only reads and acknowledges the same stream (the Redis limit on this machine).
+//! only reads the same stream (the Redis limit on this machine).
 //!
 //! Each run makes `--rounds` rounds (3 by default). A round starts its own `redis-server` on a
 //! free port (no persistence), pre-loads the stream (70 % purchases, 20 % visits, 5 % refunds,
@@ -10,9 +10,10 @@
 //! rounds:
 //!
 //! 1. **bare consumer** (the Redis limit): one consumer group read with `XREADGROUP COUNT
-//!    1000`, each batch acknowledged with one `XACK` sent in the same pipeline as the next read
-//!    (one round trip per batch), the reply parsed into entries as churnd parses it, nothing
-//!    else;
+//!    1000 NOACK` (`--bare noack`, the default: no pending entries list, nothing
+//!    acknowledged), or with each batch acknowledged by one `XACK` sent in the same pipeline
+//!    as the next read (`--bare ack`; one round trip per batch either way), the reply parsed
+//!    into entries as churnd parses it, nothing else;
 //! 2. **churnd**: the daemon in-process with default settings (wall clock unless `--clock
 //!    event`, snapshots every 10 s) except a private group, a temporary `state.dir` and the
 //!    shipped model, timed from start until the group's `lag` and `pending` are both 0 (every
@@ -68,9 +69,20 @@ pub struct Args {
     /// more than the code does, so the ratio is reported per round and as the median.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// The bare consumer's reads: `noack` (`XREADGROUP … NOACK`, the fastest read of a
+    /// group: the baseline) or `ack` (an `XACK` per batch, pipelined with the next
+    /// read).
+    #[arg(long, value_enum, default_value = "noack")]
+    bare: BareArg,
     /// The redis-server binary to start.
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BareArg {
+    Noack,
+    Ack,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -88,15 +100,19 @@ impl From<ClockArg> for ClockMode {
     }
 }
 
-/// Reads the whole stream with its own group, acknowledging every entry after reading it
-/// (one XACK per batch, as the daemon does), and doing nothing else. Returns the time it
-/// took (and prints it).
+/// Reads the whole stream with its own group, with `NOACK` or acknowledging every entry
+/// after reading it (one XACK per batch), and doing nothing else. Returns the time it took
+/// (and prints it).
 async fn bare_consumer(
     conn: &mut MultiplexedConnection,
     events: usize,
     batch: usize,
+    bare: BareArg,
 ) -> Result<Duration> {
     let mut consumer = BareConsumer::create(conn, STREAM, "0", batch, None).await?;
+    if bare == BareArg::Noack {
+        consumer = consumer.without_acks();
+    }
     let started = Instant::now();
     let mut read = 0;
     while read < events {
@@ -108,8 +124,12 @@ async fn bare_consumer(
     }
     consumer.finish(conn).await?;
     let took = started.elapsed();
+    let reads = match bare {
+        BareArg::Noack => "NOACK",
+        BareArg::Ack => "XACK of each batch pipelined with the next read",
+    };
     println!(
-        "bare consumer (XREADGROUP COUNT {batch}, XACK of each batch pipelined with the next read): {:.2} s, {:.0} events/s",
+        "bare consumer (XREADGROUP COUNT {batch}, {reads}): {:.2} s, {:.0} events/s",
         took.as_secs_f64(),
         events as f64 / took.as_secs_f64()
     );
@@ -235,6 +255,7 @@ async fn measure(args: &Args, churnd_first: bool) -> Result<Round> {
         batch_size: batch,
         history_days,
         clock,
+        bare,
         ..
     } = args;
     let clock = ClockMode::from(clock);
@@ -248,9 +269,9 @@ async fn measure(args: &Args, churnd_first: bool) -> Result<Round> {
     );
     let (bare, churnd) = if churnd_first {
         let churnd = daemon_run(&redis, &mut conn, events, batch, clock).await?;
-        (bare_consumer(&mut conn, events, batch).await?, churnd)
+        (bare_consumer(&mut conn, events, batch, bare).await?, churnd)
     } else {
-        let bare = bare_consumer(&mut conn, events, batch).await?;
+        let bare = bare_consumer(&mut conn, events, batch, bare).await?;
         (
             bare,
             daemon_run(&redis, &mut conn, events, batch, clock).await?,
