@@ -16,14 +16,13 @@
 //!    into entries as churnd parses it, nothing else;
 //! 2. **churnd**: the daemon in-process with default settings (wall clock unless `--clock
 //!    event`, snapshots every 10 s) except a private group, a temporary `state.dir` and the
-//!    shipped model, timed from start until the group's `lag` and `pending` are both 0 (every
-//!    entry processed and acknowledged; XINFO GROUPS polled every 20 ms). The program then
-//!    prints what churnd wrote (tasks, control-group tasks, dead letters).
+//!    shipped model, timed from start until it reports the stream's last entry processed and
+//!    its tasks and dead letters written (`Observers::with_written`). With state kept churnd
+//!    reads with `NOACK` and commits positions with snapshots (`src/source/commit.rs`), so it
+//!    is the same read as the bare consumer's. The program then prints what churnd wrote
+//!    (tasks, control-group tasks, dead letters).
 //!
-//! The acknowledgement scheme is churnd's own: each batch is acknowledged with one `XACK` once
-//! its tasks and dead letters are written, so the group's `lag` and `pending` always tell the
-//! truth. In live traffic it is not the bottleneck, so no other scheme was needed; in a
-//! backfill, where most entries raise a task, the sink's writes are the slowest stage
+//! In a backfill, where most entries raise a task, the sink's writes are the slowest stage
 //! ([LOG.md](LOG.md#2026-12-01-the-sinks-effect-writes-batched)).
 
 use std::path::PathBuf;
@@ -35,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use churnd::config::{ClockMode, Settings};
 use churnd::daemon;
-use churnd::source::lag::group_info;
+use churnd::event::EntryId;
+use tokio::sync::watch;
 
 use crate::bare::BareConsumer;
 use crate::redis_server::{tempfile_dir, RedisServer};
@@ -136,7 +136,9 @@ async fn bare_consumer(
     Ok(took)
 }
 
-/// Runs the daemon until its group has read and acknowledged every entry.
+/// Runs the daemon until every entry is processed and its tasks and dead letters written
+/// (the daemon's own report, [`daemon::Observers::with_written`]: with state kept, entries
+/// are not acknowledged per entry, so the group's pending count no longer tells).
 async fn daemon_run(
     redis: &RedisServer,
     conn: &mut MultiplexedConnection,
@@ -153,25 +155,34 @@ async fn daemon_run(
         churnd::config::BatchSize::new(batch).context("--batch must be 1 to 100000")?;
     settings.clock.mode = clock;
     let settings = settings.validated()?;
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(STREAM)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let last = last
+        .first()
+        .and_then(|(id, _)| EntryId::parse(id.as_bytes()))
+        .context("the stream is empty")?;
+    let (written_tx, mut written) = watch::channel(daemon::Applied::default());
+    let observers = daemon::Observers::default().with_written(written_tx);
     let listener = daemon::bind(&settings).await?;
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let handle = tokio::spawn(daemon::run(settings, listener, shutdown.clone()));
-    loop {
-        if handle.is_finished() {
-            bail!("the daemon stopped early: {:?}", handle.await);
+    let mut handle = tokio::spawn(daemon::run_observed(
+        settings,
+        listener,
+        shutdown.clone(),
+        observers,
+    ));
+    tokio::select! {
+        done = written.wait_for(|w| w.positions.first().is_some_and(|&p| p >= last)) => {
+            done.context("the daemon stopped publishing")?;
         }
-        let reply: Option<redis::Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(STREAM)
-            .query_async(conn)
-            .await
-            .ok();
-        let info = reply.as_ref().and_then(|r| group_info(r, "churnd"));
-        if info.is_some_and(|g| g.lag == Some(0) && g.pending == 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        stopped = &mut handle => bail!("the daemon stopped early: {stopped:?}"),
     }
     let elapsed = started.elapsed();
     shutdown.cancel();
@@ -187,7 +198,7 @@ async fn daemon_run(
         written.push(format!("{len} in {stream}"));
     }
     println!(
-        "churnd (start to every entry processed and acknowledged): {:.2} s, {:.0} events/s; it wrote {}",
+        "churnd (start to every entry processed and its effects written): {:.2} s, {:.0} events/s; it wrote {}",
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64(),
         written.join(", ")
