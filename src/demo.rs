@@ -9,14 +9,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use redis::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, ClockMode, RedisMode, Settings};
 use crate::connection::{self, ClientError, RedisClient, RedisConn};
 use crate::daemon::{self, DaemonError};
-use crate::source::lag::group_info;
 use crate::transactions::{Transactions, TransactionsError};
 
 /// `println!` that cannot panic: the demo's report goes to stdout, and `println!` panics once
@@ -234,12 +232,19 @@ pub async fn run(settings: Settings, transactions: &Path) -> Result<(), DemoErro
     let listener = daemon::bind(&settings).await.map_err(DemoError::Bind)?;
     let api = listener.local_addr().map_err(DemoError::Bind)?;
     let shutdown = CancellationToken::new();
-    let daemon = tokio::spawn(daemon::run(settings.clone(), listener, shutdown.clone()));
+    let (written_tx, written) = tokio::sync::watch::channel(daemon::Applied::default());
+    let observers = daemon::Observers::default().with_written(written_tx);
+    let daemon = tokio::spawn(daemon::run_observed(
+        settings.clone(),
+        listener,
+        shutdown.clone(),
+        observers,
+    ));
     let processing = Instant::now();
-    wait_until_processed(&mut conn, &stream, &settings.source.group, loaded, &daemon).await?;
+    wait_until_processed(&mut conn, &stream, written, loaded, &daemon).await?;
     let elapsed = processing.elapsed();
     say!(
-        "Processed and acknowledged all {loaded} entries in {:.2} s ({:.0} entries/s, event-time clock)\n",
+        "Processed all {loaded} entries in {:.2} s ({:.0} entries/s, event-time clock)\n",
         elapsed.as_secs_f64(),
         loaded as f64 / elapsed.as_secs_f64()
     );
@@ -327,31 +332,42 @@ async fn load_events(
     Ok(data.rows.len() + BAD_ENTRIES.len())
 }
 
+/// Waits until the daemon reports the stream's last entry processed and its tasks and dead
+/// letters written (with state kept, entries are not acknowledged one by one: the group's
+/// pending count does not tell).
 async fn wait_until_processed(
     conn: &mut RedisConn,
     stream: &str,
-    group: &str,
+    mut written: tokio::sync::watch::Receiver<daemon::Applied>,
     expected: usize,
     daemon: &tokio::task::JoinHandle<Result<(), DaemonError>>,
 ) -> Result<(), DemoError> {
     let deadline = Instant::now() + PROCESSING_TIMEOUT;
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
+    let Some(last) = last
+        .first()
+        .and_then(|(id, _)| crate::event::EntryId::parse(id.as_bytes()))
+    else {
+        return Err(DemoError::Timeout { expected });
+    };
     while Instant::now() < deadline {
         if daemon.is_finished() {
             return Err(DemoError::DaemonStopped(
                 "while processing the sample".into(),
             ));
         }
-        let reply: Result<Value, _> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(conn)
-            .await;
-        if let Some(info) = reply.ok().and_then(|r| group_info(&r, group)) {
-            if info.lag == Some(0) && info.pending == 0 {
-                return Ok(());
-            }
+        if written.borrow_and_update().positions.first() >= Some(&last) {
+            return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), written.changed()).await;
     }
     Err(DemoError::Timeout { expected })
 }

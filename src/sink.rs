@@ -1,5 +1,6 @@
 //! The Redis sink: writes each batch's effects (tasks of every kind, dead letters), and only once
-//! they are written acknowledges the batch's entries. A write that fails is retried until it
+//! they are written acknowledges the batch's entries (when state is not kept: with state kept,
+//! positions are committed with snapshots instead, see [`crate::source::commit`]). A write that fails is retried until it
 //! succeeds: the engine waits (the bounded channel fills, the source stops reading) rather
 //! than lose or skip anything.
 //!
@@ -32,11 +33,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::connection::{Connector, RedisConn};
+use crate::daemon::Applied;
 use crate::decide::Group;
 use crate::decide::{Task, TaskKind, TasksSettings};
 use crate::engine::Effects;
 use crate::health::{Health, Part};
 use crate::metrics::{DeadLettered, SinkMetrics};
+use crate::source::Commit;
 
 /// Where effects go, resolved from the settings.
 #[derive(Debug, Clone)]
@@ -59,6 +62,9 @@ pub struct SinkSettings {
     /// `churnd_redis_connected{role="sink"}` and readiness tell a Redis that stopped
     /// answering even when no effects come (`source.lag_poll_ms`).
     pub probe_interval: Duration,
+    /// Whether entries are acknowledged (`XACK`) once their effects are written: only when
+    /// state is not kept ([`Commit::PerEntry`]).
+    pub acknowledge: bool,
 }
 
 impl From<&Settings> for SinkSettings {
@@ -77,6 +83,7 @@ impl From<&Settings> for SinkSettings {
             outcome_max_len: s.outcomes.max_len.get(),
             tasks: s.tasks.clone(),
             probe_interval: s.source.lag_poll.get(),
+            acknowledge: Commit::of(s) == Commit::PerEntry,
         }
     }
 }
@@ -136,9 +143,10 @@ impl SinkSettings {
         keys
     }
 
-    /// The acknowledgements of `fx`'s entries, one XACK per stream; `None` when there are none.
+    /// The acknowledgements of `fx`'s entries, one XACK per stream; `None` when there are none
+    /// or entries are not acknowledged.
     pub fn acks(&self, fx: &Effects) -> Option<redis::Pipeline> {
-        if fx.acks.is_empty() {
+        if fx.acks.is_empty() || !self.acknowledge {
             return None;
         }
         let mut p = redis::pipe();
@@ -185,6 +193,8 @@ pub struct Sink {
     old_names: guards::OldNames,
     /// The current connection, for the pass that moves old guard names.
     conns: watch::Sender<Option<RedisConn>>,
+    /// Where the entries whose effects are written are published, if anyone asked.
+    written_positions: Option<watch::Sender<Applied>>,
 }
 
 impl Sink {
@@ -205,7 +215,16 @@ impl Sink {
             written,
             old_names: guards::OldNames::pending(),
             conns: watch::channel(None).0,
+            written_positions: None,
         }
+    }
+
+    /// Publishes to `tx`, per input stream, the last entry whose effects are written (and,
+    /// per entry acknowledged, acknowledged): what `XACK` tells Redis, for a program that
+    /// embeds the daemon, whatever the scheme.
+    pub fn with_written_positions(mut self, tx: Option<watch::Sender<Applied>>) -> Self {
+        self.written_positions = tx;
+        self
     }
 
     /// Writes effects until the engine closes the channel. `abort` ends retrying (after the
@@ -254,6 +273,9 @@ impl Sink {
                 break;
             }
             self.written.send_modify(|n| *n += batches);
+            if let Some(tx) = &self.written_positions {
+                publish_written(tx, &fx);
+            }
             next = self.next_effects(&mut conn, &abort).await;
         }
         mover.abort();
@@ -596,6 +618,29 @@ fn merge(fx: &mut Effects, more: Effects) {
     fx.outcomes.extend(outcomes);
     fx.dead_letters.extend(dead_letters);
     fx.acks.extend(acks);
+}
+
+/// Moves the published positions up to the last entry of each stream in `fx`.
+fn publish_written(tx: &watch::Sender<Applied>, fx: &Effects) {
+    tx.send_if_modified(|written| {
+        let mut moved = false;
+        for &(stream, id) in &fx.acks {
+            let i = usize::from(stream);
+            if written.positions.len() <= i {
+                written
+                    .positions
+                    .resize(i + 1, crate::event::EntryId::default());
+            }
+            if id > written.positions[i] {
+                written.positions[i] = id;
+                moved = true;
+            }
+        }
+        if moved {
+            written.at = Some(Instant::now());
+        }
+        moved
+    });
 }
 
 /// Loads the effects script; whether the server is a cluster node.

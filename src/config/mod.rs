@@ -58,7 +58,7 @@ pub use scoring::{ClockMode, ClockSettings, ModelSettings, ScoringSettings};
 use secret::REDACTED;
 pub use secret::{redact_url, Secret};
 pub use segments::{SegmentMode, SegmentSettings};
-pub use source::{BatchSize, SourceSettings, StartFrom};
+pub use source::{Acknowledge, BatchSize, SourceSettings, StartFrom};
 pub use state::StateSettings;
 pub use tags::TagSettings;
 pub use units::Interval;

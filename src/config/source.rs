@@ -19,6 +19,29 @@ pub enum StartFrom {
     End,
 }
 
+/// How entries read are settled with Redis (`source.acknowledge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acknowledge {
+    /// With state kept (`state.dir`), no acknowledgement per entry: reads are `NOACK` and
+    /// positions are committed with snapshots; without, `per_entry`.
+    Snapshots,
+    /// Every entry acknowledged (`XACK`) once its effects are written, state kept or not:
+    /// for tools that wait on the group's pending count (`churnd simulate --lockstep`).
+    PerEntry,
+}
+
+impl Choice for Acknowledge {
+    const ALL: &'static [Self] = &[Self::Snapshots, Self::PerEntry];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Snapshots => "snapshots",
+            Self::PerEntry => "per_entry",
+        }
+    }
+}
+read_choices!(Acknowledge);
+
 /// Entries per read (`source.batch_size`): 1 to [`BatchSize::MAX`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
@@ -97,6 +120,8 @@ pub struct SourceSettings {
     /// Bytes of entries read and not yet applied, at most: reading waits for room, and a
     /// read asks for fewer entries when they are large (see `source::budget`).
     pub max_inflight_bytes: u64,
+    /// Whether positions are committed with snapshots or each entry is acknowledged.
+    pub acknowledge: Acknowledge,
 }
 
 impl Default for SourceSettings {
@@ -112,6 +137,7 @@ impl Default for SourceSettings {
             lag_poll: Interval::from_millis(5_000),
             claim_idle: Some(Interval::from_millis(60_000)),
             max_inflight_bytes: 64 << 20,
+            acknowledge: Acknowledge::Snapshots,
         }
     }
 }
@@ -130,6 +156,7 @@ impl Section for SourceSettings {
             lag_poll: f.get("lag_poll_ms", d.lag_poll),
             claim_idle: f.get("claim_idle_ms", OrOff(d.claim_idle)).0,
             max_inflight_bytes: f.get("max_inflight_bytes", d.max_inflight_bytes),
+            acknowledge: f.get("acknowledge", d.acknowledge),
         }
     }
 

@@ -36,7 +36,7 @@ use crate::metrics::{Metrics, RedisRole, SnapshotMetrics};
 use crate::model::{Model, ModelError};
 use crate::partition::PartitionCount;
 use crate::sink::{self, Sink, SinkSettings};
-use crate::source::{self, lag, Source};
+use crate::source::{self, lag, Commit, Source};
 use crate::state::{SnapshotDir, StateError};
 use crate::time::wall_millis;
 use engine_task::{Channels, Durability};
@@ -127,6 +127,7 @@ impl Applied {
 #[derive(Debug, Default)]
 pub struct Observers {
     applied: Option<watch::Sender<Applied>>,
+    written: Option<watch::Sender<Applied>>,
 }
 
 impl Observers {
@@ -139,6 +140,14 @@ impl Observers {
     /// only grow, so nothing is lost).
     pub fn with_applied(mut self, tx: watch::Sender<Applied>) -> Self {
         self.applied = Some(tx);
+        self
+    }
+
+    /// Publishes to `tx`, per input stream, the last entry whose tasks and dead letters are
+    /// written: everything read up to it is done with, as an `XACK` would tell (entries
+    /// are not acknowledged per entry when state is kept, see [`crate::source::commit`]).
+    pub fn with_written(mut self, tx: watch::Sender<Applied>) -> Self {
+        self.written = Some(tx);
         self
     }
 }
@@ -169,7 +178,7 @@ pub async fn run_resolved(
     resolved: Resolved,
     listener: TcpListener,
     shutdown: CancellationToken,
-    observers: Observers,
+    mut observers: Observers,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
     return_large_allocations();
@@ -203,12 +212,13 @@ pub async fn run_resolved(
     // The snapshot writer's thread before anything else runs: it is the one part that can
     // fail to start.
     let (written_tx, written_rx) = watch::channel(0u64);
+    let (durable_tx, durable_rx) = watch::channel(source::commit::Durable::new());
     let abort = CancellationToken::new();
     let (snapshotter, snapshot_task) = match &snapshot_dir {
         Some(layout) => {
             let (handle, task) = snapshots::spawn(
                 layout.parts.clone(),
-                written_rx,
+                (written_rx, durable_tx.clone()),
                 metrics.snapshots.clone(),
                 health.clone(),
                 abort.clone(),
@@ -277,7 +287,8 @@ pub async fn run_resolved(
         metrics.sink.clone(),
         effect_rx,
         written_tx,
-    );
+    )
+    .with_written_positions(observers.written.take());
     let sink_task = tokio::spawn(sink.run(abort.clone()));
     let backlog = sink::backlog::Backlog::new(
         SinkSettings::from(&settings).output_caps(),
@@ -344,7 +355,7 @@ pub async fn run_resolved(
         }
         None => Some(engine),
     };
-    let (source_task, engine_task) = match engine {
+    let (source_task, engine_task, commit_task) = match engine {
         Some(engine) => {
             let mut positions = engine.positions();
             positions.resize(source_settings.streams.len(), None);
@@ -363,8 +374,23 @@ pub async fn run_resolved(
                 health.clone(),
                 metrics.source.clone(),
                 batch_tx,
-                positions,
+                (positions.clone(), Commit::of(&settings)),
             );
+            // With state kept, each snapshot's positions are committed to the streams'
+            // committed groups, starting with those reading starts from.
+            let commit_task = (Commit::of(&settings) == Commit::WithSnapshots).then(|| {
+                durable_tx.send_modify(|d| {
+                    let at = source_settings.streams.iter().zip(&positions);
+                    d.extend(at.filter_map(|(s, p)| Some((s.clone(), (*p)?))));
+                });
+                tokio::spawn(source::commit::run(
+                    source_settings.clone(),
+                    source.read_counts(),
+                    durable_rx.clone(),
+                    connector(RedisRole::Commit, response_timeout),
+                    abort.clone(),
+                ))
+            });
             let engine_task = engine_task::spawn(
                 engine,
                 Channels {
@@ -393,7 +419,7 @@ pub async fn run_resolved(
                 }
             };
             let source_task = tokio::spawn(source.run(shutdown.clone()));
-            (Some(source_task), Some(engine_task))
+            (Some(source_task), Some(engine_task), commit_task)
         }
         // Shutdown came first: nothing was read. Dropping the engine's ends of the
         // channels and the snapshot writer's handle lets the sink and the writer end.
@@ -407,9 +433,11 @@ pub async fn run_resolved(
                 uplift_rx,
                 snapshotter,
             ));
-            (None, None)
+            (None, None, None)
         }
     };
+    // The committer ends once the snapshot writer (the one sender left) is done.
+    drop((durable_tx, durable_rx));
 
     shutdown.cancelled().await;
     tracing::info!("shutdown requested: finishing the batches in flight");
@@ -422,6 +450,9 @@ pub async fn run_resolved(
         }
         let _ = sink_task.await;
         if let Some(task) = snapshot_task {
+            let _ = task.await;
+        }
+        if let Some(task) = commit_task {
             let _ = task.await;
         }
     };

@@ -16,6 +16,10 @@
 //! gigabytes every interval. The last one written already holds that state, so a restart
 //! from it loses nothing.
 //!
+//! Once a snapshot is durable, its positions are published to the committer
+//! ([`crate::source::commit`]), which moves each stream's `<group>:committed` group there: with
+//! state kept, that is how Redis learns what is safe, instead of an `XACK` per entry.
+//!
 //! With one engine per partition (`partitions.count` > 1) each partition's state is its own
 //! snapshot, in its own directory: a round captures every partition whose state changed at
 //! the same moment (after the same effects), then hands them to the writer one after the
@@ -31,9 +35,11 @@ use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Customer, Engine, Extras, StateHeader, StateVersion};
+use crate::event::EntryId;
 use crate::features::store::{CaptureSize, Captured};
 use crate::health::Health;
 use crate::metrics::{SnapshotMetrics, SnapshotOutcome, SnapshotSkipped, SnapshotWritten};
+use crate::source::commit::Durable;
 use crate::state::{SnapshotDir, SnapshotWriter, SLICE_CUSTOMERS};
 use crate::time::wall_millis;
 
@@ -303,10 +309,10 @@ const WRITER_NICENESS: libc::c_int = 10;
 /// Starts the writer on a thread of its own; it ends once the returned handle is dropped and
 /// its last job is done (the receiver then resolves). `written` counts the effects the sink
 /// has written; `abort` gives up waiting for them. Each snapshot written or failed is told
-/// to `health`.
+/// to `health`, and the positions of each one written to `durable`.
 pub fn spawn(
     dirs: Vec<(SnapshotDir, Vec<String>)>,
-    written: watch::Receiver<u64>,
+    (written, durable): (watch::Receiver<u64>, watch::Sender<Durable>),
     metrics: SnapshotMetrics,
     health: Arc<Health>,
     abort: CancellationToken,
@@ -324,6 +330,7 @@ pub fn spawn(
     let writer = Writer {
         dirs,
         written,
+        durable,
         state_written,
         metrics,
         health,
@@ -368,6 +375,8 @@ struct Writer {
     /// Per partition, where its snapshots go and the streams its positions are of.
     dirs: Vec<(SnapshotDir, Vec<String>)>,
     written: watch::Receiver<u64>,
+    /// Where the positions of each snapshot committed are published.
+    durable: watch::Sender<Durable>,
     /// Where the state of each snapshot committed is recorded.
     state_written: Written,
     metrics: SnapshotMetrics,
@@ -384,6 +393,8 @@ struct InProgress {
     writer: Result<SnapshotWriter, String>,
     partition: usize,
     version: StateVersion,
+    /// Per stream of the partition, the position the snapshot holds.
+    applied: Vec<Option<EntryId>>,
     effects_before: u64,
     at_shutdown: bool,
     customers: u64,
@@ -429,6 +440,7 @@ impl Writer {
                         writer,
                         partition,
                         version,
+                        applied: header.applied.clone(),
                         effects_before,
                         at_shutdown,
                         customers: size.customers,
@@ -482,6 +494,14 @@ impl Writer {
             Ok((path, bytes)) => {
                 self.state_written.lock().unwrap_or_else(|e| e.into_inner())[snapshot.partition] =
                     Some(snapshot.version);
+                let streams = &self.dirs[snapshot.partition].1;
+                self.durable.send_modify(|durable| {
+                    for (stream, at) in streams.iter().zip(&snapshot.applied) {
+                        if let Some(at) = at {
+                            durable.insert(stream.clone(), *at);
+                        }
+                    }
+                });
                 SnapshotWritten {
                     path: &path,
                     customers,

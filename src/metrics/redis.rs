@@ -21,16 +21,20 @@ pub enum RedisRole {
     /// Tails the outcome stream for the lift report (`src/daemon/lift.rs`), and
     /// `churnd report lift`'s reads.
     Lift,
+    /// Moves each input stream's committed group to the durable snapshots' positions
+    /// (`src/source/commit.rs`).
+    Commit,
 }
 
 impl RedisRole {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Source,
         Self::Sink,
         Self::Monitor,
         Self::Simulate,
         Self::Check,
         Self::Lift,
+        Self::Commit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +45,7 @@ impl RedisRole {
             Self::Simulate => "simulate",
             Self::Check => "check",
             Self::Lift => "lift",
+            Self::Commit => "commit",
         }
     }
 }

@@ -12,6 +12,9 @@ pub struct SourceMetrics {
     pub consumer_lag: IntGaugeVec,
     /// By input stream, as `consumer_lag`.
     pub consumer_pending: IntGaugeVec,
+    /// By input stream, as `consumer_lag`: entries after the newest durable snapshot's
+    /// position (the `<group>:committed` group's lag), with state kept in snapshots.
+    pub committed_lag: IntGaugeVec,
 }
 
 impl SourceMetrics {
@@ -33,6 +36,11 @@ impl SourceMetrics {
             consumer_pending: r.gauge_vec(
                 "churnd_consumer_group_pending",
                 "Entries delivered to the consumer group but not acknowledged (XINFO GROUPS pending).",
+                &["stream"],
+            ),
+            committed_lag: r.gauge_vec(
+                "churnd_consumer_group_committed_lag",
+                "Entries in the stream after the newest durable snapshot's position: what a restart would replay (XINFO GROUPS lag of <group>:committed).",
                 &["stream"],
             ),
         }

@@ -8,8 +8,9 @@
 //! 1. writes the day's events, each with its own time in `ts`;
 //! 2. waits until churnd has consumed them: for every stream written that day, the consumer
 //!    group's `last-delivered-id` (`XINFO GROUPS`) has reached the last ID written and
-//!    nothing is pending. churnd acknowledges an entry only once the tasks and outcome records
-//!    it caused are written, so by then everything the day caused is in Redis. The wait is
+//!    nothing is pending. churnd, run with `source.acknowledge = "per_entry"`, acknowledges an
+//!    entry only once the tasks and outcome records it caused are written, so by then
+//!    everything the day caused is in Redis. The wait is
 //!    bounded (`day_timeout`) and names the stream and where the group stands when it runs out;
 //! 3. reads the tasks written so far and hands each acted-on one to its customer at the end of
 //!    the day: an action that works on the customer's hidden persona brings a purchase in the
@@ -291,6 +292,7 @@ mod tests {
             lag: None,
             pending,
             last_delivered: delivered,
+            entries_read: None,
         })
     }
 

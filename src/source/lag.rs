@@ -20,6 +20,9 @@ pub struct GroupInfo {
     pub pending: i64,
     /// The last entry delivered to any consumer of the group.
     pub last_delivered: Option<EntryId>,
+    /// Redis's count of the entries up to `last_delivered` (`entries-read`); `None` when
+    /// Redis cannot tell.
+    pub entries_read: Option<i64>,
 }
 
 /// Another consumer of the group, from `XINFO CONSUMERS`.
@@ -87,6 +90,7 @@ pub fn group_info(reply: &Value, group: &str) -> Option<GroupInfo> {
             last_delivered: row
                 .text("last-delivered-id")
                 .and_then(|id| EntryId::parse(id.as_bytes())),
+            entries_read: row.int("entries-read"),
         })
 }
 
@@ -114,6 +118,7 @@ pub async fn monitor(
     shutdown: CancellationToken,
 ) {
     let mut conn: Option<RedisConn> = None;
+    let committed = super::commit::committed_group(&settings.group);
     let mut interval = tokio::time::interval(settings.lag_poll.get());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -145,6 +150,14 @@ pub async fn monitor(
                             .consumer_pending
                             .with_label_values(&[stream])
                             .set(info.pending);
+                    }
+                    // With positions committed with snapshots: the entries a restart would
+                    // replay (unknown: no value, rather than a stale one).
+                    match group_info(&reply, &committed).and_then(|g| g.lag) {
+                        Some(lag) => metrics.committed_lag.with_label_values(&[stream]).set(lag),
+                        None => {
+                            let _ = metrics.committed_lag.remove_label_values(&[stream]);
+                        }
                     }
                 }
                 Err(e) if e.code() == Some("ERR") => {} // no such stream yet
@@ -195,6 +208,16 @@ mod tests {
                 bulk("1700000000000-7"),
             ]),
         ]);
+        let mut with_count = reply.clone();
+        if let Value::Array(rows) = &mut with_count {
+            if let Value::Array(row) = &mut rows[1] {
+                row.extend([bulk("entries-read"), Value::Int(1_234)]);
+            }
+        }
+        assert_eq!(
+            group_info(&with_count, "churnd").and_then(|g| g.entries_read),
+            Some(1_234)
+        );
         assert_eq!(
             group_info(&reply, "churnd"),
             Some(GroupInfo {
@@ -204,6 +227,7 @@ mod tests {
                     ms: 1_700_000_000_000,
                     seq: 7
                 }),
+                entries_read: None,
             })
         );
         assert_eq!(group_info(&reply, "nope"), None);
@@ -245,6 +269,7 @@ mod tests {
                 lag: None,
                 pending: 0,
                 last_delivered: None,
+                entries_read: None,
             })
         );
     }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::batch::Entry;
 use super::budget::ReadSize;
+use super::Commit;
 use crate::config::{SourceSettings, StartFrom};
 use crate::event::EntryId;
 
@@ -32,6 +33,11 @@ pub(crate) enum Step {
     Claim,
     /// One XREADGROUP; report [`Machine::read_done`] or [`Machine::unreadable_reply`].
     Read(ReadPlan),
+    /// Reads keep no pending entries list ([`Commit::WithSnapshots`]) and a reply may have
+    /// been lost (a reconnect, a reply not understood): move each stream's group to the last
+    /// entry received (`None`: leave it), so that what was delivered unseen is read again;
+    /// report [`Machine::resumed`].
+    Resume(Vec<Option<EntryId>>),
 }
 
 /// One XREADGROUP.
@@ -123,6 +129,9 @@ pub(crate) struct Machine {
     /// (an empty reply means the end) and nothing is claimed.
     recovering: bool,
     cursors: Vec<Cursor>,
+    commit: Commit,
+    /// The groups are to be moved to the last entries received before the next read.
+    resume: bool,
     /// `None`: claiming is off (`claim_idle_ms = 0`).
     claims: Option<ClaimClock>,
     read_size: ReadSize,
@@ -130,9 +139,14 @@ pub(crate) struct Machine {
 
 impl Machine {
     /// A source reading `settings.streams` from `start` (per stream, where customer state
-    /// stands; `None` where none is kept), created at `now`: a claim is due at once after
-    /// recovery.
-    pub fn new(settings: &SourceSettings, mut start: Vec<Option<EntryId>>, now: Instant) -> Self {
+    /// stands; `None` where none is kept), created at `now`, settling what it reads as
+    /// `commit` says: a claim is due at once after recovery.
+    pub fn new(
+        settings: &SourceSettings,
+        mut start: Vec<Option<EntryId>>,
+        now: Instant,
+        commit: Commit,
+    ) -> Self {
         let streams = settings.streams.len();
         // One position per configured stream, whatever the restored state held.
         start.resize(streams, None);
@@ -146,6 +160,8 @@ impl Machine {
             starting: true,
             recovering: true,
             cursors: vec![Cursor::Live; streams],
+            commit,
+            resume: false,
             claims,
             read_size: ReadSize::for_budget(
                 settings.batch_size.get(),
@@ -168,7 +184,9 @@ impl Machine {
     /// a durable position read on from it and the others re-read this consumer's pending
     /// entries from the start; after a reconnect, every stream re-reads its pending
     /// entries past the last one received (a delivery lost in transit is found there,
-    /// and what is already in the pipeline is not read twice).
+    /// and what is already in the pipeline is not read twice) or, with no pending entries
+    /// list to re-read ([`Commit::WithSnapshots`]), its group is first moved back to the
+    /// last entry received ([`Step::Resume`]).
     pub(crate) fn prepared(&mut self) {
         self.cursors = if self.starting {
             self.received
@@ -179,9 +197,14 @@ impl Machine {
                 })
                 .collect()
         } else {
-            self.pending_after_received()
+            self.after_lost_reply()
         };
         self.starting = false;
+    }
+
+    /// The groups were moved as [`Step::Resume`] asked: reading goes on.
+    pub(crate) fn resumed(&mut self) {
+        self.resume = false;
     }
 
     /// Where each stream's group is created should it be missing (at start, or deleted
@@ -202,6 +225,9 @@ impl Machine {
     /// is complete and every stream reads new entries: a claimed entry must not move the
     /// engine's position past entries the replay or a re-read has yet to deliver.
     pub fn next(&self, now: Instant) -> Step {
+        if self.resume {
+            return Step::Resume(self.received.clone());
+        }
         let pending: Vec<(usize, EntryId)> = self
             .cursors
             .iter()
@@ -274,7 +300,20 @@ impl Machine {
     /// A read's reply could not be understood. The entries in it were delivered all the
     /// same: every stream re-reads its pending entries past the last one received.
     pub(crate) fn unreadable_reply(&mut self) {
-        self.cursors = self.pending_after_received();
+        self.cursors = self.after_lost_reply();
+    }
+
+    /// The cursors after a reply may have been lost: re-reading own pending entries past
+    /// the last one received or, without a pending entries list, reading new entries once
+    /// the groups are moved back to the last ones received.
+    fn after_lost_reply(&mut self) -> Vec<Cursor> {
+        match self.commit {
+            Commit::PerEntry => self.pending_after_received(),
+            Commit::WithSnapshots => {
+                self.resume = true;
+                vec![Cursor::Live; self.received.len()]
+            }
+        }
     }
 
     /// Replay and own pending entries are not yet read to every stream's end.
@@ -315,7 +354,7 @@ mod tests {
     }
 
     fn machine(start: Vec<Option<EntryId>>, t0: Instant) -> Machine {
-        Machine::new(&settings(60_000), start, t0)
+        Machine::new(&settings(60_000), start, t0, Commit::PerEntry)
     }
 
     /// A small entry of stream `stream`.
@@ -348,6 +387,7 @@ mod tests {
         match m.next(now) {
             Step::Read(plan) => plan,
             Step::Claim => panic!("a claim, not a read"),
+            Step::Resume(_) => panic!("a resume, not a read"),
         }
     }
 
@@ -393,7 +433,9 @@ mod tests {
             ..settings(0)
         };
         assert_eq!(
-            Machine::new(&from_end, vec![], t0).prepare().create_at,
+            Machine::new(&from_end, vec![], t0, Commit::PerEntry)
+                .prepare()
+                .create_at,
             vec![GroupStart::End; 2]
         );
     }
@@ -497,7 +539,7 @@ mod tests {
             queue_batches: NonZeroUsize::new(4).unwrap(),
             ..settings(0)
         };
-        let mut m = Machine::new(&small_budget, vec![Some(id(0, 0)); 2], t0);
+        let mut m = Machine::new(&small_budget, vec![Some(id(0, 0)); 2], t0, Commit::PerEntry);
         m.prepared();
         assert_eq!(plan(&m, t0).count, 64, "the first read, sizes unknown");
         // A share of 1,000 bytes at 21 bytes an entry: 47.
@@ -531,7 +573,12 @@ mod tests {
     #[test]
     fn claims_come_at_most_every_second_and_not_at_all_when_off() {
         let t0 = Instant::now();
-        let mut m = Machine::new(&settings(300), vec![Some(id(1, 0)); 2], t0);
+        let mut m = Machine::new(
+            &settings(300),
+            vec![Some(id(1, 0)); 2],
+            t0,
+            Commit::PerEntry,
+        );
         m.prepared();
         read(&mut m, t0, &[]);
         assert_eq!(m.next(t0), Step::Claim);
@@ -542,7 +589,7 @@ mod tests {
         ));
         assert_eq!(m.next(t0 + Duration::from_secs(1)), Step::Claim);
 
-        let mut off = Machine::new(&settings(0), vec![Some(id(1, 0)); 2], t0);
+        let mut off = Machine::new(&settings(0), vec![Some(id(1, 0)); 2], t0, Commit::PerEntry);
         off.prepared();
         assert!(read(&mut off, t0, &[]).1.caught_up);
         let much_later = t0 + Duration::from_secs(86_400);
@@ -601,7 +648,7 @@ mod tests {
             start_from: StartFrom::End,
             ..settings(0)
         };
-        let mut m = Machine::new(&from_end, vec![Some(id(3, 0)), None], t0);
+        let mut m = Machine::new(&from_end, vec![Some(id(3, 0)), None], t0, Commit::PerEntry);
         assert_eq!(
             m.create_at(),
             vec![GroupStart::After(id(3, 0)), GroupStart::End]
@@ -642,5 +689,59 @@ mod tests {
         assert!(m.recovering(), "still recovering");
         read(&mut m, t0, &[]);
         assert!(read(&mut m, t0, &[]).1.caught_up);
+    }
+
+    fn noack(start: Vec<Option<EntryId>>, t0: Instant) -> Machine {
+        Machine::new(&settings(60_000), start, t0, Commit::WithSnapshots)
+    }
+
+    #[test]
+    fn with_snapshots_a_reconnect_moves_the_groups_to_the_last_entries_received() {
+        let t0 = Instant::now();
+        let mut m = noack(vec![Some(id(1, 0)), Some(id(2, 0))], t0);
+        m.prepared();
+        assert_eq!(
+            plan(&m, t0).from,
+            new_entries(false),
+            "no pending list to re-read"
+        );
+        read(&mut m, t0, &entries(0, 5, BATCH as u64));
+        m.prepared();
+        assert_eq!(
+            m.next(t0),
+            Step::Resume(vec![Some(id(14, 0)), Some(id(2, 0))]),
+            "before anything else"
+        );
+        assert_eq!(m.next(t0 + Duration::from_secs(3_600)), m.next(t0));
+        m.resumed();
+        assert_eq!(plan(&m, t0).from, new_entries(false), "still recovering");
+        assert!(read(&mut m, t0, &[]).1.caught_up);
+        assert_eq!(m.next(t0), Step::Claim);
+    }
+
+    #[test]
+    fn with_snapshots_an_unreadable_reply_moves_the_groups_back_and_reads_on() {
+        let t0 = Instant::now();
+        let mut m = noack(vec![Some(id(2, 0)), Some(id(6, 0))], t0);
+        m.prepared();
+        read(&mut m, t0, &entries(0, 3, BATCH as u64));
+        m.unreadable_reply();
+        assert_eq!(
+            m.next(t0),
+            Step::Resume(vec![Some(id(12, 0)), Some(id(6, 0))])
+        );
+        m.resumed();
+        assert_eq!(plan(&m, t0).from, new_entries(false));
+        assert!(m.recovering());
+    }
+
+    #[test]
+    fn with_snapshots_the_first_connection_rewinds_and_needs_no_resume() {
+        let t0 = Instant::now();
+        let start = vec![Some(id(5, 1)), Some(id(0, 0))];
+        let mut m = noack(start.clone(), t0);
+        assert_eq!(m.prepare().rewind_to, Some(start));
+        m.prepared();
+        assert!(matches!(m.next(t0), Step::Read(_)));
     }
 }

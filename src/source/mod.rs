@@ -12,12 +12,18 @@
 //! the last entry received, so nothing is skipped or replayed. Once a read finds every
 //! stream's end, the batch is marked `caught_up`: recovery is complete.
 //!
+//! With state kept, reads are `NOACK` and positions are committed with snapshots instead of
+//! an `XACK` per entry ([`commit`]): there is no pending entries list to re-read, so after a
+//! reconnect (or a reply not understood) the group is moved back to the last entry received
+//! instead.
+//!
 //! Those decisions are made without I/O by [`machine::Machine`]; this module performs the
 //! Redis commands it asks for and reports what came of them.
 
 pub mod batch;
 pub(crate) mod budget;
 pub(crate) mod claim;
+pub mod commit;
 pub mod lag;
 pub(crate) mod machine;
 pub(crate) mod start;
@@ -36,6 +42,8 @@ use crate::health::{Health, Part};
 use crate::metrics::SourceMetrics;
 use batch::{parse_reply, Batch, StreamIdx};
 use budget::InFlight;
+pub use commit::Commit;
+use commit::{committed_group, ReadCounts};
 use machine::{GroupStart, Machine, Prepare, ReadFrom, ReadPlan, Step};
 
 /// Pending entries acknowledged per round trip when rewinding to a snapshot.
@@ -53,6 +61,10 @@ pub struct Source {
     /// what follows is read again. `None`: this consumer's own pending entries are read
     /// again instead (state is not kept: `state.dir` is empty).
     start: Vec<Option<EntryId>>,
+    /// How what is read is settled: acknowledged per entry, or committed with snapshots.
+    commit: Commit,
+    /// Entries read per stream, for the committer's counts ([`commit::run`]).
+    counts: ReadCounts,
 }
 
 impl Source {
@@ -62,17 +74,24 @@ impl Source {
         health: Arc<Health>,
         metrics: SourceMetrics,
         tx: mpsc::Sender<Batch>,
-        start: Vec<Option<EntryId>>,
+        (start, commit): (Vec<Option<EntryId>>, Commit),
     ) -> Self {
         Self {
             inflight: InFlight::new(settings.max_inflight_bytes, metrics.inflight_bytes.clone()),
+            counts: ReadCounts::new(&start),
             settings,
             connector,
             health,
             metrics,
             tx,
             start,
+            commit,
         }
+    }
+
+    /// The counts of entries read that [`commit::run`] needs, shared with this source.
+    pub fn read_counts(&self) -> ReadCounts {
+        self.counts.clone()
     }
 
     /// Reads until shutdown: the I/O [`Machine`] asks for, its outcomes reported back. An
@@ -81,7 +100,7 @@ impl Source {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let streams = self.settings.streams.clone();
         let start = std::mem::take(&mut self.start);
-        let mut machine = Machine::new(&self.settings, start, now());
+        let mut machine = Machine::new(&self.settings, start, now(), self.commit);
         let mut conn: Option<RedisConn> = None;
         // An empty read at the streams' end has been sent since the last entries.
         let mut idle_told = false;
@@ -132,6 +151,17 @@ impl Source {
                     }
                     continue;
                 }
+                Step::Resume(at) => {
+                    match self.resume(c, &at).await {
+                        Ok(()) => machine.resumed(),
+                        Err(e) => {
+                            if !self.back_off(&e, &mut conn, &shutdown).await {
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 Step::Read(plan) => plan,
             };
             match self.read(c, &plan).await {
@@ -149,6 +179,11 @@ impl Source {
                         }
                     };
                     let done = machine.read_done(&plan, &entries);
+                    if self.commit == Commit::WithSnapshots
+                        && matches!(plan.from, ReadFrom::New { .. })
+                    {
+                        self.counts.record(&entries);
+                    }
                     let mut batch = Batch::new(entries);
                     batch.caught_up = done.caught_up;
                     batch.at_end = done.at_end;
@@ -249,6 +284,10 @@ impl Source {
             .arg(&s.consumer)
             .arg("COUNT")
             .arg(count);
+        if self.commit == Commit::WithSnapshots {
+            // No pending entries list: positions are committed with snapshots.
+            cmd.arg("NOACK");
+        }
         if block {
             cmd.arg("BLOCK").arg(s.block.as_millis());
         }
@@ -416,9 +455,11 @@ impl Source {
     /// moves back to it (forward, if Redis came back from older data), so what followed is
     /// delivered again, in order; entries up to it that are still pending (on any consumer)
     /// were applied and their effects written before the snapshot, so they are
-    /// acknowledged. A stream without one (state is not kept) is left as it is: it starts
-    /// with this consumer's own pending entries. Returns the entries found deleted while
-    /// pending.
+    /// acknowledged. With positions committed with snapshots, the entries after it still
+    /// pending (left by a run that acknowledged per entry) are acknowledged too: they are
+    /// delivered again without a pending entries list. A stream without one (state is not
+    /// kept) is left as it is: it starts with this consumer's own pending entries. Returns
+    /// the entries found deleted while pending.
     async fn rewind_groups(
         &self,
         c: &mut RedisConn,
@@ -431,45 +472,115 @@ impl Source {
                 continue;
             };
             let from = position;
+            let entries_read = self.entries_read_at(c, stream, position).await?;
             let position = position.to_string();
-            redis::cmd("XGROUP")
-                .arg("SETID")
-                .arg(stream)
-                .arg(group)
-                .arg(&position)
-                .query_async::<()>(c)
-                .await?;
-            let mut acknowledged = 0;
-            loop {
-                let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-                    .arg(stream)
-                    .arg(group)
-                    .arg("-")
-                    .arg(&position)
-                    .arg(REWIND_ACK_CHUNK)
-                    .query_async(c)
-                    .await?;
-                if pending.is_empty() {
-                    break;
-                }
-                let ids: Vec<&str> = pending.iter().map(|(id, ..)| id.as_str()).collect();
-                redis::cmd("XACK")
-                    .arg(stream)
-                    .arg(group)
-                    .arg(&ids)
-                    .query_async::<()>(c)
-                    .await?;
-                acknowledged += ids.len();
+            let mut setid = redis::cmd("XGROUP");
+            setid.arg("SETID").arg(stream).arg(group).arg(&position);
+            if let Some(n) = entries_read {
+                setid.arg("ENTRIESREAD").arg(n);
             }
+            setid.query_async::<()>(c).await?;
+            let mut acknowledged = self.acknowledge_pending(c, stream, &position).await?;
             let gone =
                 claim::deleted_while_pending(c, &self.settings, i as StreamIdx, from).await?;
             if !gone.is_empty() {
                 tracing::warn!(stream, entries = gone.len(), "entries pending since before the restart were deleted from the stream; dead-lettering them as entry_deleted");
             }
             deleted.extend(gone);
+            if self.commit == Commit::WithSnapshots {
+                acknowledged += self.acknowledge_pending(c, stream, "+").await?;
+            }
             tracing::info!(stream, %group, %position, acknowledged, "replaying from the snapshot's position");
         }
         Ok(deleted)
+    }
+
+    /// Acknowledges the group's pending entries of `stream` up to `end` (an ID or `+`);
+    /// how many there were.
+    async fn acknowledge_pending(
+        &self,
+        c: &mut RedisConn,
+        stream: &str,
+        end: &str,
+    ) -> Result<usize, RedisError> {
+        let group = &self.settings.group;
+        let mut acknowledged = 0;
+        loop {
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .arg("-")
+                .arg(end)
+                .arg(REWIND_ACK_CHUNK)
+                .query_async(c)
+                .await?;
+            if pending.is_empty() {
+                return Ok(acknowledged);
+            }
+            let ids: Vec<&str> = pending.iter().map(|(id, ..)| id.as_str()).collect();
+            redis::cmd("XACK")
+                .arg(stream)
+                .arg(group)
+                .arg(&ids)
+                .query_async::<()>(c)
+                .await?;
+            acknowledged += ids.len();
+        }
+    }
+
+    /// Redis's count of the entries of `stream` up to `position`, as the committed group
+    /// holds it when it stands there (see [`commit`]): given to the group moved back there,
+    /// its lag is known from the first read on.
+    async fn entries_read_at(
+        &self,
+        c: &mut RedisConn,
+        stream: &str,
+        position: EntryId,
+    ) -> Result<Option<i64>, RedisError> {
+        if self.commit != Commit::WithSnapshots {
+            return Ok(None);
+        }
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(c)
+            .await?;
+        Ok(
+            lag::group_info(&groups, &committed_group(&self.settings.group))
+                .filter(|g| g.last_delivered == Some(position))
+                .and_then(|g| g.entries_read),
+        )
+    }
+
+    /// Moves each stream's group to the last entry received (`at`), unless it stands there:
+    /// entries delivered after it were lost with a reply (a dropped connection, a reply
+    /// not understood) and are read again. A group standing where it was keeps Redis's
+    /// count of the entries read, and with it a known lag.
+    async fn resume(&self, c: &mut RedisConn, at: &[Option<EntryId>]) -> Result<(), RedisError> {
+        let group = &self.settings.group;
+        for (stream, at) in self.settings.streams.iter().zip(at) {
+            let Some(at) = *at else { continue };
+            let groups: Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(c)
+                .await?;
+            let Some(info) = lag::group_info(&groups, group) else {
+                continue; // missing: the next read recreates it at the last entry received
+            };
+            if info.last_delivered == Some(at) {
+                continue;
+            }
+            redis::cmd("XGROUP")
+                .arg("SETID")
+                .arg(stream)
+                .arg(group)
+                .arg(at.to_string())
+                .query_async::<()>(c)
+                .await?;
+            tracing::warn!(stream, %group, position = %at, "entries delivered but not received (a reply lost with the connection) are read again");
+        }
+        Ok(())
     }
 }
 

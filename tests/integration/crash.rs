@@ -17,6 +17,7 @@ use redis::aio::MultiplexedConnection;
 
 use crate::helpers::*;
 
+mod committed;
 mod early;
 mod partitions;
 

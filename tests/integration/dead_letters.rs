@@ -153,7 +153,10 @@ async fn each_kind_of_bad_input_is_dead_lettered_with_its_reason() {
 async fn an_output_key_of_the_wrong_type_holds_back_acknowledgements_until_fixed() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    // Acknowledged per entry, so the group's pending count shows what waits.
+    let mut settings = test_settings(&redis, dir.path());
+    settings.source.acknowledge = churnd::config::Acknowledge::PerEntry;
+    let app = App::spawn(settings).await;
     let mut c = redis.conn().await;
     wait_for("ready", Duration::from_secs(10), || async {
         app.get("/readyz").await.status() == 200

@@ -85,6 +85,8 @@ async fn random_field_maps_never_crash_the_daemon_and_every_bad_entry_is_dead_le
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
     settings.events.max_entry_bytes = MAX_ENTRY_BYTES;
+    // Acknowledged per entry: the wait counts acknowledgements.
+    settings.source.acknowledge = churnd::config::Acknowledge::PerEntry;
     let limits = Limits {
         max_future_skew_ms: settings.events.max_future_skew.as_millis() as u64,
         min_ts_ms: settings.events.min_ts_ms,

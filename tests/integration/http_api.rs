@@ -10,7 +10,10 @@ const EVENTS: &str = "churn:events";
 async fn metrics_are_exposed_in_prometheus_format() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let app = App::spawn(test_settings(&redis, dir.path())).await;
+    // Acknowledged per entry: churnd_entries_acknowledged_total counts them.
+    let mut settings = test_settings(&redis, dir.path());
+    settings.source.acknowledge = churnd::config::Acknowledge::PerEntry;
+    let app = App::spawn(settings).await;
     let mut c = redis.conn().await;
     for i in 0..5 {
         xadd(

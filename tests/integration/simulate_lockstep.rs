@@ -25,6 +25,8 @@ fn daemon_settings(redis: &RedisServer, dir: &std::path::Path) -> Settings {
     s.model.path = repo().join("models/cdnow.json");
     s.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     s.state.dir = dir.join("state");
+    // Lockstep waits on the group's pending count: an acknowledgement per entry.
+    s.source.acknowledge = churnd::config::Acknowledge::PerEntry;
     // Win-back only, with a control group large enough to have outcomes at this size.
     s.winback.control_share = 0.25;
     s.tasks.convert.enabled = false;

@@ -49,7 +49,15 @@ impl SinkUnderTest {
 
     /// Starts with `queued` batches waiting in the channel already, as when the sink is behind.
     fn start_after(redis: &RedisServer, queued: Vec<Effects>) -> Self {
-        let settings = sink_test_settings(redis);
+        Self::start_with(sink_test_settings(redis), queued, None)
+    }
+
+    /// Starts with `settings`, publishing the entries written to `written_positions`.
+    fn start_with(
+        settings: Settings,
+        queued: Vec<Effects>,
+        written_positions: Option<watch::Sender<churnd::daemon::Applied>>,
+    ) -> Self {
         let metrics = Metrics::new();
         let health = Arc::new(Health::new(metrics.service.ready.clone()));
         for part in [Part::Source, Part::Model, Part::State] {
@@ -75,7 +83,8 @@ impl SinkUnderTest {
             metrics.sink.clone(),
             rx,
             written_tx,
-        );
+        )
+        .with_written_positions(written_positions);
         let abort = CancellationToken::new();
         let handle = tokio::spawn(sink.run(abort.clone()));
         Self {
@@ -140,6 +149,8 @@ fn sink_test_settings(redis: &RedisServer) -> Settings {
     s.redis.backoff_initial = churnd::config::Interval::from_millis(20);
     s.redis.backoff_max = churnd::config::Interval::from_millis(200);
     s.redis.connect_timeout = churnd::config::Interval::from_millis(500);
+    // No kept state: entries are acknowledged per entry, once their effects are written.
+    s.state.dir = Default::default();
     s
 }
 
@@ -458,6 +469,39 @@ async fn batches_waiting_behind_a_write_are_written_together_in_order() {
         stats.contains("cmdstat_evalsha:calls=1,"),
         "one script call for the three batches: {stats}"
     );
+    sink.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_state_kept_effects_are_written_and_nothing_is_acknowledged_per_entry() {
+    let redis = RedisServer::start();
+    let mut c = redis.conn().await;
+    let acks = pending_purchases(&mut c, 3).await;
+    let last = acks.iter().map(|&(_, id)| id).max().unwrap();
+    let mut settings = sink_test_settings(&redis);
+    settings.state.dir = "state".into();
+    let (positions_tx, mut positions) = watch::channel(churnd::daemon::Applied::default());
+    let fx = Effects {
+        tasks: vec![winback(7, Group::Treatment)],
+        acks,
+        ..Effects::default()
+    };
+    let mut sink = SinkUnderTest::start_with(settings, vec![fx], Some(positions_tx));
+    sink.wait_written().await;
+    assert_eq!(xlen(&mut c, WINBACK).await, 1);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        positions.wait_for(|p| p.positions == [last]),
+    )
+    .await
+    .expect("the entries written are published")
+    .unwrap();
+    assert_eq!(
+        group_state(&mut c, EVENTS, "churnd").await,
+        Some((Some(0), 3)),
+        "left pending: the positions are committed with snapshots"
+    );
+    assert_eq!(sink.metrics.sink.entries_acked.get(), 0);
     sink.stop().await;
 }
 

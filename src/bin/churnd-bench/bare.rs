@@ -1,5 +1,6 @@
-//! The bare consumer: reads the stream with a consumer group and acknowledges what it read,
-//! nothing else. What Redis allows on this machine, against which churnd is measured.
+//! The bare consumer: reads the stream with a consumer group and acknowledges what it read
+//! (or reads with `NOACK`, keeping no pending entries list), nothing else. What Redis allows
+//! on this machine, against which churnd is measured.
 
 use anyhow::Result;
 use redis::aio::MultiplexedConnection;
@@ -15,6 +16,8 @@ pub struct BareConsumer {
     block_ms: Option<u64>,
     /// IDs read by the last `next`, acknowledged with the following read.
     unacked: Vec<String>,
+    /// Reads with `NOACK`: nothing pending, nothing to acknowledge.
+    noack: bool,
 }
 
 impl BareConsumer {
@@ -40,7 +43,14 @@ impl BareConsumer {
             batch,
             block_ms,
             unacked: Vec::new(),
+            noack: false,
         })
+    }
+
+    /// Reads with `XREADGROUP … NOACK` from now on: no pending entries list, no `XACK`.
+    pub fn without_acks(mut self) -> Self {
+        self.noack = true;
+        self
     }
 
     /// The next batch. One round trip per batch: the acknowledgement of the previous batch
@@ -65,10 +75,15 @@ impl BareConsumer {
         if let Some(block_ms) = self.block_ms {
             read.arg("BLOCK").arg(block_ms);
         }
+        if self.noack {
+            read.arg("NOACK");
+        }
         read.arg("STREAMS").arg(stream).arg(">");
         let (reply,): (redis::Value,) = pipe.query_async(conn).await?;
         let entries = parse_reply(reply, &self.stream)?;
-        self.unacked = entries.iter().map(|e| e.id.to_string()).collect();
+        if !self.noack {
+            self.unacked = entries.iter().map(|e| e.id.to_string()).collect();
+        }
         Ok(entries)
     }
 

@@ -1,5 +1,5 @@
 //! `churnd-bench throughput`: events per second of the daemon against a bare consumer that
-//! only reads and acknowledges the same stream (the Redis limit on this machine).
+//! only reads the same stream (the Redis limit on this machine).
 //!
 //! Each run makes `--rounds` rounds (3 by default). A round starts its own `redis-server` on a
 //! free port (no persistence), pre-loads the stream (70 % purchases, 20 % visits, 5 % refunds,
@@ -10,20 +10,20 @@
 //! rounds:
 //!
 //! 1. **bare consumer** (the Redis limit): one consumer group read with `XREADGROUP COUNT
-//!    1000`, each batch acknowledged with one `XACK` sent in the same pipeline as the next read
-//!    (one round trip per batch), the reply parsed into entries as churnd parses it, nothing
-//!    else;
+//!    1000 NOACK` (`--bare noack`, the default: no pending entries list, nothing
+//!    acknowledged), or with each batch acknowledged by one `XACK` sent in the same pipeline
+//!    as the next read (`--bare ack`; one round trip per batch either way), the reply parsed
+//!    into entries as churnd parses it, nothing else;
 //! 2. **churnd**: the daemon in-process with default settings (wall clock unless `--clock
 //!    event`, snapshots every 10 s) except a private group, a temporary `state.dir` and the
-//!    shipped model, timed from start until the group's `lag` and `pending` are both 0 (every
-//!    entry processed and acknowledged; XINFO GROUPS polled every 20 ms). The program then
-//!    prints what churnd wrote (tasks, control-group tasks, dead letters).
+//!    shipped model, timed from start until it reports the stream's last entry processed and
+//!    its tasks and dead letters written (`Observers::with_written`). With state kept churnd
+//!    reads with `NOACK` and commits positions with snapshots (`src/source/commit.rs`), so it
+//!    is the same read as the bare consumer's. The program then prints what churnd wrote
+//!    (tasks, control-group tasks, dead letters).
 //!
-//! The acknowledgement scheme is churnd's own: each batch is acknowledged with one `XACK` once
-//! its tasks and dead letters are written, so the group's `lag` and `pending` always tell the
-//! truth. In live traffic it is not the bottleneck, so no other scheme was needed; in a
-//! backfill, where most entries raise a task, the sink's writes are the slowest stage (see
-//! `src/sink/calls.rs`).
+//! In a backfill, where most entries raise a task, the sink's writes are the slowest stage
+//! (see `src/sink/calls.rs`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 use churnd::config::{ClockMode, Settings};
 use churnd::daemon;
-use churnd::source::lag::group_info;
+use churnd::event::EntryId;
+use tokio::sync::watch;
 
 use crate::bare::BareConsumer;
 use crate::redis_server::{tempfile_dir, RedisServer};
@@ -68,9 +69,20 @@ pub struct Args {
     /// more than the code does, so the ratio is reported per round and as the median.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// The bare consumer's reads: `noack` (`XREADGROUP … NOACK`, the fastest read of a
+    /// group: the baseline) or `ack` (an `XACK` per batch, pipelined with the next
+    /// read).
+    #[arg(long, value_enum, default_value = "noack")]
+    bare: BareArg,
     /// The redis-server binary to start.
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BareArg {
+    Noack,
+    Ack,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -88,15 +100,19 @@ impl From<ClockArg> for ClockMode {
     }
 }
 
-/// Reads the whole stream with its own group, acknowledging every entry after reading it
-/// (one XACK per batch, as the daemon does), and doing nothing else. Returns the time it
-/// took (and prints it).
+/// Reads the whole stream with its own group, with `NOACK` or acknowledging every entry
+/// after reading it (one XACK per batch), and doing nothing else. Returns the time it took
+/// (and prints it).
 async fn bare_consumer(
     conn: &mut MultiplexedConnection,
     events: usize,
     batch: usize,
+    bare: BareArg,
 ) -> Result<Duration> {
     let mut consumer = BareConsumer::create(conn, STREAM, "0", batch, None).await?;
+    if bare == BareArg::Noack {
+        consumer = consumer.without_acks();
+    }
     let started = Instant::now();
     let mut read = 0;
     while read < events {
@@ -108,15 +124,21 @@ async fn bare_consumer(
     }
     consumer.finish(conn).await?;
     let took = started.elapsed();
+    let reads = match bare {
+        BareArg::Noack => "NOACK",
+        BareArg::Ack => "XACK of each batch pipelined with the next read",
+    };
     println!(
-        "bare consumer (XREADGROUP COUNT {batch}, XACK of each batch pipelined with the next read): {:.2} s, {:.0} events/s",
+        "bare consumer (XREADGROUP COUNT {batch}, {reads}): {:.2} s, {:.0} events/s",
         took.as_secs_f64(),
         events as f64 / took.as_secs_f64()
     );
     Ok(took)
 }
 
-/// Runs the daemon until its group has read and acknowledged every entry.
+/// Runs the daemon until every entry is processed and its tasks and dead letters written
+/// (the daemon's own report, [`daemon::Observers::with_written`]: with state kept, entries
+/// are not acknowledged per entry, so the group's pending count no longer tells).
 async fn daemon_run(
     redis: &RedisServer,
     conn: &mut MultiplexedConnection,
@@ -133,25 +155,34 @@ async fn daemon_run(
         churnd::config::BatchSize::new(batch).context("--batch must be 1 to 100000")?;
     settings.clock.mode = clock;
     let settings = settings.validated()?;
+    let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(STREAM)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let last = last
+        .first()
+        .and_then(|(id, _)| EntryId::parse(id.as_bytes()))
+        .context("the stream is empty")?;
+    let (written_tx, mut written) = watch::channel(daemon::Applied::default());
+    let observers = daemon::Observers::default().with_written(written_tx);
     let listener = daemon::bind(&settings).await?;
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let handle = tokio::spawn(daemon::run(settings, listener, shutdown.clone()));
-    loop {
-        if handle.is_finished() {
-            bail!("the daemon stopped early: {:?}", handle.await);
+    let mut handle = tokio::spawn(daemon::run_observed(
+        settings,
+        listener,
+        shutdown.clone(),
+        observers,
+    ));
+    tokio::select! {
+        done = written.wait_for(|w| w.positions.first().is_some_and(|&p| p >= last)) => {
+            done.context("the daemon stopped publishing")?;
         }
-        let reply: Option<redis::Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(STREAM)
-            .query_async(conn)
-            .await
-            .ok();
-        let info = reply.as_ref().and_then(|r| group_info(r, "churnd"));
-        if info.is_some_and(|g| g.lag == Some(0) && g.pending == 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        stopped = &mut handle => bail!("the daemon stopped early: {stopped:?}"),
     }
     let elapsed = started.elapsed();
     shutdown.cancel();
@@ -167,7 +198,7 @@ async fn daemon_run(
         written.push(format!("{len} in {stream}"));
     }
     println!(
-        "churnd (start to every entry processed and acknowledged): {:.2} s, {:.0} events/s; it wrote {}",
+        "churnd (start to every entry processed and its effects written): {:.2} s, {:.0} events/s; it wrote {}",
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64(),
         written.join(", ")
@@ -235,6 +266,7 @@ async fn measure(args: &Args, churnd_first: bool) -> Result<Round> {
         batch_size: batch,
         history_days,
         clock,
+        bare,
         ..
     } = args;
     let clock = ClockMode::from(clock);
@@ -248,9 +280,9 @@ async fn measure(args: &Args, churnd_first: bool) -> Result<Round> {
     );
     let (bare, churnd) = if churnd_first {
         let churnd = daemon_run(&redis, &mut conn, events, batch, clock).await?;
-        (bare_consumer(&mut conn, events, batch).await?, churnd)
+        (bare_consumer(&mut conn, events, batch, bare).await?, churnd)
     } else {
-        let bare = bare_consumer(&mut conn, events, batch).await?;
+        let bare = bare_consumer(&mut conn, events, batch, bare).await?;
         (
             bare,
             daemon_run(&redis, &mut conn, events, batch, clock).await?,

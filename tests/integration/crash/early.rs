@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use super::*;
 
 /// Snapshots far apart: only the one written before reading and the final one exist.
-const NO_PERIODIC_SNAPSHOT_MS: u64 = 3_600_000;
+pub(super) const NO_PERIODIC_SNAPSHOT_MS: u64 = 3_600_000;
 const EXTRA: &str = "churn:events:extra";
 
 /// The settings of these runs: a control group, so every output stream has entries to
@@ -26,7 +26,7 @@ const EXTRA: &str = "churn:events:extra";
 /// playbook's priorities: learned ones depend on the outcomes the lift task has read when a
 /// candidate is decided, which two runs reach at different moments (the engine is
 /// deterministic given the book it has, not given the input alone).
-fn adjust(s: &mut Settings, snapshot_every_ms: u64) {
+pub(super) fn adjust(s: &mut Settings, snapshot_every_ms: u64) {
     s.winback.control_share = 0.2;
     s.winback.policy = churnd::decide::WinbackPolicy::Playbook;
     s.state.snapshot_interval = churnd::config::Interval::from_millis(snapshot_every_ms);
@@ -34,7 +34,7 @@ fn adjust(s: &mut Settings, snapshot_every_ms: u64) {
 
 /// A daemon binary on settings of its own, with its HTTP port, its config file and a log
 /// per start.
-struct Binary {
+pub(super) struct Binary {
     dir: tempfile::TempDir,
     settings: Settings,
     config: std::path::PathBuf,
@@ -42,7 +42,7 @@ struct Binary {
 }
 
 impl Binary {
-    fn new(redis: &RedisServer, snapshot_every_ms: u64) -> Self {
+    pub(super) fn new(redis: &RedisServer, snapshot_every_ms: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = test_settings(redis, dir.path());
         adjust(&mut settings, snapshot_every_ms);
@@ -56,26 +56,26 @@ impl Binary {
         }
     }
 
-    fn reconfigure(&mut self, change: impl FnOnce(&mut Settings)) {
+    pub(super) fn reconfigure(&mut self, change: impl FnOnce(&mut Settings)) {
         change(&mut self.settings);
         self.config = config_file(&self.settings, self.dir.path());
     }
 
-    fn log(&self, start: usize) -> std::path::PathBuf {
+    pub(super) fn log(&self, start: usize) -> std::path::PathBuf {
         self.dir.path().join(format!("run-{start}.log"))
     }
 
-    fn spawn(&mut self) -> Child {
+    pub(super) fn spawn(&mut self) -> Child {
         self.starts += 1;
         spawn_binary(&self.config, &self.log(self.starts))
     }
 
-    fn log_text(&self, start: usize) -> String {
+    pub(super) fn log_text(&self, start: usize) -> String {
         std::fs::read_to_string(self.log(start)).unwrap()
     }
 
     /// Waits until the daemon is ready: state recovered, the input read to its end.
-    async fn ready(&self) {
+    pub(super) async fn ready(&self) {
         let url = format!("http://{}/readyz", self.settings.http.addr);
         wait_for("the daemon to be ready", Duration::from_secs(60), || {
             let url = url.clone();
@@ -88,12 +88,12 @@ impl Binary {
         .await;
     }
 
-    fn state_dir(&self) -> &Path {
+    pub(super) fn state_dir(&self) -> &Path {
         &self.settings.state.dir
     }
 
     /// The positions held by the newest snapshot.
-    fn snapshot_positions(&self) -> Vec<Option<EntryId>> {
+    pub(super) fn snapshot_positions(&self) -> Vec<Option<EntryId>> {
         let (loaded, _) = SnapshotDir::open(self.state_dir(), 3)
             .unwrap()
             .load_newest(&self.settings.source.streams)

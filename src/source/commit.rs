@@ -1,0 +1,366 @@
+//! Where a stream's position is made durable, and how Redis is told.
+//!
+//! With customer state kept in snapshots (`state.dir`), a restart moves the consumer group
+//! back to the newest snapshot's position and replays what follows, so an acknowledgement
+//! per entry buys nothing the snapshot does not already give: the source reads with
+//! `XREADGROUP … NOACK` (no pending entries list, no `XACK`), and a stream's position is
+//! committed when a snapshot holding it is durable ([`Commit::WithSnapshots`]). Without kept
+//! state a crash would lose whatever was acknowledged, so each entry is acknowledged once its
+//! effects are written, as before ([`Commit::PerEntry`]).
+//!
+//! What operators see stays true: the group (`source.group`) has nothing pending and its
+//! `XINFO GROUPS` lag counts the entries not yet read; a second group per stream,
+//! [`committed_group`] (`<group>:committed`), is never read from and is moved with
+//! `XGROUP SETID` to each durable snapshot's position ([`run`]), so its lag counts the
+//! entries a restart would replay. Redis can only count that lag when told how many entries
+//! precede the position (`ENTRIESREAD`): [`ReadCounts`] keeps, per stream, how many entries
+//! this process has read up to the last entry of each read, and the group's own counter at
+//! its last delivered entry anchors them (`entries_read(P) = entries_read(L) − entries read
+//! in (P, L]`). When no anchor is known (just after a start, or after `XDEL` made Redis's
+//! counter unknown) the position is committed without it and the lag shows as unknown.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::{RedisError, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::batch::Entry;
+use super::lag::group_info;
+use crate::config::{Acknowledge, Settings, SourceSettings};
+use crate::connection::{Connector, RedisConn};
+use crate::event::EntryId;
+
+/// How the entries read are settled with Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// State is not kept: reads keep a pending entries list and each entry is acknowledged
+    /// (`XACK`) once its effects are written.
+    PerEntry,
+    /// State is kept in snapshots: reads are `NOACK`, and each stream's position is
+    /// committed to [`committed_group`] once a snapshot holding it is durable.
+    WithSnapshots,
+}
+
+impl Commit {
+    /// The scheme `settings` call for: with snapshots whenever `state.dir` is set, unless
+    /// `source.acknowledge = "per_entry"`.
+    pub fn of(settings: &Settings) -> Self {
+        match (settings.state.snapshot_dir(), settings.source.acknowledge) {
+            (Some(_), Acknowledge::Snapshots) => Self::WithSnapshots,
+            _ => Self::PerEntry,
+        }
+    }
+}
+
+/// The group that records, per stream, the newest durable snapshot's position.
+pub fn committed_group(group: &str) -> String {
+    format!("{group}:committed")
+}
+
+/// Per input stream name, the position of the newest durable snapshot holding it.
+pub type Durable = BTreeMap<String, EntryId>;
+
+/// Records kept per stream at most; older ones are dropped (their positions are then
+/// committed without a count).
+const MAX_RECORDS: usize = 1 << 16;
+
+/// How long a commit waits for the source to record the read that delivered the group's
+/// last entry (its reply may still be on the way), in steps of [`ANCHOR_WAIT`].
+const ANCHOR_TRIES: u32 = 10;
+const ANCHOR_WAIT: Duration = Duration::from_millis(10);
+
+/// Per stream (by index into `source.streams`), entries read by this process: at the last
+/// entry of each read, how many were read up to it. Shared by the source, which records,
+/// and the committer, which counts between two positions.
+#[derive(Debug, Clone, Default)]
+pub struct ReadCounts(Arc<Mutex<Vec<Records>>>);
+
+/// One stream's records: the last entry of a read, and the entries read up to it.
+type Records = VecDeque<(EntryId, u64)>;
+
+impl ReadCounts {
+    /// Counts starting at `start` (per stream, where reading starts; `None`: unknown).
+    pub fn new(start: &[Option<EntryId>]) -> Self {
+        let streams = start
+            .iter()
+            .map(|p| p.map(|id| (id, 0)).into_iter().collect())
+            .collect();
+        Self(Arc::new(Mutex::new(streams)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Records>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a read's `entries` (in stream order per stream).
+    pub(crate) fn record(&self, entries: &[Entry]) {
+        if entries.is_empty() {
+            return;
+        }
+        let mut streams = self.lock();
+        let mut i = 0;
+        while i < entries.len() {
+            let stream = usize::from(entries[i].stream);
+            let run = entries[i..]
+                .iter()
+                .take_while(|e| usize::from(e.stream) == stream)
+                .count();
+            let last = entries[i + run - 1].id;
+            if streams.len() <= stream {
+                streams.resize_with(stream + 1, VecDeque::new);
+            }
+            let records = &mut streams[stream];
+            let before = records.back().map_or(0, |&(_, n)| n);
+            if records.back().is_none_or(|&(id, _)| last > id) {
+                records.push_back((last, before + run as u64));
+                if records.len() > MAX_RECORDS {
+                    records.pop_front();
+                }
+            }
+            i += run;
+        }
+    }
+
+    /// Entries read after `from` up to `to` in `stream`, if both are recorded.
+    fn between(&self, stream: usize, from: EntryId, to: EntryId) -> Option<u64> {
+        let streams = self.lock();
+        let records = streams.get(stream)?;
+        let count_at = |id: EntryId| {
+            let k = records.binary_search_by_key(&id, |&(id, _)| id).ok()?;
+            Some(records[k].1)
+        };
+        count_at(to)?.checked_sub(count_at(from)?)
+    }
+
+    /// Drops the records before `id` in `stream`: no position before it is committed again.
+    fn forget_before(&self, stream: usize, id: EntryId) {
+        if let Some(records) = self.lock().get_mut(stream) {
+            while records.len() > 1 && records.front().is_some_and(|&(r, _)| r < id) {
+                records.pop_front();
+            }
+        }
+    }
+
+    /// Redis's count of the entries up to `position` (`ENTRIESREAD`), given that the group
+    /// had read `read_at_last` entries up to `last`, its last delivered one.
+    fn entries_read(
+        &self,
+        stream: usize,
+        position: EntryId,
+        (last, read_at_last): (EntryId, u64),
+    ) -> Option<u64> {
+        read_at_last.checked_sub(self.between(stream, position, last)?)
+    }
+}
+
+/// Moves each stream's [`committed_group`] to the positions `durable` publishes (the
+/// snapshot writer, once a snapshot is durable) until the publisher is gone, committing the
+/// last ones first; `abort` ends retrying. A failed commit is retried after the backoff: a
+/// position committed late only leaves the lag higher meanwhile (the snapshot, not the
+/// group, is what a restart replays from).
+pub async fn run(
+    settings: SourceSettings,
+    counts: ReadCounts,
+    mut durable: watch::Receiver<Durable>,
+    mut connector: Connector,
+    abort: CancellationToken,
+) {
+    let mut done = Durable::new();
+    let mut conn: Option<RedisConn> = None;
+    let mut closed = false;
+    loop {
+        let wanted = durable.borrow_and_update().clone();
+        for (stream, &at) in &wanted {
+            let Some(index) = settings.streams.iter().position(|s| s == stream) else {
+                continue;
+            };
+            while done.get(stream) != Some(&at) {
+                let c = match conn.as_mut() {
+                    Some(c) => c,
+                    None => match connector.connect(&abort).await {
+                        Some(c) => conn.insert(c),
+                        None => return,
+                    },
+                };
+                match commit(c, &settings.group, (index, stream), at, &counts).await {
+                    Ok(()) => {
+                        connector.succeeded();
+                        done.insert(stream.clone(), at);
+                        counts.forget_before(index, at);
+                    }
+                    Err(e) => {
+                        tracing::warn!(stream, position = %at, error = %e, "cannot commit the snapshot's position to the committed group; retrying");
+                        if connector.failed(&e) {
+                            conn = None;
+                        }
+                        if !connector.pause(&abort).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if closed {
+            return;
+        }
+        tokio::select! {
+            changed = durable.changed() => closed = changed.is_err(),
+            () = abort.cancelled() => return,
+        }
+    }
+}
+
+/// Moves `stream`'s committed group to `at` (creating it there if missing), with Redis's
+/// count of the entries up to it when it can be known.
+async fn commit(
+    c: &mut RedisConn,
+    group: &str,
+    (index, stream): (usize, &str),
+    at: EntryId,
+    counts: &ReadCounts,
+) -> Result<(), RedisError> {
+    let committed = committed_group(group);
+    let mut entries_read = None;
+    for _ in 0..ANCHOR_TRIES {
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(c)
+            .await?;
+        if group_info(&groups, &committed).and_then(|g| g.last_delivered) == Some(at) {
+            return Ok(()); // already there (a restart from this snapshot)
+        }
+        let anchor = group_info(&groups, group).and_then(|g| {
+            let read = u64::try_from(g.entries_read?).ok()?;
+            Some((g.last_delivered?, read))
+        });
+        let Some(anchor) = anchor else { break };
+        if anchor.0 < at {
+            break; // moved back meanwhile (a reconnect): no anchor at or after `at`
+        }
+        entries_read = counts.entries_read(index, at, anchor);
+        if entries_read.is_some() {
+            break;
+        }
+        // The read that delivered the group's last entry is not recorded yet: its reply
+        // may still be on its way.
+        tokio::time::sleep(ANCHOR_WAIT).await;
+    }
+    let set = |subcommand: &str, entries_read: Option<u64>| {
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg(subcommand)
+            .arg(stream)
+            .arg(&committed)
+            .arg(at.to_string());
+        if let Some(n) = entries_read {
+            cmd.arg("ENTRIESREAD").arg(n);
+        }
+        cmd
+    };
+    let mut result = set("SETID", entries_read).query_async::<()>(c).await;
+    if matches!(&result, Err(e) if e.code() == Some("NOGROUP")) {
+        result = set("CREATE", entries_read).query_async::<()>(c).await;
+    }
+    match result {
+        // A count Redis refuses (entries deleted or the stream trimmed in between, so it
+        // no longer fits): the position without it.
+        Err(e)
+            if entries_read.is_some()
+                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+        {
+            tracing::debug!(stream, error = %e, "the entries count was refused; committing the position without it");
+            set("SETID", None).query_async::<()>(c).await
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::batch::StreamIdx;
+
+    fn id(ms: u64) -> EntryId {
+        EntryId { ms, seq: 0 }
+    }
+
+    fn entry(stream: StreamIdx, ms: u64) -> Entry {
+        Entry {
+            stream,
+            id: id(ms),
+            values: None,
+        }
+    }
+
+    #[test]
+    fn counts_entries_read_between_two_recorded_positions() {
+        let counts = ReadCounts::new(&[Some(id(10)), Some(id(0))]);
+        counts.record(&[entry(0, 11), entry(0, 12), entry(1, 3)]);
+        counts.record(&[entry(0, 15)]);
+        counts.record(&[entry(1, 4), entry(1, 9)]);
+        assert_eq!(counts.between(0, id(10), id(12)), Some(2));
+        assert_eq!(counts.between(0, id(12), id(15)), Some(1));
+        assert_eq!(counts.between(0, id(10), id(15)), Some(3));
+        assert_eq!(counts.between(1, id(3), id(9)), Some(2));
+        assert_eq!(
+            counts.between(0, id(11), id(15)),
+            None,
+            "not a read's last entry"
+        );
+        assert_eq!(counts.between(0, id(15), id(12)), None, "backwards");
+    }
+
+    #[test]
+    fn the_count_at_a_position_follows_from_the_groups_count_at_its_last_entry() {
+        let counts = ReadCounts::new(&[Some(id(10))]);
+        counts.record(&[entry(0, 11), entry(0, 12)]);
+        counts.record(&[entry(0, 13), entry(0, 14), entry(0, 15)]);
+        // The group has read 1,000 entries up to 15: 997 up to 12.
+        assert_eq!(counts.entries_read(0, id(12), (id(15), 1_000)), Some(997));
+        assert_eq!(counts.entries_read(0, id(15), (id(15), 1_000)), Some(1_000));
+        assert_eq!(counts.entries_read(0, id(10), (id(15), 1_000)), Some(995));
+        assert_eq!(
+            counts.entries_read(0, id(12), (id(15), 2)),
+            None,
+            "cannot be"
+        );
+        assert_eq!(
+            counts.entries_read(0, id(12), (id(16), 9)),
+            None,
+            "unknown anchor"
+        );
+    }
+
+    #[test]
+    fn an_older_read_again_is_not_recorded_and_old_records_are_dropped() {
+        let counts = ReadCounts::new(&[None]);
+        counts.record(&[entry(0, 5)]);
+        counts.record(&[entry(0, 7)]);
+        counts.record(&[entry(0, 6)]);
+        assert_eq!(counts.between(0, id(5), id(7)), Some(1));
+        counts.forget_before(0, id(7));
+        assert_eq!(counts.between(0, id(5), id(7)), None);
+        assert_eq!(counts.between(0, id(7), id(7)), Some(0));
+        counts.forget_before(0, id(100));
+        assert_eq!(
+            counts.between(0, id(7), id(7)),
+            Some(0),
+            "the last one stays"
+        );
+    }
+
+    #[test]
+    fn the_scheme_follows_state_dir() {
+        let mut s = Settings::default();
+        assert_eq!(Commit::of(&s), Commit::WithSnapshots);
+        s.source.acknowledge = Acknowledge::PerEntry;
+        assert_eq!(Commit::of(&s), Commit::PerEntry);
+        s.source.acknowledge = Acknowledge::Snapshots;
+        s.state.dir = Default::default();
+        assert_eq!(Commit::of(&s), Commit::PerEntry);
+        assert_eq!(committed_group("churnd"), "churnd:committed");
+    }
+}
