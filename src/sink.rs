@@ -59,6 +59,18 @@ pub struct SinkSettings {
     /// `churnd_redis_connected{role="sink"}` and readiness tell a Redis that stopped
     /// answering even when no effects come (`source.lag_poll_ms`).
     pub probe_interval: Duration,
+    /// Under `partitions.ownership = leases`: the leases of the partitions whose effects
+    /// this sink writes, each with the token this replica holds it by. Every write checks
+    /// them in the same script, and is refused unless all still hold (see
+    /// [`crate::ownership::lease`]). Empty: writes are not fenced.
+    pub fence: Vec<Lease>,
+}
+
+/// A partition's lease key and the token its holder writes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    pub token: String,
 }
 
 impl From<&Settings> for SinkSettings {
@@ -77,6 +89,7 @@ impl From<&Settings> for SinkSettings {
             outcome_max_len: s.outcomes.max_len.get(),
             tasks: s.tasks.clone(),
             probe_interval: s.source.lag_poll.get(),
+            fence: Vec::new(),
         }
     }
 }
@@ -185,6 +198,17 @@ pub struct Sink {
     old_names: guards::OldNames,
     /// The current connection, for the pass that moves old guard names.
     conns: watch::Sender<Option<RedisConn>>,
+    /// Under `partitions.ownership = leases`: what a refused (fenced) write is told to.
+    fencing: Option<Fencing>,
+}
+
+/// What the sink does when Redis refuses a write because a lease of [`SinkSettings::fence`]
+/// is no longer held: it counts the refused calls, stops writing (nothing of the batch is
+/// acknowledged, and no snapshot that covers it can be committed) and cancels `fenced`, so
+/// that the daemon stops this set of partitions and starts again from their snapshots.
+pub struct Fencing {
+    pub refused: prometheus::IntCounter,
+    pub fenced: CancellationToken,
 }
 
 impl Sink {
@@ -205,7 +229,15 @@ impl Sink {
             written,
             old_names: guards::OldNames::pending(),
             conns: watch::channel(None).0,
+            fencing: None,
         }
+    }
+
+    /// Reports refused writes (see [`Fencing`]); meant for settings with a
+    /// [`SinkSettings::fence`].
+    pub fn with_fencing(mut self, fencing: Fencing) -> Self {
+        self.fencing = Some(fencing);
+        self
     }
 
     /// Writes effects until the engine closes the channel. `abort` ends retrying (after the
@@ -245,6 +277,13 @@ impl Sink {
                 batches += 1;
             }
             if !fx.is_empty() && !self.write(&fx, &mut conn, &abort).await {
+                if self
+                    .fencing
+                    .as_ref()
+                    .is_some_and(|f| f.fenced.is_cancelled())
+                {
+                    break;
+                }
                 tracing::error!(
                     tasks = fx.tasks.len(),
                     dead_letters = fx.dead_letters.len(),
@@ -350,6 +389,7 @@ impl Sink {
             // The first failure of this attempt, logged and counted once.
             let mut failure: Option<RedisError> = None;
             let mut unknown_script = false;
+            let mut refused = 0u64;
             match pipe.query_async::<Vec<Value>>(c).await {
                 Ok(replies) if replies.len() == sent.len() => {
                     for ((i, effects), reply) in sent.iter().zip(&replies) {
@@ -366,6 +406,9 @@ impl Sink {
                         };
                         if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) {
                             unknown_script = true;
+                        } else if e.code() == Some("FENCED") {
+                            refused += 1;
+                            failure.get_or_insert(e);
                         } else {
                             failure.get_or_insert(e);
                         }
@@ -373,6 +416,18 @@ impl Sink {
                 }
                 Ok(replies) => failure = Some(unexpected(&Value::Array(replies))),
                 Err(e) => failure = Some(e),
+            }
+            if refused > 0 {
+                if let Some(fencing) = &self.fencing {
+                    fencing.refused.inc_by(refused);
+                    fencing.fenced.cancel();
+                }
+                tracing::error!(
+                    calls = refused,
+                    error = ?failure,
+                    "effects refused: a partition's lease is no longer this replica's; stopping these partitions (their new owner replays what this batch held)"
+                );
+                return false;
             }
             let failure = match (failure, unknown_script) {
                 (None, false) => {
@@ -615,7 +670,8 @@ fn unexpected(reply: &Value) -> RedisError {
 
 /// Loads the effects script that [`SinkSettings::effect_calls`] call.
 pub async fn load_effects_script(conn: &mut RedisConn) -> Result<(), RedisError> {
-    calls::EFFECTS.load_async(conn).await.map(drop)
+    calls::EFFECTS.load_async(conn).await?;
+    calls::FENCED.load_async(conn).await.map(drop)
 }
 
 /// How long the daemon waits for in-flight effects after shutdown begins.

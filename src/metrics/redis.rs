@@ -21,16 +21,19 @@ pub enum RedisRole {
     /// Tails the outcome stream for the lift report (`src/daemon/lift.rs`), and
     /// `churnd report lift`'s reads.
     Lift,
+    /// Heartbeats and partition leases (`partitions.ownership = leases`).
+    Ownership,
 }
 
 impl RedisRole {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Source,
         Self::Sink,
         Self::Monitor,
         Self::Simulate,
         Self::Check,
         Self::Lift,
+        Self::Ownership,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -41,6 +44,7 @@ impl RedisRole {
             Self::Simulate => "simulate",
             Self::Check => "check",
             Self::Lift => "lift",
+            Self::Ownership => "ownership",
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::helpers::*;
 
 mod early;
 mod partitions;
+mod replicas;
 
 const EVENTS: &str = "churn:events";
 const WINBACK: &str = "churn:winback";
