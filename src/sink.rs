@@ -65,6 +65,18 @@ pub struct SinkSettings {
     /// Whether entries are acknowledged (`XACK`) once their effects are written: only when
     /// state is not kept ([`Commit::PerEntry`]).
     pub acknowledge: bool,
+    /// Under `partitions.ownership = leases`: the leases of the partitions whose effects
+    /// this sink writes, each with the token this replica holds it by. Every write checks
+    /// them in the same script, and is refused unless all still hold (see
+    /// [`crate::ownership::lease`]). Empty: writes are not fenced.
+    pub fence: Vec<Lease>,
+}
+
+/// A partition's lease key and the token its holder writes with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub key: String,
+    pub token: String,
 }
 
 impl From<&Settings> for SinkSettings {
@@ -84,6 +96,7 @@ impl From<&Settings> for SinkSettings {
             tasks: s.tasks.clone(),
             probe_interval: s.source.lag_poll.get(),
             acknowledge: Commit::of(s) == Commit::PerEntry,
+            fence: Vec::new(),
         }
     }
 }
@@ -195,6 +208,17 @@ pub struct Sink {
     conns: watch::Sender<Option<RedisConn>>,
     /// Where the entries whose effects are written are published, if anyone asked.
     written_positions: Option<watch::Sender<Applied>>,
+    /// Under `partitions.ownership = leases`: what a refused (fenced) write is told to.
+    fencing: Option<Fencing>,
+}
+
+/// What the sink does when Redis refuses a write because a lease of [`SinkSettings::fence`]
+/// is no longer held: it counts the refused calls, stops writing (nothing of the batch is
+/// acknowledged, and no snapshot that covers it can be committed) and cancels `fenced`, so
+/// that the daemon stops this set of partitions and starts again from their snapshots.
+pub struct Fencing {
+    pub refused: prometheus::IntCounter,
+    pub fenced: CancellationToken,
 }
 
 impl Sink {
@@ -216,6 +240,7 @@ impl Sink {
             old_names: guards::OldNames::pending(),
             conns: watch::channel(None).0,
             written_positions: None,
+            fencing: None,
         }
     }
 
@@ -224,6 +249,13 @@ impl Sink {
     /// embeds the daemon, whatever the scheme.
     pub fn with_written_positions(mut self, tx: Option<watch::Sender<Applied>>) -> Self {
         self.written_positions = tx;
+        self
+    }
+
+    /// Reports refused writes (see [`Fencing`]); meant for settings with a
+    /// [`SinkSettings::fence`].
+    pub fn with_fencing(mut self, fencing: Fencing) -> Self {
+        self.fencing = Some(fencing);
         self
     }
 
@@ -264,6 +296,13 @@ impl Sink {
                 batches += 1;
             }
             if !fx.is_empty() && !self.write(&fx, &mut conn, &abort).await {
+                if self
+                    .fencing
+                    .as_ref()
+                    .is_some_and(|f| f.fenced.is_cancelled())
+                {
+                    break;
+                }
                 tracing::error!(
                     tasks = fx.tasks.len(),
                     dead_letters = fx.dead_letters.len(),
@@ -372,6 +411,7 @@ impl Sink {
             // The first failure of this attempt, logged and counted once.
             let mut failure: Option<RedisError> = None;
             let mut unknown_script = false;
+            let mut refused = 0u64;
             match pipe.query_async::<Vec<Value>>(c).await {
                 Ok(replies) if replies.len() == sent.len() => {
                     for ((i, effects), reply) in sent.iter().zip(&replies) {
@@ -388,6 +428,9 @@ impl Sink {
                         };
                         if e.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) {
                             unknown_script = true;
+                        } else if e.code() == Some("FENCED") {
+                            refused += 1;
+                            failure.get_or_insert(e);
                         } else {
                             failure.get_or_insert(e);
                         }
@@ -395,6 +438,18 @@ impl Sink {
                 }
                 Ok(replies) => failure = Some(unexpected(&Value::Array(replies))),
                 Err(e) => failure = Some(e),
+            }
+            if refused > 0 {
+                if let Some(fencing) = &self.fencing {
+                    fencing.refused.inc_by(refused);
+                    fencing.fenced.cancel();
+                }
+                tracing::error!(
+                    calls = refused,
+                    error = ?failure,
+                    "effects refused: a partition's lease is no longer this replica's; stopping these partitions (their new owner replays what this batch held)"
+                );
+                return false;
             }
             let failure = match (failure, unknown_script) {
                 (None, false) => {
@@ -660,7 +715,8 @@ fn unexpected(reply: &Value) -> RedisError {
 
 /// Loads the effects script that [`SinkSettings::effect_calls`] call.
 pub async fn load_effects_script(conn: &mut RedisConn) -> Result<(), RedisError> {
-    calls::EFFECTS.load_async(conn).await.map(drop)
+    calls::EFFECTS.load_async(conn).await?;
+    calls::FENCED.load_async(conn).await.map(drop)
 }
 
 /// How long the daemon waits for in-flight effects after shutdown begins.

@@ -49,7 +49,7 @@ pub use events::{DeadLetterSettings, EventSettings};
 pub use http::HttpSettings;
 pub use lift::LiftSettings;
 pub use log::{LogFormat, LogSettings, ShutdownSettings};
-pub use partitions::PartitionSettings;
+pub use partitions::{Ownership, PartitionSettings};
 pub use problem::{ConfigError, Origin, Problem, Problems};
 pub use read::env_var;
 pub use redis::{RedisMode, RedisSettings};

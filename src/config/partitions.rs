@@ -1,18 +1,63 @@
 //! `[partitions]`: how many partitions the input streams are split into (see
-//! [`crate::partition`]). Fixed at install: a snapshot records the count, and a start with
-//! another is refused.
+//! [`crate::partition`]), fixed at install: a snapshot records the count, and a start with
+//! another is refused; and who owns them (see [`crate::ownership`]): this process alone
+//! (`ownership = all`, the default) or the replicas of the consumer group, each holding the
+//! partitions rendezvous hashing gives it by a lease (`ownership = leases`).
 
 use config::Value;
 use serde::Serialize;
 
-use super::read::{not_a, Fields, Read, Reader};
-use super::{Problem, Section, Settings, SourceSettings};
+use super::read::{not_a, read_choices, Choice, Fields, Read, Reader};
+use super::units::Interval;
+use super::{Problem, RedisMode, Section, Settings, SourceSettings};
+use crate::ownership::MemberName;
 use crate::partition::{PartitionCount, Partitioning};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Who owns the partitions (`partitions.ownership`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ownership {
+    /// This process reads, keeps and writes every partition: one replica per consumer group.
+    #[default]
+    All,
+    /// The replicas of the consumer group (each named by `source.consumer`) divide the
+    /// partitions among themselves and hold each by a lease in Redis; a replica that joins,
+    /// leaves or dies moves partitions with their snapshots in the shared `state.dir`.
+    Leases,
+}
+
+impl Choice for Ownership {
+    const ALL: &'static [Self] = &[Self::All, Self::Leases];
+    fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Leases => "leases",
+        }
+    }
+}
+read_choices!(Ownership);
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PartitionSettings {
     /// Partitions of every input stream; 1 keeps each stream whole, under its own name.
     pub count: PartitionCount,
+    /// Who owns the partitions: this process alone, or replicas holding leases.
+    pub ownership: Ownership,
+    /// Under `ownership = leases`: how long a replica's lease of a partition (and its entry
+    /// among the live members) lasts without renewal. Renewed every third of it; a replica
+    /// that dies has its partitions taken over this long after its last renewal.
+    #[serde(rename = "lease_ms")]
+    pub lease: Interval,
+}
+
+impl Default for PartitionSettings {
+    fn default() -> Self {
+        Self {
+            count: PartitionCount::default(),
+            ownership: Ownership::default(),
+            lease: Interval::from_millis(10_000),
+        }
+    }
 }
 
 impl Read for PartitionCount {
@@ -32,16 +77,74 @@ impl Section for PartitionSettings {
         let d = Self::default();
         Self {
             count: f.get("count", d.count),
+            ownership: f.get("ownership", d.ownership),
+            lease: f.get("lease_ms", d.lease),
         }
     }
+
+    fn problems(&self) -> Vec<Problem> {
+        if self.ownership == Ownership::Leases && self.lease.as_millis() < 300 {
+            return vec![Problem::new(
+                "partitions.lease_ms",
+                format!(
+                    "({}) must be at least 300 under partitions.ownership = leases: a lease is \
+                     renewed every third of it, and a round trip to Redis must fit well within that",
+                    self.lease.as_millis()
+                ),
+            )];
+        }
+        Vec::new()
+    }
+}
+
+/// Problems of `partitions.ownership = leases` with other sections: the partitions' state
+/// must be in a directory every replica shares, the fencing of writes runs in one script
+/// that reads the lease beside the output keys, and the replica needs a valid name.
+fn ownership_problems(s: &Settings) -> Vec<Problem> {
+    if s.partitions.ownership != Ownership::Leases {
+        return Vec::new();
+    }
+    let mut p = Vec::new();
+    if s.state.snapshot_dir().is_none() {
+        p.push(Problem::new(
+            "state.dir",
+            "is empty, but partitions.ownership = leases moves partitions between replicas \
+             with their snapshots: set it to a directory every replica shares (a \
+             ReadWriteMany volume)",
+        ));
+    }
+    if s.redis.mode == RedisMode::Cluster {
+        p.push(Problem::new(
+            "partitions.ownership",
+            "(leases) is not supported with redis.mode = cluster yet: the check that a write \
+             comes from the partition's current owner reads its lease in the same script as \
+             the output streams, which a cluster may keep in other slots. Use \
+             partitions.ownership = all, or a single Redis",
+        ));
+    }
+    if !s.source.consumer.is_empty() {
+        if let Err(e) = MemberName::new(&s.source.consumer) {
+            p.push(Problem::new(
+                "source.consumer",
+                format!("names this replica under partitions.ownership = leases and {e}"),
+            ));
+        }
+    }
+    p
 }
 
 /// Problems of `source.streams` under partitions: a stream name holding a brace would put a
 /// hash tag of its own before the partition's, and every partition in one slot.
 pub(super) fn problems(s: &Settings) -> Vec<Problem> {
+    let mut p = ownership_problems(s);
     if !s.partitions.count.is_partitioned() {
-        return Vec::new();
+        return p;
     }
+    p.extend(braces(s));
+    p
+}
+
+fn braces(s: &Settings) -> Vec<Problem> {
     s.source
         .streams
         .iter()

@@ -78,28 +78,66 @@ impl Layout {
                 });
             }
         }
-        let mut states = Vec::with_capacity(self.parts.len());
-        for (p, (dir, streams)) in (0..count.get()).zip(&self.parts) {
-            let Some(decoded) = load_snapshot(dir, streams, metrics)? else {
-                states.push(None);
-                continue;
-            };
-            same_partitions(decoded.state.header.partitions, count, dir)?;
-            if let Some(found) = decoded
-                .dropped_streams
-                .iter()
-                .find_map(|name| self.partition_of(name))
-                .filter(|&found| found != p)
-            {
-                return Err(DaemonError::MisplacedPartition {
-                    dir: dir.dir().display().to_string(),
-                    found,
-                    expected: p,
-                });
-            }
-            states.push(Some(decoded.state));
+        (0..count.get())
+            .map(|p| self.load_partition(p, metrics))
+            .collect()
+    }
+
+    /// The newest good snapshot of each partition of `owned`, `owned[i]`'s at index `i`: what
+    /// a replica that owns them restores (blocking: reads the files). With one partition,
+    /// as [`Self::load`].
+    pub fn load_owned(
+        &self,
+        owned: &[u16],
+        metrics: &SnapshotMetrics,
+    ) -> Result<Vec<Option<EngineState>>, DaemonError> {
+        if !self.partitioning.count.is_partitioned() {
+            return self.load(metrics);
         }
-        Ok(states)
+        owned
+            .iter()
+            .map(|&p| self.load_partition(p, metrics))
+            .collect()
+    }
+
+    /// Partition `p`'s newest good snapshot, refused if it is another count's or another
+    /// partition's.
+    fn load_partition(
+        &self,
+        p: u16,
+        metrics: &SnapshotMetrics,
+    ) -> Result<Option<EngineState>, DaemonError> {
+        let count = self.partitioning.count;
+        let (dir, streams) = &self.parts[usize::from(p)];
+        let Some(decoded) = load_snapshot(dir, streams, metrics)? else {
+            return Ok(None);
+        };
+        same_partitions(decoded.state.header.partitions, count, dir)?;
+        if let Some(found) = decoded
+            .dropped_streams
+            .iter()
+            .find_map(|name| self.partition_of(name))
+            .filter(|&found| found != p)
+        {
+            return Err(DaemonError::MisplacedPartition {
+                dir: dir.dir().display().to_string(),
+                found,
+                expected: p,
+            });
+        }
+        Ok(Some(decoded.state))
+    }
+
+    /// The directories and streams of the partitions `owned`, in that order, each directory
+    /// naming its snapshots with the ownership epoch given beside the partition.
+    pub fn owned_parts(&self, owned: &[(u16, u64)]) -> Vec<(SnapshotDir, Vec<String>)> {
+        owned
+            .iter()
+            .map(|&(p, epoch)| {
+                let (dir, streams) = &self.parts[usize::from(p)];
+                (dir.clone().with_epoch(epoch), streams.clone())
+            })
+            .collect()
     }
 
     /// The partition whose stream `name` is, if it is one of the configured streams'.

@@ -14,6 +14,8 @@ mod engine_task;
 mod layout;
 mod lift;
 mod model_watch;
+mod owners;
+mod replica;
 mod snapshots;
 mod start;
 
@@ -24,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, ConfigError, Interval, Resolved, Settings};
+use crate::config::{redact_url, ConfigError, Interval, Ownership, Resolved, Settings};
 use crate::connection::Connector;
 use crate::decide::WinbackPolicy;
 use crate::engine::{EngineSettings, Partitioned};
@@ -197,6 +199,22 @@ pub async fn run_resolved(
     let (model, model_fingerprint) = Model::load_fingerprinted(&settings.model.path)?;
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
+    metrics
+        .ownership
+        .owned
+        .set(i64::from(settings.partitions.count.get()));
+    if settings.partitions.ownership == Ownership::Leases {
+        let start = Start {
+            settings,
+            client,
+            customer_token,
+            metrics,
+            health,
+            model: (model, model_fingerprint),
+            started,
+        };
+        return run_replica(start, listener, shutdown).await;
+    }
     let snapshot_dir = match settings.state.snapshot_dir() {
         Some(dir) => Some(Layout::open(
             SnapshotDir::open(dir, settings.state.keep.get())?,
@@ -476,6 +494,127 @@ pub async fn run_resolved(
     http_stop.cancel();
     let _ = http_task.await;
     Ok(())
+}
+
+/// What a replica starts from, once its settings are resolved and its model loaded.
+struct Start {
+    settings: Settings,
+    client: crate::connection::RedisClient,
+    customer_token: Option<crate::config::Secret>,
+    metrics: Metrics,
+    health: Arc<Health>,
+    model: (Model, u64),
+    started: Instant,
+}
+
+/// [`run_resolved`] under `partitions.ownership = leases`: HTTP, the lag monitor, the model
+/// watcher and the lift report as for one process, the engines in generations of the
+/// partitions this replica owns ([`replica`]).
+async fn run_replica(
+    start: Start,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let Start {
+        settings,
+        client,
+        customer_token,
+        metrics,
+        health,
+        model: (model, model_fingerprint),
+        started,
+    } = start;
+    metrics.ownership.owned.set(0);
+    let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
+    let app_token_required = customer_token.is_some();
+    let (lift_tx, lift_rx) = watch::channel(None);
+    let app = http::router(AppState {
+        metrics: metrics.clone(),
+        health: health.clone(),
+        queries: query_tx,
+        customer_token: customer_token.map(Arc::new),
+        lift: settings.lift.enabled.then_some(lift_rx),
+    });
+    let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        Limits::from(&settings.http),
+        metrics.http.clone(),
+        http_stop.clone(),
+    ));
+    let connector = |role, response_timeout| {
+        Connector::new(
+            client.clone(),
+            &settings.redis,
+            response_timeout,
+            role,
+            &metrics.redis,
+        )
+    };
+    let response_timeout = settings.redis.response_timeout.get();
+    let (model_tx, model_rx) = watch::channel(Arc::new(model));
+    let (uplift_tx, uplift_rx) = watch::channel(Arc::default());
+    let lag_task = tokio::spawn(lag::monitor(
+        settings.partitioned_source(),
+        sink::backlog::Backlog::new(
+            SinkSettings::from(&settings).output_caps(),
+            metrics.output.clone(),
+        ),
+        connector(RedisRole::Monitor, response_timeout),
+        metrics.source.clone(),
+        shutdown.clone(),
+    ));
+    let model_task = tokio::spawn(model_watch::run(
+        settings.model.path.clone(),
+        settings.model.watch_interval.map(Interval::get),
+        model_fingerprint,
+        model_tx,
+        metrics.model.clone(),
+        shutdown.clone(),
+    ));
+    let learning = (settings.winback.policy == WinbackPolicy::Learned).then(|| lift::Learning {
+        settings: settings.winback.learn,
+        publish: uplift_tx,
+    });
+    let lift_task = settings.lift.enabled.then(|| {
+        tokio::spawn(lift::run(
+            settings.outcomes.stream.clone(),
+            connector(RedisRole::Lift, response_timeout + lift::BLOCK),
+            metrics.lift.clone(),
+            (lift_tx, learning),
+            shutdown.clone(),
+        ))
+    });
+    tracing::info!(
+        http = %http_addr,
+        customer_token = if app_token_required { "required" } else { "off" },
+        redis = %redact_url(&settings.redis.url),
+        group = %settings.source.group,
+        consumer = %settings.source.consumer,
+        clock = ?settings.clock.mode,
+        "churnd running as a replica that owns partitions by lease"
+    );
+    let replica = replica::Replica {
+        settings: settings.clone(),
+        client: client.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        models: model_rx,
+        uplift: uplift_rx,
+        started,
+    };
+    let result = replica.run(query_rx, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = lag_task.await;
+    let _ = model_task.await;
+    if let Some(task) = lift_task {
+        let _ = task.await;
+    }
+    http_stop.cancel();
+    let _ = http_task.await;
+    result
 }
 
 /// Allocations this large or larger get pages of their own, given back to the system when

@@ -28,10 +28,16 @@ use crate::time;
 
 use super::{CustomerView, Effects, Engine, EngineSettings, EngineState, Summary};
 
-/// The engines of every partition the process reads.
+/// The engines of every partition the process reads: all of them, or (a replica under
+/// `partitions.ownership = leases`) those it owns. Input streams are numbered base by base,
+/// the owned partitions in order within each base: stream `i` is base `i / k`'s stream of
+/// the `i mod k`th owned partition, k the number owned (with every partition owned, the
+/// order of [`PartitionCount::streams`]).
 pub struct Partitioned {
-    /// Partition `p`'s engine at index `p`.
+    /// The engine of `owned[i]` at index `i`.
     parts: Vec<Engine>,
+    /// The partitions whose engines these are, in order.
+    owned: Vec<u16>,
     count: PartitionCount,
     /// Input streams per partition (`source.streams` as configured).
     bases: usize,
@@ -75,11 +81,31 @@ impl Partitioned {
         settings: EngineSettings,
         model: Arc<Model>,
         metrics: EngineMetrics,
+        states: Vec<Option<EngineState>>,
+    ) -> Self {
+        let every: Vec<u16> = (0..settings.partitions.count.get()).collect();
+        Self::restore_owned(settings, model, metrics, &every, states)
+    }
+
+    /// Engines of the partitions `owned` (ascending, each below `partitions.count`) only,
+    /// continuing from `states`, `owned[i]`'s at index `i` (`None`, or missing: that
+    /// partition starts with no customers).
+    pub fn restore_owned(
+        settings: EngineSettings,
+        model: Arc<Model>,
+        metrics: EngineMetrics,
+        owned: &[u16],
         mut states: Vec<Option<EngineState>>,
     ) -> Self {
         let count = settings.partitions.count;
         let bases = settings.partitions.bases.len();
-        states.resize_with(usize::from(count.get()), || None);
+        assert!(
+            !owned.is_empty()
+                && owned.windows(2).all(|w| w[0] < w[1])
+                && owned.iter().all(|&p| p < count.get()),
+            "owned partitions {owned:?} must be ascending and below {count}"
+        );
+        states.resize_with(owned.len(), || None);
         let start = |settings, metrics, state| match state {
             Some(state) => Engine::restore(settings, model.clone(), metrics, state),
             None => Engine::new(settings, model.clone(), metrics),
@@ -88,6 +114,7 @@ impl Partitioned {
             let state = states.pop().flatten();
             return Self {
                 parts: vec![start(settings, metrics.clone(), state)],
+                owned: owned.to_vec(),
                 count,
                 bases,
                 gauges: None,
@@ -95,7 +122,9 @@ impl Partitioned {
             };
         }
         let own: Vec<EngineMetrics> = states.iter().map(|_| metrics.for_partition()).collect();
-        let parts = (0..count.get())
+        let parts = owned
+            .iter()
+            .copied()
             .zip(states)
             .zip(&own)
             .map(|((p, state), m)| start(partition_settings(&settings, p), m.clone(), state))
@@ -110,6 +139,7 @@ impl Partitioned {
         gauges.publish();
         Self {
             parts,
+            owned: owned.to_vec(),
             count,
             bases,
             gauges: Some(gauges),
@@ -117,7 +147,13 @@ impl Partitioned {
         }
     }
 
-    /// Partition `p`'s engine at index `p`.
+    /// The partitions whose engines these are: [`Self::parts`]`[i]` is `owned()[i]`'s.
+    pub fn owned(&self) -> &[u16] {
+        &self.owned
+    }
+
+    /// The engine of [`Self::owned`]`[i]` at index `i` (with every partition: partition
+    /// `p`'s at `p`).
     pub fn parts(&self) -> &[Engine] {
         &self.parts
     }
@@ -184,7 +220,7 @@ impl Partitioned {
     /// each partition's engine applies the entries of its streams, and every engine sees the
     /// batch end (under the wall clock, catching up and the sweep are per partition too).
     pub fn apply_batch(&mut self, batch: Batch, wall_ms: u64) -> Effects {
-        if let [one] = &mut self.parts[..] {
+        if let ([one], None) = (&mut self.parts[..], &self.gauges) {
             return one.apply_batch(batch, wall_ms);
         }
         let started = Instant::now();
@@ -226,7 +262,7 @@ impl Partitioned {
 
     /// See [`Engine::tick`]: every partition's engine.
     pub fn tick(&mut self, wall_ms: u64) -> Effects {
-        if let [one] = &mut self.parts[..] {
+        if let ([one], None) = (&mut self.parts[..], &self.gauges) {
             return one.tick(wall_ms);
         }
         let mut fx = Effects::default();
@@ -260,10 +296,12 @@ impl Partitioned {
         }
     }
 
-    /// One customer, from their partition's engine.
+    /// One customer, from their partition's engine; `None` also when their partition is
+    /// not among those owned.
     pub fn customer(&self, customer_id: &str) -> Option<CustomerView> {
-        let p = usize::from(self.count.of(customer_id));
-        self.parts[p].customer(customer_id)
+        let p = self.count.of(customer_id);
+        let i = self.owned.binary_search(&p).ok()?;
+        self.parts[i].customer(customer_id)
     }
 
     /// Every partition's totals added up; "now" is the furthest partition's clock, the

@@ -25,6 +25,7 @@ pub(crate) mod labels;
 mod lift;
 mod model;
 mod output;
+mod ownership;
 mod partitions;
 #[cfg(target_os = "linux")]
 mod process;
@@ -43,6 +44,7 @@ pub use labels::{Label, PerLabel};
 pub use lift::LiftMetrics;
 pub use model::{ModelInfo, ModelMetrics, ModelReload};
 pub use output::OutputMetrics;
+pub use ownership::OwnershipMetrics;
 pub use partitions::PartitionGauges;
 pub use redis::{RedisMetrics, RedisRole, RoleMetrics};
 pub use service::ServiceMetrics;
@@ -68,6 +70,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub model: ModelMetrics,
     pub lift: LiftMetrics,
+    pub ownership: OwnershipMetrics,
     /// Every family registered, with its label names, including those without a series yet
     /// (the reference in docs/metrics.md is checked against it).
     families: Arc<[(String, Vec<String>)]>,
@@ -95,6 +98,7 @@ impl Metrics {
             redis: RedisMetrics::register(&mut r),
             http: HttpMetrics::register(&mut r),
             lift: LiftMetrics::register(&mut r),
+            ownership: OwnershipMetrics::register(&mut r),
             model,
             registry: r.registry,
             families: r.families.into(),

@@ -24,10 +24,12 @@ pub enum RedisRole {
     /// Moves each input stream's committed group to the durable snapshots' positions
     /// (`src/source/commit.rs`).
     Commit,
+    /// Heartbeats and partition leases (`partitions.ownership = leases`).
+    Ownership,
 }
 
 impl RedisRole {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Source,
         Self::Sink,
         Self::Monitor,
@@ -35,6 +37,7 @@ impl RedisRole {
         Self::Check,
         Self::Lift,
         Self::Commit,
+        Self::Ownership,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl RedisRole {
             Self::Check => "check",
             Self::Lift => "lift",
             Self::Commit => "commit",
+            Self::Ownership => "ownership",
         }
     }
 }

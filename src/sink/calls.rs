@@ -23,7 +23,7 @@ use std::sync::LazyLock;
 use redis::Value;
 
 use super::guards::{guard_prefix, old_guard_prefix};
-use super::SinkSettings;
+use super::{Lease, SinkSettings};
 use crate::engine::{DeadLetter, Effects};
 
 /// KEYS[1]: the stream; KEYS[2..n+1]: the n entries' guard keys.
@@ -37,7 +37,10 @@ use crate::engine::{DeadLetter, Effects};
 /// The stream's type is checked first, so that a key of another type fails the call before
 /// it writes anything. An entry is written before its guard is set: should the XADD fail, the
 /// entry is not marked written, and the retry writes it.
-const EFFECTS_LUA: &str = r#"
+///
+/// `last_key` is the last guard key: the fenced script ([`FENCED_LUA`]) has lease keys after
+/// the guards.
+const EFFECTS_BODY: &str = r#"
 local stream = KEYS[1]
 local kind = redis.call('TYPE', stream)['ok']
 if kind ~= 'stream' and kind ~= 'none' then
@@ -56,7 +59,7 @@ for l = 1, tonumber(ARGV[5]) do
   a = a + 1 + k
 end
 local out = {}
-for i = 2, #KEYS do
+for i = 2, last_key do
   local guard = KEYS[i]
   local seen
   if old == '' then
@@ -93,8 +96,29 @@ end
 return table.concat(out)
 "#;
 
+/// The effects script: [`EFFECTS_BODY`] with every key after the first a guard.
 pub(super) static EFFECTS: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(EFFECTS_LUA));
+    LazyLock::new(|| redis::Script::new(&format!("local last_key = #KEYS\n{EFFECTS_BODY}")));
+
+/// Writes only on behalf of the partitions' current owners (`partitions.ownership = leases`):
+/// after the guard keys come n lease keys, and after [`EFFECTS_BODY`]'s arguments the n
+/// tokens the writer holds them with (`<member>#<run>:<epoch>`), then n. Unless every lease
+/// still holds its token, nothing is written and the call fails with `FENCED`: the writer's
+/// lease expired or passed to another replica, whose replay writes these effects instead.
+const FENCED_LUA: &str = r#"
+local n = tonumber(ARGV[#ARGV])
+local last_key = #KEYS - n
+for i = 1, n do
+  local lease, token = KEYS[last_key + i], ARGV[#ARGV - n - 1 + i]
+  if redis.call('GET', lease) ~= token then
+    return redis.error_reply('FENCED ' .. lease .. ' is no longer held by ' .. token)
+  end
+end
+"#;
+
+/// [`FENCED_LUA`]'s check, then [`EFFECTS_BODY`].
+pub(super) static FENCED: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(&format!("{FENCED_LUA}{EFFECTS_BODY}")));
 
 /// Entries per call at most: a script holds Redis while it runs (about 5 µs per entry here),
 /// so a call of 256 holds it about 1.5 ms.
@@ -270,7 +294,7 @@ pub(super) fn calls(settings: &SinkSettings, fx: &Effects, check_old_names: bool
                 prefix: &prefix,
                 old_prefix: old.as_deref(),
             };
-            calls.push(call(&target, chunk));
+            calls.push(call(&target, chunk, &settings.fence));
         }
     }
     calls
@@ -340,7 +364,7 @@ struct Target<'a> {
 
 /// The `EVALSHA` of [`EFFECTS`] for `entries` (see [`EFFECTS_LUA`] for the layout): the
 /// field names of tasks once per call and set of names, a dead letter's with it.
-fn call(target: &Target, entries: Vec<Entry>) -> Call {
+fn call(target: &Target, entries: Vec<Entry>, fence: &[Lease]) -> Call {
     let mut lists: Vec<Vec<&str>> = Vec::new();
     let list_of: Vec<usize> = entries
         .iter()
@@ -361,9 +385,10 @@ fn call(target: &Target, entries: Vec<Entry>) -> Call {
             }
         })
         .collect();
+    let script = if fence.is_empty() { &EFFECTS } else { &FENCED };
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(EFFECTS.get_hash())
-        .arg(1 + entries.len())
+    cmd.arg(script.get_hash())
+        .arg(1 + entries.len() + fence.len())
         .arg(target.stream);
     let mut key = String::with_capacity(target.prefix.len() + 40);
     for entry in &entries {
@@ -371,6 +396,9 @@ fn call(target: &Target, entries: Vec<Entry>) -> Call {
         key.push_str(target.prefix);
         key.push_str(&entry.id);
         cmd.arg(key.as_str());
+    }
+    for lease in fence {
+        cmd.arg(&lease.key);
     }
     cmd.arg(target.ttl_secs)
         .arg(target.max_len)
@@ -407,6 +435,12 @@ fn call(target: &Target, entries: Vec<Entry>) -> Call {
                 }
             }
         }
+    }
+    if !fence.is_empty() {
+        for lease in fence {
+            cmd.arg(&lease.token);
+        }
+        cmd.arg(fence.len());
     }
     Call { cmd, effects }
 }

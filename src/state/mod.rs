@@ -89,6 +89,11 @@ pub struct Loaded {
 pub struct SnapshotDir {
     dir: PathBuf,
     keep: usize,
+    /// The ownership epoch of the partition whose snapshots these are, under
+    /// `partitions.ownership = leases`: written into the names, before the time, so that
+    /// the snapshots of a later owner sort after an earlier owner's whatever the two
+    /// machines' clocks say (and after the names without an epoch).
+    epoch: Option<u64>,
 }
 
 /// A snapshot being written. Dropped before [`Self::commit`], it removes its temporary file
@@ -258,7 +263,16 @@ impl SnapshotDir {
         Ok(Self {
             dir: dir.to_owned(),
             keep: keep.max(1),
+            epoch: None,
         })
+    }
+
+    /// The same directory, the snapshots written from now on named with ownership epoch
+    /// `epoch` (`snapshot-e<epoch>-<created_ms>.bin`): they sort after every snapshot of an
+    /// earlier epoch, and after those named without one.
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = Some(epoch);
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -276,7 +290,10 @@ impl SnapshotDir {
     /// its place among the snapshots only at [`SnapshotFile::commit`]. Names sort by
     /// `created_ms`, so the newest is the last.
     pub fn create(&self, created_ms: u64) -> Result<SnapshotFile, StateError> {
-        let name = format!("{PREFIX}{created_ms:020}{SUFFIX}");
+        let name = match self.epoch {
+            Some(epoch) => format!("{PREFIX}e{epoch:010}-{created_ms:020}{SUFFIX}"),
+            None => format!("{PREFIX}{created_ms:020}{SUFFIX}"),
+        };
         let path = self.dir.join(&name);
         let temp = self.dir.join(format!(".{name}{TEMP_SUFFIX}"));
         match File::create(&temp) {
@@ -420,6 +437,17 @@ mod tests {
         assert!(rejected[0].error.contains("truncated"), "{rejected:?}");
         assert_eq!(snapshots.snapshots().len(), 1);
         assert!(newest.with_extension("bin.corrupt").exists());
+    }
+
+    #[test]
+    fn a_later_epoch_s_snapshots_sort_after_an_earlier_s_whatever_their_clocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = SnapshotDir::open(dir.path(), 10).unwrap();
+        let first = plain.write(b"unstamped", 9_000).unwrap();
+        let early = plain.clone().with_epoch(2).write(b"e2", 5_000).unwrap();
+        // A later owner whose clock is behind the earlier one's.
+        let late = plain.clone().with_epoch(10).write(b"e10", 1_000).unwrap();
+        assert_eq!(plain.snapshots(), vec![first, early, late]);
     }
 
     #[test]

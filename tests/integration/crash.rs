@@ -20,6 +20,7 @@ use crate::helpers::*;
 mod committed;
 mod early;
 mod partitions;
+mod replicas;
 
 const EVENTS: &str = "churn:events";
 const WINBACK: &str = "churn:winback";

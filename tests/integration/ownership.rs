@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use churnd::ownership::assign;
 use churnd::ownership::coordinator::Coordinator;
-use churnd::ownership::lease::Leases;
+use churnd::ownership::lease::{Acquired, Leases};
 use churnd::ownership::membership::Membership;
 use churnd::ownership::MemberName;
 use churnd::partition::PartitionCount;
 use redis::aio::MultiplexedConnection;
 
-use crate::helpers::RedisServer;
+use crate::helpers::{xlen, RedisServer};
 
 const GROUP: &str = "churnd";
 
@@ -196,4 +196,138 @@ async fn a_restarted_replica_takes_its_own_leases_back_at_once_and_fences_its_ol
     assert_eq!(stale.lost, vec![0, 1, 2, 3]);
     // ... and its attempt to take them again finds them held by the new run's epoch.
     assert!(old.held().is_empty(), "{:?}", old.held());
+}
+
+/// A sink writing on behalf of `old`'s lease of partition 0, with the counter and token a
+/// refusal is told to.
+struct FencedSink {
+    tx: tokio::sync::mpsc::Sender<churnd::engine::Effects>,
+    written: tokio::sync::watch::Receiver<u64>,
+    fenced: tokio_util::sync::CancellationToken,
+    metrics: churnd::metrics::Metrics,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+fn fenced_sink(server: &RedisServer, token: String) -> FencedSink {
+    use churnd::sink::{Fencing, Lease, Sink, SinkSettings};
+    use std::sync::Arc;
+
+    let mut settings = churnd::config::Settings::default();
+    settings.redis.url = server.url();
+    settings.redis.backoff_initial = churnd::config::Interval::from_millis(20);
+    settings.redis.backoff_max = churnd::config::Interval::from_millis(200);
+    let metrics = churnd::metrics::Metrics::new();
+    let health = Arc::new(churnd::health::Health::new(metrics.service.ready.clone()));
+    let connector = churnd::connection::Connector::new(
+        churnd::connection::client(&settings.redis).unwrap(),
+        &settings.redis,
+        Duration::from_secs(5),
+        churnd::metrics::RedisRole::Sink,
+        &metrics.redis,
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (written_tx, written) = tokio::sync::watch::channel(0);
+    let fenced = tokio_util::sync::CancellationToken::new();
+    let sink = Sink::new(
+        SinkSettings {
+            fence: vec![Lease {
+                key: Leases::new(GROUP, Duration::from_secs(1)).key(0),
+                token,
+            }],
+            ..SinkSettings::from(&settings)
+        },
+        connector,
+        health,
+        metrics.sink.clone(),
+        rx,
+        written_tx,
+    )
+    .with_fencing(Fencing {
+        refused: metrics.ownership.fenced_writes.clone(),
+        fenced: fenced.clone(),
+    });
+    let handle = tokio::spawn(sink.run(tokio_util::sync::CancellationToken::new()));
+    FencedSink {
+        tx,
+        written,
+        fenced,
+        metrics,
+        handle,
+    }
+}
+
+/// An entry of partition 0's stream, rejected: its dead letter is the effect written.
+fn rejected(n: u64) -> churnd::engine::Effects {
+    let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+    churnd::engine::Effects {
+        dead_letters: vec![churnd::engine::DeadLetter {
+            stream: 0,
+            id: churnd::event::EntryId {
+                ms: 1_000 + n,
+                seq: 0,
+            },
+            values: vec![
+                bulk("customer_id"),
+                bulk(&format!("c{n}")),
+                bulk("type"),
+                bulk("gift"),
+            ],
+            reason: churnd::event::Reason::UnknownType,
+            detail: "type \"gift\" is not known".into(),
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_write_after_the_lease_passed_to_another_replica_is_refused_and_counted() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    let lease = Duration::from_secs(600);
+    let mut old = replica("churnd-0", 1, lease);
+    old.round(&mut conn).await.unwrap();
+    let token = old.token(0).expect("partition 0 held");
+    let mut sink = fenced_sink(&server, token);
+
+    // While the lease is held, effects are written.
+    sink.tx.send(rejected(1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), sink.written.wait_for(|n| *n >= 1))
+        .await
+        .expect("written while the lease is held")
+        .unwrap();
+    assert_eq!(xlen(&mut conn, "churn:events:dlq").await, 1);
+
+    // The lease passes to another replica (the old one was paused past its expiry): the
+    // old one's next write is refused, nothing of it written.
+    let _: () = redis::cmd("DEL")
+        .arg(Leases::new(GROUP, lease).key(0))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let leases = Leases::new(GROUP, lease);
+    let next = leases
+        .new_run(&mut conn, &MemberName::new("churnd-1").unwrap())
+        .await
+        .unwrap();
+    let taken = leases.acquire(&mut conn, &next, 0).await.unwrap();
+    assert!(matches!(taken, Acquired::Held(_)), "{taken:?}");
+    sink.tx.send(rejected(2)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), sink.fenced.cancelled())
+        .await
+        .expect("the refusal is reported");
+    assert_eq!(sink.metrics.ownership.fenced_writes.get(), 1);
+    assert_eq!(
+        xlen(&mut conn, "churn:events:dlq").await,
+        1,
+        "nothing written"
+    );
+    assert_eq!(
+        *sink.written.borrow(),
+        1,
+        "the refused batch is not reported written"
+    );
+    tokio::time::timeout(Duration::from_secs(10), sink.handle)
+        .await
+        .expect("the sink stops after a refusal")
+        .unwrap();
 }

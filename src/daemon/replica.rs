@@ -1,0 +1,436 @@
+//! A replica under `partitions.ownership = leases`: runs engines, reads streams and writes
+//! effects only for the partitions whose leases it holds ([`super::owners`]), and moves
+//! partitions in generations (Kafka's eager rebalancing):
+//!
+//! 1. A generation starts with a set of partitions: each one's newest snapshot is loaded from
+//!    its directory in the shared `state.dir`, its engine restored, and its streams read
+//!    from the snapshot's positions (the consumer group moved back there), so whatever a
+//!    previous owner applied after its last snapshot is replayed; the guards of the effects
+//!    keep anything from being written twice.
+//! 2. When the set changes (a replica joined, left or died; a lease was lost) the generation
+//!    stops: the source stops reading, the engines apply what was read, the sink writes it,
+//!    and a final snapshot of every partition is written (named with the partition's
+//!    epoch). Only then are the partitions to hand over released, so their next owner
+//!    restores that snapshot. Then the next generation starts with the new set.
+//!
+//! Writes are fenced: every effect script call checks that this replica still holds every
+//! lease of the generation at its epoch, and Redis refuses it otherwise. A refusal stops the
+//! generation at once without acknowledging or snapshotting past what was written, so the
+//! next owner's replay, not this replica, writes those effects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::engine_task::{self, Channels, Durability};
+use super::layout::Layout;
+use super::owners::{self, Held, Owners};
+use super::{snapshots, start, DaemonError, EFFECT_QUEUE};
+use crate::config::{Settings, SourceSettings};
+use crate::connection::{Connector, RedisClient};
+use crate::decide::uplift::UpliftBook;
+use crate::engine::{EngineSettings, Partitioned};
+use crate::health::Health;
+use crate::http::Query;
+use crate::metrics::{Metrics, RedisRole};
+use crate::model::Model;
+use crate::ownership::coordinator::Coordinator;
+use crate::ownership::lease::Leases;
+use crate::ownership::membership::Membership;
+use crate::ownership::{Epoch, MemberName};
+use crate::sink::{self, Fencing, Lease, Sink, SinkSettings};
+use crate::source::{self, Commit, Source};
+use crate::state::SnapshotDir;
+
+/// What every generation is built from.
+pub(super) struct Replica {
+    pub settings: Settings,
+    pub client: RedisClient,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    pub models: watch::Receiver<Arc<Model>>,
+    pub uplift: watch::Receiver<Arc<UpliftBook>>,
+    pub started: Instant,
+}
+
+impl Replica {
+    fn connector(&self, role: RedisRole, response_timeout: Duration) -> Connector {
+        Connector::new(
+            self.client.clone(),
+            &self.settings.redis,
+            response_timeout,
+            role,
+            &self.metrics.redis,
+        )
+    }
+
+    /// Runs generations until `shutdown`, then hands every partition over and leaves.
+    /// Queries from HTTP are answered by the running generation's engines (a customer of a
+    /// partition held elsewhere is not found here).
+    pub async fn run(
+        self,
+        queries: mpsc::Receiver<Query>,
+        shutdown: CancellationToken,
+    ) -> Result<(), DaemonError> {
+        let settings = &self.settings;
+        let me = MemberName::new(&settings.source.consumer)
+            .expect("source.consumer was checked with partitions.ownership = leases");
+        let root = settings
+            .state
+            .snapshot_dir()
+            .expect("state.dir was checked with partitions.ownership = leases");
+        let layout = Layout::open(
+            SnapshotDir::open(root, settings.state.keep.get())?,
+            settings,
+        )?;
+        let lease = settings.partitions.lease.get();
+        let group = &settings.source.group;
+        let coordinator = Coordinator::new(
+            me.clone(),
+            settings.partitions.count,
+            Membership::new(group, lease),
+            Leases::new(group, lease),
+        );
+        let owner_abort = CancellationToken::new();
+        let (owners, owner_task) = owners::spawn(
+            coordinator,
+            self.connector(RedisRole::Ownership, settings.redis.response_timeout.get()),
+            lease / 3,
+            self.metrics.ownership.clone(),
+            owner_abort.clone(),
+        );
+        let (target_tx, target) = watch::channel(None);
+        let forwarder = tokio::spawn(forward_queries(queries, target));
+        tracing::info!(replica = %me, partitions = %settings.partitions.count, lease = ?lease, "replica running: taking the partitions assigned to it");
+
+        let result = self
+            .generations(&layout, &owners, &target_tx, &shutdown)
+            .await;
+        target_tx.send_replace(None);
+        owners.leave().await;
+        owner_abort.cancel();
+        let _ = owner_task.await;
+        forwarder.abort();
+        result
+    }
+
+    async fn generations(
+        &self,
+        layout: &Layout,
+        owners: &Owners,
+        target: &watch::Sender<Option<mpsc::Sender<Query>>>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DaemonError> {
+        let metrics = &self.metrics.ownership;
+        let mut held = owners.held.clone();
+        let mut first = true;
+        while !shutdown.is_cancelled() {
+            let now = held.borrow_and_update().clone();
+            // Nothing runs for what is to be handed over: it can go at once.
+            owners
+                .release(now.hand_over.iter().copied().collect())
+                .await;
+            let run = now.to_run();
+            if run.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = held.changed() => if changed.is_err() { shutdown.cancelled().await; break },
+                }
+                continue;
+            }
+            if !first {
+                metrics.rebalances.inc();
+            }
+            first = false;
+            let Some(generation) = self.start(layout, &run, shutdown).await? else {
+                break;
+            };
+            metrics.owned.set(run.len() as i64);
+            target.send_replace(Some(generation.queries.clone()));
+            let partitions: Vec<u16> = run.keys().copied().collect();
+            tracing::info!(?partitions, "serving partitions");
+            let why = tokio::select! {
+                () = shutdown.cancelled() => "shutdown",
+                () = generation.fenced.cancelled() => "a write was refused: a lease is gone",
+                () = changed(&mut held, &run, now.lost) => "the partitions assigned changed",
+            };
+            tracing::info!(
+                ?partitions,
+                why,
+                "stopping these partitions: final snapshot, then hand-over"
+            );
+            target.send_replace(None);
+            generation.stop(sink::drain_timeout(&self.settings)).await;
+            metrics.owned.set(0);
+        }
+        Ok(())
+    }
+
+    /// Starts a generation for the partitions `run`; `None` if shutdown came first.
+    async fn start(
+        &self,
+        layout: &Layout,
+        run: &BTreeMap<u16, (Epoch, String)>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Generation>, DaemonError> {
+        let settings = &self.settings;
+        let metrics = &self.metrics;
+        let owned: Vec<u16> = run.keys().copied().collect();
+        self.health.set_loading(true);
+        let (loading, snapshot_metrics, parts) =
+            (layout.clone(), metrics.snapshots.clone(), owned.clone());
+        let load =
+            tokio::task::spawn_blocking(move || loading.load_owned(&parts, &snapshot_metrics));
+        let states = tokio::select! {
+            loaded = load => loaded.map_err(|e| DaemonError::Load(e.to_string()))??,
+            () = shutdown.cancelled() => return Ok(None),
+        };
+        let epochs: Vec<(u16, u64)> = run.iter().map(|(&p, (e, _))| (p, e.0)).collect();
+        let dirs = layout.owned_parts(&epochs);
+
+        let (written_tx, written_rx) = watch::channel(0u64);
+        let (durable_tx, durable_rx) = watch::channel(source::commit::Durable::new());
+        let abort = CancellationToken::new();
+        let (snapshotter, snapshot_task) = snapshots::spawn(
+            dirs.clone(),
+            (written_rx, durable_tx.clone()),
+            metrics.snapshots.clone(),
+            self.health.clone(),
+            abort.clone(),
+        )
+        .map_err(DaemonError::Thread)?;
+        let model = self.models.borrow().clone();
+        let engine = Partitioned::restore_owned(
+            EngineSettings::from(settings),
+            model,
+            metrics.engine.clone(),
+            &owned,
+            states,
+        );
+        self.health.set_loading(false);
+        let source_settings = owned_source(settings, &owned);
+        let response_timeout = settings.redis.response_timeout.get();
+        let stop = CancellationToken::new();
+        let engine = start::make_positions_durable(
+            engine,
+            &source_settings,
+            &dirs,
+            self.connector(RedisRole::Source, response_timeout),
+            (&metrics.snapshots, &self.health),
+            shutdown,
+        )
+        .await;
+        let Some(engine) = engine else {
+            drop(snapshotter);
+            let _ = snapshot_task.await;
+            return Ok(None);
+        };
+        let mut positions = engine.positions();
+        positions.resize(source_settings.streams.len(), None);
+
+        let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches.get());
+        let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
+        let (query_tx, query_rx) = mpsc::channel(super::QUERY_QUEUE);
+        let fenced = CancellationToken::new();
+        let sink_settings = SinkSettings {
+            input_streams: source_settings.streams.clone(),
+            fence: run
+                .iter()
+                .map(|(&p, (_, token))| Lease {
+                    key: Leases::new(&settings.source.group, settings.partitions.lease.get())
+                        .key(p),
+                    token: token.clone(),
+                })
+                .collect(),
+            ..SinkSettings::from(settings)
+        };
+        let sink = Sink::new(
+            sink_settings,
+            self.connector(RedisRole::Sink, response_timeout),
+            self.health.clone(),
+            metrics.sink.clone(),
+            effect_rx,
+            written_tx,
+        )
+        .with_fencing(Fencing {
+            refused: metrics.ownership.fenced_writes.clone(),
+            fenced: fenced.clone(),
+        });
+        let sink_task = tokio::spawn(sink.run(abort.clone()));
+        let source = Source::new(
+            source_settings.clone(),
+            self.connector(
+                RedisRole::Source,
+                source::read_timeout(&source_settings, settings.redis.response_timeout),
+            ),
+            self.health.clone(),
+            metrics.source.clone(),
+            batch_tx,
+            (positions.clone(), Commit::of(settings)),
+        );
+        // With positions committed with snapshots, this generation's snapshots move its
+        // streams' committed groups, starting with where reading starts.
+        let commit_task = (Commit::of(settings) == Commit::WithSnapshots).then(|| {
+            durable_tx.send_modify(|d| {
+                let at = source_settings.streams.iter().zip(&positions);
+                d.extend(at.filter_map(|(s, p)| Some((s.clone(), (*p)?))));
+            });
+            tokio::spawn(source::commit::run(
+                source_settings.clone(),
+                source.read_counts(),
+                durable_rx.clone(),
+                self.connector(RedisRole::Commit, response_timeout),
+                abort.clone(),
+            ))
+        });
+        // The committer ends once the snapshot writer (the one sender left) is done.
+        drop((durable_tx, durable_rx));
+        let engine_task = engine_task::spawn(
+            engine,
+            Channels {
+                batches: batch_rx,
+                effects: effect_tx,
+                queries: query_rx,
+                models: self.models.clone(),
+                uplift: self.uplift.clone(),
+                applied: None,
+            },
+            Durability {
+                snapshots: Some((snapshotter, settings.state.snapshot_interval.get())),
+                health: self.health.clone(),
+                recovery_seconds: metrics.service.recovery_seconds.clone(),
+                started: self.started,
+            },
+            settings.clock.tick.get(),
+        )
+        .map_err(DaemonError::EngineThread)?;
+        let source_task = tokio::spawn(source.run(stop.clone()));
+        Ok(Some(Generation {
+            stop,
+            abort,
+            fenced,
+            queries: query_tx,
+            source_task,
+            engine_task,
+            sink_task,
+            snapshot_task,
+            commit_task,
+        }))
+    }
+}
+
+/// Resolves once what this replica should run differs from `run`, or a lease was lost
+/// since (`lost`): even one held again is a new epoch. Never, once the ownership task is
+/// gone (shutdown stops the generation then).
+async fn changed(
+    held: &mut watch::Receiver<Held>,
+    run: &BTreeMap<u16, (Epoch, String)>,
+    lost: u64,
+) {
+    loop {
+        if held.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let now = held.borrow_and_update();
+        if now.to_run() != *run || now.lost != lost || !now.hand_over.is_empty() {
+            return;
+        }
+    }
+}
+
+/// `[source]` reading only the streams of `owned`, numbered as [`Partitioned`] numbers
+/// them (base by base, the owned partitions in order within each). Entries another consumer
+/// left pending are not claimed: the partition's previous owner is done with them (it
+/// stopped, or its lease expired), and the snapshot's position replays them in order.
+fn owned_source(settings: &Settings, owned: &[u16]) -> SourceSettings {
+    let count = settings.partitions.count;
+    SourceSettings {
+        streams: settings
+            .source
+            .streams
+            .iter()
+            .flat_map(|base| owned.iter().map(move |&p| count.stream(base, p)))
+            .collect(),
+        claim_idle: None,
+        ..settings.source.clone()
+    }
+}
+
+/// Passes each query to the running generation's engines; without one, the query is
+/// dropped (HTTP answers that the engine is unavailable).
+async fn forward_queries(
+    mut queries: mpsc::Receiver<Query>,
+    target: watch::Receiver<Option<mpsc::Sender<Query>>>,
+) {
+    while let Some(q) = queries.recv().await {
+        let tx = target.borrow().clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(q).await;
+        }
+    }
+}
+
+/// One set of partitions running.
+struct Generation {
+    /// Stops the source: the start of a generation's end.
+    stop: CancellationToken,
+    /// Gives up writing effects and waiting for them (the snapshots covering them are then
+    /// abandoned).
+    abort: CancellationToken,
+    /// Cancelled by the sink when Redis refused a write: a lease is gone.
+    fenced: CancellationToken,
+    queries: mpsc::Sender<Query>,
+    source_task: JoinHandle<()>,
+    engine_task: oneshot::Receiver<()>,
+    sink_task: JoinHandle<()>,
+    snapshot_task: oneshot::Receiver<()>,
+    /// Moves the committed groups after each snapshot (positions committed with snapshots).
+    commit_task: Option<JoinHandle<()>>,
+}
+
+impl Generation {
+    /// Stops reading, lets the engines apply what was read and the sink write it, and waits
+    /// for the final snapshots, all within `timeout`. After a refused write nothing more is
+    /// written: the snapshots still waiting for effects are abandoned.
+    async fn stop(self, timeout: Duration) {
+        let Self {
+            stop,
+            abort,
+            fenced,
+            queries,
+            source_task,
+            engine_task,
+            sink_task,
+            snapshot_task,
+            commit_task,
+        } = self;
+        drop(queries);
+        stop.cancel();
+        let drain = async {
+            let _ = source_task.await;
+            let _ = engine_task.await;
+            let _ = sink_task.await;
+            let _ = snapshot_task.await;
+            if let Some(task) = commit_task {
+                let _ = task.await;
+            }
+        };
+        tokio::pin!(drain);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut drain => return,
+                () = fenced.cancelled(), if !abort.is_cancelled() => abort.cancel(),
+                () = &mut deadline, if !abort.is_cancelled() => {
+                    tracing::warn!(?timeout, "stopping the partitions timed out; their next owner replays from the last snapshot written");
+                    abort.cancel();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Ownership of partitions under `partitions.ownership = leases`: what this replica holds,
+//! how often its partitions were reshuffled, leases it lost, and writes refused because they
+//! came from a previous owner. With `ownership = all` they stay at their initial values
+//! (owned: every partition).
+
+use prometheus::{IntCounter, IntGauge};
+
+use super::Registrar;
+
+#[derive(Clone)]
+pub struct OwnershipMetrics {
+    pub owned: IntGauge,
+    pub members: IntGauge,
+    pub rebalances: IntCounter,
+    pub lease_losses: IntCounter,
+    pub fenced_writes: IntCounter,
+}
+
+impl OwnershipMetrics {
+    pub(super) fn register(r: &mut Registrar) -> Self {
+        Self {
+            owned: r.gauge(
+                "churnd_partitions_owned",
+                "Partitions this replica reads, keeps and writes now (partitions.count under partitions.ownership = all; under leases, those whose lease it holds and whose engines run).",
+            ),
+            members: r.gauge(
+                "churnd_partition_members",
+                "Live replicas of the consumer group this replica saw in its last ownership round (partitions.ownership = leases; 0 otherwise).",
+            ),
+            rebalances: r.counter(
+                "churnd_partition_rebalances_total",
+                "Times this replica stopped its engines and started them again with another set of partitions (a replica joined, left or died; or a lease was lost).",
+            ),
+            lease_losses: r.counter(
+                "churnd_partition_lease_losses_total",
+                "Partition leases this replica found taken or expired when it renewed them: it was paused or cut off from Redis longer than partitions.lease_ms.",
+            ),
+            fenced_writes: r.counter(
+                "churnd_fenced_writes_total",
+                "Effect writes (script calls) Redis refused because a partition's lease was no longer held by this replica at the epoch it wrote with: a paused old owner kept from writing.",
+            ),
+        }
+    }
+}

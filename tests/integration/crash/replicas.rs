@@ -1,0 +1,275 @@
+//! Replicas that own partitions (`partitions.ownership = leases`, P = 8), real churnd
+//! processes sharing one `state.dir`: one killed with SIGKILL mid-stream, and scaling
+//! 1 → 3 → 2 mid-stream, each end exactly as one process reading every partition, without a
+//! task or dead letter lost or written twice.
+
+use std::net::SocketAddr;
+use std::process::Child;
+
+use churnd::config::{Interval, Ownership};
+use churnd::partition::PartitionCount;
+
+use super::*;
+
+const P: u16 = 8;
+
+fn count() -> PartitionCount {
+    PartitionCount::new(P).unwrap()
+}
+
+fn streams() -> Vec<String> {
+    count().streams(&[EVENTS.to_string()])
+}
+
+/// Appends each event to its customer's partition stream, in order, in pipelined chunks.
+async fn produce_partitioned(
+    conn: &mut MultiplexedConnection,
+    events: &[Vec<(&'static str, String)>],
+    pause: Duration,
+) {
+    for chunk in events.chunks(500) {
+        let mut pipe = redis::pipe();
+        for fields in chunk {
+            let customer = &fields.iter().find(|(k, _)| *k == "customer_id").unwrap().1;
+            let stream = count().stream(EVENTS, count().of(customer));
+            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+            for (k, v) in fields {
+                cmd.arg(*k).arg(v);
+            }
+            cmd.ignore();
+        }
+        pipe.query_async::<()>(conn).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+}
+
+async fn drained_all(conn: &mut MultiplexedConnection) {
+    for stream in streams() {
+        drained_stream(conn, &stream).await;
+    }
+}
+
+/// The outcome of one process reading every partition over `events`.
+async fn one_process(events: &[Vec<(&'static str, String)>]) -> Outcome {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    settings.partitions.count = count();
+    let state_dir = settings.state.dir.clone();
+    let mut c = redis.conn().await;
+    produce_partitioned(&mut c, events, Duration::ZERO).await;
+    let app = App::spawn(settings).await;
+    drained_all(&mut c).await;
+    app.stop().await;
+    outcome_of(&mut c, &state_dir, &streams()).await
+}
+
+/// One replica process: its name, HTTP address and the process.
+struct Replica {
+    name: String,
+    addr: SocketAddr,
+    child: Child,
+}
+
+/// Starts replica `name` over `redis` with the shared `dir`, logging to `dir/<name>-<n>.log`.
+fn replica(redis: &RedisServer, dir: &Path, name: &str, n: usize) -> Replica {
+    let mut settings = test_settings(redis, dir);
+    settings.partitions.count = count();
+    settings.partitions.ownership = Ownership::Leases;
+    // Well above the stalls of a busy 2-core machine: a replica starved past its lease
+    // loses its partitions (see docs/operating.md, "Replicas that own partitions").
+    settings.partitions.lease = Interval::from_millis(5_000);
+    settings.source.consumer = name.to_string();
+    settings.http.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    settings.shutdown.drain_timeout = Duration::from_secs(20);
+    let config_dir = dir.join(format!("{name}-{n}"));
+    std::fs::create_dir_all(&config_dir).unwrap();
+    let config = config_file(&settings, &config_dir);
+    Replica {
+        name: name.to_string(),
+        addr: settings.http.addr,
+        child: spawn_binary(&config, &dir.join(format!("{name}-{n}.log"))),
+    }
+}
+
+/// A replica's `churnd_partitions_owned`, `None` while it does not answer.
+async fn owned(addr: SocketAddr) -> Option<u16> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    parse_metric(&text, "churnd_partitions_owned").map(|v| v as u16)
+}
+
+/// Waits until the `replicas` own every partition between them, each owning some.
+async fn shared_by(replicas: &[&Replica], timeout: Duration) {
+    let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
+    wait_for(
+        &format!("{names:?} to own all {P} partitions, each some"),
+        timeout,
+        || async {
+            let mut total = 0;
+            for r in replicas {
+                match owned(r.addr).await {
+                    Some(n) if n > 0 => total += n,
+                    _ => return false,
+                }
+            }
+            total == P
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_one_killed_mid_stream_end_as_one_process() {
+    let events = workload(60_000);
+    let reference = one_process(&events).await;
+    assert!(
+        reference.task_ids.len() > 100 && reference.customers.len() > 4_000,
+        "the workload raises tasks: {} tasks, {} customers",
+        reference.task_ids.len(),
+        reference.customers.len()
+    );
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    let a = replica(&redis, dir.path(), "replica-a", 0);
+    let b = replica(&redis, dir.path(), "replica-b", 0);
+    let mut x = replica(&redis, dir.path(), "replica-c", 0);
+    shared_by(&[&a, &b, &x], Duration::from_secs(60)).await;
+    let producer = {
+        let mut c = c.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            produce_partitioned(&mut c, &events, Duration::from_millis(60)).await
+        })
+    };
+    // Mid-stream: some of the input read by each, more to come.
+    let fifth = events.len() / 5;
+    wait_for(
+        "the replicas to have read a fifth of the input",
+        Duration::from_secs(60),
+        || {
+            let mut c = c.clone();
+            async move { read_so_far(&mut c).await > fifth }
+        },
+    )
+    .await;
+    let killed_at = Instant::now();
+    kill9(&mut x.child);
+    eprintln!(
+        "killed {} with SIGKILL; events still coming: {}",
+        x.name,
+        !producer.is_finished()
+    );
+    // The survivors take the dead one's partitions within the lease time plus a restore.
+    shared_by(&[&a, &b], Duration::from_secs(60)).await;
+    eprintln!("taken over after {:?}", killed_at.elapsed());
+    producer.await.unwrap();
+    drained_all(&mut c).await;
+    let logs = [a.name.clone(), b.name.clone()];
+    for r in [a, b] {
+        sigterm(r.child).await;
+    }
+    for name in logs {
+        let text = std::fs::read_to_string(dir.path().join(format!("{name}-0.log"))).unwrap();
+        assert!(
+            text.contains("serving partitions"),
+            "{name} served no partitions:\n{text}"
+        );
+    }
+    let run = outcome_of(&mut c, &dir.path().join("state"), &streams()).await;
+    assert_same(&run, &reference, "3 replicas, one killed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_one_to_three_to_two_replicas_mid_stream_ends_as_one_process() {
+    let events = workload(60_000);
+    let reference = one_process(&events).await;
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    let a = replica(&redis, dir.path(), "replica-a", 0);
+    shared_by(&[&a], Duration::from_secs(60)).await;
+    let producer = {
+        let mut c = c.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            produce_partitioned(&mut c, &events, Duration::from_millis(60)).await
+        })
+    };
+    let third = events.len() / 3;
+    wait_for("a third of the input read", Duration::from_secs(60), || {
+        let mut c = c.clone();
+        async move { read_so_far(&mut c).await > third / 2 }
+    })
+    .await;
+    let b = replica(&redis, dir.path(), "replica-b", 0);
+    let x = replica(&redis, dir.path(), "replica-c", 0);
+    shared_by(&[&a, &b, &x], Duration::from_secs(60)).await;
+    eprintln!(
+        "scaled to 3; events still coming: {}",
+        !producer.is_finished()
+    );
+    wait_for(
+        "two thirds of the input read",
+        Duration::from_secs(90),
+        || {
+            let mut c = c.clone();
+            async move { read_so_far(&mut c).await > third }
+        },
+    )
+    .await;
+    sigterm(x.child).await;
+    shared_by(&[&a, &b], Duration::from_secs(60)).await;
+    eprintln!(
+        "scaled to 2; events still coming: {}",
+        !producer.is_finished()
+    );
+    producer.await.unwrap();
+    drained_all(&mut c).await;
+    for r in [a, b] {
+        sigterm(r.child).await;
+    }
+    let run = outcome_of(&mut c, &dir.path().join("state"), &streams()).await;
+    assert_same(&run, &reference, "1 → 3 → 2 replicas");
+}
+
+/// Entries the consumer group has delivered, over every partition stream.
+async fn read_so_far(c: &mut MultiplexedConnection) -> usize {
+    let mut total = 0;
+    for stream in streams() {
+        let reply: redis::Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&stream)
+            .query_async(c)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        total += entries_read(&reply).unwrap_or(0);
+    }
+    total
+}
+
+fn entries_read(reply: &redis::Value) -> Option<usize> {
+    let redis::Value::Array(groups) = reply else {
+        return None;
+    };
+    let group = groups.first()?;
+    let items: Vec<&redis::Value> = match group {
+        redis::Value::Array(items) => items.iter().collect(),
+        redis::Value::Map(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let i = items.iter().position(
+        |v| matches!(v, redis::Value::BulkString(b) if b.as_slice() == b"entries-read"),
+    )?;
+    match items.get(i + 1)? {
+        redis::Value::Int(n) => Some(*n as usize),
+        _ => None,
+    }
+}
