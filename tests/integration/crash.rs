@@ -622,3 +622,34 @@ async fn an_unchanged_state_is_not_written_again() {
     app.stop().await;
     assert_eq!(snapshot_files(&state_dir), files_after);
 }
+
+/// Appends each event to its customer's partition stream of `count`, in order, in pipelined
+/// chunks of 500 with `pause` after each.
+async fn produce_partitioned(
+    conn: &mut MultiplexedConnection,
+    count: churnd::partition::PartitionCount,
+    events: &[Vec<(&'static str, String)>],
+    pause: Duration,
+) {
+    for chunk in events.chunks(500) {
+        let mut pipe = redis::pipe();
+        for fields in chunk {
+            let customer = &fields.iter().find(|(k, _)| *k == "customer_id").unwrap().1;
+            let stream = count.stream(EVENTS, count.of(customer));
+            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+            for (k, v) in fields {
+                cmd.arg(*k).arg(v);
+            }
+            cmd.ignore();
+        }
+        pipe.query_async::<()>(conn).await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Waits until every partition stream of `count` is drained.
+async fn drained_all(conn: &mut MultiplexedConnection, count: churnd::partition::PartitionCount) {
+    for stream in count.streams(&[EVENTS.to_string()]) {
+        drained_stream(conn, &stream).await;
+    }
+}

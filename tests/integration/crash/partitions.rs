@@ -14,34 +14,6 @@ fn streams() -> Vec<String> {
     count().streams(&[EVENTS.to_string()])
 }
 
-/// Appends each event to its customer's partition stream, in order, in pipelined chunks.
-async fn produce_partitioned(
-    conn: &mut MultiplexedConnection,
-    events: &[Vec<(&'static str, String)>],
-    pause: Duration,
-) {
-    for chunk in events.chunks(500) {
-        let mut pipe = redis::pipe();
-        for fields in chunk {
-            let customer = &fields.iter().find(|(k, _)| *k == "customer_id").unwrap().1;
-            let stream = count().stream(EVENTS, count().of(customer));
-            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
-            for (k, v) in fields {
-                cmd.arg(*k).arg(v);
-            }
-            cmd.ignore();
-        }
-        pipe.query_async::<()>(conn).await.unwrap();
-        tokio::time::sleep(pause).await;
-    }
-}
-
-async fn drained_all(conn: &mut MultiplexedConnection) {
-    for stream in streams() {
-        drained_stream(conn, &stream).await;
-    }
-}
-
 fn partitioned_settings(redis: &RedisServer, dir: &Path) -> Settings {
     let mut settings = test_settings(redis, dir);
     settings.partitions.count = count();
@@ -57,9 +29,9 @@ async fn partitions_restart_from_their_own_snapshots_after_sigkill_changing_noth
         let settings = partitioned_settings(&redis, dir.path());
         let state_dir = settings.state.dir.clone();
         let mut c = redis.conn().await;
-        produce_partitioned(&mut c, &events, Duration::ZERO).await;
+        produce_partitioned(&mut c, count(), &events, Duration::ZERO).await;
         let app = App::spawn(settings).await;
-        drained_all(&mut c).await;
+        drained_all(&mut c, count()).await;
         app.stop().await;
         outcome_of(&mut c, &state_dir, &streams()).await
     };
@@ -86,7 +58,7 @@ async fn partitions_restart_from_their_own_snapshots_after_sigkill_changing_noth
         let mut c = c.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            produce_partitioned(&mut c, &events, Duration::from_millis(20)).await
+            produce_partitioned(&mut c, count(), &events, Duration::from_millis(20)).await
         })
     };
     let seed: u64 = rand::random();
@@ -112,7 +84,7 @@ async fn partitions_restart_from_their_own_snapshots_after_sigkill_changing_noth
         daemon = spawn_binary(&config, &log(kill));
     }
     producer.await.unwrap();
-    drained_all(&mut c).await;
+    drained_all(&mut c, count()).await;
     sigterm(daemon).await;
     for run in 1..=2 {
         let text = std::fs::read_to_string(log(run)).unwrap();

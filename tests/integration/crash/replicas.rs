@@ -21,34 +21,6 @@ fn streams() -> Vec<String> {
     count().streams(&[EVENTS.to_string()])
 }
 
-/// Appends each event to its customer's partition stream, in order, in pipelined chunks.
-async fn produce_partitioned(
-    conn: &mut MultiplexedConnection,
-    events: &[Vec<(&'static str, String)>],
-    pause: Duration,
-) {
-    for chunk in events.chunks(500) {
-        let mut pipe = redis::pipe();
-        for fields in chunk {
-            let customer = &fields.iter().find(|(k, _)| *k == "customer_id").unwrap().1;
-            let stream = count().stream(EVENTS, count().of(customer));
-            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
-            for (k, v) in fields {
-                cmd.arg(*k).arg(v);
-            }
-            cmd.ignore();
-        }
-        pipe.query_async::<()>(conn).await.unwrap();
-        tokio::time::sleep(pause).await;
-    }
-}
-
-async fn drained_all(conn: &mut MultiplexedConnection) {
-    for stream in streams() {
-        drained_stream(conn, &stream).await;
-    }
-}
-
 /// The outcome of one process reading every partition over `events`.
 async fn one_process(events: &[Vec<(&'static str, String)>]) -> Outcome {
     let redis = RedisServer::start();
@@ -57,9 +29,9 @@ async fn one_process(events: &[Vec<(&'static str, String)>]) -> Outcome {
     settings.partitions.count = count();
     let state_dir = settings.state.dir.clone();
     let mut c = redis.conn().await;
-    produce_partitioned(&mut c, events, Duration::ZERO).await;
+    produce_partitioned(&mut c, count(), events, Duration::ZERO).await;
     let app = App::spawn(settings).await;
-    drained_all(&mut c).await;
+    drained_all(&mut c, count()).await;
     app.stop().await;
     outcome_of(&mut c, &state_dir, &streams()).await
 }
@@ -145,7 +117,7 @@ async fn three_replicas_one_killed_mid_stream_end_as_one_process() {
         let mut c = c.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            produce_partitioned(&mut c, &events, Duration::from_millis(60)).await
+            produce_partitioned(&mut c, count(), &events, Duration::from_millis(60)).await
         })
     };
     // Mid-stream: some of the input read by each, more to come.
@@ -170,7 +142,7 @@ async fn three_replicas_one_killed_mid_stream_end_as_one_process() {
     shared_by(&[&a, &b], Duration::from_secs(60)).await;
     eprintln!("taken over after {:?}", killed_at.elapsed());
     producer.await.unwrap();
-    drained_all(&mut c).await;
+    drained_all(&mut c, count()).await;
     let logs = [a.name.clone(), b.name.clone()];
     for r in [a, b] {
         sigterm(r.child).await;
@@ -200,7 +172,7 @@ async fn scaling_one_to_three_to_two_replicas_mid_stream_ends_as_one_process() {
         let mut c = c.clone();
         let events = events.clone();
         tokio::spawn(async move {
-            produce_partitioned(&mut c, &events, Duration::from_millis(60)).await
+            produce_partitioned(&mut c, count(), &events, Duration::from_millis(60)).await
         })
     };
     let third = events.len() / 3;
@@ -232,7 +204,7 @@ async fn scaling_one_to_three_to_two_replicas_mid_stream_ends_as_one_process() {
         !producer.is_finished()
     );
     producer.await.unwrap();
-    drained_all(&mut c).await;
+    drained_all(&mut c, count()).await;
     for r in [a, b] {
         sigterm(r.child).await;
     }
