@@ -252,22 +252,18 @@ pub async fn run_resolved(
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
     let app_token_required = customer_token.is_some();
     let (lift_tx, lift_rx) = watch::channel(None);
-    let app = http::router(AppState {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        queries: query_tx,
-        customer_token: customer_token.map(Arc::new),
-        lift: settings.lift.enabled.then_some(lift_rx),
-    });
-    let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
-    let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve::serve(
+    let (http_addr, http_stop, http_task) = serve_http(
         listener,
-        app,
-        Limits::from(&settings.http),
-        metrics.http.clone(),
-        http_stop.clone(),
-    ));
+        &settings,
+        &metrics,
+        AppState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            queries: query_tx,
+            customer_token: customer_token.map(Arc::new),
+            lift: settings.lift.enabled.then_some(lift_rx),
+        },
+    )?;
     let restored = match &snapshot_dir {
         Some(dir) => match load_while_serving(dir, &metrics.snapshots, &health, &shutdown).await {
             Ok(Startup::Restore(states)) => states,
@@ -496,6 +492,33 @@ pub async fn run_resolved(
     Ok(())
 }
 
+/// Serves the HTTP API on `listener` until the returned token is cancelled; its address,
+/// that token and the server's task.
+fn serve_http(
+    listener: TcpListener,
+    settings: &Settings,
+    metrics: &Metrics,
+    state: AppState,
+) -> Result<
+    (
+        std::net::SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ),
+    DaemonError,
+> {
+    let addr = listener.local_addr().map_err(DaemonError::Http)?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(http::serve::serve(
+        listener,
+        http::router(state),
+        Limits::from(&settings.http),
+        metrics.http.clone(),
+        stop.clone(),
+    ));
+    Ok((addr, stop, task))
+}
+
 /// What a replica starts from, once its settings are resolved and its model loaded.
 struct Start {
     settings: Settings,
@@ -528,22 +551,18 @@ async fn run_replica(
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
     let app_token_required = customer_token.is_some();
     let (lift_tx, lift_rx) = watch::channel(None);
-    let app = http::router(AppState {
-        metrics: metrics.clone(),
-        health: health.clone(),
-        queries: query_tx,
-        customer_token: customer_token.map(Arc::new),
-        lift: settings.lift.enabled.then_some(lift_rx),
-    });
-    let http_addr = listener.local_addr().map_err(DaemonError::Http)?;
-    let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve::serve(
+    let (http_addr, http_stop, http_task) = serve_http(
         listener,
-        app,
-        Limits::from(&settings.http),
-        metrics.http.clone(),
-        http_stop.clone(),
-    ));
+        &settings,
+        &metrics,
+        AppState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            queries: query_tx,
+            customer_token: customer_token.map(Arc::new),
+            lift: settings.lift.enabled.then_some(lift_rx),
+        },
+    )?;
     let connector = |role, response_timeout| {
         Connector::new(
             client.clone(),
