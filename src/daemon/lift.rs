@@ -40,6 +40,39 @@ pub(super) struct Learning {
     pub publish: watch::Sender<Arc<UpliftBook>>,
 }
 
+/// Starts the lift report's reader when `lift.enabled`: the report goes to `report`, and
+/// under `winback.policy = learned` the lift book to `book`.
+pub(super) fn spawn(
+    settings: &crate::config::Settings,
+    connector: Connector,
+    metrics: LiftMetrics,
+    (report, book): (
+        watch::Sender<Option<Arc<Report>>>,
+        watch::Sender<Arc<UpliftBook>>,
+    ),
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let learned = settings.winback.policy == crate::decide::WinbackPolicy::Learned;
+    if learned && !settings.lift.enabled {
+        tracing::warn!(
+            "winback.policy is learned but lift.enabled is false: no outcomes are read, so win-back priorities keep the stand-in (the churn probability)"
+        );
+    }
+    let learning = learned.then(|| Learning {
+        settings: settings.winback.learn,
+        publish: book,
+    });
+    settings.lift.enabled.then(|| {
+        tokio::spawn(run(
+            settings.outcomes.stream.clone(),
+            connector,
+            metrics,
+            (report, learning),
+            shutdown,
+        ))
+    })
+}
+
 /// Reads `stream` until shutdown, publishing the report to `publish` (and the book to
 /// `learning`, if given).
 pub(super) async fn run(

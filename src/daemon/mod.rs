@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{redact_url, ConfigError, Interval, Ownership, Resolved, Settings};
 use crate::connection::Connector;
-use crate::decide::WinbackPolicy;
 use crate::engine::{EngineSettings, Partitioned};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
@@ -324,24 +323,13 @@ pub async fn run_resolved(
         shutdown.clone(),
     ));
     let (uplift_tx, uplift_rx) = watch::channel(Arc::default());
-    let learning = (settings.winback.policy == WinbackPolicy::Learned).then(|| lift::Learning {
-        settings: settings.winback.learn,
-        publish: uplift_tx,
-    });
-    if learning.is_some() && !settings.lift.enabled {
-        tracing::warn!(
-            "winback.policy is learned but lift.enabled is false: no outcomes are read, so win-back priorities keep the stand-in (the churn probability)"
-        );
-    }
-    let lift_task = settings.lift.enabled.then(|| {
-        tokio::spawn(lift::run(
-            settings.outcomes.stream.clone(),
-            connector(RedisRole::Lift, response_timeout + lift::BLOCK),
-            metrics.lift.clone(),
-            (lift_tx, learning),
-            shutdown.clone(),
-        ))
-    });
+    let lift_task = lift::spawn(
+        &settings,
+        connector(RedisRole::Lift, response_timeout + lift::BLOCK),
+        metrics.lift.clone(),
+        (lift_tx, uplift_tx),
+        shutdown.clone(),
+    );
     tracing::info!(
         http = %http_addr,
         customer_token = if app_token_required { "required" } else { "off" },
@@ -390,21 +378,13 @@ pub async fn run_resolved(
                 batch_tx,
                 (positions.clone(), Commit::of(&settings)),
             );
-            // With state kept, each snapshot's positions are committed to the streams'
-            // committed groups, starting with those reading starts from.
-            let commit_task = (Commit::of(&settings) == Commit::WithSnapshots).then(|| {
-                durable_tx.send_modify(|d| {
-                    let at = source_settings.streams.iter().zip(&positions);
-                    d.extend(at.filter_map(|(s, p)| Some((s.clone(), (*p)?))));
-                });
-                tokio::spawn(source::commit::run(
-                    source_settings.clone(),
-                    source.read_counts(),
-                    durable_rx.clone(),
-                    connector(RedisRole::Commit, response_timeout),
-                    abort.clone(),
-                ))
-            });
+            let commit_task = source::commit::spawn(
+                Commit::of(&settings),
+                (&source_settings, source.read_counts(), &positions),
+                (&durable_tx, &durable_rx),
+                connector(RedisRole::Commit, response_timeout),
+                abort.clone(),
+            );
             let engine_task = engine_task::spawn(
                 engine,
                 Channels {
@@ -593,19 +573,13 @@ async fn run_replica(
         metrics.model.clone(),
         shutdown.clone(),
     ));
-    let learning = (settings.winback.policy == WinbackPolicy::Learned).then(|| lift::Learning {
-        settings: settings.winback.learn,
-        publish: uplift_tx,
-    });
-    let lift_task = settings.lift.enabled.then(|| {
-        tokio::spawn(lift::run(
-            settings.outcomes.stream.clone(),
-            connector(RedisRole::Lift, response_timeout + lift::BLOCK),
-            metrics.lift.clone(),
-            (lift_tx, learning),
-            shutdown.clone(),
-        ))
-    });
+    let lift_task = lift::spawn(
+        &settings,
+        connector(RedisRole::Lift, response_timeout + lift::BLOCK),
+        metrics.lift.clone(),
+        (lift_tx, uplift_tx),
+        shutdown.clone(),
+    );
     tracing::info!(
         http = %http_addr,
         customer_token = if app_token_required { "required" } else { "off" },

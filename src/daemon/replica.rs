@@ -272,21 +272,13 @@ impl Replica {
             batch_tx,
             (positions.clone(), Commit::of(settings)),
         );
-        // With positions committed with snapshots, this generation's snapshots move its
-        // streams' committed groups, starting with where reading starts.
-        let commit_task = (Commit::of(settings) == Commit::WithSnapshots).then(|| {
-            durable_tx.send_modify(|d| {
-                let at = source_settings.streams.iter().zip(&positions);
-                d.extend(at.filter_map(|(s, p)| Some((s.clone(), (*p)?))));
-            });
-            tokio::spawn(source::commit::run(
-                source_settings.clone(),
-                source.read_counts(),
-                durable_rx.clone(),
-                self.connector(RedisRole::Commit, response_timeout),
-                abort.clone(),
-            ))
-        });
+        let commit_task = source::commit::spawn(
+            Commit::of(settings),
+            (&source_settings, source.read_counts(), &positions),
+            (&durable_tx, &durable_rx),
+            self.connector(RedisRole::Commit, response_timeout),
+            abort.clone(),
+        );
         // The committer ends once the snapshot writer (the one sender left) is done.
         drop((durable_tx, durable_rx));
         let engine_task = engine_task::spawn(

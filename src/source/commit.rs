@@ -156,6 +156,31 @@ impl ReadCounts {
     }
 }
 
+/// Starts the committer of `settings`' streams when `commit` is [`Commit::WithSnapshots`]
+/// (`None` per entry): where reading starts (`positions`) is committed first, then each
+/// durable snapshot's positions as the snapshot writer publishes them on `durable`.
+pub fn spawn(
+    commit: Commit,
+    (settings, counts, positions): (&SourceSettings, ReadCounts, &[Option<EntryId>]),
+    (durable_tx, durable_rx): (&watch::Sender<Durable>, &watch::Receiver<Durable>),
+    connector: Connector,
+    abort: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    (commit == Commit::WithSnapshots).then(|| {
+        durable_tx.send_modify(|d| {
+            let at = settings.streams.iter().zip(positions);
+            d.extend(at.filter_map(|(s, p)| Some((s.clone(), (*p)?))));
+        });
+        tokio::spawn(run(
+            settings.clone(),
+            counts,
+            durable_rx.clone(),
+            connector,
+            abort,
+        ))
+    })
+}
+
 /// Moves each stream's [`committed_group`] to the positions `durable` publishes (the
 /// snapshot writer, once a snapshot is durable) until the publisher is gone, committing the
 /// last ones first; `abort` ends retrying. A failed commit is retried after the backoff: a
