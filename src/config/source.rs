@@ -137,7 +137,7 @@ impl Default for SourceSettings {
             lag_poll: Interval::from_millis(5_000),
             claim_idle: Some(Interval::from_millis(60_000)),
             max_inflight_bytes: 64 << 20,
-            acknowledge: Acknowledge::Snapshots,
+            acknowledge: Acknowledge::PerEntry,
         }
     }
 }

@@ -480,6 +480,7 @@ async fn with_state_kept_effects_are_written_and_nothing_is_acknowledged_per_ent
     let last = acks.iter().map(|&(_, id)| id).max().unwrap();
     let mut settings = sink_test_settings(&redis);
     settings.state.dir = "state".into();
+    settings.source.acknowledge = churnd::config::Acknowledge::Snapshots;
     let (positions_tx, mut positions) = watch::channel(churnd::daemon::Applied::default());
     let fx = Effects {
         tasks: vec![winback(7, Group::Treatment)],

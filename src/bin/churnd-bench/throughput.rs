@@ -154,6 +154,8 @@ async fn daemon_run(
     settings.source.batch_size =
         churnd::config::BatchSize::new(batch).context("--batch must be 1 to 100000")?;
     settings.clock.mode = clock;
+    // Positions committed with snapshots: the same NOACK read as the bare consumer's.
+    settings.source.acknowledge = churnd::config::Acknowledge::Snapshots;
     let settings = settings.validated()?;
     let last: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
         .arg(STREAM)

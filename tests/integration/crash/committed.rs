@@ -61,11 +61,16 @@ async fn groups_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn positions_follow_snapshots_and_a_kill_before_one_replays_the_rest_once() {
     let events = workload(12_000);
-    let reference = uninterrupted_with(&events, |s| adjust(s, 200)).await;
+    let reference = uninterrupted_with(&events, |s| {
+        adjust(s, 200);
+        s.source.acknowledge = churnd::config::Acknowledge::Snapshots;
+    })
+    .await;
     let (first, second) = events.split_at(events.len() / 2);
     let redis = RedisServer::start();
     let mut c = redis.conn().await;
     let mut binary = Binary::new(&redis, 200);
+    binary.reconfigure(|s| s.source.acknowledge = churnd::config::Acknowledge::Snapshots);
 
     // Run 1: snapshots every 200 ms; the committed group follows them to the end.
     let mut daemon = binary.spawn();
