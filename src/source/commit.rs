@@ -380,10 +380,9 @@ mod tests {
     #[test]
     fn the_scheme_follows_state_dir() {
         let mut s = Settings::default();
-        assert_eq!(Commit::of(&s), Commit::WithSnapshots);
-        s.source.acknowledge = Acknowledge::PerEntry;
-        assert_eq!(Commit::of(&s), Commit::PerEntry);
+        assert_eq!(Commit::of(&s), Commit::PerEntry, "opt-in");
         s.source.acknowledge = Acknowledge::Snapshots;
+        assert_eq!(Commit::of(&s), Commit::WithSnapshots);
         s.state.dir = Default::default();
         assert_eq!(Commit::of(&s), Commit::PerEntry);
         assert_eq!(committed_group("churnd"), "churnd:committed");
