@@ -84,10 +84,21 @@ async fn produce_to(
     events: &[Vec<(&'static str, String)>],
     pause: Duration,
 ) {
+    produce_routed(conn, events, pause, |_| stream.to_string()).await
+}
+
+/// Appends each event to the stream `route` names for it, in order, in pipelined chunks of
+/// 500 with `pause` after each.
+async fn produce_routed(
+    conn: &mut MultiplexedConnection,
+    events: &[Vec<(&'static str, String)>],
+    pause: Duration,
+    route: impl Fn(&[(&'static str, String)]) -> String,
+) {
     for chunk in events.chunks(500) {
         let mut pipe = redis::pipe();
         for fields in chunk {
-            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+            let cmd = pipe.cmd("XADD").arg(route(fields)).arg("*");
             for (k, v) in fields {
                 cmd.arg(*k).arg(v);
             }
@@ -631,20 +642,11 @@ async fn produce_partitioned(
     events: &[Vec<(&'static str, String)>],
     pause: Duration,
 ) {
-    for chunk in events.chunks(500) {
-        let mut pipe = redis::pipe();
-        for fields in chunk {
-            let customer = &fields.iter().find(|(k, _)| *k == "customer_id").unwrap().1;
-            let stream = count.stream(EVENTS, count.of(customer));
-            let cmd = pipe.cmd("XADD").arg(stream).arg("*");
-            for (k, v) in fields {
-                cmd.arg(*k).arg(v);
-            }
-            cmd.ignore();
-        }
-        pipe.query_async::<()>(conn).await.unwrap();
-        tokio::time::sleep(pause).await;
-    }
+    produce_routed(conn, events, pause, |fields| {
+        let customer = &fields.iter().find(|(k, _)| *k == "customer_id").unwrap().1;
+        count.stream(EVENTS, count.of(customer))
+    })
+    .await
 }
 
 /// Waits until every partition stream of `count` is drained.
