@@ -3,9 +3,15 @@
 //! being written (not too many failed in a row).
 //!
 //! Each part reports its own state; `/readyz` and the `churnd_ready` gauge read the whole.
+//!
+//! A replica under `partitions.ownership = leases` ([`Health::for_replica`]) is ready when it
+//! is among the live replicas and every partition it holds is restored and running: not
+//! while it joins, restores or hands partitions over. A replica that holds no partition
+//! (more replicas than partitions) is ready: it answers queries by passing them on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use prometheus::IntGauge;
 
@@ -21,6 +27,30 @@ pub struct Health {
     snapshots: Mutex<SnapshotStreak>,
     /// `churnd_ready`, kept equal to [`Self::is_ready`].
     ready: IntGauge,
+    /// Under `partitions.ownership = leases`: where this replica is with its partitions;
+    /// `None` for a process that owns every partition. A std mutex, as `snapshots`.
+    replica: Mutex<Option<ReplicaState>>,
+}
+
+/// What a replica does with the partitions it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Partitions {
+    /// It holds none.
+    Idle,
+    /// Their snapshots are being restored, and their streams replayed from them.
+    Restoring(Vec<u16>),
+    /// Their engines run: ready once the streams are read up to their end (as one process).
+    Running(Vec<u16>),
+    /// Their engines stop: final snapshots, then the leases are released.
+    HandingOver(Vec<u16>),
+}
+
+#[derive(Debug)]
+struct ReplicaState {
+    /// Until when this replica counts among the live replicas: its last successful
+    /// ownership round plus the lease time; `None` before the first.
+    member_until: Option<Instant>,
+    partitions: Partitions,
 }
 
 /// Consecutive snapshot failures, and whether they are enough to tell `/readyz`. A daemon
@@ -81,7 +111,48 @@ impl Health {
             loading: AtomicBool::new(false),
             snapshots: Mutex::new(SnapshotStreak::default()),
             ready,
+            replica: Mutex::new(None),
         }
+    }
+
+    /// Readiness of a replica under `partitions.ownership = leases` (see the module's doc):
+    /// joining until [`Self::set_membership`] says otherwise.
+    pub(crate) fn for_replica(self) -> Self {
+        *self.replica_state() = Some(ReplicaState {
+            member_until: None,
+            partitions: Partitions::Idle,
+        });
+        self
+    }
+
+    fn replica_state(&self) -> std::sync::MutexGuard<'_, Option<ReplicaState>> {
+        self.replica
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A replica's ownership round succeeded: it counts among the live replicas until
+    /// `until` (no effect on a process owning every partition).
+    pub(crate) fn member_until(&self, until: Instant) {
+        if let Some(r) = self.replica_state().as_mut() {
+            r.member_until = Some(until);
+        }
+        self.publish();
+    }
+
+    /// Brings `churnd_ready` up to date with what time changed (a replica's membership
+    /// lapsing while its ownership rounds fail): before each scrape.
+    pub(crate) fn refresh(&self) {
+        self.publish();
+    }
+
+    /// What a replica does with its partitions (no effect on a process owning every
+    /// partition).
+    pub(crate) fn set_partitions(&self, partitions: Partitions) {
+        if let Some(r) = self.replica_state().as_mut() {
+            r.partitions = partitions;
+        }
+        self.publish();
     }
 
     /// Makes `limit` snapshot failures in a row a reason not to be ready (0: none is; the
@@ -165,6 +236,7 @@ impl Health {
         } else {
             "recovering customer state (replaying the input streams)"
         };
+        let (replica, running) = self.replica_reasons();
         [
             (Part::Source, "not connected to Redis for reading"),
             (Part::Sink, "not connected to Redis for writing"),
@@ -172,10 +244,55 @@ impl Health {
             (Part::State, recovering),
         ]
         .into_iter()
+        // A replica reads, writes and recovers only while partitions run.
+        .filter(|(part, _)| running || *part == Part::Model)
         .filter(|(part, _)| !self.flag(*part).load(Ordering::Relaxed))
         .map(|(_, why)| why.to_string())
+        .chain(replica)
         .chain(self.streak().reason())
         .collect()
+    }
+
+    /// Why a replica is not ready because of its membership or partitions, and whether its
+    /// engines run (so that reading, writing and recovery count); no reason and running for
+    /// a process that owns every partition.
+    fn replica_reasons(&self) -> (Vec<String>, bool) {
+        let state = self.replica_state();
+        let Some(r) = state.as_ref() else {
+            return (Vec::new(), true);
+        };
+        let list = |ps: &[u16]| ps.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
+        let mut reasons = Vec::new();
+        match r.member_until {
+            None => reasons.push(
+                "not yet among the replicas: no ownership round has succeeded (is Redis reachable?)"
+                    .to_string(),
+            ),
+            Some(until) if until <= Instant::now() => reasons.push(
+                "not among the live replicas: no ownership round has succeeded for longer than \
+                 partitions.lease_ms (is Redis reachable?)"
+                    .to_string(),
+            ),
+            Some(_) => {}
+        }
+        match &r.partitions {
+            Partitions::Idle => (reasons, false),
+            Partitions::Running(_) => (reasons, true),
+            Partitions::Restoring(ps) => {
+                reasons.push(format!(
+                    "restoring partitions {} from their snapshots",
+                    list(ps)
+                ));
+                (reasons, false)
+            }
+            Partitions::HandingOver(ps) => {
+                reasons.push(format!(
+                    "handing over partitions {} (final snapshots)",
+                    list(ps)
+                ));
+                (reasons, false)
+            }
+        }
     }
 }
 
@@ -254,6 +371,41 @@ mod tests {
         }
         h.snapshots_stopped("the writer panicked");
         assert!(h.is_ready());
+    }
+
+    #[test]
+    fn a_replica_is_ready_only_as_a_member_with_its_partitions_running() {
+        let h = Health::new(Metrics::new().service.ready).for_replica();
+        h.set(Part::Model, true);
+        assert_eq!(
+            h.not_ready(),
+            vec!["not yet among the replicas: no ownership round has succeeded (is Redis reachable?)"]
+        );
+        // A member holding nothing is ready: reading and writing are its partitions' parts.
+        let later = Instant::now() + std::time::Duration::from_secs(3600);
+        h.member_until(later);
+        assert!(h.is_ready(), "{:?}", h.not_ready());
+        h.set_partitions(Partitions::Restoring(vec![1, 5]));
+        assert_eq!(
+            h.not_ready(),
+            vec!["restoring partitions 1, 5 from their snapshots"]
+        );
+        h.set_partitions(Partitions::Running(vec![1, 5]));
+        assert_eq!(h.not_ready().len(), 3, "{:?}", h.not_ready());
+        for part in [Part::Source, Part::Sink, Part::State] {
+            h.set(part, true);
+        }
+        assert!(h.is_ready());
+        assert_eq!(h.ready.get(), 1);
+        h.set_partitions(Partitions::HandingOver(vec![5]));
+        assert_eq!(
+            h.not_ready(),
+            vec!["handing over partitions 5 (final snapshots)"]
+        );
+        assert_eq!(h.ready.get(), 0);
+        h.set_partitions(Partitions::Running(vec![1]));
+        h.member_until(Instant::now());
+        assert!(h.not_ready()[0].starts_with("not among the live replicas"));
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub use partitions::{Ownership, PartitionSettings};
 pub use problem::{ConfigError, Origin, Problem, Problems};
 pub use read::env_var;
 pub use redis::{RedisMode, RedisSettings};
+pub(crate) use resolve::host_name;
 pub use resolve::Resolved;
 pub use scoring::{ClockMode, ClockSettings, ModelSettings, ScoringSettings};
 use secret::REDACTED;

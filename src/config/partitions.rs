@@ -48,6 +48,10 @@ pub struct PartitionSettings {
     /// that dies has its partitions taken over this long after its last renewal.
     #[serde(rename = "lease_ms")]
     pub lease: Interval,
+    /// Under `ownership = leases`: the URL where the other replicas reach this one's HTTP
+    /// API, published with its heartbeats, to pass on requests for customers of the
+    /// partitions it owns. `None`: `http://<host name>:<http.addr's port>`.
+    pub advertise_url: Option<String>,
 }
 
 impl Default for PartitionSettings {
@@ -56,6 +60,7 @@ impl Default for PartitionSettings {
             count: PartitionCount::default(),
             ownership: Ownership::default(),
             lease: Interval::from_millis(10_000),
+            advertise_url: None,
         }
     }
 }
@@ -79,22 +84,55 @@ impl Section for PartitionSettings {
             count: f.get("count", d.count),
             ownership: f.get("ownership", d.ownership),
             lease: f.get("lease_ms", d.lease),
+            advertise_url: f.get("advertise_url", d.advertise_url),
         }
     }
 
     fn problems(&self) -> Vec<Problem> {
+        let mut p: Vec<Problem> = self
+            .advertise_url
+            .as_deref()
+            .and_then(advertise_url_problem)
+            .map(|why| Problem::new("partitions.advertise_url", why))
+            .into_iter()
+            .collect();
         if self.ownership == Ownership::Leases && self.lease.as_millis() < 300 {
-            return vec![Problem::new(
+            p.push(Problem::new(
                 "partitions.lease_ms",
                 format!(
                     "({}) must be at least 300 under partitions.ownership = leases: a lease is \
                      renewed every third of it, and a round trip to Redis must fit well within that",
                     self.lease.as_millis()
                 ),
-            )];
+            ));
         }
-        Vec::new()
+        p
     }
+}
+
+/// Why `url` cannot be where the other replicas reach this one, if it cannot: it must be
+/// an absolute `http://` URL naming a host, with no path beyond `/` (the API's paths are
+/// added to it), no query and no user.
+fn advertise_url_problem(url: &str) -> Option<String> {
+    let given = format!("({url:?})");
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return Some(format!(
+            "{given} is not a URL; set it to http://<host>:<port>, e.g. \
+             http://churnd-0.churnd-headless:9898"
+        ));
+    };
+    let problem = if uri.scheme_str() != Some("http") {
+        "must start with http:// (the replicas speak plain HTTP to each other)"
+    } else if uri.host().is_none_or(str::is_empty) {
+        "must name a host"
+    } else if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        "must not hold a user or password"
+    } else if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        "must not hold a path or query: the API's paths are added to it"
+    } else {
+        return None;
+    };
+    Some(format!("{given} {problem}"))
 }
 
 /// Problems of `partitions.ownership = leases` with other sections: the partitions' state
@@ -208,6 +246,32 @@ mod tests {
               the partition streams are named {shop}:events:{0} … and the braces are their Redis \
               Cluster hash tag"]
         );
+    }
+
+    #[test]
+    fn the_advertised_url_is_an_http_address() {
+        assert_eq!(
+            advertise_url_problem("http://churnd-0.churnd-headless:9898"),
+            None
+        );
+        assert_eq!(advertise_url_problem("http://10.0.0.7:9898/"), None);
+        for (url, says) in [
+            ("churnd-0:9898", "must start with http://"),
+            ("https://a:1", "must start with http://"),
+            ("http://a:1/api", "must not hold a path"),
+            ("http://u:p@a:1", "must not hold a user"),
+            ("not a url", "is not a URL"),
+        ] {
+            let problem = advertise_url_problem(url).unwrap_or_default();
+            assert!(problem.contains(says), "{url}: {problem}");
+        }
+        let s = PartitionSettings {
+            advertise_url: Some("ftp://x".into()),
+            ..PartitionSettings::default()
+        };
+        assert!(s.problems()[0]
+            .to_string()
+            .starts_with("partitions.advertise_url (\"ftp://x\") must start with http://"));
     }
 
     #[test]

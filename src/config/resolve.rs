@@ -82,7 +82,7 @@ fn customer_token(s: &Settings) -> Result<Option<Secret>, Problem> {
 
 /// This host's name: `HOSTNAME` (set by Kubernetes to the pod's name), else
 /// `gethostname(2)`, else `churnd`.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     if let Ok(name) = std::env::var("HOSTNAME") {
         if !name.is_empty() {
             return name;

@@ -29,6 +29,7 @@ fn the_shipped_defaults_file_equals_the_built_in_defaults_and_gives_every_key() 
         "redis.tls_key_file",
         "http.customer_token",
         "http.customer_token_file",
+        "partitions.advertise_url",
         "tasks.convert.control_share",
         "tasks.welcome.control_share",
         "tasks.birthday.control_share",

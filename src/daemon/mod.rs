@@ -191,16 +191,22 @@ pub async fn run_resolved(
     // The streams read: source.streams, split into partitions (see `crate::partition`).
     let source_settings = settings.partitioned_source();
     let metrics = Metrics::new();
-    let health = Arc::new(
-        Health::new(metrics.service.ready.clone())
-            .with_snapshot_failure_limit(settings.state.max_consecutive_snapshot_failures),
-    );
+    let health = Health::new(metrics.service.ready.clone())
+        .with_snapshot_failure_limit(settings.state.max_consecutive_snapshot_failures);
+    let health = Arc::new(match settings.partitions.ownership {
+        Ownership::Leases => health.for_replica(),
+        Ownership::All => health,
+    });
     let (model, model_fingerprint) = Model::load_fingerprinted(&settings.model.path)?;
     tracing::info!(version = model.version(), path = %settings.model.path.display(), "model loaded");
     health.set(Part::Model, true);
     metrics
         .ownership
         .owned
+        .set(i64::from(settings.partitions.count.get()));
+    metrics
+        .ownership
+        .partitions
         .set(i64::from(settings.partitions.count.get()));
     if settings.partitions.ownership == Ownership::Leases {
         let start = Start {
@@ -261,6 +267,7 @@ pub async fn run_resolved(
             queries: query_tx,
             customer_token: customer_token.map(Arc::new),
             lift: settings.lift.enabled.then_some(lift_rx),
+            replicas: None,
         },
     )?;
     let restored = match &snapshot_dir {
@@ -307,11 +314,23 @@ pub async fn run_resolved(
         SinkSettings::from(&settings).output_caps(),
         metrics.output.clone(),
     );
+    // Every partition is held here, for good.
+    let (_, held) = watch::channel(http::LocalPartitions {
+        serving: (0..settings.partitions.count.get()).collect(),
+        moving: Default::default(),
+    });
     let lag_task = tokio::spawn(lag::monitor(
         source_settings.clone(),
         backlog,
         connector(RedisRole::Monitor, response_timeout),
-        metrics.source.clone(),
+        (
+            metrics.source.clone(),
+            lag::PartitionLag {
+                count: settings.partitions.count,
+                gauge: metrics.ownership.partition_lag.clone(),
+                held,
+            },
+        ),
         shutdown.clone(),
     ));
     let model_task = tokio::spawn(model_watch::run(
@@ -531,18 +550,6 @@ async fn run_replica(
     let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
     let app_token_required = customer_token.is_some();
     let (lift_tx, lift_rx) = watch::channel(None);
-    let (http_addr, http_stop, http_task) = serve_http(
-        listener,
-        &settings,
-        &metrics,
-        AppState {
-            metrics: metrics.clone(),
-            health: health.clone(),
-            queries: query_tx,
-            customer_token: customer_token.map(Arc::new),
-            lift: settings.lift.enabled.then_some(lift_rx),
-        },
-    )?;
     let connector = |role, response_timeout| {
         Connector::new(
             client.clone(),
@@ -553,6 +560,33 @@ async fn run_replica(
         )
     };
     let response_timeout = settings.redis.response_timeout.get();
+    let me = crate::ownership::MemberName::new(&settings.source.consumer)
+        .expect("source.consumer was checked with partitions.ownership = leases");
+    let (local_tx, local) = watch::channel(http::LocalPartitions::default());
+    let replicas = http::Replicas::new(
+        (me, settings.partitions.count, &settings.source.group),
+        local.clone(),
+        connector(RedisRole::Ownership, response_timeout),
+        metrics.http.forwarded.clone(),
+    );
+    let http_port = listener.local_addr().map_err(DaemonError::Http)?.port();
+    let (http_addr, http_stop, http_task) = serve_http(
+        listener,
+        &settings,
+        &metrics,
+        AppState {
+            metrics: metrics.clone(),
+            health: health.clone(),
+            queries: query_tx,
+            customer_token: customer_token.map(Arc::new),
+            lift: settings.lift.enabled.then_some(lift_rx),
+            replicas: Some(replicas),
+        },
+    )?;
+    let advertise = match &settings.partitions.advertise_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}:{http_port}", crate::config::host_name()),
+    };
     let (model_tx, model_rx) = watch::channel(Arc::new(model));
     let (uplift_tx, uplift_rx) = watch::channel(Arc::default());
     let lag_task = tokio::spawn(lag::monitor(
@@ -562,7 +596,14 @@ async fn run_replica(
             metrics.output.clone(),
         ),
         connector(RedisRole::Monitor, response_timeout),
-        metrics.source.clone(),
+        (
+            metrics.source.clone(),
+            lag::PartitionLag {
+                count: settings.partitions.count,
+                gauge: metrics.ownership.partition_lag.clone(),
+                held: local,
+            },
+        ),
         shutdown.clone(),
     ));
     let model_task = tokio::spawn(model_watch::run(
@@ -587,9 +628,12 @@ async fn run_replica(
         group = %settings.source.group,
         consumer = %settings.source.consumer,
         clock = ?settings.clock.mode,
+        advertise = %advertise,
         "churnd running as a replica that owns partitions by lease"
     );
     let replica = replica::Replica {
+        advertise,
+        local: local_tx,
         settings: settings.clone(),
         client: client.clone(),
         metrics: metrics.clone(),

@@ -8,12 +8,14 @@
 //! changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connector, RedisConn};
+use crate::health::Health;
 use crate::metrics::OwnershipMetrics;
 use crate::ownership::coordinator::Coordinator;
 use crate::ownership::Epoch;
@@ -84,11 +86,13 @@ impl Owners {
 }
 
 /// Starts the task; it runs until it has left the group (or `abort`).
+/// Rounds come `every`; a round that succeeds keeps the replica among the live ones for
+/// `lease` in `health` (`/readyz`).
 pub(super) fn spawn(
     coordinator: Coordinator,
     connector: Connector,
-    every: Duration,
-    metrics: OwnershipMetrics,
+    (every, lease): (Duration, Duration),
+    (metrics, health): (OwnershipMetrics, Arc<Health>),
     abort: CancellationToken,
 ) -> (Owners, tokio::task::JoinHandle<()>) {
     let (held_tx, held) = watch::channel(Held::default());
@@ -96,8 +100,8 @@ pub(super) fn spawn(
     let task = tokio::spawn(run(
         coordinator,
         connector,
-        every,
-        metrics,
+        (every, lease),
+        (metrics, health),
         (held_tx, rx),
         abort,
     ));
@@ -107,8 +111,8 @@ pub(super) fn spawn(
 async fn run(
     mut coordinator: Coordinator,
     mut connector: Connector,
-    every: Duration,
-    metrics: OwnershipMetrics,
+    (every, lease): (Duration, Duration),
+    (metrics, health): (OwnershipMetrics, Arc<Health>),
     (held_tx, mut requests): (watch::Sender<Held>, mpsc::Receiver<Request>),
     abort: CancellationToken,
 ) {
@@ -137,6 +141,9 @@ async fn run(
             None => match coordinator.round(c).await {
                 Ok(changes) => {
                     connector.succeeded();
+                    if changes.members.contains(coordinator.me()) {
+                        health.member_until(Instant::now() + lease);
+                    }
                     metrics.members.set(changes.members.len() as i64);
                     if !changes.lost.is_empty() {
                         metrics.lease_losses.inc_by(changes.lost.len() as u64);

@@ -34,8 +34,8 @@ use crate::config::{Settings, SourceSettings};
 use crate::connection::{Connector, RedisClient};
 use crate::decide::uplift::UpliftBook;
 use crate::engine::{EngineSettings, Partitioned};
-use crate::health::Health;
-use crate::http::Query;
+use crate::health::{Health, Part, Partitions};
+use crate::http::{LocalPartitions, Query};
 use crate::metrics::{Metrics, RedisRole};
 use crate::model::Model;
 use crate::ownership::coordinator::Coordinator;
@@ -55,6 +55,10 @@ pub(super) struct Replica {
     pub models: watch::Receiver<Arc<Model>>,
     pub uplift: watch::Receiver<Arc<UpliftBook>>,
     pub started: Instant,
+    /// The URL of this replica's HTTP API, published with its heartbeats.
+    pub advertise: String,
+    /// The partitions held here, for HTTP (serve or pass on) and the lag monitor.
+    pub local: watch::Sender<LocalPartitions>,
 }
 
 impl Replica {
@@ -92,15 +96,15 @@ impl Replica {
         let coordinator = Coordinator::new(
             me.clone(),
             settings.partitions.count,
-            Membership::new(group, lease),
+            Membership::new(group, lease).advertising(self.advertise.clone()),
             Leases::new(group, lease),
         );
         let owner_abort = CancellationToken::new();
         let (owners, owner_task) = owners::spawn(
             coordinator,
             self.connector(RedisRole::Ownership, settings.redis.response_timeout.get()),
-            lease / 3,
-            self.metrics.ownership.clone(),
+            (lease / 3, lease),
+            (self.metrics.ownership.clone(), self.health.clone()),
             owner_abort.clone(),
         );
         let (target_tx, target) = watch::channel(None);
@@ -111,6 +115,7 @@ impl Replica {
             .generations(&layout, &owners, &target_tx, &shutdown)
             .await;
         target_tx.send_replace(None);
+        self.publish(LocalPartitions::default(), Partitions::Idle);
         owners.leave().await;
         owner_abort.cancel();
         let _ = owner_task.await;
@@ -135,7 +140,10 @@ impl Replica {
                 .release(now.hand_over.iter().copied().collect())
                 .await;
             let run = now.to_run();
+            let partitions: Vec<u16> = run.keys().copied().collect();
+            let set = || partitions.iter().copied().collect();
             if run.is_empty() {
+                self.publish(LocalPartitions::default(), Partitions::Idle);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     changed = held.changed() => if changed.is_err() { shutdown.cancelled().await; break },
@@ -146,12 +154,23 @@ impl Replica {
                 metrics.rebalances.inc();
             }
             first = false;
+            let moving = LocalPartitions {
+                serving: Default::default(),
+                moving: set(),
+            };
+            self.publish(moving.clone(), Partitions::Restoring(partitions.clone()));
+            // Recovered again once this generation has read its streams to their end.
+            self.health.set(Part::State, false);
             let Some(generation) = self.start(layout, &run, shutdown).await? else {
                 break;
             };
             metrics.owned.set(run.len() as i64);
             target.send_replace(Some(generation.queries.clone()));
-            let partitions: Vec<u16> = run.keys().copied().collect();
+            let serving = LocalPartitions {
+                serving: set(),
+                moving: Default::default(),
+            };
+            self.publish(serving, Partitions::Running(partitions.clone()));
             tracing::info!(?partitions, "serving partitions");
             let why = tokio::select! {
                 () = shutdown.cancelled() => "shutdown",
@@ -164,10 +183,17 @@ impl Replica {
                 "stopping these partitions: final snapshot, then hand-over"
             );
             target.send_replace(None);
+            self.publish(moving, Partitions::HandingOver(partitions.clone()));
             generation.stop(sink::drain_timeout(&self.settings)).await;
             metrics.owned.set(0);
         }
         Ok(())
+    }
+
+    /// Tells HTTP, the lag monitor and `/readyz` what this replica does with its partitions.
+    fn publish(&self, local: LocalPartitions, partitions: Partitions) {
+        self.local.send_replace(local);
+        self.health.set_partitions(partitions);
     }
 
     /// Starts a generation for the partitions `run`; `None` if shutdown came first.

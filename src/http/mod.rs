@@ -5,6 +5,9 @@
 //! customer queries go to the engine over a channel and are answered between batches; the
 //! lift report is the one the lift task last published.
 //!
+//! Under `partitions.ownership = leases` a customer query for a partition another replica
+//! owns is passed on to it ([`forward`]).
+//!
 //! With `http.customer_token` set, the `/v1/` endpoints (per-customer data) require
 //! `Authorization: Bearer <token>`; `/metrics`, `/healthz` and `/readyz` stay open so probes
 //! and scrapers need no secret.
@@ -14,13 +17,16 @@
 
 mod connection;
 pub use connection::Close;
+mod forward;
+pub use forward::{Forwarded, LocalPartitions, FORWARDED_BY, SERVED_BY};
+pub(crate) use forward::{Replicas, Route};
 pub(crate) mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -52,6 +58,9 @@ pub(crate) struct AppState {
     /// The lift report as the lift task last published it; `None` when `lift.enabled` is
     /// off.
     pub lift: Option<crate::daemon::LiftReport>,
+    /// Under `partitions.ownership = leases`: the other replicas, to pass queries for the
+    /// partitions they own on to; `None` when this process owns every partition.
+    pub replicas: Option<Arc<Replicas>>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -128,6 +137,7 @@ fn token_matches(given: &[u8], expected: &str) -> bool {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.health.refresh();
     (
         [(
             header::CONTENT_TYPE,
@@ -192,12 +202,29 @@ async fn ask<T>(
         .map_err(|_| unavailable())
 }
 
-async fn customer(State(state): State<AppState>, Path(id): Path<String>) -> Response {
-    match ask(&state, |tx| Query::Customer(id, tx)).await {
+async fn customer(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    // The whole path as asked (the router is not nested), to pass on as it came.
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(replicas) = &state.replicas {
+        if let Route::Answered(response) = replicas.route(&id, &uri, &headers).await {
+            return response;
+        }
+    }
+    let mut response = match ask(&state, |tx| Query::Customer(id, tx)).await {
         Ok(Some(view)) => Json(view).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such customer"),
         Err(response) => response,
+    };
+    if let Some(replicas) = &state.replicas {
+        if let Ok(me) = HeaderValue::from_str(replicas.me().as_str()) {
+            response.headers_mut().insert(SERVED_BY, me);
+        }
     }
+    response
 }
 
 async fn summary(State(state): State<AppState>) -> Response {

@@ -4,7 +4,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::labels::PerLabel;
 use super::Registrar;
-use crate::http::Close;
+use crate::http::{Close, Forwarded};
 
 #[derive(Clone)]
 pub struct HttpMetrics {
@@ -14,6 +14,9 @@ pub struct HttpMetrics {
     pub connections_closed: PerLabel<Close, IntCounter>,
     pub connections_waited: IntCounter,
     pub accept_errors: IntCounter,
+    /// Customer queries for a partition another replica owns (`partitions.ownership =
+    /// leases`), by what came of passing them on.
+    pub forwarded: PerLabel<Forwarded, IntCounter>,
 }
 
 impl HttpMetrics {
@@ -41,6 +44,11 @@ impl HttpMetrics {
                 "churnd_http_accept_errors_total",
                 "Failures to accept an HTTP connection (such as too many open files); the listener pauses briefly after each.",
             ),
+            forwarded: PerLabel::new(&r.counter_vec(
+                "churnd_http_forwarded_requests_total",
+                "Customer queries for a partition another replica owns (partitions.ownership = leases), by outcome: answered (passed on to the owner, whose answer was returned), owner_unknown (no replica holds the partition's lease or the owner published no URL: 503), owner_unreachable (the owner did not answer: 502), loop_refused (a request already passed on by another replica, for a partition this one does not serve: 503).",
+                &["outcome"],
+            )),
         }
     }
 }

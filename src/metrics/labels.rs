@@ -14,7 +14,7 @@ use prometheus::core::{MetricVec, MetricVecBuilder};
 use crate::classify::{LifecycleStage, Segment};
 use crate::decide::{Group, TaskKind};
 use crate::event::{EventKind, Reason};
-use crate::http::Close;
+use crate::http::{Close, Forwarded};
 
 /// A closed set of label values: every value in [`Label::ALL`], in the order of
 /// [`Label::index`].
@@ -50,7 +50,8 @@ label_enum!(
     Segment,
     Group,
     TaskKind,
-    Close
+    Close,
+    Forwarded
 );
 
 /// The child series of a labelled family for every value of `L`, created when the family is
@@ -121,6 +122,7 @@ mod tests {
         check::<Group>();
         check::<TaskKind>();
         check::<Close>();
+        check::<crate::http::Forwarded>();
         check::<Outcome>();
         check::<SnapshotOutcome>();
         check::<ModelReload>();

@@ -3,7 +3,7 @@
 //! came from a previous owner. With `ownership = all` they stay at their initial values
 //! (owned: every partition).
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec};
 
 use super::Registrar;
 
@@ -14,6 +14,11 @@ pub struct OwnershipMetrics {
     pub rebalances: IntCounter,
     pub lease_losses: IntCounter,
     pub fenced_writes: IntCounter,
+    /// `partitions.count`: with `churnd_partitions_owned` summed over the replicas, shows a
+    /// partition nobody serves.
+    pub partitions: IntGauge,
+    /// By partition, only those this replica owns: entries of its streams not yet read.
+    pub partition_lag: IntGaugeVec,
 }
 
 impl OwnershipMetrics {
@@ -38,6 +43,15 @@ impl OwnershipMetrics {
             fenced_writes: r.counter(
                 "churnd_fenced_writes_total",
                 "Effect writes (script calls) Redis refused because a partition's lease was no longer held by this replica at the epoch it wrote with: a paused old owner kept from writing.",
+            ),
+            partitions: r.gauge(
+                "churnd_partitions",
+                "Partitions every input stream is split into (partitions.count): over a deployment's replicas, max(churnd_partitions) - sum(churnd_partitions_owned) is the number of partitions nobody serves.",
+            ),
+            partition_lag: r.gauge_vec(
+                "churnd_partition_lag",
+                "Entries of a partition's input streams not yet read (XINFO GROUPS lag, summed over source.streams), for the partitions this replica owns only; a partition handed over loses its series here and gains one on its new owner.",
+                &["partition"],
             ),
         }
     }

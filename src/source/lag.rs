@@ -3,13 +3,17 @@
 //! consumers of the group (`XINFO CONSUMERS`). The same poll samples the output streams'
 //! backlog ([`Backlog`]): whether their consumers keep up.
 
+use prometheus::IntGaugeVec;
 use redis::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SourceSettings;
 use crate::connection::{Connector, RedisConn};
 use crate::event::EntryId;
+use crate::http::LocalPartitions;
 use crate::metrics::SourceMetrics;
+use crate::partition::PartitionCount;
 use crate::sink::backlog::Backlog;
 
 /// Lag and pending entries of one group on one stream.
@@ -108,13 +112,47 @@ pub fn other_consumers(reply: &Value, me: &str) -> Vec<ConsumerInfo> {
         .collect()
 }
 
+/// `churnd_partition_lag`: the lag of each partition's streams summed, reported only for
+/// the partitions this process holds.
+pub struct PartitionLag {
+    pub count: PartitionCount,
+    pub gauge: IntGaugeVec,
+    /// What this process holds now: every partition for one that owns them all; a
+    /// replica's, as its generations publish them.
+    pub held: watch::Receiver<LocalPartitions>,
+}
+
+impl PartitionLag {
+    /// Sets the gauge from the lag of each stream of the monitor's list (stream `i` is
+    /// partition `i mod P`; `None`: unknown), for the partitions held, and removes the
+    /// others' series.
+    fn publish(&self, lags: &[Option<i64>]) {
+        let held = self.held.borrow().held();
+        let count = usize::from(self.count.get());
+        for p in 0..self.count.get() {
+            let label = p.to_string();
+            let lag = lags
+                .iter()
+                .skip(usize::from(p))
+                .step_by(count)
+                .try_fold(0i64, |sum, lag| Some(sum.saturating_add((*lag)?)));
+            match lag.filter(|_| held.contains(&p)) {
+                Some(lag) => self.gauge.with_label_values(&[&label]).set(lag),
+                None => {
+                    let _ = self.gauge.remove_label_values(&[&label]);
+                }
+            }
+        }
+    }
+}
+
 /// Polls every `lag_poll_ms` until shutdown: the input streams' group, then the output
 /// streams' `backlog`.
 pub async fn monitor(
     settings: SourceSettings,
     mut backlog: Backlog,
     mut connector: Connector,
-    metrics: SourceMetrics,
+    (metrics, partitions): (SourceMetrics, PartitionLag),
     shutdown: CancellationToken,
 ) {
     let mut conn: Option<RedisConn> = None;
@@ -134,7 +172,8 @@ pub async fn monitor(
             },
         };
         let mut healthy = true;
-        for stream in &settings.streams {
+        let mut lags = vec![None; settings.streams.len()];
+        for (i, stream) in settings.streams.iter().enumerate() {
             let reply: Result<Value, _> = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(stream)
@@ -146,6 +185,7 @@ pub async fn monitor(
                         if let Some(lag) = info.lag {
                             metrics.consumer_lag.with_label_values(&[stream]).set(lag);
                         }
+                        lags[i] = info.lag;
                         metrics
                             .consumer_pending
                             .with_label_values(&[stream])
@@ -160,7 +200,7 @@ pub async fn monitor(
                         }
                     }
                 }
-                Err(e) if e.code() == Some("ERR") => {} // no such stream yet
+                Err(e) if e.code() == Some("ERR") => lags[i] = Some(0), // no such stream yet
                 Err(e) => {
                     if connector.failed(&e) {
                         conn = None;
@@ -169,6 +209,9 @@ pub async fn monitor(
                     break;
                 }
             }
+        }
+        if healthy {
+            partitions.publish(&lags);
         }
         if let (true, Some(c)) = (healthy, conn.as_mut()) {
             if let Err(e) = backlog.sample(c).await {
@@ -186,6 +229,38 @@ mod tests {
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn partition_lag_sums_a_partitions_streams_and_shows_only_those_held() {
+        let gauge =
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("lag", "lag"), &["partition"])
+                .unwrap();
+        let (tx, held) = watch::channel(LocalPartitions {
+            serving: [0].into(),
+            moving: [2].into(),
+        });
+        let lag = PartitionLag {
+            count: PartitionCount::new(3).unwrap(),
+            gauge: gauge.clone(),
+            held,
+        };
+        // Two bases of three partitions: streams 0..3 then 3..6.
+        lag.publish(&[Some(1), Some(2), Some(3), Some(10), Some(20), None]);
+        assert_eq!(gauge.with_label_values(&["0"]).get(), 11);
+        // Partition 2's second stream is unknown: no value rather than a wrong one.
+        let series = |g: &IntGaugeVec| {
+            use prometheus::core::Collector;
+            g.collect()[0].get_metric().len()
+        };
+        assert_eq!(series(&gauge), 1);
+        tx.send_replace(LocalPartitions {
+            serving: [1].into(),
+            moving: Default::default(),
+        });
+        lag.publish(&[Some(1), Some(2), Some(3), Some(10), Some(20), Some(30)]);
+        assert_eq!(series(&gauge), 1, "partition 0's series went with it");
+        assert_eq!(gauge.with_label_values(&["1"]).get(), 22);
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod profiles_feedback;
 mod record_schemas;
 mod resilience;
 mod secrets;
+mod serving;
 mod simulate_lockstep;
 mod simulate_respond;
 mod sink;
