@@ -394,11 +394,12 @@ mod tests {
     #[test]
     fn the_scheme_follows_state_dir() {
         let mut s = Settings::default();
-        assert_eq!(Commit::of(&s), Commit::PerEntry, "opt-in");
-        s.source.acknowledge = Acknowledge::Snapshots;
-        assert_eq!(Commit::of(&s), Commit::WithSnapshots);
-        s.state.dir = Default::default();
+        assert_eq!(Commit::of(&s), Commit::WithSnapshots, "the default");
+        s.source.acknowledge = Acknowledge::PerEntry;
         assert_eq!(Commit::of(&s), Commit::PerEntry);
+        s.source.acknowledge = Acknowledge::Snapshots;
+        s.state.dir = Default::default();
+        assert_eq!(Commit::of(&s), Commit::PerEntry, "no state kept");
         assert_eq!(committed_group("churnd"), "churnd:committed");
         assert_eq!(written_group("churnd"), "churnd:written");
     }
