@@ -161,7 +161,8 @@ struct SimulateArgs {
     respond_to: Vec<String>,
     /// Advance in lockstep with churnd (which must run with clock.mode = event): one
     /// simulated day at a time over --history-days, each day's events written, then waited
-    /// for until churnd's group (source.group) has consumed them, then the tasks so far
+    /// for until churnd has applied them and written their effects (the group
+    /// <source.group>:written has reached them), then the tasks so far
     /// answered. For closed-loop measurements; needs --respond-to.
     #[arg(long, requires = "respond_to")]
     lockstep: bool,

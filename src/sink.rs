@@ -1,6 +1,8 @@
 //! The Redis sink: writes each batch's effects (tasks of every kind, dead letters), and only once
 //! they are written acknowledges the batch's entries (when state is not kept: with state kept,
-//! positions are committed with snapshots instead, see [`crate::source::commit`]). A write that fails is retried until it
+//! positions are committed with snapshots instead, see [`crate::source::commit`], and the sink
+//! moves each stream's [`written_group`] to the last entry written, one `XGROUP SETID` per
+//! stream and write: what tools and tests wait on). A write that fails is retried until it
 //! succeeds: the engine waits (the bounded channel fills, the source stops reading) rather
 //! than lose or skip anything.
 //!
@@ -37,8 +39,11 @@ use crate::daemon::Applied;
 use crate::decide::Group;
 use crate::decide::{Task, TaskKind, TasksSettings};
 use crate::engine::Effects;
+use crate::event::EntryId;
 use crate::health::{Health, Part};
 use crate::metrics::{DeadLettered, SinkMetrics};
+use crate::source::commit::written_group;
+use crate::source::start::create_group;
 use crate::source::Commit;
 
 /// Where effects go, resolved from the settings.
@@ -177,6 +182,44 @@ impl SinkSettings {
         Some(p)
     }
 
+    /// With positions committed with snapshots (entries are not acknowledged): where each
+    /// input stream's [`written_group`] moves once `fx`'s effects are written, the last of
+    /// `fx`'s entries in it, for the streams where that is past `marked` (per stream, where
+    /// the sink last moved it). Empty when entries are acknowledged.
+    pub(crate) fn written_moves(&self, fx: &Effects, marked: &[EntryId]) -> Vec<(usize, EntryId)> {
+        if self.acknowledge {
+            return Vec::new();
+        }
+        let mut last: Vec<Option<EntryId>> = vec![None; self.input_streams.len()];
+        for &(stream, id) in &fx.acks {
+            if let Some(l) = last.get_mut(usize::from(stream)) {
+                *l = (*l).max(Some(id));
+            }
+        }
+        last.into_iter()
+            .enumerate()
+            .filter_map(|(i, id)| {
+                let id = id?;
+                (marked.get(i).is_none_or(|&m| id > m)).then_some((i, id))
+            })
+            .collect()
+    }
+
+    /// One `XGROUP SETID` of [`written_group`] per move of [`Self::written_moves`].
+    fn written_setids(&self, moves: &[(usize, EntryId)]) -> redis::Pipeline {
+        let group = written_group(&self.group);
+        let mut p = redis::pipe();
+        for &(i, id) in moves {
+            p.cmd("XGROUP")
+                .arg("SETID")
+                .arg(&self.input_streams[i])
+                .arg(&group)
+                .arg(id.to_string())
+                .ignore();
+        }
+        p
+    }
+
     /// Output keys that exist but are not streams: writes to them would fail, so the sink
     /// does not report ready until they are fixed.
     async fn misplaced_keys(&self, c: &mut RedisConn) -> Result<Vec<String>, RedisError> {
@@ -210,6 +253,9 @@ pub struct Sink {
     written_positions: Option<watch::Sender<Applied>>,
     /// Under `partitions.ownership = leases`: what a refused (fenced) write is told to.
     fencing: Option<Fencing>,
+    /// Per input stream, where this sink last moved its [`written_group`] (with positions
+    /// committed with snapshots): it only moves forward.
+    marked: Vec<EntryId>,
 }
 
 /// What the sink does when Redis refuses a write because a lease of [`SinkSettings::fence`]
@@ -241,6 +287,7 @@ impl Sink {
             conns: watch::channel(None).0,
             written_positions: None,
             fencing: None,
+            marked: Vec::new(),
         }
     }
 
@@ -366,10 +413,73 @@ impl Sink {
             }
             self.metrics.entries_acked.inc_by(fx.acks.len() as u64);
         }
+        let moves = self.settings.written_moves(fx, &self.marked);
+        if !moves.is_empty() && !self.mark_written(&moves, conn, abort).await {
+            return false;
+        }
         self.metrics
             .sink_seconds
             .observe(started.elapsed().as_secs_f64());
         true
+    }
+
+    /// Moves the [`written_group`] of each stream in `moves` (one round trip), retrying until
+    /// done; a group that is missing (deleted, or Redis restarted without its data) is
+    /// created there. `false` if aborted first.
+    async fn mark_written(
+        &mut self,
+        moves: &[(usize, EntryId)],
+        conn: &mut Option<RedisConn>,
+        abort: &CancellationToken,
+    ) -> bool {
+        let setids = self.settings.written_setids(moves);
+        let group = written_group(&self.settings.group);
+        loop {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match self.connect(abort).await {
+                    Some(c) => conn.insert(c),
+                    None => return false,
+                },
+            };
+            let mut result = setids.query_async::<()>(c).await;
+            if matches!(&result, Err(e) if no_group(e)) {
+                result = async {
+                    for &(i, id) in moves {
+                        let stream = &self.settings.input_streams[i];
+                        let at = id.to_string();
+                        if !create_group(c, stream, &group, &at).await? {
+                            setids_one(stream, &group, &at).query_async::<()>(c).await?;
+                        }
+                    }
+                    Ok::<(), RedisError>(())
+                }
+                .await;
+            }
+            match result {
+                Ok(()) => {
+                    self.connector.succeeded();
+                    self.health.set(Part::Sink, true);
+                    for &(i, id) in moves {
+                        if self.marked.len() <= i {
+                            self.marked.resize(i + 1, EntryId::default());
+                        }
+                        self.marked[i] = id;
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, group, "cannot move the written group to the entries whose effects are written; retrying");
+                    if self.failed(&e) {
+                        *conn = None;
+                    }
+                    self.health.set(Part::Sink, false);
+                    if !self.connector.pause(abort).await {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 
     /// Sends the script calls of `fx`'s effects in one pipeline until each has succeeded
@@ -698,6 +808,22 @@ fn publish_written(tx: &watch::Sender<Applied>, fx: &Effects) {
     });
 }
 
+/// Whether `e` (of a command or of a pipeline: each failed command's error is kept) says a
+/// consumer group is missing.
+fn no_group(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+        || e.clone()
+            .into_server_errors()
+            .is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "NOGROUP"))
+}
+
+/// `XGROUP SETID <stream> <group> <at>`.
+fn setids_one(stream: &str, group: &str, at: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("SETID").arg(stream).arg(group).arg(at);
+    cmd
+}
+
 /// Loads the effects script; whether the server is a cluster node.
 async fn prepare(c: &mut RedisConn) -> Result<bool, RedisError> {
     load_effects_script(c).await?;
@@ -722,4 +848,62 @@ pub async fn load_effects_script(conn: &mut RedisConn) -> Result<(), RedisError>
 /// How long the daemon waits for in-flight effects after shutdown begins.
 pub fn drain_timeout(settings: &Settings) -> Duration {
     settings.shutdown.drain_timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Acknowledge;
+
+    fn id(ms: u64) -> EntryId {
+        EntryId { ms, seq: 0 }
+    }
+
+    fn two_streams(acknowledge: Acknowledge) -> SinkSettings {
+        let mut s = Settings::default();
+        s.source.streams = vec!["a".into(), "b".into()];
+        s.source.acknowledge = acknowledge;
+        SinkSettings::from(&s)
+    }
+
+    #[test]
+    fn the_written_group_moves_to_each_streams_last_entry_and_only_forward() {
+        let settings = two_streams(Acknowledge::Snapshots);
+        let fx = Effects {
+            acks: vec![(0, id(5)), (1, id(3)), (0, id(7)), (0, id(6))],
+            ..Effects::default()
+        };
+        assert_eq!(settings.written_moves(&fx, &[]), [(0, id(7)), (1, id(3))]);
+        assert_eq!(
+            settings.written_moves(&fx, &[id(7), id(2)]),
+            [(1, id(3))],
+            "stream a stands there already"
+        );
+        assert!(settings.written_moves(&fx, &[id(9), id(3)]).is_empty());
+        assert!(settings.written_moves(&Effects::default(), &[]).is_empty());
+        let setids = settings.written_setids(&[(0, id(7))]);
+        let args: Vec<Vec<u8>> = setids
+            .cmd_iter()
+            .flat_map(|c| c.args_iter())
+            .filter_map(|a| match a {
+                redis::Arg::Simple(a) => Some(a.to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            args,
+            ["XGROUP", "SETID", "a", "churnd:written", "7-0"].map(|a| a.as_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn per_entry_the_written_group_is_not_moved() {
+        let settings = two_streams(Acknowledge::PerEntry);
+        let fx = Effects {
+            acks: vec![(0, id(5))],
+            ..Effects::default()
+        };
+        assert!(settings.written_moves(&fx, &[]).is_empty());
+        assert!(settings.acks(&fx).is_some());
+    }
 }

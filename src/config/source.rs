@@ -23,11 +23,12 @@ pub enum StartFrom {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Acknowledge {
-    /// With state kept (`state.dir`), no acknowledgement per entry: reads are `NOACK` and
-    /// positions are committed with snapshots; without, `per_entry`.
+    /// The default. With state kept (`state.dir`), no acknowledgement per entry: reads are
+    /// `NOACK`, positions are committed with snapshots, and the group `<group>:written`
+    /// tells how far effects are written; without kept state, `per_entry`.
     Snapshots,
     /// Every entry acknowledged (`XACK`) once its effects are written, state kept or not:
-    /// for tools that wait on the group's pending count (`churnd simulate --lockstep`).
+    /// the group's pending count tells what is not written yet.
     PerEntry,
 }
 
@@ -137,7 +138,7 @@ impl Default for SourceSettings {
             lag_poll: Interval::from_millis(5_000),
             claim_idle: Some(Interval::from_millis(60_000)),
             max_inflight_bytes: 64 << 20,
-            acknowledge: Acknowledge::PerEntry,
+            acknowledge: Acknowledge::Snapshots,
         }
     }
 }

@@ -6,11 +6,15 @@
 //! in the past, as the input checks require), and for each day in turn it
 //!
 //! 1. writes the day's events, each with its own time in `ts`;
-//! 2. waits until churnd has consumed them: for every stream written that day, the consumer
-//!    group's `last-delivered-id` (`XINFO GROUPS`) has reached the last ID written and
-//!    nothing is pending. churnd, run with `source.acknowledge = "per_entry"`, acknowledges an
-//!    entry only once the tasks and outcome records it caused are written, so by then
-//!    everything the day caused is in Redis. The wait is
+//! 2. waits until churnd has consumed them: for every stream written that day, the entries
+//!    up to the last ID written are applied and the tasks and outcome records they caused
+//!    are written, so everything the day caused is in Redis. With state kept (positions
+//!    committed with snapshots, the default) churnd moves the group `<group>:written` to the
+//!    last entry whose effects are written ([`crate::source::commit::written_group`]), and
+//!    its `last-delivered-id` (`XINFO GROUPS`) must reach the last ID written; per entry
+//!    acknowledged (`source.acknowledge = "per_entry"`, or `state.dir` empty) that group does
+//!    not exist, and the group's own `last-delivered-id` must reach it with nothing pending
+//!    (an entry is acknowledged only once its effects are written). The wait is
 //!    bounded (`day_timeout`) and names the stream and where the group stands when it runs out;
 //! 3. reads the tasks written so far and hands each acted-on one to its customer at the end of
 //!    the day: an action that works on the customer's hidden persona brings a purchase in the
@@ -32,6 +36,7 @@ use super::respond::TaskReader;
 use super::{push_event, SimulateError, SimulateOptions, SimulateReport, DAY_MS};
 use crate::connection::Connector;
 use crate::event::EntryId;
+use crate::source::commit::written_group;
 use crate::source::lag::{group_info, GroupInfo};
 
 /// Events written per pipeline.
@@ -78,26 +83,39 @@ pub(crate) enum Behind {
     /// The stream has no group of that name (churnd has not started on it).
     NoGroup,
     /// Entries up to `written` were written; the group has been delivered up to `delivered`
-    /// and has `pending` entries not acknowledged.
+    /// and has `pending` entries not acknowledged; `effects`: with positions committed with
+    /// snapshots, where its written group stands (the last entry whose effects are written).
     Consuming {
         written: EntryId,
         delivered: Option<EntryId>,
         pending: i64,
+        effects: Option<Option<EntryId>>,
     },
 }
 
 /// Whether the group has consumed everything up to `written` (the last ID written to the
-/// stream, `None` when nothing was): delivered that far and nothing pending.
-pub(crate) fn behind(written: Option<EntryId>, info: Option<GroupInfo>) -> Option<Behind> {
+/// stream, `None` when nothing was), from the group's row (`info`) and its written group's
+/// (`effects`) in `XINFO GROUPS`: with a written group, that group has reached it; without
+/// (per entry acknowledged), the group was delivered that far with nothing pending.
+pub(crate) fn behind(
+    written: Option<EntryId>,
+    info: Option<GroupInfo>,
+    effects: Option<GroupInfo>,
+) -> Option<Behind> {
     let written = written?;
     let Some(info) = info else {
         return Some(Behind::NoGroup);
     };
     let delivered = info.last_delivered;
-    (delivered < Some(written) || info.pending > 0).then_some(Behind::Consuming {
+    let done = match effects {
+        Some(effects) => effects.last_delivered >= Some(written),
+        None => delivered >= Some(written) && info.pending == 0,
+    };
+    (!done).then_some(Behind::Consuming {
         written,
         delivered,
         pending: info.pending,
+        effects: effects.map(|e| e.last_delivered),
     })
 }
 
@@ -109,12 +127,19 @@ impl std::fmt::Display for Behind {
                 written,
                 delivered,
                 pending,
+                effects,
             } => {
-                let delivered = delivered.map_or("nothing".to_string(), |d| d.to_string());
+                let upto =
+                    |id: &Option<EntryId>| id.map_or("nothing".to_string(), |d| d.to_string());
                 write!(
                     f,
-                    "written up to {written}, delivered up to {delivered}, {pending} pending"
-                )
+                    "written up to {written}, delivered up to {}, {pending} pending",
+                    upto(delivered)
+                )?;
+                match effects {
+                    Some(effects) => write!(f, ", effects written up to {}", upto(effects)),
+                    None => Ok(()),
+                }
             }
         }
     }
@@ -165,18 +190,21 @@ async fn wait_consumed(
                 .arg(stream)
                 .query_async(conn)
                 .await;
-            let info = match reply {
-                Ok(reply) => group_info(&reply, &lockstep.group),
+            let (info, effects) = match reply {
+                Ok(reply) => (
+                    group_info(&reply, &lockstep.group),
+                    group_info(&reply, &written_group(&lockstep.group)),
+                ),
                 // The stream does not exist yet: nothing was written to it.
                 Err(e)
                     if e.kind()
                         == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
                 {
-                    None
+                    (None, None)
                 }
                 Err(e) => return Err(e.into()),
             };
-            let Some(behind) = behind(last, info) else {
+            let Some(behind) = behind(last, info, effects) else {
                 break;
             };
             if Instant::now() >= deadline {
@@ -312,36 +340,68 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_is_consumed_once_delivered_that_far_with_nothing_pending() {
+    fn per_entry_a_stream_is_consumed_once_delivered_that_far_with_nothing_pending() {
         let written = Some(id(50, 3));
-        assert_eq!(behind(written, info(Some(id(50, 3)), 0)), None);
-        assert_eq!(behind(written, info(Some(id(60, 0)), 0)), None);
+        assert_eq!(behind(written, info(Some(id(50, 3)), 0), None), None);
+        assert_eq!(behind(written, info(Some(id(60, 0)), 0), None), None);
         assert_eq!(
-            behind(written, info(Some(id(50, 3)), 2)),
+            behind(written, info(Some(id(50, 3)), 2), None),
             Some(Behind::Consuming {
                 written: id(50, 3),
                 delivered: Some(id(50, 3)),
-                pending: 2
+                pending: 2,
+                effects: None,
             }),
             "delivered but not yet acknowledged: tasks may still be unwritten"
         );
-        assert!(behind(written, info(Some(id(50, 2)), 0)).is_some());
-        assert!(behind(written, info(None, 0)).is_some());
-        assert_eq!(behind(written, None), Some(Behind::NoGroup));
+        assert!(behind(written, info(Some(id(50, 2)), 0), None).is_some());
+        assert!(behind(written, info(None, 0), None).is_some());
+        assert_eq!(behind(written, None, None), Some(Behind::NoGroup));
+    }
+
+    #[test]
+    fn with_snapshots_a_stream_is_consumed_once_its_effects_are_written_that_far() {
+        let written = Some(id(50, 3));
+        let read = info(Some(id(50, 3)), 0);
+        assert_eq!(
+            behind(written, read, info(Some(id(40, 0)), 0)),
+            Some(Behind::Consuming {
+                written: id(50, 3),
+                delivered: Some(id(50, 3)),
+                pending: 0,
+                effects: Some(Some(id(40, 0))),
+            }),
+            "read (NOACK: nothing pending) but its tasks not yet written"
+        );
+        assert_eq!(behind(written, read, info(Some(id(50, 3)), 0)), None);
+        assert_eq!(behind(written, read, info(Some(id(70, 0)), 0)), None);
     }
 
     #[test]
     fn a_stream_not_written_is_not_waited_for() {
-        assert_eq!(behind(None, None), None);
-        assert_eq!(behind(None, info(None, 5)), None);
+        assert_eq!(behind(None, None, None), None);
+        assert_eq!(behind(None, info(None, 5), None), None);
     }
 
     #[test]
     fn where_the_group_stands_is_told_in_words() {
-        let text = behind(Some(id(7, 1)), info(None, 0)).unwrap().to_string();
+        let text = behind(Some(id(7, 1)), info(None, 0), None)
+            .unwrap()
+            .to_string();
         assert_eq!(
             text,
             "written up to 7-1, delivered up to nothing, 0 pending"
+        );
+        let text = behind(
+            Some(id(7, 1)),
+            info(Some(id(7, 1)), 0),
+            info(Some(id(5, 0)), 0),
+        )
+        .unwrap()
+        .to_string();
+        assert_eq!(
+            text,
+            "written up to 7-1, delivered up to 7-1, 0 pending, effects written up to 5-0"
         );
     }
 }

@@ -12,7 +12,10 @@
 //! `XINFO GROUPS` lag counts the entries not yet read; a second group per stream,
 //! [`committed_group`] (`<group>:committed`), is never read from and is moved with
 //! `XGROUP SETID` to each durable snapshot's position ([`run`]), so its lag counts the
-//! entries a restart would replay. Redis can only count that lag when told how many entries
+//! entries a restart would replay. A third, [`written_group`] (`<group>:written`), is moved by
+//! the sink to the last entry whose effects are written: the main group's lag of 0 only says
+//! "read", and tools and tests that must know everything is applied and written ("drained")
+//! wait on this one. Redis can only count the committed group's lag when told how many entries
 //! precede the position (`ENTRIESREAD`): [`ReadCounts`] keeps, per stream, how many entries
 //! this process has read up to the last entry of each read, and the group's own counter at
 //! its last delivered entry anchors them (`entries_read(P) = entries_read(L) − entries read
@@ -58,6 +61,17 @@ impl Commit {
 /// The group that records, per stream, the newest durable snapshot's position.
 pub fn committed_group(group: &str) -> String {
     format!("{group}:committed")
+}
+
+/// The group that records, per stream, the last entry whose effects (tasks, outcome records,
+/// dead letters) are written, with positions committed with snapshots: the sink moves it
+/// after each write (one `XGROUP SETID` per stream and write, never per entry). Like
+/// [`committed_group`] it is never read from. Its lag is 0 once every entry in the stream is
+/// applied and its effects written ("drained"); while behind, Redis cannot count it (it is
+/// moved without `ENTRIESREAD`) and shows null. Per entry acknowledged, the main group's
+/// pending count tells the same and this group does not exist.
+pub fn written_group(group: &str) -> String {
+    format!("{group}:written")
 }
 
 /// Per input stream name, the position of the newest durable snapshot holding it.
@@ -380,11 +394,13 @@ mod tests {
     #[test]
     fn the_scheme_follows_state_dir() {
         let mut s = Settings::default();
-        assert_eq!(Commit::of(&s), Commit::PerEntry, "opt-in");
-        s.source.acknowledge = Acknowledge::Snapshots;
-        assert_eq!(Commit::of(&s), Commit::WithSnapshots);
-        s.state.dir = Default::default();
+        assert_eq!(Commit::of(&s), Commit::WithSnapshots, "the default");
+        s.source.acknowledge = Acknowledge::PerEntry;
         assert_eq!(Commit::of(&s), Commit::PerEntry);
+        s.source.acknowledge = Acknowledge::Snapshots;
+        s.state.dir = Default::default();
+        assert_eq!(Commit::of(&s), Commit::PerEntry, "no state kept");
         assert_eq!(committed_group("churnd"), "churnd:committed");
+        assert_eq!(written_group("churnd"), "churnd:written");
     }
 }

@@ -15,7 +15,10 @@
 //! With state kept, reads are `NOACK` and positions are committed with snapshots instead of
 //! an `XACK` per entry ([`commit`]): there is no pending entries list to re-read, so after a
 //! reconnect (or a reply not understood) the group is moved back to the last entry received
-//! instead.
+//! instead. The source creates the group that tells how far effects are written
+//! ([`commit::written_group`], moved by the sink) with the main group, and moves it back to
+//! the snapshot's position with it at start; per entry acknowledged, it removes one left
+//! behind.
 //!
 //! Those decisions are made without I/O by [`machine::Machine`]; this module performs the
 //! Redis commands it asks for and reports what came of them.
@@ -43,7 +46,7 @@ use crate::metrics::SourceMetrics;
 use batch::{parse_reply, Batch, StreamIdx};
 use budget::InFlight;
 pub use commit::Commit;
-use commit::{committed_group, ReadCounts};
+use commit::{committed_group, written_group, ReadCounts};
 use machine::{GroupStart, Machine, Prepare, ReadFrom, ReadPlan, Step};
 
 /// Pending entries acknowledged per round trip when rewinding to a snapshot.
@@ -228,6 +231,9 @@ impl Source {
         prepare: &Prepare,
     ) -> Result<Vec<batch::Entry>, RedisError> {
         self.create_groups(c, &prepare.create_at).await?;
+        if self.commit == Commit::PerEntry && prepare.rewind_to.is_some() {
+            self.forget_written(c).await?;
+        }
         match &prepare.rewind_to {
             Some(positions) => self.rewind_groups(c, positions).await,
             None => Ok(Vec::new()),
@@ -405,9 +411,45 @@ impl Source {
 
     /// Creates the consumer group on every stream that lacks it (and the stream itself),
     /// at `at` (per stream, see [`Machine::create_at`]).
+    /// With positions committed with snapshots, the [`written_group`] too, at the same
+    /// place: nothing read since is written yet, or it was lost with Redis's data.
     async fn create_groups(&self, c: &mut RedisConn, at: &[GroupStart]) -> Result<(), RedisError> {
+        let written = written_group(&self.settings.group);
         for (stream, at) in self.settings.streams.iter().zip(at) {
             start::create_group(c, stream, &self.settings.group, &at.arg()).await?;
+            if self.commit == Commit::WithSnapshots {
+                start::create_group(c, stream, &written, &at.arg()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per entry acknowledged, removes the [`written_group`] a run that committed positions
+    /// with snapshots left: the main group's pending count tells what is written, and a
+    /// group standing still would tell tools waiting on it that nothing is.
+    async fn forget_written(&self, c: &mut RedisConn) -> Result<(), RedisError> {
+        let written = written_group(&self.settings.group);
+        for stream in &self.settings.streams {
+            let removed: Result<i64, RedisError> = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(stream)
+                .arg(&written)
+                .query_async(c)
+                .await;
+            let removed = match removed {
+                Ok(removed) => removed,
+                // No such stream (yet): no such group either.
+                Err(e)
+                    if e.kind()
+                        == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                {
+                    0
+                }
+                Err(e) => return Err(e),
+            };
+            if removed > 0 {
+                tracing::info!(stream, group = %written, "removed the written group: entries are acknowledged per entry");
+            }
         }
         Ok(())
     }
@@ -474,6 +516,18 @@ impl Source {
             let from = position;
             let entries_read = self.entries_read_at(c, stream, position).await?;
             let position = position.to_string();
+            if self.commit == Commit::WithSnapshots {
+                // Effects up to the snapshot's position are written; what follows is
+                // written again as it is replayed.
+                let written = written_group(group);
+                start::create_group(c, stream, &written, &position).await?;
+                let mut setid = redis::cmd("XGROUP");
+                setid.arg("SETID").arg(stream).arg(&written).arg(&position);
+                if let Some(n) = entries_read {
+                    setid.arg("ENTRIESREAD").arg(n);
+                }
+                setid.query_async::<()>(c).await?;
+            }
             let mut setid = redis::cmd("XGROUP");
             setid.arg("SETID").arg(stream).arg(group).arg(&position);
             if let Some(n) = entries_read {

@@ -151,22 +151,14 @@ async fn sigterm(mut child: Child) {
     }
 }
 
-/// Waits (up to two minutes) until the group has read and acknowledged every entry.
+/// Waits (up to two minutes) until the group has read every entry and written its effects.
 async fn drained(conn: &mut MultiplexedConnection) {
     drained_stream(conn, EVENTS).await
 }
 
 /// [`drained`] for `stream`.
 async fn drained_stream(conn: &mut MultiplexedConnection, stream: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while group_state(conn, stream, GROUP).await != Some((Some(0), 0)) {
-        assert!(
-            Instant::now() < deadline,
-            "{stream} not drained: {:?}",
-            group_state(conn, stream, GROUP).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_drained_within(conn, stream, GROUP, Duration::from_secs(120)).await
 }
 
 /// Every customer's record in the newest snapshot of `dir`, by ID (with partitions, of

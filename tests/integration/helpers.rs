@@ -729,19 +729,61 @@ pub async fn group_state(
     churnd::source::lag::group_info(&reply, group).map(|g| (g.lag, g.pending))
 }
 
-/// Waits until the group has read everything and acknowledged it.
-pub async fn wait_drained(conn: &mut impl ConnectionLike, stream: &str, group: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if group_state(conn, stream, group).await == Some((Some(0), 0)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Whether `group` has drained `stream`: read every entry (lag 0, nothing pending) and
+/// written the effects of all. Per entry acknowledged, nothing pending says the effects are
+/// written; with positions committed with snapshots (reads keep no pending entries list),
+/// the group `<group>:written` must stand at the last entry read. From one `XINFO GROUPS`
+/// reply, so the two agree. `Err` tells where the groups stand.
+pub async fn drained(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> Result<(), String> {
+    let reply: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("XINFO GROUPS {stream}: {e}"))?;
+    let info = churnd::source::lag::group_info(&reply, group);
+    let written_group = churnd::source::commit::written_group(group);
+    let written = churnd::source::lag::group_info(&reply, &written_group);
+    let done = info.is_some_and(|g| {
+        g.lag == Some(0)
+            && g.pending == 0
+            && written.is_none_or(|w| w.last_delivered >= g.last_delivered)
+    });
+    if done {
+        Ok(())
+    } else {
+        Err(format!(
+            "{stream} not drained by group {group}: {info:?}, {written_group}: {written:?}"
+        ))
     }
-    panic!(
-        "{stream} not drained by group {group}: {:?}",
-        group_state(conn, stream, group).await
-    );
+}
+
+/// Waits until the group has read everything and written its effects ([`drained`]).
+pub async fn wait_drained(conn: &mut impl ConnectionLike, stream: &str, group: &str) {
+    wait_drained_within(conn, stream, group, Duration::from_secs(20)).await
+}
+
+/// [`wait_drained`], for up to `timeout`.
+pub async fn wait_drained_within(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match drained(conn, stream, group).await {
+            Ok(()) => return,
+            Err(state) if Instant::now() >= deadline => {
+                panic!("after {timeout:?}: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
 }
 
 /// Runs the daemon over the whole of `stream` again with no state (the group moved back to

@@ -37,15 +37,15 @@ async fn backlog(redis: &RedisServer, n: usize, blob_bytes: usize) {
     }
 }
 
-/// Reads the daemon's resident memory every few milliseconds until the group has
-/// acknowledged every entry; the highest reading.
+/// Reads the daemon's resident memory every few milliseconds until the group has read
+/// every entry and written its effects; the highest reading.
 async fn peak_rss_until_drained(daemon: &DaemonProcess, redis: &RedisServer) -> u64 {
     let mut c = redis.conn().await;
     let mut peak = 0;
     let deadline = Instant::now() + Duration::from_secs(120);
-    while group_state(&mut c, EVENTS, "churnd").await != Some((Some(0), 0)) {
+    while let Err(state) = drained(&mut c, EVENTS, "churnd").await {
         peak = peak.max(daemon.rss_bytes());
-        assert!(Instant::now() < deadline, "not drained");
+        assert!(Instant::now() < deadline, "{state}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     peak.max(daemon.rss_bytes())

@@ -503,6 +503,17 @@ async fn with_state_kept_effects_are_written_and_nothing_is_acknowledged_per_ent
         "left pending: the positions are committed with snapshots"
     );
     assert_eq!(sink.metrics.sink.entries_acked.get(), 0);
+    // What is written shows in Redis: the written group, created at the first write,
+    // stands at the last entry (one XGROUP SETID per stream and write).
+    let reply: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(EVENTS)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let written = churnd::source::lag::group_info(&reply, "churnd:written").expect("created");
+    assert_eq!(written.last_delivered, Some(last));
+    assert_eq!(written.pending, 0);
     sink.stop().await;
 }
 

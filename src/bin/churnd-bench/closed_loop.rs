@@ -205,8 +205,6 @@ async fn start_daemon(
         .env("CHURND__REDIS__URL", redis.url())
         .env("CHURND__CLOCK__MODE", "event")
         .env("CHURND__STATE__DIR", dir.path().join("state"))
-        // Lockstep waits on the group's pending count: an acknowledgement per entry.
-        .env("CHURND__SOURCE__ACKNOWLEDGE", "per_entry")
         .env("CHURND__HTTP__ADDR", format!("127.0.0.1:{}", free_port()?))
         .env("CHURND__MODEL__PATH", model_path(args))
         .env("CHURND__LOG__LEVEL", "warn")
