@@ -1,6 +1,5 @@
 //! Snapshots of the customer state: outcomes, pauses, write time, size, staleness.
 
-use std::path::Path;
 use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -78,7 +77,8 @@ impl SnapshotMetrics {
 
 /// A snapshot written durably: counted, its size, time and age recorded, and logged.
 pub struct SnapshotWritten<'a> {
-    pub path: &'a Path,
+    /// Where it is: a file, or a Redis key.
+    pub path: &'a dyn std::fmt::Display,
     pub customers: u64,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -97,7 +97,7 @@ impl SnapshotWritten<'_> {
             .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
         metrics.last_success.set((self.created_ms / 1000) as i64);
         let (path, customers, bytes, elapsed) = (
-            self.path.display(),
+            self.path,
             self.customers,
             self.bytes,
             self.elapsed,
