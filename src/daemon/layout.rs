@@ -209,7 +209,6 @@ impl Layout {
                 .any(|base| count.stream(base, p) == name)
         })
     }
-
 }
 
 /// With one partition and no snapshot in `state.dir` (`root`): refuses the per-partition

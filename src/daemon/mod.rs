@@ -220,7 +220,9 @@ pub async fn run_resolved(
         &shutdown,
     )?;
     if snapshot_dir.is_none() {
-        tracing::warn!("state.dir is empty: snapshots are off, and a restart forgets every customer");
+        tracing::warn!(
+            "state.dir is empty: snapshots are off, and a restart forgets every customer"
+        );
     }
     // The snapshot writer's thread before anything else runs: it is the one part that can
     // fail to start.

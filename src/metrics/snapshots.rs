@@ -96,12 +96,8 @@ impl SnapshotWritten<'_> {
             .bytes
             .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
         metrics.last_success.set((self.created_ms / 1000) as i64);
-        let (path, customers, bytes, elapsed) = (
-            self.path,
-            self.customers,
-            self.bytes,
-            self.elapsed,
-        );
+        let (path, customers, bytes, elapsed) =
+            (self.path, self.customers, self.bytes, self.elapsed);
         match self.notable {
             Some(message) => {
                 tracing::info!(path = %path, customers, bytes, ?elapsed, "{message}")

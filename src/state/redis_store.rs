@@ -184,7 +184,11 @@ impl RedisStore {
         };
         drop(connector);
         *self.lock_conn() = Some(conn.clone());
-        if !self.shared.persistence_checked.swap(true, Ordering::Relaxed) {
+        if !self
+            .shared
+            .persistence_checked
+            .swap(true, Ordering::Relaxed)
+        {
             check_persistence(&mut conn.clone()).await;
         }
         Ok(conn)
@@ -304,12 +308,18 @@ impl RedisSnapshots {
 
     /// The index key: where this partition's snapshots are listed.
     pub fn index_key(&self) -> String {
-        format!("{}:snapshots:{{{}}}", self.store.shared.group, self.partition)
+        format!(
+            "{}:snapshots:{{{}}}",
+            self.store.shared.group, self.partition
+        )
     }
 
     /// The prefix of this partition's snapshot keys (then the snapshot's name).
     fn key_prefix(&self) -> String {
-        format!("{}:snapshot:{{{}}}:", self.store.shared.group, self.partition)
+        format!(
+            "{}:snapshot:{{{}}}:",
+            self.store.shared.group, self.partition
+        )
     }
 
     /// The key of snapshot `name`.
@@ -633,7 +643,11 @@ impl RedisSnapshotWrite {
                 if let Some(fence) = &fence {
                     call.key(&fence.lease);
                 }
-                call.arg(name).arg(&length).arg(pieces).arg(keep).arg(&prefix);
+                call.arg(name)
+                    .arg(&length)
+                    .arg(pieces)
+                    .arg(keep)
+                    .arg(&prefix);
                 if let Some(fence) = &fence {
                     call.arg(&fence.token);
                 }
@@ -699,9 +713,6 @@ mod tests {
 
     #[test]
     fn the_commit_checks_the_lease_on_its_own_keys() {
-        assert_eq!(
-            fence_on_4th_key(),
-            "redis.call('GET', KEYS[4]) == ARGV[6]"
-        );
+        assert_eq!(fence_on_4th_key(), "redis.call('GET', KEYS[4]) == ARGV[6]");
     }
 }
