@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use churnd::config::{ClockMode, Settings};
+use churnd::config::{ClockMode, RedisMode, Settings};
 use churnd::connection::Connector;
 use churnd::engine::{Engine, EngineSettings};
 use churnd::event::EntryId;
@@ -19,6 +19,7 @@ use churnd::state::{self, Location, SnapshotStore};
 use redis::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster_harness::RedisCluster;
 use crate::helpers::*;
 
 const GROUP: &str = "churnd";
@@ -26,7 +27,11 @@ const GROUP: &str = "churnd";
 /// A store of `keep` snapshots per partition on `redis`, pushing pieces of `piece` bytes.
 fn store(redis: &RedisServer, keep: usize, piece: usize) -> RedisStore {
     let dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(redis, dir.path());
+    store_with(test_settings(redis, dir.path()), keep, piece)
+}
+
+/// [`store`] with the `[redis]` of `settings`.
+fn store_with(settings: Settings, keep: usize, piece: usize) -> RedisStore {
     let client = churnd::connection::client(&settings.redis).unwrap();
     let connector = Connector::new(
         client,
@@ -293,4 +298,70 @@ async fn a_later_epoch_sorts_last_and_a_writer_without_the_lease_cannot_commit()
     );
     let (loaded, _) = blocking(move || plain.load_newest(&streams()).unwrap()).await;
     assert_eq!(loaded.unwrap().snapshot.created_ms, 1_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_each_partition_s_snapshots_commit_and_prune_in_its_own_slot() {
+    let cluster = RedisCluster::start(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&cluster.nodes[0], dir.path());
+    settings.redis.mode = RedisMode::Cluster;
+    const P: u16 = 6;
+    let mut nodes = std::collections::HashSet::new();
+    for p in 0..P {
+        nodes.insert(
+            cluster
+                .owner_of(&format!("{GROUP}:snapshots:{{{p}}}"))
+                .await,
+        );
+    }
+    assert_eq!(
+        nodes.len(),
+        3,
+        "the partitions' indexes spread over every node"
+    );
+    let store = store_with(settings, 2, 256);
+    let loaded = blocking(move || {
+        (0..P)
+            .map(|p| {
+                let snapshots = SnapshotStore::Redis(store.partition(p));
+                for n in 1..=3u64 {
+                    let mut e = engine(usize::from(p) + n as usize);
+                    state::write_snapshot(&mut e, &snapshots, &streams(), n).unwrap();
+                }
+                let (loaded, rejected) = snapshots.load_newest(&streams()).unwrap();
+                assert!(rejected.is_empty(), "{rejected:?}");
+                let loaded = loaded.expect("the newest");
+                (
+                    loaded.snapshot.created_ms,
+                    loaded.snapshot.state.customers.len(),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    for (p, (created, customers)) in loaded.into_iter().enumerate() {
+        assert_eq!((created, customers), (3, p + 3), "partition {p}");
+    }
+    let mut c = cluster.conn().await;
+    for p in 0..P {
+        let names: Vec<String> = redis::cmd("ZRANGE")
+            .arg(format!("{GROUP}:snapshots:{{{p}}}"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(
+            names,
+            [format!("{:020}", 2), format!("{:020}", 3)],
+            "partition {p}"
+        );
+        let pruned: bool = redis::cmd("EXISTS")
+            .arg(format!("{GROUP}:snapshot:{{{p}}}:{:020}", 1))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(!pruned, "partition {p}'s oldest is deleted");
+    }
 }
