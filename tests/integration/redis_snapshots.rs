@@ -365,3 +365,37 @@ async fn on_a_cluster_each_partition_s_snapshots_commit_and_prune_in_its_own_slo
         assert!(!pruned, "partition {p}'s oldest is deleted");
     }
 }
+
+/// A rough measure, not a check (`--ignored`): a snapshot of 1,000,000 customers written
+/// and loaded through files and through Redis, on this machine as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_a_million_customers_to_files_and_to_redis() {
+    use std::time::Instant;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let files = SnapshotStore::from(churnd::state::SnapshotDir::open(dir.path(), 1).unwrap());
+    let keys =
+        SnapshotStore::Redis(store(&redis, 1, churnd::state::redis_store::CHUNK).partition(0));
+    let report = blocking(move || {
+        let mut e = engine(1_000_000);
+        let mut lines = Vec::new();
+        for (what, target) in [("files", &files), ("redis", &keys)] {
+            let started = Instant::now();
+            let (_, bytes) = state::write_snapshot(&mut e, target, &streams(), 1).unwrap();
+            let write = started.elapsed();
+            let started = Instant::now();
+            let (loaded, _) = target.load_newest(&streams()).unwrap();
+            let load = started.elapsed();
+            assert_eq!(loaded.unwrap().snapshot.state.customers.len(), 1_000_000);
+            lines.push(format!(
+                "{what}: {bytes} bytes, write {write:?}, load {load:?}"
+            ));
+        }
+        lines
+    })
+    .await;
+    for line in report {
+        eprintln!("{line}");
+    }
+}
