@@ -60,7 +60,7 @@ use secret::REDACTED;
 pub use secret::{redact_url, Secret};
 pub use segments::{SegmentMode, SegmentSettings};
 pub use source::{Acknowledge, BatchSize, SourceSettings, StartFrom};
-pub use state::StateSettings;
+pub use state::{StateSettings, StateStore};
 pub use tags::TagSettings;
 pub use units::Interval;
 

@@ -22,7 +22,8 @@ pub enum Ownership {
     All,
     /// The replicas of the consumer group (each named by `source.consumer`) divide the
     /// partitions among themselves and hold each by a lease in Redis; a replica that joins,
-    /// leaves or dies moves partitions with their snapshots in the shared `state.dir`.
+    /// leaves or dies moves partitions with their snapshots (in the shared `state.dir`, or in
+    /// Redis with `state.store = "redis"`).
     Leases,
 }
 
@@ -136,19 +137,20 @@ fn advertise_url_problem(url: &str) -> Option<String> {
 }
 
 /// Problems of `partitions.ownership = leases` with other sections: the partitions' state
-/// must be in a directory every replica shares, the fencing of writes runs in one script
+/// must be where every replica reads it (a shared directory, or Redis), the fencing of writes runs in one script
 /// that reads the lease beside the output keys, and the replica needs a valid name.
 fn ownership_problems(s: &Settings) -> Vec<Problem> {
     if s.partitions.ownership != Ownership::Leases {
         return Vec::new();
     }
     let mut p = Vec::new();
-    if s.state.snapshot_dir().is_none() {
+    if !s.state.keeps_state() {
         p.push(Problem::new(
             "state.dir",
-            "is empty, but partitions.ownership = leases moves partitions between replicas \
-             with their snapshots: set it to a directory every replica shares (a \
-             ReadWriteMany volume)",
+            "is empty (with state.store = dir), but partitions.ownership = leases moves \
+             partitions between replicas with their snapshots: set state.dir to a directory \
+             every replica shares (a ReadWriteMany volume), or state.store = redis to keep \
+             the snapshots in Redis",
         ));
     }
     if s.redis.mode == RedisMode::Cluster {

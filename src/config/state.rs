@@ -5,12 +5,39 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::read::Fields;
+use super::read::{read_choices, Choice, Fields};
 use super::units::Interval;
 use super::Section;
 
+/// Where snapshots are kept (`state.store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateStore {
+    /// Files in `state.dir` (a volume; shared by the replicas under
+    /// `partitions.ownership = leases`).
+    #[default]
+    Dir,
+    /// Keys in the Redis churnd reads from (`redis.url`, either `redis.mode`), under each
+    /// partition's hash tag: no volume, and replicas share nothing but Redis. `state.dir` is
+    /// not used. As durable as Redis's own persistence.
+    Redis,
+}
+
+impl Choice for StateStore {
+    const ALL: &'static [Self] = &[Self::Dir, Self::Redis];
+    fn name(self) -> &'static str {
+        match self {
+            Self::Dir => "dir",
+            Self::Redis => "redis",
+        }
+    }
+}
+read_choices!(StateStore);
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StateSettings {
+    /// Where snapshots are kept: files in `dir`, or keys in Redis.
+    pub store: StateStore,
     /// Where snapshots of customer state go (a container volume); empty turns them off, and
     /// a restart then forgets every customer.
     pub dir: PathBuf,
@@ -31,6 +58,7 @@ pub struct StateSettings {
 impl Default for StateSettings {
     fn default() -> Self {
         Self {
+            store: StateStore::Dir,
             dir: "state".into(),
             snapshot_interval: Interval::from_millis(10_000),
             keep: NonZeroUsize::new(3).expect("not zero"),
@@ -41,9 +69,16 @@ impl Default for StateSettings {
 }
 
 impl StateSettings {
-    /// The snapshot directory, unless snapshots are off.
+    /// The snapshot directory, unless snapshots are off or kept in Redis.
     pub(crate) fn snapshot_dir(&self) -> Option<&Path> {
-        (!self.dir.as_os_str().is_empty()).then_some(self.dir.as_path())
+        (self.store == StateStore::Dir && !self.dir.as_os_str().is_empty())
+            .then_some(self.dir.as_path())
+    }
+
+    /// Whether customer state is kept in snapshots: always with `store = "redis"`, with a
+    /// `dir` otherwise.
+    pub(crate) fn keeps_state(&self) -> bool {
+        self.store == StateStore::Redis || self.snapshot_dir().is_some()
     }
 }
 
@@ -51,6 +86,7 @@ impl Section for StateSettings {
     fn from_fields(f: &mut Fields<'_>) -> Self {
         let d = Self::default();
         Self {
+            store: f.get("store", d.store),
             dir: f.get("dir", d.dir),
             snapshot_interval: f.get("snapshot_interval_ms", d.snapshot_interval),
             keep: f.get("keep", d.keep),

@@ -509,3 +509,37 @@ exploration = 1.5
         crate::decide::WinbackPolicy::Learned
     );
 }
+
+#[test]
+fn snapshots_in_redis_need_no_state_dir_even_under_leases() {
+    let s = load_with(
+        None,
+        &[
+            ("CHURND__STATE__STORE", "redis"),
+            ("CHURND__STATE__DIR", ""),
+            ("CHURND__PARTITIONS__OWNERSHIP", "leases"),
+            ("CHURND__SOURCE__CONSUMER", "replica-a"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(s.state.store, StateStore::Redis);
+    assert!(s.state.keeps_state());
+    assert_eq!(s.state.snapshot_dir(), None, "state.dir is not used");
+    assert_eq!(load_with(None, &[]).unwrap().state.store, StateStore::Dir);
+
+    let err = load_with(None, &[("CHURND__STATE__STORE", "s3")]).unwrap_err();
+    assert!(
+        err.contains("CHURND__STATE__STORE") && err.contains("one of: dir, redis"),
+        "{err}"
+    );
+    // Without either, leases are refused naming both options.
+    let err = problems_with(|s| {
+        s.state.dir = Default::default();
+        s.partitions.ownership = Ownership::Leases;
+        s.source.consumer = "replica-a".into();
+    });
+    assert!(
+        err.contains("state.dir is empty") && err.contains("state.store = redis"),
+        "{err}"
+    );
+}

@@ -38,7 +38,7 @@ use crate::model::{Model, ModelError};
 use crate::partition::PartitionCount;
 use crate::sink::{self, Sink, SinkSettings};
 use crate::source::{self, lag, Commit, Source};
-use crate::state::{SnapshotDir, StateError};
+use crate::state::{SnapshotStore, StateError};
 use crate::time::wall_millis;
 use engine_task::{Channels, Durability};
 use layout::Layout;
@@ -220,18 +220,16 @@ pub async fn run_resolved(
         };
         return run_replica(start, listener, shutdown).await;
     }
-    let snapshot_dir = match settings.state.snapshot_dir() {
-        Some(dir) => Some(Layout::open(
-            SnapshotDir::open(dir, settings.state.keep.get())?,
-            &settings,
-        )?),
-        None => {
-            tracing::warn!(
-                "state.dir is empty: snapshots are off, and a restart forgets every customer"
-            );
-            None
-        }
-    };
+    let snapshot_dir = layout::open(
+        &settings,
+        || snapshot_connector(&client, &settings, &metrics),
+        &shutdown,
+    )?;
+    if snapshot_dir.is_none() {
+        tracing::warn!(
+            "state.dir is empty: snapshots are off, and a restart forgets every customer"
+        );
+    }
     // The snapshot writer's thread before anything else runs: it is the one part that can
     // fail to start.
     let (written_tx, written_rx) = watch::channel(0u64);
@@ -700,9 +698,29 @@ async fn load_while_serving(
     Ok(Startup::Restore(states))
 }
 
+/// The connector of the snapshots kept in Redis (`state.store = "redis"`): a response
+/// timeout long enough for a piece of a snapshot.
+fn snapshot_connector(
+    client: &crate::connection::RedisClient,
+    settings: &Settings,
+    metrics: &Metrics,
+) -> Connector {
+    Connector::new(
+        client.clone(),
+        &settings.redis,
+        settings
+            .redis
+            .response_timeout
+            .get()
+            .max(crate::state::redis_store::MIN_RESPONSE_TIMEOUT),
+        RedisRole::Snapshots,
+        &metrics.redis,
+    )
+}
+
 /// The newest good snapshot's state, reporting the damaged ones it skipped.
 fn load_snapshot(
-    dir: &SnapshotDir,
+    dir: &SnapshotStore,
     streams: &[String],
     metrics: &SnapshotMetrics,
 ) -> Result<Option<crate::state::codec::Decoded>, StateError> {
@@ -711,13 +729,13 @@ fn load_snapshot(
     for r in &rejected {
         metrics.rejected.inc();
         tracing::error!(
-            path = %r.path.display(),
+            path = %r.location,
             error = %r.error,
             "damaged snapshot set aside (renamed *.corrupt); trying the previous one"
         );
     }
     let Some(loaded) = loaded else {
-        tracing::info!(dir = %dir.dir().display(), "no snapshot: starting with no customers");
+        tracing::info!(dir = %dir.location(), "no snapshot: starting with no customers");
         return Ok(None);
     };
     let snapshot = loaded.snapshot;
@@ -736,7 +754,7 @@ fn load_snapshot(
         })
         .collect();
     tracing::info!(
-        path = %loaded.path.display(),
+        path = %loaded.location,
         bytes = loaded.bytes,
         customers = snapshot.state.customers.len(),
         age_secs = wall_millis().saturating_sub(snapshot.created_ms) / 1000,

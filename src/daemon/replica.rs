@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::engine_task::{self, Channels, Durability};
-use super::layout::Layout;
+use super::layout::{self, Layout};
 use super::owners::{self, Held, Owners};
 use super::{snapshots, start, DaemonError, EFFECT_QUEUE};
 use crate::config::{Settings, SourceSettings};
@@ -44,7 +44,6 @@ use crate::ownership::membership::Membership;
 use crate::ownership::{Epoch, MemberName};
 use crate::sink::{self, Fencing, Lease, Sink, SinkSettings};
 use crate::source::{self, Commit, Source};
-use crate::state::SnapshotDir;
 
 /// What every generation is built from.
 pub(super) struct Replica {
@@ -83,14 +82,12 @@ impl Replica {
         let settings = &self.settings;
         let me = MemberName::new(&settings.source.consumer)
             .expect("source.consumer was checked with partitions.ownership = leases");
-        let root = settings
-            .state
-            .snapshot_dir()
-            .expect("state.dir was checked with partitions.ownership = leases");
-        let layout = Layout::open(
-            SnapshotDir::open(root, settings.state.keep.get())?,
+        let layout = layout::open(
             settings,
-        )?;
+            || super::snapshot_connector(&self.client, settings, &self.metrics),
+            &shutdown,
+        )?
+        .expect("state.dir or state.store was checked with partitions.ownership = leases");
         let lease = settings.partitions.lease.get();
         let group = &settings.source.group;
         let coordinator = Coordinator::new(
@@ -215,8 +212,12 @@ impl Replica {
             loaded = load => loaded.map_err(|e| DaemonError::Load(e.to_string()))??,
             () = shutdown.cancelled() => return Ok(None),
         };
-        let epochs: Vec<(u16, u64)> = run.iter().map(|(&p, (e, _))| (p, e.0)).collect();
-        let dirs = layout.owned_parts(&epochs);
+        let leases = Leases::new(&settings.source.group, settings.partitions.lease.get());
+        let owners: Vec<(u16, u64, String, String)> = run
+            .iter()
+            .map(|(&p, (e, token))| (p, e.0, leases.key(p), token.clone()))
+            .collect();
+        let dirs = layout.owned_parts(&owners);
 
         let (written_tx, written_rx) = watch::channel(0u64);
         let (durable_tx, durable_rx) = watch::channel(source::commit::Durable::new());
@@ -267,8 +268,7 @@ impl Replica {
             fence: run
                 .iter()
                 .map(|(&p, (_, token))| Lease {
-                    key: Leases::new(&settings.source.group, settings.partitions.lease.get())
-                        .key(p),
+                    key: leases.key(p),
                     token: token.clone(),
                 })
                 .collect(),

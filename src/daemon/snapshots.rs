@@ -40,7 +40,7 @@ use crate::features::store::{CaptureSize, Captured};
 use crate::health::Health;
 use crate::metrics::{SnapshotMetrics, SnapshotOutcome, SnapshotSkipped, SnapshotWritten};
 use crate::source::commit::Durable;
-use crate::state::{SnapshotDir, SnapshotWriter, SLICE_CUSTOMERS};
+use crate::state::{SnapshotStore, SnapshotWriter, SLICE_CUSTOMERS};
 use crate::time::wall_millis;
 
 /// Slices waiting for the writer; when they are full the engine goes on without copying.
@@ -311,7 +311,7 @@ const WRITER_NICENESS: libc::c_int = 10;
 /// has written; `abort` gives up waiting for them. Each snapshot written or failed is told
 /// to `health`, and the positions of each one written to `durable`.
 pub fn spawn(
-    dirs: Vec<(SnapshotDir, Vec<String>)>,
+    dirs: Vec<(SnapshotStore, Vec<String>)>,
     (written, durable): (watch::Receiver<u64>, watch::Sender<Durable>),
     metrics: SnapshotMetrics,
     health: Arc<Health>,
@@ -373,7 +373,7 @@ fn lower_priority() {
 
 struct Writer {
     /// Per partition, where its snapshots go and the streams its positions are of.
-    dirs: Vec<(SnapshotDir, Vec<String>)>,
+    dirs: Vec<(SnapshotStore, Vec<String>)>,
     written: watch::Receiver<u64>,
     /// Where the positions of each snapshot committed are published.
     durable: watch::Sender<Durable>,
@@ -491,7 +491,7 @@ impl Writer {
             .writer
             .and_then(|writer| writer.commit().map_err(|e| e.to_string()))
         {
-            Ok((path, bytes)) => {
+            Ok((location, bytes)) => {
                 self.state_written.lock().unwrap_or_else(|e| e.into_inner())[snapshot.partition] =
                     Some(snapshot.version);
                 let streams = &self.dirs[snapshot.partition].1;
@@ -503,7 +503,7 @@ impl Writer {
                     }
                 });
                 SnapshotWritten {
-                    path: &path,
+                    path: &location,
                     customers,
                     bytes,
                     elapsed: started.elapsed(),

@@ -17,7 +17,7 @@ use crate::engine::Partitioned;
 use crate::health::Health;
 use crate::metrics::{SnapshotMetrics, SnapshotOutcome, SnapshotWritten};
 use crate::source::start;
-use crate::state::{self, SnapshotDir};
+use crate::state::{self, SnapshotStore};
 use crate::time::wall_millis;
 
 /// Gives every stream of `settings` a position in `engine` and, if any had none, writes a
@@ -27,7 +27,7 @@ use crate::time::wall_millis;
 pub(crate) async fn make_positions_durable(
     mut engine: Partitioned,
     settings: &SourceSettings,
-    dirs: &[(SnapshotDir, Vec<String>)],
+    dirs: &[(SnapshotStore, Vec<String>)],
     mut connector: Connector,
     (metrics, health): (&SnapshotMetrics, &Health),
     shutdown: &CancellationToken,
@@ -71,7 +71,7 @@ pub(crate) async fn make_positions_durable(
         let (dir, streams) = dirs[partition].clone();
         let written = tokio::task::spawn_blocking(move || {
             let part = &mut engine.parts_mut()[partition];
-            let result = state::write_snapshot(part, &dir, &streams, created_ms);
+            let result = state::write_snapshot(part, dir, &streams, created_ms);
             let customers = part.customers() as u64;
             (engine, result.map(|written| (written, customers)))
         })
@@ -86,9 +86,9 @@ pub(crate) async fn make_positions_durable(
         };
         engine = returned;
         match result {
-            Ok(((path, bytes), customers)) => {
+            Ok(((location, bytes), customers)) => {
                 SnapshotWritten {
-                    path: &path,
+                    path: &location,
                     customers,
                     bytes,
                     elapsed: started.elapsed(),

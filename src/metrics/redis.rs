@@ -26,10 +26,12 @@ pub enum RedisRole {
     Commit,
     /// Heartbeats and partition leases (`partitions.ownership = leases`).
     Ownership,
+    /// Writes and reads snapshots kept in Redis (`state.store = redis`).
+    Snapshots,
 }
 
 impl RedisRole {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Source,
         Self::Sink,
         Self::Monitor,
@@ -38,6 +40,7 @@ impl RedisRole {
         Self::Lift,
         Self::Commit,
         Self::Ownership,
+        Self::Snapshots,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +53,7 @@ impl RedisRole {
             Self::Lift => "lift",
             Self::Commit => "commit",
             Self::Ownership => "ownership",
+            Self::Snapshots => "snapshots",
         }
     }
 }

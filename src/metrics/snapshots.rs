@@ -1,6 +1,5 @@
 //! Snapshots of the customer state: outcomes, pauses, write time, size, staleness.
 
-use std::path::Path;
 use std::time::Duration;
 
 use prometheus::{Histogram, IntCounter, IntGauge};
@@ -78,7 +77,8 @@ impl SnapshotMetrics {
 
 /// A snapshot written durably: counted, its size, time and age recorded, and logged.
 pub struct SnapshotWritten<'a> {
-    pub path: &'a Path,
+    /// Where it is: a file, or a Redis key.
+    pub path: &'a dyn std::fmt::Display,
     pub customers: u64,
     pub bytes: u64,
     pub elapsed: Duration,
@@ -96,12 +96,8 @@ impl SnapshotWritten<'_> {
             .bytes
             .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
         metrics.last_success.set((self.created_ms / 1000) as i64);
-        let (path, customers, bytes, elapsed) = (
-            self.path.display(),
-            self.customers,
-            self.bytes,
-            self.elapsed,
-        );
+        let (path, customers, bytes, elapsed) =
+            (self.path, self.customers, self.bytes, self.elapsed);
         match self.notable {
             Some(message) => {
                 tracing::info!(path = %path, customers, bytes, ?elapsed, "{message}")

@@ -48,11 +48,12 @@ pub enum Commit {
 }
 
 impl Commit {
-    /// The scheme `settings` call for: with snapshots whenever `state.dir` is set, unless
+    /// The scheme `settings` call for: with snapshots whenever state is kept (`state.dir`
+    /// set, or `state.store = "redis"`), unless
     /// `source.acknowledge = "per_entry"`.
     pub fn of(settings: &Settings) -> Self {
-        match (settings.state.snapshot_dir(), settings.source.acknowledge) {
-            (Some(_), Acknowledge::Snapshots) => Self::WithSnapshots,
+        match (settings.state.keeps_state(), settings.source.acknowledge) {
+            (true, Acknowledge::Snapshots) => Self::WithSnapshots,
             _ => Self::PerEntry,
         }
     }

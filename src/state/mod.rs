@@ -1,4 +1,5 @@
-//! Durable customer state: snapshot files in `state.dir`.
+//! Durable customer state: snapshot files in `state.dir`, or keys in Redis
+//! (`state.store = "redis"`, [`redis_store`]), behind one type, [`SnapshotStore`].
 //!
 //! A snapshot is written to a temporary name, fsynced, renamed into place and the directory
 //! fsynced, so a crash leaves either the old set of snapshots or the new one, never a torn
@@ -9,12 +10,14 @@
 pub mod codec;
 #[cfg(test)]
 mod golden;
+pub mod redis_store;
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use codec::{CodecError, Decoded, Encoder};
+use redis_store::{RedisSnapshotWrite, RedisSnapshots};
 
 use crate::engine::{Customer, Engine, Extras, StateHeader};
 use crate::features::store::{CaptureSize, Captured};
@@ -67,22 +70,163 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("snapshot {path} not written: {source}")]
-    Encode { path: PathBuf, source: CodecError },
+    #[error("snapshot {location} not written: {source}")]
+    Encode {
+        location: Location,
+        source: CodecError,
+    },
+    #[error("snapshot in Redis, key {key}: {error}; check redis.url and that Redis takes writes")]
+    Redis { key: String, error: String },
+}
+
+/// Where a snapshot is (or a store's snapshots are): a file (a directory), or a Redis key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    File(PathBuf),
+    Key(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => path.display().fmt(f),
+            Self::Key(key) => write!(f, "Redis key {key}"),
+        }
+    }
 }
 
 /// A snapshot that could not be used, and why.
 #[derive(Debug)]
 pub struct Rejected {
-    pub path: PathBuf,
+    pub location: Location,
     pub error: String,
 }
 
-/// What [`SnapshotDir::load_newest`] found.
+/// What [`SnapshotStore::load_newest`] found.
 pub struct Loaded {
-    pub path: PathBuf,
+    pub location: Location,
     pub bytes: u64,
     pub snapshot: Decoded,
+}
+
+/// A snapshot's name, the same in either store: sorted by name, the newest is the last
+/// (`e<epoch>-<created_ms>` under leases: after every earlier epoch's and every name
+/// without one, whatever the clocks).
+fn snapshot_name(epoch: Option<u64>, created_ms: u64) -> String {
+    match epoch {
+        Some(epoch) => format!("e{epoch:010}-{created_ms:020}"),
+        None => format!("{created_ms:020}"),
+    }
+}
+
+/// Where one partition's snapshots are kept: files in a directory, or keys in Redis.
+#[derive(Debug, Clone)]
+pub enum SnapshotStore {
+    Dir(SnapshotDir),
+    Redis(RedisSnapshots),
+}
+
+impl From<SnapshotDir> for SnapshotStore {
+    fn from(dir: SnapshotDir) -> Self {
+        Self::Dir(dir)
+    }
+}
+
+impl From<&SnapshotDir> for SnapshotStore {
+    fn from(dir: &SnapshotDir) -> Self {
+        Self::Dir(dir.clone())
+    }
+}
+
+impl From<&SnapshotStore> for SnapshotStore {
+    fn from(store: &SnapshotStore) -> Self {
+        store.clone()
+    }
+}
+
+impl SnapshotStore {
+    /// The directory, or the Redis key that lists the snapshots.
+    pub fn location(&self) -> Location {
+        match self {
+            Self::Dir(dir) => Location::File(dir.dir().to_owned()),
+            Self::Redis(redis) => Location::Key(redis.index_key()),
+        }
+    }
+
+    /// The same store, the snapshots written from now on named with ownership epoch `epoch`
+    /// and, in Redis, committed only while `lease` holds `token` (see
+    /// [`RedisSnapshots::owned`]).
+    pub fn owned(self, epoch: u64, lease: String, token: String) -> Self {
+        match self {
+            Self::Dir(dir) => Self::Dir(dir.with_epoch(epoch)),
+            Self::Redis(redis) => Self::Redis(redis.owned(epoch, lease, token)),
+        }
+    }
+
+    /// Starts a snapshot, to be written piece by piece; it takes its place among the
+    /// snapshots only at [`SnapshotOut::commit`].
+    pub fn create(&self, created_ms: u64) -> Result<SnapshotOut, StateError> {
+        match self {
+            Self::Dir(dir) => dir.create(created_ms).map(SnapshotOut::File),
+            Self::Redis(redis) => Ok(SnapshotOut::Redis(redis.create(created_ms))),
+        }
+    }
+
+    /// Writes a snapshot atomically, then prunes older ones.
+    pub fn write(&self, bytes: &[u8], created_ms: u64) -> Result<Location, StateError> {
+        let mut out = self.create(created_ms)?;
+        out.write(bytes)?;
+        out.commit()
+    }
+
+    /// The newest snapshot that decodes, and the newer ones that did not (set aside).
+    pub fn load_newest(
+        &self,
+        streams: &[String],
+    ) -> Result<(Option<Loaded>, Vec<Rejected>), StateError> {
+        match self {
+            Self::Dir(dir) => dir.load_newest(streams),
+            Self::Redis(redis) => redis.load_newest(streams),
+        }
+    }
+}
+
+/// A snapshot being written, to a file or to Redis.
+pub enum SnapshotOut {
+    File(SnapshotFile),
+    Redis(RedisSnapshotWrite),
+}
+
+impl SnapshotOut {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        match self {
+            Self::File(file) => file.write(bytes),
+            Self::Redis(redis) => redis.write(bytes),
+        }
+    }
+
+    fn bytes_written(&self) -> u64 {
+        match self {
+            Self::File(file) => file.bytes_written(),
+            Self::Redis(redis) => redis.bytes_written(),
+        }
+    }
+
+    fn location(&self) -> Location {
+        match self {
+            Self::File(file) => Location::File(file.path.clone()),
+            Self::Redis(redis) => redis.location(),
+        }
+    }
+
+    /// Makes the snapshot durable under its name (as durable as the store), then prunes
+    /// older ones.
+    pub fn commit(self) -> Result<Location, StateError> {
+        match self {
+            Self::File(file) => file.commit().map(Location::File),
+            Self::Redis(redis) => redis.commit(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -172,7 +316,7 @@ impl SnapshotFile {
 
 /// A snapshot written piece by piece as its customers are copied out of the engine.
 pub(crate) struct SnapshotWriter {
-    file: SnapshotFile,
+    file: SnapshotOut,
     encoder: Encoder,
     buffer: Vec<u8>,
 }
@@ -180,7 +324,7 @@ pub(crate) struct SnapshotWriter {
 impl SnapshotWriter {
     /// Creates the file and writes everything before the customers.
     pub fn start(
-        dir: &SnapshotDir,
+        store: &SnapshotStore,
         header: &StateHeader,
         size: CaptureSize,
         streams: &[String],
@@ -188,7 +332,7 @@ impl SnapshotWriter {
     ) -> Result<Self, StateError> {
         let mut buffer = Vec::new();
         let encoder = Encoder::start(header, size, streams, created_ms, &mut buffer);
-        let mut file = dir.create(created_ms)?;
+        let mut file = store.create(created_ms)?;
         file.write(&buffer)?;
         Ok(Self {
             file,
@@ -213,12 +357,12 @@ impl SnapshotWriter {
         }
     }
 
-    /// Writes the checksum and makes the snapshot durable; returns its path and size.
-    pub(crate) fn commit(mut self) -> Result<(PathBuf, u64), StateError> {
+    /// Writes the checksum and makes the snapshot durable; returns where it is and its size.
+    pub(crate) fn commit(mut self) -> Result<(Location, u64), StateError> {
         self.buffer.clear();
         if let Err(source) = self.encoder.finish(&mut self.buffer) {
             return Err(StateError::Encode {
-                path: self.file.path.clone(),
+                location: self.file.location(),
                 source,
             });
         }
@@ -230,15 +374,17 @@ impl SnapshotWriter {
 
 /// Snapshots the engine at once, through the same capture, encoder and file the daemon
 /// uses a slice at a time between batches (benchmarks and tests, which have no batches to
-/// interleave). Returns the file's path and size.
+/// interleave), to a [`SnapshotDir`] or any [`SnapshotStore`]. Returns where it is and its
+/// size.
 pub fn write_snapshot(
     engine: &mut Engine,
-    dir: &SnapshotDir,
+    store: impl Into<SnapshotStore>,
     streams: &[String],
     created_ms: u64,
-) -> Result<(PathBuf, u64), StateError> {
+) -> Result<(Location, u64), StateError> {
+    let store = store.into();
     let (header, size) = engine.begin_snapshot();
-    let mut writer = SnapshotWriter::start(dir, &header, size, streams, created_ms)?;
+    let mut writer = SnapshotWriter::start(&store, &header, size, streams, created_ms)?;
     while let Some(slice) = engine.snapshot_slice(SLICE_CUSTOMERS) {
         writer.append(&slice)?;
     }
@@ -290,10 +436,7 @@ impl SnapshotDir {
     /// its place among the snapshots only at [`SnapshotFile::commit`]. Names sort by
     /// `created_ms`, so the newest is the last.
     pub fn create(&self, created_ms: u64) -> Result<SnapshotFile, StateError> {
-        let name = match self.epoch {
-            Some(epoch) => format!("{PREFIX}e{epoch:010}-{created_ms:020}{SUFFIX}"),
-            None => format!("{PREFIX}{created_ms:020}{SUFFIX}"),
-        };
+        let name = format!("{PREFIX}{}{SUFFIX}", snapshot_name(self.epoch, created_ms));
         let path = self.dir.join(&name);
         let temp = self.dir.join(format!(".{name}{TEMP_SUFFIX}"));
         match File::create(&temp) {
@@ -378,7 +521,7 @@ impl SnapshotDir {
                 Ok((snapshot, bytes)) => {
                     return Ok((
                         Some(Loaded {
-                            path,
+                            location: Location::File(path),
                             bytes,
                             snapshot,
                         }),
@@ -390,7 +533,10 @@ impl SnapshotDir {
                     if let Err(e) = fs::rename(&path, &aside) {
                         tracing::warn!(path = %path.display(), error = %e, "cannot rename a corrupt snapshot aside");
                     }
-                    rejected.push(Rejected { path, error });
+                    rejected.push(Rejected {
+                        location: Location::File(path),
+                        error,
+                    });
                 }
             }
         }

@@ -19,6 +19,7 @@ use crate::helpers::*;
 
 mod committed;
 mod early;
+mod in_redis;
 mod partitions;
 mod replicas;
 
@@ -211,6 +212,14 @@ async fn outcome_of(
     state_dir: &Path,
     streams: &[String],
 ) -> Outcome {
+    outcome_with(conn, customers_in_snapshot(state_dir, streams)).await
+}
+
+/// What a run left in Redis's streams, with `customers` as the state kept.
+async fn outcome_with(
+    conn: &mut MultiplexedConnection,
+    customers: BTreeMap<String, Customer>,
+) -> Outcome {
     let mut ids = Vec::new();
     let mut cancel_ids = Vec::new();
     for stream in [WINBACK, CONTROL, CARE] {
@@ -240,7 +249,7 @@ async fn outcome_of(
         .collect();
     dead_lettered.sort();
     Outcome {
-        customers: customers_in_snapshot(state_dir, streams),
+        customers,
         task_ids,
         control_ids,
         care_ids,

@@ -28,6 +28,7 @@ mod pipeline;
 mod process;
 mod profiles_feedback;
 mod record_schemas;
+mod redis_snapshots;
 mod resilience;
 mod secrets;
 mod serving;

@@ -198,8 +198,10 @@ pub async fn restart_with_snapshot(
     let streams = &settings.source.streams;
     let dir = SnapshotDir::open(&settings.state.dir, settings.state.keep.get())?;
     let started = Instant::now();
-    let (path, bytes) =
+    let (location, bytes) =
         state::write_snapshot(&mut engine, &dir, streams, churnd::time::wall_millis())?;
+    // A file's location displays as its path.
+    let path = PathBuf::from(location.to_string());
     let write = started.elapsed();
     drop(engine);
 

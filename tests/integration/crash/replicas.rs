@@ -13,16 +13,16 @@ use super::*;
 
 const P: u16 = 8;
 
-fn count() -> PartitionCount {
+pub(super) fn count() -> PartitionCount {
     PartitionCount::new(P).unwrap()
 }
 
-fn streams() -> Vec<String> {
+pub(super) fn streams() -> Vec<String> {
     count().streams(&[EVENTS.to_string()])
 }
 
 /// The outcome of one process reading every partition over `events`.
-async fn one_process(events: &[Vec<(&'static str, String)>]) -> Outcome {
+pub(super) async fn one_process(events: &[Vec<(&'static str, String)>]) -> Outcome {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
@@ -37,10 +37,10 @@ async fn one_process(events: &[Vec<(&'static str, String)>]) -> Outcome {
 }
 
 /// One replica process: its name, HTTP address and the process.
-struct Replica {
-    name: String,
-    addr: SocketAddr,
-    child: Child,
+pub(super) struct Replica {
+    pub(super) name: String,
+    pub(super) addr: SocketAddr,
+    pub(super) child: Child,
 }
 
 /// Starts replica `name` over `redis` with the shared `dir`, logging to `dir/<name>-<n>.log`.
@@ -76,7 +76,7 @@ async fn owned(addr: SocketAddr) -> Option<u16> {
 }
 
 /// Waits until the `replicas` own every partition between them, each owning some.
-async fn shared_by(replicas: &[&Replica], timeout: Duration) {
+pub(super) async fn shared_by(replicas: &[&Replica], timeout: Duration) {
     let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
     wait_for(
         &format!("{names:?} to own all {P} partitions, each some"),
@@ -213,7 +213,7 @@ async fn scaling_one_to_three_to_two_replicas_mid_stream_ends_as_one_process() {
 }
 
 /// Entries the consumer group has delivered, over every partition stream.
-async fn read_so_far(c: &mut MultiplexedConnection) -> usize {
+pub(super) async fn read_so_far(c: &mut MultiplexedConnection) -> usize {
     let mut total = 0;
     for stream in streams() {
         let reply: redis::Value = redis::cmd("XINFO")
