@@ -70,7 +70,8 @@ pub enum DaemonError {
          is now {configured}: customers and stream positions are kept per partition, and \
          changing the count of existing state is not supported (docs/operating.md, \
          \"Partitions and scale-out\"). Set partitions.count back to {kept}, or move the \
-         snapshots out of state.dir to start with no customers from the partition streams"
+         snapshots away (the files out of state.dir; with state.store = redis, the keys \
+         listed in {dir}) to start with no customers from the partition streams"
     )]
     PartitionsChanged {
         dir: String,
