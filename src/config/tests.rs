@@ -36,6 +36,7 @@ fn the_shipped_defaults_file_equals_the_built_in_defaults_and_gives_every_key() 
         "tasks.anniversary.control_share",
         "tasks.revisit.control_share",
         "tasks.service_recovery.control_share",
+        "winback.budget",
     ];
     let missing: Vec<&String> = reader
         .missing()
@@ -540,6 +541,22 @@ fn snapshots_in_redis_need_no_state_dir_even_under_leases() {
     });
     assert!(
         err.contains("state.dir is empty") && err.contains("state.store = redis"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_pooled_win_back_budget_is_read_from_file_and_environment() {
+    assert_eq!(
+        load_with(None, &[]).unwrap().winback.budget.spend_per_day,
+        None
+    );
+    let s = load_with(None, &[("CHURND__WINBACK__BUDGET__SPEND_PER_DAY", "202.5")]).unwrap();
+    assert_eq!(s.winback.budget.spend_per_day, Some(202.5));
+    let err = load_with(Some("[winback.budget]\nspend_per_day = -3.0\n"), &[]).unwrap_err();
+    assert!(
+        err.lines()
+            .any(|l| l == "  - FILE: winback.budget.spend_per_day (-3) must be 0 or more"),
         "{err}"
     );
 }

@@ -6,7 +6,7 @@ use super::read::{read_choices, Choice, Fields};
 use super::{Problem, Section};
 use crate::classify::Segment;
 use crate::decide::uplift::LearnSettings;
-use crate::decide::{ActionBudget, WinbackPolicy, WinbackSettings};
+use crate::decide::{ActionBudget, PooledBudget, WinbackPolicy, WinbackSettings};
 
 impl Choice for WinbackPolicy {
     const ALL: &'static [Self] = &[Self::Learned, Self::Playbook, Self::Random];
@@ -43,6 +43,7 @@ impl Section for WinbackSettings {
             max_tasks_per_episode: f.get("max_tasks_per_episode", d.max_tasks_per_episode),
             control_share: f.get("control_share", d.control_share),
             budgets: f.get("budgets", d.budgets),
+            budget: f.get("budget", d.budget),
             policy: f.get("policy", d.policy),
             learn: f.get("learn", d.learn),
             dedup_ttl_days: f.get("dedup_ttl_days", d.dedup_ttl_days),
@@ -91,6 +92,7 @@ impl Section for WinbackSettings {
         }
         problems.extend(self.candidate_problems());
         problems.extend(self.budget_problems());
+        problems.extend(self.pool_problems());
         if self.stream == self.control_stream {
             problems.push(Problem::new(
                 "winback.control_stream",
@@ -114,6 +116,40 @@ impl WinbackSettings {
                 .chain(self.candidates.values().flatten())
                 .map(String::as_str),
         )
+    }
+
+    /// `[winback.budget]`: a spend per day of 0 or more, and, since every action draws on it
+    /// by its cost, a `[winback.budgets.<action>]` (its cost, and its cap) for every action
+    /// of the playbook and the candidates.
+    fn pool_problems(&self) -> Vec<Problem> {
+        let Some(spend) = self.budget.spend_per_day else {
+            return Vec::new();
+        };
+        let key = "winback.budget.spend_per_day";
+        let mut problems = Vec::new();
+        if !(spend.is_finite() && spend >= 0.0) {
+            problems.push(Problem::new(key, format!("({spend}) must be 0 or more")));
+        }
+        let mut unpriced: Vec<&str> = self
+            .actions
+            .values()
+            .chain(self.candidates.values().flatten())
+            .map(String::as_str)
+            .filter(|a| !a.trim().is_empty() && !self.budgets.contains_key(*a))
+            .collect();
+        unpriced.sort_unstable();
+        unpriced.dedup();
+        if !unpriced.is_empty() {
+            problems.push(Problem::new(
+                key,
+                format!(
+                    "needs a cost for every win-back action, which draws on it by its cost: {} {} no [winback.budgets.<action>] (give each a cost, and a per_day as its cap: 1e12 for none)",
+                    unpriced.join(", "),
+                    if unpriced.len() == 1 { "has" } else { "have" }
+                ),
+            ));
+        }
+        problems
     }
 
     /// A segment's candidate actions: named, each once, and, when there are several, each
@@ -200,6 +236,14 @@ pub(super) fn budget_problems<'a>(
         }
     }
     problems
+}
+
+impl Section for PooledBudget {
+    fn from_fields(f: &mut Fields<'_>) -> Self {
+        Self {
+            spend_per_day: f.get("spend_per_day", None),
+        }
+    }
 }
 
 impl Section for ActionBudget {
@@ -301,5 +345,39 @@ mod tests {
                 "winback.budgets.sms_blast is not an action of [winback.actions] or [winback.candidates]: budgets are for win-back's actions (coupon, email_reminder, loyalty_offer, personal_call)",
             ]
         );
+    }
+
+    #[test]
+    fn a_pooled_budget_spends_0_or_more_and_prices_every_action() {
+        let mut settings = WinbackSettings::default();
+        settings.budget.spend_per_day = Some(200.0);
+        assert!(
+            settings.problems().is_empty(),
+            "the shipped actions all have a cost"
+        );
+        settings.budget.spend_per_day = Some(-1.0);
+        settings
+            .actions
+            .insert(Segment::GeneralValue, "postcard".into());
+        settings
+            .candidates
+            .insert(Segment::GeneralValue, vec!["postcard".into()]);
+        settings
+            .candidates
+            .insert(Segment::GeneralRetention, vec!["sms".into()]);
+        let problems: Vec<String> = settings
+            .problems()
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(
+            problems,
+            [
+                "winback.budget.spend_per_day (-1) must be 0 or more",
+                "winback.budget.spend_per_day needs a cost for every win-back action, which draws on it by its cost: postcard, sms have no [winback.budgets.<action>] (give each a cost, and a per_day as its cap: 1e12 for none)",
+            ]
+        );
+        settings.budget.spend_per_day = None;
+        assert!(settings.problems().is_empty(), "no pool, no need of a cost");
     }
 }

@@ -111,6 +111,25 @@ impl ActionBudget {
     }
 }
 
+/// `[winback.budget]`: one spend per day that every win-back action draws on by its `cost`
+/// (`[winback.budgets.<action>]`, whose `per_day` then caps the action within it). Unset
+/// (the default): each action is paced on its own budget, as before there was a pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PooledBudget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend_per_day: Option<f64>,
+}
+
+impl PooledBudget {
+    /// Each of `count` partitions' share: the spend split evenly (costs are not whole
+    /// tasks here, so nothing is left over to hand out).
+    pub fn share(&self, count: u16) -> Self {
+        Self {
+            spend_per_day: self.spend_per_day.map(|s| s / f64::from(count.max(1))),
+        }
+    }
+}
+
 /// Partition `partition`'s share of `total` among `count`: `total / count`, one more for the
 /// first `total mod count` partitions; the shares add up to `total`.
 pub fn share_of(total: u32, partition: u16, count: u16) -> u32 {
@@ -179,21 +198,12 @@ impl PacerState {
             return;
         }
         if self.day != 0 {
-            let elapsed = day - self.day;
-            // The day that ends, then the empty days skipped (a bounded few: beyond a month
-            // the running average has forgotten everything anyway).
-            let mut closing = f64::from(self.seen);
-            for _ in 0..elapsed.min(31) {
-                self.expected = if self.days == 0 {
-                    closing
-                } else {
-                    DAILY_WEIGHT * closing + (1.0 - DAILY_WEIGHT) * self.expected
-                };
-                self.days = self.days.saturating_add(1);
-                closing = 0.0;
-            }
-            let decay = 0.5f64.powf(f64::from(elapsed) / HALF_LIFE_DAYS);
-            self.weights.iter_mut().for_each(|w| *w *= decay);
+            close_days(
+                (&mut self.expected, &mut self.days),
+                f64::from(self.seen),
+                day - self.day,
+                &mut self.weights,
+            );
         }
         self.day = day;
         self.admitted = 0;
@@ -217,21 +227,50 @@ impl PacerState {
 
     /// The priority below which a share `level` (0 to 1) of the candidates pictured lie.
     fn quantile(&self, level: f64) -> f64 {
-        let total: f64 = self.weights.iter().sum();
-        if total <= 0.0 || level <= 0.0 {
-            return 0.0;
-        }
-        let target = level.min(1.0) * total;
-        let mut below = 0.0;
-        for (b, &w) in self.weights.iter().enumerate() {
-            if w > 0.0 && below + w >= target {
-                let x = (b as f64 + (target - below) / w) / PER_OCTAVE;
-                return x.exp2() - 1.0;
-            }
-            below += w;
-        }
-        (BUCKETS as f64 / PER_OCTAVE).exp2() - 1.0
+        quantile(&self.weights, level)
     }
+}
+
+/// Closes the day that ends and the empty days skipped after it (`elapsed` days in all):
+/// the running count per day takes the closing day's `closing`, then a 0 for each day
+/// skipped (a bounded few: beyond a month the running average has forgotten everything
+/// anyway), and the picture of priorities decays.
+fn close_days(
+    (expected, days): (&mut f64, &mut u32),
+    mut closing: f64,
+    elapsed: u32,
+    weights: &mut [f64; BUCKETS],
+) {
+    for _ in 0..elapsed.min(31) {
+        *expected = if *days == 0 {
+            closing
+        } else {
+            DAILY_WEIGHT * closing + (1.0 - DAILY_WEIGHT) * *expected
+        };
+        *days = days.saturating_add(1);
+        closing = 0.0;
+    }
+    let decay = 0.5f64.powf(f64::from(elapsed) / HALF_LIFE_DAYS);
+    weights.iter_mut().for_each(|w| *w *= decay);
+}
+
+/// The priority below which a share `level` (0 to 1) of the weight pictured in `weights`
+/// lies.
+fn quantile(weights: &[f64; BUCKETS], level: f64) -> f64 {
+    let total: f64 = weights.iter().sum();
+    if total <= 0.0 || level <= 0.0 {
+        return 0.0;
+    }
+    let target = level.min(1.0) * total;
+    let mut below = 0.0;
+    for (b, &w) in weights.iter().enumerate() {
+        if w > 0.0 && below + w >= target {
+            let x = (b as f64 + (target - below) / w) / PER_OCTAVE;
+            return x.exp2() - 1.0;
+        }
+        below += w;
+    }
+    (BUCKETS as f64 / PER_OCTAVE).exp2() - 1.0
 }
 
 /// One budgeted action's pacing.
@@ -292,6 +331,31 @@ impl Pacer {
         }
     }
 
+    /// Whether the day at `now` still has a task of this action left: its budget as a cap
+    /// within the pooled budget.
+    fn has_room(&self, now: UnixSeconds) -> bool {
+        let admitted = if self.state.day == now / DAY {
+            self.state.admitted
+        } else {
+            0
+        };
+        admitted < self.tasks_per_day
+    }
+
+    /// Takes a task of the day at `now` for a candidate of `priority` the pooled budget
+    /// admitted (the caller checked [`Self::has_room`]): the action's own pacing is the
+    /// pool's, its budget only a cap.
+    fn take(&mut self, priority: f64, now: UnixSeconds) {
+        self.state.roll(now / DAY);
+        if self.state.first_at == 0 {
+            self.state.first_at = now;
+        }
+        self.state.seen = self.state.seen.saturating_add(1);
+        let priority = if priority.is_nan() { 0.0 } else { priority };
+        self.state.weights[bucket(priority)] += 1.0;
+        self.state.admitted += 1;
+    }
+
     /// Undoes the admission of a candidate of `priority` at `at` whose task was not written:
     /// the task goes back to the day's budget and the candidate, who will come again, out of
     /// the counts. Nothing to undo once the day is over.
@@ -305,6 +369,216 @@ impl Pacer {
         let w = &mut self.state.weights[bucket(priority)];
         *w = (*w - 1.0).max(0.0);
     }
+}
+
+/// The name under which a snapshot keeps the pooled budget's pacing, among win-back's
+/// actions' (no action can be named so: names come from TOML keys and lists, and a
+/// restore under settings without a pool forgets it like an action no longer budgeted).
+pub const POOL_STATE_NAME: &str = "(pooled budget)";
+
+/// One action a pooled candidate may get, as the pooled budget sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Offer {
+    /// The action's budget (its cap) in [`Budgets`]; `None`: not budgeted (the checks
+    /// require a budget of every action under a pool, so never in a running daemon).
+    pub slot: Option<usize>,
+    /// Expected incremental value: value at stake × chance, the candidate's priority.
+    pub value: f64,
+    /// What a task of the action costs.
+    pub cost: f64,
+    /// What the pool ranks by: value per cost (for `random`, the random draw itself).
+    pub key: f64,
+}
+
+/// The pooled budget's pacing: a [`PacerState`] whose amounts are spend rather than counts
+/// (a candidate weighs what the action it would get costs), so that the bar is the level
+/// of value per cost the rest of the day's spend affords.
+#[derive(Debug, Clone, PartialEq)]
+struct PoolState {
+    /// The day (days since the epoch) `seen` is of; 0: none yet.
+    day: u32,
+    /// What the candidates seen that day would have spent.
+    seen: f64,
+    /// What the candidates of a day would spend, a running average over the days before.
+    expected: f64,
+    /// Days that went into `expected`.
+    days: u32,
+    /// Decayed spend of candidates by bucket of value per cost.
+    weights: Box<[f64; BUCKETS]>,
+    /// When the first candidate came (0: none yet).
+    first_at: UnixSeconds,
+}
+
+impl Default for PoolState {
+    fn default() -> Self {
+        Self {
+            day: 0,
+            seen: 0.0,
+            expected: 0.0,
+            days: 0,
+            weights: Box::new([0.0; BUCKETS]),
+            first_at: 0,
+        }
+    }
+}
+
+impl PoolState {
+    fn roll(&mut self, day: u32) {
+        if day <= self.day {
+            return;
+        }
+        if self.day != 0 {
+            close_days(
+                (&mut self.expected, &mut self.days),
+                self.seen,
+                day - self.day,
+                &mut self.weights,
+            );
+        }
+        self.day = day;
+        self.seen = 0.0;
+    }
+
+    /// The spend still expected today at `now`, `mass` (the candidate being decided) at
+    /// least: as [`PacerState::coming`], in spend.
+    fn coming(&self, now: UnixSeconds, mass: f64) -> f64 {
+        if self.days > 0 {
+            return (self.expected - self.seen).max(mass);
+        }
+        let since = now.saturating_sub(self.first_at.min(now)).max(WARM_UP_SECS);
+        let rate = (self.seen + mass) / f64::from(since);
+        (rate * f64::from(DAY - now % DAY)).max(mass)
+    }
+
+    /// The value per cost a candidate needs at `now` with `left` of the day's spend left:
+    /// the quantile of the picture that `left` affords among the spend still expected.
+    fn bar(&self, now: UnixSeconds, left: f64, mass: f64) -> f64 {
+        if left <= 0.0 {
+            return f64::INFINITY;
+        }
+        let coming = self.coming(now, mass);
+        if coming <= left {
+            return 0.0;
+        }
+        quantile(&self.weights, 1.0 - left / coming)
+    }
+
+    /// As a snapshot keeps it: a [`PacerState`] under [`POOL_STATE_NAME`], the spend seen
+    /// today's bits in `admitted` (high half) and `seen` (low half), so that the snapshot
+    /// format needs no change.
+    fn to_pacer_state(&self) -> PacerState {
+        let bits = self.seen.to_bits();
+        PacerState {
+            day: self.day,
+            admitted: (bits >> 32) as u32,
+            seen: bits as u32,
+            expected: self.expected,
+            days: self.days,
+            weights: self.weights.clone(),
+            first_at: self.first_at,
+        }
+    }
+
+    fn from_pacer_state(s: PacerState) -> Self {
+        let seen = f64::from_bits(u64::from(s.admitted) << 32 | u64::from(s.seen));
+        Self {
+            day: s.day,
+            seen: if seen.is_finite() { seen.max(0.0) } else { 0.0 },
+            expected: s.expected,
+            days: s.days,
+            weights: s.weights,
+            first_at: s.first_at,
+        }
+    }
+}
+
+/// `[winback.budget]`: one spend a day for every win-back action.
+///
+/// **How a candidate is ranked and given an action.** Each of the candidate's actions `j`
+/// has an expected incremental value `v_j` (value at stake × chance) and a cost `c_j`. The
+/// day's problem is a knapsack with a choice per customer: pick at most one action per
+/// candidate to make Σ v the most for Σ c within the day's spend. Its Lagrangian solution
+/// prices spend at a rate λ (value per unit of money): a candidate is worth a task when
+/// some action has `v_j / c_j ≥ λ`, and then gets the action with the most `v_j − λ·c_j`.
+/// Here λ is the pacer's bar: the level of value per cost that the rest of the day's spend
+/// affords among the candidates still expected (a running picture of their value per cost,
+/// each weighted by what they would spend). Two simpler rules were rejected:
+///
+/// - *value per cost for the action too* (what per-action budgets did): the cheapest action
+///   with any effect wins every candidate (a reminder at a fiftieth of a call's price, with a
+///   tenth of its lift, beats the call per unit of cost), so the important customers get
+///   reminders and the call's effect is never bought even when the money is there;
+/// - *net value `v − c` at face value*: `v` is not in money (the chance is the churn
+///   probability or a multiple of it, not an absolute uplift), and with a budget that binds
+///   money is worth more than its face: the trade-off needs the price λ, not 1.
+///
+/// With λ high (money scarce) cheap actions win the choice; with λ low (spend to spare),
+/// the action that does the most. Each action's own budget, if set, caps it within the
+/// pool: a candidate whose best action is capped gets the next best that is not.
+#[derive(Debug, Clone)]
+struct Pool {
+    spend_per_day: f64,
+    state: PoolState,
+}
+
+/// A pooled admission not settled yet: what it added to the picture.
+#[derive(Debug, Clone, PartialEq)]
+struct PoolPending {
+    /// (bucket, spend) of its [`demand_steps`].
+    steps: Vec<(usize, f64)>,
+    mass: f64,
+    at: UnixSeconds,
+}
+
+/// A candidate's demand for spend as a function of the price of money λ (value per unit of
+/// cost): at λ = 0 it would take its most valuable action (of those `allowed`); as λ rises
+/// it moves to a cheaper action once that one's `value − λ·cost` is the higher, and it
+/// drops out at its last action's value per cost (`key`). Returned as the steps down:
+/// (price, the spend it stops demanding there); they add up to its spend at price 0. So a
+/// picture made of these steps reads, above any price, what the candidates would spend at
+/// it, whatever the price was when they came.
+fn demand_steps(offers: &[Offer], allowed: impl Fn(usize) -> bool) -> Vec<(f64, f64)> {
+    let value = |o: &Offer| if o.value.is_nan() { 0.0 } else { o.value };
+    let key = |o: &Offer| if o.key.is_nan() { 0.0 } else { o.key.max(0.0) };
+    let allowed: Vec<usize> = (0..offers.len()).filter(|&i| allowed(i)).collect();
+    // The most valuable; of equals, the cheaper.
+    let mut current = allowed.iter().copied().reduce(|a, b| {
+        let (x, y) = (&offers[a], &offers[b]);
+        if value(y) > value(x) || (value(y) == value(x) && y.cost < x.cost) {
+            b
+        } else {
+            a
+        }
+    });
+    let mut steps = Vec::new();
+    let mut price = 0.0f64;
+    while let Some(c) = current {
+        let o = &offers[c];
+        let out = key(o).max(price);
+        // The cheaper action that overtakes it first, before it drops out.
+        let next = allowed
+            .iter()
+            .copied()
+            .filter(|&j| offers[j].cost < o.cost)
+            .map(|j| {
+                let at = (value(o) - value(&offers[j])) / (o.cost - offers[j].cost);
+                (j, at.max(price))
+            })
+            .filter(|&(_, at)| at < out)
+            .reduce(|a, b| if b.1 < a.1 { b } else { a });
+        match next {
+            Some((j, at)) => {
+                steps.push((at, o.cost - offers[j].cost));
+                price = at;
+                current = Some(j);
+            }
+            None => {
+                steps.push((out, o.cost));
+                current = None;
+            }
+        }
+    }
+    steps
 }
 
 /// An admission not settled yet: its task may still be dropped before it is written.
@@ -339,6 +613,10 @@ pub struct Budgets {
     winback: usize,
     /// Admissions of the decision under way, until [`Self::settle`].
     pending: Vec<Pending>,
+    /// `[winback.budget]`: win-back's actions draw on one spend; `None`: each on its own.
+    pool: Option<Pool>,
+    /// The pooled admission of the decision under way, until [`Self::settle`].
+    pool_pending: Option<PoolPending>,
 }
 
 impl Budgets {
@@ -364,7 +642,118 @@ impl Budgets {
             pacers: all,
             winback: winback.len(),
             pending: Vec::new(),
+            pool: None,
+            pool_pending: None,
         }
+    }
+
+    /// These budgets with win-back's pooled spend (`[winback.budget]`), if set: then
+    /// win-back candidates are decided by [`Self::admit_pooled`], each action's budget a cap.
+    pub fn with_pool(mut self, pooled: PooledBudget) -> Self {
+        self.pool = pooled.spend_per_day.map(|spend_per_day| Pool {
+            spend_per_day,
+            state: PoolState::default(),
+        });
+        self
+    }
+
+    /// Whether win-back's actions draw on a pooled spend.
+    pub fn is_pooled(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// What win-back's actions have spent on the day at `now`.
+    fn winback_spent(&self, now: UnixSeconds) -> f64 {
+        let today = now / DAY;
+        self.pacers[..self.winback]
+            .iter()
+            .filter(|p| p.state.day == today)
+            .map(|p| f64::from(p.state.admitted) * p.budget.cost.unwrap_or(0.0))
+            .sum()
+    }
+
+    /// Decides about a win-back candidate under the pooled budget, given the actions it may
+    /// get (`offers`, best first by the targeting's order, which breaks ties): the index of
+    /// the offer whose task it gets, or `None` (held back: a candidate again tomorrow). See
+    /// [`Pool`] for the rule. The spend stays pending until [`Self::settle`]. Without a pool
+    /// (never: the caller asks [`Self::is_pooled`]) nobody is admitted.
+    pub(crate) fn admit_pooled(&mut self, offers: &[Offer], now: UnixSeconds) -> Option<usize> {
+        let left = self.pool.as_ref()?.spend_per_day - self.winback_spent(now);
+        let room: Vec<bool> = offers
+            .iter()
+            .map(|o| {
+                o.slot
+                    .and_then(|slot| self.pacers.get(slot))
+                    .is_none_or(|p| p.has_room(now))
+            })
+            .collect();
+        let net = |o: &Offer, lambda: f64| {
+            let v = if o.value.is_nan() { 0.0 } else { o.value };
+            v - lambda * o.cost
+        };
+        // The best offer among `allowed` at the price `lambda`; the first of equals.
+        let best = |lambda: f64, allowed: &dyn Fn(usize, &Offer) -> bool| {
+            offers
+                .iter()
+                .enumerate()
+                .filter(|(i, o)| allowed(*i, o))
+                .fold(None::<(usize, f64)>, |best, (i, o)| {
+                    let n = net(o, lambda);
+                    match best {
+                        Some((_, b)) if b >= n => best,
+                        _ => Some((i, n)),
+                    }
+                })
+                .map(|(i, _)| i)
+        };
+        let pool = self.pool.as_mut()?;
+        let day = now / DAY;
+        pool.state.roll(day);
+        if pool.state.first_at == 0 {
+            pool.state.first_at = now;
+        }
+        // What the candidate would spend at each price of money: it enters the picture so.
+        let steps = demand_steps(offers, |i| room[i]);
+        let mass: f64 = steps.iter().map(|(_, drop)| drop).sum();
+        let lambda = pool.state.bar(now, left, mass);
+        let key = |o: &Offer| if o.key.is_nan() { 0.0 } else { o.key };
+        let chosen = best(lambda, &|i, o| {
+            room[i] && key(o) >= lambda && o.cost <= left * (1.0 + 1e-9)
+        });
+        let steps: Vec<(usize, f64)> = steps
+            .into_iter()
+            .map(|(price, drop)| (bucket(price), drop))
+            .collect();
+        pool.state.seen += mass;
+        for &(b, drop) in &steps {
+            pool.state.weights[b] += drop;
+        }
+        // The action it would have got at no price, for the count of who was held back.
+        let held_as = best(0.0, &|i, _| room[i]).or_else(|| best(0.0, &|_, _| true));
+        let Some(i) = chosen else {
+            // Counted against the action it would have got.
+            if let Some(p) = held_as
+                .and_then(|i| offers[i].slot)
+                .and_then(|slot| self.pacers.get_mut(slot))
+            {
+                p.held_back += 1;
+            }
+            return None;
+        };
+        self.pool_pending = Some(PoolPending {
+            steps,
+            mass,
+            at: now,
+        });
+        if let Some(slot) = offers[i].slot.filter(|&slot| slot < self.pacers.len()) {
+            self.pacers[slot].take(offers[i].value, now);
+            self.pending.push(Pending {
+                slot,
+                priority: offers[i].value,
+                at: now,
+            });
+        }
+        Some(i)
     }
 
     /// The slot of win-back `action`'s budget; `None`: the action is not budgeted (no limit).
@@ -403,6 +792,15 @@ impl Budgets {
     /// (when `care_dropped`) whose tasks were not written give their slots back; the
     /// others are spent. (A decision raises at most one task of each.)
     pub fn settle(&mut self, winback_dropped: bool, care_dropped: bool) {
+        if let (Some(p), Some(pool)) = (self.pool_pending.take(), self.pool.as_mut()) {
+            if winback_dropped && pool.state.day == p.at / DAY {
+                pool.state.seen = (pool.state.seen - p.mass).max(0.0);
+                for (b, drop) in p.steps {
+                    let w = &mut pool.state.weights[b];
+                    *w = (*w - drop).max(0.0);
+                }
+            }
+        }
         for p in std::mem::take(&mut self.pending) {
             let dropped = if p.slot < self.winback {
                 winback_dropped
@@ -415,9 +813,14 @@ impl Budgets {
         }
     }
 
-    /// Each win-back action's pacing state, by action, for a snapshot.
+    /// Each win-back action's pacing state, by action, for a snapshot; then the pooled
+    /// budget's, if any, under [`POOL_STATE_NAME`].
     pub fn states(&self) -> Vec<(String, PacerState)> {
-        self.states_of(BudgetScope::Winback)
+        let mut states = self.states_of(BudgetScope::Winback);
+        if let Some(pool) = &self.pool {
+            states.push((POOL_STATE_NAME.into(), pool.state.to_pacer_state()));
+        }
+        states
     }
 
     /// Each care action's pacing state, by action, for a snapshot.
@@ -439,6 +842,12 @@ impl Budgets {
     pub fn restore(&mut self, winback: Vec<(String, PacerState)>, care: Vec<(String, PacerState)>) {
         for (scope, states) in [(BudgetScope::Winback, winback), (BudgetScope::Care, care)] {
             for (action, state) in states {
+                if scope == BudgetScope::Winback && action == POOL_STATE_NAME {
+                    if let Some(pool) = self.pool.as_mut() {
+                        pool.state = PoolState::from_pacer_state(state);
+                    }
+                    continue;
+                }
                 if let Some(p) = self
                     .pacers
                     .iter_mut()
@@ -454,6 +863,7 @@ impl Budgets {
     /// restart from 0.
     pub fn take_report(&mut self, now: UnixSeconds) -> Vec<BudgetReport> {
         let today = now / DAY;
+        let pooled = self.pool.is_some();
         self.pacers
             .iter_mut()
             .map(|p| {
@@ -464,7 +874,14 @@ impl Budgets {
                     action: p.action.clone(),
                     per_day: p.budget.per_day.unwrap_or(0.0),
                     spent_today: f64::from(admitted) * p.budget.cost.unwrap_or(0.0),
-                    bar: if current || p.tasks_per_day == 0 {
+                    bar: if pooled && p.scope == BudgetScope::Winback {
+                        // A cap within the pool: nothing to pass but room.
+                        if p.has_room(now) {
+                            0.0
+                        } else {
+                            f64::INFINITY
+                        }
+                    } else if current || p.tasks_per_day == 0 {
                         p.bar(now)
                     } else {
                         // A new day not yet begun by a candidate: its bar is yesterday's
@@ -768,5 +1185,171 @@ mod tests {
                 Admission::Admitted
             );
         }
+    }
+
+    /// A call (cost 10) and an email (cost 0.2) for each of `per_day` candidates a day,
+    /// spread over the day; the call's expected incremental value is `call × u`, the
+    /// email's `email × u`, u from 0.5 to 1.5 (the customer's value). One pooled budget of
+    /// `spend` a day, caps `caps` (per_day of the call, of the email). Per day from the
+    /// fourth on: (spend, calls, emails, value bought).
+    fn pooled_days(
+        spend: f64,
+        (call, email): (f64, f64),
+        caps: (f64, f64),
+        per_day: u32,
+    ) -> Vec<(f64, u32, u32, f64)> {
+        let settings = BTreeMap::from([
+            ("email".to_string(), ActionBudget::new(caps.1, 0.2)),
+            ("call".to_string(), ActionBudget::new(caps.0, 10.0)),
+        ]);
+        let mut b = Budgets::new(&settings).with_pool(PooledBudget {
+            spend_per_day: Some(spend),
+        });
+        assert!(b.is_pooled());
+        let (call_slot, email_slot) = (
+            Budgets::slot(&settings, "call"),
+            Budgets::slot(&settings, "email"),
+        );
+        let mut rng = Lcg(3);
+        let mut days = Vec::new();
+        for d in 0..20u32 {
+            let mut day = (0.0, 0, 0, 0.0);
+            for i in 0..per_day {
+                let u = 0.5 + rng.next();
+                let offer = |slot, value: f64, cost: f64| Offer {
+                    slot,
+                    value,
+                    cost,
+                    key: value / cost,
+                };
+                let offers = [
+                    offer(email_slot, email * u, 0.2),
+                    offer(call_slot, call * u, 10.0),
+                ];
+                let now = T0 + d * DAY + i * (DAY / per_day);
+                if let Some(i) = b.admit_pooled(&offers, now) {
+                    day.0 += offers[i].cost;
+                    day.3 += offers[i].value;
+                    if i == 0 {
+                        day.2 += 1;
+                    } else {
+                        day.1 += 1;
+                    }
+                }
+                b.settle(false, false);
+            }
+            assert!(day.0 <= spend + 1e-6, "day {d}: {day:?} over {spend}");
+            if d >= 3 {
+                days.push(day);
+            }
+        }
+        days
+    }
+
+    /// The email has five times the call's value per cost but a tenth of its effect: when
+    /// the pool affords calls for the best tenth of the candidates, most of the money goes
+    /// to calls for the most valuable and the rest to emails for the others (the best mix:
+    /// about 205 of value a day, where ranking actions by value per cost would give
+    /// everyone an email, about 100, and calls alone about 145); when it affords only a call
+    /// a day, to emails.
+    #[test]
+    fn a_pooled_budget_buys_the_action_that_pays_not_the_cheapest() {
+        let loose = pooled_days(100.0, (10.0, 1.0), (1e12, 1e12), 100);
+        for &(spent, calls, emails, value) in &loose {
+            assert!(spent >= 70.0, "{loose:?}");
+            // The optimum: calls for the best tenth or so, emails for the rest.
+            assert!(
+                calls >= 6 && f64::from(calls) * 10.0 >= 0.7 * spent,
+                "{loose:?}"
+            );
+            assert!(emails >= 50, "{loose:?}");
+            // All emails: 100 candidates × 1.0 on average; the best ten calls: about 145.
+            assert!(value > 170.0, "{loose:?}");
+        }
+        let tight = pooled_days(10.0, (10.0, 1.0), (1e12, 1e12), 100);
+        for &(spent, calls, emails, _) in &tight {
+            assert!(spent >= 7.0, "{tight:?}");
+            assert!(emails >= 30 && calls <= 1, "{tight:?}");
+        }
+    }
+
+    /// An action's own budget caps it within the pool: two calls a day at most, the rest of
+    /// the spend goes to emails.
+    #[test]
+    fn an_action_s_budget_caps_it_within_the_pool() {
+        let capped = pooled_days(100.0, (10.0, 1.0), (20.0, 1e12), 100);
+        for &(spent, calls, emails, _) in &capped {
+            assert!(calls <= 2, "{capped:?}");
+            assert!(emails >= 20, "{capped:?}");
+            assert!(spent <= 100.0, "{capped:?}");
+        }
+    }
+
+    /// A pooled admission not written gives its spend back; the pool's pacing survives a
+    /// snapshot under its reserved name, and settings without a pool forget it.
+    #[test]
+    fn the_pool_refunds_and_restores() {
+        let settings = BTreeMap::from([("call".to_string(), ActionBudget::new(1e12, 10.0))]);
+        let pooled = PooledBudget {
+            spend_per_day: Some(20.0),
+        };
+        let mut b = Budgets::new(&settings).with_pool(pooled);
+        let offer = Offer {
+            slot: Some(0),
+            value: 50.0,
+            cost: 10.0,
+            key: 5.0,
+        };
+        let t = T0 + DAY - 100;
+        assert_eq!(b.admit_pooled(&[offer], t), Some(0));
+        b.settle(true, false);
+        assert_eq!(b.winback_spent(t), 0.0, "given back");
+        for i in 1..=2 {
+            assert_eq!(b.admit_pooled(&[offer], t + i), Some(0));
+            b.settle(false, false);
+        }
+        assert_eq!(b.winback_spent(t), 20.0);
+        assert_eq!(b.admit_pooled(&[offer], t + 3), None, "the day is spent");
+        assert_eq!(b.take_report(t + 3)[0].held_back, 1);
+        let states = b.states();
+        assert_eq!(
+            states.last().map(|(n, _)| n.as_str()),
+            Some(POOL_STATE_NAME)
+        );
+        let mut restored = Budgets::new(&settings).with_pool(pooled);
+        restored.restore(states.clone(), Vec::new());
+        assert_eq!(restored.states(), states);
+        let pool = restored.pool.as_ref().unwrap();
+        assert_eq!(pool.state, b.pool.as_ref().unwrap().state);
+        assert!(pool.state.seen > 0.0);
+        let mut unpooled = Budgets::new(&settings);
+        unpooled.restore(states, Vec::new());
+        assert_eq!(unpooled.states().len(), 1);
+        // Partitions split the spend evenly.
+        assert_eq!(pooled.share(4).spend_per_day, Some(5.0));
+        assert_eq!(PooledBudget::default().share(4), PooledBudget::default());
+    }
+
+    /// A call (value 10, cost 10) and an email (value 1, cost 0.2): with money free the call;
+    /// from a price of 9/9.8 the email, net of its cost, is worth more; above 5 (its value
+    /// per cost) neither. A capped call leaves the email alone.
+    #[test]
+    fn demand_steps_down_from_the_most_valuable_action_to_the_cheapest() {
+        let offer = |value: f64, cost: f64| Offer {
+            slot: None,
+            value,
+            cost,
+            key: value / cost,
+        };
+        let offers = [offer(1.0, 0.2), offer(10.0, 10.0)];
+        let steps = demand_steps(&offers, |_| true);
+        assert_eq!(steps.len(), 2, "{steps:?}");
+        assert!((steps[0].0 - 9.0 / 9.8).abs() < 1e-12 && (steps[0].1 - 9.8).abs() < 1e-12);
+        assert!((steps[1].0 - 5.0).abs() < 1e-12 && (steps[1].1 - 0.2).abs() < 1e-12);
+        assert_eq!(demand_steps(&offers, |i| i == 0), [(5.0, 0.2)]);
+        assert!(demand_steps(&offers, |_| false).is_empty());
+        // An email worth more per cost and in all: the call is never wanted.
+        let dominated = [offer(20.0, 0.2), offer(10.0, 10.0)];
+        assert_eq!(demand_steps(&dominated, |_| true), [(100.0, 0.2)]);
     }
 }

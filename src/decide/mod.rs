@@ -32,7 +32,10 @@ mod winback;
 use std::sync::Arc;
 
 pub use assessment::{Assessment, Recent, Scored};
-pub use budget::{share_of, ActionBudget, BudgetReport, BudgetScope, Budgets, PacerState};
+pub use budget::{
+    share_of, ActionBudget, BudgetReport, BudgetScope, Budgets, PacerState, PooledBudget,
+    POOL_STATE_NAME,
+};
 pub use contact::{Contact, ContactCap};
 pub use holdout::Group;
 pub use settings::{

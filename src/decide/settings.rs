@@ -6,7 +6,7 @@ use std::num::{NonZeroU32, NonZeroU64, NonZeroU8};
 
 use serde::Serialize;
 
-use super::budget::ActionBudget;
+use super::budget::{ActionBudget, PooledBudget};
 use super::targeting::WinbackPolicy;
 use super::task::TaskKind;
 use super::uplift::LearnSettings;
@@ -43,6 +43,9 @@ pub struct WinbackSettings {
     /// Per action (of `actions`): spend per day and cost per task. Actions without one are
     /// not limited.
     pub budgets: BTreeMap<String, ActionBudget>,
+    /// `[winback.budget]`: one spend per day every action draws on by its cost, the
+    /// actions' own budgets then caps; unset: each action on its own budget.
+    pub budget: PooledBudget,
     /// Where the chance in a candidate's priority (value at stake × chance) comes from.
     pub policy: WinbackPolicy,
     /// `[winback.learn]`: when measured lift replaces the stand-in, and how much keeps
@@ -85,6 +88,7 @@ impl Default for WinbackSettings {
             max_tasks_per_episode: NonZeroU8::MIN,
             control_share: 0.1,
             budgets: default_budgets(),
+            budget: PooledBudget::default(),
             policy: WinbackPolicy::default(),
             learn: LearnSettings::default(),
             dedup_ttl_days: NonZeroU32::new(400).expect("not zero"),

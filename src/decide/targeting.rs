@@ -8,7 +8,9 @@
 //!   the arm (win-back × action × segment) that day relative to win-back's pooled lift
 //!   (Thompson sampling). The actions are tried best first by expected incremental value per
 //!   cost (value × chance ÷ the action's cost), each against its own budget: the first that
-//!   admits the candidate is the task's. An action drawn at or below zero is not tried that
+//!   admits the candidate is the task's. Under a pooled budget (`[winback.budget]`) the
+//!   order is only a tie-break: the pool admits by value per cost and picks the action with
+//!   the most value net of its cost at the pool's price (`budget::Pool`). An action drawn at or below zero is not tried that
 //!   day; when none is left, no task (the budget goes to candidates whose actions work for
 //!   them). A share `exploration` of candidates tries one candidate action, picked by the
 //!   task ID, on the stand-in: every action stays measured in every segment.

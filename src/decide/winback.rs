@@ -10,11 +10,12 @@
 
 use std::sync::Arc;
 
-use super::budget::{Admission, Budgets};
+use super::budget::{Admission, Budgets, Offer};
 use super::holdout::{Group, Holdout};
 use super::settings::WinbackSettings;
 use super::targeting::{Candidate, Choice, Target, Targeting, WinbackPolicy};
 use super::task::{winback_task_id, Detail, Task, TaskKind, WinbackDetail};
+use super::uplift::Effect;
 use super::Assessment;
 use crate::classify::Segment;
 use crate::time::{self, UnixSeconds};
@@ -205,13 +206,36 @@ impl Policy {
             Target::Candidate(picks) => picks,
             Target::NoLift => return Decision::NoLift,
         };
-        // The first action, best first, whose budget admits the candidate today.
-        let Some(pick) = picks.into_iter().find(|p| {
-            p.choice
-                .slot
-                .is_none_or(|slot| budgets.admit(slot, p.priority, now) == Admission::Admitted)
-        }) else {
-            return Decision::HeldBack;
+        let pick = if budgets.is_pooled() {
+            // One spend for all actions: ranked by value per cost against the pool's bar,
+            // the action chosen by net value at that price (`budget::Pool`).
+            let offers: Vec<Offer> = picks
+                .iter()
+                .map(|p| Offer {
+                    slot: p.choice.slot,
+                    value: p.priority,
+                    cost: p.choice.cost,
+                    key: match p.effect {
+                        // A random order, whatever the cost: the baseline.
+                        Effect::Random(_) => p.priority,
+                        _ => p.priority / p.choice.cost,
+                    },
+                })
+                .collect();
+            match budgets.admit_pooled(&offers, now) {
+                Some(i) => picks[i],
+                None => return Decision::HeldBack,
+            }
+        } else {
+            // The first action, best first, whose budget admits the candidate today.
+            let Some(pick) = picks.into_iter().find(|p| {
+                p.choice
+                    .slot
+                    .is_none_or(|slot| budgets.admit(slot, p.priority, now) == Admission::Admitted)
+            }) else {
+                return Decision::HeldBack;
+            };
+            pick
         };
         let (action, priority, effect) = (pick.choice.action.clone(), pick.priority, pick.effect);
         state.episode_tasks = attempt;

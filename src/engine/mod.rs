@@ -116,7 +116,8 @@ impl Engine {
             .customers_max
             .set(i64::try_from(settings.max_customers).unwrap_or(i64::MAX));
         let playbook = Playbook::new(&settings.winback, &settings.tasks, &settings.tags);
-        let budgets = Budgets::with_care(&settings.winback.budgets, &settings.tasks.budgets);
+        let budgets = Budgets::with_care(&settings.winback.budgets, &settings.tasks.budgets)
+            .with_pool(settings.winback.budget);
         let budget_series = metrics.budget(
             settings.winback.budgets.keys().map(String::as_str),
             settings.tasks.budgets.keys().map(String::as_str),

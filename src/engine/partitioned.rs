@@ -62,6 +62,7 @@ pub fn partition_settings(settings: &EngineSettings, partition: u16) -> EngineSe
     for budget in s.winback.budgets.values_mut() {
         *budget = budget.share(partition, count);
     }
+    s.winback.budget = settings.winback.budget.share(count);
     for budget in s.tasks.budgets.values_mut() {
         *budget = budget.share(partition, count);
     }

@@ -37,7 +37,7 @@ async fn add_group(
 
 /// Appends `total` outcome records of `action` to `segment` in `group`, `converted` of them
 /// converted, in one pipeline.
-async fn add_arm(
+pub(crate) async fn add_arm(
     conn: &mut MultiplexedConnection,
     [action, segment, group]: [&str; 3],
     (converted, total): (u32, u32),
@@ -83,7 +83,7 @@ fn settings(redis: &RedisServer, dir: &std::path::Path, policy: WinbackPolicy) -
 /// (important_development) fall silent, event time moving on a day at a time: they cross the
 /// threshold after about 50 days of silence, and a candidate passed over is looked at again
 /// each day.
-async fn buy_then_fall_silent(conn: &mut MultiplexedConnection) {
+pub(crate) async fn buy_then_fall_silent(conn: &mut MultiplexedConnection) {
     let mut pipe = redis::pipe();
     for i in 0..200 {
         let amount = if i % 2 == 0 { 30.0 } else { 300.0 };
@@ -117,7 +117,7 @@ async fn tasks_written(
 /// Waits until the daemon serves the lift report, then (under `learned`) until a snapshot
 /// holding the book is written: the engine takes a new book at a snapshot (so that a replay
 /// from it decides with the same one), and decides with it from then on.
-async fn wait_for_lift(app: &App, state_dir: &std::path::Path, learned: bool) {
+pub(crate) async fn wait_for_lift(app: &App, state_dir: &std::path::Path, learned: bool) {
     wait_for("the lift report", Duration::from_secs(30), || {
         let url = app.url("/v1/lift");
         async move {

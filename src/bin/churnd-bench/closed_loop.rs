@@ -88,6 +88,11 @@ pub struct Args {
     /// The redis-server binary to start.
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
+    /// Win-back's actions draw on one spend a day (`[winback.budget] spend_per_day`)
+    /// instead of a budget each; every action's own `per_day` is then lifted to this (no
+    /// cap within the pool). The shipped per-action budgets add up to 202.
+    #[arg(long)]
+    pooled_spend_per_day: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -117,6 +122,9 @@ struct Run {
     /// Task records in the treated and the control stream (not their cancels).
     tasks_written: u64,
     control_written: u64,
+    /// What the treated and the control tasks written cost.
+    treated_spend: f64,
+    control_spend: f64,
     /// Cancel records in both streams: a task stream also carries the cancels of its tasks
     /// (docs/tasks.md), which `XLEN` would count as tasks.
     cancels_written: u64,
@@ -218,6 +226,18 @@ async fn start_daemon(
     }
     if policy != Policy::Default {
         command.env("CHURND__WINBACK__POLICY", policy.name());
+    }
+    if let Some(spend) = args.pooled_spend_per_day {
+        command.env("CHURND__WINBACK__BUDGET__SPEND_PER_DAY", spend.to_string());
+        for action in Settings::default().winback.budgets.keys() {
+            command.env(
+                format!(
+                    "CHURND__WINBACK__BUDGETS__{}__PER_DAY",
+                    action.to_uppercase()
+                ),
+                spend.to_string(),
+            );
+        }
     }
     let mut daemon = Daemon {
         child: command.spawn().context("starting churnd")?,
@@ -327,6 +347,8 @@ async fn run_once(args: &Args, policy: Policy, seed: u64, pooled: &mut Aggregate
         simulated,
         tasks_written: treated.tasks,
         control_written: control.tasks,
+        treated_spend: treated.spend,
+        control_spend: control.spend,
         cancels_written: treated.cancels + control.cancels,
         without_outcome: treated.without_outcome + control.without_outcome,
         window_open: treated.window_open + control.window_open,
@@ -337,13 +359,15 @@ async fn run_once(args: &Args, policy: Policy, seed: u64, pooled: &mut Aggregate
 
 /// What a task stream holds: task records and cancel records, told apart by `record`
 /// (docs/tasks.md), and the tasks without an outcome record.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct StreamCounts {
     tasks: u64,
     cancels: u64,
     without_outcome: u64,
     /// Of those, raised at or after `open_since`: their window had not closed.
     window_open: u64,
+    /// What the tasks cost, by the shipped `[winback.budgets]` costs.
+    spend: f64,
 }
 
 impl StreamCounts {
@@ -359,6 +383,7 @@ impl StreamCounts {
             return;
         }
         self.tasks += 1;
+        self.spend += cost(field(fields, "action"));
         if with_outcome.contains(field(fields, "task_id")) {
             return;
         }
@@ -369,6 +394,21 @@ impl StreamCounts {
             self.window_open += 1;
         }
     }
+}
+
+/// What a task of `action` costs: the shipped `[winback.budgets]` cost (0 for an action
+/// without one).
+fn cost(action: &str) -> f64 {
+    static COSTS: std::sync::LazyLock<std::collections::BTreeMap<String, f64>> =
+        std::sync::LazyLock::new(|| {
+            Settings::default()
+                .winback
+                .budgets
+                .into_iter()
+                .map(|(action, b)| (action, b.cost.unwrap_or(0.0)))
+                .collect()
+        });
+    COSTS.get(action).copied().unwrap_or(0.0)
 }
 
 fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
@@ -426,6 +466,18 @@ fn per_thousand(row: &lift::Row) -> String {
     }
 }
 
+/// Incremental conversions per 1,000 tasks × `factor` (tasks per unit of spend: per 1,000
+/// spent), with the 95 % interval, as text.
+fn scaled(row: &lift::Row, factor: f64) -> String {
+    match row.conversion_lift {
+        Some(lift) => {
+            let l = lift.scaled(1000.0 * factor);
+            format!("{:+.1} [{:+.1}, {:+.1}]", l.estimate, l.low, l.high)
+        }
+        None => "n/a".into(),
+    }
+}
+
 fn counts(row: &lift::Row) -> String {
     format!(
         "{}/{} treated, {}/{} control",
@@ -463,19 +515,27 @@ pub async fn closed_loop(args: Args) -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         crate::machine::load_average()
     );
+    let budget = match args.pooled_spend_per_day {
+        Some(spend) => format!("one pooled spend of {spend} a day, no cap per action"),
+        None => format!(
+            "budgets per action afford {} win-back tasks a day",
+            daily_capacity()
+        ),
+    };
     println!(
-        "closed loop: {} customers over {} simulated days, seeds 1..={}, policies {:?}; budgets afford {} win-back tasks a day",
+        "closed loop: {} customers over {} simulated days, seeds 1..={}, policies {:?}; {budget}",
         args.customers,
         args.days,
         args.seeds,
         args.policies.iter().map(|p| p.name()).collect::<Vec<_>>(),
-        daily_capacity()
     );
     let mut summary = String::new();
     let mut arms = String::new();
     for &policy in &args.policies {
         let mut pooled = Aggregates::new(Window::default());
         let mut figures = Vec::new();
+        // All seeds: treated tasks written and their cost, all tasks' cost, tasks answered.
+        let (mut treated, mut treated_spend, mut spend, mut answered) = (0u64, 0.0, 0.0, 0u64);
         for seed in 1..=args.seeds {
             let run = run_once(&args, policy, seed, &mut pooled)
                 .await
@@ -499,14 +559,32 @@ pub async fn closed_loop(args: Args) -> Result<()> {
             if let Some(lift) = row.conversion_lift {
                 figures.push(lift.estimate * 1000.0);
             }
+            println!(
+                "{:<8} seed {}: spend {:.1} a day (with control), {:.2} per treated task",
+                policy.name(),
+                run.seed,
+                (run.treated_spend + run.control_spend) / f64::from(args.days),
+                run.treated_spend / run.tasks_written.max(1) as f64,
+            );
+            treated += run.tasks_written;
+            treated_spend += run.treated_spend;
+            spend += run.treated_spend + run.control_spend;
+            answered += run.simulated.tasks_answered;
         }
+        // Per 1,000 spent: the lift per task over the mean cost of a treated task.
+        let per_cost = if treated_spend > 0.0 {
+            treated as f64 / treated_spend
+        } else {
+            0.0
+        };
         let row = winback_row(&pooled).context("no win-back outcomes at all")?;
         arm_rows(&mut arms, policy, &pooled)?;
         let (mean, sd, min, max) = spread(&figures);
         writeln!(
             summary,
-            "| {} | {} | {:.1} % / {:.1} % | {} | {:+.1} ± {:.1} ({:+.1} to {:+.1}) |",
+            "| {} | {:.1} | {} | {:.1} % / {:.1} % | {} | {:+.1} ± {:.1} ({:+.1} to {:+.1}) | {} | {:.1} |",
             policy.name(),
+            spend / f64::from(args.days) / args.seeds as f64,
             row.treatment.tasks,
             100.0 * row.treatment.conversion_rate.unwrap_or(0.0),
             100.0 * row.control.conversion_rate.unwrap_or(0.0),
@@ -515,11 +593,13 @@ pub async fn closed_loop(args: Args) -> Result<()> {
             sd,
             min,
             max,
+            scaled(&row, per_cost),
+            1000.0 * answered as f64 / treated_spend.max(f64::MIN_POSITIVE),
         )?;
     }
     println!();
-    println!("| policy | treated tasks with an outcome (all seeds) | conversion treated / control | incremental conversions per 1,000 tasks, seeds pooled [95 %] | per seed: mean ± sd (min to max) |");
-    println!("|---|---|---|---|---|");
+    println!("| policy | spend a day (with control) | treated tasks with an outcome (all seeds) | conversion treated / control | incremental conversions per 1,000 tasks, seeds pooled [95 %] | per seed: mean ± sd (min to max) | per 1,000 spent [95 %] | answered by a purchase per 1,000 spent (simulator) |");
+    println!("|---|---|---|---|---|---|---|---|");
     print!("{summary}");
     println!();
     println!("Per action × segment, seeds pooled: treated tasks with an outcome, incremental conversions per 1,000 [95 %]");
@@ -590,6 +670,7 @@ mod tests {
                 cancels: 1,
                 without_outcome: 2,
                 window_open: 1,
+                spend: 0.0,
             }
         );
     }
