@@ -960,3 +960,25 @@ pub async fn cluster_info(c: &mut MultiplexedConnection) -> String {
         .await
         .unwrap_or_default()
 }
+
+/// The Redis snapshot store of `settings` (`[redis]`, its group), keeping `keep` per
+/// partition: what a daemon with `state.store = "redis"` reads and writes.
+pub fn redis_snapshot_store(
+    settings: &Settings,
+    keep: usize,
+) -> churnd::state::redis_store::RedisStore {
+    let client = churnd::connection::client(&settings.redis).unwrap();
+    let connector = churnd::connection::Connector::new(
+        client,
+        &settings.redis,
+        settings.redis.response_timeout.get(),
+        churnd::metrics::RedisRole::Snapshots,
+        &churnd::metrics::Metrics::new().redis,
+    );
+    churnd::state::redis_store::RedisStore::new(
+        connector,
+        &settings.source.group,
+        keep,
+        CancellationToken::new(),
+    )
+}

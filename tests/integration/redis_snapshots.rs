@@ -8,16 +8,14 @@ use std::path::Path;
 use std::sync::Arc;
 
 use churnd::config::{ClockMode, RedisMode, Settings};
-use churnd::connection::Connector;
 use churnd::engine::{Engine, EngineSettings};
 use churnd::event::EntryId;
-use churnd::metrics::{Metrics, RedisRole};
+use churnd::metrics::Metrics;
 use churnd::model::Model;
 use churnd::source::batch::{Batch, Entry};
 use churnd::state::redis_store::{RedisStore, LENGTH_PREFIX};
 use churnd::state::{self, Location, SnapshotStore};
 use redis::Value;
-use tokio_util::sync::CancellationToken;
 
 use crate::cluster_harness::RedisCluster;
 use crate::helpers::*;
@@ -32,15 +30,7 @@ fn store(redis: &RedisServer, keep: usize, piece: usize) -> RedisStore {
 
 /// [`store`] with the `[redis]` of `settings`.
 fn store_with(settings: Settings, keep: usize, piece: usize) -> RedisStore {
-    let client = churnd::connection::client(&settings.redis).unwrap();
-    let connector = Connector::new(
-        client,
-        &settings.redis,
-        settings.redis.response_timeout.get(),
-        RedisRole::Snapshots,
-        &Metrics::new().redis,
-    );
-    RedisStore::new(connector, GROUP, keep, CancellationToken::new()).with_piece_size(piece)
+    redis_snapshot_store(&settings, keep).with_piece_size(piece)
 }
 
 /// An engine that knows `customers` customers, one purchase each.

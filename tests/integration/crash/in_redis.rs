@@ -6,11 +6,7 @@
 use std::net::SocketAddr;
 
 use churnd::config::{Interval, Ownership, StateStore};
-use churnd::connection::Connector;
-use churnd::metrics::{Metrics, RedisRole};
 use churnd::partition::PartitionCount;
-use churnd::state::redis_store::RedisStore;
-use tokio_util::sync::CancellationToken;
 
 use super::replicas::{self, Replica};
 use super::*;
@@ -27,20 +23,7 @@ async fn customers_in_redis(
     settings: &Settings,
     count: PartitionCount,
 ) -> BTreeMap<String, Customer> {
-    let client = churnd::connection::client(&settings.redis).unwrap();
-    let connector = Connector::new(
-        client,
-        &settings.redis,
-        settings.redis.response_timeout.get(),
-        RedisRole::Snapshots,
-        &Metrics::new().redis,
-    );
-    let store = RedisStore::new(
-        connector,
-        &settings.source.group,
-        3,
-        CancellationToken::new(),
-    );
+    let store = redis_snapshot_store(settings, 3);
     tokio::task::spawn_blocking(move || {
         let mut customers = BTreeMap::new();
         for p in 0..count.get() {
