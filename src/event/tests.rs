@@ -136,8 +136,8 @@ fn each_kind_of_bad_input_has_its_reason() {
         Reason::MissingAmount
     );
     for bad in [
-        "abc", "NaN", "inf", "-1", "1e10", "", " 5", "5 ", "+5", "1e3", ".5", "5.", "-0",
-        "0x10", "1_000", "5.0.0", "\u{a0}5",
+        "abc", "NaN", "inf", "-1", "1e10", "", " 5", "5 ", "+5", "1e3", ".5", "5.", "-0", "0x10",
+        "1_000", "5.0.0", "\u{a0}5",
     ] {
         assert_eq!(
             reason(&[("customer_id", "c"), ("type", "purchase"), ("amount", bad)]),
@@ -375,8 +375,7 @@ fn oracle_attributes(
         if value.len() > limits.max_profile_value_bytes {
             return Err(Reason::InvalidProfileValue);
         }
-        let value =
-            String::from_utf8(value.clone()).map_err(|_| Reason::InvalidProfileValue)?;
+        let value = String::from_utf8(value.clone()).map_err(|_| Reason::InvalidProfileValue)?;
         if key == "birthday" && !value.is_empty() && !oracle_birthday(&value) {
             return Err(Reason::InvalidProfileValue);
         }
@@ -437,8 +436,7 @@ fn oracle_ts(b: &[u8], entry_ms: u64, limits: &EventLimits) -> Option<u64> {
     }
     let ms = b.iter().fold(0u128, |n, d| n * 10 + u128::from(d - b'0'));
     let latest = u128::from(entry_ms) + u128::from(limits.max_future_skew_ms);
-    let ok =
-        ms >= u128::from(limits.min_ts_ms) && ms <= latest && ms <= u128::from(ORACLE_MAX_MS);
+    let ok = ms >= u128::from(limits.min_ts_ms) && ms <= latest && ms <= u128::from(ORACLE_MAX_MS);
     ok.then_some(ms as u64)
 }
 
