@@ -603,6 +603,17 @@ pub struct BudgetReport {
     pub held_back: u64,
 }
 
+/// How the pooled budget stands (`[winback.budget]`), for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PoolReport {
+    pub spend_per_day: f64,
+    /// What win-back's actions spent on the clock's current day (both groups).
+    pub spent_today: f64,
+    /// The value per cost a candidate needs now: the price of money the rest of the day's
+    /// spend sets (0: money to spare; infinite: the day's spend is gone).
+    pub bar: f64,
+}
+
 /// Every budgeted action's pacing: win-back's actions in the order of their names (the
 /// order of [`ActionBudget`] settings, which [`Budgets::slot`] indexes), then the care
 /// kinds' ([`Budgets::care_slot`]).
@@ -811,6 +822,20 @@ impl Budgets {
                 self.pacers[p.slot].refund(p.priority, p.at);
             }
         }
+    }
+
+    /// How the pooled budget stands at `now`; `None` without one. A day not yet begun by a
+    /// candidate is read as begun: yesterday's picture with the whole spend left.
+    pub fn pool_report(&self, now: UnixSeconds) -> Option<PoolReport> {
+        let pool = self.pool.as_ref()?;
+        let spent_today = self.winback_spent(now);
+        let mut state = pool.state.clone();
+        state.roll(now / DAY);
+        Some(PoolReport {
+            spend_per_day: pool.spend_per_day,
+            spent_today,
+            bar: state.bar(now, pool.spend_per_day - spent_today, 0.0),
+        })
     }
 
     /// Each win-back action's pacing state, by action, for a snapshot; then the pooled
@@ -1311,6 +1336,13 @@ mod tests {
         assert_eq!(b.winback_spent(t), 20.0);
         assert_eq!(b.admit_pooled(&[offer], t + 3), None, "the day is spent");
         assert_eq!(b.take_report(t + 3)[0].held_back, 1);
+        let report = b.pool_report(t + 3).unwrap();
+        assert_eq!((report.spend_per_day, report.spent_today), (20.0, 20.0));
+        assert_eq!(report.bar, f64::INFINITY, "nothing left to spend");
+        let tomorrow = b.pool_report(t + 200).unwrap();
+        assert_eq!(tomorrow.spent_today, 0.0);
+        assert!(tomorrow.bar.is_finite(), "a new day's spend: {tomorrow:?}");
+        assert_eq!(Budgets::new(&settings).pool_report(t), None);
         let states = b.states();
         assert_eq!(
             states.last().map(|(n, _)| n.as_str()),

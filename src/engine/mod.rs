@@ -107,6 +107,8 @@ pub struct Engine {
     region_gauges: std::sync::OnceLock<Vec<prometheus::IntGauge>>,
     /// The budget series of each budgeted action, in the order of [`Budgets`].
     budget_series: Vec<crate::metrics::BudgetSeries>,
+    /// The pooled budget's series, with a pooled budget only.
+    pool_series: Option<crate::metrics::PoolSeries>,
 }
 
 impl Engine {
@@ -122,6 +124,7 @@ impl Engine {
             settings.winback.budgets.keys().map(String::as_str),
             settings.tasks.budgets.keys().map(String::as_str),
         );
+        let pool_series = budgets.is_pooled().then(|| metrics.pool());
         let population = Population {
             region: vec![0; settings.profiles.regions.len() + 2],
             ..Population::default()
@@ -144,6 +147,7 @@ impl Engine {
             budgets,
             targeting: Targeting::default(),
             budget_series,
+            pool_series,
             profiles: Profiles::new(&settings.profiles, Interner::default()),
             schedule_fingerprint: settings.schedule_fingerprint(),
             model_version: model.version().into(),

@@ -19,7 +19,7 @@ use std::time::Instant;
 use crate::decide::share_of;
 use crate::decide::uplift::UpliftBook;
 use crate::event::EntryId;
-use crate::metrics::{EngineMetrics, PartitionGauges};
+use crate::metrics::{BudgetedActions, EngineMetrics, PartitionGauges};
 use crate::model::Model;
 use crate::partition::PartitionCount;
 use crate::profiles::{Interner, Profiles};
@@ -134,9 +134,12 @@ impl Partitioned {
             .region_labels()
             .map(String::from)
             .collect();
-        let winback: Vec<String> = settings.winback.budgets.keys().cloned().collect();
-        let care: Vec<String> = settings.tasks.budgets.keys().cloned().collect();
-        let gauges = PartitionGauges::new(&metrics, &own, &regions, (&winback, &care));
+        let actions = BudgetedActions {
+            winback: settings.winback.budgets.keys().cloned().collect(),
+            care: settings.tasks.budgets.keys().cloned().collect(),
+            pooled: settings.winback.budget.spend_per_day.is_some(),
+        };
+        let gauges = PartitionGauges::new(&metrics, &own, &regions, &actions);
         gauges.publish();
         Self {
             parts,

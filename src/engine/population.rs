@@ -151,7 +151,7 @@ impl Engine {
         }
     }
 
-    /// How each win-back action's budget stands (see [`crate::decide::Budgets`]).
+    /// How each budgeted action and the pooled budget stand (see [`crate::decide::Budgets`]).
     pub(super) fn publish_budgets(&mut self) {
         let now = self.now();
         for (series, report) in self.budget_series.iter().zip(self.budgets.take_report(now)) {
@@ -159,6 +159,11 @@ impl Engine {
             series.spent.set(report.spent_today);
             series.bar.set(report.bar);
             series.held_back.inc_by(report.held_back);
+        }
+        if let (Some(series), Some(report)) = (&self.pool_series, self.budgets.pool_report(now)) {
+            series.spend_per_day.set(report.spend_per_day);
+            series.spent.set(report.spent_today);
+            series.bar.set(report.bar);
         }
         self.metrics
             .winback_no_lift

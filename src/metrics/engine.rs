@@ -150,6 +150,8 @@ pub struct EngineMetrics {
     pub(super) budget: BudgetFamilies,
     /// Open: by configured action (`[tasks.budgets]`); see [`Self::budget`].
     pub(super) care_budget: BudgetFamilies,
+    /// Open: exported only with a pooled win-back budget; see [`Self::pool`].
+    pub(super) pool: PoolFamilies,
     /// The engine swaps models in, so it reports the version serving.
     pub model: ModelInfo,
     /// Expired tasks, catching up, open tasks.
@@ -249,6 +251,7 @@ impl EngineMetrics {
                 .with_label_values(&["no_lift"]),
             budget: BudgetFamilies::new(r, "winback", "win-back", "winback.budgets"),
             care_budget: BudgetFamilies::new(r, "care", "care", "tasks.budgets"),
+            pool: PoolFamilies::new(r),
             model,
             follow_up,
         }
@@ -264,6 +267,12 @@ impl EngineMetrics {
         let mut series: Vec<BudgetSeries> = winback.map(|a| self.budget.series(a)).collect();
         series.extend(care.map(|a| self.care_budget.series(a)));
         series
+    }
+
+    /// The pooled win-back budget's series (`[winback.budget]`), resolved only by an engine
+    /// that has one, so that a daemon without a pool exports none.
+    pub fn pool(&self) -> PoolSeries {
+        self.pool.series()
     }
 
     /// The gauge of each region label, in the order given; the engine resolves them once,
@@ -319,6 +328,52 @@ impl BudgetFamilies {
             held_back: self.held_back.with_label_values(&[action]),
         }
     }
+}
+
+/// The pooled win-back budget's families, labelled by kind (only `winback` has a pool).
+#[derive(Clone)]
+pub(super) struct PoolFamilies {
+    pub(super) spend_per_day: GaugeVec,
+    pub(super) spent: GaugeVec,
+    pub(super) bar: GaugeVec,
+}
+
+impl PoolFamilies {
+    fn new(r: &mut Registrar) -> Self {
+        Self {
+            spend_per_day: r.float_gauge_vec(
+                "churnd_budget_pool_spend_per_day",
+                "What all win-back actions together may spend per day (winback.budget.spend_per_day).",
+                &["kind"],
+            ),
+            spent: r.float_gauge_vec(
+                "churnd_budget_pool_spent",
+                "Spent from the pooled budget on the clock's current day (tasks of both groups times their action's cost).",
+                &["kind"],
+            ),
+            bar: r.float_gauge_vec(
+                "churnd_budget_pool_value_per_cost_bar",
+                "The expected incremental value per unit of cost a candidate needs now to get a task from the pooled budget (0: spend to spare; +Inf: the day's spend is gone).",
+                &["kind"],
+            ),
+        }
+    }
+
+    fn series(&self) -> PoolSeries {
+        PoolSeries {
+            spend_per_day: self.spend_per_day.with_label_values(&["winback"]),
+            spent: self.spent.with_label_values(&["winback"]),
+            bar: self.bar.with_label_values(&["winback"]),
+        }
+    }
+}
+
+/// The pooled budget's series.
+#[derive(Clone)]
+pub struct PoolSeries {
+    pub spend_per_day: Gauge,
+    pub spent: Gauge,
+    pub bar: Gauge,
 }
 
 fn capitalised(s: &str) -> String {

@@ -36,7 +36,8 @@ mod snapshots;
 mod source;
 
 pub use engine::{
-    BudgetSeries, EngineMetrics, Outcome, OutcomeCounts, ProbabilityRange, PROBABILITY_BUCKETS,
+    BudgetSeries, EngineMetrics, Outcome, OutcomeCounts, PoolSeries, ProbabilityRange,
+    PROBABILITY_BUCKETS,
 };
 pub use follow_up::FollowUpMetrics;
 pub use http::HttpMetrics;
@@ -45,7 +46,7 @@ pub use lift::LiftMetrics;
 pub use model::{ModelInfo, ModelMetrics, ModelReload};
 pub use output::OutputMetrics;
 pub use ownership::OwnershipMetrics;
-pub use partitions::PartitionGauges;
+pub use partitions::{BudgetedActions, PartitionGauges};
 pub use redis::{RedisMetrics, RedisRole, RoleMetrics};
 pub use service::ServiceMetrics;
 pub use sink::{DeadLettered, SinkMetrics};

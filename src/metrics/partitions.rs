@@ -8,8 +8,8 @@
 
 use prometheus::{GaugeVec, Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts};
 
-use super::engine::BudgetFamilies;
-use super::{BudgetSeries, EngineMetrics, PerLabel};
+use super::engine::{BudgetFamilies, PoolFamilies};
+use super::{BudgetSeries, EngineMetrics, PerLabel, PoolSeries};
 
 /// A gauge outside any registry, for one partition's engine.
 fn own_gauge() -> IntGauge {
@@ -24,10 +24,10 @@ fn own_gauge_vec(label: &str) -> IntGaugeVec {
     .expect("a valid name")
 }
 
-fn own_float_gauge_vec() -> GaugeVec {
+fn own_float_gauge_vec(label: &str) -> GaugeVec {
     GaugeVec::new(
         Opts::new("partition_gauge", "one partition's part"),
-        &["action"],
+        &[label],
     )
     .expect("a valid name")
 }
@@ -61,12 +61,17 @@ impl EngineMetrics {
         m.follow_up.open_tasks = own_gauge();
         for families in [&mut m.budget, &mut m.care_budget] {
             *families = BudgetFamilies {
-                per_day: own_float_gauge_vec(),
-                spent: own_float_gauge_vec(),
-                bar: own_float_gauge_vec(),
+                per_day: own_float_gauge_vec("action"),
+                spent: own_float_gauge_vec("action"),
+                bar: own_float_gauge_vec("action"),
                 held_back: families.held_back.clone(),
             };
         }
+        m.pool = PoolFamilies {
+            spend_per_day: own_float_gauge_vec("kind"),
+            spent: own_float_gauge_vec("kind"),
+            bar: own_float_gauge_vec("kind"),
+        };
         m
     }
 }
@@ -79,10 +84,12 @@ struct GaugeSet {
     /// Combined by maximum: the clock, catching up, how far behind.
     furthest: Vec<IntGauge>,
     budgets: Vec<BudgetSeries>,
+    /// With a pooled win-back budget only.
+    pool: Option<PoolSeries>,
 }
 
 impl GaugeSet {
-    fn of(m: &EngineMetrics, regions: &[String], actions: (&[String], &[String])) -> Self {
+    fn of(m: &EngineMetrics, regions: &[String], actions: &BudgetedActions) -> Self {
         let mut summed = vec![
             m.customers.clone(),
             m.customers_max.clone(),
@@ -101,11 +108,20 @@ impl GaugeSet {
                 m.follow_up.catch_up_behind_seconds.clone(),
             ],
             budgets: m.budget(
-                actions.0.iter().map(String::as_str),
-                actions.1.iter().map(String::as_str),
+                actions.winback.iter().map(String::as_str),
+                actions.care.iter().map(String::as_str),
             ),
+            pool: actions.pooled.then(|| m.pool()),
         }
     }
+}
+
+/// What the engines budget, as their settings fix it: the actions with a budget each
+/// (win-back's, the care kinds'), and whether win-back's draw on a pooled spend.
+pub struct BudgetedActions {
+    pub winback: Vec<String>,
+    pub care: Vec<String>,
+    pub pooled: bool,
 }
 
 /// The partitions' gauges and the exported ones they are combined into.
@@ -116,13 +132,13 @@ pub struct PartitionGauges {
 
 impl PartitionGauges {
     /// `parts` are the partitions' metrics ([`EngineMetrics::for_partition`]), `exported`
-    /// the registered ones; `regions` the region labels and `actions` the budgeted actions
-    /// (win-back's, the care kinds') the engines publish, in their order.
+    /// the registered ones; `regions` the region labels and `actions` what the engines
+    /// publish of their budgets, the actions in their order.
     pub fn new(
         exported: &EngineMetrics,
         parts: &[EngineMetrics],
         regions: &[String],
-        actions: (&[String], &[String]),
+        actions: &BudgetedActions,
     ) -> Self {
         Self {
             parts: parts
@@ -149,6 +165,15 @@ impl PartitionGauges {
             let bar = parts().map(|s| s.bar.get()).fold(f64::INFINITY, f64::min);
             series.bar.set(bar);
         }
+        if let Some(series) = &self.exported.pool {
+            let parts = || self.parts.iter().filter_map(|p| p.pool.as_ref());
+            series
+                .spend_per_day
+                .set(parts().map(|s| s.spend_per_day.get()).sum());
+            series.spent.set(parts().map(|s| s.spent.get()).sum());
+            let bar = parts().map(|s| s.bar.get()).fold(f64::INFINITY, f64::min);
+            series.bar.set(bar);
+        }
     }
 
     /// The histograms a partition's engine observes per batch are its own: the whole batch
@@ -170,8 +195,12 @@ mod tests {
         let exported = &metrics.engine;
         let parts = [exported.for_partition(), exported.for_partition()];
         let regions = ["eu".to_string(), "none".to_string()];
-        let actions = (&["coupon".to_string()][..], &[][..]);
-        let gauges = PartitionGauges::new(exported, &parts, &regions, actions);
+        let actions = BudgetedActions {
+            winback: vec!["coupon".into()],
+            care: vec![],
+            pooled: true,
+        };
+        let gauges = PartitionGauges::new(exported, &parts, &regions, &actions);
         for (i, m) in parts.iter().enumerate() {
             m.customers.set(10 + i as i64);
             m.clock_seconds.set(100 * (1 + i as i64));
@@ -179,6 +208,10 @@ mod tests {
             let budget = &m.budget(["coupon"].into_iter(), [].into_iter())[0];
             budget.per_day.set(50.0);
             budget.bar.set(if i == 0 { f64::INFINITY } else { 2.0 });
+            let pool = m.pool();
+            pool.spend_per_day.set(101.0);
+            pool.spent.set(10.0 * (1 + i) as f64);
+            pool.bar.set(if i == 0 { 0.5 } else { f64::INFINITY });
         }
         assert_eq!(
             exported.customers.get(),
@@ -192,5 +225,9 @@ mod tests {
         let budget = &exported.budget(["coupon"].into_iter(), [].into_iter())[0];
         assert_eq!(budget.per_day.get(), 100.0);
         assert_eq!(budget.bar.get(), 2.0);
+        let pool = exported.pool();
+        assert_eq!(pool.spend_per_day.get(), 202.0);
+        assert_eq!(pool.spent.get(), 30.0);
+        assert_eq!(pool.bar.get(), 0.5, "the lowest partition's bar");
     }
 }
