@@ -12,7 +12,7 @@
 //! `log_recency_days`, `log_tenure_days` and `log_purchases` ([`repeat_summary`]), exactly as
 //! [`super::value::CustomerHistory::of`] takes them from the customer's state.
 
-use super::bgnbd::{log_add_exp, BgNbd, RepeatSummary};
+use super::bgnbd::{BgNbd, RepeatSummary};
 use crate::features::{FeatureVector, FEATURE_COUNT, FEATURE_NAMES};
 
 /// Names of the derived inputs, after [`FEATURE_NAMES`] in the model's input order.
@@ -62,8 +62,14 @@ pub(crate) fn inputs(x: &FeatureVector, logit: Option<&ChurnLogit>) -> InputVect
     out
 }
 
-/// Repeat purchases x for which ln(b + x − 1) is read from a table (the rest compute it).
+/// Repeat purchases x for which ln(a / (b + x − 1)) is read from a table (the rest compute it).
 const LN_TABLE: usize = 32;
+
+/// Below this, ln(1 + h/(α+T)) and 1 − S are taken with `ln_1p` and `exp_m1`, which keep
+/// their digits there; above it with `ln` and `exp`, about half the cost, whose rounding
+/// errors (an ulp of 1 + h/(α+T), of S) then weigh at most 1/`PRECISE_BELOW` ulps in the
+/// result.
+const PRECISE_BELOW: f64 = 1.0 / 256.0;
 
 /// `bgnbd_churn_logit` under one BG/NBD fit and horizon, with what does not depend on the
 /// customer worked out once: the scorer evaluates it at every scoring.
@@ -74,12 +80,15 @@ const LN_TABLE: usize = 32;
 /// P(alive) = 1/(1+O) and
 ///
 /// ```text
-/// P(no purchase) = 1 − (1−S)/(1+O) = (O+S)/(1+O),   so   logit = ln(O+S) − ln(1−S)
+/// P(no purchase) = 1 − (1−S)/(1+O) = (O+S)/(1+O),   so   logit = ln((O+S) / (1−S))
 /// ```
 ///
-/// (the 1+O cancels): three logarithms and one exponential fewer than P(alive), the
-/// probability and its logit in turn, and nothing that can overflow. The result is clamped
-/// as the probability was, to the log-odds of [`P_LIMIT`] and 1 − [`P_LIMIT`].
+/// (the 1+O cancels). What it costs is the number of `exp`/`ln` calls: two logarithms (of
+/// 1 + h/(α+T) and of (α+T)/(α+t_x)), two exponentials (S and O) and the final logarithm,
+/// plus one exponential per feature read back ([`Self::of`]); `ln(a/(b+x−1))` comes from a
+/// table. O may overflow to +∞ or S underflow to 0: the result is then beyond the clamp,
+/// which is where it lands. The result is clamped as the probability was, to the log-odds of
+/// [`P_LIMIT`] and 1 − [`P_LIMIT`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct ChurnLogit {
     r: f64,
@@ -87,8 +96,8 @@ pub(crate) struct ChurnLogit {
     ln_a: f64,
     b: f64,
     horizon_days: f64,
-    /// ln(b + x − 1) for x = 1, 2, … [`LN_TABLE`] (index x − 1).
-    ln_b_x_1: [f64; LN_TABLE],
+    /// ln(a / (b + x − 1)) for x = 1, 2, … [`LN_TABLE`] (index x − 1).
+    ln_odds_factor: [f64; LN_TABLE],
     /// The log-odds of [`P_LIMIT`] and of 1 − [`P_LIMIT`], as the probability's clamp gave
     /// them: results are kept between the two.
     floor: f64,
@@ -97,50 +106,80 @@ pub(crate) struct ChurnLogit {
 
 impl ChurnLogit {
     pub(crate) fn new(b: &BgNbd, horizon_days: f64) -> Self {
-        let mut ln_b_x_1 = [0.0; LN_TABLE];
-        for (i, v) in ln_b_x_1.iter_mut().enumerate() {
-            *v = (b.b + i as f64).ln();
+        let ln_a = b.a.ln();
+        let mut ln_odds_factor = [0.0; LN_TABLE];
+        for (i, v) in ln_odds_factor.iter_mut().enumerate() {
+            *v = ln_a - (b.b + i as f64).ln();
         }
         Self {
             r: b.r,
             alpha: b.alpha,
-            ln_a: b.a.ln(),
+            ln_a,
             b: b.b,
             horizon_days,
-            ln_b_x_1,
+            ln_odds_factor,
             floor: logit(P_LIMIT),
             limit: logit(1.0 - P_LIMIT),
         }
     }
 
-    /// The input for the customer the feature vector describes.
+    /// The input for the customer the feature vector describes: [`repeat_summary`]'s x, t_x
+    /// and T, read back with `exp` rather than `exp_m1` (T and t_x only ever meet α in a
+    /// sum, so the last bits of a short recency do not matter; the purchase count is whole
+    /// and rounds the same).
     pub(crate) fn of(&self, x: &FeatureVector) -> f64 {
-        self.of_summary(&repeat_summary(x))
+        let recency = (x[0].exp() - 1.0).max(0.0);
+        let tenure = (x[1].exp() - 1.0).max(0.0);
+        let purchases = (x[2].exp() - 1.0).round();
+        self.of_parts(
+            (purchases - 1.0).max(0.0),
+            (tenure - recency).max(0.0),
+            tenure,
+        )
     }
 
     /// The log-odds of BG/NBD's P(no purchase within the horizon) for summary `s`.
+    #[cfg(test)]
     pub(crate) fn of_summary(&self, s: &RepeatSummary) -> f64 {
+        self.of_parts(s.x, s.t_x, s.t)
+    }
+
+    /// [`Self::of_summary`] for x, t_x and T.
+    #[inline]
+    fn of_parts(&self, x: f64, t_x: f64, t: f64) -> f64 {
         if self.horizon_days <= 0.0 {
             // No time to buy in: certain churn, as `BgNbd::p_no_purchase` says.
             return self.limit;
         }
-        let rx = self.r + s.x;
-        let ln_s = -rx * (self.horizon_days / (self.alpha + s.t)).ln_1p();
-        let ln_o_plus_s = if s.x > 0.0 {
-            // x counts purchase events: a whole number, small for almost everyone.
-            let ln_b_x_1 = match self.ln_b_x_1.get(s.x as usize - 1) {
-                Some(&v) if s.x.fract() == 0.0 => v,
-                _ => (self.b + s.x - 1.0).ln(),
-            };
-            // (α+T)/(α+t_x) = 1 + (T − t_x)/(α+t_x).
-            let ln_o = self.ln_a - ln_b_x_1 + rx * ((s.t - s.t_x) / (self.alpha + s.t_x)).ln_1p();
-            log_add_exp(ln_o, ln_s)
+        let rx = self.r + x;
+        let alpha_t = self.alpha + t;
+        let h = self.horizon_days / alpha_t;
+        let ln_1_h = if h >= PRECISE_BELOW {
+            (1.0 + h).ln()
         } else {
-            ln_s
+            h.ln_1p()
         };
-        // ln(1 − S), exact for S near 1 (a short horizon) too; −∞ at S = 1 gives the limit.
-        let ln_buy_if_alive = (-ln_s.exp_m1()).ln();
-        (ln_o_plus_s - ln_buy_if_alive).clamp(self.floor, self.limit)
+        let ln_s = -rx * ln_1_h;
+        // S and 1 − S, the latter exact for S near 1 (a short horizon) too.
+        let (s, buy_if_alive) = if ln_s <= -PRECISE_BELOW {
+            let s = ln_s.exp();
+            (s, 1.0 - s)
+        } else {
+            let m = ln_s.exp_m1();
+            (1.0 + m, -m)
+        };
+        let o = if x > 0.0 {
+            // x counts purchase events: a whole number, small for almost everyone.
+            let ln_factor = match self.ln_odds_factor.get((x as usize).wrapping_sub(1)) {
+                Some(&v) if x.fract() == 0.0 => v,
+                _ => self.ln_a - (self.b + x - 1.0).ln(),
+            };
+            (ln_factor + rx * (alpha_t / (self.alpha + t_x)).ln()).exp()
+        } else {
+            0.0
+        };
+        // 1 − S = 0 (S = 1) gives +∞: the limit.
+        ((o + s) / buy_if_alive).ln().clamp(self.floor, self.limit)
     }
 }
 
@@ -215,6 +254,89 @@ mod tests {
             }
         }
         assert_eq!(checked, 6 * 9 * 6 * 4);
+    }
+
+    /// The closed form as it was before [`ChurnLogit`] was rewritten for speed (`ln_1p`,
+    /// `exp_m1` and log-add-exp throughout, the summary read back with `exp_m1`): the
+    /// reference the faster form must stay within a few ulps of.
+    fn logit_as_before(b: &BgNbd, x: &FeatureVector, horizon: f64) -> f64 {
+        use crate::model::bgnbd::log_add_exp;
+        let s = repeat_summary(x);
+        if horizon <= 0.0 {
+            return logit(1.0 - P_LIMIT);
+        }
+        let rx = b.r + s.x;
+        let ln_s = -rx * (horizon / (b.alpha + s.t)).ln_1p();
+        let ln_o_plus_s = if s.x > 0.0 {
+            let ln_o = b.a.ln() - (b.b + s.x - 1.0).ln()
+                + rx * ((s.t - s.t_x) / (b.alpha + s.t_x)).ln_1p();
+            log_add_exp(ln_o, ln_s)
+        } else {
+            ln_s
+        };
+        let ln_buy_if_alive = (-ln_s.exp_m1()).ln();
+        (ln_o_plus_s - ln_buy_if_alive).clamp(logit(P_LIMIT), logit(1.0 - P_LIMIT))
+    }
+
+    #[test]
+    fn the_faster_form_stays_within_a_few_ulps_of_the_previous_one() {
+        // The shipped fit, and one with a small r and α (S near 1, O large) to reach the
+        // precise branches and the clamps.
+        let fits = [
+            BgNbd {
+                r: 0.2358,
+                alpha: 27.32,
+                a: 0.7496,
+                b: 2.0446,
+            },
+            BgNbd {
+                r: 0.01,
+                alpha: 0.5,
+                a: 3.0,
+                b: 0.2,
+            },
+        ];
+        let mut checked = 0;
+        let mut worst: f64 = 0.0;
+        for b in &fits {
+            for horizon in [0.0, 1e-6, 0.5, 1.0, 30.0, 90.0, 365.0] {
+                let l = ChurnLogit::new(b, horizon);
+                // One purchase, a few, either side of the table's end, and huge counts.
+                for purchases in [1u32, 2, 3, 8, 32, 33, 34, 251, 10_000, u32::MAX] {
+                    for tenure in [0.0, 1.0 / 24.0, 0.5, 10.0, 100.0, 270.0, 3_000.0, 1e5] {
+                        // Zero recency (bought just now), partway, and all of the tenure.
+                        for share in [0.0, 1e-6, 0.3, 0.9, 1.0] {
+                            let mut x = [0.0; FEATURE_COUNT];
+                            x[0] = f64::ln_1p(tenure * share);
+                            x[1] = f64::ln_1p(tenure);
+                            x[2] = f64::from(purchases).ln_1p();
+                            let (got, want) = (l.of(&x), logit_as_before(b, &x, horizon));
+                            assert!(got.is_finite(), "{x:?} h {horizon}: {got}");
+                            // 1/PRECISE_BELOW ulps from `ln` and `exp` (module notes), twice,
+                            // and the rounding both forms share, which grows with r + x (it
+                            // multiplies a logarithm): 4 ulps per repeat purchase.
+                            let rx = b.r + f64::from(purchases) - 1.0;
+                            let tolerance = (2.0 / PRECISE_BELOW + 4.0 * rx)
+                                * f64::EPSILON
+                                * want.abs().max(1.0);
+                            assert!(
+                                (got - want).abs() <= tolerance,
+                                "{purchases} purchases, T {tenure}, share {share}, h {horizon}: \
+                                 {got} vs {want}"
+                            );
+                            if purchases <= 251 {
+                                worst = worst.max((got - want).abs() / want.abs().max(1.0));
+                            }
+                            checked += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 2 * 7 * 10 * 8 * 5);
+        // Up to 251 purchases, relative to max(1, |logit|): measured 4.4e-14 (196 ulps), at a
+        // half-day horizon, where 1 + h/(α+T) is just above PRECISE_BELOW.
+        assert!(worst <= 1e-13, "{worst:e}");
     }
 
     #[test]
