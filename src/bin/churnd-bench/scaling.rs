@@ -25,7 +25,7 @@
 //! Each round runs every replica count once, in the given order in odd rounds and reversed
 //! in even ones; the ratio to one replica is taken within a round.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -126,7 +126,7 @@ pub async fn replicas(args: Args) -> Result<()> {
 
 async fn run(
     args: &Args,
-    churnd: &PathBuf,
+    churnd: &Path,
     p: PartitionCount,
     lease: Interval,
     n: usize,
@@ -146,7 +146,7 @@ async fn run(
     let loaded = loading.elapsed();
     let dir = TempDir::new("replicas")?;
     let fleet = Fleet::new(
-        churnd.clone(),
+        churnd.to_path_buf(),
         &redis,
         dir.path(),
         (p, lease, args.store),

@@ -28,7 +28,7 @@
 //! input streams": reading from the snapshots' positions to the streams' end). The entries
 //! replayed are the committed groups' lag of the dead replica's partitions at the kill.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -206,7 +206,7 @@ pub async fn takeover(args: Args) -> Result<()> {
 
 async fn one_round(
     args: &Args,
-    churnd: &PathBuf,
+    churnd: &Path,
     p: PartitionCount,
     lease: Interval,
     victim: usize,
@@ -218,7 +218,7 @@ async fn one_round(
     let loaded = loading.elapsed();
     let dir = TempDir::new("takeover")?;
     let fleet = Fleet::new(
-        churnd.clone(),
+        churnd.to_path_buf(),
         &redis,
         dir.path(),
         (p, lease, args.store),
