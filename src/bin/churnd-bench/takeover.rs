@@ -20,7 +20,8 @@
 //! The split, from the kill: **lease wait** until the last of the dead replica's leases is
 //! held by a survivor (its lease and member entry expire `lease_ms` after its last renewal,
 //! which came up to a third of that before the kill, and a survivor's next round, every
-//! third of `lease_ms`, takes it); then, from the survivor's `/readyz` reasons during its
+//! third of `lease_ms`, takes it; the leases' time to live at the kill tells the two apart);
+//! then, from the survivor's `/readyz` reasons during its
 //! rebalance (eager: it stops all its partitions, not only the new ones): **hand-over**
 //! ("handing over partitions …": its own partitions drained and snapshotted), **restore**
 //! ("restoring partitions …": every partition it now holds loaded from its newest snapshot
@@ -35,6 +36,7 @@ use anyhow::{bail, Context, Result};
 use rand::Rng;
 
 use churnd::config::{Interval, Settings};
+use churnd::ownership::lease::Leases;
 use churnd::partition::PartitionCount;
 
 use crate::machine::load_average;
@@ -137,6 +139,8 @@ impl Survivor {
 /// What one round measured, from the kill.
 struct Round {
     total: Duration,
+    /// The dead replica's leases ran out (their time to live at the kill).
+    expiry: Duration,
     lease_wait: Duration,
     hand_over: Duration,
     restore: Duration,
@@ -183,6 +187,14 @@ pub async fn takeover(args: Args) -> Result<()> {
     println!(
         "  lease wait (last lease taken): {}",
         secs(|r| r.lease_wait)
+    );
+    println!(
+        "    of which until the leases expired: {}",
+        secs(|r| r.expiry)
+    );
+    println!(
+        "    and from expiry to taken (the survivor's next ownership round): {}",
+        secs(|r| r.lease_wait.saturating_sub(r.expiry))
     );
     println!(
         "  hand-over (survivor's own final snapshots): {}",
@@ -301,9 +313,20 @@ async fn one_round(
             .to_replay()
             .unwrap_or(0);
     }
+    // When the dead replica's leases run out: their longest time to live at the kill.
+    let leases = Leases::new(&group, lease.get());
+    let mut expiry_ms = 0i64;
+    for &q in &held {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(leases.key(q))
+            .query_async(&mut conn)
+            .await?;
+        expiry_ms = expiry_ms.max(ttl);
+    }
     let mut dead = replicas.remove(victim);
     dead.kill()?;
     let killed = Instant::now();
+    let expiry = Duration::from_millis(expiry_ms.max(0) as u64);
     println!(
         "  SIGKILL to {dead_name}, which held partitions {held:?} ({replayed} entries after their snapshots)"
     );
@@ -342,6 +365,7 @@ async fn one_round(
     let replaying = last.replaying.unwrap_or(ready);
     let round = Round {
         total,
+        expiry,
         lease_wait,
         hand_over: restoring.saturating_sub(last.start),
         restore: replaying.saturating_sub(restoring),
@@ -354,9 +378,10 @@ async fn one_round(
         println!("  {}: {}", r.name, spells.join("; "));
     }
     println!(
-        "  taken over in {:.2} s (lease {:.1} s): last lease taken {:.2} s; {name} (ready last, {} rebalance(s)) not ready from {:.2} s: hand-over {:.2} s, restore {:.2} s, replay {:.2} s; {tracked} customers tracked by the survivors",
+        "  taken over in {:.2} s (lease {:.1} s): leases expired {:.2} s, last one taken {:.2} s; {name} (ready last, {} rebalance(s)) not ready from {:.2} s: hand-over {:.2} s, restore {:.2} s, replay {:.2} s; {tracked} customers tracked by the survivors",
         total.as_secs_f64(),
         lease.get().as_secs_f64(),
+        expiry.as_secs_f64(),
         lease_wait.as_secs_f64(),
         spells,
         last.start.as_secs_f64(),
