@@ -23,8 +23,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +34,7 @@ use churnd::source::lag::group_info;
 
 use crate::machine::load_average;
 use crate::redis_server::{tempfile_dir, RedisServer};
-use crate::workload::{customer_id, daemon_settings, push_mixed_event};
+use crate::workload::{daemon_settings, preload_partitioned};
 
 /// `churnd-bench cluster` options.
 #[derive(clap::Args)]
@@ -231,27 +230,19 @@ async fn total_len(conn: &mut impl ConnectionLike, streams: &[String]) -> Result
     Ok(n)
 }
 
-/// Appends `--events` events of the throughput mix, each in its customer's partition
-/// stream: one pipeline per partition per 10,000 events (a pipeline stays in one slot).
+/// Appends `--events` events of the throughput mix over `--customers` customers, each in
+/// its customer's partition stream.
 async fn preload(conn: &mut impl ConnectionLike, p: PartitionCount, args: &Args) -> Result<()> {
     let loading = Instant::now();
-    let base = &Settings::default().source.streams[0];
-    let streams: Vec<String> = (0..p.get()).map(|q| p.stream(base, q)).collect();
-    let mut rng = StdRng::seed_from_u64(42);
-    let now_ms = churnd::time::wall_millis();
-    let history_ms = args.history_days * 86_400_000;
-    for start in (0..args.events).step_by(10_000) {
-        let mut pipes: Vec<redis::Pipeline> = streams.iter().map(|_| redis::pipe()).collect();
-        for i in start..(start + 10_000).min(args.events) {
-            let ts = now_ms - history_ms + (i as u64 * history_ms) / args.events as u64;
-            let customer = customer_id(rng.random_range(0..args.customers));
-            let q = usize::from(p.of(&customer));
-            push_mixed_event(&mut pipes[q], &streams[q], &mut rng, &customer, ts).ignore();
-        }
-        for pipe in pipes.iter().filter(|pipe| !pipe.is_empty()) {
-            pipe.query_async::<()>(conn).await?;
-        }
-    }
+    let customers = args.customers;
+    preload_partitioned(
+        conn,
+        p,
+        args.events,
+        |_, rng| rng.random_range(0..customers),
+        args.history_days,
+    )
+    .await?;
     println!(
         "pre-loaded {} events over {} customers into {} partition streams in {:.1} s",
         args.events,

@@ -17,6 +17,12 @@
 //! `churnd-bench cluster`: the daemon on a Redis Cluster with partitioned input streams and
 //! the one task stream in one slot, against one server with the same partitions.
 //!
+//! `churnd-bench replicas`: events per CPU-second of 1 to N replicas owning partitions by
+//! leases, each a `churnd run` process, on the same input.
+//!
+//! `churnd-bench takeover`: from a SIGKILL of one replica to its partitions restored and
+//! caught up on the survivors, split into lease wait, hand-over, restore and replay.
+//!
 //! `churnd-bench closed-loop`: incremental conversions per 1,000 win-back tasks of each
 //! targeting policy under the same budget, simulated customers answering churnd's tasks.
 
@@ -29,6 +35,9 @@ mod latency;
 mod machine;
 mod recovery;
 mod redis_server;
+mod replicas;
+mod scaling;
+mod takeover;
 mod throughput;
 mod workload;
 
@@ -73,6 +82,12 @@ enum Bench {
     /// Latency at a steady offered load: XADD to state updated, and XADD of a probe (a new
     /// customer's single purchase long ago) to its win-back task.
     Latency(latency::Args),
+    /// Events per CPU-second of 1 to N replicas (`churnd run` processes) owning P partitions
+    /// by leases, on the same pre-loaded input, and the ratio to one replica.
+    Replicas(scaling::Args),
+    /// From a SIGKILL of one replica to its partitions restored and caught up on the
+    /// survivors, against the lease time.
+    Takeover(takeover::Args),
     /// Incremental conversions per 1,000 win-back tasks per targeting policy, same budget:
     /// churnd and a lockstep simulation whose customers answer its tasks.
     ClosedLoop(closed_loop::Args),
@@ -97,6 +112,8 @@ async fn main() -> Result<()> {
         Bench::Throughput(args) => throughput::throughput(args).await,
         Bench::Cluster(args) => cluster::cluster(args).await,
         Bench::Latency(args) => latency::latency(args).await,
+        Bench::Replicas(args) => scaling::replicas(args).await,
+        Bench::Takeover(args) => takeover::takeover(args).await,
         Bench::ClosedLoop(args) => closed_loop::closed_loop(args).await,
         Bench::Recovery {
             customers,

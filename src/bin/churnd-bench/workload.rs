@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 
 use churnd::config::Settings;
 use churnd::engine::{Engine, EngineSettings};
 use churnd::event::EntryId;
 use churnd::metrics::{EngineMetrics, Metrics};
 use churnd::model::Model;
+use churnd::partition::PartitionCount;
 use churnd::source::batch::{Batch, Entry};
 use churnd::state::{self, SnapshotDir};
 
@@ -77,6 +78,38 @@ pub async fn preload(
             push_mixed_event(&mut pipe, STREAM, &mut rng, &customer, ts).ignore();
         }
         pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// Appends `events` entries of the [`push_mixed_event`] mix to the P partition streams of
+/// the default input stream, each in its customer's partition (`churnd partition`): the
+/// `i`th event is customer `customer(i, rng)`'s, event times spread evenly over the
+/// `history_days` before now, in stream order. One pipeline per partition per 10,000
+/// events (a pipeline stays in one slot, as a Redis Cluster needs).
+pub async fn preload_partitioned(
+    conn: &mut impl ConnectionLike,
+    p: PartitionCount,
+    events: usize,
+    mut customer: impl FnMut(usize, &mut StdRng) -> usize,
+    history_days: u64,
+) -> Result<()> {
+    let base = &Settings::default().source.streams[0];
+    let streams: Vec<String> = (0..p.get()).map(|q| p.stream(base, q)).collect();
+    let mut rng = StdRng::seed_from_u64(42);
+    let now_ms = churnd::time::wall_millis();
+    let history_ms = history_days * 86_400_000;
+    for start in (0..events).step_by(10_000) {
+        let mut pipes: Vec<redis::Pipeline> = streams.iter().map(|_| redis::pipe()).collect();
+        for i in start..(start + 10_000).min(events) {
+            let ts = now_ms - history_ms + (i as u64 * history_ms) / events as u64;
+            let id = customer_id(customer(i, &mut rng));
+            let q = usize::from(p.of(&id));
+            push_mixed_event(&mut pipes[q], &streams[q], &mut rng, &id, ts).ignore();
+        }
+        for pipe in pipes.iter().filter(|pipe| !pipe.is_empty()) {
+            pipe.query_async::<()>(conn).await?;
+        }
     }
     Ok(())
 }
