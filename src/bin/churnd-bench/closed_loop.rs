@@ -175,23 +175,6 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn churnd_binary(args: &Args) -> Result<PathBuf> {
-    let path = match &args.churnd {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this program's directory")?
-            .join("churnd"),
-    };
-    if !path.is_file() {
-        bail!(
-            "no churnd binary at {}: build it (`cargo build --release --bins`) or give --churnd",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 fn model_path(args: &Args) -> PathBuf {
     args.model
         .clone()
@@ -206,7 +189,7 @@ async fn start_daemon(
     dir: &TempDir,
 ) -> Result<Daemon> {
     let log = dir.path().join("churnd.log");
-    let mut command = Command::new(churnd_binary(args)?);
+    let mut command = Command::new(crate::replicas::churnd_binary(args.churnd.as_ref())?);
     command
         .arg("run")
         .current_dir(dir.path())
