@@ -262,14 +262,7 @@ async fn one_round(
         limit,
     )
     .await?;
-    let mut tracked = 0.0;
-    for r in &replicas {
-        tracked += sum_samples(
-            &r.metrics().await.unwrap_or_default(),
-            "churnd_customers_tracked",
-            "",
-        );
-    }
+    let tracked = customers_tracked(&replicas).await;
     println!(
         "  {} customers loaded in {:.1} s, drained {:.1} s after the start, every partition's snapshot committed {:.1} s after that; {tracked} customers tracked",
         args.customers,
@@ -340,14 +333,7 @@ async fn one_round(
         killed,
     )
     .await?;
-    let mut tracked = 0.0;
-    for r in &replicas {
-        tracked += sum_samples(
-            &r.metrics().await.unwrap_or_default(),
-            "churnd_customers_tracked",
-            "",
-        );
-    }
+    let tracked = customers_tracked(&replicas).await;
     // The survivor ready last, and its last spell.
     let (name, last) = survivors
         .iter()
@@ -440,4 +426,17 @@ async fn watch_takeover(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Customers the replicas track together (`churnd_customers_tracked` summed).
+async fn customers_tracked(replicas: &[Replica]) -> f64 {
+    let mut tracked = 0.0;
+    for r in replicas {
+        tracked += sum_samples(
+            &r.metrics().await.unwrap_or_default(),
+            "churnd_customers_tracked",
+            "",
+        );
+    }
+    tracked
 }
