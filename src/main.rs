@@ -677,7 +677,8 @@ fn train_model(args: TrainArgs) -> anyhow::Result<()> {
     let report: train::TrainingReport =
         serde_json::from_value(model.training.clone()).context("training report is malformed")?;
     let json = serde_json::to_string_pretty(&model)? + "\n";
-    std::fs::write(out, json).with_context(|| format!("failed to write {}", out.display()))?;
+    write_replacing(out, json.as_bytes())
+        .with_context(|| format!("failed to write {}", out.display()))?;
     let mut text = format!(
         "model {} written to {} in {:.1} s\n",
         model.version,
@@ -853,4 +854,23 @@ fn evaluate(settings: &Settings, args: EvaluateArgs) -> anyhow::Result<()> {
     } else {
         print_out(&evaluate::render_text(&report))
     }
+}
+
+/// Writes `bytes` to `path` by a rename from a file beside it, so that a daemon watching
+/// `path` sees the old file or the new one, never one half written.
+fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
 }

@@ -375,7 +375,15 @@ impl Drop for RedisServer {
 pub fn write_recency_model(dir: &Path, version: &str) -> PathBuf {
     let file = recency_model(version);
     let path = dir.join(format!("{version}.json"));
-    std::fs::write(&path, serde_json::to_string_pretty(&file).unwrap()).unwrap();
+    // By rename: replicas started mid-run write it again while others watch it, and a
+    // watcher must never see it half written.
+    let mut temp = tempfile::NamedTempFile::new_in(dir).unwrap();
+    std::io::Write::write_all(
+        &mut temp,
+        serde_json::to_string_pretty(&file).unwrap().as_bytes(),
+    )
+    .unwrap();
+    temp.persist(&path).unwrap();
     path
 }
 
