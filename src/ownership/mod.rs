@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(
             next.release,
             (0..8)
-                .filter(|&p| assign::owner(p, &two) != Some(&me))
+                .filter(|&p| assign::owner(p, &two, count) != Some(&me))
                 .collect::<Vec<_>>()
         );
     }

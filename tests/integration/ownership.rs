@@ -100,7 +100,12 @@ async fn replicas_share_the_partitions_take_over_a_dead_one_and_give_back_on_its
     let members: BTreeSet<MemberName> = [a.me(), b.me(), c.me()].into_iter().cloned().collect();
     for (r, name) in [(&a, "churnd-0"), (&b, "churnd-1"), (&c, "churnd-2")] {
         for &p in r.held().keys() {
-            assert_eq!(assign::owner(p, &members).unwrap().as_str(), name);
+            assert_eq!(
+                assign::owner(p, &members, PartitionCount::new(16).unwrap())
+                    .unwrap()
+                    .as_str(),
+                name
+            );
             assert_eq!(holder(&mut conn, p).await, r.token(p));
         }
     }
