@@ -325,6 +325,9 @@ impl Partitioned {
             add(&mut total.by_region, s.by_region);
         }
         total.now = time::rfc3339(now);
+        if self.count.is_partitioned() {
+            total.partitions = Some(self.owned.clone());
+        }
         total
     }
 }

@@ -54,6 +54,11 @@ pub struct Summary {
     /// Customers by the region of their profile (`none`: no region).
     pub by_region: BTreeMap<String, i64>,
     pub thresholds: RfmThresholds,
+    /// With partitions: the partitions whose customers these are (a replica's own, under
+    /// `partitions.ownership = leases`), so that the summaries of several replicas can be
+    /// added up without counting a partition twice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<u16>>,
 }
 
 impl Engine {
@@ -205,6 +210,7 @@ impl Engine {
                 .zip(self.region_counts())
                 .collect(),
             thresholds: self.thresholds,
+            partitions: None,
         }
     }
 }

@@ -106,9 +106,9 @@ pub(crate) enum Route {
 
 /// A partition's lease holder and where it is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Owner {
-    member: String,
-    url: Option<String>,
+pub(super) struct Owner {
+    pub member: String,
+    pub url: Option<String>,
 }
 
 /// What a replica needs to pass queries on.
@@ -153,6 +153,11 @@ impl Replicas {
     /// This replica's name, for [`SERVED_BY`].
     pub fn me(&self) -> &MemberName {
         &self.me
+    }
+
+    /// `partitions.count`.
+    pub(super) fn partitions(&self) -> PartitionCount {
+        self.count
     }
 
     /// Where the query for `customer_id` in `request` goes; passes it on when another
@@ -235,6 +240,18 @@ impl Replicas {
 
     /// The holder of `partition`'s lease and its URL; `None` when nobody holds it.
     async fn owner(&self, partition: u16) -> Result<Option<Owner>, String> {
+        let mut owners = self.lookup(&[partition]).await?;
+        Ok(owners.pop().flatten())
+    }
+
+    /// Every partition's lease holder and its URL, partition `p`'s at index `p`.
+    pub(super) async fn owners(&self) -> Result<Vec<Option<Owner>>, String> {
+        let every: Vec<u16> = (0..self.count.get()).collect();
+        self.lookup(&every).await
+    }
+
+    /// The holders of `partitions`' leases and their URLs, in one round trip.
+    async fn lookup(&self, partitions: &[u16]) -> Result<Vec<Option<Owner>>, String> {
         let mut conn = {
             let mut kept = self.conn.lock().await;
             match kept.as_ref() {
@@ -245,7 +262,8 @@ impl Replicas {
                 }
             }
         };
-        let result = lookup(&mut conn, &self.leases.key(partition), &self.addresses).await;
+        let leases: Vec<String> = partitions.iter().map(|&p| self.leases.key(p)).collect();
+        let result = lookup(&mut conn, &leases, &self.addresses).await;
         result.map_err(|e| {
             if self.redis.failed(&e) {
                 if let Ok(mut kept) = self.conn.try_lock() {
@@ -257,7 +275,7 @@ impl Replicas {
     }
 
     /// Sends the request to `base` (the owner's URL) and collects its answer.
-    async fn pass_on(
+    pub(super) async fn pass_on(
         &self,
         base: &str,
         uri: &Uri,
@@ -313,26 +331,33 @@ fn describe(e: hyper_util::client::legacy::Error) -> String {
     text
 }
 
-/// One round trip: the lease's holder and every member's URL.
+/// One round trip: the leases' holders and every member's URL.
 async fn lookup(
     conn: &mut RedisConn,
-    lease: &str,
+    leases: &[String],
     addresses: &str,
-) -> Result<Option<Owner>, RedisError> {
-    let (holder, urls): (Option<String>, std::collections::HashMap<String, String>) = redis::pipe()
-        .cmd("GET")
-        .arg(lease)
-        .cmd("HGETALL")
-        .arg(addresses)
-        .query_async(conn)
-        .await?;
-    Ok(holder.map(|token| {
-        let member = holder_member(&token).to_string();
-        Owner {
-            url: urls.get(&member).cloned(),
-            member,
-        }
-    }))
+) -> Result<Vec<Option<Owner>>, RedisError> {
+    let mut pipe = redis::pipe();
+    for lease in leases {
+        pipe.cmd("GET").arg(lease);
+    }
+    pipe.cmd("HGETALL").arg(addresses);
+    let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let urls: std::collections::HashMap<String, String> =
+        redis::from_redis_value(replies.pop().unwrap_or(redis::Value::Nil))?;
+    replies
+        .into_iter()
+        .map(|reply| {
+            let holder: Option<String> = redis::from_redis_value(reply)?;
+            Ok(holder.map(|token| {
+                let member = holder_member(&token).to_string();
+                Owner {
+                    url: urls.get(&member).cloned(),
+                    member,
+                }
+            }))
+        })
+        .collect()
 }
 
 /// The member of a lease's value, `<member>#<run>:<epoch>`.
@@ -341,7 +366,7 @@ fn holder_member(token: &str) -> &str {
 }
 
 /// 503 with `Retry-After`: the partition is moving, and will be served in a moment.
-fn retry_soon(message: &str) -> Response {
+pub(super) fn retry_soon(message: &str) -> Response {
     let mut response = super::error(StatusCode::SERVICE_UNAVAILABLE, message);
     response
         .headers_mut()

@@ -17,6 +17,7 @@
 
 mod connection;
 pub use connection::Close;
+mod fleet;
 mod forward;
 pub use forward::{Forwarded, LocalPartitions, FORWARDED_BY, SERVED_BY};
 pub(crate) use forward::{Replicas, Route};
@@ -227,7 +228,18 @@ async fn customer(
     response
 }
 
-async fn summary(State(state): State<AppState>) -> Response {
+/// The totals of the customers kept here; under leases, of the whole deployment (each
+/// replica asked for its own, [`fleet`]) unless another replica is asking.
+async fn summary(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(replicas) = &state.replicas {
+        if !headers.contains_key(&FORWARDED_BY) {
+            let local = || -> fleet::LocalSummary {
+                let state = state.clone();
+                Box::pin(async move { ask(&state, Query::Summary).await })
+            };
+            return fleet::summary(replicas, local, &headers).await;
+        }
+    }
     match ask(&state, Query::Summary).await {
         Ok(summary) => Json(summary).into_response(),
         Err(response) => response,

@@ -168,6 +168,27 @@ async fn every_replica_answers_for_every_partition_with_the_owners_answer() {
         answered >= f64::from(P) * 2.0,
         "each customer passed on by the two replicas that do not own it: {answered}"
     );
+    // The summary is the deployment's from every replica (each owner asked for its own
+    // totals); asked as by another replica, a replica's own.
+    for app in &apps {
+        let body: serde_json::Value = get(app, "/v1/summary", &[]).await.json().await.unwrap();
+        assert_eq!(body["complete"], true, "{body}");
+        assert_eq!(body["customers"], P, "{body}");
+        assert_eq!(body["partitions"], P, "{body}");
+        let counted: BTreeSet<u64> = body["replicas"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|ps| ps.as_array().unwrap().iter().map(|p| p.as_u64().unwrap()))
+            .collect();
+        assert_eq!(counted, (0..u64::from(P)).collect(), "{body}");
+        let own: serde_json::Value = get(app, "/v1/summary", &[("x-churnd-forwarded-by", "x")])
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(own["customers"], owned(app).await, "{own}");
+    }
     // The token is checked before anything is passed on: without it, 401 from any replica.
     let status = client()
         .get(apps[0].url(&format!("/v1/customers/{}", customers[0])))
