@@ -45,4 +45,16 @@ impl SourceMetrics {
             ),
         }
     }
+
+    /// Removes `stream`'s series: its partition is not held here (another replica
+    /// reports it).
+    pub fn forget_stream(&self, stream: &str) {
+        for gauge in [
+            &self.consumer_lag,
+            &self.consumer_pending,
+            &self.committed_lag,
+        ] {
+            let _ = gauge.remove_label_values(&[stream]);
+        }
+    }
 }

@@ -123,6 +123,19 @@ pub struct PartitionLag {
 }
 
 impl PartitionLag {
+    /// Which of the monitor's streams (stream `i` is partition `i mod P`) belong to the
+    /// partitions held now. Under leases every replica polls every stream, but only the
+    /// owner reports a stream's series: otherwise each stream's lag would be reported once
+    /// per replica, its alert would fire once per replica, and a sum over replicas would
+    /// count it N times.
+    fn held_streams(&self, streams: usize) -> Vec<bool> {
+        let held = self.held.borrow().held();
+        let count = usize::from(self.count.get());
+        (0..streams)
+            .map(|i| u16::try_from(i % count).is_ok_and(|p| held.contains(&p)))
+            .collect()
+    }
+
     /// Sets the gauge from the lag of each stream of the monitor's list (stream `i` is
     /// partition `i mod P`; `None`: unknown), for the partitions held, and removes the
     /// others' series.
@@ -173,7 +186,11 @@ pub async fn monitor(
         };
         let mut healthy = true;
         let mut lags = vec![None; settings.streams.len()];
+        let held = partitions.held_streams(settings.streams.len());
         for (i, stream) in settings.streams.iter().enumerate() {
+            if !held[i] {
+                metrics.forget_stream(stream);
+            }
             let reply: Result<Value, _> = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(stream)
@@ -182,14 +199,20 @@ pub async fn monitor(
             match reply {
                 Ok(reply) => {
                     if let Some(info) = group_info(&reply, &settings.group) {
+                        lags[i] = info.lag;
+                        if !held[i] {
+                            continue;
+                        }
                         if let Some(lag) = info.lag {
                             metrics.consumer_lag.with_label_values(&[stream]).set(lag);
                         }
-                        lags[i] = info.lag;
                         metrics
                             .consumer_pending
                             .with_label_values(&[stream])
                             .set(info.pending);
+                    }
+                    if !held[i] {
+                        continue;
                     }
                     // With positions committed with snapshots: the entries a restart would
                     // replay (unknown: no value, rather than a stale one).
@@ -261,6 +284,24 @@ mod tests {
         lag.publish(&[Some(1), Some(2), Some(3), Some(10), Some(20), Some(30)]);
         assert_eq!(series(&gauge), 1, "partition 0's series went with it");
         assert_eq!(gauge.with_label_values(&["1"]).get(), 22);
+    }
+
+    #[test]
+    fn only_the_streams_of_the_partitions_held_are_reported() {
+        let gauge =
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("lag", "lag"), &["partition"])
+                .unwrap();
+        let (_tx, held) = watch::channel(LocalPartitions {
+            serving: [1].into(),
+            moving: [2].into(),
+        });
+        let lag = PartitionLag {
+            count: PartitionCount::new(3).unwrap(),
+            gauge,
+            held,
+        };
+        // Two bases of three partitions: streams 0..3 then 3..6.
+        assert_eq!(lag.held_streams(6), [false, true, true, false, true, true]);
     }
 
     #[test]

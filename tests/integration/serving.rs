@@ -70,6 +70,20 @@ async fn lag_series(app: &App) -> BTreeSet<u16> {
         .collect()
 }
 
+/// The partitions of the streams with a `churnd_consumer_group_lag` series in `app`'s
+/// metrics.
+async fn group_lag_series(app: &App) -> BTreeSet<u16> {
+    app.metrics()
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("churnd_consumer_group_lag{stream=\""))
+        .filter_map(|rest| {
+            let stream = rest.split('"').next()?;
+            (0..P).find(|&p| count().stream("churn:events", p) == stream)
+        })
+        .collect()
+}
+
 async fn owned(app: &App) -> u16 {
     app.metric("churnd_partitions_owned").await.unwrap_or(0.0) as u16
 }
@@ -240,8 +254,8 @@ async fn every_replica_answers_for_every_partition_with_the_owners_answer() {
         Some(1.0)
     );
 
-    // The per-partition lag: each replica shows the partitions it owns, and only those;
-    // and the partition count.
+    // The per-partition lag and the group's lag per stream: each replica shows the
+    // partitions it owns, and only those; and the partition count.
     wait_for(
         "each replica's lag series to be its own partitions",
         Duration::from_secs(30),
@@ -256,7 +270,7 @@ async fn every_replica_answers_for_every_partition_with_the_owners_answer() {
                     let mine: BTreeSet<u16> = (0..P)
                         .filter(|&p| holders[usize::from(p)].as_deref() == Some(name))
                         .collect();
-                    if lag_series(app).await != mine {
+                    if lag_series(app).await != mine || group_lag_series(app).await != mine {
                         return false;
                     }
                 }
