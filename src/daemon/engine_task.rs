@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::snapshots::{Room, Snapshotter};
 use super::Applied;
@@ -134,7 +135,22 @@ pub fn spawn(
     ch: Channels,
     durability: Durability,
     tick: Duration,
-) -> std::io::Result<oneshot::Receiver<()>> {
+) -> std::io::Result<oneshot::Receiver<Option<Partitioned>>> {
+    spawn_keeping(engine, ch, durability, tick, None)
+}
+
+/// As [`spawn`]; but if `keep` is cancelled when the source closes the batch channel, the
+/// engines are handed back through the receiver instead of taking a final snapshot (a
+/// snapshot being copied is dropped): a replica that only adds partitions goes on with
+/// the engines it has ([`super::replica`]). Not when the sink went away first: what the
+/// engines applied may not all be written then.
+pub fn spawn_keeping(
+    engine: Partitioned,
+    ch: Channels,
+    durability: Durability,
+    tick: Duration,
+    keep: Option<CancellationToken>,
+) -> std::io::Result<oneshot::Receiver<Option<Partitioned>>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()?;
@@ -145,15 +161,21 @@ pub fn spawn(
         .name("churnd-engine".into())
         .spawn(move || {
             let _entered = span.enter();
-            runtime.block_on(run(engine, ch, durability, tick));
-            let _ = done_tx.send(());
+            let kept = runtime.block_on(run(engine, ch, durability, tick, keep));
+            let _ = done_tx.send(kept);
         })?;
     Ok(done_rx)
 }
 
 /// Runs until the source closes the batch channel (shutdown) or the sink goes away, then
-/// takes the final snapshot.
-async fn run(mut engine: Partitioned, mut ch: Channels, durability: Durability, tick: Duration) {
+/// takes the final snapshot, or hands the engines back (see [`spawn_keeping`]).
+async fn run(
+    mut engine: Partitioned,
+    mut ch: Channels,
+    durability: Durability,
+    tick: Duration,
+    keep: Option<CancellationToken>,
+) -> Option<Partitioned> {
     let Durability {
         snapshots,
         health,
@@ -172,6 +194,8 @@ async fn run(mut engine: Partitioned, mut ch: Channels, durability: Durability, 
         })
         .unzip();
     let mut forwarded = 0u64;
+    // The loop ended because the sink went away (not the source): keep nothing.
+    let mut sink_gone = false;
     loop {
         tokio::select! {
             biased;
@@ -202,6 +226,7 @@ async fn run(mut engine: Partitioned, mut ch: Channels, durability: Durability, 
                     publish_applied(tx, &last, Instant::now());
                 }
                 if !forward(&engine, fx, &mut ch, &mut forwarded).await {
+                    sink_gone = true;
                     break;
                 }
                 if let Some(s) = &mut snapshotter {
@@ -221,6 +246,7 @@ async fn run(mut engine: Partitioned, mut ch: Channels, durability: Durability, 
             _ = ticker.tick() => {
                 let fx = engine.tick(wall_millis());
                 if !forward(&engine, fx, &mut ch, &mut forwarded).await {
+                    sink_gone = true;
                     break;
                 }
                 if let Some(s) = &mut snapshotter {
@@ -241,10 +267,18 @@ async fn run(mut engine: Partitioned, mut ch: Channels, durability: Durability, 
             }
         }
     }
+    if !sink_gone && keep.is_some_and(|k| k.is_cancelled()) {
+        tracing::info!("engine paused: its partitions go on in the next set");
+        if let Some(s) = snapshotter {
+            s.abandon(engine.parts_mut()).await;
+        }
+        return Some(engine);
+    }
     tracing::info!("engine stopped");
     if let Some(s) = snapshotter {
         s.finish(engine.parts_mut(), forwarded).await;
     }
+    None
 }
 
 #[cfg(test)]

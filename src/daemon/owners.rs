@@ -1,7 +1,9 @@
 //! The ownership task of a replica under `partitions.ownership = leases`: runs the
-//! [`Coordinator`]'s rounds (heartbeat, renew, take) every third of the lease time on a
-//! connection of its own, publishes what this replica holds and must hand over, and
-//! releases partitions when the daemon asks, once their final snapshots are written.
+//! [`Coordinator`]'s rounds (heartbeat, renew, take) every third of the lease time, and
+//! sooner when a member or a lease wanted is about to expire
+//! ([`crate::ownership::coordinator::Changes::next_round`]), on a connection of its own;
+//! publishes what this replica holds and must hand over, and releases partitions when the
+//! daemon asks, once their final snapshots are written.
 //!
 //! The daemon acts on what is published ([`super::replica`]): it runs engines for the
 //! partitions held and not to be handed over, and starts again with another set when that
@@ -117,13 +119,14 @@ async fn run(
     abort: CancellationToken,
 ) {
     let mut conn: Option<RedisConn> = None;
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first round at once; then as the last one said (`every` after a failed one).
+    let next = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(next);
     let mut lost = 0u64;
     let mut hand_over = BTreeSet::new();
     loop {
         let request = tokio::select! {
-            _ = ticker.tick() => None,
+            () = &mut next => None,
             r = requests.recv() => match r {
                 Some(r) => Some(r),
                 None => return,
@@ -140,6 +143,8 @@ async fn run(
         match request {
             None => match coordinator.round(c).await {
                 Ok(changes) => {
+                    next.as_mut()
+                        .reset(tokio::time::Instant::now() + changes.next_round);
                     connector.succeeded();
                     if changes.members.contains(coordinator.me()) {
                         health.member_until(Instant::now() + lease);
@@ -156,6 +161,7 @@ async fn run(
                     hand_over = changes.hand_over.into_iter().collect();
                 }
                 Err(e) => {
+                    next.as_mut().reset(tokio::time::Instant::now() + every);
                     tracing::warn!(error = %e, "ownership round failed; retrying at the next one");
                     if connector.failed(&e) {
                         conn = None;

@@ -34,6 +34,7 @@ use crate::config::{Settings, SourceSettings};
 use crate::connection::{Connector, RedisClient};
 use crate::decide::uplift::UpliftBook;
 use crate::engine::{EngineSettings, Partitioned};
+use crate::event::EntryId;
 use crate::health::{Health, Part, Partitions};
 use crate::http::{LocalPartitions, Query};
 use crate::metrics::{Metrics, RedisRole};
@@ -130,13 +131,25 @@ impl Replica {
         let metrics = &self.metrics.ownership;
         let mut held = owners.held.clone();
         let mut first = true;
+        // The engines of the last set, handed back when the next one only adds partitions,
+        // with the partitions they ran (epochs, tokens) and the leases lost then.
+        let mut kept: Option<Kept> = None;
         while !shutdown.is_cancelled() {
             let now = held.borrow_and_update().clone();
+            let run = now.to_run();
+            // The engines kept go on only if what they ran is still held as it was; otherwise
+            // (a change came while they paused) their state is written as at a hand-over.
+            if let Some(k) = kept.take() {
+                if k.goes_on_in(&now) {
+                    kept = Some(k);
+                } else {
+                    self.final_snapshots(layout, k, &now).await;
+                }
+            }
             // Nothing runs for what is to be handed over: it can go at once.
             owners
                 .release(now.hand_over.iter().copied().collect())
                 .await;
-            let run = now.to_run();
             let partitions: Vec<u16> = run.keys().copied().collect();
             let set = || partitions.iter().copied().collect();
             if run.is_empty() {
@@ -158,8 +171,15 @@ impl Replica {
             self.publish(moving.clone(), Partitions::Restoring(partitions.clone()));
             // Recovered again once this generation has read its streams to their end.
             self.health.set(Part::State, false);
-            let Some(generation) = self.start(layout, &run, shutdown).await? else {
-                break;
+            let generation = match self.start(layout, &run, kept.take(), shutdown).await? {
+                Ok(generation) => generation,
+                Err(unstarted) => {
+                    if let Some(k) = unstarted {
+                        let now = held.borrow().clone();
+                        self.final_snapshots(layout, k, &now).await;
+                    }
+                    break;
+                }
             };
             metrics.owned.set(run.len() as i64);
             target.send_replace(Some(generation.queries.clone()));
@@ -170,21 +190,83 @@ impl Replica {
             self.publish(serving, Partitions::Running(partitions.clone()));
             tracing::info!(?partitions, "serving partitions");
             let why = tokio::select! {
-                () = shutdown.cancelled() => "shutdown",
-                () = generation.fenced.cancelled() => "a write was refused: a lease is gone",
-                () = changed(&mut held, &run, now.lost) => "the partitions assigned changed",
+                () = shutdown.cancelled() => Stop::Shutdown,
+                () = generation.fenced.cancelled() => Stop::Fenced,
+                () = changed(&mut held, &run, now.lost) => Stop::Changed,
             };
-            tracing::info!(
-                ?partitions,
-                why,
-                "stopping these partitions: final snapshot, then hand-over"
-            );
+            // Partitions only added: the engines pause and go on with the new ones beside
+            // them, without a final snapshot and a restore of their own partitions.
+            let keep = why == Stop::Changed && only_added(&run, now.lost, &held.borrow());
+            if keep {
+                tracing::info!(
+                    ?partitions,
+                    "partitions added: pausing these to go on with the new ones beside them"
+                );
+            } else {
+                tracing::info!(
+                    ?partitions,
+                    why = why.describe(),
+                    "stopping these partitions: final snapshot, then hand-over"
+                );
+            }
             target.send_replace(None);
             self.publish(moving, Partitions::HandingOver(partitions.clone()));
-            generation.stop(sink::drain_timeout(&self.settings)).await;
+            let engine = generation
+                .stop(sink::drain_timeout(&self.settings), keep)
+                .await;
+            kept = engine.map(|engine| Kept {
+                engine,
+                run,
+                lost: now.lost,
+            });
             metrics.owned.set(0);
         }
+        if let Some(k) = kept {
+            let now = held.borrow().clone();
+            self.final_snapshots(layout, k, &now).await;
+        }
         Ok(())
+    }
+
+    /// Writes a snapshot of each partition of engines kept that cannot go on (what the
+    /// final snapshot of a generation does), so their next owner replays no more than
+    /// after a hand-over; only of those whose lease is still held (`now`) at the epoch they
+    /// ran with: a lost one's new owner already replays. A failure is logged: the next
+    /// owner replays from the snapshot before, as after a crash.
+    async fn final_snapshots(&self, layout: &Layout, kept: Kept, now: &Held) {
+        let Kept {
+            mut engine, run, ..
+        } = kept;
+        let still: Vec<bool> = engine
+            .owned()
+            .iter()
+            .map(|p| now.leases.get(p).map(|(e, _)| e) == run.get(p).map(|(e, _)| e))
+            .collect();
+        let leases = Leases::new(
+            &self.settings.source.group,
+            self.settings.partitions.lease.get(),
+        );
+        let owners: Vec<(u16, u64, String, String)> = run
+            .iter()
+            .map(|(&p, (e, token))| (p, e.0, leases.key(p), token.clone()))
+            .collect();
+        let dirs = layout.owned_parts(&owners);
+        let written = tokio::task::spawn_blocking(move || {
+            let created_ms = crate::time::wall_millis();
+            let parts = engine.parts_mut().iter_mut().zip(dirs).zip(still);
+            for ((part, (dir, streams)), held) in parts {
+                if !held {
+                    continue;
+                }
+                if let Err(e) = crate::state::write_snapshot(part, dir, &streams, created_ms) {
+                    tracing::warn!(error = %e, "cannot write a partition's final snapshot; its next owner replays from the one before");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::error!(error = %e, "writing the final snapshots panicked");
+        }
     }
 
     /// Tells HTTP, the lag monitor and `/readyz` what this replica does with its partitions.
@@ -193,25 +275,64 @@ impl Replica {
         self.health.set_partitions(partitions);
     }
 
-    /// Starts a generation for the partitions `run`; `None` if shutdown came first.
+    /// Starts a generation for the partitions `run`, going on with the engines `kept` (a
+    /// subset of `run`) if given and restoring the others; `Err` if shutdown came first,
+    /// with the engines kept if they were not used yet.
     async fn start(
         &self,
         layout: &Layout,
         run: &BTreeMap<u16, (Epoch, String)>,
+        kept: Option<Kept>,
         shutdown: &CancellationToken,
-    ) -> Result<Option<Generation>, DaemonError> {
+    ) -> Result<Result<Generation, Option<Kept>>, DaemonError> {
         let settings = &self.settings;
         let metrics = &self.metrics;
         let owned: Vec<u16> = run.keys().copied().collect();
+        let added: Vec<u16> = owned
+            .iter()
+            .copied()
+            .filter(|p| !kept.as_ref().is_some_and(|k| k.run.contains_key(p)))
+            .collect();
         self.health.set_loading(true);
         let (loading, snapshot_metrics, parts) =
-            (layout.clone(), metrics.snapshots.clone(), owned.clone());
+            (layout.clone(), metrics.snapshots.clone(), added.clone());
         let load =
             tokio::task::spawn_blocking(move || loading.load_owned(&parts, &snapshot_metrics));
         let states = tokio::select! {
             loaded = load => loaded.map_err(|e| DaemonError::Load(e.to_string()))??,
-            () = shutdown.cancelled() => return Ok(None),
+            () = shutdown.cancelled() => return Ok(Err(kept)),
         };
+        let model = self.models.borrow().clone();
+        // The streams of the partitions kept: their positions are past the last snapshot,
+        // so they are not committed as durable (the next snapshot commits them).
+        let mut kept_partitions = Vec::new();
+        let engine = match kept {
+            Some(Kept { mut engine, .. }) => {
+                kept_partitions = engine.owned().to_vec();
+                tracing::info!(
+                    kept = ?kept_partitions,
+                    restored = ?added,
+                    "going on with the partitions running, restoring only the ones added"
+                );
+                engine.add_owned(
+                    &EngineSettings::from(settings),
+                    model,
+                    added.iter().copied().zip(states).collect(),
+                );
+                engine
+            }
+            None => Partitioned::restore_owned(
+                EngineSettings::from(settings),
+                model,
+                metrics.engine.clone(),
+                &owned,
+                states,
+            ),
+        };
+        metrics
+            .ownership
+            .restored_partitions
+            .inc_by(added.len() as u64);
         let leases = Leases::new(&settings.source.group, settings.partitions.lease.get());
         let owners: Vec<(u16, u64, String, String)> = run
             .iter()
@@ -230,14 +351,6 @@ impl Replica {
             abort.clone(),
         )
         .map_err(DaemonError::Thread)?;
-        let model = self.models.borrow().clone();
-        let engine = Partitioned::restore_owned(
-            EngineSettings::from(settings),
-            model,
-            metrics.engine.clone(),
-            &owned,
-            states,
-        );
         self.health.set_loading(false);
         let source_settings = owned_source(settings, &owned);
         let response_timeout = settings.redis.response_timeout.get();
@@ -254,10 +367,18 @@ impl Replica {
         let Some(engine) = engine else {
             drop(snapshotter);
             let _ = snapshot_task.await;
-            return Ok(None);
+            return Ok(Err(None));
         };
         let mut positions = engine.positions();
         positions.resize(source_settings.streams.len(), None);
+        let durable: Vec<Option<EntryId>> = positions
+            .iter()
+            .enumerate()
+            .map(|(i, &at)| {
+                let p = owned[i % owned.len()];
+                at.filter(|_| !kept_partitions.contains(&p))
+            })
+            .collect();
 
         let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches.get());
         let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
@@ -300,14 +421,15 @@ impl Replica {
         );
         let commit_task = source::commit::spawn(
             Commit::of(settings),
-            (&source_settings, source.read_counts(), &positions),
+            (&source_settings, source.read_counts(), &durable),
             (&durable_tx, &durable_rx),
             self.connector(RedisRole::Commit, response_timeout),
             abort.clone(),
         );
         // The committer ends once the snapshot writer (the one sender left) is done.
         drop((durable_tx, durable_rx));
-        let engine_task = engine_task::spawn(
+        let keep = CancellationToken::new();
+        let engine_task = engine_task::spawn_keeping(
             engine,
             Channels {
                 batches: batch_rx,
@@ -324,11 +446,13 @@ impl Replica {
                 started: self.started,
             },
             settings.clock.tick.get(),
+            Some(keep.clone()),
         )
         .map_err(DaemonError::EngineThread)?;
         let source_task = tokio::spawn(source.run(stop.clone()));
-        Ok(Some(Generation {
+        Ok(Ok(Generation {
             stop,
+            keep,
             abort,
             fenced,
             queries: query_tx,
@@ -339,6 +463,51 @@ impl Replica {
             commit_task,
         }))
     }
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    Fenced,
+    Changed,
+}
+
+impl Stop {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Fenced => "a write was refused: a lease is gone",
+            Self::Changed => "the partitions assigned changed",
+        }
+    }
+}
+
+/// The engines of a generation that paused to go on with partitions added.
+struct Kept {
+    engine: Partitioned,
+    /// The partitions they ran, with their epochs and tokens.
+    run: BTreeMap<u16, (Epoch, String)>,
+    /// [`Held::lost`] when they ran.
+    lost: u64,
+}
+
+impl Kept {
+    /// Whether they can go on in the set `now`: only partitions added since.
+    fn goes_on_in(&self, now: &Held) -> bool {
+        only_added(&self.run, self.lost, now)
+    }
+}
+
+/// Whether `now` only adds partitions to `run` (held when `lost` leases had been lost):
+/// every partition of `run` still to run at the same epoch, none lost since, none to hand
+/// over, and some added.
+fn only_added(run: &BTreeMap<u16, (Epoch, String)>, lost: u64, now: &Held) -> bool {
+    let next = now.to_run();
+    now.lost == lost
+        && now.hand_over.is_empty()
+        && next.len() > run.len()
+        && run.iter().all(|(p, v)| next.get(p) == Some(v))
 }
 
 /// Resolves once what this replica should run differs from `run`, or a lease was lost
@@ -396,6 +565,8 @@ async fn forward_queries(
 struct Generation {
     /// Stops the source: the start of a generation's end.
     stop: CancellationToken,
+    /// Cancelled before `stop`: the engines are handed back rather than snapshotted.
+    keep: CancellationToken,
     /// Gives up writing effects and waiting for them (the snapshots covering them are then
     /// abandoned).
     abort: CancellationToken,
@@ -403,7 +574,7 @@ struct Generation {
     fenced: CancellationToken,
     queries: mpsc::Sender<Query>,
     source_task: JoinHandle<()>,
-    engine_task: oneshot::Receiver<()>,
+    engine_task: oneshot::Receiver<Option<Partitioned>>,
     sink_task: JoinHandle<()>,
     snapshot_task: oneshot::Receiver<()>,
     /// Moves the committed groups after each snapshot (positions committed with snapshots).
@@ -413,10 +584,13 @@ struct Generation {
 impl Generation {
     /// Stops reading, lets the engines apply what was read and the sink write it, and waits
     /// for the final snapshots, all within `timeout`. After a refused write nothing more is
-    /// written: the snapshots still waiting for effects are abandoned.
-    async fn stop(self, timeout: Duration) {
+    /// written: the snapshots still waiting for effects are abandoned. With `keep`, no final
+    /// snapshot: the engines are returned once all they applied is written (`None` if the
+    /// stop was cut short: a refused write or the timeout).
+    async fn stop(self, timeout: Duration, keep: bool) -> Option<Partitioned> {
         let Self {
             stop,
+            keep: keeping,
             abort,
             fenced,
             queries,
@@ -427,22 +601,26 @@ impl Generation {
             commit_task,
         } = self;
         drop(queries);
+        if keep {
+            keeping.cancel();
+        }
         stop.cancel();
         let drain = async {
             let _ = source_task.await;
-            let _ = engine_task.await;
+            let engine = engine_task.await.ok().flatten();
             let _ = sink_task.await;
             let _ = snapshot_task.await;
             if let Some(task) = commit_task {
                 let _ = task.await;
             }
+            engine
         };
         tokio::pin!(drain);
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                () = &mut drain => return,
+                engine = &mut drain => return engine.filter(|_| !abort.is_cancelled()),
                 () = fenced.cancelled(), if !abort.is_cancelled() => abort.cancel(),
                 () = &mut deadline, if !abort.is_cancelled() => {
                     tracing::warn!(?timeout, "stopping the partitions timed out; their next owner replays from the last snapshot written");

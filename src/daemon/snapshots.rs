@@ -295,6 +295,18 @@ impl Snapshotter {
     }
 }
 
+impl Snapshotter {
+    /// Ends without a final snapshot: a snapshot still being copied is dropped; one handed
+    /// whole to the writer is still written. For engines that go on in another set of
+    /// partitions, whose snapshots come from the next writer.
+    pub async fn abandon(mut self, engines: &mut [Engine]) {
+        if self.round.take().is_some() {
+            abort_all(engines);
+            let _ = self.jobs.send(Job::Abort).await;
+        }
+    }
+}
+
 /// Drops every partition's snapshot in progress.
 fn abort_all(engines: &mut [Engine]) {
     engines.iter_mut().for_each(Engine::abort_snapshot);

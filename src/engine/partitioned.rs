@@ -44,6 +44,9 @@ pub struct Partitioned {
     /// With more than one partition: the partitions' gauges, combined into the exported
     /// ones (each engine sets its own as if alone).
     gauges: Option<PartitionGauges>,
+    /// With more than one partition: each engine's own metrics, in the order of `parts`
+    /// (what `gauges` combine; kept to combine them again when partitions are added).
+    own: Vec<EngineMetrics>,
     metrics: EngineMetrics,
 }
 
@@ -119,6 +122,7 @@ impl Partitioned {
                 count,
                 bases,
                 gauges: None,
+                own: Vec::new(),
                 metrics,
             };
         }
@@ -130,16 +134,7 @@ impl Partitioned {
             .zip(&own)
             .map(|((p, state), m)| start(partition_settings(&settings, p), m.clone(), state))
             .collect();
-        let regions: Vec<String> = Profiles::new(&settings.profiles, Interner::default())
-            .region_labels()
-            .map(String::from)
-            .collect();
-        let actions = BudgetedActions {
-            winback: settings.winback.budgets.keys().cloned().collect(),
-            care: settings.tasks.budgets.keys().cloned().collect(),
-            pooled: settings.winback.budget.spend_per_day.is_some(),
-        };
-        let gauges = PartitionGauges::new(&metrics, &own, &regions, &actions);
+        let gauges = combined_gauges(&settings, &metrics, &own);
         gauges.publish();
         Self {
             parts,
@@ -147,8 +142,49 @@ impl Partitioned {
             count,
             bases,
             gauges: Some(gauges),
+            own,
             metrics,
         }
+    }
+
+    /// Adds the engines of the partitions `added` (none owned yet, each below
+    /// `partitions.count`, which must be more than one), each continuing from its state
+    /// (`None`: no customers), beside the engines already running, which go on untouched:
+    /// what a replica that takes over partitions does without stopping its own. The input
+    /// streams are numbered anew (see [`Partitioned`]): [`Self::positions`] after the call is
+    /// in the new numbering, and batches read before it must all have been applied.
+    pub fn add_owned(
+        &mut self,
+        settings: &EngineSettings,
+        model: Arc<Model>,
+        added: Vec<(u16, Option<EngineState>)>,
+    ) {
+        assert!(
+            self.count.is_partitioned(),
+            "partitions are added only with more than one"
+        );
+        for (p, state) in added {
+            assert!(
+                p < self.count.get(),
+                "partition {p} is not below {}",
+                self.count
+            );
+            let Err(i) = self.owned.binary_search(&p) else {
+                panic!("partition {p} is already owned");
+            };
+            let m = self.metrics.for_partition();
+            let settings = partition_settings(settings, p);
+            let engine = match state {
+                Some(state) => Engine::restore(settings, model.clone(), m.clone(), state),
+                None => Engine::new(settings, model.clone(), m.clone()),
+            };
+            self.parts.insert(i, engine);
+            self.owned.insert(i, p);
+            self.own.insert(i, m);
+        }
+        let gauges = combined_gauges(settings, &self.metrics, &self.own);
+        gauges.publish();
+        self.gauges = Some(gauges);
     }
 
     /// The partitions whose engines these are: [`Self::parts`]`[i]` is `owned()[i]`'s.
@@ -330,6 +366,24 @@ impl Partitioned {
         }
         total
     }
+}
+
+/// The exported gauges as the sum (or furthest) of the partitions' `own` ones.
+fn combined_gauges(
+    settings: &EngineSettings,
+    metrics: &EngineMetrics,
+    own: &[EngineMetrics],
+) -> PartitionGauges {
+    let regions: Vec<String> = Profiles::new(&settings.profiles, Interner::default())
+        .region_labels()
+        .map(String::from)
+        .collect();
+    let actions = BudgetedActions {
+        winback: settings.winback.budgets.keys().cloned().collect(),
+        care: settings.tasks.budgets.keys().cloned().collect(),
+        pooled: settings.winback.budget.spend_per_day.is_some(),
+    };
+    PartitionGauges::new(metrics, own, &regions, &actions)
 }
 
 fn add<K: Ord>(total: &mut BTreeMap<K, i64>, part: BTreeMap<K, i64>) {

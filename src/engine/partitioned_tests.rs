@@ -300,3 +300,65 @@ fn shares_of_the_customer_cap_and_budgets_add_up() {
         "the cap exported is the whole"
     );
 }
+
+#[test]
+fn partitions_added_beside_running_engines_end_as_if_read_alone() {
+    let streams = streams();
+    let (alone, written_alone) = read_alone(&streams, &settings(PARTITIONS));
+    let feed = |engines: &mut Partitioned, written: &mut Written, p: u16, entries: &[Entry]| {
+        // One input stream: the stream of the `i`th partition owned is stream `i`.
+        let i = engines.owned().binary_search(&p).unwrap() as u16;
+        for chunk in entries.chunks(5) {
+            let batch = chunk
+                .iter()
+                .map(|e| Entry {
+                    stream: i,
+                    ..copy(e)
+                })
+                .collect();
+            written.add(engines.apply_batch(Batch::new(batch), 0));
+        }
+    };
+    // A replica owning partitions 1 and 3 reads half of their streams...
+    let mut engines = Partitioned::restore_owned(
+        settings(PARTITIONS),
+        model(),
+        Metrics::new().engine,
+        &[1, 3],
+        Vec::new(),
+    );
+    let mut written = Written::default();
+    let half = |p: usize| streams[p].len() / 2;
+    for p in [1, 3] {
+        feed(&mut engines, &mut written, p as u16, &streams[p][..half(p)]);
+    }
+    let before: Vec<_> = engines.positions();
+    // ...then takes over 2 and 0, with their engines beside the running ones.
+    engines.add_owned(&settings(PARTITIONS), model(), vec![(2, None), (0, None)]);
+    assert_eq!(engines.owned(), &[0, 1, 2, 3]);
+    let after = engines.positions();
+    assert_eq!((after[1], after[3]), (before[0], before[1]), "renumbered");
+    assert_eq!((after[0], after[2]), (None, None));
+    for p in [1, 3] {
+        feed(&mut engines, &mut written, p as u16, &streams[p][half(p)..]);
+    }
+    for p in [0, 2] {
+        feed(&mut engines, &mut written, p as u16, &streams[p]);
+    }
+    assert_eq!(written.sorted(), written_alone);
+    assert_eq!(engines.customers(), CUSTOMERS);
+    for (p, (engine, single)) in engines.parts().iter().zip(&alone).enumerate() {
+        let (a, b) = (engine.snapshot().header, single.snapshot().header);
+        assert_eq!(a.watermark, b.watermark, "partition {p}'s clock");
+        assert_eq!(a.applied, b.applied, "partition {p}'s position");
+    }
+    for i in 0..CUSTOMERS {
+        let id = format!("customer-{i}");
+        let p = usize::from(PartitionCount::new(PARTITIONS).unwrap().of(&id));
+        assert_eq!(
+            view(engines.customer(&id)),
+            view(alone[p].customer(&id)),
+            "{id}"
+        );
+    }
+}

@@ -12,6 +12,10 @@ pub struct OwnershipMetrics {
     pub owned: IntGauge,
     pub members: IntGauge,
     pub rebalances: IntCounter,
+    /// Partitions restored from their snapshots when a set of partitions started: with
+    /// `rebalances`, tells a takeover that kept the running engines (only the partitions
+    /// gained restored) from one that restored everything.
+    pub restored_partitions: IntCounter,
     pub lease_losses: IntCounter,
     pub fenced_writes: IntCounter,
     /// `partitions.count`: with `churnd_partitions_owned` summed over the replicas, shows a
@@ -34,7 +38,11 @@ impl OwnershipMetrics {
             ),
             rebalances: r.counter(
                 "churnd_partition_rebalances_total",
-                "Times this replica stopped its engines and started them again with another set of partitions (a replica joined, left or died; or a lease was lost).",
+                "Times this replica changed the set of partitions it runs (a replica joined, left or died; or a lease was lost): with only partitions gained, its engines go on and the new ones are restored beside them; otherwise every engine is snapshotted and started again.",
+            ),
+            restored_partitions: r.counter(
+                "churnd_partitions_restored_total",
+                "Partitions this replica restored from their newest snapshot (and replays from its position) when it started a set of partitions; partitions it keeps running when it only gains others are not counted.",
             ),
             lease_losses: r.counter(
                 "churnd_partition_lease_losses_total",

@@ -5,16 +5,18 @@
 //! [`Coordinator::release`].
 //!
 //! Rounds should come every third of the lease time or more often, so that two missed
-//! rounds still leave the lease held.
+//! rounds still leave the lease held; [`Changes::next_round`] says when the next one is
+//! due (sooner when a member or a lease wanted is about to expire: [`super::schedule`]).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::RedisError;
 
 use super::lease::{Acquired, Holder, Leases};
 use super::membership::Membership;
-use super::{plan, Epoch, MemberName};
+use super::{plan, schedule, Epoch, MemberName};
 use crate::partition::PartitionCount;
 
 /// What changed in a round.
@@ -30,6 +32,8 @@ pub struct Changes {
     pub hand_over: Vec<u16>,
     /// The live members this round was planned with.
     pub members: BTreeSet<MemberName>,
+    /// When the next round is due, from the end of this one.
+    pub next_round: Duration,
 }
 
 /// One replica's partitions and leases.
@@ -42,6 +46,8 @@ pub struct Coordinator {
     held: BTreeMap<u16, Epoch>,
     /// This process's run, taken in the first round.
     run: Option<Holder>,
+    /// The most time between rounds: a third of the lease.
+    every: Duration,
 }
 
 impl Coordinator {
@@ -50,9 +56,10 @@ impl Coordinator {
             me,
             count,
             members,
-            leases,
             held: BTreeMap::new(),
             run: None,
+            every: leases.time() / 3,
+            leases,
         }
     }
 
@@ -82,7 +89,8 @@ impl Coordinator {
                 run
             }
         };
-        let members = self.members.heartbeat(conn, &self.me).await?;
+        let live = self.members.heartbeat_timed(conn, &self.me).await?;
+        let members = live.names();
         let mut changes = Changes::default();
         for (&p, &epoch) in &self.held.clone() {
             if !self.leases.renew(conn, &run, p, epoch).await? {
@@ -91,12 +99,17 @@ impl Coordinator {
             }
         }
         let plan = plan(&self.me, &members, self.count, &self.held);
+        let mut busy = Vec::new();
         for p in plan.acquire {
-            if let Acquired::Held(epoch) = self.leases.acquire(conn, &run, p).await? {
-                self.held.insert(p, epoch);
-                changes.gained.push((p, epoch));
+            match self.leases.acquire(conn, &run, p).await? {
+                Acquired::Held(epoch) => {
+                    self.held.insert(p, epoch);
+                    changes.gained.push((p, epoch));
+                }
+                Acquired::Busy(_, ttl_ms) => busy.push(ttl_ms),
             }
         }
+        changes.next_round = schedule::next_round(self.every, &self.me, &live, &busy);
         changes.hand_over = plan.release;
         changes.members = members;
         Ok(changes)

@@ -46,8 +46,9 @@ pub const FENCE_LUA: &str = "redis.call('GET', KEYS[1]) == ARGV[1]";
 /// free lease with the next epoch, renews one the caller's run holds, and takes over one
 /// held by an earlier run of the same member (a restarted replica: its name is its own)
 /// with the next epoch. Never takes one from a later run: a paused old process that wakes
-/// up does not steal back what its successor holds. Returns {1, epoch} when the caller
-/// holds the lease, {0, "<holder>#<run>:<epoch>"} when another member or run does.
+/// up does not steal back what its successor holds. Returns {1, epoch, 0} when the caller
+/// holds the lease, {0, "<holder>#<run>:<epoch>", its time to live in ms (PTTL)} when
+/// another member or run does.
 static ACQUIRE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -55,16 +56,16 @@ local current = redis.call('GET', KEYS[1])
 if current then
   local holder, run, epoch = string.match(current, '^(.*)#(%d+):(%d+)$')
   if holder ~= ARGV[1] or tonumber(run) > tonumber(ARGV[3]) then
-    return {0, current}
+    return {0, current, redis.call('PTTL', KEYS[1])}
   end
   if run == ARGV[3] then
     redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, epoch}
+    return {1, epoch, 0}
   end
 end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '#' .. ARGV[3] .. ':' .. epoch, 'PX', ARGV[2])
-return {1, tostring(epoch)}
+return {1, tostring(epoch), 0}
 "#,
     )
 });
@@ -89,8 +90,9 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 pub enum Acquired {
     /// The caller holds the lease with this epoch.
     Held(Epoch),
-    /// Another member or run holds it (`<member>#<run>:<epoch>`).
-    Busy(String),
+    /// Another member or run holds it (`<member>#<run>:<epoch>`), for this long at most
+    /// unless renewed (Redis's `PTTL`: ms; negative when it has no expiry).
+    Busy(String, i64),
 }
 
 /// The leases of one consumer group's partitions.
@@ -152,7 +154,7 @@ impl Leases {
         me: &Holder,
         partition: u16,
     ) -> Result<Acquired, RedisError> {
-        let (ok, value): (u8, String) = ACQUIRE
+        let (ok, value, ttl): (u8, String, i64) = ACQUIRE
             .key(self.key(partition))
             .key(self.epoch_key(partition))
             .arg(me.member.as_str())
@@ -170,7 +172,7 @@ impl Leases {
             })?;
             Ok(Acquired::Held(Epoch(epoch)))
         } else {
-            Ok(Acquired::Busy(value))
+            Ok(Acquired::Busy(value, ttl))
         }
     }
 

@@ -18,7 +18,8 @@ use super::MemberName;
 
 /// KEYS: the members set, the addresses hash. ARGV: member, time to live in ms (0: leave),
 /// the member's URL (empty: none). Drops the expired entries and their addresses, adds or
-/// renews (or removes) the caller's, and returns the live members.
+/// renews (or removes) the caller's, and returns Redis's time (ms) followed by the live
+/// members, each with when its entry expires (ms, Redis's clock).
 static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
@@ -38,7 +39,9 @@ else
     redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
   end
 end
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+table.insert(live, 1, tostring(now))
+return live
 "#,
     )
 });
@@ -90,6 +93,16 @@ impl Membership {
         conn: &mut C,
         me: &MemberName,
     ) -> Result<BTreeSet<MemberName>, RedisError> {
+        Ok(self.heartbeat_timed(conn, me).await?.names())
+    }
+
+    /// As [`Self::heartbeat`], with when each member's entry expires: what tells a survivor
+    /// the earliest moment a dead member drops out.
+    pub async fn heartbeat_timed<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        me: &MemberName,
+    ) -> Result<Live, RedisError> {
         let ms = u64::try_from(self.ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -102,7 +115,7 @@ impl Membership {
         conn: &mut C,
         me: &MemberName,
     ) -> Result<BTreeSet<MemberName>, RedisError> {
-        self.call(conn, me, 0).await
+        Ok(self.call(conn, me, 0).await?.names())
     }
 
     async fn call<C: ConnectionLike>(
@@ -110,8 +123,8 @@ impl Membership {
         conn: &mut C,
         me: &MemberName,
         ms: u64,
-    ) -> Result<BTreeSet<MemberName>, RedisError> {
-        let names: Vec<String> = HEARTBEAT
+    ) -> Result<Live, RedisError> {
+        let reply: Vec<String> = HEARTBEAT
             .key(&self.key)
             .key(&self.addresses)
             .arg(me.as_str())
@@ -119,9 +132,84 @@ impl Membership {
             .arg(self.url.as_deref().unwrap_or(""))
             .invoke_async(conn)
             .await?;
-        Ok(names
+        Ok(Live::parse(&reply))
+    }
+}
+
+/// The live members as one heartbeat found them, on Redis's clock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Live {
+    /// Redis's time when the heartbeat ran (ms since the epoch).
+    pub now_ms: u64,
+    /// Each live member with when its entry expires (ms, Redis's clock).
+    pub expiries: Vec<(MemberName, u64)>,
+}
+
+impl Live {
+    /// The members' names.
+    pub fn names(&self) -> BTreeSet<MemberName> {
+        self.expiries.iter().map(|(m, _)| m.clone()).collect()
+    }
+
+    /// From the script's reply: the time, then name and score pairs. Names that are not
+    /// valid member names (written by hand) are left out; a score that is not a number
+    /// counts as expiring now (an extra round comes soon, not never).
+    fn parse(reply: &[String]) -> Self {
+        // Lua may print a number in exponent form: read it as a float.
+        let ms = |s: &String| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|v| v as u64)
+        };
+        let now_ms = reply.first().and_then(ms).unwrap_or(0);
+        let expiries = reply
+            .get(1..)
+            .unwrap_or_default()
+            .chunks(2)
+            .filter_map(|pair| {
+                let name = MemberName::new(pair.first()?).ok()?;
+                let score = pair.get(1).and_then(ms).unwrap_or(now_ms);
+                Some((name, score))
+            })
+            .collect();
+        Self { now_ms, expiries }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_heartbeat_reply_reads_as_the_time_and_each_members_expiry() {
+        let live = Live::parse(&strings(&[
+            "1.76e+12",
+            "churnd-0",
+            "1760000010000",
+            "bad name",
+            "5",
+            "churnd-1",
+            "nan",
+        ]));
+        assert_eq!(live.now_ms, 1_760_000_000_000);
+        let names: Vec<_> = live
+            .expiries
             .iter()
-            .filter_map(|n| MemberName::new(n).ok())
-            .collect())
+            .map(|(m, e)| (m.as_str(), *e))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("churnd-0", 1_760_000_010_000),
+                ("churnd-1", 1_760_000_000_000)
+            ]
+        );
+        assert_eq!(live.names().len(), 2);
+        assert_eq!(Live::parse(&[]), Live::default());
     }
 }

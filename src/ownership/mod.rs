@@ -17,6 +17,9 @@
 //!   owner that was paused past its lease be told apart and refused (a fencing token,
 //!   Kleppmann's term).
 //! - **The plan** ([`plan`]): per round, which leases to take and which to hand over.
+//! - **The schedule** ([`schedule`]): rounds every third of the lease, and one more as soon
+//!   as another member's entry or a lease wanted can have expired, so a dead member's
+//!   partitions are taken at once.
 //!
 //! A replica that dies stops renewing: its leases expire and the survivors, which no longer
 //! see it among the members, take its partitions. A replica that shuts down or loses a
@@ -27,6 +30,7 @@ pub mod assign;
 pub mod coordinator;
 pub mod lease;
 pub mod membership;
+pub mod schedule;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

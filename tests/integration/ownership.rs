@@ -145,6 +145,47 @@ async fn replicas_share_the_partitions_take_over_a_dead_one_and_give_back_on_its
 }
 
 #[tokio::test]
+async fn a_survivor_following_its_schedule_takes_a_dead_ones_partitions_as_its_lease_ends() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    let lease = Duration::from_secs(3);
+    let every = lease / 3;
+    let (mut a, mut b) = (replica("a", 8, lease), replica("b", 8, lease));
+    until(
+        "two replicas to share 8 partitions",
+        Duration::from_secs(30),
+        &mut conn,
+        &mut [&mut a, &mut b],
+        |r| covered(r, 8) && r.iter().all(|r| !r.held().is_empty()),
+    )
+    .await;
+    // While both are live, rounds come every third of the lease, no more often.
+    let steady = a.round(&mut conn).await.unwrap();
+    assert_eq!(steady.next_round, every, "no extra round while b renews");
+
+    // b's last round, then it dies: its entry and leases end a lease time later.
+    b.round(&mut conn).await.unwrap();
+    let died = std::time::Instant::now();
+    // a goes on as the owners' task does: each next round when the last one says.
+    let mut next = a.round(&mut conn).await.unwrap().next_round;
+    let mut rounds = 0;
+    while a.held().len() < 8 {
+        assert!(next <= every, "{next:?}");
+        tokio::time::sleep(next).await;
+        next = a.round(&mut conn).await.unwrap().next_round;
+        rounds += 1;
+        assert!(rounds < 200, "no busy loop: {rounds} rounds");
+    }
+    let taken = died.elapsed();
+    // Taken just after the expiry, not up to a third of the lease later (with a margin
+    // for a busy machine's scheduling).
+    assert!(
+        taken >= lease - Duration::from_millis(100) && taken < lease + Duration::from_millis(400),
+        "taken {taken:?} after the death, lease {lease:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_replica_that_leaves_hands_over_without_waiting_for_its_leases_to_expire() {
     let server = RedisServer::start();
     let mut conn = server.conn().await;

@@ -19,15 +19,17 @@
 //!
 //! The split, from the kill: **lease wait** until the last of the dead replica's leases is
 //! held by a survivor (its lease and member entry expire `lease_ms` after its last renewal,
-//! which came up to a third of that before the kill, and a survivor's next round, every
-//! third of `lease_ms`, takes it; the leases' time to live at the kill tells the two apart);
-//! then, from the survivor's `/readyz` reasons during its
-//! rebalance (eager: it stops all its partitions, not only the new ones): **hand-over**
-//! ("handing over partitions …": its own partitions drained and snapshotted), **restore**
-//! ("restoring partitions …": every partition it now holds loaded from its newest snapshot
-//! and its groups moved back to the snapshot's position) and **replay** ("replaying the
-//! input streams": reading from the snapshots' positions to the streams' end). The entries
-//! replayed are the committed groups' lag of the dead replica's partitions at the kill.
+//! which came up to a third of that before the kill, and a survivor's round scheduled for
+//! that expiry takes it; the leases' time to live at the kill tells the two apart); then,
+//! from the survivor's `/readyz` reasons during its rebalance (it only gains partitions, so
+//! its engines pause and go on): **hand-over** ("handing over partitions …": its own
+//! partitions' reading paused, what was read applied and written, no snapshot),
+//! **restore** ("restoring partitions …": the partitions gained loaded from their newest
+//! snapshots, beside the engines running, and the groups moved to the positions) and
+//! **replay** ("replaying the input streams": reading from those positions to the streams'
+//! end). The entries replayed are the committed groups' lag of the dead replica's
+//! partitions at the kill. `churnd_partitions_restored_total` tells how many partitions
+//! the survivors restored.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -193,15 +195,15 @@ pub async fn takeover(args: Args) -> Result<()> {
         secs(|r| r.expiry)
     );
     println!(
-        "    and from expiry to taken (the survivor's next ownership round): {}",
+        "    and from expiry to taken (the survivor's round at the expiry): {}",
         secs(|r| r.lease_wait.saturating_sub(r.expiry))
     );
     println!(
-        "  hand-over (survivor's own final snapshots): {}",
+        "  hand-over (survivor's own partitions paused): {}",
         secs(|r| r.hand_over)
     );
     println!(
-        "  restore (snapshots loaded, groups moved back): {}",
+        "  restore (gained partitions' snapshots loaded): {}",
         secs(|r| r.restore)
     );
     println!("  replay (to the streams' end): {}", secs(|r| r.replay));
@@ -317,6 +319,7 @@ async fn one_round(
         expiry_ms = expiry_ms.max(ttl);
     }
     let mut dead = replicas.remove(victim);
+    let restored_before = partitions_restored(&replicas).await;
     dead.kill()?;
     let killed = Instant::now();
     let expiry = Duration::from_millis(expiry_ms.max(0) as u64);
@@ -334,6 +337,7 @@ async fn one_round(
     )
     .await?;
     let tracked = customers_tracked(&replicas).await;
+    let restored = partitions_restored(&replicas).await - restored_before;
     // The survivor ready last, and its last spell.
     let (name, last) = survivors
         .iter()
@@ -364,7 +368,7 @@ async fn one_round(
         println!("  {}: {}", r.name, spells.join("; "));
     }
     println!(
-        "  taken over in {:.2} s (lease {:.1} s): leases expired {:.2} s, last one taken {:.2} s; {name} (ready last, {} rebalance(s)) not ready from {:.2} s: hand-over {:.2} s, restore {:.2} s, replay {:.2} s; {tracked} customers tracked by the survivors",
+        "  taken over in {:.2} s (lease {:.1} s): leases expired {:.2} s, last one taken {:.2} s; {name} (ready last, {} rebalance(s)) not ready from {:.2} s: hand-over {:.2} s, restore {:.2} s, replay {:.2} s; {restored} partitions restored, {tracked} customers tracked by the survivors",
         total.as_secs_f64(),
         lease.get().as_secs_f64(),
         expiry.as_secs_f64(),
@@ -430,13 +434,20 @@ async fn watch_takeover(
 
 /// Customers the replicas track together (`churnd_customers_tracked` summed).
 async fn customers_tracked(replicas: &[Replica]) -> f64 {
-    let mut tracked = 0.0;
+    summed(replicas, "churnd_customers_tracked").await
+}
+
+/// Partitions the replicas restored from snapshots so far (`churnd_partitions_restored_total`
+/// summed): at a takeover, the dead replica's only, if the survivors kept their engines.
+async fn partitions_restored(replicas: &[Replica]) -> f64 {
+    summed(replicas, "churnd_partitions_restored_total").await
+}
+
+/// `metric` summed over the replicas.
+async fn summed(replicas: &[Replica], metric: &str) -> f64 {
+    let mut total = 0.0;
     for r in replicas {
-        tracked += sum_samples(
-            &r.metrics().await.unwrap_or_default(),
-            "churnd_customers_tracked",
-            "",
-        );
+        total += sum_samples(&r.metrics().await.unwrap_or_default(), metric, "");
     }
-    tracked
+    total
 }

@@ -75,6 +75,17 @@ async fn owned(addr: SocketAddr) -> Option<u16> {
     parse_metric(&text, "churnd_partitions_owned").map(|v| v as u16)
 }
 
+/// A replica's `churnd_partitions_restored_total`.
+async fn restored(addr: SocketAddr) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_metric(&text, "churnd_partitions_restored_total").unwrap() as u64
+}
+
 /// Waits until the `replicas` own every partition between them, each owning some.
 pub(super) async fn shared_by(replicas: &[&Replica], timeout: Duration) {
     let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
@@ -131,6 +142,8 @@ async fn three_replicas_one_killed_mid_stream_end_as_one_process() {
         },
     )
     .await;
+    let (owned_a, owned_b) = (owned(a.addr).await.unwrap(), owned(b.addr).await.unwrap());
+    let restored_before = restored(a.addr).await + restored(b.addr).await;
     let killed_at = Instant::now();
     kill9(&mut x.child);
     eprintln!(
@@ -140,7 +153,21 @@ async fn three_replicas_one_killed_mid_stream_end_as_one_process() {
     );
     // The survivors take the dead one's partitions within the lease time plus a restore.
     shared_by(&[&a, &b], Duration::from_secs(60)).await;
-    eprintln!("taken over after {:?}", killed_at.elapsed());
+    let taken = killed_at.elapsed();
+    eprintln!("taken over after {taken:?}");
+    // Within the lease (5 s) and a margin for restoring on a busy machine.
+    assert!(
+        taken < Duration::from_secs(20),
+        "taken over after {taken:?}"
+    );
+    // The survivors kept their engines running: only the dead one's partitions were
+    // restored, not theirs again.
+    let dead = P - owned_a - owned_b;
+    assert_eq!(
+        restored(a.addr).await + restored(b.addr).await - restored_before,
+        u64::from(dead),
+        "partitions restored by the survivors at the takeover (the dead one held {dead})"
+    );
     producer.await.unwrap();
     drained_all(&mut c, count()).await;
     let logs = [a.name.clone(), b.name.clone()];
