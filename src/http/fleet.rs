@@ -29,15 +29,42 @@ const MAX_ANSWER: usize = 1 << 20;
 /// How long to wait before asking again after two replicas both counted a partition.
 const OVERLAP_RETRY: Duration = Duration::from_millis(200);
 
-/// One replica's own totals, as it answers `/v1/summary` when asked by another.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-pub(crate) struct Part {
+/// The counts a summary has, which add up over replicas.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub(crate) struct Totals {
     pub now: String,
     pub customers: u64,
     pub by_stage: BTreeMap<String, i64>,
     pub by_segment: BTreeMap<String, i64>,
     pub by_churn_probability: BTreeMap<String, i64>,
     pub by_region: BTreeMap<String, i64>,
+}
+
+impl Totals {
+    fn add(&mut self, other: Totals) {
+        // RFC 3339 times of one format order as text does: the furthest clock.
+        if other.now > self.now {
+            self.now = other.now;
+        }
+        self.customers += other.customers;
+        for (total, part) in [
+            (&mut self.by_stage, other.by_stage),
+            (&mut self.by_segment, other.by_segment),
+            (&mut self.by_churn_probability, other.by_churn_probability),
+            (&mut self.by_region, other.by_region),
+        ] {
+            for (k, n) in part {
+                *total.entry(k).or_default() += n;
+            }
+        }
+    }
+}
+
+/// One replica's own totals, as it answers `/v1/summary` when asked by another.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub(crate) struct Part {
+    #[serde(flatten)]
+    pub totals: Totals,
     pub thresholds: serde_json::Value,
     #[serde(default)]
     pub partitions: Vec<u16>,
@@ -54,13 +81,9 @@ impl Part {
 /// The deployment's totals.
 #[derive(Debug, Serialize, PartialEq)]
 pub(crate) struct FleetSummary {
-    /// The furthest clock among the replicas.
-    pub now: String,
-    pub customers: u64,
-    pub by_stage: BTreeMap<String, i64>,
-    pub by_segment: BTreeMap<String, i64>,
-    pub by_churn_probability: BTreeMap<String, i64>,
-    pub by_region: BTreeMap<String, i64>,
+    /// Added up; `now` is the furthest clock among the replicas.
+    #[serde(flatten)]
+    pub totals: Totals,
     /// The segment thresholds of the lowest partition counted (under `segments.mode =
     /// population` each partition draws its own).
     pub thresholds: serde_json::Value,
@@ -100,12 +123,7 @@ pub(crate) fn combine(
         .min_by_key(|(p, _)| *p)
         .map(|(_, part)| part.thresholds.clone());
     let mut total = FleetSummary {
-        now: String::new(),
-        customers: 0,
-        by_stage: BTreeMap::new(),
-        by_segment: BTreeMap::new(),
-        by_churn_probability: BTreeMap::new(),
-        by_region: BTreeMap::new(),
+        totals: Totals::default(),
         thresholds: lowest.unwrap_or(serde_json::Value::Null),
         complete: false,
         partitions: count,
@@ -113,15 +131,7 @@ pub(crate) fn combine(
         missing: BTreeMap::new(),
     };
     for (name, part) in answers {
-        // RFC 3339 times of one format order as text does.
-        if part.now > total.now {
-            total.now = part.now;
-        }
-        total.customers += part.customers;
-        add(&mut total.by_stage, part.by_stage);
-        add(&mut total.by_segment, part.by_segment);
-        add(&mut total.by_churn_probability, part.by_churn_probability);
-        add(&mut total.by_region, part.by_region);
+        total.totals.add(part.totals);
         total
             .replicas
             .entry(name)
@@ -139,12 +149,6 @@ pub(crate) fn combine(
         .collect();
     total.complete = total.missing.is_empty();
     Ok(total)
-}
-
-fn add(total: &mut BTreeMap<String, i64>, part: BTreeMap<String, i64>) {
-    for (k, n) in part {
-        *total.entry(k).or_default() += n;
-    }
 }
 
 /// The deployment's summary, asked of every owner; `local` is this replica's own.
@@ -280,12 +284,14 @@ mod tests {
 
     fn part(customers: u64, partitions: &[u16], now: &str) -> Part {
         Part {
-            now: now.into(),
-            customers,
-            by_stage: [("active".into(), customers as i64)].into(),
-            by_segment: [("important_value".into(), 1)].into(),
-            by_churn_probability: [("0.0-0.1".into(), customers as i64)].into(),
-            by_region: [("none".into(), customers as i64)].into(),
+            totals: Totals {
+                now: now.into(),
+                customers,
+                by_stage: [("active".into(), customers as i64)].into(),
+                by_segment: [("important_value".into(), 1)].into(),
+                by_churn_probability: [("0.0-0.1".into(), customers as i64)].into(),
+                by_region: [("none".into(), customers as i64)].into(),
+            },
             thresholds: serde_json::json!({ "partition": partitions.first() }),
             partitions: partitions.to_vec(),
         }
@@ -303,10 +309,10 @@ mod tests {
         )
         .unwrap();
         assert!(total.complete && total.missing.is_empty());
-        assert_eq!(total.customers, 50);
-        assert_eq!(total.by_stage["active"], 50);
-        assert_eq!(total.by_segment["important_value"], 2);
-        assert_eq!(total.now, "1997-03-02T00:00:00Z");
+        assert_eq!(total.totals.customers, 50);
+        assert_eq!(total.totals.by_stage["active"], 50);
+        assert_eq!(total.totals.by_segment["important_value"], 2);
+        assert_eq!(total.totals.now, "1997-03-02T00:00:00Z");
         assert_eq!(total.thresholds, serde_json::json!({ "partition": 0 }));
         assert_eq!(total.replicas["a"], vec![0, 2]);
         assert_eq!(total.partitions, 4);
@@ -324,6 +330,30 @@ mod tests {
         assert_eq!(total.missing.len(), 2);
         assert!(total.missing[&1].contains("handing it over"));
         assert!(total.missing[&2].contains("did not answer"));
+    }
+
+    #[test]
+    fn the_answer_is_flat_json_with_a_summarys_fields() {
+        let total = combine(
+            1,
+            vec![("a".into(), part(3, &[0], "1997-03-01T00:00:00Z"))],
+            BTreeMap::new(),
+        )
+        .unwrap();
+        let json = serde_json::to_value(&total).unwrap();
+        for field in [
+            "now",
+            "customers",
+            "by_stage",
+            "by_region",
+            "thresholds",
+            "complete",
+        ] {
+            assert!(json.get(field).is_some(), "{field} in {json}");
+        }
+        let back: Part =
+            serde_json::from_value(serde_json::to_value(part(3, &[0], "x")).unwrap()).unwrap();
+        assert_eq!(back, part(3, &[0], "x"));
     }
 
     #[test]
