@@ -168,20 +168,26 @@ async fn a_survivor_following_its_schedule_takes_a_dead_ones_partitions_as_its_l
     let died = std::time::Instant::now();
     // a goes on as the owners' task does: each next round when the last one says.
     let mut next = a.round(&mut conn).await.unwrap().next_round;
-    let mut rounds = 0;
+    let (mut rounds, mut slept) = (0, Duration::ZERO);
     while a.held().len() < 8 {
         assert!(next <= every, "{next:?}");
         tokio::time::sleep(next).await;
+        slept += next;
         next = a.round(&mut conn).await.unwrap().next_round;
         rounds += 1;
         assert!(rounds < 200, "no busy loop: {rounds} rounds");
     }
     let taken = died.elapsed();
-    // Taken just after the expiry, not up to a third of the lease later (with a margin
-    // for a busy machine's scheduling).
     assert!(
-        taken >= lease - Duration::from_millis(100) && taken < lease + Duration::from_millis(400),
-        "taken {taken:?} after the death, lease {lease:?}"
+        taken >= lease - Duration::from_millis(100),
+        "taken {taken:?} after the death, before its lease {lease:?} ended"
+    );
+    // Taken at the round scheduled for the expiry, not up to a third of the lease later.
+    // The waits a asked for, not the time that passed: a busy machine's stalls only bring
+    // the take forward in those terms.
+    assert!(
+        slept < lease + Duration::from_millis(300),
+        "a waited {slept:?} in all before taking the partitions, lease {lease:?}"
     );
 }
 
