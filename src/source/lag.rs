@@ -124,10 +124,10 @@ pub struct PartitionLag {
 
 impl PartitionLag {
     /// Which of the monitor's streams (stream `i` is partition `i mod P`) belong to the
-    /// partitions held now. Under leases every replica polls every stream, but only the
-    /// owner reports a stream's series: otherwise each stream's lag would be reported once
-    /// per replica, its alert would fire once per replica, and a sum over replicas would
-    /// count it N times.
+    /// partitions held now. Under leases every replica lists every stream, but only the
+    /// owner polls and reports one: otherwise each stream's lag would be reported once per
+    /// replica, its alert would fire once per replica, and a sum over replicas would count
+    /// it N times.
     fn held_streams(&self, streams: usize) -> Vec<bool> {
         let held = self.held.borrow().held();
         let count = usize::from(self.count.get());
@@ -188,8 +188,10 @@ pub async fn monitor(
         let mut lags = vec![None; settings.streams.len()];
         let held = partitions.held_streams(settings.streams.len());
         for (i, stream) in settings.streams.iter().enumerate() {
+            // Another replica's partition: it reports the stream, and no lag of it is used.
             if !held[i] {
                 metrics.forget_stream(stream);
+                continue;
             }
             let reply: Result<Value, _> = redis::cmd("XINFO")
                 .arg("GROUPS")
@@ -200,9 +202,6 @@ pub async fn monitor(
                 Ok(reply) => {
                     if let Some(info) = group_info(&reply, &settings.group) {
                         lags[i] = info.lag;
-                        if !held[i] {
-                            continue;
-                        }
                         if let Some(lag) = info.lag {
                             metrics.consumer_lag.with_label_values(&[stream]).set(lag);
                         }
@@ -210,9 +209,6 @@ pub async fn monitor(
                             .consumer_pending
                             .with_label_values(&[stream])
                             .set(info.pending);
-                    }
-                    if !held[i] {
-                        continue;
                     }
                     // With positions committed with snapshots: the entries a restart would
                     // replay (unknown: no value, rather than a stale one).
