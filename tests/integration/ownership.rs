@@ -70,6 +70,23 @@ fn covered(replicas: &[&mut Coordinator], count: u16) -> bool {
     all == (0..count).collect::<Vec<_>>()
 }
 
+/// Replicas "a" and "b" with leases of `lease`, once they share 8 partitions, each some.
+async fn two_sharing_8(
+    conn: &mut MultiplexedConnection,
+    lease: Duration,
+) -> (Coordinator, Coordinator) {
+    let (mut a, mut b) = (replica("a", 8, lease), replica("b", 8, lease));
+    until(
+        "two replicas to share 8 partitions",
+        Duration::from_secs(30),
+        conn,
+        &mut [&mut a, &mut b],
+        |r| covered(r, 8) && r.iter().all(|r| !r.held().is_empty()),
+    )
+    .await;
+    (a, b)
+}
+
 async fn holder(conn: &mut MultiplexedConnection, p: u16) -> Option<String> {
     Leases::new(GROUP, Duration::from_secs(1))
         .holder(conn, p)
@@ -150,15 +167,7 @@ async fn a_survivor_following_its_schedule_takes_a_dead_ones_partitions_as_its_l
     let mut conn = server.conn().await;
     let lease = Duration::from_secs(3);
     let every = lease / 3;
-    let (mut a, mut b) = (replica("a", 8, lease), replica("b", 8, lease));
-    until(
-        "two replicas to share 8 partitions",
-        Duration::from_secs(30),
-        &mut conn,
-        &mut [&mut a, &mut b],
-        |r| covered(r, 8) && r.iter().all(|r| !r.held().is_empty()),
-    )
-    .await;
+    let (mut a, mut b) = two_sharing_8(&mut conn, lease).await;
     // While both are live, rounds come every third of the lease, no more often.
     let steady = a.round(&mut conn).await.unwrap();
     assert_eq!(steady.next_round, every, "no extra round while b renews");
@@ -197,15 +206,7 @@ async fn a_replica_that_leaves_hands_over_without_waiting_for_its_leases_to_expi
     let mut conn = server.conn().await;
     // Leases far longer than the test's deadline: only a release can move a partition.
     let lease = Duration::from_secs(600);
-    let (mut a, mut b) = (replica("a", 8, lease), replica("b", 8, lease));
-    until(
-        "two replicas to share 8 partitions",
-        Duration::from_secs(30),
-        &mut conn,
-        &mut [&mut a, &mut b],
-        |r| covered(r, 8) && r.iter().all(|r| !r.held().is_empty()),
-    )
-    .await;
+    let (mut a, mut b) = two_sharing_8(&mut conn, lease).await;
 
     b.leave(&mut conn).await.unwrap();
     assert!(b.held().is_empty());
