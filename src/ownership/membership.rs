@@ -16,32 +16,50 @@ use redis::RedisError;
 
 use super::MemberName;
 
-/// KEYS: the members set, the addresses hash. ARGV: member, time to live in ms (0: leave),
-/// the member's URL (empty: none). Drops the expired entries and their addresses, adds or
-/// renews (or removes) the caller's, and returns Redis's time (ms) followed by the live
-/// members, each with when its entry expires (ms, Redis's clock).
+/// KEYS: the members set. ARGV: member, time to live in ms (0: leave). Drops the expired
+/// entries, adds or renews (or removes) the caller's, and returns Redis's time (ms) followed
+/// by the live members, each with when its entry expires (ms, Redis's clock).
 static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, m in ipairs(expired) do
-  redis.call('ZREM', KEYS[1], m)
-  redis.call('HDEL', KEYS[2], m)
-end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ARGV[2] == '0' then
   redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[2], ARGV[1])
 else
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  if ARGV[3] ~= '' then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-  end
 end
 local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 table.insert(live, 1, tostring(now))
 return live
+"#,
+    )
+});
+
+/// KEYS: the addresses hash. ARGV: member, its URL (empty: none, or leaving), then the live
+/// members. Sets or removes the caller's URL and drops those of members no longer live.
+/// Apart from [`HEARTBEAT`] because on a Redis Cluster the two keys sit in different slots;
+/// an address outliving its member a moment is harmless (a request is passed on to a
+/// partition's lease holder only).
+static ADDRESSES: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local live = {}
+for i = 3, #ARGV do
+  live[ARGV[i]] = true
+end
+for _, m in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not live[m] and m ~= ARGV[1] then
+    redis.call('HDEL', KEYS[1], m)
+  end
+end
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
 "#,
     )
 });
@@ -126,12 +144,21 @@ impl Membership {
     ) -> Result<Live, RedisError> {
         let reply: Vec<String> = HEARTBEAT
             .key(&self.key)
-            .key(&self.addresses)
             .arg(me.as_str())
             .arg(ms)
-            .arg(self.url.as_deref().unwrap_or(""))
             .invoke_async(conn)
             .await?;
+        let url = if ms == 0 {
+            ""
+        } else {
+            self.url.as_deref().unwrap_or("")
+        };
+        let mut addresses = ADDRESSES.key(&self.addresses);
+        addresses.arg(me.as_str()).arg(url);
+        for name in reply.iter().skip(1).step_by(2) {
+            addresses.arg(name);
+        }
+        let _: i64 = addresses.invoke_async(conn).await?;
         Ok(Live::parse(&reply))
     }
 }
