@@ -70,16 +70,31 @@ pub struct SinkSettings {
     /// Whether entries are acknowledged (`XACK`) once their effects are written: only when
     /// state is not kept ([`Commit::PerEntry`]).
     pub acknowledge: bool,
-    /// Under `partitions.ownership = leases`: the leases of the partitions whose effects
-    /// this sink writes, each with the token this replica holds it by. Every write checks
-    /// them in the same script, and is refused unless all still hold (see
-    /// [`crate::ownership::lease`]). Empty: writes are not fenced.
-    pub fence: Vec<Lease>,
+    /// Under `partitions.ownership = leases`: whose writes these are. Every write is
+    /// refused unless each partition still shows this replica's token where the script
+    /// checks it. `None`: writes are not fenced.
+    pub fence: Option<Fence>,
+}
+
+/// The partitions a sink writes for under leases, and how its writes are checked: against
+/// the fence record beside each output stream ([`crate::ownership::fence`]), and on a single
+/// Redis against the leases themselves too (which a cluster keeps out of the script's
+/// reach): that also refuses the writes of a replica whose lease expired before anyone took
+/// it, and those of a replica beside an older churnd that raises no fences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The consumer group: it names the fence records.
+    pub group: String,
+    /// The partitions, each with its lease and the token this replica holds it by.
+    pub leases: Vec<Lease>,
+    /// Whether the leases are checked too (a single Redis).
+    pub check_leases: bool,
 }
 
 /// A partition's lease key and the token its holder writes with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    pub partition: u16,
     pub key: String,
     pub token: String,
 }
@@ -101,7 +116,7 @@ impl From<&Settings> for SinkSettings {
             tasks: s.tasks.clone(),
             probe_interval: s.source.lag_poll.get(),
             acknowledge: Commit::of(s) == Commit::PerEntry,
-            fence: Vec::new(),
+            fence: None,
         }
     }
 }
@@ -143,8 +158,8 @@ impl SinkSettings {
             .collect()
     }
 
-    /// Every output stream: the dead-letter stream and each task stream.
-    fn output_streams(&self) -> Vec<&str> {
+    /// Every output stream: the dead-letter stream, each task stream and the outcomes.
+    pub fn output_streams(&self) -> Vec<&str> {
         let care = TaskKind::CARE.map(|kind| self.tasks.stream(kind));
         let mut keys: Vec<&str> = [
             self.dead_letter_stream.as_str(),

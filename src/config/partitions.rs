@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::read::{not_a, read_choices, Choice, Fields, Read, Reader};
 use super::units::Interval;
-use super::{Problem, RedisMode, Section, Settings, SourceSettings};
+use super::{Problem, Section, Settings, SourceSettings};
 use crate::ownership::MemberName;
 use crate::partition::{PartitionCount, Partitioning};
 
@@ -137,8 +137,8 @@ fn advertise_url_problem(url: &str) -> Option<String> {
 }
 
 /// Problems of `partitions.ownership = leases` with other sections: the partitions' state
-/// must be where every replica reads it (a shared directory, or Redis), the fencing of writes runs in one script
-/// that reads the lease beside the output keys, and the replica needs a valid name.
+/// must be where every replica reads it (a shared directory, or Redis), and the replica
+/// needs a valid name.
 fn ownership_problems(s: &Settings) -> Vec<Problem> {
     if s.partitions.ownership != Ownership::Leases {
         return Vec::new();
@@ -151,15 +151,6 @@ fn ownership_problems(s: &Settings) -> Vec<Problem> {
              partitions between replicas with their snapshots: set state.dir to a directory \
              every replica shares (a ReadWriteMany volume), or state.store = redis to keep \
              the snapshots in Redis",
-        ));
-    }
-    if s.redis.mode == RedisMode::Cluster {
-        p.push(Problem::new(
-            "partitions.ownership",
-            "(leases) is not supported with redis.mode = cluster yet: the check that a write \
-             comes from the partition's current owner reads its lease in the same script as \
-             the output streams, which a cluster may keep in other slots. Use \
-             partitions.ownership = all, or a single Redis",
         ));
     }
     if !s.source.consumer.is_empty() {

@@ -155,6 +155,9 @@ async fn run(
                         lost += changes.lost.len() as u64;
                         tracing::warn!(partitions = ?changes.lost, "partition leases lost (expired or taken over): stopping them at once");
                     }
+                    metrics
+                        .fence_conflicts
+                        .inc_by(changes.conflicts.len() as u64);
                     if !changes.gained.is_empty() {
                         tracing::info!(partitions = ?changes.gained.iter().map(|(p, _)| p).collect::<Vec<_>>(), "partition leases taken");
                     }

@@ -13,8 +13,10 @@
 //!    epoch). Only then are the partitions to hand over released, so their next owner
 //!    restores that snapshot. Then the next generation starts with the new set.
 //!
-//! Writes are fenced: every effect script call checks that this replica still holds every
-//! lease of the generation at its epoch, and Redis refuses it otherwise. A refusal stops the
+//! Writes are fenced: every effect script call checks that every partition of the
+//! generation still shows this replica's token at its epoch (in the fence record beside the
+//! output stream, [`crate::ownership::fence`], and on a single Redis in the lease too), and
+//! Redis refuses it otherwise. A refusal stops the
 //! generation at once without acknowledging or snapshotting past what was written, so the
 //! next owner's replay, not this replica, writes those effects.
 
@@ -30,7 +32,7 @@ use super::engine_task::{self, Channels, Durability};
 use super::layout::{self, Layout};
 use super::owners::{self, Held, Owners};
 use super::{snapshots, start, DaemonError, EFFECT_QUEUE};
-use crate::config::{Settings, SourceSettings};
+use crate::config::{RedisMode, Settings, SourceSettings};
 use crate::connection::{Connector, RedisClient};
 use crate::decide::uplift::UpliftBook;
 use crate::engine::{EngineSettings, Partitioned};
@@ -40,10 +42,11 @@ use crate::http::{LocalPartitions, Query};
 use crate::metrics::{Metrics, RedisRole};
 use crate::model::Model;
 use crate::ownership::coordinator::Coordinator;
+use crate::ownership::fence::Fences;
 use crate::ownership::lease::Leases;
 use crate::ownership::membership::Membership;
 use crate::ownership::{Epoch, MemberName};
-use crate::sink::{self, Fencing, Lease, Sink, SinkSettings};
+use crate::sink::{self, Fence, Fencing, Lease, Sink, SinkSettings};
 use crate::source::{self, Commit, Source};
 
 /// What every generation is built from.
@@ -91,12 +94,14 @@ impl Replica {
         .expect("state.dir or state.store was checked with partitions.ownership = leases");
         let lease = settings.partitions.lease.get();
         let group = &settings.source.group;
+        let outputs = SinkSettings::from(settings);
         let coordinator = Coordinator::new(
             me.clone(),
             settings.partitions.count,
             Membership::new(group, lease).advertising(self.advertise.clone()),
             Leases::new(group, lease),
-        );
+        )
+        .fencing(Fences::new(group, outputs.output_streams()));
         let owner_abort = CancellationToken::new();
         let (owners, owner_task) = owners::spawn(
             coordinator,
@@ -386,13 +391,18 @@ impl Replica {
         let fenced = CancellationToken::new();
         let sink_settings = SinkSettings {
             input_streams: source_settings.streams.clone(),
-            fence: run
-                .iter()
-                .map(|(&p, (_, token))| Lease {
-                    key: leases.key(p),
-                    token: token.clone(),
-                })
-                .collect(),
+            fence: Some(Fence {
+                group: settings.source.group.clone(),
+                leases: run
+                    .iter()
+                    .map(|(&p, (_, token))| Lease {
+                        partition: p,
+                        key: leases.key(p),
+                        token: token.clone(),
+                    })
+                    .collect(),
+                check_leases: settings.redis.mode != RedisMode::Cluster,
+            }),
             ..SinkSettings::from(settings)
         };
         let sink = Sink::new(

@@ -18,6 +18,9 @@ pub struct OwnershipMetrics {
     pub restored_partitions: IntCounter,
     pub lease_losses: IntCounter,
     pub fenced_writes: IntCounter,
+    /// Fence raises refused because another holder is recorded at the same or a later
+    /// epoch: the epoch counter went back (Redis lost writes) or this replica was overtaken.
+    pub fence_conflicts: IntCounter,
     /// `partitions.count`: with `churnd_partitions_owned` summed over the replicas, shows a
     /// partition nobody serves.
     pub partitions: IntGauge,
@@ -50,7 +53,11 @@ impl OwnershipMetrics {
             ),
             fenced_writes: r.counter(
                 "churnd_fenced_writes_total",
-                "Effect writes (script calls) Redis refused because a partition's lease was no longer held by this replica at the epoch it wrote with: a paused old owner kept from writing.",
+                "Effect writes (script calls) Redis refused because a partition's fence record (or, on a single Redis, its lease) no longer showed this replica's token at the epoch it wrote with: a paused old owner kept from writing.",
+            ),
+            fence_conflicts: r.counter(
+                "churnd_partition_fence_conflicts_total",
+                "Partitions whose fence record showed another owner at this replica's epoch or a later one when it raised its own: the lease was given up and is taken again above that epoch. Redis lost writes (a failover before they were replicated, a restore from an older backup), or this replica was paused between taking a lease and raising its fences.",
             ),
             partitions: r.gauge(
                 "churnd_partitions",

@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionLike;
 use redis::RedisError;
 
+use super::fence::Fences;
 use super::lease::{Acquired, Holder, Leases};
 use super::membership::Membership;
 use super::{plan, schedule, Epoch, MemberName};
@@ -30,6 +31,9 @@ pub struct Changes {
     /// Partitions held but assigned to another member: hand them over (final snapshot,
     /// then [`Coordinator::release`]).
     pub hand_over: Vec<u16>,
+    /// Partitions whose fences record another holder at this replica's epoch or later:
+    /// their leases were given up, to be taken again above that epoch.
+    pub conflicts: Vec<u16>,
     /// The live members this round was planned with.
     pub members: BTreeSet<MemberName>,
     /// When the next round is due, from the end of this one.
@@ -48,6 +52,11 @@ pub struct Coordinator {
     run: Option<Holder>,
     /// The most time between rounds: a third of the lease.
     every: Duration,
+    /// The output streams' fence records, raised for every partition held each round.
+    fences: Option<Fences>,
+    /// Per partition, an epoch seen recorded by another holder at or above the one this
+    /// replica took: its lease is taken again above it.
+    floors: BTreeMap<u16, Epoch>,
 }
 
 impl Coordinator {
@@ -60,6 +69,17 @@ impl Coordinator {
             run: None,
             every: leases.time() / 3,
             leases,
+            fences: None,
+            floors: BTreeMap::new(),
+        }
+    }
+
+    /// The same, raising this replica's token in `fences` for each partition it holds
+    /// before it reports it gained, and again every round ([`super::fence`]).
+    pub fn fencing(self, fences: Fences) -> Self {
+        Self {
+            fences: Some(fences),
+            ..self
         }
     }
 
@@ -100,19 +120,64 @@ impl Coordinator {
         }
         let plan = plan(&self.me, &members, self.count, &self.held);
         let mut busy = Vec::new();
+        let mut taken = BTreeMap::new();
         for p in plan.acquire {
-            match self.leases.acquire(conn, &run, p).await? {
+            let floor = self.floors.get(&p).copied().unwrap_or(Epoch(0));
+            match self.leases.acquire_above(conn, &run, p, floor).await? {
                 Acquired::Held(epoch) => {
-                    self.held.insert(p, epoch);
-                    changes.gained.push((p, epoch));
+                    taken.insert(p, epoch);
                 }
                 Acquired::Busy(_, ttl_ms) => busy.push(ttl_ms),
             }
         }
+        // A partition taken counts as held only once its fences are raised: until then
+        // its previous owner's writes still go in, so nothing of it may be read.
+        let refused = self.raise_fences(conn, &run, &taken).await?;
+        for (p, epoch) in taken {
+            if !refused.contains(&p) {
+                self.floors.remove(&p);
+                self.held.insert(p, epoch);
+                changes.gained.push((p, epoch));
+            }
+        }
+        for &p in &refused {
+            if self.held.remove(&p).is_some() {
+                changes.lost.push(p);
+            }
+        }
+        changes.conflicts = refused;
         changes.next_round = schedule::next_round(self.every, &self.me, &live, &busy);
         changes.hand_over = plan.release;
         changes.members = members;
         Ok(changes)
+    }
+
+    /// Raises the fences of the partitions held and `taken`; gives up the leases of those
+    /// refused (another holder recorded at the same or a later epoch) and returns them.
+    async fn raise_fences<C: ConnectionLike>(
+        &mut self,
+        conn: &mut C,
+        run: &Holder,
+        taken: &BTreeMap<u16, Epoch>,
+    ) -> Result<Vec<u16>, RedisError> {
+        let Some(fences) = &self.fences else {
+            return Ok(Vec::new());
+        };
+        let mut all = self.held.clone();
+        all.extend(taken);
+        let refused = fences.raise(conn, run, &all).await?;
+        for (&p, &recorded) in &refused {
+            let epoch = all[&p];
+            tracing::warn!(
+                partition = p,
+                %epoch,
+                %recorded,
+                "a partition's fence records another owner at this epoch or later: giving its lease up to take it again above (Redis lost writes, or this replica was overtaken)"
+            );
+            self.floors.insert(p, recorded);
+            self.leases.release(conn, run, p, epoch).await?;
+        }
+        Ok(refused.into_keys().collect())
     }
 
     /// Gives up `partition` (after its final snapshot): the next owner takes it at once.

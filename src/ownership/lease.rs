@@ -42,8 +42,9 @@ impl Holder {
 /// `KEYS[1]` (the lease) is still held by `ARGV[1]`, the writer's [`Holder::token`].
 pub const FENCE_LUA: &str = "redis.call('GET', KEYS[1]) == ARGV[1]";
 
-/// KEYS: lease, epoch counter. ARGV: member, lease time in ms, the caller's run. Takes a
-/// free lease with the next epoch, renews one the caller's run holds, and takes over one
+/// KEYS: lease, epoch counter. ARGV: member, lease time in ms, the caller's run, a floor
+/// (the next epoch is above it: the counter may have gone back, see
+/// [`super::fence`]). Takes a free lease with the next epoch, renews one the caller's run holds, and takes over one
 /// held by an earlier run of the same member (a restarted replica: its name is its own)
 /// with the next epoch. Never takes one from a later run: a paused old process that wakes
 /// up does not steal back what its successor holds. Returns {1, epoch, 0} when the caller
@@ -64,6 +65,11 @@ if current then
   end
 end
 local epoch = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[4] or '0') or 0
+if epoch <= floor then
+  epoch = floor + 1
+  redis.call('SET', KEYS[2], epoch)
+end
 redis.call('SET', KEYS[1], ARGV[1] .. '#' .. ARGV[3] .. ':' .. epoch, 'PX', ARGV[2])
 return {1, tostring(epoch), 0}
 "#,
@@ -154,12 +160,25 @@ impl Leases {
         me: &Holder,
         partition: u16,
     ) -> Result<Acquired, RedisError> {
+        self.acquire_above(conn, me, partition, Epoch(0)).await
+    }
+
+    /// As [`Self::acquire`], a lease taken anew getting an epoch above `floor` (one seen
+    /// recorded elsewhere when the partition's counter went back).
+    pub async fn acquire_above<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        me: &Holder,
+        partition: u16,
+        floor: Epoch,
+    ) -> Result<Acquired, RedisError> {
         let (ok, value, ttl): (u8, String, i64) = ACQUIRE
             .key(self.key(partition))
             .key(self.epoch_key(partition))
             .arg(me.member.as_str())
             .arg(self.millis())
             .arg(me.run)
+            .arg(floor.0)
             .invoke_async(conn)
             .await?;
         if ok == 1 {

@@ -16,6 +16,9 @@
 //!   never goes back): stamped on what an owner writes, it lets a write from a previous
 //!   owner that was paused past its lease be told apart and refused (a fencing token,
 //!   Kleppmann's term).
+//! - **Fences** ([`fence`]): an owner records its token beside every output stream
+//!   before it reads a partition, and writes go in only while their partitions still show
+//!   the writer's token: checked in the output stream's slot, so on a Redis Cluster too.
 //! - **The plan** ([`plan`]): per round, which leases to take and which to hand over.
 //! - **The schedule** ([`schedule`]): rounds every third of the lease, and one more as soon
 //!   as another member's entry or a lease wanted can have expired, so a dead member's
@@ -28,6 +31,7 @@
 
 pub mod assign;
 pub mod coordinator;
+pub mod fence;
 pub mod lease;
 pub mod membership;
 pub mod schedule;

@@ -23,7 +23,7 @@ use std::sync::LazyLock;
 use redis::Value;
 
 use super::guards::{guard_prefix, old_guard_prefix};
-use super::{Lease, SinkSettings};
+use super::{Fence, SinkSettings};
 use crate::engine::{DeadLetter, Effects};
 
 /// KEYS[1]: the stream; KEYS[2..n+1]: the n entries' guard keys.
@@ -38,8 +38,8 @@ use crate::engine::{DeadLetter, Effects};
 /// it writes anything. An entry is written before its guard is set: should the XADD fail, the
 /// entry is not marked written, and the retry writes it.
 ///
-/// `last_key` is the last guard key: the fenced script ([`FENCED_LUA`]) has lease keys after
-/// the guards.
+/// `last_key` is the last guard key: the fenced script ([`FENCED_LUA`]) has a fence record
+/// and lease keys after the guards.
 const EFFECTS_BODY: &str = r#"
 local stream = KEYS[1]
 local kind = redis.call('TYPE', stream)['ok']
@@ -101,17 +101,26 @@ pub(super) static EFFECTS: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(&format!("local last_key = #KEYS\n{EFFECTS_BODY}")));
 
 /// Writes only on behalf of the partitions' current owners (`partitions.ownership = leases`):
-/// after the guard keys come n lease keys, and after [`EFFECTS_BODY`]'s arguments the n
-/// tokens the writer holds them with (`<member>#<run>:<epoch>`), then n. Unless every lease
-/// still holds its token, nothing is written and the call fails with `FENCED`: the writer's
-/// lease expired or passed to another replica, whose replay writes these effects instead.
+/// after the guard keys come the stream's fence record ([`crate::ownership::fence`]) and l
+/// lease keys (0 on a Redis Cluster, else one per partition); after [`EFFECTS_BODY`]'s
+/// arguments, per partition its number and the token the writer holds it by
+/// (`<member>#<run>:<epoch>`), then l, then the number of partitions n. Unless every
+/// partition's fence (and lease) still shows its token, nothing is written and the call
+/// fails with `FENCED`: another replica owns the partition now, and its replay writes these
+/// effects instead.
 const FENCED_LUA: &str = r#"
 local n = tonumber(ARGV[#ARGV])
-local last_key = #KEYS - n
+local leases = tonumber(ARGV[#ARGV - 1])
+local last_key = #KEYS - 1 - leases
+local fence = KEYS[last_key + 1]
+local first = #ARGV - 2 - 2 * n
 for i = 1, n do
-  local lease, token = KEYS[last_key + i], ARGV[#ARGV - n - 1 + i]
-  if redis.call('GET', lease) ~= token then
-    return redis.error_reply('FENCED ' .. lease .. ' is no longer held by ' .. token)
+  local p, token = ARGV[first + 2 * i - 1], ARGV[first + 2 * i]
+  if redis.call('HGET', fence, p) ~= token then
+    return redis.error_reply('FENCED partition ' .. p .. ' is fenced in ' .. fence .. ' for another owner than ' .. token)
+  end
+  if leases > 0 and redis.call('GET', KEYS[last_key + 1 + i]) ~= token then
+    return redis.error_reply('FENCED ' .. KEYS[last_key + 1 + i] .. ' is no longer held by ' .. token)
   end
 end
 "#;
@@ -294,7 +303,7 @@ pub(super) fn calls(settings: &SinkSettings, fx: &Effects, check_old_names: bool
                 prefix: &prefix,
                 old_prefix: old.as_deref(),
             };
-            calls.push(call(&target, chunk, &settings.fence));
+            calls.push(call(&target, chunk, settings.fence.as_ref()));
         }
     }
     calls
@@ -364,7 +373,7 @@ struct Target<'a> {
 
 /// The `EVALSHA` of [`EFFECTS`] for `entries` (see [`EFFECTS_LUA`] for the layout): the
 /// field names of tasks once per call and set of names, a dead letter's with it.
-fn call(target: &Target, entries: Vec<Entry>, fence: &[Lease]) -> Call {
+fn call(target: &Target, entries: Vec<Entry>, fence: Option<&Fence>) -> Call {
     let mut lists: Vec<Vec<&str>> = Vec::new();
     let list_of: Vec<usize> = entries
         .iter()
@@ -385,10 +394,14 @@ fn call(target: &Target, entries: Vec<Entry>, fence: &[Lease]) -> Call {
             }
         })
         .collect();
-    let script = if fence.is_empty() { &EFFECTS } else { &FENCED };
+    let script = if fence.is_some() { &FENCED } else { &EFFECTS };
+    let leases = fence
+        .filter(|f| f.check_leases)
+        .map_or(0, |f| f.leases.len());
+    let fence_keys = fence.map_or(0, |_| 1 + leases);
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(script.get_hash())
-        .arg(1 + entries.len() + fence.len())
+        .arg(1 + entries.len() + fence_keys)
         .arg(target.stream);
     let mut key = String::with_capacity(target.prefix.len() + 40);
     for entry in &entries {
@@ -397,8 +410,11 @@ fn call(target: &Target, entries: Vec<Entry>, fence: &[Lease]) -> Call {
         key.push_str(&entry.id);
         cmd.arg(key.as_str());
     }
-    for lease in fence {
-        cmd.arg(&lease.key);
+    if let Some(fence) = fence {
+        cmd.arg(crate::ownership::fence::key(&fence.group, target.stream));
+        for lease in fence.leases.iter().take(leases) {
+            cmd.arg(&lease.key);
+        }
     }
     cmd.arg(target.ttl_secs)
         .arg(target.max_len)
@@ -436,11 +452,11 @@ fn call(target: &Target, entries: Vec<Entry>, fence: &[Lease]) -> Call {
             }
         }
     }
-    if !fence.is_empty() {
-        for lease in fence {
-            cmd.arg(&lease.token);
+    if let Some(fence) = fence {
+        for lease in &fence.leases {
+            cmd.arg(lease.partition).arg(&lease.token);
         }
-        cmd.arg(fence.len());
+        cmd.arg(leases).arg(fence.leases.len());
     }
     Call { cmd, effects }
 }

@@ -61,14 +61,20 @@ return moved
     )
 });
 
+/// A key in `stream`'s Redis Cluster slot: `{stream}:<rest>`, or `stream:<rest>` when the
+/// name holds braces (its own hash tag co-locates the key already).
+pub(crate) fn beside(stream: &str, rest: &str) -> String {
+    if stream.contains(['{', '}']) {
+        format!("{stream}:{rest}")
+    } else {
+        format!("{{{stream}}}:{rest}")
+    }
+}
+
 /// The prefix of the guard keys of `stream`'s entries: `{stream}:dedup:`, or `stream:dedup:`
 /// when the name holds braces.
 pub(crate) fn guard_prefix(stream: &str) -> String {
-    if stream.contains(['{', '}']) {
-        format!("{stream}:dedup:")
-    } else {
-        format!("{{{stream}}}:dedup:")
-    }
+    beside(stream, "dedup:")
 }
 
 /// The prefix `stream`'s guards had before the hash tag, when it differs from the current one.

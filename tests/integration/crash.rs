@@ -20,6 +20,7 @@ use crate::helpers::*;
 mod committed;
 mod early;
 mod in_redis;
+mod on_cluster;
 mod partitions;
 mod replicas;
 
@@ -80,7 +81,7 @@ async fn produce(
 
 /// [`produce`] to `stream`.
 async fn produce_to(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     stream: &str,
     events: &[Vec<(&'static str, String)>],
     pause: Duration,
@@ -91,21 +92,30 @@ async fn produce_to(
 /// Appends each event to the stream `route` names for it, in order, in pipelined chunks of
 /// 500 with `pause` after each.
 async fn produce_routed(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     events: &[Vec<(&'static str, String)>],
     pause: Duration,
     route: impl Fn(&[(&'static str, String)]) -> String,
 ) {
     for chunk in events.chunks(500) {
-        let mut pipe = redis::pipe();
+        // A pipeline per stream: on a Redis Cluster one pipeline reaches one slot.
+        let mut pipes: BTreeMap<String, redis::Pipeline> = BTreeMap::new();
         for fields in chunk {
-            let cmd = pipe.cmd("XADD").arg(route(fields)).arg("*");
+            let stream = route(fields);
+            let cmd = pipes
+                .entry(stream.clone())
+                .or_insert_with(redis::pipe)
+                .cmd("XADD")
+                .arg(stream)
+                .arg("*");
             for (k, v) in fields {
                 cmd.arg(*k).arg(v);
             }
             cmd.ignore();
         }
-        pipe.query_async::<()>(conn).await.unwrap();
+        for pipe in pipes.values() {
+            pipe.query_async::<()>(conn).await.unwrap();
+        }
         tokio::time::sleep(pause).await;
     }
 }
@@ -153,12 +163,12 @@ async fn sigterm(mut child: Child) {
 }
 
 /// Waits (up to two minutes) until the group has read every entry and written its effects.
-async fn drained(conn: &mut MultiplexedConnection) {
+async fn drained(conn: &mut impl redis::aio::ConnectionLike) {
     drained_stream(conn, EVENTS).await
 }
 
 /// [`drained`] for `stream`.
-async fn drained_stream(conn: &mut MultiplexedConnection, stream: &str) {
+async fn drained_stream(conn: &mut impl redis::aio::ConnectionLike, stream: &str) {
     wait_drained_within(conn, stream, GROUP, Duration::from_secs(120)).await
 }
 
@@ -217,7 +227,7 @@ async fn outcome_of(
 
 /// What a run left in Redis's streams, with `customers` as the state kept.
 async fn outcome_with(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     customers: BTreeMap<String, Customer>,
 ) -> Outcome {
     let mut ids = Vec::new();
@@ -638,7 +648,7 @@ async fn an_unchanged_state_is_not_written_again() {
 /// Appends each event to its customer's partition stream of `count`, in order, in pipelined
 /// chunks of 500 with `pause` after each.
 async fn produce_partitioned(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl redis::aio::ConnectionLike,
     count: churnd::partition::PartitionCount,
     events: &[Vec<(&'static str, String)>],
     pause: Duration,
@@ -651,7 +661,10 @@ async fn produce_partitioned(
 }
 
 /// Waits until every partition stream of `count` is drained.
-async fn drained_all(conn: &mut MultiplexedConnection, count: churnd::partition::PartitionCount) {
+async fn drained_all(
+    conn: &mut impl redis::aio::ConnectionLike,
+    count: churnd::partition::PartitionCount,
+) {
     for stream in count.streams(&[EVENTS.to_string()]) {
         drained_stream(conn, &stream).await;
     }

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use churnd::ownership::assign;
 use churnd::ownership::coordinator::Coordinator;
+use churnd::ownership::fence::Fences;
 use churnd::ownership::lease::{Acquired, Leases};
 use churnd::ownership::membership::Membership;
 use churnd::ownership::MemberName;
 use churnd::partition::PartitionCount;
 use redis::aio::MultiplexedConnection;
 
-use crate::helpers::{xlen, RedisServer};
+use crate::helpers::{xlen, RedisCluster, RedisServer};
 
 const GROUP: &str = "churnd";
 
@@ -24,6 +25,13 @@ fn replica(name: &str, count: u16, lease: Duration) -> Coordinator {
         Membership::new(GROUP, lease),
         Leases::new(GROUP, lease),
     )
+    .fencing(fences())
+}
+
+/// The fence records beside the default output streams, as the daemon raises them.
+fn fences() -> Fences {
+    let sink = churnd::sink::SinkSettings::from(&churnd::config::Settings::default());
+    Fences::new(GROUP, sink.output_streams())
 }
 
 /// One round of each replica, handing over at once what a replica is told to (as the
@@ -261,12 +269,14 @@ struct FencedSink {
     handle: tokio::task::JoinHandle<()>,
 }
 
-fn fenced_sink(server: &RedisServer, token: String) -> FencedSink {
-    use churnd::sink::{Fencing, Lease, Sink, SinkSettings};
+fn fenced_sink(
+    mut settings: churnd::config::Settings,
+    leases: &[(u16, String)],
+    check_leases: bool,
+) -> FencedSink {
+    use churnd::sink::{Fence, Fencing, Lease, Sink, SinkSettings};
     use std::sync::Arc;
 
-    let mut settings = churnd::config::Settings::default();
-    settings.redis.url = server.url();
     settings.redis.backoff_initial = churnd::config::Interval::from_millis(20);
     settings.redis.backoff_max = churnd::config::Interval::from_millis(200);
     let metrics = churnd::metrics::Metrics::new();
@@ -283,10 +293,18 @@ fn fenced_sink(server: &RedisServer, token: String) -> FencedSink {
     let fenced = tokio_util::sync::CancellationToken::new();
     let sink = Sink::new(
         SinkSettings {
-            fence: vec![Lease {
-                key: Leases::new(GROUP, Duration::from_secs(1)).key(0),
-                token,
-            }],
+            fence: Some(Fence {
+                group: GROUP.to_string(),
+                leases: leases
+                    .iter()
+                    .map(|(p, token)| Lease {
+                        partition: *p,
+                        key: Leases::new(GROUP, Duration::from_secs(1)).key(*p),
+                        token: token.clone(),
+                    })
+                    .collect(),
+                check_leases,
+            }),
             ..SinkSettings::from(&settings)
         },
         connector,
@@ -340,7 +358,9 @@ async fn a_write_after_the_lease_passed_to_another_replica_is_refused_and_counte
     let mut old = replica("churnd-0", 1, lease);
     old.round(&mut conn).await.unwrap();
     let token = old.token(0).expect("partition 0 held");
-    let mut sink = fenced_sink(&server, token);
+    let mut settings = churnd::config::Settings::default();
+    settings.redis.url = server.url();
+    let mut sink = fenced_sink(settings, &[(0, token)], true);
 
     // While the lease is held, effects are written.
     sink.tx.send(rejected(1)).await.unwrap();
@@ -383,4 +403,110 @@ async fn a_write_after_the_lease_passed_to_another_replica_is_refused_and_counte
         .await
         .expect("the sink stops after a refusal")
         .unwrap();
+}
+
+/// A Redis Cluster keeps each partition's lease in the partition's slot and each output
+/// stream in its own, out of the effects script's reach: there the fence record beside the
+/// stream, raised by the new owner, refuses the old owner's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_new_owners_fence_refuses_the_old_owners_writes() {
+    let cluster = RedisCluster::start(3).await;
+    let mut conn = cluster.conn().await;
+    let lease = Duration::from_secs(600);
+    let mut old = replica("churnd-0", 4, lease);
+    old.round(&mut conn).await.unwrap();
+    assert_eq!(old.held().len(), 4);
+    let tokens: Vec<(u16, String)> = (0..4).map(|p| (p, old.token(p).unwrap())).collect();
+    let mut settings = churnd::config::Settings::default();
+    settings.redis.url = cluster.nodes[0].url();
+    settings.redis.mode = churnd::config::RedisMode::Cluster;
+    let mut sink = fenced_sink(settings, &tokens, false);
+    sink.tx.send(rejected(1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), sink.written.wait_for(|n| *n >= 1))
+        .await
+        .expect("written while the fences show the writer's tokens")
+        .unwrap();
+    assert_eq!(xlen(&mut conn, "churn:events:dlq").await, 1);
+
+    // The old owner pauses past its leases and its member entry; another replica takes
+    // every partition with new epochs and raises its fences.
+    let members = Membership::new(GROUP, lease);
+    let _: () = redis::cmd("ZREM")
+        .arg(members.key())
+        .arg("churnd-0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for p in 0..4 {
+        let _: () = redis::cmd("DEL")
+            .arg(Leases::new(GROUP, lease).key(p))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut new = replica("churnd-1", 4, lease);
+    let taken = new.round(&mut conn).await.unwrap();
+    assert_eq!(taken.gained.len(), 4, "{taken:?}");
+
+    // The old owner's next write is refused, nothing of it written.
+    sink.tx.send(rejected(2)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), sink.fenced.cancelled())
+        .await
+        .expect("the refusal is reported");
+    assert_eq!(sink.metrics.ownership.fenced_writes.get(), 1);
+    assert_eq!(
+        xlen(&mut conn, "churn:events:dlq").await,
+        1,
+        "nothing written"
+    );
+
+    // A stale raise (the old owner taking partition 0 again at its old epoch, as if paused
+    // between acquiring and raising) is refused by the newer epoch recorded.
+    let refused = fences()
+        .raise(
+            &mut conn,
+            &churnd::ownership::lease::Holder {
+                member: MemberName::new("churnd-0").unwrap(),
+                run: 1,
+            },
+            &[(0, old.held()[&0])].into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.get(&0), Some(&taken.gained[0].1), "{refused:?}");
+}
+
+/// A Redis that lost writes (a failover before they were replicated, an old backup) can
+/// hand out an epoch again that a fence records for another holder: the replica gives the
+/// lease up and takes it again above the recorded epoch, and only then reads.
+#[tokio::test]
+async fn an_epoch_counter_that_went_back_is_taken_again_above_the_recorded_epoch() {
+    let server = RedisServer::start();
+    let mut conn = server.conn().await;
+    let lease = Duration::from_secs(600);
+    for key in fences().keys() {
+        let _: () = redis::cmd("HSET")
+            .arg(key)
+            .arg(0)
+            .arg("gone#3:5")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut r = replica("churnd-0", 1, lease);
+    let first = r.round(&mut conn).await.unwrap();
+    assert!(first.gained.is_empty(), "epoch 1 is refused: {first:?}");
+    assert_eq!(first.conflicts, vec![0]);
+    assert_eq!(holder(&mut conn, 0).await, None, "its lease given up");
+    let second = r.round(&mut conn).await.unwrap();
+    assert_eq!(second.gained, vec![(0, churnd::ownership::Epoch(6))]);
+    for key in fences().keys() {
+        let token: String = redis::cmd("HGET")
+            .arg(key)
+            .arg(0)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(Some(token), r.token(0));
+    }
 }

@@ -12,14 +12,14 @@ use super::replicas::{self, Replica};
 use super::*;
 
 /// `settings` with the snapshots in Redis and no state directory.
-fn in_redis(mut settings: Settings) -> Settings {
+pub(super) fn in_redis(mut settings: Settings) -> Settings {
     settings.state.store = StateStore::Redis;
     settings.state.dir = PathBuf::new();
     settings
 }
 
 /// Every customer in the newest snapshot kept in Redis of each of `count` partitions.
-async fn customers_in_redis(
+pub(super) async fn customers_in_redis(
     settings: &Settings,
     count: PartitionCount,
 ) -> BTreeMap<String, Customer> {

@@ -240,7 +240,7 @@ async fn scaling_one_to_three_to_two_replicas_mid_stream_ends_as_one_process() {
 }
 
 /// Entries the consumer group has delivered, over every partition stream.
-pub(super) async fn read_so_far(c: &mut MultiplexedConnection) -> usize {
+pub(super) async fn read_so_far(c: &mut impl redis::aio::ConnectionLike) -> usize {
     let mut total = 0;
     for stream in streams() {
         let reply: redis::Value = redis::cmd("XINFO")
