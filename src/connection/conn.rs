@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::Slot;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, Slot};
 use redis::{
     AsyncConnectionConfig, Cmd, ConnectionAddr, ConnectionInfo, Pipeline, RedisFuture, RedisResult,
     TlsCertificates, Value,
@@ -155,6 +155,31 @@ impl RedisConn {
     /// Whether this is a cluster connection.
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// `cmd`'s reply from every primary, each with the node's address (on a single Redis,
+    /// its one reply with an empty address). For what each node decides for itself, such
+    /// as its persistence settings, where the crate would ask one node at random. A node's
+    /// error reply is its reply; a node that cannot be reached fails the whole.
+    pub async fn on_every_primary(&mut self, cmd: &Cmd) -> RedisResult<Vec<(String, Value)>> {
+        match self {
+            Self::Standalone(c) => Ok(vec![(String::new(), cmd.query_async(c).await?)]),
+            Self::Cluster(c) => {
+                let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                match c.route_command(cmd.clone(), all).await? {
+                    Value::Map(replies) => Ok(replies
+                        .into_iter()
+                        .map(|(node, reply)| match node {
+                            Value::BulkString(b) => {
+                                (String::from_utf8_lossy(&b).into_owned(), reply)
+                            }
+                            other => (format!("{other:?}"), reply),
+                        })
+                        .collect()),
+                    other => Ok(vec![(String::new(), other)]),
+                }
+            }
+        }
     }
 }
 

@@ -220,34 +220,54 @@ impl RedisStore {
 }
 
 /// Looks at Redis's persistence and warns when it keeps nothing on disk: snapshots kept
-/// there would not survive its restart. Servers that refuse `CONFIG` (managed services)
-/// get a reminder instead.
+/// there would not survive its restart. On a cluster every primary is asked (each node has
+/// its own settings, and a snapshot lives on the node of its partition's slot). Servers
+/// that refuse `CONFIG` (managed services) get a reminder instead.
 async fn check_persistence(conn: &mut RedisConn) {
-    let get = async |conn: &mut RedisConn, name: &str| -> RedisResult<String> {
-        let map: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg(name)
-            .query_async(conn)
-            .await?;
-        Ok(map.get(name).cloned().unwrap_or_default())
+    let get = async |conn: &mut RedisConn, name: &str| -> RedisResult<Vec<(String, String)>> {
+        let mut cmd = redis::cmd("CONFIG");
+        cmd.arg("GET").arg(name);
+        let replies = conn.on_every_primary(&cmd).await?;
+        replies
+            .into_iter()
+            .map(|(node, reply)| {
+                let map: std::collections::HashMap<String, String> =
+                    redis::from_redis_value(reply)?;
+                Ok((node, map.get(name).cloned().unwrap_or_default()))
+            })
+            .collect()
     };
-    let appendonly = get(conn, "appendonly").await;
-    let save = get(conn, "save").await;
-    match (appendonly, save) {
-        (Ok(appendonly), Ok(save)) => match persistence_warning(&appendonly, &save) {
-            Some(warning) => tracing::warn!(appendonly, save, "{warning}"),
+    let settings = match (get(conn, "appendonly").await, get(conn, "save").await) {
+        (Ok(appendonly), Ok(save)) => appendonly
+            .into_iter()
+            .map(|(node, aof)| {
+                let rdb = save
+                    .iter()
+                    .find(|(n, _)| *n == node)
+                    .map(|(_, s)| s.clone());
+                (node, aof, rdb.unwrap_or_default())
+            })
+            .collect::<Vec<_>>(),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(
+                error = %crate::connection::describe(&e),
+                "cannot read Redis's persistence settings (CONFIG GET refused, as managed services do): \
+                 snapshots kept in Redis are only as durable as its persistence; make sure it has \
+                 AOF or RDB snapshots on"
+            );
+            return;
+        }
+    };
+    for (node, appendonly, save) in settings {
+        match persistence_warning(&appendonly, &save) {
+            Some(warning) => tracing::warn!(node, appendonly, save, "{warning}"),
             None => tracing::info!(
+                node,
                 appendonly,
                 save,
                 "snapshots kept in Redis, which persists them to disk"
             ),
-        },
-        (Err(e), _) | (_, Err(e)) => tracing::warn!(
-            error = %crate::connection::describe(&e),
-            "cannot read Redis's persistence settings (CONFIG GET refused, as managed services do): \
-             snapshots kept in Redis are only as durable as its persistence; make sure it has \
-             AOF or RDB snapshots on"
-        ),
+        }
     }
 }
 
