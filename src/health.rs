@@ -43,6 +43,8 @@ pub enum Partitions {
     Running(Vec<u16>),
     /// Their engines stop: final snapshots, then the leases are released.
     HandingOver(Vec<u16>),
+    /// Their engines pause, to go on with partitions gained beside them.
+    Pausing(Vec<u16>),
 }
 
 #[derive(Debug)]
@@ -292,6 +294,13 @@ impl Health {
                 ));
                 (reasons, false)
             }
+            Partitions::Pausing(ps) => {
+                reasons.push(format!(
+                    "pausing partitions {} to take others beside them",
+                    list(ps)
+                ));
+                (reasons, false)
+            }
         }
     }
 }
@@ -403,6 +412,11 @@ mod tests {
             vec!["handing over partitions 5 (final snapshots)"]
         );
         assert_eq!(h.ready.get(), 0);
+        h.set_partitions(Partitions::Pausing(vec![1]));
+        assert_eq!(
+            h.not_ready(),
+            vec!["pausing partitions 1 to take others beside them"]
+        );
         h.set_partitions(Partitions::Running(vec![1]));
         h.member_until(Instant::now());
         assert!(h.not_ready()[0].starts_with("not among the live replicas"));

@@ -215,7 +215,12 @@ impl Replica {
                 );
             }
             target.send_replace(None);
-            self.publish(moving, Partitions::HandingOver(partitions.clone()));
+            let pausing = if keep {
+                Partitions::Pausing(partitions.clone())
+            } else {
+                Partitions::HandingOver(partitions.clone())
+            };
+            self.publish(moving, pausing);
             let engine = generation
                 .stop(sink::drain_timeout(&self.settings), keep)
                 .await;
