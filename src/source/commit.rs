@@ -2,14 +2,14 @@
 //!
 //! With customer state kept in snapshots (`state.dir`), a restart moves the consumer group
 //! back to the newest snapshot's position and replays what follows, so an acknowledgement
-//! per entry buys nothing the snapshot does not already give: the source reads with
-//! `XREADGROUP … NOACK` (no pending entries list, no `XACK`), and a stream's position is
-//! committed when a snapshot holding it is durable ([`Commit::WithSnapshots`]). Without kept
-//! state a crash would lose whatever was acknowledged, so each entry is acknowledged once its
-//! effects are written, as before ([`Commit::PerEntry`]).
+//! per entry buys nothing the snapshot does not already give: the source reads by position
+//! (plain `XREAD`: no pending entries list, no `XACK`), and a stream's position is committed
+//! when a snapshot holding it is durable ([`Commit::WithSnapshots`]). Without kept state a
+//! crash would lose whatever was acknowledged, so each entry is read through the group and
+//! acknowledged once its effects are written, as before ([`Commit::PerEntry`]).
 //!
-//! With snapshots the source reads by position (`XREAD`), and the committer also tells the
-//! group (`source.group`) where reading stands ([`super::position`]). What operators see
+//! The committer also tells the group (`source.group`) where reading stands
+//! ([`super::position`]). What operators see
 //! stays true: the group has nothing pending and its `XINFO GROUPS` lag counts the entries
 //! not yet read; a second group per stream,
 //! [`committed_group`] (`<group>:committed`), is never read from and is moved with
@@ -45,8 +45,8 @@ pub enum Commit {
     /// State is not kept: reads keep a pending entries list and each entry is acknowledged
     /// (`XACK`) once its effects are written.
     PerEntry,
-    /// State is kept in snapshots: reads are `NOACK`, and each stream's position is
-    /// committed to [`committed_group`] once a snapshot holding it is durable.
+    /// State is kept in snapshots: reads are by position (`XREAD`), and each stream's
+    /// position is committed to [`committed_group`] once a snapshot holding it is durable.
     WithSnapshots,
 }
 

@@ -320,9 +320,9 @@ impl Source {
     /// every slot without blocking, and only when that finds nothing blocks on every slot,
     /// waiting for all of them: a read is never abandoned (an XREADGROUP's entries would be
     /// delivered to this consumer unseen), so with nothing to read, an entry that arrives
-    /// waits until the other slots' reads end, at most `source.block_ms`. Entries one slot delivered
-    /// are returned even when another slot's read failed; its error comes back at the next
-    /// read.
+    /// waits until the other slots' reads end, at most `source.block_ms`. Entries one slot
+    /// delivered are returned even when another slot's read failed; its error comes back at
+    /// the next read.
     async fn read_per_slot(
         &self,
         c: &RedisConn,
