@@ -1,4 +1,4 @@
-//! A batch of stream entries as read by XREADGROUP, walked out of the raw reply.
+//! A batch of stream entries as read by XREADGROUP or XREAD, walked out of the raw reply.
 //!
 //! Entries keep the reply's own field values (no copy, no map per entry); [`Entry::fields`]
 //! pairs them up for the event parser.
@@ -79,7 +79,7 @@ impl Batch {
 #[error("unexpected stream read reply: {0}")]
 pub struct ReplyError(String);
 
-/// Walks an XREADGROUP reply (RESP2 array or RESP3 map; nil when BLOCK timed out).
+/// Walks an XREADGROUP or XREAD reply (RESP2 array or RESP3 map; nil when BLOCK timed out).
 pub fn parse_reply(reply: Value, streams: &[String]) -> Result<Vec<Entry>, ReplyError> {
     let per_stream: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(Vec::new()),

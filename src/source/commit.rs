@@ -2,14 +2,16 @@
 //!
 //! With customer state kept in snapshots (`state.dir`), a restart moves the consumer group
 //! back to the newest snapshot's position and replays what follows, so an acknowledgement
-//! per entry buys nothing the snapshot does not already give: the source reads with
-//! `XREADGROUP … NOACK` (no pending entries list, no `XACK`), and a stream's position is
-//! committed when a snapshot holding it is durable ([`Commit::WithSnapshots`]). Without kept
-//! state a crash would lose whatever was acknowledged, so each entry is acknowledged once its
-//! effects are written, as before ([`Commit::PerEntry`]).
+//! per entry buys nothing the snapshot does not already give: the source reads by position
+//! (plain `XREAD`: no pending entries list, no `XACK`), and a stream's position is committed
+//! when a snapshot holding it is durable ([`Commit::WithSnapshots`]). Without kept state a
+//! crash would lose whatever was acknowledged, so each entry is read through the group and
+//! acknowledged once its effects are written, as before ([`Commit::PerEntry`]).
 //!
-//! What operators see stays true: the group (`source.group`) has nothing pending and its
-//! `XINFO GROUPS` lag counts the entries not yet read; a second group per stream,
+//! The committer also tells the group (`source.group`) where reading stands
+//! ([`super::position`]). What operators see
+//! stays true: the group has nothing pending and its `XINFO GROUPS` lag counts the entries
+//! not yet read; a second group per stream,
 //! [`committed_group`] (`<group>:committed`), is never read from and is moved with
 //! `XGROUP SETID` to each durable snapshot's position ([`run`]), so its lag counts the
 //! entries a restart would replay. A third, [`written_group`] (`<group>:written`), is moved by
@@ -17,14 +19,14 @@
 //! "read", and tools and tests that must know everything is applied and written ("drained")
 //! wait on this one. Redis can only count the committed group's lag when told how many entries
 //! precede the position (`ENTRIESREAD`): [`ReadCounts`] keeps, per stream, how many entries
-//! this process has read up to the last entry of each read, and the group's own counter at
-//! its last delivered entry anchors them (`entries_read(P) = entries_read(L) − entries read
-//! in (P, L]`). When no anchor is known (just after a start, or after `XDEL` made Redis's
-//! counter unknown) the position is committed without it and the lag shows as unknown.
+//! this process has read up to the last entry of each read, and the main group's count at
+//! the last entry read, as last told, anchors them (`entries_read(P) = entries_read(L) −
+//! entries read in (P, L]`). When no anchor is known (just after a start, or after `XDEL`
+//! made the count unknown) the position is committed without it and the lag shows as
+//! unknown.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use redis::{RedisError, Value};
 use tokio::sync::watch;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::batch::Entry;
 use super::lag::group_info;
+use super::position::{set_group, Teller, TELL_EVERY};
 use crate::config::{Acknowledge, Settings, SourceSettings};
 use crate::connection::{Connector, RedisConn};
 use crate::event::EntryId;
@@ -42,8 +45,8 @@ pub enum Commit {
     /// State is not kept: reads keep a pending entries list and each entry is acknowledged
     /// (`XACK`) once its effects are written.
     PerEntry,
-    /// State is kept in snapshots: reads are `NOACK`, and each stream's position is
-    /// committed to [`committed_group`] once a snapshot holding it is durable.
+    /// State is kept in snapshots: reads are by position (`XREAD`), and each stream's
+    /// position is committed to [`committed_group`] once a snapshot holding it is durable.
     WithSnapshots,
 }
 
@@ -81,11 +84,6 @@ pub type Durable = BTreeMap<String, EntryId>;
 /// Records kept per stream at most; older ones are dropped (their positions are then
 /// committed without a count).
 const MAX_RECORDS: usize = 1 << 16;
-
-/// How long a commit waits for the source to record the read that delivered the group's
-/// last entry (its reply may still be on the way), in steps of [`ANCHOR_WAIT`].
-const ANCHOR_TRIES: u32 = 10;
-const ANCHOR_WAIT: Duration = Duration::from_millis(10);
 
 /// Per stream (by index into `source.streams`), entries read by this process: at the last
 /// entry of each read, how many were read up to it. Shared by the source, which records,
@@ -139,8 +137,18 @@ impl ReadCounts {
         }
     }
 
+    /// The last entry read of `stream` (where reading starts, before any read).
+    pub(crate) fn last(&self, stream: usize) -> Option<EntryId> {
+        self.lock().get(stream)?.back().map(|&(id, _)| id)
+    }
+
+    /// The oldest record of `stream`: an entry and the entries read up to it.
+    pub(crate) fn oldest(&self, stream: usize) -> Option<(EntryId, u64)> {
+        self.lock().get(stream)?.front().copied()
+    }
+
     /// Entries read after `from` up to `to` in `stream`, if both are recorded.
-    fn between(&self, stream: usize, from: EntryId, to: EntryId) -> Option<u64> {
+    pub(crate) fn between(&self, stream: usize, from: EntryId, to: EntryId) -> Option<u64> {
         let streams = self.lock();
         let records = streams.get(stream)?;
         let count_at = |id: EntryId| {
@@ -200,7 +208,9 @@ pub fn spawn(
 /// snapshot writer, once a snapshot is durable) until the publisher is gone, committing the
 /// last ones first; `abort` ends retrying. A failed commit is retried after the backoff: a
 /// position committed late only leaves the lag higher meanwhile (the snapshot, not the
-/// group, is what a restart replays from).
+/// group, is what a restart replays from). Before each round, and every [`TELL_EVERY`],
+/// the main group is told where reading stands ([`Teller`]); the last round, once the
+/// publisher is gone (the source stopped before), tells it the last entry read.
 pub async fn run(
     settings: SourceSettings,
     counts: ReadCounts,
@@ -211,7 +221,28 @@ pub async fn run(
     let mut done = Durable::new();
     let mut conn: Option<RedisConn> = None;
     let mut closed = false;
+    let mut teller = Teller::new(&counts, settings.streams.len());
+    let mut tick = tokio::time::interval(TELL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connector.connect(&abort).await {
+                Some(c) => conn.insert(c),
+                None => return,
+            },
+        };
+        // First, so that a commit's count is taken from the count told here.
+        if let Err(e) = teller.tell(c, &settings, &counts).await {
+            tracing::warn!(error = %e, "cannot tell the consumer group where reading stands; retrying");
+            if connector.failed(&e) {
+                conn = None;
+            }
+            if !connector.pause(&abort).await {
+                return;
+            }
+            continue;
+        }
         let wanted = durable.borrow_and_update().clone();
         for (stream, &at) in &wanted {
             let Some(index) = settings.streams.iter().position(|s| s == stream) else {
@@ -248,13 +279,15 @@ pub async fn run(
         }
         tokio::select! {
             changed = durable.changed() => closed = changed.is_err(),
+            _ = tick.tick() => {}
             () = abort.cancelled() => return,
         }
     }
 }
 
 /// Moves `stream`'s committed group to `at` (creating it there if missing), with Redis's
-/// count of the entries up to it when it can be known.
+/// count of the entries up to it when it can be known: from the main group's count at the
+/// last entry read (told just before) and the entries read in between.
 async fn commit(
     c: &mut RedisConn,
     group: &str,
@@ -263,59 +296,23 @@ async fn commit(
     counts: &ReadCounts,
 ) -> Result<(), RedisError> {
     let committed = committed_group(group);
-    let mut entries_read = None;
-    for _ in 0..ANCHOR_TRIES {
-        let groups: Value = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(c)
-            .await?;
-        if group_info(&groups, &committed).and_then(|g| g.last_delivered) == Some(at) {
-            return Ok(()); // already there (a restart from this snapshot)
-        }
-        let anchor = group_info(&groups, group).and_then(|g| {
-            let read = u64::try_from(g.entries_read?).ok()?;
-            Some((g.last_delivered?, read))
-        });
-        let Some(anchor) = anchor else { break };
-        if anchor.0 < at {
-            break; // moved back meanwhile (a reconnect): no anchor at or after `at`
-        }
-        entries_read = counts.entries_read(index, at, anchor);
-        if entries_read.is_some() {
-            break;
-        }
-        // The read that delivered the group's last entry is not recorded yet: its reply
-        // may still be on its way.
-        tokio::time::sleep(ANCHOR_WAIT).await;
+    let groups: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(c)
+        .await?;
+    if group_info(&groups, &committed).and_then(|g| g.last_delivered) == Some(at) {
+        return Ok(()); // already there (a restart from this snapshot)
     }
-    let set = |subcommand: &str, entries_read: Option<u64>| {
-        let mut cmd = redis::cmd("XGROUP");
-        cmd.arg(subcommand)
-            .arg(stream)
-            .arg(&committed)
-            .arg(at.to_string());
-        if let Some(n) = entries_read {
-            cmd.arg("ENTRIESREAD").arg(n);
-        }
-        cmd
-    };
-    let mut result = set("SETID", entries_read).query_async::<()>(c).await;
-    if matches!(&result, Err(e) if e.code() == Some("NOGROUP")) {
-        result = set("CREATE", entries_read).query_async::<()>(c).await;
-    }
-    match result {
-        // A count Redis refuses (entries deleted or the stream trimmed in between, so it
-        // no longer fits): the position without it.
-        Err(e)
-            if entries_read.is_some()
-                && e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
-        {
-            tracing::debug!(stream, error = %e, "the entries count was refused; committing the position without it");
-            set("SETID", None).query_async::<()>(c).await
-        }
-        other => other,
-    }
+    let anchor = group_info(&groups, group).and_then(|g| {
+        let read = u64::try_from(g.entries_read?).ok()?;
+        Some((g.last_delivered?, read))
+    });
+    // An anchor before `at` (moved back meanwhile by another process) tells nothing.
+    let entries_read = anchor
+        .filter(|&(last, _)| last >= at)
+        .and_then(|anchor| counts.entries_read(index, at, anchor));
+    set_group(c, stream, &committed, at, entries_read).await
 }
 
 #[cfg(test)]

@@ -2,6 +2,13 @@
 //! entries it asks for, when recovery is complete, when other consumers' entries are
 //! claimed, and where consumer groups are created or moved back to.
 //!
+//! With positions committed with snapshots ([`Commit::WithSnapshots`]) every read is by
+//! position (a plain `XREAD` after the last entry received of each stream, starting at the
+//! snapshot's): reading moves no state shared in Redis, so a replica paused past its lease
+//! that reads again takes nothing from the partition's new owner, and a reply lost in
+//! transit is read again simply by reading from the same place. The consumer group is then
+//! only told where reading stands ([`super::position`]).
+//!
 //! [`Source::run`](super::Source::run) does what [`Machine`] asks and reports what came of
 //! it: after every (re)connect it performs [`Machine::prepare`] and reports
 //! [`Machine::prepared`]; then, step by step, [`Machine::next`] says claim or read (and how),
@@ -31,16 +38,11 @@ enum Cursor {
 pub(crate) enum Step {
     /// A round of claiming entries stranded on other consumers; report [`Machine::claimed`].
     Claim,
-    /// One XREADGROUP; report [`Machine::read_done`] or [`Machine::unreadable_reply`].
+    /// One read; report [`Machine::read_done`] or [`Machine::unreadable_reply`].
     Read(ReadPlan),
-    /// Reads keep no pending entries list ([`Commit::WithSnapshots`]) and a reply may have
-    /// been lost (a reconnect, a reply not understood): move each stream's group to the last
-    /// entry received (`None`: leave it), so that what was delivered unseen is read again;
-    /// report [`Machine::resumed`].
-    Resume(Vec<Option<EntryId>>),
 }
 
-/// One XREADGROUP.
+/// One read: XREADGROUP, or XREAD by position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ReadPlan {
     /// Entries asked of each stream (COUNT).
@@ -55,11 +57,25 @@ pub(crate) enum ReadFrom {
     Pending(Vec<(usize, EntryId)>),
     /// New entries of every stream, waiting up to `block_ms` for some if `block`.
     New { block: bool },
+    /// By position, with plain XREAD ([`Commit::WithSnapshots`]): the entries of every
+    /// stream after these (one per stream), waiting up to `block_ms` for some if `block`.
+    After { after: Vec<GroupStart>, block: bool },
+}
+
+impl ReadFrom {
+    /// Whether the read waits for entries (`BLOCK`).
+    pub fn blocks(&self) -> bool {
+        matches!(
+            self,
+            Self::New { block: true } | Self::After { block: true, .. }
+        )
+    }
 }
 
 impl ReadPlan {
-    fn is_new(&self) -> bool {
-        matches!(self.from, ReadFrom::New { .. })
+    /// A read of what follows every stream's position (not a re-read of pending entries).
+    pub fn is_new(&self) -> bool {
+        !matches!(self.from, ReadFrom::Pending(_))
     }
 }
 
@@ -73,7 +89,8 @@ pub(crate) struct Prepare {
     pub rewind_to: Option<Vec<Option<EntryId>>>,
 }
 
-/// Where a consumer group is created (XGROUP CREATE's ID).
+/// Where a consumer group is created (XGROUP CREATE's ID), or where a read by position
+/// starts (XREAD's ID: the same arguments mean the same there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GroupStart {
     /// After an entry received or applied: nothing is read twice or skipped.
@@ -130,9 +147,8 @@ pub(crate) struct Machine {
     recovering: bool,
     cursors: Vec<Cursor>,
     commit: Commit,
-    /// The groups are to be moved to the last entries received before the next read.
-    resume: bool,
-    /// `None`: claiming is off (`claim_idle_ms = 0`).
+    /// `None`: claiming is off (`claim_idle_ms = 0`, or reads by position, which leave
+    /// nothing pending to claim).
     claims: Option<ClaimClock>,
     read_size: ReadSize,
 }
@@ -150,10 +166,16 @@ impl Machine {
         let streams = settings.streams.len();
         // One position per configured stream, whatever the restored state held.
         start.resize(streams, None);
-        let claims = settings.claim_idle.map(|idle| ClaimClock {
-            every: (idle.get() / 2).max(Duration::from_secs(1)),
-            next: now,
-        });
+        // Reading by position, entries pending on consumers of the group (left by a run that
+        // acknowledged per entry: acknowledged at start) are read again from the snapshot's
+        // position, never claimed.
+        let claims = settings
+            .claim_idle
+            .filter(|_| commit == Commit::PerEntry)
+            .map(|idle| ClaimClock {
+                every: (idle.get() / 2).max(Duration::from_secs(1)),
+                next: now,
+            });
         Self {
             received: start,
             start_from: settings.start_from,
@@ -161,7 +183,6 @@ impl Machine {
             recovering: true,
             cursors: vec![Cursor::Live; streams],
             commit,
-            resume: false,
             claims,
             read_size: ReadSize::for_budget(
                 settings.batch_size.get(),
@@ -184,27 +205,22 @@ impl Machine {
     /// a durable position read on from it and the others re-read this consumer's pending
     /// entries from the start; after a reconnect, every stream re-reads its pending
     /// entries past the last one received (a delivery lost in transit is found there,
-    /// and what is already in the pipeline is not read twice) or, with no pending entries
-    /// list to re-read ([`Commit::WithSnapshots`]), its group is first moved back to the
-    /// last entry received ([`Step::Resume`]).
+    /// and what is already in the pipeline is not read twice) or, reading by position
+    /// ([`Commit::WithSnapshots`]), reads on after the last entry received.
     pub(crate) fn prepared(&mut self) {
         self.cursors = if self.starting {
             self.received
                 .iter()
-                .map(|p| match p {
-                    Some(_) => Cursor::Live,
-                    None => Cursor::Pending(EntryId::default()),
+                .map(|p| match (p, self.commit) {
+                    (None, Commit::PerEntry) => Cursor::Pending(EntryId::default()),
+                    // Reading by position keeps no pending entries list to re-read.
+                    _ => Cursor::Live,
                 })
                 .collect()
         } else {
             self.after_lost_reply()
         };
         self.starting = false;
-    }
-
-    /// The groups were moved as [`Step::Resume`] asked: reading goes on.
-    pub(crate) fn resumed(&mut self) {
-        self.resume = false;
     }
 
     /// Where each stream's group is created should it be missing (at start, or deleted
@@ -225,9 +241,6 @@ impl Machine {
     /// is complete and every stream reads new entries: a claimed entry must not move the
     /// engine's position past entries the replay or a re-read has yet to deliver.
     pub fn next(&self, now: Instant) -> Step {
-        if self.resume {
-            return Step::Resume(self.received.clone());
-        }
         let pending: Vec<(usize, EntryId)> = self
             .cursors
             .iter()
@@ -241,11 +254,15 @@ impl Machine {
         if pending.is_empty() && !self.recovering && claim_due {
             return Step::Claim;
         }
-        let from = if pending.is_empty() {
-            // While recovering, reads do not wait: an empty reply means every stream's end.
-            ReadFrom::New {
-                block: !self.recovering,
+        // While recovering, reads do not wait: an empty reply means every stream's end.
+        let block = !self.recovering;
+        let from = if self.commit == Commit::WithSnapshots {
+            ReadFrom::After {
+                after: self.create_at(),
+                block,
             }
+        } else if pending.is_empty() {
+            ReadFrom::New { block }
         } else {
             ReadFrom::Pending(pending)
         };
@@ -304,15 +321,12 @@ impl Machine {
     }
 
     /// The cursors after a reply may have been lost: re-reading own pending entries past
-    /// the last one received or, without a pending entries list, reading new entries once
-    /// the groups are moved back to the last ones received.
+    /// the last one received or, reading by position, reading on after the last entries
+    /// received (what the lost reply held comes again).
     fn after_lost_reply(&mut self) -> Vec<Cursor> {
         match self.commit {
             Commit::PerEntry => self.pending_after_received(),
-            Commit::WithSnapshots => {
-                self.resume = true;
-                vec![Cursor::Live; self.received.len()]
-            }
+            Commit::WithSnapshots => vec![Cursor::Live; self.received.len()],
         }
     }
 
@@ -387,7 +401,6 @@ mod tests {
         match m.next(now) {
             Step::Read(plan) => plan,
             Step::Claim => panic!("a claim, not a read"),
-            Step::Resume(_) => panic!("a resume, not a read"),
         }
     }
 
@@ -695,53 +708,79 @@ mod tests {
         Machine::new(&settings(60_000), start, t0, Commit::WithSnapshots)
     }
 
-    #[test]
-    fn with_snapshots_a_reconnect_moves_the_groups_to_the_last_entries_received() {
-        let t0 = Instant::now();
-        let mut m = noack(vec![Some(id(1, 0)), Some(id(2, 0))], t0);
-        m.prepared();
-        assert_eq!(
-            plan(&m, t0).from,
-            new_entries(false),
-            "no pending list to re-read"
-        );
-        read(&mut m, t0, &entries(0, 5, BATCH as u64));
-        m.prepared();
-        assert_eq!(
-            m.next(t0),
-            Step::Resume(vec![Some(id(14, 0)), Some(id(2, 0))]),
-            "before anything else"
-        );
-        assert_eq!(m.next(t0 + Duration::from_secs(3_600)), m.next(t0));
-        m.resumed();
-        assert_eq!(plan(&m, t0).from, new_entries(false), "still recovering");
-        assert!(read(&mut m, t0, &[]).1.caught_up);
-        assert_eq!(m.next(t0), Step::Claim);
+    /// A read by position after these entries of streams a and b.
+    fn after(a: EntryId, b: EntryId, block: bool) -> ReadFrom {
+        ReadFrom::After {
+            after: vec![GroupStart::After(a), GroupStart::After(b)],
+            block,
+        }
     }
 
     #[test]
-    fn with_snapshots_an_unreadable_reply_moves_the_groups_back_and_reads_on() {
+    fn with_snapshots_every_read_is_by_position_from_the_snapshots_then_the_last_received() {
+        let t0 = Instant::now();
+        let mut m = noack(vec![Some(id(1, 0)), Some(id(2, 0))], t0);
+        m.prepared();
+        assert_eq!(plan(&m, t0).from, after(id(1, 0), id(2, 0), false));
+        let (_, done) = read(&mut m, t0, &two(entries(0, 5, 3), entries(1, 9, 1)));
+        assert!(done.caught_up, "fewer than asked of each: the end");
+        assert_eq!(
+            plan(&m, t0).from,
+            after(id(7, 0), id(9, 0), true),
+            "waiting for more, after the last received"
+        );
+        assert!(plan(&m, t0).is_new() && plan(&m, t0).from.blocks());
+        // A read by position leaves nothing pending anywhere: nothing is ever claimed.
+        let much_later = t0 + Duration::from_secs(86_400);
+        assert!(matches!(m.next(much_later), Step::Read(_)));
+    }
+
+    #[test]
+    fn with_snapshots_a_reconnect_reads_on_after_the_last_entries_received() {
+        let t0 = Instant::now();
+        let mut m = noack(vec![Some(id(1, 0)), Some(id(2, 0))], t0);
+        m.prepared();
+        read(&mut m, t0, &entries(0, 5, BATCH as u64));
+        assert_eq!(
+            m.prepare().rewind_to,
+            None,
+            "groups move back at start only"
+        );
+        m.prepared();
+        assert_eq!(
+            plan(&m, t0).from,
+            after(id(14, 0), id(2, 0), false),
+            "still recovering: no pending list to re-read, nothing moved in Redis"
+        );
+        assert!(read(&mut m, t0, &[]).1.caught_up);
+        assert_eq!(plan(&m, t0).from, after(id(14, 0), id(2, 0), true));
+    }
+
+    #[test]
+    fn with_snapshots_an_unreadable_reply_is_read_again_from_the_same_place() {
         let t0 = Instant::now();
         let mut m = noack(vec![Some(id(2, 0)), Some(id(6, 0))], t0);
         m.prepared();
         read(&mut m, t0, &entries(0, 3, BATCH as u64));
+        let before = plan(&m, t0);
         m.unreadable_reply();
-        assert_eq!(
-            m.next(t0),
-            Step::Resume(vec![Some(id(12, 0)), Some(id(6, 0))])
-        );
-        m.resumed();
-        assert_eq!(plan(&m, t0).from, new_entries(false));
+        assert_eq!(plan(&m, t0), before);
         assert!(m.recovering());
     }
 
     #[test]
-    fn with_snapshots_the_first_connection_rewinds_and_needs_no_resume() {
+    fn with_snapshots_a_stream_without_a_position_reads_from_start_from() {
         let t0 = Instant::now();
-        let start = vec![Some(id(5, 1)), Some(id(0, 0))];
-        let mut m = noack(start.clone(), t0);
-        assert_eq!(m.prepare().rewind_to, Some(start));
+        let mut m = noack(vec![Some(id(5, 1)), None], t0);
+        assert_eq!(m.prepare().rewind_to, Some(vec![Some(id(5, 1)), None]));
         m.prepared();
-        assert!(matches!(m.next(t0), Step::Read(_)));
+        assert_eq!(
+            plan(&m, t0).from,
+            ReadFrom::After {
+                after: vec![GroupStart::After(id(5, 1)), GroupStart::Beginning],
+                block: false
+            },
+            "no pending entries to re-read first"
+        );
     }
 }

@@ -12,13 +12,18 @@
 //! the last entry received, so nothing is skipped or replayed. Once a read finds every
 //! stream's end, the batch is marked `caught_up`: recovery is complete.
 //!
-//! With state kept, reads are `NOACK` and positions are committed with snapshots instead of
-//! an `XACK` per entry ([`commit`]): there is no pending entries list to re-read, so after a
-//! reconnect (or a reply not understood) the group is moved back to the last entry received
-//! instead. The source creates the group that tells how far effects are written
-//! ([`commit::written_group`], moved by the sink) with the main group, and moves it back to
-//! the snapshot's position with it at start; per entry acknowledged, it removes one left
-//! behind.
+//! With state kept, positions are committed with snapshots instead of an `XACK` per entry
+//! ([`commit`]), and reading is by position: a plain `XREAD` after the last entry this
+//! process received of each stream (at first, the snapshot's position). Reading moves
+//! nothing shared in Redis, so a replica paused past its lease whose read returns late, or
+//! that reads again before it learns it lost the lease, takes nothing from the partition's
+//! new owner (a read through the group would move the group's last delivered entry past
+//! entries the new owner then never gets). After a reconnect (or a reply not understood) the
+//! same read is simply made again. The consumer group is told where reading stands
+//! ([`position`]), so its lag stays what operators watch. The source creates the group that
+//! tells how far effects are written ([`commit::written_group`], moved by the sink) with the
+//! main group, and moves both back to the snapshot's position at start; per entry
+//! acknowledged, it removes one left behind.
 //!
 //! Those decisions are made without I/O by [`machine::Machine`]; this module performs the
 //! Redis commands it asks for and reports what came of them.
@@ -29,6 +34,7 @@ pub(crate) mod claim;
 pub mod commit;
 pub mod lag;
 pub(crate) mod machine;
+pub(crate) mod position;
 pub(crate) mod start;
 
 use std::sync::Arc;
@@ -98,8 +104,8 @@ impl Source {
     }
 
     /// Reads until shutdown: the I/O [`Machine`] asks for, its outcomes reported back. An
-    /// in-flight read is not abandoned (it ends within `block_ms`), so every entry delivered
-    /// reaches the engine.
+    /// in-flight XREADGROUP is not abandoned (it ends within `block_ms`), so every entry
+    /// delivered reaches the engine; a read by position is (it delivers nothing in Redis).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let streams = self.settings.streams.clone();
         let start = std::mem::take(&mut self.start);
@@ -154,20 +160,18 @@ impl Source {
                     }
                     continue;
                 }
-                Step::Resume(at) => {
-                    match self.resume(c, &at).await {
-                        Ok(()) => machine.resumed(),
-                        Err(e) => {
-                            if !self.back_off(&e, &mut conn, &shutdown).await {
-                                break;
-                            }
-                        }
-                    }
-                    continue;
-                }
                 Step::Read(plan) => plan,
             };
-            match self.read(c, &plan).await {
+            let reply = match self.commit {
+                Commit::PerEntry => self.read(c, &plan).await,
+                // A read by position hands nothing over in Redis: one still waiting at
+                // shutdown (or a hand-over) is left, and stopping takes no `block_ms`.
+                Commit::WithSnapshots => tokio::select! {
+                    reply = self.read(c, &plan) => reply,
+                    () = shutdown.cancelled() => break,
+                },
+            };
+            match reply {
                 Ok(reply) => {
                     self.connector.succeeded();
                     let entries = match parse_reply(reply, &streams) {
@@ -182,9 +186,7 @@ impl Source {
                         }
                     };
                     let done = machine.read_done(&plan, &entries);
-                    if self.commit == Commit::WithSnapshots
-                        && matches!(plan.from, ReadFrom::New { .. })
-                    {
+                    if self.commit == Commit::WithSnapshots && plan.is_new() {
                         self.counts.record(&entries);
                     }
                     let mut batch = Batch::new(entries);
@@ -247,9 +249,10 @@ impl Source {
         self.tx.send(batch).await.is_ok()
     }
 
-    /// One XREADGROUP as `plan` says: own pending entries of some streams (no blocking),
-    /// or new entries of every stream. On a Redis Cluster, streams of different slots are
-    /// read in one XREADGROUP per slot ([`Self::read_per_slot`]).
+    /// One read as `plan` says: own pending entries of some streams (no blocking), new
+    /// entries of every stream (XREADGROUP), or what follows every stream's position
+    /// (XREAD). On a Redis Cluster, streams of different slots are read in one command per
+    /// slot ([`Self::read_per_slot`]).
     async fn read(&self, c: &mut RedisConn, plan: &ReadPlan) -> Result<Value, RedisError> {
         let wanted: Vec<(usize, String)> = match &plan.from {
             ReadFrom::New { .. } => (0..self.settings.streams.len())
@@ -259,8 +262,13 @@ impl Source {
                 .iter()
                 .map(|(i, after)| (*i, after.to_string()))
                 .collect(),
+            ReadFrom::After { after, .. } => after
+                .iter()
+                .enumerate()
+                .map(|(i, after)| (i, after.arg()))
+                .collect(),
         };
-        let block = matches!(plan.from, ReadFrom::New { block: true });
+        let block = plan.from.blocks();
         if c.is_cluster() {
             let names: Vec<&str> = wanted
                 .iter()
@@ -280,20 +288,20 @@ impl Source {
             .await
     }
 
-    /// The XREADGROUP of `wanted` (stream index, read after), COUNT `count`, blocking for
-    /// `source.block_ms` when `block`.
+    /// The read of `wanted` (stream index, read after), COUNT `count`, blocking for
+    /// `source.block_ms` when `block`: XREADGROUP per entry acknowledged, XREAD by position
+    /// when positions are committed with snapshots.
     fn read_cmd(&self, count: usize, wanted: &[(usize, String)], block: bool) -> redis::Cmd {
         let s = &self.settings;
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&s.group)
-            .arg(&s.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if self.commit == Commit::WithSnapshots {
-            // No pending entries list: positions are committed with snapshots.
-            cmd.arg("NOACK");
-        }
+        let mut cmd = match self.commit {
+            Commit::PerEntry => {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP").arg(&s.group).arg(&s.consumer);
+                cmd
+            }
+            Commit::WithSnapshots => redis::cmd("XREAD"),
+        };
+        cmd.arg("COUNT").arg(count);
         if block {
             cmd.arg("BLOCK").arg(s.block.as_millis());
         }
@@ -307,14 +315,14 @@ impl Source {
         cmd
     }
 
-    /// A read of streams in several cluster slots, one XREADGROUP per slot, all at once;
-    /// the replies are joined as one reply naming every stream. A blocking read first reads
+    /// A read of streams in several cluster slots, one read per slot, all at once; the
+    /// replies are joined as one reply naming every stream. A blocking read first reads
     /// every slot without blocking, and only when that finds nothing blocks on every slot,
-    /// waiting for all of them: a read is never abandoned (its entries would be delivered to
-    /// this consumer unseen), so with nothing to read, an entry that arrives waits until
-    /// the other slots' reads end, at most `source.block_ms`. Entries one slot delivered
-    /// are returned even when another slot's read failed; its error comes back at the next
-    /// read.
+    /// waiting for all of them: a read is never abandoned (an XREADGROUP's entries would be
+    /// delivered to this consumer unseen), so with nothing to read, an entry that arrives
+    /// waits until the other slots' reads end, at most `source.block_ms`. Entries one slot
+    /// delivered are returned even when another slot's read failed; its error comes back at
+    /// the next read.
     async fn read_per_slot(
         &self,
         c: &RedisConn,
@@ -386,7 +394,8 @@ impl Source {
 
     /// Customer state lives in this process, so each group must have one consumer: a second
     /// one would see only part of each customer's events. A former name of this replica is
-    /// harmless: its idle pending entries are claimed and the consumer removed.
+    /// harmless: its idle pending entries are claimed and the consumer removed. Reading by
+    /// position, this process is no consumer at all, and one with nothing pending is removed.
     async fn warn_about_other_consumers(&self, c: &mut RedisConn) {
         for stream in &self.settings.streams {
             let reply: Result<Value, RedisError> = redis::cmd("XINFO")
@@ -397,6 +406,22 @@ impl Source {
                 .await;
             let Ok(reply) = reply else { continue };
             for other in lag::other_consumers(&reply, &self.settings.consumer) {
+                if self.commit == Commit::WithSnapshots && other.pending == 0 {
+                    // Reading by position uses no consumer: one with nothing pending is
+                    // left by a run that read through the group (an earlier version, or
+                    // this replica's own name then).
+                    let removed: Result<i64, RedisError> = redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(stream)
+                        .arg(&self.settings.group)
+                        .arg(&other.name)
+                        .query_async(c)
+                        .await;
+                    if removed.is_ok() {
+                        tracing::info!(stream, group = %self.settings.group, consumer = %other.name, "removed a consumer with nothing pending: reads are by position");
+                    }
+                    continue;
+                }
                 tracing::warn!(
                     stream,
                     group = %self.settings.group,
@@ -605,43 +630,12 @@ impl Source {
                 .and_then(|g| g.entries_read),
         )
     }
-
-    /// Moves each stream's group to the last entry received (`at`), unless it stands there:
-    /// entries delivered after it were lost with a reply (a dropped connection, a reply
-    /// not understood) and are read again. A group standing where it was keeps Redis's
-    /// count of the entries read, and with it a known lag.
-    async fn resume(&self, c: &mut RedisConn, at: &[Option<EntryId>]) -> Result<(), RedisError> {
-        let group = &self.settings.group;
-        for (stream, at) in self.settings.streams.iter().zip(at) {
-            let Some(at) = *at else { continue };
-            let groups: Value = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(stream)
-                .query_async(c)
-                .await?;
-            let Some(info) = lag::group_info(&groups, group) else {
-                continue; // missing: the next read recreates it at the last entry received
-            };
-            if info.last_delivered == Some(at) {
-                continue;
-            }
-            redis::cmd("XGROUP")
-                .arg("SETID")
-                .arg(stream)
-                .arg(group)
-                .arg(at.to_string())
-                .query_async::<()>(c)
-                .await?;
-            tracing::warn!(stream, %group, position = %at, "entries delivered but not received (a reply lost with the connection) are read again");
-        }
-        Ok(())
-    }
 }
 
 /// The joined replies of reads of several slots' streams.
 #[derive(Default)]
 struct SlotReads {
-    /// `[name, entries]` per stream, as one XREADGROUP's RESP2 reply has them.
+    /// `[name, entries]` per stream, as one read's RESP2 reply has them.
     streams: Vec<Value>,
     /// How many entries they hold.
     entries: usize,

@@ -737,11 +737,12 @@ pub async fn group_state(
     churnd::source::lag::group_info(&reply, group).map(|g| (g.lag, g.pending))
 }
 
-/// Whether `group` has drained `stream`: read every entry (lag 0, nothing pending) and
-/// written the effects of all. Per entry acknowledged, nothing pending says the effects are
-/// written; with positions committed with snapshots (reads keep no pending entries list),
-/// the group `<group>:written` must stand at the last entry read. From one `XINFO GROUPS`
-/// reply, so the two agree. `Err` tells where the groups stand.
+/// Whether `group` has drained `stream`: read every entry and written the effects of all
+/// (docs/redis.md). Per entry acknowledged, the group's lag is 0 with nothing pending; with
+/// positions committed with snapshots (reads by position: the main group is only told where
+/// reading stands, a moment later), the group `<group>:written` stands at the stream's last
+/// entry (its lag, which Redis counts only there, is 0). From one `XINFO GROUPS` reply, so
+/// the two agree. `Err` tells where the groups stand.
 pub async fn drained(
     conn: &mut impl ConnectionLike,
     stream: &str,
@@ -756,10 +757,9 @@ pub async fn drained(
     let info = churnd::source::lag::group_info(&reply, group);
     let written_group = churnd::source::commit::written_group(group);
     let written = churnd::source::lag::group_info(&reply, &written_group);
-    let done = info.is_some_and(|g| {
-        g.lag == Some(0)
-            && g.pending == 0
-            && written.is_none_or(|w| w.last_delivered >= g.last_delivered)
+    let done = info.is_some_and(|g| match &written {
+        Some(w) => g.pending == 0 && w.lag == Some(0),
+        None => g.lag == Some(0) && g.pending == 0,
     });
     if done {
         Ok(())

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use churnd::config::{RedisMode, Settings};
 use churnd::daemon;
 use churnd::partition::PartitionCount;
+use churnd::source::commit::written_group;
 use churnd::source::lag::group_info;
 
 use crate::machine::load_average;
@@ -204,7 +205,10 @@ async fn daemon_run(
                 .query_async(conn)
                 .await
                 .ok();
-            let info = reply.as_ref().and_then(|r| group_info(r, "churnd"));
+            // With state kept, drained is the written group at the stream's end.
+            let info = reply.as_ref().and_then(|r| {
+                group_info(r, &written_group("churnd")).or_else(|| group_info(r, "churnd"))
+            });
             if !info.is_some_and(|g| g.lag == Some(0) && g.pending == 0) {
                 continue 'wait;
             }

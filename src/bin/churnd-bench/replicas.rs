@@ -269,23 +269,22 @@ pub async fn groups(conn: &mut MultiplexedConnection, stream: &str, group: &str)
 }
 
 impl Groups {
-    /// Drained (docs/redis.md): everything read, nothing pending, and the written group
-    /// at the last entry read.
+    /// Drained (docs/redis.md): nothing pending and, with positions committed with
+    /// snapshots, the written group at the stream's last entry (its lag 0: the main group
+    /// is only told where reading stands, a moment later); per entry acknowledged, the main
+    /// group's lag 0.
     pub fn drained(&self) -> bool {
-        self.main.as_ref().is_some_and(|g| {
-            g.lag == Some(0)
-                && g.pending == 0
-                && self
-                    .written
-                    .as_ref()
-                    .is_none_or(|w| w.last_delivered >= g.last_delivered)
+        self.main.as_ref().is_some_and(|g| match &self.written {
+            Some(w) => g.pending == 0 && w.lag == Some(0),
+            None => g.lag == Some(0) && g.pending == 0,
         })
     }
 
-    /// Drained, and a durable snapshot holds the last entry: nothing to replay.
+    /// Drained, and a durable snapshot holds the last entry written: nothing to replay.
     pub fn committed(&self) -> bool {
+        let end = self.written.as_ref().or(self.main.as_ref());
         self.drained()
-            && self.main.as_ref().is_some_and(|g| {
+            && end.is_some_and(|g| {
                 self.committed
                     .as_ref()
                     .is_some_and(|c| c.last_delivered >= g.last_delivered)

@@ -10,8 +10,8 @@
 //! shared `state.dir` or with `--store redis` in Redis, the defaults otherwise). The N names
 //! are listed as live members before they start ([`announce`]), so each takes only its own
 //! share from its first round and nothing is handed over; the run checks that no replica
-//! rebalanced. The run ends when every partition is drained (main group lag 0, nothing
-//! pending, `churnd:written` at the last entry read: docs/redis.md), checked every 50 ms;
+//! rebalanced. The run ends when every partition is drained (nothing pending,
+//! `churnd:written` at the stream's last entry: docs/redis.md), checked every 50 ms;
 //! then the CPU time (user + system, /proc/<pid>/stat) of every replica process is read and
 //! summed, from its start (start-up included) to that moment, and the replicas are stopped.
 //! The figure is events per CPU-second over all replicas: on a shared 2-core machine wall

@@ -18,9 +18,9 @@
 //!    event`, snapshots every 10 s) except a private group, a temporary `state.dir` and the
 //!    shipped model, timed from start until it reports the stream's last entry processed and
 //!    its tasks and dead letters written (`Observers::with_written`). With state kept churnd
-//!    reads with `NOACK` and commits positions with snapshots (`src/source/commit.rs`), so it
-//!    is the same read as the bare consumer's. The program then prints what churnd wrote
-//!    (tasks, control-group tasks, dead letters).
+//!    reads by position (`XREAD`, the same entries and replies as the bare consumer's read)
+//!    and commits positions with snapshots (`src/source/commit.rs`). The program then prints
+//!    what churnd wrote (tasks, control-group tasks, dead letters).
 //!
 //! In a backfill, where most entries raise a task, the sink's writes are the slowest stage
 //! (see `src/sink/calls.rs`).

@@ -1,7 +1,8 @@
 //! Replicas that own partitions (`partitions.ownership = leases`, P = 8), real churnd
-//! processes sharing one `state.dir`: one killed with SIGKILL mid-stream, and scaling
-//! 1 → 3 → 2 mid-stream, each end exactly as one process reading every partition, without a
-//! task or dead letter lost or written twice.
+//! processes sharing one `state.dir`: one killed with SIGKILL mid-stream, scaling
+//! 1 → 3 → 2 mid-stream, and one paused past its lease with a read waiting in Redis, each
+//! end exactly as one process reading every partition, without a task or dead letter lost
+//! or written twice.
 
 use std::net::SocketAddr;
 use std::process::Child;
@@ -45,6 +46,16 @@ pub(super) struct Replica {
 
 /// Starts replica `name` over `redis` with the shared `dir`, logging to `dir/<name>-<n>.log`.
 fn replica(redis: &RedisServer, dir: &Path, name: &str, n: usize) -> Replica {
+    replica_with(redis, dir, (name, n), |_| {})
+}
+
+/// [`replica`], with settings changed by `adjust`.
+fn replica_with(
+    redis: &RedisServer,
+    dir: &Path,
+    (name, n): (&str, usize),
+    adjust: impl FnOnce(&mut Settings),
+) -> Replica {
     let mut settings = test_settings(redis, dir);
     settings.partitions.count = count();
     settings.partitions.ownership = Ownership::Leases;
@@ -54,6 +65,7 @@ fn replica(redis: &RedisServer, dir: &Path, name: &str, n: usize) -> Replica {
     settings.source.consumer = name.to_string();
     settings.http.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     settings.shutdown.drain_timeout = Duration::from_secs(20);
+    adjust(&mut settings);
     let config_dir = dir.join(format!("{name}-{n}"));
     std::fs::create_dir_all(&config_dir).unwrap();
     let config = config_file(&settings, &config_dir);
@@ -237,6 +249,75 @@ async fn scaling_one_to_three_to_two_replicas_mid_stream_ends_as_one_process() {
     }
     let run = outcome_of(&mut c, &dir.path().join("state"), &streams()).await;
     assert_same(&run, &reference, "1 → 3 → 2 replicas");
+}
+
+/// Sends `signal` to `child`.
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: plain kill(2) on our own child's PID.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// The paused-replica gap (issue 21 item 5): a replica stopped (SIGSTOP) past its lease
+/// while its read waits in Redis, the other taking its partitions over, then events that
+/// Redis hands to the stopped replica's read. Read through the consumer group, those
+/// entries were taken out of the group ahead of the new owner, which never read them:
+/// their events were missing from customer state. Read by position, nothing is taken from
+/// anyone: the run ends exactly as one process's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_paused_past_its_lease_takes_nothing_from_the_new_owner() {
+    let events = workload(30_000);
+    let reference = one_process(&events).await;
+    let (first, rest) = events.split_at(10_000);
+    let (nudge, rest) = rest.split_at(200);
+    let (second, third) = rest.split_at(rest.len() / 2);
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    // The one to pause waits 30 s in each read: one sent just before the pause is still
+    // waiting in Redis once the other has taken its partitions over (lease 5 s).
+    let a = replica_with(&redis, dir.path(), ("replica-a", 0), |s| {
+        s.source.block = Interval::from_millis(30_000);
+    });
+    let b = replica(&redis, dir.path(), "replica-b", 0);
+    shared_by(&[&a, &b], Duration::from_secs(60)).await;
+    produce_partitioned(&mut c, count(), first, Duration::ZERO).await;
+    drained_all(&mut c, count()).await;
+    // Entries on every partition: each replica's read returns and the next one waits anew.
+    produce_partitioned(&mut c, count(), nudge, Duration::ZERO).await;
+    drained_all(&mut c, count()).await;
+    signal(&a.child, libc::SIGSTOP);
+    let paused_at = Instant::now();
+    shared_by(&[&b], Duration::from_secs(60)).await;
+    eprintln!(
+        "{} took every partition {:?} after {} was paused",
+        b.name,
+        paused_at.elapsed(),
+        a.name
+    );
+    // Redis answers the paused replica's waiting read with the first of these.
+    produce_partitioned(&mut c, count(), second, Duration::from_millis(20)).await;
+    drained_all(&mut c, count()).await;
+    signal(&a.child, libc::SIGCONT);
+    produce_partitioned(&mut c, count(), third, Duration::from_millis(20)).await;
+    // Back as a member, the resumed replica gets its share again.
+    shared_by(&[&a, &b], Duration::from_secs(90)).await;
+    drained_all(&mut c, count()).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", a.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        parse_metric(&metrics, "churnd_partition_lease_losses_total").is_some_and(|n| n >= 1.0),
+        "the paused replica found its leases gone"
+    );
+    for r in [a, b] {
+        sigterm(r.child).await;
+    }
+    let run = outcome_of(&mut c, &dir.path().join("state"), &streams()).await;
+    assert_same(&run, &reference, "one replica paused past its lease");
 }
 
 /// Entries the consumer group has delivered, over every partition stream.
