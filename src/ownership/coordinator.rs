@@ -147,7 +147,12 @@ impl Coordinator {
         }
         changes.conflicts = refused;
         changes.next_round = schedule::next_round(self.every, &self.me, &live, &busy);
-        changes.hand_over = plan.release;
+        // (Not those just given up for a conflict.)
+        changes.hand_over = plan
+            .release
+            .into_iter()
+            .filter(|p| self.held.contains_key(p))
+            .collect();
         changes.members = members;
         Ok(changes)
     }
