@@ -327,6 +327,17 @@ fn fenced_sink(
     }
 }
 
+/// Sends `sink` a second dead letter after its first was written, and checks that Redis
+/// refuses it: the refusal reported and counted once, nothing of it written.
+async fn next_write_refused(sink: &FencedSink, conn: &mut impl redis::aio::ConnectionLike) {
+    sink.tx.send(rejected(2)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), sink.fenced.cancelled())
+        .await
+        .expect("the refusal is reported");
+    assert_eq!(sink.metrics.ownership.fenced_writes.get(), 1);
+    assert_eq!(xlen(conn, "churn:events:dlq").await, 1, "nothing written");
+}
+
 /// An entry of partition 0's stream, rejected: its dead letter is the effect written.
 fn rejected(n: u64) -> churnd::engine::Effects {
     let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
@@ -384,16 +395,7 @@ async fn a_write_after_the_lease_passed_to_another_replica_is_refused_and_counte
         .unwrap();
     let taken = leases.acquire(&mut conn, &next, 0).await.unwrap();
     assert!(matches!(taken, Acquired::Held(_)), "{taken:?}");
-    sink.tx.send(rejected(2)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(20), sink.fenced.cancelled())
-        .await
-        .expect("the refusal is reported");
-    assert_eq!(sink.metrics.ownership.fenced_writes.get(), 1);
-    assert_eq!(
-        xlen(&mut conn, "churn:events:dlq").await,
-        1,
-        "nothing written"
-    );
+    next_write_refused(&sink, &mut conn).await;
     assert_eq!(
         *sink.written.borrow(),
         1,
@@ -449,16 +451,7 @@ async fn on_a_cluster_the_new_owners_fence_refuses_the_old_owners_writes() {
     assert_eq!(taken.gained.len(), 4, "{taken:?}");
 
     // The old owner's next write is refused, nothing of it written.
-    sink.tx.send(rejected(2)).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(20), sink.fenced.cancelled())
-        .await
-        .expect("the refusal is reported");
-    assert_eq!(sink.metrics.ownership.fenced_writes.get(), 1);
-    assert_eq!(
-        xlen(&mut conn, "churn:events:dlq").await,
-        1,
-        "nothing written"
-    );
+    next_write_refused(&sink, &mut conn).await;
 
     // A stale raise (the old owner taking partition 0 again at its old epoch, as if paused
     // between acquiring and raising) is refused by the newer epoch recorded.

@@ -138,20 +138,21 @@ fn replica(redis: &RedisServer, root: &Path, name: &str) -> Replica {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_sharing_only_redis_one_killed_mid_stream_end_as_one_process() {
-    let events = workload(40_000);
-    let reference = replicas::one_process(&events).await;
-
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = redis.conn().await;
-    let a = replica(&redis, dir.path(), "replica-a");
-    let mut x = replica(&redis, dir.path(), "replica-b");
-    replicas::shared_by(&[&a, &x], Duration::from_secs(60)).await;
+/// Replicas `a` and `x` share the partitions while `events` are produced; `x` is killed with
+/// SIGKILL once a fifth is read, `a` takes its partitions, reads everything and is stopped
+/// with SIGTERM. Each wait is bounded by `timeout`.
+pub(super) async fn kill_one_of_two<C>(
+    c: &C,
+    events: &[Vec<(&'static str, String)>],
+    (a, mut x): (Replica, Replica),
+    timeout: Duration,
+) where
+    C: redis::aio::ConnectionLike + Clone + Send + Sync + 'static,
+{
+    replicas::shared_by(&[&a, &x], timeout).await;
     let producer = {
         let mut c = c.clone();
-        let events = events.clone();
+        let events = events.to_vec();
         tokio::spawn(async move {
             produce_partitioned(
                 &mut c,
@@ -165,7 +166,7 @@ async fn replicas_sharing_only_redis_one_killed_mid_stream_end_as_one_process() 
     let fifth = events.len() / 5;
     wait_for(
         "the replicas to have read a fifth of the input",
-        Duration::from_secs(60),
+        timeout,
         || {
             let mut c = c.clone();
             async move { replicas::read_so_far(&mut c).await > fifth }
@@ -178,10 +179,23 @@ async fn replicas_sharing_only_redis_one_killed_mid_stream_end_as_one_process() 
         x.name,
         !producer.is_finished()
     );
-    replicas::shared_by(&[&a], Duration::from_secs(60)).await;
+    replicas::shared_by(&[&a], timeout).await;
     producer.await.unwrap();
-    drained_all(&mut c, replicas::count()).await;
+    drained_all(&mut c.clone(), replicas::count()).await;
     sigterm(a.child).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_only_redis_one_killed_mid_stream_end_as_one_process() {
+    let events = workload(40_000);
+    let reference = replicas::one_process(&events).await;
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = redis.conn().await;
+    let a = replica(&redis, dir.path(), "replica-a");
+    let x = replica(&redis, dir.path(), "replica-b");
+    kill_one_of_two(&c, &events, (a, x), Duration::from_secs(60)).await;
     let text = std::fs::read_to_string(dir.path().join("replica-a/run.log")).unwrap();
     assert!(text.contains("snapshot loaded"), "{text}");
     let settings = in_redis(test_settings(&redis, dir.path()));

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use churnd::config::{Interval, Ownership, RedisMode};
 
-use super::in_redis::{customers_in_redis, in_redis};
+use super::in_redis::{customers_in_redis, in_redis, kill_one_of_two};
 use super::replicas::{self, Replica};
 use super::*;
 
@@ -52,41 +52,8 @@ async fn replicas_on_a_cluster_one_killed_mid_stream_end_as_one_process() {
     );
 
     let a = replica(&cluster, dir.path(), "replica-a");
-    let mut x = replica(&cluster, dir.path(), "replica-b");
-    replicas::shared_by(&[&a, &x], Duration::from_secs(90)).await;
-    let producer = {
-        let mut c = c.clone();
-        let events = events.clone();
-        tokio::spawn(async move {
-            produce_partitioned(
-                &mut c,
-                replicas::count(),
-                &events,
-                Duration::from_millis(60),
-            )
-            .await
-        })
-    };
-    let fifth = events.len() / 5;
-    wait_for(
-        "the replicas to have read a fifth of the input",
-        Duration::from_secs(90),
-        || {
-            let mut c = c.clone();
-            async move { replicas::read_so_far(&mut c).await > fifth }
-        },
-    )
-    .await;
-    kill9(&mut x.child);
-    eprintln!(
-        "killed {} with SIGKILL; events still coming: {}",
-        x.name,
-        !producer.is_finished()
-    );
-    replicas::shared_by(&[&a], Duration::from_secs(90)).await;
-    producer.await.unwrap();
-    drained_all(&mut c, replicas::count()).await;
-    sigterm(a.child).await;
+    let x = replica(&cluster, dir.path(), "replica-b");
+    kill_one_of_two(&c, &events, (a, x), Duration::from_secs(90)).await;
     let text = std::fs::read_to_string(dir.path().join("replica-a/run.log")).unwrap();
     assert!(text.contains("snapshot loaded"), "{text}");
     // (A write of the survivor may be refused here on a busy machine, where its own lease
