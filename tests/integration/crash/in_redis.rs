@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use churnd::config::{Interval, Ownership, StateStore};
+use churnd::config::{Interval, Ownership, RedisMode, StateStore};
 use churnd::partition::PartitionCount;
 
 use super::replicas::{self, Replica};
@@ -121,9 +121,15 @@ async fn sigkill_twice_with_snapshots_in_redis_and_no_state_dir_changes_nothing(
 /// Replica `name` over `redis` keeping its snapshots in Redis, with a directory of its own
 /// (for its config file and log only).
 fn replica(redis: &RedisServer, root: &Path, name: &str) -> Replica {
+    replica_in(redis, RedisMode::Standalone, root, name)
+}
+
+/// [`replica`] with `redis` reached in `mode` (a cluster's node as its seed).
+pub(super) fn replica_in(redis: &RedisServer, mode: RedisMode, root: &Path, name: &str) -> Replica {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let mut settings = in_redis(test_settings(redis, &dir));
+    settings.redis.mode = mode;
     settings.partitions.count = replicas::count();
     settings.partitions.ownership = Ownership::Leases;
     settings.partitions.lease = Interval::from_millis(5_000);

@@ -4,31 +4,14 @@
 //! slots and the output streams in slots of their own, so every write is fenced by the
 //! records beside the output streams (`ownership::fence`), not by the leases.
 
-use std::net::SocketAddr;
+use churnd::config::RedisMode;
 
-use churnd::config::{Interval, Ownership, RedisMode};
-
-use super::in_redis::{customers_in_redis, in_redis, kill_one_of_two};
+use super::in_redis::{customers_in_redis, in_redis, kill_one_of_two, replica_in};
 use super::replicas::{self, Replica};
 use super::*;
 
 fn replica(cluster: &RedisCluster, root: &Path, name: &str) -> Replica {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut settings = in_redis(test_settings(&cluster.nodes[0], &dir));
-    settings.redis.mode = RedisMode::Cluster;
-    settings.partitions.count = replicas::count();
-    settings.partitions.ownership = Ownership::Leases;
-    settings.partitions.lease = Interval::from_millis(5_000);
-    settings.source.consumer = name.to_string();
-    settings.http.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    settings.shutdown.drain_timeout = Duration::from_secs(20);
-    let config = config_file(&settings, &dir);
-    Replica {
-        name: name.to_string(),
-        addr: settings.http.addr,
-        child: spawn_binary(&config, &dir.join("run.log")),
-    }
+    replica_in(&cluster.nodes[0], RedisMode::Cluster, root, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
