@@ -153,8 +153,8 @@ impl WinbackSettings {
     }
 
     /// A segment's candidate actions: named, each once, and, when there are several, each
-    /// with a budget (the learned policy ranks them by value per cost, and an action
-    /// without a limit would take every candidate the others pass over).
+    /// with a budget (the learned policy weighs each against its budget's bar, and an
+    /// action without a limit would take every candidate the others pass over).
     fn candidate_problems(&self) -> Vec<Problem> {
         let mut problems = Vec::new();
         for segment in Segment::ALL {

@@ -312,6 +312,19 @@ impl Pacer {
         self.state.quantile(1.0 - f64::from(left) / coming)
     }
 
+    /// The bar [`Self::admit`] would set the next candidate at `now`, without counting them.
+    fn next_bar(&mut self, now: UnixSeconds) -> f64 {
+        self.state.roll(now / DAY);
+        let (seen, first_at) = (self.state.seen, self.state.first_at);
+        if first_at == 0 {
+            self.state.first_at = now;
+        }
+        self.state.seen = seen.saturating_add(1);
+        let bar = self.bar(now);
+        (self.state.seen, self.state.first_at) = (seen, first_at);
+        bar
+    }
+
     /// Decides about a candidate of `priority` at `now`, taking a task from the day's budget
     /// if admitted.
     pub fn admit(&mut self, priority: f64, now: UnixSeconds) -> Admission {
@@ -681,6 +694,51 @@ impl Budgets {
             .filter(|p| p.state.day == today)
             .map(|p| f64::from(p.state.admitted) * p.budget.cost.unwrap_or(0.0))
             .sum()
+    }
+
+    /// Decides about a win-back candidate who may get any of several actions, each on its own
+    /// budget (no pool), given at the priority each action's budget sees (`offers`: the
+    /// action's slot, `None` for one not budgeted, and the priority): the index of the offer
+    /// whose task it gets, or `None` (held back: a candidate again tomorrow).
+    ///
+    /// The actions are tried in the order of how far the priority clears each action's bar,
+    /// the first whose budget admits is the task's. Each action's money is its own, so what
+    /// one of its tasks is worth is its bar (the priority of whoever else would get it); a
+    /// candidate is worth most where their priority beats that price by most. This is the
+    /// assignment with one task per candidate and so many tasks per action, solved by a
+    /// price per action. Ranking by value per cost instead, as under a pool, would ignore
+    /// that each budget has its own price: the cheapest action would be tried first
+    /// everywhere, and a reminder would take the customers a call was bought for. Equal
+    /// margins keep the order of `offers`. Admissions stay pending until [`Self::settle`].
+    pub(crate) fn admit_one_of(
+        &mut self,
+        offers: &[(Option<usize>, f64)],
+        now: UnixSeconds,
+    ) -> Option<usize> {
+        if let [(slot, priority)] = *offers {
+            return slot
+                .is_none_or(|slot| self.admit(slot, priority, now) == Admission::Admitted)
+                .then_some(0);
+        }
+        let mut order: Vec<(usize, f64)> = offers
+            .iter()
+            .enumerate()
+            .map(|(i, &(slot, priority))| {
+                let bar = slot
+                    .and_then(|slot| self.pacers.get_mut(slot))
+                    .map_or(0.0, |p| p.next_bar(now));
+                (i, priority - bar)
+            })
+            .collect();
+        // Stable: equal margins (every bar 0, or ∞) keep the targeting's order.
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
+        order
+            .into_iter()
+            .map(|(i, _)| i)
+            .find(|&i| match offers[i] {
+                (Some(slot), priority) => self.admit(slot, priority, now) == Admission::Admitted,
+                (None, _) => true,
+            })
     }
 
     /// Decides about a win-back candidate under the pooled budget, given the actions it may
@@ -1296,6 +1354,83 @@ mod tests {
             assert!(spent >= 7.0, "{tight:?}");
             assert!(emails >= 30 && calls <= 1, "{tight:?}");
         }
+    }
+
+    /// Each action on its own budget, ten tasks a day each, a hundred candidates a day, each
+    /// worth ten times as much to call as to email (an email costs a fiftieth of a call).
+    /// Per day from the fourth on: (calls, emails, value bought, the mean candidate worth of
+    /// those called and of those emailed); `by_margin`: [`Budgets::admit_one_of`], else
+    /// the email tried first, as ranking by value per cost would.
+    fn separate_days(by_margin: bool) -> Vec<(u32, u32, f64, f64, f64)> {
+        let settings = BTreeMap::from([
+            ("email".to_string(), ActionBudget::new(2.0, 0.2)),
+            ("call".to_string(), ActionBudget::new(100.0, 10.0)),
+        ]);
+        let mut b = Budgets::new(&settings);
+        let (email, call) = (
+            Budgets::slot(&settings, "email"),
+            Budgets::slot(&settings, "call"),
+        );
+        let mut rng = Lcg(11);
+        let mut days = Vec::new();
+        for d in 0..20u32 {
+            let (mut called, mut emailed) = (Vec::new(), Vec::new());
+            for i in 0..100 {
+                let worth = rng.priority();
+                let offers = [(email, worth), (call, 10.0 * worth)];
+                let now = T0 + d * DAY + i * (DAY / 100);
+                let got = if by_margin {
+                    b.admit_one_of(&offers, now)
+                } else {
+                    (0..2).find(|&i| {
+                        b.admit(offers[i].0.unwrap(), offers[i].1, now) == Admission::Admitted
+                    })
+                };
+                match got {
+                    Some(0) => emailed.push(worth),
+                    Some(_) => called.push(worth),
+                    None => {}
+                }
+                b.settle(false, false);
+            }
+            let sum = |xs: &[f64]| xs.iter().sum::<f64>();
+            let mean = |xs: &[f64]| sum(xs) / xs.len().max(1) as f64;
+            if d >= 3 {
+                days.push((
+                    called.len() as u32,
+                    emailed.len() as u32,
+                    10.0 * sum(&called) + sum(&emailed),
+                    mean(&called),
+                    mean(&emailed),
+                ));
+            }
+        }
+        days
+    }
+
+    #[test]
+    fn separate_budgets_give_each_action_to_whom_it_is_worth_most() {
+        let margin = separate_days(true);
+        let per_cost = separate_days(false);
+        let total = |days: &[(u32, u32, f64, f64, f64)]| days.iter().map(|d| d.2).sum::<f64>();
+        for &(calls, emails, _, call_worth, email_worth) in &margin {
+            assert!(calls <= 10 && emails <= 10, "{margin:?}");
+            assert!(calls >= 7 && emails >= 7, "both budgets spent: {margin:?}");
+            // The calls went to the most valuable, the emails to the next.
+            assert!(call_worth > email_worth, "{margin:?}");
+        }
+        for &(.., call_worth, email_worth) in &per_cost {
+            assert!(
+                call_worth < email_worth,
+                "the email took the best: {per_cost:?}"
+            );
+        }
+        assert!(
+            total(&margin) > 1.2 * total(&per_cost),
+            "{} against {}",
+            total(&margin),
+            total(&per_cost)
+        );
     }
 
     /// An action's own budget caps it within the pool: two calls a day at most, the rest of

@@ -6,11 +6,12 @@
 //!   whole has `winback.learn.min_outcomes` outcomes in each group; then, for each of the
 //!   segment's candidate actions (`[winback.candidates]`), the stand-in × the lift drawn for
 //!   the arm (win-back × action × segment) that day relative to win-back's pooled lift
-//!   (Thompson sampling). The actions are tried best first by expected incremental value per
-//!   cost (value × chance ÷ the action's cost), each against its own budget: the first that
-//!   admits the candidate is the task's. Under a pooled budget (`[winback.budget]`) the
-//!   order is only a tie-break: the pool admits by value per cost and picks the action with
-//!   the most value net of its cost at the pool's price (`budget::Pool`). An action drawn at or below zero is not tried that
+//!   (Thompson sampling). The picks come best first by expected incremental value per cost
+//!   (value × chance ÷ the action's cost), but that order only breaks ties: on budgets per
+//!   action they are tried by how far each priority clears its action's bar
+//!   (`Budgets::admit_one_of`), under a pooled budget (`[winback.budget]`) the pool admits by
+//!   value per cost and picks the action with the most value net of its cost at the pool's
+//!   price (`budget::Pool`). An action drawn at or below zero is not tried that
 //!   day; when none is left, no task (the budget goes to candidates whose actions work for
 //!   them). A share `exploration` of candidates tries one candidate action, picked by the
 //!   task ID, on the stand-in: every action stays measured in every segment.
@@ -160,8 +161,9 @@ impl WinbackPolicy {
     /// in `targeting`. `playbook` and `random` try the playbook's action alone, and so does
     /// `learned` until win-back is measured; then each of the segment's candidate actions
     /// gets the stand-in × its lift drawn for the day (relative to win-back's), actions
-    /// drawn at or below zero are left out, and the others are tried in the order of the
-    /// expected incremental value per cost (value × chance ÷ cost). A candidate in the
+    /// drawn at or below zero are left out, and the others come in the order of the
+    /// expected incremental value per cost (value × chance ÷ cost), which the budgets use to
+    /// break ties (`Budgets::admit_one_of`, `Budgets::admit_pooled`). A candidate in the
     /// exploration share tries one of them, picked by the task ID, on the stand-in.
     pub(crate) fn target<'a>(self, c: &Candidate<'a>, targeting: &mut Targeting) -> Target<'a> {
         let (high, low) = seeds(c.task_id);

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::budget::{Admission, Budgets, Offer};
+use super::budget::{Budgets, Offer};
 use super::holdout::{Group, Holdout};
 use super::settings::WinbackSettings;
 use super::targeting::{Candidate, Choice, Target, Targeting, WinbackPolicy};
@@ -227,15 +227,14 @@ impl Policy {
                 None => return Decision::HeldBack,
             }
         } else {
-            // The first action, best first, whose budget admits the candidate today.
-            let Some(pick) = picks.into_iter().find(|p| {
-                p.choice
-                    .slot
-                    .is_none_or(|slot| budgets.admit(slot, p.priority, now) == Admission::Admitted)
-            }) else {
-                return Decision::HeldBack;
-            };
-            pick
+            // Each action on its own budget: the first, by margin over its bar, that admits
+            // the candidate today.
+            let offers: Vec<(Option<usize>, f64)> =
+                picks.iter().map(|p| (p.choice.slot, p.priority)).collect();
+            match budgets.admit_one_of(&offers, now) {
+                Some(i) => picks[i],
+                None => return Decision::HeldBack,
+            }
         };
         let (action, priority, effect) = (pick.choice.action.clone(), pick.priority, pick.effect);
         state.episode_tasks = attempt;
