@@ -93,6 +93,11 @@ pub struct Args {
     /// cap within the pool). The shipped per-action budgets add up to 202.
     #[arg(long)]
     pooled_spend_per_day: Option<f64>,
+    /// A settings file layered over the shipped ones for every run (`churnd --config`), for
+    /// example benches/playbook-misfit.toml: a playbook that does not fit the simulated
+    /// customers.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -190,6 +195,9 @@ async fn start_daemon(
 ) -> Result<Daemon> {
     let log = dir.path().join("churnd.log");
     let mut command = Command::new(crate::replicas::churnd_binary(args.churnd.as_ref())?);
+    if let Some(config) = &args.config {
+        command.arg("--config").arg(std::path::absolute(config)?);
+    }
     command
         .arg("run")
         .current_dir(dir.path())
