@@ -22,6 +22,7 @@ const V2: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v2.bin");
 const V3: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v3.bin");
 const V4: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v4.bin");
 const V5: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v5.bin");
+const V7: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v7.bin");
 
 const A: &str = "churn:events";
 const B: &str = "churn:events:b";
@@ -452,4 +453,49 @@ fn version_5_written_by_churnd_47e4d6e_decodes_with_its_budgets() {
         assert_eq!(a.features, b.features, "{}", d.state.customers.id(i));
         assert_eq!(a.winback, b.winback);
     }
+}
+
+/// Version 7, written under a pooled budget (`[winback.budget] spend_per_day = 202`): the
+/// pool's pacing is kept among win-back's budgets as a pseudo-action named
+/// "(pooled budget)", its spend seen today (an f64) split into `admitted` (high half of the
+/// bits) and `seen` (low half).
+#[test]
+fn version_7_written_by_churnd_8a5014b_decodes_with_its_pooled_budget() {
+    let d = decode(V7, 7);
+    assert_eq!(d.created_ms, 1_796_636_658_082);
+    let h = &d.state.header;
+    assert_eq!(h.model_version, "cdnow-h90-6011f252");
+    assert_eq!(h.watermark, day(400));
+    assert_eq!(h.applied, vec![Some(entry(400)), Some(entry(13))]);
+    assert_eq!(h.partitions, crate::partition::PartitionCount::ONE);
+    assert_eq!(h.scorings, 96);
+    assert_eq!(h.uplift.len(), 7, "the book of the outcomes the run wrote");
+    assert_eq!(h.open_tasks.len(), 1, "erin's win-back task");
+    let actions: Vec<&str> = h.budgets.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "coupon",
+            "email_reminder",
+            "loyalty_offer",
+            "personal_call",
+            "(pooled budget)"
+        ]
+    );
+    let pool = &h.budgets[4].1;
+    assert_eq!((pool.admitted, pool.seen), (0x4014_0000, 0), "5.0's bits");
+    assert_eq!((pool.day, pool.days), (day(400) / DAY, 87));
+    assert_eq!(pool.first_at, day(30), "alice's first win-back task");
+    assert_eq!(pool.weights[21], 5.0, "erin's coupon on the last day");
+    // Six win-back tasks went out, one each on days 30 (alice), 31 (bob), 35 (carol), 70
+    // (alice), 90 (bob) and 400 (erin).
+    let coupon = &h.budgets[0].1;
+    assert_eq!((coupon.day, coupon.admitted), (day(400) / DAY, 1));
+    let ids: Vec<&str> = d
+        .state
+        .customers
+        .iter()
+        .map(|(i, _)| d.state.customers.id(i))
+        .collect();
+    assert_eq!(ids, ["alice", "bob", "carol", "dave", "erin"]);
 }
