@@ -397,11 +397,6 @@ impl Pacer {
     }
 }
 
-/// The name under which a snapshot keeps the pooled budget's pacing, among win-back's
-/// actions' (no action can be named so: names come from TOML keys and lists, and a
-/// restore under settings without a pool forgets it like an action no longer budgeted).
-pub const POOL_STATE_NAME: &str = "(pooled budget)";
-
 /// One action a pooled candidate may get, as the pooled budget sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Offer {
@@ -434,35 +429,6 @@ impl PoolState {
             return 0.0;
         }
         self.quantile(1.0 - left / coming)
-    }
-
-    /// As a snapshot keeps it: a [`PacerState`] under [`POOL_STATE_NAME`], the spend seen
-    /// today's bits in `admitted` (high half) and `seen` (low half), so that the snapshot
-    /// format needs no change.
-    fn to_pacer_state(&self) -> PacerState {
-        let bits = self.seen.to_bits();
-        PacerState {
-            day: self.day,
-            admitted: (bits >> 32) as u32,
-            seen: bits as u32,
-            expected: self.expected,
-            days: self.days,
-            weights: self.weights.clone(),
-            first_at: self.first_at,
-        }
-    }
-
-    fn from_pacer_state(s: PacerState) -> Self {
-        let seen = f64::from_bits(u64::from(s.admitted) << 32 | u64::from(s.seen));
-        Self {
-            day: s.day,
-            admitted: (),
-            seen: if seen.is_finite() { seen.max(0.0) } else { 0.0 },
-            expected: s.expected,
-            days: s.days,
-            weights: s.weights,
-            first_at: s.first_at,
-        }
     }
 }
 
@@ -808,14 +774,14 @@ impl Budgets {
         })
     }
 
-    /// Each win-back action's pacing state, by action, for a snapshot; then the pooled
-    /// budget's, if any, under [`POOL_STATE_NAME`].
+    /// Each win-back action's pacing state, by action, for a snapshot.
     pub fn states(&self) -> Vec<(String, PacerState)> {
-        let mut states = self.states_of(BudgetScope::Winback);
-        if let Some(pool) = &self.pool {
-            states.push((POOL_STATE_NAME.into(), pool.state.to_pacer_state()));
-        }
-        states
+        self.states_of(BudgetScope::Winback)
+    }
+
+    /// The pooled budget's pacing state, for a snapshot; `None` without a pool.
+    pub fn pool_state(&self) -> Option<PoolState> {
+        self.pool.as_ref().map(|pool| pool.state.clone())
     }
 
     /// Each care action's pacing state, by action, for a snapshot.
@@ -837,12 +803,6 @@ impl Budgets {
     pub fn restore(&mut self, winback: Vec<(String, PacerState)>, care: Vec<(String, PacerState)>) {
         for (scope, states) in [(BudgetScope::Winback, winback), (BudgetScope::Care, care)] {
             for (action, state) in states {
-                if scope == BudgetScope::Winback && action == POOL_STATE_NAME {
-                    if let Some(pool) = self.pool.as_mut() {
-                        pool.state = PoolState::from_pacer_state(state);
-                    }
-                    continue;
-                }
                 if let Some(p) = self
                     .pacers
                     .iter_mut()
@@ -851,6 +811,14 @@ impl Budgets {
                     p.state = state;
                 }
             }
+        }
+    }
+
+    /// Continues the pooled budget's pacing from a snapshot's. Without a pool now it is
+    /// forgotten; a pool set since a snapshot without one starts afresh.
+    pub fn restore_pool(&mut self, state: Option<PoolState>) {
+        if let (Some(pool), Some(state)) = (self.pool.as_mut(), state) {
+            pool.state = state;
         }
     }
 
@@ -1281,7 +1249,7 @@ mod tests {
     }
 
     /// A pooled admission not written gives its spend back; the pool's pacing survives a
-    /// snapshot under its reserved name, and settings without a pool forget it.
+    /// snapshot, and settings without a pool forget it.
     #[test]
     fn the_pool_refunds_and_restores() {
         let settings = BTreeMap::from([("call".to_string(), ActionBudget::new(1e12, 10.0))]);
@@ -1313,20 +1281,19 @@ mod tests {
         assert_eq!(tomorrow.spent_today, 0.0);
         assert!(tomorrow.bar.is_finite(), "a new day's spend: {tomorrow:?}");
         assert_eq!(Budgets::new(&settings).pool_report(t), None);
-        let states = b.states();
-        assert_eq!(
-            states.last().map(|(n, _)| n.as_str()),
-            Some(POOL_STATE_NAME)
-        );
+        let (states, pool_state) = (b.states(), b.pool_state());
+        assert_eq!(states.len(), 1, "the pool is not among the actions");
+        assert!(pool_state.as_ref().is_some_and(|s| s.seen > 0.0));
         let mut restored = Budgets::new(&settings).with_pool(pooled);
         restored.restore(states.clone(), Vec::new());
+        restored.restore_pool(pool_state.clone());
         assert_eq!(restored.states(), states);
-        let pool = restored.pool.as_ref().unwrap();
-        assert_eq!(pool.state, b.pool.as_ref().unwrap().state);
-        assert!(pool.state.seen > 0.0);
+        assert_eq!(restored.pool_state(), pool_state);
+        assert_eq!(restored.pool_report(t + 3), b.pool_report(t + 3));
         let mut unpooled = Budgets::new(&settings);
         unpooled.restore(states, Vec::new());
-        assert_eq!(unpooled.states().len(), 1);
+        unpooled.restore_pool(pool_state);
+        assert_eq!((unpooled.states().len(), unpooled.pool_state()), (1, None));
         // Partitions split the spend evenly.
         assert_eq!(pooled.share(4).spend_per_day, Some(5.0));
         assert_eq!(PooledBudget::default().share(4), PooledBudget::default());

@@ -387,7 +387,7 @@ fn positions_are_mapped_by_stream_name_in_every_version() {
 /// pacing, and today's encoder writes it again as the same state.
 #[test]
 fn the_version_4_file_is_one_partition_and_encodes_again() {
-    assert_eq!(FORMAT_VERSION, 7);
+    assert_eq!(FORMAT_VERSION, 8);
     let d = decode(V4, 4);
     assert_eq!(
         d.state.header.partitions,
@@ -455,10 +455,10 @@ fn version_5_written_by_churnd_47e4d6e_decodes_with_its_budgets() {
     }
 }
 
-/// Version 7, written under a pooled budget (`[winback.budget] spend_per_day = 202`): the
-/// pool's pacing is kept among win-back's budgets as a pseudo-action named
-/// "(pooled budget)", its spend seen today (an f64) split into `admitted` (high half of the
-/// bits) and `seen` (low half).
+/// Version 7, written under a pooled budget (`[winback.budget] spend_per_day = 202`), kept
+/// the pool's pacing among win-back's budgets as a pseudo-action named "(pooled budget)",
+/// its spend seen today (an f64) split into `admitted` (high half of the bits) and `seen`
+/// (low half): it reads into the pool's own record, and today's encoder writes it so.
 #[test]
 fn version_7_written_by_churnd_8a5014b_decodes_with_its_pooled_budget() {
     let d = decode(V7, 7);
@@ -474,21 +474,23 @@ fn version_7_written_by_churnd_8a5014b_decodes_with_its_pooled_budget() {
     let actions: Vec<&str> = h.budgets.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(
         actions,
-        [
-            "coupon",
-            "email_reminder",
-            "loyalty_offer",
-            "personal_call",
-            "(pooled budget)"
-        ]
+        ["coupon", "email_reminder", "loyalty_offer", "personal_call"],
+        "the pseudo-action is taken out"
     );
-    let pool = &h.budgets[4].1;
-    assert_eq!((pool.admitted, pool.seen), (0x4014_0000, 0), "5.0's bits");
+    let pool = h.pool.as_ref().expect("the pooled budget's pacing");
+    assert_eq!(
+        pool.seen, 5.0,
+        "from the bits 0x4014_0000 (admitted), 0 (seen)"
+    );
     assert_eq!((pool.day, pool.days), (day(400) / DAY, 87));
+    assert_eq!(
+        pool.expected.to_bits(),
+        3.386_296_488_533_523_4e-5f64.to_bits()
+    );
     assert_eq!(pool.first_at, day(30), "alice's first win-back task");
     assert_eq!(pool.weights[21], 5.0, "erin's coupon on the last day");
-    // Six win-back tasks went out, one each on days 30 (alice), 31 (bob), 35 (carol), 70
-    // (alice), 90 (bob) and 400 (erin).
+    assert_eq!(pool.weights.iter().filter(|&&w| w != 0.0).count(), 6);
+    // Win-back tasks went to alice (days 30, 70), bob (31, 90), carol (35), erin (400).
     let coupon = &h.budgets[0].1;
     assert_eq!((coupon.day, coupon.admitted), (day(400) / DAY, 1));
     let ids: Vec<&str> = d
@@ -498,4 +500,27 @@ fn version_7_written_by_churnd_8a5014b_decodes_with_its_pooled_budget() {
         .map(|(i, _)| d.state.customers.id(i))
         .collect();
     assert_eq!(ids, ["alice", "bob", "carol", "dave", "erin"]);
+
+    // Restored under the pool it was written with: as the pacing of format 7 restored.
+    let winback = crate::decide::WinbackSettings::default();
+    let pooled = crate::decide::PooledBudget {
+        spend_per_day: Some(202.0),
+    };
+    let mut budgets = crate::decide::Budgets::new(&winback.budgets).with_pool(pooled);
+    budgets.restore(h.budgets.clone(), h.care_budgets.clone());
+    budgets.restore_pool(h.pool.clone());
+    assert_eq!(budgets.pool_state().as_ref(), Some(pool));
+    let report = budgets.pool_report(day(400) + 3_600).unwrap();
+    assert_eq!(
+        (report.spend_per_day, report.spent_today),
+        (202.0, 5.0),
+        "erin's coupon"
+    );
+
+    let again = codec::decode(
+        &codec::encode(&d.state, &streams(), d.created_ms),
+        &streams(),
+    )
+    .expect("today's encoding decodes");
+    assert_eq!(again.state.header, d.state.header);
 }
