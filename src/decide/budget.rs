@@ -147,32 +147,46 @@ pub enum Admission {
     HeldBack,
 }
 
-/// One action's pacing: what a snapshot keeps.
+/// A budget's pacing over the days: what a snapshot keeps. Each budgeted action's
+/// ([`PacerState`]) and the pooled budget's ([`PoolState`]) are alike but for what they count
+/// in: `A`, the amount a candidate brings (an action's: one candidate, `u32`; the pool's: what
+/// the action it would get costs, `f64`), and `T`, the day's admissions (an action's tasks,
+/// `u32`; none for the pool, `()`, whose day's spend is its actions' tasks).
 #[derive(Debug, Clone, PartialEq)]
-pub struct PacerState {
+pub struct Pacing<A, T> {
     /// The day (days since the epoch) the counts below are of; 0: none yet.
     pub day: u32,
-    /// Tasks admitted that day.
-    pub admitted: u32,
-    /// Candidates looked at that day.
-    pub seen: u32,
-    /// Candidates a day brings, a running average over the days before.
+    /// What was admitted that day.
+    pub admitted: T,
+    /// The amount the candidates looked at that day brought.
+    pub seen: A,
+    /// The amount a day brings, a running average over the days before.
     pub expected: f64,
     /// Days that went into `expected`.
     pub days: u32,
-    /// Decayed counts of candidates by log-priority bucket (see [`BUCKETS`]).
+    /// Decayed amounts of candidates by bucket of log-priority (see [`BUCKETS`]; the pool's:
+    /// of value per cost).
     pub weights: Box<[f64; BUCKETS]>,
-    /// When the action's first candidate came (0: none yet, or unknown in a snapshot before
-    /// format 6): the first day's rate of candidates is counted from it.
+    /// When the first candidate came (0: none yet, or unknown in a snapshot before format
+    /// 6): the first day's rate of candidates is counted from it.
     pub first_at: UnixSeconds,
 }
 
-impl Default for PacerState {
+/// One action's pacing: its amounts are candidates, its admissions tasks.
+pub type PacerState = Pacing<u32, u32>;
+
+/// The pooled budget's pacing: its amounts are spend rather than counts (a candidate weighs
+/// what the action it would get costs), so that the bar is the level of value per cost the
+/// rest of the day's spend affords. It counts no admissions: what the day spent is its
+/// actions' tasks.
+pub type PoolState = Pacing<f64, ()>;
+
+impl<A: Default, T: Default> Default for Pacing<A, T> {
     fn default() -> Self {
         Self {
             day: 0,
-            admitted: 0,
-            seen: 0,
+            admitted: T::default(),
+            seen: A::default(),
             expected: 0.0,
             days: 0,
             weights: Box::new([0.0; BUCKETS]),
@@ -190,8 +204,8 @@ fn bucket(priority: f64) -> usize {
     }
 }
 
-impl PacerState {
-    /// Moves the counts on to `day`: the days in between close (each with the candidates it
+impl<A: Copy + Default + Into<f64>, T: Default> Pacing<A, T> {
+    /// Moves the counts on to `day`: the days in between close (each with the amount it
     /// saw, none for days skipped) and the picture of priorities decays.
     fn roll(&mut self, day: u32) {
         if day <= self.day {
@@ -200,34 +214,52 @@ impl PacerState {
         if self.day != 0 {
             close_days(
                 (&mut self.expected, &mut self.days),
-                f64::from(self.seen),
+                self.seen.into(),
                 day - self.day,
                 &mut self.weights,
             );
         }
         self.day = day;
-        self.admitted = 0;
-        self.seen = 0;
+        self.admitted = T::default();
+        self.seen = A::default();
     }
 
-    /// The candidates still expected today at `now`, the one being decided included: the
-    /// running count per day less those seen; on the first day (none closed yet), the rate
-    /// seen since the first candidate carried to midnight.
-    fn coming(&self, now: UnixSeconds) -> f64 {
-        let seen = f64::from(self.seen);
+    /// Moves on to the day at `now` for a candidate coming then; the first one's time is
+    /// kept.
+    fn arrive(&mut self, now: UnixSeconds) {
+        self.roll(now / DAY);
+        if self.first_at == 0 {
+            self.first_at = now;
+        }
+    }
+
+    /// The amount still expected today at `now`, `mass` (the candidate being decided) at
+    /// least, when `before` came today before it: the running amount per day less what
+    /// came; on the first day (none closed yet), the rate since the first candidate
+    /// carried to midnight.
+    fn still_coming(&self, now: UnixSeconds, before: f64, mass: f64) -> f64 {
         if self.days > 0 {
-            return self.expected - (seen - 1.0).max(0.0);
+            return (self.expected - before).max(mass);
         }
         let since = now.saturating_sub(self.first_at.min(now)).max(WARM_UP_SECS);
-        let rate = seen.max(1.0) / f64::from(since);
+        let rate = (before + mass) / f64::from(since);
         let left_today = f64::from(DAY - now % DAY);
         // The one being decided is among those the rate expects.
-        (rate * left_today).max(1.0)
+        (rate * left_today).max(mass)
     }
 
-    /// The priority below which a share `level` (0 to 1) of the candidates pictured lie.
+    /// The priority below which a share `level` (0 to 1) of the amounts pictured lie.
     fn quantile(&self, level: f64) -> f64 {
         quantile(&self.weights, level)
+    }
+}
+
+impl PacerState {
+    /// The candidates still expected today at `now`, the one being decided (counted in
+    /// `seen`) included; at least that one.
+    fn coming(&self, now: UnixSeconds) -> f64 {
+        let before = (f64::from(self.seen) - 1.0).max(0.0);
+        self.still_coming(now, before, 1.0)
     }
 }
 
@@ -328,10 +360,7 @@ impl Pacer {
     /// Decides about a candidate of `priority` at `now`, taking a task from the day's budget
     /// if admitted.
     pub fn admit(&mut self, priority: f64, now: UnixSeconds) -> Admission {
-        self.state.roll(now / DAY);
-        if self.state.first_at == 0 {
-            self.state.first_at = now;
-        }
+        self.state.arrive(now);
         self.state.seen = self.state.seen.saturating_add(1);
         let priority = if priority.is_nan() { 0.0 } else { priority };
         self.state.weights[bucket(priority)] += 1.0;
@@ -359,10 +388,7 @@ impl Pacer {
     /// admitted (the caller checked [`Self::has_room`]): the action's own pacing is the
     /// pool's, its budget only a cap.
     fn take(&mut self, priority: f64, now: UnixSeconds) {
-        self.state.roll(now / DAY);
-        if self.state.first_at == 0 {
-            self.state.first_at = now;
-        }
+        self.state.arrive(now);
         self.state.seen = self.state.seen.saturating_add(1);
         let priority = if priority.is_nan() { 0.0 } else { priority };
         self.state.weights[bucket(priority)] += 1.0;
@@ -384,11 +410,6 @@ impl Pacer {
     }
 }
 
-/// The name under which a snapshot keeps the pooled budget's pacing, among win-back's
-/// actions' (no action can be named so: names come from TOML keys and lists, and a
-/// restore under settings without a pool forgets it like an action no longer budgeted).
-pub const POOL_STATE_NAME: &str = "(pooled budget)";
-
 /// One action a pooled candidate may get, as the pooled budget sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Offer {
@@ -403,64 +424,11 @@ pub(crate) struct Offer {
     pub key: f64,
 }
 
-/// The pooled budget's pacing: a [`PacerState`] whose amounts are spend rather than counts
-/// (a candidate weighs what the action it would get costs), so that the bar is the level
-/// of value per cost the rest of the day's spend affords.
-#[derive(Debug, Clone, PartialEq)]
-struct PoolState {
-    /// The day (days since the epoch) `seen` is of; 0: none yet.
-    day: u32,
-    /// What the candidates seen that day would have spent.
-    seen: f64,
-    /// What the candidates of a day would spend, a running average over the days before.
-    expected: f64,
-    /// Days that went into `expected`.
-    days: u32,
-    /// Decayed spend of candidates by bucket of value per cost.
-    weights: Box<[f64; BUCKETS]>,
-    /// When the first candidate came (0: none yet).
-    first_at: UnixSeconds,
-}
-
-impl Default for PoolState {
-    fn default() -> Self {
-        Self {
-            day: 0,
-            seen: 0.0,
-            expected: 0.0,
-            days: 0,
-            weights: Box::new([0.0; BUCKETS]),
-            first_at: 0,
-        }
-    }
-}
-
 impl PoolState {
-    fn roll(&mut self, day: u32) {
-        if day <= self.day {
-            return;
-        }
-        if self.day != 0 {
-            close_days(
-                (&mut self.expected, &mut self.days),
-                self.seen,
-                day - self.day,
-                &mut self.weights,
-            );
-        }
-        self.day = day;
-        self.seen = 0.0;
-    }
-
-    /// The spend still expected today at `now`, `mass` (the candidate being decided) at
-    /// least: as [`PacerState::coming`], in spend.
+    /// The spend still expected today at `now`, `mass` (the candidate being decided, not yet
+    /// in `seen`) at least.
     fn coming(&self, now: UnixSeconds, mass: f64) -> f64 {
-        if self.days > 0 {
-            return (self.expected - self.seen).max(mass);
-        }
-        let since = now.saturating_sub(self.first_at.min(now)).max(WARM_UP_SECS);
-        let rate = (self.seen + mass) / f64::from(since);
-        (rate * f64::from(DAY - now % DAY)).max(mass)
+        self.still_coming(now, self.seen, mass)
     }
 
     /// The value per cost a candidate needs at `now` with `left` of the day's spend left:
@@ -473,35 +441,7 @@ impl PoolState {
         if coming <= left {
             return 0.0;
         }
-        quantile(&self.weights, 1.0 - left / coming)
-    }
-
-    /// As a snapshot keeps it: a [`PacerState`] under [`POOL_STATE_NAME`], the spend seen
-    /// today's bits in `admitted` (high half) and `seen` (low half), so that the snapshot
-    /// format needs no change.
-    fn to_pacer_state(&self) -> PacerState {
-        let bits = self.seen.to_bits();
-        PacerState {
-            day: self.day,
-            admitted: (bits >> 32) as u32,
-            seen: bits as u32,
-            expected: self.expected,
-            days: self.days,
-            weights: self.weights.clone(),
-            first_at: self.first_at,
-        }
-    }
-
-    fn from_pacer_state(s: PacerState) -> Self {
-        let seen = f64::from_bits(u64::from(s.admitted) << 32 | u64::from(s.seen));
-        Self {
-            day: s.day,
-            seen: if seen.is_finite() { seen.max(0.0) } else { 0.0 },
-            expected: s.expected,
-            days: s.days,
-            weights: s.weights,
-            first_at: s.first_at,
-        }
+        self.quantile(1.0 - left / coming)
     }
 }
 
@@ -776,11 +716,7 @@ impl Budgets {
                 .map(|(i, _)| i)
         };
         let pool = self.pool.as_mut()?;
-        let day = now / DAY;
-        pool.state.roll(day);
-        if pool.state.first_at == 0 {
-            pool.state.first_at = now;
-        }
+        pool.state.arrive(now);
         // What the candidate would spend at each price of money: it enters the picture so.
         let steps = demand_steps(offers, |i| room[i]);
         let mass: f64 = steps.iter().map(|(_, drop)| drop).sum();
@@ -896,14 +832,14 @@ impl Budgets {
         })
     }
 
-    /// Each win-back action's pacing state, by action, for a snapshot; then the pooled
-    /// budget's, if any, under [`POOL_STATE_NAME`].
+    /// Each win-back action's pacing state, by action, for a snapshot.
     pub fn states(&self) -> Vec<(String, PacerState)> {
-        let mut states = self.states_of(BudgetScope::Winback);
-        if let Some(pool) = &self.pool {
-            states.push((POOL_STATE_NAME.into(), pool.state.to_pacer_state()));
-        }
-        states
+        self.states_of(BudgetScope::Winback)
+    }
+
+    /// The pooled budget's pacing state, for a snapshot; `None` without a pool.
+    pub fn pool_state(&self) -> Option<PoolState> {
+        self.pool.as_ref().map(|pool| pool.state.clone())
     }
 
     /// Each care action's pacing state, by action, for a snapshot.
@@ -925,12 +861,6 @@ impl Budgets {
     pub fn restore(&mut self, winback: Vec<(String, PacerState)>, care: Vec<(String, PacerState)>) {
         for (scope, states) in [(BudgetScope::Winback, winback), (BudgetScope::Care, care)] {
             for (action, state) in states {
-                if scope == BudgetScope::Winback && action == POOL_STATE_NAME {
-                    if let Some(pool) = self.pool.as_mut() {
-                        pool.state = PoolState::from_pacer_state(state);
-                    }
-                    continue;
-                }
                 if let Some(p) = self
                     .pacers
                     .iter_mut()
@@ -939,6 +869,14 @@ impl Budgets {
                     p.state = state;
                 }
             }
+        }
+    }
+
+    /// Continues the pooled budget's pacing from a snapshot's. Without a pool now it is
+    /// forgotten; a pool set since a snapshot without one starts afresh.
+    pub fn restore_pool(&mut self, state: Option<PoolState>) {
+        if let (Some(pool), Some(state)) = (self.pool.as_mut(), state) {
+            pool.state = state;
         }
     }
 
@@ -1446,7 +1384,7 @@ mod tests {
     }
 
     /// A pooled admission not written gives its spend back; the pool's pacing survives a
-    /// snapshot under its reserved name, and settings without a pool forget it.
+    /// snapshot, and settings without a pool forget it.
     #[test]
     fn the_pool_refunds_and_restores() {
         let settings = BTreeMap::from([("call".to_string(), ActionBudget::new(1e12, 10.0))]);
@@ -1478,20 +1416,19 @@ mod tests {
         assert_eq!(tomorrow.spent_today, 0.0);
         assert!(tomorrow.bar.is_finite(), "a new day's spend: {tomorrow:?}");
         assert_eq!(Budgets::new(&settings).pool_report(t), None);
-        let states = b.states();
-        assert_eq!(
-            states.last().map(|(n, _)| n.as_str()),
-            Some(POOL_STATE_NAME)
-        );
+        let (states, pool_state) = (b.states(), b.pool_state());
+        assert_eq!(states.len(), 1, "the pool is not among the actions");
+        assert!(pool_state.as_ref().is_some_and(|s| s.seen > 0.0));
         let mut restored = Budgets::new(&settings).with_pool(pooled);
         restored.restore(states.clone(), Vec::new());
+        restored.restore_pool(pool_state.clone());
         assert_eq!(restored.states(), states);
-        let pool = restored.pool.as_ref().unwrap();
-        assert_eq!(pool.state, b.pool.as_ref().unwrap().state);
-        assert!(pool.state.seen > 0.0);
+        assert_eq!(restored.pool_state(), pool_state);
+        assert_eq!(restored.pool_report(t + 3), b.pool_report(t + 3));
         let mut unpooled = Budgets::new(&settings);
         unpooled.restore(states, Vec::new());
-        assert_eq!(unpooled.states().len(), 1);
+        unpooled.restore_pool(pool_state);
+        assert_eq!((unpooled.states().len(), unpooled.pool_state()), (1, None));
         // Partitions split the spend evenly.
         assert_eq!(pooled.share(4).spend_per_day, Some(5.0));
         assert_eq!(PooledBudget::default().share(4), PooledBudget::default());

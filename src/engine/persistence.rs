@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::classify::RfmThresholds;
 use crate::decide::uplift::{Arm, ArmOutcomes, UpliftBook};
-use crate::decide::PacerState;
+use crate::decide::{PacerState, PoolState};
 use crate::event::EntryId;
 use crate::features::store::{CaptureSize, Captured};
 use crate::features::timers::{Timer, TimerQueue};
@@ -51,6 +51,9 @@ pub struct StateHeader {
     /// Each budgeted care action's pacing (`[tasks.budgets]`), by action; empty in
     /// snapshots before format 6.
     pub care_budgets: Vec<(String, PacerState)>,
+    /// The pooled budget's pacing (`[winback.budget]`), when one was set; format 8 on
+    /// (format 7 kept it among `budgets`, from where it is read into here; none before).
+    pub pool: Option<PoolState>,
     /// `partitions.count` the state was kept under (snapshots before format 5: 1). A start
     /// under another count is refused: the positions and customers are the old partitions'.
     pub partitions: PartitionCount,
@@ -102,6 +105,7 @@ impl Engine {
             model_version,
             budgets,
             care_budgets,
+            pool,
             // Checked against the settings before the snapshot is restored (the daemon
             // refuses another count).
             partitions: _,
@@ -129,6 +133,7 @@ impl Engine {
         engine.scorings = scorings;
         engine.applied = applied;
         engine.budgets.restore(budgets, care_budgets);
+        engine.budgets.restore_pool(pool);
         let settings_changed = schedule_settings != engine.schedule_fingerprint;
         if settings_changed || model_version != *engine.model_version {
             // The snapshot's checks were scheduled under other settings or another model,
@@ -209,6 +214,7 @@ impl Engine {
             model_version: self.model_version.to_string(),
             budgets: self.budgets.states(),
             care_budgets: self.budgets.care_states(),
+            pool: self.budgets.pool_state(),
             partitions: self.settings.partitions.count,
             uplift: self.targeting.book().entries(),
         }

@@ -1157,3 +1157,78 @@ fn a_restart_keeps_the_budgets_pacing() {
         "a restart changes nothing"
     );
 }
+
+/// As [`a_restart_keeps_the_budgets_pacing`], under a pooled budget of 2 a day (the coupon
+/// costs 1): the snapshot keeps the pool's day spend and its picture, and the restored
+/// engine decides the later days as the one that never stopped.
+#[test]
+fn a_restart_keeps_the_pooled_budgets_pacing() {
+    let settings = || {
+        let mut s = budgeted(ClockMode::Event);
+        s.winback.candidates.clear();
+        s.winback.budget = crate::decide::PooledBudget {
+            spend_per_day: Some(2.0),
+        };
+        s
+    };
+    let model =
+        || Arc::new(Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap());
+    let streams = vec!["churn:events".to_string()];
+    let buyers = || -> Vec<Entry> {
+        (0..6u32)
+            .map(|i| {
+                entry(
+                    u64::from(i),
+                    &[
+                        ("customer_id", format!("c{i}")),
+                        ("type", "purchase".into()),
+                        ("amount", (10 * (i + 1)).to_string()),
+                        ("ts", (u64::from(T0) * 1000).to_string()),
+                    ],
+                )
+            })
+            .collect()
+    };
+    let run = |engine: &mut Engine, seq: u64, day: u32| {
+        engine
+            .apply_batch(batch(vec![visit(seq, "clock", day)]), 0)
+            .tasks
+    };
+    let mut whole = Engine::new(settings(), model(), Metrics::new().engine);
+    assert!(whole.budgets.is_pooled());
+    whole.apply_batch(batch(buyers()), 0);
+    let day_one = run(&mut whole, 10, 51);
+    assert!(
+        (1..=2).contains(&day_one.len()),
+        "the day's spend: {day_one:?}"
+    );
+    let later = run(&mut whole, 11, 60);
+    assert!(!later.is_empty(), "the others on later days");
+
+    let mut first = Engine::new(settings(), model(), Metrics::new().engine);
+    first.apply_batch(batch(buyers()), 0);
+    assert_eq!(run(&mut first, 10, 51), day_one);
+    // The day of the last task: its spend is the pool's day spend.
+    let last = day_one.iter().map(|t| t.as_of).max().unwrap();
+    let that_day = day_one.iter().filter(|t| t.as_of / DAY == last / DAY);
+    let report = first.budgets.pool_report(last).unwrap();
+    assert_eq!(report.spent_today, that_day.count() as f64);
+    let now = first.now();
+    let report_now = first.budgets.pool_report(now);
+    let header = first.state_header();
+    let pool = header.pool.clone().expect("the pool's pacing");
+    assert!(pool.seen > 0.0 && pool.weights.iter().sum::<f64>() > 0.0);
+    assert_eq!(header.budgets.len(), 1, "the coupon alone");
+    let bytes = crate::state::codec::encode(&first.snapshot(), &streams, 0);
+    let decoded = crate::state::codec::decode(&bytes, &streams).unwrap().state;
+    assert_eq!(decoded.header.pool.as_ref(), Some(&pool));
+    let mut restored = Engine::restore(settings(), model(), Metrics::new().engine, decoded);
+    assert_eq!(restored.state_header().pool, Some(pool));
+    assert_eq!(restored.budgets.pool_report(last), Some(report));
+    assert_eq!(restored.budgets.pool_report(now), report_now);
+    assert_eq!(
+        run(&mut restored, 11, 60),
+        later,
+        "a restart changes nothing"
+    );
+}

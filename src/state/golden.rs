@@ -22,6 +22,7 @@ const V2: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v2.bin");
 const V3: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v3.bin");
 const V4: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v4.bin");
 const V5: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v5.bin");
+const V7: &[u8] = include_bytes!("../../tests/fixtures/snapshots/v7.bin");
 
 const A: &str = "churn:events";
 const B: &str = "churn:events:b";
@@ -386,7 +387,7 @@ fn positions_are_mapped_by_stream_name_in_every_version() {
 /// pacing, and today's encoder writes it again as the same state.
 #[test]
 fn the_version_4_file_is_one_partition_and_encodes_again() {
-    assert_eq!(FORMAT_VERSION, 7);
+    assert_eq!(FORMAT_VERSION, 8);
     let d = decode(V4, 4);
     assert_eq!(
         d.state.header.partitions,
@@ -452,4 +453,74 @@ fn version_5_written_by_churnd_47e4d6e_decodes_with_its_budgets() {
         assert_eq!(a.features, b.features, "{}", d.state.customers.id(i));
         assert_eq!(a.winback, b.winback);
     }
+}
+
+/// Version 7, written under a pooled budget (`[winback.budget] spend_per_day = 202`), kept
+/// the pool's pacing among win-back's budgets as a pseudo-action named "(pooled budget)",
+/// its spend seen today (an f64) split into `admitted` (high half of the bits) and `seen`
+/// (low half): it reads into the pool's own record, and today's encoder writes it so.
+#[test]
+fn version_7_written_by_churnd_8a5014b_decodes_with_its_pooled_budget() {
+    let d = decode(V7, 7);
+    assert_eq!(d.created_ms, 1_796_636_658_082);
+    let h = &d.state.header;
+    assert_eq!(h.model_version, "cdnow-h90-6011f252");
+    assert_eq!(h.watermark, day(400));
+    assert_eq!(h.applied, vec![Some(entry(400)), Some(entry(13))]);
+    assert_eq!(h.partitions, crate::partition::PartitionCount::ONE);
+    assert_eq!(h.scorings, 96);
+    assert_eq!(h.uplift.len(), 7, "the book of the outcomes the run wrote");
+    assert_eq!(h.open_tasks.len(), 1, "erin's win-back task");
+    let actions: Vec<&str> = h.budgets.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["coupon", "email_reminder", "loyalty_offer", "personal_call"],
+        "the pseudo-action is taken out"
+    );
+    let pool = h.pool.as_ref().expect("the pooled budget's pacing");
+    assert_eq!(
+        pool.seen, 5.0,
+        "from the bits 0x4014_0000 (admitted), 0 (seen)"
+    );
+    assert_eq!((pool.day, pool.days), (day(400) / DAY, 87));
+    assert_eq!(
+        pool.expected.to_bits(),
+        3.386_296_488_533_523_4e-5f64.to_bits()
+    );
+    assert_eq!(pool.first_at, day(30), "alice's first win-back task");
+    assert_eq!(pool.weights[21], 5.0, "erin's coupon on the last day");
+    assert_eq!(pool.weights.iter().filter(|&&w| w != 0.0).count(), 6);
+    // Win-back tasks went to alice (days 30, 70), bob (31, 90), carol (35), erin (400).
+    let coupon = &h.budgets[0].1;
+    assert_eq!((coupon.day, coupon.admitted), (day(400) / DAY, 1));
+    let ids: Vec<&str> = d
+        .state
+        .customers
+        .iter()
+        .map(|(i, _)| d.state.customers.id(i))
+        .collect();
+    assert_eq!(ids, ["alice", "bob", "carol", "dave", "erin"]);
+
+    // Restored under the pool it was written with: as the pacing of format 7 restored.
+    let winback = crate::decide::WinbackSettings::default();
+    let pooled = crate::decide::PooledBudget {
+        spend_per_day: Some(202.0),
+    };
+    let mut budgets = crate::decide::Budgets::new(&winback.budgets).with_pool(pooled);
+    budgets.restore(h.budgets.clone(), h.care_budgets.clone());
+    budgets.restore_pool(h.pool.clone());
+    assert_eq!(budgets.pool_state().as_ref(), Some(pool));
+    let report = budgets.pool_report(day(400) + 3_600).unwrap();
+    assert_eq!(
+        (report.spend_per_day, report.spent_today),
+        (202.0, 5.0),
+        "erin's coupon"
+    );
+
+    let again = codec::decode(
+        &codec::encode(&d.state, &streams(), d.created_ms),
+        &streams(),
+    )
+    .expect("today's encoding decodes");
+    assert_eq!(again.state.header, d.state.header);
 }

@@ -257,6 +257,7 @@ async fn http_answers_while_the_snapshot_loads() {
             model_version: "recency-1".into(),
             budgets: Vec::new(),
             care_budgets: Vec::new(),
+            pool: None,
             partitions: churnd::partition::PartitionCount::ONE,
             open_tasks: Vec::new(),
             uplift: Vec::new(),

@@ -1,24 +1,26 @@
 //! The snapshot file format: a compact, versioned, checksummed encoding of [`EngineState`].
 //!
 //! ```text
-//! versions 4-7: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
+//! versions 4-8: magic "CHURNDSN" | version u32 | 0 u64 | body | body length u64 | "CHURNDND" | xxh3-64
 //! versions 1-3:  magic "CHURNDSN" | version u32 | body length u64 | body | xxh3-64
 //! ```
 //!
 //! The checksum covers everything before it. Version 4 gives the body's length after the
 //! body, so that a snapshot can be written as its customers are copied out, before their
 //! sizes are known; the end marker tells a truncated file from a damaged one. All integers
-//! are little-endian. The body holds the creation time, the model version, the engine's clock
-//! and thresholds, the last entry applied per input stream (by name, so the stream list may
-//! change between runs), from version 5 the budgets' pacing, the open tasks (those whose
-//! outcome is not known yet, each with its customer ID: see [`crate::outcomes`]) and the
-//! partition count (u16; earlier: 1), from version 6 the care kinds' budgets' pacing and
-//! each pacing's first candidate's time, from version 7 the outcomes per arm of the book
-//! win-back decides with (see [`crate::decide::uplift`]), then every customer in store order: ID, features
-//! (bit-exact), next
-//! check, win-back state, last classification, contact bookkeeping and the sparse extras
-//! (profile attributes, feedback, coupons). Store order is kept so a restored engine assigns
-//! the same indices and makes the same decisions.
+//! are little-endian. The body holds the creation time, the model version, the engine's
+//! clock and thresholds, the last entry applied per input stream (by name, so the stream
+//! list may change between runs), from version 5 the budgets' pacing, the open tasks (those
+//! whose outcome is not known yet, each with its customer ID: see [`crate::outcomes`]) and
+//! the partition count (u16; earlier: 1), from version 6 the care kinds' budgets' pacing
+//! and each pacing's first candidate's time, from version 7 the outcomes per arm of the
+//! book win-back decides with (see [`crate::decide::uplift`]), from version 8 the pooled
+//! budget's pacing in a record of its own (version 7 kept it among win-back's budgets as a
+//! pseudo-action, and is read so: `sections::pool_of_format_7`), then every customer in
+//! store order: ID, features (bit-exact), next check, win-back state, last classification,
+//! contact bookkeeping and the sparse extras (profile attributes, feedback, coupons). Store
+//! order is kept so a restored engine assigns the same indices and makes the same
+//! decisions.
 
 use crate::classify::{LifecycleStage, RfmThresholds, Segment};
 use crate::decide::{Contact, WinbackState};
@@ -40,8 +42,8 @@ mod sections;
 
 use reader::{malformed, put_str, Reader};
 use sections::{
-    put_budgets, put_first_candidates, put_open_tasks, put_uplift, read_budgets, read_open_tasks,
-    read_uplift,
+    pool_of_format_7, put_budgets, put_first_candidates, put_open_tasks, put_pool, put_uplift,
+    read_budgets, read_open_tasks, read_pool, read_uplift,
 };
 
 const MAGIC: &[u8; 8] = b"CHURNDSN";
@@ -51,9 +53,10 @@ const MAGIC: &[u8; 8] = b"CHURNDSN";
 /// no profiles, feedback or coupons) and 4 (no budgets' pacing, no open tasks, no partition
 /// count: read as one partition) and 5 (no care budgets, no time of a budget's first
 /// candidate: read as unknown) and 6 (no book of measured lift: read as none, so decisions
-/// until the next snapshot use the stand-in) are still read; other versions are refused,
-/// not guessed at.
-pub(crate) const FORMAT_VERSION: u32 = 7;
+/// until the next snapshot use the stand-in) and 7 (the pooled budget's pacing among
+/// win-back's budgets under a pseudo-action's name: taken out into its own record) are still
+/// read; other versions are refused, not guessed at.
+pub(crate) const FORMAT_VERSION: u32 = 8;
 const HEADER_LEN: usize = 8 + 4 + 8;
 const CHECKSUM_LEN: usize = 8;
 const END_MAGIC: &[u8; 8] = b"CHURNDND";
@@ -200,6 +203,7 @@ impl Encoder {
         put_budgets(out, &header.care_budgets);
         put_first_candidates(out, &header.budgets, &header.care_budgets);
         put_uplift(out, &header.uplift);
+        put_pool(out, header.pool.as_ref());
         out.extend_from_slice(&size.customers.to_le_bytes());
         out.extend_from_slice(&size.id_bytes.to_le_bytes());
         let mut hasher = Xxh3::new();
@@ -382,6 +386,11 @@ fn decode_body<R: Read>(
     } else {
         Vec::new()
     };
+    let pool = if version >= 8 {
+        read_pool(r)?
+    } else {
+        pool_of_format_7(&mut budgets)
+    };
     let count = r.u64()?;
     let id_bytes = r.u64()?;
     // Every customer takes at least its fixed bytes: a count beyond that is a lie that must
@@ -439,6 +448,7 @@ fn decode_body<R: Read>(
                 model_version,
                 budgets,
                 care_budgets,
+                pool,
                 partitions,
                 open_tasks,
                 uplift,

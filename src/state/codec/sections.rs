@@ -1,5 +1,6 @@
 //! The header's sections after the positions: the budgets' pacing, the open tasks and
-//! the uplift book, each a count then its records.
+//! the uplift book, each a count then its records; the pooled budget's pacing, a presence
+//! byte then its record.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use super::reader::{malformed, put_str, Reader};
 use super::{optional, CodecError, NONE};
 use crate::classify::Segment;
 use crate::decide::uplift::{Arm, ArmOutcomes};
-use crate::decide::{Group, PacerState, TaskKind};
+use crate::decide::{Group, PacerState, PoolState, TaskKind};
 use crate::outcomes::OpenTask;
 
 /// Version 5's pacing of the budgeted actions (the header's last field): per action its
@@ -22,19 +23,40 @@ pub(super) fn put_budgets(out: &mut Vec<u8>, budgets: &[(String, PacerState)]) {
         }
         out.extend_from_slice(&s.expected.to_bits().to_le_bytes());
         out.extend_from_slice(&s.days.to_le_bytes());
-        let used: Vec<(usize, f64)> = s
-            .weights
-            .iter()
-            .copied()
-            .enumerate()
-            .filter(|&(_, w)| w != 0.0)
-            .collect();
-        out.extend_from_slice(&(used.len() as u32).to_le_bytes());
-        for (bucket, w) in used {
-            out.extend_from_slice(&(bucket as u32).to_le_bytes());
-            out.extend_from_slice(&w.to_bits().to_le_bytes());
-        }
+        put_weights(out, &s.weights[..]);
     }
+}
+
+/// A picture of priorities: the count of its non-zero buckets, then each bucket and its
+/// weight.
+fn put_weights(out: &mut Vec<u8>, weights: &[f64]) {
+    let used: Vec<(usize, f64)> = weights
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, w)| w != 0.0)
+        .collect();
+    out.extend_from_slice(&(used.len() as u32).to_le_bytes());
+    for (bucket, w) in used {
+        out.extend_from_slice(&(bucket as u32).to_le_bytes());
+        out.extend_from_slice(&w.to_bits().to_le_bytes());
+    }
+}
+
+/// Reads what [`put_weights`] wrote into `weights`; `whose` names the budget in an error.
+fn read_weights<R: Read>(
+    r: &mut Reader<R>,
+    weights: &mut [f64],
+    whose: &str,
+) -> Result<(), CodecError> {
+    for _ in 0..r.u32()? {
+        let bucket = r.u32()? as usize;
+        let w = f64::from_bits(r.u64()?);
+        *weights
+            .get_mut(bucket)
+            .ok_or_else(|| malformed(format!("{whose}: no priority bucket {bucket}")))? = w;
+    }
+    Ok(())
 }
 
 /// Version 6: when each budget's first candidate came, win-back's then the care kinds', in
@@ -68,16 +90,75 @@ pub(super) fn read_budgets<R: Read>(
             days: r.u32()?,
             ..PacerState::default()
         };
-        for _ in 0..r.u32()? {
-            let bucket = r.u32()? as usize;
-            let w = f64::from_bits(r.u64()?);
-            *s.weights.get_mut(bucket).ok_or_else(|| {
-                malformed(format!("budget {action:?}: no priority bucket {bucket}"))
-            })? = w;
-        }
+        read_weights(r, &mut s.weights[..], &format!("budget {action:?}"))?;
         budgets.push((action, s));
     }
     Ok(budgets)
+}
+
+/// Version 8's pooled budget (`[winback.budget]`): a byte, 1 when a pool is set, then its
+/// day, the spend seen that day, the running spend per day, the days closed, the first
+/// candidate's time and the histogram's non-zero buckets; 0 without a pool.
+pub(super) fn put_pool(out: &mut Vec<u8>, pool: Option<&PoolState>) {
+    let Some(s) = pool else {
+        out.push(0);
+        return;
+    };
+    out.push(1);
+    out.extend_from_slice(&s.day.to_le_bytes());
+    out.extend_from_slice(&s.seen.to_bits().to_le_bytes());
+    out.extend_from_slice(&s.expected.to_bits().to_le_bytes());
+    out.extend_from_slice(&s.days.to_le_bytes());
+    out.extend_from_slice(&s.first_at.to_le_bytes());
+    put_weights(out, &s.weights[..]);
+}
+
+pub(super) fn read_pool<R: Read>(r: &mut Reader<R>) -> Result<Option<PoolState>, CodecError> {
+    match r.u8()? {
+        0 => return Ok(None),
+        1 => {}
+        other => return Err(malformed(format!("pooled budget: presence byte {other}"))),
+    }
+    let mut s = PoolState {
+        day: r.u32()?,
+        seen: f64::from_bits(r.u64()?),
+        expected: f64::from_bits(r.u64()?),
+        days: r.u32()?,
+        first_at: r.u32()?,
+        ..PoolState::default()
+    };
+    read_weights(r, &mut s.weights[..], "pooled budget")?;
+    Ok(Some(s))
+}
+
+/// The name under which snapshots before version 8 kept the pooled budget's pacing among
+/// win-back's budgets, as if it were an action's (no action can be named so: names come
+/// from TOML keys and lists).
+pub(super) const FORMAT_7_POOL_NAME: &str = "(pooled budget)";
+
+/// Snapshots before version 8: the pooled budget's pacing taken out of win-back's
+/// budgets, where it was kept under [`FORMAT_7_POOL_NAME`] with the spend seen that day's
+/// bits split into `admitted` (high half) and `seen` (low half); a spend that does not read
+/// as a finite amount, 0 or more, reads as 0. Of two, the last (as a restore took it).
+pub(super) fn pool_of_format_7(budgets: &mut Vec<(String, PacerState)>) -> Option<PoolState> {
+    let mut pool = None;
+    budgets.retain(|(action, s)| {
+        if action != FORMAT_7_POOL_NAME {
+            return true;
+        }
+        let seen = f64::from_bits(u64::from(s.admitted) << 32 | u64::from(s.seen));
+        pool = Some(PoolState {
+            day: s.day,
+            admitted: (),
+            seen: if seen.is_finite() { seen.max(0.0) } else { 0.0 },
+            expected: s.expected,
+            days: s.days,
+            weights: s.weights.clone(),
+            first_at: s.first_at,
+        });
+        false
+    });
+    pool
 }
 
 /// The open tasks: their count, then each with its customer ID.

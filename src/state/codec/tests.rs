@@ -1,6 +1,6 @@
 use super::*;
 use crate::decide::uplift::{Arm, ArmOutcomes};
-use crate::decide::{Group, PacerState, TaskKind};
+use crate::decide::{Group, PacerState, PoolState, TaskKind};
 use crate::event::{Event, EventKind};
 use crate::outcomes::OpenTask;
 use std::sync::Arc;
@@ -77,6 +77,7 @@ fn with_header(customers: Customers, profiles: Interner) -> EngineState {
             model_version: "m-1".into(),
             budgets: Vec::new(),
             care_budgets: Vec::new(),
+            pool: None,
             partitions: PartitionCount::ONE,
             open_tasks: Vec::new(),
             uplift: Vec::new(),
@@ -150,7 +151,14 @@ fn v7_added_len(state: &EngineState) -> usize {
     book.len()
 }
 
-/// Where the partition count of `state`'s encoding is: before what versions 6 and 7
+/// The bytes version 8 added after what version 7 did: the pooled budget.
+fn v8_added_len(state: &EngineState) -> usize {
+    let mut pool = Vec::new();
+    put_pool(&mut pool, state.header.pool.as_ref());
+    pool.len()
+}
+
+/// Where the partition count of `state`'s encoding is: before what versions 6 to 8
 /// added, and the customers' count and ID bytes, which end what [`Encoder::start`]
 /// writes.
 fn partitions_at(state: &EngineState) -> usize {
@@ -160,7 +168,7 @@ fn partitions_at(state: &EngineState) -> usize {
         id_bytes: 0,
     };
     let _ = Encoder::start(&state.header, size, &streams(), 0, &mut head);
-    head.len() - 16 - v7_added_len(state) - v6_added_len(state) - 2
+    head.len() - 16 - v8_added_len(state) - v7_added_len(state) - v6_added_len(state) - 2
 }
 
 /// `bytes` with `len` bytes of the body removed at `at`, as version `version`.
@@ -176,12 +184,125 @@ fn cut(mut out: Vec<u8>, at: usize, len: usize, version: u32) -> Vec<u8> {
     out
 }
 
+/// `state` in the layout of version 7: version 8 without the pooled budget's record that
+/// follows the book (the state must have no pool: see [`as_format_7`]).
+fn v7(state: &EngineState) -> Vec<u8> {
+    assert!(state.header.pool.is_none());
+    let out = encode(state, &streams(), 0);
+    let at = partitions_at(state) + 2 + v6_added_len(state) + v7_added_len(state);
+    cut(out, at, v8_added_len(state), 7)
+}
+
 /// `state` in the layout of version 6: version 7 without the book that follows what
 /// version 6 added.
 fn v6(state: &EngineState) -> Vec<u8> {
-    let out = encode(state, &streams(), 0);
     let at = partitions_at(state) + 2 + v6_added_len(state);
-    cut(out, at, v7_added_len(state), 6)
+    cut(v7(state), at, v7_added_len(state), 6)
+}
+
+/// `state` as version 7 kept it: the pooled budget's pacing, if any, last among
+/// win-back's budgets as a pseudo-action (what churnd up to 8a5014b did).
+fn as_format_7(state: &EngineState) -> EngineState {
+    let mut s = state.clone();
+    if let Some(pool) = s.header.pool.take() {
+        let bits = pool.seen.to_bits();
+        let pseudo = PacerState {
+            day: pool.day,
+            admitted: (bits >> 32) as u32,
+            seen: bits as u32,
+            expected: pool.expected,
+            days: pool.days,
+            weights: pool.weights,
+            first_at: pool.first_at,
+        };
+        s.header
+            .budgets
+            .push((sections::FORMAT_7_POOL_NAME.into(), pseudo));
+    }
+    s
+}
+
+/// A pooled budget's pacing mid-day, its spend not a whole number.
+fn pool() -> PoolState {
+    let mut pool = PoolState {
+        day: 10_000,
+        seen: 12.345_678_9,
+        expected: 310.25,
+        days: 12,
+        first_at: 864_000_007,
+        ..PoolState::default()
+    };
+    pool.weights[3] = 0.2;
+    pool.weights[95] = 41.5;
+    pool
+}
+
+/// The pool's record round trips bit for bit, and is one byte without a pool.
+#[test]
+fn the_pooled_budget_round_trips_in_a_record_of_its_own() {
+    let mut s = state(4);
+    s.header.budgets = vec![("coupon".into(), PacerState::default())];
+    s.header.uplift = book();
+    let without = encode(&s, &streams(), 0);
+    assert_eq!(v8_added_len(&s), 1, "no pool: its presence byte");
+    s.header.pool = Some(pool());
+    let with = encode(&s, &streams(), 0);
+    let d = decode(&with, &streams()).unwrap();
+    same(&s, &d.state);
+    let restored = d.state.header.pool.unwrap();
+    assert_eq!(restored.seen.to_bits(), pool().seen.to_bits());
+    // day, seen, expected, days, first_at, then two buckets of 12 bytes.
+    let record = 1 + 4 + 8 + 8 + 4 + 4 + 4 + 2 * 12;
+    assert_eq!(with.len() - without.len(), record - 1);
+    assert_eq!(v8_added_len(&s), record);
+    let mut bad = with.clone();
+    let at = partitions_at(&s) + 2 + v6_added_len(&s) + v7_added_len(&s);
+    assert_eq!(bad[at], 1);
+    bad[at] = 2;
+    let end = bad.len() - CHECKSUM_LEN;
+    let sum = xxh3_64(&bad[..end]);
+    bad[end..].copy_from_slice(&sum.to_le_bytes());
+    assert_eq!(
+        decode(&bad, &streams()).err(),
+        Some(CodecError::Malformed(
+            "pooled budget: presence byte 2".into()
+        ))
+    );
+}
+
+/// Version 7 kept the pool as a pseudo-action among win-back's budgets: it reads into the
+/// pool's record, exactly, and the actions' budgets are left without it; a version-7
+/// snapshot without a pool reads as none.
+#[test]
+fn reads_version_7_s_pooled_budget_from_its_pseudo_action() {
+    let mut s = state(5);
+    let coupon = PacerState {
+        day: 10_000,
+        admitted: 2,
+        seen: 9,
+        first_at: 864_000_123,
+        ..PacerState::default()
+    };
+    s.header.budgets = vec![("coupon".into(), coupon)];
+    s.header.uplift = book();
+    s.header.pool = Some(pool());
+    let old = as_format_7(&s);
+    assert_eq!(old.header.budgets.len(), 2);
+    let d = decode(&v7(&old), &streams()).unwrap();
+    same(&s, &d.state);
+    assert_eq!(
+        d.state.header.pool.unwrap().seen.to_bits(),
+        pool().seen.to_bits()
+    );
+    // A spend whose bits are no amount reads as 0, as the restore of format 7 took it.
+    let mut nan = as_format_7(&s);
+    let pseudo = &mut nan.header.budgets[1].1;
+    (pseudo.admitted, pseudo.seen) = (0x7ff8_0000, 0);
+    let d = decode(&v7(&nan), &streams()).unwrap();
+    assert_eq!(d.state.header.pool.map(|p| p.seen), Some(0.0));
+    s.header.pool = None;
+    let d = decode(&v7(&s), &streams()).unwrap();
+    same(&s, &d.state);
 }
 
 /// `state` in the layout of version 5: version 6 without the care budgets and the
