@@ -148,6 +148,12 @@ impl Engine {
             engine.recheck_pending = true;
         }
         engine.publish();
+        // Under the event clock nothing else publishes the budgets before the first batch:
+        // their gauges (per day, spent, bar) would read 0 until then. (Under the wall clock
+        // the first tick does, once the wall time is known.)
+        if engine.settings.clock == super::ClockMode::Event {
+            engine.publish_budgets();
+        }
         engine
     }
 

@@ -1087,6 +1087,30 @@ fn budgeted(clock: ClockMode) -> EngineSettings {
     s
 }
 
+/// `n` buyers of different spend (10, 20, …), all on day 0.
+fn same_day_buyers(n: u32) -> Vec<Entry> {
+    (0..n)
+        .map(|i| {
+            entry(
+                u64::from(i),
+                &[
+                    ("customer_id", format!("c{i}")),
+                    ("type", "purchase".into()),
+                    ("amount", (10 * (i + 1)).to_string()),
+                    ("ts", (u64::from(T0) * 1000).to_string()),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The tasks of a batch that only moves the event clock to `day`.
+fn day_tick(engine: &mut Engine, seq: u64, day: u32) -> Vec<Task> {
+    engine
+        .apply_batch(batch(vec![visit(seq, "clock", day)]), 0)
+        .tasks
+}
+
 #[test]
 fn a_restart_keeps_the_budgets_pacing() {
     let model =
@@ -1095,30 +1119,11 @@ fn a_restart_keeps_the_budgets_pacing() {
     // Five buyers of different spend on day 0 cross the threshold together about 50 days
     // later: at most two get a task that day (the action's first: paced on the rate seen,
     // so the burst may get fewer), the others on later days.
-    let buyers = || -> Vec<Entry> {
-        (0..5u32)
-            .map(|i| {
-                entry(
-                    u64::from(i),
-                    &[
-                        ("customer_id", format!("c{i}")),
-                        ("type", "purchase".into()),
-                        ("amount", (10 * (i + 1)).to_string()),
-                        ("ts", (u64::from(T0) * 1000).to_string()),
-                    ],
-                )
-            })
-            .collect()
-    };
-    let run = |engine: &mut Engine, seq: u64, day: u32| {
-        engine
-            .apply_batch(batch(vec![visit(seq, "clock", day)]), 0)
-            .tasks
-    };
+    let buyers = || same_day_buyers(5);
     let mut whole = Engine::new(budgeted(ClockMode::Event), model(), Metrics::new().engine);
     whole.apply_batch(batch(buyers()), 0);
     // The crossing (49.6 days) is noticed within a day.
-    let day_one = run(&mut whole, 10, 51);
+    let day_one = day_tick(&mut whole, 10, 51);
     let per_day = |tasks: &[Task]| {
         let mut days = BTreeMap::new();
         for t in tasks {
@@ -1130,29 +1135,51 @@ fn a_restart_keeps_the_budgets_pacing() {
         (1..5).contains(&day_one.len()) && per_day(&day_one).values().all(|&n| n <= 2),
         "the day's budget: {day_one:?}"
     );
-    let later = run(&mut whole, 11, 70);
+    let later = day_tick(&mut whole, 11, 70);
     assert!(
         (1..=4).contains(&later.len()) && day_one.len() + later.len() <= 5,
         "the others on later days: {later:?}"
     );
 
-    let mut first = Engine::new(budgeted(ClockMode::Event), model(), Metrics::new().engine);
+    let first_metrics = Metrics::new();
+    let mut first = Engine::new(
+        budgeted(ClockMode::Event),
+        model(),
+        first_metrics.engine.clone(),
+    );
     first.apply_batch(batch(buyers()), 0);
-    assert_eq!(run(&mut first, 10, 51), day_one);
+    assert_eq!(day_tick(&mut first, 10, 51), day_one);
     let bytes = crate::state::codec::encode(&first.snapshot(), &streams, 0);
     let decoded = crate::state::codec::decode(&bytes, &streams).unwrap().state;
+    let metrics = Metrics::new();
     let mut restored = Engine::restore(
         budgeted(ClockMode::Event),
         model(),
-        Metrics::new().engine,
+        metrics.engine.clone(),
         decoded,
+    );
+    // The budget gauges show what the engine that never stopped shows, before any batch.
+    let budget_lines = |m: &Metrics| -> Vec<String> {
+        m.render()
+            .lines()
+            .filter(|l| l.starts_with("churnd_winback_budget_"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(budget_lines(&metrics), budget_lines(&first_metrics));
+    assert!(
+        budget_lines(&metrics)
+            .iter()
+            .any(|l| l.starts_with("churnd_winback_budget_priority_bar")),
+        "{:?}",
+        budget_lines(&metrics)
     );
     let pacing = first.state_header().budgets;
     assert_eq!(pacing.len(), 1);
     assert!(pacing[0].1.seen > 0);
     assert_eq!(restored.state_header().budgets, pacing);
     assert_eq!(
-        run(&mut restored, 11, 60),
+        day_tick(&mut restored, 11, 60),
         later,
         "a restart changes nothing"
     );
@@ -1174,40 +1201,21 @@ fn a_restart_keeps_the_pooled_budgets_pacing() {
     let model =
         || Arc::new(Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap());
     let streams = vec!["churn:events".to_string()];
-    let buyers = || -> Vec<Entry> {
-        (0..6u32)
-            .map(|i| {
-                entry(
-                    u64::from(i),
-                    &[
-                        ("customer_id", format!("c{i}")),
-                        ("type", "purchase".into()),
-                        ("amount", (10 * (i + 1)).to_string()),
-                        ("ts", (u64::from(T0) * 1000).to_string()),
-                    ],
-                )
-            })
-            .collect()
-    };
-    let run = |engine: &mut Engine, seq: u64, day: u32| {
-        engine
-            .apply_batch(batch(vec![visit(seq, "clock", day)]), 0)
-            .tasks
-    };
+    let buyers = || same_day_buyers(6);
     let mut whole = Engine::new(settings(), model(), Metrics::new().engine);
     assert!(whole.budgets.is_pooled());
     whole.apply_batch(batch(buyers()), 0);
-    let day_one = run(&mut whole, 10, 51);
+    let day_one = day_tick(&mut whole, 10, 51);
     assert!(
         (1..=2).contains(&day_one.len()),
         "the day's spend: {day_one:?}"
     );
-    let later = run(&mut whole, 11, 60);
+    let later = day_tick(&mut whole, 11, 60);
     assert!(!later.is_empty(), "the others on later days");
 
     let mut first = Engine::new(settings(), model(), Metrics::new().engine);
     first.apply_batch(batch(buyers()), 0);
-    assert_eq!(run(&mut first, 10, 51), day_one);
+    assert_eq!(day_tick(&mut first, 10, 51), day_one);
     // The day of the last task: its spend is the pool's day spend.
     let last = day_one.iter().map(|t| t.as_of).max().unwrap();
     let that_day = day_one.iter().filter(|t| t.as_of / DAY == last / DAY);
@@ -1227,7 +1235,7 @@ fn a_restart_keeps_the_pooled_budgets_pacing() {
     assert_eq!(restored.budgets.pool_report(last), Some(report));
     assert_eq!(restored.budgets.pool_report(now), report_now);
     assert_eq!(
-        run(&mut restored, 11, 60),
+        day_tick(&mut restored, 11, 60),
         later,
         "a restart changes nothing"
     );
