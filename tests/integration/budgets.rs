@@ -15,19 +15,24 @@ const WINBACK: &str = "churn:winback";
 const TASKS: &str = "crm:tasks";
 const TASKS_CONTROL: &str = "crm:tasks:control";
 
+/// Win-back's one action a coupon (cost 1) for every segment, `per_day` a day: no segment
+/// chooses among actions.
+fn coupons_only(settings: &mut churnd::config::Settings, per_day: f64) {
+    settings.winback.actions = Segment::ALL
+        .into_iter()
+        .map(|s| (s, "coupon".to_string()))
+        .collect();
+    settings.winback.candidates.clear();
+    settings.winback.budgets = BTreeMap::from([("coupon".into(), ActionBudget::new(per_day, 1.0))]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_days_budget_of_n_tasks_yields_at_most_n_and_the_rest_come_on_later_days() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
     // One action for every segment, 3 tasks a day.
-    settings.winback.actions = Segment::ALL
-        .into_iter()
-        .map(|s| (s, "coupon".to_string()))
-        .collect();
-    settings.winback.budgets = BTreeMap::from([("coupon".into(), ActionBudget::new(3.0, 1.0))]);
-    // Coupons alone: no segment chooses among actions.
-    settings.winback.candidates.clear();
+    coupons_only(&mut settings, 3.0);
     settings.tasks.welcome.enabled = false;
     let app = App::spawn(settings).await;
     let mut c = redis.conn().await;
@@ -263,12 +268,7 @@ async fn a_restart_under_a_pooled_budget_keeps_its_spend_and_its_bar() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(&redis, dir.path());
-    settings.winback.actions = Segment::ALL
-        .into_iter()
-        .map(|s| (s, "coupon".to_string()))
-        .collect();
-    settings.winback.candidates.clear();
-    settings.winback.budgets = BTreeMap::from([("coupon".into(), ActionBudget::new(1e12, 1.0))]);
+    coupons_only(&mut settings, 1e12);
     settings.winback.budget = PooledBudget {
         spend_per_day: Some(3.0),
     };
