@@ -16,6 +16,7 @@ mod lift;
 mod model_watch;
 mod owners;
 mod replica;
+mod services;
 mod snapshots;
 mod start;
 
@@ -26,23 +27,23 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{redact_url, ConfigError, Interval, Ownership, Resolved, Settings};
+use crate::config::{ConfigError, Ownership, Resolved, Settings};
 use crate::connection::Connector;
 use crate::engine::{EngineSettings, Partitioned};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
-use crate::http::serve::Limits;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::metrics::{Metrics, RedisRole, SnapshotMetrics};
 use crate::model::{Model, ModelError};
 use crate::partition::PartitionCount;
 use crate::sink::{self, Sink, SinkSettings};
-use crate::source::{self, lag, Commit, Source};
+use crate::source::{self, Commit, Source};
 use crate::state::{SnapshotStore, StateError};
 use crate::time::wall_millis;
 use engine_task::{Channels, Durability};
 use layout::Layout;
 pub(crate) use lift::Published as LiftReport;
+use services::Role;
 
 /// Effects buffered between engine and sink.
 const EFFECT_QUEUE: usize = 2;
@@ -253,50 +254,31 @@ pub async fn run_resolved(
     };
     // HTTP first: probes and scrapers get answers (503 not ready, with the reason) while a
     // large snapshot loads, instead of connections waiting in the listen backlog.
-    let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
-    let app_token_required = customer_token.is_some();
-    let (lift_tx, lift_rx) = watch::channel(None);
-    let (http_addr, http_stop, http_task) = serve_http(
+    let (serving, feeds) = services::serve(
         listener,
-        &settings,
-        &metrics,
-        AppState {
-            metrics: metrics.clone(),
-            health: health.clone(),
-            queries: query_tx,
-            customer_token: customer_token.map(Arc::new),
-            lift: settings.lift.enabled.then_some(lift_rx),
-            replicas: None,
-        },
+        (&settings, &metrics),
+        (&health, customer_token),
+        None,
+        (model, model_fingerprint),
     )?;
     let restored = match &snapshot_dir {
         Some(dir) => match load_while_serving(dir, &metrics.snapshots, &health, &shutdown).await {
             Ok(Startup::Restore(states)) => states,
             outcome => {
-                http_stop.cancel();
-                let _ = http_task.await;
+                serving.stop().await;
                 return outcome.map(|_| ());
             }
         },
         None => Vec::new(),
     };
-    let connector = |role, response_timeout| {
-        Connector::new(
-            client.clone(),
-            &settings.redis,
-            response_timeout,
-            role,
-            &metrics.redis,
-        )
-    };
+    let connector = connectors(&client, &settings, &metrics);
     let response_timeout = settings.redis.response_timeout.get();
 
     let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches.get());
     let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-    let (model_tx, model_rx) = watch::channel(Arc::new(model));
 
     let engine_settings = EngineSettings::from(&settings);
-    let model = model_rx.borrow().clone();
+    let model = feeds.models.borrow().clone();
     let engine = Partitioned::restore(engine_settings, model, metrics.engine.clone(), restored);
     health.set_loading(false);
     let sink = Sink::new(
@@ -309,55 +291,19 @@ pub async fn run_resolved(
     )
     .with_written_positions(observers.written.take());
     let sink_task = tokio::spawn(sink.run(abort.clone()));
-    let backlog = sink::backlog::Backlog::new(
-        SinkSettings::from(&settings).output_caps(),
-        metrics.output.clone(),
-    );
     // Every partition is held here, for good.
     let (_, held) = watch::channel(http::LocalPartitions {
         serving: (0..settings.partitions.count.get()).collect(),
         moving: Default::default(),
     });
-    let lag_task = tokio::spawn(lag::monitor(
-        source_settings.clone(),
-        backlog,
-        connector(RedisRole::Monitor, response_timeout),
-        (
-            metrics.source.clone(),
-            lag::PartitionLag {
-                count: settings.partitions.count,
-                gauge: metrics.ownership.partition_lag.clone(),
-                held,
-            },
-        ),
-        shutdown.clone(),
-    ));
-    let model_task = tokio::spawn(model_watch::run(
-        settings.model.path.clone(),
-        settings.model.watch_interval.map(Interval::get),
-        model_fingerprint,
-        model_tx,
-        metrics.model.clone(),
-        shutdown.clone(),
-    ));
-    let (uplift_tx, uplift_rx) = watch::channel(Arc::default());
-    let lift_task = lift::spawn(
-        &settings,
-        connector(RedisRole::Lift, response_timeout + lift::BLOCK),
-        metrics.lift.clone(),
-        (lift_tx, uplift_tx),
-        shutdown.clone(),
-    );
-    tracing::info!(
-        http = %http_addr,
-        customer_token = if app_token_required { "required" } else { "off" },
-        redis = %redact_url(&settings.redis.url),
-        tls = settings.redis.uses_tls(),
-        streams = ?source_settings.streams,
-        group = %settings.source.group,
-        consumer = %settings.source.consumer,
-        clock = ?settings.clock.mode,
-        "churnd running"
+    let services = serving.start(
+        (&settings, &metrics),
+        &connector,
+        held,
+        Role::All {
+            streams: &source_settings.streams,
+        },
+        &shutdown,
     );
 
     // Reading begins once every stream has a position in a snapshot on disk.
@@ -408,9 +354,9 @@ pub async fn run_resolved(
                 Channels {
                     batches: batch_rx,
                     effects: effect_tx,
-                    queries: query_rx,
-                    models: model_rx,
-                    uplift: uplift_rx,
+                    queries: feeds.queries,
+                    models: feeds.models,
+                    uplift: feeds.uplift,
                     applied: observers.applied,
                 },
                 Durability {
@@ -426,7 +372,7 @@ pub async fn run_resolved(
                 Err(e) => {
                     // Nothing was read yet: the parts already running stop with the daemon.
                     abort.cancel();
-                    http_stop.cancel();
+                    services.abandon();
                     return Err(DaemonError::EngineThread(e));
                 }
             };
@@ -436,15 +382,7 @@ pub async fn run_resolved(
         // Shutdown came first: nothing was read. Dropping the engine's ends of the
         // channels and the snapshot writer's handle lets the sink and the writer end.
         None => {
-            drop((
-                batch_tx,
-                batch_rx,
-                effect_tx,
-                query_rx,
-                model_rx,
-                uplift_rx,
-                snapshotter,
-            ));
+            drop((batch_tx, batch_rx, effect_tx, feeds, snapshotter));
             (None, None, None)
         }
     };
@@ -480,41 +418,8 @@ pub async fn run_resolved(
         abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
-    let _ = lag_task.await;
-    let _ = model_task.await;
-    if let Some(task) = lift_task {
-        let _ = task.await;
-    }
-    http_stop.cancel();
-    let _ = http_task.await;
+    services.stop(&shutdown).await;
     Ok(())
-}
-
-/// Serves the HTTP API on `listener` until the returned token is cancelled; its address,
-/// that token and the server's task.
-fn serve_http(
-    listener: TcpListener,
-    settings: &Settings,
-    metrics: &Metrics,
-    state: AppState,
-) -> Result<
-    (
-        std::net::SocketAddr,
-        CancellationToken,
-        tokio::task::JoinHandle<()>,
-    ),
-    DaemonError,
-> {
-    let addr = listener.local_addr().map_err(DaemonError::Http)?;
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(http::serve::serve(
-        listener,
-        http::router(state),
-        Limits::from(&settings.http),
-        metrics.http.clone(),
-        stop.clone(),
-    ));
-    Ok((addr, stop, task))
 }
 
 /// What a replica starts from, once its settings are resolved and its model loaded.
@@ -529,8 +434,8 @@ struct Start {
 }
 
 /// [`run_resolved`] under `partitions.ownership = leases`: HTTP, the lag monitor, the model
-/// watcher and the lift report as for one process, the engines in generations of the
-/// partitions this replica owns ([`replica`]).
+/// watcher and the lift report as for one process ([`services`]), the engines in generations
+/// of the partitions this replica owns ([`replica`]).
 async fn run_replica(
     start: Start,
     listener: TcpListener,
@@ -546,89 +451,39 @@ async fn run_replica(
         started,
     } = start;
     metrics.ownership.owned.set(0);
-    let (query_tx, query_rx) = mpsc::channel(QUERY_QUEUE);
-    let app_token_required = customer_token.is_some();
-    let (lift_tx, lift_rx) = watch::channel(None);
-    let connector = |role, response_timeout| {
-        Connector::new(
-            client.clone(),
-            &settings.redis,
-            response_timeout,
-            role,
-            &metrics.redis,
-        )
-    };
-    let response_timeout = settings.redis.response_timeout.get();
+    let connector = connectors(&client, &settings, &metrics);
     let me = crate::ownership::MemberName::new(&settings.source.consumer)
         .expect("source.consumer was checked with partitions.ownership = leases");
     let (local_tx, local) = watch::channel(http::LocalPartitions::default());
     let replicas = http::Replicas::new(
         (me, settings.partitions.count, &settings.source.group),
         local.clone(),
-        connector(RedisRole::Ownership, response_timeout),
+        connector(RedisRole::Ownership, settings.redis.response_timeout.get()),
         metrics.http.forwarded.clone(),
     );
-    let http_port = listener.local_addr().map_err(DaemonError::Http)?.port();
-    let (http_addr, http_stop, http_task) = serve_http(
+    let (serving, feeds) = services::serve(
         listener,
-        &settings,
-        &metrics,
-        AppState {
-            metrics: metrics.clone(),
-            health: health.clone(),
-            queries: query_tx,
-            customer_token: customer_token.map(Arc::new),
-            lift: settings.lift.enabled.then_some(lift_rx),
-            replicas: Some(replicas),
-        },
+        (&settings, &metrics),
+        (&health, customer_token),
+        Some(replicas),
+        (model, model_fingerprint),
     )?;
     let advertise = match &settings.partitions.advertise_url {
         Some(url) => url.clone(),
-        None => format!("http://{}:{http_port}", crate::config::host_name()),
+        None => format!(
+            "http://{}:{}",
+            crate::config::host_name(),
+            serving.addr().port()
+        ),
     };
-    let (model_tx, model_rx) = watch::channel(Arc::new(model));
-    let (uplift_tx, uplift_rx) = watch::channel(Arc::default());
-    let lag_task = tokio::spawn(lag::monitor(
-        settings.partitioned_source(),
-        sink::backlog::Backlog::new(
-            SinkSettings::from(&settings).output_caps(),
-            metrics.output.clone(),
-        ),
-        connector(RedisRole::Monitor, response_timeout),
-        (
-            metrics.source.clone(),
-            lag::PartitionLag {
-                count: settings.partitions.count,
-                gauge: metrics.ownership.partition_lag.clone(),
-                held: local,
-            },
-        ),
-        shutdown.clone(),
-    ));
-    let model_task = tokio::spawn(model_watch::run(
-        settings.model.path.clone(),
-        settings.model.watch_interval.map(Interval::get),
-        model_fingerprint,
-        model_tx,
-        metrics.model.clone(),
-        shutdown.clone(),
-    ));
-    let lift_task = lift::spawn(
-        &settings,
-        connector(RedisRole::Lift, response_timeout + lift::BLOCK),
-        metrics.lift.clone(),
-        (lift_tx, uplift_tx),
-        shutdown.clone(),
-    );
-    tracing::info!(
-        http = %http_addr,
-        customer_token = if app_token_required { "required" } else { "off" },
-        redis = %redact_url(&settings.redis.url),
-        group = %settings.source.group,
-        consumer = %settings.source.consumer,
-        clock = ?settings.clock.mode,
-        advertise = %advertise,
-        "churnd running as a replica that owns partitions by lease"
+    let services = serving.start(
+        (&settings, &metrics),
+        &connector,
+        local,
+        Role::Replica {
+            advertise: &advertise,
+        },
+        &shutdown,
     );
     let replica = replica::Replica {
         advertise,
@@ -637,20 +492,30 @@ async fn run_replica(
         client: client.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
-        models: model_rx,
-        uplift: uplift_rx,
+        models: feeds.models,
+        uplift: feeds.uplift,
         started,
     };
-    let result = replica.run(query_rx, shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = lag_task.await;
-    let _ = model_task.await;
-    if let Some(task) = lift_task {
-        let _ = task.await;
-    }
-    http_stop.cancel();
-    let _ = http_task.await;
+    let result = replica.run(feeds.queries, shutdown.clone()).await;
+    services.stop(&shutdown).await;
     result
+}
+
+/// Connections to Redis through `client`, each for a role and with its response timeout.
+fn connectors<'a>(
+    client: &'a crate::connection::RedisClient,
+    settings: &'a Settings,
+    metrics: &'a Metrics,
+) -> impl Fn(RedisRole, Duration) -> Connector + 'a {
+    |role, response_timeout| {
+        Connector::new(
+            client.clone(),
+            &settings.redis,
+            response_timeout,
+            role,
+            &metrics.redis,
+        )
+    }
 }
 
 /// Allocations this large or larger get pages of their own, given back to the system when
@@ -706,16 +571,10 @@ fn snapshot_connector(
     settings: &Settings,
     metrics: &Metrics,
 ) -> Connector {
-    Connector::new(
-        client.clone(),
-        &settings.redis,
-        settings
-            .redis
-            .response_timeout
-            .get()
-            .max(crate::state::redis_store::MIN_RESPONSE_TIMEOUT),
+    let response_timeout = settings.redis.response_timeout.get();
+    connectors(client, settings, metrics)(
         RedisRole::Snapshots,
-        &metrics.redis,
+        response_timeout.max(crate::state::redis_store::MIN_RESPONSE_TIMEOUT),
     )
 }
 

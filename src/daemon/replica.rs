@@ -66,13 +66,7 @@ pub(super) struct Replica {
 
 impl Replica {
     fn connector(&self, role: RedisRole, response_timeout: Duration) -> Connector {
-        Connector::new(
-            self.client.clone(),
-            &self.settings.redis,
-            response_timeout,
-            role,
-            &self.metrics.redis,
-        )
+        super::connectors(&self.client, &self.settings, &self.metrics)(role, response_timeout)
     }
 
     /// Runs generations until `shutdown`, then hands every partition over and leaves.
