@@ -16,6 +16,8 @@
 //!   drawn uniformly from 1,000,000 already known (each bought once in the past year);
 //!   60 % purchases, 30 % visits, 5 % refunds, 5 % complaints; event-time clock, stream time
 //!   advancing 1 ms per entry. Reported per event; batches are built outside the timing.
+//!   `engine/apply_batch_without_derived`: the same under the format 2 model, for what the
+//!   derived input costs the whole hot path.
 //! - `store/*`: `CustomerStore::find_or_insert` with 1,000,000 customers: an existing ID in
 //!   random order, and a new ID (amortised growth while the store holds 1M to 2M).
 //!
@@ -283,14 +285,14 @@ impl Stream<'_> {
     }
 }
 
-/// An engine under the event-time clock that knows every customer in `ids`: each bought once
-/// in the year before `START_MS`.
-fn engine_with(ids: &[String], rng: &mut StdRng) -> Engine {
+/// An engine under the event-time clock and `model` that knows every customer in `ids`: each
+/// bought once in the year before `START_MS`.
+fn engine_with(ids: &[String], rng: &mut StdRng, model: Model) -> Engine {
     let mut settings = Settings::default();
     settings.clock.mode = ClockMode::Event;
     let mut engine = Engine::new(
         EngineSettings::from(&settings),
-        Arc::new(model()),
+        Arc::new(model),
         Metrics::new().engine,
     );
     // One event at the start first, so the history below does not move the watermark.
@@ -325,32 +327,39 @@ fn engine_with(ids: &[String], rng: &mut StdRng) -> Engine {
 
 fn engine(c: &mut Criterion) {
     let ids = customer_ids(CUSTOMERS);
-    let mut rng = StdRng::seed_from_u64(1);
-    let mut engine = engine_with(&ids, &mut rng);
-    let mut stream = Stream {
-        ids: &ids,
-        rng,
-        ms: START_MS + 1,
-    };
-    let fx = engine.apply_batch(stream.batch(), START_MS);
-    assert!(fx.dead_letters.is_empty(), "every generated entry is valid");
-    assert_eq!(
-        engine.summary().customers,
-        CUSTOMERS + 1,
-        "no new customers"
-    );
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("apply_batch", |b| {
-        b.iter_batched(
-            || stream.batch(),
-            |batch| {
-                let wall_ms = batch.entries.last().map_or(START_MS, |e| e.id.ms);
-                engine.apply_batch(batch, wall_ms)
-            },
-            BatchSize::LargeInput,
-        )
-    });
+    // The same customers and the same stream under the shipped model and under it without
+    // its derived input: what `bgnbd_churn_logit` costs per event, scoring included.
+    for (name, model) in [
+        ("apply_batch", model()),
+        ("apply_batch_without_derived", model_without_derived()),
+    ] {
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut engine = engine_with(&ids, &mut rng, model);
+        let mut stream = Stream {
+            ids: &ids,
+            rng,
+            ms: START_MS + 1,
+        };
+        let fx = engine.apply_batch(stream.batch(), START_MS);
+        assert!(fx.dead_letters.is_empty(), "every generated entry is valid");
+        assert_eq!(
+            engine.summary().customers,
+            CUSTOMERS + 1,
+            "no new customers"
+        );
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || stream.batch(),
+                |batch| {
+                    let wall_ms = batch.entries.last().map_or(START_MS, |e| e.id.ms);
+                    engine.apply_batch(batch, wall_ms)
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     group.finish();
 }
 
