@@ -11,7 +11,8 @@
 //! - `classify/*`: lifecycle stage, RFM segment, risk band.
 //! - `decide/*`: the playbook's decision for a customer who gets no task (the common case),
 //!   and the control-group hash; `decide/value_estimates`, the five value fields of a repeat
-//!   buyer, worked out when a task is raised or the API asks.
+//!   buyer, worked out for every win-back candidate decided (held back or not) and when the
+//!   API asks.
 //! - `engine/apply_batch`: `Engine::apply_batch` on batches of 1,000 entries for customers
 //!   drawn uniformly from 1,000,000 already known (each bought once in the past year);
 //!   60 % purchases, 30 % visits, 5 % refunds, 5 % complaints; event-time clock, stream time
