@@ -97,6 +97,18 @@ impl Default for WinbackSettings {
     }
 }
 
+impl WinbackSettings {
+    /// Lifts every win-back budget out of reach (a cap of 1e12 a day), so that each candidate
+    /// gets its task: for runs that measure the path a task takes, or that compare with a
+    /// run without pacing. Lifted rather than removed: a daemon binary reads
+    /// config/default.toml too, and a file's budgets table merges into the shipped one.
+    pub fn lift_budgets(&mut self) {
+        for budget in self.budgets.values_mut() {
+            budget.per_day = Some(1e12);
+        }
+    }
+}
+
 #[cfg(test)]
 impl WinbackSettings {
     /// The defaults as they were before budgets (threshold 0.7, 0.6 for `important_value`

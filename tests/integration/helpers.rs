@@ -498,11 +498,7 @@ pub fn test_settings(redis: &RedisServer, model_dir: &Path) -> Settings {
         .into_iter()
         .map(|segment| (segment, 0.6))
         .collect();
-    // Lifted, not removed: a binary reads config/default.toml too, and a file's budgets
-    // table merges into the shipped one rather than replacing it.
-    for budget in s.winback.budgets.values_mut() {
-        budget.per_day = Some(1e12);
-    }
+    s.winback.lift_budgets();
     s.tasks.control_share = 0.0;
     s.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
     s.shutdown.drain_timeout = Duration::from_secs(5);

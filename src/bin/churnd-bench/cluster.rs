@@ -35,7 +35,7 @@ use churnd::source::lag::group_info;
 
 use crate::machine::load_average;
 use crate::redis_server::{tempfile_dir, RedisServer};
-use crate::workload::{daemon_settings, lift_budgets, preload_partitioned};
+use crate::workload::{daemon_settings, preload_partitioned};
 
 /// `churnd-bench cluster` options.
 #[derive(clap::Args)]
@@ -171,7 +171,7 @@ fn settings(seed: &RedisServer, p: PartitionCount, mode: RedisMode) -> (Settings
     settings.partitions.count = p;
     settings.source.consumer = "bench".into();
     // Every candidate gets its task, as in a backfill before budgets: the most output.
-    lift_budgets(&mut settings);
+    settings.winback.lift_budgets();
     (settings, state)
 }
 

@@ -69,8 +69,8 @@ use crate::http_probe::{http_get, sample, wait_ready};
 use crate::machine::load_average;
 use crate::redis_server::{connect, tempfile_dir, RedisServer};
 use crate::workload::{
-    customer_id, daemon_settings, lift_budgets, max_customers, model_path, purchase_entry,
-    push_mixed_event, restart_with_snapshot,
+    customer_id, daemon_settings, max_customers, model_path, purchase_entry, push_mixed_event,
+    restart_with_snapshot,
 };
 
 /// `churnd-bench latency` options.
@@ -500,7 +500,7 @@ pub async fn latency(args: Args) -> Result<()> {
     let state = tempfile_dir::TempDir::new("state")?;
     let mut settings = daemon_settings(&redis, state.path());
     // Every probe gets its task: the figure is the path's latency, not the budgets' pacing.
-    lift_budgets(&mut settings);
+    settings.winback.lift_budgets();
     settings.state.max_customers = settings
         .state
         .max_customers

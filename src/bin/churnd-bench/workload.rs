@@ -136,15 +136,6 @@ pub fn daemon_settings(redis: &RedisServer, state_dir: &Path) -> Settings {
     settings
 }
 
-/// Lifts the win-back budgets of `settings` out of reach, so that every candidate gets its
-/// task: for runs that measure the path a task takes or the most output, not the pacing
-/// (under the shipped budgets, a run of seconds is a sliver of a day's budget).
-pub fn lift_budgets(settings: &mut Settings) {
-    for budget in settings.winback.budgets.values_mut() {
-        budget.per_day = Some(1e12);
-    }
-}
-
 /// An entry as the source hands it to the engine: entry ID `now_ms`-`seq` of stream 0.
 pub fn entry(now_ms: u64, seq: u64, fields: &[(&str, &str)]) -> Entry {
     let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
