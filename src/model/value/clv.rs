@@ -34,11 +34,13 @@ pub(crate) fn lifetime_value(
     }
     let step = days / f64::from(STEPS);
     let ln_growth = annual_discount_rate.ln_1p();
+    // P(alive) does not depend on the horizon: worked out once, not once per period.
+    let p_alive = bgnbd.p_alive(s);
     let mut previous = 0.0;
     let mut value = 0.0;
     for k in 1..=STEPS {
         let t = step * f64::from(k);
-        let cumulative = bgnbd.expected_purchases(s, t);
+        let cumulative = p_alive * bgnbd.expected_purchases_if_alive(s, t);
         let discount = (-ln_growth * t / 365.0).exp();
         value += (cumulative - previous).max(0.0) * discount;
         previous = cumulative;

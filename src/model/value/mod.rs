@@ -178,7 +178,7 @@ impl ValueModel {
             p_alive * bgnbd.expected_purchases_if_alive(s, PURCHASE_HORIZON_DAYS);
         let order_value = self.expected_order_value(h);
         let next_purchase_at = bgnbd
-            .median_days_to_next_purchase(s)
+            .median_days_to_next_purchase(s, p_alive)
             .filter(|days| *days <= NEXT_PURCHASE_MAX_DAYS)
             .map(|days| now.saturating_add((days * time::SECONDS_PER_DAY).round() as u32));
         ValueEstimates {
@@ -408,7 +408,9 @@ pub(crate) mod tests {
         assert!((e.expected_spend_90d - purchases * order).abs() < 1e-12);
         let year = b.expected_purchases(&h.repeat, 365.0) * order;
         assert!((e.clv_365d - year).abs() < 1e-12);
-        let wait = b.median_days_to_next_purchase(&h.repeat).unwrap();
+        let wait = b
+            .median_days_to_next_purchase(&h.repeat, e.p_alive)
+            .unwrap();
         assert!(wait < 365.0);
         assert_eq!(
             e.next_purchase_at,

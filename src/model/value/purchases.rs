@@ -109,8 +109,12 @@ impl BgNbd {
     /// `None` when P(alive) ≤ 1/2: the customer is then more likely never to buy again, and
     /// no date has an even chance. The result can be very large (a rarely buying one-time
     /// customer waits years at the median) or +∞ for extreme parameters; callers cap it.
-    pub(crate) fn median_days_to_next_purchase(&self, s: &RepeatSummary) -> Option<f64> {
-        let p_alive = self.p_alive(s);
+    /// `p_alive` is the customer's [`BgNbd::p_alive`], which every caller has at hand.
+    pub(crate) fn median_days_to_next_purchase(
+        &self,
+        s: &RepeatSummary,
+        p_alive: f64,
+    ) -> Option<f64> {
         if p_alive.is_nan() || p_alive <= 0.5 {
             return None;
         }
@@ -331,7 +335,9 @@ mod tests {
             summary(3.0, 250.0, 252.0),
             summary(12.0, 240.0, 250.0),
         ] {
-            let w = m.median_days_to_next_purchase(&s).expect("likely alive");
+            let w = m
+                .median_days_to_next_purchase(&s, m.p_alive(&s))
+                .expect("likely alive");
             // P(purchase within w) = 1 − P(no purchase within w) = 1/2.
             let p_buy = 1.0 - m.p_no_purchase(&s, w);
             assert!((p_buy - 0.5).abs() < 1e-12, "{s:?}: w {w}, {p_buy}");
@@ -339,15 +345,22 @@ mod tests {
         // x = 0 is alive for sure under BG/NBD: the median is the posterior's alone.
         let new = summary(0.0, 0.0, 20.0);
         let want = (m.alpha + 20.0) * (2f64.powf(1.0 / m.r) - 1.0);
-        let got = m.median_days_to_next_purchase(&new).unwrap();
+        let got = m
+            .median_days_to_next_purchase(&new, m.p_alive(&new))
+            .unwrap();
         assert!(close(got, want, 1e-12), "{got} vs {want}");
         // Long silence after frequent purchases: likely gone, no date.
         let gone = summary(20.0, 30.0, 270.0);
         assert!(m.p_alive(&gone) < 0.5);
-        assert_eq!(m.median_days_to_next_purchase(&gone), None);
+        assert_eq!(
+            m.median_days_to_next_purchase(&gone, m.p_alive(&gone)),
+            None
+        );
         // Enormous x: no overflow, a short wait.
         let busy = summary(4e9, 270.0, 270.0);
-        let w = m.median_days_to_next_purchase(&busy).unwrap();
+        let w = m
+            .median_days_to_next_purchase(&busy, m.p_alive(&busy))
+            .unwrap();
         assert!(w.is_finite() && w > 0.0 && w < 1e-6, "{w}");
     }
 
@@ -431,7 +444,10 @@ mod tests {
             alive += f64::from(u8::from(sim.alive_at_end));
             // Where the median wait falls inside the simulated horizon, half of the customers
             // must have bought again within it.
-            if let Some(w) = m.median_days_to_next_purchase(&s).filter(|w| *w < 90.0) {
+            if let Some(w) = m
+                .median_days_to_next_purchase(&s, m.p_alive(&s))
+                .filter(|w| *w < 90.0)
+            {
                 with_median += 1.0;
                 if sim.next_within_horizon.is_some_and(|d| d <= w) {
                     within_median += 1.0;
