@@ -152,8 +152,9 @@ pub(crate) struct Candidate<'a> {
     pub value: f64,
     /// Days since the epoch by churnd's clock: the day an arm's lift is drawn for.
     pub day: u32,
-    /// The task's deterministic ID (32 hex digits): the seed of every draw.
-    pub task_id: &'a str,
+    /// The number behind the task's deterministic ID ([`super::task::winback_task_key`]): the seed of
+    /// every draw.
+    pub task_key: u128,
 }
 
 impl WinbackPolicy {
@@ -166,7 +167,7 @@ impl WinbackPolicy {
     /// break ties (`Budgets::admit_one_of`, `Budgets::admit_pooled`). A candidate in the
     /// exploration share tries one of them, picked by the task ID, on the stand-in.
     pub(crate) fn target<'a>(self, c: &Candidate<'a>, targeting: &mut Targeting) -> Target<'a> {
-        let (high, low) = seeds(c.task_id);
+        let (high, low) = ((c.task_key >> 64) as u64, c.task_key as u64);
         let one = |choice, effect: Effect| {
             Target::Candidate(vec![Pick {
                 choice,
@@ -234,26 +235,10 @@ fn learned_picks<'a>(c: &Candidate<'a>, book: &UpliftBook) -> Vec<Pick<'a>> {
     picks
 }
 
-/// Two independent seeds from a task ID of 32 hex digits (any other text is hashed).
-fn seeds(task_id: &str) -> (u64, u64) {
-    let half = |range: std::ops::Range<usize>| {
-        task_id
-            .get(range)
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-    };
-    match (half(0..16), half(16..32)) {
-        (Some(high), Some(low)) => (high, low),
-        _ => {
-            let h = xxhash_rust::xxh3::xxh3_128(task_id.as_bytes());
-            ((h >> 64) as u64, h as u64)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::task::winback_task_id;
+    use crate::decide::task::winback_task_key;
     use crate::decide::uplift::{ArmOutcomes, LearnSettings};
 
     fn choice(action: &str, cost: f64) -> Choice {
@@ -272,7 +257,7 @@ mod tests {
         playbook: &'a Choice,
         choices: &'a [Choice],
         segment: Segment,
-        task_id: &'a str,
+        task_key: u128,
     ) -> Candidate<'a> {
         Candidate {
             playbook,
@@ -281,13 +266,13 @@ mod tests {
             probability: 0.8,
             value: 100.0,
             day: 9_862,
-            task_id,
+            task_key,
         }
     }
 
-    fn ids(n: u32) -> Vec<String> {
+    fn ids(n: u32) -> Vec<u128> {
         (0..n)
-            .map(|i| winback_task_id(&format!("c{i}"), 852_076_800, 1))
+            .map(|i| winback_task_key(&format!("c{i}"), 852_076_800, 1))
             .collect()
     }
 
@@ -347,7 +332,7 @@ mod tests {
         let mut t = measured();
         let (playbook, choices) = (coupon(), [choice("email_reminder", 0.2), coupon()]);
         for id in ids(50) {
-            let c = candidate(&playbook, &choices, Segment::ImportantWinback, &id);
+            let c = candidate(&playbook, &choices, Segment::ImportantWinback, id);
             let got = only(WinbackPolicy::Playbook.target(&c, &mut t));
             assert_eq!(got, ("coupon".into(), 80.0, Effect::StandIn(0.8)));
         }
@@ -357,7 +342,7 @@ mod tests {
     #[test]
     fn learned_equals_the_playbook_until_win_back_is_measured() {
         let (playbook, choices) = (coupon(), [choice("email_reminder", 0.2), coupon()]);
-        let id = &ids(1)[0];
+        let id = ids(1)[0];
         let want = ("coupon".into(), 80.0, Effect::StandIn(0.8));
         // An empty book, and one with fewer than min_outcomes in each group in all.
         for book in [UpliftBook::default(), book(4_001)] {
@@ -373,7 +358,7 @@ mod tests {
     fn learned_priorities_follow_the_lift_and_skip_days_drawn_without_it() {
         let mut t = measured();
         let (playbook, choices) = (coupon(), [coupon()]);
-        let id = &ids(4)[3];
+        let id = ids(4)[3];
         let (mut works, mut useless) = (Vec::new(), Vec::new());
         let mut skipped = 0;
         for day in 9_000..9_400 {
@@ -429,7 +414,7 @@ mod tests {
             choice("email_reminder", 0.2),
             coupon(),
         ];
-        let id = &ids(1)[0];
+        let id = ids(1)[0];
         (0..200)
             .map(|day| {
                 let c = Candidate {
@@ -494,7 +479,7 @@ mod tests {
         }
         let mut t = targeting(b);
         let (playbook, choices) = (coupon(), [coupon(), choice("email_reminder", 0.2)]);
-        let id = &ids(1)[0];
+        let id = ids(1)[0];
         let none = (0..50)
             .filter(|&day| {
                 let c = Candidate {
@@ -519,7 +504,7 @@ mod tests {
         ];
         let mut counts = std::collections::BTreeMap::new();
         for id in ids(20_000) {
-            let c = candidate(&playbook, &choices, Segment::GeneralWinback, &id);
+            let c = candidate(&playbook, &choices, Segment::GeneralWinback, id);
             if let Target::Candidate(picks) = WinbackPolicy::Learned.target(&c, &mut t) {
                 if let [Pick {
                     choice,
@@ -559,7 +544,7 @@ mod tests {
         let draws: Vec<f64> = ids
             .iter()
             .map(|id| {
-                let c = candidate(&playbook, &choices, Segment::ImportantWinback, id);
+                let c = candidate(&playbook, &choices, Segment::ImportantWinback, *id);
                 let cheap = Candidate { value: 1.0, ..c };
                 let a = only(WinbackPolicy::Random.target(&c, &mut t));
                 assert_eq!(a, only(WinbackPolicy::Random.target(&cheap, &mut t)));
@@ -582,12 +567,5 @@ mod tests {
                 .count();
             assert!((300..500).contains(&n), "tenth {tenth}: {n}");
         }
-    }
-
-    #[test]
-    fn seeds_come_from_both_halves_of_the_id() {
-        let id = "00000000000000ff0000000000000001";
-        assert_eq!(seeds(id), (255, 1));
-        assert_ne!(seeds("not hex"), seeds("not hex either"));
     }
 }

@@ -248,18 +248,29 @@ pub fn care_task_id(kind: TaskKind, customer_id: &str, reference: UnixSeconds) -
     key.extend_from_slice(customer_id.as_bytes());
     key.push(0);
     key.extend_from_slice(&reference.to_le_bytes());
-    format!("{:032x}", xxh3_128(&key))
+    spelled(xxh3_128(&key))
+}
+
+/// A task ID as it is written: the key's 32 hex digits.
+pub(crate) fn spelled(key: u128) -> String {
+    format!("{key:032x}")
 }
 
 /// Deterministic task ID: 128 bits of xxh3 over kind, customer, episode start and attempt.
 pub fn winback_task_id(customer_id: &str, episode_start: UnixSeconds, attempt: u8) -> String {
+    spelled(winback_task_key(customer_id, episode_start, attempt))
+}
+
+/// The number [`winback_task_id`] spells in hex: targeting draws from it, and a candidate
+/// held back (most of them, once budgets bind) needs no text.
+pub(crate) fn winback_task_key(customer_id: &str, episode_start: UnixSeconds, attempt: u8) -> u128 {
     let mut key = Vec::with_capacity(customer_id.len() + 16);
     key.extend_from_slice(b"winback\0");
     key.extend_from_slice(customer_id.as_bytes());
     key.push(0);
     key.extend_from_slice(&episode_start.to_le_bytes());
     key.push(attempt);
-    format!("{:032x}", xxh3_128(&key))
+    xxh3_128(&key)
 }
 
 #[cfg(test)]

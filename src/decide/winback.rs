@@ -14,7 +14,7 @@ use super::budget::{Budgets, Offer};
 use super::holdout::{Group, Holdout};
 use super::settings::WinbackSettings;
 use super::targeting::{Candidate, Choice, Target, Targeting, WinbackPolicy};
-use super::task::{winback_task_id, Detail, Task, TaskKind, WinbackDetail};
+use super::task::{self, winback_task_key, Detail, Task, TaskKind, WinbackDetail};
 use super::uplift::Effect;
 use super::Assessment;
 use crate::classify::Segment;
@@ -192,7 +192,7 @@ impl Policy {
         // the tasks.
         let value = a.value_estimates();
         let attempt = state.episode_tasks + 1;
-        let task_id = winback_task_id(a.customer_id, last_purchase, attempt);
+        let task_key = winback_task_key(a.customer_id, last_purchase, attempt);
         let candidate = Candidate {
             playbook: &self.playbook[s],
             choices: &self.candidates[s],
@@ -200,7 +200,7 @@ impl Policy {
             probability: scored.probability,
             value: value.map_or(scored.monetary_365d, |v| v.clv_365d),
             day: now / time::DAY,
-            task_id: &task_id,
+            task_key,
         };
         let picks = match self.targeting.target(&candidate, targeting) {
             Target::Candidate(picks) => picks,
@@ -241,7 +241,7 @@ impl Policy {
         state.last_task_at = now.max(1);
         state.awaiting_recovery = true;
         Decision::Task(Box::new(Task {
-            task_id,
+            task_id: task::spelled(task_key),
             customer_id: a.customer_id.to_owned(),
             action,
             lifecycle_stage: a.stage,
