@@ -35,14 +35,15 @@ use serde::Serialize;
 
 use crate::time::{UnixSeconds, DAY};
 
+mod picture;
+
+use picture::bucket;
+pub use picture::{Picture, BUCKETS};
+
 /// Days after which a candidate's weight in the picture of priorities has halved.
 pub const HALF_LIFE_DAYS: f64 = 7.0;
 /// Weight of the last day in the running count of candidates a day brings.
 const DAILY_WEIGHT: f64 = 0.3;
-/// Histogram buckets per doubling of `1 + priority`.
-const PER_OCTAVE: f64 = 8.0;
-/// Buckets: priorities up to 2^48 (anything beyond falls in the last).
-pub const BUCKETS: usize = 48 * PER_OCTAVE as usize;
 /// On an action's first day, the rate of candidates is taken over at least this long, so
 /// that the first few do not make it look like a flood.
 pub const WARM_UP_SECS: u32 = 3_600;
@@ -164,9 +165,9 @@ pub struct Pacing<A, T> {
     pub expected: f64,
     /// Days that went into `expected`.
     pub days: u32,
-    /// Decayed amounts of candidates by bucket of log-priority (see [`BUCKETS`]; the pool's:
-    /// of value per cost).
-    pub weights: Box<[f64; BUCKETS]>,
+    /// Decayed amounts of candidates by bucket of log-priority (the pool's: of value per
+    /// cost).
+    pub picture: Picture,
     /// When the first candidate came (0: none yet, or unknown in a snapshot before format
     /// 6): the first day's rate of candidates is counted from it.
     pub first_at: UnixSeconds,
@@ -189,18 +190,9 @@ impl<A: Default, T: Default> Default for Pacing<A, T> {
             seen: A::default(),
             expected: 0.0,
             days: 0,
-            weights: Box::new([0.0; BUCKETS]),
+            picture: Picture::default(),
             first_at: 0,
         }
-    }
-}
-
-fn bucket(priority: f64) -> usize {
-    let x = (priority.max(0.0) + 1.0).log2() * PER_OCTAVE;
-    if x.is_finite() {
-        (x as usize).min(BUCKETS - 1)
-    } else {
-        BUCKETS - 1
     }
 }
 
@@ -216,7 +208,7 @@ impl<A: Copy + Default + Into<f64>, T: Default> Pacing<A, T> {
                 (&mut self.expected, &mut self.days),
                 self.seen.into(),
                 day - self.day,
-                &mut self.weights,
+                &mut self.picture,
             );
         }
         self.day = day;
@@ -250,7 +242,7 @@ impl<A: Copy + Default + Into<f64>, T: Default> Pacing<A, T> {
 
     /// The priority below which a share `level` (0 to 1) of the amounts pictured lie.
     fn quantile(&self, level: f64) -> f64 {
-        quantile(&self.weights, level)
+        self.picture.quantile(level)
     }
 }
 
@@ -271,7 +263,7 @@ fn close_days(
     (expected, days): (&mut f64, &mut u32),
     mut closing: f64,
     elapsed: u32,
-    weights: &mut [f64; BUCKETS],
+    picture: &mut Picture,
 ) {
     for _ in 0..elapsed.min(31) {
         *expected = if *days == 0 {
@@ -283,26 +275,7 @@ fn close_days(
         closing = 0.0;
     }
     let decay = 0.5f64.powf(f64::from(elapsed) / HALF_LIFE_DAYS);
-    weights.iter_mut().for_each(|w| *w *= decay);
-}
-
-/// The priority below which a share `level` (0 to 1) of the weight pictured in `weights`
-/// lies.
-fn quantile(weights: &[f64; BUCKETS], level: f64) -> f64 {
-    let total: f64 = weights.iter().sum();
-    if total <= 0.0 || level <= 0.0 {
-        return 0.0;
-    }
-    let target = level.min(1.0) * total;
-    let mut below = 0.0;
-    for (b, &w) in weights.iter().enumerate() {
-        if w > 0.0 && below + w >= target {
-            let x = (b as f64 + (target - below) / w) / PER_OCTAVE;
-            return x.exp2() - 1.0;
-        }
-        below += w;
-    }
-    (BUCKETS as f64 / PER_OCTAVE).exp2() - 1.0
+    picture.decay(decay);
 }
 
 /// One budgeted action's pacing.
@@ -363,7 +336,7 @@ impl Pacer {
         self.state.arrive(now);
         self.state.seen = self.state.seen.saturating_add(1);
         let priority = if priority.is_nan() { 0.0 } else { priority };
-        self.state.weights[bucket(priority)] += 1.0;
+        self.state.picture.add_to(bucket(priority), 1.0);
         if priority >= self.bar(now) {
             self.state.admitted += 1;
             Admission::Admitted
@@ -391,7 +364,7 @@ impl Pacer {
         self.state.arrive(now);
         self.state.seen = self.state.seen.saturating_add(1);
         let priority = if priority.is_nan() { 0.0 } else { priority };
-        self.state.weights[bucket(priority)] += 1.0;
+        self.state.picture.add_to(bucket(priority), 1.0);
         self.state.admitted += 1;
     }
 
@@ -405,8 +378,7 @@ impl Pacer {
         self.state.admitted -= 1;
         self.state.seen = self.state.seen.saturating_sub(1);
         let priority = if priority.is_nan() { 0.0 } else { priority };
-        let w = &mut self.state.weights[bucket(priority)];
-        *w = (*w - 1.0).max(0.0);
+        self.state.picture.take_from(bucket(priority), 1.0);
     }
 }
 
@@ -731,7 +703,7 @@ impl Budgets {
             .collect();
         pool.state.seen += mass;
         for &(b, drop) in &steps {
-            pool.state.weights[b] += drop;
+            pool.state.picture.add_to(b, drop);
         }
         // The action it would have got at no price, for the count of who was held back.
         let held_as = best(0.0, &|i, _| room[i]).or_else(|| best(0.0, &|_, _| true));
@@ -801,8 +773,7 @@ impl Budgets {
             if winback_dropped && pool.state.day == p.at / DAY {
                 pool.state.seen = (pool.state.seen - p.mass).max(0.0);
                 for (b, drop) in p.steps {
-                    let w = &mut pool.state.weights[b];
-                    *w = (*w - drop).max(0.0);
+                    pool.state.picture.take_from(b, drop);
                 }
             }
         }
@@ -1071,32 +1042,17 @@ mod tests {
         let mut s = PacerState::default();
         s.roll(100);
         s.seen = 200;
-        s.weights[bucket(10.0)] = 200.0;
+        s.picture.add_to(bucket(10.0), 200.0);
         s.roll(101);
         assert_eq!((s.expected, s.days, s.seen), (200.0, 1, 0));
         s.seen = 100;
         s.roll(108); // the day, then six empty ones
         assert!((s.expected - 200.0 * 0.7f64.powi(6) * 0.7 - 30.0 * 0.7f64.powi(6)).abs() < 1e-9);
-        let left = s.weights.iter().sum::<f64>();
+        let left = s.picture.total();
         assert!(
             (left - 200.0 * 0.5f64.powf(8.0 / 7.0)).abs() < 1e-9,
             "{left}"
         );
-    }
-
-    #[test]
-    fn quantiles_read_the_picture() {
-        let mut s = PacerState::default();
-        for p in 1..=1000 {
-            s.weights[bucket(f64::from(p))] += 1.0;
-        }
-        for (level, want) in [(0.5, 500.0), (0.9, 900.0), (0.99, 990.0)] {
-            let got = s.quantile(level);
-            assert!((got / want - 1.0).abs() < 0.1, "{level}: {got} for {want}");
-        }
-        assert_eq!(PacerState::default().quantile(0.9), 0.0);
-        assert_eq!(bucket(f64::INFINITY), BUCKETS - 1);
-        assert_eq!(bucket(-5.0), 0);
     }
 
     #[test]
@@ -1144,7 +1100,7 @@ mod tests {
         b.settle(true, false);
         let states = b.states();
         assert_eq!((states[0].1.admitted, states[0].1.seen), (0, 0));
-        assert_eq!(states[0].1.weights.iter().sum::<f64>(), 0.0);
+        assert_eq!(states[0].1.picture.total(), 0.0);
         assert_eq!(
             b.care_states()[0].1.admitted,
             1,

@@ -33,8 +33,8 @@ use std::sync::Arc;
 
 pub use assessment::{Assessment, Recent, Scored};
 pub use budget::{
-    share_of, ActionBudget, BudgetReport, BudgetScope, Budgets, PacerState, Pacing, PoolState,
-    PooledBudget,
+    share_of, ActionBudget, BudgetReport, BudgetScope, Budgets, PacerState, Pacing, Picture,
+    PoolState, PooledBudget, BUCKETS,
 };
 pub use contact::{Contact, ContactCap};
 pub use holdout::Group;

@@ -442,7 +442,7 @@ fn version_5_written_by_churnd_47e4d6e_decodes_with_its_budgets() {
     // The shipped config's budgets paced the win-back tasks (all general_winback: coupon).
     let coupon = &h.budgets[0].1;
     assert_eq!(coupon.day, day(400) / DAY, "erin's task, on day 400");
-    assert!(coupon.admitted >= 1 && coupon.weights.iter().sum::<f64>() > 0.0);
+    assert!(coupon.admitted >= 1 && coupon.picture.total() > 0.0);
     let ids: Vec<&str> = d
         .state
         .customers
@@ -490,8 +490,15 @@ fn version_7_written_by_churnd_8a5014b_decodes_with_its_pooled_budget() {
         3.386_296_488_533_523_4e-5f64.to_bits()
     );
     assert_eq!(pool.first_at, day(30), "alice's first win-back task");
-    assert_eq!(pool.weights[21], 5.0, "erin's coupon on the last day");
-    assert_eq!(pool.weights.iter().filter(|&&w| w != 0.0).count(), 6);
+    assert_eq!(
+        pool.picture.weights()[21],
+        5.0,
+        "erin's coupon on the last day"
+    );
+    assert_eq!(
+        pool.picture.weights().iter().filter(|&&w| w != 0.0).count(),
+        6
+    );
     // Win-back tasks went to alice (days 30, 70), bob (31, 90), carol (35), erin (400).
     let coupon = &h.budgets[0].1;
     assert_eq!((coupon.day, coupon.admitted), (day(400) / DAY, 1));

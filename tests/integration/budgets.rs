@@ -304,7 +304,7 @@ async fn a_restart_under_a_pooled_budget_keeps_its_spend_and_its_bar() {
     let header = loaded.expect("the final snapshot").snapshot.state.header;
     let pool = header.pool.expect("the pool's own record");
     assert!(pool.seen > 0.0 || pool.days > 0, "{pool:?}");
-    assert!(pool.weights.iter().sum::<f64>() > 0.0);
+    assert!(pool.picture.total() > 0.0);
     let actions: Vec<&str> = header.budgets.iter().map(|(a, _)| a.as_str()).collect();
     assert_eq!(actions, ["coupon"], "no pseudo-action");
 

@@ -9,7 +9,7 @@ use super::reader::{malformed, put_str, Reader};
 use super::{optional, CodecError, NONE};
 use crate::classify::Segment;
 use crate::decide::uplift::{Arm, ArmOutcomes};
-use crate::decide::{Group, PacerState, PoolState, TaskKind};
+use crate::decide::{Group, PacerState, Picture, PoolState, TaskKind, BUCKETS};
 use crate::outcomes::OpenTask;
 
 /// Version 5's pacing of the budgeted actions (the header's last field): per action its
@@ -23,7 +23,7 @@ pub(super) fn put_budgets(out: &mut Vec<u8>, budgets: &[(String, PacerState)]) {
         }
         out.extend_from_slice(&s.expected.to_bits().to_le_bytes());
         out.extend_from_slice(&s.days.to_le_bytes());
-        put_weights(out, &s.weights[..]);
+        put_weights(out, s.picture.weights());
     }
 }
 
@@ -43,12 +43,9 @@ fn put_weights(out: &mut Vec<u8>, weights: &[f64]) {
     }
 }
 
-/// Reads what [`put_weights`] wrote into `weights`; `whose` names the budget in an error.
-fn read_weights<R: Read>(
-    r: &mut Reader<R>,
-    weights: &mut [f64],
-    whose: &str,
-) -> Result<(), CodecError> {
+/// Reads what [`put_weights`] wrote; `whose` names the budget in an error.
+fn read_weights<R: Read>(r: &mut Reader<R>, whose: &str) -> Result<Picture, CodecError> {
+    let mut weights = Box::new([0.0; BUCKETS]);
     for _ in 0..r.u32()? {
         let bucket = r.u32()? as usize;
         let w = f64::from_bits(r.u64()?);
@@ -56,7 +53,7 @@ fn read_weights<R: Read>(
             .get_mut(bucket)
             .ok_or_else(|| malformed(format!("{whose}: no priority bucket {bucket}")))? = w;
     }
-    Ok(())
+    Ok(Picture::from_weights(weights))
 }
 
 /// Version 6: when each budget's first candidate came, win-back's then the care kinds', in
@@ -90,7 +87,7 @@ pub(super) fn read_budgets<R: Read>(
             days: r.u32()?,
             ..PacerState::default()
         };
-        read_weights(r, &mut s.weights[..], &format!("budget {action:?}"))?;
+        s.picture = read_weights(r, &format!("budget {action:?}"))?;
         budgets.push((action, s));
     }
     Ok(budgets)
@@ -110,7 +107,7 @@ pub(super) fn put_pool(out: &mut Vec<u8>, pool: Option<&PoolState>) {
     out.extend_from_slice(&s.expected.to_bits().to_le_bytes());
     out.extend_from_slice(&s.days.to_le_bytes());
     out.extend_from_slice(&s.first_at.to_le_bytes());
-    put_weights(out, &s.weights[..]);
+    put_weights(out, s.picture.weights());
 }
 
 pub(super) fn read_pool<R: Read>(r: &mut Reader<R>) -> Result<Option<PoolState>, CodecError> {
@@ -127,7 +124,7 @@ pub(super) fn read_pool<R: Read>(r: &mut Reader<R>) -> Result<Option<PoolState>,
         first_at: r.u32()?,
         ..PoolState::default()
     };
-    read_weights(r, &mut s.weights[..], "pooled budget")?;
+    s.picture = read_weights(r, "pooled budget")?;
     Ok(Some(s))
 }
 
@@ -153,7 +150,7 @@ pub(super) fn pool_of_format_7(budgets: &mut Vec<(String, PacerState)>) -> Optio
             seen: if seen.is_finite() { seen.max(0.0) } else { 0.0 },
             expected: s.expected,
             days: s.days,
-            weights: s.weights.clone(),
+            picture: s.picture.clone(),
             first_at: s.first_at,
         });
         false

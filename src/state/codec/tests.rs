@@ -212,7 +212,7 @@ fn as_format_7(state: &EngineState) -> EngineState {
             seen: bits as u32,
             expected: pool.expected,
             days: pool.days,
-            weights: pool.weights,
+            picture: pool.picture,
             first_at: pool.first_at,
         };
         s.header
@@ -232,8 +232,8 @@ fn pool() -> PoolState {
         first_at: 864_000_007,
         ..PoolState::default()
     };
-    pool.weights[3] = 0.2;
-    pool.weights[95] = 41.5;
+    pool.picture.add_to(3, 0.2);
+    pool.picture.add_to(95, 41.5);
     pool
 }
 
@@ -431,8 +431,8 @@ fn budgets_round_trip() {
         days: 9,
         ..PacerState::default()
     };
-    pacing.weights[17] = 2.25;
-    pacing.weights[200] = 0.125;
+    pacing.picture.add_to(17, 2.25);
+    pacing.picture.add_to(200, 0.125);
     pacing.first_at = 864_000_001;
     s.header.budgets = vec![
         ("coupon".into(), pacing.clone()),
