@@ -12,7 +12,8 @@
 //! - `decide/*`: the playbook's decision for a customer who gets no task (the common case),
 //!   and the control-group hash; `decide/value_estimates`, the five value fields of a repeat
 //!   buyer, worked out for every win-back candidate decided (held back or not) and when the
-//!   API asks.
+//!   API asks; `decide/playbook_held_back`, a win-back candidate the budget holds back, as
+//!   most are once budgets bind.
 //! - `engine/apply_batch`: `Engine::apply_batch` on batches of 1,000 entries for customers
 //!   drawn uniformly from 1,000,000 already known (each bought once in the past year);
 //!   60 % purchases, 30 % visits, 5 % refunds, 5 % complaints; event-time clock, stream time
@@ -249,6 +250,67 @@ fn scoring(c: &mut Criterion) {
     // What a raised task (or the API) adds: the value estimates of a repeat buyer.
     c.bench_function("decide/value_estimates", |b| {
         b.iter(|| black_box(assessment(black_box(id))).value_estimates())
+    });
+    held_back(c, &model, &playbook, &features);
+}
+
+/// `decide/playbook_held_back`: a win-back candidate the budget holds back, as most are in a
+/// base larger than the budgets are sized for (the engine bench's million customers against
+/// the shipped budgets for 20,000): each of their events decides them again, value at stake
+/// and budget bar included. The budgets saw a day of 50,000 candidates before, priorities
+/// spread evenly on a log scale from 1 to 10,000.
+fn held_back(c: &mut Criterion, model: &Model, playbook: &Playbook, features: &CustomerFeatures) {
+    let settings = WinbackSettings::default();
+    let mut budgets = Budgets::new(&settings.budgets);
+    let mut rng = StdRng::seed_from_u64(3);
+    let silent = features.last_purchase().expect("a buyer") + 200 * DAY;
+    let yesterday = silent - DAY;
+    for i in 0..50_000 {
+        let slot = i % settings.budgets.len();
+        let priority = 10f64.powf(rng.random_range(0.0..4.0));
+        budgets.admit(slot, priority, yesterday + i as u32 % DAY);
+    }
+    budgets.settle(false, false);
+    let x = features.vector(silent).expect("a buyer has inputs");
+    let score = model.score(&x);
+    let rfm = features.rfm(silent).expect("a buyer has RFM");
+    let scored = Scored {
+        probability: score.probability,
+        risk: RiskBands::default().risk(score.probability),
+        segment: SegmentSettings::default().fixed().segment(&rfm),
+        monetary_365d: rfm.monetary_365d,
+        score: &score,
+    };
+    let purchases = features.first_purchase().zip(features.last_purchase());
+    let a = Assessment {
+        customer_id: "cust-00012345",
+        now: silent,
+        stage: StageBounds::default().stage(purchases, silent),
+        features,
+        scored: Some(scored),
+        profile: None,
+        feedback: None,
+        coupons: None,
+        value: model.value(),
+    };
+    let version: Arc<str> = model.version().into();
+    let mut targeting = Targeting::default();
+    let mut tasks = Vec::new();
+    let mut decide = |budgets: &mut Budgets| {
+        let (mut winback, mut contact) = (WinbackState::default(), Contact::default());
+        let next = playbook.decide(
+            black_box(&a),
+            (&mut winback, &mut contact),
+            None,
+            &version,
+            (budgets, &mut targeting, &mut tasks),
+        );
+        budgets.settle(false, false);
+        (next, tasks.len())
+    };
+    assert_eq!(decide(&mut budgets), (Some(silent + DAY), 0), "held back");
+    c.bench_function("decide/playbook_held_back", |b| {
+        b.iter(|| decide(&mut budgets))
     });
 }
 
