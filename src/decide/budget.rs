@@ -11,8 +11,9 @@
 //! log-priorities, decayed with a [`HALF_LIFE_DAYS`] half-life) and how many candidates a day
 //! brings. A candidate is admitted when its priority reaches the quantile of that picture
 //! that the day's remaining tasks afford among the candidates still expected today: with
-//! `r` tasks left and `n` candidates still to come, the top `r / n`. Whoever is held back
-//! stays a candidate and is looked at again the next day (the playbook asks for the check).
+//! `r` tasks left and `n` candidates still to come, the top `r / n` (within the bar's own
+//! bucket, which knows no order, by a draw: [`Pacer::passes`]). Whoever is held back stays a
+//! candidate and is looked at again the next day (the playbook asks for the check).
 //!
 //! An action's first day has no count of candidates per day yet: until its first day closes,
 //! the candidates still to come today are estimated from the rate seen so far (candidates
@@ -37,7 +38,7 @@ use crate::time::{UnixSeconds, DAY};
 
 mod picture;
 
-use picture::bucket;
+use picture::{bucket, priority_at};
 pub use picture::{Picture, BUCKETS};
 
 /// Days after which a candidate's weight in the picture of priorities has halved.
@@ -278,6 +279,13 @@ fn close_days(
     picture.decay(decay);
 }
 
+/// The `n`th point of the golden-ratio sequence on [0, 1): any run of consecutive points
+/// spreads evenly, so that a share `s` of a run of candidates passes `draw ≥ 1 − s` to within
+/// a candidate or two.
+fn golden_draw(n: u32) -> f64 {
+    (f64::from(n) * 0.618_033_988_749_894_9).fract()
+}
+
 /// One budgeted action's pacing.
 #[derive(Debug, Clone)]
 pub struct Pacer {
@@ -306,6 +314,12 @@ impl Pacer {
     /// affords among the candidates still expected; infinite once the day's budget is
     /// spent, 0 while the budget covers every candidate expected.
     fn bar(&self, now: UnixSeconds) -> f64 {
+        priority_at(self.bar_position(now))
+    }
+
+    /// [`Self::bar`] as a position on the picture's scale ([`Picture::position`]): infinite
+    /// once the day's budget is spent, 0 while it covers every candidate expected.
+    fn bar_position(&self, now: UnixSeconds) -> f64 {
         let left = self.tasks_per_day.saturating_sub(self.state.admitted);
         if left == 0 {
             return f64::INFINITY;
@@ -314,7 +328,24 @@ impl Pacer {
         if coming <= f64::from(left) {
             return 0.0;
         }
-        self.state.quantile(1.0 - f64::from(left) / coming)
+        self.state.picture.position(1.0 - f64::from(left) / coming)
+    }
+
+    /// Whether a candidate of `priority` passes the bar now. Above or below the bar's bucket
+    /// the priority decides. Within it, the picture knows no order (a bucket spans 9 % of
+    /// priority), and often there is none: candidates of equal priority (a prospect's is 0,
+    /// a flat value gives all the same) fall in one bucket, and comparing priorities there
+    /// would hold them all back until the day's last few hours and then admit whoever comes
+    /// last. So within the bar's bucket a candidate passes with the chance the bar leaves
+    /// (the share of the bucket above it), drawn from the day's count of candidates along a
+    /// low-discrepancy sequence: even over the day, and the same on a replay.
+    fn passes(&self, priority: f64, now: UnixSeconds) -> bool {
+        let position = self.bar_position(now);
+        if position.is_infinite() {
+            return false;
+        }
+        let (mine, theirs) = (bucket(priority) as f64, position.floor());
+        mine > theirs || (mine == theirs && golden_draw(self.state.seen) >= position - theirs)
     }
 
     /// The bar [`Self::admit`] would set the next candidate at `now`, without counting them.
@@ -337,7 +368,7 @@ impl Pacer {
         self.state.seen = self.state.seen.saturating_add(1);
         let priority = if priority.is_nan() { 0.0 } else { priority };
         self.state.picture.add_to(bucket(priority), 1.0);
-        if priority >= self.bar(now) {
+        if self.passes(priority, now) {
             self.state.admitted += 1;
             Admission::Admitted
         } else {
@@ -1035,6 +1066,34 @@ mod tests {
         assert_eq!(p.admit(1e9, t + DAY), Admission::Admitted, "a new day");
         let mut none = pacer(0.0, 10.0);
         assert_eq!(none.admit(1e9, T0), Admission::HeldBack, "no budget");
+    }
+
+    /// Candidates of equal priority (prospects, all 0; a flat value) share the bar's bucket:
+    /// the day's tasks go to a share of them spread over the day, not to the last comers.
+    #[test]
+    fn equal_priorities_are_admitted_evenly_over_the_day() {
+        for priority in [0.0, 5.0, 100.0] {
+            let mut p = pacer(10.0, 1.0);
+            for day in 0..6 {
+                let admitted: Vec<u32> = (0..100)
+                    .filter(|i| {
+                        let t = T0 + day * DAY + i * (DAY / 100);
+                        p.admit(priority, t) == Admission::Admitted
+                    })
+                    .collect();
+                assert!(
+                    (9..=11).contains(&admitted.len()),
+                    "priority {priority}, day {day}: {admitted:?}"
+                );
+                if day > 0 {
+                    let morning = admitted.iter().filter(|&&i| i < 50).count();
+                    assert!(
+                        (3..=7).contains(&morning),
+                        "priority {priority}, day {day}: {admitted:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,12 @@ pub fn bucket(priority: f64) -> usize {
     }
 }
 
+/// The priority at a position on the scale: the inverse of [`bucket`], read between
+/// bucket edges as if priorities were spread evenly on the log scale.
+pub fn priority_at(position: f64) -> f64 {
+    (position / PER_OCTAVE).exp2() - 1.0
+}
+
 /// Weights by bucket of log-priority, their sum and where they lie.
 #[derive(Debug, Clone)]
 pub struct Picture {
@@ -104,6 +110,13 @@ impl Picture {
     /// The priority below which a share `level` (0 to 1) of the weight lies, interpolated
     /// within its bucket; 0 for an empty picture.
     pub fn quantile(&self, level: f64) -> f64 {
+        priority_at(self.position(level))
+    }
+
+    /// The same quantile as a position on the picture's scale: its bucket, plus the share of
+    /// that bucket's weight below it (buckets hold no order within: [`priority_at`] reads a
+    /// position as if their weight were spread evenly across them).
+    pub fn position(&self, level: f64) -> f64 {
         let total = self.total;
         if total <= 0.0 || level <= 0.0 {
             return 0.0;
@@ -117,10 +130,9 @@ impl Picture {
             self.walk_up(target)
         };
         let Some((b, below)) = found else {
-            return (BUCKETS as f64 / PER_OCTAVE).exp2() - 1.0;
+            return BUCKETS as f64;
         };
-        let x = (b as f64 + (target - below) / self.weights[b]) / PER_OCTAVE;
-        x.exp2() - 1.0
+        b as f64 + (target - below) / self.weights[b]
     }
 
     /// The lowest bucket with weight whose cumulative reaches `target`, and the weight below
@@ -218,10 +230,7 @@ mod tests {
             let sum: f64 = p.weights().iter().sum();
             assert!((p.total() - sum).abs() <= 1e-9 * sum.max(1.0));
             for level in [0.0, 0.01, 0.3, 0.5, 0.51, 0.75, 0.9, 0.999, 1.0, 1.5] {
-                let (got, want) = (
-                    p.quantile(level),
-                    walked_walk_up(p.weights(), level),
-                );
+                let (got, want) = (p.quantile(level), walked_walk_up(p.weights(), level));
                 assert!(
                     (got - want).abs() <= 1e-9 * want.max(1.0),
                     "round {round}, level {level}: {got} against {want}"
