@@ -355,7 +355,7 @@ async fn readyz_follows_a_replica_through_a_hand_over() {
     let base = test_settings(&redis, dir.path());
     let mut c = redis.conn().await;
     // Enough customers that restoring and handing over take a moment.
-    let customers: Vec<String> = (0..2_000).map(|i| format!("c{i}")).collect();
+    let customers: Vec<String> = (0..20_000).map(|i| format!("c{i}")).collect();
     one_purchase_each(&mut c, &customers).await;
     let a = App::spawn(replica_settings(&base, "replica-a")).await;
     settled(&[&a], &["replica-a"]).await;
