@@ -17,11 +17,14 @@ pub(crate) const STEPS: u32 = 12;
 
 /// Expected spend over the `days` after T, discounted at `annual_discount_rate` (0: none).
 ///
-/// `order_value` is the expected value of one future order. Finite and non-negative for
-/// valid parameters, a valid summary, a finite non-negative order value and a rate ≥ 0.
+/// `p_alive` is the customer's [`BgNbd::p_alive`], which the caller has at hand (it does
+/// not depend on the horizon); `order_value` is the expected value of one future order.
+/// Finite and non-negative for valid parameters, a valid summary, a finite non-negative
+/// order value and a rate ≥ 0.
 pub(crate) fn lifetime_value(
     bgnbd: &BgNbd,
     s: &RepeatSummary,
+    p_alive: f64,
     order_value: f64,
     days: f64,
     annual_discount_rate: f64,
@@ -30,12 +33,10 @@ pub(crate) fn lifetime_value(
         return 0.0;
     }
     if annual_discount_rate == 0.0 {
-        return bgnbd.expected_purchases(s, days) * order_value;
+        return p_alive * bgnbd.expected_purchases_if_alive(s, days) * order_value;
     }
     let step = days / f64::from(STEPS);
     let ln_growth = annual_discount_rate.ln_1p();
-    // P(alive) does not depend on the horizon: worked out once, not once per period.
-    let p_alive = bgnbd.p_alive(s);
     let mut previous = 0.0;
     let mut value = 0.0;
     for k in 1..=STEPS {
@@ -70,26 +71,26 @@ mod tests {
     #[test]
     fn undiscounted_value_is_purchases_times_order_value() {
         let s = summary();
-        let v = lifetime_value(&M, &s, 30.0, 365.0, 0.0);
+        let v = lifetime_value(&M, &s, M.p_alive(&s), 30.0, 365.0, 0.0);
         assert!((v - 30.0 * M.expected_purchases(&s, 365.0)).abs() < 1e-12);
-        assert_eq!(lifetime_value(&M, &s, 30.0, 0.0, 0.1), 0.0);
-        assert_eq!(lifetime_value(&M, &s, 0.0, 365.0, 0.1), 0.0);
+        assert_eq!(lifetime_value(&M, &s, M.p_alive(&s), 30.0, 0.0, 0.1), 0.0);
+        assert_eq!(lifetime_value(&M, &s, M.p_alive(&s), 0.0, 365.0, 0.1), 0.0);
     }
 
     #[test]
     fn discounting_takes_off_what_the_rate_says() {
         let s = summary();
-        let plain = lifetime_value(&M, &s, 30.0, 365.0, 0.0);
+        let plain = lifetime_value(&M, &s, M.p_alive(&s), 30.0, 365.0, 0.0);
         let mut previous = plain;
         for rate in [0.01, 0.1, 0.5] {
-            let v = lifetime_value(&M, &s, 30.0, 365.0, rate);
+            let v = lifetime_value(&M, &s, M.p_alive(&s), 30.0, 365.0, rate);
             assert!(v < previous, "rate {rate}: {v} after {previous}");
             // Every purchase is discounted by at most a year's rate and at least a month's.
             assert!(v >= plain / (1.0 + rate) && v <= plain / (1.0 + rate).powf(1.0 / 12.0));
             previous = v;
         }
         // Purchases spread over the year: the discount is near the mid-year one.
-        let v = lifetime_value(&M, &s, 30.0, 365.0, 0.1);
+        let v = lifetime_value(&M, &s, M.p_alive(&s), 30.0, 365.0, 0.1);
         let mid_year = plain / 1.1f64.sqrt();
         assert!((v - mid_year).abs() < 0.02 * plain, "{v} vs {mid_year}");
     }

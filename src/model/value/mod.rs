@@ -188,6 +188,7 @@ impl ValueModel {
             clv_365d: clv::lifetime_value(
                 bgnbd,
                 s,
+                p_alive,
                 order_value,
                 CLV_HORIZON_DAYS,
                 self.0.annual_discount_rate,
