@@ -152,8 +152,8 @@ pub(crate) struct Candidate<'a> {
     pub value: f64,
     /// Days since the epoch by churnd's clock: the day an arm's lift is drawn for.
     pub day: u32,
-    /// The number behind the task's deterministic ID ([`super::task::winback_task_key`]): the seed of
-    /// every draw.
+    /// The number behind the task's deterministic ID
+    /// ([`super::task::winback_task_key`]): the seed of every draw.
     pub task_key: u128,
 }
 
