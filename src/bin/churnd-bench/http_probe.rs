@@ -36,6 +36,21 @@ pub fn sample(exposition: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The sum of every sample of family `name` (all its label sets) in a Prometheus text
+/// exposition; 0 when it has none.
+pub fn family_total(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let (series, v) = line.rsplit_once(' ')?;
+            let family = series.split_once('{').map_or(series, |(f, _)| f);
+            (family == name)
+                .then(|| v.trim().parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// Polls `GET /readyz` every 10 ms until it answers 200, and returns the time from
 /// `started`; fails if the daemon stops first or `limit` passes.
 pub async fn wait_ready(

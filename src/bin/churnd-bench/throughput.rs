@@ -38,6 +38,7 @@ use churnd::event::EntryId;
 use tokio::sync::watch;
 
 use crate::bare::BareConsumer;
+use crate::http_probe::{family_total, http_get};
 use crate::redis_server::{tempfile_dir, RedisServer};
 use crate::workload::{daemon_settings, preload, STREAM};
 
@@ -172,6 +173,7 @@ async fn daemon_run(
     let (written_tx, mut written) = watch::channel(daemon::Applied::default());
     let observers = daemon::Observers::default().with_written(written_tx);
     let listener = daemon::bind(&settings).await?;
+    let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let mut handle = tokio::spawn(daemon::run_observed(
@@ -187,6 +189,8 @@ async fn daemon_run(
         stopped = &mut handle => bail!("the daemon stopped early: {stopped:?}"),
     }
     let elapsed = started.elapsed();
+    // What the engine did besides applying events: where a backfill's time goes.
+    let (_, metrics) = http_get(addr, "/metrics").await?;
     shutdown.cancel();
     handle.await??;
     let defaults = Settings::default();
@@ -204,6 +208,14 @@ async fn daemon_run(
         elapsed.as_secs_f64(),
         events as f64 / elapsed.as_secs_f64(),
         written.join(", ")
+    );
+    let total = |family: &str| family_total(&metrics, family);
+    println!(
+        "  silence checks {:.0}, win-back candidates held back by budgets {:.0}, tasks not written while catching up {:.0} (and {:.0} expired)",
+        total("churnd_silence_rescores_total"),
+        total("churnd_winback_candidates_held_back_total"),
+        total("churnd_tasks_held_back_total"),
+        total("churnd_tasks_expired_total"),
     );
     Ok(elapsed)
 }
