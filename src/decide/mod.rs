@@ -34,7 +34,7 @@ use std::sync::Arc;
 pub use assessment::{Assessment, Recent, Scored};
 pub use budget::{
     share_of, ActionBudget, BudgetReport, BudgetScope, Budgets, PacerState, Pacing, Picture,
-    PoolState, PooledBudget, BUCKETS,
+    PoolState, PooledBudget, BUCKETS, HALF_LIFE_DAYS,
 };
 pub use contact::{Contact, ContactCap};
 pub use holdout::Group;

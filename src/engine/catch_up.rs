@@ -10,8 +10,17 @@
 //! it to the present. The source says when reading has reached the end: a read that found
 //! every stream's end and brought nothing from the past ends the catch-up, and wall time
 //! rules again.
+//!
+//! Nothing a silence check decides while catching up is written (every task raised then is
+//! held back or expired), and what a check does keep, the budgets' picture of the candidates
+//! a day brings, forgets a day's candidates with a half-life of [`HALF_LIFE_DAYS`]. So checks
+//! that fall due more than [`CHECKS_WITHIN_SECS`] before the wall clock wait until then: a
+//! year's backfill makes each silent customer's checks of the last eight weeks, not of the
+//! whole year. The customers whose checks waited are all checked once those weeks begin, and
+//! the budgets learn what a day brings from there.
 
-use crate::time::UnixSeconds;
+use crate::decide::HALF_LIFE_DAYS;
+use crate::time::{UnixSeconds, DAY};
 
 /// An event read more than this long after its time is the past being read. Small: a live
 /// event read late by more only holds silence checks back to its time until the source
@@ -23,6 +32,11 @@ pub(crate) const PAST_AFTER_SECS: u32 = 60;
 /// [`PAST_AFTER_SECS`] (a delayed pipeline) would otherwise keep churnd catching up, and
 /// holding every task back, for as long as traffic never pauses.
 pub(crate) const END_WITHIN_SECS: u32 = 3_600;
+
+/// While catching up, silence checks wait until this long before the wall clock: eight of
+/// the budgets' half-lives, after which a day's candidates weigh 0.4 % in the picture of
+/// priorities (and less in the running count of candidates a day, which keeps 0.7 a day).
+pub(crate) const CHECKS_WITHIN_SECS: u32 = 8 * HALF_LIFE_DAYS as u32 * DAY;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CatchUp {
@@ -59,6 +73,13 @@ impl CatchUp {
     /// reached, whichever is earlier.
     pub fn now(&self, wall: UnixSeconds) -> UnixSeconds {
         self.position.map_or(wall, |p| p.min(wall))
+    }
+
+    /// The earliest a silence check is worth making at `wall`: while catching up,
+    /// [`CHECKS_WITHIN_SECS`] before it; `None` (any time) otherwise.
+    pub fn checks_from(&self, wall: UnixSeconds) -> Option<UnixSeconds> {
+        self.position
+            .map(|_| wall.saturating_sub(CHECKS_WITHIN_SECS))
     }
 
     /// The event time reached while catching up; `None` otherwise.
@@ -109,6 +130,23 @@ mod tests {
         assert!(!c.batch_done(false, WALL), "not at the end");
         c.read(WALL - 300, WALL);
         assert!(c.batch_done(true, WALL), "a delayed producer, at the end");
+    }
+
+    #[test]
+    fn checks_wait_for_the_last_weeks_only_while_catching_up() {
+        let mut c = CatchUp::default();
+        assert_eq!(c.checks_from(WALL), None);
+        c.read(WALL - 300 * DAY, WALL);
+        assert_eq!(c.checks_from(WALL), Some(WALL - 56 * DAY));
+        c.read(WALL - 10 * DAY, WALL);
+        assert_eq!(
+            c.checks_from(WALL),
+            Some(WALL - 56 * DAY),
+            "the wall's, not the position's"
+        );
+        assert!(!c.batch_done(true, WALL), "that read brought the past");
+        assert!(c.batch_done(true, WALL), "an empty read at the end");
+        assert_eq!(c.checks_from(WALL), None);
     }
 
     #[test]

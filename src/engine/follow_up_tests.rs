@@ -71,6 +71,41 @@ fn a_backlog_is_judged_at_the_event_time_reached_and_stale_tasks_expire() {
     assert!(e.tick(wall + 1000).tasks.is_empty());
 }
 
+/// While catching up, a silent customer's checks wait until eight weeks before the wall
+/// clock: what they would decide earlier is never written.
+#[test]
+fn a_backlog_checks_silence_only_in_its_last_eight_weeks() {
+    let mut e = winback_engine(ClockMode::Wall);
+    let wall = ms(400);
+    let from = 400 - super::catch_up::CHECKS_WITHIN_SECS / DAY;
+    e.apply_batch(batch(vec![purchase(1, "a", 0)]), wall);
+    e.apply_batch(batch(vec![visit(2, "clock", from - 1)]), wall);
+    assert_eq!(
+        e.metrics.rescores.get(),
+        0,
+        "no check in the first ten months"
+    );
+    e.apply_batch(batch(vec![visit(3, "clock", from + 1)]), wall);
+    assert_eq!(
+        e.metrics.rescores.get(),
+        1,
+        "checked once the last weeks begin"
+    );
+    assert_eq!(
+        e.metrics
+            .follow_up
+            .tasks_expired
+            .get(TaskKind::Winback)
+            .get(),
+        1,
+        "tasked then; long expired by the wall clock"
+    );
+    // Caught up: still silent, `a` gets a fresh task at wall time.
+    let fx = e.apply_batch(at_end(vec![]), wall);
+    assert_eq!(customers(&fx.tasks), ["a"]);
+    assert_eq!(fx.tasks[0].as_of, T0 + 400 * DAY);
+}
+
 #[test]
 fn live_events_neither_start_nor_end_a_catch_up() {
     let mut e = winback_engine(ClockMode::Wall);

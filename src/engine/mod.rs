@@ -646,6 +646,11 @@ impl Engine {
                 ),
             ),
         };
+        // While catching up, what a check long before the wall clock decides is not kept.
+        let next = match (next, self.catch_up.checks_from(self.wall)) {
+            (Some(next), Some(from)) => Some(next.max(from)),
+            (next, _) => next,
+        };
         self.timers
             .schedule(idx, &mut self.store.get_mut(idx).timer, next);
     }
