@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::time::{UnixSeconds, DAY};
 
@@ -240,11 +241,6 @@ impl<A: Copy + Default + Into<f64>, T: Default> Pacing<A, T> {
         // The one being decided is among those the rate expects.
         (rate * left_today).max(mass)
     }
-
-    /// The priority below which a share `level` (0 to 1) of the amounts pictured lie.
-    fn quantile(&self, level: f64) -> f64 {
-        self.picture.quantile(level)
-    }
 }
 
 impl PacerState {
@@ -284,6 +280,25 @@ fn close_days(
 /// a candidate or two.
 fn golden_draw(n: u32) -> f64 {
     (f64::from(n) * 0.618_033_988_749_894_9).fract()
+}
+
+/// A pooled candidate's own draw for the day, uniform on [0, 1), from its task's key: the
+/// same on a replay, afresh each day for one held back. The pool weighs candidates by what
+/// they would spend, so it has no count of the day's candidates to run [`golden_draw`] on.
+pub(crate) fn candidate_draw(task_key: u128, now: UnixSeconds) -> f64 {
+    let h = xxh3_64_with_seed(&task_key.to_le_bytes(), u64::from(now / DAY));
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Whether a priority passes a bar at `position` on the picture's scale (infinite: none
+/// does): above or below the bar's bucket the priority decides; within it, where the
+/// picture knows no order, the share of the bucket above the bar passes, by `draw`.
+fn passes_at(priority: f64, position: f64, draw: f64) -> bool {
+    if position.is_infinite() {
+        return false;
+    }
+    let (mine, theirs) = (bucket(priority) as f64, position.floor());
+    mine > theirs || (mine == theirs && draw >= position - theirs)
 }
 
 /// One budgeted action's pacing.
@@ -340,12 +355,11 @@ impl Pacer {
     /// (the share of the bucket above it), drawn from the day's count of candidates along a
     /// low-discrepancy sequence: even over the day, and the same on a replay.
     fn passes(&self, priority: f64, now: UnixSeconds) -> bool {
-        let position = self.bar_position(now);
-        if position.is_infinite() {
-            return false;
-        }
-        let (mine, theirs) = (bucket(priority) as f64, position.floor());
-        mine > theirs || (mine == theirs && golden_draw(self.state.seen) >= position - theirs)
+        passes_at(
+            priority,
+            self.bar_position(now),
+            golden_draw(self.state.seen),
+        )
     }
 
     /// The bar [`Self::admit`] would set the next candidate at `now`, without counting them.
@@ -437,6 +451,12 @@ impl PoolState {
     /// The value per cost a candidate needs at `now` with `left` of the day's spend left:
     /// the quantile of the picture that `left` affords among the spend still expected.
     fn bar(&self, now: UnixSeconds, left: f64, mass: f64) -> f64 {
+        priority_at(self.bar_position(now, left, mass))
+    }
+
+    /// [`Self::bar`] as a position on the picture's scale: infinite once nothing is left, 0
+    /// while what is left covers the spend expected.
+    fn bar_position(&self, now: UnixSeconds, left: f64, mass: f64) -> f64 {
         if left <= 0.0 {
             return f64::INFINITY;
         }
@@ -444,7 +464,7 @@ impl PoolState {
         if coming <= left {
             return 0.0;
         }
-        self.quantile(1.0 - left / coming)
+        self.picture.position(1.0 - left / coming)
     }
 }
 
@@ -689,7 +709,12 @@ impl Budgets {
     /// the offer whose task it gets, or `None` (held back: a candidate again tomorrow). See
     /// [`Pool`] for the rule. The spend stays pending until [`Self::settle`]. Without a pool
     /// (never: the caller asks [`Self::is_pooled`]) nobody is admitted.
-    pub(crate) fn admit_pooled(&mut self, offers: &[Offer], now: UnixSeconds) -> Option<usize> {
+    pub(crate) fn admit_pooled(
+        &mut self,
+        offers: &[Offer],
+        draw: f64,
+        now: UnixSeconds,
+    ) -> Option<usize> {
         let left = self.pool.as_ref()?.spend_per_day - self.winback_spent(now);
         let room: Vec<bool> = offers
             .iter()
@@ -723,10 +748,11 @@ impl Budgets {
         // What the candidate would spend at each price of money: it enters the picture so.
         let steps = demand_steps(offers, |i| room[i]);
         let mass: f64 = steps.iter().map(|(_, drop)| drop).sum();
-        let lambda = pool.state.bar(now, left, mass);
+        let position = pool.state.bar_position(now, left, mass);
+        let lambda = priority_at(position);
         let key = |o: &Offer| if o.key.is_nan() { 0.0 } else { o.key };
         let chosen = best(lambda, &|i, o| {
-            room[i] && key(o) >= lambda && o.cost <= left * (1.0 + 1e-9)
+            room[i] && passes_at(key(o), position, draw) && o.cost <= left * (1.0 + 1e-9)
         });
         let steps: Vec<(usize, f64)> = steps
             .into_iter()
@@ -1263,7 +1289,7 @@ mod tests {
                     offer(call_slot, call * u, 10.0),
                 ];
                 let now = T0 + d * DAY + i * (DAY / per_day);
-                if let Some(i) = b.admit_pooled(&offers, now) {
+                if let Some(i) = b.admit_pooled(&offers, candidate_draw(u128::from(i), now), now) {
                     day.0 += offers[i].cost;
                     day.3 += offers[i].value;
                     if i == 0 {
@@ -1398,6 +1424,46 @@ mod tests {
         }
     }
 
+    /// The pool, like an action's pacer, admits candidates of equal value per cost over the
+    /// whole day, not all from its last hours: 100 a day, spend for 10.
+    #[test]
+    fn the_pool_admits_equal_candidates_evenly_over_the_day() {
+        let settings = BTreeMap::from([("call".to_string(), ActionBudget::new(1e12, 1.0))]);
+        for value in [0.0, 5.0, 100.0] {
+            let mut b = Budgets::new(&settings).with_pool(PooledBudget {
+                spend_per_day: Some(10.0),
+            });
+            let offer = Offer {
+                slot: Some(0),
+                value,
+                cost: 1.0,
+                key: value,
+            };
+            for day in 0..6u32 {
+                let admitted: Vec<u32> = (0..100u32)
+                    .filter(|&i| {
+                        let t = T0 + day * DAY + i * (DAY / 100);
+                        let draw = candidate_draw(u128::from(i) << 70 | u128::from(day), t);
+                        let admitted = b.admit_pooled(&[offer], draw, t).is_some();
+                        b.settle(false, false);
+                        admitted
+                    })
+                    .collect();
+                assert!(
+                    (8..=10).contains(&admitted.len()),
+                    "value {value}, day {day}: {admitted:?}"
+                );
+                if day > 0 {
+                    let morning = admitted.iter().filter(|&&i| i < 50).count();
+                    assert!(
+                        (2..=8).contains(&morning),
+                        "value {value}, day {day}: {admitted:?}"
+                    );
+                }
+            }
+        }
+    }
+
     /// A pooled admission not written gives its spend back; the pool's pacing survives a
     /// snapshot, and settings without a pool forget it.
     #[test]
@@ -1414,15 +1480,19 @@ mod tests {
             key: 5.0,
         };
         let t = T0 + DAY - 100;
-        assert_eq!(b.admit_pooled(&[offer], t), Some(0));
+        assert_eq!(b.admit_pooled(&[offer], 0.5, t), Some(0));
         b.settle(true, false);
         assert_eq!(b.winback_spent(t), 0.0, "given back");
         for i in 1..=2 {
-            assert_eq!(b.admit_pooled(&[offer], t + i), Some(0));
+            assert_eq!(b.admit_pooled(&[offer], 0.5, t + i), Some(0));
             b.settle(false, false);
         }
         assert_eq!(b.winback_spent(t), 20.0);
-        assert_eq!(b.admit_pooled(&[offer], t + 3), None, "the day is spent");
+        assert_eq!(
+            b.admit_pooled(&[offer], 0.5, t + 3),
+            None,
+            "the day is spent"
+        );
         assert_eq!(b.take_report(t + 3)[0].held_back, 1);
         let report = b.pool_report(t + 3).unwrap();
         assert_eq!((report.spend_per_day, report.spent_today), (20.0, 20.0));

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use super::budget::{Budgets, Offer};
+use super::budget::{candidate_draw, Budgets, Offer};
 use super::holdout::{Group, Holdout};
 use super::settings::WinbackSettings;
 use super::targeting::{Candidate, Choice, Target, Targeting, WinbackPolicy};
@@ -222,7 +222,7 @@ impl Policy {
                     },
                 })
                 .collect();
-            match budgets.admit_pooled(&offers, now) {
+            match budgets.admit_pooled(&offers, candidate_draw(task_key, now), now) {
                 Some(i) => picks[i],
                 None => return Decision::HeldBack,
             }
