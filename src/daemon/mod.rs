@@ -7,6 +7,10 @@
 //! already read, let the sink write and acknowledge them, write a final snapshot (all within
 //! `shutdown.drain_timeout_ms`), then stop serving HTTP.
 //!
+//! After the common start (settings resolved, model loaded), one of two ways runs the rest:
+//! one process of every partition ([`single`], `partitions.ownership = all`) or a replica of
+//! the partitions it leases ([`replica`], `leases`).
+//!
 //! A program that embeds the daemon can follow its progress through [`Observers`] given to
 //! [`run_observed`] (the end-to-end latency benchmark does).
 
@@ -17,6 +21,7 @@ mod model_watch;
 mod owners;
 mod replica;
 mod services;
+mod single;
 mod snapshots;
 mod start;
 
@@ -24,26 +29,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Ownership, Resolved, Settings};
 use crate::connection::Connector;
-use crate::engine::{EngineSettings, Partitioned};
 use crate::event::EntryId;
 use crate::health::{Health, Part};
-use crate::http;
 use crate::metrics::{Metrics, RedisRole, SnapshotMetrics};
 use crate::model::{Model, ModelError};
 use crate::partition::PartitionCount;
-use crate::sink::{self, Sink, SinkSettings};
-use crate::source::{self, Commit, Source};
 use crate::state::{SnapshotStore, StateError};
 use crate::time::wall_millis;
-use engine_task::{Channels, Durability};
 use layout::Layout;
 pub(crate) use lift::Published as LiftReport;
-use services::Role;
 
 /// Effects buffered between engine and sink.
 const EFFECT_QUEUE: usize = 2;
@@ -181,7 +180,7 @@ pub async fn run_resolved(
     resolved: Resolved,
     listener: TcpListener,
     shutdown: CancellationToken,
-    mut observers: Observers,
+    observers: Observers,
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
     return_large_allocations();
@@ -190,8 +189,6 @@ pub async fn run_resolved(
         redis: client,
         customer_token,
     } = resolved;
-    // The streams read: source.streams, split into partitions (see `crate::partition`).
-    let source_settings = settings.partitioned_source();
     let metrics = Metrics::new();
     let health = Health::new(metrics.service.ready.clone())
         .with_snapshot_failure_limit(settings.state.max_consecutive_snapshot_failures);
@@ -210,219 +207,23 @@ pub async fn run_resolved(
         .ownership
         .partitions
         .set(i64::from(settings.partitions.count.get()));
-    if settings.partitions.ownership == Ownership::Leases {
-        let start = Start {
-            settings,
-            client,
-            customer_token,
-            metrics,
-            health,
-            model: (model, model_fingerprint),
-            started,
-        };
-        return run_replica(start, listener, shutdown).await;
+    let start = Start {
+        settings,
+        client,
+        customer_token,
+        metrics,
+        health,
+        model: (model, model_fingerprint),
+        started,
+    };
+    match start.settings.partitions.ownership {
+        Ownership::Leases => replica::run_replica(start, listener, shutdown).await,
+        Ownership::All => single::run(start, listener, shutdown, observers).await,
     }
-    let snapshot_dir = layout::open(
-        &settings,
-        || snapshot_connector(&client, &settings, &metrics),
-        &shutdown,
-    )?;
-    if snapshot_dir.is_none() {
-        tracing::warn!(
-            "state.dir is empty: snapshots are off, and a restart forgets every customer"
-        );
-    }
-    // The snapshot writer's thread before anything else runs: it is the one part that can
-    // fail to start.
-    let (written_tx, written_rx) = watch::channel(0u64);
-    let (durable_tx, durable_rx) = watch::channel(source::commit::Durable::new());
-    let abort = CancellationToken::new();
-    let (snapshotter, snapshot_task) = match &snapshot_dir {
-        Some(layout) => {
-            let (handle, task) = snapshots::spawn(
-                layout.parts.clone(),
-                (written_rx, durable_tx.clone()),
-                metrics.snapshots.clone(),
-                health.clone(),
-                abort.clone(),
-            )
-            .map_err(DaemonError::Thread)?;
-            let interval = settings.state.snapshot_interval.get();
-            (Some((handle, interval)), Some(task))
-        }
-        None => (None, None),
-    };
-    // HTTP first: probes and scrapers get answers (503 not ready, with the reason) while a
-    // large snapshot loads, instead of connections waiting in the listen backlog.
-    let (serving, feeds) = services::serve(
-        listener,
-        (&settings, &metrics),
-        (&health, customer_token),
-        None,
-        (model, model_fingerprint),
-    )?;
-    let restored = match &snapshot_dir {
-        Some(dir) => match load_while_serving(dir, &metrics.snapshots, &health, &shutdown).await {
-            Ok(Startup::Restore(states)) => states,
-            outcome => {
-                serving.stop().await;
-                return outcome.map(|_| ());
-            }
-        },
-        None => Vec::new(),
-    };
-    let connector = connectors(&client, &settings, &metrics);
-    let response_timeout = settings.redis.response_timeout.get();
-
-    let (batch_tx, batch_rx) = mpsc::channel(settings.source.queue_batches.get());
-    let (effect_tx, effect_rx) = mpsc::channel(EFFECT_QUEUE);
-
-    let engine_settings = EngineSettings::from(&settings);
-    let model = feeds.models.borrow().clone();
-    let engine = Partitioned::restore(engine_settings, model, metrics.engine.clone(), restored);
-    health.set_loading(false);
-    let sink = Sink::new(
-        SinkSettings::from(&settings),
-        connector(RedisRole::Sink, response_timeout),
-        health.clone(),
-        metrics.sink.clone(),
-        effect_rx,
-        written_tx,
-    )
-    .with_written_positions(observers.written.take());
-    let sink_task = tokio::spawn(sink.run(abort.clone()));
-    // Every partition is held here, for good.
-    let (_, held) = watch::channel(http::LocalPartitions {
-        serving: (0..settings.partitions.count.get()).collect(),
-        moving: Default::default(),
-    });
-    let services = serving.start(
-        (&settings, &metrics),
-        &connector,
-        held,
-        Role::All {
-            streams: &source_settings.streams,
-        },
-        &shutdown,
-    );
-
-    // Reading begins once every stream has a position in a snapshot on disk.
-    let engine = match &snapshot_dir {
-        Some(layout) => {
-            start::make_positions_durable(
-                engine,
-                &source_settings,
-                &layout.parts,
-                connector(RedisRole::Source, response_timeout),
-                (&metrics.snapshots, &health),
-                &shutdown,
-            )
-            .await
-        }
-        None => Some(engine),
-    };
-    let (source_task, engine_task, commit_task) = match engine {
-        Some(engine) => {
-            let mut positions = engine.positions();
-            positions.resize(source_settings.streams.len(), None);
-            if let Some(applied) = &observers.applied {
-                applied.send_replace(Applied {
-                    positions: positions.iter().map(|p| p.unwrap_or_default()).collect(),
-                    at: None,
-                });
-            }
-            let source = Source::new(
-                source_settings.clone(),
-                connector(
-                    RedisRole::Source,
-                    source::read_timeout(&source_settings, settings.redis.response_timeout),
-                ),
-                health.clone(),
-                metrics.source.clone(),
-                batch_tx,
-                (positions.clone(), Commit::of(&settings)),
-            );
-            let commit_task = source::commit::spawn(
-                Commit::of(&settings),
-                (&source_settings, source.read_counts(), &positions),
-                (&durable_tx, &durable_rx),
-                connector(RedisRole::Commit, response_timeout),
-                abort.clone(),
-            );
-            let engine_task = engine_task::spawn(
-                engine,
-                Channels {
-                    batches: batch_rx,
-                    effects: effect_tx,
-                    queries: feeds.queries,
-                    models: feeds.models,
-                    uplift: feeds.uplift,
-                    applied: observers.applied,
-                },
-                Durability {
-                    snapshots: snapshotter,
-                    health: health.clone(),
-                    recovery_seconds: metrics.service.recovery_seconds.clone(),
-                    started,
-                },
-                settings.clock.tick.get(),
-            );
-            let engine_task = match engine_task {
-                Ok(task) => task,
-                Err(e) => {
-                    // Nothing was read yet: the parts already running stop with the daemon.
-                    abort.cancel();
-                    services.abandon();
-                    return Err(DaemonError::EngineThread(e));
-                }
-            };
-            let source_task = tokio::spawn(source.run(shutdown.clone()));
-            (Some(source_task), Some(engine_task), commit_task)
-        }
-        // Shutdown came first: nothing was read. Dropping the engine's ends of the
-        // channels and the snapshot writer's handle lets the sink and the writer end.
-        None => {
-            drop((batch_tx, batch_rx, effect_tx, feeds, snapshotter));
-            (None, None, None)
-        }
-    };
-    // The committer ends once the snapshot writer (the one sender left) is done.
-    drop((durable_tx, durable_rx));
-
-    shutdown.cancelled().await;
-    tracing::info!("shutdown requested: finishing the batches in flight");
-    let drain = async {
-        if let Some(task) = source_task {
-            let _ = task.await;
-        }
-        if let Some(task) = engine_task {
-            let _ = task.await;
-        }
-        let _ = sink_task.await;
-        if let Some(task) = snapshot_task {
-            let _ = task.await;
-        }
-        if let Some(task) = commit_task {
-            let _ = task.await;
-        }
-    };
-    tokio::pin!(drain);
-    let timeout = sink::drain_timeout(&settings);
-    if tokio::time::timeout(timeout, &mut drain).await.is_ok() {
-        tracing::info!("drained: every entry read was processed and acknowledged, state saved");
-    } else {
-        tracing::warn!(
-            ?timeout,
-            "drain timed out; unacknowledged entries will be redelivered on restart"
-        );
-        abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
-    }
-    services.stop(&shutdown).await;
-    Ok(())
 }
 
-/// What a replica starts from, once its settings are resolved and its model loaded.
+/// What a start has, once its settings are resolved and its model loaded: one process of
+/// every partition ([`single`]) or a replica of those it leases ([`replica`]) goes on from it.
 struct Start {
     settings: Settings,
     client: crate::connection::RedisClient,
@@ -431,74 +232,6 @@ struct Start {
     health: Arc<Health>,
     model: (Model, u64),
     started: Instant,
-}
-
-/// [`run_resolved`] under `partitions.ownership = leases`: HTTP, the lag monitor, the model
-/// watcher and the lift report as for one process ([`services`]), the engines in generations
-/// of the partitions this replica owns ([`replica`]).
-async fn run_replica(
-    start: Start,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), DaemonError> {
-    let Start {
-        settings,
-        client,
-        customer_token,
-        metrics,
-        health,
-        model: (model, model_fingerprint),
-        started,
-    } = start;
-    metrics.ownership.owned.set(0);
-    let connector = connectors(&client, &settings, &metrics);
-    let me = crate::ownership::MemberName::new(&settings.source.consumer)
-        .expect("source.consumer was checked with partitions.ownership = leases");
-    let (local_tx, local) = watch::channel(http::LocalPartitions::default());
-    let replicas = http::Replicas::new(
-        (me, settings.partitions.count, &settings.source.group),
-        local.clone(),
-        connector(RedisRole::Ownership, settings.redis.response_timeout.get()),
-        metrics.http.forwarded.clone(),
-    );
-    let (serving, feeds) = services::serve(
-        listener,
-        (&settings, &metrics),
-        (&health, customer_token),
-        Some(replicas),
-        (model, model_fingerprint),
-    )?;
-    let advertise = match &settings.partitions.advertise_url {
-        Some(url) => url.clone(),
-        None => format!(
-            "http://{}:{}",
-            crate::config::host_name(),
-            serving.addr().port()
-        ),
-    };
-    let services = serving.start(
-        (&settings, &metrics),
-        &connector,
-        local,
-        Role::Replica {
-            advertise: &advertise,
-        },
-        &shutdown,
-    );
-    let replica = replica::Replica {
-        advertise,
-        local: local_tx,
-        settings: settings.clone(),
-        client: client.clone(),
-        metrics: metrics.clone(),
-        health: health.clone(),
-        models: feeds.models,
-        uplift: feeds.uplift,
-        started,
-    };
-    let result = replica.run(feeds.queries, shutdown.clone()).await;
-    services.stop(&shutdown).await;
-    result
 }
 
 /// Connections to Redis through `client`, each for a role and with its response timeout.

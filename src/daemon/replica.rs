@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use super::engine_task::{self, Channels, Durability};
 use super::layout::{self, Layout};
 use super::owners::{self, Held, Owners};
-use super::{snapshots, start, DaemonError, EFFECT_QUEUE};
+use super::services::{self, Role};
+use super::{connectors, snapshots, start, DaemonError, Start, EFFECT_QUEUE};
 use crate::config::{RedisMode, Settings, SourceSettings};
 use crate::connection::{Connector, RedisClient};
 use crate::decide::uplift::UpliftBook;
@@ -638,4 +640,72 @@ impl Generation {
             }
         }
     }
+}
+
+/// [`super::run_resolved`] under `partitions.ownership = leases`: HTTP, the lag monitor, the
+/// model watcher and the lift report as for one process ([`services`]), the engines in
+/// generations of the partitions this replica owns ([`Replica`]).
+pub(super) async fn run_replica(
+    start: Start,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let Start {
+        settings,
+        client,
+        customer_token,
+        metrics,
+        health,
+        model: (model, model_fingerprint),
+        started,
+    } = start;
+    metrics.ownership.owned.set(0);
+    let connector = connectors(&client, &settings, &metrics);
+    let me = crate::ownership::MemberName::new(&settings.source.consumer)
+        .expect("source.consumer was checked with partitions.ownership = leases");
+    let (local_tx, local) = watch::channel(LocalPartitions::default());
+    let replicas = crate::http::Replicas::new(
+        (me, settings.partitions.count, &settings.source.group),
+        local.clone(),
+        connector(RedisRole::Ownership, settings.redis.response_timeout.get()),
+        metrics.http.forwarded.clone(),
+    );
+    let (serving, feeds) = services::serve(
+        listener,
+        (&settings, &metrics),
+        (&health, customer_token),
+        Some(replicas),
+        (model, model_fingerprint),
+    )?;
+    let advertise = match &settings.partitions.advertise_url {
+        Some(url) => url.clone(),
+        None => format!(
+            "http://{}:{}",
+            crate::config::host_name(),
+            serving.addr().port()
+        ),
+    };
+    let services = serving.start(
+        (&settings, &metrics),
+        &connector,
+        local,
+        Role::Replica {
+            advertise: &advertise,
+        },
+        &shutdown,
+    );
+    let replica = Replica {
+        advertise,
+        local: local_tx,
+        settings: settings.clone(),
+        client: client.clone(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        models: feeds.models,
+        uplift: feeds.uplift,
+        started,
+    };
+    let result = replica.run(feeds.queries, shutdown.clone()).await;
+    services.stop(&shutdown).await;
+    result
 }
