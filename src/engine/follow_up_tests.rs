@@ -27,6 +27,15 @@ fn customers(tasks: &[Task]) -> Vec<&str> {
     tasks.iter().map(|t| t.customer_id.as_str()).collect()
 }
 
+/// Win-back tasks not written because they had expired.
+fn winback_expired(e: &Engine) -> u64 {
+    e.metrics
+        .follow_up
+        .tasks_expired
+        .get(TaskKind::Winback)
+        .get()
+}
+
 #[test]
 fn a_backlog_is_judged_at_the_event_time_reached_and_stale_tasks_expire() {
     let mut e = winback_engine(ClockMode::Wall);
@@ -41,14 +50,7 @@ fn a_backlog_is_judged_at_the_event_time_reached_and_stale_tasks_expire() {
     // those tasks expired long ago.
     let fx = e.apply_batch(at_end(vec![purchase(3, "b", 398)]), wall);
     assert!(fx.tasks.is_empty(), "{:?}", customers(&fx.tasks));
-    assert_eq!(
-        e.metrics
-            .follow_up
-            .tasks_expired
-            .get(TaskKind::Winback)
-            .get(),
-        2
-    );
+    assert_eq!(winback_expired(&e), 2);
     assert_eq!(
         e.metrics.follow_up.catching_up.get(),
         1,
@@ -92,11 +94,7 @@ fn a_backlog_checks_silence_only_in_its_last_eight_weeks() {
         "checked once the last weeks begin"
     );
     assert_eq!(
-        e.metrics
-            .follow_up
-            .tasks_expired
-            .get(TaskKind::Winback)
-            .get(),
+        winback_expired(&e),
         1,
         "tasked then; long expired by the wall clock"
     );
