@@ -145,7 +145,28 @@ fn kill9(child: &mut Child) {
     child.wait().unwrap();
 }
 
+/// Whether process `pid` has installed a handler for SIGTERM (Linux: the `SigCgt` mask of
+/// /proc/<pid>/status). Until it has, SIGTERM kills it outright instead of shutting it down.
+fn handles_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                let mask = line.strip_prefix("SigCgt:")?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
+}
+
+/// Asks churnd to shut down and waits for a clean exit. A daemon just started (the streams
+/// already drained by the one before it) is first given the time to install its handler.
 async fn sigterm(mut child: Child) {
+    wait_for("churnd to handle SIGTERM", Duration::from_secs(30), || {
+        let pid = child.id();
+        async move { handles_sigterm(pid) }
+    })
+    .await;
     // SAFETY: plain kill(2) on our own child's PID.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -337,6 +358,21 @@ fn assert_same(run: &Outcome, reference: &Outcome, what: &str) {
             unique.len(),
             expected.len()
         );
+    }
+}
+
+/// SIGTERM in the first moments of a start, with nothing to read (as a test that restarts
+/// churnd after the streams were drained sends it): a clean exit, not death by the signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_right_after_the_start_exits_cleanly() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&redis, dir.path());
+    settings.http.addr = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let config = config_file(&settings, dir.path());
+    for run in 0..3 {
+        let daemon = spawn_binary(&config, &dir.path().join(format!("run-{run}.log")));
+        sigterm(daemon).await;
     }
 }
 
