@@ -107,15 +107,10 @@ impl Picture {
         self.recount();
     }
 
-    /// The priority below which a share `level` (0 to 1) of the weight lies, interpolated
-    /// within its bucket; 0 for an empty picture.
-    pub fn quantile(&self, level: f64) -> f64 {
-        priority_at(self.position(level))
-    }
-
-    /// The same quantile as a position on the picture's scale: its bucket, plus the share of
-    /// that bucket's weight below it (buckets hold no order within: [`priority_at`] reads a
-    /// position as if their weight were spread evenly across them).
+    /// Where on the picture's scale a share `level` (0 to 1) of the weight lies below: its
+    /// bucket, plus the share of that bucket's weight below it (buckets hold no order
+    /// within: [`priority_at`] reads a position as if their weight were spread evenly across
+    /// them, which makes it the quantile's priority); 0 for an empty picture.
     pub fn position(&self, level: f64) -> f64 {
         let total = self.total;
         if total <= 0.0 || level <= 0.0 {
@@ -199,10 +194,10 @@ mod tests {
             p.add_to(bucket(f64::from(priority)), 1.0);
         }
         for (level, want) in [(0.5, 500.0), (0.9, 900.0), (0.99, 990.0)] {
-            let got = p.quantile(level);
+            let got = priority_at(p.position(level));
             assert!((got / want - 1.0).abs() < 0.1, "{level}: {got} for {want}");
         }
-        assert_eq!(Picture::default().quantile(0.9), 0.0);
+        assert_eq!(priority_at(Picture::default().position(0.9)), 0.0);
         assert_eq!(bucket(f64::INFINITY), BUCKETS - 1);
         assert_eq!(bucket(-5.0), 0);
         assert_eq!(bucket(f64::NAN), 0);
@@ -230,7 +225,10 @@ mod tests {
             let sum: f64 = p.weights().iter().sum();
             assert!((p.total() - sum).abs() <= 1e-9 * sum.max(1.0));
             for level in [0.0, 0.01, 0.3, 0.5, 0.51, 0.75, 0.9, 0.999, 1.0, 1.5] {
-                let (got, want) = (p.quantile(level), walked_walk_up(p.weights(), level));
+                let (got, want) = (
+                    priority_at(p.position(level)),
+                    walked_walk_up(p.weights(), level),
+                );
                 assert!(
                     (got - want).abs() <= 1e-9 * want.max(1.0),
                     "round {round}, level {level}: {got} against {want}"
@@ -247,7 +245,7 @@ mod tests {
         p.take_from(10, 1.0);
         p.take_from(20, 5.0);
         assert_eq!(p.total(), 0.0);
-        assert_eq!(p.quantile(0.9), 0.0);
+        assert_eq!(priority_at(p.position(0.9)), 0.0);
         assert_eq!(p, Picture::default());
     }
 
