@@ -145,6 +145,21 @@ fn kill9(child: &mut Child) {
     child.wait().unwrap();
 }
 
+/// Waits until the daemon serving HTTP on `addr` is ready: state recovered, the input read
+/// to its end. A daemon restarted after the streams were drained has done nothing yet.
+async fn ready(addr: std::net::SocketAddr) {
+    let url = format!("http://{addr}/readyz");
+    wait_for("the daemon to be ready", Duration::from_secs(60), || {
+        let url = url.clone();
+        async move {
+            reqwest::get(url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await;
+}
+
 /// Whether process `pid` has installed a handler for SIGTERM (Linux: the `SigCgt` mask of
 /// /proc/<pid>/status). Until it has, SIGTERM kills it outright instead of shutting it down.
 fn handles_sigterm(pid: u32) -> bool {
@@ -427,6 +442,7 @@ async fn sigkill_at_random_points_three_times_changes_nothing() {
         "the kills came while events were still streaming in"
     );
     producer.await.unwrap();
+    ready(settings.http.addr).await;
     drained(&mut c).await;
     sigterm(daemon).await;
     for run in 1..=3 {

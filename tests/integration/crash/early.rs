@@ -76,16 +76,7 @@ impl Binary {
 
     /// Waits until the daemon is ready: state recovered, the input read to its end.
     pub(super) async fn ready(&self) {
-        let url = format!("http://{}/readyz", self.settings.http.addr);
-        wait_for("the daemon to be ready", Duration::from_secs(60), || {
-            let url = url.clone();
-            async move {
-                reqwest::get(url)
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await;
+        ready(self.settings.http.addr).await;
     }
 
     pub(super) fn state_dir(&self) -> &Path {

@@ -90,6 +90,7 @@ async fn sigkill_twice_with_snapshots_in_redis_and_no_state_dir_changes_nothing(
         daemon = spawn_binary(&config, &log(kill));
     }
     producer.await.unwrap();
+    ready(settings.http.addr).await;
     drained(&mut c).await;
     sigterm(daemon).await;
     for run in 1..=2 {

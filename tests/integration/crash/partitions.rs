@@ -84,6 +84,7 @@ async fn partitions_restart_from_their_own_snapshots_after_sigkill_changing_noth
         daemon = spawn_binary(&config, &log(kill));
     }
     producer.await.unwrap();
+    ready(settings.http.addr).await;
     drained_all(&mut c, count()).await;
     sigterm(daemon).await;
     for run in 1..=2 {
