@@ -175,13 +175,20 @@ fn handles_sigterm(pid: u32) -> bool {
 }
 
 /// Asks churnd to shut down and waits for a clean exit. A daemon just started (the streams
-/// already drained by the one before it) is first given the time to install its handler.
+/// already drained by the one before it) is first given the time to install its handler;
+/// one that exits before it has fails the test with its exit status.
 async fn sigterm(mut child: Child) {
-    wait_for("churnd to handle SIGTERM", Duration::from_secs(30), || {
-        let pid = child.id();
-        async move { handles_sigterm(pid) }
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !handles_sigterm(child.id()) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("churnd exited with {status} before it was asked to stop");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 30 s waiting for churnd to handle SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // SAFETY: plain kill(2) on our own child's PID.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
