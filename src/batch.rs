@@ -94,7 +94,7 @@ pub fn score(
                     .unwrap_or_default(),
                 value: model
                     .value()
-                    .and_then(|v| CustomerHistory::of(f, as_of).map(|h| v.estimate(&h, as_of))),
+                    .and_then(|v| v.estimate(&CustomerHistory::of(f, as_of)?, as_of)),
             }
         })
         .collect()
@@ -137,8 +137,9 @@ pub(crate) const CSV_HEADER: [&str; 11] = [
 /// lifecycle_stage, segment, reasons (comma-separated `feature:high|low`), then the value
 /// estimates: p_alive and expected_purchases_90d (6 decimals), expected_spend_90d and
 /// clv_365d (in the data's currency, 2 decimals), next_purchase_at (RFC 3339, empty when the
-/// customer is likely gone). Empty cells for non-buyers, and empty value cells throughout
-/// when the model has no value parameters.
+/// customer is likely gone). Empty cells for non-buyers, empty value cells throughout when
+/// the model has no value parameters, and for a customer whose estimates the value model
+/// does not vouch for (`ValueModel::estimate`).
 pub fn write_csv(out: impl Write, scores: &[ScoredCustomer]) -> csv::Result<()> {
     let mut w = csv::Writer::from_writer(out);
     w.write_record(CSV_HEADER)?;
@@ -280,7 +281,11 @@ mod tests {
         let scores = score(&data, as_of, &model, &classification());
         let store = features_as_of(&data, as_of);
         let history = CustomerHistory::of(store.get(store.find("weekly").unwrap()), as_of);
-        let want = model.value().unwrap().estimate(&history.unwrap(), as_of);
+        let want = model
+            .value()
+            .unwrap()
+            .estimate(&history.unwrap(), as_of)
+            .unwrap();
         assert_eq!(scores[0].value, Some(want));
         // A weekly buyer seen three days ago is due back within about a week.
         let next = want.next_purchase_at.expect("likely alive");

@@ -79,21 +79,11 @@ impl Assessment<'_> {
     }
 
     /// The customer value model's estimates now: `None` before the first purchase, with a
-    /// model that has no value part, and (never seen, but never let out) when any estimate is
-    /// not a finite number.
+    /// model that has no value part, and when any estimate is not a finite number.
     pub fn value_estimates(&self) -> Option<ValueEstimates> {
         let model = self.value?;
         let history = CustomerHistory::of(self.features, self.now)?;
-        let v = model.estimate(&history, self.now);
-        [
-            v.p_alive,
-            v.expected_purchases_90d,
-            v.expected_spend_90d,
-            v.clv_365d,
-        ]
-        .iter()
-        .all(|x| x.is_finite())
-        .then_some(v)
+        model.estimate(&history, self.now)
     }
 
     pub(crate) fn recent(&self) -> Recent {

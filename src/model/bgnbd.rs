@@ -15,7 +15,7 @@ use argmin::core::{CostFunction, Error as ArgminError};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
-use crate::model::minimise::{minimise, Search, Stop};
+use crate::model::minimise::{fitted_params, minimise, Search, Stop};
 
 /// One customer's purchase history as BG/NBD sees it, in days.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -88,10 +88,6 @@ const MAX_RESTARTS: usize = 3;
 /// A restart that improves the mean log-likelihood by less than this counts as confirmation.
 const RESTART_GAIN: f64 = 1e-9;
 
-/// Fitted parameters beyond e^±25 (≈ 7e10 or 1e-11) mean the likelihood kept improving towards
-/// a boundary: the data cannot pin that parameter down, and the "fit" would be meaningless.
-const LOG_PARAM_LIMIT: f64 = 25.0;
-
 const PARAM_NAMES: [&str; 4] = ["r", "alpha", "a", "b"];
 
 impl BgNbd {
@@ -122,20 +118,8 @@ impl BgNbd {
             search,
         )
         .map_err(BgNbdError::Diverged)?;
-        for (name, &log_value) in PARAM_NAMES.iter().zip(best.iter()) {
-            if log_value.is_nan() || log_value.abs() > LOG_PARAM_LIMIT {
-                return Err(BgNbdError::Diverged(format!(
-                    "parameter {name} ran off to {:e}, so the data cannot determine it",
-                    log_value.exp()
-                )));
-            }
-        }
-        Ok(BgNbd {
-            r: best[0].exp(),
-            alpha: best[1].exp(),
-            a: best[2].exp(),
-            b: best[3].exp(),
-        })
+        let [r, alpha, a, b] = fitted_params(PARAM_NAMES, &best).map_err(BgNbdError::Diverged)?;
+        Ok(BgNbd { r, alpha, a, b })
     }
 
     /// Total log-likelihood of `data` under these parameters.

@@ -22,6 +22,47 @@ pub(crate) struct Search {
     pub restart_gain: f64,
 }
 
+/// The fits search each parameter's logarithm; one beyond ±25 (the parameter beyond about
+/// 7.2e10 or below 1.4e-11) means the likelihood kept improving towards a boundary: the data
+/// cannot pin that parameter down, and the "fit" would be meaningless. The same range bounds
+/// what a model file may hold ([`in_fit_range`]).
+pub(crate) const LOG_PARAM_LIMIT: f64 = 25.0;
+
+/// The parameters from the logs a search found, or why the data cannot determine one of
+/// them ([`LOG_PARAM_LIMIT`]).
+pub(crate) fn fitted_params<const N: usize>(
+    names: [&str; N],
+    logs: &Array1<f64>,
+) -> Result<[f64; N], String> {
+    for (name, &log_value) in names.iter().zip(logs.iter()) {
+        if log_value.is_nan() || log_value.abs() > LOG_PARAM_LIMIT {
+            return Err(format!(
+                "parameter {name} ran off to {:e}, so the data cannot determine it",
+                log_value.exp()
+            ));
+        }
+    }
+    Ok(std::array::from_fn(|i| logs[i].exp()))
+}
+
+/// Whether a parameter read from a model file lies in the range the fits search (a file
+/// `churnd train` wrote always does). Beyond it the formulas overflow or lose all
+/// precision, so a file that holds one is refused rather than served.
+pub(crate) fn in_fit_range(v: f64) -> bool {
+    // A fit that stopped exactly at the limit must pass after exp and ln round it.
+    v.is_finite() && v > 0.0 && v.ln().abs() <= LOG_PARAM_LIMIT * (1.0 + 1e-12)
+}
+
+/// The message for a parameter [`in_fit_range`] refuses.
+pub(crate) fn fit_range_problem(key: &str, v: f64) -> String {
+    format!(
+        "{key} is {v}, must be a positive number from {:.1e} to {:.1e} (the range churnd \
+         train fits in)",
+        (-LOG_PARAM_LIMIT).exp(),
+        LOG_PARAM_LIMIT.exp()
+    )
+}
+
 /// Minimises `objective` from `start` by [`Search`], with simplex steps of 1 along each axis:
 /// the best parameters and their cost, or why no finite cost was found.
 pub(crate) fn minimise<O>(

@@ -12,7 +12,7 @@ use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
 use super::bgnbd::{ln_gamma, RepeatSummary};
-use super::minimise::{minimise, Search, Stop};
+use super::minimise::{fitted_params, minimise, Search, Stop};
 
 /// Fitted Pareto/NBD parameters: purchase rates λ ~ Gamma(shape `r`, rate `alpha` per day),
 /// dropout rates μ ~ Gamma(shape `s`, rate `beta` per day).
@@ -39,8 +39,6 @@ pub enum ParetoNbdError {
 }
 
 const MIN_CUSTOMERS: usize = 10;
-/// Fitted parameters beyond e^±25 mean the data cannot pin that parameter down.
-const LOG_PARAM_LIMIT: f64 = 25.0;
 /// Terms of the hypergeometric series before it is declared non-convergent.
 const MAX_SERIES_TERMS: usize = 5_000;
 
@@ -70,20 +68,9 @@ impl ParetoNbd {
         };
         let start = Array1::from(vec![0.0, mean_t.ln(), 0.0, mean_t.ln()]);
         let (best, _) = minimise(&objective, start, search).map_err(ParetoNbdError::Diverged)?;
-        for (name, &v) in ["r", "alpha", "s", "beta"].iter().zip(best.iter()) {
-            if v.is_nan() || v.abs() > LOG_PARAM_LIMIT {
-                return Err(ParetoNbdError::Diverged(format!(
-                    "parameter {name} ran off to {:e}, so the data cannot determine it",
-                    v.exp()
-                )));
-            }
-        }
-        Ok(Self {
-            r: best[0].exp(),
-            alpha: best[1].exp(),
-            s: best[2].exp(),
-            beta: best[3].exp(),
-        })
+        let [r, alpha, s, beta] =
+            fitted_params(["r", "alpha", "s", "beta"], &best).map_err(ParetoNbdError::Diverged)?;
+        Ok(Self { r, alpha, s, beta })
     }
 
     /// Log-likelihood of one customer's (x, t_x, T), eq. (18) of Fader & Hardie's note:

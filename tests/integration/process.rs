@@ -224,6 +224,31 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
         app.metric("churnd_model_last_reload_successful").await,
         Some(0.0)
     );
+
+    // So is a file whose value parameters are out of range (the shipped model with BG/NBD's
+    // r at 1e300, past what a fit could give).
+    let shipped = std::fs::read_to_string(repo().join("models/cdnow.json")).unwrap();
+    let mut bad_value: serde_json::Value = serde_json::from_str(&shipped).unwrap();
+    bad_value["version"] = "cdnow-bad-value".into();
+    bad_value["value"]["bgnbd"]["r"] = 1e300.into();
+    replace(bad_value.to_string());
+    wait_for(
+        "the model with bad value parameters to be refused",
+        Duration::from_secs(30),
+        || {
+            let app = &app;
+            async move {
+                app.metric("churnd_model_reloads_total{outcome=\"failure\"}")
+                    .await
+                    == Some(2.0)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        app.metric("churnd_model_info{version=\"recency-1\"}").await,
+        Some(1.0)
+    );
     // The refused model leaves the daemon ready (once it has recovered, which a busy
     // machine may not have finished yet).
     wait_for("the daemon to be ready", Duration::from_secs(30), || {

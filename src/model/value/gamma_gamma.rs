@@ -18,7 +18,9 @@ use argmin::core::{CostFunction, Error as ArgminError};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};
 
-use crate::model::minimise::{minimise, Search, Stop};
+use crate::model::minimise::{
+    fit_range_problem, fitted_params, in_fit_range, minimise, Search, Stop,
+};
 
 use crate::model::bgnbd::ln_gamma;
 
@@ -68,7 +70,6 @@ const SD_TOLERANCE: f64 = 1e-12;
 const MAX_ITERS: u64 = 3_000;
 const MAX_RESTARTS: usize = 3;
 const RESTART_GAIN: f64 = 1e-10;
-const LOG_PARAM_LIMIT: f64 = 25.0;
 
 impl GammaGamma {
     /// What is wrong with these parameters, if anything: all three must be positive finite
@@ -77,10 +78,8 @@ impl GammaGamma {
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (name, v) in [("p", self.p), ("q", self.q), ("gamma", self.gamma)] {
-            if !(v.is_finite() && v > 0.0) {
-                problems.push(format!(
-                    "gamma_gamma.{name} is {v}, must be a positive finite number"
-                ));
+            if !in_fit_range(v) {
+                problems.push(fit_range_problem(&format!("gamma_gamma.{name}"), v));
             }
         }
         if self.q.is_finite() && self.q > 0.0 && self.q <= 1.0 {
@@ -158,19 +157,9 @@ impl GammaGamma {
             search,
         )
         .map_err(GammaGammaError::Diverged)?;
-        for (name, &log_value) in ["p", "q", "gamma"].iter().zip(best.iter()) {
-            if log_value.is_nan() || log_value.abs() > LOG_PARAM_LIMIT {
-                return Err(GammaGammaError::Diverged(format!(
-                    "parameter {name} ran off to {:e}, so the data cannot determine it",
-                    log_value.exp()
-                )));
-            }
-        }
-        let fitted = GammaGamma {
-            p: best[0].exp(),
-            q: best[1].exp(),
-            gamma: best[2].exp(),
-        };
+        let [p, q, gamma] =
+            fitted_params(["p", "q", "gamma"], &best).map_err(GammaGammaError::Diverged)?;
+        let fitted = GammaGamma { p, q, gamma };
         if fitted.q <= 1.0 {
             return Err(GammaGammaError::Diverged(format!(
                 "q = {} ≤ 1: order values are so heavy-tailed that the population has no mean \

@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::gamma_gamma::{GammaGamma, GammaGammaError, SpendSummary};
 use super::bgnbd::{BgNbd, BgNbdError, RepeatSummary};
+use super::minimise::{fit_range_problem, in_fit_range};
 use crate::features::CustomerFeatures;
 use crate::time::{self, UnixSeconds};
 
@@ -83,8 +84,8 @@ impl ValueParams {
         let b = &self.bgnbd;
         let mut problems: Vec<String> = [("r", b.r), ("alpha", b.alpha), ("a", b.a), ("b", b.b)]
             .into_iter()
-            .filter(|(_, v)| !(v.is_finite() && *v > 0.0))
-            .map(|(name, v)| format!("value.bgnbd.{name} is {v}, must be a positive finite number"))
+            .filter(|(_, v)| !in_fit_range(*v))
+            .map(|(name, v)| fit_range_problem(&format!("value.bgnbd.{name}"), v))
             .collect();
         problems.extend(
             self.gamma_gamma
@@ -169,8 +170,26 @@ impl ValueModel {
             .expected_order_value(h.spend.orders, h.spend.mean)
     }
 
-    /// The customer's value estimates at `now` (the moment the history was taken).
-    pub(crate) fn estimate(&self, h: &CustomerHistory, now: UnixSeconds) -> ValueEstimates {
+    /// The customer's value estimates at `now` (the moment the history was taken), or none
+    /// when the formulas are past their precision: a number that is not finite, or a date
+    /// for the next purchase while none is expected in 90 days (seen only with parameters at
+    /// the far end of the fit range). This is the one gate the API, the tasks and `churnd
+    /// score` all pass through, so that they never disagree or print NaN.
+    pub(crate) fn estimate(&self, h: &CustomerHistory, now: UnixSeconds) -> Option<ValueEstimates> {
+        let v = self.estimate_unchecked(h, now);
+        let finite = [
+            v.p_alive,
+            v.expected_purchases_90d,
+            v.expected_spend_90d,
+            v.clv_365d,
+        ]
+        .iter()
+        .all(|x| x.is_finite());
+        let coherent = v.next_purchase_at.is_none() || v.expected_purchases_90d > 0.0;
+        (finite && coherent).then_some(v)
+    }
+
+    fn estimate_unchecked(&self, h: &CustomerHistory, now: UnixSeconds) -> ValueEstimates {
         let bgnbd = &self.0.bgnbd;
         let s = &h.repeat;
         let p_alive = bgnbd.p_alive(s);
@@ -314,15 +333,11 @@ pub(crate) mod tests {
         assert_eq!((h.repeat.t_x, h.repeat.t), (17.0, 17.0));
     }
 
-    #[test]
-    fn awkward_customers_get_finite_documented_values() {
+    /// The customers whose values need care: one purchase, no spend, refunds above
+    /// purchases, two purchases at one instant, and 50,000 purchases (one every 400 s for
+    /// 231 days, the last 400 s before `now`).
+    fn awkward_customers(now: UnixSeconds) -> [(&'static str, CustomerFeatures); 5] {
         use EventKind::{Purchase, Refund};
-        let model = ValueModel::new(ValueParams {
-            annual_discount_rate: 0.1,
-            ..cdnow_like()
-        })
-        .unwrap();
-        let now = T0 + 272 * DAY;
         let one_purchase = customer(&[(Purchase, 15.0, 10)]);
         let zero_spend = customer(&[(Purchase, 0.0, 10), (Purchase, 0.0, 100)]);
         let refunded = customer(&[
@@ -331,23 +346,32 @@ pub(crate) mod tests {
             (Refund, 60.0, 60),
         ]);
         let same_instant = customer(&[(Purchase, 15.0, 10), (Purchase, 15.0, 10)]);
-        // A purchase every 400 s for 231 days, the last 400 s before now.
-        let frantic: CustomerFeatures = {
-            let mut f = CustomerFeatures::default();
-            for i in 1..=50_000u32 {
-                f.apply(&Event::new("c", Purchase, 9.0, now - i * 400));
-            }
-            f
-        };
-        for (name, f) in [
+        let mut frantic = CustomerFeatures::default();
+        for i in 1..=50_000u32 {
+            frantic.apply(&Event::new("c", Purchase, 9.0, now - i * 400));
+        }
+        [
             ("one purchase", one_purchase),
             ("zero spend", zero_spend),
             ("refunds above purchases", refunded),
             ("two purchases at one instant", same_instant),
             ("50,000 purchases", frantic),
-        ] {
+        ]
+    }
+
+    #[test]
+    fn awkward_customers_get_finite_documented_values() {
+        let model = ValueModel::new(ValueParams {
+            annual_discount_rate: 0.1,
+            ..cdnow_like()
+        })
+        .unwrap();
+        let now = T0 + 272 * DAY;
+        let [one_purchase, zero_spend, refunded, _, frantic] =
+            awkward_customers(now).map(|(_, f)| f);
+        for (name, f) in awkward_customers(now) {
             let h = CustomerHistory::of(&f, now).unwrap();
-            let e = model.estimate(&h, now);
+            let e = model.estimate(&h, now).unwrap();
             for (field, v) in [
                 ("p_alive", e.p_alive),
                 ("expected_purchases_90d", e.expected_purchases_90d),
@@ -367,7 +391,9 @@ pub(crate) mod tests {
         }
         // One purchase: alive by BG/NBD's convention, yet few purchases expected and no date
         // within a year (the posterior purchase rate is low).
-        let e = model.estimate(&CustomerHistory::of(&one_purchase, now).unwrap(), now);
+        let e = model
+            .estimate(&CustomerHistory::of(&one_purchase, now).unwrap(), now)
+            .unwrap();
         assert_eq!(e.p_alive, 1.0);
         assert!(e.expected_purchases_90d < 0.2, "{e:?}");
         assert_eq!(e.next_purchase_at, None);
@@ -375,13 +401,15 @@ pub(crate) mod tests {
         let h = CustomerHistory::of(&zero_spend, now).unwrap();
         let gg = cdnow_like().gamma_gamma;
         let order = gg.p * gg.gamma / (2.0 * gg.p + gg.q - 1.0);
-        let e = model.estimate(&h, now);
+        let e = model.estimate(&h, now).unwrap();
         assert!((e.expected_spend_90d - e.expected_purchases_90d * order).abs() < 1e-9);
         // Refunds above purchases: the same as no spend, not negative value.
         let h = CustomerHistory::of(&refunded, now).unwrap();
         assert_eq!(h.spend.mean, 0.0);
         // A frequent, recent buyer is due back soon.
-        let e = model.estimate(&CustomerHistory::of(&frantic, now).unwrap(), now);
+        let e = model
+            .estimate(&CustomerHistory::of(&frantic, now).unwrap(), now)
+            .unwrap();
         assert!(e.next_purchase_at.is_some_and(|at| at - now < DAY), "{e:?}");
     }
 
@@ -400,7 +428,7 @@ pub(crate) mod tests {
             },
         };
         let now = T0 + 300 * DAY;
-        let e = model.estimate(&h, now);
+        let e = model.estimate(&h, now).unwrap();
         let b = &cdnow_like().bgnbd;
         assert_eq!(e.p_alive, b.p_alive(&h.repeat));
         let purchases = b.expected_purchases(&h.repeat, 90.0);
@@ -417,6 +445,80 @@ pub(crate) mod tests {
             e.next_purchase_at,
             Some(now + (wait * 86_400.0).round() as u32)
         );
+    }
+
+    /// A file may hold any parameter `churnd train` could fit. At both ends of that range,
+    /// one parameter at a time, the awkward customers and one with orders of a billion get
+    /// finite estimates that agree with each other, or none at all (never NaN); a step beyond
+    /// the range is refused.
+    #[test]
+    fn parameters_at_the_ends_of_the_fit_range_give_finite_values() {
+        use crate::model::minimise::LOG_PARAM_LIMIT;
+        let now = T0 + 272 * DAY;
+        let mut customers = awkward_customers(now).to_vec();
+        let big = [
+            (EventKind::Purchase, 1e9, 10),
+            (EventKind::Purchase, 1e9, 200),
+        ];
+        customers.push(("orders of a billion", customer(&big)));
+        type Setter = fn(&mut ValueParams, f64);
+        let params: [(&str, Setter); 7] = [
+            ("bgnbd.r", |p, v| p.bgnbd.r = v),
+            ("bgnbd.alpha", |p, v| p.bgnbd.alpha = v),
+            ("bgnbd.a", |p, v| p.bgnbd.a = v),
+            ("bgnbd.b", |p, v| p.bgnbd.b = v),
+            ("gamma_gamma.p", |p, v| p.gamma_gamma.p = v),
+            ("gamma_gamma.q", |p, v| p.gamma_gamma.q = v),
+            ("gamma_gamma.gamma", |p, v| p.gamma_gamma.gamma = v),
+        ];
+        let (low, high) = ((-LOG_PARAM_LIMIT).exp(), LOG_PARAM_LIMIT.exp());
+        for (key, set) in params {
+            // q ≤ 1 is refused for its own reason.
+            let ends: &[(f64, f64)] = if key == "gamma_gamma.q" {
+                &[(high, high * 1.001)]
+            } else {
+                &[(low, low / 1.001), (high, high * 1.001)]
+            };
+            for &(end, beyond) in ends {
+                let mut p = cdnow_like();
+                set(&mut p, end);
+                let model = ValueModel::new(p).unwrap_or_else(|e| panic!("{key} = {end:e}: {e:?}"));
+                for (who, f) in &customers {
+                    let h = CustomerHistory::of(f, now).unwrap();
+                    let Some(e) = model.estimate(&h, now) else {
+                        // Only where the formulas lose their precision.
+                        assert!(end == high, "{key} = {end:e}, {who}");
+                        continue;
+                    };
+                    assert!(
+                        e.expected_purchases_90d >= 0.0,
+                        "{key} = {end:e}, {who}: {e:?}"
+                    );
+                    assert!(
+                        e.p_alive >= 0.0 && e.p_alive <= 1.0,
+                        "{key} = {end:e}, {who}: {e:?}"
+                    );
+                    assert!(
+                        e.expected_spend_90d >= 0.0 && e.clv_365d >= 0.0,
+                        "{key} = {end:e}, {who}: {e:?}"
+                    );
+                    if e.next_purchase_at.is_some() {
+                        assert!(
+                            e.expected_purchases_90d > 0.0,
+                            "{key} = {end:e}, {who}: {e:?}"
+                        );
+                    }
+                }
+                set(&mut p, beyond);
+                let refused = ValueModel::new(p).unwrap_err().join("\n");
+                assert!(
+                    refused.contains(&format!(
+                        "value.{key} is {beyond}, must be a positive number from 1.4e-11 to 7.2e10"
+                    )),
+                    "{refused}"
+                );
+            }
+        }
     }
 
     #[test]
