@@ -18,6 +18,10 @@
 //! year's backfill makes each silent customer's checks of the last eight weeks, not of the
 //! whole year. The customers whose checks waited are all checked once those weeks begin, and
 //! the budgets learn what a day brings from there.
+//!
+//! A snapshot does not keep the position (it is a fact about the input, not the state), so
+//! an engine restored from one judges no silence until its first read says where reading
+//! stands: the backlog goes on (the past moves the position again) or was all read.
 
 use crate::decide::HALF_LIFE_DAYS;
 use crate::time::{UnixSeconds, DAY};
@@ -44,9 +48,24 @@ pub(crate) struct CatchUp {
     position: Option<UnixSeconds>,
     /// The current batch has brought an event from the past.
     past_in_batch: bool,
+    /// Restored, and no batch read since: whether a backlog is being read is not known.
+    awaiting_read: bool,
 }
 
 impl CatchUp {
+    /// Time for an engine restored from a snapshot: unknown until the first read.
+    pub fn restored() -> Self {
+        Self {
+            awaiting_read: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether silence may be judged: not between a restore and the first read.
+    pub fn judges_silence(&self) -> bool {
+        !self.awaiting_read
+    }
+
     /// An event of `time` read at `wall`: moves the position if it is from the past.
     pub fn read(&mut self, time: UnixSeconds, wall: UnixSeconds) {
         if time.saturating_add(PAST_AFTER_SECS) < wall {
@@ -58,6 +77,7 @@ impl CatchUp {
     /// The batch is applied at `wall`; `at_end`: the read that brought it found every
     /// stream's end. Returns whether catching up ended with it.
     pub fn batch_done(&mut self, at_end: bool, wall: UnixSeconds) -> bool {
+        self.awaiting_read = false;
         let past = std::mem::take(&mut self.past_in_batch);
         let near = self
             .position
@@ -130,6 +150,22 @@ mod tests {
         assert!(!c.batch_done(false, WALL), "not at the end");
         c.read(WALL - 300, WALL);
         assert!(c.batch_done(true, WALL), "a delayed producer, at the end");
+    }
+
+    #[test]
+    fn a_restore_judges_no_silence_until_a_batch_is_read() {
+        assert!(CatchUp::default().judges_silence());
+        let mut c = CatchUp::restored();
+        assert!(!c.judges_silence());
+        assert_eq!(c.now(WALL), WALL, "queries still answer at wall time");
+        c.read(WALL - 100 * DAY, WALL);
+        assert!(!c.batch_done(false, WALL));
+        assert!(c.judges_silence(), "the backlog goes on, at the position");
+        assert_eq!(c.now(WALL), WALL - 100 * DAY);
+        let mut c = CatchUp::restored();
+        assert!(!c.batch_done(true, WALL), "was not catching up");
+        assert!(c.judges_silence());
+        assert_eq!(c.now(WALL), WALL);
     }
 
     #[test]

@@ -104,6 +104,49 @@ fn a_backlog_checks_silence_only_in_its_last_eight_weeks() {
     assert_eq!(fx.tasks[0].as_of, T0 + 400 * DAY);
 }
 
+/// A snapshot taken while catching up does not keep the position reached. Restored, the
+/// engine judges no silence until the first read says whether the backlog goes on: the
+/// daemon's first tick comes before that read, and judging at wall time then would task
+/// customers whose later purchases are still unread.
+#[test]
+fn a_restored_engine_judges_silence_only_after_the_first_read() {
+    let mut e = winback_engine(ClockMode::Wall);
+    let wall = ms(400);
+    e.apply_batch(batch(vec![purchase(1, "a", 0)]), wall);
+    e.apply_batch(batch(vec![visit(2, "clock", 100)]), wall);
+    assert_eq!(e.metrics.follow_up.catching_up.get(), 1);
+    let snapshot = e.snapshot();
+    let restore = || {
+        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+        let settings = winback_only(ClockMode::Wall);
+        Engine::restore(
+            settings,
+            Arc::new(model),
+            Metrics::new().engine,
+            snapshot.clone(),
+        )
+    };
+
+    // The backlog goes on: `a` bought again on day 380.
+    let mut r = restore();
+    let fx = r.tick(wall + 1_000);
+    assert_eq!(
+        customers(&fx.tasks),
+        Vec::<&str>::new(),
+        "before the first read"
+    );
+    let fx = r.apply_batch(batch(vec![purchase(3, "a", 380)]), wall + 2_000);
+    assert_eq!(customers(&fx.tasks), Vec::<&str>::new());
+    assert_eq!(r.now(), T0 + 380 * DAY, "catching up again");
+
+    // Nothing was left to read: `a` is judged at wall time.
+    let mut r = restore();
+    assert!(r.tick(wall + 1_000).tasks.is_empty());
+    let fx = r.apply_batch(at_end(vec![]), wall + 2_000);
+    assert_eq!(customers(&fx.tasks), ["a"]);
+    assert!(r.tick(wall + 3_000).tasks.is_empty(), "tasked once");
+}
+
 #[test]
 fn live_events_neither_start_nor_end_a_catch_up() {
     let mut e = winback_engine(ClockMode::Wall);

@@ -379,7 +379,9 @@ impl Engine {
         self.wall = time::from_millis(wall_ms);
         self.recheck_if_pending();
         if self.settings.clock == ClockMode::Wall {
-            self.sweep(self.now(), &mut fx);
+            if self.catch_up.judges_silence() {
+                self.sweep(self.now(), &mut fx);
+            }
             self.publish();
             self.publish_budgets();
         }

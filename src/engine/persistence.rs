@@ -16,6 +16,7 @@ use crate::partition::PartitionCount;
 use crate::profiles::{Interner, Profiles};
 use crate::time::UnixSeconds;
 
+use super::catch_up::CatchUp;
 use super::{Customer, Customers, Engine, EngineSettings, Extras};
 
 /// Everything the engine needs to continue where it stopped: what a snapshot holds. Settings
@@ -128,6 +129,7 @@ impl Engine {
         engine.count_profiles();
         engine.rebuild_timers();
         engine.watermark = watermark;
+        engine.catch_up = CatchUp::restored();
         engine.thresholds = thresholds;
         engine.next_threshold_refresh = next_threshold_refresh;
         engine.scorings = scorings;
