@@ -183,6 +183,26 @@ async fn sigterm_drains_writes_what_was_read_and_exits_zero() {
     );
 }
 
+/// Waits until the daemon has refused `n` model files in all, and checks that the first
+/// model still serves.
+async fn refused(app: &App, n: u32) {
+    let failures = Some(f64::from(n));
+    wait_for(
+        &format!("model file {n} to be refused"),
+        Duration::from_secs(30),
+        || async move {
+            app.metric("churnd_model_reloads_total{outcome=\"failure\"}")
+                .await
+                == failures
+        },
+    )
+    .await;
+    assert_eq!(
+        app.metric("churnd_model_info{version=\"recency-1\"}").await,
+        Some(1.0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
     let redis = RedisServer::start();
@@ -202,53 +222,21 @@ async fn a_bad_model_reload_is_refused_and_a_good_one_is_served() {
     let mut broken = recency_model("recency-broken");
     broken.features.pop();
     replace(serde_json::to_string(&broken).unwrap());
-    wait_for(
-        "the bad model to be refused",
-        Duration::from_secs(30),
-        || {
-            let app = &app;
-            async move {
-                app.metric("churnd_model_reloads_total{outcome=\"failure\"}")
-                    .await
-                    == Some(1.0)
-            }
-        },
-    )
-    .await;
-    assert_eq!(
-        app.metric("churnd_model_info{version=\"recency-1\"}").await,
-        Some(1.0)
-    );
+    refused(&app, 1).await;
     // What the ChurndModelReloadFailing alert watches.
     assert_eq!(
         app.metric("churnd_model_last_reload_successful").await,
         Some(0.0)
     );
 
-    // So is a file whose value parameters are out of range (the shipped model with BG/NBD's
-    // r at 1e300, past what a fit could give).
+    // A file whose value parameters are out of range is refused too (the shipped model with
+    // BG/NBD's r at 1e300, past what a fit could give).
     let shipped = std::fs::read_to_string(repo().join("models/cdnow.json")).unwrap();
     let mut bad_value: serde_json::Value = serde_json::from_str(&shipped).unwrap();
     bad_value["version"] = "cdnow-bad-value".into();
     bad_value["value"]["bgnbd"]["r"] = 1e300.into();
     replace(bad_value.to_string());
-    wait_for(
-        "the model with bad value parameters to be refused",
-        Duration::from_secs(30),
-        || {
-            let app = &app;
-            async move {
-                app.metric("churnd_model_reloads_total{outcome=\"failure\"}")
-                    .await
-                    == Some(2.0)
-            }
-        },
-    )
-    .await;
-    assert_eq!(
-        app.metric("churnd_model_info{version=\"recency-1\"}").await,
-        Some(1.0)
-    );
+    refused(&app, 2).await;
     // The refused model leaves the daemon ready (once it has recovered, which a busy
     // machine may not have finished yet).
     wait_for("the daemon to be ready", Duration::from_secs(30), || {
