@@ -147,6 +147,26 @@ fn a_restored_engine_judges_silence_only_after_the_first_read() {
     assert!(r.tick(wall + 3_000).tasks.is_empty(), "tasked once");
 }
 
+/// The same after a stop: a snapshot taken live, and churnd down while purchases piled up.
+#[test]
+fn a_restart_after_downtime_reads_what_piled_up_before_judging_silence() {
+    let mut e = winback_engine(ClockMode::Wall);
+    e.apply_batch(at_end(vec![purchase(1, "a", 0)]), ms(0));
+    assert_eq!(e.metrics.follow_up.catching_up.get(), 0, "live");
+    let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
+    let settings = winback_only(ClockMode::Wall);
+    let mut r = Engine::restore(
+        settings,
+        Arc::new(model),
+        Metrics::new().engine,
+        e.snapshot(),
+    );
+    // Back 400 days later; `a` bought on day 390 meanwhile.
+    assert_eq!(customers(&r.tick(ms(400)).tasks), Vec::<&str>::new());
+    let fx = r.apply_batch(at_end(vec![purchase(2, "a", 390)]), ms(400));
+    assert_eq!(customers(&fx.tasks), Vec::<&str>::new(), "ten days silent");
+}
+
 #[test]
 fn live_events_neither_start_nor_end_a_catch_up() {
     let mut e = winback_engine(ClockMode::Wall);
