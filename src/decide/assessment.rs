@@ -79,7 +79,8 @@ impl Assessment<'_> {
     }
 
     /// The customer value model's estimates now: `None` before the first purchase, with a
-    /// model that has no value part, and when any estimate is not a finite number.
+    /// model that has no value part, and where the value model does not vouch for them
+    /// (`ValueModel::estimate`: never NaN).
     pub fn value_estimates(&self) -> Option<ValueEstimates> {
         let model = self.value?;
         let history = CustomerHistory::of(self.features, self.now)?;

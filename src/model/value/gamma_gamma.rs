@@ -72,9 +72,9 @@ const MAX_RESTARTS: usize = 3;
 const RESTART_GAIN: f64 = 1e-10;
 
 impl GammaGamma {
-    /// What is wrong with these parameters, if anything: all three must be positive finite
-    /// numbers, and q > 1 so that the population's mean order value pγ/(q−1) exists (a
-    /// one-order customer's estimate leans on it).
+    /// What is wrong with these parameters, if anything: all three must lie in the range the
+    /// fit searches (`in_fit_range`), and q > 1 so that the population's mean order value
+    /// pγ/(q−1) exists (a one-order customer's estimate leans on it).
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for (name, v) in [("p", self.p), ("q", self.q), ("gamma", self.gamma)] {

@@ -367,9 +367,9 @@ pub(crate) mod tests {
         })
         .unwrap();
         let now = T0 + 272 * DAY;
-        let [one_purchase, zero_spend, refunded, _, frantic] =
-            awkward_customers(now).map(|(_, f)| f);
-        for (name, f) in awkward_customers(now) {
+        let awkward = awkward_customers(now);
+        let [one_purchase, zero_spend, refunded, _, frantic] = awkward.map(|(_, f)| f);
+        for (name, f) in awkward {
             let h = CustomerHistory::of(&f, now).unwrap();
             let e = model.estimate(&h, now).unwrap();
             for (field, v) in [
