@@ -19,9 +19,10 @@
 //! whole year. The customers whose checks waited are all checked once those weeks begin, and
 //! the budgets learn what a day brings from there.
 //!
-//! A snapshot does not keep the position (it is a fact about the input, not the state), so
-//! an engine restored from one judges no silence until its first read says where reading
-//! stands: the backlog goes on (the past moves the position again) or was all read.
+//! A snapshot says nothing of how much input is left (what piled up while churnd was
+//! stopped, or the rest of a backfill), so an engine restored from one judges no silence
+//! until its first read says where reading stands: a backlog is being read (the past moves
+//! the position) or was all read.
 
 use crate::decide::HALF_LIFE_DAYS;
 use crate::time::{UnixSeconds, DAY};
