@@ -8,9 +8,18 @@ use super::*;
 use crate::decide::{Task, TaskKind};
 use crate::metrics::Metrics;
 
+fn recency_model() -> Arc<Model> {
+    Arc::new(Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap())
+}
+
 fn winback_engine(clock: ClockMode) -> Engine {
-    let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    Engine::new(winback_only(clock), Arc::new(model), Metrics::new().engine)
+    Engine::new(winback_only(clock), recency_model(), Metrics::new().engine)
+}
+
+/// [`winback_engine`] under the wall clock, continuing from `state`.
+fn restored_winback_engine(state: EngineState) -> Engine {
+    let settings = winback_only(ClockMode::Wall);
+    Engine::restore(settings, recency_model(), Metrics::new().engine, state)
 }
 
 fn at_end(entries: Vec<crate::source::batch::Entry>) -> Batch {
@@ -116,16 +125,7 @@ fn a_restored_engine_judges_silence_only_after_the_first_read() {
     e.apply_batch(batch(vec![visit(2, "clock", 100)]), wall);
     assert_eq!(e.metrics.follow_up.catching_up.get(), 1);
     let snapshot = e.snapshot();
-    let restore = || {
-        let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-        let settings = winback_only(ClockMode::Wall);
-        Engine::restore(
-            settings,
-            Arc::new(model),
-            Metrics::new().engine,
-            snapshot.clone(),
-        )
-    };
+    let restore = || restored_winback_engine(snapshot.clone());
 
     // The backlog goes on: `a` bought again on day 380.
     let mut r = restore();
@@ -153,14 +153,7 @@ fn a_restart_after_downtime_reads_what_piled_up_before_judging_silence() {
     let mut e = winback_engine(ClockMode::Wall);
     e.apply_batch(at_end(vec![purchase(1, "a", 0)]), ms(0));
     assert_eq!(e.metrics.follow_up.catching_up.get(), 0, "live");
-    let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    let settings = winback_only(ClockMode::Wall);
-    let mut r = Engine::restore(
-        settings,
-        Arc::new(model),
-        Metrics::new().engine,
-        e.snapshot(),
-    );
+    let mut r = restored_winback_engine(e.snapshot());
     // Back 400 days later; `a` bought on day 390 meanwhile.
     assert_eq!(customers(&r.tick(ms(400)).tasks), Vec::<&str>::new());
     let fx = r.apply_batch(at_end(vec![purchase(2, "a", 390)]), ms(400));
@@ -226,7 +219,7 @@ fn a_purchase_cancels_and_converts_an_open_task_and_silence_closes_the_window() 
     // A restart in between keeps b's task open.
     let mut e = Engine::restore(
         winback_only(ClockMode::Event),
-        Arc::new(Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap()),
+        recency_model(),
         Metrics::new().engine,
         e.snapshot(),
     );
@@ -260,8 +253,7 @@ fn tasks_not_written_while_catching_up_leave_the_budget_unspent() {
         .values()
         .map(|action| (action.clone(), crate::decide::ActionBudget::new(1.0, 1.0)))
         .collect();
-    let model = Model::from_file(&crate::model::tests::recency_only_model_file()).unwrap();
-    let mut e = Engine::new(settings, Arc::new(model), Metrics::new().engine);
+    let mut e = Engine::new(settings, recency_model(), Metrics::new().engine);
     // Past their first day: about one candidate a day until the day before.
     let history = crate::decide::PacerState {
         day: T0 / DAY + 399,
